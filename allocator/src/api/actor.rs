@@ -1,0 +1,275 @@
+//! The actor: the one tokio task that owns the [`Core`].
+//!
+//! Stream tasks send [`Input`]s over a bounded mpsc channel; the actor applies them to the
+//! core in arrival order, and after draining what is pending (at most [`MAX_BATCH`] inputs)
+//! runs one allocation pass (coalescing), then delivers the core's commands to the
+//! per-stream senders. A periodic tick (every `allocation_interval`) handles timeouts,
+//! heartbeats and filter expiry. The clock is read only here, and handed to the core.
+//!
+//! Invariants: the core is touched by this task only; a command for a stream that is gone
+//! is dropped (the stream task reports the end as a disconnect input); outbound channels are
+//! unbounded so a slow stream never blocks the actor (dead peers are cut by HTTP/2
+//! keepalive); on shutdown every sender is dropped, which ends every response stream.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use strata_proto::{
+    AgentSummary, AllocatorMessage, Call, Event, FrameworkInfo, FrameworkSummary, GetStateResponse,
+    ListTasksRequest, TaskStatus, TaskSummary, agent_message,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::Status;
+
+use crate::config::AllocatorConfig;
+use crate::core::{Command, ConnId, Core, CoreError};
+
+/// Inputs applied per allocation pass at most, so ticks and queries are not starved.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// The sending half of an agent's response stream.
+pub(crate) type AgentTx = mpsc::UnboundedSender<Result<AllocatorMessage, Status>>;
+/// The sending half of a framework's response stream.
+pub(crate) type FrameworkTx = mpsc::UnboundedSender<Result<Event, Status>>;
+
+/// What stream tasks and operator calls tell the actor.
+#[derive(Debug)]
+pub(crate) enum Input {
+    AgentRegister {
+        conn: ConnId,
+        register: agent_message::Register,
+        /// The stream's sender, with its first Register only.
+        sender: Option<AgentTx>,
+    },
+    AgentHeartbeat {
+        conn: ConnId,
+    },
+    AgentStatus {
+        conn: ConnId,
+        status: TaskStatus,
+    },
+    AgentClosed {
+        conn: ConnId,
+    },
+    FrameworkSubscribe {
+        conn: ConnId,
+        info: FrameworkInfo,
+        sender: FrameworkTx,
+    },
+    FrameworkCall {
+        conn: ConnId,
+        call: Call,
+    },
+    FrameworkClosed {
+        conn: ConnId,
+    },
+    Query(Query),
+}
+
+/// Operator reads, answered from the actor's state.
+#[derive(Debug)]
+pub(crate) enum Query {
+    State(oneshot::Sender<GetStateResponse>),
+    Agents(oneshot::Sender<Vec<AgentSummary>>),
+    Frameworks(oneshot::Sender<Vec<FrameworkSummary>>),
+    Tasks(ListTasksRequest, oneshot::Sender<Vec<TaskSummary>>),
+}
+
+/// Unix time read from a monotonic clock anchored when the allocator started, so it never
+/// goes backwards.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: Instant,
+    start_unix: Duration,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            start_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.start_unix + self.start.elapsed()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Actor {
+    core: Core,
+    clock: Clock,
+    started_at: Duration,
+    agents: HashMap<ConnId, AgentTx>,
+    frameworks: HashMap<ConnId, FrameworkTx>,
+}
+
+impl Actor {
+    pub(crate) fn new(config: AllocatorConfig) -> Self {
+        let clock = Clock::new();
+        let prefix = uuid::Uuid::new_v4().to_string();
+        tracing::info!(id_prefix = %prefix, "allocator state created");
+        Self {
+            core: Core::new(config, prefix),
+            clock,
+            started_at: clock.now(),
+            agents: HashMap::new(),
+            frameworks: HashMap::new(),
+        }
+    }
+
+    /// Runs until `stop` turns true or every input sender is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let interval = self.core.config().allocation_interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                _ = ticker.tick() => {
+                    let now = self.clock.now();
+                    self.core.tick(now);
+                    self.dispatch();
+                }
+                input = inputs.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    for _ in 1..MAX_BATCH {
+                        match inputs.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                    let now = self.clock.now();
+                    self.core.allocate(now);
+                    self.dispatch();
+                }
+            }
+        }
+        tracing::info!(
+            agents = self.agents.len(),
+            frameworks = self.frameworks.len(),
+            "allocator stopping; closing every stream"
+        );
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.clock.now();
+        match input {
+            Input::AgentRegister {
+                conn,
+                register,
+                sender,
+            } => {
+                if let Some(sender) = sender {
+                    self.agents.insert(conn, sender);
+                }
+                if let Err(e) = self.core.agent_register(now, conn, register) {
+                    tracing::warn!(%conn, error = %e, "agent registration refused");
+                    if let Some(tx) = self.agents.remove(&conn) {
+                        let _ = tx.send(Err(status_for(&e)));
+                    }
+                }
+            }
+            Input::AgentHeartbeat { conn } => self.core.agent_heartbeat(now, conn),
+            Input::AgentStatus { conn, status } => self.core.agent_status_update(now, conn, status),
+            Input::AgentClosed { conn } => {
+                self.agents.remove(&conn);
+                self.core.agent_disconnected(now, conn);
+            }
+            Input::FrameworkSubscribe { conn, info, sender } => {
+                self.frameworks.insert(conn, sender);
+                if let Err(e) = self.core.framework_subscribe(now, conn, info) {
+                    tracing::warn!(%conn, error = %e, "subscription refused");
+                    if let Some(tx) = self.frameworks.remove(&conn) {
+                        let _ = tx.send(Err(status_for(&e)));
+                    }
+                }
+            }
+            Input::FrameworkCall { conn, call } => self.core.framework_call(now, conn, call),
+            Input::FrameworkClosed { conn } => {
+                self.frameworks.remove(&conn);
+                self.core.framework_disconnected(now, conn);
+            }
+            Input::Query(query) => self.answer(query),
+        }
+    }
+
+    fn answer(&self, query: Query) {
+        // A dropped receiver means the operator call went away; nothing to do.
+        match query {
+            Query::State(reply) => {
+                let _ = reply.send(GetStateResponse {
+                    agents: self.core.agent_summaries(),
+                    frameworks: self.core.framework_summaries(),
+                    tasks: self.core.task_summaries(&ListTasksRequest {
+                        include_terminal: true,
+                        ..ListTasksRequest::default()
+                    }),
+                    allocator_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    started_at: self.started_at.as_secs_f64(),
+                });
+            }
+            Query::Agents(reply) => {
+                let _ = reply.send(self.core.agent_summaries());
+            }
+            Query::Frameworks(reply) => {
+                let _ = reply.send(self.core.framework_summaries());
+            }
+            Query::Tasks(request, reply) => {
+                let _ = reply.send(self.core.task_summaries(&request));
+            }
+        }
+    }
+
+    /// Delivers the core's commands to the streams.
+    fn dispatch(&mut self) {
+        for command in self.core.take_commands() {
+            match command {
+                Command::ToAgent { conn, message } => {
+                    if let Some(tx) = self.agents.get(&conn) {
+                        let message = AllocatorMessage {
+                            message: Some(message),
+                        };
+                        if tx.send(Ok(message)).is_err() {
+                            // The stream is gone; its task reports the end.
+                            self.agents.remove(&conn);
+                        }
+                    }
+                }
+                Command::ToFramework { conn, event } => {
+                    if let Some(tx) = self.frameworks.get(&conn) {
+                        let event = Event { event: Some(event) };
+                        if tx.send(Ok(event)).is_err() {
+                            self.frameworks.remove(&conn);
+                        }
+                    }
+                }
+                Command::Close { conn } => {
+                    tracing::debug!(%conn, "closing stream");
+                    self.agents.remove(&conn);
+                    self.frameworks.remove(&conn);
+                }
+            }
+        }
+    }
+}
+
+/// The gRPC status a refused registration or subscription ends its stream with.
+fn status_for(error: &CoreError) -> Status {
+    match error {
+        CoreError::UnknownFramework { .. } => Status::not_found(error.to_string()),
+        CoreError::InvalidAgentResources { .. } | CoreError::AgentIdChanged { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+    }
+}

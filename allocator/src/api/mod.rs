@@ -1,0 +1,346 @@
+//! The gRPC edge: `AgentService.Connect`, `SchedulerService.Subscribe` and
+//! `OperatorService`, served by [`serve`].
+//!
+//! Each stream gets a number ([`ConnId`]) and one reader task that forwards its messages to
+//! the [actor](actor) (the one task owning the core) and reports the stream's end as a
+//! disconnect input. Responses flow back through a per-stream channel whose receiver is the
+//! gRPC response stream. Handlers return the response stream at once, before the first
+//! message arrives, so a client may send its Register/SUBSCRIBE before or after the call
+//! returns; a refused registration or subscription ends the response stream with an error
+//! status (NOT_FOUND for an unknown framework id).
+//!
+//! Invariants: the first message of a Connect stream must be Register and the first call of
+//! a Subscribe stream must be SUBSCRIBE (else FAILED_PRECONDITION); nothing but the actor
+//! touches allocator state; shutdown ends every stream so the server can drain.
+
+mod actor;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use strata_proto::agent_service_server::{AgentService, AgentServiceServer};
+use strata_proto::operator_service_server::{OperatorService, OperatorServiceServer};
+use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
+use strata_proto::{
+    AgentMessage, AllocatorMessage, Call, Event, GetStateRequest, GetStateResponse,
+    ListAgentsRequest, ListAgentsResponse, ListFrameworksRequest, ListFrameworksResponse,
+    ListTasksRequest, ListTasksResponse, agent_message, call,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+
+use self::actor::{Actor, AgentTx, FrameworkTx, Input, Query};
+use crate::config::{AllocatorConfig, ConfigError};
+use crate::core::ConnId;
+
+/// Inputs queued for the actor before stream readers wait (backpressure to clients).
+const INPUT_QUEUE: usize = 8192;
+/// The largest message accepted (an agent re-registering with many tasks).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// HTTP/2 pings find dead peers whose TCP connection never closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why the allocator could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error("invalid allocator configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The listener's address could not be read.
+    #[error("cannot read the listening socket's address: {0}")]
+    LocalAddr(#[source] io::Error),
+    /// The gRPC server failed.
+    #[error("the allocator's gRPC server on {addr} failed: {source}")]
+    Transport {
+        /// Where it listened.
+        addr: SocketAddr,
+        /// What failed.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves AgentService, SchedulerService and OperatorService on `listener` until `shutdown`
+/// resolves; then every stream is ended and the call returns once connections drained.
+pub async fn serve(
+    listener: TcpListener,
+    config: AllocatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let actor = Actor::new(config);
+    let actor_task = tokio::spawn(
+        actor
+            .run(input_rx, stop_rx.clone())
+            .instrument(tracing::info_span!("allocator", %addr)),
+    );
+
+    let shared = Shared {
+        inputs,
+        stop: stop_rx,
+        next_conn: Arc::new(AtomicU64::new(0)),
+    };
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        // Small messages (updates, launches) must not wait for Nagle's algorithm.
+        stream.set_nodelay(true)?;
+        Ok::<_, io::Error>(stream)
+    });
+    let signal = {
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(%addr, "shutdown requested");
+            let _ = stop_tx.send(true);
+        }
+    };
+    tracing::info!(%addr, "allocator serving");
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(
+            AgentServiceServer::new(AgentApi(shared.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            SchedulerServiceServer::new(SchedulerApi(shared.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(OperatorServiceServer::new(OperatorApi(shared)))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await;
+    let _ = stop_tx.send(true);
+    if let Err(e) = actor_task.await {
+        tracing::error!(error = %e, "allocator task failed");
+    }
+    tracing::info!(%addr, "allocator stopped");
+    result.map_err(|source| ServeError::Transport { addr, source })
+}
+
+/// What every service needs: the way to the actor, the stop signal, stream numbering.
+#[derive(Debug, Clone)]
+struct Shared {
+    inputs: mpsc::Sender<Input>,
+    stop: watch::Receiver<bool>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn conn(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn query<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || Status::unavailable("the allocator is shutting down");
+        self.inputs
+            .send(Input::Query(make(tx)))
+            .await
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[derive(Debug)]
+struct AgentApi(Shared);
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type ConnectStream = ResponseStream<AllocatorMessage>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let conn = self.0.conn();
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let span = tracing::info_span!("agent_stream", conn = conn.0, peer = ?peer);
+        tokio::spawn(read_agent(self.0.clone(), conn, inbound, tx).instrument(span));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Forwards one agent stream to the actor until it ends.
+async fn read_agent(
+    shared: Shared,
+    conn: ConnId,
+    mut inbound: Streaming<AgentMessage>,
+    tx: AgentTx,
+) {
+    tracing::debug!("agent stream opened");
+    let mut stop = shared.stop.clone();
+    let mut tx = Some(tx);
+    loop {
+        let next = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            next = inbound.message() => next,
+        };
+        let input = match next {
+            Ok(Some(AgentMessage { message: Some(m) })) => match m {
+                agent_message::Message::Register(register) => Input::AgentRegister {
+                    conn,
+                    register,
+                    sender: tx.take(),
+                },
+                _ if tx.is_some() => {
+                    tracing::warn!("agent sent a message before Register; closing");
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Err(Status::failed_precondition(
+                            "the first message on a Connect stream must be Register",
+                        )));
+                    }
+                    break;
+                }
+                agent_message::Message::Heartbeat(_) => Input::AgentHeartbeat { conn },
+                agent_message::Message::StatusUpdate(update) => match update.status {
+                    Some(status) => Input::AgentStatus { conn, status },
+                    None => {
+                        tracing::warn!("status update without a status; ignored");
+                        continue;
+                    }
+                },
+            },
+            Ok(Some(AgentMessage { message: None })) => {
+                tracing::warn!("empty agent message; ignored");
+                continue;
+            }
+            Ok(None) => {
+                tracing::debug!("agent closed its stream");
+                break;
+            }
+            Err(status) => {
+                tracing::debug!(error = %status, "agent stream failed");
+                break;
+            }
+        };
+        if shared.inputs.send(input).await.is_err() {
+            break; // the allocator stopped
+        }
+    }
+    let _ = shared.inputs.send(Input::AgentClosed { conn }).await;
+}
+
+#[derive(Debug)]
+struct SchedulerApi(Shared);
+
+#[tonic::async_trait]
+impl SchedulerService for SchedulerApi {
+    type SubscribeStream = ResponseStream<Event>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<Call>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let conn = self.0.conn();
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let span = tracing::info_span!("framework_stream", conn = conn.0, peer = ?peer);
+        tokio::spawn(read_framework(self.0.clone(), conn, inbound, tx).instrument(span));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Forwards one framework stream to the actor until it ends.
+async fn read_framework(
+    shared: Shared,
+    conn: ConnId,
+    mut inbound: Streaming<Call>,
+    tx: FrameworkTx,
+) {
+    tracing::debug!("framework stream opened");
+    let mut stop = shared.stop.clone();
+    let mut tx = Some(tx);
+    loop {
+        let next = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            next = inbound.message() => next,
+        };
+        let input = match next {
+            Ok(Some(call)) => match tx.take() {
+                Some(sender) => match call.call {
+                    Some(call::Call::Subscribe(subscribe)) => Input::FrameworkSubscribe {
+                        conn,
+                        info: subscribe.framework_info.unwrap_or_default(),
+                        sender,
+                    },
+                    _ => {
+                        tracing::warn!("first call was not SUBSCRIBE; closing");
+                        let _ = sender.send(Err(Status::failed_precondition(
+                            "the first call on a Subscribe stream must be SUBSCRIBE",
+                        )));
+                        break;
+                    }
+                },
+                None => Input::FrameworkCall { conn, call },
+            },
+            Ok(None) => {
+                tracing::debug!("framework closed its stream");
+                break;
+            }
+            Err(status) => {
+                tracing::debug!(error = %status, "framework stream failed");
+                break;
+            }
+        };
+        if shared.inputs.send(input).await.is_err() {
+            break;
+        }
+    }
+    let _ = shared.inputs.send(Input::FrameworkClosed { conn }).await;
+}
+
+#[derive(Debug)]
+struct OperatorApi(Shared);
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn get_state(
+        &self,
+        _request: Request<GetStateRequest>,
+    ) -> Result<Response<GetStateResponse>, Status> {
+        self.0.query(Query::State).await.map(Response::new)
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let agents = self.0.query(Query::Agents).await?;
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    async fn list_frameworks(
+        &self,
+        _request: Request<ListFrameworksRequest>,
+    ) -> Result<Response<ListFrameworksResponse>, Status> {
+        let frameworks = self.0.query(Query::Frameworks).await?;
+        Ok(Response::new(ListFrameworksResponse { frameworks }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let tasks = self.0.query(|tx| Query::Tasks(request, tx)).await?;
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+}

@@ -1,0 +1,499 @@
+//! Agent events: registration and re-registration, heartbeats, status updates, stream ends
+//! and timeouts.
+//!
+//! Invariants: an agent id is bound to at most one stream; a newer Register for the same id
+//! replaces (and closes) the older stream. A disconnected agent's offer is rescinded at once;
+//! its tasks are reported (UNREACHABLE to partition-aware frameworks, LOST to others) when
+//! it has been gone `agent_reconnect_timeout`, or at once when it is silent for
+//! `agent_timeout`; its resources then leave the cluster total. Re-registering brings the
+//! listed tasks back (RUNNING again), ends the tasks it no longer has, adopts tasks of known
+//! frameworks the allocator did not know, and kills tasks of frameworks that are gone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use strata_proto::{
+    AgentTask, TaskReason, TaskState, TaskStatus, agent_message, allocator_message, event,
+};
+
+use super::{
+    Agent, AgentId, ConnId, Core, CoreError, FrameworkId, Link, Resources, Task, TaskId, TaskKey,
+};
+
+impl Core {
+    /// An agent sent `Register` on stream `conn`. Assigns an id when it has none; replies
+    /// `Registered`. On error nothing changed and the stream should be ended.
+    pub fn agent_register(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        register: agent_message::Register,
+    ) -> Result<AgentId, CoreError> {
+        let info = register.info.unwrap_or_default();
+        let total = Resources::from_proto(&info.resources).map_err(|source| {
+            CoreError::InvalidAgentResources {
+                hostname: info.hostname.clone(),
+                source,
+            }
+        })?;
+        let id = match self.agent_conns.get(&conn) {
+            Some(existing) if !info.id.is_empty() && info.id != existing.0 => {
+                return Err(CoreError::AgentIdChanged {
+                    registered: existing.clone(),
+                    requested: info.id,
+                });
+            }
+            Some(existing) => existing.clone(),
+            None if info.id.is_empty() => {
+                let id = AgentId(format!("{}-S{}", self.prefix, self.next_agent));
+                self.next_agent += 1;
+                id
+            }
+            None => AgentId(info.id.clone()),
+        };
+
+        let was_unreachable = match self.agents.get(&id) {
+            None => {
+                tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent registered");
+                self.agents.insert(
+                    id.clone(),
+                    Agent {
+                        id: id.clone(),
+                        hostname: String::new(),
+                        attributes: Vec::new(),
+                        version: String::new(),
+                        total: Resources::new(),
+                        allocated: Resources::new(),
+                        offer: None,
+                        link: Link::Disconnected { since: now },
+                        registered_at: now,
+                        last_seen: now,
+                        tasks: Default::default(),
+                    },
+                );
+                false
+            }
+            Some(agent) => {
+                tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent re-registered");
+                if let Link::Connected(old) = agent.link
+                    && old != conn
+                {
+                    self.agent_conns.remove(&old);
+                    self.outbox.push(super::Command::Close { conn: old });
+                }
+                matches!(agent.link, Link::Unreachable { .. })
+            }
+        };
+        // Whatever was offered may no longer exist (the total can change).
+        self.rescind_agent_offer(&id);
+
+        // Old books out of the cluster total; the new total goes in below.
+        {
+            let agent = self.agents.get_mut(&id).expect("inserted above");
+            if !was_unreachable {
+                self.cluster_total.subtract_scalars(&agent.total);
+            }
+            agent.hostname = info.hostname.clone();
+            agent.attributes = info.attributes.clone();
+            agent.version = info.version.clone();
+            agent.total = total;
+            agent.last_seen = now;
+            agent.link = Link::Connected(conn);
+            self.cluster_total.add_scalars(&agent.total);
+        }
+        self.agent_conns.insert(conn, id.clone());
+
+        self.reconcile_agent_tasks(now, &id, conn, register.tasks, was_unreachable);
+
+        self.send_agent(
+            conn,
+            allocator_message::Message::Registered(allocator_message::Registered {
+                agent_id: id.0.clone(),
+                heartbeat_interval_seconds: self.config.agent_heartbeat_interval.as_secs_f64(),
+            }),
+        );
+        self.refresh_offerable(&id);
+        Ok(id)
+    }
+
+    /// Brings the allocator's view of an agent's tasks in line with the list it registered.
+    fn reconcile_agent_tasks(
+        &mut self,
+        now: Duration,
+        agent_id: &AgentId,
+        conn: ConnId,
+        listed: Vec<AgentTask>,
+        was_unreachable: bool,
+    ) {
+        let mut listed: HashMap<TaskKey, AgentTask> = listed
+            .into_iter()
+            .filter_map(|t| {
+                let task_id = t.task.as_ref()?.task_id.clone();
+                Some(((FrameworkId(t.framework_id.clone()), TaskId(task_id)), t))
+            })
+            .collect();
+        let known: Vec<TaskKey> = self.agents[agent_id].tasks.iter().cloned().collect();
+
+        // Reachable again: the tasks count in their frameworks' allocations again.
+        if was_unreachable {
+            for key in &known {
+                let task = self.tasks.get_mut(key).expect("agent task exists");
+                if task.unreachable {
+                    task.unreachable = false;
+                    if let Some(fw) = self.frameworks.get_mut(&key.0) {
+                        fw.allocated.add_scalars(&task.resources);
+                    }
+                }
+            }
+        }
+
+        for key in known {
+            match listed.remove(&key) {
+                None => {
+                    // The agent does not have it: it is gone.
+                    let partition_aware = self
+                        .frameworks
+                        .get(&key.0)
+                        .is_some_and(|f| f.partition_aware);
+                    let state = if partition_aware {
+                        TaskState::Dropped
+                    } else {
+                        TaskState::Lost
+                    };
+                    let message = format!(
+                        "agent {agent_id} re-registered without task {:?}: the task is lost",
+                        key.1.0
+                    );
+                    let status = Self::allocator_status(
+                        now,
+                        &key.0,
+                        &key.1.0,
+                        &agent_id.0,
+                        state,
+                        TaskReason::AgentRestarted,
+                        message.clone(),
+                    );
+                    self.end_task(&key, state, TaskReason::AgentRestarted, message, None, now);
+                    self.send_update(&key.0, status);
+                }
+                Some(agent_task) => {
+                    let latest = agent_task.latest_status.unwrap_or_default();
+                    let latest_state = latest.state();
+                    let Some(task) = self.tasks.get_mut(&key) else {
+                        continue;
+                    };
+                    // The agent's latest state (its own if it sent none), unless terminal:
+                    // a terminal one is resent by the agent as an update.
+                    let state = match latest_state {
+                        TaskState::Unspecified => Some(task.state),
+                        s if s.is_terminal() => None,
+                        s => Some(s),
+                    };
+                    if let Some(latest_state) = state {
+                        task.state = latest_state;
+                        task.updated_at = now;
+                        if was_unreachable {
+                            task.message = format!("agent {agent_id} re-registered with the task");
+                            let status = Self::allocator_status(
+                                now,
+                                &key.0,
+                                &key.1.0,
+                                &agent_id.0,
+                                latest_state,
+                                TaskReason::Unspecified,
+                                task.message.clone(),
+                            );
+                            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
+                            self.send_update(&key.0, status);
+                        }
+                    }
+                    if let Some(grace) = self.tasks.get(&key).and_then(|t| t.kill) {
+                        self.send_kill(conn, &key, grace);
+                    }
+                }
+            }
+        }
+
+        // Tasks the allocator did not know of (it restarted, or the launch raced).
+        for (key, agent_task) in listed {
+            let latest = agent_task.latest_status.clone().unwrap_or_default();
+            if latest.state().is_terminal() {
+                continue; // its terminal update follows
+            }
+            if !self.frameworks.contains_key(&key.0) {
+                tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "killing task of unknown framework");
+                self.send_kill(conn, &key, None);
+                continue;
+            }
+            if self.tasks.contains_key(&key) {
+                tracing::warn!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "agent lists a task the allocator places on another agent; ignored");
+                continue;
+            }
+            let mut info = agent_task.task.unwrap_or_default();
+            let resources = match Resources::from_proto(&info.resources) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(task_id = %key.1, agent_id = %agent_id, error = %e, "agent lists a task with invalid resources; ignored");
+                    continue;
+                }
+            };
+            info.agent_id = agent_id.0.clone();
+            let state = match latest.state() {
+                TaskState::Unspecified => TaskState::Staging,
+                s => s,
+            };
+            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "adopted task from re-registering agent");
+            self.insert_task(
+                Task {
+                    framework_id: key.0.clone(),
+                    id: key.1.clone(),
+                    agent_id: agent_id.clone(),
+                    info,
+                    resources,
+                    state,
+                    reason: TaskReason::Unspecified,
+                    message: latest.message,
+                    exit_code: None,
+                    unreachable: false,
+                    kill: None,
+                    launched_at: now,
+                    updated_at: now,
+                },
+                false,
+            );
+        }
+    }
+
+    /// Adds an active task to every index and allocation. With `from_free`, the caller has
+    /// checked that the agent's free resources hold it.
+    pub(super) fn insert_task(&mut self, task: Task, from_free: bool) {
+        let key = (task.framework_id.clone(), task.id.clone());
+        let agent = self
+            .agents
+            .get_mut(&task.agent_id)
+            .expect("task agent exists");
+        debug_assert!(!from_free || agent.total.contains(&agent.allocated.plus(&task.resources)));
+        agent.allocated.add(&task.resources);
+        agent.tasks.insert(key.clone());
+        let fw = self
+            .frameworks
+            .get_mut(&task.framework_id)
+            .expect("task framework exists");
+        fw.tasks.insert(task.id.clone());
+        if !task.unreachable {
+            fw.allocated.add_scalars(&task.resources);
+        }
+        let agent_id = task.agent_id.clone();
+        self.tasks.insert(key, task);
+        self.refresh_offerable(&agent_id);
+    }
+
+    pub(super) fn send_kill(&mut self, conn: ConnId, key: &TaskKey, grace: Option<f64>) {
+        self.send_agent(
+            conn,
+            allocator_message::Message::KillTask(allocator_message::KillTask {
+                framework_id: key.0.0.clone(),
+                task_id: key.1.0.clone(),
+                grace_period_seconds: grace,
+            }),
+        );
+    }
+
+    /// An agent's heartbeat.
+    pub fn agent_heartbeat(&mut self, now: Duration, conn: ConnId) {
+        if let Some(agent) = self
+            .agent_conns
+            .get(&conn)
+            .and_then(|id| self.agents.get_mut(id))
+        {
+            agent.last_seen = now;
+        }
+    }
+
+    /// A status update from the agent on `conn`: recorded (a terminal one frees the task's
+    /// resources at once) and forwarded to the framework; dropped if the framework is
+    /// disconnected (the agent resends), acknowledged by the allocator itself if the
+    /// framework no longer exists (so the agent stops resending).
+    pub fn agent_status_update(&mut self, now: Duration, conn: ConnId, mut status: TaskStatus) {
+        let Some(agent_id) = self.agent_conns.get(&conn).cloned() else {
+            tracing::warn!(%conn, "status update from a stream that is not registered; ignored");
+            return;
+        };
+        let state = status.state();
+        if state == TaskState::Unspecified || status.task_id.is_empty() {
+            tracing::warn!(agent_id = %agent_id, task_id = %status.task_id, "status update without task id or state; ignored");
+            return;
+        }
+        let agent = self
+            .agents
+            .get_mut(&agent_id)
+            .expect("connected agent exists");
+        agent.last_seen = now;
+        if status.framework_id.is_empty()
+            && let Some((fid, _)) = agent.tasks.iter().find(|(_, t)| t.0 == status.task_id)
+        {
+            status.framework_id = fid.0.clone();
+        }
+        status.agent_id = agent_id.0.clone();
+        let key = (
+            FrameworkId(status.framework_id.clone()),
+            TaskId(status.task_id.clone()),
+        );
+        let _span = tracing::info_span!("status_update", task_id = %key.1, framework_id = %key.0, agent_id = %agent_id).entered();
+
+        match self.tasks.get_mut(&key) {
+            Some(task) if task.agent_id == agent_id => {
+                tracing::debug!(state = state.label(), "task status");
+                if state.is_terminal() {
+                    let message = status.message.clone();
+                    self.end_task(&key, state, status.reason(), message, status.exit_code, now);
+                } else {
+                    task.state = state;
+                    task.reason = status.reason();
+                    task.message = status.message.clone();
+                    task.updated_at = now;
+                }
+            }
+            Some(_) => {
+                tracing::warn!("update from an agent that does not run the task; forwarded only");
+            }
+            None => {
+                tracing::debug!(
+                    state = state.label(),
+                    "update for a task that is not active (a resend?); forwarded only"
+                );
+            }
+        }
+
+        if self.frameworks.contains_key(&key.0) {
+            self.send_update(&key.0, status);
+        } else if !status.uuid.is_empty() {
+            tracing::info!("framework is gone; acknowledging the update on its behalf");
+            self.send_agent(
+                conn,
+                allocator_message::Message::Acknowledge(allocator_message::AcknowledgeUpdate {
+                    framework_id: status.framework_id,
+                    task_id: status.task_id,
+                    uuid: status.uuid,
+                }),
+            );
+        }
+    }
+
+    /// The agent's stream ended. Its offer is rescinded; its tasks are reported after
+    /// `agent_reconnect_timeout` unless it re-registers first.
+    pub fn agent_disconnected(&mut self, now: Duration, conn: ConnId) {
+        let Some(id) = self.agent_conns.remove(&conn) else {
+            return;
+        };
+        tracing::info!(agent_id = %id, "agent disconnected");
+        if let Some(agent) = self.agents.get_mut(&id) {
+            agent.link = Link::Disconnected { since: now };
+        }
+        self.rescind_agent_offer(&id);
+        self.refresh_offerable(&id);
+        if self.config.agent_reconnect_timeout.is_zero() {
+            self.mark_unreachable(now, &id, "its stream ended".to_owned());
+        }
+    }
+
+    /// Agents silent for `agent_timeout` are closed and unreachable at once; agents
+    /// disconnected for `agent_reconnect_timeout` become unreachable.
+    pub(super) fn expire_agents(&mut self, now: Duration) {
+        let mut silent = Vec::new();
+        let mut gone = Vec::new();
+        for agent in self.agents.values() {
+            match agent.link {
+                Link::Connected(conn)
+                    if now.saturating_sub(agent.last_seen) >= self.config.agent_timeout =>
+                {
+                    silent.push((agent.id.clone(), conn));
+                }
+                Link::Disconnected { since }
+                    if now.saturating_sub(since) >= self.config.agent_reconnect_timeout =>
+                {
+                    gone.push(agent.id.clone());
+                }
+                _ => {}
+            }
+        }
+        for (id, conn) in silent {
+            tracing::warn!(agent_id = %id, "agent sent nothing for the agent timeout; closing its stream");
+            self.agent_conns.remove(&conn);
+            self.outbox.push(super::Command::Close { conn });
+            if let Some(agent) = self.agents.get_mut(&id) {
+                agent.link = Link::Disconnected { since: now };
+            }
+            self.rescind_agent_offer(&id);
+            self.refresh_offerable(&id);
+            let why = format!(
+                "it sent nothing for {}s",
+                self.config.agent_timeout.as_secs_f64()
+            );
+            self.mark_unreachable(now, &id, why);
+        }
+        for id in gone {
+            let why = format!(
+                "its stream ended and it did not reconnect within {}s",
+                self.config.agent_reconnect_timeout.as_secs_f64()
+            );
+            self.mark_unreachable(now, &id, why);
+        }
+    }
+
+    /// Reports the agent's tasks UNREACHABLE (LOST to frameworks that are not partition
+    /// aware), takes its resources out of the cluster, and tells frameworks it failed.
+    fn mark_unreachable(&mut self, now: Duration, id: &AgentId, why: String) {
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        if matches!(agent.link, Link::Unreachable { .. }) {
+            return;
+        }
+        agent.link = Link::Unreachable { since: now };
+        tracing::warn!(agent_id = %id, hostname = %agent.hostname, reason = %why, "agent unreachable");
+        self.cluster_total.subtract_scalars(&agent.total);
+        let message = format!("agent {id} ({}) is unreachable: {why}", agent.hostname);
+        let keys: Vec<TaskKey> = agent.tasks.iter().cloned().collect();
+        for key in keys {
+            let task = self.tasks.get_mut(&key).expect("agent task exists");
+            if task.unreachable {
+                continue;
+            }
+            task.unreachable = true;
+            task.updated_at = now;
+            task.message = message.clone();
+            let resources = task.resources.clone();
+            if let Some(fw) = self.frameworks.get_mut(&key.0) {
+                fw.allocated.subtract_scalars(&resources);
+            }
+            let task = &self.tasks[&key];
+            let state = self.visible_state(task);
+            let status = Self::allocator_status(
+                now,
+                &key.0,
+                &key.1.0,
+                &id.0,
+                state,
+                TaskReason::AgentDisconnected,
+                message.clone(),
+            );
+            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %id, state = state.label(), "task unreachable");
+            self.send_update(&key.0, status);
+        }
+        let connected: Vec<FrameworkId> = self
+            .frameworks
+            .values()
+            .filter(|f| f.conn.is_some())
+            .map(|f| f.id.clone())
+            .collect();
+        for fid in connected {
+            self.send_framework(
+                &fid,
+                event::Event::Failure(event::Failure {
+                    agent_id: id.0.clone(),
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The allocator core: a pure, synchronous state machine with an injected clock.
+//!
+//! Events go in as method calls ([`Core::agent_register`], [`Core::framework_call`],
+//! [`Core::tick`], ...), each given `now`, and the messages to send come out as [`Command`]s
+//! collected by [`Core::take_commands`]. There is no I/O, no async and no clock read inside
+//! this module, so every behaviour is unit-tested directly (see `tests.rs`). `now` is a
+//! [`Duration`] since the Unix epoch taken from a monotonic clock by the caller; it must never
+//! go backwards.
+//!
+//! Agents, frameworks, offers and tasks live in maps keyed by id. The edge numbers each stream
+//! with a [`ConnId`]; the core maps streams to agents and frameworks, so an event from a stream
+//! that has been replaced (agent re-registered elsewhere, framework failed over) is ignored.
+//!
+//! Invariants (checked by [`Core::check_invariants`] in tests):
+//! - per agent, `allocated` is the sum of the resources of its active tasks, `offered` is the
+//!   resources of its one outstanding offer (an agent is in at most one offer at a time), and
+//!   `allocated + offered ⊆ total`, the remainder being free: nothing is created or lost;
+//! - per framework, `allocated` is the sum of its active tasks on reachable agents and
+//!   `offered` the sum of its outstanding offers, scalars only (ports of different agents
+//!   are different ports, so aggregates over agents hold scalar quantities);
+//! - the cluster total (the DRF denominator) is the sum of the scalar totals of reachable
+//!   agents;
+//! - a task is active (in `tasks`, counted in allocations) until a terminal update arrives or
+//!   its framework is removed; then it moves to the bounded terminal history;
+//! - only agents that are connected, have no outstanding offer and have allocatable free
+//!   resources are in `offerable`.
+
+mod agents;
+mod allocation;
+mod frameworks;
+pub mod ids;
+pub mod resources;
+mod tasks;
+#[cfg(test)]
+mod tests;
+mod view;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use strata_proto::{
+    Attribute, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, allocator_message, event,
+};
+
+pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
+pub use self::resources::{RangeSet, ResourceError, Resources};
+use self::tasks::History;
+use crate::config::AllocatorConfig;
+
+/// Why the core refused an agent registration or a framework subscription.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CoreError {
+    /// SUBSCRIBE named a framework id the allocator does not know.
+    #[error(
+        "unknown framework id {framework_id}: subscribe without an id to register a new framework"
+    )]
+    UnknownFramework {
+        /// The id given.
+        framework_id: String,
+    },
+    /// An agent registered with resources that cannot be parsed.
+    #[error("agent {hostname:?} registered with invalid resources: {source}")]
+    InvalidAgentResources {
+        /// The agent's hostname.
+        hostname: String,
+        /// What was wrong.
+        source: ResourceError,
+    },
+    /// A second Register on one stream named a different agent id.
+    #[error(
+        "this stream is registered as agent {registered} but Register names agent {requested}: \
+         open a new stream to register another agent"
+    )]
+    AgentIdChanged {
+        /// The agent the stream belongs to.
+        registered: AgentId,
+        /// The id in the new Register.
+        requested: String,
+    },
+}
+
+/// A message the edge must deliver.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Send a message to the agent on stream `conn`.
+    ToAgent {
+        /// The agent's stream.
+        conn: ConnId,
+        /// What to send.
+        message: allocator_message::Message,
+    },
+    /// Send an event to the framework on stream `conn`.
+    ToFramework {
+        /// The framework's stream.
+        conn: ConnId,
+        /// What to send.
+        event: event::Event,
+    },
+    /// End stream `conn` (the core has already forgotten it).
+    Close {
+        /// The stream to end.
+        conn: ConnId,
+    },
+}
+
+/// Where an agent's stream stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Registered on this stream.
+    Connected(ConnId),
+    /// The stream ended at `since`; tasks are reported lost after the reconnect timeout.
+    Disconnected { since: Duration },
+    /// Gone long enough that its tasks were reported; its resources left the cluster.
+    Unreachable { since: Duration },
+}
+
+#[derive(Debug)]
+struct Agent {
+    id: AgentId,
+    hostname: String,
+    attributes: Vec<Attribute>,
+    version: String,
+    total: Resources,
+    /// Sum of the resources of the active tasks on this agent.
+    allocated: Resources,
+    /// The one outstanding offer of this agent's free resources.
+    offer: Option<OfferId>,
+    link: Link,
+    registered_at: Duration,
+    last_seen: Duration,
+    tasks: BTreeSet<TaskKey>,
+}
+
+impl Agent {
+    fn conn(&self) -> Option<ConnId> {
+        match self.link {
+            Link::Connected(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Whether the agent's resources count in the cluster (connected or within the
+    /// reconnect window).
+    fn reachable(&self) -> bool {
+        !matches!(self.link, Link::Unreachable { .. })
+    }
+}
+
+/// A (framework, agent) refusal: resources within `resources` on the agent are not offered
+/// to the framework before `until`.
+#[derive(Debug)]
+struct Filter {
+    resources: Resources,
+    until: Duration,
+}
+
+#[derive(Debug)]
+struct Framework {
+    id: FrameworkId,
+    name: String,
+    roles: Vec<String>,
+    failover_timeout: Duration,
+    partition_aware: bool,
+    conn: Option<ConnId>,
+    disconnected_at: Option<Duration>,
+    suppressed: bool,
+    filters: HashMap<AgentId, Filter>,
+    offers: BTreeSet<OfferId>,
+    /// Sum of the resources of its active tasks on reachable agents.
+    allocated: Resources,
+    /// Sum of its outstanding offers.
+    offered: Resources,
+    /// Its active tasks (including those on unreachable agents).
+    tasks: BTreeSet<TaskId>,
+    registered_at: Duration,
+    last_heartbeat: Duration,
+}
+
+#[derive(Debug)]
+struct Offer {
+    framework_id: FrameworkId,
+    agent_id: AgentId,
+    resources: Resources,
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    framework_id: FrameworkId,
+    id: TaskId,
+    agent_id: AgentId,
+    info: TaskInfo,
+    resources: Resources,
+    /// The latest state the agent reported (STAGING until the first update), or the terminal
+    /// state the allocator decided.
+    state: TaskState,
+    reason: TaskReason,
+    message: String,
+    exit_code: Option<i32>,
+    /// Its agent is unreachable; frameworks were told UNREACHABLE (or LOST).
+    unreachable: bool,
+    /// A KILL is pending for an agent that is not connected; resent when it re-registers.
+    kill: Option<Option<f64>>,
+    launched_at: Duration,
+    updated_at: Duration,
+}
+
+/// The allocator's whole state; see the module documentation.
+#[derive(Debug)]
+pub struct Core {
+    config: AllocatorConfig,
+    prefix: String,
+    next_agent: u64,
+    next_framework: u64,
+    next_offer: u64,
+    agents: HashMap<AgentId, Agent>,
+    agent_conns: HashMap<ConnId, AgentId>,
+    frameworks: HashMap<FrameworkId, Framework>,
+    framework_conns: HashMap<ConnId, FrameworkId>,
+    offers: HashMap<OfferId, Offer>,
+    tasks: HashMap<TaskKey, Task>,
+    history: History,
+    /// Sum of the totals of reachable agents: the DRF denominator.
+    cluster_total: Resources,
+    /// Connected agents with allocatable free resources and no outstanding offer.
+    offerable: BTreeSet<AgentId>,
+    /// Agents whose free resources changed since the last allocation.
+    pending_agents: BTreeSet<AgentId>,
+    /// Demand changed (a framework subscribed or revived, a tick): consider every agent.
+    full_allocation: bool,
+    outbox: Vec<Command>,
+}
+
+impl Core {
+    /// An empty allocator. `id_prefix` makes its ids unique across restarts (a UUID).
+    pub fn new(config: AllocatorConfig, id_prefix: impl Into<String>) -> Self {
+        let history = History::new(config.terminal_task_history);
+        Self {
+            config,
+            prefix: id_prefix.into(),
+            next_agent: 0,
+            next_framework: 0,
+            next_offer: 0,
+            agents: HashMap::new(),
+            agent_conns: HashMap::new(),
+            frameworks: HashMap::new(),
+            framework_conns: HashMap::new(),
+            offers: HashMap::new(),
+            tasks: HashMap::new(),
+            history,
+            cluster_total: Resources::new(),
+            offerable: BTreeSet::new(),
+            pending_agents: BTreeSet::new(),
+            full_allocation: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// The configuration the core runs with.
+    pub fn config(&self) -> &AllocatorConfig {
+        &self.config
+    }
+
+    /// The commands produced since the last call, in order.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Periodic work: agent and framework timeouts, framework heartbeats, filter expiry,
+    /// then a full allocation pass.
+    pub fn tick(&mut self, now: Duration) {
+        self.expire_agents(now);
+        self.expire_frameworks(now);
+        self.heartbeat_frameworks(now);
+        self.expire_filters(now);
+        self.full_allocation = true;
+        self.allocate(now);
+    }
+
+    fn send_agent(&mut self, conn: ConnId, message: allocator_message::Message) {
+        self.outbox.push(Command::ToAgent { conn, message });
+    }
+
+    /// Sends `event` to framework `id` if it is connected; returns whether it was.
+    fn send_framework(&mut self, id: &FrameworkId, event: event::Event) -> bool {
+        match self.frameworks.get(id).and_then(|f| f.conn) {
+            Some(conn) => {
+                self.outbox.push(Command::ToFramework { conn, event });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn send_error(&mut self, id: &FrameworkId, message: String) {
+        tracing::warn!(framework_id = %id, %message, "error sent to framework");
+        self.send_framework(id, event::Event::Error(event::Error { message }));
+    }
+
+    /// An update the allocator makes up: no uuid, source ALLOCATOR.
+    #[allow(clippy::too_many_arguments)]
+    fn allocator_status(
+        now: Duration,
+        framework_id: &FrameworkId,
+        task_id: &str,
+        agent_id: &str,
+        state: TaskState,
+        reason: TaskReason,
+        message: String,
+    ) -> TaskStatus {
+        TaskStatus {
+            task_id: task_id.to_owned(),
+            framework_id: framework_id.0.clone(),
+            agent_id: agent_id.to_owned(),
+            state: state as i32,
+            reason: reason as i32,
+            source: TaskSource::Allocator as i32,
+            message,
+            uuid: Vec::new(),
+            timestamp: now.as_secs_f64(),
+            exit_code: None,
+            signal: None,
+        }
+    }
+
+    fn send_update(&mut self, framework_id: &FrameworkId, status: TaskStatus) {
+        let delivered = self.send_framework(
+            framework_id,
+            event::Event::Update(event::Update {
+                status: Some(status),
+            }),
+        );
+        if !delivered {
+            tracing::debug!(%framework_id, "framework not connected; update dropped");
+        }
+    }
+
+    /// Recomputes every book from first principles and compares it with the incremental one.
+    /// Returns a description of the first difference.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut cluster = Resources::new();
+        for agent in self.agents.values() {
+            let mut allocated = Resources::new();
+            for key in &agent.tasks {
+                let task = self
+                    .tasks
+                    .get(key)
+                    .ok_or_else(|| format!("agent {} lists unknown task {key:?}", agent.id))?;
+                if task.agent_id != agent.id {
+                    return Err(format!("task {key:?} is on two agents"));
+                }
+                allocated.add(&task.resources);
+            }
+            if allocated != agent.allocated {
+                return Err(format!(
+                    "agent {} books allocated {} but its tasks use {allocated}",
+                    agent.id, agent.allocated
+                ));
+            }
+            let offered = match &agent.offer {
+                Some(id) => {
+                    let offer = self
+                        .offers
+                        .get(id)
+                        .ok_or_else(|| format!("agent {} names missing offer {id}", agent.id))?;
+                    if offer.agent_id != agent.id {
+                        return Err(format!("offer {id} is on another agent"));
+                    }
+                    offer.resources.clone()
+                }
+                None => Resources::new(),
+            };
+            let used = allocated.plus(&offered);
+            let free = agent.total.minus(&used);
+            if free.plus(&used) != agent.total {
+                return Err(format!(
+                    "agent {}: allocated {allocated} + offered {offered} + free {free} != total {}",
+                    agent.id, agent.total
+                ));
+            }
+            if agent.reachable() {
+                cluster.add_scalars(&agent.total);
+            }
+            let offerable =
+                agent.conn().is_some() && agent.offer.is_none() && { free.is_allocatable() };
+            if offerable != self.offerable.contains(&agent.id) {
+                return Err(format!(
+                    "agent {} offerable is {offerable} but the index says otherwise",
+                    agent.id
+                ));
+            }
+        }
+        if cluster != self.cluster_total {
+            return Err(format!(
+                "cluster total {} != sum of reachable agents {cluster}",
+                self.cluster_total
+            ));
+        }
+        for (id, offer) in &self.offers {
+            let agent = self
+                .agents
+                .get(&offer.agent_id)
+                .ok_or_else(|| format!("offer {id} is on unknown agent"))?;
+            if agent.offer.as_ref() != Some(id) {
+                return Err(format!("offer {id} is not its agent's outstanding offer"));
+            }
+            let fw = self
+                .frameworks
+                .get(&offer.framework_id)
+                .ok_or_else(|| format!("offer {id} is for an unknown framework"))?;
+            if !fw.offers.contains(id) {
+                return Err(format!("offer {id} is missing from its framework"));
+            }
+        }
+        for fw in self.frameworks.values() {
+            let mut allocated = Resources::new();
+            for task_id in &fw.tasks {
+                let key = (fw.id.clone(), task_id.clone());
+                let task = self
+                    .tasks
+                    .get(&key)
+                    .ok_or_else(|| format!("framework {} lists unknown task {task_id}", fw.id))?;
+                if !task.unreachable {
+                    allocated.add_scalars(&task.resources);
+                }
+            }
+            if allocated != fw.allocated {
+                return Err(format!(
+                    "framework {} books allocated {} but its reachable tasks use {allocated}",
+                    fw.id, fw.allocated
+                ));
+            }
+            let mut offered = Resources::new();
+            for id in &fw.offers {
+                let offer = self
+                    .offers
+                    .get(id)
+                    .ok_or_else(|| format!("framework {} names missing offer {id}", fw.id))?;
+                offered.add_scalars(&offer.resources);
+            }
+            if offered != fw.offered {
+                return Err(format!(
+                    "framework {} books offered {} but its offers hold {offered}",
+                    fw.id, fw.offered
+                ));
+            }
+            if fw.conn.is_none() && !fw.offers.is_empty() {
+                return Err(format!("disconnected framework {} holds offers", fw.id));
+            }
+        }
+        for (key, task) in &self.tasks {
+            let fw = self
+                .frameworks
+                .get(&key.0)
+                .ok_or_else(|| format!("task {key:?} of unknown framework"))?;
+            if !fw.tasks.contains(&key.1) {
+                return Err(format!("task {key:?} missing from its framework"));
+            }
+            if task.state.is_terminal() {
+                return Err(format!("terminal task {key:?} is still active"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! Task records: ending a task (freeing its resources) and the bounded terminal history.
+//!
+//! Invariants: a task is either active (in `Core::tasks`, indexed from its agent and its
+//! framework, counted in both allocations) or terminal (in [`History`] only); ending a task
+//! removes it from every index and allocation in one step. The history keeps at most
+//! `terminal_task_history` tasks, oldest dropped first, and a task id reused after its task
+//! ended replaces the older record.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use strata_proto::{TaskReason, TaskState};
+
+use super::{Core, Task, TaskKey};
+
+/// Terminal tasks, oldest first, bounded.
+#[derive(Debug)]
+pub(super) struct History {
+    capacity: usize,
+    next_seq: u64,
+    order: VecDeque<(u64, TaskKey)>,
+    entries: HashMap<TaskKey, (u64, Task)>,
+}
+
+impl History {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            next_seq: 0,
+            order: VecDeque::new(),
+            entries: HashMap::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, task: Task) {
+        if self.capacity == 0 {
+            return;
+        }
+        let key = (task.framework_id.clone(), task.id.clone());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((seq, key.clone()));
+        self.entries.insert(key, (seq, task));
+        while self.entries.len() > self.capacity || self.order.len() > 2 * self.capacity {
+            let Some((old_seq, old_key)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .entries
+                .get(&old_key)
+                .is_some_and(|(s, _)| *s == old_seq)
+            {
+                self.entries.remove(&old_key);
+            }
+        }
+    }
+
+    pub(super) fn get(&self, key: &TaskKey) -> Option<&Task> {
+        self.entries.get(key).map(|(_, t)| t)
+    }
+
+    /// Terminal tasks, oldest first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Task> {
+        self.order.iter().filter_map(|(seq, key)| {
+            self.entries
+                .get(key)
+                .filter(|(s, _)| s == seq)
+                .map(|(_, t)| t)
+        })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl Core {
+    /// Ends an active task in `state`: removes it from its agent and framework, frees its
+    /// resources, and records it in the history. Sends nothing.
+    pub(super) fn end_task(
+        &mut self,
+        key: &TaskKey,
+        state: TaskState,
+        reason: TaskReason,
+        message: String,
+        exit_code: Option<i32>,
+        now: Duration,
+    ) {
+        debug_assert!(state.is_terminal());
+        let Some(mut task) = self.tasks.remove(key) else {
+            return;
+        };
+        if let Some(agent) = self.agents.get_mut(&task.agent_id) {
+            agent.tasks.remove(key);
+            agent.allocated.subtract(&task.resources);
+        }
+        if let Some(fw) = self.frameworks.get_mut(&task.framework_id) {
+            fw.tasks.remove(&task.id);
+            if !task.unreachable {
+                fw.allocated.subtract_scalars(&task.resources);
+            }
+        }
+        tracing::info!(
+            task_id = %task.id, framework_id = %task.framework_id, agent_id = %task.agent_id,
+            state = state.label(), "task ended"
+        );
+        task.state = state;
+        task.reason = reason;
+        task.message = message;
+        if exit_code.is_some() {
+            task.exit_code = exit_code;
+        }
+        task.updated_at = now;
+        task.kill = None;
+        let agent_id = task.agent_id.clone();
+        self.history.push(task);
+        self.refresh_offerable(&agent_id);
+    }
+
+    /// The state a framework sees: UNREACHABLE tasks read LOST to frameworks that are not
+    /// partition aware.
+    pub(super) fn visible_state(&self, task: &Task) -> TaskState {
+        if task.unreachable {
+            let partition_aware = self
+                .frameworks
+                .get(&task.framework_id)
+                .is_some_and(|f| f.partition_aware);
+            if partition_aware {
+                TaskState::Unreachable
+            } else {
+                TaskState::Lost
+            }
+        } else {
+            task.state
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Read-only operator views of the core state, in their wire form (`OperatorService`).
+//!
+//! Invariants: views never change state; lists are sorted (agents and frameworks by id,
+//! active tasks by launch time then framework and task id, terminal tasks oldest first) so
+//! output is stable. Tasks on unreachable agents show as TASK_UNREACHABLE to operators
+//! whatever their framework was told.
+
+use strata_proto::{
+    AgentState, AgentSummary, FrameworkSummary, ListTasksRequest, TaskState, TaskSummary,
+};
+
+use super::{Core, Link, Task};
+
+impl Core {
+    /// Every agent the allocator knows, by id.
+    pub fn agent_summaries(&self) -> Vec<AgentSummary> {
+        let mut agents: Vec<AgentSummary> = self
+            .agents
+            .values()
+            .map(|a| {
+                let offered = a
+                    .offer
+                    .as_ref()
+                    .and_then(|id| self.offers.get(id))
+                    .map(|o| o.resources.to_proto())
+                    .unwrap_or_default();
+                AgentSummary {
+                    id: a.id.0.clone(),
+                    hostname: a.hostname.clone(),
+                    state: match a.link {
+                        Link::Connected(_) => AgentState::Active,
+                        Link::Disconnected { .. } | Link::Unreachable { .. } => {
+                            AgentState::Unreachable
+                        }
+                    } as i32,
+                    total: a.total.to_proto(),
+                    allocated: a.allocated.to_proto(),
+                    offered,
+                    attributes: a.attributes.clone(),
+                    running_tasks: u32::try_from(a.tasks.len()).unwrap_or(u32::MAX),
+                    registered_at: a.registered_at.as_secs_f64(),
+                    last_heartbeat_at: a.last_seen.as_secs_f64(),
+                    version: a.version.clone(),
+                }
+            })
+            .collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        agents
+    }
+
+    /// Every framework the allocator knows (connected or within its failover timeout), by id.
+    pub fn framework_summaries(&self) -> Vec<FrameworkSummary> {
+        let mut frameworks: Vec<FrameworkSummary> = self
+            .frameworks
+            .values()
+            .map(|f| FrameworkSummary {
+                id: f.id.0.clone(),
+                name: f.name.clone(),
+                roles: f.roles.clone(),
+                connected: f.conn.is_some(),
+                allocated: f.allocated.to_proto(),
+                offered: f.offered.to_proto(),
+                dominant_share: self.dominant_share(f),
+                active_tasks: u32::try_from(f.tasks.len()).unwrap_or(u32::MAX),
+                registered_at: f.registered_at.as_secs_f64(),
+            })
+            .collect();
+        frameworks.sort_by(|a, b| a.id.cmp(&b.id));
+        frameworks
+    }
+
+    /// Tasks matching the request's filters: active ones first, then (with
+    /// `include_terminal`) the terminal history, oldest first.
+    pub fn task_summaries(&self, request: &ListTasksRequest) -> Vec<TaskSummary> {
+        let matches = |t: &Task| {
+            (request.framework_id.is_empty() || t.framework_id.0 == request.framework_id)
+                && (request.agent_id.is_empty() || t.agent_id.0 == request.agent_id)
+        };
+        let mut active: Vec<&Task> = self.tasks.values().filter(|t| matches(t)).collect();
+        active.sort_by(|a, b| {
+            a.launched_at
+                .cmp(&b.launched_at)
+                .then_with(|| a.framework_id.cmp(&b.framework_id))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let mut out: Vec<TaskSummary> = active.into_iter().map(task_summary).collect();
+        if request.include_terminal {
+            out.extend(self.history.iter().filter(|t| matches(t)).map(task_summary));
+        }
+        out
+    }
+
+    /// How many terminal tasks the history holds.
+    pub fn terminal_task_count(&self) -> usize {
+        self.history.len()
+    }
+}
+
+fn task_summary(t: &Task) -> TaskSummary {
+    TaskSummary {
+        task_id: t.id.0.clone(),
+        name: t.info.name.clone(),
+        framework_id: t.framework_id.0.clone(),
+        agent_id: t.agent_id.0.clone(),
+        state: if t.unreachable {
+            TaskState::Unreachable
+        } else {
+            t.state
+        } as i32,
+        resources: t.resources.to_proto(),
+        message: t.message.clone(),
+        launched_at: t.launched_at.as_secs_f64(),
+        updated_at: t.updated_at.as_secs_f64(),
+        exit_code: t.exit_code,
+    }
+}

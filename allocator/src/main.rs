@@ -1,0 +1,177 @@
+//! `strata-allocator`: the allocator as a process. Parses flags into an `AllocatorConfig`,
+//! binds the listening socket (a clear error when the address is taken), installs the
+//! tracing subscriber (`RUST_LOG`, default `info`, to stderr), prints the address it listens
+//! on to stdout, and serves until SIGINT or SIGTERM.
+
+use std::io::{ErrorKind, IsTerminal as _, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use strata_allocator::{AllocatorConfig, parse_duration};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// The Strata allocator: admits agents and frameworks and offers resources with DRF.
+#[derive(Debug, Parser)]
+#[command(name = "strata-allocator", version, about)]
+struct Args {
+    /// Address to listen on for agents, frameworks and operators.
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    listen: String,
+    /// How often agents must send a heartbeat (e.g. 500ms, 5s, 2m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    agent_heartbeat_interval: Duration,
+    /// No message from an agent this long: it is unreachable.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    agent_timeout: Duration,
+    /// How long an agent whose stream ended may take to reconnect before its tasks are
+    /// reported LOST or UNREACHABLE.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    agent_reconnect_timeout: Duration,
+    /// How often frameworks get a HEARTBEAT event.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    framework_heartbeat_interval: Duration,
+    /// The periodic allocation tick (filter expiry, timeouts).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    allocation_interval: Duration,
+    /// Default refuse_seconds of DECLINE and ACCEPT filters.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    default_refuse: Duration,
+    /// Terminal tasks kept for `strata ps --all`.
+    #[arg(long, default_value_t = 1000)]
+    terminal_task_history: usize,
+}
+
+impl Args {
+    fn config(&self) -> AllocatorConfig {
+        AllocatorConfig {
+            agent_heartbeat_interval: self.agent_heartbeat_interval,
+            agent_timeout: self.agent_timeout,
+            agent_reconnect_timeout: self.agent_reconnect_timeout,
+            framework_heartbeat_interval: self.framework_heartbeat_interval,
+            allocation_interval: self.allocation_interval,
+            default_refuse: self.default_refuse,
+            terminal_task_history: self.terminal_task_history,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-allocator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config();
+    config.validate()?;
+    let listener = bind(&args.listen).await?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    println!("strata-allocator listening on {addr}");
+    let _ = std::io::stdout().flush();
+    strata_allocator::serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(listen).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => anyhow::bail!(
+            "cannot listen on {listen}: address already in use: is another allocator or \
+             `strata local` running?"
+        ),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!(
+            "cannot listen on {listen}: give --listen a local address such as 127.0.0.1:5050"
+        ))),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received; shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let args = Args::try_parse_from(["strata-allocator"]).expect("no flags parse");
+        assert_eq!(args.listen, "127.0.0.1:5050");
+        assert_eq!(args.config(), AllocatorConfig::default());
+    }
+
+    #[test]
+    fn flags_set_every_field() {
+        let args = Args::try_parse_from([
+            "strata-allocator",
+            "--listen",
+            "0.0.0.0:6060",
+            "--agent-heartbeat-interval",
+            "1s",
+            "--agent-timeout",
+            "3",
+            "--agent-reconnect-timeout",
+            "500ms",
+            "--framework-heartbeat-interval",
+            "2m",
+            "--allocation-interval",
+            "100ms",
+            "--default-refuse",
+            "0",
+            "--terminal-task-history",
+            "7",
+        ])
+        .expect("flags parse");
+        assert_eq!(args.listen, "0.0.0.0:6060");
+        assert_eq!(
+            args.config(),
+            AllocatorConfig {
+                agent_heartbeat_interval: Duration::from_secs(1),
+                agent_timeout: Duration::from_secs(3),
+                agent_reconnect_timeout: Duration::from_millis(500),
+                framework_heartbeat_interval: Duration::from_secs(120),
+                allocation_interval: Duration::from_millis(100),
+                default_refuse: Duration::ZERO,
+                terminal_task_history: 7,
+            }
+        );
+        let err = Args::try_parse_from(["strata-allocator", "--agent-timeout", "soon"])
+            .expect_err("bad duration");
+        assert!(
+            err.to_string().contains("invalid duration \"soon\""),
+            "{err}"
+        );
+    }
+}
