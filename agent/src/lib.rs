@@ -1,1 +1,21 @@
-//! placeholder
+//! The Strata agent: one per host. It discovers the host's resources, dials the allocator and
+//! registers, runs the tasks the allocator launches through a [`containerizer::Containerizer`]
+//! (in its own sandbox under the work dir), kills them on request, and delivers their status
+//! updates reliably until they are acknowledged.
+//!
+//! Start one with [`run`]; see `agent` for the invariants it keeps.
+//!
+//! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks),
+//! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
+//! [`ebpf`] (the kernel-side programs), `connection` (the stream to the allocator) and `agent`
+//! (the core that ties them together).
+
+mod agent;
+pub mod checkpoint;
+mod connection;
+pub mod containerizer;
+pub mod discovery;
+pub mod ebpf;
+pub mod status;
+
+pub use agent::{AgentConfig, AgentError, run, run_with_containerizer};

@@ -1,0 +1,216 @@
+//! The agent's link to the allocator: dials it, opens the `AgentService.Connect` stream and
+//! reports what happens on it to the agent's core as [`ConnEvent`]s; redials with exponential
+//! backoff (100 ms doubling to the configured maximum) whenever the dial fails or the stream
+//! ends.
+//!
+//! Invariants: each stream is a numbered session; events of one session arrive in order
+//! (`Connected`, then its messages, then `Disconnected`), and the core ignores events of any
+//! session but the latest. The backoff restarts once a stream has delivered a message. The
+//! outbound sender is handed to the core *before* the stream is opened, so the core's
+//! `Register` is the first message on it whatever the allocator waits for.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use strata_proto::agent_service_client::AgentServiceClient;
+use strata_proto::{AgentMessage, AllocatorMessage};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+/// The first reconnect delay.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Messages the core may queue on a session before sends are dropped (updates are resent).
+pub(crate) const OUTBOUND_CAPACITY: usize = 1024;
+
+/// What happened on the link to the allocator.
+#[derive(Debug)]
+pub(crate) enum ConnEvent {
+    /// A new stream is being opened; send `Register` on `outbound`.
+    Connected {
+        session: u64,
+        outbound: mpsc::Sender<AgentMessage>,
+    },
+    /// The allocator sent a message on the stream.
+    Message {
+        session: u64,
+        message: Box<AllocatorMessage>,
+    },
+    /// The stream ended.
+    Disconnected { session: u64, reason: String },
+}
+
+/// Exponential backoff: [`INITIAL_BACKOFF`] doubling up to a maximum.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(max: Duration) -> Self {
+        let max = max.max(INITIAL_BACKOFF);
+        Self {
+            next: INITIAL_BACKOFF,
+            max,
+        }
+    }
+
+    /// The delay to wait now; the following one doubles.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = INITIAL_BACKOFF;
+    }
+}
+
+/// An error and its sources, joined with ": " (repeated messages dropped).
+pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = status.source() {
+        let chain = error_chain(source);
+        if !text.contains(&chain) {
+            text.push_str(": ");
+            text.push_str(&chain);
+        }
+    }
+    text
+}
+
+/// Keeps a stream to the allocator open until `events` is closed (the core has stopped).
+pub(crate) async fn maintain(
+    endpoint: Endpoint,
+    address: String,
+    backoff_max: Duration,
+    events: mpsc::UnboundedSender<ConnEvent>,
+) {
+    let mut backoff = Backoff::new(backoff_max);
+    let mut session = 0u64;
+    loop {
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    "cannot reach the allocator at {address}: {}; retrying in {delay:?}",
+                    error_chain(&e)
+                );
+                tokio::time::sleep(delay).await;
+                if events.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        session += 1;
+        let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        if events
+            .send(ConnEvent::Connected { session, outbound })
+            .is_err()
+        {
+            return;
+        }
+        let mut client = AgentServiceClient::new(channel);
+        let reason = match client.connect(ReceiverStream::new(rx)).await {
+            Err(status) => describe_status(&status),
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                let mut delivered = false;
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            if !delivered {
+                                delivered = true;
+                                backoff.reset();
+                            }
+                            if events
+                                .send(ConnEvent::Message {
+                                    session,
+                                    message: Box::new(message),
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(None) => break "the allocator closed the stream".to_owned(),
+                        Err(status) => break describe_status(&status),
+                    }
+                }
+            }
+        };
+        if events
+            .send(ConnEvent::Disconnected {
+                session,
+                reason: reason.clone(),
+            })
+            .is_err()
+        {
+            return;
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            "lost the connection to the allocator at {address}: {reason}; reconnecting in {delay:?}"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_maximum_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 500, 500]
+                .map(Duration::from_millis)
+                .to_vec()
+        );
+        b.reset();
+        assert_eq!(b.next_delay(), INITIAL_BACKOFF);
+        assert_eq!(format!("{:?}", Duration::from_millis(400)), "400ms");
+    }
+
+    #[test]
+    fn error_chain_joins_sources_without_repeats() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tcp connect error")
+            }
+        }
+        impl StdError for Outer {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::from_raw_os_error(111));
+        assert_eq!(
+            error_chain(&e),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
+}

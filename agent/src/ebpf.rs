@@ -1,0 +1,502 @@
+//! The agent's eBPF programs (crate `agent-ebpf`): loading, attaching, and reading their maps.
+//!
+//! `build.rs` builds `agent-ebpf` for `bpfel-unknown-none` and this module embeds the object. It
+//! holds three programs (names and map layouts in [`strata_agent_common`]):
+//!
+//! - `sched_switch` (tp_btf): on-CPU nanoseconds per cgroup, for every task on the machine. Needs
+//!   the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! - `cgroup_skb_ingress` / `cgroup_skb_egress` (cgroup_skb): bytes and packets per cgroup,
+//!   counted against the cgroup of the packet's **socket** (the cgroup of the task that created
+//!   the socket; an accepted connection inherits the listener's cgroup). Bytes are whole IP
+//!   packets, headers included. They are attached at `cgroup_root`, a directory of the unified
+//!   (v2) hierarchy, and count every socket at or below it. On hybrid hosts that is a directory
+//!   under `/sys/fs/cgroup/unified`; on pure v2 hosts, under `/sys/fs/cgroup`.
+//!
+//! [`Ebpf::load`] loads and attaches each program on its own: a program the kernel refuses (no
+//! BTF, no permission, no cgroup v2 at the root) is logged as a warning that says what is missing
+//! and recorded in [`Ebpf::programs`], and the others keep working. It fails only when nothing at
+//! all can be loaded. The programs stay attached as long as the [`Ebpf`] value lives; dropping it
+//! detaches them.
+//!
+//! Cgroups are identified by their v2 id, the inode number of their directory ([`cgroup_id`]).
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{MapData, MapError, PerCpuHashMap};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError,
+};
+use aya::{Btf, include_bytes_aligned};
+use strata_agent_common::{
+    CgroupId, MAP_CPU_TIME, MAP_NET_EGRESS, MAP_NET_INGRESS, NET_COUNTER_WORDS, NetCounters,
+    PROG_SCHED_SWITCH, PROG_SKB_EGRESS, PROG_SKB_INGRESS,
+};
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/strata-agent-ebpf"));
+
+/// Where the kernel publishes its BTF, which tp_btf programs need.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Errors of the eBPF module.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// The embedded object could not be loaded at all (its maps could not be created).
+    #[error("cannot load the agent's eBPF object: {detail}{hint}")]
+    LoadObject {
+        /// The loader's error and its causes.
+        detail: String,
+        /// What to do about it, when known.
+        hint: String,
+    },
+    /// Not one program could be loaded and attached.
+    #[error("no eBPF program could be loaded: {}", failures.join("; "))]
+    NothingLoaded {
+        /// One line per program: its name, what failed and what is missing.
+        failures: Vec<String>,
+    },
+    /// The program that feeds the requested counter is not attached.
+    #[error("eBPF program {program} is not running ({reason}): its counters are unavailable")]
+    NotAttached {
+        /// The program's name.
+        program: &'static str,
+        /// Why it is not running.
+        reason: String,
+    },
+    /// Reading a map failed.
+    #[error("cannot read eBPF map {map} for cgroup {cgroup_id}: {source}")]
+    ReadMap {
+        /// The map's name.
+        map: &'static str,
+        /// The cgroup whose entry was read.
+        cgroup_id: CgroupId,
+        /// The loader's error.
+        source: MapError,
+    },
+    /// A cgroup directory could not be examined.
+    #[error("cannot read cgroup directory {path}: {source}")]
+    Cgroup {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Whether one program runs, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProgramState {
+    /// Loaded and attached.
+    Attached,
+    /// Not running; the text says what failed and what is missing.
+    Failed(String),
+}
+
+/// One program of the object and its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStatus {
+    /// The program's name (see [`strata_agent_common`]).
+    pub name: &'static str,
+    /// Where it is attached (`sched_switch`, or the cgroup directory).
+    pub attach_point: String,
+    /// Whether it runs.
+    pub state: ProgramState,
+}
+
+/// A cgroup's network counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetTraffic {
+    /// Packets received by the cgroup's sockets.
+    pub ingress: NetCounters,
+    /// Packets sent by the cgroup's sockets.
+    pub egress: NetCounters,
+}
+
+type CpuTimeMap = PerCpuHashMap<MapData, CgroupId, u64>;
+type NetMap = PerCpuHashMap<MapData, CgroupId, [u64; NET_COUNTER_WORDS]>;
+
+/// The loaded programs and their maps. Dropping it detaches and unloads the programs.
+pub struct Ebpf {
+    /// Owns the programs and their links; kept alive so the programs stay attached.
+    _object: aya::Ebpf,
+    cgroup_root: PathBuf,
+    programs: Vec<ProgramStatus>,
+    cpu_time: Option<CpuTimeMap>,
+    net_ingress: Option<NetMap>,
+    net_egress: Option<NetMap>,
+}
+
+impl fmt::Debug for Ebpf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ebpf")
+            .field("cgroup_root", &self.cgroup_root)
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ebpf {
+    /// Loads the object, attaches `sched_switch` and attaches the cgroup_skb programs at
+    /// `cgroup_root` (a directory of the cgroup v2 hierarchy).
+    ///
+    /// Each program that cannot be loaded or attached is logged (`warn`) with what is missing and
+    /// left out; see [`Ebpf::programs`]. Fails only when the object cannot be loaded at all or no
+    /// program runs; the caller can then carry on without eBPF accounting.
+    pub fn load(cgroup_root: &Path) -> Result<Self, EbpfError> {
+        let mut object = aya::Ebpf::load(EBPF_OBJECT).map_err(|e| EbpfError::LoadObject {
+            detail: error_chain(&e),
+            hint: permission_hint(&e),
+        })?;
+
+        let mut programs = Vec::with_capacity(3);
+        programs.push(ProgramStatus {
+            name: PROG_SCHED_SWITCH,
+            attach_point: "tp_btf/sched_switch".to_owned(),
+            state: to_state(attach_sched_switch(&mut object)),
+        });
+        let cgroup = open_cgroup2(cgroup_root);
+        for (name, attach_type) in [
+            (PROG_SKB_INGRESS, CgroupSkbAttachType::Ingress),
+            (PROG_SKB_EGRESS, CgroupSkbAttachType::Egress),
+        ] {
+            let result = cgroup
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|file| attach_cgroup_skb(&mut object, name, file, attach_type));
+            programs.push(ProgramStatus {
+                name,
+                attach_point: cgroup_root.display().to_string(),
+                state: to_state(result),
+            });
+        }
+
+        for p in &programs {
+            match &p.state {
+                ProgramState::Attached => {
+                    tracing::info!(program = p.name, attach_point = %p.attach_point, "eBPF program attached");
+                }
+                ProgramState::Failed(why) => {
+                    tracing::warn!(program = p.name, attach_point = %p.attach_point, "eBPF program not running, its counters are unavailable: {why}");
+                }
+            }
+        }
+        if programs.iter().all(|p| p.state != ProgramState::Attached) {
+            return Err(EbpfError::NothingLoaded {
+                failures: programs
+                    .iter()
+                    .filter_map(|p| match &p.state {
+                        ProgramState::Failed(why) => Some(format!("{}: {why}", p.name)),
+                        ProgramState::Attached => None,
+                    })
+                    .collect(),
+            });
+        }
+
+        let cpu_time = take_map(&mut object, MAP_CPU_TIME);
+        let net_ingress = take_map(&mut object, MAP_NET_INGRESS);
+        let net_egress = take_map(&mut object, MAP_NET_EGRESS);
+        Ok(Self {
+            _object: object,
+            cgroup_root: cgroup_root.to_path_buf(),
+            programs,
+            cpu_time,
+            net_ingress,
+            net_egress,
+        })
+    }
+
+    /// Each program's state.
+    #[must_use]
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.programs
+    }
+
+    /// The cgroup directory the cgroup_skb programs are attached at.
+    #[must_use]
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    /// Nanoseconds the cgroup's tasks (the cgroup itself, not its descendants) spent on a CPU
+    /// since the program was attached; 0 for a cgroup that has not run since.
+    pub fn cpu_time_ns(&self, cgroup_id: CgroupId) -> Result<u64, EbpfError> {
+        let map = self.map_of(PROG_SCHED_SWITCH, self.cpu_time.as_ref())?;
+        match map.get(&cgroup_id, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v))),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(source) => Err(EbpfError::ReadMap {
+                map: MAP_CPU_TIME,
+                cgroup_id,
+                source,
+            }),
+        }
+    }
+
+    /// Bytes and packets sent and received by the cgroup's sockets (the cgroup itself, not its
+    /// descendants) since the programs were attached; zeros for a cgroup with no traffic since.
+    pub fn net_counters(&self, cgroup_id: CgroupId) -> Result<NetTraffic, EbpfError> {
+        let ingress = self.map_of(PROG_SKB_INGRESS, self.net_ingress.as_ref())?;
+        let egress = self.map_of(PROG_SKB_EGRESS, self.net_egress.as_ref())?;
+        Ok(NetTraffic {
+            ingress: read_net(ingress, MAP_NET_INGRESS, cgroup_id)?,
+            egress: read_net(egress, MAP_NET_EGRESS, cgroup_id)?,
+        })
+    }
+
+    /// Drops a cgroup's entries (call it when the cgroup is removed, so the maps do not fill up
+    /// with dead cgroups; they are LRU maps, so forgetting is an optimisation, not a must).
+    pub fn forget(&mut self, cgroup_id: CgroupId) {
+        if let Some(m) = self.cpu_time.as_mut() {
+            let _ = m.remove(&cgroup_id);
+        }
+        for m in [self.net_ingress.as_mut(), self.net_egress.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = m.remove(&cgroup_id);
+        }
+    }
+
+    fn map_of<'a, M>(&self, program: &'static str, map: Option<&'a M>) -> Result<&'a M, EbpfError> {
+        let reason = self
+            .programs
+            .iter()
+            .find(|p| p.name == program)
+            .and_then(|p| match &p.state {
+                ProgramState::Failed(why) => Some(why.clone()),
+                ProgramState::Attached => None,
+            });
+        match (reason, map) {
+            (None, Some(map)) => Ok(map),
+            (Some(reason), _) => Err(EbpfError::NotAttached { program, reason }),
+            (None, None) => Err(EbpfError::NotAttached {
+                program,
+                reason: "its map is missing from the eBPF object".to_owned(),
+            }),
+        }
+    }
+}
+
+/// The cgroup v2 id of a cgroup directory (its inode number): the key of every eBPF map.
+pub fn cgroup_id(path: &Path) -> Result<CgroupId, EbpfError> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| EbpfError::Cgroup {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn read_net(
+    map: &NetMap,
+    name: &'static str,
+    cgroup_id: CgroupId,
+) -> Result<NetCounters, EbpfError> {
+    match map.get(&cgroup_id, 0) {
+        Ok(per_cpu) => Ok(per_cpu.iter().fold(NetCounters::default(), |sum, v| {
+            sum.add(NetCounters::from_words(*v))
+        })),
+        Err(MapError::KeyNotFound) => Ok(NetCounters::default()),
+        Err(source) => Err(EbpfError::ReadMap {
+            map: name,
+            cgroup_id,
+            source,
+        }),
+    }
+}
+
+fn take_map<V: aya::Pod>(
+    object: &mut aya::Ebpf,
+    name: &str,
+) -> Option<PerCpuHashMap<MapData, CgroupId, V>> {
+    let map = object.take_map(name)?;
+    match PerCpuHashMap::try_from(map) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(map = name, "eBPF map has an unexpected type or layout: {e}");
+            None
+        }
+    }
+}
+
+fn to_state(result: Result<(), String>) -> ProgramState {
+    match result {
+        Ok(()) => ProgramState::Attached,
+        Err(why) => ProgramState::Failed(why),
+    }
+}
+
+fn attach_sched_switch(object: &mut aya::Ebpf) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| {
+        if Path::new(KERNEL_BTF).exists() {
+            format!(
+                "cannot read the kernel's BTF at {KERNEL_BTF}: {}",
+                error_chain(&e)
+            )
+        } else {
+            format!(
+                "the kernel has no BTF ({KERNEL_BTF} is missing; tp_btf programs need a kernel \
+                 built with CONFIG_DEBUG_INFO_BTF=y)"
+            )
+        }
+    })?;
+    let program: &mut BtfTracePoint = object
+        .program_mut(PROG_SCHED_SWITCH)
+        .ok_or_else(|| "the program is missing from the eBPF object".to_owned())?
+        .try_into()
+        .map_err(|e: ProgramError| format!("unexpected program type: {e}"))?;
+    program
+        .load("sched_switch", &btf)
+        .map_err(|e| format!("cannot load: {}{}", error_chain(&e), permission_hint(&e)))?;
+    program.attach().map_err(|e| {
+        format!(
+            "cannot attach to sched_switch: {}{}",
+            error_chain(&e),
+            permission_hint(&e)
+        )
+    })?;
+    Ok(())
+}
+
+fn attach_cgroup_skb(
+    object: &mut aya::Ebpf,
+    name: &str,
+    cgroup: &File,
+    attach_type: CgroupSkbAttachType,
+) -> Result<(), String> {
+    let program: &mut CgroupSkb = object
+        .program_mut(name)
+        .ok_or_else(|| "the program is missing from the eBPF object".to_owned())?
+        .try_into()
+        .map_err(|e: ProgramError| format!("unexpected program type: {e}"))?;
+    program
+        .load()
+        .map_err(|e| format!("cannot load: {}{}", error_chain(&e), permission_hint(&e)))?;
+    // On kernels >= 5.7 aya attaches through a bpf_link, which runs alongside any other program
+    // attached at the same cgroup (the attach mode applies to the legacy attach only).
+    program
+        .attach(cgroup, attach_type, CgroupAttachMode::Single)
+        .map_err(|e| format!("cannot attach: {}{}", error_chain(&e), permission_hint(&e)))?;
+    Ok(())
+}
+
+/// Opens a cgroup v2 directory; the error says what is wrong with it.
+fn open_cgroup2(path: &Path) -> Result<File, String> {
+    let fs = nix::sys::statfs::statfs(path)
+        .map_err(|e| format!("cannot open cgroup directory {}: {e}", path.display()))?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Err(format!(
+            "{} is not in a cgroup v2 hierarchy (cgroup_skb programs attach to the unified \
+             hierarchy: /sys/fs/cgroup/unified/... on hybrid hosts, /sys/fs/cgroup/... on pure v2)",
+            path.display()
+        ));
+    }
+    File::open(path).map_err(|e| format!("cannot open cgroup directory {}: {e}", path.display()))
+}
+
+/// The error and all its causes, joined with ": ".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A hint when the error chain holds a permission error.
+fn permission_hint(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(
+                io.raw_os_error().map(nix::errno::Errno::from_raw),
+                Some(nix::errno::Errno::EPERM | nix::errno::Errno::EACCES)
+            )
+        {
+            return " (permission denied: the agent needs root, or CAP_BPF, CAP_PERFMON and \
+                    CAP_NET_ADMIN, to load eBPF programs)"
+                .to_owned();
+        }
+        cur = err.source();
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_id_is_the_directory_inode_and_errors_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = cgroup_id(dir.path()).expect("a directory has an id");
+        assert_eq!(id, std::fs::metadata(dir.path()).expect("stat").ino());
+        let missing = dir.path().join("gone");
+        let err = cgroup_id(&missing).expect_err("no such directory");
+        assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_outside_cgroup2_is_refused_with_what_to_use_instead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = open_cgroup2(dir.path()).expect_err("a tmp dir is not a cgroup");
+        assert!(err.contains("not in a cgroup v2 hierarchy"), "{err}");
+        assert!(err.contains("/sys/fs/cgroup/unified"), "{err}");
+    }
+
+    #[test]
+    fn error_chain_joins_causes_and_permission_errors_get_a_hint() {
+        let err = MapError::CreateError {
+            name: "CPU_TIME_NS".to_owned(),
+            io_error: io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32),
+        };
+        let text = error_chain(&err);
+        assert!(text.contains("CPU_TIME_NS"), "{text}");
+        assert!(text.contains("not permitted"), "{text}");
+        assert!(permission_hint(&err).contains("CAP_BPF"));
+        let other = MapError::KeyNotFound;
+        assert_eq!(permission_hint(&other), "");
+    }
+
+    /// Loading with a root that is not a cgroup2 directory: the cgroup_skb programs are reported
+    /// as not running, with the reason, and the rest still loads. Needs the rights to load eBPF
+    /// programs (root); skips with a message without them.
+    #[test]
+    fn programs_that_cannot_attach_are_reported_and_the_rest_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ebpf = match Ebpf::load(dir.path()) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("skipped: this process cannot load eBPF programs here: {e}");
+                return;
+            }
+        };
+        let states: Vec<_> = ebpf.programs().iter().map(|p| (p.name, &p.state)).collect();
+        assert_eq!(states.len(), 3, "{states:?}");
+        for p in ebpf.programs() {
+            if p.name == PROG_SCHED_SWITCH {
+                assert_eq!(p.state, ProgramState::Attached, "{p:?}");
+            } else {
+                assert!(
+                    matches!(&p.state, ProgramState::Failed(why) if why.contains("cgroup v2")),
+                    "{p:?}"
+                );
+            }
+        }
+        let err = ebpf
+            .net_counters(1)
+            .expect_err("the skb programs are not running");
+        assert!(err.to_string().contains("not running"), "{err}");
+        ebpf.cpu_time_ns(1).expect("sched_switch runs");
+    }
+}

@@ -1,0 +1,693 @@
+//! A real agent (`strata_agent::run` in-process) against a small fake allocator served over
+//! real gRPC on 127.0.0.1:0: registration and the persisted id, the task life cycle with
+//! reliable (resent until acknowledged) status updates, kill, launch failure, duplicate
+//! launches, re-registration after the stream drops, and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use strata_agent::{AgentConfig, AgentError};
+use strata_proto::agent_message::Message as AgentMsg;
+use strata_proto::agent_service_server::{AgentService, AgentServiceServer};
+use strata_proto::allocator_message::{
+    AcknowledgeUpdate, KillTask, LaunchTask, Message as AllocMsg, Registered, Shutdown,
+};
+use strata_proto::{
+    AgentMessage, AllocatorMessage, CommandInfo, Resource, TaskInfo, TaskReason, TaskState,
+    TaskStatus, names,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The longest any single expected event may take.
+const STEP: Duration = Duration::from_secs(10);
+const FRAMEWORK: &str = "fw-1";
+const ASSIGNED_ID: &str = "agent-1";
+
+type Outbound = mpsc::UnboundedSender<Result<AllocatorMessage, Status>>;
+
+/// Answers Register with Registered (assigning ASSIGNED_ID to a new agent) and hands every
+/// message, with its connection number, to the test.
+struct FakeAllocator {
+    inbound: mpsc::UnboundedSender<(u64, AgentMessage)>,
+    conns: Arc<Mutex<HashMap<u64, Outbound>>>,
+    next_conn: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl AgentService for FakeAllocator {
+    type ConnectStream = UnboundedReceiverStream<Result<AllocatorMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let conn = self.next_conn.fetch_add(1, Ordering::SeqCst) + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.lock().unwrap().insert(conn, tx.clone());
+        let inbound = self.inbound.clone();
+        let mut stream = request.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                if let Some(AgentMsg::Register(register)) = &message.message {
+                    let id = register
+                        .info
+                        .as_ref()
+                        .map(|i| i.id.clone())
+                        .filter(|id| !id.is_empty())
+                        .unwrap_or_else(|| ASSIGNED_ID.to_owned());
+                    let _ = tx.send(Ok(AllocatorMessage {
+                        message: Some(AllocMsg::Registered(Registered {
+                            agent_id: id,
+                            heartbeat_interval_seconds: 0.2,
+                        })),
+                    }));
+                }
+                if inbound.send((conn, message)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    work_dir: PathBuf,
+    status_update_retry: Duration,
+    inbound: mpsc::UnboundedReceiver<(u64, AgentMessage)>,
+    conns: Arc<Mutex<HashMap<u64, Outbound>>>,
+    server: JoinHandle<()>,
+    agent: Option<JoinHandle<Result<(), AgentError>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> AgentConfig {
+    let mut config = AgentConfig::new(format!("http://{addr}"), work_dir);
+    config.cpus = Some(2.0);
+    config.mem_mib = Some(1024.0);
+    config.disk_mib = Some(4096.0);
+    config.attributes = vec![("rack".to_owned(), "r1".to_owned())];
+    config.status_update_retry = status_update_retry;
+    config.default_kill_grace_period = Duration::from_secs(2);
+    config.reconnect_backoff_max = Duration::from_millis(500);
+    config
+}
+
+/// Shows the agent's logs for failing tests (`RUST_LOG=debug` for more).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+impl Harness {
+    /// A fake allocator and an agent resending unacknowledged updates every 200 ms.
+    async fn start(work_dir: &Path) -> Result<Self> {
+        Self::start_with_retry(work_dir, Duration::from_millis(200)).await
+    }
+
+    async fn start_with_retry(work_dir: &Path, status_update_retry: Duration) -> Result<Self> {
+        init_tracing();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        let conns = Arc::new(Mutex::new(HashMap::new()));
+        let fake = FakeAllocator {
+            inbound: inbound_tx,
+            conns: conns.clone(),
+            next_conn: AtomicU64::new(0),
+        };
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AgentServiceServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        let mut harness = Self {
+            addr,
+            work_dir: work_dir.to_path_buf(),
+            status_update_retry,
+            inbound,
+            conns,
+            server,
+            agent: None,
+            stop: None,
+        };
+        harness.start_agent();
+        Ok(harness)
+    }
+
+    fn start_agent(&mut self) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let config = config(self.addr, &self.work_dir, self.status_update_retry);
+        self.agent = Some(tokio::spawn(strata_agent::run(config, async move {
+            let _ = stop_rx.await;
+        })));
+        self.stop = Some(stop_tx);
+    }
+
+    /// Stops the agent and waits for `run` to return.
+    async fn stop_agent(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let agent = self.agent.take().context("no agent running")?;
+        tokio::time::timeout(STEP, agent)
+            .await
+            .context("the agent did not stop in time")??
+            .context("the agent failed")
+    }
+
+    /// The next message the agent sends that `pick` accepts.
+    async fn next<T>(
+        &mut self,
+        mut pick: impl FnMut(u64, &AgentMessage) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let (conn, message) = tokio::time::timeout_at(deadline, self.inbound.recv())
+                .await
+                .context("timed out waiting for a message from the agent")?
+                .context("the fake allocator stopped")?;
+            if let Some(found) = pick(conn, &message) {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn next_register(&mut self) -> Result<(u64, strata_proto::agent_message::Register)> {
+        self.next(|conn, m| match &m.message {
+            Some(AgentMsg::Register(r)) => Some((conn, r.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn next_update(&mut self) -> Result<TaskStatus> {
+        self.next(|_, m| match &m.message {
+            Some(AgentMsg::StatusUpdate(u)) => u.status.clone(),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next update, acknowledged.
+    async fn next_update_acked(&mut self) -> Result<TaskStatus> {
+        let status = self.next_update().await?;
+        self.ack(&status)?;
+        Ok(status)
+    }
+
+    /// Fails if the agent sends a status update within `window`, other than a resend of one of
+    /// `seen` (an acknowledgement may still be on its way when the window opens).
+    async fn expect_no_new_update(&mut self, window: Duration, seen: &[&TaskStatus]) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(None) => bail!("the fake allocator stopped"),
+                Ok(Some((_, m))) => {
+                    if let Some(AgentMsg::StatusUpdate(u)) = m.message {
+                        let status = u.status.unwrap_or_default();
+                        if !seen.iter().any(|s| s.uuid == status.uuid) {
+                            bail!("unexpected status update {status:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, message: AllocMsg) -> Result<()> {
+        let conns = self.conns.lock().unwrap();
+        let latest = conns.keys().max().context("the agent never connected")?;
+        conns[latest]
+            .send(Ok(AllocatorMessage {
+                message: Some(message),
+            }))
+            .map_err(|_| anyhow!("the stream to the agent is closed"))
+    }
+
+    fn ack(&self, status: &TaskStatus) -> Result<()> {
+        self.send(AllocMsg::Acknowledge(AcknowledgeUpdate {
+            framework_id: status.framework_id.clone(),
+            task_id: status.task_id.clone(),
+            uuid: status.uuid.clone(),
+        }))
+    }
+
+    fn launch(&self, task: TaskInfo) -> Result<()> {
+        self.send(AllocMsg::LaunchTask(LaunchTask {
+            framework_id: FRAMEWORK.to_owned(),
+            task: Some(task),
+        }))
+    }
+
+    fn kill(&self, task_id: &str, grace_seconds: f64) -> Result<()> {
+        self.send(AllocMsg::KillTask(KillTask {
+            framework_id: FRAMEWORK.to_owned(),
+            task_id: task_id.to_owned(),
+            grace_period_seconds: Some(grace_seconds),
+        }))
+    }
+
+    /// Ends the latest stream from the allocator's side.
+    fn drop_stream(&self) -> Result<()> {
+        let mut conns = self.conns.lock().unwrap();
+        let latest = *conns.keys().max().context("the agent never connected")?;
+        let tx = conns.remove(&latest).context("no stream")?;
+        let _ = tx.send(Err(Status::unavailable(
+            "the fake allocator drops the stream",
+        )));
+        Ok(())
+    }
+
+    fn pid_of(&self, task_id: &str) -> Result<u32> {
+        let path = self
+            .work_dir
+            .join("runs")
+            .join(FRAMEWORK)
+            .join(task_id)
+            .join("pid");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path:?}"))?;
+        Ok(text.parse()?)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // On a failed test: stopping the agent kills its tasks; the runtime's end reaps them.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.abort();
+    }
+}
+
+fn shell_task(task_id: &str, script: &str) -> TaskInfo {
+    TaskInfo {
+        task_id: task_id.to_owned(),
+        name: task_id.to_owned(),
+        resources: vec![
+            Resource::scalar(names::CPUS, 0.1),
+            Resource::scalar(names::MEM, 32.0),
+        ],
+        command: Some(CommandInfo {
+            shell: true,
+            value: script.to_owned(),
+            ..CommandInfo::default()
+        }),
+        ..TaskInfo::default()
+    }
+}
+
+fn assert_update(status: &TaskStatus, task_id: &str, state: TaskState) -> Result<()> {
+    ensure!(
+        status.task_id == task_id && status.state() == state,
+        "expected {} for {task_id}, got {} for {} ({:?})",
+        state.label(),
+        status.state().label(),
+        status.task_id,
+        status.message
+    );
+    ensure!(
+        status.framework_id == FRAMEWORK,
+        "framework id {:?}",
+        status.framework_id
+    );
+    ensure!(
+        status.agent_id == ASSIGNED_ID,
+        "agent id {:?}",
+        status.agent_id
+    );
+    ensure!(status.uuid.len() == 16, "uuid {:?}", status.uuid);
+    Ok(())
+}
+
+fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_persists_its_id_and_keeps_it_across_restarts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+
+    let (_, register) = h.next_register().await?;
+    let info = register.info.context("register without info")?;
+    assert_eq!(info.id, "", "a new agent registers without an id");
+    assert!(!info.hostname.is_empty());
+    assert_eq!(strata_proto::scalar_sum(&info.resources, names::CPUS), 2.0);
+    assert_eq!(
+        strata_proto::scalar_sum(&info.resources, names::MEM),
+        1024.0
+    );
+    assert_eq!(
+        strata_proto::scalar_sum(&info.resources, names::DISK),
+        4096.0
+    );
+    let ports = info
+        .resources
+        .iter()
+        .find(|r| r.name == names::PORTS)
+        .context("no ports")?;
+    assert_eq!((ports.ranges[0].begin, ports.ranges[0].end), (31000, 32000));
+    assert_eq!(info.attributes[0].name, "rack");
+    assert!(
+        !info
+            .kernel
+            .context("no kernel features")?
+            .cgroup_mode
+            .is_empty()
+    );
+    assert!(register.tasks.is_empty());
+
+    // Heartbeats follow the registration.
+    h.next(|_, m| matches!(m.message, Some(AgentMsg::Heartbeat(_))).then_some(()))
+        .await?;
+    let id_file = dir.path().join("agent_id");
+    assert_eq!(std::fs::read_to_string(&id_file)?, ASSIGNED_ID);
+
+    // A restarted agent registers with the persisted id.
+    h.stop_agent().await?;
+    h.start_agent();
+    let (_, register) = h.next_register().await?;
+    assert_eq!(register.info.context("no info")?.id, ASSIGNED_ID);
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_to_finished_with_updates_resent_until_acknowledged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Resends 500 ms, then 1 s, ... after a send: time enough for an acknowledgement to land.
+    let mut h = Harness::start_with_retry(dir.path(), Duration::from_millis(500)).await?;
+    h.next_register().await?;
+    h.launch(shell_task("echo", "echo hi"))?;
+
+    let starting = h.next_update().await?;
+    assert_update(&starting, "echo", TaskState::Starting)?;
+    // Not acknowledged: the same update (same uuid) comes again, and nothing overtakes it.
+    let again = h.next_update().await?;
+    assert_eq!(again.state(), TaskState::Starting);
+    assert_eq!(again.uuid, starting.uuid);
+    h.ack(&starting)?;
+
+    let running = h.next_update().await?;
+    assert_update(&running, "echo", TaskState::Running)?;
+    assert_ne!(running.uuid, starting.uuid);
+    h.ack(&running)?;
+
+    let finished = h.next_update().await?;
+    assert_update(&finished, "echo", TaskState::Finished)?;
+    assert_eq!(finished.exit_code, Some(0));
+    assert_eq!(finished.signal, None);
+    assert_eq!(finished.message, "exited with status 0");
+    let stdout = dir
+        .path()
+        .join("sandboxes")
+        .join(FRAMEWORK)
+        .join("echo")
+        .join("stdout");
+    assert_eq!(std::fs::read_to_string(stdout)?, "hi\n");
+
+    // A stale acknowledgement changes nothing: FINISHED is still resent.
+    h.ack(&running)?;
+    let finished_again = h.next_update().await?;
+    assert_eq!(finished_again.uuid, finished.uuid);
+    h.ack(&finished)?;
+    // Acknowledged: no more resends (the next one would have come 1 s after the last).
+    h.expect_no_new_update(Duration::from_millis(1500), &[])
+        .await?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_commands_report_their_exit_code_or_signal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    h.launch(shell_task("three", "exit 3"))?;
+    h.launch(shell_task("nine", "kill -9 $$"))?;
+    let mut terminal = HashMap::new();
+    while terminal.len() < 2 {
+        let status = h.next_update_acked().await?;
+        if status.state().is_terminal() {
+            terminal.insert(status.task_id.clone(), status);
+        }
+    }
+    let three = &terminal["three"];
+    assert_update(three, "three", TaskState::Failed)?;
+    assert_eq!(three.reason(), TaskReason::CommandFailed);
+    assert_eq!(three.exit_code, Some(3));
+    assert_eq!(three.message, "exited with status 3");
+    let nine = &terminal["nine"];
+    assert_update(nine, "nine", TaskState::Failed)?;
+    assert_eq!(nine.reason(), TaskReason::CommandFailed);
+    assert_eq!(nine.signal, Some(9));
+    assert_eq!(nine.exit_code, None);
+    assert_eq!(nine.message, "killed by signal 9 (SIGKILL)");
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_task_stops_the_process_and_reports_killed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    h.launch(shell_task("sleeper", "sleep 30"))?;
+    assert_update(
+        &h.next_update_acked().await?,
+        "sleeper",
+        TaskState::Starting,
+    )?;
+    assert_update(&h.next_update_acked().await?, "sleeper", TaskState::Running)?;
+    let pid = h.pid_of("sleeper")?;
+    assert!(!process_gone(pid), "the task is running");
+
+    h.kill("sleeper", 5.0)?;
+    let killed = h.next_update_acked().await?;
+    assert_update(&killed, "sleeper", TaskState::Killed)?;
+    assert_eq!(killed.reason(), TaskReason::TaskKilled);
+    assert_eq!(killed.signal, Some(15));
+    assert!(
+        killed.message.contains("framework's request"),
+        "{}",
+        killed.message
+    );
+    assert!(process_gone(pid), "the process is gone and reaped");
+
+    // A kill of a task that has ended changes nothing.
+    h.kill("sleeper", 5.0)?;
+    h.expect_no_new_update(Duration::from_millis(500), &[&killed])
+        .await?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstartable_command_fails_with_container_launch_failed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    let mut task = shell_task("nosuch", "");
+    task.command = Some(CommandInfo {
+        shell: false,
+        value: "/no/such/command".to_owned(),
+        arguments: vec!["/no/such/command".to_owned(), "--flag".to_owned()],
+        ..CommandInfo::default()
+    });
+    h.launch(task)?;
+    assert_update(&h.next_update_acked().await?, "nosuch", TaskState::Starting)?;
+    let failed = h.next_update_acked().await?;
+    assert_update(&failed, "nosuch", TaskState::Failed)?;
+    assert_eq!(failed.reason(), TaskReason::ContainerLaunchFailed);
+    assert_eq!(
+        failed.message,
+        "cannot start \"/no/such/command\": no such file or directory (os error 2)"
+    );
+    assert_eq!(failed.exit_code, None);
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_launch_does_not_start_a_second_process() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    h.launch(shell_task("once", "sleep 30"))?;
+    let starting = h.next_update_acked().await?;
+    assert_update(&starting, "once", TaskState::Starting)?;
+    let running = h.next_update_acked().await?;
+    assert_update(&running, "once", TaskState::Running)?;
+    let pid = h.pid_of("once")?;
+
+    h.launch(shell_task("once", "sleep 30"))?;
+    h.expect_no_new_update(Duration::from_millis(600), &[&starting, &running])
+        .await?;
+    assert_eq!(h.pid_of("once")?, pid, "no second process was started");
+
+    h.kill("once", 0.0)?;
+    let killed = h.next_update_acked().await?;
+    assert_update(&killed, "once", TaskState::Killed)?;
+    assert!(process_gone(pid));
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reregisters_with_its_id_and_tasks_after_the_stream_drops() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    let (first_conn, _) = h.next_register().await?;
+
+    // One finished task (acknowledged, so forgotten) and one running task.
+    h.launch(shell_task("done", "true"))?;
+    h.launch(shell_task("long", "sleep 30"))?;
+    let mut states: HashMap<String, TaskState> = HashMap::new();
+    while states.get("done") != Some(&TaskState::Finished)
+        || states.get("long") != Some(&TaskState::Running)
+    {
+        let status = h.next_update_acked().await?;
+        states.insert(status.task_id.clone(), status.state());
+    }
+    let pid = h.pid_of("long")?;
+
+    h.drop_stream()?;
+    let (conn, register) = h.next_register().await?;
+    assert!(conn > first_conn, "a new stream");
+    assert_eq!(register.info.context("no info")?.id, ASSIGNED_ID);
+    let listed: Vec<_> = register
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                t.framework_id.clone(),
+                t.task.as_ref().map(|t| t.task_id.clone()),
+                t.latest_status.as_ref().map(TaskStatus::state),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(
+            FRAMEWORK.to_owned(),
+            Some("long".to_owned()),
+            Some(TaskState::Running)
+        )]
+    );
+    assert!(!process_gone(pid), "the task kept running");
+
+    // Stopping the agent kills the task and reports it.
+    if let Some(stop) = h.stop.take() {
+        let _ = stop.send(());
+    }
+    let killed = h.next_update_acked().await?;
+    assert_update(&killed, "long", TaskState::Killed)?;
+    assert!(
+        killed.message.contains("shutting down"),
+        "{}",
+        killed.message
+    );
+    h.stop_agent().await?;
+    assert!(process_gone(pid));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_made_while_disconnected_are_sent_after_reregistering() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    h.launch(shell_task("short", "sleep 0.3"))?;
+    assert_update(&h.next_update_acked().await?, "short", TaskState::Starting)?;
+    assert_update(&h.next_update_acked().await?, "short", TaskState::Running)?;
+    h.drop_stream()?;
+    // The task ends around the time the agent reconnects; FINISHED arrives on the new stream
+    // whichever came first, and the registration lists the task until it is acknowledged.
+    let (_, register) = h.next_register().await?;
+    assert_eq!(register.tasks.len(), 1);
+    // RUNNING comes again first if its acknowledgement was lost with the stream.
+    let finished = loop {
+        let status = h.next_update_acked().await?;
+        if status.state() != TaskState::Running {
+            break status;
+        }
+    };
+    assert_update(&finished, "short", TaskState::Finished)?;
+    h.expect_no_new_update(Duration::from_millis(600), &[&finished])
+        .await?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_from_the_allocator_kills_tasks_and_stops_the_agent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    h.launch(shell_task("victim", "sleep 30"))?;
+    assert_update(&h.next_update_acked().await?, "victim", TaskState::Starting)?;
+    assert_update(&h.next_update_acked().await?, "victim", TaskState::Running)?;
+    let pid = h.pid_of("victim")?;
+    h.send(AllocMsg::Shutdown(Shutdown {
+        reason: "test".to_owned(),
+    }))?;
+    let killed = h.next_update_acked().await?;
+    assert_update(&killed, "victim", TaskState::Killed)?;
+    let agent = h.agent.take().context("no agent")?;
+    tokio::time::timeout(STEP, agent).await???;
+    assert!(process_gone(pid));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_allocator_is_retried_until_it_appears() -> Result<()> {
+    init_tracing();
+    // Reserve a port, free it, start the agent against it, then start the allocator there.
+    let probe = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let dir = tempfile::tempdir()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let config = config(addr, dir.path(), Duration::from_millis(200));
+    let agent = tokio::spawn(strata_agent::run(config, async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ensure!(!agent.is_finished(), "the agent keeps retrying");
+
+    let listener = TcpListener::bind(addr).await?;
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    let fake = FakeAllocator {
+        inbound: inbound_tx,
+        conns: Arc::new(Mutex::new(HashMap::new())),
+        next_conn: AtomicU64::new(0),
+    };
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(AgentServiceServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    let (_, first) = tokio::time::timeout(STEP, inbound.recv())
+        .await?
+        .context("no message")?;
+    ensure!(
+        matches!(first.message, Some(AgentMsg::Register(_))),
+        "{first:?}"
+    );
+    let _ = stop_tx.send(());
+    tokio::time::timeout(STEP, agent).await???;
+    server.abort();
+    Ok(())
+}

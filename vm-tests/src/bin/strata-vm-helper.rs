@@ -1,0 +1,204 @@
+//! The workload of the VM tests: `strata-vm-helper CGROUP_DIR COMMAND [ARGS]`.
+//!
+//! It first moves itself into CGROUP_DIR (`-` to stay where it is; `burn-cpu` moves later), so
+//! everything it does is accounted to that cgroup, then runs COMMAND and prints `key=value` lines for the test to check:
+//!
+//! - `burn-cpu MS`: measures the CPU time it spends in CGROUP_DIR by its own rusage (user +
+//!   system). It sleeps 1 ms, reads its rusage, moves into the cgroup, burns CPU until its rusage
+//!   has grown by MS milliseconds, reads it again, sleeps 1 ms and moves back to the cgroup it
+//!   started in. On-CPU time is accounted at context switches, to the cgroup the task is in when
+//!   it is switched out, so the sleeps make the cgroup's share start just before the first
+//!   reading and end just after the last. Prints `rusage_ns_at_start`, `rusage_ns_at_end` and
+//!   `cpu_ns_in_cgroup` (their difference).
+//! - `spin MS`: burns CPU for MS milliseconds of wall-clock time.
+//! - `alloc MIB`: allocates and touches MIB MiB, printing `allocated_mib` every 8 MiB;
+//!   prints `survived=1` if it gets to the end.
+//! - `fork-loop MAX`: starts up to MAX children (`sleep 30`) until the kernel refuses one; prints
+//!   `spawned` and `refused` (1 when a start failed), then kills its children.
+//! - `udp-send ADDR COUNT SIZE`: sends COUNT datagrams of SIZE bytes to ADDR.
+//! - `tcp-send ADDR BYTES`: connects to ADDR, sends BYTES bytes, shuts down its side and reads
+//!   until the peer closes. Both print `sent_bytes`.
+//! - `sleep SECS`.
+
+use std::hint::black_box;
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::resource::{UsageWho, getrusage};
+use strata_vm_tests::CGROUP2_ROOT;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [cgroup, command, rest @ ..] = args.as_slice() else {
+        bail!("usage: strata-vm-helper CGROUP_DIR|- COMMAND [ARGS] (see the source for commands)");
+    };
+    let home = own_cgroup()?;
+    let arg = |i: usize| -> Result<&str> {
+        rest.get(i)
+            .map(String::as_str)
+            .with_context(|| format!("{command}: argument {} is missing", i + 1))
+    };
+    let num = |i: usize| -> Result<u64> {
+        let a = arg(i)?;
+        a.parse()
+            .with_context(|| format!("{command}: argument {} ({a}) is not a number", i + 1))
+    };
+    if command == "burn-cpu" {
+        return burn_cpu(Path::new(cgroup), &home, Duration::from_millis(num(0)?));
+    }
+    if cgroup != "-" {
+        move_to(Path::new(cgroup))?;
+    }
+    match command.as_str() {
+        "spin" => {
+            spin(Duration::from_millis(num(0)?));
+            Ok(())
+        }
+        "alloc" => alloc(num(0)?),
+        "fork-loop" => fork_loop(num(0)?),
+        "udp-send" => udp_send(arg(0)?, num(1)?, num(2)?),
+        "tcp-send" => tcp_send(arg(0)?, num(1)?),
+        "sleep" => {
+            thread::sleep(Duration::from_secs(num(0)?));
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}"),
+    }
+}
+
+/// This process's user + system CPU time, in nanoseconds.
+fn rusage_ns() -> Result<u64> {
+    let u = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    let ns = |t: nix::sys::time::TimeVal| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_usec()).unwrap_or(0) * 1_000
+    };
+    Ok(ns(u.user_time()) + ns(u.system_time()))
+}
+
+/// The directory of the cgroup this process is in (from /proc/self/cgroup).
+fn own_cgroup() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("/proc/self/cgroup has no cgroup2 line")?;
+    Ok(Path::new(CGROUP2_ROOT).join(rel.trim_start_matches('/')))
+}
+
+fn move_to(cgroup: &Path) -> Result<()> {
+    let procs = cgroup.join("cgroup.procs");
+    std::fs::write(&procs, "0").with_context(|| format!("moving into {}", procs.display()))
+}
+
+fn burn_cpu(cgroup: &Path, home: &Path, target: Duration) -> Result<()> {
+    // Switch out, so the time run so far is accounted to the first cgroup; the new cgroup's
+    // share starts when this task gets the CPU back, just before `start` is read.
+    thread::sleep(Duration::from_millis(1));
+    let start = rusage_ns()?;
+    move_to(cgroup)?;
+    let target = u64::try_from(target.as_nanos()).unwrap_or(u64::MAX);
+    let mut end = start;
+    let mut x = 0u64;
+    while end - start < target {
+        for i in 0..100_000u64 {
+            x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+        }
+        end = rusage_ns()?;
+    }
+    // Switch out in the cgroup, then leave it: the rest is accounted elsewhere.
+    thread::sleep(Duration::from_millis(1));
+    move_to(home)?;
+    println!("rusage_ns_at_start={start}");
+    println!("rusage_ns_at_end={end}");
+    println!("cpu_ns_in_cgroup={}", end - start);
+    Ok(())
+}
+
+fn spin(wall: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < wall {
+        for i in 0..10_000u64 {
+            x = black_box(x.wrapping_add(i));
+        }
+    }
+}
+
+fn alloc(mib: u64) -> Result<()> {
+    const MIB: usize = 1 << 20;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    for i in 1..=mib {
+        // Non-zero bytes on every page, so every page is really allocated.
+        chunks.push(vec![0xa5; MIB]);
+        if i % 8 == 0 {
+            println!("allocated_mib={i}");
+            std::io::stdout().flush().context("flushing stdout")?;
+        }
+    }
+    println!("survived=1");
+    black_box(&chunks);
+    Ok(())
+}
+
+fn fork_loop(max: u64) -> Result<()> {
+    let me = std::env::current_exe().context("finding my own path")?;
+    let mut children: Vec<Child> = Vec::new();
+    let mut refused = 0;
+    for _ in 0..max {
+        match Command::new(&me)
+            .args(["-", "sleep", "30"])
+            .stdin(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                println!("# start refused: {e}");
+                refused = 1;
+                break;
+            }
+        }
+    }
+    println!("spawned={}", children.len());
+    println!("refused={refused}");
+    for c in &mut children {
+        let _ = c.kill();
+    }
+    for c in &mut children {
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
+fn udp_send(addr: &str, count: u64, size: u64) -> Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket")?;
+    let payload = vec![0x5a_u8; usize::try_from(size)?];
+    let mut sent = 0u64;
+    for _ in 0..count {
+        let n = socket
+            .send_to(&payload, addr)
+            .with_context(|| format!("sending to {addr}"))?;
+        sent += n as u64;
+    }
+    println!("sent_bytes={sent}");
+    Ok(())
+}
+
+fn tcp_send(addr: &str, bytes: u64) -> Result<()> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let payload = vec![0x5a_u8; usize::try_from(bytes)?];
+    stream.write_all(&payload).context("sending")?;
+    stream.shutdown(Shutdown::Write).context("shutting down")?;
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .context("waiting for the peer to close")?;
+    println!("sent_bytes={bytes}");
+    Ok(())
+}
