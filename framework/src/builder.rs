@@ -1,0 +1,217 @@
+//! [`FrameworkBuilder`]: describes a framework and subscribes it to the allocator, starting the
+//! driver task that owns the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use strata_proto::{FrameworkCapability, FrameworkInfo};
+use tokio::sync::mpsc;
+use tracing::{Instrument, info, info_span};
+
+use crate::backoff::Backoff;
+use crate::connect::{self, DEFAULT_CONNECT_TIMEOUT, normalize_address};
+use crate::driver::{Driver, subscribe_once};
+use crate::{Error, Framework};
+
+/// Describes a framework and subscribes it; see the [crate docs](crate) for an example.
+#[derive(Debug, Clone)]
+pub struct FrameworkBuilder {
+    allocator: String,
+    framework_id: String,
+    name: String,
+    user: String,
+    roles: Vec<String>,
+    hostname: String,
+    failover_timeout: Duration,
+    partition_aware: bool,
+    auto_acknowledge: bool,
+    subscribe_timeout: Duration,
+    event_capacity: usize,
+}
+
+impl FrameworkBuilder {
+    /// A framework for the allocator at `allocator` (`http://127.0.0.1:5050` or `host:port`).
+    pub fn new(allocator: impl Into<String>) -> Self {
+        Self {
+            allocator: allocator.into(),
+            framework_id: String::new(),
+            name: "strata-framework".to_owned(),
+            user: std::env::var("USER").unwrap_or_default(),
+            roles: vec!["*".to_owned()],
+            hostname: String::new(),
+            failover_timeout: Duration::ZERO,
+            partition_aware: false,
+            auto_acknowledge: true,
+            subscribe_timeout: Duration::from_secs(10),
+            event_capacity: 1024,
+        }
+    }
+
+    /// The framework's name, shown by `strata frameworks`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The user tasks run as by default (`$USER` unless set).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = user.into();
+        self
+    }
+
+    /// The role the framework takes resources in (default `*`).
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.roles = vec![role.into()];
+        self
+    }
+
+    /// The host the framework runs on (informational).
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = hostname.into();
+        self
+    }
+
+    /// Declares PARTITION_AWARE: tasks on an agent that stops answering are reported
+    /// TASK_UNREACHABLE instead of TASK_LOST.
+    pub fn partition_aware(mut self, partition_aware: bool) -> Self {
+        self.partition_aware = partition_aware;
+        self
+    }
+
+    /// How long the allocator keeps this framework (and its tasks) after its stream breaks.
+    /// Zero (the default) removes it, killing its tasks, as soon as it disconnects.
+    pub fn failover_timeout(mut self, timeout: Duration) -> Self {
+        self.failover_timeout = timeout;
+        self
+    }
+
+    /// Whether the SDK acknowledges each update (that carries a uuid) right after handing it to
+    /// the application (default true). With false, call
+    /// [`Framework::acknowledge`](crate::Framework::acknowledge) yourself, or the agent resends.
+    pub fn auto_acknowledge(mut self, auto: bool) -> Self {
+        self.auto_acknowledge = auto;
+        self
+    }
+
+    /// Subscribes as an existing framework (after a failover), instead of registering a new one.
+    pub fn framework_id(mut self, framework_id: impl Into<String>) -> Self {
+        self.framework_id = framework_id.into();
+        self
+    }
+
+    /// How long [`subscribe`](Self::subscribe) waits for SUBSCRIBED (default 10 s).
+    pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
+        self.subscribe_timeout = timeout;
+        self
+    }
+
+    /// How many events may wait in the receiver before the SDK stops reading the stream
+    /// (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// The FrameworkInfo sent in SUBSCRIBE.
+    pub fn framework_info(&self) -> FrameworkInfo {
+        FrameworkInfo {
+            id: self.framework_id.clone(),
+            name: self.name.clone(),
+            user: self.user.clone(),
+            roles: self.roles.clone(),
+            failover_timeout_seconds: self.failover_timeout.as_secs_f64(),
+            capabilities: if self.partition_aware {
+                vec![FrameworkCapability::PartitionAware as i32]
+            } else {
+                Vec::new()
+            },
+            hostname: self.hostname.clone(),
+        }
+    }
+
+    /// Subscribes and returns once SUBSCRIBED arrived: the [`Framework`] handle for calls, and
+    /// the receiver of [`Event`](crate::Event)s, starting with `Subscribed`.
+    ///
+    /// Fails at once when the allocator cannot be reached ([`Error::Connect`]) or refuses
+    /// ([`Error::SubscribeRefused`]), and after the subscribe timeout without SUBSCRIBED.
+    pub async fn subscribe(self) -> Result<(Framework, mpsc::Receiver<crate::Event>), Error> {
+        let addr = normalize_address(&self.allocator);
+        let endpoint = connect::endpoint(
+            &self.allocator,
+            DEFAULT_CONNECT_TIMEOUT.min(self.subscribe_timeout),
+        )?;
+        let mut info = self.framework_info();
+        let subscription = match tokio::time::timeout(
+            self.subscribe_timeout,
+            subscribe_once(&endpoint, &addr, info.clone()),
+        )
+        .await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::SubscribeTimeout {
+                    addr,
+                    timeout: self.subscribe_timeout,
+                });
+            }
+        };
+        info.id.clone_from(&subscription.framework_id);
+        let framework_id = subscription.framework_id.clone();
+        info!(framework_id = %framework_id, allocator = %addr, name = %info.name, "subscribed");
+
+        let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
+        let (commands_tx, commands_rx) = mpsc::channel(256);
+        let connected = Arc::new(AtomicBool::new(true));
+        let driver = Driver {
+            addr: addr.clone(),
+            endpoint,
+            info,
+            auto_acknowledge: self.auto_acknowledge,
+            connected: Arc::clone(&connected),
+            backoff: Backoff::default(),
+        };
+        let span = info_span!("framework", framework_id = %framework_id);
+        tokio::spawn(
+            driver
+                .run(subscription, commands_rx, events_tx)
+                .instrument(span),
+        );
+        Ok((
+            Framework::new(framework_id, addr, commands_tx, connected),
+            events_rx,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framework_info_reflects_the_builder() {
+        let info = FrameworkBuilder::new("127.0.0.1:5050")
+            .name("batch")
+            .user("alice")
+            .role("analytics")
+            .partition_aware(true)
+            .failover_timeout(Duration::from_secs(60))
+            .framework_id("f-7")
+            .framework_info();
+        assert_eq!(info.name, "batch");
+        assert_eq!(info.user, "alice");
+        assert_eq!(info.roles, ["analytics"]);
+        assert_eq!(info.failover_timeout_seconds, 60.0);
+        assert_eq!(
+            info.capabilities,
+            [FrameworkCapability::PartitionAware as i32]
+        );
+        assert_eq!(info.id, "f-7");
+
+        let defaults = FrameworkBuilder::new("x:1").framework_info();
+        assert_eq!(defaults.roles, ["*"]);
+        assert!(defaults.capabilities.is_empty());
+        assert!(defaults.id.is_empty());
+        assert_eq!(defaults.failover_timeout_seconds, 0.0);
+    }
+}

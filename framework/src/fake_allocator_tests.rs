@@ -1,0 +1,422 @@
+//! Tests of the SDK's stream handling against a scripted fake SchedulerService served over real
+//! gRPC on 127.0.0.1 (port 0): subscription, auto-acknowledgement after delivery, reconnect with
+//! the same id, refusal, teardown. The real allocator is exercised by the CLI's end-to-end tests.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
+use strata_proto::{Call, FrameworkInfo, TaskState, TaskStatus, call, event};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Error, Event, FrameworkBuilder};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// One accepted subscription, handed to the test to script.
+struct Session {
+    info: FrameworkInfo,
+    calls: Streaming<Call>,
+    events: mpsc::UnboundedSender<Result<strata_proto::Event, Status>>,
+}
+
+impl Session {
+    fn send(&self, event: event::Event) {
+        self.events
+            .send(Ok(strata_proto::Event { event: Some(event) }))
+            .expect("the SDK is reading the stream");
+    }
+
+    async fn next_call(&mut self) -> call::Call {
+        within("a call", self.calls.message())
+            .await
+            .expect("a call, not a stream error")
+            .expect("a call, not the end of the stream")
+            .call
+            .expect("a call with a body")
+    }
+}
+
+struct Fake {
+    sessions: mpsc::UnboundedSender<Session>,
+    known: Arc<Mutex<HashSet<String>>>,
+    /// Re-subscriptions (with an id) wait until this is true.
+    accept_resubscribe: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl SchedulerService for Fake {
+    type SubscribeStream = UnboundedReceiverStream<Result<strata_proto::Event, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<Call>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut calls = request.into_inner();
+        let first = calls
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("no SUBSCRIBE"))?;
+        let Some(call::Call::Subscribe(subscribe)) = first.call else {
+            return Err(Status::invalid_argument("the first call must be SUBSCRIBE"));
+        };
+        let mut info = subscribe.framework_info.unwrap_or_default();
+        if info.id.is_empty() {
+            let mut known = self.known.lock().expect("lock");
+            info.id = format!("f-{}", known.len() + 1);
+            known.insert(info.id.clone());
+        } else {
+            let mut gate = self.accept_resubscribe.clone();
+            gate.wait_for(|open| *open)
+                .await
+                .map_err(|_| Status::unavailable("fake stopped"))?;
+            if !self.known.lock().expect("lock").contains(&info.id) {
+                return Err(Status::not_found(format!(
+                    "unknown framework id {}: subscribe without an id to register a new framework",
+                    info.id
+                )));
+            }
+        }
+        let (events, rx) = mpsc::unbounded_channel();
+        let _ = events.send(Ok(strata_proto::Event {
+            event: Some(event::Event::Subscribed(event::Subscribed {
+                framework_id: info.id.clone(),
+                heartbeat_interval_seconds: 15.0,
+            })),
+        }));
+        let _ = self.sessions.send(Session {
+            info,
+            calls,
+            events,
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+struct Harness {
+    addr: String,
+    sessions: mpsc::UnboundedReceiver<Session>,
+    known: Arc<Mutex<HashSet<String>>>,
+    accept_resubscribe: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let known = Arc::new(Mutex::new(HashSet::new()));
+        let (accept_resubscribe, gate) = watch::channel(true);
+        let fake = Fake {
+            sessions: sessions_tx,
+            known: Arc::clone(&known),
+            accept_resubscribe: gate,
+        };
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(SchedulerServiceServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .expect("fake allocator serves");
+        });
+        Self {
+            addr,
+            sessions,
+            known,
+            accept_resubscribe,
+            server,
+        }
+    }
+
+    async fn session(&mut self) -> Session {
+        within("a subscription", self.sessions.recv())
+            .await
+            .expect("the fake is running")
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn next_event(events: &mut mpsc::Receiver<Event>) -> Event {
+    within("an event", events.recv())
+        .await
+        .expect("the event stream is open")
+}
+
+fn update(task_id: &str, state: TaskState, uuid: Vec<u8>) -> event::Event {
+    event::Event::Update(event::Update {
+        status: Some(TaskStatus {
+            task_id: task_id.into(),
+            agent_id: "a-1".into(),
+            framework_id: "f-1".into(),
+            state: state as i32,
+            uuid,
+            ..TaskStatus::default()
+        }),
+    })
+}
+
+#[tokio::test]
+async fn subscribe_delivers_events_and_acknowledges_only_after_delivery() {
+    let mut fake = Harness::start().await;
+    let (client, mut events) = within(
+        "subscribe",
+        FrameworkBuilder::new(&fake.addr)
+            .name("t")
+            .partition_aware(true)
+            .event_capacity(1)
+            .subscribe(),
+    )
+    .await
+    .expect("subscribed");
+    let mut session = fake.session().await;
+    assert_eq!(session.info.name, "t");
+    assert_eq!(client.framework_id(), "f-1");
+    assert!(client.is_connected());
+
+    // The receiver holds one event; fill it, then send an update that must wait.
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Subscribed {
+            framework_id: "f-1".into()
+        }
+    );
+    session.send(event::Event::Heartbeat(event::Heartbeat {}));
+    session.send(update("t1", TaskState::Running, vec![1; 16]));
+    // The update cannot be handed over yet, so no acknowledgement may arrive; a call made now
+    // is the next thing the fake sees.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.revive().await.expect("revive while connected");
+    assert!(matches!(session.next_call().await, call::Call::Revive(_)));
+
+    assert_eq!(next_event(&mut events).await, Event::Heartbeat);
+    let Event::Update(status) = next_event(&mut events).await else {
+        panic!("expected the update");
+    };
+    assert_eq!(status.state(), TaskState::Running);
+    match session.next_call().await {
+        call::Call::Acknowledge(ack) => {
+            assert_eq!(ack.task_id, "t1");
+            assert_eq!(ack.agent_id, "a-1");
+            assert_eq!(ack.uuid, vec![1; 16]);
+        }
+        other => panic!("expected an acknowledgement, got {other:?}"),
+    }
+
+    // An update without a uuid (made by the allocator) is not acknowledged.
+    session.send(update("t2", TaskState::Lost, Vec::new()));
+    assert!(matches!(next_event(&mut events).await, Event::Update(s) if s.task_id == "t2"));
+    client.suppress().await.expect("suppress");
+    assert!(matches!(session.next_call().await, call::Call::Suppress(_)));
+}
+
+#[tokio::test]
+async fn manual_acknowledgement_when_auto_is_off() {
+    let mut fake = Harness::start().await;
+    let (client, mut events) = within(
+        "subscribe",
+        FrameworkBuilder::new(&fake.addr)
+            .auto_acknowledge(false)
+            .subscribe(),
+    )
+    .await
+    .expect("subscribed");
+    let mut session = fake.session().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+    session.send(update("t1", TaskState::Finished, vec![9; 16]));
+    let Event::Update(status) = next_event(&mut events).await else {
+        panic!("expected the update");
+    };
+    client.kill("t0", "a-1").await.expect("kill");
+    assert!(matches!(session.next_call().await, call::Call::Kill(k) if k.task_id == "t0"));
+    client.acknowledge(&status).await.expect("acknowledge");
+    assert!(
+        matches!(session.next_call().await, call::Call::Acknowledge(a) if a.uuid == vec![9; 16])
+    );
+}
+
+#[tokio::test]
+async fn reconnects_with_the_same_id_and_refuses_calls_meanwhile() {
+    let mut fake = Harness::start().await;
+    let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
+        .await
+        .expect("subscribed");
+    let session = fake.session().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+
+    // Hold re-subscriptions, then break the stream.
+    fake.accept_resubscribe.send_replace(false);
+    drop(session);
+    let Event::Disconnected { reason } = next_event(&mut events).await else {
+        panic!("expected Disconnected");
+    };
+    assert!(!reason.is_empty());
+    assert!(!client.is_connected());
+    let err = client.revive().await.expect_err("no stream");
+    assert!(matches!(err, Error::NotConnected { .. }), "{err:?}");
+    assert!(err.to_string().contains("not connected"), "{err}");
+
+    fake.accept_resubscribe.send_replace(true);
+    let mut session = fake.session().await;
+    assert_eq!(session.info.id, "f-1", "re-subscribes with the same id");
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Subscribed {
+            framework_id: "f-1".into()
+        }
+    );
+    assert!(client.is_connected());
+    client
+        .reconcile(vec![("t1".into(), "a-1".into())])
+        .await
+        .expect("reconcile after reconnect");
+    match session.next_call().await {
+        call::Call::Reconcile(r) => assert_eq!(r.tasks[0].task_id, "t1"),
+        other => panic!("expected reconcile, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_removed_framework_stops_with_an_error_event() {
+    let mut fake = Harness::start().await;
+    let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
+        .await
+        .expect("subscribed");
+    let session = fake.session().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+    fake.known.lock().expect("lock").clear();
+    drop(session);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let Event::Error { message } = next_event(&mut events).await else {
+        panic!("expected an error event");
+    };
+    assert!(message.contains("unknown framework id f-1"), "{message}");
+    assert!(within("the end of events", events.recv()).await.is_none());
+    let err = client.revive().await.expect_err("stopped");
+    assert!(matches!(err, Error::Closed { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn unknown_framework_id_is_refused_with_the_allocators_message() {
+    let fake = Harness::start().await;
+    let err = within(
+        "subscribe",
+        FrameworkBuilder::new(&fake.addr)
+            .framework_id("nope")
+            .subscribe(),
+    )
+    .await
+    .expect_err("refused");
+    assert!(matches!(err, Error::SubscribeRefused { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the allocator at {} refused the subscription: unknown framework id nope: subscribe without an id to register a new framework",
+            fake.addr
+        )
+    );
+}
+
+#[tokio::test]
+async fn teardown_waits_for_the_allocator_to_close_and_ends_the_events() {
+    let mut fake = Harness::start().await;
+    let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
+        .await
+        .expect("subscribed");
+    let mut session = fake.session().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+    let teardown = tokio::spawn({
+        let client = client.clone();
+        async move { client.teardown().await }
+    });
+    assert!(matches!(session.next_call().await, call::Call::Teardown(_)));
+    // The SDK half-closed its side after TEARDOWN.
+    assert!(
+        within("end of calls", session.calls.message())
+            .await
+            .expect("clean end")
+            .is_none()
+    );
+    drop(session);
+    within("teardown", teardown)
+        .await
+        .expect("teardown task")
+        .expect("teardown ok");
+    assert!(within("the end of events", events.recv()).await.is_none());
+    assert!(matches!(client.revive().await, Err(Error::Closed { .. })));
+}
+
+#[tokio::test]
+async fn launch_sends_an_accept_for_the_offer() {
+    let mut fake = Harness::start().await;
+    let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
+        .await
+        .expect("subscribed");
+    let mut session = fake.session().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+    session.send(event::Event::Offers(event::Offers {
+        offers: vec![strata_proto::Offer {
+            id: "o-1".into(),
+            agent_id: "a-1".into(),
+            resources: vec![strata_proto::Resource::scalar("cpus", 1.0)],
+            ..strata_proto::Offer::default()
+        }],
+    }));
+    let Event::Offers(offers) = next_event(&mut events).await else {
+        panic!("expected offers");
+    };
+    let t = crate::task("t1").shell("true").cpus(0.5).build();
+    client.launch(&offers[0], vec![t]).await.expect("launch");
+    match session.next_call().await {
+        call::Call::Accept(accept) => {
+            assert_eq!(accept.offer_ids, ["o-1"]);
+            assert_eq!(accept.operations.len(), 1);
+        }
+        other => panic!("expected accept, got {other:?}"),
+    }
+    client
+        .decline(vec!["o-2".into()], Some(1.0))
+        .await
+        .expect("decline");
+    match session.next_call().await {
+        call::Call::Decline(decline) => {
+            assert_eq!(decline.offer_ids, ["o-2"]);
+            assert_eq!(decline.filters.and_then(|f| f.refuse_seconds), Some(1.0));
+        }
+        other => panic!("expected decline, got {other:?}"),
+    }
+}
