@@ -1,1 +1,66 @@
-fn main() {}
+//! `strata`, the operator CLI: `strata local` runs an allocator and an agent in this process;
+//! `strata run` runs one task; `strata agents|frameworks|ps` show the cluster.
+
+mod args;
+mod duration;
+mod local;
+mod operator;
+mod render;
+mod run;
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `local` shows what the allocator and agent do; other commands keep their output clean
+    // (the SDK's reconnect warnings are printed by `strata run` in its own words).
+    let default_level = match cli.command {
+        Command::Local(_) => "info",
+        _ => "warn,strata_framework=error",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!(
+                "strata: cannot start the async runtime: {e}: check the process limits (ulimit -u)"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let allocator = cli.allocator;
+    let (result, failure_code) = match cli.command {
+        Command::Local(args) => (local::local(args).await.map(|()| 0), 1),
+        Command::Run(args) => (run::run(&allocator, args).await, run::EXIT_STRATA),
+        Command::Agents(args) => (operator::agents(&allocator, &args).await.map(|()| 0), 1),
+        Command::Frameworks(args) => (operator::frameworks(&allocator, &args).await.map(|()| 0), 1),
+        Command::Ps(args) => (operator::ps(&allocator, &args).await.map(|()| 0), 1),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            ExitCode::from(failure_code)
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The command line: `strata [--allocator ADDR] <local|run|agents|frameworks|ps> ...`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration::parse_duration;
+
+/// The allocator address used when neither --allocator nor STRATA_ALLOCATOR is given.
+pub const DEFAULT_ALLOCATOR: &str = "http://127.0.0.1:5050";
+
+/// Strata: run a local cluster, run tasks, and look at agents, frameworks and tasks.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, propagate_version = true)]
+pub struct Cli {
+    /// The allocator to talk to (a URL or host:port).
+    #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR)]
+    pub allocator: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an allocator and one agent on this machine until Ctrl-C.
+    Local(LocalArgs),
+    /// Run one command as a task, print its state changes, and exit with its exit code.
+    ///
+    /// Exit status: the task's exit code; 128+N if a signal N ended it; 127 if the command
+    /// could not be started; 125 if Strata failed (no allocator, no fitting offer in time,
+    /// invalid launch, task lost); 130 after Ctrl-C (which kills the task).
+    Run(RunArgs),
+    /// List the agents: state, tasks, and allocated/total resources.
+    Agents(ListArgs),
+    /// List the frameworks: connection, tasks, allocation and dominant share.
+    Frameworks(ListArgs),
+    /// List tasks (active ones; --all adds those that ended recently).
+    Ps(PsArgs),
+}
+
+/// `strata local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Where the allocator listens (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub listen: String,
+    /// The agent's work directory [default: $TMPDIR/strata-local, or /tmp/strata-local].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// CPU cores the agent offers (default: all of this machine's).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory the agent offers, MiB (default: this machine's, less a reserve).
+    #[arg(long)]
+    pub mem: Option<f64>,
+    /// Disk the agent offers, MiB (default: free space of the work dir's file system).
+    #[arg(long)]
+    pub disk: Option<f64>,
+    /// Port range the agent offers, e.g. 31000-32000.
+    #[arg(long, value_parser = parse_port_range)]
+    pub ports: Option<(u64, u64)>,
+    /// An agent attribute, key=value (repeatable).
+    #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// The agent's hostname (default: this machine's).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+/// `strata run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// CPU cores for the task.
+    #[arg(long, default_value_t = 0.1)]
+    pub cpus: f64,
+    /// Memory for the task, MiB.
+    #[arg(long, default_value_t = 32.0)]
+    pub mem: f64,
+    /// Disk for the task, MiB.
+    #[arg(long, default_value_t = 0.0)]
+    pub disk: f64,
+    /// The task's name (default: the command's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The task id (default: run-<random>).
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Run CMD ARGS... as one script with /bin/sh -c (joined by spaces).
+    #[arg(long)]
+    pub shell: bool,
+    /// Kill the task once it has been running this long (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub kill_after: Option<Duration>,
+    /// Give up (exit 125) if no offer large enough arrives within this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub offer_timeout: Duration,
+    /// The command and its arguments (put them after `--` if they start with `-`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `strata agents` and `strata frameworks`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON (an array of objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `strata ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Include tasks that have ended (kept by the allocator for a while).
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    /// Only this framework's tasks.
+    #[arg(long, value_name = "ID")]
+    pub framework: Option<String>,
+    /// Only tasks on this agent.
+    #[arg(long, value_name = "ID")]
+    pub agent: Option<String>,
+    /// Print JSON (an array of objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `BEGIN-END` (inclusive).
+pub fn parse_port_range(text: &str) -> Result<(u64, u64), String> {
+    let invalid = || format!("invalid port range {text:?}: use BEGIN-END, e.g. 31000-32000");
+    let (begin, end) = text.split_once('-').ok_or_else(invalid)?;
+    let begin: u64 = begin.trim().parse().map_err(|_| invalid())?;
+    let end: u64 = end.trim().parse().map_err(|_| invalid())?;
+    if begin > end || end > 65535 {
+        return Err(invalid());
+    }
+    Ok((begin, end))
+}
+
+/// Parses `key=value`.
+pub fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "invalid attribute {text:?}: use KEY=VALUE, e.g. rack=r1"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("strata").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_resources_and_a_command_after_double_dash() {
+        let cli = parse(&[
+            "--allocator",
+            "http://10.0.0.1:5050",
+            "run",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--kill-after",
+            "2m",
+            "--",
+            "sleep",
+            "-n",
+            "10",
+        ])
+        .expect("parses");
+        assert_eq!(cli.allocator, "http://10.0.0.1:5050");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(run.cpus, 0.5);
+        assert_eq!(run.mem, 64.0);
+        assert_eq!(run.disk, 0.0);
+        assert_eq!(run.kill_after, Some(Duration::from_secs(120)));
+        assert_eq!(run.offer_timeout, Duration::from_secs(30));
+        assert!(!run.shell);
+        assert_eq!(run.command, ["sleep", "-n", "10"]);
+    }
+
+    #[test]
+    fn run_without_double_dash_keeps_the_commands_flags() {
+        let cli = parse(&["run", "--shell", "echo", "-e", "a b"]).expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run");
+        };
+        assert!(run.shell);
+        assert_eq!(run.command, ["echo", "-e", "a b"]);
+        assert_eq!(run.cpus, 0.1);
+        assert_eq!(run.mem, 32.0);
+    }
+
+    #[test]
+    fn run_needs_a_command_and_valid_durations() {
+        assert!(parse(&["run"]).is_err());
+        assert!(parse(&["run", "--"]).is_err());
+        let err =
+            parse(&["run", "--offer-timeout", "soon", "--", "true"]).expect_err("bad duration");
+        assert!(err.to_string().contains("use e.g. 500ms"), "{err}");
+        assert!(
+            parse(&["run", "--bogus", "true"]).is_err(),
+            "unknown flags before CMD are errors"
+        );
+    }
+
+    #[test]
+    fn allocator_defaults_and_is_global() {
+        let cli = parse(&["ps"]).expect("parses");
+        // STRATA_ALLOCATOR may be set in a developer's shell; only check when it is not.
+        if std::env::var_os("STRATA_ALLOCATOR").is_none() {
+            assert_eq!(cli.allocator, DEFAULT_ALLOCATOR);
+        }
+        let cli = parse(&[
+            "ps",
+            "--allocator",
+            "127.0.0.1:6000",
+            "--all",
+            "--framework",
+            "f-1",
+            "--json",
+        ])
+        .expect("parses");
+        assert_eq!(cli.allocator, "127.0.0.1:6000");
+        let Command::Ps(ps) = cli.command else {
+            panic!("expected ps");
+        };
+        assert!(ps.all && ps.json);
+        assert_eq!(ps.framework.as_deref(), Some("f-1"));
+        assert_eq!(ps.agent, None);
+    }
+
+    #[test]
+    fn list_commands_take_json() {
+        let Command::Agents(a) = parse(&["agents", "--json"]).expect("parses").command else {
+            panic!("expected agents");
+        };
+        assert!(a.json);
+        let Command::Frameworks(f) = parse(&["frameworks"]).expect("parses").command else {
+            panic!("expected frameworks");
+        };
+        assert!(!f.json);
+    }
+
+    #[test]
+    fn local_takes_agent_overrides() {
+        let cli = parse(&[
+            "local",
+            "--listen",
+            "127.0.0.1:0",
+            "--work-dir",
+            "/tmp/x",
+            "--cpus",
+            "2",
+            "--mem",
+            "1024",
+            "--ports",
+            "40000-40010",
+            "--attribute",
+            "rack=r1",
+            "--attribute",
+            "zone=a",
+        ])
+        .expect("parses");
+        let Command::Local(local) = cli.command else {
+            panic!("expected local");
+        };
+        assert_eq!(local.listen, "127.0.0.1:0");
+        assert_eq!(local.work_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(local.cpus, Some(2.0));
+        assert_eq!(local.mem, Some(1024.0));
+        assert_eq!(local.disk, None);
+        assert_eq!(local.ports, Some((40000, 40010)));
+        assert_eq!(
+            local.attributes,
+            [
+                ("rack".to_owned(), "r1".to_owned()),
+                ("zone".to_owned(), "a".to_owned())
+            ]
+        );
+        let defaults = parse(&["local"]).expect("parses");
+        let Command::Local(local) = defaults.command else {
+            panic!("expected local");
+        };
+        assert_eq!(local.listen, "127.0.0.1:5050");
+        assert_eq!(local.work_dir, None);
+    }
+
+    #[test]
+    fn port_ranges_and_attributes_are_validated() {
+        assert_eq!(parse_port_range("31000-32000"), Ok((31000, 32000)));
+        assert!(parse_port_range("32000-31000").is_err());
+        assert!(parse_port_range("31000").is_err());
+        assert!(parse_port_range("1-70000").is_err());
+        assert!(parse_attribute("=x").is_err());
+        assert!(parse_attribute("novalue").is_err());
+        assert_eq!(
+            parse_attribute("k=v=w"),
+            Ok(("k".to_owned(), "v=w".to_owned()))
+        );
+    }
+}

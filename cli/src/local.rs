@@ -1,0 +1,193 @@
+//! `strata local`: an allocator and one agent in this process (the two libraries on one tokio
+//! runtime), until Ctrl-C or SIGTERM; then the agent stops first (killing its tasks and
+//! reporting them) and the allocator after it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use strata_agent::AgentConfig;
+use strata_allocator::AllocatorConfig;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::args::{DEFAULT_ALLOCATOR, LocalArgs};
+
+/// How long the agent may take to kill its tasks and report them on shutdown.
+const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long the allocator may take to close its streams on shutdown.
+const ALLOCATOR_STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// The default agent work directory: `$TMPDIR/strata-local` (or `/tmp/strata-local`).
+pub fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join("strata-local")
+}
+
+/// `--listen` accepts `host:port` or a URL such as `http://127.0.0.1:5050`.
+pub fn listen_address(listen: &str) -> &str {
+    let listen = listen.trim();
+    let listen = listen.split_once("://").map_or(listen, |(_, rest)| rest);
+    listen.strip_suffix('/').unwrap_or(listen)
+}
+
+/// The first lines `strata local` prints: where it listens, and what to try.
+pub fn banner(url: &str, work_dir: &std::path::Path) -> String {
+    let allocator_flag = if url == DEFAULT_ALLOCATOR {
+        String::new()
+    } else {
+        format!("--allocator {url} ")
+    };
+    format!(
+        "strata local: allocator listening on {url}; agent work dir {}\n\
+         try: strata {allocator_flag}run -- echo hello   (then: strata {allocator_flag}ps --all); Ctrl-C stops\n",
+        work_dir.display()
+    )
+}
+
+/// Runs `strata local` until a signal; errors if either part fails.
+pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let listen = listen_address(&args.listen).to_owned();
+    let listener = TcpListener::bind(&listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "is another `strata local` or strata-allocator running? stop it, or pass --listen 127.0.0.1:0 for a free port"
+        } else {
+            "pass --listen HOST:PORT with an address of this machine"
+        };
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied => {
+                e.kind().to_string()
+            }
+            _ => e.to_string(),
+        };
+        anyhow!("cannot listen on {listen}: {why}: {hint}")
+    })?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {listen}"))?;
+    let url = format!("http://{bound}");
+    let work_dir = args.work_dir.clone().unwrap_or_else(default_work_dir);
+
+    let mut agent_config = AgentConfig::new(url.clone(), work_dir.clone());
+    agent_config.hostname = args.hostname.clone();
+    agent_config.cpus = args.cpus;
+    agent_config.mem_mib = args.mem;
+    agent_config.disk_mib = args.disk;
+    agent_config.ports = args.ports;
+    agent_config.attributes = args.attributes.clone();
+
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+
+    let (stop_allocator, allocator_stopped) = oneshot::channel::<()>();
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let mut allocator = tokio::spawn(strata_allocator::serve(
+        listener,
+        AllocatorConfig::default(),
+        async move {
+            let _ = allocator_stopped.await;
+        },
+    ));
+    let mut agent = tokio::spawn(strata_agent::run(agent_config, async move {
+        let _ = agent_stopped.await;
+    }));
+    info!(allocator = %url, work_dir = %work_dir.display(), "strata local started");
+    print!("{}", banner(&url, &work_dir));
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    // Run until a signal, or until one of the two stops on its own (an error).
+    let mut agent_done = None;
+    let mut allocator_done = None;
+    tokio::select! {
+        _ = sigint.recv() => eprintln!("strata local: interrupted; stopping the agent (killing its tasks), then the allocator"),
+        _ = sigterm.recv() => eprintln!("strata local: terminated; stopping the agent (killing its tasks), then the allocator"),
+        result = &mut agent => agent_done = Some(result),
+        result = &mut allocator => allocator_done = Some(result),
+    }
+
+    let stopped_by_signal = agent_done.is_none() && allocator_done.is_none();
+    // The agent first, so that its tasks are killed and their updates reach the allocator.
+    let _ = stop_agent.send(());
+    let agent_result = match agent_done {
+        Some(result) => Some(result),
+        None => {
+            tokio::select! {
+                result = tokio::time::timeout(AGENT_STOP_WAIT, &mut agent) => result.ok(),
+                _ = sigint.recv() => {
+                    eprintln!("strata local: interrupted again; not waiting for the agent");
+                    None
+                }
+            }
+        }
+    };
+    if agent_result.is_none() {
+        agent.abort();
+        warn!("the agent did not stop in time; its tasks may still be running");
+    }
+
+    let _ = stop_allocator.send(());
+    let allocator_result = match allocator_done {
+        Some(result) => Some(result),
+        None => tokio::time::timeout(ALLOCATOR_STOP_WAIT, &mut allocator)
+            .await
+            .ok(),
+    };
+    if allocator_result.is_none() {
+        allocator.abort();
+        warn!("the allocator did not stop in time");
+    }
+
+    let mut failures = Vec::new();
+    match agent_result {
+        Some(Ok(Ok(()))) | None => {}
+        Some(Ok(Err(e))) => failures.push(format!("the agent failed: {e}")),
+        Some(Err(e)) => failures.push(format!("the agent task failed: {e}")),
+    }
+    match allocator_result {
+        Some(Ok(Ok(()))) | None => {}
+        Some(Ok(Err(e))) => failures.push(format!("the allocator failed: {e}")),
+        Some(Err(e)) => failures.push(format!("the allocator task failed: {e}")),
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    if stopped_by_signal {
+        eprintln!("strata local: stopped");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_accepts_urls_and_host_port() {
+        assert_eq!(listen_address("127.0.0.1:5050"), "127.0.0.1:5050");
+        assert_eq!(listen_address("http://127.0.0.1:0/"), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn banner_says_where_and_what_to_try() {
+        let b = banner(
+            "http://127.0.0.1:5050",
+            std::path::Path::new("/tmp/strata-local"),
+        );
+        assert!(b.starts_with(
+            "strata local: allocator listening on http://127.0.0.1:5050; agent work dir /tmp/strata-local\n"
+        ));
+        assert!(b.contains("try: strata run -- echo hello"), "{b}");
+        let other = banner("http://127.0.0.1:41234", std::path::Path::new("/w"));
+        assert!(
+            other.contains("try: strata --allocator http://127.0.0.1:41234 run -- echo hello"),
+            "{other}"
+        );
+    }
+
+    #[test]
+    fn default_work_dir_is_under_tmp() {
+        assert!(default_work_dir().ends_with("strata-local"));
+    }
+}

@@ -1,0 +1,101 @@
+//! `strata agents`, `strata frameworks` and `strata ps`: one OperatorService call each, printed
+//! as a table or as JSON.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use strata_framework::Error as SdkError;
+use strata_proto::operator_service_client::OperatorServiceClient;
+use strata_proto::{ListAgentsRequest, ListFrameworksRequest, ListTasksRequest};
+use tonic::transport::Channel;
+
+use crate::args::{ListArgs, PsArgs};
+use crate::render::{
+    AgentRow, FrameworkRow, TaskRow, agents_table, frameworks_table, sort_tasks, tasks_table,
+};
+
+async fn client(allocator: &str) -> anyhow::Result<(OperatorServiceClient<Channel>, String)> {
+    let channel = strata_framework::dial(allocator).await?;
+    Ok((
+        OperatorServiceClient::new(channel),
+        strata_framework::normalize_address(allocator),
+    ))
+}
+
+fn rpc_error(addr: &str, rpc: &'static str, status: &tonic::Status) -> SdkError {
+    SdkError::from_status(addr, rpc, "OperatorService", status)
+}
+
+fn print_json<T: serde::Serialize>(rows: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(rows).context("cannot encode the answer as JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `strata agents`.
+pub async fn agents(allocator: &str, args: &ListArgs) -> anyhow::Result<()> {
+    let (mut client, addr) = client(allocator).await?;
+    let response = client
+        .list_agents(ListAgentsRequest {})
+        .await
+        .map_err(|s| rpc_error(&addr, "ListAgents", &s))?
+        .into_inner();
+    let mut rows: Vec<AgentRow> = response.agents.iter().map(AgentRow::new).collect();
+    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname).then_with(|| a.id.cmp(&b.id)));
+    if args.json {
+        print_json(&rows)
+    } else {
+        print!("{}", agents_table(&rows));
+        Ok(())
+    }
+}
+
+/// `strata frameworks`.
+pub async fn frameworks(allocator: &str, args: &ListArgs) -> anyhow::Result<()> {
+    let (mut client, addr) = client(allocator).await?;
+    let response = client
+        .list_frameworks(ListFrameworksRequest {})
+        .await
+        .map_err(|s| rpc_error(&addr, "ListFrameworks", &s))?
+        .into_inner();
+    let mut rows: Vec<FrameworkRow> = response.frameworks.iter().map(FrameworkRow::new).collect();
+    rows.sort_by(|a, b| {
+        a.registered_at
+            .total_cmp(&b.registered_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    if args.json {
+        print_json(&rows)
+    } else {
+        print!("{}", frameworks_table(&rows));
+        Ok(())
+    }
+}
+
+/// `strata ps`.
+pub async fn ps(allocator: &str, args: &PsArgs) -> anyhow::Result<()> {
+    let (mut client, addr) = client(allocator).await?;
+    let response = client
+        .list_tasks(ListTasksRequest {
+            framework_id: args.framework.clone().unwrap_or_default(),
+            agent_id: args.agent.clone().unwrap_or_default(),
+            include_terminal: args.all,
+        })
+        .await
+        .map_err(|s| rpc_error(&addr, "ListTasks", &s))?
+        .into_inner();
+    let mut rows: Vec<TaskRow> = response.tasks.iter().map(TaskRow::new).collect();
+    sort_tasks(&mut rows);
+    if args.json {
+        print_json(&rows)
+    } else {
+        print!("{}", tasks_table(&rows, args.all, now()));
+        Ok(())
+    }
+}

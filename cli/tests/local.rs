@@ -1,0 +1,68 @@
+//! `strata local` as a user runs it: one process with an allocator and an agent, a task through
+//! `strata run`, and a clean stop on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let addr = format!("http://{listen}");
+    let strata = env!("CARGO_BIN_EXE_strata");
+    let mut local = Command::new(strata)
+        .args(["local", "--listen", &listen, "--work-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strata local starts");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ran = None;
+    while Instant::now() < deadline {
+        let out = Command::new(strata)
+            .args([
+                "--allocator",
+                &addr,
+                "run",
+                "--offer-timeout",
+                "5s",
+                "--",
+                "echo",
+                "hi",
+            ])
+            .output()
+            .expect("strata run");
+        if out.status.success() {
+            ran = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = Command::new("kill")
+        .args(["-TERM", &local.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = local.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = local.kill();
+            let _ = local.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ran = ran.expect("`strata run -- echo hi` succeeded against strata local within 30 s");
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("TASK_FINISHED"));
+    let status = status.expect("strata local stops within 20 s of SIGTERM");
+    assert!(status.success(), "strata local exited with {status}");
+}
