@@ -1,1 +1,49 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, so every machine runs the same steps.
+//!
+//! - `setup`: installs what the build and the tests need (idempotent).
+//! - `test`: set-up, lints, the whole test suite (what CI runs).
+//! - `vm-test`: kernel integration tests inside a qemu guest.
+//! - `bench`: benchmarks (`skeleton`, ...).
+//! - `local`: builds and runs `strata local`, optionally with a demo workload.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod local;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Strata's project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the build and the tests need (apt packages, rustup components, bpf-linker).
+    Setup(setup::SetupArgs),
+    /// Run the whole test suite: set-up, fmt, clippy, cargo test, the qemu kernel tests.
+    Test(test::TestArgs),
+    /// Kernel integration tests in a qemu guest.
+    VmTest(vm::VmTestArgs),
+    /// Benchmarks that run the real binaries in release mode.
+    Bench(bench::BenchArgs),
+    /// Build and run `strata local` (with `--demo`: run a demo workload, show it, stop).
+    Local(local::LocalArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::VmTest(args) => vm::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Local(args) => local::run(&args),
+    }
+}

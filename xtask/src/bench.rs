@@ -1,0 +1,120 @@
+//! `cargo xtask bench NAME`: benchmarks that run the real binaries, built in release mode.
+//!
+//! - `skeleton`: tasks launched per second through a real allocator and agent for `true`, and
+//!   the latency from ACCEPT to TASK_RUNNING (median, p99), over `--tasks` tasks.
+
+use std::net::TcpListener;
+use std::process::{Child, Command};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub bench: Bench,
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Launch throughput and ACCEPT-to-RUNNING latency through allocator and agent.
+    Skeleton {
+        /// How many tasks to launch.
+        #[arg(long, default_value_t = 2000)]
+        tasks: u32,
+        /// The command each task runs.
+        #[arg(long, default_value = "true")]
+        cmd: String,
+    },
+}
+
+/// Kills the processes it holds when dropped.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.0 {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the chosen benchmark.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.bench {
+        Bench::Skeleton { tasks, cmd } => skeleton(*tasks, cmd),
+    }
+}
+
+fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "strata-allocator",
+        "--bin",
+        "strata-allocator",
+        "-p",
+        "strata-agent",
+        "--bin",
+        "strata-agent",
+        "-p",
+        "strata-framework",
+        "--example",
+        "skeleton_bench",
+    ]))?;
+    let bin = util::target_dir("release");
+    let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let allocator = format!("http://{listen}");
+    let work_dir = util::workspace_root().join("target").join("bench-skeleton");
+    let _ = std::fs::remove_dir_all(&work_dir);
+    std::fs::create_dir_all(&work_dir)?;
+
+    let mut procs = Processes(Vec::new());
+    procs.0.push(
+        Command::new(bin.join("strata-allocator"))
+            .args(["--listen", &listen])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("cannot start strata-allocator")?,
+    );
+    procs.0.push(
+        Command::new(bin.join("strata-agent"))
+            .args(["--allocator", &allocator, "--work-dir"])
+            .arg(work_dir.join("agent"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("cannot start strata-agent")?,
+    );
+    let status = Command::new(bin.join("examples").join("skeleton_bench"))
+        .args([
+            "--allocator",
+            &allocator,
+            "--tasks",
+            &tasks.to_string(),
+            "--cmd",
+            cmd,
+        ])
+        .status()
+        .context("cannot start the skeleton_bench framework")?;
+    drop(procs);
+    if !status.success() {
+        bail!("the skeleton benchmark failed: {status}");
+    }
+    Ok(())
+}

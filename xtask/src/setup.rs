@@ -1,0 +1,297 @@
+//! `cargo xtask setup`: installs the build's and the tests' prerequisites, idempotently.
+//!
+//! Every step first checks whether its piece is already there and does nothing if so, so a second
+//! run takes a second or two. What it installs:
+//!
+//! - Debian packages ([`APT_PACKAGES`]): qemu and the initramfs tools for `cargo xtask vm-test`.
+//! - The musl target for the pinned toolchain (static test binaries for the qemu guest).
+//! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`).
+//! - `bpf-linker` ([`BPF_LINKER_VERSION`]), which links the eBPF object.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages the build and the tests need.
+///
+/// qemu-system-x86 boots the test kernels; busybox-static is the guest's userland; cpio and gzip
+/// pack the initramfs; xz-utils, lz4 and zstd decompress kernel images; kmod has depmod.
+pub const APT_PACKAGES: &[&str] = &[
+    "busybox-static",
+    "ca-certificates",
+    "cpio",
+    "gzip",
+    "kmod",
+    "lz4",
+    "qemu-system-x86",
+    "xz-utils",
+    "zstd",
+];
+
+/// The Rust target of the static test binaries that run inside the qemu guest.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// bpf-linker's version: 0.10.x uses rustc's own LLVM at run time; later releases need a system
+/// LLVM that Debian 12 does not have.
+pub const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// The LLVM major version bpf-linker [`BPF_LINKER_VERSION`] works with.
+pub const EBPF_LLVM_MAJOR: &str = "22";
+
+/// The dated nightly used when the machine's `nightly` has a different LLVM. Keep in sync with
+/// `agent/build.rs`.
+pub const EBPF_NIGHTLY_PIN: &str = "nightly-2026-05-19";
+
+/// Arguments of `cargo xtask setup`.
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// Only report what is missing; install nothing (exits non-zero when something is missing).
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Installs what is missing.
+pub fn run(args: &SetupArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut missing = Vec::new();
+
+    let apt_missing = missing_apt_packages()?;
+    if apt_missing.is_empty() {
+        println!(
+            "setup: apt packages: all present ({})",
+            APT_PACKAGES.join(" ")
+        );
+    } else if args.check {
+        missing.push(format!("apt packages: {}", apt_missing.join(" ")));
+    } else {
+        install_apt_packages(&apt_missing)?;
+    }
+
+    let toolchain = pinned_toolchain()?;
+    if rustup_lines(&["target", "list", "--installed", "--toolchain", &toolchain])?
+        .iter()
+        .any(|t| t == MUSL_TARGET)
+    {
+        println!("setup: rust target {MUSL_TARGET} ({toolchain}): present");
+    } else if args.check {
+        missing.push(format!("rust target {MUSL_TARGET} for {toolchain}"));
+    } else {
+        println!("setup: rust target {MUSL_TARGET} ({toolchain}): installing");
+        run_cmd(Command::new("rustup").args([
+            "target",
+            "add",
+            "--toolchain",
+            &toolchain,
+            MUSL_TARGET,
+        ]))?;
+    }
+
+    match ebpf_nightly()? {
+        Some(nightly) => {
+            if has_component(&nightly, "rust-src")? {
+                println!("setup: {nightly} with rust-src: present");
+            } else if args.check {
+                missing.push(format!("rust-src for {nightly}"));
+            } else {
+                println!("setup: rust-src for {nightly}: installing");
+                run_cmd(Command::new("rustup").args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    &nightly,
+                ]))?;
+            }
+        }
+        None if args.check => missing.push(format!(
+            "a nightly toolchain with LLVM {EBPF_LLVM_MAJOR} ({EBPF_NIGHTLY_PIN})"
+        )),
+        None => {
+            println!("setup: {EBPF_NIGHTLY_PIN}: installing (the eBPF build's nightly)");
+            run_cmd(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                EBPF_NIGHTLY_PIN,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+        }
+    }
+
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => println!("setup: bpf-linker {v}: present"),
+        found if args.check => missing.push(format!(
+            "bpf-linker {BPF_LINKER_VERSION} (found {})",
+            found.as_deref().unwrap_or("none")
+        )),
+        found => {
+            if let Some(v) = found {
+                println!("setup: bpf-linker {v} found, {BPF_LINKER_VERSION} wanted: reinstalling");
+            }
+            println!("setup: bpf-linker {BPF_LINKER_VERSION}: installing (about 3 minutes)");
+            let t = Instant::now();
+            run_cmd(Command::new("cargo").args([
+                "install",
+                "--locked",
+                "--force",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ]))?;
+            println!("setup: bpf-linker installed in {:.0?}", t.elapsed());
+        }
+    }
+
+    if !missing.is_empty() {
+        bail!(
+            "missing: {}; run `cargo xtask setup` to install them",
+            missing.join("; ")
+        );
+    }
+    println!("setup: done in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// The workspace's root directory (xtask's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The toolchain rust-toolchain.toml pins (`channel = "..."`).
+pub fn pinned_toolchain() -> Result<String> {
+    let path = workspace_root().join("rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+        .with_context(|| format!("no `channel = \"...\"` line in {}", path.display()))
+}
+
+fn missing_apt_packages() -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for pkg in APT_PACKAGES {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${db:Status-Abbrev}", pkg])
+            .stderr(Stdio::null())
+            .output()
+            .context("running dpkg-query: is this a Debian machine?")?;
+        if !String::from_utf8_lossy(&out.stdout).starts_with("ii") {
+            missing.push((*pkg).to_owned());
+        }
+    }
+    Ok(missing)
+}
+
+fn install_apt_packages(pkgs: &[String]) -> Result<()> {
+    println!("setup: apt packages: installing {}", pkgs.join(" "));
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run_cmd(&mut apt(&["-q", "update"])).context(
+        "apt-get update failed: run `cargo xtask setup` as root, or with sudo available",
+    )?;
+    let mut args = vec!["-q", "-y", "--no-install-recommends", "install"];
+    args.extend(pkgs.iter().map(String::as_str));
+    run_cmd(&mut apt(&args)).with_context(|| {
+        format!(
+            "apt-get install {} failed: run `cargo xtask setup` as root, or with sudo available",
+            pkgs.join(" ")
+        )
+    })
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn rustup_lines(args: &[&str]) -> Result<Vec<String>> {
+    let out = Command::new("rustup")
+        .args(args)
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output()
+        .context("running rustup: install it from https://rustup.rs")?;
+    if !out.status.success() {
+        bail!(
+            "rustup {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect())
+}
+
+fn has_component(toolchain: &str, component: &str) -> Result<bool> {
+    Ok(
+        rustup_lines(&["component", "list", "--installed", "--toolchain", toolchain])?
+            .iter()
+            .any(|c| c.starts_with(component)),
+    )
+}
+
+/// The nightly toolchain the eBPF build uses: `nightly` when its LLVM is [`EBPF_LLVM_MAJOR`],
+/// else [`EBPF_NIGHTLY_PIN`] when installed; `None` when neither is usable.
+pub fn ebpf_nightly() -> Result<Option<String>> {
+    let installed = rustup_lines(&["toolchain", "list"])?;
+    for candidate in ["nightly", EBPF_NIGHTLY_PIN] {
+        let present = installed.iter().any(|t| {
+            t.split_whitespace().next() == Some(&format!("{candidate}-x86_64-unknown-linux-gnu"))
+        });
+        if present && llvm_major(candidate).as_deref() == Some(EBPF_LLVM_MAJOR) {
+            return Ok(Some(candidate.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+fn llvm_major(toolchain: &str) -> Option<String> {
+    let out = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "-vV"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_owned)
+}
+
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker").arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .map(str::to_owned)
+}
+
+/// Runs a command with inherited stdio; fails naming the command when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! The guest: the static test binaries, the initramfs and its init, booting qemu.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use super::kernel::{LockEntry, vm_dir};
+use crate::setup::{MUSL_TARGET, workspace_root};
+
+/// The package holding the tests, and its helper binary.
+const TESTS_PACKAGE: &str = "strata-vm-tests";
+const HELPER: &str = "strata-vm-helper";
+/// The line the init prints when the guest's userland starts.
+const BOOTED_MARKER: &str = "STRATA-VM-BOOTED:";
+/// The line the init prints last, with the tests' exit status.
+const RESULT_MARKER: &str = "STRATA-VM-RESULT:";
+/// Set to 1 to boot with KVM instead of TCG (the development machines' KVM cannot boot a kernel).
+const KVM_ENV: &str = "STRATA_VM_KVM";
+
+/// The guest's init: mounts, enables the cgroup controllers, runs the tests, reports, powers off.
+const INIT: &str = r#"#!/bin/busybox sh
+# The init of Strata's VM test guest (written by `cargo xtask vm-test`).
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+# cgroup2 is the only hierarchy (the kernel runs with cgroup_no_v1=all).
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+echo "STRATA-VM-BOOTED: kernel $(uname -r), $(cut -d' ' -f1 /proc/uptime) s after boot"
+ip link set lo up
+for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
+  echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || echo "STRATA-VM: cannot enable the $c controller"
+done
+echo "STRATA-VM: cgroup controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+# Backtraces for panics, not for the tests' anyhow errors (their message is the point).
+export STRATA_VM_GUEST=1 STRATA_VM_HELPER=/bin/strata-vm-helper RUST_BACKTRACE=1 RUST_LIB_BACKTRACE=0 HOME=/tmp TMPDIR=/tmp
+set --
+while IFS= read -r arg; do set -- "$@" "$arg"; done < /strata/args
+status=0
+for t in /tests/*; do
+  echo "STRATA-VM: running $t --ignored --test-threads=1 --show-output $*"
+  "$t" --ignored --test-threads=1 --show-output "$@"
+  rc=$?
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+done
+echo "STRATA-VM-RESULT: $status"
+sync
+poweroff -f
+"#;
+
+/// The static binaries that go into the guest.
+#[derive(Debug)]
+pub struct TestBinaries {
+    /// The libtest binaries (by target name).
+    pub tests: Vec<(String, PathBuf)>,
+    /// The workload helper.
+    pub helper: PathBuf,
+}
+
+/// Builds `strata-vm-tests` for the musl target (static binaries) in `target/vm-tests`.
+pub fn build_tests() -> Result<TestBinaries> {
+    let started = Instant::now();
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args([
+            "test",
+            "--package",
+            TESTS_PACKAGE,
+            "--target",
+            MUSL_TARGET,
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        // Its own target dir: no lock contention with host builds, and its own profile settings
+        // (no debug info: smaller binaries for the initramfs; panics still say file and line).
+        .env("CARGO_TARGET_DIR", root.join("target").join("vm-tests"))
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("vm-test: building {TESTS_PACKAGE} for {MUSL_TARGET}");
+    let out = cmd.output().context("running cargo test --no-run")?;
+    ensure!(
+        out.status.success(),
+        "building the vm tests for {MUSL_TARGET} failed ({}; the compiler's messages are above; \
+         if the target is missing, run `cargo xtask setup`)",
+        out.status
+    );
+    let mut tests = Vec::new();
+    let mut helper = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let name = msg["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let kinds = msg["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let is_test = msg["profile"]["test"].as_bool() == Some(true);
+        if is_test && kinds.iter().any(|k| k == "test") {
+            tests.push((name, PathBuf::from(exe)));
+        } else if !is_test && name == HELPER {
+            helper = Some(PathBuf::from(exe));
+        }
+    }
+    ensure!(
+        !tests.is_empty(),
+        "cargo built no integration test binary of {TESTS_PACKAGE}"
+    );
+    let helper = helper.with_context(|| format!("cargo built no {HELPER} binary"))?;
+    eprintln!(
+        "vm-test: built {} test binar{} and the helper in {:.1} s",
+        tests.len(),
+        if tests.len() == 1 { "y" } else { "ies" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(TestBinaries { tests, helper })
+}
+
+/// An initramfs image in a directory of its own (per process, so concurrent runs do not clash),
+/// removed when dropped.
+#[derive(Debug)]
+pub struct Initramfs {
+    dir: PathBuf,
+    /// The image (`initramfs.cpio.gz`).
+    pub image: PathBuf,
+}
+
+impl Drop for Initramfs {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Packs busybox, the init, the test binaries and the helper into an initramfs.
+pub fn initramfs(bins: &TestBinaries, filters: &[String]) -> Result<Initramfs> {
+    let work = vm_dir()
+        .join("initramfs")
+        .join(format!("run-{}", std::process::id()));
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    let stage = work.join("root");
+    for dir in ["bin", "tests", "strata"] {
+        fs::create_dir_all(stage.join(dir))
+            .with_context(|| format!("creating {}", stage.join(dir).display()))?;
+    }
+    let busybox = Path::new("/bin/busybox");
+    ensure!(
+        busybox.is_file(),
+        "{} is missing: run `cargo xtask setup` (it installs busybox-static)",
+        busybox.display()
+    );
+    copy(busybox, &stage.join("bin/busybox"))?;
+    copy(&bins.helper, &stage.join("bin").join(HELPER))?;
+    for (name, exe) in &bins.tests {
+        copy(exe, &stage.join("tests").join(name))?;
+    }
+    let init = stage.join("init");
+    fs::write(&init, INIT).with_context(|| format!("writing {}", init.display()))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", init.display()))?;
+    let mut args = String::new();
+    for f in filters {
+        ensure!(
+            !f.contains('\n'),
+            "a test filter cannot contain a newline: {f:?}"
+        );
+        args.push_str(f);
+        args.push('\n');
+    }
+    fs::write(stage.join("strata/args"), args).context("writing the guest's arguments")?;
+
+    let image = work.join("initramfs.cpio.gz");
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            "cd \"$1\" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > \"$2\"",
+            "sh",
+        ])
+        .arg(&stage)
+        .arg(&image)
+        .status()
+        .context("running cpio and gzip")?;
+    ensure!(
+        status.success(),
+        "packing the initramfs failed ({status}): are cpio and gzip installed? run `cargo xtask setup`"
+    );
+    fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    Ok(Initramfs { dir: work, image })
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to)
+        .map(drop)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
+}
+
+/// Boots `vmlinux` with `initramfs`, streams the console, and fails unless the tests pass.
+pub fn boot(entry: &LockEntry, vmlinux: &Path, initramfs: &Path, timeout_secs: u64) -> Result<()> {
+    let kvm = std::env::var(KVM_ENV).is_ok_and(|v| v == "1");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    if kvm {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    cmd.args([
+        "-m",
+        "1G",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+    ])
+    .arg(vmlinux)
+    .arg("-initrd")
+    .arg(initramfs)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 cgroup_no_v1=all quiet loglevel=1 rdinit=/init",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+
+    eprintln!(
+        "vm-test: kernel {}: booting {} {} ({}, {} s limit)",
+        entry.kernel,
+        entry.package,
+        entry.version,
+        if kvm { "KVM" } else { "TCG" },
+        timeout_secs
+    );
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context("starting qemu-system-x86_64: run `cargo xtask setup` (it installs qemu)")?;
+    let stdout = child.stdout.take().context("qemu has no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+            if text.starts_with(BOOTED_MARKER) {
+                let _ = tx.send(Marker::Booted(Instant::now()));
+            } else if let Some(rest) = text.strip_prefix(RESULT_MARKER) {
+                let _ = tx.send(Marker::Result(rest.trim().parse::<i32>().ok()));
+            }
+        }
+    });
+
+    let deadline = started + Duration::from_secs(timeout_secs);
+    let exited = loop {
+        if child.try_wait().context("waiting for qemu")?.is_some() {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    let total = started.elapsed();
+    let mut booted = None;
+    let mut result = None;
+    for m in rx.try_iter() {
+        match m {
+            Marker::Booted(at) => booted = Some(at.duration_since(started)),
+            Marker::Result(code) => result = Some(code),
+        }
+    }
+    if !exited {
+        bail!(
+            "kernel {}: the guest did not finish within {timeout_secs} s and was killed (hung? \
+             its last output is above; raise the limit with --timeout)",
+            entry.kernel
+        );
+    }
+    eprintln!(
+        "vm-test: kernel {}: guest userland up after {}, whole run {:.1} s",
+        entry.kernel,
+        booted.map_or_else(
+            || "(never)".to_owned(),
+            |b| format!("{:.1} s", b.as_secs_f64())
+        ),
+        total.as_secs_f64()
+    );
+    match result {
+        Some(Some(0)) => Ok(()),
+        Some(Some(code)) => bail!(
+            "kernel {}: the vm tests failed (exit status {code}); their output is above",
+            entry.kernel
+        ),
+        Some(None) => bail!(
+            "kernel {}: the guest printed a malformed result line",
+            entry.kernel
+        ),
+        None => bail!(
+            "kernel {}: the guest stopped without reporting a result (kernel panic, or the init \
+             failed; its output is above)",
+            entry.kernel
+        ),
+    }
+}
+
+enum Marker {
+    Booted(Instant),
+    Result(Option<i32>),
+}
