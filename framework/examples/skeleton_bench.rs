@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use strata_framework::{Event, FrameworkBuilder, offer_cpus, offer_mem, task};
-use strata_proto::TaskState;
+use strata_proto::{Offer, TaskState};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -21,6 +21,9 @@ struct Args {
     cpus: f64,
     #[arg(long, default_value_t = 4.0)]
     mem: f64,
+    /// At most this many tasks launched and not yet ended (0: as many as offers fit).
+    #[arg(long, default_value_t = 0)]
+    max_in_flight: u32,
 }
 
 #[tokio::main]
@@ -32,7 +35,13 @@ async fn main() -> Result<()> {
         .await
         .context("cannot subscribe")?;
 
+    let max_in_flight = if args.max_in_flight == 0 {
+        u32::MAX
+    } else {
+        args.max_in_flight
+    };
     let mut next = 0u32;
+    let mut held: Vec<Offer> = Vec::new();
     let mut accepted_at: HashMap<String, Instant> = HashMap::new();
     let mut latencies: Vec<Duration> = Vec::with_capacity(args.tasks as usize);
     let mut finished = 0u32;
@@ -41,39 +50,42 @@ async fn main() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
 
     while finished + failed < args.tasks {
+        // Launch into the offers held, as far as the in-flight bound allows.
+        while next < args.tasks && next - finished - failed < max_in_flight {
+            let Some(offer) = held.pop() else { break };
+            let fit = ((offer_cpus(&offer) / args.cpus).floor())
+                .min((offer_mem(&offer) / args.mem).floor())
+                .max(0.0) as u32;
+            let room = max_in_flight - (next - finished - failed);
+            let count = fit.min(args.tasks - next).min(room);
+            if count == 0 {
+                client.decline(vec![offer.id.clone()], Some(0.0)).await?;
+                continue;
+            }
+            let tasks: Vec<_> = (next..next + count)
+                .map(|i| {
+                    task(format!("t{i}"))
+                        .shell(&args.cmd)
+                        .cpus(args.cpus)
+                        .mem(args.mem)
+                        .build()
+                })
+                .collect();
+            next += count;
+            let now = Instant::now();
+            first_accept.get_or_insert(now);
+            for t in &tasks {
+                accepted_at.insert(t.task_id.clone(), now);
+            }
+            client.launch(&offer, tasks).await?;
+        }
         let event = tokio::time::timeout_at(deadline.into(), events.recv())
             .await
             .context("the benchmark did not finish within 10 minutes")?
             .context("the framework's event stream ended")?;
         match event {
-            Event::Offers(offers) => {
-                for offer in offers {
-                    let fit = ((offer_cpus(&offer) / args.cpus).floor())
-                        .min((offer_mem(&offer) / args.mem).floor())
-                        .max(0.0) as u32;
-                    let count = fit.min(args.tasks - next);
-                    if count == 0 {
-                        client.decline(vec![offer.id.clone()], Some(0.0)).await?;
-                        continue;
-                    }
-                    let tasks: Vec<_> = (next..next + count)
-                        .map(|i| {
-                            task(format!("t{i}"))
-                                .shell(&args.cmd)
-                                .cpus(args.cpus)
-                                .mem(args.mem)
-                                .build()
-                        })
-                        .collect();
-                    next += count;
-                    let now = Instant::now();
-                    first_accept.get_or_insert(now);
-                    for t in &tasks {
-                        accepted_at.insert(t.task_id.clone(), now);
-                    }
-                    client.launch(&offer, tasks).await?;
-                }
-            }
+            Event::Offers(offers) => held.extend(offers),
+            Event::Rescind { offer_id } => held.retain(|o| o.id != offer_id),
             Event::Update(status) => match status.state() {
                 TaskState::Running => {
                     if let Some(at) = accepted_at.get(&status.task_id) {
@@ -105,7 +117,15 @@ async fn main() -> Result<()> {
         let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies[i].as_secs_f64() * 1e3
     };
-    println!("skeleton benchmark: {} tasks of `{}`", args.tasks, args.cmd);
+    let bound = if args.max_in_flight == 0 {
+        "as many in flight as offers fit".to_owned()
+    } else {
+        format!("at most {} in flight", args.max_in_flight)
+    };
+    println!(
+        "skeleton benchmark: {} tasks of `{}`, {bound}",
+        args.tasks, args.cmd
+    );
     println!(
         "  finished {finished}, failed {failed}, wall {:.2} s",
         wall.as_secs_f64()

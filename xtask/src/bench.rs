@@ -61,6 +61,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
+/// Waits until something accepts connections on `addr` (the allocator is up).
+fn wait_for_port(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} 20 s after starting strata-allocator");
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
     util::run(util::cargo().args([
         "build",
@@ -93,6 +105,7 @@ fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
             .spawn()
             .context("cannot start strata-allocator")?,
     );
+    wait_for_port(&listen)?;
     procs.0.push(
         Command::new(bin.join("strata-agent"))
             .args(["--allocator", &allocator, "--work-dir"])
@@ -101,20 +114,24 @@ fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
             .spawn()
             .context("cannot start strata-agent")?,
     );
-    let status = Command::new(bin.join("examples").join("skeleton_bench"))
-        .args([
-            "--allocator",
-            &allocator,
-            "--tasks",
-            &tasks.to_string(),
-            "--cmd",
-            cmd,
-        ])
-        .status()
-        .context("cannot start the skeleton_bench framework")?;
-    drop(procs);
-    if !status.success() {
-        bail!("the skeleton benchmark failed: {status}");
+    // Throughput: as many tasks in flight as offers fit. Latency alone: one task at a time.
+    for max_in_flight in ["0", "1"] {
+        let status = Command::new(bin.join("examples").join("skeleton_bench"))
+            .args([
+                "--allocator",
+                &allocator,
+                "--tasks",
+                &tasks.to_string(),
+                "--cmd",
+                cmd,
+            ])
+            .args(["--max-in-flight", max_in_flight])
+            .status()
+            .context("cannot start the skeleton_bench framework")?;
+        if !status.success() {
+            bail!("the skeleton benchmark failed: {status}");
+        }
     }
+    drop(procs);
     Ok(())
 }
