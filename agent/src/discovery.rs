@@ -535,7 +535,10 @@ mod tests {
     fn unified_cgroup_dir_follows_the_mode_and_own_path() {
         let dir = tempfile::tempdir().expect("temp dir");
         let proc_root = dir.path().join("proc");
-        write(&proc_root.join("self/cgroup"), "4:memory:/m\n0::/agent.service\n");
+        write(
+            &proc_root.join("self/cgroup"),
+            "4:memory:/m\n0::/agent.service\n",
+        );
         // Hybrid: a v1 controller plus the unified hierarchy under unified/.
         let hybrid = dir.path().join("hybrid");
         write(&hybrid.join("memory/cgroup.procs"), "");
@@ -549,7 +552,10 @@ mod tests {
         let v2 = dir.path().join("v2");
         write(&v2.join("cgroup.controllers"), "");
         write(&v2.join("agent.service/cgroup.procs"), "");
-        assert_eq!(unified_cgroup_dir(&proc_root, &v2), Some(v2.join("agent.service")));
+        assert_eq!(
+            unified_cgroup_dir(&proc_root, &v2),
+            Some(v2.join("agent.service"))
+        );
         // v1 only: nowhere to attach.
         let v1 = dir.path().join("v1");
         write(&v1.join("memory/cgroup.procs"), "");
