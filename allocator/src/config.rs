@@ -42,6 +42,9 @@ pub struct AllocatorConfig {
     pub default_refuse: Duration,
     /// How many terminal tasks are kept for operators (`strata ps --all`).
     pub terminal_task_history: usize,
+    /// An offer neither accepted nor declined this long is rescinded (none: never, as in
+    /// Mesos by default).
+    pub offer_timeout: Option<Duration>,
 }
 
 impl Default for AllocatorConfig {
@@ -54,6 +57,7 @@ impl Default for AllocatorConfig {
             allocation_interval: Duration::from_secs(1),
             default_refuse: Duration::from_secs(5),
             terminal_task_history: 1000,
+            offer_timeout: None,
         }
     }
 }

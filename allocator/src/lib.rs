@@ -1,17 +1,25 @@
 //! The Strata allocator: admits agents and frameworks, keeps the cluster's books and shares
-//! free resources between frameworks with plain DRF offers (Mesos' two-level scheduling).
+//! free resources between frameworks with offers (Mesos' two-level scheduling): weighted,
+//! hierarchical DRF across roles then across the frameworks of a role, quota guarantees and
+//! limits, static and dynamic reservations, offer filters and timeouts, agent maintenance.
 //!
 //! - [`core`]: the pure, synchronous state machine (no I/O, injected clock), unit-tested
 //!   directly;
-//! - `api`: the tonic services and the actor task that owns the core; [`serve`] runs them;
+//! - `api`: the tonic services and the actor task that owns the core; [`serve`] and
+//!   [`serve_with_store`] run them;
+//! - [`store`]: where the registry (framework and agent ids, weights, quota, dynamic
+//!   reservations) survives restarts: [`store::RedbStore`] or [`store::MemoryStore`];
 //! - [`config`]: [`AllocatorConfig`] and the duration syntax of the binary's flags.
 //!
 //! The binary `strata-allocator` (src/main.rs) parses flags into an [`AllocatorConfig`],
-//! binds the listener and calls [`serve`] until SIGINT/SIGTERM.
+//! opens the store (`--work-dir`/`--store`), binds the listener and calls
+//! [`serve_with_store`] until SIGINT/SIGTERM. `benches/allocator.rs` is the benchmark run by
+//! `cargo xtask bench allocator`.
 
 mod api;
 pub mod config;
 pub mod core;
+pub mod store;
 
-pub use api::{ServeError, serve};
+pub use api::{ServeError, serve, serve_with_store};
 pub use config::{AllocatorConfig, ConfigError, parse_duration};

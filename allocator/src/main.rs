@@ -4,11 +4,13 @@
 //! on to stdout, and serves until SIGINT or SIGTERM.
 
 use std::io::{ErrorKind, IsTerminal as _, Write as _};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use strata_allocator::store::{MemoryStore, RedbStore, Store};
 use strata_allocator::{AllocatorConfig, parse_duration};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -42,9 +44,27 @@ struct Args {
     /// Terminal tasks kept for `strata ps --all`.
     #[arg(long, default_value_t = 1000)]
     terminal_task_history: usize,
+    /// Rescind offers neither accepted nor declined this long (e.g. 30s); none by default.
+    #[arg(long, value_parser = parse_duration)]
+    offer_timeout: Option<Duration>,
+    /// The allocator's own directory: its registry store is `registry.redb` in it.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// The registry store (redb file) that keeps framework ids, agent ids, weights, quota and
+    /// dynamic reservations across restarts; defaults to `registry.redb` in --work-dir.
+    /// Without either, the registry is kept in memory only.
+    #[arg(long)]
+    store: Option<PathBuf>,
 }
 
 impl Args {
+    /// Where the registry is kept, if anywhere.
+    fn store_path(&self) -> Option<PathBuf> {
+        self.store
+            .clone()
+            .or_else(|| self.work_dir.as_ref().map(|d| d.join("registry.redb")))
+    }
+
     fn config(&self) -> AllocatorConfig {
         AllocatorConfig {
             agent_heartbeat_interval: self.agent_heartbeat_interval,
@@ -54,6 +74,7 @@ impl Args {
             allocation_interval: self.allocation_interval,
             default_refuse: self.default_refuse,
             terminal_task_history: self.terminal_task_history,
+            offer_timeout: self.offer_timeout,
         }
     }
 }
@@ -80,13 +101,27 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config();
     config.validate()?;
+    // The store first: a corrupt or busy store stops the allocator before it listens.
+    let store: Box<dyn Store> = match args.store_path() {
+        Some(path) => {
+            let store = RedbStore::open(&path)?;
+            tracing::info!(store = %path.display(), "registry store opened");
+            Box::new(store)
+        }
+        None => {
+            tracing::warn!(
+                "no --work-dir or --store: the registry is kept in memory and lost at restart"
+            );
+            Box::new(MemoryStore::default())
+        }
+    };
     let listener = bind(&args.listen).await?;
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
     println!("strata-allocator listening on {addr}");
     let _ = std::io::stdout().flush();
-    strata_allocator::serve(listener, config, shutdown_signal()).await?;
+    strata_allocator::serve_with_store(listener, config, store, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -152,6 +187,8 @@ mod tests {
             "0",
             "--terminal-task-history",
             "7",
+            "--offer-timeout",
+            "30s",
         ])
         .expect("flags parse");
         assert_eq!(args.listen, "0.0.0.0:6060");
@@ -165,6 +202,7 @@ mod tests {
                 allocation_interval: Duration::from_millis(100),
                 default_refuse: Duration::ZERO,
                 terminal_task_history: 7,
+                offer_timeout: Some(Duration::from_secs(30)),
             }
         );
         let err = Args::try_parse_from(["strata-allocator", "--agent-timeout", "soon"])

@@ -106,3 +106,143 @@ async fn a_bad_duration_flag_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_corrupt_store_is_a_clear_error_at_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("registry.redb");
+    std::fs::write(&path, vec![0x42; 8192])?;
+    let store = path.display().to_string();
+    let mut child = allocator(&["--listen", "127.0.0.1:0", "--store", &store]).spawn()?;
+    let status = wait_exit(&mut child).await?;
+    assert!(!status.success());
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().context("stderr")?, &mut stderr)
+        .await?;
+    assert!(
+        stderr.contains(&format!(
+            "the allocator's registry store {store} is corrupt"
+        )) && stderr.contains("move it away"),
+        "stderr: {stderr}"
+    );
+    Ok(())
+}
+
+/// Starts the allocator and returns it with its address.
+async fn start(args: &[&str]) -> Result<(Child, String)> {
+    let mut child = allocator(args)
+        .spawn()
+        .context("starting strata-allocator")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .map_err(|_| anyhow!("no listening line within {STEP:?}"))??
+        .context("stdout closed before the listening line")?;
+    let addr = line
+        .strip_prefix("strata-allocator listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok((child, format!("http://{addr}")))
+}
+
+/// Subscribes (with `id` to re-subscribe) and returns the id from SUBSCRIBED, keeping the
+/// stream open in the returned sender.
+async fn subscribe(
+    addr: &str,
+    id: &str,
+) -> Result<(String, tokio::sync::mpsc::Sender<strata_proto::Call>)> {
+    use strata_proto::scheduler_service_client::SchedulerServiceClient;
+    use strata_proto::{Call, FrameworkInfo, call, event};
+    let channel =
+        tokio::time::timeout(STEP, Endpoint::from_shared(addr.to_owned())?.connect()).await??;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(Call {
+        call: Some(call::Call::Subscribe(call::Subscribe {
+            framework_info: Some(FrameworkInfo {
+                id: id.to_owned(),
+                name: "survivor".to_owned(),
+                roles: vec!["eng".to_owned()],
+                failover_timeout_seconds: 3600.0,
+                ..FrameworkInfo::default()
+            }),
+        })),
+        ..Call::default()
+    })
+    .await?;
+    let mut events = tokio::time::timeout(
+        STEP,
+        SchedulerServiceClient::new(channel)
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await??
+    .into_inner();
+    let first = tokio::time::timeout(STEP, events.message())
+        .await??
+        .context("stream ended before SUBSCRIBED")?;
+    let Some(event::Event::Subscribed(s)) = first.event else {
+        anyhow::bail!("expected SUBSCRIBED, got {first:?}");
+    };
+    // Keep reading so the stream stays open.
+    tokio::spawn(async move { while let Ok(Some(_)) = events.message().await {} });
+    Ok((s.framework_id, tx))
+}
+
+#[tokio::test]
+async fn a_killed_allocator_restarts_with_its_registry() -> Result<()> {
+    use strata_proto::{GetQuotaRequest, ListFrameworksRequest, ListRolesRequest, QuotaInfo};
+    use strata_proto::{Resource, SetQuotaRequest, SetWeightsRequest};
+    let dir = tempfile::tempdir()?;
+    let work = dir.path().display().to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--work-dir",
+        &work,
+        "--allocation-interval",
+        "100ms",
+    ];
+    let (mut child, addr) = start(&args).await?;
+    let channel = Endpoint::from_shared(addr.clone())?.connect().await?;
+    let mut op = OperatorServiceClient::new(channel);
+    op.set_weights(SetWeightsRequest {
+        weights: [("eng".to_owned(), 3.0)].into(),
+    })
+    .await?;
+    op.set_quota(SetQuotaRequest {
+        quota: Some(QuotaInfo {
+            role: "eng".to_owned(),
+            guarantee: vec![Resource::scalar("cpus", 2.0)],
+            limit: vec![Resource::scalar("cpus", 8.0)],
+        }),
+    })
+    .await?;
+    let (fid, _stream) = subscribe(&addr, "").await?;
+    // SIGKILL: no chance to flush anything at exit.
+    child.start_kill()?;
+    wait_exit(&mut child).await?;
+
+    let (_child, addr) = start(&args).await?;
+    let channel = Endpoint::from_shared(addr.clone())?.connect().await?;
+    let mut op = OperatorServiceClient::new(channel);
+    let fws = op
+        .list_frameworks(ListFrameworksRequest {})
+        .await?
+        .into_inner()
+        .frameworks;
+    assert_eq!(fws.len(), 1);
+    assert_eq!(fws[0].id, fid);
+    assert!(!fws[0].connected);
+    let quotas = op.get_quota(GetQuotaRequest {}).await?.into_inner().quotas;
+    assert_eq!(quotas.len(), 1);
+    assert_eq!(quotas[0].role, "eng");
+    let roles = op.list_roles(ListRolesRequest {}).await?.into_inner().roles;
+    assert!(
+        roles.iter().any(|r| r.name == "eng" && r.weight == 3.0),
+        "{roles:?}"
+    );
+    // The framework re-subscribes with its persisted id and is accepted.
+    let (again, _stream) = subscribe(&addr, &fid).await?;
+    assert_eq!(again, fid);
+    Ok(())
+}

@@ -44,6 +44,7 @@ fn fast_config() -> AllocatorConfig {
         allocation_interval: Duration::from_millis(50),
         default_refuse: Duration::from_secs(5),
         terminal_task_history: 100,
+        offer_timeout: None,
     }
 }
 
@@ -738,5 +739,152 @@ async fn an_agent_reregistering_with_its_tasks_brings_them_back() -> Result<()> 
     );
     assert!(status.uuid.is_empty());
     drop(tx);
+    allocator.shutdown().await
+}
+
+#[tokio::test]
+async fn operator_calls_steer_roles_quota_reservations_and_agents() -> Result<()> {
+    use strata_proto::{
+        DeactivateAgentRequest, DrainAgentRequest, GetQuotaRequest, ListReservationsRequest,
+        ListRolesRequest, QuotaInfo, ReactivateAgentRequest, ReserveRequest, SetQuotaRequest,
+        SetWeightsRequest, TeardownFrameworkRequest, WatchRequest,
+    };
+    let allocator = Allocator::start(fast_config()).await?;
+    let mut op = OperatorServiceClient::new(allocator.channel().await?);
+    let mut watch = bounded("Watch", op.watch(WatchRequest {}))
+        .await??
+        .into_inner();
+    let agent = FakeAgent::register(&allocator, "", 4.0, 1024.0).await?;
+
+    // Weights and quota, read back through ListRoles and GetQuota.
+    bounded(
+        "SetWeights",
+        op.set_weights(SetWeightsRequest {
+            weights: [("eng".to_owned(), 2.0)].into(),
+        }),
+    )
+    .await??;
+    let bad = bounded(
+        "SetWeights",
+        op.set_weights(SetWeightsRequest {
+            weights: [("eng".to_owned(), -1.0)].into(),
+        }),
+    )
+    .await?
+    .expect_err("negative weight");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    bounded(
+        "SetQuota",
+        op.set_quota(SetQuotaRequest {
+            quota: Some(QuotaInfo {
+                role: "eng".to_owned(),
+                guarantee: vec![Resource::scalar(CPUS, 1.0)],
+                limit: vec![Resource::scalar(CPUS, 3.0)],
+            }),
+        }),
+    )
+    .await??;
+    let quotas = bounded("GetQuota", op.get_quota(GetQuotaRequest {}))
+        .await??
+        .into_inner()
+        .quotas;
+    assert_eq!(quotas.len(), 1);
+    // A reservation of the agent's cpus for eng.
+    bounded(
+        "Reserve",
+        op.reserve(ReserveRequest {
+            agent_id: agent.id.clone(),
+            resources: vec![Resource {
+                role: "eng".to_owned(),
+                ..Resource::scalar(CPUS, 2.0)
+            }],
+        }),
+    )
+    .await??;
+    let reservations = bounded(
+        "ListReservations",
+        op.list_reservations(ListReservationsRequest {}),
+    )
+    .await??
+    .into_inner()
+    .reservations;
+    assert_eq!(reservations.len(), 1);
+    assert!(reservations[0].dynamic);
+    let roles = bounded("ListRoles", op.list_roles(ListRolesRequest {}))
+        .await??
+        .into_inner()
+        .roles;
+    let eng = roles.iter().find(|r| r.name == "eng").context("role eng")?;
+    assert_eq!(eng.weight, 2.0);
+    assert_eq!(eng.reserved.len(), 1);
+
+    // A framework of role eng gets offers; deactivating the agent rescinds them.
+    let mut fw = Framework::subscribe(
+        &allocator,
+        FrameworkInfo {
+            name: "eng".to_owned(),
+            roles: vec!["eng".to_owned()],
+            ..FrameworkInfo::default()
+        },
+    )
+    .await?;
+    let offer = fw.offer().await?;
+    assert_eq!(offer.allocation_role, "eng");
+    bounded(
+        "DeactivateAgent",
+        op.deactivate_agent(DeactivateAgentRequest {
+            agent_id: agent.id.clone(),
+        }),
+    )
+    .await??;
+    let rescinded = fw
+        .wait_for("a rescind", |e| match e {
+            event::Event::Rescind(r) => Some(r.offer_id),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(rescinded, offer.id);
+    let listed = bounded("ListAgents", op.list_agents(ListAgentsRequest {}))
+        .await??
+        .into_inner();
+    assert_eq!(listed.deactivated, vec![agent.id.clone()]);
+    bounded(
+        "ReactivateAgent",
+        op.reactivate_agent(ReactivateAgentRequest {
+            agent_id: agent.id.clone(),
+        }),
+    )
+    .await??;
+    fw.offer().await?;
+    let unknown = bounded(
+        "DrainAgent",
+        op.drain_agent(DrainAgentRequest {
+            agent_id: "nope".to_owned(),
+            grace_period_seconds: None,
+        }),
+    )
+    .await?
+    .expect_err("unknown agent");
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Teardown by the operator, and the watch stream saw it all happen.
+    bounded(
+        "TeardownFramework",
+        op.teardown_framework(TeardownFrameworkRequest {
+            framework_id: fw.id.clone(),
+        }),
+    )
+    .await??;
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"framework_subscribed".to_owned()) {
+        let e = bounded("a watch event", watch.message())
+            .await??
+            .context("watch ended")?;
+        kinds.push(e.kind);
+    }
+    assert!(kinds.contains(&"agent_registered".to_owned()), "{kinds:?}");
+    let mut ops = Operator(op);
+    assert!(ops.frameworks().await?.is_empty());
+    drop(agent);
     allocator.shutdown().await
 }

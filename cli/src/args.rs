@@ -39,6 +39,24 @@ pub enum Command {
     Frameworks(ListArgs),
     /// List tasks (active ones; --all adds those that ended recently).
     Ps(PsArgs),
+    /// Role quotas: `strata quota set eng cpus=100 mem=512GiB`, `strata quota get`.
+    Quota(crate::admin::QuotaArgs),
+    /// Role weights: `strata weights set eng=2 ads=1`.
+    Weights(crate::admin::WeightsArgs),
+    /// List roles: weight, quota, allocation, reservations.
+    Roles(crate::admin::AdminListArgs),
+    /// List reservations (static and dynamic) by agent and role.
+    Reservations(crate::admin::AdminListArgs),
+    /// Reserve an agent's free resources for a role: `strata reserve AGENT eng cpus=2`.
+    Reserve(crate::admin::ReserveArgs),
+    /// Undo a dynamic reservation: `strata unreserve AGENT eng cpus=2`.
+    Unreserve(crate::admin::ReserveArgs),
+    /// Agent maintenance: `strata agent drain|deactivate|reactivate ID`.
+    Agent(crate::admin::AgentArgs),
+    /// Framework administration: `strata framework teardown ID`.
+    Framework(crate::admin::FrameworkArgs),
+    /// Print cluster events as they happen, until Ctrl-C.
+    Watch,
 }
 
 /// `strata local`.

@@ -82,9 +82,14 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
 
     let (stop_allocator, allocator_stopped) = oneshot::channel::<()>();
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-    let mut allocator = tokio::spawn(strata_allocator::serve(
+    // The allocator's registry (framework ids, weights, quota, reservations) survives a
+    // restart of `strata local` with the same work dir.
+    let registry = work_dir.join("allocator").join("registry.redb");
+    let store = strata_allocator::store::RedbStore::open(&registry)?;
+    let mut allocator = tokio::spawn(strata_allocator::serve_with_store(
         listener,
         AllocatorConfig::default(),
+        Box::new(store),
         async move {
             let _ = allocator_stopped.await;
         },

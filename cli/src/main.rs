@@ -1,6 +1,7 @@
 //! `strata`, the operator CLI: `strata local` runs an allocator and an agent in this process;
 //! `strata run` runs one task; `strata agents|frameworks|ps` show the cluster.
 
+mod admin;
 mod args;
 mod duration;
 mod local;
@@ -55,6 +56,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Agents(args) => (operator::agents(&allocator, &args).await.map(|()| 0), 1),
         Command::Frameworks(args) => (operator::frameworks(&allocator, &args).await.map(|()| 0), 1),
         Command::Ps(args) => (operator::ps(&allocator, &args).await.map(|()| 0), 1),
+        Command::Quota(args) => (admin::quota(&allocator, args).await.map(|()| 0), 1),
+        Command::Weights(args) => (admin::weights(&allocator, args).await.map(|()| 0), 1),
+        Command::Roles(args) => (admin::roles(&allocator, args).await.map(|()| 0), 1),
+        Command::Reservations(args) => (admin::reservations(&allocator, args).await.map(|()| 0), 1),
+        Command::Reserve(args) => (admin::reserve(&allocator, args, true).await.map(|()| 0), 1),
+        Command::Unreserve(args) => (admin::reserve(&allocator, args, false).await.map(|()| 0), 1),
+        Command::Agent(args) => (admin::agent(&allocator, args).await.map(|()| 0), 1),
+        Command::Framework(args) => (admin::framework(&allocator, args).await.map(|()| 0), 1),
+        Command::Watch => (admin::watch(&allocator).await.map(|()| 0), 1),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -2,6 +2,7 @@
 //!
 //! - `skeleton`: tasks launched per second through a real allocator and agent for `true`, and
 //!   the latency from ACCEPT to TASK_RUNNING (median, p99), over `--tasks` tasks.
+//! - `allocator`: the allocator core alone (`allocator/benches/allocator.rs`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command};
@@ -31,6 +32,13 @@ pub enum Bench {
         #[arg(long, default_value = "true")]
         cmd: String,
     },
+    /// The allocator core alone: full rounds at 10,000 and 50,000 agents, adding agents,
+    /// tasks placed per second in a simulated cluster.
+    Allocator {
+        /// Passed to the benchmark, e.g. --agents 10000,50000 --rounds 5 --sim-seconds 3.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Kills the processes it holds when dropped.
@@ -58,6 +66,18 @@ impl Drop for Processes {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Skeleton { tasks, cmd } => skeleton(*tasks, cmd),
+        Bench::Allocator { args } => util::run(
+            util::cargo()
+                .args([
+                    "bench",
+                    "-p",
+                    "strata-allocator",
+                    "--bench",
+                    "allocator",
+                    "--",
+                ])
+                .args(args),
+        ),
     }
 }
 

@@ -16,14 +16,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_proto::{
     AgentSummary, AllocatorMessage, Call, Event, FrameworkInfo, FrameworkSummary, GetStateResponse,
-    ListTasksRequest, TaskStatus, TaskSummary, agent_message,
+    ListTasksRequest, TaskStatus, TaskSummary, WatchEvent, agent_message, allocator_message, event,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Status;
 
 use crate::config::AllocatorConfig;
+use crate::core::registry::Registry;
 use crate::core::{Command, ConnId, Core, CoreError};
+use crate::store::Store;
 
 /// Inputs applied per allocation pass at most, so ticks and queries are not starved.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -65,13 +67,31 @@ pub(crate) enum Input {
         conn: ConnId,
     },
     Query(Query),
+    /// An operator action: runs on the core (with `now`) and replies through its own channel.
+    Operate(Operation),
 }
+
+/// The body of an [`Operation`].
+pub(crate) type OperationFn = dyn FnOnce(&mut Core, Duration) + Send;
+
+/// An operator action run by the actor on the core.
+pub(crate) struct Operation(pub(crate) Box<OperationFn>);
+
+impl std::fmt::Debug for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Operation")
+    }
+}
+
+/// Watch events buffered per watcher before a slow one misses some.
+pub(crate) const WATCH_BUFFER: usize = 4096;
 
 /// Operator reads, answered from the actor's state.
 #[derive(Debug)]
 pub(crate) enum Query {
     State(oneshot::Sender<GetStateResponse>),
-    Agents(oneshot::Sender<Vec<AgentSummary>>),
+    /// Agents, and the ids of the draining and of the deactivated ones.
+    Agents(oneshot::Sender<(Vec<AgentSummary>, Vec<String>, Vec<String>)>),
     Frameworks(oneshot::Sender<Vec<FrameworkSummary>>),
     Tasks(ListTasksRequest, oneshot::Sender<Vec<TaskSummary>>),
 }
@@ -106,20 +126,37 @@ pub(crate) struct Actor {
     started_at: Duration,
     agents: HashMap<ConnId, AgentTx>,
     frameworks: HashMap<ConnId, FrameworkTx>,
+    watch: broadcast::Sender<WatchEvent>,
+    store: Box<dyn Store>,
 }
 
 impl Actor {
-    pub(crate) fn new(config: AllocatorConfig) -> Self {
+    /// The actor with the core rebuilt from `registry` (loaded from `store`).
+    pub(crate) fn new(
+        config: AllocatorConfig,
+        watch: broadcast::Sender<WatchEvent>,
+        store: Box<dyn Store>,
+        registry: Registry,
+    ) -> Result<Self, crate::core::registry::RestoreError> {
         let clock = Clock::new();
         let prefix = uuid::Uuid::new_v4().to_string();
-        tracing::info!(id_prefix = %prefix, "allocator state created");
-        Self {
-            core: Core::new(config, prefix),
+        tracing::info!(
+            id_prefix = %prefix,
+            agents = registry.agents.len(),
+            frameworks = registry.frameworks.len(),
+            "allocator state created"
+        );
+        let mut core = Core::new(config, prefix);
+        core.restore(clock.now(), registry)?;
+        Ok(Self {
+            core,
             clock,
             started_at: clock.now(),
             agents: HashMap::new(),
             frameworks: HashMap::new(),
-        }
+            watch,
+            store,
+        })
     }
 
     /// Runs until `stop` turns true or every input sender is gone.
@@ -201,6 +238,7 @@ impl Actor {
                 self.core.framework_disconnected(now, conn);
             }
             Input::Query(query) => self.answer(query),
+            Input::Operate(op) => (op.0)(&mut self.core, now),
         }
     }
 
@@ -220,7 +258,8 @@ impl Actor {
                 });
             }
             Query::Agents(reply) => {
-                let _ = reply.send(self.core.agent_summaries());
+                let (draining, deactivated) = self.core.agent_modes();
+                let _ = reply.send((self.core.agent_summaries(), draining, deactivated));
             }
             Query::Frameworks(reply) => {
                 let _ = reply.send(self.core.framework_summaries());
@@ -233,7 +272,19 @@ impl Actor {
 
     /// Delivers the core's commands to the streams.
     fn dispatch(&mut self) {
+        // The registry first: what frameworks and agents are told is kept.
+        let ops = self.core.take_registry_ops();
+        if !ops.is_empty()
+            && let Err(e) = self.store.apply(&ops)
+        {
+            tracing::error!(error = %e, changes = ops.len(), "cannot write the registry");
+        }
+        let watching = self.watch.receiver_count() > 0;
+        let now = self.clock.now();
         for command in self.core.take_commands() {
+            if watching && let Some(e) = watch_event(now, &command) {
+                let _ = self.watch.send(e);
+            }
             match command {
                 Command::ToAgent { conn, message } => {
                     if let Some(tx) = self.agents.get(&conn) {
@@ -264,12 +315,71 @@ impl Actor {
     }
 }
 
+/// What an operator watching the cluster hears about a command, if anything.
+fn watch_event(now: Duration, command: &Command) -> Option<WatchEvent> {
+    let base = WatchEvent {
+        timestamp: now.as_secs_f64(),
+        ..WatchEvent::default()
+    };
+    match command {
+        Command::ToAgent { message, .. } => match message {
+            allocator_message::Message::Registered(r) => Some(WatchEvent {
+                kind: "agent_registered".to_owned(),
+                agent_id: r.agent_id.clone(),
+                ..base
+            }),
+            allocator_message::Message::LaunchTask(l) => {
+                let task = l.task.as_ref()?;
+                Some(WatchEvent {
+                    kind: "task_launched".to_owned(),
+                    agent_id: task.agent_id.clone(),
+                    framework_id: l.framework_id.clone(),
+                    task_id: task.task_id.clone(),
+                    ..base
+                })
+            }
+            allocator_message::Message::KillTask(k) => Some(WatchEvent {
+                kind: "task_kill".to_owned(),
+                framework_id: k.framework_id.clone(),
+                task_id: k.task_id.clone(),
+                ..base
+            }),
+            _ => None,
+        },
+        Command::ToFramework { event, .. } => match event {
+            event::Event::Subscribed(s) => Some(WatchEvent {
+                kind: "framework_subscribed".to_owned(),
+                framework_id: s.framework_id.clone(),
+                ..base
+            }),
+            event::Event::Update(u) => {
+                let s = u.status.as_ref()?;
+                Some(WatchEvent {
+                    kind: "task_state".to_owned(),
+                    agent_id: s.agent_id.clone(),
+                    framework_id: s.framework_id.clone(),
+                    task_id: s.task_id.clone(),
+                    message: format!("{} {}", s.state().label(), s.message),
+                    ..base
+                })
+            }
+            event::Event::Failure(f) => Some(WatchEvent {
+                kind: "agent_unreachable".to_owned(),
+                agent_id: f.agent_id.clone(),
+                ..base
+            }),
+            _ => None,
+        },
+        Command::Close { .. } => None,
+    }
+}
+
 /// The gRPC status a refused registration or subscription ends its stream with.
 fn status_for(error: &CoreError) -> Status {
     match error {
         CoreError::UnknownFramework { .. } => Status::not_found(error.to_string()),
-        CoreError::InvalidAgentResources { .. } | CoreError::AgentIdChanged { .. } => {
-            Status::invalid_argument(error.to_string())
-        }
+        CoreError::InvalidAgentResources { .. }
+        | CoreError::AgentIdChanged { .. }
+        | CoreError::InvalidFrameworkRole { .. } => Status::invalid_argument(error.to_string()),
     }
 }

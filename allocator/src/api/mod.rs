@@ -27,20 +27,28 @@ use strata_proto::agent_service_server::{AgentService, AgentServiceServer};
 use strata_proto::operator_service_server::{OperatorService, OperatorServiceServer};
 use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
 use strata_proto::{
-    AgentMessage, AllocatorMessage, Call, Event, GetStateRequest, GetStateResponse,
-    ListAgentsRequest, ListAgentsResponse, ListFrameworksRequest, ListFrameworksResponse,
-    ListTasksRequest, ListTasksResponse, agent_message, call,
+    AgentMessage, AllocatorMessage, Call, DeactivateAgentRequest, DeactivateAgentResponse,
+    DrainAgentRequest, DrainAgentResponse, Event, GetQuotaRequest, GetQuotaResponse,
+    GetStateRequest, GetStateResponse, ListAgentsRequest, ListAgentsResponse,
+    ListFrameworksRequest, ListFrameworksResponse, ListReservationsRequest,
+    ListReservationsResponse, ListRolesRequest, ListRolesResponse, ListTasksRequest,
+    ListTasksResponse, ReactivateAgentRequest, ReactivateAgentResponse, ReserveRequest,
+    ReserveResponse, SetQuotaRequest, SetQuotaResponse, SetWeightsRequest, SetWeightsResponse,
+    TeardownFrameworkRequest, TeardownFrameworkResponse, UnreserveRequest, UnreserveResponse,
+    WatchEvent, WatchRequest, agent_message, call,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use self::actor::{Actor, AgentTx, FrameworkTx, Input, Query};
+use self::actor::{Actor, AgentTx, FrameworkTx, Input, Operation, Query, WATCH_BUFFER};
 use crate::config::{AllocatorConfig, ConfigError};
-use crate::core::ConnId;
+use crate::core::operator::OperatorError;
+use crate::core::{ConnId, Core};
+use crate::store::{MemoryStore, Store};
 
 /// Inputs queued for the actor before stream readers wait (backpressure to clients).
 const INPUT_QUEUE: usize = 8192;
@@ -56,6 +64,12 @@ pub enum ServeError {
     /// The configuration is invalid.
     #[error("invalid allocator configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The registry store could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The registry holds records the allocator cannot use.
+    #[error("cannot restore the allocator's registry: {0}")]
+    Restore(#[from] crate::core::registry::RestoreError),
     /// The listener's address could not be read.
     #[error("cannot read the listening socket's address: {0}")]
     LocalAddr(#[source] io::Error),
@@ -70,18 +84,32 @@ pub enum ServeError {
 }
 
 /// Serves AgentService, SchedulerService and OperatorService on `listener` until `shutdown`
-/// resolves; then every stream is ended and the call returns once connections drained.
+/// resolves; then every stream is ended and the call returns once connections drained. The
+/// registry is kept in memory only: see [`serve_with_store`].
 pub async fn serve(
     listener: TcpListener,
     config: AllocatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_store(listener, config, Box::new(MemoryStore::default()), shutdown).await
+}
+
+/// [`serve`] with the registry (framework ids and failover deadlines, agent ids, weights,
+/// quota, dynamic reservations) loaded from `store` at start and kept in it.
+pub async fn serve_with_store(
+    listener: TcpListener,
+    config: AllocatorConfig,
+    store: Box<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
+    let registry = store.load()?;
     let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
     let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let actor = Actor::new(config);
+    let (watch_tx, _) = broadcast::channel(WATCH_BUFFER);
+    let actor = Actor::new(config, watch_tx.clone(), store, registry)?;
     let actor_task = tokio::spawn(
         actor
             .run(input_rx, stop_rx.clone())
@@ -90,6 +118,7 @@ pub async fn serve(
 
     let shared = Shared {
         inputs,
+        watch: watch_tx,
         stop: stop_rx,
         next_conn: Arc::new(AtomicU64::new(0)),
     };
@@ -134,6 +163,7 @@ pub async fn serve(
 #[derive(Debug, Clone)]
 struct Shared {
     inputs: mpsc::Sender<Input>,
+    watch: broadcast::Sender<WatchEvent>,
     stop: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -151,6 +181,38 @@ impl Shared {
             .await
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())
+    }
+
+    /// Runs an operator action on the core; its error becomes the call's status.
+    async fn operate<T: Send + 'static>(
+        &self,
+        action: impl FnOnce(&mut Core, Duration) -> Result<T, OperatorError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || Status::unavailable("the allocator is shutting down");
+        let op = Operation(Box::new(move |core: &mut Core, now: Duration| {
+            let _ = tx.send(action(core, now));
+        }));
+        self.inputs
+            .send(Input::Operate(op))
+            .await
+            .map_err(|_| unavailable())?;
+        rx.await
+            .map_err(|_| unavailable())?
+            .map_err(|e| operator_status(&e))
+    }
+}
+
+/// The gRPC status of a refused operator action.
+fn operator_status(error: &OperatorError) -> Status {
+    match error {
+        OperatorError::UnknownAgent { .. } | OperatorError::UnknownFramework { .. } => {
+            Status::not_found(error.to_string())
+        }
+        OperatorError::Unavailable { .. } => Status::failed_precondition(error.to_string()),
+        OperatorError::Role(_)
+        | OperatorError::Resources(_)
+        | OperatorError::InvalidReservation { .. } => Status::invalid_argument(error.to_string()),
     }
 }
 
@@ -323,8 +385,12 @@ impl OperatorService for OperatorApi {
         &self,
         _request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        let agents = self.0.query(Query::Agents).await?;
-        Ok(Response::new(ListAgentsResponse { agents }))
+        let (agents, draining, deactivated) = self.0.query(Query::Agents).await?;
+        Ok(Response::new(ListAgentsResponse {
+            agents,
+            draining,
+            deactivated,
+        }))
     }
 
     async fn list_frameworks(
@@ -342,5 +408,155 @@ impl OperatorService for OperatorApi {
         let request = request.into_inner();
         let tasks = self.0.query(|tx| Query::Tasks(request, tx)).await?;
         Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn list_roles(
+        &self,
+        _request: Request<ListRolesRequest>,
+    ) -> Result<Response<ListRolesResponse>, Status> {
+        let roles = self.0.operate(|core, _| Ok(core.role_summaries())).await?;
+        Ok(Response::new(ListRolesResponse { roles }))
+    }
+
+    async fn set_weights(
+        &self,
+        request: Request<SetWeightsRequest>,
+    ) -> Result<Response<SetWeightsResponse>, Status> {
+        let weights = request.into_inner().weights.into_iter().collect();
+        self.0
+            .operate(move |core, _| core.set_weights(&weights))
+            .await?;
+        Ok(Response::new(SetWeightsResponse {}))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<SetQuotaResponse>, Status> {
+        let info = request.into_inner().quota.unwrap_or_default();
+        self.0
+            .operate(move |core, _| {
+                let quota = Core::quota_from_proto(&info)?;
+                core.set_quota(&info.role, quota)
+            })
+            .await?;
+        Ok(Response::new(SetQuotaResponse {}))
+    }
+
+    async fn get_quota(
+        &self,
+        _request: Request<GetQuotaRequest>,
+    ) -> Result<Response<GetQuotaResponse>, Status> {
+        let quotas = self.0.operate(|core, _| Ok(core.quota_infos())).await?;
+        Ok(Response::new(GetQuotaResponse { quotas }))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let r = request.into_inner();
+        self.0
+            .operate(move |core, _| core.operator_reserve(&r.agent_id, &r.resources, true))
+            .await?;
+        Ok(Response::new(ReserveResponse {}))
+    }
+
+    async fn unreserve(
+        &self,
+        request: Request<UnreserveRequest>,
+    ) -> Result<Response<UnreserveResponse>, Status> {
+        let r = request.into_inner();
+        self.0
+            .operate(move |core, _| core.operator_reserve(&r.agent_id, &r.resources, false))
+            .await?;
+        Ok(Response::new(UnreserveResponse {}))
+    }
+
+    async fn list_reservations(
+        &self,
+        _request: Request<ListReservationsRequest>,
+    ) -> Result<Response<ListReservationsResponse>, Status> {
+        let reservations = self
+            .0
+            .operate(|core, _| Ok(core.reservation_summaries()))
+            .await?;
+        Ok(Response::new(ListReservationsResponse { reservations }))
+    }
+
+    async fn drain_agent(
+        &self,
+        request: Request<DrainAgentRequest>,
+    ) -> Result<Response<DrainAgentResponse>, Status> {
+        let r = request.into_inner();
+        self.0
+            .operate(move |core, now| core.drain_agent(now, &r.agent_id, r.grace_period_seconds))
+            .await?;
+        Ok(Response::new(DrainAgentResponse {}))
+    }
+
+    async fn deactivate_agent(
+        &self,
+        request: Request<DeactivateAgentRequest>,
+    ) -> Result<Response<DeactivateAgentResponse>, Status> {
+        let r = request.into_inner();
+        self.0
+            .operate(move |core, _| core.deactivate_agent(&r.agent_id))
+            .await?;
+        Ok(Response::new(DeactivateAgentResponse {}))
+    }
+
+    async fn reactivate_agent(
+        &self,
+        request: Request<ReactivateAgentRequest>,
+    ) -> Result<Response<ReactivateAgentResponse>, Status> {
+        let r = request.into_inner();
+        self.0
+            .operate(move |core, _| core.reactivate_agent(&r.agent_id))
+            .await?;
+        Ok(Response::new(ReactivateAgentResponse {}))
+    }
+
+    async fn teardown_framework(
+        &self,
+        request: Request<TeardownFrameworkRequest>,
+    ) -> Result<Response<TeardownFrameworkResponse>, Status> {
+        let r = request.into_inner();
+        self.0
+            .operate(move |core, now| core.teardown_framework(now, &r.framework_id))
+            .await?;
+        Ok(Response::new(TeardownFrameworkResponse {}))
+    }
+
+    type WatchStream = ResponseStream<WatchEvent>;
+
+    async fn watch(
+        &self,
+        _request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut rx = self.0.watch.subscribe();
+        let mut stop = self.0.stop.clone();
+        let (tx, out) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.wait_for(|stopped| *stopped) => break,
+                    e = rx.recv() => e,
+                };
+                let item = match event {
+                    Ok(e) => Ok(e),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Ok(WatchEvent {
+                        kind: "lagged".to_owned(),
+                        message: format!("{n} events were missed: this watcher was too slow"),
+                        ..WatchEvent::default()
+                    }),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(out))))
     }
 }

@@ -16,8 +16,10 @@ use strata_proto::{
     AgentTask, TaskReason, TaskState, TaskStatus, agent_message, allocator_message, event,
 };
 
+use super::allocation::{add_role, sub_role};
 use super::{
-    Agent, AgentId, ConnId, Core, CoreError, FrameworkId, Link, Resources, Task, TaskId, TaskKey,
+    Agent, AgentId, AgentMode, ConnId, Core, CoreError, FrameworkId, Link, Resources, Task, TaskId,
+    TaskKey,
 };
 
 impl Core {
@@ -55,6 +57,15 @@ impl Core {
         let was_unreachable = match self.agents.get(&id) {
             None => {
                 tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent registered");
+                // Dynamic reservations and the operator's mode, kept across an allocator
+                // restart.
+                let known = self.known_agents.remove(&id);
+                let mode = known
+                    .as_ref()
+                    .map_or(AgentMode::Active, |r| super::registry::mode_from(&r.mode));
+                let dynamic = known
+                    .and_then(|r| super::registry::load_resources(&r.dynamic).ok())
+                    .unwrap_or_default();
                 self.agents.insert(
                     id.clone(),
                     Agent {
@@ -63,8 +74,12 @@ impl Core {
                         attributes: Vec::new(),
                         version: String::new(),
                         total: Resources::new(),
+                        dynamic,
                         allocated: Resources::new(),
-                        offer: None,
+                        offers: Default::default(),
+                        offered: Resources::new(),
+                        free: Resources::new(),
+                        mode,
                         link: Link::Disconnected { since: now },
                         registered_at: now,
                         last_seen: now,
@@ -85,7 +100,7 @@ impl Core {
             }
         };
         // Whatever was offered may no longer exist (the total can change).
-        self.rescind_agent_offer(&id);
+        self.rescind_agent_offers(&id);
 
         // Old books out of the cluster total; the new total goes in below.
         {
@@ -97,11 +112,25 @@ impl Core {
             agent.attributes = info.attributes.clone();
             agent.version = info.version.clone();
             agent.total = total;
+            // The dynamic reservations the allocator keeps for it apply to what it has.
+            let dynamic = std::mem::take(&mut agent.dynamic);
+            for role in dynamic.reservation_roles() {
+                let part = dynamic.reserved_for(role);
+                let plain = part.flattened();
+                if agent.total.unreserved().contains(&plain) {
+                    agent.total.subtract(&plain);
+                    agent.total.add(&part);
+                    agent.dynamic.add(&part);
+                } else {
+                    tracing::warn!(agent_id = %id, role, reservation = %part, "agent re-registered without the resources of a dynamic reservation; dropped");
+                }
+            }
             agent.last_seen = now;
             agent.link = Link::Connected(conn);
             self.cluster_total.add_scalars(&agent.total);
         }
         self.agent_conns.insert(conn, id.clone());
+        self.record_agent(&id);
 
         self.reconcile_agent_tasks(now, &id, conn, register.tasks, was_unreachable);
 
@@ -142,6 +171,7 @@ impl Core {
                     task.unreachable = false;
                     if let Some(fw) = self.frameworks.get_mut(&key.0) {
                         fw.allocated.add_scalars(&task.resources);
+                        add_role(&mut fw.by_role, &task.role, &task.resources);
                     }
                 }
             }
@@ -238,6 +268,15 @@ impl Core {
                 }
             };
             info.agent_id = agent_id.0.clone();
+            // The role it was launched for: its resources say, else its framework's first.
+            let role = info
+                .resources
+                .iter()
+                .map(|r| r.allocation_role.as_str())
+                .find(|r| !r.is_empty())
+                .map(str::to_owned)
+                .or_else(|| self.frameworks[&key.0].roles.first().cloned())
+                .unwrap_or_else(|| super::DEFAULT_ROLE.to_owned());
             let state = match latest.state() {
                 TaskState::Unspecified => TaskState::Staging,
                 s => s,
@@ -248,6 +287,7 @@ impl Core {
                     framework_id: key.0.clone(),
                     id: key.1.clone(),
                     agent_id: agent_id.clone(),
+                    role,
                     info,
                     resources,
                     state,
@@ -282,6 +322,7 @@ impl Core {
         fw.tasks.insert(task.id.clone());
         if !task.unreachable {
             fw.allocated.add_scalars(&task.resources);
+            add_role(&mut fw.by_role, &task.role, &task.resources);
         }
         let agent_id = task.agent_id.clone();
         self.tasks.insert(key, task);
@@ -390,7 +431,7 @@ impl Core {
         if let Some(agent) = self.agents.get_mut(&id) {
             agent.link = Link::Disconnected { since: now };
         }
-        self.rescind_agent_offer(&id);
+        self.rescind_agent_offers(&id);
         self.refresh_offerable(&id);
         if self.config.agent_reconnect_timeout.is_zero() {
             self.mark_unreachable(now, &id, "its stream ended".to_owned());
@@ -424,7 +465,7 @@ impl Core {
             if let Some(agent) = self.agents.get_mut(&id) {
                 agent.link = Link::Disconnected { since: now };
             }
-            self.rescind_agent_offer(&id);
+            self.rescind_agent_offers(&id);
             self.refresh_offerable(&id);
             let why = format!(
                 "it sent nothing for {}s",
@@ -464,8 +505,10 @@ impl Core {
             task.updated_at = now;
             task.message = message.clone();
             let resources = task.resources.clone();
+            let role = task.role.clone();
             if let Some(fw) = self.frameworks.get_mut(&key.0) {
                 fw.allocated.subtract_scalars(&resources);
+                sub_role(&mut fw.by_role, &role, &resources);
             }
             let task = &self.tasks[&key];
             let state = self.visible_state(task);

@@ -1,22 +1,37 @@
-//! Plain DRF allocation, offers and refuse filters.
+//! Weighted, hierarchical DRF with quota and reservations; offers and refuse filters.
 //!
-//! Each pass walks the candidate agents (all offerable agents on a full pass, otherwise only
-//! those whose free resources changed) and offers all of an agent's free resources to the
-//! subscribed, unsuppressed framework with the lowest dominant share whose filters do not
-//! refuse them; ties go to the smaller framework id. Frameworks are kept in an ordered set
-//! keyed by share, so one pass costs O(agents · log frameworks) plus skipped filters.
+//! A pass walks the candidate agents (all offerable agents on a full pass, otherwise only
+//! those whose free resources changed) in two stages, as Mesos' hierarchical allocator does:
 //!
-//! Invariants: an agent is in at most one outstanding offer; a filter refuses an agent's free
-//! resources only while `now < until` and only if they are within the refused resources
-//! (Mesos semantics: more free resources than were refused are offered again).
+//! 1. **guarantees**: only roles whose quota guarantee (or an ancestor's) is not yet met
+//!    are offered to;
+//! 2. **fair sharing**: every role, but the unreserved scalars still needed to meet the
+//!    other roles' unmet guarantees (the headroom) are held back, so a guarantee is set
+//!    aside even while its role is idle.
+//!
+//! For one agent, roles are tried in hierarchical weighted-DRF order: at each level of the
+//! role tree the child with the lowest dominant share divided by its weight comes first
+//! (the frameworks subscribed to a role directly form a virtual child `role/.`, weight 1).
+//! Within a role the subscribed, unsuppressed framework with the lowest dominant share in
+//! that role whose filters do not refuse the resources gets them; ties go to the smaller
+//! name or id. The offer holds what may be allocated to the role (the unreserved part and
+//! what is reserved for it or an ancestor), capped by the quota limits of the role and its
+//! ancestors. An agent may hold several offers at once (to different roles), never of the
+//! same resources.
+//!
+//! Invariants: shares are `(allocated + offered) / cluster total` over scalars; a filter
+//! refuses an agent's resources only while `now < until` and only if they are within the
+//! refused resources (Mesos semantics: more than was refused is offered again); an offer
+//! never takes a role (or an ancestor) beyond its quota limit.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use strata_proto::{Offer as ProtoOffer, event};
 
-use super::{AgentId, Core, Filter, Framework, FrameworkId, Offer, OfferId, Resources};
+use super::roles::{self, DEFAULT_ROLE, Quota};
+use super::{AgentId, AgentMode, Core, Filter, Framework, FrameworkId, Offer, OfferId, Resources};
 
 /// Offers per OFFERS event, so one event stays far below gRPC's 4 MiB message limit.
 const MAX_OFFERS_PER_EVENT: usize = 256;
@@ -42,9 +57,136 @@ impl Ord for Share {
     }
 }
 
+/// The dominant share of `held` in `total` (scalars).
+fn share_of(held: &Resources, total: &Resources) -> f64 {
+    let mut share: f64 = 0.0;
+    for (name, &t) in total.scalars() {
+        if t > 0 {
+            share = share.max(held.scalar(name) as f64 / t as f64);
+        }
+    }
+    share
+}
+
+/// Which stage of a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Guarantees,
+    Fair,
+}
+
+/// A node of the role tree in a pass: a role with frameworks, quota or usage, or an
+/// ancestor of one.
+struct Node {
+    name: String,
+    weight: f64,
+    /// Allocated plus offered to the role's subtree, scalars.
+    subtree: Resources,
+    /// Dominant share of `subtree` divided by the weight.
+    share: f64,
+    quota: Option<Quota>,
+    /// The quota's guarantee is not met yet.
+    unmet: bool,
+}
+
+/// A role frameworks are offered to in a pass.
+struct Leaf {
+    role: String,
+    /// Node indices from the top-level ancestor down to the role itself.
+    path: Vec<usize>,
+    /// What its own frameworks hold (the virtual `role/.` child), scalars.
+    own: Resources,
+    own_share: f64,
+    /// Its eligible frameworks by share in the role.
+    frameworks: BTreeSet<(Share, FrameworkId)>,
+}
+
+/// The books of one allocation pass.
+struct Pass {
+    nodes: Vec<Node>,
+    leaves: Vec<Leaf>,
+    /// Leaf indices in hierarchical DRF order, valid unless `dirty`.
+    order: Vec<usize>,
+    dirty: bool,
+    /// Whether any quota is set (limits and guarantees to check).
+    quotas: bool,
+    /// Unreserved scalars still needed to meet unmet guarantees, summed over roles.
+    headroom: Resources,
+    /// Unreserved free scalars of the active agents (only computed with a headroom).
+    available: Resources,
+}
+
+impl Pass {
+    /// Orders leaves `a` and `b`: level by level the lower (weighted share, name) first; a
+    /// role's own frameworks (`role/.`, weight 1) come before its children on equal shares.
+    fn cmp_leaves(&self, a: usize, b: usize) -> Ordering {
+        let (la, lb) = (&self.leaves[a], &self.leaves[b]);
+        let key = |leaf: &Leaf, level: usize| -> (Share, &str) {
+            match leaf.path.get(level) {
+                Some(&n) => (Share(self.nodes[n].share), self.nodes[n].name.as_str()),
+                None => (Share(leaf.own_share), ""),
+            }
+        };
+        let depth = la.path.len().max(lb.path.len()) + 1;
+        for level in 0..depth {
+            if la.path.get(level).is_some() && la.path.get(level) == lb.path.get(level) {
+                continue;
+            }
+            return key(la, level).cmp(&key(lb, level));
+        }
+        Ordering::Equal
+    }
+
+    fn sort(&mut self) {
+        if self.dirty {
+            let mut order = std::mem::take(&mut self.order);
+            order.sort_by(|&a, &b| self.cmp_leaves(a, b));
+            self.order = order;
+            self.dirty = false;
+        }
+    }
+
+    /// Whether the leaf or an ancestor has a guarantee not yet met.
+    fn needs_guarantee(&self, leaf: usize) -> bool {
+        self.quotas && self.leaves[leaf].path.iter().any(|&n| self.nodes[n].unmet)
+    }
+
+    fn any_unmet(&self) -> bool {
+        self.quotas && self.nodes.iter().any(|n| n.unmet)
+    }
+
+    /// Caps `resources` by the quota limits of the leaf's role and its ancestors.
+    fn apply_limits(&self, leaf: usize, resources: &mut Resources) {
+        for &n in &self.leaves[leaf].path {
+            if let Some(quota) = &self.nodes[n].quota
+                && !quota.limit.is_empty()
+            {
+                resources.cap_scalars(&quota.headroom(&self.nodes[n].subtree));
+            }
+        }
+    }
+
+    fn recompute_headroom(&mut self) {
+        let mut need = Resources::new();
+        for node in &mut self.nodes {
+            if let Some(quota) = &node.quota {
+                node.unmet = false;
+                for (name, &g) in quota.guarantee.scalars() {
+                    let missing = g - node.subtree.scalar(name);
+                    if missing > 0 {
+                        node.unmet = true;
+                        need.add_scalar(name, missing);
+                    }
+                }
+            }
+        }
+        self.headroom = need;
+    }
+}
+
 impl Core {
     /// A framework's dominant share: the largest fraction of any scalar of the cluster total
-    /// that it holds (allocated + offered).
+    /// that it holds (allocated + offered), over all its roles.
     pub(super) fn dominant_share(&self, fw: &Framework) -> f64 {
         let mut share: f64 = 0.0;
         for (name, &total) in self.cluster_total.scalars() {
@@ -56,25 +198,27 @@ impl Core {
         share
     }
 
-    /// The agent's free resources: total minus allocated minus offered.
-    pub(super) fn agent_free(&self, agent_id: &AgentId) -> Resources {
-        let Some(agent) = self.agents.get(agent_id) else {
-            return Resources::new();
-        };
-        let mut free = agent.total.minus(&agent.allocated);
-        if let Some(offer) = agent.offer.as_ref().and_then(|id| self.offers.get(id)) {
-            free.subtract(&offer.resources);
-        }
-        free
+    /// The weight of a role (1 unless set).
+    pub(super) fn weight(&self, role: &str) -> f64 {
+        self.weights.get(role).copied().unwrap_or(1.0)
     }
 
-    /// Re-evaluates whether `agent_id` can be offered, and queues it for the next pass.
+    /// Recomputes the agent's free resources (total minus allocated minus offered), then
+    /// whether it can be offered, and queues it for the next pass. Called after every
+    /// change to an agent's books.
     pub(super) fn refresh_offerable(&mut self, agent_id: &AgentId) {
-        let offerable = match self.agents.get(agent_id) {
-            Some(agent) if agent.conn().is_some() && agent.offer.is_none() => {
-                self.agent_free(agent_id).is_allocatable()
+        let offerable = match self.agents.get_mut(agent_id) {
+            Some(agent) => {
+                let mut free = agent.total.minus(&agent.allocated);
+                if !agent.offered.is_empty() {
+                    free.subtract(&agent.offered);
+                }
+                agent.free = free;
+                agent.conn().is_some()
+                    && agent.mode == AgentMode::Active
+                    && agent.free.is_allocatable()
             }
-            _ => false,
+            None => false,
         };
         if offerable {
             self.offerable.insert(agent_id.clone());
@@ -84,18 +228,99 @@ impl Core {
         }
     }
 
+    /// The role tree of a pass: every role with eligible frameworks, usage or quota, and
+    /// their ancestors.
+    fn build_pass(&self, frameworks: BTreeMap<String, BTreeSet<(Share, FrameworkId)>>) -> Pass {
+        let mut pass = Pass {
+            nodes: Vec::new(),
+            leaves: Vec::new(),
+            order: Vec::new(),
+            dirty: true,
+            quotas: !self.quotas.is_empty(),
+            headroom: Resources::new(),
+            available: Resources::new(),
+        };
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut node = |pass: &mut Pass, name: &str| -> usize {
+            if let Some(&i) = index.get(name) {
+                return i;
+            }
+            let i = pass.nodes.len();
+            pass.nodes.push(Node {
+                name: name.to_owned(),
+                weight: self.weight(name),
+                subtree: Resources::new(),
+                share: 0.0,
+                quota: self.quotas.get(name).cloned(),
+                unmet: false,
+            });
+            index.insert(name.to_owned(), i);
+            i
+        };
+        let mut own: HashMap<&str, Resources> = HashMap::new();
+        for fw in self.frameworks.values() {
+            for (role, held) in &fw.by_role {
+                own.entry(role).or_default().add_scalars(held);
+            }
+        }
+        for (role, held) in &own {
+            for name in roles::self_and_ancestors(role) {
+                let n = node(&mut pass, name);
+                pass.nodes[n].subtree.add_scalars(held);
+            }
+        }
+        for role in self.quotas.keys() {
+            for name in roles::self_and_ancestors(role) {
+                node(&mut pass, name);
+            }
+        }
+        for (role, set) in frameworks {
+            let mut path: Vec<usize> = roles::self_and_ancestors(&role)
+                .map(|name| node(&mut pass, name))
+                .collect();
+            path.reverse();
+            let own = own.get(role.as_str()).cloned().unwrap_or_default();
+            pass.leaves.push(Leaf {
+                own_share: share_of(&own, &self.cluster_total),
+                own,
+                role,
+                path,
+                frameworks: set,
+            });
+        }
+        for n in &mut pass.nodes {
+            n.share = share_of(&n.subtree, &self.cluster_total) / n.weight;
+        }
+        pass.order = (0..pass.leaves.len()).collect();
+        if pass.quotas {
+            pass.recompute_headroom();
+        }
+        pass
+    }
+
     /// Runs one allocation pass if anything changed since the last one (see the module
     /// documentation). The edge calls this once after draining a batch of events.
     pub fn allocate(&mut self, now: Duration) {
         let full = std::mem::take(&mut self.full_allocation);
         let pending = std::mem::take(&mut self.pending_agents);
-        let mut order: BTreeSet<(Share, FrameworkId)> = self
-            .frameworks
-            .values()
-            .filter(|f| f.conn.is_some() && !f.suppressed)
-            .map(|f| (Share(self.dominant_share(f)), f.id.clone()))
-            .collect();
-        if order.is_empty() {
+        let mut frameworks: BTreeMap<String, BTreeSet<(Share, FrameworkId)>> = BTreeMap::new();
+        let empty = Resources::new();
+        for fw in self.frameworks.values() {
+            if fw.conn.is_none() {
+                continue;
+            }
+            for role in &fw.roles {
+                if fw.suppressed.contains(role) {
+                    continue;
+                }
+                let held = fw.by_role.get(role).unwrap_or(&empty);
+                frameworks
+                    .entry(role.clone())
+                    .or_default()
+                    .insert((Share(share_of(held, &self.cluster_total)), fw.id.clone()));
+            }
+        }
+        if frameworks.is_empty() {
             return;
         }
         let candidates: Vec<AgentId> = if full {
@@ -106,31 +331,136 @@ impl Core {
                 .filter(|a| self.offerable.contains(a))
                 .collect()
         };
-        let mut batches: BTreeMap<FrameworkId, Vec<ProtoOffer>> = BTreeMap::new();
-        for agent_id in candidates {
-            let free = self.agent_free(&agent_id);
-            let chosen = order
-                .iter()
-                .find(|(_, fid)| !self.frameworks[fid].refuses(&agent_id, &free, now))
-                .cloned();
-            let Some((share, fid)) = chosen else {
-                continue;
-            };
-            let offer = self.make_offer(&agent_id, &fid, free);
-            batches.entry(fid.clone()).or_default().push(offer);
-            order.remove(&(share, fid.clone()));
-            let share = Share(self.dominant_share(&self.frameworks[&fid]));
-            order.insert((share, fid));
+        if candidates.is_empty() {
+            return;
         }
-        for (fid, offers) in batches {
-            for chunk in offers.chunks(MAX_OFFERS_PER_EVENT) {
-                self.send_framework(
-                    &fid,
-                    event::Event::Offers(event::Offers {
-                        offers: chunk.to_vec(),
-                    }),
-                );
+        let mut pass = self.build_pass(frameworks);
+        if !pass.headroom.is_empty() {
+            for id in self.offerable.iter() {
+                if let Some(agent) = self.agents.get(id) {
+                    pass.available.add_scalars(&agent.free.unreserved());
+                }
             }
+        }
+        let mut batches: BTreeMap<FrameworkId, Vec<ProtoOffer>> = BTreeMap::new();
+        let stages: &[Stage] = if pass.quotas {
+            &[Stage::Guarantees, Stage::Fair]
+        } else {
+            &[Stage::Fair]
+        };
+        for &stage in stages {
+            for agent_id in &candidates {
+                if stage == Stage::Guarantees && !pass.any_unmet() {
+                    break;
+                }
+                while let Some((leaf, fid, resources)) =
+                    self.choose(&mut pass, stage, agent_id, now)
+                {
+                    let role = pass.leaves[leaf].role.clone();
+                    self.record_in_pass(&mut pass, leaf, &fid, &resources);
+                    let offer = self.make_offer(agent_id, &fid, &role, resources, now);
+                    batches.entry(fid).or_default().push(offer);
+                }
+            }
+        }
+        for (fid, mut offers) in batches {
+            while !offers.is_empty() {
+                let rest = if offers.len() > MAX_OFFERS_PER_EVENT {
+                    offers.split_off(MAX_OFFERS_PER_EVENT)
+                } else {
+                    Vec::new()
+                };
+                self.send_framework(&fid, event::Event::Offers(event::Offers { offers }));
+                offers = rest;
+            }
+        }
+    }
+
+    /// The leaf, framework and resources of the next offer of `agent_id`, if any.
+    fn choose(
+        &self,
+        pass: &mut Pass,
+        stage: Stage,
+        agent_id: &AgentId,
+        now: Duration,
+    ) -> Option<(usize, FrameworkId, Resources)> {
+        let agent = self.agents.get(agent_id)?;
+        if agent.conn().is_none() || agent.mode != AgentMode::Active {
+            return None;
+        }
+        let free = &agent.free;
+        if !free.is_allocatable() {
+            return None;
+        }
+        pass.sort();
+        for &leaf in &pass.order {
+            let guaranteed = pass.needs_guarantee(leaf);
+            if stage == Stage::Guarantees && !guaranteed {
+                continue;
+            }
+            let mut resources = if free.has_reservations() {
+                free.allocatable_to(&pass.leaves[leaf].role)
+            } else {
+                free.clone()
+            };
+            if pass.quotas {
+                pass.apply_limits(leaf, &mut resources);
+                if stage == Stage::Fair && !guaranteed && !pass.headroom.is_empty() {
+                    // Hold back what unmet guarantees of other roles still need.
+                    let mut caps = BTreeMap::new();
+                    for (name, &need) in pass.headroom.scalars() {
+                        let spare = (pass.available.scalar(name) - need).max(0);
+                        caps.insert(name.clone(), spare + resources.reserved().scalar(name));
+                    }
+                    resources.cap_scalars(&caps);
+                }
+            }
+            if !resources.is_allocatable() {
+                continue;
+            }
+            let chosen = pass.leaves[leaf]
+                .frameworks
+                .iter()
+                .find(|(_, fid)| !self.frameworks[fid].refuses(agent_id, &resources, now));
+            if let Some((_, fid)) = chosen {
+                return Some((leaf, fid.clone(), resources));
+            }
+        }
+        None
+    }
+
+    /// Accounts an offer about to be made in the pass's books.
+    fn record_in_pass(
+        &self,
+        pass: &mut Pass,
+        leaf: usize,
+        fid: &FrameworkId,
+        resources: &Resources,
+    ) {
+        let total = &self.cluster_total;
+        let l = &mut pass.leaves[leaf];
+        l.own.add_scalars(resources);
+        l.own_share = share_of(&l.own, total);
+        for &n in &l.path {
+            let node = &mut pass.nodes[n];
+            node.subtree.add_scalars(resources);
+            node.share = share_of(&node.subtree, total) / node.weight;
+        }
+        let mut held = self.frameworks[fid]
+            .by_role
+            .get(&l.role)
+            .cloned()
+            .unwrap_or_default();
+        let old = Share(share_of(&held, total));
+        if l.frameworks.remove(&(old, fid.clone())) {
+            held.add_scalars(resources);
+            l.frameworks
+                .insert((Share(share_of(&held, total)), fid.clone()));
+        }
+        pass.dirty = true;
+        if pass.quotas {
+            pass.available.subtract_unreserved_scalars(resources);
+            pass.recompute_headroom();
         }
     }
 
@@ -138,7 +468,9 @@ impl Core {
         &mut self,
         agent_id: &AgentId,
         framework_id: &FrameworkId,
+        role: &str,
         resources: Resources,
+        now: Duration,
     ) -> ProtoOffer {
         let id = OfferId(format!("{}-O{}", self.prefix, self.next_offer));
         self.next_offer += 1;
@@ -146,24 +478,28 @@ impl Core {
             .agents
             .get_mut(agent_id)
             .expect("candidate agent exists");
-        agent.offer = Some(id.clone());
+        agent.offers.insert(id.clone());
+        agent.offered.add(&resources);
+        agent.free.subtract(&resources);
+        let still_offerable = agent.free.is_allocatable();
         let proto = ProtoOffer {
             id: id.0.clone(),
             framework_id: framework_id.0.clone(),
             agent_id: agent_id.0.clone(),
             hostname: agent.hostname.clone(),
-            resources: resources.to_proto(),
+            resources: resources.to_proto_allocated(role),
             attributes: agent.attributes.clone(),
+            allocation_role: role.to_owned(),
         };
-        self.offerable.remove(agent_id);
         let fw = self
             .frameworks
             .get_mut(framework_id)
             .expect("chosen framework exists");
         fw.offers.insert(id.clone());
         fw.offered.add_scalars(&resources);
+        add_role(&mut fw.by_role, role, &resources);
         tracing::debug!(
-            offer_id = %id, agent_id = %agent_id, framework_id = %framework_id,
+            offer_id = %id, agent_id = %agent_id, framework_id = %framework_id, role,
             resources = %resources, "offer made"
         );
         self.offers.insert(
@@ -171,9 +507,14 @@ impl Core {
             Offer {
                 framework_id: framework_id.clone(),
                 agent_id: agent_id.clone(),
+                role: role.to_owned(),
                 resources,
+                made_at: now,
             },
         );
+        if !still_offerable {
+            self.offerable.remove(agent_id);
+        }
         proto
     }
 
@@ -182,13 +523,14 @@ impl Core {
     pub(super) fn remove_offer(&mut self, id: &OfferId, rescind: bool) -> Option<Offer> {
         let offer = self.offers.remove(id)?;
         if let Some(agent) = self.agents.get_mut(&offer.agent_id)
-            && agent.offer.as_ref() == Some(id)
+            && agent.offers.remove(id)
         {
-            agent.offer = None;
+            agent.offered.subtract(&offer.resources);
         }
         if let Some(fw) = self.frameworks.get_mut(&offer.framework_id) {
             fw.offers.remove(id);
             fw.offered.subtract_scalars(&offer.resources);
+            sub_role(&mut fw.by_role, &offer.role, &offer.resources);
         }
         if rescind {
             tracing::debug!(offer_id = %id, agent_id = %offer.agent_id, framework_id = %offer.framework_id, "offer rescinded");
@@ -204,9 +546,27 @@ impl Core {
         Some(offer)
     }
 
-    /// Removes the agent's outstanding offer, if any, telling its framework.
-    pub(super) fn rescind_agent_offer(&mut self, agent_id: &AgentId) {
-        if let Some(id) = self.agents.get(agent_id).and_then(|a| a.offer.clone()) {
+    /// Removes the agent's outstanding offers, if any, telling their frameworks.
+    pub(super) fn rescind_agent_offers(&mut self, agent_id: &AgentId) {
+        let ids: Vec<OfferId> = self
+            .agents
+            .get(agent_id)
+            .map(|a| a.offers.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.remove_offer(&id, true);
+        }
+    }
+
+    /// Rescinds every outstanding offer made to `role` or its descendants.
+    pub(super) fn rescind_role_offers(&mut self, role: &str) {
+        let ids: Vec<OfferId> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| roles::is_ancestor_or_self(role, &o.role))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
             self.remove_offer(&id, true);
         }
     }
@@ -265,11 +625,52 @@ impl Core {
         }
     }
 
+    /// Rescinds offers older than the offer timeout, if there is one.
+    pub(super) fn expire_offers(&mut self, now: Duration) {
+        let Some(timeout) = self.config.offer_timeout else {
+            return;
+        };
+        let expired: Vec<OfferId> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| now.saturating_sub(o.made_at) >= timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(offer_id = %id, timeout_s = timeout.as_secs_f64(), "offer timed out");
+            self.remove_offer(&id, true);
+        }
+    }
+
     pub(super) fn expire_filters(&mut self, now: Duration) {
         for fw in self.frameworks.values_mut() {
             fw.filters.retain(|_, f| now < f.until);
         }
     }
+}
+
+/// Adds `resources` (scalars) to a framework's books for `role`.
+pub(super) fn add_role(by_role: &mut BTreeMap<String, Resources>, role: &str, r: &Resources) {
+    let mut scalars = Resources::new();
+    scalars.add_scalars(r);
+    if !scalars.is_empty() {
+        by_role.entry(role.to_owned()).or_default().add_scalars(r);
+    }
+}
+
+/// Removes `resources` (scalars) from a framework's books for `role`.
+pub(super) fn sub_role(by_role: &mut BTreeMap<String, Resources>, role: &str, r: &Resources) {
+    if let Some(held) = by_role.get_mut(role) {
+        held.subtract_scalars(r);
+        if held.is_empty() {
+            by_role.remove(role);
+        }
+    }
+}
+
+/// The role of a framework that names none.
+pub(super) fn default_roles() -> Vec<String> {
+    vec![DEFAULT_ROLE.to_owned()]
 }
 
 impl Framework {

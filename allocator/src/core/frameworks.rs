@@ -17,6 +17,7 @@ use strata_proto::{
 };
 
 use super::resources::Resources;
+use super::roles::validate_role;
 use super::{
     AgentId, ConnId, Core, CoreError, Framework, FrameworkId, Offer, OfferId, Task, TaskId, TaskKey,
 };
@@ -33,11 +34,22 @@ struct Rejection {
     agent_id: String,
 }
 
-/// A validated launch: tasks with their parsed resources, on one agent.
+/// A validated ACCEPT: reservations to make or undo, then tasks with their parsed resources,
+/// on one agent, for one role.
 struct Launch {
     agent_id: AgentId,
+    role: String,
+    /// The offered resources after the conversions.
     offered: Resources,
+    conversions: Vec<Conversion>,
     tasks: Vec<(TaskInfo, Resources)>,
+}
+
+/// A RESERVE (`reserve`: unreserved to reserved) or an UNRESERVE, of `resources` as reserved.
+#[derive(Clone, Debug)]
+pub(super) struct Conversion {
+    pub(super) reserve: bool,
+    pub(super) resources: Resources,
 }
 
 fn quote_list(items: &[&str]) -> String {
@@ -49,6 +61,28 @@ fn quote_list(items: &[&str]) -> String {
 }
 
 impl Core {
+    /// A framework record with empty books.
+    pub(super) fn new_framework(id: FrameworkId, now: Duration) -> Framework {
+        Framework {
+            id,
+            name: String::new(),
+            roles: Vec::new(),
+            failover_timeout: Duration::ZERO,
+            partition_aware: false,
+            conn: None,
+            disconnected_at: None,
+            suppressed: BTreeSet::new(),
+            filters: HashMap::new(),
+            offers: BTreeSet::new(),
+            allocated: Resources::new(),
+            offered: Resources::new(),
+            by_role: Default::default(),
+            tasks: BTreeSet::new(),
+            registered_at: now,
+            last_heartbeat: now,
+        }
+    }
+
     /// SUBSCRIBE on stream `conn`: registers a new framework (empty id) or re-attaches an
     /// existing one (closing its older stream), then sends SUBSCRIBED. An unknown id is
     /// refused and nothing changes.
@@ -68,29 +102,22 @@ impl Core {
             );
             return Ok(fid);
         }
+        let roles = if info.roles.is_empty() {
+            super::allocation::default_roles()
+        } else {
+            info.roles.clone()
+        };
+        for role in &roles {
+            validate_role(role).map_err(|source| CoreError::InvalidFrameworkRole {
+                name: info.name.clone(),
+                source,
+            })?;
+        }
         let id = if info.id.is_empty() {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
             self.next_framework += 1;
-            self.frameworks.insert(
-                id.clone(),
-                Framework {
-                    id: id.clone(),
-                    name: String::new(),
-                    roles: Vec::new(),
-                    failover_timeout: Duration::ZERO,
-                    partition_aware: false,
-                    conn: None,
-                    disconnected_at: None,
-                    suppressed: false,
-                    filters: HashMap::new(),
-                    offers: BTreeSet::new(),
-                    allocated: Resources::new(),
-                    offered: Resources::new(),
-                    tasks: BTreeSet::new(),
-                    registered_at: now,
-                    last_heartbeat: now,
-                },
-            );
+            self.frameworks
+                .insert(id.clone(), Self::new_framework(id.clone(), now));
             tracing::info!(framework_id = %id, name = %info.name, "framework registered");
             id
         } else {
@@ -120,20 +147,17 @@ impl Core {
             .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(&id).expect("framework exists");
         fw.name = info.name;
-        fw.roles = if info.roles.is_empty() {
-            vec!["*".to_owned()]
-        } else {
-            info.roles
-        };
+        fw.roles = roles;
         fw.failover_timeout = failover;
         fw.partition_aware = info
             .capabilities
             .contains(&(FrameworkCapability::PartitionAware as i32));
         fw.conn = Some(conn);
         fw.disconnected_at = None;
-        fw.suppressed = false;
+        fw.suppressed.clear();
         fw.last_heartbeat = now;
         self.framework_conns.insert(conn, id.clone());
+        self.record_framework(&id);
         self.send_framework(
             &id,
             event::Event::Subscribed(event::Subscribed {
@@ -177,17 +201,44 @@ impl Core {
             ),
             Some(call::Call::Accept(accept)) => self.accept(now, &fid, accept),
             Some(call::Call::Decline(decline)) => self.decline(now, &fid, decline),
-            Some(call::Call::Revive(_)) => {
-                tracing::info!("revive");
+            Some(call::Call::Revive(revive)) => {
+                tracing::info!(roles = ?revive.roles, "revive");
                 let fw = self.frameworks.get_mut(&fid).expect("subscribed framework");
                 fw.filters.clear();
-                fw.suppressed = false;
+                if revive.roles.is_empty() {
+                    fw.suppressed.clear();
+                } else {
+                    for role in &revive.roles {
+                        fw.suppressed.remove(role);
+                    }
+                }
                 self.full_allocation = true;
             }
-            Some(call::Call::Suppress(_)) => {
-                tracing::info!("suppress");
+            Some(call::Call::Suppress(suppress)) => {
+                tracing::info!(roles = ?suppress.roles, "suppress");
                 let fw = self.frameworks.get_mut(&fid).expect("subscribed framework");
-                fw.suppressed = true;
+                let unknown: Vec<String> = suppress
+                    .roles
+                    .iter()
+                    .filter(|r| !fw.roles.contains(r))
+                    .cloned()
+                    .collect();
+                if unknown.is_empty() {
+                    let roles = if suppress.roles.is_empty() {
+                        fw.roles.clone()
+                    } else {
+                        suppress.roles
+                    };
+                    fw.suppressed.extend(roles);
+                } else {
+                    self.send_error(
+                        &fid,
+                        format!(
+                            "suppress names roles {unknown:?} the framework is not subscribed \
+                             to: name some of its roles, or none for all"
+                        ),
+                    );
+                }
             }
             Some(call::Call::Kill(kill)) => self.kill(now, &fid, kill),
             Some(call::Call::Acknowledge(ack)) => self.acknowledge(&fid, ack),
@@ -210,6 +261,7 @@ impl Core {
         let failover = fw.failover_timeout;
         tracing::info!(framework_id = %fid, failover_timeout_s = failover.as_secs_f64(), "framework disconnected");
         self.remove_framework_offers(&fid, false);
+        self.record_framework(&fid);
         if failover.is_zero() {
             self.remove_framework(
                 now,
@@ -256,7 +308,7 @@ impl Core {
 
     /// Removes a framework: offers returned, tasks killed on their agents and recorded
     /// KILLED, its stream (if any) closed.
-    fn remove_framework(&mut self, now: Duration, fid: &FrameworkId, why: String) {
+    pub(super) fn remove_framework(&mut self, now: Duration, fid: &FrameworkId, why: String) {
         tracing::info!(framework_id = %fid, reason = %why, "framework removed");
         self.remove_framework_offers(fid, false);
         let task_ids: Vec<TaskId> = self.frameworks[fid].tasks.iter().cloned().collect();
@@ -280,22 +332,37 @@ impl Core {
             self.outbox.push(super::Command::Close { conn });
         }
         self.frameworks.remove(fid);
+        self.record(super::registry::RegistryOp::RemoveFramework(fid.0.clone()));
         self.full_allocation = true;
     }
 
     fn accept(&mut self, now: Duration, fid: &FrameworkId, accept: call::Accept) {
         let mut tasks: Vec<TaskInfo> = Vec::new();
+        let mut conversions = Vec::new();
         let mut op_errors = Vec::new();
         for op in accept.operations {
             match op.operation {
                 Some(operation::Operation::Launch(launch)) => tasks.extend(launch.tasks),
-                None => {
-                    op_errors.push("an operation in this ACCEPT has no type: set launch".to_owned())
+                Some(operation::Operation::Reserve(r)) => {
+                    match parse_conversion(true, &r.resources) {
+                        Ok(c) => conversions.push(c),
+                        Err(e) => op_errors.push(e),
+                    }
                 }
+                Some(operation::Operation::Unreserve(r)) => {
+                    match parse_conversion(false, &r.resources) {
+                        Ok(c) => conversions.push(c),
+                        Err(e) => op_errors.push(e),
+                    }
+                }
+                None => op_errors.push(
+                    "an operation in this ACCEPT has no type: set launch, reserve or unreserve"
+                        .to_owned(),
+                ),
             }
         }
         let refuse = self.refuse_duration(accept.filters.and_then(|f| f.refuse_seconds));
-        let result = self.validate_accept(fid, &accept.offer_ids, &tasks, op_errors);
+        let result = self.validate_accept(fid, &accept.offer_ids, &tasks, conversions, op_errors);
         match result {
             Err(rejection) => {
                 let message = rejection.errors.join("; ");
@@ -336,6 +403,9 @@ impl Core {
                 for id in &offer_ids {
                     self.remove_offer(id, false);
                 }
+                for c in &launch.conversions {
+                    self.convert(&launch.agent_id, c);
+                }
                 let conn = self
                     .agents
                     .get(&launch.agent_id)
@@ -352,6 +422,7 @@ impl Core {
                             framework_id: fid.clone(),
                             id: task_id,
                             agent_id: launch.agent_id.clone(),
+                            role: launch.role.clone(),
                             info: info.clone(),
                             resources,
                             state: TaskState::Staging,
@@ -385,12 +456,14 @@ impl Core {
         fid: &FrameworkId,
         offer_ids: &[String],
         tasks: &[TaskInfo],
+        conversions: Vec<Conversion>,
         op_errors: Vec<String>,
     ) -> Result<Launch, Rejection> {
         // The offers.
         let mut errors = Vec::new();
         let mut agent: Option<&AgentId> = None;
         let mut offered = Resources::new();
+        let mut role: Option<&str> = None;
         let mut seen = BTreeSet::new();
         let mut valid_offers: Vec<&Offer> = Vec::new();
         if offer_ids.is_empty() {
@@ -418,6 +491,14 @@ impl Core {
                         )),
                         _ => agent = Some(&offer.agent_id),
                     }
+                    match role {
+                        Some(r) if r != offer.role => errors.push(format!(
+                            "offer {id} is made to role {:?} but the other offers to role \
+                             {r:?}: one ACCEPT may only use offers made to one role",
+                            offer.role
+                        )),
+                        _ => role = Some(&offer.role),
+                    }
                     offered.add(&offer.resources);
                     valid_offers.push(offer);
                 }
@@ -432,6 +513,46 @@ impl Core {
             });
         }
         let agent = agent.expect("at least one valid offer").clone();
+        let role = role.expect("at least one valid offer").to_owned();
+        // Reservations first: LAUNCH may use what a RESERVE of the same ACCEPT made.
+        errors = op_errors;
+        let dynamic = &self.agents[&agent].dynamic;
+        let mut made = Resources::new();
+        for c in &conversions {
+            let plain = c.resources.flattened();
+            if c.reserve {
+                if let Some(bad) = c.resources.reservation_roles().find(|r| *r != role) {
+                    errors.push(format!(
+                        "RESERVE for role {bad:?} but the offer is made to role {role:?}: \
+                         reserve for the offer's role"
+                    ));
+                } else if !offered.unreserved().contains(&plain) {
+                    errors.push(format!(
+                        "RESERVE of {} but the offers have unreserved {}",
+                        c.resources,
+                        offered.unreserved()
+                    ));
+                } else {
+                    offered.subtract(&plain);
+                    offered.add(&c.resources);
+                    made.add(&c.resources);
+                }
+            } else if !offered.contains(&c.resources) {
+                errors.push(format!(
+                    "UNRESERVE of {} but the offers hold {offered}",
+                    c.resources
+                ));
+            } else if !dynamic.plus(&made).contains(&c.resources) {
+                errors.push(format!(
+                    "UNRESERVE of {}: only dynamic reservations can be unreserved; the agent's \
+                     configuration makes the others",
+                    c.resources
+                ));
+            } else {
+                offered.subtract(&c.resources);
+                offered.add(&plain);
+            }
+        }
         let offer_names: Vec<&str> = offer_ids.iter().map(String::as_str).collect();
         let offers_phrase = if offer_names.len() == 1 {
             format!("offer {} has", offer_names[0])
@@ -440,7 +561,6 @@ impl Core {
         };
 
         // The tasks.
-        errors = op_errors;
         let mut ids_in_call: HashMap<&str, usize> = HashMap::new();
         for t in tasks {
             *ids_in_call.entry(t.task_id.as_str()).or_insert(0) += 1;
@@ -523,7 +643,9 @@ impl Core {
         }
         Ok(Launch {
             agent_id: agent,
+            role,
             offered,
+            conversions,
             tasks: parsed,
         })
     }
@@ -682,6 +804,28 @@ impl Core {
             )
         }
     }
+}
+
+/// Parses the resources of a RESERVE or UNRESERVE: every one must name its role.
+fn parse_conversion(reserve: bool, list: &[strata_proto::Resource]) -> Result<Conversion, String> {
+    let what = if reserve { "RESERVE" } else { "UNRESERVE" };
+    let resources =
+        Resources::from_proto(list).map_err(|e| format!("{what} has invalid resources: {e}"))?;
+    if resources.is_empty() {
+        return Err(format!(
+            "{what} names no resources: list what to (un)reserve"
+        ));
+    }
+    if !resources.unreserved().is_empty() {
+        return Err(format!(
+            "{what} names resources without a role: set each resource's role to the \
+             reservation's role"
+        ));
+    }
+    for role in resources.reservation_roles() {
+        validate_role(role).map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(Conversion { reserve, resources })
 }
 
 /// `task "t1" asks for cpus=4 but offer O has cpus=2`, or for several tasks

@@ -13,29 +13,40 @@
 //!
 //! Invariants (checked by [`Core::check_invariants`] in tests):
 //! - per agent, `allocated` is the sum of the resources of its active tasks, `offered` is the
-//!   resources of its one outstanding offer (an agent is in at most one offer at a time), and
-//!   `allocated + offered ⊆ total`, the remainder being free: nothing is created or lost;
+//!   sum of its outstanding offers (several at once, to different roles, never sharing a
+//!   port or set item), `allocated + offered ⊆ total` and `free` is the remainder: nothing
+//!   is created or lost; `dynamic` (its dynamic reservations) is within `total`;
 //! - per framework, `allocated` is the sum of its active tasks on reachable agents and
 //!   `offered` the sum of its outstanding offers, scalars only (ports of different agents
-//!   are different ports, so aggregates over agents hold scalar quantities);
+//!   are different ports, so aggregates over agents hold scalar quantities); `by_role`
+//!   splits the two by the role each task or offer is allocated to;
 //! - the cluster total (the DRF denominator) is the sum of the scalar totals of reachable
 //!   agents;
 //! - a task is active (in `tasks`, counted in allocations) until a terminal update arrives or
 //!   its framework is removed; then it moves to the bounded terminal history;
-//! - only agents that are connected, have no outstanding offer and have allocatable free
-//!   resources are in `offerable`.
+//! - only agents that are connected, active (not drained or deactivated by the operator)
+//!   and have allocatable free resources are in `offerable`;
+//! - every change to what must survive a restart is recorded as a registry op (see
+//!   [`registry`]).
 
 mod agents;
 mod allocation;
 mod frameworks;
 pub mod ids;
+pub mod operator;
+pub mod registry;
 pub mod resources;
+pub mod roles;
 mod tasks;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_props;
+#[cfg(test)]
+mod tests_roles;
 mod view;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use strata_proto::{
@@ -44,6 +55,7 @@ use strata_proto::{
 
 pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
 pub use self::resources::{RangeSet, ResourceError, Resources};
+pub use self::roles::{DEFAULT_ROLE, Quota, RoleError};
 use self::tasks::History;
 use crate::config::AllocatorConfig;
 
@@ -66,6 +78,14 @@ pub enum CoreError {
         /// What was wrong.
         source: ResourceError,
     },
+    /// SUBSCRIBE named an invalid role.
+    #[error("framework {name:?} cannot subscribe: {source}")]
+    InvalidFrameworkRole {
+        /// The framework's name.
+        name: String,
+        /// What was wrong.
+        source: RoleError,
+    },
     /// A second Register on one stream named a different agent id.
     #[error(
         "this stream is registered as agent {registered} but Register names agent {requested}: \
@@ -80,6 +100,9 @@ pub enum CoreError {
 }
 
 /// A message the edge must deliver.
+// Commands live only from the core's outbox to the edge, moved once each: boxing the large
+// launch message would cost an allocation per task for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Send a message to the agent on stream `conn`.
@@ -114,17 +137,35 @@ enum Link {
     Unreachable { since: Duration },
 }
 
+/// What the operator allows on an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Offered as usual.
+    Active,
+    /// Drained: no new offers; its tasks were told to stop.
+    Draining,
+    /// Deactivated: no new offers; its tasks keep running.
+    Deactivated,
+}
+
 #[derive(Debug)]
 struct Agent {
     id: AgentId,
     hostname: String,
     attributes: Vec<Attribute>,
     version: String,
+    /// What it registered with, plus the dynamic reservations applied.
     total: Resources,
+    /// The dynamic reservations made on it (a part of `total`), kept across its restarts.
+    dynamic: Resources,
     /// Sum of the resources of the active tasks on this agent.
     allocated: Resources,
-    /// The one outstanding offer of this agent's free resources.
-    offer: Option<OfferId>,
+    /// Its outstanding offers (one per role at most in a pass) and their sum.
+    offers: BTreeSet<OfferId>,
+    offered: Resources,
+    /// `total - allocated - offered`, kept by `refresh_offerable` after every change.
+    free: Resources,
+    mode: AgentMode,
     link: Link,
     registered_at: Duration,
     last_seen: Duration,
@@ -163,13 +204,16 @@ struct Framework {
     partition_aware: bool,
     conn: Option<ConnId>,
     disconnected_at: Option<Duration>,
-    suppressed: bool,
+    /// Roles for which it asked for no offers (SUPPRESS).
+    suppressed: BTreeSet<String>,
     filters: HashMap<AgentId, Filter>,
     offers: BTreeSet<OfferId>,
     /// Sum of the resources of its active tasks on reachable agents.
     allocated: Resources,
     /// Sum of its outstanding offers.
     offered: Resources,
+    /// Per role: allocated plus offered (scalars), what its share in the role is made of.
+    by_role: BTreeMap<String, Resources>,
     /// Its active tasks (including those on unreachable agents).
     tasks: BTreeSet<TaskId>,
     registered_at: Duration,
@@ -180,7 +224,11 @@ struct Framework {
 struct Offer {
     framework_id: FrameworkId,
     agent_id: AgentId,
+    /// The role it is made to.
+    role: String,
     resources: Resources,
+    /// When it was made (for the offer timeout).
+    made_at: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +236,8 @@ struct Task {
     framework_id: FrameworkId,
     id: TaskId,
     agent_id: AgentId,
+    /// The role its resources are allocated to (its offer's role).
+    role: String,
     info: TaskInfo,
     resources: Resources,
     /// The latest state the agent reported (STAGING until the first update), or the terminal
@@ -227,6 +277,14 @@ pub struct Core {
     pending_agents: BTreeSet<AgentId>,
     /// Demand changed (a framework subscribed or revived, a tick): consider every agent.
     full_allocation: bool,
+    /// Role weights other than 1.
+    weights: BTreeMap<String, f64>,
+    /// Role quotas.
+    quotas: BTreeMap<String, Quota>,
+    /// Agents restored from the registry that have not re-registered yet.
+    known_agents: HashMap<AgentId, registry::AgentRecord>,
+    /// Registry changes not yet taken by the edge.
+    registry_ops: Vec<registry::RegistryOp>,
     outbox: Vec<Command>,
 }
 
@@ -251,6 +309,10 @@ impl Core {
             offerable: BTreeSet::new(),
             pending_agents: BTreeSet::new(),
             full_allocation: false,
+            weights: BTreeMap::new(),
+            quotas: BTreeMap::new(),
+            known_agents: HashMap::new(),
+            registry_ops: Vec::new(),
             outbox: Vec::new(),
         }
     }
@@ -272,6 +334,7 @@ impl Core {
         self.expire_frameworks(now);
         self.heartbeat_frameworks(now);
         self.expire_filters(now);
+        self.expire_offers(now);
         self.full_allocation = true;
         self.allocate(now);
     }
@@ -356,21 +419,51 @@ impl Core {
                     agent.id, agent.allocated
                 ));
             }
-            let offered = match &agent.offer {
-                Some(id) => {
-                    let offer = self
-                        .offers
-                        .get(id)
-                        .ok_or_else(|| format!("agent {} names missing offer {id}", agent.id))?;
-                    if offer.agent_id != agent.id {
-                        return Err(format!("offer {id} is on another agent"));
-                    }
-                    offer.resources.clone()
+            let mut offered = Resources::new();
+            for id in &agent.offers {
+                let offer = self
+                    .offers
+                    .get(id)
+                    .ok_or_else(|| format!("agent {} names missing offer {id}", agent.id))?;
+                if offer.agent_id != agent.id {
+                    return Err(format!("offer {id} is on another agent"));
                 }
-                None => Resources::new(),
-            };
+                if !offered.items_disjoint(&offer.resources)
+                    || !allocated.items_disjoint(&offer.resources)
+                {
+                    return Err(format!(
+                        "offer {id} overlaps another offer on agent {}",
+                        agent.id
+                    ));
+                }
+                offered.add(&offer.resources);
+            }
+            if offered != agent.offered {
+                return Err(format!(
+                    "agent {} books offered {} but its offers hold {offered}",
+                    agent.id, agent.offered
+                ));
+            }
+            if !agent.total.contains(&allocated.plus(&offered)) {
+                return Err(format!(
+                    "agent {}: allocated {allocated} + offered {offered} exceed total {}",
+                    agent.id, agent.total
+                ));
+            }
+            if !agent.total.contains(&agent.dynamic) {
+                return Err(format!(
+                    "agent {}: dynamic reservations {} are not within total {}",
+                    agent.id, agent.dynamic, agent.total
+                ));
+            }
             let used = allocated.plus(&offered);
             let free = agent.total.minus(&used);
+            if free != agent.free {
+                return Err(format!(
+                    "agent {} books free {} but total - allocated - offered is {free}",
+                    agent.id, agent.free
+                ));
+            }
             if free.plus(&used) != agent.total {
                 return Err(format!(
                     "agent {}: allocated {allocated} + offered {offered} + free {free} != total {}",
@@ -381,7 +474,7 @@ impl Core {
                 cluster.add_scalars(&agent.total);
             }
             let offerable =
-                agent.conn().is_some() && agent.offer.is_none() && { free.is_allocatable() };
+                agent.conn().is_some() && agent.mode == AgentMode::Active && free.is_allocatable();
             if offerable != self.offerable.contains(&agent.id) {
                 return Err(format!(
                     "agent {} offerable is {offerable} but the index says otherwise",
@@ -400,8 +493,8 @@ impl Core {
                 .agents
                 .get(&offer.agent_id)
                 .ok_or_else(|| format!("offer {id} is on unknown agent"))?;
-            if agent.offer.as_ref() != Some(id) {
-                return Err(format!("offer {id} is not its agent's outstanding offer"));
+            if !agent.offers.contains(id) {
+                return Err(format!("offer {id} is not among its agent's offers"));
             }
             let fw = self
                 .frameworks
@@ -413,6 +506,7 @@ impl Core {
         }
         for fw in self.frameworks.values() {
             let mut allocated = Resources::new();
+            let mut by_role: BTreeMap<String, Resources> = BTreeMap::new();
             for task_id in &fw.tasks {
                 let key = (fw.id.clone(), task_id.clone());
                 let task = self
@@ -421,6 +515,10 @@ impl Core {
                     .ok_or_else(|| format!("framework {} lists unknown task {task_id}", fw.id))?;
                 if !task.unreachable {
                     allocated.add_scalars(&task.resources);
+                    by_role
+                        .entry(task.role.clone())
+                        .or_default()
+                        .add_scalars(&task.resources);
                 }
             }
             if allocated != fw.allocated {
@@ -436,6 +534,17 @@ impl Core {
                     .get(id)
                     .ok_or_else(|| format!("framework {} names missing offer {id}", fw.id))?;
                 offered.add_scalars(&offer.resources);
+                by_role
+                    .entry(offer.role.clone())
+                    .or_default()
+                    .add_scalars(&offer.resources);
+            }
+            by_role.retain(|_, r| !r.is_empty());
+            if by_role != fw.by_role {
+                return Err(format!(
+                    "framework {} books per role {:?} but its tasks and offers hold {by_role:?}",
+                    fw.id, fw.by_role
+                ));
             }
             if offered != fw.offered {
                 return Err(format!(

@@ -12,10 +12,13 @@
 //!   rejected by [`Resources::from_proto`]);
 //! - a [`RangeSet`] is sorted, its ranges are disjoint and never adjacent (they are merged).
 //!
-//! Reservations (the proto `role` field) are not modelled yet: every resource is unreserved.
+//! Reservations: every entry is unreserved or reserved for one role (the proto `role` field;
+//! empty or `*` means unreserved). Arithmetic and [`Resources::contains`] keep reservations
+//! apart (reserved cpus are not unreserved cpus); [`Resources::scalar`] sums over them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use strata_proto::{Resource, ResourceKind, ValueRange};
 
@@ -216,12 +219,210 @@ impl fmt::Display for RangeSet {
     }
 }
 
-/// A bag of named resources with exact arithmetic; see the module documentation.
+/// A resource name, shared: bags are cloned often (every offer) and names are few.
+pub type Name = Arc<str>;
+
+/// One role's part of a [`Resources`]: named scalars, ranges and sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Bag {
+    scalars: BTreeMap<Name, i64>,
+    ranges: BTreeMap<Name, RangeSet>,
+    sets: BTreeMap<Name, BTreeSet<String>>,
+}
+
+impl Bag {
+    fn is_empty(&self) -> bool {
+        self.scalars.is_empty() && self.ranges.is_empty() && self.sets.is_empty()
+    }
+
+    fn scalar(&self, name: &str) -> i64 {
+        self.scalars.get(name).copied().unwrap_or(0)
+    }
+
+    fn add_scalar(&mut self, name: &str, milli: i64) {
+        if milli > 0 {
+            match self.scalars.get_mut(name) {
+                Some(v) => *v += milli,
+                None => {
+                    self.scalars.insert(Name::from(name), milli);
+                }
+            }
+        }
+    }
+
+    /// [`Bag::add_scalar`] with a shared name (no allocation for a new entry).
+    fn add_scalar_named(&mut self, name: &Name, milli: i64) {
+        if milli > 0 {
+            match self.scalars.get_mut(name) {
+                Some(v) => *v += milli,
+                None => {
+                    self.scalars.insert(name.clone(), milli);
+                }
+            }
+        }
+    }
+
+    fn add_ranges(&mut self, name: &str, set: &RangeSet) {
+        if set.is_empty() {
+            return;
+        }
+        match self.ranges.get_mut(name) {
+            Some(existing) => *existing = existing.union(set),
+            None => {
+                self.ranges.insert(Name::from(name), set.clone());
+            }
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (name, &milli) in &other.scalars {
+            self.add_scalar_named(name, milli);
+        }
+        for (name, set) in &other.ranges {
+            if set.is_empty() {
+                continue;
+            }
+            match self.ranges.get_mut(name) {
+                Some(existing) => *existing = existing.union(set),
+                None => {
+                    self.ranges.insert(name.clone(), set.clone());
+                }
+            }
+        }
+        for (name, items) in &other.sets {
+            self.sets
+                .entry(name.clone())
+                .or_default()
+                .extend(items.iter().cloned());
+        }
+    }
+
+    fn subtract_scalars(&mut self, other: &BTreeMap<Name, i64>) {
+        for (name, &milli) in other {
+            self.subtract_scalar(name, milli);
+        }
+    }
+
+    fn subtract_scalar(&mut self, name: &str, milli: i64) {
+        if let Some(mine) = self.scalars.get_mut(name) {
+            *mine -= milli;
+            if *mine <= 0 {
+                self.scalars.remove(name);
+            }
+        }
+    }
+
+    fn subtract(&mut self, other: &Self) {
+        self.subtract_scalars(&other.scalars);
+        for (name, set) in &other.ranges {
+            if let Some(mine) = self.ranges.get_mut(name) {
+                *mine = mine.difference(set);
+                if mine.is_empty() {
+                    self.ranges.remove(name);
+                }
+            }
+        }
+        for (name, items) in &other.sets {
+            if let Some(mine) = self.sets.get_mut(name) {
+                mine.retain(|i| !items.contains(i));
+                if mine.is_empty() {
+                    self.sets.remove(name);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, other: &Self) -> bool {
+        other
+            .scalars
+            .iter()
+            .all(|(name, &milli)| self.scalar(name) >= milli)
+            && other
+                .ranges
+                .iter()
+                .all(|(name, set)| self.ranges.get(name).is_some_and(|mine| mine.contains(set)))
+            && other.sets.iter().all(|(name, items)| {
+                self.sets
+                    .get(name)
+                    .is_some_and(|mine| items.is_subset(mine))
+            })
+    }
+
+    fn shortfall(&self, wanted: &Self, suffix: &str, out: &mut Vec<(String, String)>) {
+        for (name, &milli) in &wanted.scalars {
+            let have = self.scalar(name);
+            if have < milli {
+                out.push((
+                    format!("{name}{suffix}={}", format_milli(milli)),
+                    format!("{name}{suffix}={}", format_milli(have)),
+                ));
+            }
+        }
+        for (name, set) in &wanted.ranges {
+            let have = self.ranges.get(name).cloned().unwrap_or_default();
+            if !have.contains(set) {
+                out.push((
+                    format!("{name}{suffix}={set}"),
+                    format!("{name}{suffix}={have}"),
+                ));
+            }
+        }
+        for (name, items) in &wanted.sets {
+            let empty = BTreeSet::new();
+            let have = self.sets.get(name).unwrap_or(&empty);
+            if !items.is_subset(have) {
+                out.push((
+                    format!("{name}{suffix}={{{}}}", join(items)),
+                    format!("{name}{suffix}={{{}}}", join(have)),
+                ));
+            }
+        }
+    }
+
+    fn to_proto(&self, role: &str, out: &mut Vec<Resource>) {
+        for (name, &milli) in &self.scalars {
+            out.push(Resource {
+                role: role.to_owned(),
+                ..Resource::scalar(name, from_milli(milli))
+            });
+        }
+        for (name, set) in &self.ranges {
+            out.push(Resource {
+                role: role.to_owned(),
+                ..Resource::ranges(name, set.ranges().iter().copied())
+            });
+        }
+        for (name, items) in &self.sets {
+            out.push(Resource {
+                name: name.to_string(),
+                kind: ResourceKind::Set as i32,
+                set: items.iter().cloned().collect(),
+                role: role.to_owned(),
+                ..Resource::default()
+            });
+        }
+    }
+
+    fn fmt_parts(&self, suffix: &str, parts: &mut Vec<String>) {
+        for (name, &milli) in &self.scalars {
+            parts.push(format!("{name}{suffix}={}", format_milli(milli)));
+        }
+        for (name, set) in &self.ranges {
+            parts.push(format!("{name}{suffix}={set}"));
+        }
+        for (name, items) in &self.sets {
+            parts.push(format!("{name}{suffix}={{{}}}", join(items)));
+        }
+    }
+}
+
+/// A bag of named resources with exact arithmetic, each unreserved or reserved for one
+/// role; see the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
-    scalars: BTreeMap<String, i64>,
-    ranges: BTreeMap<String, RangeSet>,
-    sets: BTreeMap<String, BTreeSet<String>>,
+    unreserved: Bag,
+    /// Role to what is reserved for it; never holds an empty bag.
+    reserved: BTreeMap<String, Bag>,
 }
 
 fn kind_name(kind: ResourceKind) -> &'static str {
@@ -233,14 +434,39 @@ fn kind_name(kind: ResourceKind) -> &'static str {
     }
 }
 
+/// The reservation role of a wire resource: `None` when unreserved (empty or `*`).
+fn wire_role(role: &str) -> Option<&str> {
+    match role {
+        "" | "*" => None,
+        r => Some(r),
+    }
+}
+
 impl Resources {
     /// No resources.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Parses a wire resource list, merging entries of the same name and kind. Zero scalars
-    /// and empty ranges or sets are dropped.
+    fn bag_mut(&mut self, role: Option<&str>) -> &mut Bag {
+        match role {
+            None => &mut self.unreserved,
+            Some(r) => self.reserved.entry(r.to_owned()).or_default(),
+        }
+    }
+
+    fn bags(&self) -> impl Iterator<Item = (Option<&str>, &Bag)> {
+        std::iter::once((None, &self.unreserved))
+            .chain(self.reserved.iter().map(|(r, b)| (Some(r.as_str()), b)))
+    }
+
+    fn prune(&mut self) {
+        self.reserved.retain(|_, b| !b.is_empty());
+    }
+
+    /// Parses a wire resource list, merging entries of the same name, kind and role. Zero
+    /// scalars and empty ranges or sets are dropped. A `role` other than empty or `*` is a
+    /// reservation for that role.
     pub fn from_proto(list: &[Resource]) -> Result<Self, ResourceError> {
         let mut out = Self::new();
         let mut kinds: BTreeMap<&str, ResourceKind> = BTreeMap::new();
@@ -264,10 +490,11 @@ impl Resources {
                 });
             }
             kinds.insert(&r.name, kind);
+            let role = wire_role(&r.role);
             match kind {
                 ResourceKind::Scalar => {
                     let milli = to_milli(&r.name, r.scalar)?;
-                    out.add_scalar(&r.name, milli);
+                    out.bag_mut(role).add_scalar(&r.name, milli);
                 }
                 ResourceKind::Ranges => {
                     let mut ranges = Vec::with_capacity(r.ranges.len());
@@ -281,129 +508,198 @@ impl Resources {
                         }
                         ranges.push((*begin, *end));
                     }
-                    out.add_ranges(&r.name, &RangeSet::from_ranges(ranges));
+                    out.bag_mut(role)
+                        .add_ranges(&r.name, &RangeSet::from_ranges(ranges));
                 }
                 ResourceKind::Set => {
+                    let bag = out.bag_mut(role);
                     for item in &r.set {
-                        out.add_set_item(&r.name, item);
+                        bag.sets
+                            .entry(Name::from(r.name.as_str()))
+                            .or_default()
+                            .insert(item.clone());
                     }
                 }
                 ResourceKind::Unspecified => unreachable!("rejected above"),
             }
         }
+        out.prune();
         Ok(out)
     }
 
-    /// The wire form, one entry per name, sorted by kind then name.
+    /// The wire form, one entry per name and role: unreserved first, then by role; within
+    /// one role sorted by kind then name.
     pub fn to_proto(&self) -> Vec<Resource> {
-        let mut out = Vec::with_capacity(self.scalars.len() + self.ranges.len() + self.sets.len());
-        for (name, &milli) in &self.scalars {
-            out.push(Resource::scalar(name, from_milli(milli)));
-        }
-        for (name, set) in &self.ranges {
-            out.push(Resource::ranges(name, set.ranges().iter().copied()));
-        }
-        for (name, items) in &self.sets {
-            out.push(Resource {
-                name: name.clone(),
-                kind: ResourceKind::Set as i32,
-                set: items.iter().cloned().collect(),
-                ..Resource::default()
-            });
+        let mut out = Vec::new();
+        for (role, bag) in self.bags() {
+            bag.to_proto(role.unwrap_or(""), &mut out);
         }
         out
     }
 
-    /// A bag holding one scalar, given in milli-units.
+    /// The wire form with every entry's `allocation_role` set (resources in an offer).
+    pub fn to_proto_allocated(&self, allocation_role: &str) -> Vec<Resource> {
+        let mut out = self.to_proto();
+        for r in &mut out {
+            r.allocation_role = allocation_role.to_owned();
+        }
+        out
+    }
+
+    /// A bag holding one unreserved scalar, given in milli-units.
     pub fn scalar_milli(name: &str, milli: i64) -> Self {
         let mut r = Self::new();
         r.add_scalar(name, milli);
         r
     }
 
-    /// Adds `milli` milli-units of scalar `name` (nothing if `milli <= 0`).
+    /// Adds `milli` milli-units of unreserved scalar `name` (nothing if `milli <= 0`).
     pub fn add_scalar(&mut self, name: &str, milli: i64) {
-        if milli > 0 {
-            *self.scalars.entry(name.to_owned()).or_insert(0) += milli;
-        }
+        self.unreserved.add_scalar(name, milli);
     }
 
-    /// Adds the values of `set` to ranges resource `name`.
+    /// Adds the values of `set` to unreserved ranges resource `name`.
     pub fn add_ranges(&mut self, name: &str, set: &RangeSet) {
-        if set.is_empty() {
-            return;
-        }
-        match self.ranges.get_mut(name) {
-            Some(existing) => *existing = existing.union(set),
-            None => {
-                self.ranges.insert(name.to_owned(), set.clone());
-            }
-        }
+        self.unreserved.add_ranges(name, set);
     }
 
-    /// Adds `item` to set resource `name`.
+    /// Adds `item` to unreserved set resource `name`.
     pub fn add_set_item(&mut self, name: &str, item: &str) {
-        self.sets
-            .entry(name.to_owned())
+        self.unreserved
+            .sets
+            .entry(Name::from(name))
             .or_default()
             .insert(item.to_owned());
     }
 
-    /// The scalar `name` in milli-units (0 if absent).
+    /// The scalar `name` in milli-units, reserved or not (0 if absent).
     pub fn scalar(&self, name: &str) -> i64 {
-        self.scalars.get(name).copied().unwrap_or(0)
+        self.unreserved.scalar(name) + self.reserved.values().map(|b| b.scalar(name)).sum::<i64>()
     }
 
-    /// The scalars, name to milli-units.
-    pub fn scalars(&self) -> &BTreeMap<String, i64> {
-        &self.scalars
+    /// The unreserved scalars, name to milli-units. For an aggregate built with
+    /// [`Resources::add_scalars`] these are all of its scalars.
+    pub fn scalars(&self) -> &BTreeMap<Name, i64> {
+        &self.unreserved.scalars
     }
 
-    /// The ranges resource `name`, if any.
+    /// The unreserved ranges resource `name`, if any.
     pub fn range_set(&self, name: &str) -> Option<&RangeSet> {
-        self.ranges.get(name)
+        self.unreserved.ranges.get(name)
     }
 
     /// Whether the bag holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.scalars.is_empty() && self.ranges.is_empty() && self.sets.is_empty()
+        self.unreserved.is_empty() && self.reserved.is_empty()
+    }
+
+    /// Whether some of the bag is reserved.
+    pub fn has_reservations(&self) -> bool {
+        !self.reserved.is_empty()
+    }
+
+    /// The roles something is reserved for.
+    pub fn reservation_roles(&self) -> impl Iterator<Item = &str> {
+        self.reserved.keys().map(String::as_str)
+    }
+
+    /// The unreserved part.
+    pub fn unreserved(&self) -> Self {
+        Self {
+            unreserved: self.unreserved.clone(),
+            reserved: BTreeMap::new(),
+        }
+    }
+
+    /// The reserved part (every role).
+    pub fn reserved(&self) -> Self {
+        Self {
+            unreserved: Bag::default(),
+            reserved: self.reserved.clone(),
+        }
+    }
+
+    /// The part reserved for exactly `role`.
+    pub fn reserved_for(&self, role: &str) -> Self {
+        let mut out = Self::new();
+        if let Some(b) = self.reserved.get(role) {
+            out.reserved.insert(role.to_owned(), b.clone());
+        }
+        out
+    }
+
+    /// What may be allocated to `role`: the unreserved part and what is reserved for `role`
+    /// or one of its ancestors (a reservation for `eng` serves `eng/ml` too).
+    pub fn allocatable_to(&self, role: &str) -> Self {
+        let mut out = Self {
+            unreserved: self.unreserved.clone(),
+            reserved: BTreeMap::new(),
+        };
+        for (r, b) in &self.reserved {
+            if super::roles::is_ancestor_or_self(r, role) {
+                out.reserved.insert(r.clone(), b.clone());
+            }
+        }
+        out
+    }
+
+    /// The same resources, every part reserved for `role`.
+    pub fn reserved_as(&self, role: &str) -> Self {
+        let mut bag = self.unreserved.clone();
+        for b in self.reserved.values() {
+            bag.add(b);
+        }
+        let mut out = Self::new();
+        if !bag.is_empty() {
+            out.reserved.insert(role.to_owned(), bag);
+        }
+        out
+    }
+
+    /// The same resources, all unreserved.
+    pub fn flattened(&self) -> Self {
+        let mut bag = self.unreserved.clone();
+        for b in self.reserved.values() {
+            bag.add(b);
+        }
+        Self {
+            unreserved: bag,
+            reserved: BTreeMap::new(),
+        }
     }
 
     /// Adds everything in `other`.
     pub fn add(&mut self, other: &Self) {
-        for (name, &milli) in &other.scalars {
-            self.add_scalar(name, milli);
-        }
-        for (name, set) in &other.ranges {
-            self.add_ranges(name, set);
-        }
-        for (name, items) in &other.sets {
-            self.sets
-                .entry(name.clone())
-                .or_default()
-                .extend(items.iter().cloned());
-        }
-    }
-
-    /// Adds only the scalars of `other`: aggregates over several agents (a framework's
-    /// allocation, the cluster total) hold scalar quantities only, since the ranges and sets
-    /// of different agents are not the same ports or items.
-    pub fn add_scalars(&mut self, other: &Self) {
-        for (name, &milli) in &other.scalars {
-            self.add_scalar(name, milli);
-        }
-    }
-
-    /// Removes only the scalars of `other` (saturating); see [`Resources::add_scalars`].
-    pub fn subtract_scalars(&mut self, other: &Self) {
-        for (name, &milli) in &other.scalars {
-            if let Some(mine) = self.scalars.get_mut(name) {
-                *mine -= milli;
-                if *mine <= 0 {
-                    self.scalars.remove(name);
-                }
+        for (role, bag) in other.bags() {
+            if !bag.is_empty() {
+                self.bag_mut(role).add(bag);
             }
         }
+    }
+
+    /// Adds only the scalars of `other`, all as unreserved: aggregates over several agents
+    /// (a framework's allocation, the cluster total) hold scalar quantities only, since the
+    /// ranges and sets of different agents are not the same ports or items, and do not keep
+    /// reservations apart.
+    pub fn add_scalars(&mut self, other: &Self) {
+        for (_, bag) in other.bags() {
+            for (name, &milli) in &bag.scalars {
+                self.unreserved.add_scalar_named(name, milli);
+            }
+        }
+    }
+
+    /// Removes only the scalars of `other` from the unreserved part (saturating); see
+    /// [`Resources::add_scalars`].
+    pub fn subtract_scalars(&mut self, other: &Self) {
+        for (_, bag) in other.bags() {
+            self.unreserved.subtract_scalars(&bag.scalars);
+        }
+    }
+
+    /// Removes the unreserved scalars of `other` from the unreserved part (saturating).
+    pub fn subtract_unreserved_scalars(&mut self, other: &Self) {
+        self.unreserved.subtract_scalars(&other.unreserved.scalars);
     }
 
     /// `self + other` as a new bag.
@@ -413,47 +709,25 @@ impl Resources {
         out
     }
 
-    /// Whether every resource of `other` is in `self`.
+    /// Whether every resource of `other` is in `self`, with the same reservation.
     pub fn contains(&self, other: &Self) -> bool {
-        other
-            .scalars
-            .iter()
-            .all(|(name, &milli)| self.scalar(name) >= milli)
-            && other
-                .ranges
-                .iter()
-                .all(|(name, set)| self.ranges.get(name).is_some_and(|mine| mine.contains(set)))
-            && other.sets.iter().all(|(name, items)| {
-                self.sets
-                    .get(name)
-                    .is_some_and(|mine| items.is_subset(mine))
+        self.unreserved.contains(&other.unreserved)
+            && other.reserved.iter().all(|(role, bag)| {
+                self.reserved
+                    .get(role)
+                    .is_some_and(|mine| mine.contains(bag))
             })
     }
 
     /// Removes everything of `other` that is in `self` (saturating: what `self` lacks is
     /// ignored). Callers that keep books check [`Resources::contains`] first.
     pub fn subtract(&mut self, other: &Self) {
-        for (name, &milli) in &other.scalars {
-            if let Some(mine) = self.scalars.get_mut(name) {
-                *mine -= milli;
-                if *mine <= 0 {
-                    self.scalars.remove(name);
-                }
-            }
-        }
-        for (name, set) in &other.ranges {
-            if let Some(mine) = self.ranges.get_mut(name) {
-                *mine = mine.difference(set);
+        self.unreserved.subtract(&other.unreserved);
+        for (role, bag) in &other.reserved {
+            if let Some(mine) = self.reserved.get_mut(role) {
+                mine.subtract(bag);
                 if mine.is_empty() {
-                    self.ranges.remove(name);
-                }
-            }
-        }
-        for (name, items) in &other.sets {
-            if let Some(mine) = self.sets.get_mut(name) {
-                mine.retain(|i| !items.contains(i));
-                if mine.is_empty() {
-                    self.sets.remove(name);
+                    self.reserved.remove(role);
                 }
             }
         }
@@ -466,34 +740,60 @@ impl Resources {
         out
     }
 
+    /// Whether no range value or set item of `other` is also in `self` (same role), so the
+    /// two can be held by different owners at once. Scalars are quantities and never clash.
+    pub fn items_disjoint(&self, other: &Self) -> bool {
+        other.bags().all(|(role, theirs)| {
+            let mine = match role {
+                None => Some(&self.unreserved),
+                Some(r) => self.reserved.get(r),
+            };
+            let Some(mine) = mine else { return true };
+            theirs.ranges.iter().all(|(name, set)| {
+                mine.ranges
+                    .get(name)
+                    .is_none_or(|m| m.difference(set) == *m)
+            }) && theirs
+                .sets
+                .iter()
+                .all(|(name, items)| mine.sets.get(name).is_none_or(|m| m.is_disjoint(items)))
+        })
+    }
+
+    /// Lowers each scalar named in `caps` to at most the cap (milli-units, summed over
+    /// reservations), taking from the unreserved part first.
+    pub fn cap_scalars(&mut self, caps: &BTreeMap<Name, i64>) {
+        for (name, &cap) in caps {
+            let mut excess = self.scalar(name) - cap.max(0);
+            if excess <= 0 {
+                continue;
+            }
+            let bags = std::iter::once(&mut self.unreserved).chain(self.reserved.values_mut());
+            for bag in bags {
+                if excess <= 0 {
+                    break;
+                }
+                let have = bag.scalar(name);
+                let take = have.min(excess);
+                if take > 0 {
+                    bag.subtract_scalar(name, take);
+                    excess -= take;
+                }
+            }
+        }
+        self.prune();
+    }
+
     /// For each resource `wanted` has more of than `self`: `(wanted part, available part)`,
-    /// both formatted like `cpus=4` / `ports=[31000-31002]`, for error messages.
+    /// both formatted like `cpus=4` / `ports=[31000-31002]` (`cpus(eng)=1` when reserved),
+    /// for error messages.
     pub fn shortfall(&self, wanted: &Self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for (name, &milli) in &wanted.scalars {
-            let have = self.scalar(name);
-            if have < milli {
-                out.push((
-                    format!("{name}={}", format_milli(milli)),
-                    format!("{name}={}", format_milli(have)),
-                ));
-            }
-        }
-        for (name, set) in &wanted.ranges {
-            let have = self.ranges.get(name).cloned().unwrap_or_default();
-            if !have.contains(set) {
-                out.push((format!("{name}={set}"), format!("{name}={have}")));
-            }
-        }
-        for (name, items) in &wanted.sets {
-            let empty = BTreeSet::new();
-            let have = self.sets.get(name).unwrap_or(&empty);
-            if !items.is_subset(have) {
-                out.push((
-                    format!("{name}={{{}}}", join(items)),
-                    format!("{name}={{{}}}", join(have)),
-                ));
-            }
+        self.unreserved.shortfall(&wanted.unreserved, "", &mut out);
+        let empty = Bag::default();
+        for (role, bag) in &wanted.reserved {
+            let have = self.reserved.get(role).unwrap_or(&empty);
+            have.shortfall(bag, &format!("({role})"), &mut out);
         }
         out
     }
@@ -513,14 +813,9 @@ fn join(items: &BTreeSet<String>) -> String {
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        for (name, &milli) in &self.scalars {
-            parts.push(format!("{name}={}", format_milli(milli)));
-        }
-        for (name, set) in &self.ranges {
-            parts.push(format!("{name}={set}"));
-        }
-        for (name, items) in &self.sets {
-            parts.push(format!("{name}={{{}}}", join(items)));
+        for (role, bag) in self.bags() {
+            let suffix = role.map(|r| format!("({r})")).unwrap_or_default();
+            bag.fmt_parts(&suffix, &mut parts);
         }
         if parts.is_empty() {
             f.write_str("(none)")

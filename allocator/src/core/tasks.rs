@@ -98,6 +98,7 @@ impl Core {
             fw.tasks.remove(&task.id);
             if !task.unreachable {
                 fw.allocated.subtract_scalars(&task.resources);
+                super::allocation::sub_role(&mut fw.by_role, &task.role, &task.resources);
             }
         }
         tracing::info!(

@@ -14,15 +14,15 @@ use strata_proto::{
 use super::{AgentId, Command, ConnId, Core, CoreError, FrameworkId};
 use crate::config::AllocatorConfig;
 
-const EPOCH: Duration = Duration::from_secs(1_700_000_000);
+pub(super) const EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
-struct Harness {
-    core: Core,
-    now: Duration,
+pub(super) struct Harness {
+    pub(super) core: Core,
+    pub(super) now: Duration,
     next_conn: u64,
 }
 
-fn config() -> AllocatorConfig {
+pub(super) fn config() -> AllocatorConfig {
     AllocatorConfig {
         agent_heartbeat_interval: Duration::from_secs(5),
         agent_timeout: Duration::from_secs(15),
@@ -31,10 +31,11 @@ fn config() -> AllocatorConfig {
         allocation_interval: Duration::from_secs(1),
         default_refuse: Duration::from_secs(5),
         terminal_task_history: 100,
+        offer_timeout: None,
     }
 }
 
-fn agent_resources(cpus: f64, mem: f64) -> Vec<Resource> {
+pub(super) fn agent_resources(cpus: f64, mem: f64) -> Vec<Resource> {
     vec![
         Resource::scalar(CPUS, cpus),
         Resource::scalar(MEM, mem),
@@ -42,7 +43,7 @@ fn agent_resources(cpus: f64, mem: f64) -> Vec<Resource> {
     ]
 }
 
-fn task(id: &str, cpus: f64, mem: f64) -> TaskInfo {
+pub(super) fn task(id: &str, cpus: f64, mem: f64) -> TaskInfo {
     TaskInfo {
         task_id: id.to_owned(),
         name: format!("task {id}"),
@@ -56,7 +57,7 @@ fn task(id: &str, cpus: f64, mem: f64) -> TaskInfo {
     }
 }
 
-fn launch_call(fid: &FrameworkId, offer_ids: &[&str], tasks: Vec<TaskInfo>) -> Call {
+pub(super) fn launch_call(fid: &FrameworkId, offer_ids: &[&str], tasks: Vec<TaskInfo>) -> Call {
     Call {
         framework_id: fid.0.clone(),
         call: Some(call::Call::Accept(call::Accept {
@@ -71,14 +72,14 @@ fn launch_call(fid: &FrameworkId, offer_ids: &[&str], tasks: Vec<TaskInfo>) -> C
     }
 }
 
-fn simple_call(fid: &FrameworkId, c: call::Call) -> Call {
+pub(super) fn simple_call(fid: &FrameworkId, c: call::Call) -> Call {
     Call {
         framework_id: fid.0.clone(),
         call: Some(c),
     }
 }
 
-fn status(fid: &FrameworkId, task_id: &str, state: TaskState, uuid: u8) -> TaskStatus {
+pub(super) fn status(fid: &FrameworkId, task_id: &str, state: TaskState, uuid: u8) -> TaskStatus {
     TaskStatus {
         task_id: task_id.to_owned(),
         framework_id: fid.0.clone(),
@@ -89,7 +90,7 @@ fn status(fid: &FrameworkId, task_id: &str, state: TaskState, uuid: u8) -> TaskS
     }
 }
 
-fn offers_in(cmds: &[Command], conn: ConnId) -> Vec<Offer> {
+pub(super) fn offers_in(cmds: &[Command], conn: ConnId) -> Vec<Offer> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::ToFramework {
@@ -102,7 +103,7 @@ fn offers_in(cmds: &[Command], conn: ConnId) -> Vec<Offer> {
         .collect()
 }
 
-fn updates_in(cmds: &[Command], conn: ConnId) -> Vec<TaskStatus> {
+pub(super) fn updates_in(cmds: &[Command], conn: ConnId) -> Vec<TaskStatus> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::ToFramework {
@@ -114,7 +115,7 @@ fn updates_in(cmds: &[Command], conn: ConnId) -> Vec<TaskStatus> {
         .collect()
 }
 
-fn errors_in(cmds: &[Command], conn: ConnId) -> Vec<String> {
+pub(super) fn errors_in(cmds: &[Command], conn: ConnId) -> Vec<String> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::ToFramework {
@@ -126,7 +127,7 @@ fn errors_in(cmds: &[Command], conn: ConnId) -> Vec<String> {
         .collect()
 }
 
-fn rescinds_in(cmds: &[Command], conn: ConnId) -> Vec<String> {
+pub(super) fn rescinds_in(cmds: &[Command], conn: ConnId) -> Vec<String> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::ToFramework {
@@ -138,7 +139,7 @@ fn rescinds_in(cmds: &[Command], conn: ConnId) -> Vec<String> {
         .collect()
 }
 
-fn agent_msgs(cmds: &[Command], conn: ConnId) -> Vec<allocator_message::Message> {
+pub(super) fn agent_msgs(cmds: &[Command], conn: ConnId) -> Vec<allocator_message::Message> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::ToAgent { conn: c, message } if *c == conn => Some(message.clone()),
@@ -147,17 +148,17 @@ fn agent_msgs(cmds: &[Command], conn: ConnId) -> Vec<allocator_message::Message>
         .collect()
 }
 
-fn closed(cmds: &[Command], conn: ConnId) -> bool {
+pub(super) fn closed(cmds: &[Command], conn: ConnId) -> bool {
     cmds.iter()
         .any(|c| matches!(c, Command::Close { conn: c } if *c == conn))
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with(config())
     }
 
-    fn with(config: AllocatorConfig) -> Self {
+    pub(super) fn with(config: AllocatorConfig) -> Self {
         Self {
             core: Core::new(config, "test"),
             now: EPOCH,
@@ -165,24 +166,31 @@ impl Harness {
         }
     }
 
-    fn conn(&mut self) -> ConnId {
+    pub(super) fn conn(&mut self) -> ConnId {
         self.next_conn += 1;
         ConnId(self.next_conn)
     }
 
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         self.now += d;
     }
 
     /// The commands so far, after checking the invariants.
-    fn cmds(&mut self) -> Vec<Command> {
+    pub(super) fn cmds(&mut self) -> Vec<Command> {
         if let Err(e) = self.core.check_invariants() {
             panic!("invariant broken: {e}");
         }
         self.core.take_commands()
     }
 
-    fn register(&mut self, conn: ConnId, id: &str, cpus: f64, mem: f64, tasks: Vec<AgentTask>) {
+    pub(super) fn register(
+        &mut self,
+        conn: ConnId,
+        id: &str,
+        cpus: f64,
+        mem: f64,
+        tasks: Vec<AgentTask>,
+    ) {
         let info = AgentInfo {
             id: id.to_owned(),
             hostname: format!("host-{}", conn.0),
@@ -203,7 +211,7 @@ impl Harness {
     }
 
     /// A new agent with `cpus` and `mem`; returns its stream and id.
-    fn agent(&mut self, cpus: f64, mem: f64) -> (ConnId, AgentId) {
+    pub(super) fn agent(&mut self, cpus: f64, mem: f64) -> (ConnId, AgentId) {
         let conn = self.conn();
         self.register(conn, "", cpus, mem, vec![]);
         let cmds = self.cmds();
@@ -214,7 +222,7 @@ impl Harness {
         (conn, AgentId(r.agent_id.clone()))
     }
 
-    fn subscribe_info(&mut self, info: FrameworkInfo) -> (ConnId, FrameworkId) {
+    pub(super) fn subscribe_info(&mut self, info: FrameworkInfo) -> (ConnId, FrameworkId) {
         let conn = self.conn();
         let now = self.now;
         let fid = self
@@ -229,40 +237,40 @@ impl Harness {
         (conn, fid)
     }
 
-    fn framework(&mut self, name: &str) -> (ConnId, FrameworkId) {
+    pub(super) fn framework(&mut self, name: &str) -> (ConnId, FrameworkId) {
         self.subscribe_info(FrameworkInfo {
             name: name.to_owned(),
             ..FrameworkInfo::default()
         })
     }
 
-    fn call(&mut self, conn: ConnId, call: Call) -> Vec<Command> {
+    pub(super) fn call(&mut self, conn: ConnId, call: Call) -> Vec<Command> {
         let now = self.now;
         self.core.framework_call(now, conn, call);
         self.core.allocate(now);
         self.cmds()
     }
 
-    fn allocate(&mut self) -> Vec<Command> {
+    pub(super) fn allocate(&mut self) -> Vec<Command> {
         let now = self.now;
         self.core.allocate(now);
         self.cmds()
     }
 
-    fn tick(&mut self) -> Vec<Command> {
+    pub(super) fn tick(&mut self) -> Vec<Command> {
         let now = self.now;
         self.core.tick(now);
         self.cmds()
     }
 
-    fn update(&mut self, conn: ConnId, status: TaskStatus) -> Vec<Command> {
+    pub(super) fn update(&mut self, conn: ConnId, status: TaskStatus) -> Vec<Command> {
         let now = self.now;
         self.core.agent_status_update(now, conn, status);
         self.cmds()
     }
 
     /// The one offer `fconn` gets now.
-    fn one_offer(&mut self, fconn: ConnId) -> Offer {
+    pub(super) fn one_offer(&mut self, fconn: ConnId) -> Offer {
         let cmds = self.allocate();
         let offers = offers_in(&cmds, fconn);
         assert_eq!(offers.len(), 1, "expected one offer in {cmds:?}");
@@ -270,7 +278,7 @@ impl Harness {
     }
 
     /// A snapshot of everything an operator can see, to show a call changed nothing.
-    fn snapshot(&self) -> String {
+    pub(super) fn snapshot(&self) -> String {
         format!(
             "{:?}\n{:?}\n{:?}",
             self.core.agent_summaries(),
@@ -283,7 +291,7 @@ impl Harness {
     }
 
     /// Launches `tasks` on `offer` and returns the LaunchTask messages the agent got.
-    fn launch(
+    pub(super) fn launch(
         &mut self,
         fconn: ConnId,
         fid: &FrameworkId,
@@ -309,7 +317,7 @@ impl Harness {
     }
 }
 
-fn scalar(resources: &[Resource], name: &str) -> f64 {
+pub(super) fn scalar(resources: &[Resource], name: &str) -> f64 {
     strata_proto::scalar_sum(resources, name)
 }
 

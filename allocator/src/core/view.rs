@@ -18,12 +18,7 @@ impl Core {
             .agents
             .values()
             .map(|a| {
-                let offered = a
-                    .offer
-                    .as_ref()
-                    .and_then(|id| self.offers.get(id))
-                    .map(|o| o.resources.to_proto())
-                    .unwrap_or_default();
+                let offered = a.offered.to_proto();
                 AgentSummary {
                     id: a.id.0.clone(),
                     hostname: a.hostname.clone(),

@@ -1,0 +1,356 @@
+//! Where the registry is kept between allocator runs: the [`Store`] trait, an embedded
+//! [`RedbStore`] (the default when the allocator has a work dir) and a [`MemoryStore`]
+//! (nothing survives a restart). A replicated backend (etcd) implements the same trait.
+//!
+//! Each record is a JSON document under its key in one redb table per kind (`agents`,
+//! `frameworks`, `weights`, `quotas`); a batch of [`RegistryOp`]s is one write transaction,
+//! so a crash keeps either all of a batch or none of it.
+//!
+//! Invariants: [`Store::load`] returns what the applied ops make, in order; a file that is
+//! not a readable registry gives [`StoreError::Corrupt`] naming the file and what to do.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable as _, TableDefinition, TableHandle as _};
+
+use crate::core::registry::{Registry, RegistryOp};
+
+const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
+const FRAMEWORKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("frameworks");
+const WEIGHTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weights");
+const QUOTAS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("quotas");
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or created.
+    #[error("cannot open the allocator's registry store {path}: {source}")]
+    Open {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        source: Box<redb::Error>,
+    },
+    /// The file is not a readable registry.
+    #[error(
+        "the allocator's registry store {path} is corrupt ({why}): move it away to start with \
+         an empty registry (framework ids, weights, quota and dynamic reservations are then \
+         lost), or restore it from a backup"
+    )]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Another allocator holds the store.
+    #[error(
+        "the allocator's registry store {path} is in use by another allocator: stop it, or \
+         give this one another --store or --work-dir"
+    )]
+    InUse {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// A read or write failed.
+    #[error("the allocator's registry store {path} failed: {source}")]
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        source: Box<redb::Error>,
+    },
+}
+
+/// Keeps the registry; see the module documentation.
+pub trait Store: Send + std::fmt::Debug {
+    /// Everything kept.
+    fn load(&self) -> Result<Registry, StoreError>;
+    /// Applies a batch of changes atomically.
+    fn apply(&mut self, ops: &[RegistryOp]) -> Result<(), StoreError>;
+}
+
+/// A store that keeps nothing across restarts.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    registry: Registry,
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Registry, StoreError> {
+        Ok(self.registry.clone())
+    }
+
+    fn apply(&mut self, ops: &[RegistryOp]) -> Result<(), StoreError> {
+        for op in ops {
+            self.registry.apply(op);
+        }
+        Ok(())
+    }
+}
+
+/// The registry in an embedded redb file.
+pub struct RedbStore {
+    path: PathBuf,
+    db: Database,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn is_corruption(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Corrupted(_)
+        | redb::Error::UpgradeRequired(_)
+        | redb::Error::TypeDefinitionChanged { .. } => true,
+        // A file that is not a redb file at all (bad magic number).
+        redb::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating it (and its directory) when absent, and checks
+    /// that it can be read.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(redb::Error::Io(e)),
+            })?;
+        }
+        let db = Database::create(&path).map_err(|e| {
+            let e = redb::Error::from(e);
+            if matches!(e, redb::Error::DatabaseAlreadyOpen) {
+                StoreError::InUse { path: path.clone() }
+            } else if is_corruption(&e) {
+                StoreError::Corrupt {
+                    path: path.clone(),
+                    why: e.to_string(),
+                }
+            } else {
+                StoreError::Open {
+                    path: path.clone(),
+                    source: Box::new(e),
+                }
+            }
+        })?;
+        let store = Self { path, db };
+        // Create the tables, so reads never meet a missing one.
+        store.write(|_| Ok(()))?;
+        store.load()?;
+        Ok(store)
+    }
+
+    fn io(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if is_corruption(&e) {
+            StoreError::Corrupt {
+                path: self.path.clone(),
+                why: e.to_string(),
+            }
+        } else {
+            StoreError::Io {
+                path: self.path.clone(),
+                source: Box::new(e),
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<(), Box<redb::Error>>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        for table in [AGENTS, FRAMEWORKS, WEIGHTS, QUOTAS] {
+            txn.open_table(table).map_err(|e| self.io(e))?;
+        }
+        body(&txn).map_err(|e| self.io(*e))?;
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    fn read_table<T: serde::de::DeserializeOwned>(
+        &self,
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<'_, &str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let t = txn.open_table(table).map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(|e| self.io(e))? {
+            let (k, v) = entry.map_err(|e| self.io(e))?;
+            let key = k.value().to_owned();
+            let value = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                why: format!("record {key:?} of table {}: {e}", table.name()),
+            })?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+}
+
+/// Boxes a redb error (they are large).
+fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
+    Box::new(e.into())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("registry records serialize")
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Registry, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        Ok(Registry {
+            agents: self.read_table(&txn, AGENTS)?.into_iter().collect(),
+            frameworks: self.read_table(&txn, FRAMEWORKS)?.into_iter().collect(),
+            weights: self.read_table(&txn, WEIGHTS)?.into_iter().collect(),
+            quotas: self.read_table(&txn, QUOTAS)?.into_iter().collect(),
+        })
+    }
+
+    fn apply(&mut self, ops: &[RegistryOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            for op in ops {
+                match op {
+                    RegistryOp::PutAgent(id, r) => {
+                        txn.open_table(AGENTS)
+                            .map_err(boxed)?
+                            .insert(id.as_str(), json(r).as_slice())
+                            .map_err(boxed)?;
+                    }
+                    RegistryOp::PutFramework(id, r) => {
+                        txn.open_table(FRAMEWORKS)
+                            .map_err(boxed)?
+                            .insert(id.as_str(), json(r).as_slice())
+                            .map_err(boxed)?;
+                    }
+                    RegistryOp::RemoveFramework(id) => {
+                        txn.open_table(FRAMEWORKS)
+                            .map_err(boxed)?
+                            .remove(id.as_str())
+                            .map_err(boxed)?;
+                    }
+                    RegistryOp::PutWeight(role, w) => {
+                        let mut t = txn.open_table(WEIGHTS).map_err(boxed)?;
+                        if *w == 1.0 {
+                            t.remove(role.as_str()).map_err(boxed)?;
+                        } else {
+                            t.insert(role.as_str(), json(w).as_slice()).map_err(boxed)?;
+                        }
+                    }
+                    RegistryOp::PutQuota(role, q) => {
+                        txn.open_table(QUOTAS)
+                            .map_err(boxed)?
+                            .insert(role.as_str(), json(q).as_slice())
+                            .map_err(boxed)?;
+                    }
+                    RegistryOp::RemoveQuota(role) => {
+                        txn.open_table(QUOTAS)
+                            .map_err(boxed)?
+                            .remove(role.as_str())
+                            .map_err(boxed)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::registry::{AgentRecord, FrameworkRecord, QuotaRecord, StoredResource};
+
+    fn ops() -> Vec<RegistryOp> {
+        let cpus = |v: f64, role: &str| StoredResource {
+            name: "cpus".into(),
+            role: role.into(),
+            scalar: Some(v),
+            ranges: vec![],
+            set: vec![],
+        };
+        vec![
+            RegistryOp::PutAgent(
+                "a1".into(),
+                AgentRecord {
+                    hostname: "h1".into(),
+                    dynamic: vec![cpus(2.0, "eng")],
+                    mode: "deactivated".into(),
+                },
+            ),
+            RegistryOp::PutFramework(
+                "f1".into(),
+                FrameworkRecord {
+                    name: "one".into(),
+                    roles: vec!["eng".into()],
+                    failover_timeout_seconds: 60.0,
+                    partition_aware: true,
+                    registered_at: 1.0,
+                    disconnected_at: Some(2.0),
+                },
+            ),
+            RegistryOp::PutFramework("f2".into(), FrameworkRecord::default()),
+            RegistryOp::RemoveFramework("f2".into()),
+            RegistryOp::PutWeight("eng".into(), 2.0),
+            RegistryOp::PutWeight("ads".into(), 3.0),
+            RegistryOp::PutWeight("ads".into(), 1.0),
+            RegistryOp::PutQuota(
+                "eng".into(),
+                QuotaRecord {
+                    guarantee: vec![cpus(10.0, "")],
+                    limit: vec![cpus(20.0, "")],
+                },
+            ),
+            RegistryOp::PutQuota("ads".into(), QuotaRecord::default()),
+            RegistryOp::RemoveQuota("ads".into()),
+        ]
+    }
+
+    #[test]
+    fn redb_keeps_what_memory_keeps_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("registry.redb");
+        let mut memory = MemoryStore::default();
+        memory.apply(&ops()).expect("memory");
+        {
+            let mut store = RedbStore::open(&path).expect("open");
+            assert_eq!(store.load().expect("load"), Registry::default());
+            store.apply(&ops()[..3]).expect("apply");
+            store.apply(&ops()[3..]).expect("apply");
+            // A second allocator on the same file is refused while this one holds it.
+            let err = RedbStore::open(&path).unwrap_err();
+            assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded, memory.load().expect("memory"));
+        assert_eq!(loaded.frameworks.len(), 1);
+        assert_eq!(loaded.weights.len(), 1);
+        assert_eq!(loaded.quotas.len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.redb");
+        std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("write");
+        let err = RedbStore::open(&path).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains("is corrupt") && text.contains("move it away"),
+            "{text}"
+        );
+    }
+}
