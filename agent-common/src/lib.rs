@@ -32,6 +32,37 @@ pub const MAP_NET_INGRESS: &str = "NET_INGRESS";
 /// Per-CPU hash map [`CgroupId`] → [`NetCounters`] for sent packets.
 pub const MAP_NET_EGRESS: &str = "NET_EGRESS";
 
+/// cgroup_device program: allows a device access only when [`MAP_DEVICE_RULES`] has a rule for
+/// the accessing task's cgroup, the device and the access.
+pub const PROG_DEVICE: &str = "device_allowlist";
+/// Hash map [`DeviceKey`] words → `u32` allowed accesses ([`DEVICE_ACC_MKNOD`] |
+/// [`DEVICE_ACC_READ`] | [`DEVICE_ACC_WRITE`]).
+pub const MAP_DEVICE_RULES: &str = "DEVICE_RULES";
+/// The most device rules the map holds (for every task together).
+pub const MAX_DEVICE_RULES: u32 = 65_536;
+/// A rule's minor that matches every minor of its major (e.g. all of /dev/pts).
+pub const DEVICE_ANY_MINOR: u32 = u32::MAX;
+/// Block devices (the kernel's BPF_DEVCG_DEV_BLOCK).
+pub const DEVICE_BLOCK: u32 = 1;
+/// Character devices (BPF_DEVCG_DEV_CHAR).
+pub const DEVICE_CHAR: u32 = 2;
+/// mknod (BPF_DEVCG_ACC_MKNOD).
+pub const DEVICE_ACC_MKNOD: u32 = 1;
+/// Read (BPF_DEVCG_ACC_READ).
+pub const DEVICE_ACC_READ: u32 = 2;
+/// Write (BPF_DEVCG_ACC_WRITE).
+pub const DEVICE_ACC_WRITE: u32 = 4;
+
+/// The key of [`MAP_DEVICE_RULES`] as three `u64` words (a plain-old-data type on both sides):
+/// the cgroup id, then `kind << 32 | major`, then the minor (or [`DEVICE_ANY_MINOR`]).
+pub type DeviceKey = [u64; 3];
+
+/// Builds a [`DeviceKey`].
+#[must_use]
+pub const fn device_key(cgroup: CgroupId, kind: u32, major: u32, minor: u32) -> DeviceKey {
+    [cgroup, ((kind as u64) << 32) | major as u64, minor as u64]
+}
+
 /// Bytes and packets seen by a cgroup_skb program; the value of [`MAP_NET_INGRESS`] and
 /// [`MAP_NET_EGRESS`].
 ///
@@ -83,6 +114,15 @@ impl NetCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_keys_pack_kind_and_major() {
+        assert_eq!(device_key(7, DEVICE_CHAR, 1, 5), [7, (2u64 << 32) | 1, 5]);
+        assert_eq!(
+            device_key(7, DEVICE_CHAR, 136, DEVICE_ANY_MINOR)[2],
+            u64::from(u32::MAX)
+        );
+    }
 
     #[test]
     fn words_round_trip_in_field_order() {

@@ -15,10 +15,17 @@
 //!   so they are delivered in order and resent until acknowledged, also across reconnects.
 //! - A task is forgotten only once its terminal update has been acknowledged; until then it is
 //!   listed (with its latest status) in every registration.
-//! - When the agent stops (its shutdown future resolves, or the allocator says Shutdown) it
-//!   kills every task (SIGTERM, grace, SIGKILL) and, while connected, waits a short while for
-//!   their terminal updates to be acknowledged. This is a stop-gap until per-task supervisors
-//!   let tasks outlive the agent.
+//! - Every launched task is checkpointed in its run directory (`task.pb`, then `updates.pb`
+//!   with its latest status and unacknowledged updates, written before each update is sent), so
+//!   a restarted agent re-attaches to the tasks still running under their supervisors, reports
+//!   the exits that happened while it was down exactly once, and resends what was not
+//!   acknowledged. A torn or corrupt checkpoint is logged as a clear error and the task is
+//!   recovered from what else is known; it is never dropped while it runs.
+//! - When the agent stops (its shutdown future resolves) supervised tasks keep running, unless
+//!   [`AgentConfig::kill_tasks_on_shutdown`] is set or the containerizer's tasks cannot outlive
+//!   the agent; then, as on the allocator's Shutdown, it kills every task (SIGTERM, grace,
+//!   SIGKILL) and, while connected, waits a short while for their terminal updates to be
+//!   acknowledged.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,10 +45,12 @@ use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tracing::{Instrument, Span};
 
+use crate::cgroup::{MemoryOom, RootPlacement};
 use crate::checkpoint::{self, CheckpointError};
 use crate::connection::{self, ConnEvent};
 use crate::containerizer::{Containerizer, ExitStatus, LaunchSpec, ProcessContainerizer};
 use crate::discovery::{self, DiscoveryError, HostRoots, Overrides};
+use crate::linux::{LinuxConfig, LinuxContainerizer};
 use crate::status::{AckOutcome, StatusUpdateManager, TaskKey};
 
 /// Heartbeat interval used when the allocator does not give a usable one.
@@ -81,6 +90,41 @@ pub struct AgentConfig {
     /// Load and attach the eBPF accounting programs at the agent's own unified cgroup; default
     /// true. A program that cannot load is a warning, never fatal.
     pub ebpf: bool,
+    /// How tasks are isolated; default [`Isolation::Auto`].
+    pub isolation: Isolation,
+    /// Where the agent's cgroup subtree is, relative to each hierarchy's mount (the agent's own
+    /// cgroup or below it, e.g. `/system.slice/strata-agent.service`); default
+    /// `<own cgroup>/strata-<hash of the work dir>`.
+    pub cgroup_root: Option<PathBuf>,
+    /// pids.max of tasks that set no limit; default 4096.
+    pub default_pids_limit: u64,
+    /// How long the sandbox of an ended task is kept for debugging; default 1 hour.
+    pub sandbox_gc_delay: Duration,
+    /// The `strata-agent` binary that supervises tasks (`supervise`, `task-init` modes);
+    /// default: this process's binary when it is `strata-agent`, else a `strata-agent` next to
+    /// it. Without one, tasks get cgroups but no namespaces.
+    pub agent_exe: Option<PathBuf>,
+    /// The user tasks run as when their command names none; default `nobody`.
+    pub task_user: String,
+    /// Whether tasks may run as root; default false.
+    pub allow_root_tasks: bool,
+    /// Kill every task when the agent stops (its shutdown future resolves); default false:
+    /// supervised tasks keep running and the next agent re-attaches to them. Tasks that cannot
+    /// outlive the agent (no supervisor) are always killed. An allocator's Shutdown always
+    /// kills.
+    pub kill_tasks_on_shutdown: bool,
+}
+
+/// How the agent isolates tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// cgroups when the host allows it (root, cgroup2 mounted), else plain processes with a
+    /// warning.
+    Auto,
+    /// cgroups, or the agent does not start.
+    Cgroups,
+    /// Plain processes in their own process group (no limits).
+    None,
 }
 
 impl AgentConfig {
@@ -100,6 +144,25 @@ impl AgentConfig {
             status_update_retry: Duration::from_secs(10),
             reconnect_backoff_max: Duration::from_secs(5),
             ebpf: true,
+            isolation: Isolation::Auto,
+            cgroup_root: None,
+            default_pids_limit: 4096,
+            sandbox_gc_delay: Duration::from_secs(3600),
+            agent_exe: None,
+            task_user: "nobody".to_owned(),
+            allow_root_tasks: false,
+            kill_tasks_on_shutdown: false,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Where the agent's cgroup subtree is: the configured root, or
+    /// `<own cgroup>/strata-<hash of the work dir>`.
+    pub fn cgroup_placement(&self) -> RootPlacement {
+        match &self.cgroup_root {
+            Some(path) => RootPlacement::Path(path.clone()),
+            None => RootPlacement::BelowOwn(default_cgroup_name(&self.work_dir)),
         }
     }
 }
@@ -133,6 +196,9 @@ pub enum AgentError {
     /// The host's resources could not be discovered.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// Task isolation was required but cannot be set up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 /// Loads the eBPF programs at the agent's own unified cgroup, logging which attached. Failures
@@ -180,9 +246,93 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let containerizer: Arc<dyn Containerizer> =
-        Arc::new(ProcessContainerizer::new(config.work_dir.clone()));
-    run_with_containerizer(config, containerizer, shutdown).await
+    allocator_uri(&config.allocator)?;
+    tokio::fs::create_dir_all(&config.work_dir)
+        .await
+        .map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+    let containerizer = containerizer_for(&config)?;
+    let result = run_with_containerizer(config, containerizer.clone(), shutdown).await;
+    if result.is_err() {
+        containerizer.cleanup();
+    }
+    result
+}
+
+/// `strata-<16 hex digits>`: a cgroup name for the agent with this work dir, stable across its
+/// restarts and distinct for agents sharing a cgroup.
+fn default_cgroup_name(work_dir: &std::path::Path) -> String {
+    let canonical = work_dir
+        .canonicalize()
+        .unwrap_or_else(|_| work_dir.to_path_buf());
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in canonical.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("strata-{hash:016x}")
+}
+
+/// The binary that supervises tasks; see [`AgentConfig::agent_exe`].
+fn supervisor_exe(config: &AgentConfig) -> Option<PathBuf> {
+    if let Some(exe) = &config.agent_exe {
+        return Some(exe.clone());
+    }
+    let me = std::env::current_exe().ok()?;
+    if me.file_name().is_some_and(|n| n == "strata-agent") {
+        return Some(me);
+    }
+    let sibling = me.with_file_name("strata-agent");
+    sibling.is_file().then_some(sibling)
+}
+
+/// The containerizer the configuration asks for.
+fn containerizer_for(config: &AgentConfig) -> Result<Arc<dyn Containerizer>, AgentError> {
+    if config.isolation == Isolation::None {
+        tracing::info!("tasks run as plain processes (--isolation none): no limits are enforced");
+        return Ok(Arc::new(ProcessContainerizer::new(config.work_dir.clone())));
+    }
+    let placement = config.cgroup_placement();
+    let roots = HostRoots::default();
+    match crate::cgroup::detect(&roots.proc, &roots.cgroup, &placement) {
+        Ok(backend) => {
+            let mut linux = LinuxConfig::new(config.work_dir.clone());
+            linux.default_pids_limit = config.default_pids_limit;
+            linux.supervisor_exe = supervisor_exe(config);
+            linux.default_user = config.task_user.clone();
+            linux.allow_root = config.allow_root_tasks;
+            match &linux.supervisor_exe {
+                Some(exe) => {
+                    tracing::info!(supervisor = %exe.display(), user = %linux.default_user,
+                    "tasks run under per-task supervisors with their own namespaces")
+                }
+                None => tracing::warn!(
+                    "no strata-agent binary to supervise tasks: tasks get cgroups but no namespaces; set AgentConfig::agent_exe"
+                ),
+            }
+            let mut containerizer = LinuxContainerizer::new(linux, Arc::from(backend));
+            match crate::ebpf::DeviceControl::load() {
+                Ok(devices) => {
+                    tracing::info!(
+                        "device control on: tasks may use only the standard devices and the ones they name"
+                    );
+                    containerizer = containerizer.with_device_control(devices);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "device control is off: tasks can use every device node they can reach");
+                }
+            }
+            Ok(Arc::new(containerizer))
+        }
+        Err(e) if config.isolation == Isolation::Auto => {
+            tracing::warn!(error = %e, "tasks run as plain processes without limits: cgroups cannot be set up");
+            Ok(Arc::new(ProcessContainerizer::new(config.work_dir.clone())))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`run`] with another containerizer.
@@ -288,10 +438,15 @@ async fn start(
         task_events: task_tx,
         session: None,
         stopping: None,
+        next_gc: Instant::now() + Duration::from_secs(60),
         span,
     };
+    let containerizer = agent.containerizer.clone();
+    let mut agent = agent;
+    agent.recover_tasks();
     agent.run_loop(shutdown, conn_rx, task_rx).await;
     connection.abort();
+    containerizer.cleanup();
     Ok(())
 }
 
@@ -349,6 +504,7 @@ enum TaskEvent {
         key: TaskKey,
         result: Result<ExitStatus, String>,
         killed: Option<String>,
+        oom: Option<MemoryOom>,
     },
 }
 
@@ -380,6 +536,8 @@ struct Session {
 struct Stopping {
     /// Set once every task is terminal: when to stop waiting for acknowledgements.
     drain_deadline: Option<Instant>,
+    /// Whether the tasks are being killed (else they are left running).
+    killing: bool,
 }
 
 struct Agent {
@@ -393,6 +551,8 @@ struct Agent {
     task_events: mpsc::UnboundedSender<TaskEvent>,
     session: Option<Session>,
     stopping: Option<Stopping>,
+    /// When to garbage-collect old sandboxes next.
+    next_gc: Instant,
     span: Span,
 }
 
@@ -434,12 +594,15 @@ impl Agent {
             let drain_at = self.stopping.as_ref().and_then(|s| s.drain_deadline);
             tokio::select! {
                 () = &mut shutdown, if self.stopping.is_none() => {
-                    self.begin_stopping("killed because the agent is shutting down");
+                    let kill = self.config.kill_tasks_on_shutdown
+                        || !self.containerizer.tasks_survive_the_agent();
+                    self.begin_stopping("killed because the agent is shutting down", kill);
                 }
                 Some(event) = conn_rx.recv() => self.on_connection(event),
                 Some(event) = task_rx.recv() => self.on_task_event(event),
                 () = sleep_until(heartbeat_at) => self.heartbeat(),
                 () = sleep_until(retry_at) => self.resend_due(),
+                () = sleep_until(Some(self.next_gc)) => self.gc_sandboxes(),
                 () = sleep_until(drain_at) => {
                     tracing::warn!(
                         pending_tasks = self.tasks.len(),
@@ -450,6 +613,23 @@ impl Agent {
             }
         }
         tracing::info!("agent stopped");
+    }
+
+    /// Removes the sandboxes of tasks that ended more than `sandbox_gc_delay` ago.
+    fn gc_sandboxes(&mut self) {
+        let delay = self.config.sandbox_gc_delay;
+        self.next_gc =
+            Instant::now() + (delay / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let live: std::collections::HashSet<TaskKey> = self.tasks.keys().cloned().collect();
+        let work_dir = self.config.work_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let removed = crate::linux::gc_sandboxes(&work_dir, delay, &|fw, task| {
+                live.contains(&TaskKey::new(fw.to_owned(), task.to_owned()))
+            });
+            if removed > 0 {
+                tracing::info!(removed, "removed old sandboxes");
+            }
+        });
     }
 
     fn registered(&self) -> bool {
@@ -465,6 +645,10 @@ impl Agent {
         let Some(stopping) = &mut self.stopping else {
             return false;
         };
+        if !stopping.killing {
+            // Updates are checkpointed: the next agent resends what is unacknowledged.
+            return true;
+        }
         if !all_terminal {
             return false;
         }
@@ -591,10 +775,13 @@ impl Agent {
             allocator_message::Message::Acknowledge(ack) => self.on_ack(ack),
             allocator_message::Message::Shutdown(shutdown) => {
                 tracing::info!(reason = %shutdown.reason, "the allocator asked this agent to shut down");
-                self.begin_stopping(&format!(
-                    "killed because the allocator shut the agent down: {}",
-                    shutdown.reason
-                ));
+                self.begin_stopping(
+                    &format!(
+                        "killed because the allocator shut the agent down: {}",
+                        shutdown.reason
+                    ),
+                    true,
+                );
             }
         }
     }
@@ -679,6 +866,21 @@ impl Agent {
             );
             return;
         }
+        if crate::cgroup::check_name(&key.framework_id).is_ok()
+            && crate::cgroup::check_name(&key.task_id).is_ok()
+        {
+            let run = crate::containerizer::run_dir(
+                &self.config.work_dir,
+                &key.framework_id,
+                &key.task_id,
+            );
+            let saved = std::fs::create_dir_all(&run)
+                .map_err(|e| e.to_string())
+                .and_then(|()| checkpoint::save_task(&run, &task).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::error!(error = %e, "cannot checkpoint the task; it will not be recovered after an agent restart");
+            }
+        }
         self.update(
             &key,
             TaskState::Starting,
@@ -723,6 +925,133 @@ impl Agent {
         });
     }
 
+    /// Writes the task's latest status and unacknowledged updates to its run directory.
+    fn persist(&self, key: &TaskKey) {
+        let Some(task) = self.tasks.get(key) else {
+            return;
+        };
+        if crate::cgroup::check_name(&key.framework_id).is_err()
+            || crate::cgroup::check_name(&key.task_id).is_err()
+        {
+            return;
+        }
+        let run =
+            crate::containerizer::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id);
+        if !run.join(checkpoint::TASK_FILE).is_file() {
+            return;
+        }
+        let pending = self.updates.pending_updates(key);
+        if let Err(e) = checkpoint::save_updates(&run, &task.latest, &pending) {
+            tracing::error!(framework_id = %key.framework_id, task_id = %key.task_id, error = %e,
+                "cannot checkpoint the task's status updates; after an agent restart they may be lost");
+        }
+    }
+
+    /// Re-attaches to the tasks checkpointed under the work dir by an earlier agent: restores
+    /// their latest status and unacknowledged updates, and watches the ones still running (or
+    /// reports how they ended while the agent was down).
+    fn recover_tasks(&mut self) {
+        let runs = self.config.work_dir.join("runs");
+        let Ok(frameworks) = std::fs::read_dir(&runs) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut recovered = 0;
+        for fw in frameworks.flatten() {
+            let Ok(tasks) = std::fs::read_dir(fw.path()) else {
+                continue;
+            };
+            let framework_id = fw.file_name().to_string_lossy().into_owned();
+            for entry in tasks.flatten() {
+                let task_id = entry.file_name().to_string_lossy().into_owned();
+                let run = entry.path();
+                let has_checkpoint = run.join(checkpoint::TASK_FILE).exists();
+                if !has_checkpoint {
+                    continue;
+                }
+                let key = TaskKey::new(framework_id.clone(), task_id.clone());
+                let span = tracing::info_span!(parent: &self.span, "task",
+                    framework_id = %key.framework_id, task_id = %key.task_id);
+                let _entered = span.enter();
+                let info = match checkpoint::load_task(&run) {
+                    Ok(Some(info)) => info,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "recovering the task without its launch record");
+                        TaskInfo {
+                            task_id: task_id.clone(),
+                            ..TaskInfo::default()
+                        }
+                    }
+                };
+                let (latest, pending) = match checkpoint::load_updates(&run) {
+                    Ok(Some(updates)) => updates,
+                    Ok(None) => (
+                        TaskStatus {
+                            task_id: task_id.clone(),
+                            framework_id: framework_id.clone(),
+                            state: TaskState::Staging as i32,
+                            ..TaskStatus::default()
+                        },
+                        Vec::new(),
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "recovering the task without its checkpointed updates");
+                        (
+                            TaskStatus {
+                                task_id: task_id.clone(),
+                                framework_id: framework_id.clone(),
+                                state: TaskState::Running as i32,
+                                ..TaskStatus::default()
+                            },
+                            Vec::new(),
+                        )
+                    }
+                };
+                for status in pending {
+                    self.updates.restore(status, now);
+                }
+                let terminal = latest.state().is_terminal();
+                let (kill_tx, kill_rx) = mpsc::unbounded_channel();
+                self.tasks.insert(
+                    key.clone(),
+                    Task {
+                        info,
+                        latest,
+                        kill: (!terminal).then_some(kill_tx),
+                        span: span.clone(),
+                    },
+                );
+                recovered += 1;
+                if terminal {
+                    continue;
+                }
+                match self.containerizer.recover(&framework_id, &task_id) {
+                    Ok(container) => {
+                        tracing::info!(pid = ?container.pid(), "re-attached to a running task");
+                        tokio::spawn(
+                            watch(container, key, kill_rx, self.task_events.clone())
+                                .instrument(span.clone()),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-attach to the task");
+                        self.update(
+                            &key,
+                            TaskState::Failed,
+                            TaskReason::AgentRestarted,
+                            e.to_string(),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(tasks = recovered, "recovered tasks from the checkpoint");
+        }
+    }
+
     fn grace_period(&self, task: &TaskInfo, requested: Option<f64>) -> Duration {
         requested
             .or((task.kill_grace_period_seconds > 0.0).then_some(task.kill_grace_period_seconds))
@@ -739,7 +1068,14 @@ impl Agent {
                 }
                 if terminal && let Some(task) = self.tasks.remove(&key) {
                     let _entered = task.span.enter();
+                    checkpoint::forget_task(&crate::containerizer::run_dir(
+                        &self.config.work_dir,
+                        &key.framework_id,
+                        &key.task_id,
+                    ));
                     tracing::info!("terminal update acknowledged; task forgotten");
+                } else {
+                    self.persist(&key);
                 }
             }
             AckOutcome::Stale => {
@@ -783,8 +1119,15 @@ impl Agent {
                 key,
                 result,
                 killed,
+                oom,
             } => {
                 let (state, reason, message, exit) = match (result, killed) {
+                    (Ok(status), None) if !status.success() && oom.is_some() => (
+                        TaskState::Failed,
+                        TaskReason::ContainerLimitationMemory,
+                        oom.map(|o| oom_message(&o, status)).unwrap_or_default(),
+                        Some(status),
+                    ),
                     (Ok(status), Some(why)) => (
                         TaskState::Killed,
                         TaskReason::TaskKilled,
@@ -861,20 +1204,30 @@ impl Agent {
         if state.is_terminal() {
             task.kill = None;
         }
+        // Checkpointed before it is sent, so an update is never made twice.
+        self.persist(key);
         if queued.send_now {
             self.send_update(queued.status);
         }
     }
 
-    fn begin_stopping(&mut self, why: &str) {
+    fn begin_stopping(&mut self, why: &str, kill: bool) {
         if self.stopping.is_some() {
             return;
         }
         let running = self.tasks.values().filter(|t| !t.is_terminal()).count();
-        tracing::info!(tasks = running, "stopping: killing every task");
         self.stopping = Some(Stopping {
             drain_deadline: None,
+            killing: kill,
         });
+        if !kill {
+            tracing::info!(
+                tasks = running,
+                "stopping; tasks keep running under their supervisors and the next agent re-attaches to them"
+            );
+            return;
+        }
+        tracing::info!(tasks = running, "stopping: killing every task");
         for task in self.tasks.values() {
             if let Some(kill_tx) = &task.kill {
                 let _ = kill_tx.send(KillRequest {
@@ -913,6 +1266,16 @@ async fn supervise(
         key: key.clone(),
         pid: container.pid(),
     });
+    watch(container, key, kills, events).await;
+}
+
+/// Watches a running task until it ends (or is killed on request) and reports how it ended.
+async fn watch(
+    container: Box<dyn crate::containerizer::Container>,
+    key: TaskKey,
+    mut kills: mpsc::UnboundedReceiver<KillRequest>,
+    events: mpsc::UnboundedSender<TaskEvent>,
+) {
     let (result, killed) = tokio::select! {
         result = container.wait() => (result, None),
         Some(kill) = kills.recv() => (container.kill(kill.grace).await, Some(kill.why)),
@@ -921,7 +1284,30 @@ async fn supervise(
         key,
         result: result.map_err(|e| e.to_string()),
         killed,
+        oom: container.memory_oom(),
     });
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `memory limit of 64.0 MiB reached: the kernel's OOM killer ended the task (peak usage
+/// 64.0 MiB, 1 process killed; killed by signal 9 (SIGKILL))`.
+fn oom_message(oom: &MemoryOom, status: ExitStatus) -> String {
+    let limit = oom.limit_bytes.map_or_else(
+        || "memory limit".to_owned(),
+        |l| format!("memory limit of {}", mib(l)),
+    );
+    let peak = oom.peak_bytes.map_or_else(
+        || "peak usage unknown".to_owned(),
+        |p| format!("peak usage {}", mib(p)),
+    );
+    format!(
+        "{limit} reached: the kernel's OOM killer ended the task ({peak}, {} process{} killed; {status})",
+        oom.oom_kills,
+        if oom.oom_kills == 1 { "" } else { "es" }
+    )
 }
 
 #[cfg(test)]

@@ -38,6 +38,16 @@ pub enum CheckpointError {
         /// What is wrong with its content.
         reason: String,
     },
+    /// A task checkpoint file is torn or corrupt.
+    #[error(
+        "the task checkpoint {path} is corrupt ({reason}): the task is recovered from what else is known; remove the file once the task is no longer needed"
+    )]
+    CorruptTask {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A checkpoint file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -51,6 +61,17 @@ pub enum CheckpointError {
 /// Replaces `path` with `contents` atomically: temporary file in the same directory, fsync,
 /// rename, fsync of the directory.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), CheckpointError> {
+    write_atomic_with(path, contents, true)
+}
+
+/// Like [`write_atomic`] without the fsyncs: readers never see a torn file, but the write may
+/// not survive a crash of the host. For files that describe processes, which do not survive one
+/// either (a supervisor's pid, a task's exit status, its spec).
+pub fn write_atomic_volatile(path: &Path, contents: &[u8]) -> Result<(), CheckpointError> {
+    write_atomic_with(path, contents, false)
+}
+
+fn write_atomic_with(path: &Path, contents: &[u8], durable: bool) -> Result<(), CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: path.to_path_buf(),
         source,
@@ -76,9 +97,14 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), CheckpointError>
             .truncate(true)
             .open(&tmp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         // Best effort: do not leave the temporary file behind.
@@ -117,6 +143,98 @@ pub fn load_agent_id(work_dir: &Path) -> Result<Option<String>, CheckpointError>
 /// Persists the agent id in `<work_dir>/agent_id` (atomically).
 pub fn save_agent_id(work_dir: &Path, agent_id: &str) -> Result<(), CheckpointError> {
     write_atomic(&work_dir.join(AGENT_ID_FILE), agent_id.as_bytes())
+}
+
+/// The task's launch record in its run directory: framework id and TaskInfo.
+pub const TASK_FILE: &str = "task.pb";
+/// The task's latest status and its unacknowledged updates.
+pub const UPDATES_FILE: &str = "updates.pb";
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CheckpointError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Checkpoints a launched task (atomically) in its run directory.
+pub fn save_task(run_dir: &Path, task: &strata_proto::TaskInfo) -> Result<(), CheckpointError> {
+    use prost::Message as _;
+    write_atomic(&run_dir.join(TASK_FILE), &task.encode_to_vec())
+}
+
+/// The checkpointed task of a run directory; `None` when there is none (never launched, or
+/// forgotten).
+pub fn load_task(run_dir: &Path) -> Result<Option<strata_proto::TaskInfo>, CheckpointError> {
+    use prost::Message as _;
+    let path = run_dir.join(TASK_FILE);
+    let Some(bytes) = read_optional(&path)? else {
+        return Ok(None);
+    };
+    strata_proto::TaskInfo::decode(bytes.as_slice())
+        .map(Some)
+        .map_err(|e| CheckpointError::CorruptTask {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+/// Checkpoints a task's latest status followed by its unacknowledged updates, in order.
+pub fn save_updates(
+    run_dir: &Path,
+    latest: &strata_proto::TaskStatus,
+    pending: &[strata_proto::TaskStatus],
+) -> Result<(), CheckpointError> {
+    use prost::Message as _;
+    let mut buf = Vec::new();
+    for status in std::iter::once(latest).chain(pending) {
+        status
+            .encode_length_delimited(&mut buf)
+            .map_err(|e| CheckpointError::Write {
+                path: run_dir.join(UPDATES_FILE),
+                source: io::Error::other(e.to_string()),
+            })?;
+    }
+    write_atomic(&run_dir.join(UPDATES_FILE), &buf)
+}
+
+/// A task's checkpointed latest status and unacknowledged updates; `None` when there are none.
+pub fn load_updates(
+    run_dir: &Path,
+) -> Result<Option<(strata_proto::TaskStatus, Vec<strata_proto::TaskStatus>)>, CheckpointError> {
+    use prost::Message as _;
+    let path = run_dir.join(UPDATES_FILE);
+    let Some(bytes) = read_optional(&path)? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: String| CheckpointError::CorruptTask {
+        path: path.clone(),
+        reason,
+    };
+    let mut rest = bytes.as_slice();
+    let mut all = Vec::new();
+    while !rest.is_empty() {
+        let status = strata_proto::TaskStatus::decode_length_delimited(&mut rest)
+            .map_err(|e| corrupt(e.to_string()))?;
+        all.push(status);
+    }
+    let mut all = all.into_iter();
+    let latest = all
+        .next()
+        .ok_or_else(|| corrupt("it is empty".to_owned()))?;
+    Ok(Some((latest, all.collect())))
+}
+
+/// Forgets a task's checkpoint (its terminal update was acknowledged); the run directory and
+/// sandbox stay until garbage collection.
+pub fn forget_task(run_dir: &Path) {
+    for file in [TASK_FILE, UPDATES_FILE] {
+        let _ = fs::remove_file(run_dir.join(file));
+    }
 }
 
 #[cfg(test)]
@@ -178,5 +296,45 @@ mod tests {
         let path = dir.path().join("missing").join("file");
         let err = write_atomic(&path, b"x").unwrap_err();
         assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn task_checkpoints_round_trip_and_corruption_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        assert!(load_task(run).unwrap().is_none());
+        assert!(load_updates(run).unwrap().is_none());
+        let task = strata_proto::TaskInfo {
+            task_id: "t".to_owned(),
+            ..strata_proto::TaskInfo::default()
+        };
+        save_task(run, &task).unwrap();
+        assert_eq!(load_task(run).unwrap(), Some(task));
+        let status = |state: strata_proto::TaskState| strata_proto::TaskStatus {
+            task_id: "t".to_owned(),
+            state: state as i32,
+            uuid: vec![1; 16],
+            ..strata_proto::TaskStatus::default()
+        };
+        let latest = status(strata_proto::TaskState::Running);
+        let pending = vec![status(strata_proto::TaskState::Running)];
+        save_updates(run, &latest, &pending).unwrap();
+        assert_eq!(load_updates(run).unwrap(), Some((latest, pending)));
+
+        // A torn file: cut in the middle of a record.
+        let bytes = fs::read(run.join(UPDATES_FILE)).unwrap();
+        fs::write(run.join(UPDATES_FILE), &bytes[..bytes.len() - 3]).unwrap();
+        let err = load_updates(run).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::CorruptTask { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(UPDATES_FILE), "{err}");
+        fs::write(run.join(TASK_FILE), b"\xff\xff\xff").unwrap();
+        let err = load_task(run).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+
+        forget_task(run);
+        assert!(load_task(run).unwrap().is_none());
     }
 }

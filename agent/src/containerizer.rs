@@ -1,9 +1,9 @@
 //! Launching tasks: the [`Containerizer`] trait the agent launches every task through, and
 //! [`ProcessContainerizer`], which runs a task's command as a plain child process.
 //!
-//! The real isolating containerizer (cgroups, namespaces, a per-task supervisor) plugs in behind
-//! the same trait later; the agent only ever sees [`Container`]s that can be waited on and
-//! killed.
+//! The isolating containerizer (cgroups, namespaces, a per-task supervisor) is
+//! [`crate::linux::LinuxContainerizer`], behind the same trait; the agent only ever sees
+//! [`Container`]s that can be waited on, killed and re-attached to.
 //!
 //! Invariants of [`ProcessContainerizer`]:
 //! - Each task runs in its own process group (`process_group(0)`), with its sandbox
@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use strata_proto::TaskInfo;
+use strata_proto::{CommandInfo, TaskInfo};
 use tokio::sync::watch;
 
 use crate::checkpoint::{self, CheckpointError};
@@ -152,6 +152,44 @@ pub enum ContainerizerError {
         /// The underlying error.
         source: CheckpointError,
     },
+    /// The user or group to run as does not exist.
+    #[error(
+        "task {task_id:?} asks to run as {what} {name:?}, which does not exist on this host: create it or name another"
+    )]
+    UnknownUser {
+        /// The task.
+        task_id: String,
+        /// "user" or "group".
+        what: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The task would run as root and the agent does not allow it.
+    #[error(
+        "task {task_id:?} would run as root (user {user:?}): name an unprivileged user in command.user, or start the agent with --allow-root-tasks"
+    )]
+    RootRefused {
+        /// The task.
+        task_id: String,
+        /// The user asked for.
+        user: String,
+    },
+    /// The task asks for something invalid (a capability or rlimit name).
+    #[error("task {task_id:?} is invalid: {reason}")]
+    InvalidTask {
+        /// The task.
+        task_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The task's cgroup could not be set up.
+    #[error("cannot set up the cgroup of task {task_id:?}: {source}")]
+    Cgroup {
+        /// The task.
+        task_id: String,
+        /// The underlying error.
+        source: crate::cgroup::CgroupError,
+    },
     /// The containerizer lost track of the task's process.
     #[error("lost track of task {task_id:?}: {reason}")]
     Lost {
@@ -189,6 +227,31 @@ pub trait Containerizer: Send + Sync + fmt::Debug {
         &'a self,
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Container>, ContainerizerError>>;
+
+    /// Re-attaches to a task launched before the agent restarted (its run directory is
+    /// `<work_dir>/runs/<framework_id>/<task_id>`). The container's `wait` returns the task's
+    /// real exit status, also when it ended while the agent was down.
+    fn recover(
+        &self,
+        framework_id: &str,
+        task_id: &str,
+    ) -> Result<Box<dyn Container>, ContainerizerError> {
+        let _ = framework_id;
+        Err(ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason: "the agent restarted and this containerizer cannot re-attach to tasks"
+                .to_owned(),
+        })
+    }
+
+    /// Whether tasks keep running when the agent stops (and [`Containerizer::recover`] can
+    /// re-attach to them).
+    fn tasks_survive_the_agent(&self) -> bool {
+        false
+    }
+
+    /// Called when the agent stops: removes what the containerizer set up that no task uses.
+    fn cleanup(&self) {}
 }
 
 /// A launched task.
@@ -202,6 +265,12 @@ pub trait Container: Send + Sync + fmt::Debug {
     /// Asks the task to stop (SIGTERM), waits up to `grace`, then forces it (SIGKILL); returns
     /// how it ended. Returns at once if it has already ended.
     fn kill(&self, grace: Duration) -> BoxFuture<'_, Result<ExitStatus, ContainerizerError>>;
+
+    /// After `wait` or `kill` has returned: the kernel's OOM kills in the task's cgroup, if a
+    /// memory limit ended it. Containerizers without cgroups never report one.
+    fn memory_oom(&self) -> Option<crate::cgroup::MemoryOom> {
+        None
+    }
 }
 
 /// `<work_dir>/sandboxes/<framework_id>/<task_id>`: the task's cwd and log files.
@@ -222,6 +291,102 @@ fn check_id(what: &'static str, id: &str) -> Result<(), ContainerizerError> {
         });
     }
     Ok(())
+}
+
+/// The task's command, after checking its ids and that it has one.
+pub(crate) fn checked_command(spec: &LaunchSpec) -> Result<&CommandInfo, ContainerizerError> {
+    let task_id = spec.task.task_id.as_str();
+    check_id("framework id", &spec.framework_id)?;
+    check_id("task id", task_id)?;
+    spec.task
+        .command
+        .as_ref()
+        .filter(|c| !c.value.is_empty())
+        .ok_or_else(|| ContainerizerError::NoCommand {
+            task_id: task_id.to_owned(),
+        })
+}
+
+/// A task's sandbox and run directory, created, with its output files open.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) sandbox: PathBuf,
+    pub(crate) run: PathBuf,
+    pub(crate) stdout: File,
+    pub(crate) stderr: File,
+}
+
+/// Creates the sandbox and run directories and the `stdout`/`stderr` files.
+pub(crate) async fn prepare_sandbox(
+    work_dir: &Path,
+    spec: &LaunchSpec,
+) -> Result<Prepared, ContainerizerError> {
+    let task_id = spec.task.task_id.as_str();
+    let sandbox = sandbox_dir(work_dir, &spec.framework_id, task_id);
+    let run = run_dir(work_dir, &spec.framework_id, task_id);
+    let sandbox_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContainerizerError::Sandbox {
+            task_id: task_id.to_owned(),
+            path,
+            source,
+        }
+    };
+    // Two mkdirs on a local filesystem: not worth a hop to the blocking pool.
+    for dir in [&sandbox, &run] {
+        std::fs::create_dir_all(dir).map_err(sandbox_err(dir))?;
+    }
+    let stdout_path = sandbox.join("stdout");
+    let stderr_path = sandbox.join("stderr");
+    let stdout = File::create(&stdout_path).map_err(sandbox_err(&stdout_path))?;
+    let stderr = File::create(&stderr_path).map_err(sandbox_err(&stderr_path))?;
+    Ok(Prepared {
+        sandbox,
+        run,
+        stdout,
+        stderr,
+    })
+}
+
+/// The command to spawn (and the program's name for errors): shell or argv form, the sandbox
+/// as cwd, output to the given files, the task's environment plus the `STRATA_*`/`MESOS_*`
+/// variables.
+pub(crate) fn build_command(
+    spec: &LaunchSpec,
+    command: &CommandInfo,
+    sandbox: &Path,
+    stdout: File,
+    stderr: File,
+) -> (String, tokio::process::Command) {
+    let task_id = spec.task.task_id.as_str();
+    let (program, mut cmd) = if command.shell {
+        let mut cmd = tokio::process::Command::new(SHELL);
+        cmd.arg("-c").arg(&command.value);
+        (SHELL.to_owned(), cmd)
+    } else {
+        let mut cmd = tokio::process::Command::new(&command.value);
+        match command.arguments.split_first() {
+            Some((argv0, rest)) => {
+                cmd.arg0(argv0).args(rest);
+            }
+            None => {
+                cmd.arg0(&command.value);
+            }
+        }
+        (command.value.clone(), cmd)
+    };
+    cmd.current_dir(sandbox)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .envs(&command.environment)
+        .env("STRATA_TASK_ID", task_id)
+        .env("STRATA_FRAMEWORK_ID", &spec.framework_id)
+        .env("STRATA_AGENT_ID", &spec.agent_id)
+        .env("STRATA_SANDBOX", sandbox)
+        .env("MESOS_SANDBOX", sandbox)
+        .env("MESOS_TASK_ID", task_id);
+    (program, cmd)
 }
 
 /// Runs each task's command as a child process of the agent. See the module docs.
@@ -257,16 +422,7 @@ impl ProcessContainerizer {
         spec: &LaunchSpec,
     ) -> Result<Box<dyn Container>, ContainerizerError> {
         let task_id = spec.task.task_id.as_str();
-        check_id("framework id", &spec.framework_id)?;
-        check_id("task id", task_id)?;
-        let command = spec
-            .task
-            .command
-            .as_ref()
-            .filter(|c| !c.value.is_empty())
-            .ok_or_else(|| ContainerizerError::NoCommand {
-                task_id: task_id.to_owned(),
-            })?;
+        let command = checked_command(spec)?;
         if !command.user.is_empty()
             && command.user != self.agent_user
             && command.user != self.agent_uid
@@ -277,55 +433,14 @@ impl ProcessContainerizer {
                 agent_user: self.agent_user.clone(),
             });
         }
-
-        let sandbox = sandbox_dir(&self.work_dir, &spec.framework_id, task_id);
-        let run = run_dir(&self.work_dir, &spec.framework_id, task_id);
-        let sandbox_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ContainerizerError::Sandbox {
-                task_id: task_id.to_owned(),
-                path,
-                source,
-            }
-        };
-        for dir in [&sandbox, &run] {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(sandbox_err(dir))?;
-        }
-        let stdout_path = sandbox.join("stdout");
-        let stderr_path = sandbox.join("stderr");
-        let stdout = File::create(&stdout_path).map_err(sandbox_err(&stdout_path))?;
-        let stderr = File::create(&stderr_path).map_err(sandbox_err(&stderr_path))?;
-
-        let (program, mut cmd) = if command.shell {
-            let mut cmd = tokio::process::Command::new(SHELL);
-            cmd.arg("-c").arg(&command.value);
-            (SHELL.to_owned(), cmd)
-        } else {
-            let mut cmd = tokio::process::Command::new(&command.value);
-            match command.arguments.split_first() {
-                Some((argv0, rest)) => {
-                    cmd.arg0(argv0).args(rest);
-                }
-                None => {
-                    cmd.arg0(&command.value);
-                }
-            }
-            (command.value.clone(), cmd)
-        };
-        cmd.current_dir(&sandbox)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .envs(&command.environment)
-            .env("STRATA_TASK_ID", task_id)
-            .env("STRATA_FRAMEWORK_ID", &spec.framework_id)
-            .env("STRATA_AGENT_ID", &spec.agent_id)
-            .env("STRATA_SANDBOX", &sandbox)
-            .env("MESOS_SANDBOX", &sandbox)
-            .env("MESOS_TASK_ID", task_id)
-            .process_group(0)
+        let Prepared {
+            sandbox,
+            run,
+            stdout,
+            stderr,
+        } = prepare_sandbox(&self.work_dir, spec).await?;
+        let (program, mut cmd) = build_command(spec, command, &sandbox, stdout, stderr);
+        cmd.process_group(0)
             // A safety net only: the reaper owns the child and always waits for it.
             .kill_on_drop(true);
 

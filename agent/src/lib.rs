@@ -6,16 +6,24 @@
 //! Start one with [`run`]; see `agent` for the invariants it keeps.
 //!
 //! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks),
+//! [`linux`] (the isolating containerizer), [`cgroup`] (its cgroup v2 and hybrid backends),
+//! [`supervisor`] (the per-task supervisor and init that outlive the agent), `sys` (the small
+//! syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
 //! [`ebpf`] (the kernel-side programs), `connection` (the stream to the allocator) and `agent`
 //! (the core that ties them together).
 
 mod agent;
+pub mod cgroup;
 pub mod checkpoint;
 mod connection;
 pub mod containerizer;
 pub mod discovery;
 pub mod ebpf;
+pub mod linux;
 pub mod status;
+pub mod supervisor;
+#[allow(unsafe_code)]
+mod sys;
 
-pub use agent::{AgentConfig, AgentError, run, run_with_containerizer};
+pub use agent::{AgentConfig, AgentError, Isolation, run, run_with_containerizer};

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use strata_agent::AgentConfig;
+use strata_agent::{AgentConfig, Isolation};
 use tracing_subscriber::EnvFilter;
 
 /// Runs the Strata agent: registers this host's resources with the allocator and runs the
@@ -57,6 +57,44 @@ struct Args {
     /// Do not load the eBPF accounting programs.
     #[arg(long)]
     no_ebpf: bool,
+    /// How to isolate tasks: auto (cgroups when possible), cgroups (required) or none.
+    #[arg(long, default_value = "auto", value_parser = parse_isolation)]
+    isolation: Isolation,
+    /// The agent's cgroup subtree, relative to each hierarchy's mount: its own cgroup or below
+    /// (default: <own cgroup>/strata-<hash of the work dir>).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// pids.max of tasks that set no pids limit.
+    #[arg(long, default_value_t = 4096)]
+    default_pids_limit: u64,
+    /// How long the sandbox of an ended task is kept before it is removed.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    sandbox_gc_delay: Duration,
+    /// The user tasks run as when they name none.
+    #[arg(long, default_value = "nobody")]
+    task_user: String,
+    /// Let tasks run as root (uid 0).
+    #[arg(long)]
+    allow_root_tasks: bool,
+    /// Kill every task when the agent stops (default: tasks keep running and the next agent
+    /// re-attaches to them).
+    #[arg(long)]
+    kill_tasks_on_shutdown: bool,
+    /// Instead of running: kill every task this agent (same work dir and cgroup root) left
+    /// running, remove its cgroups, and exit.
+    #[arg(long)]
+    remove_cgroups: bool,
+}
+
+fn parse_isolation(text: &str) -> Result<Isolation, String> {
+    match text {
+        "auto" => Ok(Isolation::Auto),
+        "cgroups" => Ok(Isolation::Cgroups),
+        "none" => Ok(Isolation::None),
+        other => Err(format!(
+            "unknown isolation {other:?}: use auto, cgroups or none"
+        )),
+    }
 }
 
 /// `500ms`, `5s`, `2m`, `1h` or plain (possibly fractional) seconds.
@@ -124,8 +162,31 @@ async fn termination() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The supervisor and launcher modes run before any thread exists (they fork and unshare
+    // namespaces).
+    let mut raw = std::env::args_os().skip(1);
+    match (raw.next().as_deref().and_then(|a| a.to_str()), raw.next()) {
+        (Some("supervise"), Some(run_dir)) => {
+            return ExitCode::from(strata_agent::supervisor::supervise_main(
+                std::path::Path::new(&run_dir),
+            ));
+        }
+        (Some("launcher"), None) => {
+            return ExitCode::from(strata_agent::supervisor::launcher_main());
+        }
+        _ => {}
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(agent_main()),
+        Err(e) => {
+            eprintln!("strata-agent: error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent_main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -145,6 +206,26 @@ async fn main() -> ExitCode {
     config.status_update_retry = args.status_update_retry;
     config.reconnect_backoff_max = args.reconnect_backoff_max;
     config.ebpf = !args.no_ebpf;
+    config.isolation = args.isolation;
+    config.cgroup_root = args.cgroup_root;
+    config.default_pids_limit = args.default_pids_limit;
+    config.sandbox_gc_delay = args.sandbox_gc_delay;
+    config.task_user = args.task_user;
+    config.allow_root_tasks = args.allow_root_tasks;
+    config.kill_tasks_on_shutdown = args.kill_tasks_on_shutdown;
+    if args.remove_cgroups {
+        let roots = strata_agent::discovery::HostRoots::default();
+        let removed =
+            strata_agent::cgroup::detect(&roots.proc, &roots.cgroup, &config.cgroup_placement())
+                .and_then(|cgroups| cgroups.destroy_root());
+        return match removed {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strata-agent: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
 
     match strata_agent::run(config, termination()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,6 +124,29 @@ impl StatusUpdateManager {
         Queued { status, send_now }
     }
 
+    /// Queues a checkpointed update again, keeping its uuid (agent recovery).
+    pub fn restore(&mut self, status: TaskStatus, now: Instant) {
+        let key = TaskKey::of(&status);
+        let initial = self.initial_interval;
+        self.queues
+            .entry(key)
+            .or_insert_with(|| TaskQueue {
+                updates: VecDeque::new(),
+                next_retry: now + initial,
+                interval: initial,
+            })
+            .updates
+            .push_back(status);
+    }
+
+    /// The unacknowledged updates of the task `key`, oldest first.
+    pub fn pending_updates(&self, key: &TaskKey) -> Vec<TaskStatus> {
+        self.queues
+            .get(key)
+            .map(|q| q.updates.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Handles an acknowledgement of `uuid` for the task `key`.
     pub fn acknowledge(&mut self, key: &TaskKey, uuid: &[u8], now: Instant) -> AckOutcome {
         let Some(queue) = self.queues.get_mut(key) else {

@@ -89,6 +89,8 @@ struct Harness {
     server: JoinHandle<()>,
     agent: Option<JoinHandle<Result<(), AgentError>>>,
     stop: Option<oneshot::Sender<()>>,
+    /// An agent run as a separate `strata-agent` process (to be SIGKILLed).
+    process: Option<std::process::Child>,
 }
 
 fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> AgentConfig {
@@ -100,6 +102,9 @@ fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> A
     config.status_update_retry = status_update_retry;
     config.default_kill_grace_period = Duration::from_secs(2);
     config.reconnect_backoff_max = Duration::from_millis(500);
+    // Real isolation (this machine runs the tests as root); a host that cannot is an error.
+    config.isolation = strata_agent::Isolation::Cgroups;
+    config.agent_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_strata-agent")));
     config
 }
 
@@ -120,6 +125,13 @@ impl Harness {
     }
 
     async fn start_with_retry(work_dir: &Path, status_update_retry: Duration) -> Result<Self> {
+        let mut harness = Self::start_server(work_dir, status_update_retry).await?;
+        harness.start_agent();
+        Ok(harness)
+    }
+
+    /// The fake allocator alone.
+    async fn start_server(work_dir: &Path, status_update_retry: Duration) -> Result<Self> {
         init_tracing();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -136,7 +148,7 @@ impl Harness {
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        let mut harness = Self {
+        let harness = Self {
             addr,
             work_dir: work_dir.to_path_buf(),
             status_update_retry,
@@ -145,9 +157,45 @@ impl Harness {
             server,
             agent: None,
             stop: None,
+            process: None,
         };
-        harness.start_agent();
         Ok(harness)
+    }
+
+    /// Starts the agent as a `strata-agent` process with the same configuration.
+    fn start_agent_process(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work_dir.join("agent-process.log"))?;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+            .arg("--allocator")
+            .arg(format!("http://{}", self.addr))
+            .arg("--work-dir")
+            .arg(&self.work_dir)
+            .args(["--cpus", "2", "--mem", "1024", "--disk", "4096"])
+            .args([
+                "--status-update-retry",
+                "200ms",
+                "--isolation",
+                "cgroups",
+                "--no-ebpf",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting strata-agent")?;
+        self.process = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the agent process and reaps it; its tasks are left as they are.
+    fn kill_agent_process(&mut self) -> Result<()> {
+        let mut child = self.process.take().context("no agent process")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     fn start_agent(&mut self) {
@@ -293,7 +341,20 @@ impl Drop for Harness {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         self.server.abort();
+        // The agent may be cancelled mid-way with the runtime: remove its cgroups here.
+        let config = config(self.addr, &self.work_dir, self.status_update_retry);
+        if let Ok(cgroups) = strata_agent::cgroup::detect(
+            Path::new("/proc"),
+            Path::new("/sys/fs/cgroup"),
+            &config.cgroup_placement(),
+        ) {
+            let _ = cgroups.destroy_root();
+        }
     }
 }
 
@@ -337,8 +398,13 @@ fn assert_update(status: &TaskStatus, task_id: &str, state: TaskState) -> Result
     Ok(())
 }
 
+/// Gone, or dead and waiting to be reaped (a zombie, e.g. a supervisor orphaned by a killed
+/// agent, until init reaps it).
 fn process_gone(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,17 +654,29 @@ async fn the_agent_reregisters_with_its_id_and_tasks_after_the_stream_drops() ->
     );
     assert!(!process_gone(pid), "the task kept running");
 
-    // Stopping the agent kills the task and reports it.
-    if let Some(stop) = h.stop.take() {
-        let _ = stop.send(());
-    }
+    // Stopping the agent leaves the task running under its supervisor; the next agent
+    // re-attaches to it, lists it as running, and can still kill it.
+    h.stop_agent().await?;
+    assert!(!process_gone(pid), "the task outlived the agent");
+    h.start_agent();
+    let (_, register) = h.next_register().await?;
+    let listed: Vec<_> = register
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                t.task.as_ref().map(|t| t.task_id.clone()),
+                t.latest_status.as_ref().map(TaskStatus::state),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(Some("long".to_owned()), Some(TaskState::Running))]
+    );
+    h.kill("long", 0.5)?;
     let killed = h.next_update_acked().await?;
     assert_update(&killed, "long", TaskState::Killed)?;
-    assert!(
-        killed.message.contains("shutting down"),
-        "{}",
-        killed.message
-    );
     h.stop_agent().await?;
     assert!(process_gone(pid));
     Ok(())
@@ -690,4 +768,195 @@ async fn an_unreachable_allocator_is_retried_until_it_appears() -> Result<()> {
     tokio::time::timeout(STEP, agent).await???;
     server.abort();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tasks_survive_a_kill_9_of_the_agent_and_each_exit_is_reported_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start_server(dir.path(), Duration::from_millis(200)).await?;
+    h.start_agent_process()?;
+    h.next_register().await?;
+    // Ten end while the agent is down, ten after it is back.
+    let script = |i: usize| {
+        if i < 10 {
+            "sleep 2; exit 3"
+        } else {
+            "sleep 7; exit 4"
+        }
+    };
+    for i in 0..20 {
+        h.launch(shell_task(&format!("t{i}"), script(i)))?;
+    }
+    let mut running = std::collections::HashSet::new();
+    while running.len() < 20 {
+        let status = h.next_update_acked().await?;
+        if status.state() == TaskState::Running {
+            running.insert(status.task_id.clone());
+        }
+    }
+    let pids: Vec<u32> = (0..20)
+        .map(|i| h.pid_of(&format!("t{i}")))
+        .collect::<Result<_>>()?;
+
+    h.kill_agent_process()?;
+    for pid in &pids {
+        ensure!(!process_gone(*pid), "supervisor {pid} died with the agent");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.start_agent_process()?;
+    let (_, register) = h.next_register().await?;
+    ensure!(
+        register.tasks.len() == 20,
+        "the restarted agent lists {} tasks",
+        register.tasks.len()
+    );
+    for pid in &pids[10..] {
+        ensure!(
+            !process_gone(*pid),
+            "task supervisor {pid} was lost across the restart"
+        );
+    }
+
+    let mut terminal: HashMap<String, Vec<TaskStatus>> = HashMap::new();
+    while terminal.len() < 20 {
+        let status = h.next_update_acked().await?;
+        if status.state().is_terminal() {
+            let seen = terminal.entry(status.task_id.clone()).or_default();
+            if !seen.iter().any(|s| s.uuid == status.uuid) {
+                seen.push(status);
+            }
+        }
+    }
+    let all: Vec<TaskStatus> = terminal.values().flatten().cloned().collect();
+    h.expect_no_new_update(Duration::from_secs(1), &all.iter().collect::<Vec<_>>())
+        .await?;
+    for i in 0..20 {
+        let id = format!("t{i}");
+        let updates = &terminal[&id];
+        ensure!(
+            updates.len() == 1,
+            "{id} ended {} times: {updates:?}",
+            updates.len()
+        );
+        let status = &updates[0];
+        ensure!(status.state() == TaskState::Failed, "{id}: {status:?}");
+        ensure!(
+            status.exit_code == Some(if i < 10 { 3 } else { 4 }),
+            "{id} exit code: {status:?}"
+        );
+    }
+    for pid in &pids {
+        ensure!(process_gone(*pid), "supervisor {pid} is still there");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_task_checkpoint_is_an_error_and_loses_no_running_task() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    h.launch(shell_task("survivor", "sleep 30"))?;
+    while h.next_update_acked().await?.state() != TaskState::Running {}
+    let pid = h.pid_of("survivor")?;
+    h.stop_agent().await?;
+    // A torn updates file (as after a crash in the middle of a write without rename).
+    let run = dir.path().join("runs").join(FRAMEWORK).join("survivor");
+    std::fs::write(run.join("updates.pb"), [0x0a, 0xff, 0x01])?;
+    h.start_agent();
+    let (_, register) = h.next_register().await?;
+    ensure!(
+        register.tasks.len() == 1 && !process_gone(pid),
+        "the running task was lost: {:?}",
+        register.tasks
+    );
+    h.kill("survivor", 0.5)?;
+    let killed = h.next_update_acked().await?;
+    assert_update(&killed, "survivor", TaskState::Killed)?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_memory_limit_fails_with_the_memory_reason_and_its_peak() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    // 32 MiB limit (shell_task); tail keeps all 200 MB of a line-less stream in memory.
+    h.launch(shell_task("hog", "head -c 200000000 /dev/zero | tail"))?;
+    let failed = loop {
+        let status = h.next_update_acked().await?;
+        if status.state().is_terminal() {
+            break status;
+        }
+    };
+    assert_update(&failed, "hog", TaskState::Failed)?;
+    assert_eq!(
+        failed.reason(),
+        TaskReason::ContainerLimitationMemory,
+        "{failed:?}"
+    );
+    ensure!(
+        failed.message.contains("memory limit of 32.0 MiB")
+            && failed.message.contains("peak usage"),
+        "{}",
+        failed.message
+    );
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_asking_for_root_is_refused_unless_the_agent_allows_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    let mut task = shell_task("rooted", "id -u");
+    if let Some(command) = task.command.as_mut() {
+        command.user = "root".to_owned();
+    }
+    h.launch(task)?;
+    let failed = loop {
+        let status = h.next_update_acked().await?;
+        if status.state().is_terminal() {
+            break status;
+        }
+    };
+    assert_update(&failed, "rooted", TaskState::Failed)?;
+    assert_eq!(failed.reason(), TaskReason::ContainerLaunchFailed);
+    ensure!(
+        failed.message.contains("would run as root")
+            && failed.message.contains("--allow-root-tasks"),
+        "{}",
+        failed.message
+    );
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_update_is_resent_with_its_uuid_after_an_agent_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A long retry interval: only the restart makes the agent send RUNNING again.
+    let mut h = Harness::start_with_retry(dir.path(), Duration::from_secs(600)).await?;
+    h.next_register().await?;
+    h.launch(shell_task("pending", "sleep 30"))?;
+    assert_update(
+        &h.next_update_acked().await?,
+        "pending",
+        TaskState::Starting,
+    )?;
+    let running = h.next_update().await?;
+    assert_update(&running, "pending", TaskState::Running)?;
+    // Not acknowledged. The agent stops (the task keeps running) and comes back.
+    h.stop_agent().await?;
+    h.start_agent();
+    h.next_register().await?;
+    let resent = h.next_update().await?;
+    ensure!(
+        resent.uuid == running.uuid && resent.state() == TaskState::Running,
+        "expected RUNNING resent with uuid {:?}, got {resent:?}",
+        running.uuid
+    );
+    h.ack(&resent)?;
+    h.kill("pending", 0.5)?;
+    assert_update(&h.next_update_acked().await?, "pending", TaskState::Killed)?;
+    h.stop_agent().await
 }

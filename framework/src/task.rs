@@ -123,6 +123,56 @@ impl TaskBuilder {
         self
     }
 
+    /// Runs the command with `group` as its primary group (the user's own when unset).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.command_mut().group = group.into();
+        self
+    }
+
+    /// Keeps a capability, like `CAP_NET_BIND_SERVICE` (all others are dropped).
+    pub fn capability(mut self, capability: impl Into<String>) -> Self {
+        self.command_mut().capabilities.push(capability.into());
+        self
+    }
+
+    /// A resource limit, soft = hard: `nofile`, `nproc`, `core`, `stack`, `as`, `cpu`, `fsize`,
+    /// `memlock` or `data`.
+    pub fn rlimit(mut self, name: impl Into<String>, value: u64) -> Self {
+        self.command_mut().rlimits.insert(name.into(), value);
+        self
+    }
+
+    /// A hard cpu limit in cores (cpu.max); [`cpus`](Self::cpus) is the guaranteed share.
+    pub fn cpu_limit(mut self, cores: f64) -> Self {
+        self.info.cpu_limit = Some(cores);
+        self
+    }
+
+    /// A soft memory limit in MiB (memory.high); [`mem`](Self::mem) is the hard limit.
+    pub fn mem_soft_limit(mut self, mib: f64) -> Self {
+        self.info.mem_soft_limit_mib = Some(mib);
+        self
+    }
+
+    /// The most processes and threads the task may have (the agent's default when unset).
+    pub fn pids_limit(mut self, max: u64) -> Self {
+        self.info.pids_limit = max;
+        self
+    }
+
+    /// A device node the task may use, like `/dev/fuse` (beyond null, zero, full, random,
+    /// urandom, tty, ptmx and pts, which every task has).
+    pub fn device(mut self, path: impl Into<String>) -> Self {
+        self.info.devices.push(path.into());
+        self
+    }
+
+    /// Runs the task in a network namespace of its own with only loopback.
+    pub fn network_isolation(mut self) -> Self {
+        self.info.network_isolation = true;
+        self
+    }
+
     /// The finished [`TaskInfo`]. A task without a command is rejected by the allocator
     /// (TASK_ERROR), so call [`shell`](Self::shell) or [`command`](Self::command) first.
     pub fn build(mut self) -> TaskInfo {
@@ -141,6 +191,34 @@ impl TaskBuilder {
 mod tests {
     use super::*;
     use strata_proto::scalar_sum;
+
+    #[test]
+    fn isolation_settings_reach_the_task_info() {
+        let t = task("iso")
+            .shell("true")
+            .user("nobody")
+            .group("nogroup")
+            .capability("CAP_NET_BIND_SERVICE")
+            .rlimit("nofile", 1024)
+            .cpu_limit(1.5)
+            .mem_soft_limit(48.0)
+            .pids_limit(64)
+            .device("/dev/fuse")
+            .network_isolation()
+            .build();
+        let command = t.command.expect("a command");
+        assert_eq!(command.group, "nogroup");
+        assert_eq!(
+            command.capabilities,
+            vec!["CAP_NET_BIND_SERVICE".to_owned()]
+        );
+        assert_eq!(command.rlimits.get("nofile"), Some(&1024));
+        assert_eq!(t.cpu_limit, Some(1.5));
+        assert_eq!(t.mem_soft_limit_mib, Some(48.0));
+        assert_eq!(t.pids_limit, 64);
+        assert_eq!(t.devices, vec!["/dev/fuse".to_owned()]);
+        assert!(t.network_isolation);
+    }
 
     #[test]
     fn shell_task_has_script_and_resources() {

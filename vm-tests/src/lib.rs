@@ -9,6 +9,8 @@
 //! (`strata-vm-helper`, see its source for the commands) in it with [`run_helper`]; the helper
 //! moves itself into the cgroup before it does anything, and reports `key=value` lines.
 
+pub mod isolation;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read as _;

@@ -293,3 +293,109 @@ fn pids_max_stops_a_fork_loop() -> Result<()> {
     );
     Ok(())
 }
+
+// ----- the agent's containerizer (the same scenarios run on the host: tests/host_isolation.rs) -----
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_memory_limit_oom_kills_only_the_offender() -> Result<()> {
+    if !guest_or_skip("containerizer_memory_limit_oom_kills_only_the_offender") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::memory_limit_oom_kills_only_the_offender(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_fork_bomb_is_stopped_by_pids_max() -> Result<()> {
+    if !guest_or_skip("containerizer_fork_bomb_is_stopped_by_pids_max") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::fork_bomb_is_stopped_by_pids_max(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_cpu_limit_throttles() -> Result<()> {
+    if !guest_or_skip("containerizer_cpu_limit_throttles") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::cpu_limit_throttles(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_cpu_weights_share_in_proportion() -> Result<()> {
+    if !guest_or_skip("containerizer_cpu_weights_share_in_proportion") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::cpu_weights_share_in_proportion(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_kill_terminates_then_kills_the_whole_cgroup() -> Result<()> {
+    if !guest_or_skip("containerizer_kill_terminates_then_kills_the_whole_cgroup") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::kill_terminates_then_kills_the_whole_cgroup(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_a_task_sees_only_its_processes_and_its_hostname() -> Result<()> {
+    if !guest_or_skip("containerizer_a_task_sees_only_its_processes_and_its_hostname") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::a_task_sees_only_its_processes_and_its_hostname(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_an_unprivileged_task_has_no_capabilities_and_cannot_write_outside_its_sandbox()
+-> Result<()> {
+    if !guest_or_skip(
+        "containerizer_an_unprivileged_task_has_no_capabilities_and_cannot_write_outside_its_sandbox",
+    ) {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::an_unprivileged_task_has_no_capabilities_and_cannot_write_outside_its_sandbox(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_capabilities_asked_for_are_kept() -> Result<()> {
+    if !guest_or_skip("containerizer_capabilities_asked_for_are_kept") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::capabilities_asked_for_are_kept(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_network_isolation_leaves_only_loopback() -> Result<()> {
+    if !guest_or_skip("containerizer_network_isolation_leaves_only_loopback") {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::network_isolation_leaves_only_loopback(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn containerizer_device_control_denies_all_but_the_standard_and_given_devices() -> Result<()> {
+    if !guest_or_skip("containerizer_device_control_denies_all_but_the_standard_and_given_devices")
+    {
+        return Ok(());
+    }
+    strata_vm_tests::isolation::device_control_denies_all_but_the_standard_and_given_devices(
+        &strata_vm_tests::helper_path(),
+    )
+}

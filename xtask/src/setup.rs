@@ -22,10 +22,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "ca-certificates",
     "cpio",
+    // crun and runc: the container runtimes `cargo xtask bench launch` compares the agent with.
+    "crun",
     "gzip",
     "kmod",
     "lz4",
     "qemu-system-x86",
+    "runc",
+    // systemd-analyze, to verify the unit scripts/install-agent.sh installs.
+    "systemd",
     "xz-utils",
     "zstd",
 ];

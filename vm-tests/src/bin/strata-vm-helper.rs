@@ -11,6 +11,9 @@
 //!   reading and end just after the last. Prints `rusage_ns_at_start`, `rusage_ns_at_end` and
 //!   `cpu_ns_in_cgroup` (their difference).
 //! - `spin MS`: burns CPU for MS milliseconds of wall-clock time.
+//! - `spin-on CPU MS`: the same, pinned to cpu number CPU.
+//! - `fork-bomb`: every copy starts copies of itself as fast as it can, forever (retrying 10 ms
+//!   after a refused start); only ever run it in a cgroup with pids.max set.
 //! - `alloc MIB`: allocates and touches MIB MiB, printing `allocated_mib` every 8 MiB;
 //!   prints `survived=1` if it gets to the end.
 //! - `fork-loop MAX`: starts up to MAX children (`sleep 30`) until the kernel refuses one; prints
@@ -34,6 +37,18 @@ use strata_vm_tests::CGROUP2_ROOT;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The agent's per-task modes, so tests can use this binary as the tasks' supervisor.
+    match args.as_slice() {
+        [mode, run_dir] if mode == "supervise" => {
+            std::process::exit(i32::from(strata_agent::supervisor::supervise_main(
+                Path::new(run_dir),
+            )));
+        }
+        [mode] if mode == "launcher" => {
+            std::process::exit(i32::from(strata_agent::supervisor::launcher_main()));
+        }
+        _ => {}
+    }
     let [cgroup, command, rest @ ..] = args.as_slice() else {
         bail!("usage: strata-vm-helper CGROUP_DIR|- COMMAND [ARGS] (see the source for commands)");
     };
@@ -59,6 +74,16 @@ fn main() -> Result<()> {
             spin(Duration::from_millis(num(0)?));
             Ok(())
         }
+        "spin-on" => {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(usize::try_from(num(0)?)?)
+                .context("spin-on: no such cpu")?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                .context("spin-on: sched_setaffinity")?;
+            spin(Duration::from_millis(num(1)?));
+            Ok(())
+        }
+        "fork-bomb" => fork_bomb(),
         "alloc" => alloc(num(0)?),
         "fork-loop" => fork_loop(num(0)?),
         "udp-send" => udp_send(arg(0)?, num(1)?, num(2)?),
@@ -144,6 +169,23 @@ fn alloc(mib: u64) -> Result<()> {
     println!("survived=1");
     black_box(&chunks);
     Ok(())
+}
+
+fn fork_bomb() -> Result<()> {
+    let me = std::env::current_exe().context("finding my own path")?;
+    loop {
+        let started = Command::new(&me)
+            .args(["-", "fork-bomb"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match started {
+            // Never waited for: the bomb only grows.
+            Ok(child) => std::mem::forget(child),
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 fn fork_loop(max: u64) -> Result<()> {

@@ -45,6 +45,10 @@ for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
   echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || echo "STRATA-VM: cannot enable the $c controller"
 done
 echo "STRATA-VM: cgroup controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+# A cgroup that lives for the whole run keeps the cpuset static keys on: otherwise every test
+# cgroup created or removed below the root flips them, and TCG sometimes trips on the kernel's
+# live text patching (a stray int3 oops in the page allocator).
+mkdir -p /sys/fs/cgroup/strata-vm-pin
 # Backtraces for panics, not for the tests' anyhow errors (their message is the point).
 export STRATA_VM_GUEST=1 STRATA_VM_HELPER=/bin/strata-vm-helper RUST_BACKTRACE=1 RUST_LIB_BACKTRACE=0 HOME=/tmp TMPDIR=/tmp
 set --

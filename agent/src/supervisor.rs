@@ -1,0 +1,745 @@
+//! The per-task supervisor and the task's init: the agent binary in two more modes.
+//!
+//! ```text
+//! agent ──spawns──> strata-agent supervise <run-dir>   (outside the task's cgroup)
+//!                     └─forks─> the task's init         (pid 1 of the task's namespaces,
+//!                                 └─> the command (pid 2) in the task's cgroup)
+//! ```
+//!
+//! - **supervise** reads `<run-dir>/spec.json` ([`TaskSpec`]), unshares a pid namespace for its
+//!   children, and forks the task's init, which joins the task's cgroups and unshares the mount,
+//!   uts, ipc (and optionally net) namespaces. It waits for it and writes the
+//!   command's exit status to `<run-dir>/exit` (atomically), then exits. It is the task's
+//!   parent and does not depend on the agent: it keeps running when the agent dies.
+//! - **the init** (pid 1): makes every mount private, mounts a fresh `/proc`, a private `/tmp`
+//!   and `/var/tmp` (the sandbox's `tmp`), and `/dev/shm`, sets the hostname to the task id,
+//!   brings up loopback in a private network namespace, then starts the command as the task's
+//!   user with only the capabilities asked for, no_new_privs and rlimits, in the sandbox. It
+//!   forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the command, reaps every
+//!   process of the namespace, copies stdout and stderr to the sandbox with size-capped
+//!   rotation, and records the command's status in `<run-dir>/task-exit` before it exits (its
+//!   exit kills whatever is left in the namespace).
+//!
+//! The exit files hold one line: `exited <code>` or `signal <number>`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use std::str::FromStr as _;
+use std::thread;
+use std::time::Duration;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::containerizer::ExitStatus;
+
+/// The spec file in the run directory.
+pub const SPEC_FILE: &str = "spec.json";
+/// The final status, written by the supervisor.
+pub const EXIT_FILE: &str = "exit";
+/// The command's status, written by the task's init.
+pub const TASK_EXIT_FILE: &str = "task-exit";
+/// The supervisor's own pid.
+pub const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
+
+/// Errors of the supervisor and the task's init.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The spec could not be read or parsed.
+    #[error("cannot read the task spec {path}: {reason}")]
+    Spec {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("cannot {action}: {source}")]
+    Sys {
+        /// What was being done.
+        action: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn sys(action: impl Into<String>) -> impl FnOnce(io::Error) -> SupervisorError {
+    let action = action.into();
+    move |source| SupervisorError::Sys { action, source }
+}
+
+fn nix_sys(action: impl Into<String>) -> impl FnOnce(nix::Error) -> SupervisorError {
+    let action = action.into();
+    move |e| SupervisorError::Sys {
+        action,
+        source: io::Error::from_raw_os_error(e as i32),
+    }
+}
+
+/// Everything the supervisor and the init need to start a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task id (also the hostname, cut to 64 bytes).
+    pub task_id: String,
+    /// The program to exec.
+    pub program: String,
+    /// argv, argv[0] included.
+    pub argv: Vec<String>,
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+    /// The working directory (the sandbox).
+    pub cwd: PathBuf,
+    /// User, group and supplementary groups.
+    pub uid: u32,
+    /// The primary group.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Capabilities kept, like `CAP_NET_BIND_SERVICE`.
+    pub capabilities: Vec<String>,
+    /// rlimits by name (`nofile`, ...), soft = hard.
+    pub rlimits: Vec<(String, u64)>,
+    /// A network namespace with only loopback.
+    pub network_isolation: bool,
+    /// The `cgroup.procs` files of the task's cgroup.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Where stdout and stderr go.
+    pub stdout: PathBuf,
+    /// Where stderr goes.
+    pub stderr: PathBuf,
+    /// Each log file is rotated (to `<name>.1`) when it would grow past this many bytes.
+    pub log_max_bytes: u64,
+}
+
+impl TaskSpec {
+    /// Reads `<run_dir>/spec.json`.
+    pub fn read(run_dir: &Path) -> Result<Self, SupervisorError> {
+        let path = run_dir.join(SPEC_FILE);
+        let text = fs::read(&path).map_err(|e| SupervisorError::Spec {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&text).map_err(|e| SupervisorError::Spec {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes `<run_dir>/spec.json` atomically.
+    pub fn write(&self, run_dir: &Path) -> Result<(), checkpoint::CheckpointError> {
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        checkpoint::write_atomic_volatile(&run_dir.join(SPEC_FILE), &bytes)
+    }
+}
+
+/// When process `pid` started (field 22 of `/proc/<pid>/stat`, in clock ticks after boot):
+/// with the pid, it names one process for good (pids are reused, start times with them).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // rest starts at field 3 (state); the start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The supervisor of a run directory, if it is still running: `<pid> <start time>` from its
+/// pid file, checked against the live process of that pid.
+pub fn running_supervisor(run_dir: &Path) -> Option<u32> {
+    let text = fs::read_to_string(run_dir.join(SUPERVISOR_PID_FILE)).ok()?;
+    let mut parts = text.split_whitespace();
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let started: u64 = parts.next()?.parse().ok()?;
+    (process_start_time(pid) == Some(started)).then_some(pid)
+}
+
+/// `exited 3` / `signal 9`.
+pub fn format_exit(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Code(c) => format!("exited {c}\n"),
+        ExitStatus::Signal(s) => format!("signal {s}\n"),
+    }
+}
+
+/// Parses [`format_exit`]'s output.
+pub fn parse_exit(text: &str) -> Option<ExitStatus> {
+    let (kind, value) = text.trim().split_once(' ')?;
+    let value: i32 = value.parse().ok()?;
+    match kind {
+        "exited" => Some(ExitStatus::Code(value)),
+        "signal" => Some(ExitStatus::Signal(value)),
+        _ => None,
+    }
+}
+
+/// Reads an exit file; `None` when it is missing or malformed.
+pub fn read_exit(path: &Path) -> Option<ExitStatus> {
+    parse_exit(&fs::read_to_string(path).ok()?)
+}
+
+fn wait_status(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
+        WaitStatus::Signaled(_, signal, _) => Some(ExitStatus::Signal(signal as i32)),
+        _ => None,
+    }
+}
+
+/// `strata-agent supervise <run-dir>`; see the module docs. Returns the process's exit code.
+pub fn supervise_main(run_dir: &Path) -> u8 {
+    match supervise(run_dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("strata-agent supervise: error: {e}");
+            // The agent reads a missing exit file as a lost task, with this log.
+            1
+        }
+    }
+}
+
+fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
+    let spec = TaskSpec::read(run_dir)?;
+    let me = std::process::id();
+    let started = process_start_time(me).unwrap_or(0);
+    checkpoint::write_atomic_volatile(
+        &run_dir.join(SUPERVISOR_PID_FILE),
+        format!("{me} {started}\n").as_bytes(),
+    )
+    .map_err(|e| SupervisorError::Sys {
+        action: "record the supervisor's pid".to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    crate::sys::unshare_pid_namespace().map_err(sys("unshare a pid namespace"))?;
+    let mut procs: Vec<OwnedFd> = Vec::new();
+    for file in &spec.cgroup_procs {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(file)
+            .map_err(sys(format!("open {}", file.display())))?;
+        procs.push(f.into());
+    }
+    let mut namespaces =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if spec.network_isolation {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    // The init is a fork of this (single-threaded) supervisor, not a new program: it joins the
+    // task's cgroups and unshares its namespaces, then runs `task_init` as pid 1.
+    let init =
+        match crate::sys::fork_into(&procs, namespaces).map_err(sys("start the task's init"))? {
+            crate::sys::Forked::Child => {
+                drop(procs);
+                std::process::exit(i32::from(task_init_main(run_dir)));
+            }
+            crate::sys::Forked::Parent(pid) => pid,
+        };
+    drop(procs);
+    // The launch pipe (stdout) now belongs to the init alone.
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(null);
+    }
+    let init_status = loop {
+        match waitpid(init, None) {
+            Ok(status) => {
+                if let Some(status) = wait_status(status) {
+                    break status;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(nix_sys("wait for the task's init")(e)),
+        }
+    };
+    // The command's own status when init recorded it; else init's (killed with the cgroup).
+    let task_status = read_exit(&run_dir.join(TASK_EXIT_FILE)).unwrap_or(init_status);
+    checkpoint::write_atomic_volatile(
+        &run_dir.join(EXIT_FILE),
+        format_exit(task_status).as_bytes(),
+    )
+    .map_err(|e| SupervisorError::Sys {
+        action: "record the task's exit status".to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok(())
+}
+
+/// `strata-agent launcher`: reads requests from the seqpacket socket on stdin (a run directory,
+/// with the launch pipe as an `SCM_RIGHTS` descriptor), forks a supervisor for each (in a session
+/// of its own, stdout the launch pipe, stderr `<run-dir>/supervisor.log`) and answers with its
+/// pid. Ends when the socket closes. Returns the process's exit code.
+pub fn launcher_main() -> u8 {
+    match launcher() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("strata-agent launcher: error: {e}");
+            1
+        }
+    }
+}
+
+fn launcher() -> Result<(), SupervisorError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
+    use std::os::unix::ffi::OsStrExt as _;
+    // Supervisors are not waited for here (the agent watches them through pidfds): let the
+    // kernel reap them.
+    crate::sys::set_sigchld(true).map_err(sys("ignore SIGCHLD"))?;
+    let socket = 0;
+    loop {
+        let mut buf = vec![0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd) = {
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                socket,
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(nix_sys("read a request"))?;
+            let fd = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                })
+            });
+            (msg.bytes, fd)
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let Some(fd) = fd else {
+            let _ = send(socket, b"error: no launch pipe", MsgFlags::MSG_NOSIGNAL);
+            continue;
+        };
+        let report = crate::sys::own_received_fd(fd);
+        let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n]));
+        match crate::sys::fork_supervisor().map_err(sys("fork a supervisor"))? {
+            None => {
+                let _ = crate::sys::set_sigchld(false);
+                let _ = nix::unistd::setsid();
+                let _ = nix::unistd::dup2_stdout(&report);
+                drop(report);
+                if let Ok(log) = File::create(run_dir.join("supervisor.log")) {
+                    let _ = nix::unistd::dup2_stderr(&log);
+                }
+                // The launcher's socket (fd 0) is not the supervisor's business.
+                if let Ok(null) = File::open("/dev/null") {
+                    let _ = nix::unistd::dup2_stdin(&null);
+                }
+                std::process::exit(i32::from(supervise_main(&run_dir)));
+            }
+            Some(pid) => {
+                drop(report);
+                let _ = send(socket, pid.to_string().as_bytes(), MsgFlags::MSG_NOSIGNAL);
+            }
+        }
+    }
+}
+
+/// The task's init (pid 1 of its namespaces), in the supervisor's forked child; see the module
+/// docs. Returns the process's exit code.
+fn task_init_main(run_dir: &Path) -> u8 {
+    match task_init(run_dir) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("strata-agent task init: error: {e}");
+            let _ = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(run_dir.join("init.log"))
+                .and_then(|mut f| writeln!(f, "{e}"));
+            127
+        }
+    }
+}
+
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    Some(match name {
+        "nofile" => R::RLIMIT_NOFILE,
+        "nproc" => R::RLIMIT_NPROC,
+        "core" => R::RLIMIT_CORE,
+        "stack" => R::RLIMIT_STACK,
+        "as" => R::RLIMIT_AS,
+        "cpu" => R::RLIMIT_CPU,
+        "fsize" => R::RLIMIT_FSIZE,
+        "memlock" => R::RLIMIT_MEMLOCK,
+        "data" => R::RLIMIT_DATA,
+        _ => return None,
+    })
+}
+
+/// The rlimit names a task may set.
+pub const RLIMIT_NAMES: [&str; 9] = [
+    "nofile", "nproc", "core", "stack", "as", "cpu", "fsize", "memlock", "data",
+];
+
+/// Parses capability names (`CAP_X` or `x`); unknown names are an error naming them.
+pub fn parse_capabilities(names: &[String]) -> Result<caps::CapsHashSet, String> {
+    let mut set = caps::CapsHashSet::new();
+    for name in names {
+        let upper = name.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        let cap = caps::Capability::from_str(&full).map_err(|_| {
+            format!("unknown capability {name:?}: use a name like CAP_NET_BIND_SERVICE")
+        })?;
+        set.insert(cap);
+    }
+    Ok(set)
+}
+
+fn task_init(run_dir: &Path) -> Result<u8, SupervisorError> {
+    let spec = TaskSpec::read(run_dir)?;
+    // The run directory may be covered by the mounts below (a work dir in /tmp): keep it open
+    // and reach it through /proc/self/fd once the new /proc is mounted.
+    let run_fd = nix::fcntl::open(
+        run_dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nix_sys(format!(
+        "open the run directory {}",
+        run_dir.display()
+    )))?;
+    // Mounts: nothing propagates back to the host; a /proc of this pid namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(nix_sys("make the mounts private"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(nix_sys("mount /proc"))?;
+    let tmp = spec.cwd.join("tmp");
+    fs::create_dir_all(&tmp).map_err(sys(format!("create {}", tmp.display())))?;
+    nix::unistd::chown(
+        &tmp,
+        Some(nix::unistd::Uid::from_raw(spec.uid)),
+        Some(nix::unistd::Gid::from_raw(spec.gid)),
+    )
+    .map_err(nix_sys(format!("chown {}", tmp.display())))?;
+    // The sandbox stays reachable at its path even when /tmp is covered (a work dir in /tmp).
+    let sandbox_fd = nix::fcntl::open(
+        &spec.cwd,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nix_sys(format!("open the sandbox {}", spec.cwd.display())))?;
+    for target in ["/tmp", "/var/tmp"] {
+        // Only real directories (not symlinks); a host without one just lacks it.
+        if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+            let bound = mount(
+                Some(&tmp),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            );
+            if let Err(e) = bound {
+                if target == "/tmp" {
+                    return Err(nix_sys(format!("bind the sandbox's tmp on {target}"))(e));
+                }
+                eprintln!(
+                    "strata-agent task-init: warning: cannot bind the sandbox's tmp on {target}: {e}"
+                );
+            }
+        }
+    }
+    if !spec.cwd.is_dir() {
+        use std::os::fd::AsRawFd as _;
+        fs::create_dir_all(&spec.cwd).map_err(sys(format!("recreate {}", spec.cwd.display())))?;
+        let source = format!("/proc/self/fd/{}", sandbox_fd.as_raw_fd());
+        mount(
+            Some(source.as_str()),
+            &spec.cwd,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(nix_sys(format!(
+            "bind the sandbox back on {}",
+            spec.cwd.display()
+        )))?;
+    }
+    drop(sandbox_fd);
+    if Path::new("/dev/shm").is_dir() {
+        mount(
+            Some("tmpfs"),
+            "/dev/shm",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777,size=64m"),
+        )
+        .map_err(nix_sys("mount /dev/shm"))?;
+    }
+    let hostname: String = spec.task_id.chars().take(64).collect();
+    nix::unistd::sethostname(&hostname).map_err(nix_sys("set the hostname"))?;
+    if spec.network_isolation {
+        crate::sys::loopback_up().map_err(sys("bring up loopback"))?;
+    }
+
+    let keep = parse_capabilities(&spec.capabilities).map_err(|reason| SupervisorError::Spec {
+        path: run_dir.join(SPEC_FILE),
+        reason,
+    })?;
+    let mut rlimits = Vec::new();
+    for (name, value) in &spec.rlimits {
+        let resource = rlimit_resource(name).ok_or_else(|| SupervisorError::Spec {
+            path: run_dir.join(SPEC_FILE),
+            reason: format!("unknown rlimit {name:?}"),
+        })?;
+        rlimits.push((resource, *value));
+    }
+
+    let mut forwarded = SigSet::empty();
+    for s in FORWARDED {
+        forwarded.add(s);
+    }
+    let mut waited = forwarded;
+    waited.add(Signal::SIGCHLD);
+    crate::sys::catch_for_sigwait(&waited).map_err(sys("set up signal forwarding"))?;
+
+    let (stdout_r, stdout_w) = nix::unistd::pipe().map_err(nix_sys("create a pipe"))?;
+    let (stderr_r, stderr_w) = nix::unistd::pipe().map_err(nix_sys("create a pipe"))?;
+    let mut cmd = Command::new(&spec.program);
+    {
+        use std::os::unix::process::CommandExt as _;
+        if let Some(argv0) = spec.argv.first() {
+            cmd.arg0(argv0);
+        }
+    }
+    cmd.args(spec.argv.iter().skip(1))
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout_w))
+        .stderr(Stdio::from(stderr_w));
+    // Single-threaded here: the copier threads start after the spawn.
+    crate::sys::drop_privileges_before_exec(
+        &mut cmd,
+        crate::sys::Credentials {
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.clone(),
+            keep,
+            rlimits,
+        },
+    );
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            // The agent turns this into a launch failure naming the program and the error.
+            report_launch(&format!("error {}", e.raw_os_error().unwrap_or(0)));
+            return Ok(127);
+        }
+    };
+    drop(cmd);
+    let main = Pid::from_raw(child.id() as i32);
+    // Not waited through std: this init reaps every process of the namespace itself.
+    drop(child);
+    report_launch(&format!("started {}", main.as_raw()));
+    // Each copier holds a sender until it is done: the receiver then sees a disconnect.
+    let (copied, all_copied) = std::sync::mpsc::channel::<()>();
+    for (from, to) in [(stdout_r, &spec.stdout), (stderr_r, &spec.stderr)] {
+        spawn_copier(
+            File::from(from),
+            to.clone(),
+            spec.log_max_bytes,
+            copied.clone(),
+        );
+    }
+    drop(copied);
+
+    let status = loop {
+        let signal = waited.wait().map_err(nix_sys("wait for signals"))?;
+        if signal != Signal::SIGCHLD {
+            let _ = kill(main, signal);
+            continue;
+        }
+        let mut main_status = None;
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    if status.pid() == Some(main) {
+                        main_status = wait_status(status);
+                    }
+                }
+            }
+        }
+        if let Some(status) = main_status {
+            break status;
+        }
+    };
+    let run_dir_now = {
+        use std::os::fd::AsRawFd as _;
+        PathBuf::from(format!("/proc/self/fd/{}", run_fd.as_raw_fd()))
+    };
+    let _ = checkpoint::write_atomic_volatile(
+        &run_dir_now.join(TASK_EXIT_FILE),
+        format_exit(status).as_bytes(),
+    );
+    // Let the copiers drain what the command wrote (at most 500 ms: descendants of the command
+    // may hold the pipes open).
+    let _ = all_copied.recv_timeout(Duration::from_millis(500));
+    Ok(match status {
+        ExitStatus::Code(c) => u8::try_from(c & 0xff).unwrap_or(1),
+        ExitStatus::Signal(s) => u8::try_from((128 + s) & 0xff).unwrap_or(1),
+    })
+}
+
+/// Tells the agent, through the launch pipe on stdout, whether the command started
+/// (`started <pid>`) or not (`error <errno>`), then points stdout at /dev/null so the agent
+/// sees the end of the pipe.
+fn report_launch(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    drop(out);
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(null);
+    }
+}
+
+/// Copies `from` to `path`, rotating `path` to `path.1` when it would pass `max` bytes.
+fn spawn_copier(
+    mut from: File,
+    path: PathBuf,
+    max: u64,
+    done: std::sync::mpsc::Sender<()>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let _done = done;
+        let open = |p: &Path| OpenOptions::new().create(true).append(true).open(p).ok();
+        let mut out = open(&path);
+        let mut size = out
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if max > 0 && size + n as u64 > max && size > 0 {
+                let mut rotated = path.clone().into_os_string();
+                rotated.push(".1");
+                let _ = fs::rename(&path, PathBuf::from(rotated));
+                out = open(&path);
+                size = 0;
+            }
+            if let Some(f) = out.as_mut() {
+                let _ = f.write_all(&buf[..n]);
+            }
+            size += n as u64;
+        }
+    })
+}
+
+/// The supplementary groups of a user, by name.
+pub fn groups_of(user: &nix::unistd::User) -> Vec<u32> {
+    let Ok(name) = std::ffi::CString::new(user.name.clone()) else {
+        return vec![user.gid.as_raw()];
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()])
+}
+
+/// A rlimits map from the proto as a sorted list, refusing unknown names.
+pub fn rlimits_from(map: &HashMap<String, u64>) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    for (name, value) in map {
+        if !RLIMIT_NAMES.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown rlimit {name:?}: use one of {}",
+                RLIMIT_NAMES.join(", ")
+            ));
+        }
+        out.push((name.clone(), *value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_files_round_trip() {
+        for s in [
+            ExitStatus::Code(0),
+            ExitStatus::Code(3),
+            ExitStatus::Signal(9),
+        ] {
+            assert_eq!(parse_exit(&format_exit(s)), Some(s));
+        }
+        assert_eq!(parse_exit("garbage"), None);
+        assert_eq!(parse_exit(""), None);
+    }
+
+    #[test]
+    fn capabilities_and_rlimits_are_checked() {
+        let set =
+            parse_capabilities(&["net_bind_service".to_owned(), "CAP_CHOWN".to_owned()]).unwrap();
+        assert!(set.contains(&caps::Capability::CAP_NET_BIND_SERVICE));
+        assert!(set.contains(&caps::Capability::CAP_CHOWN));
+        assert!(parse_capabilities(&["CAP_FLY".to_owned()]).is_err());
+        let ok = rlimits_from(&HashMap::from([("nofile".to_owned(), 64)])).unwrap();
+        assert_eq!(ok, vec![("nofile".to_owned(), 64)]);
+        assert!(rlimits_from(&HashMap::from([("x".to_owned(), 1)])).is_err());
+    }
+
+    #[test]
+    fn logs_rotate_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let path = dir.path().join("stdout");
+        let (done, _) = std::sync::mpsc::channel();
+        let copier = spawn_copier(File::from(r), path.clone(), 100, done);
+        let mut w = File::from(w);
+        for _ in 0..5 {
+            w.write_all(&[b'x'; 60]).unwrap();
+            thread::sleep(Duration::from_millis(20));
+        }
+        drop(w);
+        copier.join().unwrap();
+        let current = fs::metadata(&path).unwrap().len();
+        let old = fs::metadata(dir.path().join("stdout.1")).unwrap().len();
+        assert!(current <= 100 && old <= 100, "{current} {old}");
+        assert_eq!(current + old, 120);
+    }
+}

@@ -1,0 +1,249 @@
+//! The agent's small syscall layer: what runs in a task's first process between `fork` and
+//! `exec` (`pre_exec` hooks). This is the only module of the agent allowed `unsafe` code.
+//!
+//! Code in a `pre_exec` hook runs in the child of a multi-threaded parent, so it may only make
+//! async-signal-safe calls: no allocation, no locks, no logging. Everything it needs (open file
+//! descriptors, C strings) is prepared by the parent before the fork and moved into the hook.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+/// Makes the child write `0` to each of `procs` (open `cgroup.procs` files) before it execs the
+/// command, so the command starts inside its cgroups and every process it forks is accounted
+/// and limited from its first instruction. The descriptors are closed on exec (they are opened
+/// with `O_CLOEXEC`).
+pub fn join_cgroups_before_exec(cmd: &mut tokio::process::Command, procs: Vec<OwnedFd>) {
+    let hook = move || -> io::Result<()> {
+        for fd in &procs {
+            // write(2) is async-signal-safe; "0" means the writing process.
+            nix::unistd::write(fd, b"0").map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls write(2) on descriptors it owns and builds an io::Error from a
+    // raw errno (no allocation), both async-signal-safe; it touches no state shared with the
+    // parent's other threads.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Which side of [`fork_into`] this is.
+#[derive(Debug)]
+pub enum Forked {
+    /// The child: in the task's cgroups and namespaces.
+    Child,
+    /// The parent, with the child's pid.
+    Parent(nix::unistd::Pid),
+}
+
+/// Forks the calling process; the child writes `0` to each of `procs` (open `cgroup.procs`
+/// files) and unshares `namespaces` before it returns. Call it only in a **single-threaded**
+/// process (the supervisor): the child goes on running Rust code.
+pub fn fork_into(procs: &[OwnedFd], namespaces: nix::sched::CloneFlags) -> io::Result<Forked> {
+    // SAFETY: the caller guarantees a single-threaded process, so the child is a complete copy
+    // with no lock held by a vanished thread and may run any code, as after a plain fork.
+    match unsafe { nix::unistd::fork() }.map_err(os_err)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => {
+            let entered = procs
+                .iter()
+                .try_for_each(|fd| nix::unistd::write(fd, b"0").map(drop))
+                .and_then(|()| nix::sched::unshare(namespaces));
+            if let Err(e) = entered {
+                eprintln!("strata-agent: cannot enter the task's cgroups and namespaces: {e}");
+                std::process::exit(126);
+            }
+            Ok(Forked::Child)
+        }
+    }
+}
+
+/// Moves the calling process's future children into a new pid namespace (the first becomes
+/// its init). Call it only in a single-threaded process (the supervisor).
+pub fn unshare_pid_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Who the task's command runs as and what it keeps.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// The capabilities kept; every other one is dropped from every set, bounding included.
+    pub keep: caps::CapsHashSet,
+    /// Resource limits (soft = hard).
+    pub rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+}
+
+fn os_err(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn caps_err(e: caps::errors::CapsError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Makes the child of `cmd` switch to `creds` before it execs: supplementary groups, group,
+/// user; capabilities dropped to `creds.keep` (also in the bounding set, and raised as ambient
+/// so a non-root user keeps them across exec); no_new_privs; rlimits.
+///
+/// Must be called only in a **single-threaded** process (the task's init): the hook
+/// allocates, which is safe after fork only when no other thread can hold the allocator's lock.
+pub fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds: Credentials) {
+    use std::os::unix::process::CommandExt as _;
+    let hook = move || -> io::Result<()> {
+        use caps::CapSet;
+        use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
+        use nix::unistd::{Gid, Uid};
+        // The init blocks the signals it forwards: the command starts with none blocked, and
+        // with SIGPIPE at its default action (Rust ignores it in its own processes).
+        SigSet::empty().thread_set_mask().map_err(os_err)?;
+        // SAFETY: setting a default disposition installs no handler; async-signal-safe.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(os_err)?;
+        if !creds.keep.is_empty() && creds.uid != 0 {
+            nix::sys::prctl::set_keepcaps(true).map_err(os_err)?;
+        }
+        for cap in caps::all() {
+            if !creds.keep.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
+            }
+        }
+        let groups: Vec<Gid> = creds.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).map_err(os_err)?;
+        nix::unistd::setgid(Gid::from_raw(creds.gid)).map_err(os_err)?;
+        nix::unistd::setuid(Uid::from_raw(creds.uid)).map_err(os_err)?;
+        caps::set(None, CapSet::Permitted, &creds.keep).map_err(caps_err)?;
+        caps::set(None, CapSet::Effective, &creds.keep).map_err(caps_err)?;
+        caps::set(None, CapSet::Inheritable, &creds.keep).map_err(caps_err)?;
+        caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
+        for cap in &creds.keep {
+            caps::raise(None, CapSet::Ambient, *cap).map_err(caps_err)?;
+        }
+        nix::sys::prctl::set_no_new_privs().map_err(os_err)?;
+        for (resource, value) in &creds.rlimits {
+            nix::sys::resource::setrlimit(*resource, *value, *value).map_err(os_err)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the caller guarantees a single-threaded parent, so the hook's allocations and
+    // libc calls cannot deadlock on a lock held by another thread at fork time; it changes only
+    // the child's own credentials.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+extern "C" fn forward_marker(_: nix::libc::c_int) {}
+
+/// Installs a (never-run) handler for each signal so that a pid namespace's init is not immune
+/// to them (the kernel drops signals with a default action sent to a namespace's init), and
+/// blocks them, so the caller collects them with `sigwait`.
+pub fn catch_for_sigwait(signals: &nix::sys::signal::SigSet) -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(forward_marker),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in signals.iter() {
+        // SAFETY: the handler does nothing (it is async-signal-safe), and the signals are
+        // blocked right after, so it never even runs.
+        unsafe { sigaction(signal, &action) }.map_err(os_err)?;
+    }
+    signals.thread_block().map_err(os_err)
+}
+
+/// Brings the loopback interface up (in a fresh network namespace it starts down).
+pub fn loopback_up() -> io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    use std::os::fd::AsRawFd as _;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(os_err)?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as nix::libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`, which lives across
+    // the call; the socket is open.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as nix::libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS reads `req`.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFFLAGS as _, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pidfd for `pid` (Linux 5.3+): readable once the process has exited, and immune to pid
+/// reuse once open.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nothing is
+    // borrowed.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers a pidfd with the tokio reactor, to await the process's exit.
+pub fn watch_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+    // refers to the same pidfd for the AsyncFd's whole life, and as_raw_fd never changes.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Takes ownership of a descriptor received with `SCM_RIGHTS`.
+pub fn own_received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: the kernel installed this descriptor in this process for this message only;
+    // nothing else refers to it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Forks the (single-threaded) launcher: `None` in the child, the child's pid in the parent.
+pub fn fork_supervisor() -> io::Result<Option<nix::unistd::Pid>> {
+    // SAFETY: only the launcher calls this, and it has a single thread, so the child is a
+    // complete copy that may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(os_err)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
+}
+
+/// Ignores SIGCHLD (children are reaped by the kernel) or restores its default.
+pub fn set_sigchld(ignore: bool) -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    let handler = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: installs no handler function, only a disposition.
+    unsafe { signal(Signal::SIGCHLD, handler) }
+        .map(drop)
+        .map_err(os_err)
+}

@@ -1,0 +1,670 @@
+//! Isolation scenarios for the agent's [`LinuxContainerizer`], shared by the host tests
+//! (`tests/host_isolation.rs`, hybrid cgroups on the development machines) and the guest tests
+//! (`tests/guest.rs`, pure cgroup v2 in qemu).
+//!
+//! Every scenario runs its workload as a task of a real containerizer whose cgroup root is a
+//! fresh directory below the test's own cgroup; the task's limits are written before its first
+//! process starts, and [`Env`] removes the whole subtree (killing what is left) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use strata_agent::cgroup::{self, CgroupBackend, CpuStats, RootPlacement};
+use strata_agent::containerizer::{Container, Containerizer as _, ExitStatus, LaunchSpec};
+use strata_agent::linux::{LinuxConfig, LinuxContainerizer};
+use strata_proto::{CommandInfo, Resource, TaskInfo, names};
+
+/// The longest any task of a scenario may run.
+const LIMIT: Duration = Duration::from_secs(60);
+const FRAMEWORK: &str = "fw-test";
+
+/// A containerizer with its own cgroup root and work dir, removed when dropped.
+pub struct Env {
+    /// The containerizer under test.
+    pub containerizer: LinuxContainerizer,
+    cgroups: Arc<dyn CgroupBackend>,
+    work: tempfile::TempDir,
+    helper: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("roots", &self.cgroups.roots())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Err(e) = self.cgroups.destroy_root() {
+            eprintln!("warning: cannot remove the test's cgroups: {e}");
+        }
+    }
+}
+
+/// A task spec: a command and its resources.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// The TaskInfo launched.
+    pub info: TaskInfo,
+}
+
+impl Task {
+    /// `helper ARGS...` (the helper stays in the task's cgroup: its first argument is `-`).
+    pub fn helper(env: &Env, id: &str, args: &[&str]) -> Self {
+        let mut arguments = vec![env.helper.display().to_string(), "-".to_owned()];
+        arguments.extend(args.iter().map(|a| (*a).to_owned()));
+        Self::command(id, &env.helper.display().to_string(), arguments, false)
+    }
+
+    /// `/bin/sh -c SCRIPT`.
+    pub fn shell(id: &str, script: &str) -> Self {
+        Self::command(id, script, Vec::new(), true)
+    }
+
+    fn command(id: &str, value: &str, arguments: Vec<String>, shell: bool) -> Self {
+        Self {
+            info: TaskInfo {
+                task_id: id.to_owned(),
+                command: Some(CommandInfo {
+                    shell,
+                    value: value.to_owned(),
+                    arguments,
+                    ..CommandInfo::default()
+                }),
+                ..TaskInfo::default()
+            },
+        }
+    }
+
+    /// Requested cpus (the share).
+    #[must_use]
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.info
+            .resources
+            .push(Resource::scalar(names::CPUS, cpus));
+        self
+    }
+
+    /// The hard memory limit, MiB.
+    #[must_use]
+    pub fn mem(mut self, mib: f64) -> Self {
+        self.info.resources.push(Resource::scalar(names::MEM, mib));
+        self
+    }
+
+    /// A hard cpu limit, cores.
+    #[must_use]
+    pub fn cpu_limit(mut self, cores: f64) -> Self {
+        self.info.cpu_limit = Some(cores);
+        self
+    }
+
+    /// The user (and optionally group) to run as.
+    #[must_use]
+    pub fn user(mut self, user: &str) -> Self {
+        if let Some(c) = self.info.command.as_mut() {
+            c.user = user.to_owned();
+        }
+        self
+    }
+
+    /// Capabilities to keep.
+    #[must_use]
+    pub fn capabilities(mut self, caps: &[&str]) -> Self {
+        if let Some(c) = self.info.command.as_mut() {
+            c.capabilities = caps.iter().map(|s| (*s).to_owned()).collect();
+        }
+        self
+    }
+
+    /// An rlimit.
+    #[must_use]
+    pub fn rlimit(mut self, name: &str, value: u64) -> Self {
+        if let Some(c) = self.info.command.as_mut() {
+            c.rlimits.insert(name.to_owned(), value);
+        }
+        self
+    }
+
+    /// A network namespace with only loopback.
+    #[must_use]
+    pub fn network_isolation(mut self) -> Self {
+        self.info.network_isolation = true;
+        self
+    }
+
+    /// A device node the task may use.
+    #[must_use]
+    pub fn device(mut self, path: &Path) -> Self {
+        self.info.devices.push(path.display().to_string());
+        self
+    }
+
+    /// pids.max.
+    #[must_use]
+    pub fn pids(mut self, max: u64) -> Self {
+        self.info.pids_limit = max;
+        self
+    }
+}
+
+impl Env {
+    /// A fresh environment named `name` (unique per process), running `helper` as workload.
+    pub fn new(name: &str, helper: &Path) -> Result<Self> {
+        let placement =
+            RootPlacement::BelowOwn(format!("strata-test-{}-{name}", std::process::id()));
+        let cgroups: Arc<dyn CgroupBackend> = Arc::from(
+            cgroup::detect(Path::new("/proc"), Path::new("/sys/fs/cgroup"), &placement)
+                .context("setting up the test's cgroups")?,
+        );
+        let work = tempfile::tempdir().context("creating a work dir")?;
+        let containerizer = LinuxContainerizer::new(LinuxConfig::new(work.path()), cgroups.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a tokio runtime")?;
+        Ok(Self {
+            containerizer,
+            cgroups,
+            work,
+            helper: helper.to_path_buf(),
+            rt,
+        })
+    }
+
+    /// Like [`Env::new`], with `helper` also as the tasks' supervisor and init, so tasks get
+    /// namespaces, a user and dropped capabilities.
+    pub fn supervised(name: &str, helper: &Path) -> Result<Self> {
+        let mut env = Self::new(name, helper)?;
+        let mut config = LinuxConfig::new(env.work.path());
+        config.supervisor_exe = Some(helper.to_path_buf());
+        // By id: the guest has no user database.
+        config.default_user = NOBODY.to_owned();
+        env.containerizer = LinuxContainerizer::new(config, env.cgroups.clone());
+        Ok(env)
+    }
+
+    /// Like [`Env::supervised`], with device control (the agent's cgroup_device program).
+    pub fn with_device_control(name: &str, helper: &Path) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        let devices = strata_agent::ebpf::DeviceControl::load()
+            .context("loading the device control program")?;
+        let mut config = LinuxConfig::new(env.work.path());
+        config.supervisor_exe = Some(helper.to_path_buf());
+        env.containerizer =
+            LinuxContainerizer::new(config, env.cgroups.clone()).with_device_control(devices);
+        Ok(env)
+    }
+
+    /// The work dir.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Launches a task.
+    pub fn launch(&self, task: &Task) -> Result<Box<dyn Container>> {
+        let mut info = task.info.clone();
+        self.bring_helper_into_sandbox(&mut info)?;
+        let spec = LaunchSpec {
+            framework_id: FRAMEWORK.to_owned(),
+            agent_id: "agent-test".to_owned(),
+            task: info,
+        };
+        self.rt
+            .block_on(self.containerizer.launch(&spec))
+            .with_context(|| format!("launching task {}", task.info.task_id))
+    }
+
+    /// A task sees the sandbox's `tmp` at `/tmp`, so a helper binary under the host's /tmp (a
+    /// checkout there, as CI's may be) is out of its sight: copy it into the task's sandbox,
+    /// which stays reachable at its path, and run that copy.
+    fn bring_helper_into_sandbox(&self, info: &mut TaskInfo) -> Result<()> {
+        let helper = self.helper.display().to_string();
+        let Some(command) = info.command.as_mut().filter(|c| c.value == helper) else {
+            return Ok(());
+        };
+        let sandbox =
+            strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, &info.task_id);
+        std::fs::create_dir_all(&sandbox)
+            .with_context(|| format!("creating the sandbox {}", sandbox.display()))?;
+        let copy = sandbox.join("strata-vm-helper");
+        std::fs::copy(&self.helper, &copy)
+            .with_context(|| format!("copying {helper} into {}", sandbox.display()))?;
+        let copy = copy.display().to_string();
+        command.value.clone_from(&copy);
+        if let Some(argv0) = command.arguments.first_mut() {
+            argv0.clone_from(&copy);
+        }
+        Ok(())
+    }
+
+    /// Waits for a task to end (at most [`LIMIT`]).
+    pub fn wait(&self, c: &dyn Container) -> Result<ExitStatus> {
+        self.rt
+            .block_on(async { tokio::time::timeout(LIMIT, c.wait()).await })
+            .context("the task did not end in time")?
+            .context("waiting for the task")
+    }
+
+    /// Kills a task with the given grace period.
+    pub fn kill(&self, c: &dyn Container, grace: Duration) -> Result<ExitStatus> {
+        self.rt
+            .block_on(async { tokio::time::timeout(LIMIT, c.kill(grace)).await })
+            .context("the task was not killed in time")?
+            .context("killing the task")
+    }
+
+    /// Sleeps on the runtime (so the reapers keep running).
+    pub fn sleep(&self, d: Duration) {
+        self.rt.block_on(async { tokio::time::sleep(d).await });
+    }
+
+    /// The cpu stats of a running task's cgroup.
+    pub fn cpu_stats(&self, task_id: &str) -> Result<CpuStats> {
+        let rel = cgroup::task_rel(FRAMEWORK, task_id)?;
+        let cg = self
+            .cgroups
+            .open(&rel)
+            .with_context(|| format!("task {task_id} has no cgroup"))?;
+        Ok(cg.cpu_stats()?)
+    }
+
+    /// The pids in a running task's cgroup.
+    pub fn pids(&self, task_id: &str) -> Result<Vec<i32>> {
+        let rel = cgroup::task_rel(FRAMEWORK, task_id)?;
+        match self.cgroups.open(&rel) {
+            Some(cg) => Ok(cg.pids()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A task's stdout.
+    pub fn stdout(&self, task_id: &str) -> String {
+        let dir = strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, task_id);
+        std::fs::read_to_string(dir.join("stdout")).unwrap_or_default()
+    }
+
+    /// The task's sandbox directory.
+    pub fn sandbox(&self, task_id: &str) -> PathBuf {
+        strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, task_id)
+    }
+
+    /// Whether the task's cgroup is gone.
+    pub fn cgroup_gone(&self, task_id: &str) -> Result<bool> {
+        let rel = cgroup::task_rel(FRAMEWORK, task_id)?;
+        Ok(self.cgroups.open(&rel).is_none())
+    }
+}
+
+/// A task over its memory limit is OOM-killed, reported with its peak usage, its cgroup is
+/// removed, and its neighbour keeps running.
+pub fn memory_limit_oom_kills_only_the_offender(helper: &Path) -> Result<()> {
+    // Supervised, as the agent runs tasks: the OOM kill takes the task's init with it.
+    let env = Env::supervised("oom", helper)?;
+    let neighbour = env.launch(&Task::helper(&env, "neighbour", &["sleep", "30"]).mem(32.0))?;
+    let hog = env.launch(&Task::helper(&env, "hog", &["alloc", "256"]).mem(32.0))?;
+    let status = env.wait(hog.as_ref())?;
+    ensure!(
+        status == ExitStatus::Signal(9),
+        "the hog should be SIGKILLed by the OOM killer, it {status}; stdout: {}",
+        env.stdout("hog")
+    );
+    let oom = hog
+        .memory_oom()
+        .context("the hog's OOM kill was not reported")?;
+    eprintln!("hog: {status}, {oom:?}");
+    ensure!(oom.oom_kills >= 1, "{oom:?}");
+    ensure!(
+        oom.limit_bytes == Some(32 << 20),
+        "limit reported as {:?}",
+        oom.limit_bytes
+    );
+    let peak = oom.peak_bytes.context("no peak usage")?;
+    ensure!(
+        peak > 24 << 20 && peak <= 33 << 20,
+        "peak usage {peak} is not close to the 32 MiB limit"
+    );
+    ensure!(
+        !env.stdout("hog").contains("survived"),
+        "the hog got all its memory"
+    );
+    ensure!(env.cgroup_gone("hog")?, "the hog's cgroup was not removed");
+    let neighbour_pids = env.pids("neighbour")?;
+    ensure!(
+        !neighbour_pids.is_empty(),
+        "the neighbour was hit by the hog's OOM"
+    );
+    ensure!(neighbour.memory_oom().is_none());
+    let status = env.kill(neighbour.as_ref(), Duration::from_secs(2))?;
+    ensure!(status == ExitStatus::Signal(15), "neighbour {status}");
+    ensure!(
+        env.cgroup_gone("neighbour")?,
+        "the neighbour's cgroup was not removed"
+    );
+    Ok(())
+}
+
+/// A fork bomb stops at pids.max, the host stays responsive, and kill ends every process.
+pub fn fork_bomb_is_stopped_by_pids_max(helper: &Path) -> Result<()> {
+    let env = Env::new("forkbomb", helper)?;
+    let limit = 24u64;
+    // A real bomb: every copy forks copies of itself as fast as it can, forever; capped in cpu
+    // as well.
+    let bomb = env.launch(
+        &Task::helper(&env, "bomb", &["fork-bomb"])
+            .pids(limit)
+            .cpu_limit(0.5)
+            .mem(64.0),
+    )?;
+    env.sleep(Duration::from_millis(1500));
+    let pids = env.pids("bomb")?;
+    ensure!(
+        pids.len() as u64 <= limit && pids.len() as u64 >= limit / 2,
+        "the bomb has {} processes with pids.max {limit}",
+        pids.len()
+    );
+    // The host still starts processes at once.
+    let started = Instant::now();
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", "echo alive"])
+        .output()
+        .context("starting a process next to the bomb")?;
+    ensure!(out.status.success() && started.elapsed() < Duration::from_secs(5));
+    let status = env.kill(bomb.as_ref(), Duration::from_millis(200))?;
+    eprintln!(
+        "bomb: {} processes at pids.max {limit}; host process started in {:?}; bomb {status}",
+        pids.len(),
+        started.elapsed()
+    );
+    ensure!(
+        env.cgroup_gone("bomb")?,
+        "the bomb's cgroup was not removed"
+    );
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        ensure!(
+            stat.is_empty()
+                || stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z')),
+            "process {pid} of the bomb survived: {stat}"
+        );
+    }
+    Ok(())
+}
+
+/// A cpu limit of 0.2 cores holds a spinning task near 20% of a cpu, with throttling.
+pub fn cpu_limit_throttles(helper: &Path) -> Result<()> {
+    let env = Env::new("cpumax", helper)?;
+    let task = env.launch(&Task::helper(&env, "spinner", &["spin", "20000"]).cpu_limit(0.2))?;
+    env.sleep(Duration::from_millis(500));
+    let (t0, s0) = (Instant::now(), env.cpu_stats("spinner")?);
+    env.sleep(Duration::from_secs(2));
+    let (t1, s1) = (Instant::now(), env.cpu_stats("spinner")?);
+    let _ = env.kill(task.as_ref(), Duration::ZERO)?;
+    let wall_us = t1.duration_since(t0).as_micros() as f64;
+    let cores = (s1.usage_us - s0.usage_us) as f64 / wall_us;
+    eprintln!(
+        "cpu limit 0.2: used {cores:.3} cores; throttled {} periods ({} us)",
+        s1.nr_throttled - s0.nr_throttled,
+        s1.throttled_us - s0.throttled_us
+    );
+    ensure!(
+        (0.1..=0.3).contains(&cores),
+        "a task limited to 0.2 cores used {cores:.3}"
+    );
+    ensure!(
+        s1.nr_throttled > s0.nr_throttled,
+        "no throttling: {s0:?} {s1:?}"
+    );
+    Ok(())
+}
+
+/// Two tasks spinning on the same cpu share it in proportion to their requested cpus (1:3).
+pub fn cpu_weights_share_in_proportion(helper: &Path) -> Result<()> {
+    let env = Env::new("weights", helper)?;
+    let small = env.launch(&Task::helper(&env, "small", &["spin-on", "0", "20000"]).cpus(0.5))?;
+    let big = env.launch(&Task::helper(&env, "big", &["spin-on", "0", "20000"]).cpus(1.5))?;
+    env.sleep(Duration::from_millis(500));
+    let (a0, b0) = (env.cpu_stats("small")?, env.cpu_stats("big")?);
+    env.sleep(Duration::from_secs(3));
+    let (a1, b1) = (env.cpu_stats("small")?, env.cpu_stats("big")?);
+    let _ = env.kill(small.as_ref(), Duration::ZERO)?;
+    let _ = env.kill(big.as_ref(), Duration::ZERO)?;
+    let small_us = (a1.usage_us - a0.usage_us) as f64;
+    let big_us = (b1.usage_us - b0.usage_us) as f64;
+    let ratio = big_us / small_us.max(1.0);
+    eprintln!(
+        "cpu weights 0.5 vs 1.5 on one cpu: {small_us:.0} us vs {big_us:.0} us, ratio {ratio:.2}"
+    );
+    ensure!(
+        (2.0..=4.5).contains(&ratio),
+        "cpus 1.5 vs 0.5 should share a cpu about 3:1, got {ratio:.2}"
+    );
+    Ok(())
+}
+
+/// Kill sends SIGTERM to every process in the cgroup, then kills what ignores it.
+pub fn kill_terminates_then_kills_the_whole_cgroup(helper: &Path) -> Result<()> {
+    let env = Env::supervised("kill", helper)?;
+    let task = env.launch(&Task::shell(
+        "stubborn",
+        "trap '' TERM; (trap '' TERM; sleep 30) & echo ready; sleep 30",
+    ))?;
+    let deadline = Instant::now() + LIMIT;
+    while !env.stdout("stubborn").contains("ready") {
+        ensure!(Instant::now() < deadline, "the task never got ready");
+        env.sleep(Duration::from_millis(10));
+    }
+    let pids = env.pids("stubborn")?;
+    // busybox sh may run sleep in-process: at least the two shells.
+    ensure!(
+        pids.len() >= 2,
+        "expected the shells and sleeps, got {pids:?}"
+    );
+    let started = Instant::now();
+    let status = env.kill(task.as_ref(), Duration::from_millis(300))?;
+    ensure!(status == ExitStatus::Signal(9), "{status}");
+    ensure!(started.elapsed() >= Duration::from_millis(300));
+    ensure!(env.cgroup_gone("stubborn")?, "the cgroup was not removed");
+    Ok(())
+}
+
+/// The unprivileged user of the namespace scenarios (by id: the guest has no user database).
+const NOBODY: &str = "65534";
+
+fn run_to_end(env: &Env, task: &Task) -> Result<String> {
+    let c = env.launch(task)?;
+    let status = env.wait(c.as_ref())?;
+    let out = env.stdout(&task.info.task_id);
+    ensure!(
+        status == ExitStatus::Code(0),
+        "task {} {status}; stdout: {out}; stderr: {}",
+        task.info.task_id,
+        std::fs::read_to_string(env.sandbox(&task.info.task_id).join("stderr")).unwrap_or_default()
+    );
+    Ok(out)
+}
+
+fn line<'a>(out: &'a str, key: &str) -> Result<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .with_context(|| format!("no {key:?} line in {out:?}"))
+}
+
+/// `ps` in a task shows only its own processes (pid 1 is its init), and its hostname is its id.
+pub fn a_task_sees_only_its_processes_and_its_hostname(helper: &Path) -> Result<()> {
+    let env = Env::supervised("pidns", helper)?;
+    let out = run_to_end(
+        &env,
+        &Task::shell(
+            "ns-task-1",
+            "sleep 30 & echo \"pids: $(ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' ')\"; \
+             echo \"hostname: $(hostname)\"; echo \"self: $$\"; echo ps:; \
+             ps -e -o pid,comm 2>/dev/null || ps -o pid,comm; kill $!",
+        )
+        .user(NOBODY),
+    )?;
+    eprintln!("{out}");
+    let pids: Vec<u32> = line(&out, "pids:")?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ensure!(
+        pids.first() == Some(&1) && pids.len() <= 12 && pids.iter().all(|p| *p < 50),
+        "the task sees processes other than its own: {pids:?}"
+    );
+    ensure!(
+        line(&out, "self:")? == "2",
+        "the command is not pid 2 under its init"
+    );
+    ensure!(
+        line(&out, "hostname:")? == "ns-task-1",
+        "hostname is not the task id"
+    );
+    let ps: Vec<&str> = out.lines().skip_while(|l| *l != "ps:").skip(2).collect();
+    ensure!(
+        !ps.is_empty() && ps.len() <= 6,
+        "ps shows {} processes: {ps:?}",
+        ps.len()
+    );
+    Ok(())
+}
+
+/// A task running as an unprivileged user has no capabilities, no_new_privs, its rlimits,
+/// and cannot write outside its sandbox; its /tmp is the sandbox's.
+pub fn an_unprivileged_task_has_no_capabilities_and_cannot_write_outside_its_sandbox(
+    helper: &Path,
+) -> Result<()> {
+    let env = Env::supervised("unpriv", helper)?;
+    let marker = format!("strata-escape-{}", std::process::id());
+    let script = format!(
+        "echo \"uid: $(id -u)\"; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status; \
+         echo \"nofile: $(ulimit -n)\"; \
+         for d in / /etc /root /var /usr; do touch \"$d/{marker}\" 2>/dev/null && echo \"wrote: $d\"; done; \
+         touch /tmp/{marker} && echo tmp-ok; touch \"$STRATA_SANDBOX/inside\" && echo sandbox-ok"
+    );
+    let out = run_to_end(
+        &env,
+        &Task::shell("unpriv", &script)
+            .user(NOBODY)
+            .rlimit("nofile", 64),
+    )?;
+    eprintln!("{out}");
+    ensure!(line(&out, "uid:")? == "65534", "not running as 65534");
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        ensure!(
+            line(&out, cap)?.trim_start_matches('0').is_empty(),
+            "{cap} is not empty: {}",
+            line(&out, cap)?
+        );
+    }
+    ensure!(line(&out, "NoNewPrivs:")? == "1", "no_new_privs is not set");
+    ensure!(
+        line(&out, "nofile:")? == "64",
+        "the nofile rlimit was not applied"
+    );
+    ensure!(
+        !out.contains("wrote:"),
+        "the task wrote outside its sandbox: {out}"
+    );
+    ensure!(out.contains("sandbox-ok") && out.contains("tmp-ok"));
+    ensure!(
+        env.sandbox("unpriv").join("tmp").join(&marker).is_file(),
+        "the task's /tmp is not its sandbox's tmp"
+    );
+    ensure!(
+        !Path::new("/tmp").join(&marker).exists(),
+        "the task wrote into the host's /tmp"
+    );
+    Ok(())
+}
+
+/// Capabilities asked for are kept (also for a non-root user); the rest are dropped.
+pub fn capabilities_asked_for_are_kept(helper: &Path) -> Result<()> {
+    let env = Env::supervised("caps", helper)?;
+    let out = run_to_end(
+        &env,
+        &Task::shell("caps", "grep -E '^(CapEff|CapBnd):' /proc/self/status")
+            .user(NOBODY)
+            .capabilities(&["CAP_NET_BIND_SERVICE"]),
+    )?;
+    // CAP_NET_BIND_SERVICE is capability 10.
+    for cap in ["CapEff:", "CapBnd:"] {
+        let mask = u64::from_str_radix(line(&out, cap)?, 16)?;
+        ensure!(
+            mask == 1 << 10,
+            "{cap} is {mask:#x}, expected only CAP_NET_BIND_SERVICE"
+        );
+    }
+    Ok(())
+}
+
+/// A task asking for network isolation sees only loopback, and it is up.
+pub fn network_isolation_leaves_only_loopback(helper: &Path) -> Result<()> {
+    let env = Env::supervised("netns", helper)?;
+    let out = run_to_end(
+        &env,
+        &Task::shell(
+            "netns",
+            "echo \"ifaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')\"",
+        )
+        .user(NOBODY)
+        .network_isolation(),
+    )?;
+    ensure!(line(&out, "ifaces:")? == "lo", "interfaces: {out}");
+    Ok(())
+}
+
+/// A task cannot open a device it was not given (EPERM from the cgroup_device program), can
+/// open one it was given, and always has the standard ones (/dev/null, /dev/zero, ...).
+pub fn device_control_denies_all_but_the_standard_and_given_devices(helper: &Path) -> Result<()> {
+    let env = Env::with_device_control("devices", helper)?;
+    // A character device with no driver behind it (240 is a "local/experimental" major): an
+    // allowed open fails with ENXIO in the driver lookup, a denied one with EPERM before it.
+    let node_in = |task_id: &str| -> Result<PathBuf> {
+        let sandbox = env.sandbox(task_id);
+        std::fs::create_dir_all(&sandbox)?;
+        let node = sandbox.join("dev240");
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(240, 0),
+        )
+        .context("creating a test device node")?;
+        std::fs::set_permissions(
+            &node,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666),
+        )?;
+        Ok(node)
+    };
+    let script = "cat \"$STRATA_SANDBOX/dev240\" 2>&1 | head -n 1; \
+                  echo \"zero: $(head -c 4 /dev/zero | wc -c)\"; echo x > /dev/null && echo null-ok";
+    node_in("nodev")?;
+    let denied = run_to_end(&env, &Task::shell("nodev", script).user(NOBODY))?;
+    let node = node_in("dev")?;
+    let allowed = run_to_end(&env, &Task::shell("dev", script).user(NOBODY).device(&node))?;
+    eprintln!("not given: {denied}given: {allowed}");
+    for out in [&denied, &allowed] {
+        ensure!(
+            line(out, "zero:")? == "4" && out.contains("null-ok"),
+            "standard devices are not usable: {out}"
+        );
+    }
+    ensure!(
+        denied.contains("Operation not permitted"),
+        "a device the task was not given could be opened: {denied}"
+    );
+    ensure!(
+        allowed.contains("No such device or address"),
+        "a device the task was given could not be opened: {allowed}"
+    );
+    Ok(())
+}
