@@ -76,6 +76,8 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     agent_config.disk_mib = args.disk;
     agent_config.ports = args.ports;
     agent_config.attributes = args.attributes.clone();
+    // A local cluster goes away whole: its tasks end with it.
+    agent_config.kill_tasks_on_shutdown = true;
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

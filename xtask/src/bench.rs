@@ -2,6 +2,7 @@
 //!
 //! - `skeleton`: tasks launched per second through a real allocator and agent for `true`, and
 //!   the latency from ACCEPT to TASK_RUNNING (median, p99), over `--tasks` tasks.
+//! - `launch`: an isolated `/bin/true` through the containerizer, against crun and runc.
 //! - `allocator`: the allocator core alone (`allocator/benches/allocator.rs`).
 
 use std::net::TcpListener;
@@ -31,6 +32,12 @@ pub enum Bench {
         /// The command each task runs.
         #[arg(long, default_value = "true")]
         cmd: String,
+    },
+    /// Launch latency of an isolated /bin/true: strata's containerizer vs crun and runc.
+    Launch {
+        /// How many launches per runtime.
+        #[arg(long, default_value_t = 1000)]
+        tasks: u32,
     },
     /// The allocator core alone: full rounds at 10,000 and 50,000 agents, adding agents,
     /// tasks placed per second in a simulated cluster.
@@ -66,6 +73,7 @@ impl Drop for Processes {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Skeleton { tasks, cmd } => skeleton(*tasks, cmd),
+        Bench::Launch { tasks } => crate::bench_launch::launch(*tasks),
         Bench::Allocator { args } => util::run(
             util::cargo()
                 .args([

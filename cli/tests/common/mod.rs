@@ -76,6 +76,8 @@ impl Cluster {
         let allocator = Command::new(bin("strata-allocator"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--agent-reconnect-timeout", opts.agent_reconnect_timeout])
+            .arg("--work-dir")
+            .arg(dir.path().join("allocator"))
             .stdout(log_file(dir.path(), "allocator.log")?)
             .stderr(log_file(dir.path(), "allocator.err")?)
             .spawn()
@@ -213,6 +215,15 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Tasks run under supervisors in the agent's cgroup subtree and outlive the agent:
+        // remove the subtree, killing whatever still runs in it.
+        let _ = Command::new(bin("strata-agent"))
+            .args(["--allocator", &self.addr, "--work-dir"])
+            .arg(self.agent_work_dir())
+            .arg("--remove-cgroups")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         for pid in pids {
             let _ = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
