@@ -1,7 +1,8 @@
 //! `strata-allocator`: the allocator as a process. Parses flags into an `AllocatorConfig`,
 //! binds the listening socket (a clear error when the address is taken), installs the
 //! tracing subscriber (`RUST_LOG`, default `info`, to stderr), prints the address it listens
-//! on to stdout, and serves until SIGINT or SIGTERM.
+//! on to stdout, and serves until SIGINT or SIGTERM. The registry is persisted by default in
+//! `registry.redb` under `--work-dir` (`/var/lib/strata/allocator`); `--store memory` opts out.
 
 use std::io::{ErrorKind, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -48,21 +49,42 @@ struct Args {
     #[arg(long, value_parser = parse_duration)]
     offer_timeout: Option<Duration>,
     /// The allocator's own directory: its registry store is `registry.redb` in it.
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
-    /// The registry store (redb file) that keeps framework ids, agent ids, weights, quota and
-    /// dynamic reservations across restarts; defaults to `registry.redb` in --work-dir.
-    /// Without either, the registry is kept in memory only.
-    #[arg(long)]
-    store: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_WORK_DIR)]
+    work_dir: PathBuf,
+    /// Where the registry (framework ids, agent ids, weights, quota and dynamic
+    /// reservations) is kept across restarts: a redb file (default: `registry.redb` in
+    /// --work-dir), or `memory` to keep it in memory only and lose it at restart (write
+    /// `./memory` for a file of that name).
+    #[arg(long, value_parser = parse_store)]
+    store: Option<StoreArg>,
+}
+
+/// The default `--work-dir`.
+const DEFAULT_WORK_DIR: &str = "/var/lib/strata/allocator";
+
+/// Where `--store` says the registry lives.
+#[derive(Clone, Debug, PartialEq)]
+enum StoreArg {
+    /// In memory only.
+    Memory,
+    /// A redb file.
+    Redb(PathBuf),
+}
+
+fn parse_store(input: &str) -> Result<StoreArg, String> {
+    match input {
+        "" => Err("give --store a file path, or `memory`".to_owned()),
+        "memory" => Ok(StoreArg::Memory),
+        path => Ok(StoreArg::Redb(PathBuf::from(path))),
+    }
 }
 
 impl Args {
-    /// Where the registry is kept, if anywhere.
-    fn store_path(&self) -> Option<PathBuf> {
+    /// Where the registry is kept: `--store`, else `registry.redb` in `--work-dir`.
+    fn store(&self) -> StoreArg {
         self.store
             .clone()
-            .or_else(|| self.work_dir.as_ref().map(|d| d.join("registry.redb")))
+            .unwrap_or_else(|| StoreArg::Redb(self.work_dir.join("registry.redb")))
     }
 
     fn config(&self) -> AllocatorConfig {
@@ -102,16 +124,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config();
     config.validate()?;
     // The store first: a corrupt or busy store stops the allocator before it listens.
-    let store: Box<dyn Store> = match args.store_path() {
-        Some(path) => {
+    let store: Box<dyn Store> = match args.store() {
+        StoreArg::Redb(path) => {
+            if args.store.is_none() {
+                std::fs::create_dir_all(&args.work_dir).with_context(|| {
+                    format!(
+                        "cannot create the allocator's work dir {}: pass --work-dir a writable \
+                         directory (or --store memory to keep the registry in memory only)",
+                        args.work_dir.display()
+                    )
+                })?;
+            }
             let store = RedbStore::open(&path)?;
             tracing::info!(store = %path.display(), "registry store opened");
             Box::new(store)
         }
-        None => {
-            tracing::warn!(
-                "no --work-dir or --store: the registry is kept in memory and lost at restart"
-            );
+        StoreArg::Memory => {
+            tracing::warn!("--store memory: the registry is kept in memory and lost at restart");
             Box::new(MemoryStore::default())
         }
     };
@@ -165,6 +194,32 @@ mod tests {
         let args = Args::try_parse_from(["strata-allocator"]).expect("no flags parse");
         assert_eq!(args.listen, "127.0.0.1:5050");
         assert_eq!(args.config(), AllocatorConfig::default());
+        assert_eq!(
+            args.store(),
+            StoreArg::Redb(PathBuf::from("/var/lib/strata/allocator/registry.redb"))
+        );
+    }
+
+    #[test]
+    fn store_flag_picks_memory_a_file_or_the_work_dir() {
+        let parse = |flags: &[&str]| {
+            let argv = std::iter::once("strata-allocator").chain(flags.iter().copied());
+            Args::try_parse_from(argv).expect("flags parse").store()
+        };
+        assert_eq!(parse(&["--store", "memory"]), StoreArg::Memory);
+        assert_eq!(
+            parse(&["--store", "./memory"]),
+            StoreArg::Redb(PathBuf::from("./memory"))
+        );
+        assert_eq!(
+            parse(&["--store", "/tmp/r.redb", "--work-dir", "/w"]),
+            StoreArg::Redb(PathBuf::from("/tmp/r.redb"))
+        );
+        assert_eq!(
+            parse(&["--work-dir", "/w"]),
+            StoreArg::Redb(PathBuf::from("/w/registry.redb"))
+        );
+        assert!(Args::try_parse_from(["strata-allocator", "--store", ""]).is_err());
     }
 
     #[test]

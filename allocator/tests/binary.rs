@@ -13,10 +13,15 @@ use tonic::transport::Endpoint;
 
 const STEP: Duration = Duration::from_secs(20);
 
+/// The allocator with `args`; a test that names neither `--work-dir` nor `--store` gets
+/// `--store memory`, so no test writes to the default work dir under /var/lib.
 fn allocator(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-allocator"));
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
+    cmd.args(args);
+    if !args.iter().any(|a| *a == "--work-dir" || *a == "--store") {
+        cmd.args(["--store", "memory"]);
+    }
+    cmd.env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -33,9 +38,19 @@ async fn wait_exit(child: &mut Child) -> Result<std::process::ExitStatus> {
 
 #[tokio::test]
 async fn serves_and_stops_on_sigterm() -> Result<()> {
-    let mut child = allocator(&["--listen", "127.0.0.1:0", "--allocation-interval", "100ms"])
-        .spawn()
-        .context("starting strata-allocator")?;
+    let dir = tempfile::tempdir()?;
+    let work = dir.path().join("allocator");
+    let work_arg = work.display().to_string();
+    let mut child = allocator(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--allocation-interval",
+        "100ms",
+        "--work-dir",
+        &work_arg,
+    ])
+    .spawn()
+    .context("starting strata-allocator")?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(STEP, lines.next_line())
@@ -69,6 +84,31 @@ async fn serves_and_stops_on_sigterm() -> Result<()> {
     assert!(kill.success());
     let status = wait_exit(&mut child).await?;
     assert!(status.success(), "exit status {status:?}");
+    // The registry is persisted by default, in the work dir.
+    assert!(
+        work.join("registry.redb").is_file(),
+        "no registry.redb in {work:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_work_dir_that_cannot_be_created_is_a_clear_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory")?;
+    let work = file.join("allocator").display().to_string();
+    let mut child = allocator(&["--listen", "127.0.0.1:0", "--work-dir", &work]).spawn()?;
+    let status = wait_exit(&mut child).await?;
+    assert!(!status.success());
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().context("stderr")?, &mut stderr)
+        .await?;
+    assert!(
+        stderr.contains(&format!("cannot create the allocator's work dir {work}"))
+            && stderr.contains("pass --work-dir a writable directory"),
+        "stderr: {stderr}"
+    );
     Ok(())
 }
 

@@ -128,7 +128,8 @@ fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
     let mut procs = Processes(Vec::new());
     procs.0.push(
         Command::new(bin.join("strata-allocator"))
-            .args(["--listen", &listen])
+            .args(["--listen", &listen, "--work-dir"])
+            .arg(work_dir.join("allocator"))
             .env("RUST_LOG", "warn")
             .spawn()
             .context("cannot start strata-allocator")?,

@@ -31,7 +31,9 @@ use std::time::Duration;
 use strata_proto::{Offer as ProtoOffer, event};
 
 use super::roles::{self, DEFAULT_ROLE, Quota};
-use super::{AgentId, AgentMode, Core, Filter, Framework, FrameworkId, Offer, OfferId, Resources};
+use super::{
+    AgentId, AgentMode, Core, FastMap, Filter, Framework, FrameworkId, Offer, OfferId, Resources,
+};
 
 /// Offers per OFFERS event, so one event stays far below gRPC's 4 MiB message limit.
 const MAX_OFFERS_PER_EVENT: usize = 256;
@@ -97,12 +99,20 @@ struct Leaf {
     /// What its own frameworks hold (the virtual `role/.` child), scalars.
     own: Resources,
     own_share: f64,
-    /// Its eligible frameworks by share in the role.
-    frameworks: BTreeSet<(Share, FrameworkId)>,
+    /// Its eligible frameworks by share in the role, as indices into [`Pass::fids`] (which
+    /// is sorted, so ties still go to the smaller id).
+    frameworks: BTreeSet<(Share, usize)>,
+    /// What each framework offered to in this pass holds in the role, scalars: its books
+    /// (`by_role`) plus the offers of the pass, kept here so the pass need not look them up.
+    held: FastMap<usize, Resources>,
 }
 
 /// The books of one allocation pass.
 struct Pass {
+    /// The connected frameworks of the pass, sorted by id.
+    fids: Vec<FrameworkId>,
+    /// Whether each of `fids` has refuse filters (none are added during a pass).
+    filtered: Vec<bool>,
     nodes: Vec<Node>,
     leaves: Vec<Leaf>,
     /// Leaf indices in hierarchical DRF order, valid unless `dirty`.
@@ -230,8 +240,15 @@ impl Core {
 
     /// The role tree of a pass: every role with eligible frameworks, usage or quota, and
     /// their ancestors.
-    fn build_pass(&self, frameworks: BTreeMap<String, BTreeSet<(Share, FrameworkId)>>) -> Pass {
+    fn build_pass(
+        &self,
+        fids: Vec<FrameworkId>,
+        filtered: Vec<bool>,
+        frameworks: BTreeMap<String, BTreeSet<(Share, usize)>>,
+    ) -> Pass {
         let mut pass = Pass {
+            fids,
+            filtered,
             nodes: Vec::new(),
             leaves: Vec::new(),
             order: Vec::new(),
@@ -286,6 +303,7 @@ impl Core {
                 role,
                 path,
                 frameworks: set,
+                held: FastMap::default(),
             });
         }
         for n in &mut pass.nodes {
@@ -303,12 +321,15 @@ impl Core {
     pub fn allocate(&mut self, now: Duration) {
         let full = std::mem::take(&mut self.full_allocation);
         let pending = std::mem::take(&mut self.pending_agents);
-        let mut frameworks: BTreeMap<String, BTreeSet<(Share, FrameworkId)>> = BTreeMap::new();
+        let mut frameworks: BTreeMap<String, BTreeSet<(Share, usize)>> = BTreeMap::new();
         let empty = Resources::new();
-        for fw in self.frameworks.values() {
-            if fw.conn.is_none() {
-                continue;
-            }
+        let mut connected: Vec<&Framework> = self
+            .frameworks
+            .values()
+            .filter(|fw| fw.conn.is_some())
+            .collect();
+        connected.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        for (index, fw) in connected.iter().enumerate() {
             for role in &fw.roles {
                 if fw.suppressed.contains(role) {
                     continue;
@@ -317,73 +338,110 @@ impl Core {
                 frameworks
                     .entry(role.clone())
                     .or_default()
-                    .insert((Share(share_of(held, &self.cluster_total)), fw.id.clone()));
+                    .insert((Share(share_of(held, &self.cluster_total)), index));
             }
         }
         if frameworks.is_empty() {
             return;
         }
-        let candidates: Vec<AgentId> = if full {
-            self.offerable.iter().cloned().collect()
-        } else {
-            pending
-                .into_iter()
-                .filter(|a| self.offerable.contains(a))
-                .collect()
-        };
-        if candidates.is_empty() {
+        let fids: Vec<FrameworkId> = connected.iter().map(|fw| fw.id.clone()).collect();
+        let filtered: Vec<bool> = connected.iter().map(|fw| !fw.filters.is_empty()).collect();
+        drop(connected);
+        let mut pending = pending;
+        if !full {
+            pending.retain(|a| self.offerable.contains(a));
+            if pending.is_empty() {
+                return;
+            }
+        } else if self.offerable.is_empty() {
             return;
         }
-        let mut pass = self.build_pass(frameworks);
+        let mut pass = self.build_pass(fids, filtered, frameworks);
         if !pass.headroom.is_empty() {
             for id in self.offerable.iter() {
                 if let Some(agent) = self.agents.get(id) {
-                    pass.available.add_scalars(&agent.free.unreserved());
+                    pass.available.add_unreserved_scalars(&agent.free);
                 }
             }
         }
-        let mut batches: BTreeMap<FrameworkId, Vec<ProtoOffer>> = BTreeMap::new();
+        // A full pass walks the offerable set itself, taken out of the core for the pass (no
+        // copy of every id): offers only ever remove agents from it, and those are removed
+        // again when it is put back below.
+        let candidates = if full {
+            std::mem::take(&mut self.offerable)
+        } else {
+            pending
+        };
+        // In a full pass, the candidates (by position) that can be offered no more.
+        let mut exhausted = vec![false; if full { candidates.len() } else { 0 }];
+        // Offers by framework index; sent in index order, which is framework id order.
+        let mut batches: Vec<Vec<ProtoOffer>> = vec![Vec::new(); pass.fids.len()];
+        // A framework's first offer reserves room for its even share of the candidates.
+        let batch_room = (candidates.len() / pass.fids.len().max(1) + 1).min(MAX_OFFERS_PER_EVENT);
         let stages: &[Stage] = if pass.quotas {
             &[Stage::Guarantees, Stage::Fair]
         } else {
             &[Stage::Fair]
         };
         for &stage in stages {
-            for agent_id in &candidates {
+            for (position, agent_id) in candidates.iter().enumerate() {
                 if stage == Stage::Guarantees && !pass.any_unmet() {
                     break;
                 }
-                while let Some((leaf, fid, resources)) =
-                    self.choose(&mut pass, stage, agent_id, now)
+                while let Some((leaf, fw, resources)) = self.choose(&mut pass, stage, agent_id, now)
                 {
-                    let role = pass.leaves[leaf].role.clone();
-                    self.record_in_pass(&mut pass, leaf, &fid, &resources);
-                    let offer = self.make_offer(agent_id, &fid, &role, resources, now);
-                    batches.entry(fid).or_default().push(offer);
+                    self.record_in_pass(&mut pass, leaf, fw, &resources);
+                    let (fid, role) = (&pass.fids[fw], pass.leaves[leaf].role.as_str());
+                    let (offer, still_offerable) =
+                        self.make_offer(agent_id, fid, role, resources, now);
+                    let batch = &mut batches[fw];
+                    if batch.capacity() == 0 {
+                        batch.reserve(batch_room);
+                    }
+                    batch.push(offer);
+                    if full && !still_offerable {
+                        exhausted[position] = true;
+                    }
                 }
             }
         }
-        for (fid, mut offers) in batches {
+        if full {
+            debug_assert!(
+                self.offerable.is_empty(),
+                "nothing is made offerable in a pass"
+            );
+            self.offerable = candidates
+                .into_iter()
+                .zip(exhausted)
+                .filter_map(|(agent_id, gone)| (!gone).then_some(agent_id))
+                .collect();
+        }
+        for (fw, mut offers) in batches.into_iter().enumerate() {
+            if offers.is_empty() {
+                continue;
+            }
+            let fid = &pass.fids[fw];
             while !offers.is_empty() {
                 let rest = if offers.len() > MAX_OFFERS_PER_EVENT {
                     offers.split_off(MAX_OFFERS_PER_EVENT)
                 } else {
                     Vec::new()
                 };
-                self.send_framework(&fid, event::Event::Offers(event::Offers { offers }));
+                self.send_framework(fid, event::Event::Offers(event::Offers { offers }));
                 offers = rest;
             }
         }
     }
 
-    /// The leaf, framework and resources of the next offer of `agent_id`, if any.
+    /// The leaf, framework (index into [`Pass::fids`]) and resources of the next offer of
+    /// `agent_id`, if any.
     fn choose(
         &self,
         pass: &mut Pass,
         stage: Stage,
         agent_id: &AgentId,
         now: Duration,
-    ) -> Option<(usize, FrameworkId, Resources)> {
+    ) -> Option<(usize, usize, Resources)> {
         let agent = self.agents.get(agent_id)?;
         if agent.conn().is_none() || agent.mode != AgentMode::Active {
             return None;
@@ -418,25 +476,19 @@ impl Core {
             if !resources.is_allocatable() {
                 continue;
             }
-            let chosen = pass.leaves[leaf]
-                .frameworks
-                .iter()
-                .find(|(_, fid)| !self.frameworks[fid].refuses(agent_id, &resources, now));
-            if let Some((_, fid)) = chosen {
-                return Some((leaf, fid.clone(), resources));
+            let chosen = pass.leaves[leaf].frameworks.iter().find(|&&(_, fw)| {
+                !pass.filtered[fw]
+                    || !self.frameworks[&pass.fids[fw]].refuses(agent_id, &resources, now)
+            });
+            if let Some(&(_, fw)) = chosen {
+                return Some((leaf, fw, resources));
             }
         }
         None
     }
 
     /// Accounts an offer about to be made in the pass's books.
-    fn record_in_pass(
-        &self,
-        pass: &mut Pass,
-        leaf: usize,
-        fid: &FrameworkId,
-        resources: &Resources,
-    ) {
+    fn record_in_pass(&self, pass: &mut Pass, leaf: usize, fw: usize, resources: &Resources) {
         let total = &self.cluster_total;
         let l = &mut pass.leaves[leaf];
         l.own.add_scalars(resources);
@@ -446,16 +498,23 @@ impl Core {
             node.subtree.add_scalars(resources);
             node.share = share_of(&node.subtree, total) / node.weight;
         }
-        let mut held = self.frameworks[fid]
-            .by_role
-            .get(&l.role)
-            .cloned()
-            .unwrap_or_default();
-        let old = Share(share_of(&held, total));
-        if l.frameworks.remove(&(old, fid.clone())) {
-            held.add_scalars(resources);
-            l.frameworks
-                .insert((Share(share_of(&held, total)), fid.clone()));
+        let Leaf {
+            role,
+            frameworks,
+            held,
+            ..
+        } = l;
+        let held = held.entry(fw).or_insert_with(|| {
+            self.frameworks[&pass.fids[fw]]
+                .by_role
+                .get(role.as_str())
+                .cloned()
+                .unwrap_or_default()
+        });
+        let old = Share(share_of(held, total));
+        held.add_scalars(resources);
+        if frameworks.remove(&(old, fw)) {
+            frameworks.insert((Share(share_of(held, total)), fw));
         }
         pass.dirty = true;
         if pass.quotas {
@@ -464,6 +523,7 @@ impl Core {
         }
     }
 
+    /// Makes an offer; also returns whether the agent can still be offered more.
     fn make_offer(
         &mut self,
         agent_id: &AgentId,
@@ -471,7 +531,7 @@ impl Core {
         role: &str,
         resources: Resources,
         now: Duration,
-    ) -> ProtoOffer {
+    ) -> (ProtoOffer, bool) {
         let id = OfferId(format!("{}-O{}", self.prefix, self.next_offer));
         self.next_offer += 1;
         let agent = self
@@ -515,7 +575,7 @@ impl Core {
         if !still_offerable {
             self.offerable.remove(agent_id);
         }
-        proto
+        (proto, still_offerable)
     }
 
     /// Removes an offer; its resources become free on its agent again. With `rescind`, the
@@ -548,11 +608,12 @@ impl Core {
 
     /// Removes the agent's outstanding offers, if any, telling their frameworks.
     pub(super) fn rescind_agent_offers(&mut self, agent_id: &AgentId) {
-        let ids: Vec<OfferId> = self
+        let mut ids: Vec<OfferId> = self
             .agents
             .get(agent_id)
             .map(|a| a.offers.iter().cloned().collect())
             .unwrap_or_default();
+        ids.sort_unstable();
         for id in ids {
             self.remove_offer(&id, true);
         }
@@ -573,11 +634,12 @@ impl Core {
 
     /// Removes every outstanding offer of a framework.
     pub(super) fn remove_framework_offers(&mut self, framework_id: &FrameworkId, rescind: bool) {
-        let ids: Vec<OfferId> = self
+        let mut ids: Vec<OfferId> = self
             .frameworks
             .get(framework_id)
             .map(|f| f.offers.iter().cloned().collect())
             .unwrap_or_default();
+        ids.sort_unstable();
         for id in ids {
             self.remove_offer(&id, rescind);
         }
@@ -651,10 +713,16 @@ impl Core {
 
 /// Adds `resources` (scalars) to a framework's books for `role`.
 pub(super) fn add_role(by_role: &mut BTreeMap<String, Resources>, role: &str, r: &Resources) {
-    let mut scalars = Resources::new();
-    scalars.add_scalars(r);
-    if !scalars.is_empty() {
-        by_role.entry(role.to_owned()).or_default().add_scalars(r);
+    if !r.has_scalars() {
+        return;
+    }
+    match by_role.get_mut(role) {
+        Some(held) => held.add_scalars(r),
+        None => {
+            let mut held = Resources::new();
+            held.add_scalars(r);
+            by_role.insert(role.to_owned(), held);
+        }
     }
 }
 

@@ -19,7 +19,8 @@ use strata_proto::{
 use super::resources::Resources;
 use super::roles::validate_role;
 use super::{
-    AgentId, ConnId, Core, CoreError, Framework, FrameworkId, Offer, OfferId, Task, TaskId, TaskKey,
+    AgentId, ConnId, Core, CoreError, FastMap, FastSet, Framework, FrameworkId, Offer, OfferId,
+    Task, TaskId, TaskKey,
 };
 
 /// The longest failover timeout honoured.
@@ -72,8 +73,8 @@ impl Core {
             conn: None,
             disconnected_at: None,
             suppressed: BTreeSet::new(),
-            filters: HashMap::new(),
-            offers: BTreeSet::new(),
+            filters: FastMap::default(),
+            offers: FastSet::default(),
             allocated: Resources::new(),
             offered: Resources::new(),
             by_role: Default::default(),

@@ -59,6 +59,14 @@ pub use self::roles::{DEFAULT_ROLE, Quota, RoleError};
 use self::tasks::History;
 use crate::config::AllocatorConfig;
 
+/// The core's id-keyed maps: a fast, randomly seeded hasher (ids share a long prefix, so
+/// SipHash over them dominated allocation rounds); iteration order is unspecified either way.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A set with the hasher of [`FastMap`]; code that acts on its members in turn sorts them
+/// first, so what it does stays deterministic.
+pub(crate) type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// Why the core refused an agent registration or a framework subscription.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CoreError {
@@ -161,7 +169,7 @@ struct Agent {
     /// Sum of the resources of the active tasks on this agent.
     allocated: Resources,
     /// Its outstanding offers (one per role at most in a pass) and their sum.
-    offers: BTreeSet<OfferId>,
+    offers: FastSet<OfferId>,
     offered: Resources,
     /// `total - allocated - offered`, kept by `refresh_offerable` after every change.
     free: Resources,
@@ -206,8 +214,8 @@ struct Framework {
     disconnected_at: Option<Duration>,
     /// Roles for which it asked for no offers (SUPPRESS).
     suppressed: BTreeSet<String>,
-    filters: HashMap<AgentId, Filter>,
-    offers: BTreeSet<OfferId>,
+    filters: FastMap<AgentId, Filter>,
+    offers: FastSet<OfferId>,
     /// Sum of the resources of its active tasks on reachable agents.
     allocated: Resources,
     /// Sum of its outstanding offers.
@@ -262,12 +270,12 @@ pub struct Core {
     next_agent: u64,
     next_framework: u64,
     next_offer: u64,
-    agents: HashMap<AgentId, Agent>,
-    agent_conns: HashMap<ConnId, AgentId>,
-    frameworks: HashMap<FrameworkId, Framework>,
-    framework_conns: HashMap<ConnId, FrameworkId>,
-    offers: HashMap<OfferId, Offer>,
-    tasks: HashMap<TaskKey, Task>,
+    agents: FastMap<AgentId, Agent>,
+    agent_conns: FastMap<ConnId, AgentId>,
+    frameworks: FastMap<FrameworkId, Framework>,
+    framework_conns: FastMap<ConnId, FrameworkId>,
+    offers: FastMap<OfferId, Offer>,
+    tasks: FastMap<TaskKey, Task>,
     history: History,
     /// Sum of the totals of reachable agents: the DRF denominator.
     cluster_total: Resources,
@@ -282,7 +290,7 @@ pub struct Core {
     /// Role quotas.
     quotas: BTreeMap<String, Quota>,
     /// Agents restored from the registry that have not re-registered yet.
-    known_agents: HashMap<AgentId, registry::AgentRecord>,
+    known_agents: FastMap<AgentId, registry::AgentRecord>,
     /// Registry changes not yet taken by the edge.
     registry_ops: Vec<registry::RegistryOp>,
     outbox: Vec<Command>,
@@ -298,12 +306,12 @@ impl Core {
             next_agent: 0,
             next_framework: 0,
             next_offer: 0,
-            agents: HashMap::new(),
-            agent_conns: HashMap::new(),
-            frameworks: HashMap::new(),
-            framework_conns: HashMap::new(),
-            offers: HashMap::new(),
-            tasks: HashMap::new(),
+            agents: FastMap::default(),
+            agent_conns: FastMap::default(),
+            frameworks: FastMap::default(),
+            framework_conns: FastMap::default(),
+            offers: FastMap::default(),
+            tasks: FastMap::default(),
             history,
             cluster_total: Resources::new(),
             offerable: BTreeSet::new(),
@@ -311,7 +319,7 @@ impl Core {
             full_allocation: false,
             weights: BTreeMap::new(),
             quotas: BTreeMap::new(),
-            known_agents: HashMap::new(),
+            known_agents: FastMap::default(),
             registry_ops: Vec::new(),
             outbox: Vec::new(),
         }

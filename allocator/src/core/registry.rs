@@ -13,13 +13,13 @@
 //! ops in order to the registry loaded at start gives the core's current registry
 //! ([`Core::registry`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use strata_proto::{FrameworkCapability, FrameworkInfo, Resource, ResourceKind, ValueRange};
 
 use super::roles::Quota;
-use super::{AgentId, Core, Framework, FrameworkId, Resources};
+use super::{AgentId, Core, FastMap, Framework, FrameworkId, Resources};
 
 /// A resource in the registry's own (serde) form.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -296,7 +296,7 @@ impl Core {
     /// from `now` if it was connected when the allocator stopped, to re-subscribe with its id.
     /// Agents come back when they re-register with their ids and tasks.
     pub fn restore(&mut self, now: Duration, registry: Registry) -> Result<(), RestoreError> {
-        let mut known = HashMap::new();
+        let mut known = FastMap::default();
         for (id, record) in registry.agents {
             load_resources(&record.dynamic).map_err(|source| RestoreError::Resources {
                 what: format!("agent {id}"),

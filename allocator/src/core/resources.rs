@@ -539,7 +539,14 @@ impl Resources {
 
     /// The wire form with every entry's `allocation_role` set (resources in an offer).
     pub fn to_proto_allocated(&self, allocation_role: &str) -> Vec<Resource> {
-        let mut out = self.to_proto();
+        let entries = self
+            .bags()
+            .map(|(_, b)| b.scalars.len() + b.ranges.len() + b.sets.len())
+            .sum();
+        let mut out = Vec::with_capacity(entries);
+        for (role, bag) in self.bags() {
+            bag.to_proto(role.unwrap_or(""), &mut out);
+        }
         for r in &mut out {
             r.allocation_role = allocation_role.to_owned();
         }
@@ -591,6 +598,11 @@ impl Resources {
     /// Whether the bag holds nothing.
     pub fn is_empty(&self) -> bool {
         self.unreserved.is_empty() && self.reserved.is_empty()
+    }
+
+    /// Whether the bag holds any scalar, reserved or not.
+    pub fn has_scalars(&self) -> bool {
+        self.bags().any(|(_, bag)| !bag.scalars.is_empty())
     }
 
     /// Whether some of the bag is reserved.
@@ -694,6 +706,14 @@ impl Resources {
     pub fn subtract_scalars(&mut self, other: &Self) {
         for (_, bag) in other.bags() {
             self.unreserved.subtract_scalars(&bag.scalars);
+        }
+    }
+
+    /// Adds the unreserved scalars of `other` (`add_scalars(&other.unreserved())` without
+    /// the copy).
+    pub fn add_unreserved_scalars(&mut self, other: &Self) {
+        for (name, &milli) in &other.unreserved.scalars {
+            self.unreserved.add_scalar_named(name, milli);
         }
     }
 

@@ -6,12 +6,12 @@
 //! `terminal_task_history` tasks, oldest dropped first, and a task id reused after its task
 //! ended replaces the older record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use strata_proto::{TaskReason, TaskState};
 
-use super::{Core, Task, TaskKey};
+use super::{Core, FastMap, Task, TaskKey};
 
 /// Terminal tasks, oldest first, bounded.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub(super) struct History {
     capacity: usize,
     next_seq: u64,
     order: VecDeque<(u64, TaskKey)>,
-    entries: HashMap<TaskKey, (u64, Task)>,
+    entries: FastMap<TaskKey, (u64, Task)>,
 }
 
 impl History {
@@ -28,7 +28,7 @@ impl History {
             capacity,
             next_seq: 0,
             order: VecDeque::new(),
-            entries: HashMap::new(),
+            entries: FastMap::default(),
         }
     }
 
