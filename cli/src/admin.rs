@@ -2,16 +2,14 @@
 //! `strata reservations`, `strata reserve|unreserve`, `strata agent drain|deactivate|reactivate`,
 //! `strata framework teardown` and `strata watch`; one OperatorService call each.
 
+use crate::operator::{client, rpc_error};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use strata_framework::Error as SdkError;
-use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::{
     DeactivateAgentRequest, DrainAgentRequest, GetQuotaRequest, ListReservationsRequest,
     ListRolesRequest, QuotaInfo, ReactivateAgentRequest, ReserveRequest, Resource, SetQuotaRequest,
     SetWeightsRequest, TeardownFrameworkRequest, UnreserveRequest, WatchRequest,
 };
-use tonic::transport::Channel;
 
 /// `strata quota`.
 #[derive(Debug, Args)]
@@ -130,18 +128,6 @@ pub enum FrameworkCommand {
         /// The framework.
         framework_id: String,
     },
-}
-
-async fn client(allocator: &str) -> anyhow::Result<(OperatorServiceClient<Channel>, String)> {
-    let channel = strata_framework::dial(allocator).await?;
-    Ok((
-        OperatorServiceClient::new(channel),
-        strata_framework::normalize_address(allocator),
-    ))
-}
-
-fn rpc_error(addr: &str, rpc: &'static str, status: &tonic::Status) -> SdkError {
-    SdkError::from_status(addr, rpc, "OperatorService", status)
 }
 
 /// Parses `cpus=100`, `mem=512GiB`, `disk=1TiB`, `gpus=2` into scalar resources (mem and

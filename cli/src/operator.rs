@@ -14,7 +14,10 @@ use crate::render::{
     AgentRow, FrameworkRow, TaskRow, agents_table, frameworks_table, sort_tasks, tasks_table,
 };
 
-async fn client(allocator: &str) -> anyhow::Result<(OperatorServiceClient<Channel>, String)> {
+/// An OperatorService client for `allocator`, and the address as normalised for messages.
+pub(crate) async fn client(
+    allocator: &str,
+) -> anyhow::Result<(OperatorServiceClient<Channel>, String)> {
     let channel = strata_framework::dial(allocator).await?;
     Ok((
         OperatorServiceClient::new(channel),
@@ -22,7 +25,8 @@ async fn client(allocator: &str) -> anyhow::Result<(OperatorServiceClient<Channe
     ))
 }
 
-fn rpc_error(addr: &str, rpc: &'static str, status: &tonic::Status) -> SdkError {
+/// An OperatorService call's failure as the SDK's error, which says what to do.
+pub(crate) fn rpc_error(addr: &str, rpc: &'static str, status: &tonic::Status) -> SdkError {
     SdkError::from_status(addr, rpc, "OperatorService", status)
 }
 
