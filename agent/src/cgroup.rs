@@ -215,6 +215,22 @@ pub trait TaskCgroup: Send + Sync + fmt::Debug {
 
     /// Kills what is left and removes the cgroup's directories.
     fn destroy(&self) -> Result<(), CgroupError>;
+
+    /// Removes the cgroup's directories at once, without killing or waiting: true when they
+    /// are gone, false when one is still busy (processes left or still exiting), and then
+    /// [`TaskCgroup::destroy`] finishes the job.
+    fn try_remove(&self) -> bool {
+        false
+    }
+}
+
+/// Removes each directory in turn (a missing one counts as removed); false at the first that
+/// cannot be removed now.
+fn remove_dirs_now(dirs: impl IntoIterator<Item = PathBuf>) -> bool {
+    dirs.into_iter().all(|dir| match fs::remove_dir(&dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    })
 }
 
 /// Where the agent's cgroup root is.
@@ -734,6 +750,10 @@ impl TaskCgroup for V2Cgroup {
         }
         rmdir_when_empty(&self.dir, &self.file("cgroup.procs"))
     }
+
+    fn try_remove(&self) -> bool {
+        remove_dirs_now([self.dir.clone()])
+    }
 }
 
 // ----- hybrid -----
@@ -1019,6 +1039,10 @@ impl TaskCgroup for HybridCgroup {
             rmdir_when_empty(&dir, &dir.join("cgroup.procs"))?;
         }
         Ok(())
+    }
+
+    fn try_remove(&self) -> bool {
+        remove_dirs_now(self.dirs())
     }
 }
 

@@ -97,7 +97,7 @@ pub struct LinuxContainerizer {
     cgroups: Arc<dyn CgroupBackend>,
     devices: Option<Arc<Mutex<DeviceControl>>>,
     /// Forks supervisors (started on the first supervised launch).
-    launcher: Arc<Mutex<Option<Launcher>>>,
+    launcher: Arc<tokio::sync::Mutex<Option<Launcher>>>,
     agent_user: String,
     agent_uid: String,
 }
@@ -118,7 +118,7 @@ impl LinuxContainerizer {
             config,
             cgroups,
             devices: None,
-            launcher: Arc::new(Mutex::new(None)),
+            launcher: Arc::new(tokio::sync::Mutex::new(None)),
             agent_user,
             agent_uid: uid.to_string(),
         }
@@ -212,23 +212,9 @@ impl LinuxContainerizer {
                 return Err(e);
             }
         };
-        let mut procs: Vec<OwnedFd> = Vec::new();
-        for file in cg.procs_files() {
-            match OpenOptions::new().write(true).open(&file) {
-                Ok(f) => procs.push(f.into()),
-                Err(source) => {
-                    let _ = cg.destroy();
-                    return Err(cgroup_err(cgroup::CgroupError::Io {
-                        action: "open".to_owned(),
-                        path: file,
-                        source,
-                    }));
-                }
-            }
-        }
         let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
             if self.config.supervisor_exe.is_some() {
-                drop(procs);
+                // The supervisor opens the cgroup.procs files itself.
                 let result = self
                     .start_supervised(spec, command, &sandbox, &run, cg.as_ref(), stdout, stderr)
                     .await;
@@ -242,6 +228,20 @@ impl LinuxContainerizer {
                     }
                 }
             } else {
+                let mut procs: Vec<OwnedFd> = Vec::new();
+                for file in cg.procs_files() {
+                    match OpenOptions::new().write(true).open(&file) {
+                        Ok(f) => procs.push(f.into()),
+                        Err(source) => {
+                            let _ = cg.destroy();
+                            return Err(cgroup_err(cgroup::CgroupError::Io {
+                                action: "open".to_owned(),
+                                path: file,
+                                source,
+                            }));
+                        }
+                    }
+                }
                 let (program, mut cmd) = build_command(spec, command, &sandbox, stdout, stderr);
                 crate::sys::join_cgroups_before_exec(&mut cmd, procs);
                 cmd.process_group(0).kill_on_drop(true);
@@ -455,7 +455,7 @@ impl LinuxContainerizer {
 
     /// Writes the task's spec, has the launcher fork its supervisor, and waits until the init
     /// says the command started. Returns the supervisor's pid and a future that resolves when
-    /// it has exited.
+    /// it has recorded the task's exit, or is gone.
     #[allow(clippy::too_many_arguments)]
     async fn start_supervised(
         &self,
@@ -485,16 +485,25 @@ impl LinuxContainerizer {
             .launch_supervisor(run, pipe_w)
             .await
             .map_err(|e| lost(format!("cannot start the task's supervisor: {e}")))?;
-        // Before anything can reap it: the pidfd pins the supervisor, not a later reuse of its pid.
-        let pidfd = crate::sys::pidfd_open(pid as i32);
-        let out = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe_r)
+        let mut out = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe_r)
             .map_err(|e| lost(format!("cannot watch the launch pipe: {e}")))?;
-        self.await_start(task_id, &program, run, out).await?;
-        let waited: BoxFuture<'static, Result<ExitStatus, String>> = match pidfd {
-            Ok(pidfd) => Box::pin(pidfd_exited(pidfd)),
-            // Already gone (and reaped): its exit file says how the task ended.
-            Err(_) => Box::pin(async { Ok(ExitStatus::Code(0)) }),
-        };
+        let rest = self.await_start(task_id, &program, run, &mut out).await?;
+        // The supervisor writes a line on the launch pipe once it has recorded the exit, and
+        // the pipe ends when it is gone (whatever the way): either one means its exit file
+        // says how the task ended.
+        let waited: BoxFuture<'static, Result<ExitStatus, String>> = Box::pin(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut seen = rest;
+            let mut buf = [0u8; 64];
+            while !seen.contains('\n') {
+                match out.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            // The status itself is in the exit file; this value is never used.
+            Ok(ExitStatus::Code(0))
+        });
         Ok((pid, waited))
     }
 
@@ -506,43 +515,36 @@ impl LinuxContainerizer {
             .supervisor_exe
             .clone()
             .ok_or_else(|| "no supervisor binary is configured".to_owned())?;
-        let launcher = self.launcher.clone();
-        let run = run.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = launcher
-                .lock()
-                .map_err(|_| "the launcher lock is poisoned".to_owned())?;
-            for attempt in 0..2 {
-                if guard.is_none() {
-                    *guard = Some(Launcher::start(&exe)?);
-                }
-                let Some(l) = guard.as_mut() else {
-                    continue;
-                };
-                match l.fork_supervisor(&run, &report) {
-                    Ok(pid) => return Ok(pid),
-                    Err(e) if attempt == 0 => {
-                        tracing::warn!(error = %e, "the supervisor launcher is gone; starting a new one");
-                        *guard = None;
-                    }
-                    Err(e) => return Err(e),
-                }
+        let mut guard = self.launcher.lock().await;
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(Launcher::start(&exe)?);
             }
-            Err("the supervisor launcher keeps failing".to_owned())
-        })
-        .await
-        .map_err(|e| format!("the launcher task failed: {e}"))?
+            let Some(l) = guard.as_mut() else {
+                continue;
+            };
+            match l.fork_supervisor(run, &report).await {
+                Ok(pid) => return Ok(pid),
+                Err(e) if attempt == 0 => {
+                    tracing::warn!(error = %e, "the supervisor launcher is gone; starting a new one");
+                    *guard = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err("the supervisor launcher keeps failing".to_owned())
     }
 
     /// Reads the launch pipe: `started <pid>` or `error <errno>`; anything else (the pipe
-    /// closed early) is a failed launch with the supervisor's log.
+    /// closed early) is a failed launch with the supervisor's log. Returns what was read after
+    /// the `started` line.
     async fn await_start(
         &self,
         task_id: &str,
         program: &str,
         run: &Path,
         mut out: impl tokio::io::AsyncRead + Unpin,
-    ) -> Result<(), ContainerizerError> {
+    ) -> Result<String, ContainerizerError> {
         use tokio::io::AsyncReadExt as _;
         let mut text = String::new();
         let read = tokio::time::timeout(START_LIMIT, async {
@@ -562,7 +564,11 @@ impl LinuxContainerizer {
         .await;
         let line = text.lines().next().unwrap_or_default();
         if line.starts_with("started ") {
-            return Ok(());
+            // What came after the line (the supervisor's, in a race with this read).
+            return Ok(text
+                .split_once('\n')
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or_default());
         }
         if let Some(errno) = line.strip_prefix("error ").and_then(|e| e.parse().ok()) {
             return Err(ContainerizerError::Spawn {
@@ -604,7 +610,11 @@ fn numeric_user(uid: u32) -> nix::unistd::User {
 /// the supervisors it forked are their own sessions and live on.
 #[derive(Debug)]
 struct Launcher {
-    socket: OwnedFd,
+    /// Non-blocking, watched by the runtime.
+    socket: tokio::io::unix::AsyncFd<OwnedFd>,
+    /// Set while a request waits for its answer: if that wait was cancelled, the answer is
+    /// still in the socket and this launcher is not used again.
+    in_flight: bool,
     /// Reaped by tokio once dropped.
     _process: tokio::process::Child,
 }
@@ -627,29 +637,57 @@ impl Launcher {
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| format!("cannot start {} launcher: {e}", exe.display()))?;
+        // Only our end: the launcher reads its end blocking.
+        let flags = nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| format!("cannot read the launcher socket's flags: {e}"))?;
+        nix::fcntl::fcntl(
+            &ours,
+            nix::fcntl::FcntlArg::F_SETFL(
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+            ),
+        )
+        .map_err(|e| format!("cannot make the launcher socket non-blocking: {e}"))?;
+        let socket = crate::sys::watch_socket(ours)
+            .map_err(|e| format!("cannot watch the launcher socket: {e}"))?;
         Ok(Self {
-            socket: ours,
+            socket,
+            in_flight: false,
             _process: process,
         })
     }
 
-    fn fork_supervisor(&mut self, run: &Path, report: &OwnedFd) -> Result<u32, String> {
+    async fn fork_supervisor(&mut self, run: &Path, report: &OwnedFd) -> Result<u32, String> {
         use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
         use std::os::fd::AsRawFd as _;
         use std::os::unix::ffi::OsStrExt as _;
+        if self.in_flight {
+            return Err("an earlier request to the launcher was abandoned".to_owned());
+        }
         let fds = [report.as_raw_fd()];
         let request = [std::io::IoSlice::new(run.as_os_str().as_bytes())];
-        sendmsg::<()>(
-            self.socket.as_raw_fd(),
-            &request,
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(|e| format!("cannot reach the launcher: {e}"))?;
+        self.socket
+            .async_io(tokio::io::Interest::WRITABLE, |fd| {
+                sendmsg::<()>(
+                    fd.as_raw_fd(),
+                    &request,
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await
+            .map_err(|e| format!("cannot reach the launcher: {e}"))?;
+        self.in_flight = true;
         let mut answer = [0u8; 64];
-        let n = recv(self.socket.as_raw_fd(), &mut answer, MsgFlags::empty())
+        let n = self
+            .socket
+            .async_io(tokio::io::Interest::READABLE, |fd| {
+                recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(std::io::Error::from)
+            })
+            .await
             .map_err(|e| format!("no answer from the launcher: {e}"))?;
+        self.in_flight = false;
         let text = String::from_utf8_lossy(&answer[..n]);
         text.trim()
             .parse()
@@ -785,22 +823,31 @@ fn spawn_reaper(
             }),
             (_, result) => result,
         };
-        // Whatever is left goes with the main process; then the cgroup is removed.
-        let ended = tokio::task::spawn_blocking(move || {
-            let oom = cg.memory_oom();
-            if let Err(e) = cg.destroy() {
-                tracing::warn!(task_id = %task_id, error = %e, "cannot remove the task's cgroup");
-            }
+        // Whatever is left goes with the main process; then the cgroup is removed. Usually
+        // the cgroup is empty by now and a few quick file operations remove it here; when
+        // processes are left (or still exiting), a blocking thread kills them and waits.
+        let oom = cg.memory_oom();
+        let forget = move || {
             if let Some((control, id)) = devices
                 && let Ok(mut control) = control.lock()
             {
                 control.forget(id);
             }
-            oom
-        })
-        .await
-        .unwrap_or(None);
-        let _ = exit_tx.send(Some((result, ended)));
+        };
+        if cg.try_remove() {
+            let _ = exit_tx.send(Some((result, oom)));
+            // The cgroup is gone: its device rules can go after the end is published.
+            forget();
+        } else {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = cg.destroy() {
+                    tracing::warn!(task_id = %task_id, error = %e, "cannot remove the task's cgroup");
+                }
+                forget();
+            })
+            .await;
+            let _ = exit_tx.send(Some((result, oom)));
+        }
     });
     exit_rx
 }

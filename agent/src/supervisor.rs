@@ -8,17 +8,18 @@
 //!
 //! - **supervise** reads `<run-dir>/spec.json` ([`TaskSpec`]), unshares a pid namespace for its
 //!   children, and forks the task's init, which joins the task's cgroups and unshares the mount,
-//!   uts, ipc (and optionally net) namespaces. It waits for it and writes the
-//!   command's exit status to `<run-dir>/exit` (atomically), then exits. It is the task's
-//!   parent and does not depend on the agent: it keeps running when the agent dies.
+//!   uts, ipc (and optionally net) namespaces. It waits for it and writes the command's exit
+//!   status to `<run-dir>/exit` (atomically), says so on the launch pipe (its stdout:
+//!   [`EXITED_LINE`]), then exits. It is the task's parent and does not depend on the agent:
+//!   it keeps running when the agent dies.
 //! - **the init** (pid 1): makes every mount private, mounts a fresh `/proc`, a private `/tmp`
 //!   and `/var/tmp` (the sandbox's `tmp`), and `/dev/shm`, sets the hostname to the task id,
 //!   brings up loopback in a private network namespace, then starts the command as the task's
 //!   user with only the capabilities asked for, no_new_privs and rlimits, in the sandbox. It
 //!   forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the command, reaps every
 //!   process of the namespace, copies stdout and stderr to the sandbox with size-capped
-//!   rotation, and records the command's status in `<run-dir>/task-exit` before it exits (its
-//!   exit kills whatever is left in the namespace).
+//!   rotation (all in one poll loop, no threads), and records the command's status in
+//!   `<run-dir>/task-exit` before it exits (its exit kills whatever is left in the namespace).
 //!
 //! The exit files hold one line: `exited <code>` or `signal <number>`.
 
@@ -30,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use std::str::FromStr as _;
-use std::thread;
 use std::time::Duration;
 
 use nix::mount::{MsFlags, mount};
@@ -51,6 +51,8 @@ pub const EXIT_FILE: &str = "exit";
 pub const TASK_EXIT_FILE: &str = "task-exit";
 /// The supervisor's own pid.
 pub const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
+/// What the supervisor writes on the launch pipe once it has recorded the exit.
+pub const EXITED_LINE: &str = "exited\n";
 
 /// Errors of the supervisor and the task's init.
 #[derive(Debug, thiserror::Error)]
@@ -237,15 +239,14 @@ fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
         match crate::sys::fork_into(&procs, namespaces).map_err(sys("start the task's init"))? {
             crate::sys::Forked::Child => {
                 drop(procs);
-                std::process::exit(i32::from(task_init_main(run_dir)));
+                std::process::exit(i32::from(task_init_main(run_dir, &spec)));
             }
             crate::sys::Forked::Parent(pid) => pid,
         };
     drop(procs);
-    // The launch pipe (stdout) now belongs to the init alone.
-    if let Ok(null) = File::options().write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdout(null);
-    }
+    // The launch pipe (stdout) stays open here: once the exit is recorded, a line on it tells
+    // the agent at once (without waiting for this process's own exit); its end of file says
+    // this supervisor is gone.
     let init_status = loop {
         match waitpid(init, None) {
             Ok(status) => {
@@ -267,6 +268,10 @@ fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
         action: "record the task's exit status".to_owned(),
         source: io::Error::other(e.to_string()),
     })?;
+    // The agent may be gone (a broken pipe): then it reads the exit file when it recovers.
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(EXITED_LINE.as_bytes());
+    let _ = out.flush();
     Ok(())
 }
 
@@ -345,8 +350,8 @@ fn launcher() -> Result<(), SupervisorError> {
 
 /// The task's init (pid 1 of its namespaces), in the supervisor's forked child; see the module
 /// docs. Returns the process's exit code.
-fn task_init_main(run_dir: &Path) -> u8 {
-    match task_init(run_dir) {
+fn task_init_main(run_dir: &Path, spec: &TaskSpec) -> u8 {
+    match task_init(run_dir, spec) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("strata-agent task init: error: {e}");
@@ -408,8 +413,7 @@ pub fn parse_capabilities(names: &[String]) -> Result<caps::CapsHashSet, String>
     Ok(set)
 }
 
-fn task_init(run_dir: &Path) -> Result<u8, SupervisorError> {
-    let spec = TaskSpec::read(run_dir)?;
+fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
     // The run directory may be covered by the mounts below (a work dir in /tmp): keep it open
     // and reach it through /proc/self/fd once the new /proc is mounted.
     let run_fd = nix::fcntl::open(
@@ -543,7 +547,7 @@ fn task_init(run_dir: &Path) -> Result<u8, SupervisorError> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout_w))
         .stderr(Stdio::from(stderr_w));
-    // Single-threaded here: the copier threads start after the spawn.
+    // Single-threaded here (the init starts no threads).
     crate::sys::drop_privileges_before_exec(
         &mut cmd,
         crate::sys::Credentials {
@@ -567,53 +571,118 @@ fn task_init(run_dir: &Path) -> Result<u8, SupervisorError> {
     // Not waited through std: this init reaps every process of the namespace itself.
     drop(child);
     report_launch(&format!("started {}", main.as_raw()));
-    // Each copier holds a sender until it is done: the receiver then sees a disconnect.
-    let (copied, all_copied) = std::sync::mpsc::channel::<()>();
-    for (from, to) in [(stdout_r, &spec.stdout), (stderr_r, &spec.stderr)] {
-        spawn_copier(
-            File::from(from),
-            to.clone(),
+    // One loop, no threads: forwards signals, reaps the namespace's processes and copies the
+    // command's stdout and stderr to the sandbox.
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &waited,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(nix_sys("watch signals"))?;
+    let mut copiers = [
+        Some(LogCopier::new(
+            File::from(stdout_r),
+            spec.stdout.clone(),
             spec.log_max_bytes,
-            copied.clone(),
-        );
-    }
-    drop(copied);
-
-    let status = loop {
-        let signal = waited.wait().map_err(nix_sys("wait for signals"))?;
-        if signal != Signal::SIGCHLD {
-            let _ = kill(main, signal);
+        )),
+        Some(LogCopier::new(
+            File::from(stderr_r),
+            spec.stderr.clone(),
+            spec.log_max_bytes,
+        )),
+    ];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut status = None;
+    // Once the command has ended, what it wrote is drained for at most 500 ms (its
+    // descendants may hold the pipes open).
+    let mut drain_until: Option<std::time::Instant> = None;
+    loop {
+        if status.is_some() && copiers.iter().all(Option::is_none) {
+            break;
+        }
+        let timeout = match drain_until {
+            None => nix::poll::PollTimeout::NONE,
+            Some(until) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // Rounded up: never a busy loop over the last fraction of a millisecond.
+                nix::poll::PollTimeout::try_from(left + Duration::from_millis(1))
+                    .unwrap_or(nix::poll::PollTimeout::MAX)
+            }
+        };
+        let mut ready = [false; 3];
+        {
+            use nix::poll::{PollFd, PollFlags};
+            use std::os::fd::AsFd as _;
+            let mut fds = Vec::with_capacity(3);
+            let mut which = Vec::with_capacity(3);
+            if status.is_none() {
+                fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+                which.push(0);
+            }
+            for (i, copier) in copiers.iter().enumerate() {
+                if let Some(c) = copier {
+                    fds.push(PollFd::new(c.from.as_fd(), PollFlags::POLLIN));
+                    which.push(i + 1);
+                }
+            }
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(nix_sys("wait for signals and output")(e)),
+            }
+            for (fd, i) in fds.iter().zip(which) {
+                ready[i] = fd.revents().is_some_and(|r| !r.is_empty());
+            }
+        }
+        for (i, copier) in copiers.iter_mut().enumerate() {
+            if ready[i + 1] && copier.as_mut().is_some_and(|c| !c.copy_some(&mut buf)) {
+                *copier = None;
+            }
+        }
+        if !ready[0] {
             continue;
         }
-        let mut main_status = None;
+        let mut reap = false;
+        while let Ok(Some(info)) = signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => reap = true,
+                Ok(signal) => {
+                    let _ = kill(main, signal);
+                }
+                Err(_) => {}
+            }
+        }
+        if !reap {
+            continue;
+        }
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    if status.pid() == Some(main) {
-                        main_status = wait_status(status);
+                Ok(waited) => {
+                    if waited.pid() == Some(main) {
+                        status = wait_status(waited);
                     }
                 }
             }
         }
-        if let Some(status) = main_status {
-            break status;
+        if let Some(status) = status {
+            let run_dir_now = {
+                use std::os::fd::AsRawFd as _;
+                PathBuf::from(format!("/proc/self/fd/{}", run_fd.as_raw_fd()))
+            };
+            let _ = checkpoint::write_atomic_volatile(
+                &run_dir_now.join(TASK_EXIT_FILE),
+                format_exit(status).as_bytes(),
+            );
+            drain_until = Some(std::time::Instant::now() + Duration::from_millis(500));
         }
-    };
-    let run_dir_now = {
-        use std::os::fd::AsRawFd as _;
-        PathBuf::from(format!("/proc/self/fd/{}", run_fd.as_raw_fd()))
-    };
-    let _ = checkpoint::write_atomic_volatile(
-        &run_dir_now.join(TASK_EXIT_FILE),
-        format_exit(status).as_bytes(),
-    );
-    // Let the copiers drain what the command wrote (at most 500 ms: descendants of the command
-    // may hold the pipes open).
-    let _ = all_copied.recv_timeout(Duration::from_millis(500));
+    }
     Ok(match status {
-        ExitStatus::Code(c) => u8::try_from(c & 0xff).unwrap_or(1),
-        ExitStatus::Signal(s) => u8::try_from((128 + s) & 0xff).unwrap_or(1),
+        Some(ExitStatus::Code(c)) => u8::try_from(c & 0xff).unwrap_or(1),
+        Some(ExitStatus::Signal(s)) => u8::try_from((128 + s) & 0xff).unwrap_or(1),
+        None => 1,
     })
 }
 
@@ -630,42 +699,59 @@ fn report_launch(line: &str) {
     }
 }
 
-/// Copies `from` to `path`, rotating `path` to `path.1` when it would pass `max` bytes.
-fn spawn_copier(
-    mut from: File,
+/// Copies what a pipe brings to `path`, rotating `path` to `path.1` when it would pass `max`
+/// bytes (0: no cap).
+struct LogCopier {
+    from: File,
     path: PathBuf,
     max: u64,
-    done: std::sync::mpsc::Sender<()>,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let _done = done;
-        let open = |p: &Path| OpenOptions::new().create(true).append(true).open(p).ok();
-        let mut out = open(&path);
-        let mut size = out
+    out: Option<File>,
+    size: u64,
+}
+
+impl LogCopier {
+    fn open(path: &Path) -> Option<File> {
+        OpenOptions::new().create(true).append(true).open(path).ok()
+    }
+
+    fn new(from: File, path: PathBuf, max: u64) -> Self {
+        let out = Self::open(&path);
+        let size = out
             .as_ref()
             .and_then(|f| f.metadata().ok())
             .map_or(0, |m| m.len());
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            if max > 0 && size + n as u64 > max && size > 0 {
-                let mut rotated = path.clone().into_os_string();
-                rotated.push(".1");
-                let _ = fs::rename(&path, PathBuf::from(rotated));
-                out = open(&path);
-                size = 0;
-            }
-            if let Some(f) = out.as_mut() {
-                let _ = f.write_all(&buf[..n]);
-            }
-            size += n as u64;
+        Self {
+            from,
+            path,
+            max,
+            out,
+            size,
         }
-    })
+    }
+
+    /// Copies one read's worth; false at the end of the pipe (or on an error reading it).
+    fn copy_some(&mut self, buf: &mut [u8]) -> bool {
+        let n = loop {
+            match self.from.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        };
+        if self.max > 0 && self.size + n as u64 > self.max && self.size > 0 {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            let _ = fs::rename(&self.path, PathBuf::from(rotated));
+            self.out = Self::open(&self.path);
+            self.size = 0;
+        }
+        if let Some(f) = self.out.as_mut() {
+            let _ = f.write_all(&buf[..n]);
+        }
+        self.size += n as u64;
+        true
+    }
 }
 
 /// The supplementary groups of a user, by name.
@@ -728,15 +814,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         let path = dir.path().join("stdout");
-        let (done, _) = std::sync::mpsc::channel();
-        let copier = spawn_copier(File::from(r), path.clone(), 100, done);
+        let mut copier = LogCopier::new(File::from(r), path.clone(), 100);
         let mut w = File::from(w);
+        let mut buf = vec![0u8; 4096];
         for _ in 0..5 {
             w.write_all(&[b'x'; 60]).unwrap();
-            thread::sleep(Duration::from_millis(20));
+            assert!(copier.copy_some(&mut buf));
         }
         drop(w);
-        copier.join().unwrap();
+        assert!(!copier.copy_some(&mut buf));
         let current = fs::metadata(&path).unwrap().len();
         let old = fs::metadata(dir.path().join("stdout.1")).unwrap().len();
         assert!(current <= 100 && old <= 100, "{current} {old}");

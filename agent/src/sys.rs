@@ -216,6 +216,19 @@ pub fn watch_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedF
     .map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// Registers a non-blocking socket with the tokio reactor, for reading and writing.
+pub fn watch_socket(socket: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+    // refers to the same socket for the AsyncFd's whole life, and as_raw_fd never changes.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            socket,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
 /// Takes ownership of a descriptor received with `SCM_RIGHTS`.
 pub fn own_received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
     use std::os::fd::FromRawFd as _;
