@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/strata/v1/common.proto",
+        "proto/strata/v1/usage.proto",
         "proto/strata/v1/agent.proto",
         "proto/strata/v1/scheduler.proto",
         "proto/strata/v1/operator.proto",

@@ -415,6 +415,7 @@ async fn start(
             .collect(),
         kernel: Some(found.kernel),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        endpoint: String::new(),
     };
 
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();

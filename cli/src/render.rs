@@ -371,6 +371,7 @@ mod tests {
             registered_at: 1700000000.0,
             last_heartbeat_at: 1700000010.0,
             version: "0.1.0".into(),
+            endpoint: String::new(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! touches allocator state; shutdown ends every stream so the server can drain.
 
 mod actor;
+mod usage;
 
 use std::future::Future;
 use std::io;
@@ -29,8 +30,8 @@ use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceS
 use strata_proto::{
     AgentMessage, AllocatorMessage, Call, DeactivateAgentRequest, DeactivateAgentResponse,
     DrainAgentRequest, DrainAgentResponse, Event, GetQuotaRequest, GetQuotaResponse,
-    GetStateRequest, GetStateResponse, ListAgentsRequest, ListAgentsResponse,
-    ListFrameworksRequest, ListFrameworksResponse, ListReservationsRequest,
+    GetStateRequest, GetStateResponse, GetUsageRequest, GetUsageResponse, ListAgentsRequest,
+    ListAgentsResponse, ListFrameworksRequest, ListFrameworksResponse, ListReservationsRequest,
     ListReservationsResponse, ListRolesRequest, ListRolesResponse, ListTasksRequest,
     ListTasksResponse, ReactivateAgentRequest, ReactivateAgentResponse, ReserveRequest,
     ReserveResponse, SetQuotaRequest, SetQuotaResponse, SetWeightsRequest, SetWeightsResponse,
@@ -45,6 +46,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use self::actor::{Actor, AgentTx, FrameworkTx, Input, Operation, Query, WATCH_BUFFER};
+use self::usage::UsageBook;
 use crate::config::{AllocatorConfig, ConfigError};
 use crate::core::operator::OperatorError;
 use crate::core::{ConnId, Core};
@@ -121,6 +123,7 @@ pub async fn serve_with_store(
         watch: watch_tx,
         stop: stop_rx,
         next_conn: Arc::new(AtomicU64::new(0)),
+        usage: UsageBook::default(),
     };
     let incoming = TcpListenerStream::new(listener).map(|stream| {
         let stream = stream?;
@@ -166,6 +169,7 @@ struct Shared {
     watch: broadcast::Sender<WatchEvent>,
     stop: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
+    usage: UsageBook,
 }
 
 impl Shared {
@@ -278,6 +282,10 @@ async fn read_agent(
                         continue;
                     }
                 },
+                agent_message::Message::Usage(usage) => {
+                    shared.usage.report(conn, usage.tasks);
+                    continue;
+                }
             },
             Ok(Some(AgentMessage { message: None })) => {
                 tracing::warn!("empty agent message; ignored");
@@ -296,6 +304,7 @@ async fn read_agent(
             break; // the allocator stopped
         }
     }
+    shared.usage.forget(conn);
     let _ = shared.inputs.send(Input::AgentClosed { conn }).await;
 }
 
@@ -558,5 +567,13 @@ impl OperatorService for OperatorApi {
             }
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(out))))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        let tasks = self.0.usage.query(request.get_ref());
+        Ok(Response::new(GetUsageResponse { tasks }))
     }
 }

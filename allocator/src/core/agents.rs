@@ -73,6 +73,7 @@ impl Core {
                         hostname: String::new(),
                         attributes: Vec::new(),
                         version: String::new(),
+                        endpoint: String::new(),
                         total: Resources::new(),
                         dynamic,
                         allocated: Resources::new(),
@@ -111,6 +112,7 @@ impl Core {
             agent.hostname = info.hostname.clone();
             agent.attributes = info.attributes.clone();
             agent.version = info.version.clone();
+            agent.endpoint = info.endpoint.clone();
             agent.total = total;
             // The dynamic reservations the allocator keeps for it apply to what it has.
             let dynamic = std::mem::take(&mut agent.dynamic);

@@ -162,6 +162,8 @@ struct Agent {
     hostname: String,
     attributes: Vec<Attribute>,
     version: String,
+    /// Its own HTTP endpoint ("host:port"), empty when it serves none.
+    endpoint: String,
     /// What it registered with, plus the dynamic reservations applied.
     total: Resources,
     /// The dynamic reservations made on it (a part of `total`), kept across its restarts.

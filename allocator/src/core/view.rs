@@ -36,6 +36,7 @@ impl Core {
                     registered_at: a.registered_at.as_secs_f64(),
                     last_heartbeat_at: a.last_seen.as_secs_f64(),
                     version: a.version.clone(),
+                    endpoint: a.endpoint.clone(),
                 }
             })
             .collect();
