@@ -111,9 +111,164 @@ impl NetCounters {
     }
 }
 
+/// tp_btf program on `sched_wakeup`: the time a task became runnable.
+pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
+/// tp_btf program on `sched_wakeup_new`: the time a new task became runnable.
+pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+/// LRU hash map task pointer (`u64`) → the time (ns, CLOCK_MONOTONIC) it became runnable
+/// (internal to the run-queue programs).
+pub const MAP_RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
+/// Per-CPU array of one `u64`: the run-queue wait of the task now on this CPU, not yet added to
+/// its cgroup (internal to the sched_switch program).
+pub const MAP_PENDING_WAIT: &str = "PENDING_WAIT";
+/// Per-CPU hash map [`CgroupId`] → `[u64; RUN_QUEUE_WORDS]` ([`RunQueueCounters`]).
+pub const MAP_RUN_QUEUE: &str = "RUN_QUEUE";
+/// The number of log2 buckets of the run-queue latency histogram.
+pub const RUN_QUEUE_BUCKETS: usize = 32;
+/// The number of `u64` words in a [`RunQueueCounters`]: the buckets, then count, then sum.
+pub const RUN_QUEUE_WORDS: usize = RUN_QUEUE_BUCKETS + 2;
+
+/// The log2 histogram bucket of a wait of `ns` nanoseconds: bucket `i` holds waits in
+/// `[2^i, 2^(i+1))` ns (bucket 0 also holds 0), the last bucket everything from `2^31` ns (about
+/// 2.1 s) up.
+#[must_use]
+#[inline(always)]
+pub const fn run_queue_bucket(ns: u64) -> usize {
+    // A branch ladder rather than leading_zeros: it compiles to plain BPF instructions.
+    let mut v = ns;
+    let mut log = 0usize;
+    if v >= 1 << 32 {
+        v >>= 32;
+        log += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        log += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        log += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        log += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        log += 2;
+    }
+    if v >= 1 << 1 {
+        log += 1;
+    }
+    if log >= RUN_QUEUE_BUCKETS {
+        RUN_QUEUE_BUCKETS - 1
+    } else {
+        log
+    }
+}
+
+/// A cgroup's run-queue (scheduling) latency: how long its tasks waited, runnable, for a CPU.
+/// The value of [`MAP_RUN_QUEUE`] (as `[u64; RUN_QUEUE_WORDS]`, see [`Self::from_words`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunQueueCounters {
+    /// Waits per log2 bucket (see [`run_queue_bucket`]).
+    pub buckets: [u64; RUN_QUEUE_BUCKETS],
+    /// The number of waits.
+    pub count: u64,
+    /// The sum of the waits, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+const _: () = assert!(size_of::<RunQueueCounters>() == RUN_QUEUE_WORDS * 8);
+
+impl Default for RunQueueCounters {
+    fn default() -> Self {
+        Self {
+            buckets: [0; RUN_QUEUE_BUCKETS],
+            count: 0,
+            sum_ns: 0,
+        }
+    }
+}
+
+impl RunQueueCounters {
+    /// Builds counters from their in-map representation.
+    #[must_use]
+    pub fn from_words(words: &[u64; RUN_QUEUE_WORDS]) -> Self {
+        let mut c = Self::default();
+        c.buckets.copy_from_slice(&words[..RUN_QUEUE_BUCKETS]);
+        c.count = words[RUN_QUEUE_BUCKETS];
+        c.sum_ns = words[RUN_QUEUE_BUCKETS + 1];
+        c
+    }
+
+    /// Adds another CPU's (or snapshot's) counters, wrapping as the kernel-side counters do.
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a = a.wrapping_add(b);
+        }
+        self.count = self.count.wrapping_add(other.count);
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+    }
+}
+
+/// perf_event program sampling the stacks of the tasks of the target cgroups
+/// (object `strata-profile-ebpf`, loaded on demand).
+pub const PROG_PROFILE: &str = "profile_cpu";
+/// Hash map [`CgroupId`] → `u8` (1): the cgroups whose tasks are sampled.
+pub const MAP_PROFILE_TARGETS: &str = "PROFILE_TARGETS";
+/// Stack-trace map: stack id → instruction pointers.
+pub const MAP_PROFILE_STACKS: &str = "PROFILE_STACKS";
+/// Per-CPU hash map [`ProfileKey`] → `u64` samples.
+pub const MAP_PROFILE_COUNTS: &str = "PROFILE_COUNTS";
+/// Per-CPU array of [`PROFILE_STAT_WORDS`] `u64`s: samples taken, samples whose user stack
+/// could not be recorded (a kernel thread's, or an unwinding error), samples lost because the
+/// counts map was full.
+pub const MAP_PROFILE_STATS: &str = "PROFILE_STATS";
+/// The number of words in [`MAP_PROFILE_STATS`].
+pub const PROFILE_STAT_WORDS: u32 = 3;
+/// The most target cgroups at once.
+pub const MAX_PROFILE_TARGETS: u32 = 64;
+/// The most distinct stacks one profile holds.
+pub const MAX_PROFILE_STACKS: u32 = 8_192;
+/// A [`MAP_PROFILE_COUNTS`] key as four `u32` words: the process id (tgid), the user stack id,
+/// the kernel stack id (each a stack id, or [`NO_STACK`] when it could not be taken), and 0.
+pub type ProfileKey = [u32; 4];
+/// The stack id of a stack that could not be taken (e.g. no user stack in a kernel thread).
+pub const NO_STACK: u32 = u32::MAX;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_queue_buckets_are_log2_and_clamped() {
+        assert_eq!(run_queue_bucket(0), 0);
+        assert_eq!(run_queue_bucket(1), 0);
+        assert_eq!(run_queue_bucket(2), 1);
+        assert_eq!(run_queue_bucket(3), 1);
+        assert_eq!(run_queue_bucket(1023), 9);
+        assert_eq!(run_queue_bucket(1024), 10);
+        assert_eq!(run_queue_bucket(1 << 31), 31);
+        assert_eq!(run_queue_bucket(u64::MAX), RUN_QUEUE_BUCKETS - 1);
+        for shift in 0..31 {
+            assert_eq!(run_queue_bucket(1u64 << shift), shift);
+            assert_eq!(run_queue_bucket((1u64 << (shift + 1)) - 1), shift);
+        }
+    }
+
+    #[test]
+    fn run_queue_words_round_trip_and_add() {
+        let mut words = [0u64; RUN_QUEUE_WORDS];
+        words[3] = 5;
+        words[RUN_QUEUE_BUCKETS] = 5;
+        words[RUN_QUEUE_BUCKETS + 1] = 60;
+        let mut c = RunQueueCounters::from_words(&words);
+        assert_eq!((c.buckets[3], c.count, c.sum_ns), (5, 5, 60));
+        c.add(&RunQueueCounters::from_words(&words));
+        assert_eq!((c.buckets[3], c.count, c.sum_ns), (10, 10, 120));
+    }
 
     #[test]
     fn device_keys_pack_kind_and_major() {

@@ -32,7 +32,7 @@ pub fn device_allowlist(ctx: DeviceContext) -> i32 {
     let exact = device_key(cgroup, kind, dev.major, dev.minor);
     let any = device_key(cgroup, kind, dev.major, DEVICE_ANY_MINOR);
     // SAFETY: the values are plain u32s read once; the map outlives the program run.
-    let allowed = unsafe { DEVICE_RULES.get(&exact).or_else(|| DEVICE_RULES.get(&any)) };
+    let allowed = unsafe { DEVICE_RULES.get(exact).or_else(|| DEVICE_RULES.get(any)) };
     match allowed {
         Some(mask) if *mask & access == access => 1,
         _ => 0,

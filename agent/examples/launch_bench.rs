@@ -7,13 +7,20 @@
 //!   command has been started); launch+teardown adds `wait` (exit reported, cgroup removed).
 //! - `--runtime crun|runc`: the same container as an OCI bundle on the host's root filesystem
 //!   (same namespaces, user, capabilities and cgroup limits, cgroups below this process's own):
-//!   launch→running is `create` + `start`; launch+teardown is `run` (create, start, wait,
-//!   delete). They run in a private mount namespace of this process, where the host root is
-//!   bind-mounted as the bundle's rootfs (runtimes cannot pivot into `/` itself); for crun, the
-//!   unified cgroup hierarchy is hidden there too (crun 1.8 refuses hybrid hosts whose unified
-//!   hierarchy has controllers, and then drives the v1 controllers, as strata does).
+//!   launch→running is `run --detach` (one invocation that returns once the command has been
+//!   started, as strata's `launch` does; `create` then `start` would count a second program
+//!   start against them); launch+teardown is `run` (create, start, wait, delete). They run in
+//!   a private mount namespace of this process, where the host root is bind-mounted as the
+//!   bundle's rootfs (runtimes cannot pivot into `/` itself); for crun, the unified cgroup
+//!   hierarchy is hidden there too (crun 1.8 refuses hybrid hosts whose unified hierarchy has
+//!   controllers, and then drives the v1 controllers, as strata does).
 //!
-//! Run by `cargo xtask bench launch` (as root).
+//! `--warmup N` first runs N launches that are not measured (a fresh process's first launch
+//! pays one-time costs: the agent's launcher, the page cache); `--samples FILE` also writes
+//! every measurement, one `<launch→running ms> <launch+teardown ms>` line each, so that runs
+//! made in rounds can be pooled.
+//!
+//! Run by `cargo xtask bench launch` (as root), which interleaves the runtimes in rounds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,8 +48,12 @@ fn main() -> Result<()> {
     let mut supervisor: Option<PathBuf> = None;
     let mut work_dir = PathBuf::from("target/bench-launch");
     let mut runtime = "strata".to_owned();
+    let mut warmup = 0usize;
+    let mut samples_file: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--warmup" => warmup = args.next().context("--warmup N")?.parse()?,
+            "--samples" => samples_file = Some(args.next().context("--samples FILE")?.into()),
             "--tasks" => tasks = args.next().context("--tasks N")?.parse()?,
             "--supervisor" => supervisor = Some(args.next().context("--supervisor PATH")?.into()),
             "--work-dir" => work_dir = args.next().context("--work-dir DIR")?.into(),
@@ -57,12 +68,20 @@ fn main() -> Result<()> {
         "strata" => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(bench_strata(tasks, supervisor, &work_dir)),
-        "crun" | "runc" => bench_oci(&runtime, tasks, &work_dir),
+            .block_on(bench_strata(warmup, tasks, supervisor, &work_dir)),
+        "crun" | "runc" => bench_oci(&runtime, warmup, tasks, &work_dir),
         other => bail!("unknown runtime {other:?}: use strata, crun or runc"),
     };
     let _ = std::fs::remove_dir_all(&work_dir);
     let (running, teardown) = result?;
+    if let Some(path) = samples_file {
+        let lines: String = running
+            .iter()
+            .zip(&teardown)
+            .map(|(r, t)| format!("{r:.4} {t:.4}\n"))
+            .collect();
+        std::fs::write(&path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     let (run_median, run_p99) = summary(running);
     let (td_median, td_p99) = summary(teardown);
     println!("{runtime} {run_median:.3} {run_p99:.3} {td_median:.3} {td_p99:.3}");
@@ -70,6 +89,7 @@ fn main() -> Result<()> {
 }
 
 async fn bench_strata(
+    warmup: usize,
     tasks: usize,
     supervisor: Option<PathBuf>,
     work_dir: &Path,
@@ -94,7 +114,7 @@ async fn bench_strata(
     let mut running = Vec::with_capacity(tasks);
     let mut teardown = Vec::with_capacity(tasks);
     let result: Result<()> = async {
-        for i in 0..tasks {
+        for i in 0..warmup + tasks {
             let spec = LaunchSpec {
                 framework_id: "bench".to_owned(),
                 agent_id: "bench".to_owned(),
@@ -122,8 +142,10 @@ async fn bench_strata(
             if status != ExitStatus::Code(0) {
                 bail!("task {i}: /bin/true {status}");
             }
-            running.push(up.as_secs_f64() * 1000.0);
-            teardown.push(done.as_secs_f64() * 1000.0);
+            if i >= warmup {
+                running.push(up.as_secs_f64() * 1000.0);
+                teardown.push(done.as_secs_f64() * 1000.0);
+            }
             let _ =
                 std::fs::remove_dir_all(work_dir.join("sandboxes/bench").join(&spec.task.task_id));
             let _ = std::fs::remove_dir_all(work_dir.join("runs/bench").join(&spec.task.task_id));
@@ -158,7 +180,12 @@ fn own_cgroup_prefix() -> Result<String> {
     Ok(deepest.trim_end_matches('/').to_owned())
 }
 
-fn bench_oci(runtime: &str, tasks: usize, work_dir: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+fn bench_oci(
+    runtime: &str,
+    warmup: usize,
+    tasks: usize,
+    work_dir: &Path,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     use nix::mount::{MsFlags, mount, umount2};
     use std::process::{Command, Stdio};
     let prefix = own_cgroup_prefix()?;
@@ -238,19 +265,22 @@ fn bench_oci(runtime: &str, tasks: usize, work_dir: &Path) -> Result<(Vec<f64>, 
     let mut running = Vec::with_capacity(tasks);
     let mut teardown = Vec::with_capacity(tasks);
     let result: Result<()> = (|| {
-        for i in 0..tasks {
+        for i in 0..warmup + tasks {
             let id = format!("strata-bench-{i}");
             std::fs::write(bundle.join("config.json"), config(&id).to_string())?;
             let started = Instant::now();
-            rt(&["create", "--bundle", &bundle_str, &id])?;
-            rt(&["start", &id])?;
-            running.push(started.elapsed().as_secs_f64() * 1000.0);
+            rt(&["run", "--detach", "--bundle", &bundle_str, &id])?;
+            let up = started.elapsed();
             rt(&["delete", "--force", &id])?;
             let id = format!("strata-bench-run-{i}");
             std::fs::write(bundle.join("config.json"), config(&id).to_string())?;
             let started = Instant::now();
             rt(&["run", "--bundle", &bundle_str, &id])?;
-            teardown.push(started.elapsed().as_secs_f64() * 1000.0);
+            let done = started.elapsed();
+            if i >= warmup {
+                running.push(up.as_secs_f64() * 1000.0);
+                teardown.push(done.as_secs_f64() * 1000.0);
+            }
         }
         Ok(())
     })();

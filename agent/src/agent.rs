@@ -39,19 +39,20 @@ use strata_proto::agent_message::{self, Heartbeat, Register, StatusUpdate};
 use strata_proto::allocator_message::{self, AcknowledgeUpdate, KillTask, LaunchTask, Registered};
 use strata_proto::{
     AgentInfo, AgentMessage, AgentTask, Attribute, TaskInfo, TaskReason, TaskSource, TaskState,
-    TaskStatus,
+    TaskStatus, TaskUsage,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 use tracing::{Instrument, Span};
 
-use crate::cgroup::{MemoryOom, RootPlacement};
+use crate::cgroup::{CgroupBackend, MemoryOom, RootPlacement};
 use crate::checkpoint::{self, CheckpointError};
 use crate::connection::{self, ConnEvent};
 use crate::containerizer::{Containerizer, ExitStatus, LaunchSpec, ProcessContainerizer};
 use crate::discovery::{self, DiscoveryError, HostRoots, Overrides};
 use crate::linux::{LinuxConfig, LinuxContainerizer};
 use crate::status::{AckOutcome, StatusUpdateManager, TaskKey};
+use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop};
 
 /// Heartbeat interval used when the allocator does not give a usable one.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -113,6 +114,13 @@ pub struct AgentConfig {
     /// outlive the agent (no supervisor) are always killed. An allocator's Shutdown always
     /// kills.
     pub kill_tasks_on_shutdown: bool,
+    /// How often each running task's usage is measured and reported (and served at /usage and
+    /// /metrics); default 1 s.
+    pub usage_interval: Duration,
+    /// Where the agent serves its own HTTP endpoints (/health, /usage, /metrics); default
+    /// `None`: none (the `strata-agent` binary's default is 0.0.0.0:5051). A port of 0 picks a
+    /// free one; the address bound is registered as `AgentInfo.endpoint`.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// How the agent isolates tasks.
@@ -152,6 +160,8 @@ impl AgentConfig {
             task_user: "nobody".to_owned(),
             allow_root_tasks: false,
             kill_tasks_on_shutdown: false,
+            usage_interval: crate::usage::DEFAULT_INTERVAL,
+            http_listen: None,
         }
     }
 }
@@ -199,6 +209,9 @@ pub enum AgentError {
     /// Task isolation was required but cannot be set up.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The HTTP listen address cannot be bound.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// Loads the eBPF programs at the agent's own unified cgroup, logging which attached. Failures
@@ -253,8 +266,8 @@ pub async fn run(
             path: config.work_dir.clone(),
             source,
         })?;
-    let containerizer = containerizer_for(&config)?;
-    let result = run_with_containerizer(config, containerizer.clone(), shutdown).await;
+    let (containerizer, cgroups) = containerizer_for(&config)?;
+    let result = run_with_cgroups(config, containerizer.clone(), cgroups, shutdown).await;
     if result.is_err() {
         containerizer.cleanup();
     }
@@ -289,11 +302,16 @@ fn supervisor_exe(config: &AgentConfig) -> Option<PathBuf> {
     sibling.is_file().then_some(sibling)
 }
 
-/// The containerizer the configuration asks for.
-fn containerizer_for(config: &AgentConfig) -> Result<Arc<dyn Containerizer>, AgentError> {
+/// The containerizer the configuration asks for, and its task cgroups (for usage records).
+fn containerizer_for(
+    config: &AgentConfig,
+) -> Result<(Arc<dyn Containerizer>, Cgroups), AgentError> {
     if config.isolation == Isolation::None {
         tracing::info!("tasks run as plain processes (--isolation none): no limits are enforced");
-        return Ok(Arc::new(ProcessContainerizer::new(config.work_dir.clone())));
+        return Ok((
+            Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
+            None,
+        ));
     }
     let placement = config.cgroup_placement();
     let roots = HostRoots::default();
@@ -313,7 +331,8 @@ fn containerizer_for(config: &AgentConfig) -> Result<Arc<dyn Containerizer>, Age
                     "no strata-agent binary to supervise tasks: tasks get cgroups but no namespaces; set AgentConfig::agent_exe"
                 ),
             }
-            let mut containerizer = LinuxContainerizer::new(linux, Arc::from(backend));
+            let backend: Arc<dyn CgroupBackend> = Arc::from(backend);
+            let mut containerizer = LinuxContainerizer::new(linux, backend.clone());
             match crate::ebpf::DeviceControl::load() {
                 Ok(devices) => {
                     tracing::info!(
@@ -325,30 +344,47 @@ fn containerizer_for(config: &AgentConfig) -> Result<Arc<dyn Containerizer>, Age
                     tracing::warn!(error = %e, "device control is off: tasks can use every device node they can reach");
                 }
             }
-            Ok(Arc::new(containerizer))
+            Ok((Arc::new(containerizer), Some(backend)))
         }
         Err(e) if config.isolation == Isolation::Auto => {
             tracing::warn!(error = %e, "tasks run as plain processes without limits: cgroups cannot be set up");
-            Ok(Arc::new(ProcessContainerizer::new(config.work_dir.clone())))
+            Ok((
+                Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
+                None,
+            ))
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// [`run`] with another containerizer.
+/// The task cgroups of a containerizer that has them.
+type Cgroups = Option<Arc<dyn CgroupBackend>>;
+
+/// [`run`] with another containerizer (its tasks get no usage records: they are read from the
+/// task cgroups of the containerizer [`run`] makes).
 pub async fn run_with_containerizer(
     config: AgentConfig,
     containerizer: Arc<dyn Containerizer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    run_with_cgroups(config, containerizer, None, shutdown).await
+}
+
+async fn run_with_cgroups(
+    config: AgentConfig,
+    containerizer: Arc<dyn Containerizer>,
+    cgroups: Cgroups,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
     let span = tracing::info_span!("agent", agent_id = tracing::field::Empty);
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
-    Box::pin(start(config, containerizer, shutdown, span.clone()).instrument(span)).await
+    Box::pin(start(config, containerizer, cgroups, shutdown, span.clone()).instrument(span)).await
 }
 
 async fn start(
     config: AgentConfig,
     containerizer: Arc<dyn Containerizer>,
+    cgroups: Cgroups,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     span: Span,
 ) -> Result<(), AgentError> {
@@ -395,11 +431,37 @@ async fn start(
         "discovered this host",
     );
     // Held for the agent's life: dropping it detaches the programs.
-    let _ebpf = if config.ebpf {
-        load_ebpf(&HostRoots::default()).await
+    let ebpf: Option<SharedEbpf> = if config.ebpf {
+        load_ebpf(&HostRoots::default())
+            .await
+            .map(|e| Arc::new(std::sync::Mutex::new(e)))
     } else {
         tracing::info!("eBPF accounting is off (--no-ebpf)");
         None
+    };
+    // Loading parsed the kernel's BTF: give the memory that took back.
+    crate::sys::release_free_memory();
+    let latest_usage = LatestUsage::default();
+    if let Some(id) = &agent_id {
+        latest_usage.set_agent_id(id);
+    }
+    let (http_server, http_endpoint) = match config.http_listen {
+        Some(addr) => {
+            let (listener, bound) = crate::http::bind(addr).await?;
+            let allocator = address.trim_start_matches("http://");
+            let advertised =
+                crate::http::advertised_endpoint(bound, allocator, &found.hostname).await;
+            tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
+            let router = crate::http::router(crate::http::HttpState {
+                usage: latest_usage.clone(),
+                proc_root: HostRoots::default().proc,
+            });
+            (
+                Some(tokio::spawn(crate::http::serve(listener, router))),
+                advertised,
+            )
+        }
+        None => (None, String::new()),
     };
     let base_info = AgentInfo {
         id: String::new(),
@@ -415,7 +477,7 @@ async fn start(
             .collect(),
         kernel: Some(found.kernel),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        endpoint: String::new(),
+        endpoint: http_endpoint,
     };
 
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
@@ -429,6 +491,30 @@ async fn start(
         .instrument(span.clone()),
     );
     let (task_tx, task_rx) = mpsc::unbounded_channel();
+    let (running_tx, running_rx) = watch::channel(Arc::new(Vec::new()));
+    let (usage_tx, usage_rx) = mpsc::channel(2);
+    let layout = cgroups
+        .as_ref()
+        .and_then(|c| Layout::of_backend(c.as_ref(), &HostRoots::default().cgroup));
+    let usage_loop = match layout {
+        Some(layout) => Some(tokio::spawn(
+            crate::usage::run(UsageLoop {
+                collector: Collector::new(layout),
+                interval: config.usage_interval,
+                tasks: running_rx,
+                ebpf: ebpf.clone(),
+                latest: latest_usage.clone(),
+                to_core: usage_tx,
+            })
+            .instrument(span.clone()),
+        )),
+        None => {
+            tracing::info!(
+                "no usage records: they are read from the task cgroups, and tasks run without cgroups"
+            );
+            None
+        }
+    };
     let agent = Agent {
         updates: StatusUpdateManager::new(config.status_update_retry),
         config,
@@ -441,12 +527,21 @@ async fn start(
         stopping: None,
         next_gc: Instant::now() + Duration::from_secs(60),
         span,
+        running: running_tx,
+        latest_usage,
     };
     let containerizer = agent.containerizer.clone();
     let mut agent = agent;
     agent.recover_tasks();
-    agent.run_loop(shutdown, conn_rx, task_rx).await;
+    agent.publish_running();
+    agent.run_loop(shutdown, conn_rx, task_rx, usage_rx).await;
     connection.abort();
+    if let Some(task) = usage_loop {
+        task.abort();
+    }
+    if let Some(task) = http_server {
+        task.abort();
+    }
     containerizer.cleanup();
     Ok(())
 }
@@ -555,6 +650,10 @@ struct Agent {
     /// When to garbage-collect old sandboxes next.
     next_gc: Instant,
     span: Span,
+    /// The running tasks, for the usage collector.
+    running: watch::Sender<Arc<Vec<TaskRef>>>,
+    /// The latest usage records (the agent id they carry is set here).
+    latest_usage: LatestUsage,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -576,6 +675,7 @@ impl Agent {
         mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
         mut conn_rx: mpsc::UnboundedReceiver<ConnEvent>,
         mut task_rx: mpsc::UnboundedReceiver<TaskEvent>,
+        mut usage_rx: mpsc::Receiver<Vec<TaskUsage>>,
     ) {
         loop {
             if self.finished_stopping() {
@@ -601,6 +701,7 @@ impl Agent {
                 }
                 Some(event) = conn_rx.recv() => self.on_connection(event),
                 Some(event) = task_rx.recv() => self.on_task_event(event),
+                Some(tasks) = usage_rx.recv() => self.send_usage(tasks),
                 () = sleep_until(heartbeat_at) => self.heartbeat(),
                 () = sleep_until(retry_at) => self.resend_due(),
                 () = sleep_until(Some(self.next_gc)) => self.gc_sandboxes(),
@@ -804,6 +905,7 @@ impl Agent {
                 tracing::error!(error = %e, "cannot persist the agent id; if the agent restarts it will register as a new agent");
             }
             self.span.record("agent_id", id.as_str());
+            self.latest_usage.set_agent_id(&id);
             self.agent_id = Some(id);
         }
         let interval = Duration::try_from_secs_f64(registered.heartbeat_interval_seconds)
@@ -1209,6 +1311,29 @@ impl Agent {
         self.persist(key);
         if queued.send_now {
             self.send_update(queued.status);
+        }
+        if state == TaskState::Running || state.is_terminal() {
+            self.publish_running();
+        }
+    }
+
+    /// Tells the usage collector which tasks run now.
+    fn publish_running(&self) {
+        let running: Vec<TaskRef> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.latest.state(), TaskState::Running | TaskState::Killing))
+            .map(|(key, t)| TaskRef::from_task(&key.framework_id, &t.info))
+            .collect();
+        self.running.send_replace(Arc::new(running));
+    }
+
+    /// Streams the latest usage records to the allocator.
+    fn send_usage(&mut self, tasks: Vec<TaskUsage>) {
+        if self.registered() {
+            self.send(agent_message::Message::Usage(agent_message::Usage {
+                tasks,
+            }));
         }
     }
 

@@ -39,6 +39,9 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// The directory under the root holding the task cgroups (not `tasks`: v1 hierarchies have a
 /// `tasks` file in every cgroup).
 pub const TASKS_DIR: &str = "containers";
+/// An empty cgroup under the unified root that never holds a process: the agent keeps its
+/// device control program attached there while it runs (see `LinuxContainerizer`).
+pub const DEVICE_KEEPER_DIR: &str = "device-keeper";
 /// How long [`TaskCgroup::destroy`] waits for the processes to go.
 const DESTROY_LIMIT: Duration = Duration::from_secs(10);
 
@@ -175,6 +178,11 @@ pub trait CgroupBackend: Send + Sync + fmt::Debug {
 
     /// Removes the whole managed subtree after killing whatever runs in it (tests, uninstall).
     fn destroy_root(&self) -> Result<(), CgroupError>;
+
+    /// The root in the unified (v2) hierarchy, if there is one (where eBPF programs attach).
+    fn unified_root(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// One task's cgroup (in one or several hierarchies).
@@ -616,12 +624,17 @@ impl CgroupBackend for V2Backend {
     fn destroy_root(&self) -> Result<(), CgroupError> {
         // The agent's own leaf is left to the caller: a process cannot leave its cgroup upwards.
         remove_tree(&self.root.join(TASKS_DIR), Some("cgroup.kill"))?;
+        remove_tree(&self.root.join(DEVICE_KEEPER_DIR), Some("cgroup.kill"))?;
         let leaf = self.root.join("agent");
         if read_pids(&leaf.join("cgroup.procs"))?.is_empty() {
             let _ = fs::remove_dir(&leaf);
             let _ = fs::remove_dir(&self.root);
         }
         Ok(())
+    }
+
+    fn unified_root(&self) -> Option<PathBuf> {
+        Some(self.root.clone())
     }
 }
 
@@ -885,6 +898,10 @@ impl CgroupBackend for HybridBackend {
             remove_tree(&root, None)?;
         }
         Ok(())
+    }
+
+    fn unified_root(&self) -> Option<PathBuf> {
+        self.unified.clone()
     }
 }
 

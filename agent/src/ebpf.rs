@@ -5,6 +5,11 @@
 //!
 //! - `sched_switch` (tp_btf): on-CPU nanoseconds per cgroup, for every task on the machine. Needs
 //!   the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! - `sched_wakeup` / `sched_wakeup_new` (tp_btf) with `sched_switch`: run-queue (scheduling)
+//!   latency per cgroup, a log2 histogram of how long its tasks waited, runnable, for a CPU
+//!   (after a wakeup, or after being preempted) ([`Ebpf::run_queue`], [`RunQueueHistogram`]).
+//!   A wait is added to the cgroup when its task is next switched out, so a task still running
+//!   has its latest wait pending.
 //! - `cgroup_skb_ingress` / `cgroup_skb_egress` (cgroup_skb): bytes and packets per cgroup,
 //!   counted against the cgroup of the packet's **socket** (the cgroup of the task that created
 //!   the socket; an accepted connection inherits the listener's cgroup). Bytes are whole IP
@@ -32,8 +37,9 @@ use aya::programs::{
 };
 use aya::{Btf, include_bytes_aligned};
 use strata_agent_common::{
-    CgroupId, MAP_CPU_TIME, MAP_NET_EGRESS, MAP_NET_INGRESS, NET_COUNTER_WORDS, NetCounters,
-    PROG_SCHED_SWITCH, PROG_SKB_EGRESS, PROG_SKB_INGRESS,
+    CgroupId, MAP_CPU_TIME, MAP_NET_EGRESS, MAP_NET_INGRESS, MAP_RUN_QUEUE, NET_COUNTER_WORDS,
+    NetCounters, PROG_SCHED_SWITCH, PROG_SCHED_WAKEUP, PROG_SCHED_WAKEUP_NEW, PROG_SKB_EGRESS,
+    PROG_SKB_INGRESS, RUN_QUEUE_BUCKETS, RUN_QUEUE_WORDS, RunQueueCounters,
 };
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
@@ -124,7 +130,111 @@ pub struct NetTraffic {
     pub egress: NetCounters,
 }
 
+/// A cgroup's run-queue (scheduling) latency: a log2 histogram of its tasks' waits for a CPU.
+///
+/// Bucket `i` counts waits of `[2^i, 2^(i+1))` ns (bucket 0 also 0 ns; the last one everything
+/// from about 2.1 s). The counters only grow: take two snapshots and use [`Self::since`] for an
+/// interval, then [`Self::quantile_ns`] (or [`Self::p50_ns`], [`Self::p99_ns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunQueueHistogram {
+    /// Waits per log2 bucket of nanoseconds.
+    pub buckets: [u64; RUN_QUEUE_BUCKETS],
+    /// The number of waits.
+    pub count: u64,
+    /// Their sum, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl Default for RunQueueHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: [0; RUN_QUEUE_BUCKETS],
+            count: 0,
+            sum_ns: 0,
+        }
+    }
+}
+
+impl From<RunQueueCounters> for RunQueueHistogram {
+    fn from(c: RunQueueCounters) -> Self {
+        Self {
+            buckets: c.buckets,
+            count: c.count,
+            sum_ns: c.sum_ns,
+        }
+    }
+}
+
+impl RunQueueHistogram {
+    /// The number of buckets.
+    pub const BUCKETS: usize = RUN_QUEUE_BUCKETS;
+
+    /// The waits between the snapshot `earlier` and this one (wrapping, as the counters do).
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut d = *self;
+        for (b, e) in d.buckets.iter_mut().zip(earlier.buckets) {
+            *b = b.wrapping_sub(e);
+        }
+        d.count = self.count.wrapping_sub(earlier.count);
+        d.sum_ns = self.sum_ns.wrapping_sub(earlier.sum_ns);
+        d
+    }
+
+    /// The lower and upper bound (ns) of bucket `i`'s waits.
+    #[must_use]
+    pub fn bucket_bounds_ns(i: usize) -> (u64, u64) {
+        let lo = if i == 0 { 0 } else { 1u64 << i.min(63) };
+        (lo, 1u64 << (i + 1).min(63))
+    }
+
+    /// The `q`-quantile (0.0..=1.0) of the waits, in nanoseconds, interpolated linearly inside
+    /// its log2 bucket (so within a factor of two of the true value); `None` without waits.
+    #[must_use]
+    pub fn quantile_ns(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let q = if q.is_nan() { 0.5 } else { q.clamp(0.0, 1.0) };
+        // The rank (1-based) of the wanted wait.
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut below = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            if below + n >= rank {
+                let (lo, hi) = Self::bucket_bounds_ns(i);
+                let frac = (rank - below) as f64 / n as f64;
+                return Some(lo + ((hi - lo) as f64 * frac) as u64);
+            }
+            below += n;
+        }
+        None
+    }
+
+    /// The median wait (ns); `None` without waits.
+    #[must_use]
+    pub fn p50_ns(&self) -> Option<u64> {
+        self.quantile_ns(0.5)
+    }
+
+    /// The 99th-percentile wait (ns); `None` without waits.
+    #[must_use]
+    pub fn p99_ns(&self) -> Option<u64> {
+        self.quantile_ns(0.99)
+    }
+
+    /// The mean wait (ns); `None` without waits.
+    #[must_use]
+    pub fn mean_ns(&self) -> Option<u64> {
+        self.sum_ns.checked_div(self.count)
+    }
+}
+
 type CpuTimeMap = PerCpuHashMap<MapData, CgroupId, u64>;
+type RunQueueMap = PerCpuHashMap<MapData, CgroupId, [u64; RUN_QUEUE_WORDS]>;
 type NetMap = PerCpuHashMap<MapData, CgroupId, [u64; NET_COUNTER_WORDS]>;
 
 /// The loaded programs and their maps. Dropping it detaches and unloads the programs.
@@ -134,6 +244,7 @@ pub struct Ebpf {
     cgroup_root: PathBuf,
     programs: Vec<ProgramStatus>,
     cpu_time: Option<CpuTimeMap>,
+    run_queue: Option<RunQueueMap>,
     net_ingress: Option<NetMap>,
     net_egress: Option<NetMap>,
 }
@@ -148,7 +259,8 @@ impl fmt::Debug for Ebpf {
 }
 
 impl Ebpf {
-    /// Loads the object, attaches `sched_switch` and attaches the cgroup_skb programs at
+    /// Loads the object, attaches `sched_switch`, `sched_wakeup` and `sched_wakeup_new`, and
+    /// attaches the cgroup_skb programs at
     /// `cgroup_root` (a directory of the cgroup v2 hierarchy).
     ///
     /// Each program that cannot be loaded or attached is logged (`warn`) with what is missing and
@@ -160,12 +272,23 @@ impl Ebpf {
             hint: permission_hint(&e),
         })?;
 
-        let mut programs = Vec::with_capacity(3);
-        programs.push(ProgramStatus {
-            name: PROG_SCHED_SWITCH,
-            attach_point: "tp_btf/sched_switch".to_owned(),
-            state: to_state(attach_sched_switch(&mut object)),
-        });
+        let mut programs = Vec::with_capacity(5);
+        let btf = kernel_btf();
+        for (name, tracepoint) in [
+            (PROG_SCHED_SWITCH, "sched_switch"),
+            (PROG_SCHED_WAKEUP, "sched_wakeup"),
+            (PROG_SCHED_WAKEUP_NEW, "sched_wakeup_new"),
+        ] {
+            let result = btf
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|btf| attach_tp_btf(&mut object, btf, name, tracepoint));
+            programs.push(ProgramStatus {
+                name,
+                attach_point: format!("tp_btf/{tracepoint}"),
+                state: to_state(result),
+            });
+        }
         let cgroup = open_cgroup2(cgroup_root);
         for (name, attach_type) in [
             (PROG_SKB_INGRESS, CgroupSkbAttachType::Ingress),
@@ -205,6 +328,7 @@ impl Ebpf {
         }
 
         let cpu_time = take_map(&mut object, MAP_CPU_TIME);
+        let run_queue = take_map(&mut object, MAP_RUN_QUEUE);
         let net_ingress = take_map(&mut object, MAP_NET_INGRESS);
         let net_egress = take_map(&mut object, MAP_NET_EGRESS);
         Ok(Self {
@@ -212,6 +336,7 @@ impl Ebpf {
             cgroup_root: cgroup_root.to_path_buf(),
             programs,
             cpu_time,
+            run_queue,
             net_ingress,
             net_egress,
         })
@@ -244,6 +369,30 @@ impl Ebpf {
         }
     }
 
+    /// The run-queue latency histogram of the cgroup's tasks (the cgroup itself, not its
+    /// descendants) since the programs were attached: every wait for a CPU after a wakeup or a
+    /// preemption, added when the task is next switched out. Empty for a cgroup with none since.
+    pub fn run_queue(&self, cgroup_id: CgroupId) -> Result<RunQueueHistogram, EbpfError> {
+        // The waits start at the wakeup programs and end at sched_switch: both must run.
+        self.map_of(PROG_SCHED_WAKEUP, Some(&()))?;
+        let map = self.map_of(PROG_SCHED_SWITCH, self.run_queue.as_ref())?;
+        match map.get(&cgroup_id, 0) {
+            Ok(per_cpu) => {
+                let mut sum = RunQueueCounters::default();
+                for words in per_cpu.iter() {
+                    sum.add(&RunQueueCounters::from_words(words));
+                }
+                Ok(sum.into())
+            }
+            Err(MapError::KeyNotFound) => Ok(RunQueueHistogram::default()),
+            Err(source) => Err(EbpfError::ReadMap {
+                map: MAP_RUN_QUEUE,
+                cgroup_id,
+                source,
+            }),
+        }
+    }
+
     /// Bytes and packets sent and received by the cgroup's sockets (the cgroup itself, not its
     /// descendants) since the programs were attached; zeros for a cgroup with no traffic since.
     pub fn net_counters(&self, cgroup_id: CgroupId) -> Result<NetTraffic, EbpfError> {
@@ -259,6 +408,9 @@ impl Ebpf {
     /// with dead cgroups; they are LRU maps, so forgetting is an optimisation, not a must).
     pub fn forget(&mut self, cgroup_id: CgroupId) {
         if let Some(m) = self.cpu_time.as_mut() {
+            let _ = m.remove(&cgroup_id);
+        }
+        if let Some(m) = self.run_queue.as_mut() {
             let _ = m.remove(&cgroup_id);
         }
         for m in [self.net_ingress.as_mut(), self.net_egress.as_mut()]
@@ -338,8 +490,9 @@ fn to_state(result: Result<(), String>) -> ProgramState {
     }
 }
 
-fn attach_sched_switch(object: &mut aya::Ebpf) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| {
+/// The kernel's BTF, which tp_btf programs need; the error says what is missing.
+fn kernel_btf() -> Result<Btf, String> {
+    Btf::from_sys_fs().map_err(|e| {
         if Path::new(KERNEL_BTF).exists() {
             format!(
                 "cannot read the kernel's BTF at {KERNEL_BTF}: {}",
@@ -351,18 +504,26 @@ fn attach_sched_switch(object: &mut aya::Ebpf) -> Result<(), String> {
                  built with CONFIG_DEBUG_INFO_BTF=y)"
             )
         }
-    })?;
+    })
+}
+
+fn attach_tp_btf(
+    object: &mut aya::Ebpf,
+    btf: &Btf,
+    name: &str,
+    tracepoint: &str,
+) -> Result<(), String> {
     let program: &mut BtfTracePoint = object
-        .program_mut(PROG_SCHED_SWITCH)
+        .program_mut(name)
         .ok_or_else(|| "the program is missing from the eBPF object".to_owned())?
         .try_into()
         .map_err(|e: ProgramError| format!("unexpected program type: {e}"))?;
     program
-        .load("sched_switch", &btf)
+        .load(tracepoint, btf)
         .map_err(|e| format!("cannot load: {}{}", error_chain(&e), permission_hint(&e)))?;
     program.attach().map_err(|e| {
         format!(
-            "cannot attach to sched_switch: {}{}",
+            "cannot attach to {tracepoint}: {}{}",
             error_chain(&e),
             permission_hint(&e)
         )
@@ -592,6 +753,11 @@ impl DeviceControl {
     }
 }
 
+/// The error, its causes and, for a permission error, what rights are needed.
+pub(crate) fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    format!("{}{}", error_chain(e), permission_hint(e))
+}
+
 /// The error and all its causes, joined with ": ".
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
@@ -676,9 +842,9 @@ mod tests {
             }
         };
         let states: Vec<_> = ebpf.programs().iter().map(|p| (p.name, &p.state)).collect();
-        assert_eq!(states.len(), 3, "{states:?}");
+        assert_eq!(states.len(), 5, "{states:?}");
         for p in ebpf.programs() {
-            if p.name == PROG_SCHED_SWITCH {
+            if p.attach_point.starts_with("tp_btf/") {
                 assert_eq!(p.state, ProgramState::Attached, "{p:?}");
             } else {
                 assert!(
@@ -692,5 +858,43 @@ mod tests {
             .expect_err("the skb programs are not running");
         assert!(err.to_string().contains("not running"), "{err}");
         ebpf.cpu_time_ns(1).expect("sched_switch runs");
+        ebpf.run_queue(1).expect("the run-queue programs run");
+    }
+
+    fn histogram(waits: &[(usize, u64)]) -> RunQueueHistogram {
+        let mut h = RunQueueHistogram::default();
+        for &(bucket, n) in waits {
+            h.buckets[bucket] += n;
+            h.count += n;
+            h.sum_ns += n * RunQueueHistogram::bucket_bounds_ns(bucket).0;
+        }
+        h
+    }
+
+    #[test]
+    fn quantiles_come_from_the_bucket_holding_the_rank() {
+        assert_eq!(RunQueueHistogram::default().p50_ns(), None);
+        assert_eq!(RunQueueHistogram::default().mean_ns(), None);
+        // 98 waits of ~1 us (bucket 10) and 2 of ~1 ms (bucket 20).
+        let h = histogram(&[(10, 98), (20, 2)]);
+        let p50 = h.p50_ns().expect("waits");
+        assert!((1024..2048).contains(&p50), "{p50}");
+        let p99 = h.p99_ns().expect("waits");
+        assert!((1 << 20..1 << 21).contains(&p99), "{p99}");
+        assert_eq!(h.quantile_ns(0.0), h.quantile_ns(-1.0));
+        assert_eq!(h.quantile_ns(1.0), Some(1 << 21));
+        assert_eq!(RunQueueHistogram::bucket_bounds_ns(0), (0, 2));
+    }
+
+    #[test]
+    fn since_is_the_difference_of_two_snapshots() {
+        let earlier = histogram(&[(10, 5)]);
+        let later = histogram(&[(10, 5), (25, 4)]);
+        let d = later.since(&earlier);
+        assert_eq!(d.count, 4);
+        assert_eq!(d.buckets[10], 0);
+        assert_eq!(d.buckets[25], 4);
+        assert_eq!(d.sum_ns, 4 << 25);
+        assert!(d.p50_ns().expect("waits") >= 1 << 25);
     }
 }

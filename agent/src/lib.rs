@@ -10,8 +10,9 @@
 //! [`supervisor`] (the per-task supervisor and init that outlive the agent), `sys` (the small
 //! syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
-//! [`ebpf`] (the kernel-side programs), `connection` (the stream to the allocator) and `agent`
-//! (the core that ties them together).
+//! [`ebpf`] (the kernel-side programs), [`usage`] (per-task usage records), [`http`] (the
+//! agent's own HTTP server: /health, /usage, /metrics), `connection` (the stream to the
+//! allocator) and `agent` (the core that ties them together).
 
 mod agent;
 pub mod cgroup;
@@ -20,10 +21,13 @@ mod connection;
 pub mod containerizer;
 pub mod discovery;
 pub mod ebpf;
+pub mod http;
 pub mod linux;
+pub mod profile;
 pub mod status;
 pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
+pub mod usage;
 
 pub use agent::{AgentConfig, AgentError, Isolation, run, run_with_containerizer};

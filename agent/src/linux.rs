@@ -42,8 +42,8 @@ pub struct LinuxConfig {
     pub work_dir: PathBuf,
     /// pids.max for tasks that set no `pids_limit`.
     pub default_pids_limit: u64,
-    /// The `strata-agent` binary, run as each task's supervisor (`supervise`) and init
-    /// (`task-init`): tasks then get their own namespaces, user and capabilities. `None` runs
+    /// The `strata-agent` binary, run as the `launcher` that forks each task's supervisor and
+    /// init: tasks then get their own namespaces, user and capabilities. `None` runs
     /// tasks as plain children of the agent in their cgroups only.
     pub supervisor_exe: Option<PathBuf>,
     /// The user tasks run as when their command names none.
@@ -96,7 +96,13 @@ pub struct LinuxContainerizer {
     config: LinuxConfig,
     cgroups: Arc<dyn CgroupBackend>,
     devices: Option<Arc<Mutex<DeviceControl>>>,
-    /// Forks supervisors (started on the first supervised launch).
+    /// The device program's attachment to an empty cgroup ([`cgroup::DEVICE_KEEPER_DIR`]) that
+    /// lives as long as the agent: the kernel enables its cgroup-device hook (a static key,
+    /// patched into the code on every cpu) when the first program is attached and disables it
+    /// when the last goes; with this one always there, tasks attaching and detaching theirs
+    /// do not patch the kernel's code at every launch and teardown.
+    device_keeper: Arc<Mutex<Option<(PathBuf, strata_agent_common::CgroupId)>>>,
+    /// Forks supervisors ahead of time (started on the first supervised launch).
     launcher: Arc<tokio::sync::Mutex<Option<Launcher>>>,
     agent_user: String,
     agent_uid: String,
@@ -118,6 +124,7 @@ impl LinuxContainerizer {
             config,
             cgroups,
             devices: None,
+            device_keeper: Arc::new(Mutex::new(None)),
             launcher: Arc::new(tokio::sync::Mutex::new(None)),
             agent_user,
             agent_uid: uid.to_string(),
@@ -155,18 +162,45 @@ impl LinuxContainerizer {
         let Some(dir) = cg.unified_dir() else {
             return Ok(None);
         };
-        let id = devices
-            .lock()
-            .map_err(|_| ContainerizerError::Lost {
-                task_id: task_id.to_owned(),
-                reason: "the device control lock is poisoned".to_owned(),
-            })?
+        let mut control = devices.lock().map_err(|_| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason: "the device control lock is poisoned".to_owned(),
+        })?;
+        self.keep_device_hook(&mut control);
+        let id = control
             .allow(&dir, &extra)
             .map_err(|e| ContainerizerError::InvalidTask {
                 task_id: task_id.to_owned(),
                 reason: format!("cannot set up its device control: {e}"),
             })?;
         Ok(Some((devices.clone(), id)))
+    }
+
+    /// Attaches the device program to the empty keeper cgroup once (see `device_keeper`); a
+    /// failure only costs speed, and is retried at the next launch.
+    fn keep_device_hook(&self, control: &mut DeviceControl) {
+        let Ok(mut keeper) = self.device_keeper.lock() else {
+            return;
+        };
+        if keeper.is_some() {
+            return;
+        }
+        let Some(root) = self.cgroups.unified_root() else {
+            return;
+        };
+        let dir = root.join(cgroup::DEVICE_KEEPER_DIR);
+        let attached = match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+        .and_then(|()| control.allow(&dir, &[]).map_err(|e| e.to_string()));
+        match attached {
+            Ok(id) => *keeper = Some((dir, id)),
+            Err(error) => {
+                tracing::debug!(dir = %dir.display(), %error, "cannot keep the device control hook enabled");
+            }
+        }
     }
 
     /// The cgroup backend.
@@ -605,9 +639,11 @@ fn numeric_user(uid: u32) -> nix::unistd::User {
     }
 }
 
-/// A `strata-agent launcher` process: single-threaded, it forks a supervisor for each request,
-/// which saves a program start per task. It ends when its socket closes (the agent is gone);
-/// the supervisors it forked are their own sessions and live on.
+/// A `strata-agent launcher` process: single-threaded, it keeps one supervisor forked ahead of
+/// time, with its namespaces set up, that takes the next request (see
+/// [`crate::supervisor`]), which saves a program start and the namespace setup per task. It
+/// ends when its socket closes (the agent is gone); the supervisors it forked are their own
+/// sessions and live on.
 #[derive(Debug)]
 struct Launcher {
     /// Non-blocking, watched by the runtime.
@@ -680,13 +716,15 @@ impl Launcher {
             .map_err(|e| format!("cannot reach the launcher: {e}"))?;
         self.in_flight = true;
         let mut answer = [0u8; 64];
-        let n = self
-            .socket
-            .async_io(tokio::io::Interest::READABLE, |fd| {
+        let n = tokio::time::timeout(
+            ANSWER_LIMIT,
+            self.socket.async_io(tokio::io::Interest::READABLE, |fd| {
                 recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(std::io::Error::from)
-            })
-            .await
-            .map_err(|e| format!("no answer from the launcher: {e}"))?;
+            }),
+        )
+        .await
+        .map_err(|_| format!("no answer from the launcher in {ANSWER_LIMIT:?}"))?
+        .map_err(|e| format!("no answer from the launcher: {e}"))?;
         self.in_flight = false;
         let text = String::from_utf8_lossy(&answer[..n]);
         text.trim()
@@ -694,6 +732,9 @@ impl Launcher {
             .map_err(|_| format!("the launcher answered {text:?} instead of a pid"))
     }
 }
+
+/// How long the launcher may take to answer a request with a supervisor's pid.
+const ANSWER_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a supervised launch may take to start the command.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -777,6 +818,17 @@ impl Containerizer for LinuxContainerizer {
     }
 
     fn cleanup(&self) {
+        // The keeper's lock is let go before the device control's (taken in the other order
+        // by launches).
+        let kept = self.device_keeper.lock().ok().and_then(|mut k| k.take());
+        if let Some((dir, id)) = kept {
+            if let Some(devices) = &self.devices
+                && let Ok(mut control) = devices.lock()
+            {
+                control.forget(id);
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
         // Only empty directories go: a task still running keeps its cgroup and the root.
         for root in self.cgroups.roots() {
             let tasks = root.join(cgroup::TASKS_DIR);

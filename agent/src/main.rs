@@ -84,6 +84,28 @@ struct Args {
     /// running, remove its cgroups, and exit.
     #[arg(long)]
     remove_cgroups: bool,
+    /// How often each running task's usage is measured and reported.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    usage_interval: Duration,
+    /// Where to serve /health, /usage and /metrics, as ADDR:PORT (port 0 picks a free one), or
+    /// `none`.
+    #[arg(long, default_value = "0.0.0.0:5051", value_parser = parse_listen)]
+    http_listen: Listen,
+}
+
+/// `--http-listen`: an address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.trim() == "none" {
+        return Ok(Listen(None));
+    }
+    text.trim().parse().map(|a| Listen(Some(a))).map_err(|_| {
+        format!(
+            "{text:?} is not an address: use ADDR:PORT, like 0.0.0.0:5051 or 127.0.0.1:0, or none"
+        )
+    })
 }
 
 fn parse_isolation(text: &str) -> Result<Isolation, String> {
@@ -213,6 +235,8 @@ async fn agent_main() -> ExitCode {
     config.task_user = args.task_user;
     config.allow_root_tasks = args.allow_root_tasks;
     config.kill_tasks_on_shutdown = args.kill_tasks_on_shutdown;
+    config.usage_interval = args.usage_interval;
+    config.http_listen = args.http_listen.0;
     if args.remove_cgroups {
         let roots = strata_agent::discovery::HostRoots::default();
         let removed =
@@ -291,5 +315,17 @@ mod tests {
         assert_eq!(args.attributes, vec![("rack".to_owned(), "r1".to_owned())]);
         assert_eq!(args.status_update_retry, Duration::from_millis(500));
         assert_eq!(args.default_kill_grace_period, Duration::from_secs(3));
+        assert_eq!(args.usage_interval, Duration::from_secs(1));
+        assert_eq!(args.http_listen, Listen(Some(([0, 0, 0, 0], 5051).into())));
+    }
+
+    #[test]
+    fn the_http_listen_address_can_be_none_or_ephemeral() {
+        assert_eq!(parse_listen("none"), Ok(Listen(None)));
+        assert_eq!(
+            parse_listen("127.0.0.1:0"),
+            Ok(Listen(Some(([127, 0, 0, 1], 0).into())))
+        );
+        assert!(parse_listen("localhost").unwrap_err().contains("ADDR:PORT"));
     }
 }

@@ -1,27 +1,39 @@
-//! The per-task supervisor and the task's init: the agent binary in two more modes.
+//! The per-task supervisor, which is also the task's init: the agent binary in more modes.
 //!
 //! ```text
-//! agent ──spawns──> strata-agent supervise <run-dir>   (outside the task's cgroup)
-//!                     └─forks─> the task's init         (pid 1 of the task's namespaces,
-//!                                 └─> the command (pid 2) in the task's cgroup)
+//! agent ──request──> strata-agent launcher      (single-threaded, outside the task's cgroup)
+//!                      └─forks─> the task's supervisor and init: pid 1 of the task's
+//!                                namespaces, outside its cgroup
+//!                                  └─> the command (pid 2), in the task's cgroup
 //! ```
 //!
-//! - **supervise** reads `<run-dir>/spec.json` ([`TaskSpec`]), unshares a pid namespace for its
-//!   children, and forks the task's init, which joins the task's cgroups and unshares the mount,
-//!   uts, ipc (and optionally net) namespaces. It waits for it and writes the command's exit
-//!   status to `<run-dir>/exit` (atomically), says so on the launch pipe (its stdout:
-//!   [`EXITED_LINE`]), then exits. It is the task's parent and does not depend on the agent:
-//!   it keeps running when the agent dies.
-//! - **the init** (pid 1): makes every mount private, mounts a fresh `/proc`, a private `/tmp`
-//!   and `/var/tmp` (the sandbox's `tmp`), and `/dev/shm`, sets the hostname to the task id,
-//!   brings up loopback in a private network namespace, then starts the command as the task's
-//!   user with only the capabilities asked for, no_new_privs and rlimits, in the sandbox. It
-//!   forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the command, reaps every
-//!   process of the namespace, copies stdout and stderr to the sandbox with size-capped
-//!   rotation (all in one poll loop, no threads), and records the command's status in
-//!   `<run-dir>/task-exit` before it exits (its exit kills whatever is left in the namespace).
+//! - **launcher** keeps one **spare** forked ahead of time: pid 1 of a fresh pid namespace
+//!   (`unshare(CLONE_NEWPID)` before the fork, the launcher's own namespace for children
+//!   restored after it), in a session of its own, that records its host pid, unshares the
+//!   mount, uts and ipc namespaces (its mounts slaves of the host's: nothing propagates back),
+//!   mounts a fresh `/proc` and a private `/dev/shm`, then waits on the launcher's socket. The
+//!   spare that takes a request answers it with its pid, makes its mounts private, takes the
+//!   launch pipe as its stdout and becomes that task's supervisor and init; once its command
+//!   has started, the launcher makes the next spare (so that happens while tasks run, not while
+//!   they start). A spare idle for 10 s retires and is replaced, and a spare dies with its
+//!   launcher.
+//! - **the supervisor and init** (pid 1) mounts the sandbox's `tmp` on `/tmp` and `/var/tmp`,
+//!   sets the hostname to the task id, unshares a network namespace with loopback up when
+//!   asked for, then starts the command, which joins the task's cgroups and becomes the task's
+//!   user with only the capabilities asked for, no_new_privs and rlimits, in the sandbox,
+//!   before it execs. It forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the
+//!   command, reaps every process of the namespace, copies stdout and stderr to the sandbox
+//!   with size-capped rotation (all in one poll loop, no threads), records the command's status
+//!   in `<run-dir>/exit` (atomically), says so on the launch pipe ([`EXITED_LINE`]) and exits
+//!   (which kills whatever is left in the namespace). It is the task's parent and does not
+//!   depend on the agent: it keeps running when the agent dies. Staying outside the task's
+//!   cgroup, it outlives a kill of the whole cgroup (or an OOM kill of the group) and records
+//!   how the command ended.
+//! - **supervise** `<run-dir>` runs the same supervisor and init as a child of the calling
+//!   process (for callers that start it as a program), and records the init's own status if
+//!   the init ends without recording one.
 //!
-//! The exit files hold one line: `exited <code>` or `signal <number>`.
+//! The exit file holds one line: `exited <code>` or `signal <number>`.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -45,10 +57,15 @@ use crate::containerizer::ExitStatus;
 
 /// The spec file in the run directory.
 pub const SPEC_FILE: &str = "spec.json";
-/// The final status, written by the supervisor.
+/// The command's final status, written by the supervisor and init.
 pub const EXIT_FILE: &str = "exit";
-/// The command's status, written by the task's init.
-pub const TASK_EXIT_FILE: &str = "task-exit";
+/// How long a spare supervisor waits for a request before it retires.
+const SPARE_MAX_IDLE: Duration = Duration::from_secs(10);
+/// What a spare tells the launcher when it takes a request (then it closes the pipe once the
+/// command has started).
+const SPARE_TOOK: &[u8] = b"t";
+/// What a spare tells the launcher when it retires unused.
+const SPARE_RETIRED: &[u8] = b"r";
 /// The supervisor's own pid.
 pub const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
 /// What the supervisor writes on the launch pipe once it has recorded the exit.
@@ -208,45 +225,11 @@ pub fn supervise_main(run_dir: &Path) -> u8 {
 }
 
 fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
-    let spec = TaskSpec::read(run_dir)?;
-    let me = std::process::id();
-    let started = process_start_time(me).unwrap_or(0);
-    checkpoint::write_atomic_volatile(
-        &run_dir.join(SUPERVISOR_PID_FILE),
-        format!("{me} {started}\n").as_bytes(),
-    )
-    .map_err(|e| SupervisorError::Sys {
-        action: "record the supervisor's pid".to_owned(),
-        source: io::Error::other(e.to_string()),
-    })?;
     crate::sys::unshare_pid_namespace().map_err(sys("unshare a pid namespace"))?;
-    let mut procs: Vec<OwnedFd> = Vec::new();
-    for file in &spec.cgroup_procs {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(file)
-            .map_err(sys(format!("open {}", file.display())))?;
-        procs.push(f.into());
-    }
-    let mut namespaces =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-    if spec.network_isolation {
-        namespaces |= CloneFlags::CLONE_NEWNET;
-    }
-    // The init is a fork of this (single-threaded) supervisor, not a new program: it joins the
-    // task's cgroups and unshares its namespaces, then runs `task_init` as pid 1.
-    let init =
-        match crate::sys::fork_into(&procs, namespaces).map_err(sys("start the task's init"))? {
-            crate::sys::Forked::Child => {
-                drop(procs);
-                std::process::exit(i32::from(task_init_main(run_dir, &spec)));
-            }
-            crate::sys::Forked::Parent(pid) => pid,
-        };
-    drop(procs);
-    // The launch pipe (stdout) stays open here: once the exit is recorded, a line on it tells
-    // the agent at once (without waiting for this process's own exit); its end of file says
-    // this supervisor is gone.
+    let init = match crate::sys::fork_supervisor().map_err(sys("start the task's init"))? {
+        None => std::process::exit(i32::from(init_main(run_dir))),
+        Some(pid) => pid,
+    };
     let init_status = loop {
         match waitpid(init, None) {
             Ok(status) => {
@@ -258,27 +241,29 @@ fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
             Err(e) => return Err(nix_sys("wait for the task's init")(e)),
         }
     };
-    // The command's own status when init recorded it; else init's (killed with the cgroup).
-    let task_status = read_exit(&run_dir.join(TASK_EXIT_FILE)).unwrap_or(init_status);
-    checkpoint::write_atomic_volatile(
-        &run_dir.join(EXIT_FILE),
-        format_exit(task_status).as_bytes(),
-    )
-    .map_err(|e| SupervisorError::Sys {
-        action: "record the task's exit status".to_owned(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    // The agent may be gone (a broken pipe): then it reads the exit file when it recovers.
-    let mut out = io::stdout().lock();
-    let _ = out.write_all(EXITED_LINE.as_bytes());
-    let _ = out.flush();
+    // The init records the command's status and says so; if it could not (it was killed),
+    // its own status stands for the task's.
+    if read_exit(&run_dir.join(EXIT_FILE)).is_none() {
+        checkpoint::write_atomic_volatile(
+            &run_dir.join(EXIT_FILE),
+            format_exit(init_status).as_bytes(),
+        )
+        .map_err(|e| SupervisorError::Sys {
+            action: "record the task's exit status".to_owned(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(EXITED_LINE.as_bytes());
+        let _ = out.flush();
+    }
     Ok(())
 }
 
 /// `strata-agent launcher`: reads requests from the seqpacket socket on stdin (a run directory,
-/// with the launch pipe as an `SCM_RIGHTS` descriptor), forks a supervisor for each (in a session
-/// of its own, stdout the launch pipe, stderr `<run-dir>/supervisor.log`) and answers with its
-/// pid. Ends when the socket closes. Returns the process's exit code.
+/// with the launch pipe as an `SCM_RIGHTS` descriptor), forks the task's supervisor and init
+/// for each (pid 1 of a new pid namespace, in a session of its own, stdout the launch pipe,
+/// stderr `<run-dir>/supervisor.log`) and answers with its pid. Ends when the socket closes.
+/// Returns the process's exit code.
 pub fn launcher_main() -> u8 {
     match launcher() {
         Ok(()) => 0,
@@ -290,68 +275,183 @@ pub fn launcher_main() -> u8 {
 }
 
 fn launcher() -> Result<(), SupervisorError> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
-    use std::os::unix::ffi::OsStrExt as _;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd as _;
     // Supervisors are not waited for here (the agent watches them through pidfds): let the
     // kernel reap them.
     crate::sys::set_sigchld(true).map_err(sys("ignore SIGCHLD"))?;
-    let socket = 0;
+    // Each supervisor is pid 1 of a pid namespace of its own, made just before its fork; this
+    // one is restored after it for the next.
+    let own_pid_ns = File::open("/proc/self/ns/pid").map_err(sys("open /proc/self/ns/pid"))?;
+    let socket = io::stdin();
+    let mut buf = [0u8; 16];
     loop {
+        // The spare writes a byte on this pipe when it takes a request and closes it once the
+        // command has started (or it failed, or died): then the next spare is made, while the
+        // task runs rather than while it starts.
+        let (busy_r, busy_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(nix_sys("create the launcher's pipe"))?;
+        crate::sys::unshare_pid_namespace().map_err(sys("unshare a pid namespace"))?;
+        let forked = crate::sys::fork_supervisor();
+        if let Ok(None) = forked {
+            drop(busy_r);
+            drop(own_pid_ns);
+            std::process::exit(i32::from(spare_main(busy_w)));
+        }
+        drop(busy_w);
+        crate::sys::set_pid_namespace_for_children(&own_pid_ns)
+            .map_err(sys("restore the launcher's pid namespace for its children"))?;
+        forked.map_err(sys("fork a supervisor"))?;
+        let mut said: Option<u8> = None;
+        loop {
+            let mut fds = [
+                PollFd::new(busy_r.as_fd(), PollFlags::POLLIN),
+                PollFd::new(socket.as_fd(), PollFlags::empty()),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(nix_sys("wait for the spare supervisor")(e)),
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                match nix::unistd::read(&busy_r, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => said = Some(buf[n - 1]),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            } else if said.is_none() && ready(&fds[1]) {
+                // The agent is gone (the spare sees it too and ends).
+                return Ok(());
+            }
+        }
+        if said.is_none() {
+            // Gone without taking a request or retiring: not in a loop faster than this.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A spare supervisor and init, forked ahead of time by the launcher: pid 1 of a fresh pid
+/// namespace, it enters its other namespaces, then takes the next request from the launcher's
+/// socket (stdin), answers it with its pid and becomes that task's supervisor and init.
+/// Returns the process's exit code.
+fn spare_main(busy: OwnedFd) -> u8 {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
+    use std::os::unix::ffi::OsStrExt as _;
+    let _ = crate::sys::set_sigchld(false);
+    let _ = nix::unistd::setsid();
+    // A spare goes with its launcher (else it would keep the socket open, and the agent would
+    // not see that the launcher is gone); a task's supervisor outlives both.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Ahead of the request: a failure is reported to the task that takes this spare. The
+    // mounts stay slaves of the host's until then, so that mounts made on the host in the
+    // meantime reach the task where the host's mounts are shared.
+    let prepared = HostPid::read().and_then(|me| enter_namespaces(MsFlags::MS_SLAVE).map(|()| me));
+    let socket = 0;
+    let (run_dir, report) = loop {
+        // A spare idle for long retires (the launcher makes a fresh one): the view of the host
+        // a task starts from is never older than this.
+        {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            use std::os::fd::AsFd as _;
+            let stdin = io::stdin();
+            let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(SPARE_MAX_IDLE).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) => {
+                    let _ = nix::unistd::write(&busy, SPARE_RETIRED);
+                    return 0;
+                }
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return 1,
+            }
+        }
         let mut buf = vec![0u8; 4096];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let (n, fd) = {
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                socket,
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(nix_sys("read a request"))?;
-            let fd = msg.cmsgs().ok().and_then(|mut c| {
-                c.find_map(|m| match m {
-                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                    _ => None,
-                })
-            });
-            (msg.bytes, fd)
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            socket,
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
         };
+        let n = msg.bytes;
         if n == 0 {
-            return Ok(());
+            // The agent is gone.
+            return 0;
         }
+        let fd = msg.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|m| match m {
+                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+        });
         let Some(fd) = fd else {
             let _ = send(socket, b"error: no launch pipe", MsgFlags::MSG_NOSIGNAL);
             continue;
         };
         let report = crate::sys::own_received_fd(fd);
-        let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n]));
-        match crate::sys::fork_supervisor().map_err(sys("fork a supervisor"))? {
-            None => {
-                let _ = crate::sys::set_sigchld(false);
-                let _ = nix::unistd::setsid();
-                let _ = nix::unistd::dup2_stdout(&report);
-                drop(report);
-                if let Ok(log) = File::create(run_dir.join("supervisor.log")) {
-                    let _ = nix::unistd::dup2_stderr(&log);
-                }
-                // The launcher's socket (fd 0) is not the supervisor's business.
-                if let Ok(null) = File::open("/dev/null") {
-                    let _ = nix::unistd::dup2_stdin(&null);
-                }
-                std::process::exit(i32::from(supervise_main(&run_dir)));
-            }
-            Some(pid) => {
-                drop(report);
-                let _ = send(socket, pid.to_string().as_bytes(), MsgFlags::MSG_NOSIGNAL);
-            }
+        break (
+            PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n])),
+            report,
+        );
+    };
+    let _ = nix::sys::prctl::set_pdeathsig(None);
+    let _ = nix::unistd::write(&busy, SPARE_TOOK);
+    let answer = match &prepared {
+        Ok(me) => me.pid.to_string(),
+        Err(_) => host_pid().map_or_else(|_| "0".to_owned(), |p| p.to_string()),
+    };
+    let _ = send(socket, answer.as_bytes(), MsgFlags::MSG_NOSIGNAL);
+    let _ = nix::unistd::dup2_stdout(&report);
+    drop(report);
+    if let Ok(log) = File::create(run_dir.join("supervisor.log")) {
+        let _ = nix::unistd::dup2_stderr(&log);
+    }
+    // The launcher's socket (fd 0) is not the task's business.
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+    }
+    let result = prepared.and_then(|me| {
+        make_mounts_private()?;
+        let spec = TaskSpec::read(&run_dir)?;
+        me.record(&run_dir)?;
+        task_init(&run_dir, &spec, Some(busy))
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("strata-agent task init: error: {e}");
+            127
         }
     }
 }
 
-/// The task's init (pid 1 of its namespaces), in the supervisor's forked child; see the module
-/// docs. Returns the process's exit code.
-fn task_init_main(run_dir: &Path, spec: &TaskSpec) -> u8 {
-    match task_init(run_dir, spec) {
+/// This process's pid as the host sees it: `/proc` is still the host's when the supervisor
+/// starts, and its `self` names this process in the host's pid namespace.
+fn host_pid() -> Result<u32, SupervisorError> {
+    let link = fs::read_link("/proc/self").map_err(sys("read /proc/self"))?;
+    link.to_string_lossy()
+        .parse()
+        .map_err(|_| SupervisorError::Sys {
+            action: "read this process's pid from /proc/self".to_owned(),
+            source: io::Error::other(format!("{} is not a pid", link.display())),
+        })
+}
+
+/// The task's supervisor and init: pid 1 of a fresh pid namespace, stdout the launch pipe,
+/// stderr its log; see the module docs. Returns the process's exit code.
+fn init_main(run_dir: &Path) -> u8 {
+    match init(run_dir) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("strata-agent task init: error: {e}");
@@ -362,6 +462,43 @@ fn task_init_main(run_dir: &Path, spec: &TaskSpec) -> u8 {
                 .and_then(|mut f| writeln!(f, "{e}"));
             127
         }
+    }
+}
+
+fn init(run_dir: &Path) -> Result<u8, SupervisorError> {
+    let spec = TaskSpec::read(run_dir)?;
+    let me = HostPid::read()?;
+    me.record(run_dir)?;
+    enter_namespaces(MsFlags::MS_PRIVATE)?;
+    task_init(run_dir, &spec, None)
+}
+
+/// This process's pid and start time as the host sees them, read while `/proc` is still the
+/// host's: what recovery checks a supervisor by.
+struct HostPid {
+    pid: u32,
+    started: u64,
+}
+
+impl HostPid {
+    fn read() -> Result<Self, SupervisorError> {
+        let pid = host_pid()?;
+        Ok(Self {
+            pid,
+            started: process_start_time(pid).unwrap_or(0),
+        })
+    }
+
+    /// Writes `<run-dir>/supervisor.pid`.
+    fn record(&self, run_dir: &Path) -> Result<(), SupervisorError> {
+        checkpoint::write_atomic_volatile(
+            &run_dir.join(SUPERVISOR_PID_FILE),
+            format!("{} {}\n", self.pid, self.started).as_bytes(),
+        )
+        .map_err(|e| SupervisorError::Sys {
+            action: "record the supervisor's pid".to_owned(),
+            source: io::Error::other(e.to_string()),
+        })
     }
 }
 
@@ -413,9 +550,67 @@ pub fn parse_capabilities(names: &[String]) -> Result<caps::CapsHashSet, String>
     Ok(set)
 }
 
-fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
+/// The namespaces of a task's init that do not depend on the task (pid 1 of a fresh pid
+/// namespace calls it): new mount, uts and ipc namespaces, every mount with `propagation`
+/// (nothing propagates back to the host; `MS_SLAVE` until [`make_mounts_private`] in a spare),
+/// a `/proc` of this pid namespace and a private `/dev/shm`.
+fn enter_namespaces(propagation: MsFlags) -> Result<(), SupervisorError> {
+    nix::sched::unshare(
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC,
+    )
+    .map_err(nix_sys("unshare the task's namespaces"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | propagation,
+        None::<&str>,
+    )
+    .map_err(nix_sys("set the propagation of the mounts"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(nix_sys("mount /proc"))?;
+    if Path::new("/dev/shm").is_dir() {
+        mount(
+            Some("tmpfs"),
+            "/dev/shm",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777,size=64m"),
+        )
+        .map_err(nix_sys("mount /dev/shm"))?;
+    }
+    Ok(())
+}
+
+/// Makes every mount of this mount namespace private: nothing propagates in or out.
+fn make_mounts_private() -> Result<(), SupervisorError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(nix_sys("make the mounts private"))
+}
+
+/// The rest of the init, for one task: its sandbox's tmp, hostname, network, then the command;
+/// see the module docs. Runs after [`enter_namespaces`].
+///
+/// `busy` (a spare's pipe to the launcher) is closed once the command has started or failed to.
+fn task_init(
+    run_dir: &Path,
+    spec: &TaskSpec,
+    busy: Option<OwnedFd>,
+) -> Result<u8, SupervisorError> {
     // The run directory may be covered by the mounts below (a work dir in /tmp): keep it open
-    // and reach it through /proc/self/fd once the new /proc is mounted.
+    // and reach it through /proc/self/fd (this pid namespace's /proc).
     let run_fd = nix::fcntl::open(
         run_dir,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -425,23 +620,6 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
         "open the run directory {}",
         run_dir.display()
     )))?;
-    // Mounts: nothing propagates back to the host; a /proc of this pid namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(nix_sys("make the mounts private"))?;
-    mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(nix_sys("mount /proc"))?;
     let tmp = spec.cwd.join("tmp");
     fs::create_dir_all(&tmp).map_err(sys(format!("create {}", tmp.display())))?;
     nix::unistd::chown(
@@ -494,19 +672,11 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
         )))?;
     }
     drop(sandbox_fd);
-    if Path::new("/dev/shm").is_dir() {
-        mount(
-            Some("tmpfs"),
-            "/dev/shm",
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777,size=64m"),
-        )
-        .map_err(nix_sys("mount /dev/shm"))?;
-    }
     let hostname: String = spec.task_id.chars().take(64).collect();
     nix::unistd::sethostname(&hostname).map_err(nix_sys("set the hostname"))?;
     if spec.network_isolation {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(nix_sys("unshare a network namespace"))?;
         crate::sys::loopback_up().map_err(sys("bring up loopback"))?;
     }
 
@@ -531,6 +701,15 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
     waited.add(Signal::SIGCHLD);
     crate::sys::catch_for_sigwait(&waited).map_err(sys("set up signal forwarding"))?;
 
+    // The command joins the task's cgroups before it runs (this init stays outside them).
+    let mut procs: Vec<OwnedFd> = Vec::with_capacity(spec.cgroup_procs.len());
+    for file in &spec.cgroup_procs {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(file)
+            .map_err(sys(format!("open {}", file.display())))?;
+        procs.push(f.into());
+    }
     let (stdout_r, stdout_w) = nix::unistd::pipe().map_err(nix_sys("create a pipe"))?;
     let (stderr_r, stderr_w) = nix::unistd::pipe().map_err(nix_sys("create a pipe"))?;
     let mut cmd = Command::new(&spec.program);
@@ -547,7 +726,9 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout_w))
         .stderr(Stdio::from(stderr_w));
-    // Single-threaded here (the init starts no threads).
+    // Single-threaded here (the init starts no threads). The cgroups first: joining them
+    // needs the privileges dropped next.
+    crate::sys::join_cgroups_before_exec_std(&mut cmd, procs);
     crate::sys::drop_privileges_before_exec(
         &mut cmd,
         crate::sys::Credentials {
@@ -563,6 +744,7 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
         Err(e) => {
             // The agent turns this into a launch failure naming the program and the error.
             report_launch(&format!("error {}", e.raw_os_error().unwrap_or(0)));
+            drop(busy);
             return Ok(127);
         }
     };
@@ -571,6 +753,7 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
     // Not waited through std: this init reaps every process of the namespace itself.
     drop(child);
     report_launch(&format!("started {}", main.as_raw()));
+    drop(busy);
     // One loop, no threads: forwards signals, reaps the namespace's processes and copies the
     // command's stdout and stderr to the sandbox.
     let signals = nix::sys::signalfd::SignalFd::with_flags(
@@ -672,12 +855,22 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
                 use std::os::fd::AsRawFd as _;
                 PathBuf::from(format!("/proc/self/fd/{}", run_fd.as_raw_fd()))
             };
-            let _ = checkpoint::write_atomic_volatile(
-                &run_dir_now.join(TASK_EXIT_FILE),
+            if let Err(e) = checkpoint::write_atomic_volatile(
+                &run_dir_now.join(EXIT_FILE),
                 format_exit(status).as_bytes(),
-            );
+            ) {
+                return Err(SupervisorError::Sys {
+                    action: "record the task's exit status".to_owned(),
+                    source: io::Error::other(e.to_string()),
+                });
+            }
             drain_until = Some(std::time::Instant::now() + Duration::from_millis(500));
         }
+    }
+    // The exit is recorded and the logs are complete: tell the agent (it may be gone, a
+    // broken pipe: then it reads the exit file when it recovers).
+    if status.is_some() {
+        report_launch(EXITED_LINE.trim_end());
     }
     Ok(match status {
         Some(ExitStatus::Code(c)) => u8::try_from(c & 0xff).unwrap_or(1),
@@ -686,17 +879,12 @@ fn task_init(run_dir: &Path, spec: &TaskSpec) -> Result<u8, SupervisorError> {
     })
 }
 
-/// Tells the agent, through the launch pipe on stdout, whether the command started
-/// (`started <pid>`) or not (`error <errno>`), then points stdout at /dev/null so the agent
-/// sees the end of the pipe.
+/// Tells the agent a line through the launch pipe on stdout: whether the command started
+/// (`started <pid>`) or not (`error <errno>`), and later that its exit is recorded.
 fn report_launch(line: &str) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-    drop(out);
-    if let Ok(null) = File::options().write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdout(null);
-    }
 }
 
 /// Copies what a pipe brings to `path`, rotating `path` to `path.1` when it would pass `max`

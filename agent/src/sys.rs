@@ -28,42 +28,34 @@ pub fn join_cgroups_before_exec(cmd: &mut tokio::process::Command, procs: Vec<Ow
     }
 }
 
-/// Which side of [`fork_into`] this is.
-#[derive(Debug)]
-pub enum Forked {
-    /// The child: in the task's cgroups and namespaces.
-    Child,
-    /// The parent, with the child's pid.
-    Parent(nix::unistd::Pid),
-}
-
-/// Forks the calling process; the child writes `0` to each of `procs` (open `cgroup.procs`
-/// files) and unshares `namespaces` before it returns. Call it only in a **single-threaded**
-/// process (the supervisor): the child goes on running Rust code.
-pub fn fork_into(procs: &[OwnedFd], namespaces: nix::sched::CloneFlags) -> io::Result<Forked> {
-    // SAFETY: the caller guarantees a single-threaded process, so the child is a complete copy
-    // with no lock held by a vanished thread and may run any code, as after a plain fork.
-    match unsafe { nix::unistd::fork() }.map_err(os_err)? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
-        nix::unistd::ForkResult::Child => {
-            let entered = procs
-                .iter()
-                .try_for_each(|fd| nix::unistd::write(fd, b"0").map(drop))
-                .and_then(|()| nix::sched::unshare(namespaces));
-            if let Err(e) = entered {
-                eprintln!("strata-agent: cannot enter the task's cgroups and namespaces: {e}");
-                std::process::exit(126);
-            }
-            Ok(Forked::Child)
+/// Like [`join_cgroups_before_exec`], for a `std` command started by a single-threaded
+/// process (the task's init).
+pub fn join_cgroups_before_exec_std(cmd: &mut std::process::Command, procs: Vec<OwnedFd>) {
+    use std::os::unix::process::CommandExt as _;
+    let hook = move || -> io::Result<()> {
+        for fd in &procs {
+            nix::unistd::write(fd, b"0").map_err(os_err)?;
         }
+        Ok(())
+    };
+    // SAFETY: the hook only calls write(2) on descriptors it owns and builds an io::Error from a
+    // raw errno, both async-signal-safe; it touches no state shared with the parent.
+    unsafe {
+        cmd.pre_exec(hook);
     }
 }
 
 /// Moves the calling process's future children into a new pid namespace (the first becomes
-/// its init). Call it only in a single-threaded process (the supervisor).
+/// its init). Call it only in a single-threaded process (the launcher).
 pub fn unshare_pid_namespace() -> io::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
         .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Puts the calling process's future children back into the pid namespace `ns` (an open
+/// `/proc/self/ns/pid` of this process), after [`unshare_pid_namespace`] and a fork.
+pub fn set_pid_namespace_for_children(ns: &std::fs::File) -> io::Result<()> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID).map_err(os_err)
 }
 
 /// Who the task's command runs as and what it keeps.
@@ -259,4 +251,17 @@ pub fn set_sigchld(ignore: bool) -> io::Result<()> {
     unsafe { signal(Signal::SIGCHLD, handler) }
         .map(drop)
         .map_err(os_err)
+}
+
+/// Gives the memory free in the C allocator's heap back to the kernel (glibc's `malloc_trim`).
+/// The agent's one-off work (parsing the kernel's BTF to load its eBPF programs, a burst of
+/// launches) leaves tens of MiB free in the heap that would otherwise stay resident. Does
+/// nothing with other C libraries (the static musl builds of the tests).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns the allocator's own free pages to the kernel; it takes
+    // the allocator's locks as malloc does and has no preconditions.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }

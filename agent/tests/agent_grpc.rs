@@ -105,6 +105,9 @@ fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> A
     // Real isolation (this machine runs the tests as root); a host that cannot is an error.
     config.isolation = strata_agent::Isolation::Cgroups;
     config.agent_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_strata-agent")));
+    // Usage records every 200 ms, served on a free loopback port.
+    config.usage_interval = Duration::from_millis(200);
+    config.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config
 }
 
@@ -181,6 +184,8 @@ impl Harness {
                 "cgroups",
                 "--no-ebpf",
             ])
+            // Its HTTP endpoints on a free port: tests run agents side by side.
+            .args(["--http-listen", "127.0.0.1:0"])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -958,5 +963,117 @@ async fn an_unacknowledged_update_is_resent_with_its_uuid_after_an_agent_restart
     h.ack(&resent)?;
     h.kill("pending", 0.5)?;
     assert_update(&h.next_update_acked().await?, "pending", TaskState::Killed)?;
+    h.stop_agent().await
+}
+
+/// `GET path` on `endpoint` (`host:port`): the status and the body.
+async fn http_get(endpoint: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(endpoint))
+        .await
+        .context("connecting to the agent's HTTP server timed out")??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(STEP, stream.read_to_string(&mut response))
+        .await
+        .context("the agent's HTTP answer timed out")??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Ok((status, body.unwrap_or_default()))
+}
+
+/// user + system CPU seconds of `task` on the agent's /metrics page.
+async fn metrics_cpu_seconds(endpoint: &str, task: &str) -> Result<f64> {
+    let (status, page) = http_get(endpoint, "/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}: {page}");
+    let value = |name: &str| {
+        strata_agent::http::metric_value(&page, name, task)
+            .with_context(|| format!("no {name} for task {task} in {page}"))
+    };
+    Ok(value("strata_task_cpu_user_seconds_total")?
+        + value("strata_task_cpu_system_seconds_total")?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_streams_usage_and_its_metrics_move() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    let (_, register) = h.next_register().await?;
+    let endpoint = register.info.context("no info")?.endpoint;
+    ensure!(
+        endpoint.starts_with("127.0.0.1:") && !endpoint.ends_with(":0"),
+        "the agent registered the HTTP endpoint {endpoint:?}"
+    );
+    assert_eq!(
+        http_get(&endpoint, "/health").await?,
+        (200, "ok\n".to_owned())
+    );
+    // A CPU burner, held to half a core before it starts.
+    let mut task = shell_task("spin", "while :; do :; done");
+    task.cpu_limit = Some(0.5);
+    h.launch(task)?;
+    assert_update(&h.next_update_acked().await?, "spin", TaskState::Starting)?;
+    assert_update(&h.next_update_acked().await?, "spin", TaskState::Running)?;
+
+    // The usage stream reports the task with its limits, memory and processes, and the CPU it
+    // burns.
+    let record = h
+        .next(|_, m| match &m.message {
+            Some(AgentMsg::Usage(u)) => u
+                .tasks
+                .iter()
+                .find(|t| t.task_id == "spin" && t.cpu.as_ref().is_some_and(|c| c.cores > 0.1))
+                .cloned(),
+            _ => None,
+        })
+        .await
+        .context("no usage record showed the task burning CPU")?;
+    eprintln!("usage record: {record:?}");
+    assert_eq!(record.agent_id, ASSIGNED_ID);
+    assert_eq!(record.framework_id, FRAMEWORK);
+    let cpu = record.cpu.context("no cpu")?;
+    // Over 200 ms the 100 ms CFS periods let it run a little more or less than half the time.
+    ensure!(
+        cpu.cores <= 0.8,
+        "a task limited to 0.5 cores used {}",
+        cpu.cores
+    );
+    assert_eq!(cpu.limit_cores, 0.5);
+    assert_eq!(cpu.request_cores, 0.1);
+    let memory = record.memory.context("no memory")?;
+    ensure!(memory.current_bytes > 0, "{memory:?}");
+    assert_eq!(memory.limit_bytes, 32 << 20);
+    ensure!(record.pids.context("no pids")?.current >= 1);
+
+    // /usage serves the same record, /metrics shows the CPU time grow.
+    let (status, body) = http_get(&endpoint, "/usage?task=spin").await?;
+    ensure!(status == 200, "/usage answered {status}: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(json["tasks"][0]["task_id"], "spin");
+    let first = metrics_cpu_seconds(&endpoint, "spin").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = metrics_cpu_seconds(&endpoint, "spin").await?;
+    eprintln!("/metrics: cpu {first:.3} s, then {second:.3} s a second later");
+    ensure!(
+        second - first > 0.2,
+        "the task's CPU seconds on /metrics did not move: {first} then {second}"
+    );
+
+    // Once it is killed, the task leaves the reports.
+    h.kill("spin", 0.2)?;
+    assert_update(&h.next_update_acked().await?, "spin", TaskState::Killed)?;
+    h.next(|_, m| match &m.message {
+        Some(AgentMsg::Usage(u)) if u.tasks.iter().all(|t| t.task_id != "spin") => Some(()),
+        _ => None,
+    })
+    .await
+    .context("the killed task stayed in the usage reports")?;
+    let (status, _) = http_get(&endpoint, "/usage?task=spin").await?;
+    assert_eq!(status, 404);
     h.stop_agent().await
 }

@@ -4,12 +4,16 @@
 //! - a full allocation round (every agent offerable, every framework eligible) with 10,000
 //!   and 50,000 agents and 1,000 frameworks in 10 roles, with weights, quota (guarantees
 //!   and a limit), static reservations on a tenth of the agents and refuse filters from a
-//!   fifth of the frameworks in play;
+//!   fifth of the frameworks in play. A round is `tick` plus `take_commands`: the core's
+//!   work, its offers in compact form ([`Command::Offers`]); the time the edge then takes
+//!   to make their wire form (`Command::into_wire`) is reported beside it, and the thread's
+//!   CPU time per round too (approximate: the kernel updates it at scheduler ticks), since
+//!   wall time on a shared machine follows its load;
 //! - registering 50,000 agents;
 //! - a simulated cluster (10,000 agents) in which frameworks accept every offer at once
 //!   with as many tasks as fit and agents finish the tasks of the round before: tasks
-//!   placed per second, everything included (allocation, ACCEPT validation, launches,
-//!   status updates).
+//!   placed per second, everything included (allocation, offers in wire form, ACCEPT
+//!   validation, launches, status updates).
 //!
 //! Flags: `--agents 10000,50000` (round sizes), `--rounds N` (rounds timed per size, the
 //! median is reported), `--sim-seconds S`.
@@ -206,6 +210,15 @@ impl Cluster {
     }
 }
 
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (Linux, updated at
+/// scheduler ticks, so approximate for short spans), so figures can be read apart from the
+/// load of a shared machine; `None` where it cannot be read.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -219,25 +232,50 @@ fn round(agents: usize, rounds: usize) {
     // A first round, then filters from a fifth of the frameworks.
     c.now += Duration::from_secs(1);
     c.core.tick(c.now);
-    let cmds = c.core.take_commands();
+    let cmds: Vec<Command> = c
+        .core
+        .take_commands()
+        .into_iter()
+        .map(Command::into_wire)
+        .collect();
     c.decline_all(&cmds, true);
     let mut times = Vec::new();
+    let mut cpu_times = Vec::new();
+    let mut wire_times = Vec::new();
     let mut offers = 0;
     for _ in 0..rounds {
         c.now += Duration::from_millis(100);
         let start = Instant::now();
+        let cpu_start = thread_cpu();
         c.core.tick(c.now);
         let cmds = c.core.take_commands();
         times.push(start.elapsed());
+        if let (Some(a), Some(b)) = (cpu_start, thread_cpu()) {
+            cpu_times.push(b.saturating_sub(a));
+        }
+        // What the edge does next: the OFFERS events in their wire form.
+        let start = Instant::now();
+        let cmds: Vec<Command> = cmds.into_iter().map(Command::into_wire).collect();
+        wire_times.push(start.elapsed());
         offers = c.decline_all(&cmds, false);
     }
     let m = median(times.clone());
     let best = times.iter().min().copied().unwrap_or_default();
+    let cpu = if cpu_times.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (CPU time: median {:.1} ms)",
+            median(cpu_times).as_secs_f64() * 1e3
+        )
+    };
     println!(
         "round: {agents} agents, {FRAMEWORKS} frameworks, {ROLES} roles: median {:.1} ms, best \
-         {:.1} ms over {rounds} rounds ({offers} offers per round)",
+         {:.1} ms over {rounds} rounds{cpu}, {offers} offers per round; wire form of its offers \
+         at the edge: median {:.1} ms",
         m.as_secs_f64() * 1e3,
         best.as_secs_f64() * 1e3,
+        median(wire_times).as_secs_f64() * 1e3,
     );
 }
 
@@ -289,7 +327,13 @@ fn simulate(agents: usize, seconds: f64) {
     c.core.tick(c.now);
     while start.elapsed().as_secs_f64() < seconds {
         rounds += 1;
-        let cmds = c.core.take_commands();
+        // As the edge sends them: offers in their wire form.
+        let cmds: Vec<Command> = c
+            .core
+            .take_commands()
+            .into_iter()
+            .map(Command::into_wire)
+            .collect();
         // Agents finish the previous round's tasks.
         for (aconn, fid, id) in running.drain(..) {
             c.core.agent_status_update(

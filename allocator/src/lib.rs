@@ -19,7 +19,10 @@
 mod api;
 pub mod config;
 pub mod core;
+pub mod mesos;
+pub mod metrics;
 pub mod store;
 
-pub use api::{ServeError, serve, serve_with_store};
+pub use api::{ServeError, serve, serve_with_http, serve_with_metrics, serve_with_store};
 pub use config::{AllocatorConfig, ConfigError, parse_duration};
+pub use metrics::Metrics;

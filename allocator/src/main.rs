@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use strata_allocator::store::{MemoryStore, RedbStore, Store};
-use strata_allocator::{AllocatorConfig, parse_duration};
+use strata_allocator::{AllocatorConfig, Metrics, parse_duration};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -57,7 +57,23 @@ struct Args {
     /// `./memory` for a file of that name).
     #[arg(long, value_parser = parse_store)]
     store: Option<StoreArg>,
+    /// Where Prometheus scrapes `GET /metrics` (HOST:PORT), or `none` for no metrics server
+    /// [default: 0.0.0.0:9105, skipped with a warning when that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Where the Mesos v1 scheduler HTTP API listens (HOST:PORT), for frameworks written for
+    /// Apache Mesos, or `none` to serve it not [default: 127.0.0.1:5052, skipped with a
+    /// warning when that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
 }
+
+/// The default `--http-listen`: beside the gRPC port (Mesos' own 5050 is the default
+/// `--listen`).
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:5052";
+
+/// The default `--metrics-listen`.
+const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9105";
 
 /// The default `--work-dir`.
 const DEFAULT_WORK_DIR: &str = "/var/lib/strata/allocator";
@@ -150,8 +166,92 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot read the listening address")?;
     println!("strata-allocator listening on {addr}");
     let _ = std::io::stdout().flush();
-    strata_allocator::serve_with_store(listener, config, store, shutdown_signal()).await?;
+    let metrics = Metrics::new();
+    if let Some(listener) = bind_metrics(args.metrics_listen.as_deref()).await? {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                strata_allocator::metrics::serve_http(listener, metrics, std::future::pending())
+                    .await
+            {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    let http = bind_optional(
+        args.http_listen.as_deref(),
+        DEFAULT_HTTP_LISTEN,
+        "the Mesos HTTP API",
+        "--http-listen",
+    )
+    .await?
+    .map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            // A reader that took only the first line has closed the pipe: not an error.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "strata-allocator Mesos HTTP API on http://{addr}");
+            let _ = out.flush();
+        }
+        // `GET /metrics` on the Mesos port too, as on a Mesos master's.
+        strata_allocator::mesos::HttpApi {
+            extra: Some(strata_allocator::metrics::router(metrics.clone())),
+            ..strata_allocator::mesos::HttpApi::new(listener)
+        }
+    });
+    strata_allocator::serve_with_http(listener, config, store, metrics, http, shutdown_signal())
+        .await?;
     Ok(())
+}
+
+/// The metrics listener: `--metrics-listen` must bind (unless `none`); the default is skipped
+/// with a warning when taken (another allocator or exporter on this host).
+async fn bind_metrics(flag: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    match flag {
+        Some("none") => Ok(None),
+        Some(addr) => TcpListener::bind(addr).await.map(Some).with_context(|| {
+            format!(
+                "cannot listen for metrics on {addr}: pass --metrics-listen a free HOST:PORT, \
+                 or `none` for no metrics server"
+            )
+        }),
+        None => match TcpListener::bind(DEFAULT_METRICS_LISTEN).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(e) => {
+                tracing::warn!(
+                    addr = DEFAULT_METRICS_LISTEN,
+                    error = %e,
+                    "no metrics server: the default address is not free; pass --metrics-listen"
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// A listener for an optional server: `flag` must bind (unless `none`); the default is
+/// skipped with a warning when taken.
+async fn bind_optional(
+    flag: Option<&str>,
+    default: &str,
+    what: &str,
+    flag_name: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match flag {
+        Some("none") => Ok(None),
+        Some(addr) => TcpListener::bind(addr).await.map(Some).with_context(|| {
+            format!(
+                "cannot listen for {what} on {addr}: pass {flag_name} a free HOST:PORT, or \
+                 `none` to serve it not"
+            )
+        }),
+        None => match TcpListener::bind(default).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(e) => {
+                tracing::warn!(addr = default, error = %e, "not serving {what}: the default address is not free; pass {flag_name}");
+                Ok(None)
+            }
+        },
+    }
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
@@ -198,6 +298,15 @@ mod tests {
             args.store(),
             StoreArg::Redb(PathBuf::from("/var/lib/strata/allocator/registry.redb"))
         );
+    }
+
+    #[test]
+    fn http_listen_flag_is_optional_and_accepts_none() {
+        let args = Args::try_parse_from(["strata-allocator"]).expect("no flags parse");
+        assert_eq!(args.http_listen, None);
+        let args = Args::try_parse_from(["strata-allocator", "--http-listen", "none"])
+            .expect("flags parse");
+        assert_eq!(args.http_listen.as_deref(), Some("none"));
     }
 
     #[test]

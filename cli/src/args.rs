@@ -57,6 +57,16 @@ pub enum Command {
     Framework(crate::admin::FrameworkArgs),
     /// Print cluster events as they happen, until Ctrl-C.
     Watch,
+    /// One running task's latest usage (cpu, run queue, memory, pids, io, network, pressure):
+    /// `strata usage TASK [--watch] [--json]`.
+    Usage(crate::usage::UsageArgs),
+    /// A live table of the running tasks' usage, sortable by cpu, memory, network and
+    /// run-queue latency (one snapshot when stdout is not a terminal).
+    Top(crate::top::TopArgs),
+    /// A CPU profile of one running task, sampled in the kernel on its agent: writes
+    /// TASK.folded and a TASK.svg flame graph and prints the top functions:
+    /// `strata profile TASK --seconds N [--out DIR]`.
+    Profile(crate::profile::ProfileArgs),
 }
 
 /// `strata local`.
@@ -86,6 +96,11 @@ pub struct LocalArgs {
     /// The agent's hostname (default: this machine's).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Where the Mesos v1 scheduler HTTP API listens, for frameworks written for Apache
+    /// Mesos (port 0 picks a free port; `none` serves it not) [default: 127.0.0.1:5052, or a
+    /// free port when that one is taken; the banner says which].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 /// `strata run`.

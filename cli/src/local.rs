@@ -20,6 +20,10 @@ const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
 /// How long the allocator may take to close its streams on shutdown.
 const ALLOCATOR_STOP_WAIT: Duration = Duration::from_secs(10);
 
+/// Where the Mesos HTTP API listens unless `--http-listen` says otherwise (a free port when
+/// this one is taken).
+const DEFAULT_MESOS_LISTEN: &str = "127.0.0.1:5052";
+
 /// The default agent work directory: `$TMPDIR/strata-local` (or `/tmp/strata-local`).
 pub fn default_work_dir() -> PathBuf {
     std::env::temp_dir().join("strata-local")
@@ -78,6 +82,9 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     agent_config.attributes = args.attributes.clone();
     // A local cluster goes away whole: its tasks end with it.
     agent_config.kill_tasks_on_shutdown = true;
+    // The agent's /health, /usage and /metrics on a free loopback port, so local clusters (and
+    // tests running several) never collide; its address is in `strata agents`.
+    agent_config.http_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -88,10 +95,35 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     // restart of `strata local` with the same work dir.
     let registry = work_dir.join("allocator").join("registry.redb");
     let store = strata_allocator::store::RedbStore::open(&registry)?;
-    let mut allocator = tokio::spawn(strata_allocator::serve_with_store(
+    let http = match args.http_listen.as_deref().map(listen_address) {
+        Some("none") => None,
+        Some(http_listen) => Some(TcpListener::bind(http_listen).await.map_err(|e| {
+            anyhow!(
+                "cannot listen for the Mesos HTTP API on {http_listen}: {e}: pass \
+                 --http-listen a free HOST:PORT (port 0 picks one), or `none`"
+            )
+        })?),
+        None => Some(match TcpListener::bind(DEFAULT_MESOS_LISTEN).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot listen for the Mesos HTTP API on a free loopback port")?,
+        }),
+    };
+    let mesos_url = match &http {
+        Some(l) => Some(format!(
+            "http://{}",
+            l.local_addr()
+                .context("cannot read the Mesos HTTP API's address")?
+        )),
+        None => None,
+    };
+    let mut allocator = tokio::spawn(strata_allocator::serve_with_http(
         listener,
         AllocatorConfig::default(),
         Box::new(store),
+        strata_allocator::Metrics::new(),
+        http.map(strata_allocator::mesos::HttpApi::new),
         async move {
             let _ = allocator_stopped.await;
         },
@@ -101,6 +133,11 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     }));
     info!(allocator = %url, work_dir = %work_dir.display(), "strata local started");
     print!("{}", banner(&url, &work_dir));
+    if let Some(mesos_url) = &mesos_url {
+        println!(
+            "strata local: Mesos scheduler HTTP API on {mesos_url} (point Mesos frameworks at it)"
+        );
+    }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 

@@ -6,8 +6,11 @@ mod args;
 mod duration;
 mod local;
 mod operator;
+mod profile;
 mod render;
 mod run;
+mod top;
+mod usage;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -65,6 +68,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Agent(args) => (admin::agent(&allocator, args).await.map(|()| 0), 1),
         Command::Framework(args) => (admin::framework(&allocator, args).await.map(|()| 0), 1),
         Command::Watch => (admin::watch(&allocator).await.map(|()| 0), 1),
+        Command::Usage(args) => (usage::usage(&allocator, args).await.map(|()| 0), 1),
+        Command::Top(args) => (top::top(&allocator, args).await.map(|()| 0), 1),
+        Command::Profile(args) => (profile::profile(&allocator, args).await.map(|()| 0), 1),
     };
     match result {
         Ok(code) => ExitCode::from(code),

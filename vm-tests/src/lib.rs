@@ -9,7 +9,9 @@
 //! (`strata-vm-helper`, see its source for the commands) in it with [`run_helper`]; the helper
 //! moves itself into the cgroup before it does anything, and reports `key=value` lines.
 
+pub mod accounting;
 pub mod isolation;
+pub mod profiling;
 
 use std::collections::BTreeMap;
 use std::fs;

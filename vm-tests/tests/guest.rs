@@ -69,9 +69,10 @@ fn ebpf_programs_load_and_attach() -> Result<()> {
         e.programs().len(),
         started.elapsed()
     );
+    // sched_switch, sched_wakeup, sched_wakeup_new and the two cgroup_skb programs.
     ensure!(
-        e.programs().len() == 3,
-        "expected 3 programs, got {:?}",
+        e.programs().len() == 5,
+        "expected 5 programs, got {:?}",
         e.programs()
     );
     for p in e.programs() {
@@ -396,6 +397,66 @@ fn containerizer_device_control_denies_all_but_the_standard_and_given_devices() 
         return Ok(());
     }
     strata_vm_tests::isolation::device_control_denies_all_but_the_standard_and_given_devices(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn accounting_cpu_seconds_match_the_task_rusage() -> Result<()> {
+    if !guest_or_skip("accounting_cpu_seconds_match_the_task_rusage") {
+        return Ok(());
+    }
+    strata_vm_tests::accounting::cpu_seconds_match_the_task_rusage(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn accounting_network_bytes_match_the_payload() -> Result<()> {
+    if !guest_or_skip("accounting_network_bytes_match_the_payload") {
+        return Ok(());
+    }
+    strata_vm_tests::accounting::network_bytes_match_the_payload(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn accounting_memory_matches_what_the_task_allocated() -> Result<()> {
+    if !guest_or_skip("accounting_memory_matches_what_the_task_allocated") {
+        return Ok(());
+    }
+    strata_vm_tests::accounting::memory_matches_what_the_task_allocated(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn accounting_metrics_show_the_values_move() -> Result<()> {
+    if !guest_or_skip("accounting_metrics_show_the_values_move") {
+        return Ok(());
+    }
+    strata_vm_tests::accounting::metrics_show_the_values_move(&strata_vm_tests::helper_path())
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn run_queue_latency_of_two_tasks_on_one_cpu_is_far_above_an_idle_ones() -> Result<()> {
+    if !guest_or_skip("run_queue_latency_of_two_tasks_on_one_cpu_is_far_above_an_idle_ones") {
+        return Ok(());
+    }
+    strata_vm_tests::profiling::run_queue_latency_of_two_tasks_on_one_cpu_is_far_above_an_idle_ones(
+        &strata_vm_tests::helper_path(),
+    )
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn profile_of_a_task_shows_its_hot_function() -> Result<()> {
+    if !guest_or_skip("profile_of_a_task_shows_its_hot_function") {
+        return Ok(());
+    }
+    strata_vm_tests::profiling::profile_of_a_task_shows_its_hot_function(
         &strata_vm_tests::helper_path(),
     )
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use strata_vm_tests::isolation;
+use strata_vm_tests::{accounting, isolation};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_strata-vm-helper");
 
@@ -145,4 +145,48 @@ fn device_control_denies_all_but_the_standard_and_given_devices() -> Result<()> 
         return Ok(());
     }
     isolation::device_control_denies_all_but_the_standard_and_given_devices(Path::new(HELPER))
+}
+
+#[test]
+fn accounting_cpu_seconds_match_the_task_rusage() -> Result<()> {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !host_can_isolate("accounting_cpu_seconds_match_the_task_rusage") {
+        return Ok(());
+    }
+    accounting::cpu_seconds_match_the_task_rusage(Path::new(HELPER))
+}
+
+#[test]
+fn accounting_network_bytes_match_the_payload() -> Result<()> {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !host_can_isolate("accounting_network_bytes_match_the_payload") {
+        return Ok(());
+    }
+    accounting::network_bytes_match_the_payload(Path::new(HELPER))
+}
+
+#[test]
+fn accounting_memory_matches_what_the_task_allocated() -> Result<()> {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !host_can_isolate("accounting_memory_matches_what_the_task_allocated") {
+        return Ok(());
+    }
+    accounting::memory_matches_what_the_task_allocated(Path::new(HELPER))
+}
+
+#[test]
+fn accounting_metrics_show_the_values_move() -> Result<()> {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !host_can_isolate("accounting_metrics_show_the_values_move") {
+        return Ok(());
+    }
+    accounting::metrics_show_the_values_move(Path::new(HELPER))
 }

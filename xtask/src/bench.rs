@@ -4,6 +4,10 @@
 //!   the latency from ACCEPT to TASK_RUNNING (median, p99), over `--tasks` tasks.
 //! - `launch`: an isolated `/bin/true` through the containerizer, against crun and runc.
 //! - `allocator`: the allocator core alone (`allocator/benches/allocator.rs`).
+//! - `accounting`: the agent's own CPU and memory, the eBPF programs' run time and the on-CPU
+//!   precision with 200 and 1,000 running tasks (`bench_accounting.rs`).
+//! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
+//!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command};
@@ -39,10 +43,23 @@ pub enum Bench {
         #[arg(long, default_value_t = 1000)]
         tasks: u32,
     },
+    /// What per-task accounting costs the agent at 200 and 1,000 running tasks: its CPU and
+    /// RSS, the eBPF programs' run time, the on-CPU precision.
+    Accounting {
+        /// How long each step is measured (at least 10 s).
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// The allocator core alone: full rounds at 10,000 and 50,000 agents, adding agents,
     /// tasks placed per second in a simulated cluster.
     Allocator {
         /// Passed to the benchmark, e.g. --agents 10000,50000 --rounds 5 --sim-seconds 3.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The Mesos HTTP API against gRPC, in one run: offers/s and ACCEPT-to-RUNNING latency.
+    Mesos {
+        /// Passed to the benchmark, e.g. --agents 50 --seconds 5 --launches 1000.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -74,6 +91,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Skeleton { tasks, cmd } => skeleton(*tasks, cmd),
         Bench::Launch { tasks } => crate::bench_launch::launch(*tasks),
+        Bench::Accounting { seconds } => crate::bench_accounting::accounting(*seconds),
         Bench::Allocator { args } => util::run(
             util::cargo()
                 .args([
@@ -84,6 +102,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "allocator",
                     "--",
                 ])
+                .args(args),
+        ),
+        Bench::Mesos { args } => util::run(
+            util::cargo()
+                .args(["bench", "-p", "strata-allocator", "--bench", "mesos", "--"])
                 .args(args),
         ),
     }
@@ -139,6 +162,7 @@ fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
         Command::new(bin.join("strata-agent"))
             .args(["--allocator", &allocator, "--work-dir"])
             .arg(work_dir.join("agent"))
+            .args(["--http-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .spawn()
             .context("cannot start strata-agent")?,

@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_accounting;
 mod bench_launch;
 mod local;
 mod setup;

@@ -7,6 +7,8 @@
 //! - The musl target for the pinned toolchain (static test binaries for the qemu guest).
 //! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`).
 //! - `bpf-linker` ([`BPF_LINKER_VERSION`]), which links the eBPF object.
+//! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
+//!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -147,6 +149,17 @@ pub fn run(args: &SetupArgs) -> Result<()> {
             ]))?;
             println!("setup: bpf-linker installed in {:.0?}", t.elapsed());
         }
+    }
+
+    if mesos_venv_ready() {
+        println!("setup: pymesos {PYMESOS_VERSION} venv: present");
+    } else if args.check {
+        missing.push(format!(
+            "pymesos {PYMESOS_VERSION} in {}",
+            mesos_venv().display()
+        ));
+    } else {
+        install_mesos_venv()?;
     }
 
     if !missing.is_empty() {
@@ -298,5 +311,99 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
+    Ok(())
+}
+
+/// The pymesos release the Mesos compatibility test runs (it speaks the v1 scheduler HTTP API).
+pub const PYMESOS_VERSION: &str = "0.3.15";
+
+/// pymesos' dependencies, pinned. http-parser is installed apart: see [`install_mesos_venv`].
+const PYMESOS_DEPS: &[&str] = &["six==1.17.0", "addict==2.4.0", "kazoo==2.11.0"];
+const HTTP_PARSER: &str = "http-parser==0.9.0";
+
+/// The venv with pymesos, `target/mesos-venv` (the test looks for it there).
+pub fn mesos_venv() -> PathBuf {
+    workspace_root().join("target").join("mesos-venv")
+}
+
+fn mesos_venv_ready() -> bool {
+    let python = mesos_venv().join("bin").join("python");
+    Command::new(python)
+        .args([
+            "-c",
+            &format!(
+                "import importlib.metadata as m, pymesos, http_parser.http; \
+                 assert m.version('pymesos') == '{PYMESOS_VERSION}'"
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates the venv and installs pymesos from PyPI, unmodified. Its dependency http-parser
+/// 0.9.0 ships only an sdist whose C extension (Cython output of 2013) no longer compiles
+/// on Python 3.8+; the package's own fallback is its pure-Python parser
+/// (`http_parser/http.py` imports `pyparser` when the extension is absent, and pymesos'
+/// process.py handles that parser explicitly), so its Python modules are copied from the
+/// sdist into the venv without the extension.
+fn install_mesos_venv() -> Result<()> {
+    let venv = mesos_venv();
+    println!(
+        "setup: pymesos {PYMESOS_VERSION} venv: installing into {}",
+        venv.display()
+    );
+    let t = Instant::now();
+    run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+        "cannot create a Python venv: install python3 with the venv module (apt-get install \
+         python3-venv)",
+    )?;
+    let python = venv.join("bin").join("python");
+    let pip = |args: &[&str]| {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "pip", "--disable-pip-version-check", "-q"]);
+        cmd.args(args);
+        cmd
+    };
+    let mut install = vec!["install", "--no-deps"];
+    let pymesos = format!("pymesos=={PYMESOS_VERSION}");
+    install.push(&pymesos);
+    install.extend(PYMESOS_DEPS);
+    run_cmd(&mut pip(&install)).context("cannot install pymesos from PyPI")?;
+    let sdist = venv.join("sdist");
+    let sdist_str = sdist.to_string_lossy().into_owned();
+    run_cmd(&mut pip(&[
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        HTTP_PARSER,
+        "-d",
+        &sdist_str,
+    ]))
+    .context("cannot download http-parser from PyPI")?;
+    let copy = r#"
+import glob, os, sys, sysconfig, tarfile
+site = sysconfig.get_paths()["purelib"]
+[src] = glob.glob(os.path.join(sys.argv[1], "http-parser-*.tar.gz"))
+with tarfile.open(src) as t:
+    for m in t.getmembers():
+        parts = m.name.split("/")
+        if len(parts) == 3 and parts[1] == "http_parser" and parts[2].endswith(".py"):
+            os.makedirs(os.path.join(site, "http_parser"), exist_ok=True)
+            with open(os.path.join(site, "http_parser", parts[2]), "wb") as f:
+                f.write(t.extractfile(m).read())
+"#;
+    run_cmd(Command::new(&python).args(["-c", copy, &sdist_str]))
+        .context("cannot install http-parser's Python modules into the venv")?;
+    if !mesos_venv_ready() {
+        bail!(
+            "pymesos is installed in {} but does not import: remove that directory and run \
+             `cargo xtask setup` again",
+            venv.display()
+        );
+    }
+    println!("setup: pymesos installed in {:.0?}", t.elapsed());
     Ok(())
 }

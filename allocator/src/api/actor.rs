@@ -25,6 +25,7 @@ use tonic::Status;
 use crate::config::AllocatorConfig;
 use crate::core::registry::Registry;
 use crate::core::{Command, ConnId, Core, CoreError};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Inputs applied per allocation pass at most, so ticks and queries are not starved.
@@ -94,6 +95,8 @@ pub(crate) enum Query {
     Agents(oneshot::Sender<(Vec<AgentSummary>, Vec<String>, Vec<String>)>),
     Frameworks(oneshot::Sender<Vec<FrameworkSummary>>),
     Tasks(ListTasksRequest, oneshot::Sender<Vec<TaskSummary>>),
+    /// Refresh the cluster gauges of the metrics; replies once done.
+    Metrics(oneshot::Sender<()>),
 }
 
 /// Unix time read from a monotonic clock anchored when the allocator started, so it never
@@ -128,6 +131,7 @@ pub(crate) struct Actor {
     frameworks: HashMap<ConnId, FrameworkTx>,
     watch: broadcast::Sender<WatchEvent>,
     store: Box<dyn Store>,
+    metrics: Metrics,
 }
 
 impl Actor {
@@ -156,7 +160,14 @@ impl Actor {
             frameworks: HashMap::new(),
             watch,
             store,
+            metrics: Metrics::default(),
         })
+    }
+
+    /// The actor counting into `metrics` (instead of a handle nobody reads).
+    pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until `stop` turns true or every input sender is gone.
@@ -174,7 +185,9 @@ impl Actor {
                 _ = stop.wait_for(|stopped| *stopped) => break,
                 _ = ticker.tick() => {
                     let now = self.clock.now();
+                    let round = std::time::Instant::now();
                     self.core.tick(now);
+                    self.metrics.allocation_round(round.elapsed());
                     self.dispatch();
                 }
                 input = inputs.recv() => {
@@ -187,7 +200,9 @@ impl Actor {
                         }
                     }
                     let now = self.clock.now();
+                    let round = std::time::Instant::now();
                     self.core.allocate(now);
+                    self.metrics.allocation_round(round.elapsed());
                     self.dispatch();
                 }
             }
@@ -232,7 +247,10 @@ impl Actor {
                     }
                 }
             }
-            Input::FrameworkCall { conn, call } => self.core.framework_call(now, conn, call),
+            Input::FrameworkCall { conn, call } => {
+                self.metrics.framework_call(&call);
+                self.core.framework_call(now, conn, call);
+            }
             Input::FrameworkClosed { conn } => {
                 self.frameworks.remove(&conn);
                 self.core.framework_disconnected(now, conn);
@@ -267,6 +285,16 @@ impl Actor {
             Query::Tasks(request, reply) => {
                 let _ = reply.send(self.core.task_summaries(&request));
             }
+            Query::Metrics(reply) => {
+                let (draining, deactivated) = self.core.agent_modes();
+                self.metrics.set_cluster(
+                    &self.core.agent_summaries(),
+                    draining.len(),
+                    deactivated.len(),
+                    &self.core.framework_summaries(),
+                );
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -282,6 +310,9 @@ impl Actor {
         let watching = self.watch.receiver_count() > 0;
         let now = self.clock.now();
         for command in self.core.take_commands() {
+            // Offers leave the core in compact form; their OFFERS event is made here.
+            let command = command.into_wire();
+            self.metrics.command(&command);
             if watching && let Some(e) = watch_event(now, &command) {
                 let _ = self.watch.send(e);
             }
@@ -310,6 +341,8 @@ impl Actor {
                     self.agents.remove(&conn);
                     self.frameworks.remove(&conn);
                 }
+                // Made a ToFramework by `into_wire` above.
+                Command::Offers { .. } => {}
             }
         }
     }
@@ -370,7 +403,7 @@ fn watch_event(now: Duration, command: &Command) -> Option<WatchEvent> {
             }),
             _ => None,
         },
-        Command::Close { .. } => None,
+        Command::Close { .. } | Command::Offers { .. } => None,
     }
 }
 

@@ -13,7 +13,7 @@
 //! a Subscribe stream must be SUBSCRIBE (else FAILED_PRECONDITION); nothing but the actor
 //! touches allocator state; shutdown ends every stream so the server can drain.
 
-mod actor;
+pub(crate) mod actor;
 mod usage;
 
 use std::future::Future;
@@ -50,6 +50,7 @@ use self::usage::UsageBook;
 use crate::config::{AllocatorConfig, ConfigError};
 use crate::core::operator::OperatorError;
 use crate::core::{ConnId, Core};
+use crate::metrics::Metrics;
 use crate::store::{MemoryStore, Store};
 
 /// Inputs queued for the actor before stream readers wait (backpressure to clients).
@@ -59,6 +60,8 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// HTTP/2 pings find dead peers whose TCP connection never closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the Mesos HTTP API may take to close its connections on shutdown.
+const HTTP_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the allocator could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,31 @@ pub async fn serve_with_store(
     store: Box<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_metrics(listener, config, store, Metrics::new(), shutdown).await
+}
+
+/// [`serve_with_store`] counting into `metrics` (served by [`crate::metrics::serve_http`] or
+/// [`crate::metrics::router`]); the cluster gauges are refreshed by the actor at each scrape.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    config: AllocatorConfig,
+    store: Box<dyn Store>,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with_http(listener, config, store, metrics, None, shutdown).await
+}
+
+/// [`serve_with_metrics`] also serving the Mesos v1 scheduler HTTP API on `http` (see
+/// [`crate::mesos`]); it stops with the allocator.
+pub async fn serve_with_http(
+    listener: TcpListener,
+    config: AllocatorConfig,
+    store: Box<dyn Store>,
+    metrics: Metrics,
+    http: Option<crate::mesos::HttpApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
     let registry = store.load()?;
     let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
@@ -111,7 +139,18 @@ pub async fn serve_with_store(
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (watch_tx, _) = broadcast::channel(WATCH_BUFFER);
-    let actor = Actor::new(config, watch_tx.clone(), store, registry)?;
+    let actor =
+        Actor::new(config, watch_tx.clone(), store, registry)?.with_metrics(metrics.clone());
+    let refresh_inputs = inputs.clone();
+    metrics.set_refresh(Box::new(move || {
+        let inputs = refresh_inputs.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if inputs.send(Input::Query(Query::Metrics(tx))).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }));
     let actor_task = tokio::spawn(
         actor
             .run(input_rx, stop_rx.clone())
@@ -125,6 +164,7 @@ pub async fn serve_with_store(
         next_conn: Arc::new(AtomicU64::new(0)),
         usage: UsageBook::default(),
     };
+    let http_task = http.map(|api| tokio::spawn(crate::mesos::run(api, shared.clone())));
     let incoming = TcpListenerStream::new(listener).map(|stream| {
         let stream = stream?;
         // Small messages (updates, launches) must not wait for Nagle's algorithm.
@@ -155,6 +195,14 @@ pub async fn serve_with_store(
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     let _ = stop_tx.send(true);
+    if let Some(mut task) = http_task
+        && tokio::time::timeout(HTTP_STOP_WAIT, &mut task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the Mesos HTTP API did not stop in time; its connections are cut");
+        task.abort();
+    }
     if let Err(e) = actor_task.await {
         tracing::error!(error = %e, "allocator task failed");
     }
@@ -164,20 +212,23 @@ pub async fn serve_with_store(
 
 /// What every service needs: the way to the actor, the stop signal, stream numbering.
 #[derive(Debug, Clone)]
-struct Shared {
-    inputs: mpsc::Sender<Input>,
+pub(crate) struct Shared {
+    pub(crate) inputs: mpsc::Sender<Input>,
     watch: broadcast::Sender<WatchEvent>,
-    stop: watch::Receiver<bool>,
+    pub(crate) stop: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     usage: UsageBook,
 }
 
 impl Shared {
-    fn conn(&self) -> ConnId {
+    pub(crate) fn conn(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn query<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
+    pub(crate) async fn query<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Query,
+    ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
         let unavailable = || Status::unavailable("the allocator is shutting down");
         self.inputs

@@ -66,27 +66,26 @@ impl Core {
                 let dynamic = known
                     .and_then(|r| super::registry::load_resources(&r.dynamic).ok())
                     .unwrap_or_default();
-                self.agents.insert(
-                    id.clone(),
-                    Agent {
-                        id: id.clone(),
-                        hostname: String::new(),
-                        attributes: Vec::new(),
-                        version: String::new(),
-                        endpoint: String::new(),
-                        total: Resources::new(),
-                        dynamic,
-                        allocated: Resources::new(),
-                        offers: Default::default(),
-                        offered: Resources::new(),
-                        free: Resources::new(),
-                        mode,
-                        link: Link::Disconnected { since: now },
-                        registered_at: now,
-                        last_seen: now,
-                        tasks: Default::default(),
-                    },
-                );
+                self.insert_agent(Agent {
+                    id: id.clone(),
+                    slot: 0,
+                    hostname: String::new(),
+                    attributes: Vec::new(),
+                    card: Default::default(),
+                    version: String::new(),
+                    endpoint: String::new(),
+                    total: Resources::new(),
+                    dynamic,
+                    allocated: Resources::new(),
+                    offers: Default::default(),
+                    offered: Resources::new(),
+                    free: Resources::new(),
+                    mode,
+                    link: Link::Disconnected { since: now },
+                    registered_at: now,
+                    last_seen: now,
+                    tasks: Default::default(),
+                });
                 false
             }
             Some(agent) => {
@@ -111,9 +110,16 @@ impl Core {
             }
             agent.hostname = info.hostname.clone();
             agent.attributes = info.attributes.clone();
+            agent.card = std::sync::Arc::new(super::AgentCard {
+                agent_id: id.0.clone(),
+                hostname: info.hostname.clone(),
+                attributes: info.attributes.clone(),
+            });
             agent.version = info.version.clone();
             agent.endpoint = info.endpoint.clone();
             agent.total = total;
+            agent.total.share_items_with(&self.last_total);
+            self.last_total.clone_from(&agent.total);
             // The dynamic reservations the allocator keeps for it apply to what it has.
             let dynamic = std::mem::take(&mut agent.dynamic);
             for role in dynamic.reservation_roles() {

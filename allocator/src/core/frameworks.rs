@@ -19,8 +19,8 @@ use strata_proto::{
 use super::resources::Resources;
 use super::roles::validate_role;
 use super::{
-    AgentId, ConnId, Core, CoreError, FastMap, FastSet, Framework, FrameworkId, Offer, OfferId,
-    Task, TaskId, TaskKey,
+    AgentId, ConnId, Core, CoreError, FastMap, FastSet, Framework, FrameworkId, Name, Offer,
+    OfferId, Task, TaskId, TaskKey,
 };
 
 /// The longest failover timeout honoured.
@@ -205,10 +205,13 @@ impl Core {
             Some(call::Call::Revive(revive)) => {
                 tracing::info!(roles = ?revive.roles, "revive");
                 let fw = self.frameworks.get_mut(&fid).expect("subscribed framework");
-                fw.filters.clear();
                 if revive.roles.is_empty() {
+                    fw.filters.clear();
                     fw.suppressed.clear();
                 } else {
+                    // Only the filters made by offers to the roles named.
+                    fw.filters
+                        .retain(|_, f| !revive.roles.iter().any(|r| **r == *f.role));
                     for role in &revive.roles {
                         fw.suppressed.remove(role);
                     }
@@ -399,7 +402,7 @@ impl Core {
                 let offer_ids: Vec<OfferId> = accept
                     .offer_ids
                     .iter()
-                    .map(|s| OfferId(s.clone()))
+                    .filter_map(|s| self.parse_offer_id(s))
                     .collect();
                 for id in &offer_ids {
                     self.remove_offer(id, false);
@@ -446,7 +449,8 @@ impl Core {
                     );
                 }
                 let unused = launch.offered.minus(&used);
-                self.add_filter(fid, &launch.agent_id, unused, refuse, now);
+                let role = Name::from(launch.role.as_str());
+                self.add_filter(fid, &launch.agent_id, &role, unused, refuse, now);
             }
         }
     }
@@ -475,25 +479,25 @@ impl Core {
                 errors.push(format!("offer {id} is named more than once"));
                 continue;
             }
-            match self.offers.get(&OfferId(id.clone())) {
+            match self.parse_offer_id(id).and_then(|o| self.offers.get(&o)) {
                 None => errors.push(format!(
                     "offer {id} is unknown: it was never made, or was already used, declined or \
                      rescinded; wait for a new offer"
                 )),
-                Some(offer) if &offer.framework_id != fid => errors.push(format!(
+                Some(offer) if *offer.framework_id != *fid => errors.push(format!(
                     "offer {id} was made to another framework, not to {fid}"
                 )),
                 Some(offer) => {
+                    let offer_agent = &self.agents.slots[offer.agent].id;
                     match agent {
-                        Some(a) if a != &offer.agent_id => errors.push(format!(
-                            "offer {id} is on agent {} but the other offers are on agent {a}: \
-                             one ACCEPT may only use offers of one agent",
-                            offer.agent_id
+                        Some(a) if a != offer_agent => errors.push(format!(
+                            "offer {id} is on agent {offer_agent} but the other offers are on \
+                             agent {a}: one ACCEPT may only use offers of one agent"
                         )),
-                        _ => agent = Some(&offer.agent_id),
+                        _ => agent = Some(offer_agent),
                     }
                     match role {
-                        Some(r) if r != offer.role => errors.push(format!(
+                        Some(r) if *r != *offer.role => errors.push(format!(
                             "offer {id} is made to role {:?} but the other offers to role \
                              {r:?}: one ACCEPT may only use offers made to one role",
                             offer.role
@@ -653,13 +657,17 @@ impl Core {
 
     fn decline(&mut self, now: Duration, fid: &FrameworkId, decline: call::Decline) {
         let refuse = self.refuse_duration(decline.filters.and_then(|f| f.refuse_seconds));
-        for id in decline.offer_ids {
-            let id = OfferId(id);
+        for wire in decline.offer_ids {
+            let Some(id) = self.parse_offer_id(&wire) else {
+                tracing::debug!(offer_id = %wire, "decline of an unknown offer; ignored");
+                continue;
+            };
             match self.offers.get(&id) {
-                Some(offer) if &offer.framework_id == fid => {
+                Some(offer) if *offer.framework_id == *fid => {
                     let offer = self.remove_offer(&id, false).expect("offer exists");
-                    tracing::debug!(offer_id = %id, agent_id = %offer.agent_id, refuse_s = refuse.as_secs_f64(), "offer declined");
-                    self.add_filter(fid, &offer.agent_id, offer.resources, refuse, now);
+                    let agent_id = self.agents.slots[offer.agent].id.clone();
+                    tracing::debug!(offer_id = %id, %agent_id, refuse_s = refuse.as_secs_f64(), "offer declined");
+                    self.add_filter(fid, &agent_id, &offer.role, offer.resources, refuse, now);
                 }
                 // Unknown offers are normal after a rescind; Mesos ignores them too.
                 _ => tracing::debug!(offer_id = %id, "decline of an unknown offer; ignored"),

@@ -51,16 +51,23 @@ string_id!(
     FrameworkId
 );
 string_id!(
-    /// An offer's id; an offer is used at most once.
-    OfferId
-);
-string_id!(
     /// A task's id, chosen by its framework and unique within it.
     TaskId
 );
 
 /// A task's identity across the cluster: (framework, task id).
 pub type TaskKey = (FrameworkId, TaskId);
+
+/// An offer's number, unique for the allocator's life; an offer is used at most once. On
+/// the wire it is `<prefix>-O<number>` (the core parses and makes that form).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OfferId(pub u64);
+
+impl fmt::Display for OfferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "O{}", self.0)
+    }
+}
 
 /// One agent or framework stream, numbered by the edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -7,9 +7,13 @@
 //! [`Duration`] since the Unix epoch taken from a monotonic clock by the caller; it must never
 //! go backwards.
 //!
-//! Agents, frameworks, offers and tasks live in maps keyed by id. The edge numbers each stream
-//! with a [`ConnId`]; the core maps streams to agents and frameworks, so an event from a stream
-//! that has been replaced (agent re-registered elsewhere, framework failed over) is ignored.
+//! Frameworks and tasks live in maps keyed by id; agents in a table by slot (the order they
+//! were first seen; allocation passes reach them by slot) with an index by id; offers, whose
+//! ids are numbers (`<prefix>-O<n>` on the wire), in a map by number. Offers leave the core
+//! as [`Command::Offers`] in compact form; [`Command::into_wire`] makes the OFFERS event the
+//! edge sends. The edge numbers each stream with a [`ConnId`]; the core maps streams to
+//! agents and frameworks, so an event from a stream that has been replaced (agent
+//! re-registered elsewhere, framework failed over) is ignored.
 //!
 //! Invariants (checked by [`Core::check_invariants`] in tests):
 //! - per agent, `allocated` is the sum of the resources of its active tasks, `offered` is the
@@ -47,6 +51,7 @@ mod tests_roles;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::{
@@ -54,7 +59,7 @@ use strata_proto::{
 };
 
 pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
-pub use self::resources::{RangeSet, ResourceError, Resources};
+pub use self::resources::{Name, RangeSet, ResourceError, Resources};
 pub use self::roles::{DEFAULT_ROLE, Quota, RoleError};
 use self::tasks::History;
 use crate::config::AllocatorConfig;
@@ -132,6 +137,90 @@ pub enum Command {
         /// The stream to end.
         conn: ConnId,
     },
+    /// Send offers to the framework on stream `conn`: one OFFERS event, built by
+    /// [`Command::into_wire`] when the edge sends it (an allocation round makes many offers,
+    /// and their wire form is made once, at the edge).
+    Offers {
+        /// The framework's stream.
+        conn: ConnId,
+        /// The offers.
+        offers: OfferBatch,
+    },
+}
+
+impl Command {
+    /// The command in the form the edge sends: [`Command::Offers`] becomes a
+    /// [`Command::ToFramework`] with an OFFERS event; the others are unchanged.
+    pub fn into_wire(self) -> Self {
+        match self {
+            Self::Offers { conn, offers } => Self::ToFramework {
+                conn,
+                event: offers.to_event(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// An agent as its offers show it (id, hostname, attributes), shared by those offers.
+#[derive(Debug, Default, PartialEq)]
+struct AgentCard {
+    agent_id: String,
+    hostname: String,
+    attributes: Vec<Attribute>,
+}
+
+/// One offer of an [`OfferBatch`], in the core's compact form.
+#[derive(Clone, Debug, PartialEq)]
+struct OfferOut {
+    id: OfferId,
+    agent: Arc<AgentCard>,
+    role: Name,
+    resources: Resources,
+}
+
+/// Offers made to one framework in one allocation pass (at most one OFFERS event's worth).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfferBatch {
+    /// Offer ids on the wire are this prefix and the number.
+    offer_prefix: Arc<str>,
+    framework_id: Arc<FrameworkId>,
+    offers: Vec<OfferOut>,
+}
+
+impl OfferBatch {
+    /// How many offers it holds.
+    pub fn len(&self) -> usize {
+        self.offers.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.offers.is_empty()
+    }
+
+    /// The offers in their wire form.
+    pub fn to_proto(&self) -> Vec<strata_proto::Offer> {
+        self.offers
+            .iter()
+            .map(|o| strata_proto::Offer {
+                id: format!("{}{}", self.offer_prefix, o.id.0),
+                framework_id: self.framework_id.0.clone(),
+                agent_id: o.agent.agent_id.clone(),
+                hostname: o.agent.hostname.clone(),
+                resources: o.resources.to_proto_allocated(&o.role),
+                attributes: o.agent.attributes.clone(),
+                allocation_role: o.role.to_string(),
+            })
+            .collect()
+    }
+
+    /// The OFFERS event the framework receives.
+    pub fn to_event(&self) -> event::Event {
+        event::Event::Offers(event::Offers {
+            offers: self.to_proto(),
+        })
+    }
 }
 
 /// Where an agent's stream stands.
@@ -159,8 +248,12 @@ pub enum AgentMode {
 #[derive(Debug)]
 struct Agent {
     id: AgentId,
+    /// Its place in [`AgentTable`], set when it is inserted.
+    slot: usize,
     hostname: String,
     attributes: Vec<Attribute>,
+    /// Its id, hostname and attributes as its offers carry them.
+    card: Arc<AgentCard>,
     version: String,
     /// Its own HTTP endpoint ("host:port"), empty when it serves none.
     endpoint: String,
@@ -170,8 +263,8 @@ struct Agent {
     dynamic: Resources,
     /// Sum of the resources of the active tasks on this agent.
     allocated: Resources,
-    /// Its outstanding offers (one per role at most in a pass) and their sum.
-    offers: FastSet<OfferId>,
+    /// Its outstanding offers (one per role at most in a pass; few) and their sum.
+    offers: Vec<OfferId>,
     offered: Resources,
     /// `total - allocated - offered`, kept by `refresh_offerable` after every change.
     free: Resources,
@@ -197,10 +290,64 @@ impl Agent {
     }
 }
 
+/// The agents in the order they were first seen (the core never forgets an agent), with an
+/// index by id: allocation passes reach them by slot, without hashing ids.
+#[derive(Debug, Default)]
+struct AgentTable {
+    slots: Vec<Agent>,
+    index: FastMap<AgentId, usize>,
+}
+
+impl AgentTable {
+    fn slot(&self, id: &AgentId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    fn get(&self, id: &AgentId) -> Option<&Agent> {
+        self.slot(id).map(|s| &self.slots[s])
+    }
+
+    fn get_mut(&mut self, id: &AgentId) -> Option<&mut Agent> {
+        self.slot(id).map(|s| &mut self.slots[s])
+    }
+
+    fn contains_key(&self, id: &AgentId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Adds an agent not yet in the table; returns its slot.
+    fn insert(&mut self, mut agent: Agent) -> usize {
+        debug_assert!(!self.index.contains_key(&agent.id), "agent inserted twice");
+        let slot = self.slots.len();
+        agent.slot = slot;
+        self.index.insert(agent.id.clone(), slot);
+        self.slots.push(agent);
+        slot
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &AgentId> {
+        self.slots.iter().map(|a| &a.id)
+    }
+
+    fn values(&self) -> std::slice::Iter<'_, Agent> {
+        self.slots.iter()
+    }
+}
+
+impl std::ops::Index<&AgentId> for AgentTable {
+    type Output = Agent;
+
+    fn index(&self, id: &AgentId) -> &Agent {
+        self.get(id).expect("agent exists")
+    }
+}
+
 /// A (framework, agent) refusal: resources within `resources` on the agent are not offered
-/// to the framework before `until`.
+/// to the framework before `until`. `role` is the role of the offer declined (or accepted),
+/// so that a REVIVE naming roles clears only the filters those roles' offers made.
 #[derive(Debug)]
 struct Filter {
+    role: Name,
     resources: Resources,
     until: Duration,
 }
@@ -216,6 +363,7 @@ struct Framework {
     disconnected_at: Option<Duration>,
     /// Roles for which it asked for no offers (SUPPRESS).
     suppressed: BTreeSet<String>,
+    /// Its refuse filters by agent (the latest refusal of each agent).
     filters: FastMap<AgentId, Filter>,
     offers: FastSet<OfferId>,
     /// Sum of the resources of its active tasks on reachable agents.
@@ -232,10 +380,12 @@ struct Framework {
 
 #[derive(Debug)]
 struct Offer {
-    framework_id: FrameworkId,
-    agent_id: AgentId,
+    /// Shared by the offers of one pass to the framework.
+    framework_id: Arc<FrameworkId>,
+    /// Its agent's slot in [`AgentTable`].
+    agent: usize,
     /// The role it is made to.
-    role: String,
+    role: Name,
     resources: Resources,
     /// When it was made (for the offer timeout).
     made_at: Duration,
@@ -269,28 +419,41 @@ struct Task {
 pub struct Core {
     config: AllocatorConfig,
     prefix: String,
+    /// `<prefix>-O`: offer ids on the wire are this and the offer's number.
+    offer_prefix: Arc<str>,
     next_agent: u64,
     next_framework: u64,
     next_offer: u64,
-    agents: FastMap<AgentId, Agent>,
+    agents: AgentTable,
     agent_conns: FastMap<ConnId, AgentId>,
     frameworks: FastMap<FrameworkId, Framework>,
     framework_conns: FastMap<ConnId, FrameworkId>,
-    offers: FastMap<OfferId, Offer>,
+    /// By id: new offers go in at the end (ids only grow), so a pass's many inserts stay in
+    /// the few nodes last touched.
+    offers: BTreeMap<OfferId, Offer>,
     tasks: FastMap<TaskKey, Task>,
     history: History,
     /// Sum of the totals of reachable agents: the DRF denominator.
     cluster_total: Resources,
     /// Connected agents with allocatable free resources and no outstanding offer.
-    offerable: BTreeSet<AgentId>,
+    offerable: Vec<bool>,
+    /// Slots by agent id, the order passes visit agents in, and each slot's place in it.
+    agent_order: (Vec<usize>, Vec<usize>),
+    /// Slots added since, placed in `agent_order` by the next pass.
+    unordered: Vec<usize>,
     /// Agents whose free resources changed since the last allocation.
-    pending_agents: BTreeSet<AgentId>,
+    pending_agents: Vec<usize>,
+    /// Which slots are in `pending_agents`.
+    pending: Vec<bool>,
     /// Demand changed (a framework subscribed or revived, a tick): consider every agent.
     full_allocation: bool,
     /// Role weights other than 1.
     weights: BTreeMap<String, f64>,
     /// Role quotas.
     quotas: BTreeMap<String, Quota>,
+    /// The total of the agent registered last: the next one shares its ports' storage when
+    /// they are the same (see [`Resources::share_items_with`]).
+    last_total: Resources,
     /// Agents restored from the registry that have not re-registered yet.
     known_agents: FastMap<AgentId, registry::AgentRecord>,
     /// Registry changes not yet taken by the edge.
@@ -302,25 +465,31 @@ impl Core {
     /// An empty allocator. `id_prefix` makes its ids unique across restarts (a UUID).
     pub fn new(config: AllocatorConfig, id_prefix: impl Into<String>) -> Self {
         let history = History::new(config.terminal_task_history);
+        let prefix: String = id_prefix.into();
         Self {
             config,
-            prefix: id_prefix.into(),
+            offer_prefix: Arc::from(format!("{prefix}-O")),
+            prefix,
             next_agent: 0,
             next_framework: 0,
             next_offer: 0,
-            agents: FastMap::default(),
+            agents: AgentTable::default(),
             agent_conns: FastMap::default(),
             frameworks: FastMap::default(),
             framework_conns: FastMap::default(),
-            offers: FastMap::default(),
+            offers: BTreeMap::new(),
             tasks: FastMap::default(),
             history,
             cluster_total: Resources::new(),
-            offerable: BTreeSet::new(),
-            pending_agents: BTreeSet::new(),
+            offerable: Vec::new(),
+            agent_order: (Vec::new(), Vec::new()),
+            unordered: Vec::new(),
+            pending_agents: Vec::new(),
+            pending: Vec::new(),
             full_allocation: false,
             weights: BTreeMap::new(),
             quotas: BTreeMap::new(),
+            last_total: Resources::new(),
             known_agents: FastMap::default(),
             registry_ops: Vec::new(),
             outbox: Vec::new(),
@@ -347,6 +516,24 @@ impl Core {
         self.expire_offers(now);
         self.full_allocation = true;
         self.allocate(now);
+    }
+
+    /// Offer `id` as the wire names it.
+    fn offer_name(&self, id: OfferId) -> String {
+        format!("{}{}", self.offer_prefix, id.0)
+    }
+
+    /// The offer a wire id names, if it is one of this allocator's form (`<prefix>-O<n>`).
+    fn parse_offer_id(&self, wire: &str) -> Option<OfferId> {
+        let digits = wire.strip_prefix(&*self.offer_prefix)?;
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        if canonical {
+            digits.parse().ok().map(OfferId)
+        } else {
+            None
+        }
     }
 
     fn send_agent(&mut self, conn: ConnId, message: allocator_message::Message) {
@@ -435,7 +622,7 @@ impl Core {
                     .offers
                     .get(id)
                     .ok_or_else(|| format!("agent {} names missing offer {id}", agent.id))?;
-                if offer.agent_id != agent.id {
+                if offer.agent != agent.slot {
                     return Err(format!("offer {id} is on another agent"));
                 }
                 if !offered.items_disjoint(&offer.resources)
@@ -485,7 +672,7 @@ impl Core {
             }
             let offerable =
                 agent.conn().is_some() && agent.mode == AgentMode::Active && free.is_allocatable();
-            if offerable != self.offerable.contains(&agent.id) {
+            if offerable != self.offerable[agent.slot] {
                 return Err(format!(
                     "agent {} offerable is {offerable} but the index says otherwise",
                     agent.id
@@ -501,14 +688,15 @@ impl Core {
         for (id, offer) in &self.offers {
             let agent = self
                 .agents
-                .get(&offer.agent_id)
+                .slots
+                .get(offer.agent)
                 .ok_or_else(|| format!("offer {id} is on unknown agent"))?;
             if !agent.offers.contains(id) {
                 return Err(format!("offer {id} is not among its agent's offers"));
             }
             let fw = self
                 .frameworks
-                .get(&offer.framework_id)
+                .get(&*offer.framework_id)
                 .ok_or_else(|| format!("offer {id} is for an unknown framework"))?;
             if !fw.offers.contains(id) {
                 return Err(format!("offer {id} is missing from its framework"));
@@ -545,7 +733,7 @@ impl Core {
                     .ok_or_else(|| format!("framework {} names missing offer {id}", fw.id))?;
                 offered.add_scalars(&offer.resources);
                 by_role
-                    .entry(offer.role.clone())
+                    .entry(offer.role.to_string())
                     .or_default()
                     .add_scalars(&offer.resources);
             }

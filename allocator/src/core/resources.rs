@@ -5,9 +5,16 @@
 //! differences are exact and conservation checks can use `==`), ranges (`ports`) held as a
 //! [`RangeSet`], and sets of strings.
 //!
+//! Layout: allocation rounds add, subtract, compare and copy bags for every offer, so a bag
+//! is compact. The four common scalars (`cpus`, `disk`, `gpus`, `mem`) have fixed slots (a
+//! bag of only those is copied without allocating); other scalars, ranges and sets are kept
+//! in short vectors sorted by name (names are shared [`Name`]s); reservations are a short
+//! vector of (role, part) sorted by role.
+//!
 //! Invariants:
-//! - a scalar entry is always > 0, a range set or string set entry is never empty, so two
-//!   equal bags compare equal with `==` and an empty bag is [`Resources::is_empty`];
+//! - a scalar slot is >= 0 (0 is absent); any other scalar entry is always > 0, a range set
+//!   or string set entry is never empty, so two equal bags compare equal with `==` and an
+//!   empty bag is [`Resources::is_empty`];
 //! - a name has one kind only (a proto list giving `ports` both as scalar and as ranges is
 //!   rejected by [`Resources::from_proto`]);
 //! - a [`RangeSet`] is sorted, its ranges are disjoint and never adjacent (they are merged).
@@ -20,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use strata_proto::names::{CPUS, DISK, GPUS, MEM};
 use strata_proto::{Resource, ResourceKind, ValueRange};
 
 /// Milli-units per unit: scalars are exact to 1/1000, as in Mesos.
@@ -157,6 +165,12 @@ impl RangeSet {
 
     /// The union of the two sets.
     pub fn union(&self, other: &Self) -> Self {
+        if self.is_empty() {
+            return other.clone();
+        }
+        if other.is_empty() {
+            return self.clone();
+        }
         Self::from_ranges(self.ranges.iter().chain(other.ranges.iter()).copied())
     }
 
@@ -170,6 +184,22 @@ impl RangeSet {
             match self.ranges.get(i) {
                 Some(&(sb, se)) if sb <= b && e <= se => {}
                 _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether no value of `other` is in `self`.
+    pub fn is_disjoint(&self, other: &Self) -> bool {
+        let (mut i, mut j) = (0, 0);
+        while i < self.ranges.len() && j < other.ranges.len() {
+            let (a, b) = (self.ranges[i], other.ranges[j]);
+            if a.1 < b.0 {
+                i += 1;
+            } else if b.1 < a.0 {
+                j += 1;
+            } else {
+                return false;
             }
         }
         true
@@ -219,137 +249,321 @@ impl fmt::Display for RangeSet {
     }
 }
 
-/// A resource name, shared: bags are cloned often (every offer) and names are few.
+/// A resource name (or a reservation role), shared: bags are copied often (every offer)
+/// and names are few.
 pub type Name = Arc<str>;
 
-/// One role's part of a [`Resources`]: named scalars, ranges and sets.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Bag {
-    scalars: BTreeMap<Name, i64>,
-    ranges: BTreeMap<Name, RangeSet>,
-    sets: BTreeMap<Name, BTreeSet<String>>,
+/// The scalars with a fixed slot, in name order.
+const FIXED: [&str; 4] = [CPUS, DISK, GPUS, MEM];
+const SLOT_CPUS: usize = 0;
+const SLOT_MEM: usize = 3;
+
+/// The fixed slot of scalar `name`, if it has one.
+fn slot(name: &str) -> Option<usize> {
+    match name {
+        CPUS => Some(0),
+        DISK => Some(1),
+        GPUS => Some(2),
+        MEM => Some(3),
+        _ => None,
+    }
 }
 
-impl Bag {
+/// The entry `name` of a vector sorted by name.
+fn find<'a, V>(v: &'a [(Name, V)], name: &str) -> Option<&'a V> {
+    v.iter().find(|(n, _)| &**n == name).map(|(_, x)| x)
+}
+
+/// The entry `name` of a vector sorted by name, made (empty) if missing.
+fn entry<'a, V: Default>(
+    v: &'a mut Vec<(Name, V)>,
+    name: &str,
+    shared: Option<&Name>,
+) -> &'a mut V {
+    let i = match v.binary_search_by(|(n, _)| (**n).cmp(name)) {
+        Ok(i) => i,
+        Err(i) => {
+            let key = shared.cloned().unwrap_or_else(|| Name::from(name));
+            v.insert(i, (key, V::default()));
+            i
+        }
+    };
+    &mut v[i].1
+}
+
+/// Scalars: the fixed slots and the other names (each > 0, sorted by name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Scalars {
+    fixed: [i64; 4],
+    extra: Vec<(Name, i64)>,
+}
+
+impl Scalars {
     fn is_empty(&self) -> bool {
-        self.scalars.is_empty() && self.ranges.is_empty() && self.sets.is_empty()
+        self.fixed == [0; 4] && self.extra.is_empty()
     }
 
-    fn scalar(&self, name: &str) -> i64 {
-        self.scalars.get(name).copied().unwrap_or(0)
-    }
-
-    fn add_scalar(&mut self, name: &str, milli: i64) {
-        if milli > 0 {
-            match self.scalars.get_mut(name) {
-                Some(v) => *v += milli,
-                None => {
-                    self.scalars.insert(Name::from(name), milli);
-                }
-            }
+    fn get(&self, name: &str) -> i64 {
+        match slot(name) {
+            Some(i) => self.fixed[i],
+            None => find(&self.extra, name).copied().unwrap_or(0),
         }
     }
 
-    /// [`Bag::add_scalar`] with a shared name (no allocation for a new entry).
-    fn add_scalar_named(&mut self, name: &Name, milli: i64) {
-        if milli > 0 {
-            match self.scalars.get_mut(name) {
-                Some(v) => *v += milli,
-                None => {
-                    self.scalars.insert(name.clone(), milli);
-                }
-            }
-        }
-    }
-
-    fn add_ranges(&mut self, name: &str, set: &RangeSet) {
-        if set.is_empty() {
+    fn add(&mut self, name: &str, milli: i64, shared: Option<&Name>) {
+        if milli <= 0 {
             return;
         }
-        match self.ranges.get_mut(name) {
-            Some(existing) => *existing = existing.union(set),
+        match slot(name) {
+            Some(i) => self.fixed[i] += milli,
+            None => *entry(&mut self.extra, name, shared) += milli,
+        }
+    }
+
+    /// Removes `milli` of `name`, saturating at nothing.
+    fn sub(&mut self, name: &str, milli: i64) {
+        match slot(name) {
+            Some(i) => {
+                if self.fixed[i] > 0 {
+                    self.fixed[i] = (self.fixed[i] - milli).max(0);
+                }
+            }
             None => {
-                self.ranges.insert(Name::from(name), set.clone());
-            }
-        }
-    }
-
-    fn add(&mut self, other: &Self) {
-        for (name, &milli) in &other.scalars {
-            self.add_scalar_named(name, milli);
-        }
-        for (name, set) in &other.ranges {
-            if set.is_empty() {
-                continue;
-            }
-            match self.ranges.get_mut(name) {
-                Some(existing) => *existing = existing.union(set),
-                None => {
-                    self.ranges.insert(name.clone(), set.clone());
+                if let Ok(i) = self.extra.binary_search_by(|(n, _)| (**n).cmp(name)) {
+                    self.extra[i].1 -= milli;
+                    if self.extra[i].1 <= 0 {
+                        self.extra.remove(i);
+                    }
                 }
             }
         }
-        for (name, items) in &other.sets {
-            self.sets
-                .entry(name.clone())
-                .or_default()
-                .extend(items.iter().cloned());
+    }
+
+    fn add_all(&mut self, other: &Self) {
+        for (mine, theirs) in self.fixed.iter_mut().zip(other.fixed) {
+            *mine += theirs;
+        }
+        for (name, milli) in &other.extra {
+            self.add(name, *milli, Some(name));
         }
     }
 
-    fn subtract_scalars(&mut self, other: &BTreeMap<Name, i64>) {
-        for (name, &milli) in other {
-            self.subtract_scalar(name, milli);
+    fn sub_all(&mut self, other: &Self) {
+        for (mine, theirs) in self.fixed.iter_mut().zip(other.fixed) {
+            *mine = (*mine - theirs).max(0);
         }
-    }
-
-    fn subtract_scalar(&mut self, name: &str, milli: i64) {
-        if let Some(mine) = self.scalars.get_mut(name) {
-            *mine -= milli;
-            if *mine <= 0 {
-                self.scalars.remove(name);
-            }
-        }
-    }
-
-    fn subtract(&mut self, other: &Self) {
-        self.subtract_scalars(&other.scalars);
-        for (name, set) in &other.ranges {
-            if let Some(mine) = self.ranges.get_mut(name) {
-                *mine = mine.difference(set);
-                if mine.is_empty() {
-                    self.ranges.remove(name);
-                }
-            }
-        }
-        for (name, items) in &other.sets {
-            if let Some(mine) = self.sets.get_mut(name) {
-                mine.retain(|i| !items.contains(i));
-                if mine.is_empty() {
-                    self.sets.remove(name);
-                }
-            }
+        for (name, milli) in &other.extra {
+            self.sub(name, *milli);
         }
     }
 
     fn contains(&self, other: &Self) -> bool {
-        other
-            .scalars
-            .iter()
-            .all(|(name, &milli)| self.scalar(name) >= milli)
+        self.fixed.iter().zip(other.fixed).all(|(m, t)| *m >= t)
             && other
-                .ranges
+                .extra
                 .iter()
-                .all(|(name, set)| self.ranges.get(name).is_some_and(|mine| mine.contains(set)))
-            && other.sets.iter().all(|(name, items)| {
-                self.sets
-                    .get(name)
-                    .is_some_and(|mine| items.is_subset(mine))
+                .all(|(name, milli)| self.get(name) >= *milli)
+    }
+
+    /// The scalars present, the fixed slots first, then the others by name.
+    fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        FIXED
+            .iter()
+            .zip(self.fixed)
+            .filter(|(_, m)| *m > 0)
+            .map(|(n, m)| (*n, m))
+            .chain(self.extra.iter().map(|(n, m)| (&**n, *m)))
+    }
+
+    /// The scalars present, sorted by name.
+    fn sorted(&self) -> Vec<(&str, i64)> {
+        let mut v: Vec<(&str, i64)> = self.iter().collect();
+        if !self.extra.is_empty() {
+            v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        v
+    }
+}
+
+/// Upper bounds for scalars (milli-units), by name; a name without one is not capped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalarCaps {
+    fixed: [i64; 4],
+    extra: Vec<(Name, i64)>,
+}
+
+impl Default for ScalarCaps {
+    fn default() -> Self {
+        Self {
+            fixed: [i64::MAX; 4],
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl ScalarCaps {
+    /// No caps.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Caps `name` at `milli` (a negative cap is 0), replacing any cap it had.
+    pub fn set(&mut self, name: &str, milli: i64) {
+        let milli = milli.max(0);
+        match slot(name) {
+            Some(i) => self.fixed[i] = milli,
+            None => match self.extra.binary_search_by(|(n, _)| (**n).cmp(name)) {
+                Ok(i) => self.extra[i].1 = milli,
+                Err(i) => self.extra.insert(i, (Name::from(name), milli)),
+            },
+        }
+    }
+
+    /// Whether nothing is capped.
+    pub fn is_empty(&self) -> bool {
+        self.fixed == [i64::MAX; 4] && self.extra.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        FIXED
+            .iter()
+            .zip(self.fixed)
+            .filter(|(_, m)| *m != i64::MAX)
+            .map(|(n, m)| (*n, m))
+            .chain(self.extra.iter().map(|(n, m)| (&**n, *m)))
+    }
+}
+
+/// The ranges and sets of a [`Bag`], each sorted by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Items {
+    ranges: Vec<(Name, RangeSet)>,
+    sets: Vec<(Name, BTreeSet<String>)>,
+}
+
+const NO_ITEMS: &Items = &Items {
+    ranges: Vec::new(),
+    sets: Vec::new(),
+};
+
+/// One role's part of a [`Resources`]: named scalars, ranges and sets. The ranges and sets
+/// are shared between copies until one changes (copies are made for every offer, changes
+/// are rarer).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Bag {
+    scalars: Scalars,
+    /// `None` when there are no ranges or sets.
+    items: Option<Arc<Items>>,
+}
+
+impl Bag {
+    fn is_empty(&self) -> bool {
+        self.scalars.is_empty() && self.items.is_none()
+    }
+
+    fn items(&self) -> &Items {
+        self.items.as_deref().unwrap_or(NO_ITEMS)
+    }
+
+    fn ranges(&self) -> &[(Name, RangeSet)] {
+        &self.items().ranges
+    }
+
+    fn sets(&self) -> &[(Name, BTreeSet<String>)] {
+        &self.items().sets
+    }
+
+    /// The items to change (unshared first); call [`Bag::tidy`] after removing any.
+    fn items_mut(&mut self) -> &mut Items {
+        Arc::make_mut(self.items.get_or_insert_with(Default::default))
+    }
+
+    fn tidy(&mut self) {
+        if self
+            .items
+            .as_ref()
+            .is_some_and(|i| i.ranges.is_empty() && i.sets.is_empty())
+        {
+            self.items = None;
+        }
+    }
+
+    fn scalar(&self, name: &str) -> i64 {
+        self.scalars.get(name)
+    }
+
+    fn entries(&self) -> usize {
+        self.scalars.iter().count() + self.ranges().len() + self.sets().len()
+    }
+
+    fn add_ranges(&mut self, name: &str, set: &RangeSet, shared: Option<&Name>) {
+        if set.is_empty() {
+            return;
+        }
+        let mine = entry(&mut self.items_mut().ranges, name, shared);
+        *mine = mine.union(set);
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.scalars.add_all(&other.scalars);
+        let Some(theirs) = &other.items else { return };
+        if self.items.is_none() {
+            self.items = Some(theirs.clone());
+            return;
+        }
+        for (name, set) in &theirs.ranges {
+            self.add_ranges(name, set, Some(name));
+        }
+        for (name, items) in &theirs.sets {
+            entry(&mut self.items_mut().sets, name, Some(name)).extend(items.iter().cloned());
+        }
+    }
+
+    fn subtract(&mut self, other: &Self) {
+        self.scalars.sub_all(&other.scalars);
+        let (Some(theirs), Some(mine)) = (&other.items, &self.items) else {
+            return;
+        };
+        if Arc::ptr_eq(theirs, mine) {
+            self.items = None;
+            return;
+        }
+        let theirs = theirs.clone();
+        let own = self.items_mut();
+        for (name, set) in &theirs.ranges {
+            if let Ok(i) = own.ranges.binary_search_by(|(n, _)| (**n).cmp(name)) {
+                let mine = &mut own.ranges[i].1;
+                *mine = mine.difference(set);
+                if mine.is_empty() {
+                    own.ranges.remove(i);
+                }
+            }
+        }
+        for (name, items) in &theirs.sets {
+            if let Ok(i) = own.sets.binary_search_by(|(n, _)| (**n).cmp(name)) {
+                let mine = &mut own.sets[i].1;
+                mine.retain(|i| !items.contains(i));
+                if mine.is_empty() {
+                    own.sets.remove(i);
+                }
+            }
+        }
+        self.tidy();
+    }
+
+    fn contains(&self, other: &Self) -> bool {
+        self.scalars.contains(&other.scalars)
+            && other
+                .ranges()
+                .iter()
+                .all(|(name, set)| find(self.ranges(), name).is_some_and(|mine| mine.contains(set)))
+            && other.sets().iter().all(|(name, items)| {
+                find(self.sets(), name).is_some_and(|mine| items.is_subset(mine))
             })
     }
 
     fn shortfall(&self, wanted: &Self, suffix: &str, out: &mut Vec<(String, String)>) {
-        for (name, &milli) in &wanted.scalars {
+        for (name, milli) in wanted.scalars.sorted() {
             let have = self.scalar(name);
             if have < milli {
                 out.push((
@@ -358,8 +572,8 @@ impl Bag {
                 ));
             }
         }
-        for (name, set) in &wanted.ranges {
-            let have = self.ranges.get(name).cloned().unwrap_or_default();
+        for (name, set) in wanted.ranges() {
+            let have = find(self.ranges(), name).cloned().unwrap_or_default();
             if !have.contains(set) {
                 out.push((
                     format!("{name}{suffix}={set}"),
@@ -367,9 +581,9 @@ impl Bag {
                 ));
             }
         }
-        for (name, items) in &wanted.sets {
+        for (name, items) in wanted.sets() {
             let empty = BTreeSet::new();
-            let have = self.sets.get(name).unwrap_or(&empty);
+            let have = find(self.sets(), name).unwrap_or(&empty);
             if !items.is_subset(have) {
                 out.push((
                     format!("{name}{suffix}={{{}}}", join(items)),
@@ -380,19 +594,19 @@ impl Bag {
     }
 
     fn to_proto(&self, role: &str, out: &mut Vec<Resource>) {
-        for (name, &milli) in &self.scalars {
+        for (name, milli) in self.scalars.sorted() {
             out.push(Resource {
                 role: role.to_owned(),
                 ..Resource::scalar(name, from_milli(milli))
             });
         }
-        for (name, set) in &self.ranges {
+        for (name, set) in self.ranges() {
             out.push(Resource {
                 role: role.to_owned(),
                 ..Resource::ranges(name, set.ranges().iter().copied())
             });
         }
-        for (name, items) in &self.sets {
+        for (name, items) in self.sets() {
             out.push(Resource {
                 name: name.to_string(),
                 kind: ResourceKind::Set as i32,
@@ -404,13 +618,13 @@ impl Bag {
     }
 
     fn fmt_parts(&self, suffix: &str, parts: &mut Vec<String>) {
-        for (name, &milli) in &self.scalars {
+        for (name, milli) in self.scalars.sorted() {
             parts.push(format!("{name}{suffix}={}", format_milli(milli)));
         }
-        for (name, set) in &self.ranges {
+        for (name, set) in self.ranges() {
             parts.push(format!("{name}{suffix}={set}"));
         }
-        for (name, items) in &self.sets {
+        for (name, items) in self.sets() {
             parts.push(format!("{name}{suffix}={{{}}}", join(items)));
         }
     }
@@ -421,8 +635,8 @@ impl Bag {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
     unreserved: Bag,
-    /// Role to what is reserved for it; never holds an empty bag.
-    reserved: BTreeMap<String, Bag>,
+    /// Role to what is reserved for it, sorted by role; never holds an empty bag.
+    reserved: Vec<(Name, Bag)>,
 }
 
 fn kind_name(kind: ResourceKind) -> &'static str {
@@ -448,20 +662,20 @@ impl Resources {
         Self::default()
     }
 
-    fn bag_mut(&mut self, role: Option<&str>) -> &mut Bag {
+    fn bag_mut(&mut self, role: Option<&str>, shared: Option<&Name>) -> &mut Bag {
         match role {
             None => &mut self.unreserved,
-            Some(r) => self.reserved.entry(r.to_owned()).or_default(),
+            Some(r) => entry(&mut self.reserved, r, shared),
         }
     }
 
-    fn bags(&self) -> impl Iterator<Item = (Option<&str>, &Bag)> {
+    fn bags(&self) -> impl Iterator<Item = (Option<&Name>, &Bag)> {
         std::iter::once((None, &self.unreserved))
-            .chain(self.reserved.iter().map(|(r, b)| (Some(r.as_str()), b)))
+            .chain(self.reserved.iter().map(|(r, b)| (Some(r), b)))
     }
 
     fn prune(&mut self) {
-        self.reserved.retain(|_, b| !b.is_empty());
+        self.reserved.retain(|(_, b)| !b.is_empty());
     }
 
     /// Parses a wire resource list, merging entries of the same name, kind and role. Zero
@@ -494,7 +708,7 @@ impl Resources {
             match kind {
                 ResourceKind::Scalar => {
                     let milli = to_milli(&r.name, r.scalar)?;
-                    out.bag_mut(role).add_scalar(&r.name, milli);
+                    out.bag_mut(role, None).scalars.add(&r.name, milli, None);
                 }
                 ResourceKind::Ranges => {
                     let mut ranges = Vec::with_capacity(r.ranges.len());
@@ -508,16 +722,17 @@ impl Resources {
                         }
                         ranges.push((*begin, *end));
                     }
-                    out.bag_mut(role)
-                        .add_ranges(&r.name, &RangeSet::from_ranges(ranges));
+                    out.bag_mut(role, None).add_ranges(
+                        &r.name,
+                        &RangeSet::from_ranges(ranges),
+                        None,
+                    );
                 }
                 ResourceKind::Set => {
-                    let bag = out.bag_mut(role);
-                    for item in &r.set {
-                        bag.sets
-                            .entry(Name::from(r.name.as_str()))
-                            .or_default()
-                            .insert(item.clone());
+                    if !r.set.is_empty() {
+                        let bag = out.bag_mut(role, None);
+                        entry(&mut bag.items_mut().sets, &r.name, None)
+                            .extend(r.set.iter().cloned());
                     }
                 }
                 ResourceKind::Unspecified => unreachable!("rejected above"),
@@ -532,20 +747,17 @@ impl Resources {
     pub fn to_proto(&self) -> Vec<Resource> {
         let mut out = Vec::new();
         for (role, bag) in self.bags() {
-            bag.to_proto(role.unwrap_or(""), &mut out);
+            bag.to_proto(role.map_or("", |r| r), &mut out);
         }
         out
     }
 
     /// The wire form with every entry's `allocation_role` set (resources in an offer).
     pub fn to_proto_allocated(&self, allocation_role: &str) -> Vec<Resource> {
-        let entries = self
-            .bags()
-            .map(|(_, b)| b.scalars.len() + b.ranges.len() + b.sets.len())
-            .sum();
+        let entries = self.bags().map(|(_, b)| b.entries()).sum();
         let mut out = Vec::with_capacity(entries);
         for (role, bag) in self.bags() {
-            bag.to_proto(role.unwrap_or(""), &mut out);
+            bag.to_proto(role.map_or("", |r| r), &mut out);
         }
         for r in &mut out {
             r.allocation_role = allocation_role.to_owned();
@@ -562,42 +774,90 @@ impl Resources {
 
     /// Adds `milli` milli-units of unreserved scalar `name` (nothing if `milli <= 0`).
     pub fn add_scalar(&mut self, name: &str, milli: i64) {
-        self.unreserved.add_scalar(name, milli);
+        self.unreserved.scalars.add(name, milli, None);
     }
 
     /// Adds the values of `set` to unreserved ranges resource `name`.
     pub fn add_ranges(&mut self, name: &str, set: &RangeSet) {
-        self.unreserved.add_ranges(name, set);
+        self.unreserved.add_ranges(name, set, None);
     }
 
     /// Adds `item` to unreserved set resource `name`.
     pub fn add_set_item(&mut self, name: &str, item: &str) {
-        self.unreserved
-            .sets
-            .entry(Name::from(name))
-            .or_default()
-            .insert(item.to_owned());
+        entry(&mut self.unreserved.items_mut().sets, name, None).insert(item.to_owned());
     }
 
     /// The scalar `name` in milli-units, reserved or not (0 if absent).
     pub fn scalar(&self, name: &str) -> i64 {
-        self.unreserved.scalar(name) + self.reserved.values().map(|b| b.scalar(name)).sum::<i64>()
+        self.unreserved.scalar(name) + self.reserved_scalar(name)
     }
 
-    /// The unreserved scalars, name to milli-units. For an aggregate built with
-    /// [`Resources::add_scalars`] these are all of its scalars.
-    pub fn scalars(&self) -> &BTreeMap<Name, i64> {
-        &self.unreserved.scalars
+    /// The reserved scalar `name` in milli-units, summed over roles.
+    pub fn reserved_scalar(&self, name: &str) -> i64 {
+        self.reserved.iter().map(|(_, b)| b.scalar(name)).sum()
+    }
+
+    /// The reserved scalar `name` in milli-units, summed over `role` and its descendants.
+    pub fn reserved_scalar_within(&self, role: &str, name: &str) -> i64 {
+        self.reserved
+            .iter()
+            .filter(|(r, _)| super::roles::is_ancestor_or_self(role, r))
+            .map(|(_, b)| b.scalar(name))
+            .sum()
+    }
+
+    /// The sum of fixed slot `i` over every bag.
+    fn fixed(&self, i: usize) -> i64 {
+        self.unreserved.scalars.fixed[i]
+            + self
+                .reserved
+                .iter()
+                .map(|(_, b)| b.scalars.fixed[i])
+                .sum::<i64>()
+    }
+
+    /// The unreserved scalars, name and milli-units, in no particular order. For an
+    /// aggregate built with [`Resources::add_scalars`] these are all of its scalars.
+    pub fn scalars(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.unreserved.scalars.iter()
+    }
+
+    /// The largest fraction `self` holds of any unreserved scalar of `total` (scalars of
+    /// `self` summed over reservations): a dominant share.
+    pub fn share_of(&self, total: &Self) -> f64 {
+        let mut share: f64 = 0.0;
+        let t = &total.unreserved.scalars;
+        for (i, &all) in t.fixed.iter().enumerate() {
+            if all > 0 {
+                share = share.max(self.fixed(i) as f64 / all as f64);
+            }
+        }
+        for (name, all) in &t.extra {
+            share = share.max(self.scalar(name) as f64 / *all as f64);
+        }
+        share
     }
 
     /// The unreserved ranges resource `name`, if any.
     pub fn range_set(&self, name: &str) -> Option<&RangeSet> {
-        self.unreserved.ranges.get(name)
+        find(self.unreserved.ranges(), name)
     }
 
     /// Whether the bag holds nothing.
     pub fn is_empty(&self) -> bool {
         self.unreserved.is_empty() && self.reserved.is_empty()
+    }
+
+    /// Makes the unreserved ranges and sets share `other`'s storage when they are equal
+    /// (agents of a cluster mostly have the same ports): copies of either then touch one
+    /// shared block. Changes nothing else.
+    pub fn share_items_with(&mut self, other: &Self) {
+        if let (Some(mine), Some(theirs)) = (&self.unreserved.items, &other.unreserved.items)
+            && !Arc::ptr_eq(mine, theirs)
+            && mine == theirs
+        {
+            self.unreserved.items = Some(theirs.clone());
+        }
     }
 
     /// Whether the bag holds any scalar, reserved or not.
@@ -612,14 +872,14 @@ impl Resources {
 
     /// The roles something is reserved for.
     pub fn reservation_roles(&self) -> impl Iterator<Item = &str> {
-        self.reserved.keys().map(String::as_str)
+        self.reserved.iter().map(|(r, _)| &**r)
     }
 
     /// The unreserved part.
     pub fn unreserved(&self) -> Self {
         Self {
             unreserved: self.unreserved.clone(),
-            reserved: BTreeMap::new(),
+            reserved: Vec::new(),
         }
     }
 
@@ -633,37 +893,40 @@ impl Resources {
 
     /// The part reserved for exactly `role`.
     pub fn reserved_for(&self, role: &str) -> Self {
-        let mut out = Self::new();
-        if let Some(b) = self.reserved.get(role) {
-            out.reserved.insert(role.to_owned(), b.clone());
+        Self {
+            unreserved: Bag::default(),
+            reserved: self
+                .reserved
+                .iter()
+                .filter(|(r, _)| &**r == role)
+                .cloned()
+                .collect(),
         }
-        out
     }
 
     /// What may be allocated to `role`: the unreserved part and what is reserved for `role`
     /// or one of its ancestors (a reservation for `eng` serves `eng/ml` too).
     pub fn allocatable_to(&self, role: &str) -> Self {
-        let mut out = Self {
+        Self {
             unreserved: self.unreserved.clone(),
-            reserved: BTreeMap::new(),
-        };
-        for (r, b) in &self.reserved {
-            if super::roles::is_ancestor_or_self(r, role) {
-                out.reserved.insert(r.clone(), b.clone());
-            }
+            reserved: self
+                .reserved
+                .iter()
+                .filter(|(r, _)| super::roles::is_ancestor_or_self(r, role))
+                .cloned()
+                .collect(),
         }
-        out
     }
 
     /// The same resources, every part reserved for `role`.
     pub fn reserved_as(&self, role: &str) -> Self {
         let mut bag = self.unreserved.clone();
-        for b in self.reserved.values() {
+        for (_, b) in &self.reserved {
             bag.add(b);
         }
         let mut out = Self::new();
         if !bag.is_empty() {
-            out.reserved.insert(role.to_owned(), bag);
+            out.reserved.push((Name::from(role), bag));
         }
         out
     }
@@ -671,12 +934,12 @@ impl Resources {
     /// The same resources, all unreserved.
     pub fn flattened(&self) -> Self {
         let mut bag = self.unreserved.clone();
-        for b in self.reserved.values() {
+        for (_, b) in &self.reserved {
             bag.add(b);
         }
         Self {
             unreserved: bag,
-            reserved: BTreeMap::new(),
+            reserved: Vec::new(),
         }
     }
 
@@ -684,7 +947,7 @@ impl Resources {
     pub fn add(&mut self, other: &Self) {
         for (role, bag) in other.bags() {
             if !bag.is_empty() {
-                self.bag_mut(role).add(bag);
+                self.bag_mut(role.map(|r| &**r), role).add(bag);
             }
         }
     }
@@ -695,9 +958,7 @@ impl Resources {
     /// reservations apart.
     pub fn add_scalars(&mut self, other: &Self) {
         for (_, bag) in other.bags() {
-            for (name, &milli) in &bag.scalars {
-                self.unreserved.add_scalar_named(name, milli);
-            }
+            self.unreserved.scalars.add_all(&bag.scalars);
         }
     }
 
@@ -705,21 +966,19 @@ impl Resources {
     /// [`Resources::add_scalars`].
     pub fn subtract_scalars(&mut self, other: &Self) {
         for (_, bag) in other.bags() {
-            self.unreserved.subtract_scalars(&bag.scalars);
+            self.unreserved.scalars.sub_all(&bag.scalars);
         }
     }
 
     /// Adds the unreserved scalars of `other` (`add_scalars(&other.unreserved())` without
     /// the copy).
     pub fn add_unreserved_scalars(&mut self, other: &Self) {
-        for (name, &milli) in &other.unreserved.scalars {
-            self.unreserved.add_scalar_named(name, milli);
-        }
+        self.unreserved.scalars.add_all(&other.unreserved.scalars);
     }
 
     /// Removes the unreserved scalars of `other` from the unreserved part (saturating).
     pub fn subtract_unreserved_scalars(&mut self, other: &Self) {
-        self.unreserved.subtract_scalars(&other.unreserved.scalars);
+        self.unreserved.scalars.sub_all(&other.unreserved.scalars);
     }
 
     /// `self + other` as a new bag.
@@ -733,9 +992,7 @@ impl Resources {
     pub fn contains(&self, other: &Self) -> bool {
         self.unreserved.contains(&other.unreserved)
             && other.reserved.iter().all(|(role, bag)| {
-                self.reserved
-                    .get(role)
-                    .is_some_and(|mine| mine.contains(bag))
+                find(&self.reserved, role).is_some_and(|mine| mine.contains(bag))
             })
     }
 
@@ -743,11 +1000,15 @@ impl Resources {
     /// ignored). Callers that keep books check [`Resources::contains`] first.
     pub fn subtract(&mut self, other: &Self) {
         self.unreserved.subtract(&other.unreserved);
+        if self.reserved.is_empty() {
+            return;
+        }
         for (role, bag) in &other.reserved {
-            if let Some(mine) = self.reserved.get_mut(role) {
+            if let Ok(i) = self.reserved.binary_search_by(|(r, _)| (**r).cmp(role)) {
+                let mine = &mut self.reserved[i].1;
                 mine.subtract(bag);
                 if mine.is_empty() {
-                    self.reserved.remove(role);
+                    self.reserved.remove(i);
                 }
             }
         }
@@ -766,29 +1027,30 @@ impl Resources {
         other.bags().all(|(role, theirs)| {
             let mine = match role {
                 None => Some(&self.unreserved),
-                Some(r) => self.reserved.get(r),
+                Some(r) => find(&self.reserved, r),
             };
             let Some(mine) = mine else { return true };
-            theirs.ranges.iter().all(|(name, set)| {
-                mine.ranges
-                    .get(name)
-                    .is_none_or(|m| m.difference(set) == *m)
-            }) && theirs
-                .sets
+            theirs
+                .ranges()
                 .iter()
-                .all(|(name, items)| mine.sets.get(name).is_none_or(|m| m.is_disjoint(items)))
+                .all(|(name, set)| find(mine.ranges(), name).is_none_or(|m| m.is_disjoint(set)))
+                && theirs.sets().iter().all(|(name, items)| {
+                    find(mine.sets(), name).is_none_or(|m| m.is_disjoint(items))
+                })
         })
     }
 
     /// Lowers each scalar named in `caps` to at most the cap (milli-units, summed over
     /// reservations), taking from the unreserved part first.
-    pub fn cap_scalars(&mut self, caps: &BTreeMap<Name, i64>) {
-        for (name, &cap) in caps {
+    pub fn cap_scalars(&mut self, caps: &ScalarCaps) {
+        let mut pruned = false;
+        for (name, cap) in caps.iter() {
             let mut excess = self.scalar(name) - cap.max(0);
             if excess <= 0 {
                 continue;
             }
-            let bags = std::iter::once(&mut self.unreserved).chain(self.reserved.values_mut());
+            let bags = std::iter::once(&mut self.unreserved)
+                .chain(self.reserved.iter_mut().map(|(_, b)| b));
             for bag in bags {
                 if excess <= 0 {
                     break;
@@ -796,12 +1058,15 @@ impl Resources {
                 let have = bag.scalar(name);
                 let take = have.min(excess);
                 if take > 0 {
-                    bag.subtract_scalar(name, take);
+                    bag.scalars.sub(name, take);
                     excess -= take;
+                    pruned = true;
                 }
             }
         }
-        self.prune();
+        if pruned {
+            self.prune();
+        }
     }
 
     /// For each resource `wanted` has more of than `self`: `(wanted part, available part)`,
@@ -812,7 +1077,7 @@ impl Resources {
         self.unreserved.shortfall(&wanted.unreserved, "", &mut out);
         let empty = Bag::default();
         for (role, bag) in &wanted.reserved {
-            let have = self.reserved.get(role).unwrap_or(&empty);
+            let have = find(&self.reserved, role).unwrap_or(&empty);
             have.shortfall(bag, &format!("({role})"), &mut out);
         }
         out
@@ -821,8 +1086,7 @@ impl Resources {
     /// Whether the bag is worth offering: Mesos' default minimum allocatable resources,
     /// at least 0.01 cpus or 32 MiB of memory.
     pub fn is_allocatable(&self) -> bool {
-        self.scalar(strata_proto::names::CPUS) >= 10
-            || self.scalar(strata_proto::names::MEM) >= 32 * MILLI
+        self.fixed(SLOT_CPUS) >= 10 || self.fixed(SLOT_MEM) >= 32 * MILLI
     }
 }
 
@@ -1047,6 +1311,24 @@ mod tests {
             ]
         );
         assert!(offer.shortfall(&offer).is_empty());
+    }
+
+    #[test]
+    fn shared_items_change_no_value() {
+        let ports = || Resource::ranges(PORTS, [(31000, 32000)]);
+        let a = res(&[Resource::scalar(CPUS, 1.0), ports()]);
+        let mut b = res(&[Resource::scalar(CPUS, 2.0), ports()]);
+        let before = b.clone();
+        b.share_items_with(&a);
+        assert_eq!(b, before);
+        // Changing one copy leaves the other as it was.
+        let taken = res(&[Resource::ranges(PORTS, [(31000, 31000)])]);
+        let mut c = b.clone();
+        c.subtract(&taken);
+        assert_eq!(b, before);
+        assert_eq!(a.range_set(PORTS).map(RangeSet::count), Some(1001));
+        assert_eq!(c.range_set(PORTS).map(RangeSet::count), Some(1000));
+        assert_eq!(c.plus(&taken), b);
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! frameworks that name none. A role's weight (default 1) scales its fair share; its quota
 //! holds a guarantee (scalars set aside for the role even when it does not use them) and a
 //! limit (scalars it is never allocated beyond, a name not listed being unlimited). Both
-//! count the role's whole subtree: what `eng/ml` holds counts for `eng`.
+//! count the role's whole subtree: what `eng/ml` holds counts for `eng`. As in Mesos, a
+//! role's quota consumption is what is allocated or offered to its subtree plus what is
+//! reserved for its subtree and not allocated: reservations count whether used or not.
 //!
 //! Invariants: every role in the core's books passed [`validate_role`]; weights are finite
 //! and positive; a quota holds unreserved scalars only.
-
-use std::collections::BTreeMap;
 
 use super::resources::Resources;
 
@@ -130,8 +130,8 @@ impl Quota {
                 return bad(format!("the {what} names ranges or sets"));
             }
         }
-        for (name, &g) in self.guarantee.scalars() {
-            if self.limit.scalars().contains_key(name) && self.limit.scalar(name) < g {
+        for (name, g) in self.guarantee.scalars() {
+            if self.limit.scalar(name) > 0 && self.limit.scalar(name) < g {
                 return bad(format!("the guarantee of {name} is above its limit"));
             }
         }
@@ -141,15 +141,6 @@ impl Quota {
     /// Whether the quota sets nothing.
     pub fn is_empty(&self) -> bool {
         self.guarantee.is_empty() && self.limit.is_empty()
-    }
-
-    /// Per scalar of the limit, what is left of it given `consumed` (may be 0).
-    pub(super) fn headroom(&self, consumed: &Resources) -> BTreeMap<super::resources::Name, i64> {
-        self.limit
-            .scalars()
-            .iter()
-            .map(|(name, &limit)| (name.clone(), (limit - consumed.scalar(name)).max(0)))
-            .collect()
     }
 }
 

@@ -180,7 +180,12 @@ impl Harness {
         if let Err(e) = self.core.check_invariants() {
             panic!("invariant broken: {e}");
         }
-        self.core.take_commands()
+        // What the edge sends: offers in their wire form.
+        self.core
+            .take_commands()
+            .into_iter()
+            .map(Command::into_wire)
+            .collect()
     }
 
     pub(super) fn register(

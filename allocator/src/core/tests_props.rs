@@ -368,7 +368,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         let now = h.now;
         h.core.allocate(now);
-        track(&mut w, h.core.take_commands());
+        let cmds = h.core.take_commands();
+        track(&mut w, cmds.into_iter().map(Command::into_wire).collect());
         if let Err(e) = h.core.check_invariants() {
             return Err(TestCaseError::fail(format!("step {step}: {e}")));
         }

@@ -290,6 +290,108 @@ fn offers_carry_their_allocation_role_and_suppress_is_per_role() {
 }
 
 #[test]
+fn revive_with_roles_clears_only_the_filters_of_those_roles() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    h.agent(1.0, 1024.0);
+    let (fconn, fid) = h.in_roles("multi", &["a", "b"]);
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 2);
+    // Both declined for an hour: one filter made by role a's offer, one by role b's.
+    for o in &offers {
+        h.call(fconn, decline(&fid, o, 3600.0));
+    }
+    let on = |role: &str| {
+        offers
+            .iter()
+            .find(|o| o.allocation_role == role)
+            .map(|o| o.agent_id.clone())
+            .expect("an offer to the role")
+    };
+    let (agent_a, agent_b) = (on("a"), on("b"));
+    assert!(offers_in(&h.tick(), fconn).is_empty(), "both filtered");
+    let revive = |roles: &[&str]| {
+        simple_call(
+            &fid,
+            call::Call::Revive(call::Revive {
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            }),
+        )
+    };
+    // REVIVE of role b clears the filter role b's offer made, not role a's.
+    let offers = offers_in(&h.call(fconn, revive(&["b"])), fconn);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].agent_id, agent_b);
+    // REVIVE of role a brings the other agent back.
+    let offers = offers_in(&h.call(fconn, revive(&["a"])), fconn);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].agent_id, agent_a);
+}
+
+#[test]
+fn passes_visit_agents_by_id_however_they_were_added() {
+    let mut h = Harness::new();
+    let (fconn, fid) = h.framework("f");
+    let add = |h: &mut Harness, ids: &[&str]| {
+        for id in ids {
+            let conn = h.conn();
+            h.register(conn, id, 1.0, 1024.0, vec![]);
+        }
+        h.cmds();
+    };
+    // Many agents then a few (placed one by one), then many again (sorted again).
+    let first: Vec<String> = (0..60).map(|i| format!("m{i:02}")).collect();
+    add(
+        &mut h,
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut expected = first.clone();
+    let few = vec!["a".to_owned(), "n".to_owned(), "m05x".to_owned()];
+    let many: Vec<String> = (0..30).map(|i| format!("b{i}")).collect();
+    for ids in [few, many] {
+        let offers = offers_in(&h.tick(), fconn);
+        let seen: Vec<&str> = offers.iter().map(|o| o.agent_id.as_str()).collect();
+        assert_eq!(seen, expected);
+        // Declined without a pass: the next one (a tick) offers every agent again.
+        let now = h.now;
+        for o in &offers {
+            h.core.framework_call(now, fconn, decline(&fid, o, 0.0));
+        }
+        add(&mut h, &ids.iter().map(String::as_str).collect::<Vec<_>>());
+        expected.extend(ids);
+        expected.sort();
+    }
+    let offers = offers_in(&h.tick(), fconn);
+    let seen: Vec<&str> = offers.iter().map(|o| o.agent_id.as_str()).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn only_the_exact_wire_id_names_an_offer() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    let (fconn, fid) = h.framework("f");
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 1);
+    let id = offers[0].id.clone();
+    let (prefix, number) = id.split_at(id.rfind('O').expect("an offer id") + 1);
+    for other in [
+        format!("{prefix}0{number}"),
+        format!("{prefix}+{number}"),
+        format!("{prefix}{number} "),
+        format!("x{id}"),
+        number.to_owned(),
+    ] {
+        let mut o = offers[0].clone();
+        o.id = other;
+        h.call(fconn, decline(&fid, &o, 3600.0));
+        assert_eq!(cpus_held(&h, &fid), 1.0, "{} declined {id}", o.id);
+    }
+    h.call(fconn, decline(&fid, &offers[0], 3600.0));
+    assert_eq!(cpus_held(&h, &fid), 0.0);
+}
+
+#[test]
 fn invalid_roles_are_refused_at_subscribe() {
     let mut h = Harness::new();
     let conn = h.conn();
@@ -380,6 +482,59 @@ fn a_guarantee_is_set_aside_while_its_role_is_idle() {
     let (_, idle) = h.in_roles("idle", &["idle"]);
     h.allocate();
     assert_eq!(cpus_held(&h, &idle), 6.0);
+}
+
+#[test]
+fn unallocated_reservations_count_toward_a_guarantee() {
+    let mut h = Harness::new();
+    for _ in 0..10 {
+        h.agent(1.0, 1024.0);
+    }
+    // Role idle's 6 cpus guarantee is met by its own reservations, used or not: nothing
+    // unreserved is held back for it.
+    for _ in 0..6 {
+        h.agent_with(vec![
+            reserved(CPUS, 1.0, "idle"),
+            reserved(MEM, 1024.0, "idle"),
+        ]);
+    }
+    h.core
+        .set_quota("idle", quota(&[Resource::scalar(CPUS, 6.0)], &[]))
+        .expect("quota");
+    let (_, fid) = h.in_roles("greedy", &["f"]);
+    h.allocate();
+    assert_eq!(cpus_held(&h, &fid), 10.0);
+}
+
+#[test]
+fn unallocated_reservations_count_toward_a_limit() {
+    let mut h = Harness::new();
+    for _ in 0..10 {
+        h.agent(1.0, 1024.0);
+    }
+    // 2 cpus reserved for eng/other, which no framework uses, count in eng's consumption.
+    h.agent_with(vec![
+        reserved(CPUS, 2.0, "eng/other"),
+        reserved(MEM, 1024.0, "eng/other"),
+    ]);
+    let (fconn, fid) = h.in_roles("capped", &["eng/ml"]);
+    h.core
+        .set_quota("eng", quota(&[], &[Resource::scalar(CPUS, 5.0)]))
+        .expect("quota");
+    for round in 0..4 {
+        let cmds = h.tick();
+        for (i, o) in offers_in(&cmds, fconn).iter().enumerate() {
+            if scalar(&o.resources, CPUS) > 0.0 {
+                take_all(&mut h, fconn, &fid, o, &format!("t{round}-{i}"));
+            }
+        }
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(cpus_held(&h, &fid), 3.0);
+    // A framework of eng/other may still use the reservations (counted already).
+    let (_, other) = h.in_roles("other", &["eng/other"]);
+    h.allocate();
+    assert_eq!(cpus_held(&h, &other), 2.0);
 }
 
 #[test]

@@ -113,6 +113,8 @@ impl Cluster {
                 "--default-kill-grace-period",
                 "2s",
             ])
+            // Its HTTP endpoints on a free port: tests run clusters side by side.
+            .args(["--http-listen", "127.0.0.1:0"])
             .stdout(log_file(self.dir.path(), "agent.log")?)
             .stderr(log_file(self.dir.path(), "agent.err")?)
             .spawn()

@@ -22,6 +22,16 @@
 //! - `tcp-send ADDR BYTES`: connects to ADDR, sends BYTES bytes, shuts down its side and reads
 //!   until the peer closes. Both print `sent_bytes`.
 //! - `sleep SECS`.
+//! - `burn-hold MS SECS`: burns CPU until this process's own rusage (user + system, since it
+//!   started) reaches MS milliseconds, prints it as `rusage_ns`, then sleeps SECS (so its cgroup
+//!   can be read while it lives, with nothing more to account).
+//! - `tcp-send-hold ADDR BYTES SECS`: `tcp-send`, then prints `sent_bytes` and sleeps SECS.
+//! - `alloc-hold MIB SECS`: allocates and touches MIB MiB, prints `allocated_mib`, then sleeps
+//!   SECS holding it.
+//! - `hot MS`: burns CPU for MS milliseconds of wall-clock time, nearly all of it inside
+//!   `strata_known_hot_function` (never inlined), for the profiler's tests.
+//! - `tick MS`: wakes up every millisecond for MS milliseconds, doing almost nothing each time
+//!   (a mostly idle task, for the run-queue latency tests).
 
 use std::hint::black_box;
 use std::io::{Read as _, Write as _};
@@ -92,8 +102,52 @@ fn main() -> Result<()> {
             thread::sleep(Duration::from_secs(num(0)?));
             Ok(())
         }
+        "hot" => {
+            hot(Duration::from_millis(num(0)?));
+            Ok(())
+        }
+        "tick" => {
+            let wall = Duration::from_millis(num(0)?);
+            let start = Instant::now();
+            while start.elapsed() < wall {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
+        "burn-hold" => {
+            let target = num(0)?.saturating_mul(1_000_000);
+            let mut x = 0u64;
+            let mut used = rusage_ns()?;
+            while used < target {
+                for i in 0..100_000u64 {
+                    x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+                }
+                used = rusage_ns()?;
+            }
+            println!("rusage_ns={used}");
+            hold(num(1)?)
+        }
+        "tcp-send-hold" => {
+            tcp_send(arg(0)?, num(1)?)?;
+            hold(num(2)?)
+        }
+        "alloc-hold" => {
+            let mib = num(0)?;
+            let chunks: Vec<Vec<u8>> = (0..mib).map(|_| vec![0xa5; 1 << 20]).collect();
+            println!("allocated_mib={mib}");
+            hold(num(1)?)?;
+            black_box(&chunks);
+            Ok(())
+        }
         other => bail!("unknown command {other:?}"),
     }
+}
+
+/// Flushes what was printed, then sleeps `secs` seconds.
+fn hold(secs: u64) -> Result<()> {
+    std::io::stdout().flush().context("flushing stdout")?;
+    thread::sleep(Duration::from_secs(secs));
+    Ok(())
 }
 
 /// This process's user + system CPU time, in nanoseconds.
@@ -153,6 +207,33 @@ fn spin(wall: Duration) {
             x = black_box(x.wrapping_add(i));
         }
     }
+}
+
+fn hot(wall: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < wall {
+        x = strata_known_hot_function(x);
+    }
+    black_box(x);
+}
+
+/// The function the profiler tests expect to dominate a profile of `hot`: a few milliseconds of
+/// arithmetic per call, so the caller's clock reads are a negligible share. It calls nothing,
+/// also in a debug build (plain operators only), so every sample in it has it as its leaf.
+#[inline(never)]
+fn strata_known_hot_function(seed: u64) -> u64 {
+    let rounds = black_box(2_000_000u64);
+    let mut x = seed | 1;
+    let mut i = 0u64;
+    while i < rounds {
+        // xorshift64: shifts and xors, no calls and no overflow checks.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        i += 1;
+    }
+    x
 }
 
 fn alloc(mib: u64) -> Result<()> {

@@ -1,0 +1,649 @@
+//! The Mesos v1 scheduler HTTP API, served beside the gRPC API as an adapter at the edge:
+//! frameworks and client libraries written for Apache Mesos run unchanged against Strata.
+//!
+//! Routes ([`router`]): `POST /api/v1/scheduler` (JSON calls; SUBSCRIBE answers an endless
+//! RecordIO stream of JSON events), `GET /version`, `GET /master/state` and `/state`,
+//! `GET /health`; more routes (e.g. `/metrics`) merge in through [`HttpApi::extra`].
+//!
+//! A SUBSCRIBE takes a fresh [`ConnId`] and enters the actor exactly as a gRPC Subscribe
+//! stream does (`Input::FrameworkSubscribe` with the stream's sender); its events are
+//! written as Mesos JSON records, each in its own HTTP chunk. Later calls are separate POSTs:
+//! they find the subscription by `framework_id` and `Mesos-Stream-Id` and enter the actor as
+//! `Input::FrameworkCall` on that ConnId, answered 202 at once. The end of the response body
+//! (client gone, or the actor closing the stream) is `Input::FrameworkClosed`. The core does
+//! not know which edge a framework came through.
+//!
+//! Status codes are Mesos 1.11's: 200 (SUBSCRIBE), 202 (other calls), 400 (bad JSON, missing
+//! fields, unknown framework, missing or wrong Mesos-Stream-Id), 403 (framework not
+//! subscribed here), 405, 406 (SUBSCRIBE not accepting JSON), 415 (a body not JSON), 307 to
+//! the leader when this allocator follows ([`Leadership`]), 503 when there is no leader or
+//! the allocator is stopping. Stale calls (used offers, unknown tasks) get 202; the core
+//! reports them with UPDATE events.
+
+pub mod convert;
+pub mod json;
+pub mod recordio;
+pub mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
+use strata_proto::{Event, TaskReason, TaskSource, TaskState, TaskStatus, event};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use self::convert::ConvertError;
+use crate::api::Shared;
+use crate::api::actor::{Input, Query};
+use crate::core::ConnId;
+
+/// The header naming a subscription's stream.
+pub const STREAM_ID: &str = "Mesos-Stream-Id";
+/// How long a SUBSCRIBE waits for the allocator's answer.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+/// The largest call body accepted.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Whether this allocator leads. Strata runs one allocator, which always leads; the other
+/// values exist so the redirect (307) and no-leader (503) answers Mesos clients rely on
+/// are implemented and tested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Leadership {
+    /// This allocator serves calls.
+    #[default]
+    Leader,
+    /// Another allocator leads, at `leader` (`host:port` of its HTTP API): calls get 307.
+    Follower {
+        /// `host:port` of the leader.
+        leader: String,
+    },
+    /// No allocator leads: calls get 503.
+    NoLeader,
+}
+
+/// The Mesos HTTP API's listener and settings, given to [`crate::serve_with_http`].
+#[derive(Debug)]
+pub struct HttpApi {
+    /// Where it listens (Mesos' masters use port 5050).
+    pub listener: TcpListener,
+    /// Whether this allocator leads (always, unless set otherwise in tests).
+    pub leadership: Leadership,
+    /// More routes served on the same listener, e.g. `GET /metrics`.
+    pub extra: Option<Router>,
+}
+
+impl HttpApi {
+    /// The API on `listener`, leading, with no extra routes.
+    pub fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            leadership: Leadership::Leader,
+            extra: None,
+        }
+    }
+}
+
+/// Why a call was refused; each maps to Mesos' status code.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Another allocator leads.
+    #[error("this allocator is not the leader: call the leader at {leader}")]
+    NotLeader {
+        /// `host:port` of the leader.
+        leader: String,
+        /// The path asked for, kept in the redirect.
+        path: &'static str,
+    },
+    /// No allocator leads.
+    #[error("no allocator is leading: retry later")]
+    NoLeader,
+    /// The allocator is stopping.
+    #[error("the allocator is shutting down: retry later")]
+    Unavailable,
+    /// The body's media type is not given.
+    #[error("expecting 'Content-Type' to be present: send the call as application/json")]
+    NoContentType,
+    /// The body is not JSON.
+    #[error(
+        "unsupported 'Content-Type' {content_type:?}: send the call as application/json \
+         (protobuf calls are not supported)"
+    )]
+    UnsupportedMediaType {
+        /// The type sent.
+        content_type: String,
+    },
+    /// The client accepts no media type the stream can be written in.
+    #[error("cannot answer 'Accept: {accept}': accept application/json")]
+    NotAcceptable {
+        /// The Accept header sent.
+        accept: String,
+    },
+    /// The body does not parse.
+    #[error("failed to parse the body as a JSON call: {reason}")]
+    BadJson {
+        /// The parser's error.
+        reason: String,
+    },
+    /// A field is missing or invalid.
+    #[error(transparent)]
+    Invalid(#[from] ConvertError),
+    /// A framework the allocator does not know.
+    #[error(
+        "framework {framework_id:?} cannot be found: SUBSCRIBE without an id to register, or \
+         with the id SUBSCRIBED gave"
+    )]
+    UnknownFramework {
+        /// The id named.
+        framework_id: String,
+    },
+    /// A known framework with no HTTP subscription here.
+    #[error("framework {framework_id} is not subscribed over HTTP: SUBSCRIBE first")]
+    NotSubscribed {
+        /// The id named.
+        framework_id: String,
+    },
+    /// A SUBSCRIBE carrying a stream id.
+    #[error("subscribe calls should not include the 'Mesos-Stream-Id' header: remove it")]
+    StreamIdOnSubscribe,
+    /// A call without the stream id.
+    #[error(
+        "all non-subscribe calls should include the 'Mesos-Stream-Id' header: copy it from \
+         the SUBSCRIBE response"
+    )]
+    MissingStreamId,
+    /// A call with another stream's id.
+    #[error(
+        "the stream id {given:?} does not match framework {framework_id}'s current stream: \
+         send the Mesos-Stream-Id of its latest SUBSCRIBE response"
+    )]
+    WrongStreamId {
+        /// The framework.
+        framework_id: String,
+        /// The id sent.
+        given: String,
+    },
+    /// The allocator refused the subscription.
+    #[error("subscription refused: {message}")]
+    SubscribeRefused {
+        /// The allocator's reason.
+        message: String,
+    },
+}
+
+impl HttpError {
+    /// Mesos' status code for the refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotLeader { .. } => StatusCode::TEMPORARY_REDIRECT,
+            Self::NoLeader | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
+            Self::NotSubscribed { .. } => StatusCode::FORBIDDEN,
+            Self::NoContentType
+            | Self::BadJson { .. }
+            | Self::Invalid(_)
+            | Self::UnknownFramework { .. }
+            | Self::StreamIdOnSubscribe
+            | Self::MissingStreamId
+            | Self::WrongStreamId { .. }
+            | Self::SubscribeRefused { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        tracing::debug!(%status, error = %self, "mesos call refused");
+        let mut response = (status, self.to_string()).into_response();
+        if let Self::NotLeader { leader, path } = &self
+            && let Ok(location) = HeaderValue::from_str(&format!("//{leader}{path}"))
+        {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
+}
+
+/// A framework subscribed over HTTP.
+#[derive(Debug)]
+struct Subscription {
+    stream_id: String,
+    conn: ConnId,
+    /// To add events of the adapter's own (TASK_ERROR for tasks Strata cannot run); weak, so
+    /// the stream still ends when the actor drops its sender.
+    events: mpsc::WeakUnboundedSender<Result<Event, Status>>,
+}
+
+type Subscriptions = Arc<Mutex<HashMap<String, Subscription>>>;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+struct Ctx {
+    shared: Shared,
+    subscriptions: Subscriptions,
+    leadership: Leadership,
+    addr: SocketAddr,
+}
+
+/// Serves `api` until the allocator stops (`shared.stop`).
+pub(crate) async fn run(api: HttpApi, shared: Shared) {
+    let addr = match api.listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the Mesos HTTP listener's address; not serving it");
+            return;
+        }
+    };
+    let mut stop = shared.stop.clone();
+    let app = router(shared, api.leadership, addr, api.extra);
+    tracing::info!(%addr, "mesos scheduler HTTP API serving");
+    // Events and 202s are small: they must not wait for Nagle's algorithm.
+    let listener = api.listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a Mesos HTTP connection");
+        }
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    });
+    if let Err(e) = server.await {
+        tracing::error!(%addr, error = %e, "mesos HTTP API server failed");
+    }
+    tracing::info!(%addr, "mesos scheduler HTTP API stopped");
+}
+
+/// The API's routes.
+fn router(
+    shared: Shared,
+    leadership: Leadership,
+    addr: SocketAddr,
+    extra: Option<Router>,
+) -> Router {
+    let ctx = Ctx {
+        shared,
+        subscriptions: Arc::default(),
+        leadership,
+        addr,
+    };
+    let routes = Router::new()
+        .route("/api/v1/scheduler", post(scheduler))
+        .route("/version", get(version))
+        .route("/master/state", get(master_state))
+        .route("/state", get(master_state))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx);
+    match extra {
+        Some(extra) => routes.merge(extra),
+        None => routes,
+    }
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+fn json_response(value: &serde_json::Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn version() -> Response {
+    json_response(&state::version())
+}
+
+async fn master_state(State(ctx): State<Ctx>) -> Result<Response, HttpError> {
+    leading(&ctx.leadership, "/master/state")?;
+    let s = ctx
+        .shared
+        .query(Query::State)
+        .await
+        .map_err(|_| HttpError::Unavailable)?;
+    Ok(json_response(&state::master_state(&s, ctx.addr, true)))
+}
+
+fn leading(leadership: &Leadership, path: &'static str) -> Result<(), HttpError> {
+    match leadership {
+        Leadership::Leader => Ok(()),
+        Leadership::Follower { leader } => Err(HttpError::NotLeader {
+            leader: leader.clone(),
+            path,
+        }),
+        Leadership::NoLeader => Err(HttpError::NoLeader),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap_or("<not ascii>"))
+}
+
+/// Whether `accept` admits application/json.
+fn accepts_json(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let media = part.split(';').next().unwrap_or("").trim();
+        matches!(media, "application/json" | "application/*" | "*/*")
+    })
+}
+
+/// `POST /api/v1/scheduler`.
+async fn scheduler(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    leading(&ctx.leadership, "/api/v1/scheduler")?;
+    match header_str(&headers, header::CONTENT_TYPE) {
+        None => return Err(HttpError::NoContentType),
+        Some(ct) if ct.split(';').next().unwrap_or("").trim() == "application/json" => {}
+        Some(ct) => {
+            return Err(HttpError::UnsupportedMediaType {
+                content_type: ct.to_owned(),
+            });
+        }
+    }
+    let call: json::Call = serde_json::from_slice(&body).map_err(|e| HttpError::BadJson {
+        reason: e.to_string(),
+    })?;
+    let kind = call.kind.clone().ok_or(ConvertError::Missing {
+        field: "type",
+        hint: "say which call it is: SUBSCRIBE, ACCEPT, DECLINE, ...",
+    })?;
+    if kind == "SUBSCRIBE" {
+        if let Some(accept) = header_str(&headers, header::ACCEPT)
+            && !accepts_json(accept)
+        {
+            return Err(HttpError::NotAcceptable {
+                accept: accept.to_owned(),
+            });
+        }
+        if headers.contains_key(STREAM_ID) {
+            return Err(HttpError::StreamIdOnSubscribe);
+        }
+        return subscribe(ctx, call).await;
+    }
+    let framework_id = call
+        .framework_id
+        .clone()
+        .map(|f| f.value)
+        .ok_or(ConvertError::Missing {
+            field: "framework_id",
+            hint: "every call but SUBSCRIBE names the framework SUBSCRIBED gave",
+        })?;
+    let converted = convert::call(&framework_id, &kind, call)?;
+    let found = {
+        let subscriptions = ctx.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        match subscriptions.get(&framework_id) {
+            Some(sub) => {
+                let given = header_str(&headers, STREAM_ID).ok_or(HttpError::MissingStreamId)?;
+                if given != sub.stream_id {
+                    return Err(HttpError::WrongStreamId {
+                        framework_id,
+                        given: given.to_owned(),
+                    });
+                }
+                Some((sub.conn, sub.events.clone()))
+            }
+            None => None,
+        }
+    };
+    let Some((conn, events)) = found else {
+        return Err(not_subscribed(&ctx, framework_id).await);
+    };
+    let Some((call, refused)) = converted else {
+        return Ok(StatusCode::ACCEPTED.into_response());
+    };
+    if !refused.tasks.is_empty()
+        && let Some(events) = events.upgrade()
+    {
+        let now = unix_now();
+        for (task_id, agent_id, why) in refused.tasks {
+            let status = TaskStatus {
+                task_id,
+                framework_id: framework_id.clone(),
+                agent_id,
+                state: TaskState::Error as i32,
+                reason: TaskReason::TaskInvalid as i32,
+                source: TaskSource::Allocator as i32,
+                message: why,
+                timestamp: now,
+                ..TaskStatus::default()
+            };
+            let _ = events.send(Ok(Event {
+                event: Some(event::Event::Update(event::Update {
+                    status: Some(status),
+                })),
+            }));
+        }
+    }
+    let call = strata_proto::Call {
+        framework_id,
+        call: Some(call),
+    };
+    ctx.shared
+        .inputs
+        .send(Input::FrameworkCall { conn, call })
+        .await
+        .map_err(|_| HttpError::Unavailable)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// 403 for a framework the allocator knows (subscribed elsewhere, or not at all), else 400.
+async fn not_subscribed(ctx: &Ctx, framework_id: String) -> HttpError {
+    match ctx.shared.query(Query::Frameworks).await {
+        Ok(frameworks) if frameworks.iter().any(|f| f.id == framework_id) => {
+            HttpError::NotSubscribed { framework_id }
+        }
+        Ok(_) => HttpError::UnknownFramework { framework_id },
+        Err(_) => HttpError::Unavailable,
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn record(value: &serde_json::Value) -> Bytes {
+    Bytes::from(recordio::encode(value.to_string().as_bytes()))
+}
+
+fn event_record(e: &event::Event) -> Bytes {
+    Bytes::from(recordio::encode(&convert::event_json(e)))
+}
+
+/// SUBSCRIBE: waits for the allocator's SUBSCRIBED (or refusal), then streams events.
+async fn subscribe(ctx: Ctx, call: json::Call) -> Result<Response, HttpError> {
+    let info = call
+        .subscribe
+        .as_ref()
+        .and_then(|s| s.framework_info.as_ref())
+        .ok_or(ConvertError::Missing {
+            field: "subscribe.framework_info",
+            hint: "a SUBSCRIBE carries 'subscribe' with the framework's 'framework_info'",
+        })?;
+    let mut info = convert::framework_info(info)?;
+    if let Some(id) = &call.framework_id {
+        if info.id.is_empty() {
+            info.id = id.value.clone();
+        } else if info.id != id.value {
+            return Err(ConvertError::Invalid {
+                field: "framework_id",
+                why: "'framework_id' differs from 'subscribe.framework_info.id': set both to \
+                      the same id"
+                    .to_owned(),
+            }
+            .into());
+        }
+    }
+    let suppressed = call
+        .subscribe
+        .as_ref()
+        .map(|s| s.suppressed_roles.clone())
+        .unwrap_or_default();
+    let conn = ctx.shared.conn();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let weak = tx.downgrade();
+    tracing::info!(conn = conn.0, name = %info.name, framework_id = %info.id, "mesos SUBSCRIBE");
+    ctx.shared
+        .inputs
+        .send(Input::FrameworkSubscribe {
+            conn,
+            info,
+            sender: tx,
+        })
+        .await
+        .map_err(|_| HttpError::Unavailable)?;
+    let guard = CloseGuard {
+        inputs: ctx.shared.inputs.clone(),
+        subscriptions: ctx.subscriptions.clone(),
+        conn,
+        framework_id: None,
+    };
+    let first = tokio::time::timeout(SUBSCRIBE_WAIT, rx.recv())
+        .await
+        .map_err(|_| HttpError::Unavailable)?;
+    let subscribed = match first {
+        Some(Ok(Event {
+            event: Some(event::Event::Subscribed(s)),
+        })) => s,
+        Some(Err(status)) => {
+            return Err(HttpError::SubscribeRefused {
+                message: status.message().to_owned(),
+            });
+        }
+        Some(Ok(other)) => {
+            return Err(HttpError::SubscribeRefused {
+                message: format!("the allocator answered {other:?} instead of SUBSCRIBED"),
+            });
+        }
+        None => return Err(HttpError::Unavailable),
+    };
+    let framework_id = subscribed.framework_id.clone();
+    let stream_id = uuid::Uuid::new_v4().to_string();
+    ctx.subscriptions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            framework_id.clone(),
+            Subscription {
+                stream_id: stream_id.clone(),
+                conn,
+                events: weak,
+            },
+        );
+    let mut guard = guard;
+    guard.framework_id = Some(framework_id.clone());
+    if !suppressed.is_empty() {
+        let call = strata_proto::Call {
+            framework_id: framework_id.clone(),
+            call: Some(strata_proto::call::Call::Suppress(
+                strata_proto::call::Suppress { roles: suppressed },
+            )),
+        };
+        let _ = ctx
+            .shared
+            .inputs
+            .send(Input::FrameworkCall { conn, call })
+            .await;
+    }
+    let mut subscribed = convert::event(&event::Event::Subscribed(subscribed));
+    subscribed["subscribed"]["master_info"] = state::master_info(ctx.addr);
+    let first = VecDeque::from([record(&subscribed), record(&convert::heartbeat())]);
+    let body = Body::from_stream(EventStream {
+        first,
+        rx,
+        _guard: guard,
+    });
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&stream_id) {
+        headers.insert(STREAM_ID, v);
+    }
+    Ok(response)
+}
+
+/// A subscription's events as RecordIO records, one per chunk.
+struct EventStream {
+    first: VecDeque<Bytes>,
+    rx: mpsc::UnboundedReceiver<Result<Event, Status>>,
+    _guard: CloseGuard,
+}
+
+impl tokio_stream::Stream for EventStream {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(b) = this.first.pop_front() {
+            return Poll::Ready(Some(Ok(b)));
+        }
+        loop {
+            return match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(Event { event: Some(e) }))) => {
+                    Poll::Ready(Some(Ok(event_record(&e))))
+                }
+                Poll::Ready(Some(Ok(Event { event: None }))) => continue,
+                Poll::Ready(Some(Err(status))) => {
+                    tracing::info!(error = %status, "mesos event stream ended by the allocator");
+                    Poll::Ready(None)
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+/// When a subscription's body is dropped (the client went away or the stream ended), the
+/// actor hears `FrameworkClosed` and the subscription is forgotten (unless a newer one
+/// replaced it).
+struct CloseGuard {
+    inputs: mpsc::Sender<Input>,
+    subscriptions: Subscriptions,
+    conn: ConnId,
+    framework_id: Option<String>,
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        if let Some(fid) = &self.framework_id {
+            let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+            if subs.get(fid).is_some_and(|s| s.conn == self.conn) {
+                subs.remove(fid);
+            }
+        }
+        tracing::debug!(conn = self.conn.0, "mesos event stream closed");
+        let inputs = self.inputs.clone();
+        let conn = self.conn;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = inputs.send(Input::FrameworkClosed { conn }).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,916 @@
+//! The Mesos v1 scheduler HTTP API through real HTTP/1.1 on 127.0.0.1 (port 0), against a
+//! real allocator (`serve_with_http`) and a fake agent speaking AgentService over real gRPC
+//! (it reports the task states a real agent would; the pymesos test in cli/tests runs real
+//! tasks). The client here is written on a bare TCP socket so that the wire is checked
+//! exactly: status codes and headers, chunked framing with one RecordIO record per chunk,
+//! and records read back through reads of a few bytes, split anywhere. Every wait is
+//! bounded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use strata_allocator::mesos::recordio::Decoder;
+use strata_allocator::mesos::{HttpApi, Leadership};
+use strata_allocator::store::MemoryStore;
+use strata_allocator::{AllocatorConfig, Metrics, ServeError, serve_with_http};
+use strata_proto::agent_service_client::AgentServiceClient;
+use strata_proto::names::{CPUS, MEM};
+use strata_proto::{
+    AgentInfo, AgentMessage, AllocatorMessage, Resource, TaskSource, TaskState, TaskStatus,
+    agent_message, allocator_message,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
+
+/// The longest any single step may take.
+const STEP: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .map_err(|_| anyhow!("timed out after {STEP:?} waiting for {what}"))
+}
+
+fn config() -> AllocatorConfig {
+    AllocatorConfig {
+        agent_heartbeat_interval: Duration::from_secs(1),
+        agent_timeout: Duration::from_secs(30),
+        agent_reconnect_timeout: Duration::from_millis(200),
+        framework_heartbeat_interval: Duration::from_secs(1),
+        allocation_interval: Duration::from_millis(50),
+        // Short, so that a quiet spell after DECLINE proves the call's own filter.
+        default_refuse: Duration::from_millis(200),
+        terminal_task_history: 100,
+        offer_timeout: None,
+    }
+}
+
+/// A running allocator with its gRPC and Mesos HTTP listeners on ephemeral ports.
+struct Allocator {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Allocator {
+    async fn start(leadership: Leadership) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc = listener.local_addr()?;
+        let http_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let http = http_listener.local_addr()?;
+        let api = HttpApi {
+            leadership,
+            ..HttpApi::new(http_listener)
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with_http(
+            listener,
+            config(),
+            Box::new(MemoryStore::default()),
+            Metrics::new(),
+            Some(api),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Self {
+            grpc,
+            http,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let server = self.server.take().context("already stopped")?;
+        bounded("serve to return", server).await???;
+        Ok(())
+    }
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// This test acting as an agent over a real Connect stream.
+struct FakeAgent {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: Streaming<AllocatorMessage>,
+    id: String,
+}
+
+impl FakeAgent {
+    async fn register(allocator: &Allocator) -> Result<Self> {
+        let channel = bounded(
+            "connect",
+            Endpoint::from_shared(format!("http://{}", allocator.grpc))?.connect(),
+        )
+        .await??;
+        let (tx, rx) = mpsc::channel(64);
+        let mut client = AgentServiceClient::new(channel);
+        let response = bounded("Connect", client.connect(ReceiverStream::new(rx))).await??;
+        let mut agent = Self {
+            tx,
+            rx: response.into_inner(),
+            id: String::new(),
+        };
+        agent
+            .send(agent_message::Message::Register(agent_message::Register {
+                info: Some(AgentInfo {
+                    hostname: "fake-host".to_owned(),
+                    resources: vec![Resource::scalar(CPUS, 4.0), Resource::scalar(MEM, 1024.0)],
+                    ..AgentInfo::default()
+                }),
+                tasks: vec![],
+            }))
+            .await?;
+        match agent.next().await? {
+            allocator_message::Message::Registered(r) => agent.id = r.agent_id,
+            other => bail!("expected Registered, got {other:?}"),
+        }
+        Ok(agent)
+    }
+
+    async fn send(&self, message: agent_message::Message) -> Result<()> {
+        let message = AgentMessage {
+            message: Some(message),
+        };
+        bounded("agent send", self.tx.send(message))
+            .await?
+            .map_err(|_| anyhow!("agent stream closed"))
+    }
+
+    async fn next(&mut self) -> Result<allocator_message::Message> {
+        let msg = bounded("an allocator message", self.rx.message())
+            .await??
+            .context("allocator ended the agent stream")?;
+        msg.message.context("empty allocator message")
+    }
+
+    /// The next message that is not a heartbeat acknowledgement or the like.
+    async fn next_launch_or_ack(&mut self) -> Result<allocator_message::Message> {
+        loop {
+            let m = self.next().await?;
+            if matches!(
+                m,
+                allocator_message::Message::LaunchTask(_)
+                    | allocator_message::Message::Acknowledge(_)
+                    | allocator_message::Message::KillTask(_)
+            ) {
+                return Ok(m);
+            }
+        }
+    }
+
+    async fn update(&self, framework_id: &str, task_id: &str, state: TaskState) -> Result<()> {
+        self.send(agent_message::Message::StatusUpdate(
+            agent_message::StatusUpdate {
+                status: Some(TaskStatus {
+                    task_id: task_id.to_owned(),
+                    framework_id: framework_id.to_owned(),
+                    agent_id: self.id.clone(),
+                    state: state as i32,
+                    source: TaskSource::Agent as i32,
+                    uuid: (0u8..16).collect(),
+                    ..TaskStatus::default()
+                }),
+            },
+        ))
+        .await
+    }
+}
+
+/// An HTTP/1.1 response read off the wire.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: strata\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Result<Self> {
+        let stream = bounded("connect", TcpStream::connect(addr)).await??;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Reads more bytes, a few at a time so that reads split records and chunks anywhere.
+    async fn fill(&mut self) -> Result<()> {
+        let mut small = [0u8; 7];
+        let n = bounded("bytes from the allocator", self.stream.read(&mut small)).await??;
+        ensure!(n > 0, "the allocator closed the connection");
+        self.buf.extend_from_slice(&small[..n]);
+        Ok(())
+    }
+
+    async fn head(&mut self) -> Result<(u16, Vec<(String, String)>)> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec())?;
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().context("no status line")?;
+        ensure!(
+            status_line.starts_with("HTTP/1.1 "),
+            "not HTTP/1.1: {status_line}"
+        );
+        let status = status_line[9..12].parse()?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Ok((status, headers))
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response> {
+        let bytes = request(method, path, headers, body);
+        bounded("sending a request", self.stream.write_all(&bytes)).await??;
+        let (status, headers) = self.head().await?;
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map_or(Ok(0), |(_, v)| v.parse())?;
+        while self.buf.len() < length {
+            self.fill().await?;
+        }
+        let body = self.buf.drain(..length).collect();
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn post(&mut self, body: &Value, stream_id: Option<&str>) -> Result<Response> {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(id) = stream_id {
+            headers.push(("Mesos-Stream-Id", id));
+        }
+        self.send(
+            "POST",
+            "/api/v1/scheduler",
+            &headers,
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+}
+
+async fn post(addr: SocketAddr, body: &Value, stream_id: Option<&str>) -> Result<Response> {
+    Conn::open(addr).await?.post(body, stream_id).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Result<Response> {
+    Conn::open(addr).await?.send("GET", path, &[], b"").await
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug)]
+enum Chunking {
+    Size,
+    Data(usize),
+    DataEnd,
+}
+
+/// A SUBSCRIBE response: RecordIO records read through a hand-written chunked decoder.
+struct Subscription {
+    conn: Conn,
+    stream_id: String,
+    framework_id: String,
+    state: Chunking,
+    chunk: Vec<u8>,
+    decoder: Decoder,
+}
+
+fn info(name: &str) -> Value {
+    json!({ "user": "root", "name": name, "failover_timeout": 60.0 })
+}
+
+fn subscribe_call(info: Value) -> Value {
+    json!({ "type": "SUBSCRIBE", "subscribe": { "framework_info": info } })
+}
+
+impl Subscription {
+    /// SUBSCRIBE; checks the 200 response's headers and reads SUBSCRIBED.
+    async fn open(addr: SocketAddr, call: &Value) -> Result<Self> {
+        let mut conn = Conn::open(addr).await?;
+        let body = call.to_string();
+        let bytes = request(
+            "POST",
+            "/api/v1/scheduler",
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json"),
+            ],
+            body.as_bytes(),
+        );
+        bounded("sending SUBSCRIBE", conn.stream.write_all(&bytes)).await??;
+        let (status, headers) = conn.head().await?;
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        ensure!(status == 200, "SUBSCRIBE answered {status}: {headers:?}");
+        ensure!(header("content-type").as_deref() == Some("application/json"));
+        ensure!(header("transfer-encoding").as_deref() == Some("chunked"));
+        let stream_id = header("mesos-stream-id").context("no Mesos-Stream-Id")?;
+        uuid::Uuid::parse_str(&stream_id).context("Mesos-Stream-Id is not a UUID")?;
+        let mut sub = Self {
+            conn,
+            stream_id,
+            framework_id: String::new(),
+            state: Chunking::Size,
+            chunk: Vec::new(),
+            decoder: Decoder::new(),
+        };
+        let subscribed = sub.next().await?;
+        ensure!(
+            subscribed["type"] == "SUBSCRIBED",
+            "first event: {subscribed}"
+        );
+        sub.framework_id = subscribed["subscribed"]["framework_id"]["value"]
+            .as_str()
+            .context("SUBSCRIBED without framework_id")?
+            .to_owned();
+        ensure!(subscribed["subscribed"]["heartbeat_interval_seconds"] == 1.0);
+        ensure!(subscribed["subscribed"]["master_info"]["version"] == "1.11.0");
+        Ok(sub)
+    }
+
+    /// The next event. Each chunk must hold exactly one whole record.
+    async fn next(&mut self) -> Result<Value> {
+        loop {
+            if let Some(record) = self.decoder.next_record()? {
+                return Ok(serde_json::from_slice(&record)?);
+            }
+            self.advance().await?;
+        }
+    }
+
+    /// The next event of `kind`, skipping heartbeats and others.
+    async fn next_of(&mut self, kind: &str) -> Result<Value> {
+        loop {
+            let e = self.next().await?;
+            if e["type"] == kind {
+                return Ok(e);
+            }
+            ensure!(e["type"] != "ERROR", "ERROR while waiting for {kind}: {e}");
+        }
+    }
+
+    /// Decodes what is buffered, reading more when nothing can be decoded.
+    async fn advance(&mut self) -> Result<()> {
+        let buf = &mut self.conn.buf;
+        match self.state {
+            Chunking::Size => {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    let size = std::str::from_utf8(&buf[..i])?;
+                    let size = usize::from_str_radix(size.trim(), 16)?;
+                    buf.drain(..i + 2);
+                    ensure!(size > 0, "the event stream ended");
+                    self.state = Chunking::Data(size);
+                    return Ok(());
+                }
+            }
+            Chunking::Data(left) if !buf.is_empty() => {
+                let n = left.min(buf.len());
+                self.chunk.extend(buf.drain(..n));
+                self.state = if n == left {
+                    Chunking::DataEnd
+                } else {
+                    Chunking::Data(left - n)
+                };
+                return Ok(());
+            }
+            Chunking::DataEnd if buf.len() >= 2 => {
+                ensure!(&buf[..2] == b"\r\n", "chunk not ended by CRLF");
+                buf.drain(..2);
+                let mut alone = Decoder::new();
+                alone.feed(&self.chunk);
+                ensure!(
+                    alone.next_record()?.is_some() && alone.pending() == 0,
+                    "a chunk does not hold exactly one record: {:?}",
+                    String::from_utf8_lossy(&self.chunk)
+                );
+                // Feed the record in small pieces: records split across reads decode.
+                for piece in self.chunk.chunks(5) {
+                    self.decoder.feed(piece);
+                }
+                self.chunk.clear();
+                self.state = Chunking::Size;
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.conn.fill().await
+    }
+
+    fn call(&self, kind: &str, field: &str, body: Value) -> Value {
+        let mut call = json!({ "type": kind, "framework_id": { "value": self.framework_id } });
+        if !field.is_empty() {
+            call[field] = body;
+        }
+        call
+    }
+
+    async fn post(&self, addr: SocketAddr, call: &Value) -> Result<Response> {
+        post(addr, call, Some(&self.stream_id)).await
+    }
+}
+
+fn assert_status(r: &Response, status: u16, contains: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text());
+    assert!(
+        r.text().contains(contains),
+        "expected {contains:?} in {:?}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn subscribe_streams_recordio_chunks_with_heartbeats() -> Result<()> {
+    let allocator = Allocator::start(Leadership::Leader).await?;
+    let mut sub = Subscription::open(allocator.http, &subscribe_call(info("hb"))).await?;
+    // A HEARTBEAT at once, then one per heartbeat_interval_seconds (1 s here).
+    assert_eq!(sub.next().await?["type"], "HEARTBEAT");
+    let started = tokio::time::Instant::now();
+    assert_eq!(sub.next_of("HEARTBEAT").await?["type"], "HEARTBEAT");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(sub.next_of("HEARTBEAT").await?["type"], "HEARTBEAT");
+    allocator.shutdown().await
+}
+
+#[tokio::test]
+async fn every_status_code() -> Result<()> {
+    let allocator = Allocator::start(Leadership::Leader).await?;
+    let addr = allocator.http;
+    let sub = Subscription::open(addr, &subscribe_call(info("codes"))).await?;
+    let revive = sub.call("REVIVE", "", json!(null));
+
+    // 202, twice on one keep-alive connection, with an empty body.
+    let mut conn = Conn::open(addr).await?;
+    for _ in 0..2 {
+        let r = conn.post(&revive, Some(&sub.stream_id)).await?;
+        assert_status(&r, 202, "");
+        assert!(r.body.is_empty());
+    }
+    // 405: a GET on the scheduler endpoint.
+    let r = get(addr, "/api/v1/scheduler").await?;
+    assert_eq!(r.status, 405);
+    // 415: protobuf or any other body type; 400 without one.
+    let mut c = Conn::open(addr).await?;
+    let r = c
+        .send(
+            "POST",
+            "/api/v1/scheduler",
+            &[("Content-Type", "application/x-protobuf")],
+            b"\x08\x01",
+        )
+        .await?;
+    assert_status(&r, 415, "application/json");
+    let r = c.send("POST", "/api/v1/scheduler", &[], b"{}").await?;
+    assert_status(&r, 400, "Content-Type");
+    // 406: a SUBSCRIBE that accepts no JSON.
+    let body = subscribe_call(info("x")).to_string();
+    let r = c
+        .send(
+            "POST",
+            "/api/v1/scheduler",
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "text/html"),
+            ],
+            body.as_bytes(),
+        )
+        .await?;
+    assert_status(&r, 406, "application/json");
+    // 400: bad JSON, no type, an unknown type, missing fields.
+    let r = c
+        .send(
+            "POST",
+            "/api/v1/scheduler",
+            &[("Content-Type", "application/json")],
+            b"{not json",
+        )
+        .await?;
+    assert_status(&r, 400, "JSON");
+    assert_status(&c.post(&json!({}), None).await?, 400, "'type'");
+    let bogus = sub.call("BOGUS", "", json!(null));
+    assert_status(
+        &c.post(&bogus, Some(&sub.stream_id)).await?,
+        400,
+        "unknown call type",
+    );
+    let kill = sub.call("KILL", "kill", json!({}));
+    assert_status(
+        &c.post(&kill, Some(&sub.stream_id)).await?,
+        400,
+        "kill.task_id",
+    );
+    let no_user = subscribe_call(json!({ "name": "n" }));
+    assert_status(&c.post(&no_user, None).await?, 400, "user");
+    let no_fid = json!({ "type": "REVIVE" });
+    assert_status(&c.post(&no_fid, None).await?, 400, "framework_id");
+    // 400: an unknown framework, a missing or wrong stream id, a stream id on SUBSCRIBE.
+    let unknown = json!({ "type": "REVIVE", "framework_id": { "value": "nope" } });
+    assert_status(&c.post(&unknown, Some("x")).await?, 400, "cannot be found");
+    assert_status(&c.post(&revive, None).await?, 400, "Mesos-Stream-Id");
+    let wrong = uuid::Uuid::new_v4().to_string();
+    assert_status(&c.post(&revive, Some(&wrong)).await?, 400, "does not match");
+    let resubscribe = subscribe_call(info("codes"));
+    assert_status(
+        &c.post(&resubscribe, Some(&sub.stream_id)).await?,
+        400,
+        "should not include",
+    );
+    let unknown_resubscribe = json!({
+        "type": "SUBSCRIBE",
+        "framework_id": { "value": "nope" },
+        "subscribe": { "framework_info": info("x") },
+    });
+    assert_status(&c.post(&unknown_resubscribe, None).await?, 400, "nope");
+    // 403: a framework the allocator knows whose stream is gone (it has a failover timeout).
+    let stream_id = sub.stream_id.clone();
+    drop(sub);
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = post(addr, &revive, Some(&stream_id)).await?;
+        if r.status == 403 {
+            assert!(r.text().contains("not subscribed"), "{}", r.text());
+            break;
+        }
+        assert_eq!(r.status, 202, "{}", r.text());
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped stream was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // GET /version, /health, /master/state.
+    let v: Value = serde_json::from_slice(&get(addr, "/version").await?.body)?;
+    assert_eq!(v["version"], "1.11.0");
+    assert_eq!(get(addr, "/health").await?.status, 200);
+    for path in ["/master/state", "/state"] {
+        let r = get(addr, path).await?;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let s: Value = serde_json::from_slice(&r.body)?;
+        assert_eq!(s["version"], "1.11.0");
+        assert_eq!(s["frameworks"][0]["name"], "codes");
+        assert!(s["slaves"].is_array());
+    }
+    allocator.shutdown().await?;
+
+    // 307 to the leader, and 503 without one.
+    let follower = Allocator::start(Leadership::Follower {
+        leader: "leader.example:5050".to_owned(),
+    })
+    .await?;
+    let r = post(follower.http, &subscribe_call(info("x")), None).await?;
+    assert_eq!(r.status, 307);
+    assert_eq!(
+        r.header("location"),
+        Some("//leader.example:5050/api/v1/scheduler")
+    );
+    let r = get(follower.http, "/master/state").await?;
+    assert_eq!(r.status, 307);
+    assert_eq!(
+        r.header("location"),
+        Some("//leader.example:5050/master/state")
+    );
+    follower.shutdown().await?;
+    let leaderless = Allocator::start(Leadership::NoLeader).await?;
+    let r = post(leaderless.http, &revive, Some("x")).await?;
+    assert_eq!(r.status, 503);
+    leaderless.shutdown().await
+}
+
+#[tokio::test]
+async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<()> {
+    let allocator = Allocator::start(Leadership::Leader).await?;
+    let addr = allocator.http;
+    let mut agent = FakeAgent::register(&allocator).await?;
+    let multi_role = json!({
+        "user": "root", "name": "launcher", "roles": ["eng"],
+        "capabilities": [{ "type": "MULTI_ROLE" }, { "type": "GPU_RESOURCES" }],
+    });
+    let mut sub = Subscription::open(addr, &subscribe_call(multi_role)).await?;
+    let offers = sub.next_of("OFFERS").await?;
+    let offer = offers["offers"]["offers"][0].clone();
+    assert_eq!(offer["agent_id"]["value"], agent.id.as_str());
+    assert_eq!(offer["hostname"], "fake-host");
+    assert_eq!(offer["allocation_info"]["role"], "eng");
+    let cpus = offer["resources"]
+        .as_array()
+        .context("resources")?
+        .iter()
+        .find(|r| r["name"] == "cpus")
+        .context("cpus offered")?
+        .clone();
+    assert_eq!(cpus["type"], "SCALAR");
+    assert_eq!(cpus["scalar"]["value"], 4.0);
+    assert_eq!(cpus["allocation_info"]["role"], "eng");
+
+    let task = json!({
+        "name": "t1", "task_id": { "value": "t1" }, "agent_id": offer["agent_id"],
+        "resources": [{ "name": "cpus", "type": "SCALAR", "scalar": { "value": 1.0 },
+                        "allocation_info": { "role": "eng" } }],
+        "command": { "value": "echo hi", "environment": { "variables": [{ "name": "A", "value": "1" }] } },
+        "health_check": { "type": "COMMAND" },
+    });
+    let accept = sub.call(
+        "ACCEPT",
+        "accept",
+        json!({
+            "offer_ids": [offer["id"]],
+            "operations": [{ "type": "LAUNCH", "launch": { "task_infos": [task] } }],
+            "filters": { "refuse_seconds": 0.1 },
+        }),
+    );
+    assert_status(&sub.post(addr, &accept).await?, 202, "");
+    let allocator_message::Message::LaunchTask(launch) = agent.next_launch_or_ack().await? else {
+        bail!("expected LaunchTask")
+    };
+    let launched = launch.task.context("task")?;
+    let command = launched.command.context("command")?;
+    assert!(command.shell);
+    assert_eq!(command.value, "echo hi");
+    assert_eq!(command.environment["A"], "1");
+
+    // An agent update: UPDATE with the uuid in base64; ACKNOWLEDGE reaches the agent.
+    agent
+        .update(&sub.framework_id, "t1", TaskState::Running)
+        .await?;
+    let update = sub.next_of("UPDATE").await?;
+    let status = &update["update"]["status"];
+    assert_eq!(status["state"], "TASK_RUNNING");
+    assert_eq!(status["task_id"]["value"], "t1");
+    assert_eq!(status["source"], "SOURCE_SLAVE");
+    let uuid = status["uuid"].as_str().context("uuid")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(uuid)?;
+    assert_eq!(bytes, (0u8..16).collect::<Vec<_>>());
+    let ack = sub.call(
+        "ACKNOWLEDGE",
+        "acknowledge",
+        json!({ "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid }),
+    );
+    assert_status(&sub.post(addr, &ack).await?, 202, "");
+    let allocator_message::Message::Acknowledge(a) = agent.next_launch_or_ack().await? else {
+        bail!("expected Acknowledge")
+    };
+    assert_eq!((a.task_id.as_str(), a.uuid), ("t1", bytes));
+
+    // /master/state shows the agent and the running task in Mesos' shape.
+    let state: Value = serde_json::from_slice(&get(addr, "/master/state").await?.body)?;
+    assert_eq!(state["slaves"][0]["id"], agent.id.as_str());
+    assert_eq!(state["slaves"][0]["resources"]["cpus"], 4.0);
+    let framework = &state["frameworks"][0];
+    assert_eq!(framework["id"], sub.framework_id.as_str());
+    assert_eq!(framework["roles"], json!(["eng"]));
+    assert_eq!(framework["tasks"][0]["id"], "t1");
+    assert_eq!(framework["tasks"][0]["state"], "TASK_RUNNING");
+    assert_eq!(framework["tasks"][0]["slave_id"], agent.id.as_str());
+
+    // A stale offer (already used): 202, then TASK_DROPPED through UPDATE.
+    let stale = sub.call(
+        "ACCEPT",
+        "accept",
+        json!({
+            "offer_ids": [offer["id"]],
+            "operations": [{ "type": "LAUNCH", "launch": { "task_infos": [{
+                "name": "t2", "task_id": { "value": "t2" }, "agent_id": offer["agent_id"],
+                "resources": [], "command": { "value": "true" } }] } }],
+        }),
+    );
+    assert_status(&sub.post(addr, &stale).await?, 202, "");
+    let update = sub.next_of("UPDATE").await?;
+    let status = &update["update"]["status"];
+    assert_eq!(status["task_id"]["value"], "t2");
+    assert_eq!(status["state"], "TASK_DROPPED");
+    assert_eq!(status["reason"], "REASON_INVALID_OFFERS");
+    assert!(status.get("uuid").is_none());
+
+    // A custom executor: 202, then TASK_ERROR (Strata runs command tasks only).
+    let offers = sub.next_of("OFFERS").await?;
+    let offer = offers["offers"]["offers"][0].clone();
+    let executor = sub.call(
+        "ACCEPT",
+        "accept",
+        json!({
+            "offer_ids": [offer["id"]],
+            "operations": [{ "type": "LAUNCH", "launch": { "task_infos": [{
+                "name": "x", "task_id": { "value": "x" }, "agent_id": offer["agent_id"],
+                "executor": { "executor_id": { "value": "e" } } }] } }],
+        }),
+    );
+    assert_status(&sub.post(addr, &executor).await?, 202, "");
+    let update = sub.next_of("UPDATE").await?;
+    assert_eq!(update["update"]["status"]["state"], "TASK_ERROR");
+    assert_eq!(update["update"]["status"]["task_id"]["value"], "x");
+
+    // An unknown task: KILL answers 202, then TASK_LOST.
+    let kill = sub.call("KILL", "kill", json!({ "task_id": { "value": "ghost" } }));
+    assert_status(&sub.post(addr, &kill).await?, 202, "");
+    let update = sub.next_of("UPDATE").await?;
+    assert_eq!(update["update"]["status"]["task_id"]["value"], "ghost");
+    assert_eq!(update["update"]["status"]["state"], "TASK_LOST");
+
+    // Reconciliation: explicit (a known and an unknown task), then implicit; no uuids.
+    let explicit = sub.call(
+        "RECONCILE",
+        "reconcile",
+        json!({ "tasks": [{ "task_id": { "value": "t1" } }, { "task_id": { "value": "ghost" } }] }),
+    );
+    assert_status(&sub.post(addr, &explicit).await?, 202, "");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let u = sub.next_of("UPDATE").await?;
+        let s = &u["update"]["status"];
+        assert_eq!(s["reason"], "REASON_RECONCILIATION");
+        assert!(s.get("uuid").is_none());
+        seen.push((
+            s["task_id"]["value"].as_str().unwrap_or("").to_owned(),
+            s["state"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("ghost".to_owned(), "TASK_LOST".to_owned()),
+            ("t1".to_owned(), "TASK_RUNNING".to_owned())
+        ]
+    );
+    let implicit = sub.call("RECONCILE", "reconcile", json!({ "tasks": [] }));
+    assert_status(&sub.post(addr, &implicit).await?, 202, "");
+    let u = sub.next_of("UPDATE").await?;
+    assert_eq!(u["update"]["status"]["task_id"]["value"], "t1");
+    assert_eq!(u["update"]["status"]["state"], "TASK_RUNNING");
+
+    // KILL of the running task reaches the agent with its grace period.
+    let kill = sub.call(
+        "KILL",
+        "kill",
+        json!({ "task_id": { "value": "t1" },
+                "kill_policy": { "grace_period": { "nanoseconds": 1500000000 } } }),
+    );
+    assert_status(&sub.post(addr, &kill).await?, 202, "");
+    let allocator_message::Message::KillTask(k) = agent.next_launch_or_ack().await? else {
+        bail!("expected KillTask")
+    };
+    assert_eq!(k.task_id, "t1");
+    assert_eq!(k.grace_period_seconds, Some(1.5));
+    allocator.shutdown().await
+}
+
+#[tokio::test]
+async fn decline_filter_then_revive_reoffers() -> Result<()> {
+    let allocator = Allocator::start(Leadership::Leader).await?;
+    let addr = allocator.http;
+    let _agent = FakeAgent::register(&allocator).await?;
+    let mut sub = Subscription::open(addr, &subscribe_call(info("decliner"))).await?;
+    let offers = sub.next_of("OFFERS").await?;
+    let ids: Vec<Value> = offers["offers"]["offers"]
+        .as_array()
+        .context("offers")?
+        .iter()
+        .map(|o| o["id"].clone())
+        .collect();
+    let decline = sub.call(
+        "DECLINE",
+        "decline",
+        json!({ "offer_ids": ids, "filters": { "refuse_seconds": 3600 } }),
+    );
+    assert_status(&sub.post(addr, &decline).await?, 202, "");
+    // Nothing is offered for a while (only heartbeats come)...
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), sub.next_of("OFFERS")).await;
+    assert!(quiet.is_err(), "offered despite the filter: {quiet:?}");
+    // ...until REVIVE.
+    let revive = sub.call("REVIVE", "", json!(null));
+    assert_status(&sub.post(addr, &revive).await?, 202, "");
+    sub.next_of("OFFERS").await?;
+    // SUPPRESS stops offers again (declined resources are filtered only 0.1 s).
+    let suppress = sub.call("SUPPRESS", "", json!(null));
+    assert_status(&sub.post(addr, &suppress).await?, 202, "");
+    allocator.shutdown().await
+}
+
+#[tokio::test]
+async fn resubscribes_with_its_framework_id_after_the_stream_drops() -> Result<()> {
+    let allocator = Allocator::start(Leadership::Leader).await?;
+    let addr = allocator.http;
+    let _agent = FakeAgent::register(&allocator).await?;
+    let mut sub = Subscription::open(addr, &subscribe_call(info("phoenix"))).await?;
+    sub.next_of("OFFERS").await?;
+    let (fid, old_stream) = (sub.framework_id.clone(), sub.stream_id.clone());
+    drop(sub);
+
+    let mut info = info("phoenix");
+    info["id"] = json!({ "value": fid });
+    let call = json!({
+        "type": "SUBSCRIBE",
+        "framework_id": { "value": fid },
+        "subscribe": { "framework_info": info },
+    });
+    let mut sub = Subscription::open(addr, &call).await?;
+    assert_eq!(sub.framework_id, fid);
+    assert_ne!(sub.stream_id, old_stream);
+    // Offers come on the new stream; the old stream id is refused.
+    sub.next_of("OFFERS").await?;
+    let revive = sub.call("REVIVE", "", json!(null));
+    assert_status(&post(addr, &revive, Some(&old_stream)).await?, 400, "");
+    assert_status(&sub.post(addr, &revive).await?, 202, "");
+
+    // Subscribing again while subscribed closes the older stream (it ends).
+    let mut newer = Subscription::open(addr, &call).await?;
+    let ended = async {
+        loop {
+            if let Err(e) = sub.next().await {
+                return e;
+            }
+        }
+    };
+    let why = bounded("the older stream to end", ended).await?;
+    assert!(
+        why.to_string().contains("ended") || why.to_string().contains("closed"),
+        "{why}"
+    );
+    newer.next_of("OFFERS").await?;
+
+    // TEARDOWN ends the stream and forgets the framework.
+    let teardown = newer.call("TEARDOWN", "", json!(null));
+    assert_status(&newer.post(addr, &teardown).await?, 202, "");
+    let ended = async {
+        loop {
+            if newer.next().await.is_err() {
+                return;
+            }
+        }
+    };
+    bounded("the torn-down stream to end", ended).await?;
+    let r = post(addr, &revive, Some(&newer.stream_id)).await?;
+    assert_status(&r, 400, "cannot be found");
+    allocator.shutdown().await
+}

@@ -1,0 +1,162 @@
+//! Mesos compatibility: pymesos (a third-party Mesos scheduler library from PyPI, installed
+//! unmodified by `cargo xtask setup` into target/mesos-venv) runs a real framework,
+//! cli/tests/mesos/pymesos_framework.py, against a real `strata local` through its Mesos v1
+//! scheduler HTTP API: 50 command tasks to TASK_FINISHED, a decline with a filter then
+//! REVIVE, implicit and explicit reconciliation, and a kill.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long `strata local` may take to print its banner.
+const START_WAIT: Duration = Duration::from_secs(30);
+/// How long the whole framework script may take.
+const SCRIPT_WAIT: Duration = Duration::from_secs(240);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ has a parent")
+        .to_path_buf()
+}
+
+fn venv_python() -> PathBuf {
+    let python = workspace().join("target/mesos-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs pymesos into target/mesos-venv)",
+        python.display()
+    );
+    python
+}
+
+/// Kills (SIGTERM, then SIGKILL after a while) and reaps a child on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pymesos_framework_runs_against_strata_local() {
+    let python = venv_python();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut local = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["local", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--cpus",
+            "2",
+            "--mem",
+            "2048",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("local"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("local.err")).expect("log file"))
+        .spawn()
+        .expect("strata local starts");
+    let stdout = local.stdout.take().expect("piped stdout");
+    let local = Reaped(local);
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                // Keep draining so `strata local` never blocks on a full pipe.
+                continue;
+            }
+        }
+    });
+    let deadline = Instant::now() + START_WAIT;
+    let mesos = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("strata local prints its Mesos HTTP API address within 30 s");
+        if let Some(url) = line
+            .split("Mesos scheduler HTTP API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            break url.to_owned();
+        }
+    };
+
+    let out_path = dir.path().join("framework.out");
+    let err_path = dir.path().join("framework.err");
+    let mut script = Command::new(&python)
+        .arg(workspace().join("cli/tests/mesos/pymesos_framework.py"))
+        .arg(&mesos)
+        .env("TASKS", "50")
+        .env("STEP", "60")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(std::fs::File::create(&out_path).expect("log file"))
+        .stderr(std::fs::File::create(&err_path).expect("log file"))
+        .spawn()
+        .expect("the framework script starts");
+    let deadline = Instant::now() + SCRIPT_WAIT;
+    let status = loop {
+        if let Some(status) = script.try_wait().expect("wait for the script") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = script.kill();
+            let _ = script.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    drop(local);
+    let local_err = std::fs::read_to_string(dir.path().join("local.err")).unwrap_or_default();
+    let report = format!(
+        "framework stdout:\n{out}\nframework stderr:\n{err}\nstrata local stderr (tail):\n{}",
+        tail(&local_err, 60)
+    );
+    let status = status
+        .unwrap_or_else(|| panic!("the framework did not finish in {SCRIPT_WAIT:?}\n{report}"));
+    assert!(
+        status.success(),
+        "the framework failed ({status})\n{report}"
+    );
+    for phase in [
+        "ok: subscribed as ",
+        "ok: 50 tasks finished",
+        "ok: declined with a one-hour filter and no offer came",
+        "ok: offered again",
+        "ok: long task running",
+        "ok: implicit reconciliation",
+        "ok: explicit reconciliation",
+        "ok: killed",
+        "ok: stopped",
+    ] {
+        assert!(out.contains(phase), "missing {phase:?}\n{report}");
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,633 @@
+//! `cargo xtask bench accounting`: what per-task accounting costs a real agent.
+//!
+//! A release `strata-allocator` and `strata-agent` (usage interval 1 s, eBPF on) run with the
+//! `skeleton_bench` framework launching idle tasks (`sleep`). The agent runs in a cgroup of the
+//! benchmark's own, below this process's cgroup, whose memory and pids limits are set before it
+//! starts, so its thousands of processes stay bounded. At 200 and then 1,000 running tasks it
+//! measures, over `--seconds` (at least 10):
+//!
+//! - the agent process's CPU (user + system from `/proc/<pid>/stat`, in % of one core) and its
+//!   resident memory (`VmRSS`);
+//! - the eBPF programs' own run time, from the kernel's BPF statistics (`kernel.bpf_stats_enabled`
+//!   is switched on for the run and restored; `run_time_ns` and `run_cnt` of each program the
+//!   agent holds, from `/proc/<pid>/fdinfo`), in % of one core and ns per run;
+//! - the precision of the eBPF on-CPU time against the kernel's cgroup CPU counters, both from
+//!   the agent's own `/usage` records.
+//!
+//! Targets (the issue's): under 1% of one core and under 50 MiB of RSS at 1,000 tasks.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::util;
+
+/// The counts of running tasks measured at, in order.
+const STEPS: [u32; 2] = [200, 1000];
+/// How long launching the tasks of one step may take.
+const LAUNCH_LIMIT: Duration = Duration::from_secs(900);
+/// The bench cgroup's limits: every process of the agent and its tasks is below it.
+const MEMORY_LIMIT: u64 = 12 << 30;
+const PIDS_LIMIT: u64 = 20_000;
+const SYSCTL_BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Runs the benchmark, measuring each step over `seconds`.
+pub fn accounting(seconds: u64) -> Result<()> {
+    ensure!(
+        seconds >= 10,
+        "--seconds must be at least 10 (got {seconds})"
+    );
+    ensure!(
+        Path::new("/proc/self/cgroup").is_file(),
+        "bench accounting needs Linux cgroups"
+    );
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "strata-allocator",
+        "--bin",
+        "strata-allocator",
+        "-p",
+        "strata-agent",
+        "--bin",
+        "strata-agent",
+        "-p",
+        "strata-framework",
+        "--example",
+        "skeleton_bench",
+    ]))?;
+    let bin = util::target_dir("release");
+    let work_dir = util::workspace_root()
+        .join("target")
+        .join("bench-accounting");
+    let _ = std::fs::remove_dir_all(&work_dir);
+    std::fs::create_dir_all(&work_dir)?;
+
+    let cgroup = BenchCgroup::create()?;
+    let stats = BpfStats::enable()?;
+    // Each step on a fresh allocator and agent (a framework that has launched all its tasks
+    // keeps the offers it is sent, so a second one would never get any).
+    let mut result = Ok(());
+    for target in STEPS {
+        let step_dir = work_dir.join(format!("tasks-{target}"));
+        result = run_step(&bin, &step_dir, &cgroup, target, seconds);
+        // The agent's own cgroups (its tasks already killed) go with `--remove-cgroups`, run
+        // from the bench cgroup so that it finds the same root.
+        let removed = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cgroup.exec_script())
+            .arg("strata-agent")
+            .arg(bin.join("strata-agent"))
+            .args(["--remove-cgroups", "--work-dir"])
+            .arg(step_dir.join("agent"))
+            .status();
+        if !removed.is_ok_and(|s| s.success()) {
+            eprintln!("bench accounting: warning: strata-agent --remove-cgroups failed");
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+    drop(stats);
+    drop(cgroup);
+    result
+}
+
+/// Kills (SIGKILL) the children it holds when dropped, last first.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        while let Some(mut child) = self.0.pop() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run_step(
+    bin: &Path,
+    work_dir: &Path,
+    cgroup: &BenchCgroup,
+    target: u32,
+    seconds: u64,
+) -> Result<()> {
+    std::fs::create_dir_all(work_dir)?;
+    let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let allocator_url = format!("http://{listen}");
+    let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let mut children = Children(Vec::new());
+    children.0.push(
+        Command::new(bin.join("strata-allocator"))
+            .args(["--listen", &listen, "--work-dir"])
+            .arg(work_dir.join("allocator"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start strata-allocator")?,
+    );
+    wait_for_port(&listen)?;
+    // The shell joins the bench cgroup, then becomes the agent.
+    let agent_log = std::fs::File::create(work_dir.join("agent.log"))?;
+    let mut agent = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cgroup.exec_script())
+        .arg("strata-agent")
+        .arg(bin.join("strata-agent"))
+        .args(["--allocator", &allocator_url, "--work-dir"])
+        .arg(work_dir.join("agent"))
+        .args(["--cpus", "16", "--mem", "40000", "--disk", "10000"])
+        .args(["--http-listen", &http, "--usage-interval", "1s"])
+        .arg("--kill-tasks-on-shutdown")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(agent_log)
+        .spawn()
+        .context("cannot start strata-agent")?;
+    let agent_pid = agent.id();
+    let outcome = (|| -> Result<()> {
+        wait_for_port(&http)?;
+        eprintln!("bench accounting: launching {target} idle tasks");
+        children.0.push(
+            Command::new(bin.join("examples").join("skeleton_bench"))
+                .args(["--allocator", &allocator_url])
+                .args(["--tasks", &target.to_string(), "--cmd", "exec sleep 100000"])
+                .args(["--cpus", "0.01", "--mem", "32"])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start the skeleton_bench framework")?,
+        );
+        let started = Instant::now();
+        wait_for_running(&http, target as usize)?;
+        eprintln!(
+            "bench accounting: {target} tasks running after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        // Let the launch burst settle: full usage passes over every task, then quiet ones.
+        sleep(Duration::from_secs(12));
+        let m = measure(agent_pid, &http, Duration::from_secs(seconds))?;
+        m.print(target, seconds);
+        Ok(())
+    })();
+    // SIGTERM: the agent kills its tasks (--kill-tasks-on-shutdown) and exits.
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent_pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline && matches!(agent.try_wait(), Ok(None)) {
+        sleep(Duration::from_millis(100));
+    }
+    if matches!(agent.try_wait(), Ok(None)) {
+        eprintln!("bench accounting: the agent did not stop in 180 s; killing it");
+        let _ = agent.kill();
+    }
+    let _ = agent.wait();
+    drop(children);
+    outcome
+}
+
+fn wait_for_port(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} 30 s after starting it"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `GET path` on `addr`: the body of a 200 answer.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: not an HTTP answer"))?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or_default()
+    );
+    Ok(body.to_owned())
+}
+
+/// The agent's usage records.
+fn usage(http: &str) -> Result<Vec<serde_json::Value>> {
+    let body = http_get(http, "/usage")?;
+    let json: serde_json::Value = serde_json::from_str(&body).context("/usage is not JSON")?;
+    Ok(json["tasks"].as_array().cloned().unwrap_or_default())
+}
+
+fn wait_for_running(http: &str, target: usize) -> Result<()> {
+    let deadline = Instant::now() + LAUNCH_LIMIT;
+    let mut last_report = Instant::now();
+    loop {
+        let running = usage(http)?.len();
+        if running >= target {
+            return Ok(());
+        }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            eprintln!("bench accounting: {running} of {target} tasks running");
+            last_report = Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("only {running} of {target} tasks were running after {LAUNCH_LIMIT:?}");
+        }
+        sleep(Duration::from_millis(500));
+    }
+}
+
+/// `RssAnon` and `RssFile` of a process, in bytes.
+fn rss_parts(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("RssAnon:") * 1024, kib("RssFile:") * 1024)
+}
+
+/// user + system clock ticks and VmRSS (bytes) of a process.
+fn process_cpu_and_rss(pid: u32) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("the agent (pid {pid}) is gone"))?;
+    let rest = stat
+        .rsplit_once(") ")
+        .context("unexpected /proc/PID/stat")?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok((ticks, rss_kib * 1024))
+}
+
+/// The clock ticks per second of /proc/PID/stat.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One eBPF program the agent holds: its id, run time and run count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProgStats {
+    id: u64,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// The eBPF programs held by a process, from its fds' fdinfo (one entry per program id).
+fn bpf_programs(pid: u32) -> Vec<ProgStats> {
+    let mut progs: Vec<ProgStats> = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return progs;
+    };
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        if !info.contains("prog_tag:") {
+            continue;
+        }
+        let field = |name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (Some(id), Some(run_time_ns), Some(run_cnt)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        else {
+            continue;
+        };
+        if progs.iter().all(|p| p.id != id) {
+            progs.push(ProgStats {
+                id,
+                run_time_ns,
+                run_cnt,
+            });
+        }
+    }
+    progs.sort_by_key(|p| p.id);
+    progs
+}
+
+/// A program's name from bpftool, if it is installed.
+fn prog_name(id: u64) -> String {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| {
+            let mut words = t.split_whitespace();
+            words.find(|w| *w == "name")?;
+            words.next().map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("prog {id}"))
+}
+
+/// What one step measured.
+#[derive(Debug)]
+struct Measurement {
+    seconds: f64,
+    agent_cpu_percent: f64,
+    agent_rss: u64,
+    agent_rss_max: u64,
+    /// RssAnon and RssFile at the end.
+    agent_rss_parts: (u64, u64),
+    /// (name, % of one core, ns per run, runs per second)
+    programs: Vec<(String, f64, f64, f64)>,
+    records: usize,
+    oncpu_total: f64,
+    cgroup_total: f64,
+    max_task_diff: f64,
+    collect_seconds: Option<f64>,
+}
+
+impl Measurement {
+    fn print(&self, tasks: u32, seconds: u64) {
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        println!(
+            "bench accounting: {tasks} running tasks, 1 s usage interval, measured over {seconds} s ({:.1} s)",
+            self.seconds
+        );
+        println!(
+            "  agent process: {:.3}% of one core; RSS {:.1} MiB ({:.1} anon + {:.1} file; max {:.1} MiB while measured){}",
+            self.agent_cpu_percent,
+            mib(self.agent_rss),
+            mib(self.agent_rss_parts.0),
+            mib(self.agent_rss_parts.1),
+            mib(self.agent_rss_max),
+            self.collect_seconds
+                .map(|s| format!("; last usage pass {:.1} ms", s * 1000.0))
+                .unwrap_or_default()
+        );
+        let bpf_total: f64 = self.programs.iter().map(|p| p.1).sum();
+        println!("  eBPF programs (kernel BPF stats): {bpf_total:.3}% of one core in all");
+        for (name, percent, ns_per_run, runs) in &self.programs {
+            println!(
+                "    {name:<24} {percent:.4}% of one core, {ns_per_run:.0} ns per run, {runs:.0} runs/s"
+            );
+        }
+        let error = (self.oncpu_total - self.cgroup_total).abs() / self.cgroup_total.max(1e-9);
+        println!(
+            "  precision over {} records: eBPF on-CPU {:.6} s vs cgroup CPU {:.6} s in all: {:.3}% apart; largest per-task difference {:.3} ms",
+            self.records,
+            self.oncpu_total,
+            self.cgroup_total,
+            error * 100.0,
+            self.max_task_diff * 1000.0
+        );
+        let target_met =
+            tasks < 1000 || (self.agent_cpu_percent < 1.0 && self.agent_rss < 50 << 20);
+        println!(
+            "  targets at 1,000 tasks (< 1% of one core, < 50 MiB RSS): {}",
+            if tasks < 1000 {
+                "n/a at this step"
+            } else if target_met {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
+}
+
+fn measure(agent: u32, http: &str, window: Duration) -> Result<Measurement> {
+    let ticks_per_second = clock_ticks();
+    let progs0 = bpf_programs(agent);
+    let (ticks0, _) = process_cpu_and_rss(agent)?;
+    let t0 = Instant::now();
+    let mut rss_max = 0;
+    while t0.elapsed() < window {
+        sleep(Duration::from_millis(500));
+        rss_max = rss_max.max(process_cpu_and_rss(agent)?.1);
+    }
+    let (ticks1, rss) = process_cpu_and_rss(agent)?;
+    let rss_parts = rss_parts(agent);
+    let progs1 = bpf_programs(agent);
+    let seconds = t0.elapsed().as_secs_f64();
+    let agent_cpu_percent = (ticks1 - ticks0) as f64 / ticks_per_second / seconds * 100.0;
+    let programs = progs1
+        .iter()
+        .filter_map(|p1| {
+            let p0 = progs0.iter().find(|p| p.id == p1.id)?;
+            let ns = p1.run_time_ns.saturating_sub(p0.run_time_ns) as f64;
+            let runs = p1.run_cnt.saturating_sub(p0.run_cnt) as f64;
+            Some((
+                prog_name(p1.id),
+                ns / 1e9 / seconds * 100.0,
+                if runs > 0.0 { ns / runs } else { 0.0 },
+                runs / seconds,
+            ))
+        })
+        .collect();
+    let records = usage(http)?;
+    let mut oncpu_total = 0.0;
+    let mut cgroup_total = 0.0;
+    let mut max_task_diff: f64 = 0.0;
+    for r in &records {
+        let cpu = &r["cpu"];
+        let (Some(oncpu), Some(user), Some(system)) = (
+            cpu["oncpu_seconds_total"].as_f64(),
+            cpu["user_seconds_total"].as_f64(),
+            cpu["system_seconds_total"].as_f64(),
+        ) else {
+            continue;
+        };
+        oncpu_total += oncpu;
+        cgroup_total += user + system;
+        max_task_diff = max_task_diff.max((oncpu - user - system).abs());
+    }
+    let collect_seconds = http_get(http, "/metrics").ok().and_then(|page| {
+        page.lines()
+            .find_map(|l| l.strip_prefix("strata_agent_usage_collect_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+    });
+    Ok(Measurement {
+        seconds,
+        agent_cpu_percent,
+        agent_rss: rss,
+        agent_rss_max: rss_max.max(rss),
+        agent_rss_parts: rss_parts,
+        programs,
+        records: records.len(),
+        oncpu_total,
+        cgroup_total,
+        max_task_diff,
+        collect_seconds,
+    })
+}
+
+/// `kernel.bpf_stats_enabled` on for the benchmark's life, restored when dropped.
+struct BpfStats {
+    before: String,
+}
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(SYSCTL_BPF_STATS).with_context(|| {
+            format!("reading {SYSCTL_BPF_STATS}: the kernel keeps no BPF stats")
+        })?;
+        std::fs::write(SYSCTL_BPF_STATS, "1")
+            .with_context(|| format!("writing 1 to {SYSCTL_BPF_STATS} (needs root)"))?;
+        Ok(Self {
+            before: before.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(SYSCTL_BPF_STATS, &self.before) {
+            eprintln!(
+                "bench accounting: warning: cannot restore {SYSCTL_BPF_STATS} to {}: {e}",
+                self.before
+            );
+        }
+    }
+}
+
+/// The benchmark's cgroup(s), below this process's own, with memory and pids limits; removed
+/// when dropped.
+struct BenchCgroup {
+    /// The `cgroup.procs` files a process writes its pid to, to join.
+    procs: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl BenchCgroup {
+    fn create() -> Result<Self> {
+        let name = format!("strata-bench-accounting-{}", std::process::id());
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let root = Path::new("/sys/fs/cgroup");
+        let under = |mount: &Path, path: &str| mount.join(path.trim_start_matches('/')).join(&name);
+        let mut dirs = Vec::new();
+        let mut limits: Vec<(PathBuf, String)> = Vec::new();
+        if root.join("cgroup.controllers").is_file() {
+            // Pure v2: one directory; the limits need the controllers enabled above it.
+            let path = own
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .context("no cgroup2 line in /proc/self/cgroup")?;
+            let parent = root.join(path.trim_start_matches('/'));
+            for c in ["+memory", "+pids"] {
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), c);
+            }
+            let dir = under(root, path);
+            limits.push((dir.join("memory.max"), MEMORY_LIMIT.to_string()));
+            limits.push((dir.join("pids.max"), PIDS_LIMIT.to_string()));
+            dirs.push(dir);
+        } else {
+            for (controller, file, value) in [
+                ("memory", "memory.limit_in_bytes", MEMORY_LIMIT),
+                ("pids", "pids.max", PIDS_LIMIT),
+            ] {
+                let path = own
+                    .lines()
+                    .find_map(|l| {
+                        let mut parts = l.splitn(3, ':');
+                        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                        controllers
+                            .split(',')
+                            .any(|c| c == controller)
+                            .then_some(path)
+                    })
+                    .with_context(|| format!("no v1 {controller} line in /proc/self/cgroup"))?;
+                let dir = under(&root.join(controller), path);
+                limits.push((dir.join(file), value.to_string()));
+                dirs.push(dir);
+            }
+        }
+        let cgroup = Self {
+            procs: dirs.iter().map(|d| d.join("cgroup.procs")).collect(),
+            dirs,
+        };
+        for dir in &cgroup.dirs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the bench cgroup {}", dir.display()))?;
+        }
+        for (file, value) in &limits {
+            std::fs::write(file, value).with_context(|| {
+                format!(
+                    "writing {value} to {}: the agent and its tasks would be unbounded",
+                    file.display()
+                )
+            })?;
+        }
+        eprintln!(
+            "bench accounting: agent and tasks bounded to {} GiB and {PIDS_LIMIT} processes in {}",
+            MEMORY_LIMIT >> 30,
+            cgroup
+                .dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(cgroup)
+    }
+
+    /// A `sh -c` script that joins the cgroup and then runs its arguments (`$0` is a name).
+    fn exec_script(&self) -> String {
+        let mut script = String::new();
+        for procs in &self.procs {
+            script.push_str(&format!("echo $$ > '{}' && ", procs.display()));
+        }
+        script.push_str("exec \"$@\"");
+        script
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() > deadline => {
+                        eprintln!(
+                            "bench accounting: warning: cannot remove {}: {e}",
+                            dir.display()
+                        );
+                        break;
+                    }
+                    Err(_) => sleep(Duration::from_millis(200)),
+                }
+            }
+        }
+    }
+}
