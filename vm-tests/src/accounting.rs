@@ -161,7 +161,7 @@ pub fn cpu_seconds_match_the_task_rusage(helper: &Path) -> Result<()> {
 
 /// The network namespace's count of retransmitted TCP segments (`Tcp: RetransSegs` in
 /// /proc/net/snmp).
-fn tcp_retransmitted_segments() -> Result<u64> {
+pub fn tcp_retransmitted_segments() -> Result<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let (names, values) = (
@@ -181,7 +181,7 @@ fn tcp_retransmitted_segments() -> Result<u64> {
 }
 
 /// The largest TCP segment on loopback (its MTU is 64 KiB).
-const LOOPBACK_SEGMENT: u64 = 64 << 10;
+pub const LOOPBACK_SEGMENT: u64 = 64 << 10;
 
 /// A task sends 4 MiB over TCP: tx bytes are the payload plus the IP and TCP headers.
 pub fn network_bytes_match_the_payload(helper: &Path) -> Result<()> {
