@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use strata_agent::http::usage_json;
 use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::{
     CpuUsage, GetUsageRequest, ListTasksRequest, MemoryUsage, NetworkUsage, Pressure, TaskState,
@@ -429,95 +429,10 @@ fn network_line(net: Option<&NetworkUsage>, rates: Option<(f64, f64)>) -> String
     )
 }
 
-fn pressure_json(p: Option<&Pressure>) -> Value {
-    p.map_or(Value::Null, |p| {
-        json!({
-            "some_avg10": p.some_avg10,
-            "some_seconds_total": p.some_seconds_total,
-            "full_avg10": p.full_avg10,
-            "full_seconds_total": p.full_seconds_total,
-        })
-    })
-}
-
-/// The record as JSON, keyed by the proto's field names (unset figures are null).
-pub fn usage_json(u: &TaskUsage) -> Value {
-    let cpu = u.cpu.as_ref().map_or(Value::Null, |c| {
-        json!({
-            "user_seconds_total": c.user_seconds_total,
-            "system_seconds_total": c.system_seconds_total,
-            "oncpu_seconds_total": c.oncpu_seconds_total,
-            "cores": c.cores,
-            "periods_total": c.periods_total,
-            "throttled_periods_total": c.throttled_periods_total,
-            "throttled_seconds_total": c.throttled_seconds_total,
-            "request_cores": c.request_cores,
-            "limit_cores": c.limit_cores,
-            "run_queue": c.run_queue.as_ref().map_or(Value::Null, |r| json!({
-                "count": r.count,
-                "p50_seconds": r.p50_seconds,
-                "p99_seconds": r.p99_seconds,
-                "max_seconds": r.max_seconds,
-                "log2_ns_buckets_total": r.log2_ns_buckets_total,
-                "sum_seconds_total": r.sum_seconds_total,
-            })),
-        })
-    });
-    let memory = u.memory.as_ref().map_or(Value::Null, |m| {
-        json!({
-            "current_bytes": m.current_bytes,
-            "peak_bytes": m.peak_bytes,
-            "anon_bytes": m.anon_bytes,
-            "file_bytes": m.file_bytes,
-            "kernel_bytes": m.kernel_bytes,
-            "limit_bytes": m.limit_bytes,
-            "high_bytes": m.high_bytes,
-            "oom_events_total": m.oom_events_total,
-            "oom_kill_events_total": m.oom_kill_events_total,
-            "high_events_total": m.high_events_total,
-        })
-    });
-    let io: Vec<Value> =
-        u.io.iter()
-            .map(|d| {
-                json!({
-                    "device": d.device,
-                    "read_bytes_total": d.read_bytes_total,
-                    "write_bytes_total": d.write_bytes_total,
-                    "read_ops_total": d.read_ops_total,
-                    "write_ops_total": d.write_ops_total,
-                })
-            })
-            .collect();
-    json!({
-        "task_id": u.task_id,
-        "framework_id": u.framework_id,
-        "agent_id": u.agent_id,
-        "role": u.role,
-        "timestamp": u.timestamp,
-        "interval_seconds": u.interval_seconds,
-        "cpu": cpu,
-        "memory": memory,
-        "pids": u.pids.as_ref().map_or(Value::Null, |p| json!({
-            "current": p.current,
-            "limit": p.limit,
-        })),
-        "io": io,
-        "network": u.network.as_ref().map_or(Value::Null, |n| json!({
-            "rx_bytes_total": n.rx_bytes_total,
-            "tx_bytes_total": n.tx_bytes_total,
-            "rx_packets_total": n.rx_packets_total,
-            "tx_packets_total": n.tx_packets_total,
-        })),
-        "cpu_pressure": pressure_json(u.cpu_pressure.as_ref()),
-        "memory_pressure": pressure_json(u.memory_pressure.as_ref()),
-        "io_pressure": pressure_json(u.io_pressure.as_ref()),
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use strata_proto::{IoDeviceUsage, PidsUsage, RunQueueLatency};
 
     const MIB: u64 = 1024 * 1024;
