@@ -167,7 +167,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("strata-allocator listening on {addr}");
     let _ = std::io::stdout().flush();
     let metrics = Metrics::new();
-    if let Some(listener) = bind_metrics(args.metrics_listen.as_deref()).await? {
+    if let Some(listener) = bind_optional(
+        args.metrics_listen.as_deref(),
+        DEFAULT_METRICS_LISTEN,
+        "metrics",
+        "--metrics-listen",
+    )
+    .await?
+    {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) =
@@ -201,31 +208,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     strata_allocator::serve_with_http(listener, config, store, metrics, http, shutdown_signal())
         .await?;
     Ok(())
-}
-
-/// The metrics listener: `--metrics-listen` must bind (unless `none`); the default is skipped
-/// with a warning when taken (another allocator or exporter on this host).
-async fn bind_metrics(flag: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
-    match flag {
-        Some("none") => Ok(None),
-        Some(addr) => TcpListener::bind(addr).await.map(Some).with_context(|| {
-            format!(
-                "cannot listen for metrics on {addr}: pass --metrics-listen a free HOST:PORT, \
-                 or `none` for no metrics server"
-            )
-        }),
-        None => match TcpListener::bind(DEFAULT_METRICS_LISTEN).await {
-            Ok(listener) => Ok(Some(listener)),
-            Err(e) => {
-                tracing::warn!(
-                    addr = DEFAULT_METRICS_LISTEN,
-                    error = %e,
-                    "no metrics server: the default address is not free; pass --metrics-listen"
-                );
-                Ok(None)
-            }
-        },
-    }
 }
 
 /// A listener for an optional server: `flag` must bind (unless `none`); the default is
