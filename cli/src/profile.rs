@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use strata_proto::{ListAgentsRequest, ListTasksRequest, TaskState, TaskSummary};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::operator::{client, rpc_error};
 
@@ -158,77 +157,24 @@ fn encode(value: &str) -> String {
 
 /// `GET path` from `endpoint` (`host:port`) over HTTP/1.1: the status and the body.
 async fn http_get(endpoint: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(endpoint)
+    use http_body_util::BodyExt as _;
+    let uri: hyper::Uri = format!("http://{endpoint}{path}")
+        .parse()
+        .with_context(|| format!("the agent's endpoint {endpoint:?} is not HOST:PORT"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let response = client
+        .get(uri)
         .await
-        .with_context(|| format!("cannot connect to the agent at {endpoint}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
+        .with_context(|| format!("cannot get an answer from the agent at {endpoint}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
         .await
-        .with_context(|| format!("cannot send the request to the agent at {endpoint}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .with_context(|| format!("cannot read the agent's answer from {endpoint}"))?;
-    parse_response(&response).with_context(|| format!("the agent at {endpoint} answered"))
-}
-
-/// Splits an HTTP/1.1 response into its status and body (content-length, chunked or
-/// until-close bodies).
-fn parse_response(response: &[u8]) -> anyhow::Result<(u16, String)> {
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("an incomplete HTTP response (no end of headers)")?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let mut body = &response[split + 4..];
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .context("an HTTP response without a status")?;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length")
-            && let Ok(n) = value.parse::<usize>()
-        {
-            body = &body[..n.min(body.len())];
-        }
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
+        .with_context(|| format!("cannot read the agent's answer from {endpoint}"))?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("a chunked body without a chunk size line")?;
-        let size_text = String::from_utf8_lossy(&data[..end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .with_context(|| format!("a bad chunk size {size_text:?}"))?;
-        data = &data[end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = data.get(..size).context("a chunked body cut short")?;
-        out.extend_from_slice(chunk);
-        data = data.get(size + 2..).unwrap_or_default();
-    }
 }
 
 /// Writes `DIR/TASK.folded` and, when there are samples, `DIR/TASK.svg`; returns the paths.
@@ -339,16 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn responses_are_parsed_with_length_or_chunks() {
-        let plain = b"HTTP/1.1 409 Conflict\r\ncontent-length: 5\r\n\r\nhello and more";
-        assert_eq!(parse_response(plain).unwrap(), (409, "hello".to_owned()));
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\na;b \r\n3\r\n12\n\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).unwrap(),
-            (200, "a;b 12\n".to_owned())
-        );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    fn query_values_are_percent_encoded() {
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 
