@@ -966,25 +966,32 @@ async fn an_unacknowledged_update_is_resent_with_its_uuid_after_an_agent_restart
     h.stop_agent().await
 }
 
-/// `GET path` on `endpoint` (`host:port`): the status and the body.
+/// `GET path` on `endpoint` (`host:port`) through hyper's HTTP/1.1 client: the status and the
+/// body.
 async fn http_get(endpoint: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(endpoint))
+    use http_body_util::BodyExt as _;
+    let uri: hyper::Uri = format!("http://{endpoint}{path}")
+        .parse()
+        .with_context(|| format!("the agent's endpoint {endpoint:?} is not HOST:PORT"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let get = async {
+        let response = client
+            .get(uri)
+            .await
+            .with_context(|| format!("GET {path} on the agent at {endpoint}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("reading the answer to GET {path} from {endpoint}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8(body.to_vec())?))
+    };
+    tokio::time::timeout(STEP, get)
         .await
-        .context("connecting to the agent's HTTP server timed out")??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(STEP, stream.read_to_string(&mut response))
-        .await
-        .context("the agent's HTTP answer timed out")??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-    Ok((status, body.unwrap_or_default()))
+        .with_context(|| format!("GET {path} on the agent at {endpoint} timed out"))?
 }
 
 /// user + system CPU seconds of `task` on the agent's /metrics page.

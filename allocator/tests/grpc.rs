@@ -2,106 +2,35 @@
 //! AgentService over a real channel), framework streams and operator calls. Every wait is
 //! bounded by a timeout so a bug fails a test instead of hanging it.
 
-use std::future::Future;
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use strata_allocator::{AllocatorConfig, ServeError, serve};
+use anyhow::{Context as _, Result, bail};
+use common::{Allocator, FakeAgent, Framework, agent_msg, bounded, task};
 use strata_proto::agent_service_client::AgentServiceClient;
-use strata_proto::names::{CPUS, MEM, PORTS};
+use strata_proto::names::{CPUS, MEM};
 use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::scheduler_service_client::SchedulerServiceClient;
 use strata_proto::{
-    AgentInfo, AgentMessage, AgentState, AgentSummary, AllocatorMessage, Call, CommandInfo, Event,
-    Filters, FrameworkCapability, FrameworkInfo, FrameworkSummary, GetStateRequest,
-    GetStateResponse, ListAgentsRequest, ListFrameworksRequest, ListTasksRequest, Offer, Operation,
-    Resource, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, TaskSummary, agent_message,
-    allocator_message, call, event, operation,
+    AgentInfo, AgentState, AgentSummary, Call, FrameworkCapability, FrameworkInfo,
+    FrameworkSummary, GetStateRequest, GetStateResponse, ListAgentsRequest, ListFrameworksRequest,
+    ListTasksRequest, Resource, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus,
+    TaskSummary, agent_message, allocator_message, call, event,
 };
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Streaming};
-
-/// The longest any single step may take.
-const STEP: Duration = Duration::from_secs(10);
-
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .map_err(|_| anyhow!("timed out after {STEP:?} waiting for {what}"))
-}
-
-fn fast_config() -> AllocatorConfig {
-    AllocatorConfig {
-        agent_heartbeat_interval: Duration::from_secs(1),
-        agent_timeout: Duration::from_secs(30),
-        agent_reconnect_timeout: Duration::from_millis(200),
-        framework_heartbeat_interval: Duration::from_secs(30),
-        allocation_interval: Duration::from_millis(50),
-        default_refuse: Duration::from_secs(5),
-        terminal_task_history: 100,
-        offer_timeout: None,
-    }
-}
-
-/// A running allocator on an ephemeral port.
-struct Allocator {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), ServeError>>>,
-}
-
-impl Allocator {
-    async fn start(config: AllocatorConfig) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            server: Some(server),
-        })
-    }
-
-    async fn channel(&self) -> Result<Channel> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))?;
-        Ok(bounded("connect", endpoint.connect()).await??)
-    }
-
-    async fn operator(&self) -> Result<Operator> {
-        Ok(Operator(OperatorServiceClient::new(self.channel().await?)))
-    }
-
-    /// Stops the allocator and waits for `serve` to return.
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let server = self.server.take().context("already stopped")?;
-        bounded("serve to return", server).await???;
-        Ok(())
-    }
-}
-
-impl Drop for Allocator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+use tonic::Code;
+use tonic::transport::Channel;
 
 /// OperatorService calls, each bounded.
 struct Operator(OperatorServiceClient<Channel>);
 
 impl Operator {
+    async fn connect(allocator: &Allocator) -> Result<Self> {
+        Ok(Self(OperatorServiceClient::new(allocator.channel().await?)))
+    }
+
     async fn agents(&mut self) -> Result<Vec<AgentSummary>> {
         let response = bounded("ListAgents", self.0.list_agents(ListAgentsRequest {})).await??;
         Ok(response.into_inner().agents)
@@ -126,232 +55,6 @@ impl Operator {
     }
 }
 
-/// This test acting as an agent over a real Connect stream.
-struct FakeAgent {
-    tx: Option<mpsc::Sender<AgentMessage>>,
-    rx: Streaming<AllocatorMessage>,
-    id: String,
-}
-
-fn agent_msg(message: agent_message::Message) -> AgentMessage {
-    AgentMessage {
-        message: Some(message),
-    }
-}
-
-impl FakeAgent {
-    /// Opens the stream first, then registers (the allocator must not wait for Register
-    /// before answering the call).
-    async fn register(allocator: &Allocator, id: &str, cpus: f64, mem: f64) -> Result<Self> {
-        let mut client = AgentServiceClient::new(allocator.channel().await?);
-        let (tx, rx) = mpsc::channel(64);
-        let response = bounded("Connect", client.connect(ReceiverStream::new(rx))).await??;
-        let mut agent = Self {
-            tx: Some(tx),
-            rx: response.into_inner(),
-            id: String::new(),
-        };
-        agent
-            .send(agent_message::Message::Register(agent_message::Register {
-                info: Some(AgentInfo {
-                    id: id.to_owned(),
-                    hostname: "fake-host".to_owned(),
-                    resources: vec![
-                        Resource::scalar(CPUS, cpus),
-                        Resource::scalar(MEM, mem),
-                        Resource::ranges(PORTS, [(31000, 31099)]),
-                    ],
-                    ..AgentInfo::default()
-                }),
-                tasks: vec![],
-            }))
-            .await?;
-        match agent.next().await? {
-            allocator_message::Message::Registered(r) => {
-                assert!(!r.agent_id.is_empty());
-                assert_eq!(r.heartbeat_interval_seconds, 1.0);
-                agent.id = r.agent_id;
-            }
-            other => bail!("expected Registered, got {other:?}"),
-        }
-        Ok(agent)
-    }
-
-    async fn send(&self, message: agent_message::Message) -> Result<()> {
-        let tx = self.tx.as_ref().context("agent stream closed")?;
-        bounded("agent send", tx.send(agent_msg(message)))
-            .await?
-            .map_err(|_| anyhow!("agent stream closed"))
-    }
-
-    async fn next(&mut self) -> Result<allocator_message::Message> {
-        let msg = bounded("an allocator message", self.rx.message())
-            .await??
-            .context("allocator ended the agent stream")?;
-        msg.message.context("empty allocator message")
-    }
-
-    async fn update(
-        &self,
-        framework_id: &str,
-        task_id: &str,
-        state: TaskState,
-        uuid: u8,
-    ) -> Result<()> {
-        self.send(agent_message::Message::StatusUpdate(
-            agent_message::StatusUpdate {
-                status: Some(TaskStatus {
-                    task_id: task_id.to_owned(),
-                    framework_id: framework_id.to_owned(),
-                    agent_id: self.id.clone(),
-                    state: state as i32,
-                    source: TaskSource::Agent as i32,
-                    uuid: vec![uuid; 16],
-                    exit_code: state.is_terminal().then_some(0),
-                    ..TaskStatus::default()
-                }),
-            },
-        ))
-        .await
-    }
-}
-
-/// A framework over a real Subscribe stream.
-struct Framework {
-    tx: mpsc::Sender<Call>,
-    rx: Streaming<Event>,
-    id: String,
-}
-
-impl Framework {
-    async fn open(
-        allocator: &Allocator,
-        info: FrameworkInfo,
-    ) -> Result<(mpsc::Sender<Call>, Streaming<Event>)> {
-        let mut client = SchedulerServiceClient::new(allocator.channel().await?);
-        let (tx, rx) = mpsc::channel(64);
-        let subscribe = Call {
-            framework_id: String::new(),
-            call: Some(call::Call::Subscribe(call::Subscribe {
-                framework_info: Some(info),
-            })),
-        };
-        bounded("queueing SUBSCRIBE", tx.send(subscribe)).await??;
-        let response = bounded("Subscribe", client.subscribe(ReceiverStream::new(rx))).await??;
-        Ok((tx, response.into_inner()))
-    }
-
-    async fn subscribe(allocator: &Allocator, info: FrameworkInfo) -> Result<Self> {
-        let (tx, rx) = Self::open(allocator, info).await?;
-        let mut fw = Self {
-            tx,
-            rx,
-            id: String::new(),
-        };
-        match fw.next().await? {
-            event::Event::Subscribed(s) => fw.id = s.framework_id,
-            other => bail!("expected SUBSCRIBED, got {other:?}"),
-        }
-        Ok(fw)
-    }
-
-    async fn named(allocator: &Allocator, name: &str) -> Result<Self> {
-        Self::subscribe(
-            allocator,
-            FrameworkInfo {
-                name: name.to_owned(),
-                ..FrameworkInfo::default()
-            },
-        )
-        .await
-    }
-
-    /// The next event other than HEARTBEAT.
-    async fn next(&mut self) -> Result<event::Event> {
-        loop {
-            let event = bounded("an event", self.rx.message())
-                .await??
-                .context("allocator ended the framework stream")?;
-            match event.event.context("empty event")? {
-                event::Event::Heartbeat(_) => continue,
-                other => return Ok(other),
-            }
-        }
-    }
-
-    /// The next event `pick` accepts, skipping the others.
-    async fn wait_for<T>(
-        &mut self,
-        what: &str,
-        mut pick: impl FnMut(event::Event) -> Option<T>,
-    ) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let event = tokio::time::timeout_at(deadline, self.next())
-                .await
-                .map_err(|_| anyhow!("timed out waiting for {what}"))??;
-            if let Some(found) = pick(event) {
-                return Ok(found);
-            }
-        }
-    }
-
-    async fn offer(&mut self) -> Result<Offer> {
-        self.wait_for("an offer", |e| match e {
-            event::Event::Offers(o) => o.offers.into_iter().next(),
-            _ => None,
-        })
-        .await
-    }
-
-    async fn update(&mut self) -> Result<TaskStatus> {
-        self.wait_for("an update", |e| match e {
-            event::Event::Update(u) => u.status,
-            _ => None,
-        })
-        .await
-    }
-
-    async fn call(&self, c: call::Call) -> Result<()> {
-        bounded(
-            "framework send",
-            self.tx.send(Call {
-                framework_id: self.id.clone(),
-                call: Some(c),
-            }),
-        )
-        .await??;
-        Ok(())
-    }
-
-    async fn launch(&self, offer: &Offer, tasks: Vec<TaskInfo>) -> Result<()> {
-        self.call(call::Call::Accept(call::Accept {
-            offer_ids: vec![offer.id.clone()],
-            operations: vec![Operation {
-                operation: Some(operation::Operation::Launch(operation::Launch { tasks })),
-            }],
-            filters: Some(Filters {
-                refuse_seconds: Some(0.0),
-            }),
-        }))
-        .await
-    }
-}
-
-fn task(id: &str, cpus: f64, mem: f64) -> TaskInfo {
-    TaskInfo {
-        task_id: id.to_owned(),
-        name: id.to_owned(),
-        resources: vec![Resource::scalar(CPUS, cpus), Resource::scalar(MEM, mem)],
-        command: Some(CommandInfo {
-            shell: true,
-            value: "sleep 1".to_owned(),
-            ..CommandInfo::default()
-        }),
-        ..TaskInfo::default()
-    }
-}
-
 async fn launch_task(agent: &mut FakeAgent, fw: &mut Framework, id: &str) -> Result<TaskInfo> {
     let offer = fw.offer().await?;
     assert_eq!(offer.agent_id, agent.id);
@@ -369,8 +72,8 @@ async fn launch_task(agent: &mut FakeAgent, fw: &mut Framework, id: &str) -> Res
 
 #[tokio::test]
 async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
-    let mut agent = FakeAgent::register(&allocator, "", 2.0, 1024.0).await?;
+    let allocator = Allocator::start().await?;
+    let mut agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut fw = Framework::named(&allocator, "lifecycle").await?;
 
     // A launch larger than the offer is refused with TASK_ERROR and changes nothing.
@@ -404,7 +107,7 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
     );
 
     // The operator sees the agent, the framework and the staging task.
-    let mut op = allocator.operator().await?;
+    let mut op = Operator::connect(&allocator).await?;
     let agents = op.agents().await?;
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].id, agent.id);
@@ -423,7 +126,7 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
         (TaskState::Running, 2),
         (TaskState::Finished, 3),
     ] {
-        agent.update(&fw.id, "t1", state, uuid).await?;
+        agent.update(&fw.id, "t1", state, &[uuid; 16]).await?;
         let status = fw.update().await?;
         assert_eq!(status.task_id, "t1");
         assert_eq!(status.state(), state);
@@ -483,8 +186,8 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
 #[tokio::test]
 async fn a_dropped_agent_stream_reports_its_tasks_lost_or_unreachable() -> Result<()> {
     for (partition_aware, expected) in [(false, TaskState::Lost), (true, TaskState::Unreachable)] {
-        let allocator = Allocator::start(fast_config()).await?;
-        let mut agent = FakeAgent::register(&allocator, "", 2.0, 1024.0).await?;
+        let allocator = Allocator::start().await?;
+        let mut agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
         let capabilities = if partition_aware {
             vec![FrameworkCapability::PartitionAware as i32]
         } else {
@@ -500,7 +203,9 @@ async fn a_dropped_agent_stream_reports_its_tasks_lost_or_unreachable() -> Resul
         )
         .await?;
         launch_task(&mut agent, &mut fw, "t1").await?;
-        agent.update(&fw.id, "t1", TaskState::Running, 1).await?;
+        agent
+            .update(&fw.id, "t1", TaskState::Running, &[1; 16])
+            .await?;
         assert_eq!(fw.update().await?.state(), TaskState::Running);
         let agent_id = agent.id.clone();
         drop(agent);
@@ -528,7 +233,7 @@ async fn a_dropped_agent_stream_reports_its_tasks_lost_or_unreachable() -> Resul
             })
             .await?;
         }
-        let mut op = allocator.operator().await?;
+        let mut op = Operator::connect(&allocator).await?;
         let agents = op.agents().await?;
         assert_eq!(agents[0].state(), AgentState::Unreachable);
         allocator.shutdown().await?;
@@ -538,8 +243,8 @@ async fn a_dropped_agent_stream_reports_its_tasks_lost_or_unreachable() -> Resul
 
 #[tokio::test]
 async fn a_dropped_framework_stream_frees_its_offers() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
-    let agent = FakeAgent::register(&allocator, "", 2.0, 1024.0).await?;
+    let allocator = Allocator::start().await?;
+    let agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut first = Framework::named(&allocator, "first").await?;
     let offer = first.offer().await?;
     assert_eq!(offer.agent_id, agent.id);
@@ -555,7 +260,7 @@ async fn a_dropped_framework_stream_frees_its_offers() -> Result<()> {
     assert_eq!(offer.agent_id, agent.id);
     assert_eq!(strata_proto::scalar_sum(&offer.resources, CPUS), 2.0);
     // failover_timeout 0: the first framework is gone from the state.
-    let mut op = allocator.operator().await?;
+    let mut op = Operator::connect(&allocator).await?;
     let names: Vec<String> = op.frameworks().await?.into_iter().map(|f| f.name).collect();
     assert_eq!(names, vec!["second".to_owned()]);
     allocator.shutdown().await
@@ -563,8 +268,8 @@ async fn a_dropped_framework_stream_frees_its_offers() -> Result<()> {
 
 #[tokio::test]
 async fn an_outstanding_offer_is_rescinded_when_its_agent_goes() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
-    let agent = FakeAgent::register(&allocator, "", 2.0, 1024.0).await?;
+    let allocator = Allocator::start().await?;
+    let agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut fw = Framework::named(&allocator, "one").await?;
     let offer = fw.offer().await?;
     drop(agent);
@@ -585,7 +290,7 @@ async fn an_outstanding_offer_is_rescinded_when_its_agent_goes() -> Result<()> {
 
 #[tokio::test]
 async fn an_unknown_framework_id_is_refused_with_not_found() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
+    let allocator = Allocator::start().await?;
     let (_tx, mut rx) = Framework::open(
         &allocator,
         FrameworkInfo {
@@ -602,14 +307,14 @@ async fn an_unknown_framework_id_is_refused_with_not_found() -> Result<()> {
         status.message(),
         "unknown framework id no-such-framework: subscribe without an id to register a new framework"
     );
-    let mut op = allocator.operator().await?;
+    let mut op = Operator::connect(&allocator).await?;
     assert!(op.frameworks().await?.is_empty());
     allocator.shutdown().await
 }
 
 #[tokio::test]
 async fn the_first_call_must_be_subscribe() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
+    let allocator = Allocator::start().await?;
     let mut client = SchedulerServiceClient::new(allocator.channel().await?);
     let (tx, rx) = mpsc::channel(4);
     let revive = Call {
@@ -629,8 +334,8 @@ async fn the_first_call_must_be_subscribe() -> Result<()> {
 
 #[tokio::test]
 async fn a_framework_resubscribes_with_its_id_and_keeps_its_tasks() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
-    let mut agent = FakeAgent::register(&allocator, "", 2.0, 1024.0).await?;
+    let allocator = Allocator::start().await?;
+    let mut agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut fw = Framework::subscribe(
         &allocator,
         FrameworkInfo {
@@ -655,10 +360,12 @@ async fn a_framework_resubscribes_with_its_id_and_keeps_its_tasks() -> Result<()
     .await?;
     assert_eq!(again.id, id);
     // Updates reach the new stream; the task was never killed.
-    agent.update(&id, "t1", TaskState::Running, 5).await?;
+    agent
+        .update(&id, "t1", TaskState::Running, &[5; 16])
+        .await?;
     let status = again.update().await?;
     assert_eq!(status.state(), TaskState::Running);
-    let mut op = allocator.operator().await?;
+    let mut op = Operator::connect(&allocator).await?;
     let tasks = op.tasks(ListTasksRequest::default()).await?;
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].state(), TaskState::Running);
@@ -667,8 +374,8 @@ async fn a_framework_resubscribes_with_its_id_and_keeps_its_tasks() -> Result<()
 
 #[tokio::test]
 async fn shutdown_ends_open_streams_and_serve_returns() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
-    let mut agent = FakeAgent::register(&allocator, "", 1.0, 128.0).await?;
+    let allocator = Allocator::start().await?;
+    let mut agent = FakeAgent::register(&allocator, 1.0, 128.0).await?;
     let mut fw = Framework::named(&allocator, "one").await?;
     fw.offer().await?;
     allocator.shutdown().await?;
@@ -682,8 +389,8 @@ async fn shutdown_ends_open_streams_and_serve_returns() -> Result<()> {
 
 #[tokio::test]
 async fn an_agent_reregistering_with_its_tasks_brings_them_back() -> Result<()> {
-    let allocator = Allocator::start(fast_config()).await?;
-    let mut agent = FakeAgent::register(&allocator, "", 2.0, 1024.0).await?;
+    let allocator = Allocator::start().await?;
+    let mut agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut fw = Framework::subscribe(
         &allocator,
         FrameworkInfo {
@@ -694,7 +401,9 @@ async fn an_agent_reregistering_with_its_tasks_brings_them_back() -> Result<()> 
     )
     .await?;
     let info = launch_task(&mut agent, &mut fw, "t1").await?;
-    agent.update(&fw.id, "t1", TaskState::Running, 1).await?;
+    agent
+        .update(&fw.id, "t1", TaskState::Running, &[1; 16])
+        .await?;
     assert_eq!(fw.update().await?.state(), TaskState::Running);
     let agent_id = agent.id.clone();
     drop(agent);
@@ -749,12 +458,12 @@ async fn operator_calls_steer_roles_quota_reservations_and_agents() -> Result<()
         ListRolesRequest, QuotaInfo, ReactivateAgentRequest, ReserveRequest, SetQuotaRequest,
         SetWeightsRequest, TeardownFrameworkRequest, WatchRequest,
     };
-    let allocator = Allocator::start(fast_config()).await?;
+    let allocator = Allocator::start().await?;
     let mut op = OperatorServiceClient::new(allocator.channel().await?);
     let mut watch = bounded("Watch", op.watch(WatchRequest {}))
         .await??
         .into_inner();
-    let agent = FakeAgent::register(&allocator, "", 4.0, 1024.0).await?;
+    let agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
 
     // Weights and quota, read back through ListRoles and GetQuota.
     bounded(

@@ -6,196 +6,20 @@
 //! and records read back through reads of a few bytes, split anywhere. Every wait is
 //! bounded.
 
-use std::future::Future;
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
+use common::{Allocator, FakeAgent, STEP, bounded};
 use serde_json::{Value, json};
+use strata_allocator::mesos::Leadership;
 use strata_allocator::mesos::recordio::Decoder;
-use strata_allocator::mesos::{HttpApi, Leadership};
-use strata_allocator::store::MemoryStore;
-use strata_allocator::{AllocatorConfig, Metrics, ServeError, serve_with_http};
-use strata_proto::agent_service_client::AgentServiceClient;
-use strata_proto::names::{CPUS, MEM};
-use strata_proto::{
-    AgentInfo, AgentMessage, AllocatorMessage, Resource, TaskSource, TaskState, TaskStatus,
-    agent_message, allocator_message,
-};
+use strata_proto::{TaskState, allocator_message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use tonic::transport::Endpoint;
-
-/// The longest any single step may take.
-const STEP: Duration = Duration::from_secs(10);
-
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .map_err(|_| anyhow!("timed out after {STEP:?} waiting for {what}"))
-}
-
-fn config() -> AllocatorConfig {
-    AllocatorConfig {
-        agent_heartbeat_interval: Duration::from_secs(1),
-        agent_timeout: Duration::from_secs(30),
-        agent_reconnect_timeout: Duration::from_millis(200),
-        framework_heartbeat_interval: Duration::from_secs(1),
-        allocation_interval: Duration::from_millis(50),
-        // Short, so that a quiet spell after DECLINE proves the call's own filter.
-        default_refuse: Duration::from_millis(200),
-        terminal_task_history: 100,
-        offer_timeout: None,
-    }
-}
-
-/// A running allocator with its gRPC and Mesos HTTP listeners on ephemeral ports.
-struct Allocator {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), ServeError>>>,
-}
-
-impl Allocator {
-    async fn start(leadership: Leadership) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let grpc = listener.local_addr()?;
-        let http_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let http = http_listener.local_addr()?;
-        let api = HttpApi {
-            leadership,
-            ..HttpApi::new(http_listener)
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with_http(
-            listener,
-            config(),
-            Box::new(MemoryStore::default()),
-            Metrics::new(),
-            Some(api),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok(Self {
-            grpc,
-            http,
-            stop: Some(stop),
-            server: Some(server),
-        })
-    }
-
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let server = self.server.take().context("already stopped")?;
-        bounded("serve to return", server).await???;
-        Ok(())
-    }
-}
-
-impl Drop for Allocator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// This test acting as an agent over a real Connect stream.
-struct FakeAgent {
-    tx: mpsc::Sender<AgentMessage>,
-    rx: Streaming<AllocatorMessage>,
-    id: String,
-}
-
-impl FakeAgent {
-    async fn register(allocator: &Allocator) -> Result<Self> {
-        let channel = bounded(
-            "connect",
-            Endpoint::from_shared(format!("http://{}", allocator.grpc))?.connect(),
-        )
-        .await??;
-        let (tx, rx) = mpsc::channel(64);
-        let mut client = AgentServiceClient::new(channel);
-        let response = bounded("Connect", client.connect(ReceiverStream::new(rx))).await??;
-        let mut agent = Self {
-            tx,
-            rx: response.into_inner(),
-            id: String::new(),
-        };
-        agent
-            .send(agent_message::Message::Register(agent_message::Register {
-                info: Some(AgentInfo {
-                    hostname: "fake-host".to_owned(),
-                    resources: vec![Resource::scalar(CPUS, 4.0), Resource::scalar(MEM, 1024.0)],
-                    ..AgentInfo::default()
-                }),
-                tasks: vec![],
-            }))
-            .await?;
-        match agent.next().await? {
-            allocator_message::Message::Registered(r) => agent.id = r.agent_id,
-            other => bail!("expected Registered, got {other:?}"),
-        }
-        Ok(agent)
-    }
-
-    async fn send(&self, message: agent_message::Message) -> Result<()> {
-        let message = AgentMessage {
-            message: Some(message),
-        };
-        bounded("agent send", self.tx.send(message))
-            .await?
-            .map_err(|_| anyhow!("agent stream closed"))
-    }
-
-    async fn next(&mut self) -> Result<allocator_message::Message> {
-        let msg = bounded("an allocator message", self.rx.message())
-            .await??
-            .context("allocator ended the agent stream")?;
-        msg.message.context("empty allocator message")
-    }
-
-    /// The next message that is not a heartbeat acknowledgement or the like.
-    async fn next_launch_or_ack(&mut self) -> Result<allocator_message::Message> {
-        loop {
-            let m = self.next().await?;
-            if matches!(
-                m,
-                allocator_message::Message::LaunchTask(_)
-                    | allocator_message::Message::Acknowledge(_)
-                    | allocator_message::Message::KillTask(_)
-            ) {
-                return Ok(m);
-            }
-        }
-    }
-
-    async fn update(&self, framework_id: &str, task_id: &str, state: TaskState) -> Result<()> {
-        self.send(agent_message::Message::StatusUpdate(
-            agent_message::StatusUpdate {
-                status: Some(TaskStatus {
-                    task_id: task_id.to_owned(),
-                    framework_id: framework_id.to_owned(),
-                    agent_id: self.id.clone(),
-                    state: state as i32,
-                    source: TaskSource::Agent as i32,
-                    uuid: (0u8..16).collect(),
-                    ..TaskStatus::default()
-                }),
-            },
-        ))
-        .await
-    }
-}
+use tokio::net::TcpStream;
 
 /// An HTTP/1.1 response read off the wire.
 #[derive(Debug)]
@@ -491,8 +315,8 @@ fn assert_status(r: &Response, status: u16, contains: &str) {
 
 #[tokio::test]
 async fn subscribe_streams_recordio_chunks_with_heartbeats() -> Result<()> {
-    let allocator = Allocator::start(Leadership::Leader).await?;
-    let mut sub = Subscription::open(allocator.http, &subscribe_call(info("hb"))).await?;
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let mut sub = Subscription::open(allocator.http(), &subscribe_call(info("hb"))).await?;
     // A HEARTBEAT at once, then one per heartbeat_interval_seconds (1 s here).
     assert_eq!(sub.next().await?["type"], "HEARTBEAT");
     let started = tokio::time::Instant::now();
@@ -504,8 +328,8 @@ async fn subscribe_streams_recordio_chunks_with_heartbeats() -> Result<()> {
 
 #[tokio::test]
 async fn every_status_code() -> Result<()> {
-    let allocator = Allocator::start(Leadership::Leader).await?;
-    let addr = allocator.http;
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
     let sub = Subscription::open(addr, &subscribe_call(info("codes"))).await?;
     let revive = sub.call("REVIVE", "", json!(null));
 
@@ -624,34 +448,34 @@ async fn every_status_code() -> Result<()> {
     allocator.shutdown().await?;
 
     // 307 to the leader, and 503 without one.
-    let follower = Allocator::start(Leadership::Follower {
+    let follower = Allocator::with_mesos(Leadership::Follower {
         leader: "leader.example:5050".to_owned(),
     })
     .await?;
-    let r = post(follower.http, &subscribe_call(info("x")), None).await?;
+    let r = post(follower.http(), &subscribe_call(info("x")), None).await?;
     assert_eq!(r.status, 307);
     assert_eq!(
         r.header("location"),
         Some("//leader.example:5050/api/v1/scheduler")
     );
-    let r = get(follower.http, "/master/state").await?;
+    let r = get(follower.http(), "/master/state").await?;
     assert_eq!(r.status, 307);
     assert_eq!(
         r.header("location"),
         Some("//leader.example:5050/master/state")
     );
     follower.shutdown().await?;
-    let leaderless = Allocator::start(Leadership::NoLeader).await?;
-    let r = post(leaderless.http, &revive, Some("x")).await?;
+    let leaderless = Allocator::with_mesos(Leadership::NoLeader).await?;
+    let r = post(leaderless.http(), &revive, Some("x")).await?;
     assert_eq!(r.status, 503);
     leaderless.shutdown().await
 }
 
 #[tokio::test]
 async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<()> {
-    let allocator = Allocator::start(Leadership::Leader).await?;
-    let addr = allocator.http;
-    let mut agent = FakeAgent::register(&allocator).await?;
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let mut agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
     let multi_role = json!({
         "user": "root", "name": "launcher", "roles": ["eng"],
         "capabilities": [{ "type": "MULTI_ROLE" }, { "type": "GPU_RESOURCES" }],
@@ -700,8 +524,9 @@ async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<(
     assert_eq!(command.environment["A"], "1");
 
     // An agent update: UPDATE with the uuid in base64; ACKNOWLEDGE reaches the agent.
+    let sent: Vec<u8> = (0..16).collect();
     agent
-        .update(&sub.framework_id, "t1", TaskState::Running)
+        .update(&sub.framework_id, "t1", TaskState::Running, &sent)
         .await?;
     let update = sub.next_of("UPDATE").await?;
     let status = &update["update"]["status"];
@@ -710,7 +535,7 @@ async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<(
     assert_eq!(status["source"], "SOURCE_SLAVE");
     let uuid = status["uuid"].as_str().context("uuid")?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(uuid)?;
-    assert_eq!(bytes, (0u8..16).collect::<Vec<_>>());
+    assert_eq!(bytes, sent);
     let ack = sub.call(
         "ACKNOWLEDGE",
         "acknowledge",
@@ -827,9 +652,9 @@ async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<(
 
 #[tokio::test]
 async fn decline_filter_then_revive_reoffers() -> Result<()> {
-    let allocator = Allocator::start(Leadership::Leader).await?;
-    let addr = allocator.http;
-    let _agent = FakeAgent::register(&allocator).await?;
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
     let mut sub = Subscription::open(addr, &subscribe_call(info("decliner"))).await?;
     let offers = sub.next_of("OFFERS").await?;
     let ids: Vec<Value> = offers["offers"]["offers"]
@@ -859,9 +684,9 @@ async fn decline_filter_then_revive_reoffers() -> Result<()> {
 
 #[tokio::test]
 async fn resubscribes_with_its_framework_id_after_the_stream_drops() -> Result<()> {
-    let allocator = Allocator::start(Leadership::Leader).await?;
-    let addr = allocator.http;
-    let _agent = FakeAgent::register(&allocator).await?;
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
     let mut sub = Subscription::open(addr, &subscribe_call(info("phoenix"))).await?;
     sub.next_of("OFFERS").await?;
     let (fid, old_stream) = (sub.framework_id.clone(), sub.stream_id.clone());
