@@ -39,7 +39,7 @@ use strata_proto::agent_message::{self, Heartbeat, Register, StatusUpdate};
 use strata_proto::allocator_message::{self, AcknowledgeUpdate, KillTask, LaunchTask, Registered};
 use strata_proto::{
     AgentInfo, AgentMessage, AgentTask, Attribute, TaskInfo, TaskReason, TaskSource, TaskState,
-    TaskStatus, TaskUsage,
+    TaskStatus,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
@@ -52,7 +52,7 @@ use crate::containerizer::{Containerizer, ExitStatus, LaunchSpec, ProcessContain
 use crate::discovery::{self, DiscoveryError, HostRoots, Overrides};
 use crate::linux::{LinuxConfig, LinuxContainerizer};
 use crate::status::{AckOutcome, StatusUpdateManager, TaskKey};
-use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop};
+use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop, UsageReport};
 
 /// Heartbeat interval used when the allocator does not give a usable one.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -626,6 +626,9 @@ struct Session {
     registered: bool,
     heartbeat_interval: Duration,
     next_heartbeat: Instant,
+    /// Whether the allocator holds every record of the latest usage report sent on this
+    /// stream, so the next report may be a delta.
+    usage_synced: bool,
 }
 
 #[derive(Debug)]
@@ -675,7 +678,7 @@ impl Agent {
         mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
         mut conn_rx: mpsc::UnboundedReceiver<ConnEvent>,
         mut task_rx: mpsc::UnboundedReceiver<TaskEvent>,
-        mut usage_rx: mpsc::Receiver<Vec<TaskUsage>>,
+        mut usage_rx: mpsc::Receiver<Arc<UsageReport>>,
     ) {
         loop {
             if self.finished_stopping() {
@@ -701,7 +704,7 @@ impl Agent {
                 }
                 Some(event) = conn_rx.recv() => self.on_connection(event),
                 Some(event) = task_rx.recv() => self.on_task_event(event),
-                Some(tasks) = usage_rx.recv() => self.send_usage(tasks),
+                Some(report) = usage_rx.recv() => self.send_usage(&report),
                 () = sleep_until(heartbeat_at) => self.heartbeat(),
                 () = sleep_until(retry_at) => self.resend_due(),
                 () = sleep_until(Some(self.next_gc)) => self.gc_sandboxes(),
@@ -774,6 +777,7 @@ impl Agent {
                     registered: false,
                     heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
                     next_heartbeat: Instant::now() + DEFAULT_HEARTBEAT_INTERVAL,
+                    usage_synced: false,
                 });
                 let register = self.register_message();
                 tracing::info!(
@@ -1328,12 +1332,40 @@ impl Agent {
         self.running.send_replace(Arc::new(running));
     }
 
-    /// Streams the latest usage records to the allocator.
-    fn send_usage(&mut self, tasks: Vec<TaskUsage>) {
-        if self.registered() {
-            self.send(agent_message::Message::Usage(agent_message::Usage {
-                tasks,
-            }));
+    /// Streams the latest usage report to the allocator: in full on a new stream or after a
+    /// report was lost, else as a delta of the records read anew and the tasks that ended.
+    fn send_usage(&mut self, report: &UsageReport) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        if !session.registered {
+            return;
+        }
+        let usage = if session.usage_synced && !report.after_a_gap {
+            agent_message::Usage {
+                tasks: report.fresh_records().cloned().collect(),
+                delta: true,
+                ended: report
+                    .ended
+                    .iter()
+                    .map(|(framework_id, task_id)| agent_message::UsageTaskKey {
+                        framework_id: framework_id.clone(),
+                        task_id: task_id.clone(),
+                    })
+                    .collect(),
+                timestamp: report.timestamp,
+            }
+        } else {
+            agent_message::Usage {
+                tasks: report.current(),
+                delta: false,
+                ended: Vec::new(),
+                timestamp: report.timestamp,
+            }
+        };
+        let sent = self.send(agent_message::Message::Usage(usage));
+        if let Some(session) = &mut self.session {
+            session.usage_synced = sent;
         }
     }
 

@@ -112,7 +112,7 @@ pub struct TaskSpec {
     pub task_id: String,
     /// The program to exec.
     pub program: String,
-    /// argv, argv[0] included.
+    /// argv, `argv[0]` included.
     pub argv: Vec<String>,
     /// The whole environment.
     pub env: Vec<(String, String)>,

@@ -3,7 +3,7 @@
 //! reliable (resent until acknowledged) status updates, kill, launch failure, duplicate
 //! launches, re-registration after the stream drops, and shutdown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,7 @@ use strata_proto::allocator_message::{
 };
 use strata_proto::{
     AgentMessage, AllocatorMessage, CommandInfo, Resource, TaskInfo, TaskReason, TaskState,
-    TaskStatus, names,
+    TaskStatus, TaskUsage, names,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -403,6 +403,19 @@ fn assert_update(status: &TaskStatus, task_id: &str, state: TaskState) -> Result
     Ok(())
 }
 
+/// Whether `pid` is gone (or a zombie) within [`STEP`]: a task's supervisor reports the task's
+/// end just before it exits itself, so a terminal update can come a moment before that.
+async fn gone_soon(pid: u32) -> bool {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !process_gone(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Gone, or dead and waiting to be reaped (a zombie, e.g. a supervisor orphaned by a killed
 /// agent, until init reaps it).
 fn process_gone(pid: u32) -> bool {
@@ -558,7 +571,7 @@ async fn kill_task_stops_the_process_and_reports_killed() -> Result<()> {
         "{}",
         killed.message
     );
-    assert!(process_gone(pid), "the process is gone and reaped");
+    assert!(gone_soon(pid).await, "the process is gone and reaped");
 
     // A kill of a task that has ended changes nothing.
     h.kill("sleeper", 5.0)?;
@@ -612,7 +625,7 @@ async fn a_duplicate_launch_does_not_start_a_second_process() -> Result<()> {
     h.kill("once", 0.0)?;
     let killed = h.next_update_acked().await?;
     assert_update(&killed, "once", TaskState::Killed)?;
-    assert!(process_gone(pid));
+    assert!(gone_soon(pid).await, "the task's process is gone");
     h.stop_agent().await
 }
 
@@ -683,7 +696,7 @@ async fn the_agent_reregisters_with_its_id_and_tasks_after_the_stream_drops() ->
     let killed = h.next_update_acked().await?;
     assert_update(&killed, "long", TaskState::Killed)?;
     h.stop_agent().await?;
-    assert!(process_gone(pid));
+    assert!(gone_soon(pid).await, "the task's process is gone");
     Ok(())
 }
 
@@ -729,7 +742,7 @@ async fn a_shutdown_from_the_allocator_kills_tasks_and_stops_the_agent() -> Resu
     assert_update(&killed, "victim", TaskState::Killed)?;
     let agent = h.agent.take().context("no agent")?;
     tokio::time::timeout(STEP, agent).await???;
-    assert!(process_gone(pid));
+    assert!(gone_soon(pid).await, "the task's process is gone");
     Ok(())
 }
 
@@ -792,7 +805,7 @@ async fn twenty_tasks_survive_a_kill_9_of_the_agent_and_each_exit_is_reported_on
     for i in 0..20 {
         h.launch(shell_task(&format!("t{i}"), script(i)))?;
     }
-    let mut running = std::collections::HashSet::new();
+    let mut running = HashSet::new();
     while running.len() < 20 {
         let status = h.next_update_acked().await?;
         if status.state() == TaskState::Running {
@@ -1075,12 +1088,138 @@ async fn a_running_task_streams_usage_and_its_metrics_move() -> Result<()> {
     h.kill("spin", 0.2)?;
     assert_update(&h.next_update_acked().await?, "spin", TaskState::Killed)?;
     h.next(|_, m| match &m.message {
-        Some(AgentMsg::Usage(u)) if u.tasks.iter().all(|t| t.task_id != "spin") => Some(()),
+        Some(AgentMsg::Usage(u))
+            if u.tasks.iter().all(|t| t.task_id != "spin")
+                && (!u.delta || u.ended.iter().any(|k| k.task_id == "spin")) =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await
     .context("the killed task stayed in the usage reports")?;
     let (status, _) = http_get(&endpoint, "/usage?task=spin").await?;
     assert_eq!(status, 404);
+    h.stop_agent().await
+}
+
+/// Rebuilds the allocator's view of an agent stream's usage from its reports, as the
+/// allocator's `UsageBook` does: a full report replaces it, a delta updates it.
+fn replay(book: &mut BTreeMap<String, TaskUsage>, usage: &strata_proto::agent_message::Usage) {
+    if !usage.delta {
+        book.clear();
+    }
+    for key in &usage.ended {
+        book.remove(&key.task_id);
+    }
+    for task in &usage.tasks {
+        book.insert(task.task_id.clone(), task.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_goes_in_full_once_per_stream_then_as_deltas_of_what_changed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    let (conn, _) = h.next_register().await?;
+    let mut spin = shell_task("spin", "while :; do :; done");
+    spin.cpu_limit = Some(0.2);
+    h.launch(spin)?;
+    h.launch(shell_task("idle", "exec sleep 30"))?;
+
+    // Every message of the stream, in order: updates are acknowledged, reports replayed.
+    let mut book = BTreeMap::new();
+    let mut running = HashSet::new();
+    let (mut reports, mut deltas, mut with_spin, mut with_idle) = (0, 0, 0, 0);
+    while deltas < 15 {
+        let (c, message) = h.next(|c, m| Some((c, m.message.clone()))).await?;
+        ensure!(c == conn, "the stream changed");
+        match message {
+            Some(AgentMsg::StatusUpdate(update)) => {
+                let status = update.status.context("an update without a status")?;
+                h.ack(&status)?;
+                if status.state() == TaskState::Running {
+                    running.insert(status.task_id.clone());
+                }
+            }
+            Some(AgentMsg::Usage(usage)) => {
+                reports += 1;
+                ensure!(
+                    usage.delta == (reports > 1),
+                    "report {reports} on the stream has delta {}: only the first is full",
+                    usage.delta
+                );
+                replay(&mut book, &usage);
+                if running.len() == 2 && book.len() == 2 {
+                    deltas += 1;
+                    with_spin += usize::from(usage.tasks.iter().any(|t| t.task_id == "spin"));
+                    with_idle += usize::from(usage.tasks.iter().any(|t| t.task_id == "idle"));
+                }
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "{deltas} deltas: spin in {with_spin}, idle in {with_idle}; idle's record: {:?}",
+        book["idle"]
+    );
+    assert_eq!(with_spin, deltas, "a busy task changes every interval");
+    let idle = &book["idle"];
+    ensure!(
+        idle.memory.as_ref().is_some_and(|m| m.current_bytes > 0),
+        "the idle task's record stands in the allocator's view: {idle:?}"
+    );
+    if idle
+        .cpu
+        .as_ref()
+        .is_some_and(|c| c.oncpu_seconds_total.is_some())
+    {
+        // eBPF shows it has not run: it is read in full (and resent) only now and then.
+        ensure!(
+            with_idle <= 3,
+            "a sleeping task was resent in {with_idle} of {deltas} deltas"
+        );
+    } else {
+        eprintln!("eBPF is not loaded here: every task is read in full, and resent, each interval");
+        assert_eq!(with_idle, deltas);
+    }
+
+    // A task that ends is named in the next delta.
+    h.kill("idle", 0.0)?;
+    loop {
+        let message = h.next(|_, m| Some(m.message.clone())).await?;
+        match message {
+            Some(AgentMsg::StatusUpdate(update)) => {
+                h.ack(&update.status.context("an update without a status")?)?;
+            }
+            Some(AgentMsg::Usage(usage)) => {
+                ensure!(usage.delta, "a delta, on the same stream");
+                replay(&mut book, &usage);
+                if usage.ended.iter().any(|k| k.task_id == "idle") {
+                    break;
+                }
+                ensure!(
+                    usage.tasks.iter().all(|t| t.task_id != "idle"),
+                    "the killed task was reported again"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(book.keys().collect::<Vec<_>>(), ["spin"]);
+
+    // A new stream starts with a full report.
+    h.drop_stream()?;
+    let (second, _) = h.next_register().await?;
+    let usage = h
+        .next(|c, m| match &m.message {
+            Some(AgentMsg::Usage(u)) if c == second => Some(u.clone()),
+            _ => None,
+        })
+        .await?;
+    ensure!(!usage.delta, "the first report on a new stream is full");
+    let ids: Vec<&str> = usage.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(ids, ["spin"]);
+    h.kill("spin", 0.0)?;
     h.stop_agent().await
 }

@@ -97,6 +97,30 @@ impl TaskState {
     }
 }
 
+impl TaskUsage {
+    /// Carries a record forward to `timestamp`, for a task whose agent found nothing changed
+    /// since it was taken (a quiet task: no CPU used in the record's interval and none since).
+    /// It then covers `(self.timestamp, timestamp]`: its cumulative figures stand, and what it
+    /// says of its interval is that nothing happened in it (no cores, no run-queue waits).
+    /// A record already at or after `timestamp` is left alone.
+    pub fn carry_forward(&mut self, timestamp: f64) {
+        if timestamp <= self.timestamp {
+            return;
+        }
+        self.interval_seconds = timestamp - self.timestamp;
+        self.timestamp = timestamp;
+        if let Some(cpu) = &mut self.cpu {
+            cpu.cores = 0.0;
+            if let Some(q) = &mut cpu.run_queue {
+                q.count = 0;
+                q.p50_seconds = 0.0;
+                q.p99_seconds = 0.0;
+                q.max_seconds = 0.0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +145,48 @@ mod tests {
         assert!(!TaskState::Running.is_terminal());
         assert!(!TaskState::Unreachable.is_terminal());
         assert_eq!(TaskState::Running.label(), "TASK_RUNNING");
+    }
+
+    #[test]
+    fn a_carried_forward_record_keeps_its_totals_and_reports_an_idle_interval() {
+        let mut u = TaskUsage {
+            timestamp: 100.0,
+            interval_seconds: 1.0,
+            cpu: Some(CpuUsage {
+                user_seconds_total: 2.5,
+                cores: 0.25,
+                run_queue: Some(RunQueueLatency {
+                    count: 3,
+                    p50_seconds: 0.001,
+                    p99_seconds: 0.002,
+                    max_seconds: 0.004,
+                    log2_ns_buckets_total: vec![0, 3],
+                    sum_seconds_total: 0.003,
+                }),
+                ..CpuUsage::default()
+            }),
+            memory: Some(MemoryUsage {
+                current_bytes: 4096,
+                ..MemoryUsage::default()
+            }),
+            ..TaskUsage::default()
+        };
+        let before = u.clone();
+        u.carry_forward(99.0);
+        assert_eq!(u, before, "an older timestamp changes nothing");
+        u.carry_forward(104.0);
+        assert_eq!((u.timestamp, u.interval_seconds), (104.0, 4.0));
+        let cpu = u.cpu.as_ref().unwrap();
+        assert_eq!((cpu.user_seconds_total, cpu.cores), (2.5, 0.0));
+        let q = cpu.run_queue.as_ref().unwrap();
+        assert_eq!(
+            (q.count, q.p50_seconds, q.p99_seconds, q.max_seconds),
+            (0, 0.0, 0.0, 0.0)
+        );
+        assert_eq!(
+            (q.log2_ns_buckets_total.as_slice(), q.sum_seconds_total),
+            (&[0, 3][..], 0.003)
+        );
+        assert_eq!(u.memory, before.memory);
     }
 }

@@ -24,6 +24,7 @@
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -83,10 +84,12 @@ impl Accounting {
             role: "*".to_owned(),
             request_cores: 0.0,
         };
-        let (mut records, _) = self
-            .collector
-            .collect(&[task], Some(&self.ebpf), "agent-test");
-        records
+        let collected =
+            self.collector
+                .collect(&Arc::new(vec![task]), Some(&self.ebpf), "agent-test");
+        collected
+            .report
+            .current()
             .pop()
             .with_context(|| format!("no usage record for task {task_id}: is its cgroup gone?"))
     }

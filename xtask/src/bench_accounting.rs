@@ -342,18 +342,13 @@ fn bpf_programs(pid: u32) -> Vec<ProgStats> {
     progs
 }
 
-/// A program's name from bpftool, if it is installed.
+/// A loaded eBPF program's name (as the kernel keeps it: at most 15 bytes).
 fn prog_name(id: u64) -> String {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|t| {
-            let mut words = t.split_whitespace();
-            words.find(|w| *w == "name")?;
-            words.next().map(str::to_owned)
-        })
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| u64::from(p.id()) == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .filter(|name| !name.is_empty())
         .unwrap_or_else(|| format!("prog {id}"))
 }
 
@@ -372,6 +367,8 @@ struct Measurement {
     oncpu_total: f64,
     cgroup_total: f64,
     max_task_diff: f64,
+    /// The task with the largest difference: its id, on-CPU and cgroup CPU seconds.
+    max_task: Option<(String, f64, f64)>,
     collect_seconds: Option<f64>,
 }
 
@@ -402,12 +399,20 @@ impl Measurement {
         }
         let error = (self.oncpu_total - self.cgroup_total).abs() / self.cgroup_total.max(1e-9);
         println!(
-            "  precision over {} records: eBPF on-CPU {:.6} s vs cgroup CPU {:.6} s in all: {:.3}% apart; largest per-task difference {:.3} ms",
+            "  precision over {} records: eBPF on-CPU {:.6} s vs cgroup CPU {:.6} s in all: {:.3}% apart; largest per-task difference {:.3} ms{}",
             self.records,
             self.oncpu_total,
             self.cgroup_total,
             error * 100.0,
-            self.max_task_diff * 1000.0
+            self.max_task_diff * 1000.0,
+            self.max_task
+                .as_ref()
+                .map(|(id, oncpu, cgroup)| format!(
+                    " (task {id}: on-CPU {:.3} ms, cgroup {:.3} ms)",
+                    oncpu * 1000.0,
+                    cgroup * 1000.0
+                ))
+                .unwrap_or_default()
         );
         let target_met =
             tasks < 1000 || (self.agent_cpu_percent < 1.0 && self.agent_rss < 50 << 20);
@@ -457,6 +462,7 @@ fn measure(agent: u32, http: &str, window: Duration) -> Result<Measurement> {
     let mut oncpu_total = 0.0;
     let mut cgroup_total = 0.0;
     let mut max_task_diff: f64 = 0.0;
+    let mut max_task = None;
     for r in &records {
         let cpu = &r["cpu"];
         let (Some(oncpu), Some(user), Some(system)) = (
@@ -468,7 +474,12 @@ fn measure(agent: u32, http: &str, window: Duration) -> Result<Measurement> {
         };
         oncpu_total += oncpu;
         cgroup_total += user + system;
-        max_task_diff = max_task_diff.max((oncpu - user - system).abs());
+        let diff = (oncpu - user - system).abs();
+        if diff > max_task_diff {
+            max_task_diff = diff;
+            let id = r["task_id"].as_str().unwrap_or_default().to_owned();
+            max_task = Some((id, oncpu, user + system));
+        }
     }
     let collect_seconds = http_get(http, "/metrics").ok().and_then(|page| {
         page.lines()
@@ -486,6 +497,7 @@ fn measure(agent: u32, http: &str, window: Duration) -> Result<Measurement> {
         oncpu_total,
         cgroup_total,
         max_task_diff,
+        max_task,
         collect_seconds,
     })
 }

@@ -19,13 +19,20 @@
 //!
 //! Overhead: a task whose eBPF on-CPU time did not move since the last interval and that used
 //! no CPU in its last full interval cannot have changed its CPU time, run-queue waits,
-//! anonymous memory, pids or io, so its previous record stands (with a fresh timestamp) and
-//! costs one eBPF map lookup instead of some fifteen file reads. Every task is still read in full
-//! at least every [`Collector::full_every`] intervals (30; and always without eBPF), which
-//! also refreshes what can change while a task sleeps (network bytes received for it, page
-//! cache reclaimed from it, PSI averages). Limits, which the agent sets at launch, are read once
-//! a minute. A task that stays on a CPU without ever being switched out is seen by eBPF only at
-//! its next switch; the full read catches it at the latest then.
+//! anonymous memory, pids or io, so its previous record stands and costs one eBPF map lookup
+//! instead of some fifteen file reads: the [`UsageReport`] shares it (not `fresh`) and whoever
+//! reads the report carries it forward to the report's time ([`TaskUsage::carry_forward`]).
+//! Every task is still read in full at least every [`Collector::full_every`] intervals (30; and
+//! always without eBPF), which also refreshes what can change while a task sleeps (network
+//! bytes received for it, page cache reclaimed from it, PSI averages). Limits, which the agent
+//! sets at launch, are read once a minute. A task that stays on a CPU without ever being
+//! switched out is seen by eBPF only at its next switch; the full read catches it at the latest
+//! then. The files of a cgroup directory are opened relative to it, so its long path is walked
+//! once per directory, and while the task list stays the same no task is looked up by name.
+//!
+//! The agent's core streams the first report on each allocator stream in full and later ones
+//! as deltas: the fresh records and the tasks that ended (see `AgentMessage.Usage`), so a
+//! thousand sleeping tasks cost the stream a few dozen records a second, not a thousand.
 
 mod read;
 
@@ -174,50 +181,95 @@ impl Layout {
             CgroupMode::V1 | CgroupMode::None => None,
         }
     }
+}
 
-    /// The directory of the task cgroup `rel` in the hierarchy that decides whether it exists
-    /// (v2: its only one; hybrid: memory, as the backend does).
-    fn main_dir(&self, rel: &Path) -> Option<PathBuf> {
-        match self {
-            Self::V2 { root } => Some(root.join(rel)),
-            Self::Hybrid(h) => h
-                .memory
-                .as_ref()
-                .or(h.unified.as_ref())
-                .map(|r| r.join(rel)),
+/// One interval's records: every running task's, the quiet ones shared with earlier reports.
+#[derive(Debug, Clone, Default)]
+pub struct UsageReport {
+    /// When the report was made (Unix seconds).
+    pub timestamp: f64,
+    /// Every running task's record. A record read anew in this interval is at `timestamp`; a
+    /// quiet task's is the record of its last full read, which stands: carried forward to
+    /// `timestamp` ([`TaskUsage::carry_forward`]) it is the task's record now.
+    pub records: Vec<Arc<TaskUsage>>,
+    /// For each record, whether it was read anew in this interval (else it is carried forward).
+    pub fresh: Vec<bool>,
+    /// The tasks (framework, task) that had a record in the previous report and have none now.
+    pub ended: Vec<(String, String)>,
+    /// The previous report never reached the agent's core: this one cannot be sent as a delta.
+    pub after_a_gap: bool,
+}
+
+impl UsageReport {
+    /// A report of records all taken now (tests, and tools that make their own records).
+    #[must_use]
+    pub fn of_records(records: Vec<TaskUsage>) -> Self {
+        let timestamp = records.iter().map(|r| r.timestamp).fold(0.0, f64::max);
+        Self {
+            timestamp,
+            fresh: vec![true; records.len()],
+            records: records.into_iter().map(Arc::new).collect(),
+            ended: Vec::new(),
+            after_a_gap: false,
         }
     }
 
-    fn unified_dir(&self, rel: &Path) -> Option<PathBuf> {
-        match self {
-            Self::V2 { root } => Some(root.join(rel)),
-            Self::Hybrid(h) => h.unified.as_ref().map(|r| r.join(rel)),
-        }
+    /// Every record as of the report's time (quiet ones carried forward).
+    #[must_use]
+    pub fn current(&self) -> Vec<TaskUsage> {
+        self.records
+            .iter()
+            .map(|r| {
+                let mut r = TaskUsage::clone(r);
+                r.carry_forward(self.timestamp);
+                r
+            })
+            .collect()
+    }
+
+    /// The records read anew in this interval.
+    pub fn fresh_records(&self) -> impl Iterator<Item = &TaskUsage> {
+        self.records
+            .iter()
+            .zip(&self.fresh)
+            .filter(|(_, fresh)| **fresh)
+            .map(|(r, _)| r.as_ref())
     }
 }
 
 /// The latest records, shared with the HTTP server.
 #[derive(Debug, Clone, Default)]
 pub struct LatestUsage {
-    records: Arc<RwLock<Arc<Vec<TaskUsage>>>>,
+    report: Arc<RwLock<Arc<UsageReport>>>,
     agent_id: Arc<RwLock<String>>,
     /// Seconds the last collection took, for the agent's own metrics.
     last_collect_seconds: Arc<RwLock<f64>>,
 }
 
 impl LatestUsage {
-    /// The latest record of every running task.
+    /// The latest record of every running task, as of the latest report.
     #[must_use]
     pub fn records(&self) -> Arc<Vec<TaskUsage>> {
-        self.records
+        Arc::new(self.report().current())
+    }
+
+    /// The latest report.
+    #[must_use]
+    pub fn report(&self) -> Arc<UsageReport> {
+        self.report
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Replaces the records.
+    /// Replaces the latest report.
+    pub fn set_report(&self, report: Arc<UsageReport>) {
+        *self.report.write().unwrap_or_else(PoisonError::into_inner) = report;
+    }
+
+    /// Replaces the records with `records`, all taken now.
     pub fn set_records(&self, records: Vec<TaskUsage>) {
-        *self.records.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(records);
+        self.set_report(Arc::new(UsageReport::of_records(records)));
     }
 
     /// The agent id the records carry (empty until the agent has one).
@@ -256,6 +308,44 @@ impl LatestUsage {
     }
 }
 
+/// A task's cgroup directories, per hierarchy.
+#[derive(Debug, Clone, Default)]
+struct TaskDirs {
+    /// The directory that decides whether the cgroup exists (v2: its only one; hybrid: memory).
+    main: PathBuf,
+    /// The unified (v2) directory: the task's eBPF identity, and PSI.
+    unified: Option<PathBuf>,
+    /// Hybrid hosts' v1 directories (unset on v2 hosts, where `main` holds every controller).
+    cpu: Option<PathBuf>,
+    cpuacct: Option<PathBuf>,
+    memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    blkio: Option<PathBuf>,
+}
+
+impl TaskDirs {
+    fn of(layout: &Layout, task: &TaskRef) -> Option<Self> {
+        let rel = crate::cgroup::task_rel(&task.framework_id, &task.task_id).ok()?;
+        let at = |root: &Option<PathBuf>| root.as_ref().map(|r| r.join(&rel));
+        Some(match layout {
+            Layout::V2 { root } => Self {
+                main: root.join(&rel),
+                unified: Some(root.join(&rel)),
+                ..Self::default()
+            },
+            Layout::Hybrid(h) => Self {
+                main: at(&h.memory).or_else(|| at(&h.unified))?,
+                unified: at(&h.unified),
+                cpu: at(&h.cpu),
+                cpuacct: at(&h.cpuacct),
+                memory: at(&h.memory),
+                pids: at(&h.pids),
+                blkio: at(&h.blkio),
+            },
+        })
+    }
+}
+
 /// What the collector remembers of a task between intervals.
 #[derive(Debug)]
 struct Seen {
@@ -270,11 +360,40 @@ struct Seen {
     peak: u64,
     /// Intervals since the last full read.
     since_full: u32,
-    /// The last [`Collector::collect`] that listed the task.
-    generation: u64,
     /// When the limits were last read.
     limits_at: Instant,
-    record: TaskUsage,
+    dirs: TaskDirs,
+    /// The record of the last full read; a quiet task's stands (see [`UsageReport::records`]).
+    record: Arc<TaskUsage>,
+}
+
+/// What one [`Collector::collect`] made.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The records.
+    pub report: UsageReport,
+    /// The eBPF cgroup ids of the tasks that had a record and have none now (to drop from the
+    /// eBPF maps).
+    pub gone: Vec<CgroupId>,
+}
+
+/// What a pass of [`Collector::collect`] shares between its tasks.
+struct Pass<'a> {
+    ebpf: Option<&'a Ebpf>,
+    agent_id: &'a str,
+    now: Instant,
+    timestamp: f64,
+    full_every: u32,
+}
+
+/// How a task was sampled.
+enum Sampled {
+    /// Read in full: a new record.
+    Full,
+    /// Quiet: its last record stands.
+    Quiet,
+    /// Its cgroup does not exist (any more, or yet): no record.
+    Missing,
 }
 
 /// Makes the usage records of the running tasks; keeps what it needs between intervals.
@@ -283,10 +402,10 @@ pub struct Collector {
     layout: Layout,
     /// A quiet task is read in full at least every this many intervals (1: always).
     pub full_every: u32,
-    /// By framework, then task.
-    seen: HashMap<String, HashMap<String, Seen>>,
-    /// Counts the calls of [`Collector::collect`]; each task seen is marked with it.
-    generation: u64,
+    /// The task list of the last [`Collector::collect`] and, in its order, what was seen of each
+    /// task (`None`: it got no record). While the list stays the same, no task is looked up.
+    tasks: Arc<Vec<TaskRef>>,
+    seen: Vec<Option<Seen>>,
     reader: Reader,
     /// Full reads made by the last [`Collector::collect`] (the rest reused a record).
     pub last_full_reads: usize,
@@ -299,265 +418,293 @@ impl Collector {
         Self {
             layout,
             full_every: DEFAULT_FULL_EVERY,
-            seen: HashMap::new(),
-            generation: 0,
+            tasks: Arc::default(),
+            seen: Vec::new(),
             reader: Reader::default(),
             last_full_reads: 0,
         }
     }
 
     /// One record per task of `tasks` whose cgroup exists, for the agent `agent_id`, reading
-    /// the eBPF counters from `ebpf` when given. Returns the records and the cgroup ids of the
-    /// tasks that were listed before and are not any more (to drop from the eBPF maps).
+    /// the eBPF counters from `ebpf` when given.
     pub fn collect(
         &mut self,
-        tasks: &[TaskRef],
+        tasks: &Arc<Vec<TaskRef>>,
         ebpf: Option<&Ebpf>,
         agent_id: &str,
-    ) -> (Vec<TaskUsage>, Vec<CgroupId>) {
-        let now = Instant::now();
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let mut records = Vec::with_capacity(tasks.len());
-        self.last_full_reads = 0;
-        self.generation += 1;
-        for task in tasks {
-            if let Some(record) = self.sample(task, ebpf, agent_id, now, timestamp) {
-                records.push(record);
-            }
-        }
+    ) -> Collected {
+        let pass = Pass {
+            ebpf,
+            agent_id,
+            now: Instant::now(),
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            full_every: self.full_every,
+        };
+        let mut report = UsageReport {
+            timestamp: pass.timestamp,
+            records: Vec::with_capacity(tasks.len()),
+            fresh: Vec::with_capacity(tasks.len()),
+            ..UsageReport::default()
+        };
         let mut gone = Vec::new();
-        let generation = self.generation;
-        self.seen.retain(|_, tasks| {
-            tasks.retain(|_, seen| {
-                let keep = seen.generation == generation;
-                if !keep && let Some(id) = seen.cgroup_id {
-                    gone.push(id);
+        if !Arc::ptr_eq(tasks, &self.tasks) {
+            self.realign(tasks, &mut report.ended, &mut gone);
+        }
+        self.last_full_reads = 0;
+        for (task, slot) in self.tasks.iter().zip(self.seen.iter_mut()) {
+            let had = slot.as_ref().map(|s| s.cgroup_id);
+            let sampled = sample(&self.layout, &mut self.reader, &pass, task, slot);
+            match (sampled, slot.as_ref()) {
+                (Sampled::Full, Some(seen)) => {
+                    report.records.push(seen.record.clone());
+                    report.fresh.push(true);
+                    self.last_full_reads += 1;
                 }
-                keep
-            });
-            !tasks.is_empty()
-        });
-        (records, gone)
+                (Sampled::Quiet, Some(seen)) => {
+                    report.records.push(seen.record.clone());
+                    report.fresh.push(false);
+                }
+                _ => {
+                    if let Some(id) = had {
+                        report
+                            .ended
+                            .push((task.framework_id.clone(), task.task_id.clone()));
+                        gone.extend(id);
+                    }
+                }
+            }
+        }
+        self.reader.close_dir();
+        Collected { report, gone }
     }
 
-    fn seen(&self, task: &TaskRef) -> Option<&Seen> {
-        self.seen
-            .get(task.framework_id.as_str())
-            .and_then(|m| m.get(task.task_id.as_str()))
-    }
-
-    fn seen_mut(&mut self, task: &TaskRef) -> Option<&mut Seen> {
-        self.seen
-            .get_mut(task.framework_id.as_str())
-            .and_then(|m| m.get_mut(task.task_id.as_str()))
-    }
-
-    fn sample(
+    /// Lines `seen` up with a new task list: what was seen of a task still listed moves to its
+    /// new place; a task no longer listed that had a record ends.
+    fn realign(
         &mut self,
-        task: &TaskRef,
-        ebpf: Option<&Ebpf>,
-        agent_id: &str,
-        now: Instant,
-        timestamp: f64,
-    ) -> Option<TaskUsage> {
-        let generation = self.generation;
-        let full_every = self.full_every;
-        // A task seen before whose on-CPU time has not moved, and that used no CPU in its last
-        // full interval, cannot have changed what it uses: its last record stands.
-        let mut oncpu_ns = None;
-        if let Some(e) = ebpf
-            && let Some(seen) = self.seen_mut(task)
-            && let Some(id) = seen.cgroup_id
-        {
-            oncpu_ns = e.cpu_time_ns(id).ok();
-            let quiet = oncpu_ns.is_some()
-                && oncpu_ns == seen.oncpu_ns
-                && seen.record.cpu.as_ref().is_some_and(|c| c.cores == 0.0)
-                && seen.since_full + 1 < full_every;
-            if quiet {
-                // No switch out, so no wait ended either: the interval's figures are zero.
-                if let Some(q) = seen.record.cpu.as_mut().and_then(|c| c.run_queue.as_mut()) {
-                    q.count = 0;
-                    q.p50_seconds = 0.0;
-                    q.p99_seconds = 0.0;
-                    q.max_seconds = 0.0;
-                }
-                seen.since_full += 1;
-                seen.generation = generation;
-                seen.record.timestamp = timestamp;
-                seen.record.interval_seconds = now.duration_since(seen.at).as_secs_f64();
-                seen.at = now;
-                return Some(seen.record.clone());
+        tasks: &Arc<Vec<TaskRef>>,
+        ended: &mut Vec<(String, String)>,
+        gone: &mut Vec<CgroupId>,
+    ) {
+        let old_tasks = std::mem::replace(&mut self.tasks, tasks.clone());
+        let mut old_seen = std::mem::take(&mut self.seen);
+        let index: HashMap<(&str, &str), usize> = old_tasks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| old_seen.get(*i).is_some_and(Option::is_some))
+            .map(|(i, t)| ((t.framework_id.as_str(), t.task_id.as_str()), i))
+            .collect();
+        self.seen = tasks
+            .iter()
+            .map(|t| {
+                let i = index.get(&(t.framework_id.as_str(), t.task_id.as_str()))?;
+                old_seen.get_mut(*i)?.take()
+            })
+            .collect();
+        for (task, seen) in old_tasks.iter().zip(old_seen) {
+            if let Some(seen) = seen {
+                ended.push((task.framework_id.clone(), task.task_id.clone()));
+                gone.extend(seen.cgroup_id);
             }
         }
-
-        let rel = crate::cgroup::task_rel(&task.framework_id, &task.task_id).ok()?;
-        let main = self.layout.main_dir(&rel)?;
-        let unified = self.layout.unified_dir(&rel);
-        let cgroup_id = match self.seen(task).and_then(|s| s.cgroup_id) {
-            Some(id) => Some(id),
-            None => unified
-                .as_deref()
-                .and_then(|d| crate::ebpf::cgroup_id(d).ok()),
-        };
-        let net = match (ebpf, cgroup_id) {
-            (Some(e), Some(id)) => {
-                if oncpu_ns.is_none() {
-                    oncpu_ns = e.cpu_time_ns(id).ok();
-                }
-                e.net_counters(id).ok()
-            }
-            _ => None,
-        };
-
-        let previous_limits = self
-            .seen(task)
-            .filter(|s| now.duration_since(s.limits_at) < LIMITS_EVERY)
-            .map(|s| (s.limits_at, limits_of(&s.record)));
-        let limits = previous_limits.is_none();
-        let r = &mut self.reader;
-        let (cpu, memory, pids, io, psi_dir) = match &self.layout {
-            Layout::V2 { .. } => (
-                read::cpu_v2(r, &main, limits),
-                read::memory_v2(r, &main, limits),
-                read::pids(r, &main, limits),
-                read::io_v2(r, &main),
-                Some(main.clone()),
-            ),
-            Layout::Hybrid(h) => {
-                let at = |root: &Option<PathBuf>| root.as_ref().map(|r| r.join(&rel));
-                let cpu = match (at(&h.cpu), at(&h.cpuacct)) {
-                    (Some(cpu), Some(acct)) => read::cpu_v1(r, &cpu, &acct, limits),
-                    _ => None,
-                };
-                let memory = at(&h.memory).and_then(|d| read::memory_v1(r, &d, limits));
-                let pids = at(&h.pids).and_then(|d| read::pids(r, &d, limits));
-                let io = at(&h.blkio).map(|d| read::io_v1(r, &d)).unwrap_or_default();
-                (cpu, memory, pids, io, unified.clone())
-            }
-        };
-        // No figure at all: the cgroup is gone (or not made yet).
-        if cpu.is_none() && memory.is_none() && !main.is_dir() {
-            if let Some(tasks) = self.seen.get_mut(task.framework_id.as_str()) {
-                tasks.remove(task.task_id.as_str());
-            }
-            return None;
-        }
-        let psi = |name: &str, r: &mut Reader| {
-            psi_dir
-                .as_ref()
-                .and_then(|d| read::pressure(r, &d.join(name)))
-        };
-        let cpu_pressure = psi("cpu.pressure", r);
-        let memory_pressure = psi("memory.pressure", r);
-        let io_pressure = psi("io.pressure", r);
-        self.last_full_reads += 1;
-
-        let mut cpu = cpu.unwrap_or_default();
-        let mut memory = memory.unwrap_or_default();
-        let (pids_current, mut pids_limit) = pids.unwrap_or_default();
-        let limits_at = match previous_limits {
-            Some((at, l)) => {
-                (cpu.limit_cores, memory.limit, memory.high, pids_limit) =
-                    (l.cpu, l.memory, l.memory_high, l.pids);
-                at
-            }
-            None => now,
-        };
-        let cpu_ns = cpu.user_ns.saturating_add(cpu.system_ns);
-        let previous = self.seen(task);
-        let interval = previous.map_or(0.0, |s| now.duration_since(s.at).as_secs_f64());
-        let cores = match previous {
-            Some(s) if interval > 0.0 => cpu_ns.saturating_sub(s.cpu_ns) as f64 / 1e9 / interval,
-            _ => 0.0,
-        };
-        let peak = memory
-            .peak
-            .unwrap_or(0)
-            .max(memory.current)
-            .max(previous.map_or(0, |s| s.peak));
-        let run_queue = match (ebpf, cgroup_id) {
-            (Some(e), Some(id)) => e.run_queue(id).ok(),
-            _ => None,
-        };
-        let run_queue_record = run_queue
-            .as_ref()
-            .map(|now| run_queue_latency(now, previous.and_then(|s| s.run_queue.as_ref())));
-        let record = TaskUsage {
-            task_id: task.task_id.clone(),
-            framework_id: task.framework_id.clone(),
-            agent_id: agent_id.to_owned(),
-            role: task.role.clone(),
-            timestamp,
-            interval_seconds: interval,
-            cpu: Some(CpuUsage {
-                user_seconds_total: cpu.user_ns as f64 / 1e9,
-                system_seconds_total: cpu.system_ns as f64 / 1e9,
-                oncpu_seconds_total: oncpu_ns.map(|ns| ns as f64 / 1e9),
-                cores,
-                periods_total: cpu.periods,
-                throttled_periods_total: cpu.throttled_periods,
-                throttled_seconds_total: cpu.throttled_ns as f64 / 1e9,
-                request_cores: task.request_cores,
-                limit_cores: cpu.limit_cores,
-                run_queue: run_queue_record,
-            }),
-            memory: Some(MemoryUsage {
-                current_bytes: memory.current,
-                peak_bytes: peak,
-                anon_bytes: memory.anon,
-                file_bytes: memory.file,
-                kernel_bytes: memory.kernel,
-                limit_bytes: memory.limit,
-                high_bytes: memory.high,
-                oom_events_total: memory.oom,
-                oom_kill_events_total: memory.oom_kill,
-                high_events_total: memory.high_events,
-            }),
-            pids: Some(PidsUsage {
-                current: pids_current,
-                limit: pids_limit,
-            }),
-            io,
-            network: net.map(|n| NetworkUsage {
-                rx_bytes_total: n.ingress.bytes,
-                tx_bytes_total: n.egress.bytes,
-                rx_packets_total: n.ingress.packets,
-                tx_packets_total: n.egress.packets,
-            }),
-            cpu_pressure,
-            memory_pressure,
-            io_pressure,
-        };
-        let since_full = if previous.is_some() {
-            0
-        } else {
-            // The first full reads of tasks launched together are spread over the next
-            // intervals, so they do not all come due at once again.
-            spread(task, full_every)
-        };
-        self.seen
-            .entry(task.framework_id.clone())
-            .or_default()
-            .insert(
-                task.task_id.clone(),
-                Seen {
-                    at: now,
-                    cpu_ns,
-                    cgroup_id,
-                    oncpu_ns,
-                    run_queue,
-                    peak,
-                    since_full,
-                    generation,
-                    limits_at,
-                    record: record.clone(),
-                },
-            );
-        Some(record)
     }
+}
+
+/// Samples one task into its `slot`.
+fn sample(
+    layout: &Layout,
+    r: &mut Reader,
+    pass: &Pass<'_>,
+    task: &TaskRef,
+    slot: &mut Option<Seen>,
+) -> Sampled {
+    let now = pass.now;
+    // A task seen before whose on-CPU time has not moved, and that used no CPU in its last
+    // full interval, cannot have changed what it uses: its last record stands.
+    let mut oncpu_ns = None;
+    if let Some(e) = pass.ebpf
+        && let Some(seen) = slot.as_mut()
+        && let Some(id) = seen.cgroup_id
+    {
+        oncpu_ns = e.cpu_time_ns(id).ok();
+        let quiet = oncpu_ns.is_some()
+            && oncpu_ns == seen.oncpu_ns
+            && seen.record.cpu.as_ref().is_some_and(|c| c.cores == 0.0)
+            && seen.since_full + 1 < pass.full_every;
+        if quiet {
+            seen.since_full += 1;
+            seen.at = now;
+            return Sampled::Quiet;
+        }
+    }
+
+    let mut previous = slot.take();
+    let Some(dirs) = previous
+        .as_mut()
+        .map(|s| std::mem::take(&mut s.dirs))
+        .or_else(|| TaskDirs::of(layout, task))
+    else {
+        return Sampled::Missing;
+    };
+    let cgroup_id = match previous.as_ref().and_then(|s| s.cgroup_id) {
+        Some(id) => Some(id),
+        None => dirs
+            .unified
+            .as_deref()
+            .and_then(|d| crate::ebpf::cgroup_id(d).ok()),
+    };
+    let net = match (pass.ebpf, cgroup_id) {
+        (Some(e), Some(id)) => {
+            if oncpu_ns.is_none() {
+                oncpu_ns = e.cpu_time_ns(id).ok();
+            }
+            e.net_counters(id).ok()
+        }
+        _ => None,
+    };
+
+    let previous_limits = previous
+        .as_ref()
+        .filter(|s| now.duration_since(s.limits_at) < LIMITS_EVERY)
+        .map(|s| (s.limits_at, limits_of(&s.record)));
+    let limits = previous_limits.is_none();
+    let (cpu, memory, pids, io) = match layout {
+        Layout::V2 { .. } => (
+            read::cpu_v2(r, &dirs.main, limits),
+            read::memory_v2(r, &dirs.main, limits),
+            read::pids(r, &dirs.main, limits),
+            read::io_v2(r, &dirs.main),
+        ),
+        Layout::Hybrid(_) => {
+            let cpu = match (&dirs.cpu, &dirs.cpuacct) {
+                (Some(cpu), Some(acct)) => read::cpu_v1(r, cpu, acct, limits),
+                _ => None,
+            };
+            let memory = dirs
+                .memory
+                .as_deref()
+                .and_then(|d| read::memory_v1(r, d, limits));
+            let pids = dirs.pids.as_deref().and_then(|d| read::pids(r, d, limits));
+            let io = dirs
+                .blkio
+                .as_deref()
+                .map(|d| read::io_v1(r, d))
+                .unwrap_or_default();
+            (cpu, memory, pids, io)
+        }
+    };
+    // No figure at all: the cgroup is gone (or not made yet).
+    if cpu.is_none() && memory.is_none() && !dirs.main.is_dir() {
+        return Sampled::Missing;
+    }
+    let mut psi = |name: &str| {
+        dirs.unified
+            .as_deref()
+            .and_then(|d| read::pressure(r, d, name))
+    };
+    let cpu_pressure = psi("cpu.pressure");
+    let memory_pressure = psi("memory.pressure");
+    let io_pressure = psi("io.pressure");
+
+    let mut cpu = cpu.unwrap_or_default();
+    let mut memory = memory.unwrap_or_default();
+    let (pids_current, mut pids_limit) = pids.unwrap_or_default();
+    let limits_at = match previous_limits {
+        Some((at, l)) => {
+            (cpu.limit_cores, memory.limit, memory.high, pids_limit) =
+                (l.cpu, l.memory, l.memory_high, l.pids);
+            at
+        }
+        None => now,
+    };
+    let cpu_ns = cpu.user_ns.saturating_add(cpu.system_ns);
+    let interval = previous
+        .as_ref()
+        .map_or(0.0, |s| now.duration_since(s.at).as_secs_f64());
+    let cores = match &previous {
+        Some(s) if interval > 0.0 => cpu_ns.saturating_sub(s.cpu_ns) as f64 / 1e9 / interval,
+        _ => 0.0,
+    };
+    let peak = memory
+        .peak
+        .unwrap_or(0)
+        .max(memory.current)
+        .max(previous.as_ref().map_or(0, |s| s.peak));
+    let run_queue = match (pass.ebpf, cgroup_id) {
+        (Some(e), Some(id)) => e.run_queue(id).ok(),
+        _ => None,
+    };
+    let run_queue_record = run_queue
+        .as_ref()
+        .map(|now| run_queue_latency(now, previous.as_ref().and_then(|s| s.run_queue.as_ref())));
+    let record = TaskUsage {
+        task_id: task.task_id.clone(),
+        framework_id: task.framework_id.clone(),
+        agent_id: pass.agent_id.to_owned(),
+        role: task.role.clone(),
+        timestamp: pass.timestamp,
+        interval_seconds: interval,
+        cpu: Some(CpuUsage {
+            user_seconds_total: cpu.user_ns as f64 / 1e9,
+            system_seconds_total: cpu.system_ns as f64 / 1e9,
+            oncpu_seconds_total: oncpu_ns.map(|ns| ns as f64 / 1e9),
+            cores,
+            periods_total: cpu.periods,
+            throttled_periods_total: cpu.throttled_periods,
+            throttled_seconds_total: cpu.throttled_ns as f64 / 1e9,
+            request_cores: task.request_cores,
+            limit_cores: cpu.limit_cores,
+            run_queue: run_queue_record,
+        }),
+        memory: Some(MemoryUsage {
+            current_bytes: memory.current,
+            peak_bytes: peak,
+            anon_bytes: memory.anon,
+            file_bytes: memory.file,
+            kernel_bytes: memory.kernel,
+            limit_bytes: memory.limit,
+            high_bytes: memory.high,
+            oom_events_total: memory.oom,
+            oom_kill_events_total: memory.oom_kill,
+            high_events_total: memory.high_events,
+        }),
+        pids: Some(PidsUsage {
+            current: pids_current,
+            limit: pids_limit,
+        }),
+        io,
+        network: net.map(|n| NetworkUsage {
+            rx_bytes_total: n.ingress.bytes,
+            tx_bytes_total: n.egress.bytes,
+            rx_packets_total: n.ingress.packets,
+            tx_packets_total: n.egress.packets,
+        }),
+        cpu_pressure,
+        memory_pressure,
+        io_pressure,
+    };
+    // The first full reads of tasks launched together are spread over the next intervals, so
+    // they do not all come due at once again.
+    let since_full = if previous.is_some() {
+        0
+    } else {
+        spread(task, pass.full_every)
+    };
+    *slot = Some(Seen {
+        at: now,
+        cpu_ns,
+        cgroup_id,
+        oncpu_ns,
+        run_queue,
+        peak,
+        since_full,
+        limits_at,
+        dirs,
+        record: Arc::new(record),
+    });
+    Sampled::Full
 }
 
 /// A number in `0..n` that depends only on the task (FNV-1a of its ids).
@@ -625,10 +772,10 @@ pub struct UsageLoop {
     pub tasks: watch::Receiver<Arc<Vec<TaskRef>>>,
     /// The eBPF programs, if loaded.
     pub ebpf: Option<SharedEbpf>,
-    /// Where the latest records go (and the agent id comes from).
+    /// Where the latest report goes (and the agent id comes from).
     pub latest: LatestUsage,
-    /// The agent's core, which sends the records to the allocator.
-    pub to_core: mpsc::Sender<Vec<TaskUsage>>,
+    /// The agent's core, which sends the reports to the allocator.
+    pub to_core: mpsc::Sender<Arc<UsageReport>>,
 }
 
 /// Collects every interval until the core goes away.
@@ -637,6 +784,7 @@ pub async fn run(usage: UsageLoop) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut collector = Some(usage.collector);
     let mut next_trim = Instant::now() + TRIM_EVERY;
+    let mut after_a_gap = false;
     loop {
         ticker.tick().await;
         if Instant::now() >= next_trim {
@@ -655,20 +803,20 @@ pub async fn run(usage: UsageLoop) {
             let guard = ebpf
                 .as_ref()
                 .map(|e| e.lock().unwrap_or_else(PoisonError::into_inner));
-            let (records, gone) = c.collect(&tasks, guard.as_deref(), &agent_id);
+            let collected = c.collect(&tasks, guard.as_deref(), &agent_id);
             drop(guard);
-            if !gone.is_empty()
+            if !collected.gone.is_empty()
                 && let Some(e) = &ebpf
             {
                 let mut e = e.lock().unwrap_or_else(PoisonError::into_inner);
-                for id in gone {
+                for &id in &collected.gone {
                     e.forget(id);
                 }
             }
-            (c, records)
+            (c, collected.report)
         })
         .await;
-        let (c, records) = match joined {
+        let (c, mut report) = match joined {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(error = %e, "the usage collector panicked; usage reports stop");
@@ -679,9 +827,13 @@ pub async fn run(usage: UsageLoop) {
         usage
             .latest
             .set_last_collect_seconds(started.elapsed().as_secs_f64());
-        usage.latest.set_records(records.clone());
-        match usage.to_core.try_send(records) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+        report.after_a_gap = after_a_gap;
+        let report = Arc::new(report);
+        usage.latest.set_report(report.clone());
+        match usage.to_core.try_send(report) {
+            Ok(()) => after_a_gap = false,
+            // The core is busy: the next report goes in full.
+            Err(mpsc::error::TrySendError::Full(_)) => after_a_gap = true,
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
@@ -765,9 +917,11 @@ mod tests {
         let mut c = Collector::new(Layout::V2 {
             root: dir.path().to_path_buf(),
         });
-        let tasks = [task("fw", "t1"), task("fw", "not-started")];
-        let (records, gone) = c.collect(&tasks, None, "agent-1");
-        assert!(gone.is_empty());
+        let tasks = Arc::new(vec![task("fw", "t1"), task("fw", "not-started")]);
+        let Collected { report, gone } = c.collect(&tasks, None, "agent-1");
+        assert!(gone.is_empty() && report.ended.is_empty());
+        assert_eq!(report.fresh, [true]);
+        let records = report.current();
         assert_eq!(records.len(), 1, "only the task with a cgroup");
         let r = &records[0];
         assert_eq!(
@@ -794,7 +948,7 @@ mod tests {
             &cg.join("cpu.stat"),
             "usage_usec 1100000\nuser_usec 900000\nsystem_usec 200000\n",
         );
-        let (records, _) = c.collect(&tasks, None, "agent-1");
+        let records = c.collect(&tasks, None, "agent-1").report.current();
         let cpu = records[0].cpu.as_ref().unwrap();
         let interval = records[0].interval_seconds;
         assert!(interval >= 0.1, "{interval}");
@@ -805,10 +959,55 @@ mod tests {
         );
 
         fs::remove_dir_all(&cg).unwrap();
-        let (records, gone) = c.collect(&tasks, None, "agent-1");
-        assert!(records.is_empty());
-        assert!(gone.is_empty(), "no eBPF id was known");
-        assert!(c.seen.is_empty());
+        let Collected { report, gone } = c.collect(&tasks, None, "agent-1");
+        assert!(report.records.is_empty());
+        assert_eq!(
+            report.ended,
+            [("fw".to_owned(), "t1".to_owned())],
+            "a task whose cgroup went ends"
+        );
+        assert!(gone.len() <= 1, "its id, where one was known: {gone:?}");
+        assert!(c.seen.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_new_task_list_keeps_what_was_seen_of_the_tasks_still_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu_stat = |id: &str, usec: u64| {
+            write(
+                &dir.path().join("containers/fw").join(id).join("cpu.stat"),
+                &format!("usage_usec {usec}\nuser_usec {usec}\nsystem_usec 0\n"),
+            );
+        };
+        for id in ["t1", "t2", "t3", "t4"] {
+            cpu_stat(id, 1_000_000);
+        }
+        let mut c = Collector::new(Layout::V2 {
+            root: dir.path().to_path_buf(),
+        });
+        let first = Arc::new(vec![task("fw", "t1"), task("fw", "t2"), task("fw", "t3")]);
+        assert_eq!(c.collect(&first, None, "a").report.records.len(), 3);
+        let same = c.collect(&first, None, "a").report;
+        assert!(same.ended.is_empty() && same.fresh == [true, true, true]);
+
+        std::thread::sleep(Duration::from_millis(50));
+        cpu_stat("t1", 1_050_000);
+        cpu_stat("t3", 1_100_000);
+        let second = Arc::new(vec![task("fw", "t3"), task("fw", "t4"), task("fw", "t1")]);
+        let report = c.collect(&second, None, "a").report;
+        assert_eq!(report.ended, [("fw".to_owned(), "t2".to_owned())]);
+        let ids: Vec<&str> = report.records.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(ids, ["t3", "t4", "t1"]);
+        let cores: Vec<f64> = report
+            .records
+            .iter()
+            .map(|r| r.cpu.as_ref().unwrap().cores)
+            .collect();
+        assert!(
+            cores[0] > cores[2] && cores[2] > 0.0,
+            "t3 and t1 keep their previous samples: {cores:?}"
+        );
+        assert_eq!(cores[1], 0.0, "t4 is new: no rate from one sample");
     }
 
     #[test]
@@ -843,7 +1042,10 @@ mod tests {
             "some avg10=2.00 avg60=0.00 avg300=0.00 total=3000000\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=1000000\n",
         );
         let mut c = Collector::new(Layout::Hybrid(roots));
-        let (records, _) = c.collect(&[task("fw", "t")], None, "a");
+        let records = c
+            .collect(&Arc::new(vec![task("fw", "t")]), None, "a")
+            .report
+            .current();
         let r = &records[0];
         let cpu = r.cpu.as_ref().unwrap();
         assert_eq!(

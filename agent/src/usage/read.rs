@@ -6,9 +6,14 @@
 //! kernel does not offer (an older kernel, a controller that is not enabled) leaves its figures
 //! unset or zero; nothing here fails.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read as _;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use strata_proto::{IoDeviceUsage, Pressure};
 
@@ -21,24 +26,53 @@ const V1_UNLIMITED: u64 = 1 << 60;
 /// now and then and keeps them; unread limits are 0.
 ///
 /// Reads cgroup files into one reused buffer (a scrape of a thousand tasks reads thousands of
-/// files; none of them allocates).
+/// files; none of them allocates). The files of one directory are opened relative to it: the
+/// directory last read from stays open (`O_PATH`) until another is read or
+/// [`Reader::close_dir`], so the kernel walks a task cgroup's long path once per directory
+/// rather than once per file.
 #[derive(Debug, Default)]
 pub(crate) struct Reader {
     buf: String,
+    /// The directory last read from, and its `O_PATH` descriptor.
+    dir: OsString,
+    dir_fd: Option<OwnedFd>,
 }
 
 impl Reader {
-    /// The content of `path`, or `None` when it cannot be read.
-    pub(crate) fn read(&mut self, path: &Path) -> Option<&str> {
+    /// The content of the file `name` in `dir`, or `None` when it cannot be read.
+    pub(crate) fn read(&mut self, dir: &Path, name: &str) -> Option<&str> {
         self.buf.clear();
-        let mut file = File::open(path).ok()?;
-        file.read_to_string(&mut self.buf).ok()?;
+        if self.dir.is_empty() || self.dir != dir.as_os_str() {
+            self.close_dir();
+            let fd = nix::fcntl::open(
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            self.dir.push(dir.as_os_str());
+            self.dir_fd = Some(fd);
+        }
+        let fd = nix::fcntl::openat(
+            self.dir_fd.as_ref()?,
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        File::from(fd).read_to_string(&mut self.buf).ok()?;
         Some(&self.buf)
     }
 
+    /// Closes the directory kept open (a cgroup is removed while it is, but lingers).
+    pub(crate) fn close_dir(&mut self) {
+        self.dir.clear();
+        self.dir_fd = None;
+    }
+
     /// A file holding one number; `max` (v2's "no limit") reads as `Some(0)`.
-    pub(crate) fn number(&mut self, path: &Path) -> Option<u64> {
-        let text = self.read(path)?.trim();
+    pub(crate) fn number(&mut self, dir: &Path, name: &str) -> Option<u64> {
+        let text = self.read(dir, name)?.trim();
         if text == "max" {
             return Some(0);
         }
@@ -69,7 +103,7 @@ pub(crate) struct Cpu {
 /// cgroup v2: `cpu.stat` (user_usec, system_usec, nr_periods, nr_throttled, throttled_usec) and
 /// `cpu.max`.
 pub(crate) fn cpu_v2(r: &mut Reader, dir: &Path, limits: bool) -> Option<Cpu> {
-    let stat = r.read(&dir.join("cpu.stat"))?;
+    let stat = r.read(dir, "cpu.stat")?;
     let mut cpu = Cpu {
         user_ns: keyed(stat, "user_usec")?.saturating_mul(1000),
         system_ns: keyed(stat, "system_usec")?.saturating_mul(1000),
@@ -88,7 +122,7 @@ pub(crate) fn cpu_v2(r: &mut Reader, dir: &Path, limits: bool) -> Option<Cpu> {
 
 /// `cpu.max` (`QUOTA PERIOD` or `max PERIOD`) in cores; 0 = none.
 pub(crate) fn cpu_max_v2(r: &mut Reader, dir: &Path) -> f64 {
-    let Some(text) = r.read(&dir.join("cpu.max")) else {
+    let Some(text) = r.read(dir, "cpu.max") else {
         return 0.0;
     };
     let mut parts = text.split_whitespace();
@@ -114,10 +148,10 @@ pub(crate) fn cpu_v1(
     cpuacct_dir: &Path,
     limits: bool,
 ) -> Option<Cpu> {
-    let user_ticks = r.number(&cpuacct_dir.join("cpuacct.usage_user"))?;
-    let system_ticks = r.number(&cpuacct_dir.join("cpuacct.usage_sys"))?;
+    let user_ticks = r.number(cpuacct_dir, "cpuacct.usage_user")?;
+    let system_ticks = r.number(cpuacct_dir, "cpuacct.usage_sys")?;
     let total = r
-        .number(&cpuacct_dir.join("cpuacct.usage"))
+        .number(cpuacct_dir, "cpuacct.usage")
         .unwrap_or(user_ticks + system_ticks);
     let user_ns = match user_ticks + system_ticks {
         0 => total,
@@ -128,7 +162,7 @@ pub(crate) fn cpu_v1(
         system_ns: total - user_ns,
         ..Cpu::default()
     };
-    if let Some(stat) = r.read(&cpu_dir.join("cpu.stat")) {
+    if let Some(stat) = r.read(cpu_dir, "cpu.stat") {
         cpu.periods = keyed(stat, "nr_periods").unwrap_or(0);
         cpu.throttled_periods = keyed(stat, "nr_throttled").unwrap_or(0);
         cpu.throttled_ns = keyed(stat, "throttled_time").unwrap_or(0);
@@ -142,9 +176,9 @@ pub(crate) fn cpu_v1(
 /// `cpu.cfs_quota_us / cpu.cfs_period_us` in cores; 0 = none (quota -1).
 pub(crate) fn cpu_limit_v1(r: &mut Reader, cpu_dir: &Path) -> f64 {
     let quota = r
-        .read(&cpu_dir.join("cpu.cfs_quota_us"))
+        .read(cpu_dir, "cpu.cfs_quota_us")
         .and_then(|t| t.trim().parse::<i64>().ok());
-    let period = r.number(&cpu_dir.join("cpu.cfs_period_us"));
+    let period = r.number(cpu_dir, "cpu.cfs_period_us");
     match (quota, period) {
         (Some(q), Some(p)) if q > 0 && p > 0 => q as f64 / p as f64,
         _ => 0.0,
@@ -183,21 +217,21 @@ const V2_KERNEL_KEYS: [&str; 7] = [
 /// `memory.max`, `memory.high` and `memory.events` (oom, oom_kill, high).
 pub(crate) fn memory_v2(r: &mut Reader, dir: &Path, limits: bool) -> Option<Memory> {
     let mut m = Memory {
-        current: r.number(&dir.join("memory.current"))?,
-        peak: r.number(&dir.join("memory.peak")),
+        current: r.number(dir, "memory.current")?,
+        peak: r.number(dir, "memory.peak"),
         ..Memory::default()
     };
-    if let Some(stat) = r.read(&dir.join("memory.stat")) {
+    if let Some(stat) = r.read(dir, "memory.stat") {
         m.anon = keyed(stat, "anon").unwrap_or(0);
         m.file = keyed(stat, "file").unwrap_or(0);
         m.kernel = keyed(stat, "kernel")
             .unwrap_or_else(|| V2_KERNEL_KEYS.iter().filter_map(|k| keyed(stat, k)).sum());
     }
     if limits {
-        m.limit = r.number(&dir.join("memory.max")).unwrap_or(0);
-        m.high = r.number(&dir.join("memory.high")).unwrap_or(0);
+        m.limit = r.number(dir, "memory.max").unwrap_or(0);
+        m.high = r.number(dir, "memory.high").unwrap_or(0);
     }
-    if let Some(events) = r.read(&dir.join("memory.events")) {
+    if let Some(events) = r.read(dir, "memory.events") {
         m.oom = keyed(events, "oom").unwrap_or(0);
         m.oom_kill = keyed(events, "oom_kill").unwrap_or(0);
         m.high_events = keyed(events, "high").unwrap_or(0);
@@ -211,11 +245,11 @@ pub(crate) fn memory_v2(r: &mut Reader, dir: &Path, limits: bool) -> Option<Memo
 /// (`oom_kill`, counted as both OOM events and OOM kills: v1 counts no other OOM event).
 pub(crate) fn memory_v1(r: &mut Reader, dir: &Path, limits: bool) -> Option<Memory> {
     let mut m = Memory {
-        current: r.number(&dir.join("memory.usage_in_bytes"))?,
-        peak: r.number(&dir.join("memory.max_usage_in_bytes")),
+        current: r.number(dir, "memory.usage_in_bytes")?,
+        peak: r.number(dir, "memory.max_usage_in_bytes"),
         ..Memory::default()
     };
-    if let Some(stat) = r.read(&dir.join("memory.stat")) {
+    if let Some(stat) = r.read(dir, "memory.stat") {
         m.anon = keyed(stat, "total_rss")
             .or_else(|| keyed(stat, "rss"))
             .unwrap_or(0);
@@ -223,19 +257,17 @@ pub(crate) fn memory_v1(r: &mut Reader, dir: &Path, limits: bool) -> Option<Memo
             .or_else(|| keyed(stat, "cache"))
             .unwrap_or(0);
     }
-    m.kernel = r
-        .number(&dir.join("memory.kmem.usage_in_bytes"))
-        .unwrap_or(0);
+    m.kernel = r.number(dir, "memory.kmem.usage_in_bytes").unwrap_or(0);
     if limits {
         let unlimited_is_zero = |v: u64| if v >= V1_UNLIMITED { 0 } else { v };
         m.limit = r
-            .number(&dir.join("memory.limit_in_bytes"))
+            .number(dir, "memory.limit_in_bytes")
             .map_or(0, unlimited_is_zero);
         m.high = r
-            .number(&dir.join("memory.soft_limit_in_bytes"))
+            .number(dir, "memory.soft_limit_in_bytes")
             .map_or(0, unlimited_is_zero);
     }
-    if let Some(control) = r.read(&dir.join("memory.oom_control")) {
+    if let Some(control) = r.read(dir, "memory.oom_control") {
         m.oom_kill = keyed(control, "oom_kill").unwrap_or(0);
         m.oom = m.oom_kill;
     }
@@ -244,9 +276,9 @@ pub(crate) fn memory_v1(r: &mut Reader, dir: &Path, limits: bool) -> Option<Memo
 
 /// `pids.current` and, with `limits`, `pids.max` (0 = unlimited); the same files on v1 and v2.
 pub(crate) fn pids(r: &mut Reader, dir: &Path, limits: bool) -> Option<(u64, u64)> {
-    let current = r.number(&dir.join("pids.current"))?;
+    let current = r.number(dir, "pids.current")?;
     let max = if limits {
-        r.number(&dir.join("pids.max")).unwrap_or(0)
+        r.number(dir, "pids.max").unwrap_or(0)
     } else {
         0
     };
@@ -255,7 +287,7 @@ pub(crate) fn pids(r: &mut Reader, dir: &Path, limits: bool) -> Option<(u64, u64
 
 /// cgroup v2 `io.stat`: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..` lines.
 pub(crate) fn io_v2(r: &mut Reader, dir: &Path) -> Vec<IoDeviceUsage> {
-    let Some(text) = r.read(&dir.join("io.stat")) else {
+    let Some(text) = r.read(dir, "io.stat") else {
         return Vec::new();
     };
     let mut devices = Vec::new();
@@ -294,7 +326,7 @@ pub(crate) fn io_v1(r: &mut Reader, dir: &Path) -> Vec<IoDeviceUsage> {
         ("blkio.throttle.io_service_bytes", true),
         ("blkio.throttle.io_serviced", false),
     ] {
-        let Some(text) = r.read(&dir.join(file)) else {
+        let Some(text) = r.read(dir, file) else {
             continue;
         };
         for line in text.lines() {
@@ -333,8 +365,8 @@ pub(crate) fn io_v1(r: &mut Reader, dir: &Path) -> Vec<IoDeviceUsage> {
 /// A PSI file (`cpu.pressure`, `memory.pressure`, `io.pressure`):
 /// `some avg10=0.12 avg60=.. avg300=.. total=USEC` and, except for cpu before 5.13, a `full`
 /// line.
-pub(crate) fn pressure(r: &mut Reader, path: &Path) -> Option<Pressure> {
-    let text = r.read(path)?;
+pub(crate) fn pressure(r: &mut Reader, dir: &Path, name: &str) -> Option<Pressure> {
+    let text = r.read(dir, name)?;
     let line = |kind: &str| -> Option<(f64, f64)> {
         let rest = text.lines().find_map(|l| l.strip_prefix(kind))?;
         let mut avg10 = None;
@@ -568,7 +600,7 @@ mod tests {
             ),
         ]);
         let mut r = Reader::default();
-        let m = pressure(&mut r, &d.path().join("memory.pressure")).unwrap();
+        let m = pressure(&mut r, d.path(), "memory.pressure").unwrap();
         assert_eq!(
             m,
             Pressure {
@@ -578,10 +610,10 @@ mod tests {
                 full_seconds_total: Some(1.0),
             }
         );
-        let c = pressure(&mut r, &d.path().join("cpu.pressure")).unwrap();
+        let c = pressure(&mut r, d.path(), "cpu.pressure").unwrap();
         assert_eq!(c.some_avg10, 12.0);
         assert_eq!(c.full_avg10, None);
-        assert!(pressure(&mut r, &d.path().join("io.pressure")).is_none());
+        assert!(pressure(&mut r, d.path(), "io.pressure").is_none());
     }
 
     #[test]

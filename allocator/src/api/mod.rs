@@ -334,7 +334,7 @@ async fn read_agent(
                     }
                 },
                 agent_message::Message::Usage(usage) => {
-                    shared.usage.report(conn, usage.tasks);
+                    shared.usage.report(conn, usage);
                     continue;
                 }
             },
