@@ -13,10 +13,10 @@ use strata_proto::names::{CPUS, MEM};
 use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::scheduler_service_client::SchedulerServiceClient;
 use strata_proto::{
-    AgentInfo, AgentState, AgentSummary, Call, FrameworkCapability, FrameworkInfo,
-    FrameworkSummary, GetStateRequest, GetStateResponse, ListAgentsRequest, ListFrameworksRequest,
-    ListTasksRequest, Resource, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus,
-    TaskSummary, agent_message, allocator_message, call, event,
+    AgentInfo, AgentState, AgentSummary, Call, CpuUsage, FrameworkCapability, FrameworkInfo,
+    FrameworkSummary, GetStateRequest, GetStateResponse, GetUsageRequest, ListAgentsRequest,
+    ListFrameworksRequest, ListTasksRequest, Resource, TaskInfo, TaskReason, TaskSource, TaskState,
+    TaskStatus, TaskSummary, TaskUsage, agent_message, allocator_message, call, event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,6 +52,31 @@ impl Operator {
     async fn state(&mut self) -> Result<GetStateResponse> {
         let response = bounded("GetState", self.0.get_state(GetStateRequest {})).await??;
         Ok(response.into_inner())
+    }
+
+    async fn usage(&mut self, request: GetUsageRequest) -> Result<Vec<TaskUsage>> {
+        let response = bounded("GetUsage", self.0.get_usage(request)).await??;
+        Ok(response.into_inner().tasks)
+    }
+
+    /// Asks GetUsage (every 20 ms, at most 10 s) until `done` accepts the answer: usage reports
+    /// are taken in as they come, with no answer to wait for.
+    async fn usage_until(
+        &mut self,
+        what: &str,
+        done: impl Fn(&[TaskUsage]) -> bool,
+    ) -> Result<Vec<TaskUsage>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let tasks = self.usage(GetUsageRequest::default()).await?;
+            if done(&tasks) {
+                return Ok(tasks);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("GetUsage never showed {what}: it answers {tasks:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -595,5 +620,83 @@ async fn operator_calls_steer_roles_quota_reservations_and_agents() -> Result<()
     let mut ops = Operator(op);
     assert!(ops.frameworks().await?.is_empty());
     drop(agent);
+    allocator.shutdown().await
+}
+
+#[tokio::test]
+async fn usage_reports_are_served_carried_forward_and_go_with_their_stream() -> Result<()> {
+    let allocator = Allocator::start().await?;
+    let agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
+    let mut op = Operator::connect(&allocator).await?;
+    let record = |task_id: &str, timestamp: f64, cores: f64| TaskUsage {
+        task_id: task_id.to_owned(),
+        framework_id: "fw".to_owned(),
+        agent_id: agent.id.clone(),
+        timestamp,
+        interval_seconds: 1.0,
+        cpu: Some(CpuUsage {
+            user_seconds_total: 3.0,
+            cores,
+            ..CpuUsage::default()
+        }),
+        ..TaskUsage::default()
+    };
+
+    // A full report, then a delta: "busy" changed, "ends" ended, "idle" stands.
+    agent
+        .send(agent_message::Message::Usage(agent_message::Usage {
+            tasks: vec![
+                record("busy", 100.0, 0.5),
+                record("ends", 100.0, 0.0),
+                record("idle", 100.0, 0.0),
+            ],
+            delta: false,
+            ended: vec![],
+            timestamp: 100.0,
+        }))
+        .await?;
+    agent
+        .send(agent_message::Message::Usage(agent_message::Usage {
+            tasks: vec![record("busy", 102.0, 0.25)],
+            delta: true,
+            ended: vec![agent_message::UsageTaskKey {
+                framework_id: "fw".to_owned(),
+                task_id: "ends".to_owned(),
+            }],
+            timestamp: 102.0,
+        }))
+        .await?;
+    let usage = op
+        .usage_until("the delta applied", |tasks| {
+            tasks.len() == 2 && tasks.iter().all(|t| t.timestamp == 102.0)
+        })
+        .await?;
+    let ids: Vec<&str> = usage.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(ids, ["busy", "idle"]);
+    let cores = |t: &TaskUsage| t.cpu.as_ref().map(|c| c.cores);
+    assert_eq!(cores(&usage[0]), Some(0.25));
+    let idle = &usage[1];
+    assert_eq!(
+        (idle.interval_seconds, cores(idle)),
+        (2.0, Some(0.0)),
+        "the record that stands is carried forward to the latest report"
+    );
+    assert_eq!(idle.cpu.as_ref().map(|c| c.user_seconds_total), Some(3.0));
+
+    // GetState holds the same records; GetUsage filters.
+    assert_eq!(op.state().await?.usage, usage);
+    let one = op
+        .usage(GetUsageRequest {
+            task_id: "idle".to_owned(),
+            ..GetUsageRequest::default()
+        })
+        .await?;
+    assert_eq!(one, std::slice::from_ref(idle));
+
+    // The agent's stream ends: its records go.
+    drop(agent);
+    op.usage_until("no records", <[TaskUsage]>::is_empty)
+        .await?;
+    assert!(op.state().await?.usage.is_empty());
     allocator.shutdown().await
 }

@@ -21,6 +21,9 @@ struct Args {
     cpus: f64,
     #[arg(long, default_value_t = 4.0)]
     mem: f64,
+    /// A hard CPU limit for each task, in cores (cpu.max / CFS quota, set before it starts).
+    #[arg(long)]
+    cpu_limit: Option<f64>,
     /// At most this many tasks launched and not yet ended (0: as many as offers fit).
     #[arg(long, default_value_t = 0)]
     max_in_flight: u32,
@@ -64,11 +67,15 @@ async fn main() -> Result<()> {
             }
             let tasks: Vec<_> = (next..next + count)
                 .map(|i| {
-                    task(format!("t{i}"))
+                    let t = task(format!("t{i}"))
                         .shell(&args.cmd)
                         .cpus(args.cpus)
-                        .mem(args.mem)
-                        .build()
+                        .mem(args.mem);
+                    match args.cpu_limit {
+                        Some(cores) => t.cpu_limit(cores),
+                        None => t,
+                    }
+                    .build()
                 })
                 .collect();
             next += count;
@@ -78,6 +85,11 @@ async fn main() -> Result<()> {
                 accepted_at.insert(t.task_id.clone(), now);
             }
             client.launch(&offer, tasks).await?;
+        }
+        // Every task launched: offers go back (for an hour), so other frameworks get them.
+        if next >= args.tasks && !held.is_empty() {
+            let ids = held.drain(..).map(|o| o.id).collect();
+            client.decline(ids, Some(3600.0)).await?;
         }
         let event = tokio::time::timeout_at(deadline.into(), events.recv())
             .await

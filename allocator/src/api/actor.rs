@@ -273,6 +273,8 @@ impl Actor {
                     }),
                     allocator_version: env!("CARGO_PKG_VERSION").to_owned(),
                     started_at: self.started_at.as_secs_f64(),
+                    // Usage is kept at the edge; the service adds it.
+                    usage: Vec::new(),
                 });
             }
             Query::Agents(reply) => {

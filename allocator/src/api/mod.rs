@@ -438,7 +438,9 @@ impl OperatorService for OperatorApi {
         &self,
         _request: Request<GetStateRequest>,
     ) -> Result<Response<GetStateResponse>, Status> {
-        self.0.query(Query::State).await.map(Response::new)
+        let mut state = self.0.query(Query::State).await?;
+        state.usage = self.0.usage.query(&GetUsageRequest::default());
+        Ok(Response::new(state))
     }
 
     async fn list_agents(
