@@ -529,10 +529,12 @@ fn sample(
         && let Some(id) = seen.cgroup_id
     {
         oncpu_ns = e.cpu_time_ns(id).ok();
+        // (A record made before the agent had its id is made again.)
         let quiet = oncpu_ns.is_some()
             && oncpu_ns == seen.oncpu_ns
             && seen.record.cpu.as_ref().is_some_and(|c| c.cores == 0.0)
-            && seen.since_full + 1 < pass.full_every;
+            && seen.since_full + 1 < pass.full_every
+            && seen.record.agent_id == pass.agent_id;
         if quiet {
             seen.since_full += 1;
             seen.at = now;
