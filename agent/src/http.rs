@@ -12,7 +12,6 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -554,7 +553,7 @@ const IO_SERIES: &[(&str, &str, IoFigure)] = &[
 
 #[derive(Debug)]
 struct TaskMetrics {
-    records: Arc<Vec<TaskUsage>>,
+    records: Vec<TaskUsage>,
 }
 
 impl PromCollector for TaskMetrics {

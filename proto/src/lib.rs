@@ -119,6 +119,14 @@ impl TaskUsage {
             }
         }
     }
+
+    /// A copy of the record carried forward to `timestamp` (see [`TaskUsage::carry_forward`]).
+    #[must_use]
+    pub fn carried_forward(&self, timestamp: f64) -> Self {
+        let mut record = self.clone();
+        record.carry_forward(timestamp);
+        record
+    }
 }
 
 #[cfg(test)]

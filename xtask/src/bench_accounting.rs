@@ -159,36 +159,27 @@ fn run_step(
     let outcome = (|| -> Result<()> {
         wait_for_port(&http)?;
         eprintln!("bench accounting: launching {target} idle tasks");
-        children.0.push(
-            Command::new(bin.join("examples").join("skeleton_bench"))
-                .args(["--allocator", &allocator_url])
-                .args(["--tasks", &target.to_string(), "--cmd", "exec sleep 100000"])
-                .args(["--cpus", "0.01", "--mem", "32"])
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start the skeleton_bench framework")?,
-        );
+        children.0.push(skeleton_bench(
+            bin,
+            &allocator_url,
+            target,
+            "exec sleep 100000",
+            &["--cpus", "0.01"],
+        )?);
         let started = Instant::now();
         wait_for_running(&http, target as usize)?;
         eprintln!(
             "bench accounting: {target} idle tasks running after {:.1} s; launching {BUSY_TASKS} CPU-bound tasks",
             started.elapsed().as_secs_f64()
         );
-        children.0.push(
-            Command::new(bin.join("examples").join("skeleton_bench"))
-                .args(["--allocator", &allocator_url])
-                .args(["--tasks", &BUSY_TASKS.to_string()])
-                .args(["--cmd", "while :; do :; done"])
-                .args(["--cpus", &BUSY_CORES.to_string()])
-                .args(["--cpu-limit", &BUSY_CORES.to_string(), "--mem", "32"])
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start the skeleton_bench framework for the CPU-bound tasks")?,
-        );
+        let cores = BUSY_CORES.to_string();
+        children.0.push(skeleton_bench(
+            bin,
+            &allocator_url,
+            BUSY_TASKS,
+            "while :; do :; done",
+            &["--cpus", &cores, "--cpu-limit", &cores],
+        )?);
         wait_for_running(&http, (target + BUSY_TASKS) as usize)?;
         eprintln!(
             "bench accounting: all {} tasks running after {:.1} s",
@@ -216,6 +207,26 @@ fn run_step(
     let _ = agent.wait();
     drop(children);
     outcome
+}
+
+/// Starts the `skeleton_bench` framework launching `tasks` copies of `cmd` (32 MiB each, plus
+/// `args`).
+fn skeleton_bench(
+    bin: &Path,
+    allocator_url: &str,
+    tasks: u32,
+    cmd: &str,
+    args: &[&str],
+) -> Result<Child> {
+    Command::new(bin.join("examples").join("skeleton_bench"))
+        .args(["--allocator", allocator_url])
+        .args(["--tasks", &tasks.to_string(), "--cmd", cmd, "--mem", "32"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start the skeleton_bench framework for `{cmd}`"))
 }
 
 fn wait_for_port(addr: &str) -> Result<()> {

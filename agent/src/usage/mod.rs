@@ -219,11 +219,7 @@ impl UsageReport {
     pub fn current(&self) -> Vec<TaskUsage> {
         self.records
             .iter()
-            .map(|r| {
-                let mut r = TaskUsage::clone(r);
-                r.carry_forward(self.timestamp);
-                r
-            })
+            .map(|r| r.carried_forward(self.timestamp))
             .collect()
     }
 
@@ -249,8 +245,8 @@ pub struct LatestUsage {
 impl LatestUsage {
     /// The latest record of every running task, as of the latest report.
     #[must_use]
-    pub fn records(&self) -> Arc<Vec<TaskUsage>> {
-        Arc::new(self.report().current())
+    pub fn records(&self) -> Vec<TaskUsage> {
+        self.report().current()
     }
 
     /// The latest report.

@@ -71,11 +71,7 @@ impl UsageBook {
                             && matches(&u.framework_id, &request.framework_id)
                             && matches(&u.agent_id, &request.agent_id)
                     })
-                    .map(|u| {
-                        let mut u = u.clone();
-                        u.carry_forward(stream.timestamp);
-                        u
-                    })
+                    .map(|u| u.carried_forward(stream.timestamp))
             })
             .collect();
         drop(book);
