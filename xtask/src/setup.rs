@@ -75,6 +75,9 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     } else {
         install_apt_packages(&apt_missing)?;
     }
+    if let Some(qemu) = private_qemu_ready() {
+        println!("setup: qemu: private copy {}", qemu.binary.display());
+    }
 
     let toolchain = pinned_toolchain()?;
     if rustup_lines(&["target", "list", "--installed", "--toolchain", &toolchain])?
@@ -195,43 +198,261 @@ pub fn pinned_toolchain() -> Result<String> {
 fn missing_apt_packages() -> Result<Vec<String>> {
     let mut missing = Vec::new();
     for pkg in APT_PACKAGES {
-        let out = Command::new("dpkg-query")
-            .args(["-W", "-f=${db:Status-Abbrev}", pkg])
-            .stderr(Stdio::null())
-            .output()
-            .context("running dpkg-query: is this a Debian machine?")?;
-        if !String::from_utf8_lossy(&out.stdout).starts_with("ii") {
+        let present =
+            dpkg_installed(pkg)? || (*pkg == QEMU_PACKAGE && private_qemu_ready().is_some());
+        if !present {
             missing.push((*pkg).to_owned());
         }
     }
     Ok(missing)
 }
 
-fn install_apt_packages(pkgs: &[String]) -> Result<()> {
-    println!("setup: apt packages: installing {}", pkgs.join(" "));
-    let sudo = !is_root();
-    let apt = |args: &[&str]| {
-        let mut cmd = if sudo {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        } else {
-            Command::new("apt-get")
-        };
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
+fn dpkg_installed(pkg: &str) -> Result<bool> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .context("running dpkg-query: is this a Debian machine?")?;
+    Ok(String::from_utf8_lossy(&out.stdout).starts_with("ii"))
+}
+
+/// `apt-get ARGS`, through sudo when not root, never asking questions.
+fn apt_get(args: &[&str]) -> Command {
+    let mut cmd = if is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
     };
-    run_cmd(&mut apt(&["-q", "update"])).context(
+    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Installs `pkgs` without ever removing an installed package: apt's plan is simulated first.
+/// When only Debian's qemu-system-x86 would remove something (typically a newer qemu-utils
+/// from backports, which breaks Debian 12's qemu-system-common), the other packages and
+/// qemu's libraries are installed and qemu itself is unpacked privately under `.vm/qemu`;
+/// any other removal is refused with a message naming it.
+fn install_apt_packages(pkgs: &[String]) -> Result<()> {
+    run_cmd(&mut apt_get(&["-q", "update"])).context(
         "apt-get update failed: run `cargo xtask setup` as root, or with sudo available",
     )?;
-    let mut args = vec!["-q", "-y", "--no-install-recommends", "install"];
+    let removed = apt_removals(pkgs)?;
+    if removed.is_empty() {
+        return apt_install(pkgs);
+    }
+    let rest: Vec<String> = pkgs
+        .iter()
+        .filter(|p| *p != QEMU_PACKAGE)
+        .cloned()
+        .collect();
+    if rest.len() < pkgs.len() {
+        let mut with_libs = rest.clone();
+        with_libs.extend(private_qemu_libraries()?);
+        if apt_removals(&with_libs)?.is_empty() {
+            println!(
+                "setup: installing {QEMU_PACKAGE} would remove {}: keeping them, and unpacking \
+                 qemu privately under {} instead",
+                removed.join(" "),
+                private_qemu_dir().display()
+            );
+            apt_install(&with_libs)?;
+            return install_private_qemu();
+        }
+    }
+    bail!(
+        "installing {} would remove installed packages ({}); setup never removes packages: \
+         install these yourself in a way that keeps them (for example from the release the \
+         installed ones came from), then run `cargo xtask setup` again",
+        pkgs.join(" "),
+        removed.join(" ")
+    )
+}
+
+fn apt_install(pkgs: &[String]) -> Result<()> {
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    println!("setup: apt packages: installing {}", pkgs.join(" "));
+    let mut args = vec![
+        "-q",
+        "-y",
+        "--no-install-recommends",
+        "--no-remove",
+        "install",
+    ];
     args.extend(pkgs.iter().map(String::as_str));
-    run_cmd(&mut apt(&args)).with_context(|| {
+    run_cmd(&mut apt_get(&args)).with_context(|| {
         format!(
             "apt-get install {} failed: run `cargo xtask setup` as root, or with sudo available",
             pkgs.join(" ")
         )
     })
+}
+
+/// The installed packages apt would remove to install `pkgs` (a simulation; changes nothing).
+fn apt_removals(pkgs: &[String]) -> Result<Vec<String>> {
+    let mut args = vec!["-s", "-q", "-y", "--no-install-recommends", "install"];
+    args.extend(pkgs.iter().map(String::as_str));
+    let out = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("running apt-get -s (a simulated install)")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get cannot install {}: {}",
+            pkgs.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(removals_in(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The package names of the `Remv NAME [VERSION]` lines of `apt-get -s` output.
+fn removals_in(simulation: &str) -> Vec<String> {
+    simulation
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The Debian package that boots the test kernels.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+/// The packages unpacked into the private qemu: the emulator and its firmware.
+const PRIVATE_QEMU_PACKAGES: &[&str] = &[
+    QEMU_PACKAGE,
+    "qemu-system-common",
+    "qemu-system-data",
+    "seabios",
+    "ipxe-qemu",
+];
+
+/// Where a private qemu is unpacked (gitignored, beside the test kernels).
+pub fn private_qemu_dir() -> PathBuf {
+    workspace_root().join(".vm").join("qemu")
+}
+
+/// A qemu to boot the test kernels with.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    /// The `qemu-system-x86_64` binary.
+    pub binary: PathBuf,
+    /// Firmware directories to pass with `-L` (empty for the system's qemu).
+    pub firmware: Vec<PathBuf>,
+}
+
+/// The private qemu, when it is unpacked and runs.
+fn private_qemu_ready() -> Option<Qemu> {
+    let root = private_qemu_dir().join("root");
+    let qemu = Qemu {
+        binary: root.join("usr/bin/qemu-system-x86_64"),
+        firmware: ["usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"]
+            .iter()
+            .map(|d| root.join(d))
+            .collect(),
+    };
+    Command::new(&qemu.binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        .then_some(qemu)
+}
+
+/// The qemu the VM suite boots with: the system's when installed, else the private copy.
+pub fn qemu() -> Qemu {
+    private_qemu_ready()
+        .filter(|_| !dpkg_installed(QEMU_PACKAGE).unwrap_or(false))
+        .unwrap_or_else(|| Qemu {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            firmware: Vec::new(),
+        })
+}
+
+/// The libraries the private qemu's binaries link with: the first alternative of each
+/// dependency of [`PRIVATE_QEMU_PACKAGES`] that is not itself one of them.
+fn private_qemu_libraries() -> Result<Vec<String>> {
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions"])
+        .args(PRIVATE_QEMU_PACKAGES)
+        .output()
+        .context("running apt-cache show")?;
+    if !out.status.success() {
+        bail!(
+            "apt-cache show {} failed: {}",
+            PRIVATE_QEMU_PACKAGES.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(dependencies_in(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|d| !PRIVATE_QEMU_PACKAGES.contains(&d.as_str()))
+        .collect())
+}
+
+/// The package names in the `Depends:` fields of `apt-cache show` output: the first
+/// alternative of each, without version or architecture, each once.
+fn dependencies_in(show: &str) -> Vec<String> {
+    let mut deps: Vec<String> = Vec::new();
+    for field in show.lines().filter_map(|l| l.strip_prefix("Depends:")) {
+        for dep in field.split(',') {
+            let first = dep.split('|').next().unwrap_or_default();
+            let name = first
+                .split(['(', ' '])
+                .find(|s| !s.is_empty())
+                .unwrap_or_default();
+            let name = name.split(':').next().unwrap_or_default();
+            if !name.is_empty() && !deps.iter().any(|d| d == name) {
+                deps.push(name.to_owned());
+            }
+        }
+    }
+    deps
+}
+
+/// Downloads [`PRIVATE_QEMU_PACKAGES`] with `apt-get download` and unpacks them under
+/// [`private_qemu_dir`]; the system's packages are not touched.
+fn install_private_qemu() -> Result<()> {
+    let dir = private_qemu_dir();
+    let debs = dir.join("debs");
+    let root = dir.join("root");
+    for d in [&debs, &root] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    run_cmd(
+        Command::new("apt-get")
+            // The download directory belongs to this user, not to apt's sandbox user.
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+            .args(PRIVATE_QEMU_PACKAGES)
+            .current_dir(&debs),
+    )
+    .context("cannot download qemu's packages with apt-get download")?;
+    for entry in std::fs::read_dir(&debs).with_context(|| format!("reading {}", debs.display()))? {
+        let deb = entry?.path();
+        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+            .with_context(|| format!("cannot unpack {}", deb.display()))?;
+    }
+    match private_qemu_ready() {
+        Some(qemu) => {
+            println!("setup: qemu unpacked: {}", qemu.binary.display());
+            Ok(())
+        }
+        None => bail!(
+            "the qemu unpacked under {} does not run (a missing library?): run {} --version \
+             to see why",
+            root.display(),
+            root.join("usr/bin/qemu-system-x86_64").display()
+        ),
+    }
 }
 
 /// Whether this process runs as root.
@@ -406,4 +627,39 @@ with tarfile.open(src) as t:
     }
     println!("setup: pymesos installed in {:.0?}", t.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removals_are_read_from_a_simulated_install() {
+        let sim = "NOTE: This is only a simulation!\n\
+                   Remv qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]\n\
+                   Inst qemu-system-common (1:7.2+dfsg-7+deb12u18+b2 Debian:12.14/oldstable [amd64])\n\
+                   Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b2 Debian:12.14/oldstable [amd64])\n";
+        assert_eq!(removals_in(sim), vec!["qemu-utils".to_owned()]);
+        assert!(removals_in("Inst cpio (2.13)\nConf cpio (2.13)\n").is_empty());
+    }
+
+    #[test]
+    fn dependencies_take_the_first_alternative_without_versions() {
+        let show = "Package: qemu-system-x86\n\
+                    Depends: libaio1 (>= 0.3.93), libc6 (>= 2.34), qemu-system-common (= 1:7.2), seabios, ipxe-qemu | ipxe-qemu-256k, libfoo:any\n\
+                    Package: qemu-system-common\n\
+                    Depends: libc6 (>= 2.34), libcap-ng0\n";
+        assert_eq!(
+            dependencies_in(show),
+            [
+                "libaio1",
+                "libc6",
+                "qemu-system-common",
+                "seabios",
+                "ipxe-qemu",
+                "libfoo",
+                "libcap-ng0"
+            ]
+        );
+    }
 }

@@ -227,7 +227,11 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 /// Boots `vmlinux` with `initramfs`, streams the console, and fails unless the tests pass.
 pub fn boot(entry: &LockEntry, vmlinux: &Path, initramfs: &Path, timeout_secs: u64) -> Result<()> {
     let kvm = std::env::var(KVM_ENV).is_ok_and(|v| v == "1");
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let qemu = crate::setup::qemu();
+    let mut cmd = Command::new(&qemu.binary);
+    for dir in &qemu.firmware {
+        cmd.arg("-L").arg(dir);
+    }
     if kvm {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -267,9 +271,12 @@ pub fn boot(entry: &LockEntry, vmlinux: &Path, initramfs: &Path, timeout_secs: u
         timeout_secs
     );
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .context("starting qemu-system-x86_64: run `cargo xtask setup` (it installs qemu)")?;
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "starting {}: run `cargo xtask setup` (it installs qemu)",
+            qemu.binary.display()
+        )
+    })?;
     let stdout = child.stdout.take().context("qemu has no stdout")?;
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || {
