@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 use tracing::{Instrument, Span};
 
-use crate::cgroup::{CgroupBackend, MemoryOom, RootPlacement};
+use crate::cgroup::{CgroupBackend, CgroupError, MemoryOom, Placement, RootPlacement};
 use crate::checkpoint::{self, CheckpointError};
 use crate::connection::{self, ConnEvent};
 use crate::containerizer::{Containerizer, ExitStatus, LaunchSpec, ProcessContainerizer};
@@ -93,10 +93,16 @@ pub struct AgentConfig {
     pub ebpf: bool,
     /// How tasks are isolated; default [`Isolation::Auto`].
     pub isolation: Isolation,
-    /// Where the agent's cgroup subtree is, relative to each hierarchy's mount (the agent's own
-    /// cgroup or below it, e.g. `/system.slice/strata-agent.service`); default
-    /// `<own cgroup>/strata-<hash of the work dir>`.
+    /// Where the agent's cgroup subtree is, relative to each hierarchy's mount, e.g.
+    /// `/strata`; default: placed by [`AgentConfig::cgroup_placement`].
     pub cgroup_root: Option<PathBuf>,
+    /// How the cgroup subtree is placed when [`AgentConfig::cgroup_root`] is unset; default
+    /// [`Placement::Auto`]: the delegated cgroup the agent runs in (a systemd unit or scope;
+    /// from a shell on a systemd host the agent asks for a scope), else a top-level cgroup.
+    /// Tests and shared development machines use [`Placement::BelowOwn`].
+    pub cgroup_placement: Placement,
+    /// Where the kernel's files are (`/proc`, `/sys/fs/cgroup`, `/sys`, `/run`).
+    pub roots: HostRoots,
     /// pids.max of tasks that set no limit; default 4096.
     pub default_pids_limit: u64,
     /// How long the sandbox of an ended task is kept for debugging; default 1 hour.
@@ -154,6 +160,8 @@ impl AgentConfig {
             ebpf: true,
             isolation: Isolation::Auto,
             cgroup_root: None,
+            cgroup_placement: Placement::Auto,
+            roots: HostRoots::default(),
             default_pids_limit: 4096,
             sandbox_gc_delay: Duration::from_secs(3600),
             agent_exe: None,
@@ -167,12 +175,15 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
-    /// Where the agent's cgroup subtree is: the configured root, or
-    /// `<own cgroup>/strata-<hash of the work dir>`.
-    pub fn cgroup_placement(&self) -> RootPlacement {
-        match &self.cgroup_root {
-            Some(path) => RootPlacement::Path(path.clone()),
-            None => RootPlacement::BelowOwn(default_cgroup_name(&self.work_dir)),
+    /// Where the agent's cgroup subtree is: the configured root, or `strata-<hash of the work
+    /// dir>` placed by [`AgentConfig::cgroup_placement`].
+    pub fn root_placement(&self) -> RootPlacement {
+        let name = default_cgroup_name(&self.work_dir);
+        match (&self.cgroup_root, self.cgroup_placement) {
+            (Some(path), _) => RootPlacement::Path(path.clone()),
+            (None, Placement::Auto) => RootPlacement::Auto(name),
+            (None, Placement::BelowOwn) => RootPlacement::BelowOwn(name),
+            (None, Placement::TopLevel) => RootPlacement::TopLevel(name),
         }
     }
 }
@@ -208,16 +219,20 @@ pub enum AgentError {
     Discovery(#[from] DiscoveryError),
     /// Task isolation was required but cannot be set up.
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
+    Cgroup(#[from] CgroupError),
     /// The HTTP listen address cannot be bound.
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
 }
 
-/// Loads the eBPF programs at the agent's own unified cgroup, logging which attached. Failures
-/// are warnings that say what is missing: the agent runs on without them.
-async fn load_ebpf(roots: &HostRoots) -> Option<crate::ebpf::Ebpf> {
-    let Some(dir) = discovery::unified_cgroup_dir(&roots.proc, &roots.cgroup) else {
+/// Loads the eBPF programs, attaching the per-cgroup ones at the task cgroups' unified root
+/// (`tasks_root`), or at the agent's own unified cgroup when tasks run without cgroups (they
+/// are the agent's children there); logs which attached. Failures are warnings that say what
+/// is missing: the agent runs on without them.
+async fn load_ebpf(roots: &HostRoots, tasks_root: Option<PathBuf>) -> Option<crate::ebpf::Ebpf> {
+    let Some(dir) =
+        tasks_root.or_else(|| discovery::unified_cgroup_dir(&roots.proc, &roots.cgroup))
+    else {
         tracing::warn!(
             cgroup_root = %roots.cgroup.display(),
             "no unified (v2) cgroup hierarchy: eBPF accounting is off; mount cgroup2 (hybrid or pure v2) to enable it"
@@ -266,7 +281,20 @@ pub async fn run(
             path: config.work_dir.clone(),
             source,
         })?;
+    crate::nofile::raise_for_agent();
     let (containerizer, cgroups) = containerizer_for(&config)?;
+    let mut config = config;
+    if cgroups.is_none()
+        && !config
+            .attributes
+            .iter()
+            .any(|(name, _)| name == "isolation")
+    {
+        // Frameworks see that this agent's resources are offered without isolation.
+        config
+            .attributes
+            .push(("isolation".to_owned(), "none".to_owned()));
+    }
     let result = run_with_cgroups(config, containerizer.clone(), cgroups, shutdown).await;
     if result.is_err() {
         containerizer.cleanup();
@@ -313,8 +341,11 @@ fn containerizer_for(
             None,
         ));
     }
-    let placement = config.cgroup_placement();
-    let roots = HostRoots::default();
+    let placement = config.root_placement();
+    let roots = &config.roots;
+    if let RootPlacement::Auto(name) = &placement {
+        ask_systemd_for_a_scope(roots, name);
+    }
     match crate::cgroup::detect(&roots.proc, &roots.cgroup, &placement) {
         Ok(backend) => {
             let mut linux = LinuxConfig::new(config.work_dir.clone());
@@ -346,14 +377,50 @@ fn containerizer_for(
             }
             Ok((Arc::new(containerizer), Some(backend)))
         }
-        Err(e) if config.isolation == Isolation::Auto => {
-            tracing::warn!(error = %e, "tasks run as plain processes without limits: cgroups cannot be set up");
+        Err(e) if config.isolation == Isolation::Auto && !cgroups_expected(&e) => {
+            tracing::warn!(error = %e, "tasks run as plain processes without limits (offered with the attribute isolation=none): this host gives the agent no cgroups; run it as root on a host with cgroup2 to isolate them");
             Ok((
                 Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
                 None,
             ))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a failure to set up cgroups is a problem to fix rather than a host without them:
+/// the agent runs as root and a cgroup hierarchy is there. With `--isolation auto` the agent
+/// then refuses to start instead of offering resources it cannot isolate.
+fn cgroups_expected(e: &CgroupError) -> bool {
+    nix::unistd::geteuid().is_root() && !matches!(e, CgroupError::Unsupported { .. })
+}
+
+/// From a shell on a systemd host, with pure cgroup v2 and root, the agent asks systemd for a
+/// delegated scope of its own before it places its cgroups (see [`crate::cgroup::systemd`]);
+/// when it runs in a delegated cgroup already, or systemd cannot oblige, nothing changes and
+/// the cgroups go into a top-level cgroup instead.
+fn ask_systemd_for_a_scope(roots: &HostRoots, root_name: &str) {
+    use crate::cgroup::systemd;
+    if !systemd::running(&roots.run)
+        || !nix::unistd::geteuid().is_root()
+        || discovery::cgroup_mode(&roots.cgroup) != discovery::CgroupMode::V2
+    {
+        return;
+    }
+    let own = std::fs::read_to_string(roots.proc.join("self/cgroup")).unwrap_or_default();
+    let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return;
+    };
+    if systemd::delegated_ancestor(&roots.cgroup, own).is_some() {
+        return;
+    }
+    match systemd::enter_scope(&roots.cgroup, &roots.proc, root_name) {
+        Ok(outcome) => {
+            tracing::info!(unit = %systemd::scope_unit(root_name), ?outcome, "the agent runs in a delegated systemd scope")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot get a delegated scope from systemd: task cgroups go into a top-level cgroup instead")
+        }
     }
 }
 
@@ -417,7 +484,7 @@ async fn start(
         disk_mib: config.disk_mib,
         ports: config.ports,
     };
-    let found = discovery::discover(&HostRoots::default(), &config.work_dir, &overrides)?;
+    let found = discovery::discover(&config.roots, &config.work_dir, &overrides)?;
     tracing::info!(
         hostname = %found.hostname,
         cpus = found.resources.cpus,
@@ -432,9 +499,12 @@ async fn start(
     );
     // Held for the agent's life: dropping it detaches the programs.
     let ebpf: Option<SharedEbpf> = if config.ebpf {
-        load_ebpf(&HostRoots::default())
-            .await
-            .map(|e| Arc::new(std::sync::Mutex::new(e)))
+        load_ebpf(
+            &config.roots,
+            cgroups.as_ref().and_then(|c| c.unified_root()),
+        )
+        .await
+        .map(|e| Arc::new(std::sync::Mutex::new(e)))
     } else {
         tracing::info!("eBPF accounting is off (--no-ebpf)");
         None
@@ -454,7 +524,7 @@ async fn start(
             tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
             let router = crate::http::router(crate::http::HttpState {
                 usage: latest_usage.clone(),
-                proc_root: HostRoots::default().proc,
+                proc_root: config.roots.proc.clone(),
             });
             (
                 Some(tokio::spawn(crate::http::serve(listener, router))),
@@ -495,7 +565,7 @@ async fn start(
     let (usage_tx, usage_rx) = mpsc::channel(2);
     let layout = cgroups
         .as_ref()
-        .and_then(|c| Layout::of_backend(c.as_ref(), &HostRoots::default().cgroup));
+        .and_then(|c| Layout::of_backend(c.as_ref(), &config.roots.cgroup));
     let usage_loop = match layout {
         Some(layout) => Some(tokio::spawn(
             crate::usage::run(UsageLoop {

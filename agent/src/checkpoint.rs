@@ -229,12 +229,15 @@ pub fn load_updates(
     Ok(Some((latest, all.collect())))
 }
 
-/// Forgets a task's checkpoint (its terminal update was acknowledged); the run directory and
-/// sandbox stay until garbage collection.
+/// Forgets a task's checkpoint (its terminal update was acknowledged); the run directory (unless
+/// it is left empty) and the sandbox stay until garbage collection.
 pub fn forget_task(run_dir: &Path) {
     for file in [TASK_FILE, UPDATES_FILE] {
         let _ = fs::remove_file(run_dir.join(file));
     }
+    // Gone too when nothing else is in it (a launch that failed); otherwise the task's run
+    // files stay for the sandbox collector.
+    let _ = fs::remove_dir(run_dir);
 }
 
 #[cfg(test)]

@@ -307,6 +307,48 @@ pub(crate) fn checked_command(spec: &LaunchSpec) -> Result<&CommandInfo, Contain
         })
 }
 
+/// Removes what a launch that failed left behind: the task's sandbox, and the files of its run
+/// directory (the directory too when nothing else is left) except the agent's own checkpoint
+/// of the task and its updates, which the agent forgets once the failure is acknowledged.
+/// Nothing is touched unless both ids are valid names.
+pub(crate) async fn undo_launch(work_dir: &Path, spec: &LaunchSpec) {
+    let (framework_id, task_id) = (spec.framework_id.as_str(), spec.task.task_id.as_str());
+    if check_id("framework id", framework_id).is_err() || check_id("task id", task_id).is_err() {
+        return;
+    }
+    let sandbox = sandbox_dir(work_dir, framework_id, task_id);
+    let run = run_dir(work_dir, framework_id, task_id);
+    let undone = tokio::task::spawn_blocking(move || {
+        match std::fs::remove_dir_all(&sandbox) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(sandbox = %sandbox.display(), error = %e, "cannot remove the sandbox of a failed launch"),
+        }
+        let keep = [checkpoint::TASK_FILE, checkpoint::UPDATES_FILE];
+        if let Ok(entries) = std::fs::read_dir(&run) {
+            for entry in entries.flatten() {
+                if !keep.iter().any(|k| entry.file_name() == *k) {
+                    let path = entry.path();
+                    let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    if let Err(e) = removed {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot remove a run file of a failed launch");
+                    }
+                }
+            }
+        }
+        // Fails while the checkpoint is there; the agent's forget_task removes it then.
+        let _ = std::fs::remove_dir(&run);
+    })
+    .await;
+    if let Err(e) = undone {
+        tracing::warn!(error = %e, "removing what a failed launch left panicked");
+    }
+}
+
 /// A task's sandbox and run directory, created, with its output files open.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -495,7 +537,13 @@ impl Containerizer for ProcessContainerizer {
         &'a self,
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Container>, ContainerizerError>> {
-        Box::pin(self.launch_process(spec))
+        Box::pin(async move {
+            let launched = self.launch_process(spec).await;
+            if launched.is_err() {
+                undo_launch(&self.work_dir, spec).await;
+            }
+            launched
+        })
     }
 }
 

@@ -79,6 +79,8 @@ pub struct HostRoots {
     pub cgroup: PathBuf,
     /// Usually `/sys`.
     pub sys: PathBuf,
+    /// Usually `/run` (where systemd says it runs).
+    pub run: PathBuf,
 }
 
 impl Default for HostRoots {
@@ -87,6 +89,7 @@ impl Default for HostRoots {
             proc: PathBuf::from("/proc"),
             cgroup: PathBuf::from("/sys/fs/cgroup"),
             sys: PathBuf::from("/sys"),
+            run: PathBuf::from("/run"),
         }
     }
 }
@@ -577,6 +580,7 @@ mod tests {
             proc: dir.path().join("proc"),
             cgroup: dir.path().join("cgroup"),
             sys: dir.path().join("sys"),
+            run: dir.path().join("run"),
         };
         write(&roots.proc.join("meminfo"), "MemTotal: 4194304 kB\n");
         write(&roots.proc.join("self/cgroup"), "0::/agent\n");
@@ -602,6 +606,7 @@ mod tests {
             proc: dir.path().join("proc"),
             cgroup: dir.path().join("cgroup"),
             sys: dir.path().join("sys"),
+            run: dir.path().join("run"),
         };
         let overrides = Overrides {
             hostname: Some("node-7".to_owned()),

@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod ebpf;
 pub mod http;
 pub mod linux;
+pub mod nofile;
 pub mod profile;
 pub mod status;
 pub mod supervisor;

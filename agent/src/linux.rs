@@ -665,9 +665,12 @@ impl Launcher {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| format!("cannot create the launcher's socket: {e}"))?;
-        let process = tokio::process::Command::new(exe)
-            .arg("launcher")
-            .env_clear()
+        let mut command = tokio::process::Command::new(exe);
+        command.arg("launcher").env_clear();
+        if let Some(soft) = crate::nofile::for_tasks() {
+            command.env(crate::nofile::TASK_NOFILE_ENV, soft.to_string());
+        }
+        let process = command
             .stdin(std::process::Stdio::from(theirs))
             .stdout(std::process::Stdio::null())
             .kill_on_drop(false)
@@ -744,7 +747,13 @@ impl Containerizer for LinuxContainerizer {
         &'a self,
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Container>, ContainerizerError>> {
-        Box::pin(self.launch_task(spec))
+        Box::pin(async move {
+            let launched = self.launch_task(spec).await;
+            if launched.is_err() {
+                crate::containerizer::undo_launch(&self.config.work_dir, spec).await;
+            }
+            launched
+        })
     }
 
     fn recover(

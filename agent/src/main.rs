@@ -60,10 +60,15 @@ struct Args {
     /// How to isolate tasks: auto (cgroups when possible), cgroups (required) or none.
     #[arg(long, default_value = "auto", value_parser = parse_isolation)]
     isolation: Isolation,
-    /// The agent's cgroup subtree, relative to each hierarchy's mount: its own cgroup or below
-    /// (default: <own cgroup>/strata-<hash of the work dir>).
+    /// The agent's cgroup subtree, relative to each hierarchy's mount, e.g. /strata (default:
+    /// strata-<hash of the work dir>, placed by --cgroup-placement).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// Where the cgroup subtree goes: auto (the delegated cgroup the agent runs in, a systemd
+    /// scope asked for when started from a shell, else a top-level cgroup), top-level, or
+    /// below-own (below the cgroup the agent was started in: shared development machines).
+    #[arg(long, env = "STRATA_CGROUP_PLACEMENT", default_value = "auto", value_parser = strata_agent::cgroup::Placement::parse)]
+    cgroup_placement: strata_agent::cgroup::Placement,
     /// pids.max of tasks that set no pids limit.
     #[arg(long, default_value_t = 4096)]
     default_pids_limit: u64,
@@ -230,6 +235,7 @@ async fn agent_main() -> ExitCode {
     config.ebpf = !args.no_ebpf;
     config.isolation = args.isolation;
     config.cgroup_root = args.cgroup_root;
+    config.cgroup_placement = args.cgroup_placement;
     config.default_pids_limit = args.default_pids_limit;
     config.sandbox_gc_delay = args.sandbox_gc_delay;
     config.task_user = args.task_user;
@@ -238,9 +244,9 @@ async fn agent_main() -> ExitCode {
     config.usage_interval = args.usage_interval;
     config.http_listen = args.http_listen.0;
     if args.remove_cgroups {
-        let roots = strata_agent::discovery::HostRoots::default();
+        let roots = &config.roots;
         let removed =
-            strata_agent::cgroup::detect(&roots.proc, &roots.cgroup, &config.cgroup_placement())
+            strata_agent::cgroup::detect(&roots.proc, &roots.cgroup, &config.root_placement())
                 .and_then(|cgroups| cgroups.destroy_root());
         return match removed {
             Ok(()) => ExitCode::SUCCESS,

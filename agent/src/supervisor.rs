@@ -280,6 +280,8 @@ fn launcher() -> Result<(), SupervisorError> {
     // Supervisors are not waited for here (the agent watches them through pidfds): let the
     // kernel reap them.
     crate::sys::set_sigchld(true).map_err(sys("ignore SIGCHLD"))?;
+    // The agent raised its own open-file limit; supervisors and tasks get the host's.
+    crate::nofile::restore_for_tasks().map_err(nix_sys("restore the tasks' open-file limit"))?;
     // Each supervisor is pid 1 of a pid namespace of its own, made just before its fork; this
     // one is restored after it for the next.
     let own_pid_ns = File::open("/proc/self/ns/pid").map_err(sys("open /proc/self/ns/pid"))?;

@@ -265,3 +265,58 @@ pub fn release_free_memory() {
         nix::libc::malloc_trim(0);
     }
 }
+
+/// The value of the extended attribute `name` of `path`; `None` when it has none (or the file
+/// system keeps no extended attributes).
+pub fn get_xattr(path: &std::path::Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut value = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated and live across the call; the kernel writes at
+    // most `value.len()` bytes into `value`, which we own.
+    let len = unsafe {
+        nix::libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if len < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(nix::libc::ENODATA | nix::libc::ENOTSUP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(value[..len.unsigned_abs()].to_vec()))
+}
+
+/// Sets the extended attribute `name` of `path` to `value` (tests mark fake cgroups delegated
+/// with it).
+#[cfg(test)]
+pub fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both strings are NUL-terminated and live across the call; the kernel reads
+    // `value.len()` bytes from `value`, which is borrowed for the call.
+    let r = unsafe {
+        nix::libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

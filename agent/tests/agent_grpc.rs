@@ -104,6 +104,8 @@ fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> A
     config.reconnect_backoff_max = Duration::from_millis(500);
     // Real isolation (this machine runs the tests as root); a host that cannot is an error.
     config.isolation = strata_agent::Isolation::Cgroups;
+    // A shared development machine: the agent's cgroups stay below the test's own cgroup.
+    config.cgroup_placement = strata_agent::cgroup::Placement::BelowOwn;
     config.agent_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_strata-agent")));
     // Usage records every 200 ms, served on a free loopback port.
     config.usage_interval = Duration::from_millis(200);
@@ -182,6 +184,8 @@ impl Harness {
                 "200ms",
                 "--isolation",
                 "cgroups",
+                "--cgroup-placement",
+                "below-own",
                 "--no-ebpf",
             ])
             // Its HTTP endpoints on a free port: tests run agents side by side.
@@ -356,7 +360,7 @@ impl Drop for Harness {
         if let Ok(cgroups) = strata_agent::cgroup::detect(
             Path::new("/proc"),
             Path::new("/sys/fs/cgroup"),
-            &config.cgroup_placement(),
+            &config.root_placement(),
         ) {
             let _ = cgroups.destroy_root();
         }

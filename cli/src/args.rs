@@ -101,6 +101,11 @@ pub struct LocalArgs {
     /// free port when that one is taken; the banner says which].
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Where the agent's cgroups go: auto (the delegated cgroup it runs in, a systemd scope
+    /// asked for when started from a shell, else a top-level cgroup), top-level, or below-own
+    /// (below the cgroup `strata local` was started in: shared development machines).
+    #[arg(long, env = "STRATA_CGROUP_PLACEMENT", default_value = "auto", value_parser = strata_agent::cgroup::Placement::parse)]
+    pub cgroup_placement: strata_agent::cgroup::Placement,
 }
 
 /// `strata run`.

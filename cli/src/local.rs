@@ -80,6 +80,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     agent_config.disk_mib = args.disk;
     agent_config.ports = args.ports;
     agent_config.attributes = args.attributes.clone();
+    agent_config.cgroup_placement = args.cgroup_placement;
     // A local cluster goes away whole: its tasks end with it.
     agent_config.kill_tasks_on_shutdown = true;
     // The agent's /health, /usage and /metrics on a free loopback port, so local clusters (and

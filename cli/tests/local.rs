@@ -15,6 +15,8 @@ fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
     let addr = format!("http://{listen}");
     let strata = env!("CARGO_BIN_EXE_strata");
     let mut local = Command::new(strata)
+        // A shared development machine: cgroups stay below the test's own.
+        .env("STRATA_CGROUP_PLACEMENT", "below-own")
         .args(["local", "--listen", &listen, "--work-dir"])
         .arg(dir.path())
         .stdout(Stdio::null())

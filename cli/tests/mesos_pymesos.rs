@@ -61,6 +61,8 @@ fn pymesos_framework_runs_against_strata_local() {
         .expect("a free port")
         .port();
     let mut local = Command::new(env!("CARGO_BIN_EXE_strata"))
+        // A shared development machine: cgroups stay below the test's own.
+        .env("STRATA_CGROUP_PLACEMENT", "below-own")
         .args(["local", "--listen", &format!("127.0.0.1:{port}")])
         .args([
             "--http-listen",

@@ -159,7 +159,7 @@ fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
     );
     wait_for_port(&listen)?;
     procs.0.push(
-        Command::new(bin.join("strata-agent"))
+        util::dev_cgroup_placement(&mut Command::new(bin.join("strata-agent")))
             .args(["--allocator", &allocator, "--work-dir"])
             .arg(work_dir.join("agent"))
             .args(["--http-listen", "127.0.0.1:0"])

@@ -84,7 +84,7 @@ pub fn accounting(seconds: u64) -> Result<()> {
         result = run_step(&bin, &step_dir, &cgroup, target, seconds);
         // The agent's own cgroups (its tasks already killed) go with `--remove-cgroups`, run
         // from the bench cgroup so that it finds the same root.
-        let removed = Command::new("/bin/sh")
+        let removed = util::dev_cgroup_placement(&mut Command::new("/bin/sh"))
             .arg("-c")
             .arg(cgroup.exec_script())
             .arg("strata-agent")
@@ -140,7 +140,7 @@ fn run_step(
     wait_for_port(&listen)?;
     // The shell joins the bench cgroup, then becomes the agent.
     let agent_log = std::fs::File::create(work_dir.join("agent.log"))?;
-    let mut agent = Command::new("/bin/sh")
+    let mut agent = util::dev_cgroup_placement(&mut Command::new("/bin/sh"))
         .arg("-c")
         .arg(cgroup.exec_script())
         .arg("strata-agent")

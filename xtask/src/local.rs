@@ -85,7 +85,7 @@ pub fn run(args: &LocalArgs) -> Result<()> {
         "xtask: starting `strata local` on {listen}, work dir {}",
         work_dir.display()
     );
-    let child = Command::new(&strata)
+    let child = util::dev_cgroup_placement(&mut Command::new(&strata))
         .args(["local", "--listen", &listen, "--work-dir"])
         .arg(&work_dir)
         .spawn()

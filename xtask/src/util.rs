@@ -50,3 +50,14 @@ pub fn target_dir(profile: &str) -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"));
     base.join(profile)
 }
+
+/// The variable that sets the agents' cgroup placement (`--cgroup-placement`).
+pub const CGROUP_PLACEMENT_ENV: &str = "STRATA_CGROUP_PLACEMENT";
+
+/// Has the agent (or `strata local`) that `cmd` starts keep its cgroups below the cgroup it
+/// starts in, as the shared development machines require, unless [`CGROUP_PLACEMENT_ENV`] is
+/// set (e.g. to `auto` on a machine of one's own).
+pub fn dev_cgroup_placement(cmd: &mut Command) -> &mut Command {
+    let placement = std::env::var(CGROUP_PLACEMENT_ENV).unwrap_or_else(|_| "below-own".into());
+    cmd.env(CGROUP_PLACEMENT_ENV, placement)
+}

@@ -19,6 +19,10 @@ use tokio::sync::mpsc::Receiver;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A built binary of this workspace, next to the `strata` binary cargo built for these tests.
+/// The cgroup placement every agent the tests start uses: this is a shared development
+/// machine, where nothing may be created outside the test's own cgroup.
+pub const CGROUP_PLACEMENT: (&str, &str) = ("STRATA_CGROUP_PLACEMENT", "below-own");
+
 pub fn bin(name: &str) -> PathBuf {
     let strata = PathBuf::from(env!("CARGO_BIN_EXE_strata"));
     let path = strata.with_file_name(name);
@@ -99,6 +103,7 @@ impl Cluster {
 
     pub fn start_agent(&mut self, opts: &ClusterOptions) -> Result<()> {
         let agent = Command::new(bin("strata-agent"))
+            .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
             .args(["--allocator", &self.addr, "--work-dir"])
             .arg(self.agent_work_dir())
             .args([
@@ -220,6 +225,7 @@ impl Drop for Cluster {
         // Tasks run under supervisors in the agent's cgroup subtree and outlive the agent:
         // remove the subtree, killing whatever still runs in it.
         let _ = Command::new(bin("strata-agent"))
+            .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
             .args(["--allocator", &self.addr, "--work-dir"])
             .arg(self.agent_work_dir())
             .arg("--remove-cgroups")

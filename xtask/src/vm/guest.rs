@@ -65,29 +65,41 @@ sync
 poweroff -f
 "#;
 
-/// The static binaries that go into the guest.
+/// The static binaries that go into the guest besides busybox.
 #[derive(Debug)]
 pub struct TestBinaries {
-    /// The libtest binaries (by target name).
+    /// The integration test binaries, by name.
     pub tests: Vec<(String, PathBuf)>,
-    /// The workload helper.
+    /// `strata-vm-helper`: the tests' workload.
     pub helper: PathBuf,
+    /// The real `strata` and `strata-agent` binaries (`/bin` in the guest), for the tests that
+    /// start `strata local` the way a user does.
+    pub programs: Vec<(String, PathBuf)>,
 }
 
-/// Builds `strata-vm-tests` for the musl target (static binaries) in `target/vm-tests`.
-pub fn build_tests() -> Result<TestBinaries> {
-    let started = Instant::now();
+/// The packages whose binaries go into the guest's `/bin`, and those binaries.
+const PROGRAMS: [(&str, &str); 2] = [("strata", "strata"), ("strata-agent", "strata-agent")];
+
+/// One compiled artifact cargo reported: its target's name, kinds, whether it is a test
+/// build, and the executable.
+struct Artifact {
+    name: String,
+    kinds: Vec<serde_json::Value>,
+    test: bool,
+    exe: PathBuf,
+}
+
+/// Runs cargo with `args` for the musl target in the VM suite's own target dir, and returns
+/// the executables it built.
+fn cargo_musl(args: &[&str]) -> Result<Vec<Artifact>> {
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
+        .args(args)
         .args([
-            "test",
-            "--package",
-            TESTS_PACKAGE,
             "--target",
             MUSL_TARGET,
-            "--no-run",
             "--message-format=json-render-diagnostics",
         ])
         // Its own target dir: no lock contention with host builds, and its own profile settings
@@ -96,16 +108,17 @@ pub fn build_tests() -> Result<TestBinaries> {
         .env("CARGO_PROFILE_DEV_DEBUG", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    eprintln!("vm-test: building {TESTS_PACKAGE} for {MUSL_TARGET}");
-    let out = cmd.output().context("running cargo test --no-run")?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     ensure!(
         out.status.success(),
-        "building the vm tests for {MUSL_TARGET} failed ({}; the compiler's messages are above; \
-         if the target is missing, run `cargo xtask setup`)",
+        "cargo {} for {MUSL_TARGET} failed ({}; the compiler's messages are above; if the \
+         target is missing, run `cargo xtask setup`)",
+        args.join(" "),
         out.status
     );
-    let mut tests = Vec::new();
-    let mut helper = None;
+    let mut built = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -116,19 +129,33 @@ pub fn build_tests() -> Result<TestBinaries> {
         let Some(exe) = msg["executable"].as_str() else {
             continue;
         };
-        let name = msg["target"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let kinds = msg["target"]["kind"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let is_test = msg["profile"]["test"].as_bool() == Some(true);
-        if is_test && kinds.iter().any(|k| k == "test") {
-            tests.push((name, PathBuf::from(exe)));
-        } else if !is_test && name == HELPER {
-            helper = Some(PathBuf::from(exe));
+        built.push(Artifact {
+            name: msg["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            kinds: msg["target"]["kind"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            test: msg["profile"]["test"].as_bool() == Some(true),
+            exe: PathBuf::from(exe),
+        });
+    }
+    Ok(built)
+}
+
+/// Builds the tests, the helper and the real binaries, static, for the guest.
+pub fn build_tests() -> Result<TestBinaries> {
+    let started = Instant::now();
+    eprintln!("vm-test: building {TESTS_PACKAGE}, strata and strata-agent for {MUSL_TARGET}");
+    let mut tests = Vec::new();
+    let mut helper = None;
+    for a in cargo_musl(&["test", "--package", TESTS_PACKAGE, "--no-run"])? {
+        if a.test && a.kinds.iter().any(|k| k == "test") {
+            tests.push((a.name, a.exe));
+        } else if !a.test && a.name == HELPER {
+            helper = Some(a.exe);
         }
     }
     ensure!(
@@ -136,17 +163,36 @@ pub fn build_tests() -> Result<TestBinaries> {
         "cargo built no integration test binary of {TESTS_PACKAGE}"
     );
     let helper = helper.with_context(|| format!("cargo built no {HELPER} binary"))?;
+    let mut build = vec!["build"];
+    for (package, bin) in PROGRAMS {
+        build.extend(["--package", package, "--bin", bin]);
+    }
+    let mut programs = Vec::new();
+    for a in cargo_musl(&build)? {
+        if PROGRAMS.iter().any(|(_, bin)| *bin == a.name) {
+            programs.push((a.name, a.exe));
+        }
+    }
+    for (_, bin) in PROGRAMS {
+        ensure!(
+            programs.iter().any(|(name, _)| name == bin),
+            "cargo built no {bin} binary for {MUSL_TARGET}"
+        );
+    }
     eprintln!(
-        "vm-test: built {} test binar{} and the helper in {:.1} s",
+        "vm-test: built {} test binar{}, the helper and {} programs in {:.1} s",
         tests.len(),
         if tests.len() == 1 { "y" } else { "ies" },
+        programs.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(TestBinaries { tests, helper })
+    Ok(TestBinaries {
+        tests,
+        helper,
+        programs,
+    })
 }
 
-/// An initramfs image in a directory of its own (per process, so concurrent runs do not clash),
-/// removed when dropped.
 #[derive(Debug)]
 pub struct Initramfs {
     dir: PathBuf,
@@ -181,6 +227,18 @@ pub fn initramfs(bins: &TestBinaries, filters: &[String]) -> Result<Initramfs> {
     );
     copy(busybox, &stage.join("bin/busybox"))?;
     copy(&bins.helper, &stage.join("bin").join(HELPER))?;
+    for (name, exe) in &bins.programs {
+        copy(exe, &stage.join("bin").join(name))?;
+    }
+    // A user database as on a real host: `strata local` runs tasks as `nobody` by default.
+    fs::create_dir_all(stage.join("etc")).context("creating the guest's /etc")?;
+    fs::write(
+        stage.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .context("writing the guest's /etc/passwd")?;
+    fs::write(stage.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
+        .context("writing the guest's /etc/group")?;
     for (name, exe) in &bins.tests {
         copy(exe, &stage.join("tests").join(name))?;
     }
