@@ -5,10 +5,11 @@
 //! collected by [`Core::take_commands`]. There is no I/O, no async and no clock read inside
 //! this crate, so every behaviour is unit-tested directly (see `tests.rs`). The crate
 //! boundary keeps it so: its dependencies are strata-proto (the messages), serde, thiserror,
-//! tracing and foldhash. The edge (`strata-allocator`: tonic services, the actor that owns
-//! the core, the redb store, metrics) re-exports it as `strata_allocator::core`. `now` is a
-//! [`Duration`] since the Unix epoch taken from a monotonic clock by the caller; it must never
-//! go backwards.
+//! tracing and foldhash, and `clippy.toml` beside its manifest disallows clock reads and
+//! sleeps (`cargo clippy` fails on them). The edge (`strata-allocator`: tonic services, the
+//! actor that owns the core, the redb store, metrics) re-exports it as
+//! `strata_allocator::core`. `now` is a [`Duration`] since the Unix epoch taken from a
+//! monotonic clock by the caller; it must never go backwards.
 //!
 //! Frameworks and tasks live in maps keyed by id; agents in a table by slot (the order they
 //! were first seen; allocation passes reach them by slot) with an index by id; offers, whose
