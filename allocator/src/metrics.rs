@@ -34,12 +34,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use strata_allocator_core::Command;
 use strata_proto::{
     AgentState, AgentSummary, Call, FrameworkSummary, Resource, ResourceKind, allocator_message,
     call, event, names,
 };
-
-use crate::core::Command;
 
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

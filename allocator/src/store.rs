@@ -12,8 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable as _, TableDefinition, TableHandle as _};
-
-use crate::core::registry::{Registry, RegistryOp};
+use strata_allocator_core::registry::{Registry, RegistryOp};
 
 const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
 const FRAMEWORKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("frameworks");
@@ -270,7 +269,9 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::registry::{AgentRecord, FrameworkRecord, QuotaRecord, StoredResource};
+    use strata_allocator_core::registry::{
+        AgentRecord, FrameworkRecord, QuotaRecord, StoredResource,
+    };
 
     fn ops() -> Vec<RegistryOp> {
         let cpus = |v: f64, role: &str| StoredResource {

@@ -3,7 +3,7 @@
 //! - `skeleton`: tasks launched per second through a real allocator and agent for `true`, and
 //!   the latency from ACCEPT to TASK_RUNNING (median, p99), over `--tasks` tasks.
 //! - `launch`: an isolated `/bin/true` through the containerizer, against crun and runc.
-//! - `allocator`: the allocator core alone (`allocator/benches/allocator.rs`).
+//! - `allocator`: the allocator core alone (`allocator-core/benches/allocator.rs`).
 //! - `accounting`: the agent's own CPU and memory, the eBPF programs' run time and the on-CPU
 //!   precision with 200 and 1,000 running tasks (`bench_accounting.rs`).
 //! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
@@ -97,7 +97,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .args([
                     "bench",
                     "-p",
-                    "strata-allocator",
+                    "strata-allocator-core",
                     "--bench",
                     "allocator",
                     "--",

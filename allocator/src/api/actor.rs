@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use strata_allocator_core::registry::{Registry, RestoreError};
+use strata_allocator_core::{AllocatorConfig, Command, ConnId, Core, CoreError};
 use strata_proto::{
     AgentSummary, AllocatorMessage, Call, Event, FrameworkInfo, FrameworkSummary, GetStateResponse,
     ListTasksRequest, TaskStatus, TaskSummary, WatchEvent, agent_message, allocator_message, event,
@@ -22,9 +24,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Status;
 
-use crate::config::AllocatorConfig;
-use crate::core::registry::Registry;
-use crate::core::{Command, ConnId, Core, CoreError};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -141,7 +140,7 @@ impl Actor {
         watch: broadcast::Sender<WatchEvent>,
         store: Box<dyn Store>,
         registry: Registry,
-    ) -> Result<Self, crate::core::registry::RestoreError> {
+    ) -> Result<Self, RestoreError> {
         let clock = Clock::new();
         let prefix = uuid::Uuid::new_v4().to_string();
         tracing::info!(

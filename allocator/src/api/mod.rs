@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use strata_allocator_core::operator::OperatorError;
+use strata_allocator_core::registry::RestoreError;
+use strata_allocator_core::{AllocatorConfig, ConfigError, ConnId, Core};
 use strata_proto::agent_service_server::{AgentService, AgentServiceServer};
 use strata_proto::operator_service_server::{OperatorService, OperatorServiceServer};
 use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
@@ -47,9 +50,6 @@ use tracing::Instrument as _;
 
 use self::actor::{Actor, AgentTx, FrameworkTx, Input, Operation, Query, WATCH_BUFFER};
 use self::usage::UsageBook;
-use crate::config::{AllocatorConfig, ConfigError};
-use crate::core::operator::OperatorError;
-use crate::core::{ConnId, Core};
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, Store};
 
@@ -74,7 +74,7 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     /// The registry holds records the allocator cannot use.
     #[error("cannot restore the allocator's registry: {0}")]
-    Restore(#[from] crate::core::registry::RestoreError),
+    Restore(#[from] RestoreError),
     /// The listener's address could not be read.
     #[error("cannot read the listening socket's address: {0}")]
     LocalAddr(#[source] io::Error),

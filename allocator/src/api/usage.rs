@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use strata_allocator_core::ConnId;
 use strata_proto::agent_message::Usage;
 use strata_proto::{GetUsageRequest, TaskUsage};
-
-use crate::core::ConnId;
 
 /// What one agent stream reported.
 #[derive(Debug, Default)]

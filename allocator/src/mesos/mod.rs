@@ -40,6 +40,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
+use strata_allocator_core::ConnId;
 use strata_proto::{Event, TaskReason, TaskSource, TaskState, TaskStatus, event};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -48,7 +49,6 @@ use tonic::Status;
 use self::convert::ConvertError;
 use crate::api::Shared;
 use crate::api::actor::{Input, Query};
-use crate::core::ConnId;
 
 /// The header naming a subscription's stream.
 pub const STREAM_ID: &str = "Mesos-Stream-Id";

@@ -3,9 +3,13 @@
 //! Events go in as method calls ([`Core::agent_register`], [`Core::framework_call`],
 //! [`Core::tick`], ...), each given `now`, and the messages to send come out as [`Command`]s
 //! collected by [`Core::take_commands`]. There is no I/O, no async and no clock read inside
-//! this module, so every behaviour is unit-tested directly (see `tests.rs`). `now` is a
-//! [`Duration`] since the Unix epoch taken from a monotonic clock by the caller; it must never
-//! go backwards.
+//! this crate, so every behaviour is unit-tested directly (see `tests.rs`). The crate
+//! boundary keeps it so: its dependencies are strata-proto (the messages), serde, thiserror,
+//! tracing and foldhash, and `clippy.toml` beside its manifest disallows clock reads and
+//! sleeps (`cargo clippy` fails on them). The edge (`strata-allocator`: tonic services, the
+//! actor that owns the core, the redb store, metrics) re-exports it as
+//! `strata_allocator::core`. `now` is a [`Duration`] since the Unix epoch taken from a
+//! monotonic clock by the caller; it must never go backwards.
 //!
 //! Frameworks and tasks live in maps keyed by id; agents in a table by slot (the order they
 //! were first seen; allocation passes reach them by slot) with an index by id; offers, whose
@@ -35,6 +39,7 @@
 
 mod agents;
 mod allocation;
+pub mod config;
 mod frameworks;
 pub mod ids;
 pub mod operator;
@@ -58,11 +63,11 @@ use strata_proto::{
     Attribute, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, allocator_message, event,
 };
 
+pub use self::config::{AllocatorConfig, ConfigError, parse_duration};
 pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
 pub use self::resources::{Name, RangeSet, ResourceError, Resources};
 pub use self::roles::{DEFAULT_ROLE, Quota, RoleError};
 use self::tasks::History;
-use crate::config::AllocatorConfig;
 
 /// The core's id-keyed maps: a fast, randomly seeded hasher (ids share a long prefix, so
 /// SipHash over them dominated allocation rounds); iteration order is unspecified either way.
