@@ -1,0 +1,19 @@
+//! What every Strata binary shares, so that each is written once:
+//!
+//! - [`parse`]: one parser per kind of value that flags, environment variables and config files
+//!   take (durations, sizes, attributes, port ranges, listen addresses, the allocator's
+//!   address), each with an error that says what to write instead;
+//! - [`signal`]: waiting for SIGINT or SIGTERM;
+//! - [`backoff`]: exponential backoff for reconnecting;
+//! - [`error`]: an error and its causes as one line, and a short description for people;
+//! - [`http`]: a bounded HTTP/1.1 GET (the CLI asks agents with it; tests and xtask too).
+//!
+//! Only binaries install a tracing subscriber; this crate logs through `tracing` only.
+
+pub mod backoff;
+pub mod error;
+pub mod http;
+pub mod parse;
+pub mod signal;
+
+pub use backoff::Backoff;

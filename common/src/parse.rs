@@ -1,0 +1,381 @@
+//! One parser per kind of value that Strata's flags, environment variables and config files
+//! take. Each returns `Err` with a message that names the value and says what to write
+//! instead, so that clap (`value_parser = strata_common::parse::duration`) and config files
+//! report the same thing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The longest attribute name accepted.
+pub const MAX_ATTRIBUTE_NAME: usize = 128;
+/// The longest attribute value accepted.
+pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
+
+/// A decimal number without sign or exponent, then the rest: `("1.5", "ms")` for `1.5ms`.
+fn split_number(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    text.split_at(end)
+}
+
+/// A non-negative decimal number (`3`, `0.25`, `.5`); no sign, exponent, NaN or infinity.
+fn decimal(number: &str) -> Option<f64> {
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    let dots = number.chars().filter(|c| *c == '.').count();
+    if digits == 0 || dots > 1 || digits + dots != number.len() {
+        return None;
+    }
+    number.parse().ok()
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, `1d` or plain (possibly fractional) seconds (`1.5`).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let invalid = || {
+        format!(
+            "invalid duration {text:?}: use a number with an optional unit (ms, s, m, h, d), like 500ms, 5s, 2m or 1.5"
+        )
+    };
+    let (number, unit) = split_number(text);
+    let value = decimal(number).ok_or_else(invalid)?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(invalid()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| invalid())
+}
+
+/// A duration as [`duration`] reads it: `500ms`, `5s`, `1.5s`, `2m`, `1h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// A size in MiB: a plain number is MiB; `KiB`, `MiB`, `GiB`, `TiB` (and `KB`, `MB`, `GB`,
+/// `TB`, read as the same binary units) scale it.
+pub fn size_mib(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let invalid = || {
+        format!(
+            "invalid size {text:?}: use a number of MiB, or one with a unit (KiB, MiB, GiB, TiB), like 512 or 8GiB"
+        )
+    };
+    let (number, unit) = split_number(text);
+    let value = decimal(number).ok_or_else(invalid)?;
+    let scale = match unit.trim() {
+        "" | "MiB" | "MB" => 1.0,
+        "KiB" | "KB" => 1.0 / 1024.0,
+        "GiB" | "GB" => 1024.0,
+        "TiB" | "TB" => 1024.0 * 1024.0,
+        _ => return Err(invalid()),
+    };
+    Ok(value * scale)
+}
+
+/// A count of cpus (or another plain scalar): a non-negative number, like `2` or `0.5`.
+pub fn scalar(text: &str) -> Result<f64, String> {
+    decimal(text.trim())
+        .ok_or_else(|| format!("invalid number {text:?}: use a non-negative number, like 2 or 0.5"))
+}
+
+/// `NAME=VALUE` with a non-empty name; both trimmed, and bounded
+/// ([`MAX_ATTRIBUTE_NAME`], [`MAX_ATTRIBUTE_VALUE`]).
+pub fn attribute(text: &str) -> Result<(String, String), String> {
+    let invalid = || format!("invalid attribute {text:?}: use NAME=VALUE, like rack=r1");
+    let (name, value) = text.split_once('=').ok_or_else(invalid)?;
+    let (name, value) = (name.trim(), value.trim());
+    if name.is_empty() || name.chars().any(char::is_control) || value.chars().any(char::is_control)
+    {
+        return Err(invalid());
+    }
+    if name.len() > MAX_ATTRIBUTE_NAME || value.len() > MAX_ATTRIBUTE_VALUE {
+        return Err(format!(
+            "invalid attribute {:?}: names are at most {MAX_ATTRIBUTE_NAME} bytes and values at most {MAX_ATTRIBUTE_VALUE}",
+            text.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// `NAME=VALUE` for a resource: `cpus=2`, `gpus=1`, and sizes for `mem` and `disk`
+/// (`mem=8GiB`, in MiB); the value non-negative.
+pub fn resource(text: &str) -> Result<(String, f64), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| {
+        format!("invalid resource {text:?}: write NAME=VALUE, like cpus=4 or mem=8GiB")
+    })?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!(
+            "invalid resource {text:?}: give a name, like cpus=4 or mem=8GiB"
+        ));
+    }
+    let value = if matches!(name, "mem" | "disk") {
+        size_mib(value)
+    } else {
+        scalar(value).map_err(|e| format!("{e} (only mem and disk take a size unit)"))
+    }
+    .map_err(|e| format!("invalid resource {text:?}: {e}"))?;
+    Ok((name.to_owned(), value))
+}
+
+/// `BEGIN-END`, inclusive, with BEGIN <= END <= 65535.
+pub fn port_range(text: &str) -> Result<(u64, u64), String> {
+    let invalid = || format!("invalid port range {text:?}: use BEGIN-END, like 31000-32000");
+    let (begin, end) = text.split_once('-').ok_or_else(invalid)?;
+    let begin: u64 = begin.trim().parse().map_err(|_| invalid())?;
+    let end: u64 = end.trim().parse().map_err(|_| invalid())?;
+    if begin > end || end > 65535 {
+        return Err(invalid());
+    }
+    Ok((begin, end))
+}
+
+/// An address to listen on: `HOST:PORT` (port 0 picks a free one), also written as a URL
+/// (`http://HOST:PORT/`); returned as `HOST:PORT`.
+pub fn listen(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    let bare = trimmed
+        .strip_prefix("http://")
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
+    match bare.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains('/') =>
+        {
+            Ok(bare.to_owned())
+        }
+        _ => Err(format!(
+            "invalid address {text:?}: use HOST:PORT, like 127.0.0.1:5050 (port 0 picks a free one)"
+        )),
+    }
+}
+
+/// [`listen`], or `none` (nothing to serve): `None`.
+pub fn listen_or_none(text: &str) -> Result<Option<String>, String> {
+    if text.trim() == "none" {
+        return Ok(None);
+    }
+    listen(text).map(Some).map_err(|e| format!("{e}, or none"))
+}
+
+/// An IP socket address to listen on (`ADDR:PORT`, port 0 picks a free one), or `none`.
+pub fn socket_addr_or_none(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text.trim() == "none" {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        format!(
+            "invalid address {text:?}: use ADDR:PORT, like 0.0.0.0:5051 or 127.0.0.1:0, or none"
+        )
+    })
+}
+
+/// The allocator's address as a URL: `HOST:PORT` or `http://HOST:PORT[/]` become
+/// `http://HOST:PORT`. Other schemes are refused, `https://` too: the allocator speaks plain
+/// HTTP/2 until TLS lands.
+pub fn endpoint(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let bare = match trimmed.split_once("://") {
+        None => trimmed,
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err(format!(
+                "invalid allocator address {text:?}: https:// is not supported yet (the allocator serves plain HTTP/2); use http://HOST:PORT"
+            ));
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "invalid allocator address {text:?}: unknown scheme {scheme:?}; use HOST:PORT or http://HOST:PORT"
+            ));
+        }
+    };
+    match bare.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains('/')
+                && port.parse::<u16>().is_ok_and(|p| p != 0) =>
+        {
+            Ok(format!("http://{bare}"))
+        }
+        _ => Err(format!(
+            "invalid allocator address {text:?}: use HOST:PORT or http://HOST:PORT, like 127.0.0.1:5050"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_plain_seconds_and_nothing_else() {
+        let ok: &[(&str, Duration)] = &[
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("1d", Duration::from_secs(86_400)),
+            ("7", Duration::from_secs(7)),
+            ("0.25", Duration::from_millis(250)),
+            (".5s", Duration::from_millis(500)),
+            (" 1s ", Duration::from_secs(1)),
+            ("0", Duration::ZERO),
+            ("1.5 s", Duration::from_millis(1500)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(duration(text), Ok(*want), "{text:?}");
+        }
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "five",
+            "5 parsecs",
+            "1e3",
+            "1e3s",
+            "nan",
+            "inf",
+            "1..2s",
+            "+1s",
+            "1.2.3",
+        ] {
+            let e = duration(bad).unwrap_err();
+            assert!(e.contains("500ms"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_print_as_they_are_read() {
+        for d in [
+            Duration::from_millis(250),
+            Duration::from_secs(5),
+            Duration::from_millis(1500),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+        ] {
+            assert_eq!(duration(&format_duration(d)), Ok(d));
+        }
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+    }
+
+    #[test]
+    fn sizes_are_mib_with_binary_units() {
+        assert_eq!(size_mib("512"), Ok(512.0));
+        assert_eq!(size_mib("8GiB"), Ok(8192.0));
+        assert_eq!(size_mib("1.5TiB"), Ok(1.5 * 1024.0 * 1024.0));
+        assert_eq!(size_mib("512KiB"), Ok(0.5));
+        assert_eq!(size_mib("2GB"), Ok(2048.0));
+        for bad in ["", "-1", "8Gb", "lots", "1e3"] {
+            assert!(size_mib(bad).unwrap_err().contains("8GiB"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn attributes_are_trimmed_and_bounded() {
+        assert_eq!(attribute("rack=r1"), Ok(("rack".into(), "r1".into())));
+        assert_eq!(attribute(" k = a=b "), Ok(("k".into(), "a=b".into())));
+        assert_eq!(attribute("empty="), Ok(("empty".into(), String::new())));
+        for bad in ["=x", "novalue", "a\nb=c", "k=v\u{7}"] {
+            assert!(
+                attribute(bad).unwrap_err().contains("NAME=VALUE"),
+                "{bad:?}"
+            );
+        }
+        let long = format!("{}=v", "n".repeat(MAX_ATTRIBUTE_NAME + 1));
+        assert!(attribute(&long).unwrap_err().contains("at most"));
+        let long = format!("n={}", "v".repeat(MAX_ATTRIBUTE_VALUE + 1));
+        assert!(attribute(&long).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn resources_take_sizes_for_mem_and_disk_only() {
+        assert_eq!(resource("cpus=2"), Ok(("cpus".into(), 2.0)));
+        assert_eq!(resource("mem=512GiB"), Ok(("mem".into(), 512.0 * 1024.0)));
+        assert_eq!(
+            resource("disk=1.5TiB"),
+            Ok(("disk".into(), 1.5 * 1024.0 * 1024.0))
+        );
+        for bad in ["cpus", "cpus=x", "cpus=4GiB", "=4", "mem=-1"] {
+            assert!(
+                resource(bad).unwrap_err().contains("invalid resource"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn port_ranges_are_ordered_and_in_range() {
+        assert_eq!(port_range("31000-32000"), Ok((31000, 32000)));
+        assert_eq!(port_range(" 80 - 80 "), Ok((80, 80)));
+        for bad in ["32000-31000", "31000", "1-70000", "a-b"] {
+            assert!(
+                port_range(bad).unwrap_err().contains("BEGIN-END"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses_are_host_port_or_urls_or_none() {
+        assert_eq!(listen("127.0.0.1:5050"), Ok("127.0.0.1:5050".into()));
+        assert_eq!(listen("http://127.0.0.1:0/"), Ok("127.0.0.1:0".into()));
+        assert_eq!(listen("localhost:5050"), Ok("localhost:5050".into()));
+        assert_eq!(listen("[::1]:5050"), Ok("[::1]:5050".into()));
+        for bad in ["localhost", ":5050", "host:port", "host:70000", "a/b:1"] {
+            assert!(listen(bad).unwrap_err().contains("HOST:PORT"), "{bad:?}");
+        }
+        assert_eq!(listen_or_none("none"), Ok(None));
+        assert!(listen_or_none("x").unwrap_err().ends_with("or none"));
+        assert_eq!(
+            socket_addr_or_none("127.0.0.1:0"),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+        );
+        assert_eq!(socket_addr_or_none("none"), Ok(None));
+        assert!(
+            socket_addr_or_none("localhost")
+                .unwrap_err()
+                .contains("ADDR:PORT")
+        );
+    }
+
+    #[test]
+    fn the_allocator_address_is_one_http_url_whatever_way_it_is_written() {
+        for (text, want) in [
+            ("127.0.0.1:5050", "http://127.0.0.1:5050"),
+            ("http://127.0.0.1:5050/", "http://127.0.0.1:5050"),
+            (" alloc:5050 ", "http://alloc:5050"),
+            ("[::1]:5050", "http://[::1]:5050"),
+        ] {
+            assert_eq!(endpoint(text).as_deref(), Ok(want), "{text:?}");
+        }
+        assert!(
+            endpoint("https://alloc:5050")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+        assert!(
+            endpoint("ftp://alloc:5050")
+                .unwrap_err()
+                .contains("unknown scheme")
+        );
+        for bad in ["", "alloc", "alloc:0", "http://", "alloc:x"] {
+            assert!(endpoint(bad).unwrap_err().contains("HOST:PORT"), "{bad:?}");
+        }
+    }
+}
