@@ -10,11 +10,13 @@
 //! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
 //!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+use crate::util::{self, workspace_root};
 
 /// Debian packages the build and the tests need.
 ///
@@ -89,7 +91,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         missing.push(format!("rust target {MUSL_TARGET} for {toolchain}"));
     } else {
         println!("setup: rust target {MUSL_TARGET} ({toolchain}): installing");
-        run_cmd(Command::new("rustup").args([
+        util::run(Command::new("rustup").args([
             "target",
             "add",
             "--toolchain",
@@ -106,7 +108,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
                 missing.push(format!("rust-src for {nightly}"));
             } else {
                 println!("setup: rust-src for {nightly}: installing");
-                run_cmd(Command::new("rustup").args([
+                util::run(Command::new("rustup").args([
                     "component",
                     "add",
                     "rust-src",
@@ -120,7 +122,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         )),
         None => {
             println!("setup: {EBPF_NIGHTLY_PIN}: installing (the eBPF build's nightly)");
-            run_cmd(Command::new("rustup").args([
+            util::run(Command::new("rustup").args([
                 "toolchain",
                 "install",
                 EBPF_NIGHTLY_PIN,
@@ -144,7 +146,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
             }
             println!("setup: bpf-linker {BPF_LINKER_VERSION}: installing (about 3 minutes)");
             let t = Instant::now();
-            run_cmd(Command::new("cargo").args([
+            util::run(Command::new("cargo").args([
                 "install",
                 "--locked",
                 "--force",
@@ -173,13 +175,6 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     }
     println!("setup: done in {:.1?}", started.elapsed());
     Ok(())
-}
-
-/// The workspace's root directory (xtask's parent).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// The toolchain rust-toolchain.toml pins (`channel = "..."`).
@@ -235,7 +230,7 @@ fn apt_get(args: &[&str]) -> Command {
 /// qemu's libraries are installed and qemu itself is unpacked privately under `.vm/qemu`;
 /// any other removal is refused with a message naming it.
 fn install_apt_packages(pkgs: &[String]) -> Result<()> {
-    run_cmd(&mut apt_get(&["-q", "update"])).context(
+    util::run(&mut apt_get(&["-q", "update"])).context(
         "apt-get update failed: run `cargo xtask setup` as root, or with sudo available",
     )?;
     let removed = apt_removals(pkgs)?;
@@ -283,7 +278,7 @@ fn apt_install(pkgs: &[String]) -> Result<()> {
         "install",
     ];
     args.extend(pkgs.iter().map(String::as_str));
-    run_cmd(&mut apt_get(&args)).with_context(|| {
+    util::run(&mut apt_get(&args)).with_context(|| {
         format!(
             "apt-get install {} failed: run `cargo xtask setup` as root, or with sudo available",
             pkgs.join(" ")
@@ -428,7 +423,7 @@ fn install_private_qemu() -> Result<()> {
         }
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    run_cmd(
+    util::run(
         Command::new("apt-get")
             // The download directory belongs to this user, not to apt's sandbox user.
             .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
@@ -438,7 +433,7 @@ fn install_private_qemu() -> Result<()> {
     .context("cannot download qemu's packages with apt-get download")?;
     for entry in std::fs::read_dir(&debs).with_context(|| format!("reading {}", debs.display()))? {
         let deb = entry?.path();
-        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+        util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
             .with_context(|| format!("cannot unpack {}", deb.display()))?;
     }
     match private_qemu_ready() {
@@ -526,15 +521,6 @@ fn bpf_linker_version() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Runs a command with inherited stdio; fails naming the command when it fails.
-pub fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
 /// The pymesos release the Mesos compatibility test runs (it speaks the v1 scheduler HTTP API).
 pub const PYMESOS_VERSION: &str = "0.3.15";
 
@@ -576,7 +562,7 @@ fn install_mesos_venv() -> Result<()> {
         venv.display()
     );
     let t = Instant::now();
-    run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+    util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
         "cannot create a Python venv: install python3 with the venv module (apt-get install \
          python3-venv)",
     )?;
@@ -591,10 +577,10 @@ fn install_mesos_venv() -> Result<()> {
     let pymesos = format!("pymesos=={PYMESOS_VERSION}");
     install.push(&pymesos);
     install.extend(PYMESOS_DEPS);
-    run_cmd(&mut pip(&install)).context("cannot install pymesos from PyPI")?;
+    util::run(&mut pip(&install)).context("cannot install pymesos from PyPI")?;
     let sdist = venv.join("sdist");
     let sdist_str = sdist.to_string_lossy().into_owned();
-    run_cmd(&mut pip(&[
+    util::run(&mut pip(&[
         "download",
         "--no-deps",
         "--no-binary",
@@ -616,7 +602,7 @@ with tarfile.open(src) as t:
             with open(os.path.join(site, "http_parser", parts[2]), "wb") as f:
                 f.write(t.extractfile(m).read())
 "#;
-    run_cmd(Command::new(&python).args(["-c", copy, &sdist_str]))
+    util::run(Command::new(&python).args(["-c", copy, &sdist_str]))
         .context("cannot install http-parser's Python modules into the venv")?;
     if !mesos_venv_ready() {
         bail!(

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::kernel::{LockEntry, vm_dir};
-use crate::setup::{MUSL_TARGET, workspace_root};
+use crate::setup::MUSL_TARGET;
+use crate::util::workspace_root;
 
 /// The package holding the tests, and its helper binary.
 const TESTS_PACKAGE: &str = "strata-vm-tests";
