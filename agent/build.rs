@@ -14,11 +14,11 @@ const EBPF_PACKAGE: &str = "strata-agent-ebpf";
 const EBPF_DIR: &str = "../agent-ebpf";
 const COMMON_DIR: &str = "../agent-common";
 
-/// bpf-linker 0.10.x links with rustc's own LLVM; it works with LLVM 22 nightlies.
-const BPF_LINKER_VERSION: &str = "0.10.4";
-const EBPF_LLVM_MAJOR: &str = "22";
-/// Used when the machine's `nightly` has another LLVM. Keep in sync with xtask/src/setup.rs.
-const EBPF_NIGHTLY_PIN: &str = "nightly-2026-05-19";
+/// The toolchain pins (bpf-linker, LLVM major, dated nightly): `agent-ebpf/toolchain.toml`, the
+/// one place they are written; xtask reads them with the same module.
+#[path = "../agent-ebpf/toolchain.rs"]
+mod toolchain;
+use toolchain::Pins;
 
 const SETUP: &str = "run `cargo xtask setup` to install the eBPF toolchain";
 
@@ -43,6 +43,7 @@ fn build() -> Result<(), String> {
     let ebpf_dir = dir(EBPF_DIR)?;
     let common_dir = dir(COMMON_DIR)?;
     for path in [
+        Pins::path(&ebpf_dir),
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
         ebpf_dir.join("Cargo.lock"),
@@ -52,9 +53,10 @@ fn build() -> Result<(), String> {
         println!("cargo::rerun-if-changed={}", path.display());
     }
 
-    let toolchain = nightly_toolchain()?;
+    let pins = Pins::read(&ebpf_dir)?;
+    let toolchain = nightly_toolchain(&pins)?;
     check_rust_src(&toolchain)?;
-    check_bpf_linker()?;
+    check_bpf_linker(&pins)?;
 
     // aya-build runs `cargo build --package strata-agent-ebpf` in the current directory; the
     // eBPF crate is its own workspace (the host workspace excludes it), so run it there.
@@ -85,7 +87,7 @@ fn build() -> Result<(), String> {
 }
 
 /// `nightly` when its LLVM is the one bpf-linker works with, else the pinned dated nightly.
-fn nightly_toolchain() -> Result<String, String> {
+fn nightly_toolchain(pins: &Pins) -> Result<String, String> {
     let list = output(Command::new("rustup").args(["toolchain", "list"])).map_err(|e| {
         format!("rustup is not available ({e}); install it from https://rustup.rs, then {SETUP}")
     })?;
@@ -97,7 +99,7 @@ fn nightly_toolchain() -> Result<String, String> {
             .any(|t| t == name || t == full)
     };
     let mut seen = Vec::new();
-    for candidate in ["nightly", EBPF_NIGHTLY_PIN] {
+    for candidate in ["nightly", pins.nightly_pin.as_str()] {
         if !installed(candidate) {
             continue;
         }
@@ -108,7 +110,7 @@ fn nightly_toolchain() -> Result<String, String> {
                     .find_map(|l| l.strip_prefix("LLVM version: ").map(str::to_owned))
             });
         match llvm {
-            Some(v) if v.split('.').next() == Some(EBPF_LLVM_MAJOR) => {
+            Some(v) if v.split('.').next() == Some(pins.llvm_major.as_str()) => {
                 return Ok(candidate.to_owned());
             }
             Some(v) => seen.push(format!("{candidate} has LLVM {v}")),
@@ -116,7 +118,8 @@ fn nightly_toolchain() -> Result<String, String> {
         }
     }
     Err(format!(
-        "no nightly toolchain with LLVM {EBPF_LLVM_MAJOR} is installed ({}); {SETUP}",
+        "no nightly toolchain with LLVM {} is installed ({}); {SETUP}",
+        pins.llvm_major,
         if seen.is_empty() {
             "none found".to_owned()
         } else {
@@ -142,14 +145,15 @@ fn check_rust_src(toolchain: &str) -> Result<(), String> {
     }
 }
 
-fn check_bpf_linker() -> Result<(), String> {
+fn check_bpf_linker(pins: &Pins) -> Result<(), String> {
     let version = output(Command::new("bpf-linker").arg("--version"))
         .map_err(|_| format!("bpf-linker is not installed (or not on PATH); {SETUP}"))?;
-    if version.split_whitespace().last() == Some(BPF_LINKER_VERSION) {
+    if version.split_whitespace().last() == Some(pins.bpf_linker.as_str()) {
         Ok(())
     } else {
         Err(format!(
-            "bpf-linker {BPF_LINKER_VERSION} is needed, found `{}`; {SETUP}",
+            "bpf-linker {} is needed, found `{}`; {SETUP}",
+            pins.bpf_linker,
             version.trim()
         ))
     }

@@ -6,7 +6,10 @@
 //! - Debian packages ([`APT_PACKAGES`]): qemu and the initramfs tools for `cargo xtask vm-test`.
 //! - The musl target for the pinned toolchain (static test binaries for the qemu guest).
 //! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`).
-//! - `bpf-linker` ([`BPF_LINKER_VERSION`]), which links the eBPF object.
+//! - `bpf-linker`, which links the eBPF object.
+//!
+//! The eBPF toolchain's versions (bpf-linker, LLVM major, dated nightly) are pinned in
+//! `agent-ebpf/toolchain.toml` ([`ebpf_pins`]), which agent/build.rs reads too.
 //! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
 //!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
 
@@ -16,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::ebpf_toolchain::Pins;
 use crate::util::{self, workspace_root};
 
 /// Debian packages the build and the tests need.
@@ -42,16 +46,13 @@ pub const APT_PACKAGES: &[&str] = &[
 /// The Rust target of the static test binaries that run inside the qemu guest.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
-/// bpf-linker's version: 0.10.x uses rustc's own LLVM at run time; later releases need a system
-/// LLVM that Debian 12 does not have.
-pub const BPF_LINKER_VERSION: &str = "0.10.4";
+/// The eBPF crate's directory, relative to the workspace root.
+pub const EBPF_DIR: &str = "agent-ebpf";
 
-/// The LLVM major version bpf-linker [`BPF_LINKER_VERSION`] works with.
-pub const EBPF_LLVM_MAJOR: &str = "22";
-
-/// The dated nightly used when the machine's `nightly` has a different LLVM. Keep in sync with
-/// `agent/build.rs`.
-pub const EBPF_NIGHTLY_PIN: &str = "nightly-2026-05-19";
+/// The eBPF build's toolchain pins, from `agent-ebpf/toolchain.toml`.
+pub fn ebpf_pins() -> Result<Pins> {
+    Pins::read(&workspace_root().join(EBPF_DIR)).map_err(anyhow::Error::msg)
+}
 
 /// Arguments of `cargo xtask setup`.
 #[derive(Debug, clap::Args)]
@@ -81,6 +82,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         println!("setup: qemu: private copy {}", qemu.binary.display());
     }
 
+    let pins = ebpf_pins()?;
     let toolchain = pinned_toolchain()?;
     if rustup_lines(&["target", "list", "--installed", "--toolchain", &toolchain])?
         .iter()
@@ -100,7 +102,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         ]))?;
     }
 
-    match ebpf_nightly()? {
+    match ebpf_nightly(&pins)? {
         Some(nightly) => {
             if has_component(&nightly, "rust-src")? {
                 println!("setup: {nightly} with rust-src: present");
@@ -118,14 +120,18 @@ pub fn run(args: &SetupArgs) -> Result<()> {
             }
         }
         None if args.check => missing.push(format!(
-            "a nightly toolchain with LLVM {EBPF_LLVM_MAJOR} ({EBPF_NIGHTLY_PIN})"
+            "a nightly toolchain with LLVM {} ({})",
+            pins.llvm_major, pins.nightly_pin
         )),
         None => {
-            println!("setup: {EBPF_NIGHTLY_PIN}: installing (the eBPF build's nightly)");
+            println!(
+                "setup: {}: installing (the eBPF build's nightly)",
+                pins.nightly_pin
+            );
             util::run(Command::new("rustup").args([
                 "toolchain",
                 "install",
-                EBPF_NIGHTLY_PIN,
+                &pins.nightly_pin,
                 "--profile",
                 "minimal",
                 "--component",
@@ -135,22 +141,29 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     }
 
     match bpf_linker_version() {
-        Some(v) if v == BPF_LINKER_VERSION => println!("setup: bpf-linker {v}: present"),
+        Some(v) if v == pins.bpf_linker => println!("setup: bpf-linker {v}: present"),
         found if args.check => missing.push(format!(
-            "bpf-linker {BPF_LINKER_VERSION} (found {})",
+            "bpf-linker {} (found {})",
+            pins.bpf_linker,
             found.as_deref().unwrap_or("none")
         )),
         found => {
             if let Some(v) = found {
-                println!("setup: bpf-linker {v} found, {BPF_LINKER_VERSION} wanted: reinstalling");
+                println!(
+                    "setup: bpf-linker {v} found, {} wanted: reinstalling",
+                    pins.bpf_linker
+                );
             }
-            println!("setup: bpf-linker {BPF_LINKER_VERSION}: installing (about 3 minutes)");
+            println!(
+                "setup: bpf-linker {}: installing (about 3 minutes)",
+                pins.bpf_linker
+            );
             let t = Instant::now();
             util::run(Command::new("cargo").args([
                 "install",
                 "--locked",
                 "--force",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                &format!("bpf-linker@{}", pins.bpf_linker),
             ]))?;
             println!("setup: bpf-linker installed in {:.0?}", t.elapsed());
         }
@@ -485,15 +498,15 @@ fn has_component(toolchain: &str, component: &str) -> Result<bool> {
     )
 }
 
-/// The nightly toolchain the eBPF build uses: `nightly` when its LLVM is [`EBPF_LLVM_MAJOR`],
-/// else [`EBPF_NIGHTLY_PIN`] when installed; `None` when neither is usable.
-pub fn ebpf_nightly() -> Result<Option<String>> {
+/// The nightly toolchain the eBPF build uses: `nightly` when its LLVM is the pinned major,
+/// else the pinned dated nightly when installed; `None` when neither is usable.
+pub fn ebpf_nightly(pins: &Pins) -> Result<Option<String>> {
     let installed = rustup_lines(&["toolchain", "list"])?;
-    for candidate in ["nightly", EBPF_NIGHTLY_PIN] {
+    for candidate in ["nightly", pins.nightly_pin.as_str()] {
         let present = installed.iter().any(|t| {
             t.split_whitespace().next() == Some(&format!("{candidate}-x86_64-unknown-linux-gnu"))
         });
-        if present && llvm_major(candidate).as_deref() == Some(EBPF_LLVM_MAJOR) {
+        if present && llvm_major(candidate).as_deref() == Some(pins.llvm_major.as_str()) {
             return Ok(Some(candidate.to_owned()));
         }
     }
