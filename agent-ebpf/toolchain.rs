@@ -1,4 +1,5 @@
-//! Reads `toolchain.toml` beside this file: the eBPF build's toolchain pins.
+//! Reads `toolchain.toml` beside this file: the eBPF build's toolchain pins; and names the
+//! variable that makes a build require the real eBPF programs ([`REQUIRE_ENV`]).
 //!
 //! Not part of the eBPF crate: `agent/build.rs` and xtask (`cargo xtask setup`, `cargo xtask
 //! test`) include it with `#[path]`, so both read the pins the same way. A line parser, not a
@@ -8,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 /// The pins file's name, in the eBPF crate's directory.
 pub const PINS_FILE: &str = "toolchain.toml";
+
+/// Set (to anything but empty, `0` or `false`), agent/build.rs fails, naming what is missing,
+/// rather than embed empty placeholder objects when the eBPF toolchain is missing. Every cargo
+/// that xtask runs sets it.
+pub const REQUIRE_ENV: &str = "STRATA_REQUIRE_EBPF";
 
 /// The eBPF build's toolchain pins.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::ebpf_toolchain::REQUIRE_ENV;
+
 /// The workspace root (the parent of xtask/).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,11 +15,14 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The cargo that runs us, so the pinned toolchain is used throughout.
+/// The cargo that runs us, so the pinned toolchain is used throughout, in the workspace root.
+///
+/// It sets [`REQUIRE_ENV`] (`STRATA_REQUIRE_EBPF=1`): what xtask builds is tested, benchmarked or run for real, so
+/// the agent in it must carry its eBPF programs (a plain `cargo check` or clippy need not).
 pub fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root());
+    cmd.current_dir(workspace_root()).env(REQUIRE_ENV, "1");
     cmd
 }
 
@@ -49,4 +54,19 @@ pub fn target_dir(profile: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     base.join(profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cargo_xtask_runs_requires_the_real_ebpf_programs() {
+        let cmd = cargo();
+        let set = cmd
+            .get_envs()
+            .any(|(k, v)| k == REQUIRE_ENV && v == Some("1".as_ref()));
+        assert!(set, "{REQUIRE_ENV}=1 is not set on {}", describe(&cmd));
+        assert_eq!(cmd.get_current_dir(), Some(workspace_root().as_path()));
+    }
 }

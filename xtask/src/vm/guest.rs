@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::kernel::{LockEntry, vm_dir};
 use crate::setup::MUSL_TARGET;
-use crate::util::workspace_root;
+use crate::util::{self, workspace_root};
 
 /// The package holding the tests, and its helper binary.
 const TESTS_PACKAGE: &str = "strata-vm-tests";
@@ -79,24 +79,23 @@ pub struct TestBinaries {
 pub fn build_tests() -> Result<TestBinaries> {
     let started = Instant::now();
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args([
-            "test",
-            "--package",
-            TESTS_PACKAGE,
-            "--target",
-            MUSL_TARGET,
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
-        // Its own target dir: no lock contention with host builds, and its own profile settings
-        // (no debug info: smaller binaries for the initramfs; panics still say file and line).
-        .env("CARGO_TARGET_DIR", root.join("target").join("vm-tests"))
-        .env("CARGO_PROFILE_DEV_DEBUG", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    // util::cargo(): the tests load the agent's eBPF programs, so the build must have them.
+    let mut cmd = util::cargo();
+    cmd.args([
+        "test",
+        "--package",
+        TESTS_PACKAGE,
+        "--target",
+        MUSL_TARGET,
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ])
+    // Its own target dir: no lock contention with host builds, and its own profile settings
+    // (no debug info: smaller binaries for the initramfs; panics still say file and line).
+    .env("CARGO_TARGET_DIR", root.join("target").join("vm-tests"))
+    .env("CARGO_PROFILE_DEV_DEBUG", "0")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     eprintln!("vm-test: building {TESTS_PACKAGE} for {MUSL_TARGET}");
     let out = cmd.output().context("running cargo test --no-run")?;
     ensure!(
