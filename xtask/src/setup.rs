@@ -5,13 +5,14 @@
 //!
 //! - Debian packages ([`APT_PACKAGES`]): qemu and the initramfs tools for `cargo xtask vm-test`.
 //! - The musl target for the pinned toolchain (static test binaries for the qemu guest).
-//! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`).
+//! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`)
+//!   and `clippy` (`cargo xtask test` lints the eBPF crate with it): [`EBPF_NIGHTLY_COMPONENTS`].
 //! - `bpf-linker`, which links the eBPF object.
+//! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
+//!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
 //!
 //! The eBPF toolchain's versions (bpf-linker, LLVM major, dated nightly) are pinned in
 //! `agent-ebpf/toolchain.toml` ([`ebpf_pins`]), which agent/build.rs reads too.
-//! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
-//!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -48,6 +49,10 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The eBPF crate's directory, relative to the workspace root.
 pub const EBPF_DIR: &str = "agent-ebpf";
+
+/// The components of the eBPF build's nightly: the core library's source (`-Z build-std=core`)
+/// and clippy (`cargo xtask test` lints the eBPF crate).
+pub const EBPF_NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 
 /// The eBPF build's toolchain pins, from `agent-ebpf/toolchain.toml`.
 pub fn ebpf_pins() -> Result<Pins> {
@@ -104,19 +109,21 @@ pub fn run(args: &SetupArgs) -> Result<()> {
 
     match ebpf_nightly(&pins)? {
         Some(nightly) => {
-            if has_component(&nightly, "rust-src")? {
-                println!("setup: {nightly} with rust-src: present");
-            } else if args.check {
-                missing.push(format!("rust-src for {nightly}"));
-            } else {
-                println!("setup: rust-src for {nightly}: installing");
-                util::run(Command::new("rustup").args([
-                    "component",
-                    "add",
-                    "rust-src",
-                    "--toolchain",
-                    &nightly,
-                ]))?;
+            for component in EBPF_NIGHTLY_COMPONENTS {
+                if has_component(&nightly, component)? {
+                    println!("setup: {nightly} with {component}: present");
+                } else if args.check {
+                    missing.push(format!("{component} for {nightly}"));
+                } else {
+                    println!("setup: {component} for {nightly}: installing");
+                    util::run(Command::new("rustup").args([
+                        "component",
+                        "add",
+                        component,
+                        "--toolchain",
+                        &nightly,
+                    ]))?;
+                }
             }
         }
         None if args.check => missing.push(format!(
@@ -135,7 +142,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
                 "--profile",
                 "minimal",
                 "--component",
-                "rust-src",
+                &EBPF_NIGHTLY_COMPONENTS.join(","),
             ]))?;
         }
     }

@@ -48,7 +48,8 @@ pub fn describe(cmd: &Command) -> String {
     line
 }
 
-/// Where cargo puts build outputs for `profile` ("debug" or "release").
+/// Where cargo puts build outputs for `profile` ("debug" or "release"), or another directory
+/// of the target directory.
 pub fn target_dir(profile: &str) -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
