@@ -1,9 +1,22 @@
-//! Builds the kernel-side eBPF programs (`agent-ebpf`) with aya-build and leaves the object in
-//! `$OUT_DIR/strata-agent-ebpf`, which `src/ebpf.rs` embeds.
+//! Builds the kernel-side eBPF programs (`agent-ebpf`) with aya-build and leaves the objects in
+//! `$OUT_DIR` ([`OBJECTS`]), which `src/ebpf.rs` and `src/profile.rs` embed.
 //!
 //! Needs a nightly toolchain with `rust-src` (the programs are built with `-Z build-std=core` for
-//! `bpfel-unknown-none`) and `bpf-linker`; `cargo xtask setup` installs both. When one is missing
-//! the build fails with a message that says so and names that command.
+//! `bpfel-unknown-none`) and `bpf-linker`, at the versions pinned in `agent-ebpf/toolchain.toml`;
+//! `cargo xtask setup` installs them.
+//!
+//! When that toolchain is missing (or `AYA_BUILD_SKIP=1`), the objects are **empty
+//! placeholders** and one `cargo::warning` says so: `cargo check`, clippy and unit tests of
+//! everything that depends on the agent then need only the stable toolchain. Such an agent's
+//! eBPF loaders fail with a message that names the cause (`ebpf::NOT_BUILT`). A build for real
+//! use sets [`REQUIRE_ENV`] (`STRATA_REQUIRE_EBPF=1`; every cargo that `cargo xtask test`,
+//! `vm-test`, `bench` and `local` run has it): then a missing toolchain fails the build with a
+//! message that says what is missing and names `cargo xtask setup`.
+//!
+//! `AYA_BUILD_SKIP=1 cargo check` shows a placeholder build on a machine that has the toolchain.
+//! A placeholder build reruns when [`REQUIRE_ENV`] or `PATH` changes, or when a toolchain or a
+//! binary is installed with rustup or cargo, so the real programs replace the placeholders as
+//! soon as the toolchain is there. A real build reruns only when the eBPF sources change.
 
 use std::env;
 use std::path::PathBuf;
@@ -14,25 +27,87 @@ const EBPF_PACKAGE: &str = "strata-agent-ebpf";
 const EBPF_DIR: &str = "../agent-ebpf";
 const COMMON_DIR: &str = "../agent-common";
 
-/// bpf-linker 0.10.x links with rustc's own LLVM; it works with LLVM 22 nightlies.
-const BPF_LINKER_VERSION: &str = "0.10.4";
-const EBPF_LLVM_MAJOR: &str = "22";
-/// Used when the machine's `nightly` has another LLVM. Keep in sync with xtask/src/setup.rs.
-const EBPF_NIGHTLY_PIN: &str = "nightly-2026-05-19";
+/// The objects the agent embeds: one per binary of the eBPF crate.
+const OBJECTS: [&str; 3] = [
+    "strata-agent-ebpf",
+    "strata-device-ebpf",
+    "strata-profile-ebpf",
+];
+
+/// aya-build's own switch to skip the eBPF build; honoured here as "use the placeholders".
+const SKIP_ENV: &str = "AYA_BUILD_SKIP";
+
+/// The toolchain pins (bpf-linker, LLVM major, dated nightly): `agent-ebpf/toolchain.toml`, the
+/// one place they are written; xtask reads them with the same module.
+#[path = "../agent-ebpf/toolchain.rs"]
+mod toolchain;
+use toolchain::{Pins, REQUIRE_ENV};
 
 const SETUP: &str = "run `cargo xtask setup` to install the eBPF toolchain";
 
-fn main() -> ExitCode {
-    match build() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: cannot build the agent's eBPF programs: {message}");
-            ExitCode::FAILURE
-        }
+/// Why the programs were not built.
+enum Failure {
+    /// The eBPF toolchain is missing: placeholders will do, unless [`REQUIRE_ENV`] is set.
+    Toolchain(String),
+    /// [`SKIP_ENV`] asks for no eBPF build: placeholders, unless [`REQUIRE_ENV`] is set.
+    Skipped,
+    /// Anything else (the programs do not compile, a file is unreadable): always an error.
+    Build(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::Build(message)
     }
 }
 
-fn build() -> Result<(), String> {
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Self::Build(message.to_owned())
+    }
+}
+
+fn main() -> ExitCode {
+    let required = is_set(env::var(REQUIRE_ENV).ok().as_deref());
+    let error = match build() {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Skipped) if !required => match placeholders(&format!("{SKIP_ENV} is set")) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => e,
+        },
+        Err(Failure::Toolchain(why)) if !required => match placeholders(&why) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => e,
+        },
+        Err(Failure::Skipped) => format!(
+            "{SKIP_ENV} is set, but {REQUIRE_ENV} asks for the real eBPF programs: unset one of \
+             them"
+        ),
+        Err(Failure::Toolchain(why)) => format!(
+            "{why}; {SETUP} ({REQUIRE_ENV} is set: this build needs the real eBPF programs, \
+             not placeholders)"
+        ),
+        Err(Failure::Build(why)) => why,
+    };
+    eprintln!("error: cannot build the agent's eBPF programs: {error}");
+    ExitCode::FAILURE
+}
+
+/// Whether a [`REQUIRE_ENV`] (or `AYA_BUILD_SKIP`) value is set: not empty, `0` or `false`.
+fn is_set(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim();
+        !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
+    })
+}
+
+fn out_dir() -> Result<PathBuf, String> {
+    env::var_os("OUT_DIR")
+        .map(PathBuf::from)
+        .ok_or_else(|| "OUT_DIR is not set".to_owned())
+}
+
+fn build() -> Result<(), Failure> {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?);
     let dir = |rel: &str| {
@@ -43,6 +118,8 @@ fn build() -> Result<(), String> {
     let ebpf_dir = dir(EBPF_DIR)?;
     let common_dir = dir(COMMON_DIR)?;
     for path in [
+        Pins::path(&ebpf_dir),
+        ebpf_dir.join("toolchain.rs"),
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
         ebpf_dir.join("Cargo.lock"),
@@ -51,10 +128,15 @@ fn build() -> Result<(), String> {
     ] {
         println!("cargo::rerun-if-changed={}", path.display());
     }
+    println!("cargo::rerun-if-env-changed={SKIP_ENV}");
 
-    let toolchain = nightly_toolchain()?;
-    check_rust_src(&toolchain)?;
-    check_bpf_linker()?;
+    let pins = Pins::read(&ebpf_dir)?;
+    if is_set(env::var(SKIP_ENV).ok().as_deref()) {
+        return Err(Failure::Skipped);
+    }
+    let toolchain = nightly_toolchain(&pins).map_err(Failure::Toolchain)?;
+    check_rust_src(&toolchain).map_err(Failure::Toolchain)?;
+    check_bpf_linker(&pins).map_err(Failure::Toolchain)?;
 
     // aya-build runs `cargo build --package strata-agent-ebpf` in the current directory; the
     // eBPF crate is its own workspace (the host workspace excludes it), so run it there.
@@ -73,22 +155,79 @@ fn build() -> Result<(), String> {
     )
     .map_err(|e| format!("{e:#} (the compiler's messages are above, as warnings)"))?;
 
-    let object =
-        PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?).join(EBPF_PACKAGE);
-    if !object.is_file() {
-        return Err(format!(
-            "the eBPF build produced no {} (is AYA_BUILD_SKIP set? the agent needs the object)",
-            object.display()
-        ));
+    // Every object must be real: an empty one is a placeholder left by an earlier build.
+    let out_dir = out_dir()?;
+    for name in OBJECTS {
+        let object = out_dir.join(name);
+        if !std::fs::metadata(&object).is_ok_and(|m| m.is_file() && m.len() > 0) {
+            return Err(Failure::Build(format!(
+                "the eBPF build produced no {} (the agent needs every object)",
+                object.display()
+            )));
+        }
     }
     Ok(())
 }
 
+/// Leaves empty objects for the agent to embed, says so in one warning, and asks cargo to run
+/// this script again when the toolchain may have become available.
+fn placeholders(why: &str) -> Result<(), String> {
+    let out_dir = out_dir()?;
+    for name in OBJECTS {
+        let object = out_dir.join(name);
+        std::fs::write(&object, b"")
+            .map_err(|e| format!("cannot write the placeholder {}: {e}", object.display()))?;
+    }
+    println!("cargo::rerun-if-env-changed={REQUIRE_ENV}");
+    for var in ["PATH", "RUSTUP_HOME", "CARGO_HOME"] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    for path in toolchain_markers() {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
+    let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
+    println!(
+        "cargo::warning=strata-agent is built without its eBPF programs ({why}): it runs without \
+         eBPF accounting, device control and profiling; run `cargo xtask setup`, then rebuild \
+         (set {REQUIRE_ENV}=1 to make this an error)"
+    );
+    Ok(())
+}
+
+/// Small files and directories that change when the eBPF toolchain is installed: cargo's bin
+/// directory (bpf-linker), rustup's record of installed toolchains, and the component lists of
+/// the installed nightlies (rust-src). Only existing paths: cargo reruns a script whose watched
+/// path is missing on every build.
+fn toolchain_markers() -> Vec<PathBuf> {
+    let home = env::var_os("HOME").map(PathBuf::from);
+    let under_home = |var: &str, dir: &str| {
+        env::var_os(var)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(dir)))
+    };
+    let mut markers = Vec::new();
+    if let Some(cargo_home) = under_home("CARGO_HOME", ".cargo") {
+        markers.push(cargo_home.join("bin"));
+    }
+    if let Some(rustup_home) = under_home("RUSTUP_HOME", ".rustup") {
+        markers.push(rustup_home.join("update-hashes"));
+        let toolchains = rustup_home.join("toolchains");
+        if let Ok(entries) = std::fs::read_dir(&toolchains) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("nightly") {
+                    markers.push(entry.path().join("lib/rustlib/components"));
+                }
+            }
+        }
+    }
+    markers.retain(|p| p.exists());
+    markers
+}
+
 /// `nightly` when its LLVM is the one bpf-linker works with, else the pinned dated nightly.
-fn nightly_toolchain() -> Result<String, String> {
-    let list = output(Command::new("rustup").args(["toolchain", "list"])).map_err(|e| {
-        format!("rustup is not available ({e}); install it from https://rustup.rs, then {SETUP}")
-    })?;
+fn nightly_toolchain(pins: &Pins) -> Result<String, String> {
+    let list = output(Command::new("rustup").args(["toolchain", "list"]))
+        .map_err(|e| format!("rustup is not available ({e}); install it from https://rustup.rs"))?;
     let host = env::var("HOST").map_err(|_| "HOST is not set".to_owned())?;
     let installed = |name: &str| {
         let full = format!("{name}-{host}");
@@ -97,7 +236,7 @@ fn nightly_toolchain() -> Result<String, String> {
             .any(|t| t == name || t == full)
     };
     let mut seen = Vec::new();
-    for candidate in ["nightly", EBPF_NIGHTLY_PIN] {
+    for candidate in ["nightly", pins.nightly_pin.as_str()] {
         if !installed(candidate) {
             continue;
         }
@@ -108,7 +247,7 @@ fn nightly_toolchain() -> Result<String, String> {
                     .find_map(|l| l.strip_prefix("LLVM version: ").map(str::to_owned))
             });
         match llvm {
-            Some(v) if v.split('.').next() == Some(EBPF_LLVM_MAJOR) => {
+            Some(v) if v.split('.').next() == Some(pins.llvm_major.as_str()) => {
                 return Ok(candidate.to_owned());
             }
             Some(v) => seen.push(format!("{candidate} has LLVM {v}")),
@@ -116,7 +255,8 @@ fn nightly_toolchain() -> Result<String, String> {
         }
     }
     Err(format!(
-        "no nightly toolchain with LLVM {EBPF_LLVM_MAJOR} is installed ({}); {SETUP}",
+        "no nightly toolchain with LLVM {} is installed ({})",
+        pins.llvm_major,
         if seen.is_empty() {
             "none found".to_owned()
         } else {
@@ -137,19 +277,20 @@ fn check_rust_src(toolchain: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "the rust-src component of {toolchain} is not installed; {SETUP}"
+            "the rust-src component of {toolchain} is not installed"
         ))
     }
 }
 
-fn check_bpf_linker() -> Result<(), String> {
+fn check_bpf_linker(pins: &Pins) -> Result<(), String> {
     let version = output(Command::new("bpf-linker").arg("--version"))
-        .map_err(|_| format!("bpf-linker is not installed (or not on PATH); {SETUP}"))?;
-    if version.split_whitespace().last() == Some(BPF_LINKER_VERSION) {
+        .map_err(|_| "bpf-linker is not installed (or not on PATH)".to_owned())?;
+    if version.split_whitespace().last() == Some(pins.bpf_linker.as_str()) {
         Ok(())
     } else {
         Err(format!(
-            "bpf-linker {BPF_LINKER_VERSION} is needed, found `{}`; {SETUP}",
+            "bpf-linker {} is needed, found `{}`",
+            pins.bpf_linker,
             version.trim()
         ))
     }

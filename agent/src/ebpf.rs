@@ -42,8 +42,35 @@ use strata_agent_common::{
     PROG_SKB_INGRESS, RUN_QUEUE_BUCKETS, RUN_QUEUE_WORDS, RunQueueCounters,
 };
 
-/// The eBPF object built by `build.rs` from `agent-ebpf`.
+/// The eBPF object built by `build.rs` from `agent-ebpf` (empty when built without it: see
+/// [`embedded`]).
 static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/strata-agent-ebpf"));
+
+/// What the loaders answer when this binary embeds no eBPF programs: `build.rs` leaves empty
+/// placeholder objects when the eBPF toolchain is missing (unless `STRATA_REQUIRE_EBPF` is set),
+/// so that checks, lints and unit tests build without it.
+pub const NOT_BUILT: &str = "this strata-agent was built without its eBPF programs (the eBPF \
+                             toolchain was missing at build time): run `cargo xtask setup` and \
+                             rebuild";
+
+/// Whether this binary embeds its eBPF programs (false when `build.rs` used empty placeholders
+/// because the eBPF toolchain was missing).
+#[must_use]
+pub fn programs_built() -> bool {
+    [EBPF_OBJECT, DEVICE_OBJECT, crate::profile::PROFILE_OBJECT]
+        .iter()
+        .all(|o| embedded(o).is_ok())
+}
+
+/// `object` when it is a real eBPF object; [`EbpfError::NotBuilt`] when it is `build.rs`'s empty
+/// placeholder.
+pub(crate) fn embedded(object: &[u8]) -> Result<&[u8], EbpfError> {
+    if object.is_empty() {
+        Err(EbpfError::NotBuilt)
+    } else {
+        Ok(object)
+    }
+}
 
 /// Where the kernel publishes its BTF, which tp_btf programs need.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -51,6 +78,9 @@ const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Errors of the eBPF module.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    /// This binary was built with empty placeholders instead of the eBPF objects.
+    #[error("{NOT_BUILT}")]
+    NotBuilt,
     /// The embedded object could not be loaded at all (its maps could not be created).
     #[error("cannot load the agent's eBPF object: {detail}{hint}")]
     LoadObject {
@@ -267,10 +297,11 @@ impl Ebpf {
     /// left out; see [`Ebpf::programs`]. Fails only when the object cannot be loaded at all or no
     /// program runs; the caller can then carry on without eBPF accounting.
     pub fn load(cgroup_root: &Path) -> Result<Self, EbpfError> {
-        let mut object = aya::Ebpf::load(EBPF_OBJECT).map_err(|e| EbpfError::LoadObject {
-            detail: error_chain(&e),
-            hint: permission_hint(&e),
-        })?;
+        let mut object =
+            aya::Ebpf::load(embedded(EBPF_OBJECT)?).map_err(|e| EbpfError::LoadObject {
+                detail: error_chain(&e),
+                hint: permission_hint(&e),
+            })?;
 
         let mut programs = Vec::with_capacity(5);
         let btf = kernel_btf();
@@ -567,7 +598,8 @@ fn open_cgroup2(path: &Path) -> Result<File, String> {
     File::open(path).map_err(|e| format!("cannot open cgroup directory {}: {e}", path.display()))
 }
 
-/// The device-control object built by `build.rs` from `agent-ebpf/src/device.rs`.
+/// The device-control object built by `build.rs` from `agent-ebpf/src/device.rs` (empty when
+/// built without it).
 static DEVICE_OBJECT: &[u8] =
     include_bytes_aligned!(concat!(env!("OUT_DIR"), "/strata-device-ebpf"));
 
@@ -663,7 +695,7 @@ impl DeviceControl {
             detail: error_chain(e),
             hint: permission_hint(e),
         };
-        let mut object = aya::Ebpf::load(DEVICE_OBJECT).map_err(|e| load_err(&e))?;
+        let mut object = aya::Ebpf::load(embedded(DEVICE_OBJECT)?).map_err(|e| load_err(&e))?;
         let program: &mut aya::programs::CgroupDevice = object
             .program_mut(strata_agent_common::PROG_DEVICE)
             .ok_or_else(|| EbpfError::NothingLoaded {
@@ -795,6 +827,27 @@ fn permission_hint(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_placeholder_object_is_refused_with_what_to_do() {
+        let err = embedded(&[]).expect_err("an empty placeholder");
+        assert!(matches!(err, EbpfError::NotBuilt), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("built without its eBPF programs"), "{text}");
+        assert!(
+            text.contains("run `cargo xtask setup` and rebuild"),
+            "{text}"
+        );
+        let object = b"\x7fELF".as_slice();
+        assert_eq!(embedded(object).expect("a real object"), object);
+        // Built with the placeholders, both loaders say so before touching the kernel.
+        if !programs_built() {
+            let err = Ebpf::load(Path::new("/nonexistent")).expect_err("no programs");
+            assert!(matches!(err, EbpfError::NotBuilt), "{err}");
+            let err = DeviceControl::load().expect_err("no programs");
+            assert!(matches!(err, EbpfError::NotBuilt), "{err}");
+        }
+    }
 
     #[test]
     fn cgroup_id_is_the_directory_inode_and_errors_name_the_path() {

@@ -38,8 +38,9 @@ use strata_agent_common::{
     NO_STACK, PROG_PROFILE, ProfileKey,
 };
 
-/// The profiler object built by `build.rs` from `agent-ebpf/src/profile.rs`.
-static PROFILE_OBJECT: &[u8] =
+/// The profiler object built by `build.rs` from `agent-ebpf/src/profile.rs` (empty when built
+/// without it: see [`crate::ebpf::NOT_BUILT`]).
+pub(crate) static PROFILE_OBJECT: &[u8] =
     include_bytes_aligned!(concat!(env!("OUT_DIR"), "/strata-profile-ebpf"));
 
 /// The default sampling frequency: 99 Hz, off the beat of 100 Hz timers.
@@ -54,6 +55,9 @@ const FOLDED_UNKNOWN: &str = "[unknown]";
 /// Errors of the profiler.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// This binary was built with empty placeholders instead of the eBPF objects.
+    #[error("{}", crate::ebpf::NOT_BUILT)]
+    NotBuilt,
     /// The requested duration is zero or too long.
     #[error(
         "cannot profile for {requested:?}: the duration must be above zero and at most {max:?}"
@@ -476,7 +480,8 @@ struct RawProfile {
 
 impl Sampler {
     fn start(cgroup_id: CgroupId, frequency_hz: u64) -> Result<Self, ProfileError> {
-        let mut object = aya::Ebpf::load(PROFILE_OBJECT).map_err(|e| ProfileError::Load {
+        let object = crate::ebpf::embedded(PROFILE_OBJECT).map_err(|_| ProfileError::NotBuilt)?;
+        let mut object = aya::Ebpf::load(object).map_err(|e| ProfileError::Load {
             detail: crate::ebpf::describe_error(&e),
         })?;
         {
@@ -776,6 +781,17 @@ fn process_name(proc_root: &Path, pid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Built with the placeholders, the profiler says so before touching the kernel.
+    #[test]
+    fn a_build_without_the_programs_is_named_as_such() {
+        if crate::ebpf::programs_built() {
+            return;
+        }
+        let err = Sampler::start(1, DEFAULT_FREQUENCY_HZ).expect_err("no programs");
+        assert!(matches!(err, ProfileError::NotBuilt), "{err}");
+        assert!(err.to_string().contains("cargo xtask setup"), "{err}");
+    }
 
     #[test]
     fn folded_text_round_trips_and_totals_count_each_frame_once_per_stack() {

@@ -245,7 +245,7 @@ pub async fn quota(allocator: &str, args: QuotaArgs) -> anyhow::Result<()> {
                 .set_quota(SetQuotaRequest { quota: Some(quota) })
                 .await
                 .map_err(|s| rpc_error(&addr, "SetQuota", &s))?;
-            println!("quota of role {role} set");
+            outln!("quota of role {role} set")?;
         }
         QuotaCommand::Remove { role } => {
             client
@@ -257,7 +257,7 @@ pub async fn quota(allocator: &str, args: QuotaArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(|s| rpc_error(&addr, "SetQuota", &s))?;
-            println!("quota of role {role} removed");
+            outln!("quota of role {role} removed")?;
         }
         QuotaCommand::Get { json } => {
             let quotas = client
@@ -277,13 +277,13 @@ pub async fn quota(allocator: &str, args: QuotaArgs) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 let rows = quotas
                     .iter()
                     .map(|q| vec![q.role.clone(), show(&q.guarantee), show(&q.limit)])
                     .collect();
-                print!("{}", table(&["ROLE", "GUARANTEE", "LIMIT"], rows));
+                out!("{}", table(&["ROLE", "GUARANTEE", "LIMIT"], rows))?;
             }
         }
     }
@@ -308,7 +308,7 @@ pub async fn weights(allocator: &str, args: WeightsArgs) -> anyhow::Result<()> {
         .set_weights(SetWeightsRequest { weights: map })
         .await
         .map_err(|s| rpc_error(&addr, "SetWeights", &s))?;
-    println!("weights set");
+    outln!("weights set")?;
     Ok(())
 }
 
@@ -357,9 +357,9 @@ pub async fn roles(allocator: &str, args: AdminListArgs) -> anyhow::Result<()> {
                     .collect()
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&objects)?);
+        outln!("{}", serde_json::to_string_pretty(&objects)?)?;
     } else {
-        print!("{}", table(&header, rows));
+        out!("{}", table(&header, rows))?;
     }
     Ok(())
 }
@@ -385,7 +385,7 @@ pub async fn reservations(allocator: &str, args: AdminListArgs) -> anyhow::Resul
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         let rows = list
             .iter()
@@ -398,7 +398,7 @@ pub async fn reservations(allocator: &str, args: AdminListArgs) -> anyhow::Resul
                 ]
             })
             .collect();
-        print!("{}", table(&["AGENT", "ROLE", "RESOURCES", "KIND"], rows));
+        out!("{}", table(&["AGENT", "ROLE", "RESOURCES", "KIND"], rows))?;
     }
     Ok(())
 }
@@ -415,7 +415,7 @@ pub async fn reserve(allocator: &str, args: ReserveArgs, reserve: bool) -> anyho
             })
             .await
             .map_err(|s| rpc_error(&addr, "Reserve", &s))?;
-        println!("reserved on agent {} for role {}", args.agent_id, args.role);
+        outln!("reserved on agent {} for role {}", args.agent_id, args.role)?;
     } else {
         client
             .unreserve(UnreserveRequest {
@@ -424,7 +424,7 @@ pub async fn reserve(allocator: &str, args: ReserveArgs, reserve: bool) -> anyho
             })
             .await
             .map_err(|s| rpc_error(&addr, "Unreserve", &s))?;
-        println!("unreserved on agent {}", args.agent_id);
+        outln!("unreserved on agent {}", args.agent_id)?;
     }
     Ok(())
 }
@@ -444,7 +444,7 @@ pub async fn agent(allocator: &str, args: AgentArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(|s| rpc_error(&addr, "DrainAgent", &s))?;
-            println!("agent {agent_id} draining: no new offers, its tasks are being killed");
+            outln!("agent {agent_id} draining: no new offers, its tasks are being killed")?;
         }
         AgentCommand::Deactivate { agent_id } => {
             client
@@ -453,7 +453,7 @@ pub async fn agent(allocator: &str, args: AgentArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(|s| rpc_error(&addr, "DeactivateAgent", &s))?;
-            println!("agent {agent_id} deactivated: no new offers");
+            outln!("agent {agent_id} deactivated: no new offers")?;
         }
         AgentCommand::Reactivate { agent_id } => {
             client
@@ -462,7 +462,7 @@ pub async fn agent(allocator: &str, args: AgentArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(|s| rpc_error(&addr, "ReactivateAgent", &s))?;
-            println!("agent {agent_id} reactivated");
+            outln!("agent {agent_id} reactivated")?;
         }
     }
     Ok(())
@@ -478,7 +478,7 @@ pub async fn framework(allocator: &str, args: FrameworkArgs) -> anyhow::Result<(
         })
         .await
         .map_err(|s| rpc_error(&addr, "TeardownFramework", &s))?;
-    println!("framework {framework_id} torn down");
+    outln!("framework {framework_id} torn down")?;
     Ok(())
 }
 
@@ -508,7 +508,7 @@ pub async fn watch(allocator: &str) -> anyhow::Result<()> {
         if !e.message.is_empty() {
             parts.push(e.message.trim().to_owned());
         }
-        println!("{}", parts.join(" "));
+        outln!("{}", parts.join(" "))?;
     }
     Ok(())
 }

@@ -133,14 +133,18 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         let _ = agent_stopped.await;
     }));
     info!(allocator = %url, work_dir = %work_dir.display(), "strata local started");
-    print!("{}", banner(&url, &work_dir));
+    // A closed stdout does not stop the cluster: it keeps logging to stderr until a signal.
+    let mut printed = out!("{}", banner(&url, &work_dir));
     if let Some(mesos_url) = &mesos_url {
-        println!(
-            "strata local: Mesos scheduler HTTP API on {mesos_url} (point Mesos frameworks at it)"
-        );
+        printed = printed.and_then(|()| {
+            outln!(
+                "strata local: Mesos scheduler HTTP API on {mesos_url} (point Mesos frameworks at it)"
+            )
+        });
     }
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
+    if let Err(e) = printed {
+        warn!("cannot print the banner: {e:#}");
+    }
 
     // Run until a signal, or until one of the two stops on its own (an error).
     let mut agent_done = None;

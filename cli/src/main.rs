@@ -1,6 +1,10 @@
 //! `strata`, the operator CLI: `strata local` runs an allocator and an agent in this process;
 //! `strata run` runs one task; `strata agents|frameworks|ps` show the cluster.
 
+// First: the out! and outln! macros are used by the modules below.
+#[macro_use]
+mod out;
+
 mod admin;
 mod args;
 mod duration;
@@ -74,6 +78,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader of stdout went away (`strata ps | head -1`): it has what it wanted.
+        Err(e) if out::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata: {e:#}");
             ExitCode::from(failure_code)

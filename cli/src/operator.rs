@@ -32,7 +32,7 @@ pub(crate) fn rpc_error(addr: &str, rpc: &'static str, status: &tonic::Status) -
 
 fn print_json<T: serde::Serialize>(rows: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(rows).context("cannot encode the answer as JSON")?;
-    println!("{text}");
+    outln!("{text}")?;
     Ok(())
 }
 
@@ -55,7 +55,7 @@ pub async fn agents(allocator: &str, args: &ListArgs) -> anyhow::Result<()> {
     if args.json {
         print_json(&rows)
     } else {
-        print!("{}", agents_table(&rows));
+        out!("{}", agents_table(&rows))?;
         Ok(())
     }
 }
@@ -77,7 +77,7 @@ pub async fn frameworks(allocator: &str, args: &ListArgs) -> anyhow::Result<()> 
     if args.json {
         print_json(&rows)
     } else {
-        print!("{}", frameworks_table(&rows));
+        out!("{}", frameworks_table(&rows))?;
         Ok(())
     }
 }
@@ -99,7 +99,7 @@ pub async fn ps(allocator: &str, args: &PsArgs) -> anyhow::Result<()> {
     if args.json {
         print_json(&rows)
     } else {
-        print!("{}", tasks_table(&rows, args.all, now()));
+        out!("{}", tasks_table(&rows, args.all, now()))?;
         Ok(())
     }
 }

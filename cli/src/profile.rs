@@ -101,9 +101,9 @@ pub async fn profile(allocator: &str, args: ProfileArgs) -> anyhow::Result<()> {
     }
     let written = write_outputs(&args.out, &task.task_id, &body, args.seconds)?;
     let stacks = strata_agent::profile::parse_folded(&body);
-    print!("{}", summary(&stacks, args.top));
+    out!("{}", summary(&stacks, args.top))?;
     for path in written {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display())?;
     }
     Ok(())
 }

@@ -383,7 +383,7 @@ pub async fn top(allocator: &str, args: TopArgs) -> anyhow::Result<()> {
         tokio::time::sleep(args.interval).await;
         let mut rows = state.update(fetch(&mut client, &addr, &request).await?);
         sort_rows(&mut rows, args.sort);
-        print!("{}", snapshot_table(&rows));
+        out!("{}", snapshot_table(&rows))?;
         return Ok(());
     }
     let scope = match (&args.agent, &args.framework) {

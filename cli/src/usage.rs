@@ -92,16 +92,16 @@ pub async fn usage(allocator: &str, args: UsageArgs) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&usage_json(&record))
             }
             .context("cannot encode the usage record as JSON")?;
-            println!("{text}");
+            outln!("{text}")?;
         } else {
             let text = usage_text(&record, previous.as_ref(), now);
             if args.watch && tty {
                 // Home, clear the screen, then the frame.
-                print!("\x1b[H\x1b[2J{text}");
+                out!("\x1b[H\x1b[2J{text}")?;
             } else if args.watch && previous.is_some() {
-                print!("\n{text}");
+                out!("\n{text}")?;
             } else {
-                print!("{text}");
+                out!("{text}")?;
             }
         }
         if !args.watch {

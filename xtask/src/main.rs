@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_accounting;
 mod bench_launch;
+/// The eBPF build's toolchain pins (`agent-ebpf/toolchain.toml`): the module agent/build.rs reads
+/// them with.
+#[path = "../../agent-ebpf/toolchain.rs"]
+mod ebpf_toolchain;
 mod local;
 mod setup;
 mod test;

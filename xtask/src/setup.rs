@@ -5,16 +5,23 @@
 //!
 //! - Debian packages ([`APT_PACKAGES`]): qemu and the initramfs tools for `cargo xtask vm-test`.
 //! - The musl target for the pinned toolchain (static test binaries for the qemu guest).
-//! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`).
-//! - `bpf-linker` ([`BPF_LINKER_VERSION`]), which links the eBPF object.
+//! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`)
+//!   and `clippy` (`cargo xtask test` lints the eBPF crate with it): [`EBPF_NIGHTLY_COMPONENTS`].
+//! - `bpf-linker`, which links the eBPF object.
 //! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
 //!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
+//!
+//! The eBPF toolchain's versions (bpf-linker, LLVM major, dated nightly) are pinned in
+//! `agent-ebpf/toolchain.toml` ([`ebpf_pins`]), which agent/build.rs reads too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+use crate::ebpf_toolchain::Pins;
+use crate::util::{self, workspace_root};
 
 /// Debian packages the build and the tests need.
 ///
@@ -40,16 +47,17 @@ pub const APT_PACKAGES: &[&str] = &[
 /// The Rust target of the static test binaries that run inside the qemu guest.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
-/// bpf-linker's version: 0.10.x uses rustc's own LLVM at run time; later releases need a system
-/// LLVM that Debian 12 does not have.
-pub const BPF_LINKER_VERSION: &str = "0.10.4";
+/// The eBPF crate's directory, relative to the workspace root.
+pub const EBPF_DIR: &str = "agent-ebpf";
 
-/// The LLVM major version bpf-linker [`BPF_LINKER_VERSION`] works with.
-pub const EBPF_LLVM_MAJOR: &str = "22";
+/// The components of the eBPF build's nightly: the core library's source (`-Z build-std=core`)
+/// and clippy (`cargo xtask test` lints the eBPF crate).
+pub const EBPF_NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 
-/// The dated nightly used when the machine's `nightly` has a different LLVM. Keep in sync with
-/// `agent/build.rs`.
-pub const EBPF_NIGHTLY_PIN: &str = "nightly-2026-05-19";
+/// The eBPF build's toolchain pins, from `agent-ebpf/toolchain.toml`.
+pub fn ebpf_pins() -> Result<Pins> {
+    Pins::read(&workspace_root().join(EBPF_DIR)).map_err(anyhow::Error::msg)
+}
 
 /// Arguments of `cargo xtask setup`.
 #[derive(Debug, clap::Args)]
@@ -79,6 +87,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         println!("setup: qemu: private copy {}", qemu.binary.display());
     }
 
+    let pins = ebpf_pins()?;
     let toolchain = pinned_toolchain()?;
     if rustup_lines(&["target", "list", "--installed", "--toolchain", &toolchain])?
         .iter()
@@ -89,7 +98,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         missing.push(format!("rust target {MUSL_TARGET} for {toolchain}"));
     } else {
         println!("setup: rust target {MUSL_TARGET} ({toolchain}): installing");
-        run_cmd(Command::new("rustup").args([
+        util::run(Command::new("rustup").args([
             "target",
             "add",
             "--toolchain",
@@ -98,57 +107,70 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         ]))?;
     }
 
-    match ebpf_nightly()? {
+    match ebpf_nightly(&pins)? {
         Some(nightly) => {
-            if has_component(&nightly, "rust-src")? {
-                println!("setup: {nightly} with rust-src: present");
-            } else if args.check {
-                missing.push(format!("rust-src for {nightly}"));
-            } else {
-                println!("setup: rust-src for {nightly}: installing");
-                run_cmd(Command::new("rustup").args([
-                    "component",
-                    "add",
-                    "rust-src",
-                    "--toolchain",
-                    &nightly,
-                ]))?;
+            for component in EBPF_NIGHTLY_COMPONENTS {
+                if has_component(&nightly, component)? {
+                    println!("setup: {nightly} with {component}: present");
+                } else if args.check {
+                    missing.push(format!("{component} for {nightly}"));
+                } else {
+                    println!("setup: {component} for {nightly}: installing");
+                    util::run(Command::new("rustup").args([
+                        "component",
+                        "add",
+                        component,
+                        "--toolchain",
+                        &nightly,
+                    ]))?;
+                }
             }
         }
         None if args.check => missing.push(format!(
-            "a nightly toolchain with LLVM {EBPF_LLVM_MAJOR} ({EBPF_NIGHTLY_PIN})"
+            "a nightly toolchain with LLVM {} ({})",
+            pins.llvm_major, pins.nightly_pin
         )),
         None => {
-            println!("setup: {EBPF_NIGHTLY_PIN}: installing (the eBPF build's nightly)");
-            run_cmd(Command::new("rustup").args([
+            println!(
+                "setup: {}: installing (the eBPF build's nightly)",
+                pins.nightly_pin
+            );
+            util::run(Command::new("rustup").args([
                 "toolchain",
                 "install",
-                EBPF_NIGHTLY_PIN,
+                &pins.nightly_pin,
                 "--profile",
                 "minimal",
                 "--component",
-                "rust-src",
+                &EBPF_NIGHTLY_COMPONENTS.join(","),
             ]))?;
         }
     }
 
     match bpf_linker_version() {
-        Some(v) if v == BPF_LINKER_VERSION => println!("setup: bpf-linker {v}: present"),
+        Some(v) if v == pins.bpf_linker => println!("setup: bpf-linker {v}: present"),
         found if args.check => missing.push(format!(
-            "bpf-linker {BPF_LINKER_VERSION} (found {})",
+            "bpf-linker {} (found {})",
+            pins.bpf_linker,
             found.as_deref().unwrap_or("none")
         )),
         found => {
             if let Some(v) = found {
-                println!("setup: bpf-linker {v} found, {BPF_LINKER_VERSION} wanted: reinstalling");
+                println!(
+                    "setup: bpf-linker {v} found, {} wanted: reinstalling",
+                    pins.bpf_linker
+                );
             }
-            println!("setup: bpf-linker {BPF_LINKER_VERSION}: installing (about 3 minutes)");
+            println!(
+                "setup: bpf-linker {}: installing (about 3 minutes)",
+                pins.bpf_linker
+            );
             let t = Instant::now();
-            run_cmd(Command::new("cargo").args([
+            util::run(Command::new("cargo").args([
                 "install",
                 "--locked",
                 "--force",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                &format!("bpf-linker@{}", pins.bpf_linker),
             ]))?;
             println!("setup: bpf-linker installed in {:.0?}", t.elapsed());
         }
@@ -173,13 +195,6 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     }
     println!("setup: done in {:.1?}", started.elapsed());
     Ok(())
-}
-
-/// The workspace's root directory (xtask's parent).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// The toolchain rust-toolchain.toml pins (`channel = "..."`).
@@ -235,7 +250,7 @@ fn apt_get(args: &[&str]) -> Command {
 /// qemu's libraries are installed and qemu itself is unpacked privately under `.vm/qemu`;
 /// any other removal is refused with a message naming it.
 fn install_apt_packages(pkgs: &[String]) -> Result<()> {
-    run_cmd(&mut apt_get(&["-q", "update"])).context(
+    util::run(&mut apt_get(&["-q", "update"])).context(
         "apt-get update failed: run `cargo xtask setup` as root, or with sudo available",
     )?;
     let removed = apt_removals(pkgs)?;
@@ -283,7 +298,7 @@ fn apt_install(pkgs: &[String]) -> Result<()> {
         "install",
     ];
     args.extend(pkgs.iter().map(String::as_str));
-    run_cmd(&mut apt_get(&args)).with_context(|| {
+    util::run(&mut apt_get(&args)).with_context(|| {
         format!(
             "apt-get install {} failed: run `cargo xtask setup` as root, or with sudo available",
             pkgs.join(" ")
@@ -428,7 +443,7 @@ fn install_private_qemu() -> Result<()> {
         }
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    run_cmd(
+    util::run(
         Command::new("apt-get")
             // The download directory belongs to this user, not to apt's sandbox user.
             .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
@@ -438,7 +453,7 @@ fn install_private_qemu() -> Result<()> {
     .context("cannot download qemu's packages with apt-get download")?;
     for entry in std::fs::read_dir(&debs).with_context(|| format!("reading {}", debs.display()))? {
         let deb = entry?.path();
-        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+        util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
             .with_context(|| format!("cannot unpack {}", deb.display()))?;
     }
     match private_qemu_ready() {
@@ -490,15 +505,15 @@ fn has_component(toolchain: &str, component: &str) -> Result<bool> {
     )
 }
 
-/// The nightly toolchain the eBPF build uses: `nightly` when its LLVM is [`EBPF_LLVM_MAJOR`],
-/// else [`EBPF_NIGHTLY_PIN`] when installed; `None` when neither is usable.
-pub fn ebpf_nightly() -> Result<Option<String>> {
+/// The nightly toolchain the eBPF build uses: `nightly` when its LLVM is the pinned major,
+/// else the pinned dated nightly when installed; `None` when neither is usable.
+pub fn ebpf_nightly(pins: &Pins) -> Result<Option<String>> {
     let installed = rustup_lines(&["toolchain", "list"])?;
-    for candidate in ["nightly", EBPF_NIGHTLY_PIN] {
+    for candidate in ["nightly", pins.nightly_pin.as_str()] {
         let present = installed.iter().any(|t| {
             t.split_whitespace().next() == Some(&format!("{candidate}-x86_64-unknown-linux-gnu"))
         });
-        if present && llvm_major(candidate).as_deref() == Some(EBPF_LLVM_MAJOR) {
+        if present && llvm_major(candidate).as_deref() == Some(pins.llvm_major.as_str()) {
             return Ok(Some(candidate.to_owned()));
         }
     }
@@ -524,15 +539,6 @@ fn bpf_linker_version() -> Option<String> {
         .split_whitespace()
         .last()
         .map(str::to_owned)
-}
-
-/// Runs a command with inherited stdio; fails naming the command when it fails.
-pub fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 /// The pymesos release the Mesos compatibility test runs (it speaks the v1 scheduler HTTP API).
@@ -576,7 +582,7 @@ fn install_mesos_venv() -> Result<()> {
         venv.display()
     );
     let t = Instant::now();
-    run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+    util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
         "cannot create a Python venv: install python3 with the venv module (apt-get install \
          python3-venv)",
     )?;
@@ -591,10 +597,10 @@ fn install_mesos_venv() -> Result<()> {
     let pymesos = format!("pymesos=={PYMESOS_VERSION}");
     install.push(&pymesos);
     install.extend(PYMESOS_DEPS);
-    run_cmd(&mut pip(&install)).context("cannot install pymesos from PyPI")?;
+    util::run(&mut pip(&install)).context("cannot install pymesos from PyPI")?;
     let sdist = venv.join("sdist");
     let sdist_str = sdist.to_string_lossy().into_owned();
-    run_cmd(&mut pip(&[
+    util::run(&mut pip(&[
         "download",
         "--no-deps",
         "--no-binary",
@@ -616,7 +622,7 @@ with tarfile.open(src) as t:
             with open(os.path.join(site, "http_parser", parts[2]), "wb") as f:
                 f.write(t.extractfile(m).read())
 "#;
-    run_cmd(Command::new(&python).args(["-c", copy, &sdist_str]))
+    util::run(Command::new(&python).args(["-c", copy, &sdist_str]))
         .context("cannot install http-parser's Python modules into the venv")?;
     if !mesos_venv_ready() {
         bail!(

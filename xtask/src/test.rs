@@ -1,11 +1,17 @@
-//! `cargo xtask test`: the whole suite, exactly what CI runs: set-up, formatting, clippy, the
-//! workspace's unit, integration and end-to-end tests, then the kernel tests in qemu.
+//! `cargo xtask test`: the whole suite, exactly what CI runs: set-up, formatting, clippy (of the
+//! workspace and of the eBPF crate), the workspace's unit, integration and end-to-end tests, then
+//! the kernel tests in qemu.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::util;
+use crate::{setup, util};
+
+/// The target the eBPF crate is built for (by agent/build.rs through aya-build) and linted for.
+const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// The guest kernels the suite boots, by Debian package series.
 pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
@@ -36,6 +42,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    lint_ebpf_crate()?;
     // The end-to-end tests start the real binaries as processes: build them all first.
     util::run(util::cargo().args(["build", "--workspace", "--bins"]))?;
     util::run(util::cargo().args(["test", "--workspace"]))?;
@@ -49,4 +56,44 @@ pub fn run(args: &TestArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `cargo fmt --check` and clippy `-D warnings` on `agent-ebpf`, which the workspace excludes:
+/// clippy checks it as agent/build.rs builds it, for [`EBPF_TARGET`] with the eBPF nightly and
+/// `-Z build-std=core`, in its own target directory (`target/agent-ebpf-lint`; never under
+/// `agent-ebpf/`, whose every change reruns the agent's build script).
+fn lint_ebpf_crate() -> Result<()> {
+    let manifest = Path::new(setup::EBPF_DIR).join("Cargo.toml");
+    util::run(
+        util::cargo()
+            .arg("fmt")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--check"),
+    )?;
+    let pins = setup::ebpf_pins()?;
+    let nightly = setup::ebpf_nightly(&pins)?.with_context(|| {
+        format!(
+            "no nightly toolchain with LLVM {} to lint the eBPF crate with: run `cargo xtask setup`",
+            pins.llvm_major
+        )
+    })?;
+    let mut clippy = Command::new("rustup");
+    clippy
+        .current_dir(util::workspace_root())
+        .args(["run", &nightly, "cargo", "clippy", "--manifest-path"])
+        .arg(&manifest)
+        .args([
+            "--target",
+            EBPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(util::target_dir("agent-ebpf-lint"))
+        .args(["--", "-D", "warnings"])
+        // The nightly's own rustc and clippy, whatever cargo runs us (as aya-build does).
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    util::run(&mut clippy)
 }

@@ -5,6 +5,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::ebpf_toolchain::REQUIRE_ENV;
+
 /// The workspace root (the parent of xtask/).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,11 +15,14 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The cargo that runs us, so the pinned toolchain is used throughout.
+/// The cargo that runs us, so the pinned toolchain is used throughout, in the workspace root.
+///
+/// It sets [`REQUIRE_ENV`] (`STRATA_REQUIRE_EBPF=1`): what xtask builds is tested, benchmarked or run for real, so
+/// the agent in it must carry its eBPF programs (a plain `cargo check` or clippy need not).
 pub fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root());
+    cmd.current_dir(workspace_root()).env(REQUIRE_ENV, "1");
     cmd
 }
 
@@ -43,7 +48,8 @@ pub fn describe(cmd: &Command) -> String {
     line
 }
 
-/// Where cargo puts build outputs for `profile` ("debug" or "release").
+/// Where cargo puts build outputs for `profile` ("debug" or "release"), or another directory
+/// of the target directory.
 pub fn target_dir(profile: &str) -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -60,4 +66,19 @@ pub const CGROUP_PLACEMENT_ENV: &str = "STRATA_CGROUP_PLACEMENT";
 pub fn dev_cgroup_placement(cmd: &mut Command) -> &mut Command {
     let placement = std::env::var(CGROUP_PLACEMENT_ENV).unwrap_or_else(|_| "below-own".into());
     cmd.env(CGROUP_PLACEMENT_ENV, placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cargo_xtask_runs_requires_the_real_ebpf_programs() {
+        let cmd = cargo();
+        let set = cmd
+            .get_envs()
+            .any(|(k, v)| k == REQUIRE_ENV && v == Some("1".as_ref()));
+        assert!(set, "{REQUIRE_ENV}=1 is not set on {}", describe(&cmd));
+        assert_eq!(cmd.get_current_dir(), Some(workspace_root().as_path()));
+    }
 }

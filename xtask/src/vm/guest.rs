@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::kernel::{LockEntry, vm_dir};
-use crate::setup::{MUSL_TARGET, workspace_root};
+use crate::setup::MUSL_TARGET;
+use crate::util::{self, workspace_root};
 
 /// The package holding the tests, and its helper binary.
 const TESTS_PACKAGE: &str = "strata-vm-tests";
@@ -93,10 +94,9 @@ struct Artifact {
 /// the executables it built.
 fn cargo_musl(args: &[&str]) -> Result<Vec<Artifact>> {
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(args)
+    // util::cargo(): the tests load the agent's eBPF programs, so the build must have them.
+    let mut cmd = util::cargo();
+    cmd.args(args)
         .args([
             "--target",
             MUSL_TARGET,

@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::setup::{is_root, workspace_root};
+use crate::setup::is_root;
+use crate::util::workspace_root;
 
 /// The kernel series `--relock` resolves, and the Debian suite each comes from.
 const SUITES: &[(&str, &str)] = &[("6.1", "bookworm"), ("6.12", "trixie")];
