@@ -1,21 +1,14 @@
-//! The allocator's configuration and the duration syntax its flags accept.
+//! The allocator's configuration.
 //!
 //! [`AllocatorConfig`] is plain data shared by the core and the edge; [`AllocatorConfig::validate`]
 //! is checked by `serve` before anything starts (intervals must be positive so timers and
-//! agents never spin). Durations are written `500ms`, `5s`, `2m`, `1h` or plain (possibly
-//! fractional) seconds.
+//! agents never spin). The flags that set it are the edge's (`strata_allocator::flags`).
 
 use std::time::Duration;
 
-/// What is wrong with a configuration or a duration flag.
+/// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
-    /// A duration string could not be parsed.
-    #[error("invalid duration {input:?}: write it like 500ms, 5s, 2m, 1h or a number of seconds")]
-    InvalidDuration {
-        /// What was given.
-        input: String,
-    },
     /// An interval that drives a timer is zero.
     #[error("{field} must be greater than zero")]
     ZeroInterval {
@@ -83,62 +76,9 @@ impl AllocatorConfig {
     }
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds (`1.5`).
-pub fn parse_duration(input: &str) -> Result<Duration, ConfigError> {
-    let err = || ConfigError::InvalidDuration {
-        input: input.to_owned(),
-    };
-    let s = input.trim();
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| err())?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| err())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        let cases: &[(&str, Option<Duration>)] = &[
-            ("500ms", Some(Duration::from_millis(500))),
-            ("5s", Some(Duration::from_secs(5))),
-            ("2m", Some(Duration::from_secs(120))),
-            ("1h", Some(Duration::from_secs(3600))),
-            ("3", Some(Duration::from_secs(3))),
-            ("0.25", Some(Duration::from_millis(250))),
-            ("0", Some(Duration::ZERO)),
-            (" 1s ", Some(Duration::from_secs(1))),
-            ("", None),
-            ("s", None),
-            ("-1s", None),
-            ("five", None),
-            ("5 days", None),
-            ("NaN", None),
-        ];
-        for (input, want) in cases {
-            match want {
-                Some(d) => assert_eq!(parse_duration(input), Ok(*d), "{input:?}"),
-                None => assert_eq!(
-                    parse_duration(input),
-                    Err(ConfigError::InvalidDuration {
-                        input: (*input).to_owned()
-                    }),
-                    "{input:?}"
-                ),
-            }
-        }
-    }
 
     #[test]
     fn defaults_match_the_contract_and_validate() {

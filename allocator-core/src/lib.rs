@@ -63,7 +63,7 @@ use strata_proto::{
     Attribute, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, allocator_message, event,
 };
 
-pub use self::config::{AllocatorConfig, ConfigError, parse_duration};
+pub use self::config::{AllocatorConfig, ConfigError};
 pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
 pub use self::resources::{Name, RangeSet, ResourceError, Resources};
 pub use self::roles::{DEFAULT_ROLE, Quota, RoleError};

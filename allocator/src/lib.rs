@@ -18,6 +18,7 @@
 //! allocator`, is `allocator-core/benches/allocator.rs`.
 
 mod api;
+pub mod flags;
 pub mod mesos;
 pub mod metrics;
 pub mod store;
@@ -26,4 +27,4 @@ pub use api::{ServeError, serve, serve_with_http, serve_with_metrics, serve_with
 pub use metrics::Metrics;
 pub use strata_allocator_core as core;
 pub use strata_allocator_core::config;
-pub use strata_allocator_core::config::{AllocatorConfig, ConfigError, parse_duration};
+pub use strata_allocator_core::config::{AllocatorConfig, ConfigError};

@@ -211,3 +211,94 @@ async fn a_killed_allocator_restarts_with_its_registry() -> Result<()> {
     assert_eq!(again, fid);
     Ok(())
 }
+
+/// `strata-allocator --print-config` with `flags`, the environment `env`, and the config file
+/// `file` (when given): its stdout.
+async fn print_config(flags: &[&str], env: &[(&str, &str)], file: Option<&str>) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-allocator"));
+    cmd.arg("--print-config")
+        .args(flags)
+        .env_remove("STRATA_CONFIG");
+    if let Some(text) = file {
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, text)?;
+        cmd.arg("--config").arg(&path);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = bounded("strata-allocator --print-config", cmd.output()).await??;
+    if !out.status.success() {
+        bail!(
+            "strata-allocator --print-config failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test]
+async fn a_flag_beats_its_environment_variable_which_beats_the_config_file() -> Result<()> {
+    let file = Some("[allocator]\nagent-timeout = \"20s\"\nterminal-task-history = 7\n");
+    let env = [("STRATA_ALLOCATOR_AGENT_TIMEOUT", "30s")];
+    let flag = ["--agent-timeout", "40s"];
+    let line = |settings: &str| {
+        settings
+            .lines()
+            .find(|l| l.starts_with("agent-timeout = "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let all = print_config(&flag, &env, file).await?;
+    assert_eq!(
+        line(&all),
+        "agent-timeout = \"40s\"  # command line",
+        "{all}"
+    );
+    let no_flag = print_config(&[], &env, file).await?;
+    assert_eq!(
+        line(&no_flag),
+        "agent-timeout = \"30s\"  # environment (STRATA_ALLOCATOR_AGENT_TIMEOUT)",
+        "{no_flag}"
+    );
+    let file_only = print_config(&[], &[], file).await?;
+    assert!(
+        line(&file_only).starts_with("agent-timeout = \"20s\"  # config file ("),
+        "{file_only}"
+    );
+    // The file's other keys apply too, and the rest keep their defaults.
+    assert!(file_only.contains("terminal-task-history = \"7\"  # config file ("));
+    assert!(file_only.contains("allocation-interval = \"1s\"  # default"));
+    let nothing = print_config(&[], &[], None).await?;
+    assert_eq!(
+        line(&nothing),
+        "agent-timeout = \"15s\"  # default",
+        "{nothing}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_saying_where() -> Result<()> {
+    let unknown = print_config(&[], &[], Some("[allocator]\nagent-timout = \"1s\"\n")).await;
+    let e = unknown.expect_err("an unknown key").to_string();
+    assert!(
+        e.contains("[allocator] agent-timout: no such setting"),
+        "{e}"
+    );
+    let bad = print_config(&[], &[], Some("[allocator]\nagent-timeout = \"soon\"\n")).await;
+    let e = bad.expect_err("a bad value").to_string();
+    assert!(e.contains("invalid duration \"soon\""), "{e}");
+    // One file can serve a host: the allocator skips the agent's table, not a misspelt one.
+    let shared = print_config(&[], &[], Some("[agent]\ncpus = 2\n")).await?;
+    assert!(
+        shared.contains("agent-timeout = \"15s\"  # default"),
+        "{shared}"
+    );
+    let table = print_config(&[], &[], Some("[agent]\ncpus = 2\n[alocator]\n")).await;
+    let e = table.expect_err("an unknown table").to_string();
+    assert!(e.contains("[alocator]: no such table"), "{e}");
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! `strata framework teardown` and `strata watch`; one OperatorService call each.
 
 use crate::operator::{client, rpc_error};
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use strata_proto::{
     DeactivateAgentRequest, DrainAgentRequest, GetQuotaRequest, ListReservationsRequest,
@@ -133,42 +133,17 @@ pub enum FrameworkCommand {
 /// Parses `cpus=100`, `mem=512GiB`, `disk=1TiB`, `gpus=2` into scalar resources (mem and
 /// disk in MiB) reserved for `role` (empty: unreserved).
 pub fn parse_resources(items: &[String], role: &str) -> anyhow::Result<Vec<Resource>> {
-    let mut out = Vec::new();
-    for item in items {
-        let Some((name, value)) = item.split_once('=') else {
-            bail!("invalid resource {item:?}: write NAME=VALUE, e.g. cpus=4 or mem=8GiB");
-        };
-        let name = name.trim();
-        let value = value.trim();
-        let units: [(&str, f64); 8] = [
-            ("TiB", 1024.0 * 1024.0),
-            ("GiB", 1024.0),
-            ("MiB", 1.0),
-            ("KiB", 1.0 / 1024.0),
-            ("TB", 1024.0 * 1024.0),
-            ("GB", 1024.0),
-            ("MB", 1.0),
-            ("KB", 1.0 / 1024.0),
-        ];
-        let (number, scale) = units
-            .iter()
-            .find_map(|(suffix, scale)| value.strip_suffix(suffix).map(|n| (n, *scale)))
-            .unwrap_or((value, 1.0));
-        if scale != 1.0 && !matches!(name, "mem" | "disk") {
-            bail!("invalid resource {item:?}: only mem and disk take a size unit");
-        }
-        let number: f64 = number.trim().parse().with_context(|| {
-            format!("invalid resource {item:?}: the value must be a number, e.g. cpus=4")
-        })?;
-        if name.is_empty() || !number.is_finite() || number < 0.0 {
-            bail!("invalid resource {item:?}: give a name and a non-negative value");
-        }
-        out.push(Resource {
-            role: role.to_owned(),
-            ..Resource::scalar(name, number * scale)
-        });
-    }
-    Ok(out)
+    items
+        .iter()
+        .map(|item| {
+            let (name, value) =
+                strata_common::parse::resource(item).map_err(|e| anyhow::anyhow!(e))?;
+            Ok(Resource {
+                role: role.to_owned(),
+                ..Resource::scalar(&name, value)
+            })
+        })
+        .collect()
 }
 
 fn show(resources: &[Resource]) -> String {

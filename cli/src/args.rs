@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::parse_duration;
+use strata_common::parse;
 
 /// The allocator address used when neither --allocator nor STRATA_ALLOCATOR is given.
 pub const DEFAULT_ALLOCATOR: &str = "http://127.0.0.1:5050";
@@ -88,10 +88,10 @@ pub struct LocalArgs {
     #[arg(long)]
     pub disk: Option<f64>,
     /// Port range the agent offers, e.g. 31000-32000.
-    #[arg(long, value_parser = parse_port_range)]
+    #[arg(long, value_parser = parse::port_range)]
     pub ports: Option<(u64, u64)>,
     /// An agent attribute, key=value (repeatable).
-    #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+    #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse::attribute)]
     pub attributes: Vec<(String, String)>,
     /// The agent's hostname (default: this machine's).
     #[arg(long)]
@@ -130,10 +130,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub shell: bool,
     /// Kill the task once it has been running this long (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     pub kill_after: Option<Duration>,
     /// Give up (exit 125) if no offer large enough arrives within this long.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration, default_value = "30s")]
     pub offer_timeout: Duration,
     /// The command and its arguments (put them after `--` if they start with `-`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
@@ -163,30 +163,6 @@ pub struct PsArgs {
     /// Print JSON (an array of objects) instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Parses `BEGIN-END` (inclusive).
-pub fn parse_port_range(text: &str) -> Result<(u64, u64), String> {
-    let invalid = || format!("invalid port range {text:?}: use BEGIN-END, e.g. 31000-32000");
-    let (begin, end) = text.split_once('-').ok_or_else(invalid)?;
-    let begin: u64 = begin.trim().parse().map_err(|_| invalid())?;
-    let end: u64 = end.trim().parse().map_err(|_| invalid())?;
-    if begin > end || end > 65535 {
-        return Err(invalid());
-    }
-    Ok((begin, end))
-}
-
-/// Parses `key=value`.
-pub fn parse_attribute(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.trim().to_owned()))
-        }
-        _ => Err(format!(
-            "invalid attribute {text:?}: use KEY=VALUE, e.g. rack=r1"
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -252,7 +228,7 @@ mod tests {
         assert!(parse(&["run", "--"]).is_err());
         let err =
             parse(&["run", "--offer-timeout", "soon", "--", "true"]).expect_err("bad duration");
-        assert!(err.to_string().contains("use e.g. 500ms"), "{err}");
+        assert!(err.to_string().contains("like 500ms"), "{err}");
         assert!(
             parse(&["run", "--bogus", "true"]).is_err(),
             "unknown flags before CMD are errors"
@@ -343,15 +319,23 @@ mod tests {
 
     #[test]
     fn port_ranges_and_attributes_are_validated() {
-        assert_eq!(parse_port_range("31000-32000"), Ok((31000, 32000)));
-        assert!(parse_port_range("32000-31000").is_err());
-        assert!(parse_port_range("31000").is_err());
-        assert!(parse_port_range("1-70000").is_err());
-        assert!(parse_attribute("=x").is_err());
-        assert!(parse_attribute("novalue").is_err());
-        assert_eq!(
-            parse_attribute("k=v=w"),
-            Ok(("k".to_owned(), "v=w".to_owned()))
-        );
+        let local = |flags: &[&str]| {
+            let argv: Vec<&str> = ["local"].iter().chain(flags).copied().collect();
+            match parse(&argv).map(|cli| cli.command) {
+                Ok(Command::Local(local)) => Ok(local),
+                Ok(_) => panic!("expected local"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let ok = local(&["--ports", "31000-32000", "--attribute", " k = v=w "]).unwrap();
+        assert_eq!(ok.ports, Some((31000, 32000)));
+        assert_eq!(ok.attributes, vec![("k".to_owned(), "v=w".to_owned())]);
+        for bad in [["--ports", "32000-31000"], ["--ports", "1-70000"]] {
+            assert!(local(&bad).unwrap_err().contains("BEGIN-END"), "{bad:?}");
+        }
+        for bad in ["=x", "novalue"] {
+            let e = local(&["--attribute", bad]).unwrap_err();
+            assert!(e.contains("NAME=VALUE"), "{e}");
+        }
     }
 }

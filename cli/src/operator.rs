@@ -21,7 +21,7 @@ pub(crate) async fn client(
     let channel = strata_framework::dial(allocator).await?;
     Ok((
         OperatorServiceClient::new(channel),
-        strata_framework::normalize_address(allocator),
+        strata_framework::allocator_url(allocator)?,
     ))
 }
 

@@ -84,14 +84,15 @@ pub async fn profile(allocator: &str, args: ProfileArgs) -> anyhow::Result<()> {
         task.task_id, agent.hostname, agent.endpoint, args.seconds
     );
     let limit = Duration::from_secs(args.seconds + 30);
-    let (status, body) = tokio::time::timeout(limit, http_get(&agent.endpoint, &path))
+    let answer = strata_common::http::get(&format!("http://{}{path}", agent.endpoint), limit)
         .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "agent at {} did not answer within {limit:?}",
+        .with_context(|| {
+            format!(
+                "cannot get the profile from the agent at {}",
                 agent.endpoint
             )
-        })??;
+        })?;
+    let (status, body) = (answer.status, answer.text());
     if status != 200 {
         bail!(
             "agent at {} refused the profile (HTTP {status}): {}",
@@ -153,28 +154,6 @@ fn encode(value: &str) -> String {
         }
     }
     out
-}
-
-/// `GET path` from `endpoint` (`host:port`) over HTTP/1.1: the status and the body.
-async fn http_get(endpoint: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use http_body_util::BodyExt as _;
-    let uri: hyper::Uri = format!("http://{endpoint}{path}")
-        .parse()
-        .with_context(|| format!("the agent's endpoint {endpoint:?} is not HOST:PORT"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-    let response = client
-        .get(uri)
-        .await
-        .with_context(|| format!("cannot get an answer from the agent at {endpoint}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .with_context(|| format!("cannot read the agent's answer from {endpoint}"))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Writes `DIR/TASK.folded` and, when there are samples, `DIR/TASK.svg`; returns the paths.

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::args::RunArgs;
-use crate::duration::format_duration;
 use crate::render::fmt_scalar;
+use strata_common::parse::format_duration;
 
 /// Exit status for a failure on Strata's side (no allocator, no offer, invalid launch, lost).
 pub const EXIT_STRATA: u8 = 125;

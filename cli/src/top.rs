@@ -26,10 +26,10 @@ use strata_proto::{GetUsageRequest, TaskUsage};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::duration::parse_duration;
 use crate::operator::{client, rpc_error};
 use crate::render::fmt_scalar;
 use crate::usage::{fmt_latency, net_rates};
+use strata_common::parse;
 
 /// `strata top`.
 #[derive(Debug, Args)]
@@ -44,7 +44,7 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value_t = SortKey::Cpu)]
     pub sort: SortKey,
     /// How often to refresh.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration, default_value = "1s")]
     pub interval: Duration,
 }
 

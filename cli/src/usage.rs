@@ -19,9 +19,10 @@ use strata_proto::{
 };
 use tonic::transport::Channel;
 
-use crate::duration::{format_age, parse_duration};
+use crate::duration::format_age;
 use crate::operator::{client, rpc_error};
 use crate::render::fmt_scalar;
+use strata_common::parse;
 
 /// `strata usage`.
 #[derive(Debug, Args)]
@@ -36,7 +37,7 @@ pub struct UsageArgs {
     #[arg(long, short = 'w')]
     pub watch: bool,
     /// How often --watch asks the allocator for a new record.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration, default_value = "1s")]
     pub interval: Duration,
     /// Print the record as JSON (with --watch: one object per line, per new record).
     #[arg(long)]

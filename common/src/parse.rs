@@ -165,20 +165,27 @@ pub fn listen(text: &str) -> Result<String, String> {
     }
 }
 
-/// [`listen`], or `none` (nothing to serve): `None`.
-pub fn listen_or_none(text: &str) -> Result<Option<String>, String> {
+/// A value, or `none` (`OrNone(None)`): an address to serve on, or nothing to serve. A type
+/// of its own, so that a flag can be absent (`Option<OrNone<T>>`: the program's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrNone<T>(pub Option<T>);
+
+/// [`listen`], or `none` (nothing to serve).
+pub fn listen_or_none(text: &str) -> Result<OrNone<String>, String> {
     if text.trim() == "none" {
-        return Ok(None);
+        return Ok(OrNone(None));
     }
-    listen(text).map(Some).map_err(|e| format!("{e}, or none"))
+    listen(text)
+        .map(|l| OrNone(Some(l)))
+        .map_err(|e| format!("{e}, or none"))
 }
 
 /// An IP socket address to listen on (`ADDR:PORT`, port 0 picks a free one), or `none`.
-pub fn socket_addr_or_none(text: &str) -> Result<Option<SocketAddr>, String> {
+pub fn socket_addr_or_none(text: &str) -> Result<OrNone<SocketAddr>, String> {
     if text.trim() == "none" {
-        return Ok(None);
+        return Ok(OrNone(None));
     }
-    text.trim().parse().map(Some).map_err(|_| {
+    text.trim().parse().map(|a| OrNone(Some(a))).map_err(|_| {
         format!(
             "invalid address {text:?}: use ADDR:PORT, like 0.0.0.0:5051 or 127.0.0.1:0, or none"
         )
@@ -340,13 +347,13 @@ mod tests {
         for bad in ["localhost", ":5050", "host:port", "host:70000", "a/b:1"] {
             assert!(listen(bad).unwrap_err().contains("HOST:PORT"), "{bad:?}");
         }
-        assert_eq!(listen_or_none("none"), Ok(None));
+        assert_eq!(listen_or_none("none"), Ok(OrNone(None)));
         assert!(listen_or_none("x").unwrap_err().ends_with("or none"));
         assert_eq!(
             socket_addr_or_none("127.0.0.1:0"),
-            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+            Ok(OrNone(Some(SocketAddr::from(([127, 0, 0, 1], 0)))))
         );
-        assert_eq!(socket_addr_or_none("none"), Ok(None));
+        assert_eq!(socket_addr_or_none("none"), Ok(OrNone(None)));
         assert!(
             socket_addr_or_none("localhost")
                 .unwrap_err()

@@ -9,10 +9,10 @@ use strata_proto::{FrameworkCapability, FrameworkInfo};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span};
 
-use crate::backoff::Backoff;
-use crate::connect::{self, DEFAULT_CONNECT_TIMEOUT, normalize_address};
+use crate::connect::{self, DEFAULT_CONNECT_TIMEOUT};
 use crate::driver::{Driver, subscribe_once};
 use crate::{Error, Framework};
+use strata_common::Backoff;
 
 /// Describes a framework and subscribes it; see the [crate docs](crate) for an example.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ impl FrameworkBuilder {
     /// Fails at once when the allocator cannot be reached ([`Error::Connect`]) or refuses
     /// ([`Error::SubscribeRefused`]), and after the subscribe timeout without SUBSCRIBED.
     pub async fn subscribe(self) -> Result<(Framework, mpsc::Receiver<crate::Event>), Error> {
-        let addr = normalize_address(&self.allocator);
+        let addr = connect::allocator_url(&self.allocator)?;
         let endpoint = connect::endpoint(
             &self.allocator,
             DEFAULT_CONNECT_TIMEOUT.min(self.subscribe_timeout),

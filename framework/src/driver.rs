@@ -17,9 +17,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::connect::describe_error;
 use crate::{Error, Event};
+use strata_common::Backoff;
 
 /// Events read from the stream but not yet taken by the application; beyond this the driver
 /// stops reading (gRPC flow control then pushes back on the allocator).

@@ -7,11 +7,11 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The allocator address cannot be parsed.
-    #[error("invalid allocator address {addr:?}: {reason}: give a URL like http://127.0.0.1:5050")]
+    #[error("{reason}")]
     InvalidAddress {
         /// The address as given.
         addr: String,
-        /// What is wrong with it.
+        /// What is wrong with it and what to write instead.
         reason: String,
     },
 

@@ -47,7 +47,6 @@
 //! A fuller example that packs many tasks into offers is `examples/batch.rs`
 //! (`cargo run -p strata-framework --example batch -- --tasks 10`).
 
-mod backoff;
 mod builder;
 mod client;
 mod connect;
@@ -60,16 +59,16 @@ mod task;
 #[cfg(test)]
 mod fake_allocator_tests;
 
-pub use backoff::Backoff;
 pub use builder::FrameworkBuilder;
 pub use client::Framework;
-pub use connect::{dial, dial_with_timeout, normalize_address};
+pub use connect::{allocator_url, dial, dial_with_timeout};
 pub use error::Error;
 pub use event::Event;
 pub use resources::{
     OfferExt, ResourceBudget, offer_cpus, offer_disk, offer_gpus, offer_mem, offer_ports, ranges,
     round_scalar,
 };
+pub use strata_common::Backoff;
 pub use task::{TaskBuilder, task};
 
 /// The wire types frameworks work with (`Offer`, `TaskInfo`, `TaskStatus`, `TaskState`, ...).

@@ -1,0 +1,390 @@
+//! The allocator's flags, defined once: [`AllocatorArgs`] (everything `strata local` shares
+//! with `strata-allocator`) and [`AllocatorCommand`] (the `strata-allocator` binary: those plus
+//! where it listens and keeps its registry). Each flag has an environment variable
+//! (`STRATA_ALLOCATOR_<FLAG>`) and a config file key (its long name in the `[allocator]`
+//! table); see `strata_common::config` for the precedence.
+
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory as _, FromArgMatches as _};
+use strata_allocator_core::config::AllocatorConfig;
+use strata_common::config::{self as file, Table};
+use strata_common::parse::{self, OrNone};
+use tokio::net::TcpListener;
+
+/// The config file table the allocator's flags are read from.
+pub const CONFIG_TABLE: &str = "allocator";
+
+/// The allocator's flags that `strata local` shares.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Allocator")]
+pub struct AllocatorArgs {
+    /// How often agents must send a heartbeat (e.g. 500ms, 5s, 2m).
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse::duration)]
+    pub agent_heartbeat_interval: Duration,
+    /// No message from an agent this long: it is unreachable.
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_TIMEOUT", default_value = "15s", value_parser = parse::duration)]
+    pub agent_timeout: Duration,
+    /// How long an agent whose stream ended may take to reconnect before its tasks are
+    /// reported LOST or UNREACHABLE.
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "5s", value_parser = parse::duration)]
+    pub agent_reconnect_timeout: Duration,
+    /// How often frameworks get a HEARTBEAT event.
+    #[arg(long, env = "STRATA_ALLOCATOR_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration)]
+    pub framework_heartbeat_interval: Duration,
+    /// The periodic allocation tick (filter expiry, timeouts).
+    #[arg(long, env = "STRATA_ALLOCATOR_ALLOCATION_INTERVAL", default_value = "1s", value_parser = parse::duration)]
+    pub allocation_interval: Duration,
+    /// Default refuse_seconds of DECLINE and ACCEPT filters.
+    #[arg(long, env = "STRATA_ALLOCATOR_DEFAULT_REFUSE", default_value = "5s", value_parser = parse::duration)]
+    pub default_refuse: Duration,
+    /// Terminal tasks kept for `strata ps --all`.
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_TERMINAL_TASK_HISTORY",
+        default_value_t = 1000
+    )]
+    pub terminal_task_history: usize,
+    /// Rescind offers neither accepted nor declined this long (e.g. 30s); none by default.
+    #[arg(long, env = "STRATA_ALLOCATOR_OFFER_TIMEOUT", value_parser = parse::duration)]
+    pub offer_timeout: Option<Duration>,
+    /// Where Prometheus scrapes `GET /metrics` (HOST:PORT), or `none` [strata-allocator:
+    /// 0.0.0.0:9105, skipped with a warning when taken; strata local: none (its metrics are on
+    /// the Mesos HTTP port)].
+    #[arg(long, env = "STRATA_ALLOCATOR_METRICS_LISTEN", value_name = "ADDR", value_parser = parse::listen_or_none)]
+    pub metrics_listen: Option<OrNone<String>>,
+    /// Where the Mesos v1 scheduler HTTP API listens (HOST:PORT), for frameworks written for
+    /// Apache Mesos, or `none` [default: 127.0.0.1:5052; when taken, strata-allocator skips it
+    /// with a warning and strata local picks a free port].
+    #[arg(long, env = "STRATA_ALLOCATOR_MESOS_LISTEN", value_name = "ADDR", value_parser = parse::listen_or_none)]
+    pub mesos_listen: Option<OrNone<String>>,
+}
+
+impl AllocatorArgs {
+    /// The core's configuration.
+    pub fn config(&self) -> AllocatorConfig {
+        AllocatorConfig {
+            agent_heartbeat_interval: self.agent_heartbeat_interval,
+            agent_timeout: self.agent_timeout,
+            agent_reconnect_timeout: self.agent_reconnect_timeout,
+            framework_heartbeat_interval: self.framework_heartbeat_interval,
+            allocation_interval: self.allocation_interval,
+            default_refuse: self.default_refuse,
+            terminal_task_history: self.terminal_task_history,
+            offer_timeout: self.offer_timeout,
+        }
+    }
+}
+
+/// The default `--mesos-listen`: beside the gRPC port (Mesos' own 5050 is the default
+/// `--listen`).
+pub const DEFAULT_MESOS_LISTEN: &str = "127.0.0.1:5052";
+/// `strata-allocator`'s default `--metrics-listen`.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9105";
+/// `strata-allocator`'s default `--work-dir`.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/strata/allocator";
+/// The default `--listen` of `strata-allocator` and `strata local`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5050";
+
+/// The Strata allocator: admits agents and frameworks and offers resources with DRF.
+///
+/// Every flag can also be set by its environment variable, or in the `[allocator]` table of a
+/// config file (`--config`), by its long name; a flag beats its variable, which beats the file.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "strata-allocator", version)]
+pub struct AllocatorCommand {
+    /// A config file (TOML) whose `[allocator]` table sets flags by their long names.
+    #[arg(long, env = file::CONFIG_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (and where each came from) as TOML, then exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Address to listen on for agents, frameworks and operators.
+    #[arg(long, env = "STRATA_ALLOCATOR_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse::listen)]
+    pub listen: String,
+    /// The allocator's own directory: its registry store is `registry.redb` in it.
+    #[arg(long, env = "STRATA_ALLOCATOR_WORK_DIR", default_value = DEFAULT_WORK_DIR)]
+    pub work_dir: PathBuf,
+    /// Where the registry (framework ids, agent ids, weights, quota and dynamic reservations)
+    /// is kept across restarts: a redb file (default: `registry.redb` in --work-dir), or
+    /// `memory` to keep it in memory only and lose it at restart (write `./memory` for a file
+    /// of that name).
+    #[arg(long, env = "STRATA_ALLOCATOR_STORE", value_parser = parse_store)]
+    pub store: Option<StoreArg>,
+    #[command(flatten)]
+    pub allocator: AllocatorArgs,
+}
+
+/// Where `--store` says the registry lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreArg {
+    /// In memory only.
+    Memory,
+    /// A redb file.
+    Redb(PathBuf),
+}
+
+fn parse_store(input: &str) -> Result<StoreArg, String> {
+    match input {
+        "" => Err("give --store a file path, or `memory`".to_owned()),
+        "memory" => Ok(StoreArg::Memory),
+        path => Ok(StoreArg::Redb(PathBuf::from(path))),
+    }
+}
+
+/// The flags and settings as parsed, with what `--print-config` shows.
+#[derive(Debug)]
+pub struct Parsed<T> {
+    /// The flags.
+    pub args: T,
+    /// The effective settings, one `key = value  # source` line each.
+    pub settings: String,
+}
+
+impl AllocatorCommand {
+    /// The flag ids (clap argument ids) the `[allocator]` table may set in `strata-allocator`.
+    fn table_flags(command: &clap::Command) -> Vec<String> {
+        let mut flags = file::group_args(command, "AllocatorArgs");
+        flags.extend(["listen", "work_dir", "store"].map(str::to_owned));
+        flags
+    }
+
+    /// Parses `argv` (with the program name first) with the config file it names applied.
+    pub fn parse_from(argv: Vec<OsString>) -> Result<Parsed<Self>, clap::Error> {
+        let command = Self::command()
+            // Before `--mesos-listen`, the Mesos API's flag was `--http-listen`.
+            .mut_arg("mesos_listen", |a| a.alias("http-listen"));
+        let flags = Self::table_flags(&command);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let tables = [Table {
+            name: CONFIG_TABLE,
+            flags: &flags,
+            elsewhere: &[],
+        }];
+        let loaded = file::load(command, argv, &tables, None)?;
+        let args = Self::from_arg_matches(&loaded.matches)?;
+        Ok(Parsed {
+            args,
+            settings: loaded.settings,
+        })
+    }
+
+    /// Where the registry is kept: `--store`, else `registry.redb` in `--work-dir`.
+    pub fn store(&self) -> StoreArg {
+        self.store
+            .clone()
+            .unwrap_or_else(|| StoreArg::Redb(self.work_dir.join("registry.redb")))
+    }
+}
+
+/// Where an optional server listens, as its flag says: `Some(OrNone(None))` is `none`, `None`
+/// the program's default.
+pub type OptionalListen = Option<OrNone<String>>;
+
+/// Binds an optional server's listener as its flag says: `none` serves it not; an address must
+/// bind; without the flag, `default` is tried and, when taken, `fallback` decides: `None`
+/// skips the server with a warning, `Some(addr)` binds that instead (e.g. a free port).
+pub async fn bind_optional(
+    flag: &OptionalListen,
+    default: Option<&str>,
+    fallback: Option<&str>,
+    what: &str,
+    flag_name: &str,
+) -> Result<Option<TcpListener>, ListenError> {
+    let explicit = |addr: &str| ListenError::Optional {
+        what: what.to_owned(),
+        addr: addr.to_owned(),
+        flag: flag_name.to_owned(),
+    };
+    match (flag, default) {
+        (Some(OrNone(None)), _) | (None, None) => Ok(None),
+        (Some(OrNone(Some(addr))), _) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| explicit(addr).with(e)),
+        (None, Some(default)) => match TcpListener::bind(default).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(e) => match fallback {
+                Some(other) => TcpListener::bind(other)
+                    .await
+                    .map(Some)
+                    .map_err(|e| explicit(other).with(e)),
+                None => {
+                    tracing::warn!(addr = default, error = %e, "not serving {what}: the default address is not free; pass {flag_name}");
+                    Ok(None)
+                }
+            },
+        },
+    }
+}
+
+/// Binds the allocator's own listener (`--listen`), with errors that say what to do.
+pub async fn bind(listen: &str) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(listen).await.map_err(|source| {
+        let hint = if source.kind() == ErrorKind::AddrInUse {
+            "is another allocator or `strata local` running? stop it, or pass --listen 127.0.0.1:0 for a free port"
+        } else {
+            "give --listen a local address such as 127.0.0.1:5050"
+        };
+        ListenError::Main {
+            addr: listen.to_owned(),
+            reason: strata_common::error::short_io(&source),
+            hint,
+        }
+    })
+}
+
+/// A listener that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The main (gRPC) listener.
+    #[error("cannot listen on {addr}: {reason}: {hint}")]
+    Main {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// An optional server's listener, asked for explicitly.
+    #[error(
+        "cannot listen for {what} on {addr}: pass {flag} a free HOST:PORT (port 0 picks one), or `none` to serve it not"
+    )]
+    Optional {
+        /// Which server.
+        what: String,
+        /// The address.
+        addr: String,
+        /// Its flag.
+        flag: String,
+    },
+    /// [`ListenError::Optional`] with its cause.
+    #[error("{inner}: {reason}")]
+    WithCause {
+        /// What failed.
+        inner: Box<ListenError>,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ListenError {
+    fn with(self, e: std::io::Error) -> Self {
+        Self::WithCause {
+            reason: strata_common::error::short_io(&e),
+            inner: Box::new(self),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<AllocatorCommand, clap::Error> {
+        let argv = std::iter::once("strata-allocator")
+            .chain(flags.iter().copied())
+            .map(OsString::from)
+            .collect();
+        AllocatorCommand::parse_from(argv).map(|p| p.args)
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let args = parse(&[]).expect("no flags parse");
+        assert_eq!(args.listen, "127.0.0.1:5050");
+        assert_eq!(args.allocator.config(), AllocatorConfig::default());
+        assert_eq!(
+            args.store(),
+            StoreArg::Redb(PathBuf::from("/var/lib/strata/allocator/registry.redb"))
+        );
+    }
+
+    #[test]
+    fn http_listen_flag_is_optional_and_accepts_none() {
+        let args = parse(&[]).expect("no flags parse");
+        assert_eq!(args.allocator.mesos_listen, None);
+        // `--http-listen` is the Mesos API's flag's old name.
+        for flag in ["--mesos-listen", "--http-listen"] {
+            let args = parse(&[flag, "none"]).expect("flags parse");
+            assert_eq!(args.allocator.mesos_listen, Some(OrNone(None)));
+        }
+        let args = parse(&["--mesos-listen", "http://127.0.0.1:0/"]).expect("flags parse");
+        assert_eq!(
+            args.allocator.mesos_listen,
+            Some(OrNone(Some("127.0.0.1:0".to_owned())))
+        );
+    }
+
+    #[test]
+    fn store_flag_picks_memory_a_file_or_the_work_dir() {
+        let store = |flags: &[&str]| parse(flags).expect("flags parse").store();
+        assert_eq!(store(&["--store", "memory"]), StoreArg::Memory);
+        assert_eq!(
+            store(&["--store", "./memory"]),
+            StoreArg::Redb(PathBuf::from("./memory"))
+        );
+        assert_eq!(
+            store(&["--store", "/tmp/r.redb", "--work-dir", "/w"]),
+            StoreArg::Redb(PathBuf::from("/tmp/r.redb"))
+        );
+        assert_eq!(
+            store(&["--work-dir", "/w"]),
+            StoreArg::Redb(PathBuf::from("/w/registry.redb"))
+        );
+        assert!(parse(&["--store", ""]).is_err());
+    }
+
+    #[test]
+    fn flags_set_every_field() {
+        let args = parse(&[
+            "--listen",
+            "0.0.0.0:6060",
+            "--agent-heartbeat-interval",
+            "1s",
+            "--agent-timeout",
+            "3",
+            "--agent-reconnect-timeout",
+            "500ms",
+            "--framework-heartbeat-interval",
+            "2m",
+            "--allocation-interval",
+            "100ms",
+            "--default-refuse",
+            "0",
+            "--terminal-task-history",
+            "7",
+            "--offer-timeout",
+            "30s",
+        ])
+        .expect("flags parse");
+        assert_eq!(args.listen, "0.0.0.0:6060");
+        assert_eq!(
+            args.allocator.config(),
+            AllocatorConfig {
+                agent_heartbeat_interval: Duration::from_secs(1),
+                agent_timeout: Duration::from_secs(3),
+                agent_reconnect_timeout: Duration::from_millis(500),
+                framework_heartbeat_interval: Duration::from_secs(120),
+                allocation_interval: Duration::from_millis(100),
+                default_refuse: Duration::ZERO,
+                terminal_task_history: 7,
+                offer_timeout: Some(Duration::from_secs(30)),
+            }
+        );
+        let err = parse(&["--agent-timeout", "soon"]).expect_err("bad duration");
+        assert!(
+            err.to_string().contains("invalid duration \"soon\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        AllocatorCommand::command().debug_assert();
+    }
+}
