@@ -459,7 +459,7 @@ async fn start(
     let endpoint = Endpoint::from_shared(address.clone())
         .map_err(|e| AgentError::InvalidAllocatorAddress {
             address: config.allocator.clone(),
-            reason: connection::error_chain(&e),
+            reason: strata_common::error::chain(&e),
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

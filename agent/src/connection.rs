@@ -12,6 +12,7 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use strata_common::Backoff;
 use strata_proto::agent_service_client::AgentServiceClient;
 use strata_proto::{AgentMessage, AllocatorMessage};
 use tokio::sync::mpsc;
@@ -41,52 +42,10 @@ pub(crate) enum ConnEvent {
     Disconnected { session: u64, reason: String },
 }
 
-/// Exponential backoff: [`INITIAL_BACKOFF`] doubling up to a maximum.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(max: Duration) -> Self {
-        let max = max.max(INITIAL_BACKOFF);
-        Self {
-            next: INITIAL_BACKOFF,
-            max,
-        }
-    }
-
-    /// The delay to wait now; the following one doubles.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = INITIAL_BACKOFF;
-    }
-}
-
-/// An error and its sources, joined with ": " (repeated messages dropped).
-pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(err);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    parts.join(": ")
-}
-
 fn describe_status(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     if let Some(source) = status.source() {
-        let chain = error_chain(source);
+        let chain = strata_common::error::chain(source);
         if !text.contains(&chain) {
             text.push_str(": ");
             text.push_str(&chain);
@@ -102,7 +61,7 @@ pub(crate) async fn maintain(
     backoff_max: Duration,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
-    let mut backoff = Backoff::new(backoff_max);
+    let mut backoff = Backoff::new(INITIAL_BACKOFF, backoff_max.max(INITIAL_BACKOFF));
     let mut session = 0u64;
     loop {
         let channel = match endpoint.connect().await {
@@ -111,7 +70,7 @@ pub(crate) async fn maintain(
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     "cannot reach the allocator at {address}: {}; retrying in {delay:?}",
-                    error_chain(&e)
+                    strata_common::error::chain(&e)
                 );
                 tokio::time::sleep(delay).await;
                 if events.is_closed() {
@@ -180,37 +139,12 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_maximum_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500));
-        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 500, 500]
-                .map(Duration::from_millis)
-                .to_vec()
-        );
+        // How `maintain` backs off: from INITIAL_BACKOFF, never above the configured maximum
+        // (nor below the initial delay).
+        let mut b = Backoff::new(INITIAL_BACKOFF, Duration::from_millis(500));
+        let delays: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), INITIAL_BACKOFF);
-        assert_eq!(format!("{:?}", Duration::from_millis(400)), "400ms");
-    }
-
-    #[test]
-    fn error_chain_joins_sources_without_repeats() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("tcp connect error")
-            }
-        }
-        impl StdError for Outer {
-            fn source(&self) -> Option<&(dyn StdError + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::from_raw_os_error(111));
-        assert_eq!(
-            error_chain(&e),
-            "tcp connect error: Connection refused (os error 111)"
-        );
     }
 }

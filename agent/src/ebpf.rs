@@ -41,6 +41,7 @@ use strata_agent_common::{
     NetCounters, PROG_SCHED_SWITCH, PROG_SCHED_WAKEUP, PROG_SCHED_WAKEUP_NEW, PROG_SKB_EGRESS,
     PROG_SKB_INGRESS, RUN_QUEUE_BUCKETS, RUN_QUEUE_WORDS, RunQueueCounters,
 };
+use strata_common::error::chain as error_chain;
 
 /// The eBPF object built by `build.rs` from `agent-ebpf` (empty when built without it: see
 /// [`embedded`]).
@@ -788,21 +789,6 @@ impl DeviceControl {
 /// The error, its causes and, for a permission error, what rights are needed.
 pub(crate) fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
     format!("{}{}", error_chain(e), permission_hint(e))
-}
-
-/// The error and all its causes, joined with ": ".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// A hint when the error chain holds a permission error.

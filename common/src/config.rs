@@ -364,6 +364,69 @@ pub fn group_args(command: &clap::Command, group: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A Markdown reference of `command`'s flags: each flag's long name, value, environment
+/// variable, config file key (in `table`, when the flag may be set there: `tables_flags`),
+/// default and help. The flags reference in `docs/flags.md` is made of these.
+pub fn reference(command: &clap::Command, table: Option<&str>, table_flags: &[String]) -> String {
+    let mut out = String::new();
+    out.push_str("| flag | environment variable | config file key | default | what it does |\n");
+    out.push_str("|---|---|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let value = arg
+            .get_value_names()
+            .and_then(|names| names.first())
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default();
+        let takes_value = arg.get_action().takes_values();
+        let flag = if takes_value {
+            format!("`--{long}{value}`")
+        } else {
+            format!("`--{long}`")
+        };
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        let key = match table {
+            Some(table) if table_flags.iter().any(|f| f == arg.get_id().as_str()) => {
+                format!("`[{table}] {long}`")
+            }
+            _ => String::new(),
+        };
+        let default = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .filter(|v| takes_value || v != "false")
+            .collect::<Vec<_>>()
+            .join(", ");
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!("`{default}`")
+        };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|");
+        out.push_str(&format!(
+            "| {flag} | {env} | {key} | {default} | {help} |\n"
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
