@@ -21,6 +21,7 @@ mod connection;
 pub mod containerizer;
 pub mod discovery;
 pub mod ebpf;
+pub mod flags;
 pub mod http;
 pub mod linux;
 pub mod nofile;

@@ -23,33 +23,34 @@ pub const CONFIG_TABLE: &str = "allocator";
 #[command(next_help_heading = "Allocator")]
 pub struct AllocatorArgs {
     /// How often agents must send a heartbeat (e.g. 500ms, 5s, 2m).
-    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_heartbeat_interval: Duration,
     /// No message from an agent this long: it is unreachable.
-    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_TIMEOUT", default_value = "15s", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_TIMEOUT", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_timeout: Duration,
     /// How long an agent whose stream ended may take to reconnect before its tasks are
     /// reported LOST or UNREACHABLE.
-    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "5s", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_reconnect_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
-    #[arg(long, env = "STRATA_ALLOCATOR_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
     pub framework_heartbeat_interval: Duration,
     /// The periodic allocation tick (filter expiry, timeouts).
-    #[arg(long, env = "STRATA_ALLOCATOR_ALLOCATION_INTERVAL", default_value = "1s", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_ALLOCATION_INTERVAL", default_value = "1s", value_parser = parse::duration, value_name = "DURATION")]
     pub allocation_interval: Duration,
     /// Default refuse_seconds of DECLINE and ACCEPT filters.
-    #[arg(long, env = "STRATA_ALLOCATOR_DEFAULT_REFUSE", default_value = "5s", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_DEFAULT_REFUSE", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub default_refuse: Duration,
     /// Terminal tasks kept for `strata ps --all`.
     #[arg(
         long,
         env = "STRATA_ALLOCATOR_TERMINAL_TASK_HISTORY",
-        default_value_t = 1000
+        default_value_t = 1000,
+        value_name = "N"
     )]
     pub terminal_task_history: usize,
     /// Rescind offers neither accepted nor declined this long (e.g. 30s); none by default.
-    #[arg(long, env = "STRATA_ALLOCATOR_OFFER_TIMEOUT", value_parser = parse::duration)]
+    #[arg(long, env = "STRATA_ALLOCATOR_OFFER_TIMEOUT", value_parser = parse::duration, value_name = "DURATION")]
     pub offer_timeout: Option<Duration>,
     /// Where Prometheus scrapes `GET /metrics` (HOST:PORT), or `none` [strata-allocator:
     /// 0.0.0.0:9105, skipped with a warning when taken; strata local: none (its metrics are on
@@ -103,16 +104,16 @@ pub struct AllocatorCommand {
     #[arg(long)]
     pub print_config: bool,
     /// Address to listen on for agents, frameworks and operators.
-    #[arg(long, env = "STRATA_ALLOCATOR_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse::listen)]
+    #[arg(long, env = "STRATA_ALLOCATOR_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse::listen, value_name = "ADDR")]
     pub listen: String,
     /// The allocator's own directory: its registry store is `registry.redb` in it.
-    #[arg(long, env = "STRATA_ALLOCATOR_WORK_DIR", default_value = DEFAULT_WORK_DIR)]
+    #[arg(long, env = "STRATA_ALLOCATOR_WORK_DIR", default_value = DEFAULT_WORK_DIR, value_name = "DIR")]
     pub work_dir: PathBuf,
     /// Where the registry (framework ids, agent ids, weights, quota and dynamic reservations)
     /// is kept across restarts: a redb file (default: `registry.redb` in --work-dir), or
     /// `memory` to keep it in memory only and lose it at restart (write `./memory` for a file
     /// of that name).
-    #[arg(long, env = "STRATA_ALLOCATOR_STORE", value_parser = parse_store)]
+    #[arg(long, env = "STRATA_ALLOCATOR_STORE", value_parser = parse_store, value_name = "PATH|memory")]
     pub store: Option<StoreArg>,
     #[command(flatten)]
     pub allocator: AllocatorArgs,
@@ -140,13 +141,13 @@ fn parse_store(input: &str) -> Result<StoreArg, String> {
 pub struct Parsed<T> {
     /// The flags.
     pub args: T,
-    /// The effective settings, one `key = value  # source` line each.
+    /// The effective settings as a config file, each line saying where its value came from.
     pub settings: String,
 }
 
 impl AllocatorCommand {
     /// The flag ids (clap argument ids) the `[allocator]` table may set in `strata-allocator`.
-    fn table_flags(command: &clap::Command) -> Vec<String> {
+    pub fn table_flags(command: &clap::Command) -> Vec<String> {
         let mut flags = file::group_args(command, "AllocatorArgs");
         flags.extend(["listen", "work_dir", "store"].map(str::to_owned));
         flags
@@ -168,7 +169,7 @@ impl AllocatorCommand {
         let args = Self::from_arg_matches(&loaded.matches)?;
         Ok(Parsed {
             args,
-            settings: loaded.settings,
+            settings: file::render(&loaded.settings, &tables),
         })
     }
 

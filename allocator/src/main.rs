@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     };
     if parsed.args.print_config {
         let mut out = std::io::stdout();
-        let _ = write!(out, "[{}]\n{}", flags::CONFIG_TABLE, parsed.settings);
+        let _ = write!(out, "{}", parsed.settings);
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an allocator and one agent on this machine until Ctrl-C.
-    Local(LocalArgs),
+    Local(Box<LocalArgs>),
     /// Run one command as a task, print its state changes, and exit with its exit code.
     ///
     /// Exit status: the task's exit code; 128+N if a signal N ended it; 127 if the command
@@ -69,43 +69,94 @@ pub enum Command {
     Profile(crate::profile::ProfileArgs),
 }
 
-/// `strata local`.
+/// `strata local`: an allocator and an agent in one process. It takes every flag of
+/// `strata-agent` and `strata-allocator` (but the agent's allocator and the allocator's store,
+/// which it sets itself); each can also be set by its environment variable or in a config file
+/// (`--config`: the `[local]`, `[agent]` and `[allocator]` tables), a flag beating its variable,
+/// which beats the file.
 #[derive(Debug, Args)]
 pub struct LocalArgs {
+    /// A config file (TOML) whose `[local]`, `[agent]` and `[allocator]` tables set flags by
+    /// their long names.
+    #[arg(long, env = strata_common::config::CONFIG_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (and where each came from) as TOML, then exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Where the allocator listens (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:5050")]
+    #[arg(long, env = "STRATA_LOCAL_LISTEN", default_value = strata_allocator::flags::DEFAULT_LISTEN, value_parser = parse::listen, value_name = "ADDR")]
     pub listen: String,
-    /// The agent's work directory [default: $TMPDIR/strata-local, or /tmp/strata-local].
-    #[arg(long)]
+    /// The agent's work directory, and the allocator's registry in it [default:
+    /// $TMPDIR/strata-local, or /tmp/strata-local].
+    #[arg(long, env = "STRATA_LOCAL_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// CPU cores the agent offers (default: all of this machine's).
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// Memory the agent offers, MiB (default: this machine's, less a reserve).
-    #[arg(long)]
-    pub mem: Option<f64>,
-    /// Disk the agent offers, MiB (default: free space of the work dir's file system).
-    #[arg(long)]
-    pub disk: Option<f64>,
-    /// Port range the agent offers, e.g. 31000-32000.
-    #[arg(long, value_parser = parse::port_range)]
-    pub ports: Option<(u64, u64)>,
-    /// An agent attribute, key=value (repeatable).
-    #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse::attribute)]
-    pub attributes: Vec<(String, String)>,
-    /// The agent's hostname (default: this machine's).
-    #[arg(long)]
-    pub hostname: Option<String>,
-    /// Where the Mesos v1 scheduler HTTP API listens, for frameworks written for Apache
-    /// Mesos (port 0 picks a free port; `none` serves it not) [default: 127.0.0.1:5052, or a
-    /// free port when that one is taken; the banner says which].
-    #[arg(long, value_name = "ADDR")]
-    pub http_listen: Option<String>,
-    /// Where the agent's cgroups go: auto (the delegated cgroup it runs in, a systemd scope
-    /// asked for when started from a shell, else a top-level cgroup), top-level, or below-own
-    /// (below the cgroup `strata local` was started in: shared development machines).
-    #[arg(long, env = "STRATA_CGROUP_PLACEMENT", default_value = "auto", value_parser = strata_agent::cgroup::Placement::parse)]
-    pub cgroup_placement: strata_agent::cgroup::Placement,
+    #[command(flatten)]
+    pub agent: strata_agent::flags::AgentArgs,
+    #[command(flatten)]
+    pub allocator: strata_allocator::flags::AllocatorArgs,
+}
+
+/// The config file tables of `strata local`: its own flags, the agent's, the allocator's.
+pub fn local_tables(command: &clap::Command) -> [(String, Vec<String>); 3] {
+    let local = command
+        .find_subcommand("local")
+        .cloned()
+        .unwrap_or_default();
+    [
+        (
+            "local".to_owned(),
+            vec!["listen".to_owned(), "work_dir".to_owned()],
+        ),
+        (
+            strata_agent::flags::CONFIG_TABLE.to_owned(),
+            strata_common::config::group_args(&local, "AgentArgs"),
+        ),
+        (
+            strata_allocator::flags::CONFIG_TABLE.to_owned(),
+            strata_common::config::group_args(&local, "AllocatorArgs"),
+        ),
+    ]
+}
+
+/// Parses the command line (`argv`, the program name first); for `strata local`, with the
+/// config file it names applied. Returns the CLI and, for `strata local`, its effective
+/// settings as a config file.
+pub fn parse_command_line(argv: Vec<std::ffi::OsString>) -> Result<(Cli, String), clap::Error> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let cli = Cli::try_parse_from(&argv)?;
+    if !matches!(cli.command, Command::Local(_)) {
+        return Ok((cli, String::new()));
+    }
+    let command = Cli::command();
+    let tables = local_tables(&command);
+    let flags: Vec<Vec<&str>> = tables
+        .iter()
+        .map(|(_, flags)| flags.iter().map(String::as_str).collect())
+        .collect();
+    // Keys of the other programs that strata local sets itself.
+    let elsewhere: [&[&str]; 3] = [
+        &[],
+        &["allocator", "work-dir"],
+        &["listen", "work-dir", "store"],
+    ];
+    let tables: Vec<strata_common::config::Table<'_>> = tables
+        .iter()
+        .zip(&flags)
+        .zip(elsewhere)
+        .map(
+            |(((name, _), flags), elsewhere)| strata_common::config::Table {
+                name,
+                flags,
+                elsewhere,
+            },
+        )
+        .collect();
+    let loaded = strata_common::config::load(command, argv, &tables, Some("local"))?;
+    let cli = Cli::from_arg_matches(&loaded.matches)?;
+    Ok((
+        cli,
+        strata_common::config::render(&loaded.settings, &tables),
+    ))
 }
 
 /// `strata run`.
@@ -298,12 +349,12 @@ mod tests {
         };
         assert_eq!(local.listen, "127.0.0.1:0");
         assert_eq!(local.work_dir, Some(PathBuf::from("/tmp/x")));
-        assert_eq!(local.cpus, Some(2.0));
-        assert_eq!(local.mem, Some(1024.0));
-        assert_eq!(local.disk, None);
-        assert_eq!(local.ports, Some((40000, 40010)));
+        assert_eq!(local.agent.cpus, Some(2.0));
+        assert_eq!(local.agent.mem, Some(1024.0));
+        assert_eq!(local.agent.disk, None);
+        assert_eq!(local.agent.ports, Some((40000, 40010)));
         assert_eq!(
-            local.attributes,
+            local.agent.attributes,
             [
                 ("rack".to_owned(), "r1".to_owned()),
                 ("zone".to_owned(), "a".to_owned())
@@ -328,8 +379,11 @@ mod tests {
             }
         };
         let ok = local(&["--ports", "31000-32000", "--attribute", " k = v=w "]).unwrap();
-        assert_eq!(ok.ports, Some((31000, 32000)));
-        assert_eq!(ok.attributes, vec![("k".to_owned(), "v=w".to_owned())]);
+        assert_eq!(ok.agent.ports, Some((31000, 32000)));
+        assert_eq!(
+            ok.agent.attributes,
+            vec![("k".to_owned(), "v=w".to_owned())]
+        );
         for bad in [["--ports", "32000-31000"], ["--ports", "1-70000"]] {
             assert!(local(&bad).unwrap_err().contains("BEGIN-END"), "{bad:?}");
         }
@@ -337,5 +391,116 @@ mod tests {
             let e = local(&["--attribute", bad]).unwrap_err();
             assert!(e.contains("NAME=VALUE"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod flags_reference {
+    use clap::CommandFactory as _;
+    use strata_agent::flags::AgentCommand;
+    use strata_allocator::flags::AllocatorCommand;
+    use strata_common::config::reference;
+
+    use super::*;
+
+    /// The long names of `command`'s flags.
+    fn longs(command: &clap::Command) -> Vec<String> {
+        command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn local_takes_every_agent_and_allocator_flag() {
+        let cli = Cli::command();
+        let local = longs(cli.find_subcommand("local").expect("a local subcommand"));
+        // What strata local sets itself: the agent's allocator is local's own allocator, the
+        // allocator's store is in local's work dir; --remove-cgroups is the agent binary's.
+        let own = ["allocator", "work-dir", "listen", "store", "remove-cgroups"];
+        for (program, flags) in [
+            ("strata-agent", longs(&AgentCommand::command())),
+            ("strata-allocator", longs(&AllocatorCommand::command())),
+        ] {
+            for flag in flags.iter().filter(|f| !own.contains(&f.as_str())) {
+                assert!(
+                    local.contains(flag),
+                    "strata local has no --{flag} of {program}"
+                );
+            }
+        }
+        // And it says so in --help.
+        let help = cli
+            .find_subcommand("local")
+            .expect("local")
+            .clone()
+            .render_long_help()
+            .to_string();
+        for flag in [
+            "--task-user",
+            "--cgroup-placement",
+            "--agent-timeout",
+            "--mesos-listen",
+        ] {
+            assert!(help.contains(flag), "{flag} not in strata local --help");
+        }
+    }
+
+    /// `docs/flags.md`, made from the three programs' flag definitions.
+    fn render() -> String {
+        let agent = AgentCommand::command();
+        let allocator = AllocatorCommand::command();
+        let cli = Cli::command();
+        let local = cli.find_subcommand("local").expect("local").clone();
+        let mut out = String::from(
+            "# Flags reference\n\n\
+             Generated from the flag definitions (`agent/src/flags.rs`, \
+             `allocator/src/flags.rs`, `cli/src/args.rs`) by \
+             `STRATA_BLESS=1 cargo test -p strata flags_reference`; a test fails when it is \
+             out of date.\n\n\
+             Every setting can be given three ways. **Precedence, highest first: the flag on the \
+             command line, its environment variable, the config file, the built-in default.** \
+             The config file is TOML, named by `--config FILE` or `STRATA_CONFIG`; its keys are \
+             the flags' long names, in a table per program (`[agent]`, `[allocator]`, `[local]`), \
+             so one file can serve a whole host; a key that names no flag is an error. Repeatable \
+             flags take a list. `--print-config` prints the effective settings, each with where \
+             it came from, as a config file.\n\n\
+             ```toml\n[agent]\nallocator = \"http://10.0.0.1:5050\"\ncpus = 8\nattribute = [\"rack=r1\", \"zone=a\"]\n\n\
+             [allocator]\nagent-timeout = \"30s\"\n```\n\n\
+             Values: durations are a number with an optional unit (`500ms`, `5s`, `2m`, `1h`, \
+             `1d`; plain numbers are seconds); sizes are MiB or a number with `KiB`, `MiB`, \
+             `GiB` or `TiB`; addresses are `HOST:PORT` (port 0 picks a free one).\n\n",
+        );
+        out.push_str("## strata-agent\n\n");
+        out.push_str(&reference(
+            &agent,
+            &[("agent".to_owned(), AgentCommand::table_flags(&agent))],
+        ));
+        out.push_str("\n## strata-allocator\n\n");
+        out.push_str(&reference(
+            &allocator,
+            &[(
+                "allocator".to_owned(),
+                AllocatorCommand::table_flags(&allocator),
+            )],
+        ));
+        out.push_str("\n## strata local\n\n");
+        out.push_str(&reference(&local, &local_tables(&cli)));
+        out
+    }
+
+    #[test]
+    fn the_flags_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/flags.md");
+        let now = render();
+        if std::env::var_os("STRATA_BLESS").is_some() {
+            std::fs::write(&path, &now).expect("writing docs/flags.md");
+            return;
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == now,
+            "docs/flags.md is out of date: run `STRATA_BLESS=1 cargo test -p strata flags_reference` and commit it"
+        );
     }
 }

@@ -5,10 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
-use strata_agent::AgentConfig;
-use strata_allocator::AllocatorConfig;
-use tokio::net::TcpListener;
+use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -20,20 +17,9 @@ const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
 /// How long the allocator may take to close its streams on shutdown.
 const ALLOCATOR_STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// Where the Mesos HTTP API listens unless `--http-listen` says otherwise (a free port when
-/// this one is taken).
-const DEFAULT_MESOS_LISTEN: &str = "127.0.0.1:5052";
-
 /// The default agent work directory: `$TMPDIR/strata-local` (or `/tmp/strata-local`).
 pub fn default_work_dir() -> PathBuf {
     std::env::temp_dir().join("strata-local")
-}
-
-/// `--listen` accepts `host:port` or a URL such as `http://127.0.0.1:5050`.
-pub fn listen_address(listen: &str) -> &str {
-    let listen = listen.trim();
-    let listen = listen.split_once("://").map_or(listen, |(_, rest)| rest);
-    listen.strip_suffix('/').unwrap_or(listen)
 }
 
 /// The first lines `strata local` prints: where it listens, and what to try.
@@ -52,40 +38,25 @@ pub fn banner(url: &str, work_dir: &std::path::Path) -> String {
 
 /// Runs `strata local` until a signal; errors if either part fails.
 pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
-    let listen = listen_address(&args.listen).to_owned();
-    let listener = TcpListener::bind(&listen).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            "is another `strata local` or strata-allocator running? stop it, or pass --listen 127.0.0.1:0 for a free port"
-        } else {
-            "pass --listen HOST:PORT with an address of this machine"
-        };
-        let why = match e.kind() {
-            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied => {
-                e.kind().to_string()
-            }
-            _ => e.to_string(),
-        };
-        anyhow!("cannot listen on {listen}: {why}: {hint}")
-    })?;
+    let config = args.allocator.config();
+    config.validate()?;
+    let listener = strata_allocator::flags::bind(&args.listen).await?;
     let bound = listener
         .local_addr()
-        .with_context(|| format!("cannot read the address bound for {listen}"))?;
+        .with_context(|| format!("cannot read the address bound for {}", args.listen))?;
     let url = format!("http://{bound}");
     let work_dir = args.work_dir.clone().unwrap_or_else(default_work_dir);
 
-    let mut agent_config = AgentConfig::new(url.clone(), work_dir.clone());
-    agent_config.hostname = args.hostname.clone();
-    agent_config.cpus = args.cpus;
-    agent_config.mem_mib = args.mem;
-    agent_config.disk_mib = args.disk;
-    agent_config.ports = args.ports;
-    agent_config.attributes = args.attributes.clone();
-    agent_config.cgroup_placement = args.cgroup_placement;
+    // The agent's /health, /usage and /metrics on a free loopback port unless --http-listen
+    // says otherwise, so local clusters (and tests running several) never collide; its address
+    // is in `strata agents`.
+    let mut agent_config = args.agent.config(
+        url.clone(),
+        work_dir.clone(),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    );
     // A local cluster goes away whole: its tasks end with it.
     agent_config.kill_tasks_on_shutdown = true;
-    // The agent's /health, /usage and /metrics on a free loopback port, so local clusters (and
-    // tests running several) never collide; its address is in `strata agents`.
-    agent_config.http_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -96,21 +67,35 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     // restart of `strata local` with the same work dir.
     let registry = work_dir.join("allocator").join("registry.redb");
     let store = strata_allocator::store::RedbStore::open(&registry)?;
-    let http = match args.http_listen.as_deref().map(listen_address) {
-        Some("none") => None,
-        Some(http_listen) => Some(TcpListener::bind(http_listen).await.map_err(|e| {
-            anyhow!(
-                "cannot listen for the Mesos HTTP API on {http_listen}: {e}: pass \
-                 --http-listen a free HOST:PORT (port 0 picks one), or `none`"
-            )
-        })?),
-        None => Some(match TcpListener::bind(DEFAULT_MESOS_LISTEN).await {
-            Ok(l) => l,
-            Err(_) => TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("cannot listen for the Mesos HTTP API on a free loopback port")?,
-        }),
-    };
+    let metrics = strata_allocator::Metrics::new();
+    // Prometheus' own port only when asked for: the metrics are on the Mesos HTTP port too.
+    let metrics_listener = strata_allocator::flags::bind_optional(
+        &args.allocator.metrics_listen,
+        None,
+        None,
+        "metrics",
+        "--metrics-listen",
+    )
+    .await?;
+    if let Some(listener) = metrics_listener {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                strata_allocator::metrics::serve_http(listener, metrics, std::future::pending())
+                    .await
+            {
+                warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    let http = strata_allocator::flags::bind_optional(
+        &args.allocator.mesos_listen,
+        Some(strata_allocator::flags::DEFAULT_MESOS_LISTEN),
+        Some("127.0.0.1:0"),
+        "the Mesos HTTP API",
+        "--mesos-listen",
+    )
+    .await?;
     let mesos_url = match &http {
         Some(l) => Some(format!(
             "http://{}",
@@ -119,12 +104,16 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let http = http.map(|listener| strata_allocator::mesos::HttpApi {
+        extra: Some(strata_allocator::metrics::router(metrics.clone())),
+        ..strata_allocator::mesos::HttpApi::new(listener)
+    });
     let mut allocator = tokio::spawn(strata_allocator::serve_with_http(
         listener,
-        AllocatorConfig::default(),
+        config,
         Box::new(store),
-        strata_allocator::Metrics::new(),
-        http.map(strata_allocator::mesos::HttpApi::new),
+        metrics,
+        http,
         async move {
             let _ = allocator_stopped.await;
         },
@@ -211,12 +200,6 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listen_accepts_urls_and_host_port() {
-        assert_eq!(listen_address("127.0.0.1:5050"), "127.0.0.1:5050");
-        assert_eq!(listen_address("http://127.0.0.1:0/"), "127.0.0.1:0");
-    }
 
     #[test]
     fn banner_says_where_and_what_to_try() {

@@ -19,13 +19,26 @@ mod usage;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, settings) = match args::parse_command_line(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(e) => e.exit(),
+    };
+    if let Command::Local(local) = &cli.command
+        && local.print_config
+    {
+        return match out!("{settings}") {
+            Err(e) if !out::is_stdout_closed(&e) => {
+                eprintln!("strata: {e:#}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
     // `local` shows what the allocator and agent do; other commands keep their output clean
     // (the SDK's reconnect warnings are printed by `strata run` in its own words).
     let default_level = match cli.command {
@@ -58,7 +71,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> ExitCode {
     let allocator = cli.allocator;
     let (result, failure_code) = match cli.command {
-        Command::Local(args) => (local::local(args).await.map(|()| 0), 1),
+        Command::Local(args) => (local::local(*args).await.map(|()| 0), 1),
         Command::Run(args) => (run::run(&allocator, args).await, run::EXIT_STRATA),
         Command::Agents(args) => (operator::agents(&allocator, &args).await.map(|()| 0), 1),
         Command::Frameworks(args) => (operator::frameworks(&allocator, &args).await.map(|()| 0), 1),

@@ -16,7 +16,7 @@ fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
     let strata = env!("CARGO_BIN_EXE_strata");
     let mut local = Command::new(strata)
         // A shared development machine: cgroups stay below the test's own.
-        .env("STRATA_CGROUP_PLACEMENT", "below-own")
+        .env("STRATA_AGENT_CGROUP_PLACEMENT", "below-own")
         .args(["local", "--listen", &listen, "--work-dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
@@ -67,4 +67,67 @@ fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
     assert!(String::from_utf8_lossy(&ran.stderr).contains("TASK_FINISHED"));
     let status = status.expect("strata local stops within 20 s of SIGTERM");
     assert!(status.success(), "strata local exited with {status}");
+}
+
+/// `strata local --print-config` with `flags`, the environment `env` and a config file holding
+/// `file`: what it prints.
+fn local_settings(flags: &[&str], env: &[(&str, &str)], file: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, file).expect("config file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.args(["local", "--print-config", "--config"])
+        .arg(&path)
+        .args(flags)
+        .env_remove("STRATA_CONFIG")
+        .env_remove("STRATA_AGENT_CPUS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("strata local --print-config runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn local_settings_come_from_flags_then_environment_then_config_file() {
+    let file = "[local]\nlisten = \"127.0.0.1:6060\"\n[agent]\ncpus = 2\n[allocator]\nagent-timeout = \"20s\"\n";
+    let cpus = |settings: &str| {
+        settings
+            .lines()
+            .find(|l| l.starts_with("cpus = "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let env = [("STRATA_AGENT_CPUS", "3")];
+    let all = local_settings(&["--cpus", "4"], &env, file);
+    assert_eq!(cpus(&all), "cpus = \"4\"  # command line", "{all}");
+    let no_flag = local_settings(&[], &env, file);
+    assert_eq!(
+        cpus(&no_flag),
+        "cpus = \"3\"  # environment (STRATA_AGENT_CPUS)",
+        "{no_flag}"
+    );
+    let file_only = local_settings(&[], &[], file);
+    assert!(
+        cpus(&file_only).starts_with("cpus = \"2\"  # config file ("),
+        "{file_only}"
+    );
+    // Each table's keys, under its header.
+    for expected in [
+        "listen = \"127.0.0.1:6060\"  # config file (",
+        "[local]\n",
+        "[agent]\n",
+        "[allocator]\n",
+        "agent-timeout = \"20s\"  # config file (",
+    ] {
+        assert!(
+            file_only.contains(expected),
+            "{expected:?} not in {file_only}"
+        );
+    }
 }

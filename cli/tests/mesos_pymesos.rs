@@ -62,10 +62,10 @@ fn pymesos_framework_runs_against_strata_local() {
         .port();
     let mut local = Command::new(env!("CARGO_BIN_EXE_strata"))
         // A shared development machine: cgroups stay below the test's own.
-        .env("STRATA_CGROUP_PLACEMENT", "below-own")
+        .env("STRATA_AGENT_CGROUP_PLACEMENT", "below-own")
         .args(["local", "--listen", &format!("127.0.0.1:{port}")])
         .args([
-            "--http-listen",
+            "--mesos-listen",
             "127.0.0.1:0",
             "--cpus",
             "2",

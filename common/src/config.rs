@@ -235,9 +235,35 @@ fn strings_of(value: &toml::Value) -> Result<Vec<String>, String> {
 pub struct Loaded {
     /// The matches of the (sub)command the tables configure.
     pub matches: clap::ArgMatches,
-    /// The effective settings as TOML lines, each saying where its value came from (what
-    /// `--print-config` prints).
-    pub settings: String,
+    /// The effective settings, each saying where its value came from (what `--print-config`
+    /// prints, through [`render`]).
+    pub settings: Vec<Setting>,
+}
+
+/// One effective setting: the flag's id and a TOML line `key = value  # source`.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    /// The flag's clap id.
+    pub id: String,
+    /// The line.
+    pub line: String,
+}
+
+/// The settings of each table, under its `[name]` header: a config file that sets everything
+/// as it is now, with where each value came from in comments.
+pub fn render(settings: &[Setting], tables: &[Table<'_>]) -> String {
+    let mut out = String::new();
+    for table in tables {
+        out.push_str(&format!("[{}]\n", table.name));
+        for s in settings
+            .iter()
+            .filter(|s| table.flags.contains(&s.id.as_str()))
+        {
+            out.push_str(&s.line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Parses `argv` (the program name first) with `command`, after applying the config file it
@@ -310,9 +336,9 @@ fn settings(
     matches: &clap::ArgMatches,
     path: Option<&Path>,
     from_file: &[String],
-) -> String {
+) -> Vec<Setting> {
     use clap::parser::ValueSource;
-    let mut out = String::new();
+    let mut out = Vec::new();
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else {
             continue;
@@ -339,7 +365,10 @@ fn settings(
             ),
             Some(_) => "default".to_owned(),
             None => {
-                out.push_str(&format!("# {long}: not set\n"));
+                out.push(Setting {
+                    id: id.to_owned(),
+                    line: format!("# {long}: not set"),
+                });
                 continue;
             }
         };
@@ -349,7 +378,10 @@ fn settings(
             (_, [one]) => one.clone(),
             (_, many) => format!("[{}]", many.join(", ")),
         };
-        out.push_str(&format!("{long} = {value}  # {source}\n"));
+        out.push(Setting {
+            id: id.to_owned(),
+            line: format!("{long} = {value}  # {source}"),
+        });
     }
     out
 }
@@ -365,9 +397,9 @@ pub fn group_args(command: &clap::Command, group: &str) -> Vec<String> {
 }
 
 /// A Markdown reference of `command`'s flags: each flag's long name, value, environment
-/// variable, config file key (in `table`, when the flag may be set there: `tables_flags`),
-/// default and help. The flags reference in `docs/flags.md` is made of these.
-pub fn reference(command: &clap::Command, table: Option<&str>, table_flags: &[String]) -> String {
+/// variable, config file key (`[table] key`, for the flags one of `tables` (name, flag ids)
+/// may set), default and help. The flags reference in `docs/flags.md` is made of these.
+pub fn reference(command: &clap::Command, tables: &[(String, Vec<String>)]) -> String {
     let mut out = String::new();
     out.push_str("| flag | environment variable | config file key | default | what it does |\n");
     out.push_str("|---|---|---|---|---|\n");
@@ -393,12 +425,11 @@ pub fn reference(command: &clap::Command, table: Option<&str>, table_flags: &[St
             .get_env()
             .map(|e| format!("`{}`", e.to_string_lossy()))
             .unwrap_or_default();
-        let key = match table {
-            Some(table) if table_flags.iter().any(|f| f == arg.get_id().as_str()) => {
-                format!("`[{table}] {long}`")
-            }
-            _ => String::new(),
-        };
+        let key = tables
+            .iter()
+            .find(|(_, flags)| flags.iter().any(|f| f == arg.get_id().as_str()))
+            .map(|(table, _)| format!("`[{table}] {long}`"))
+            .unwrap_or_default();
         let default = arg
             .get_default_values()
             .iter()
@@ -479,7 +510,7 @@ mod tests {
         }];
         let loaded = load(command, argv, &tables, None).map_err(|e| e.to_string())?;
         let prog = Prog::from_arg_matches(&loaded.matches).map_err(|e| e.to_string())?;
-        Ok((prog, loaded.settings))
+        Ok((prog, render(&loaded.settings, &tables)))
     }
 
     fn parse(file: &str, argv: &[&str]) -> Result<Prog, String> {

@@ -116,7 +116,7 @@ impl Local {
             .args([
                 "--listen",
                 "127.0.0.1:0",
-                "--http-listen",
+                "--mesos-listen",
                 "none",
                 "--work-dir",
             ])

@@ -58,7 +58,7 @@ pub fn target_dir(profile: &str) -> PathBuf {
 }
 
 /// The variable that sets the agents' cgroup placement (`--cgroup-placement`).
-pub const CGROUP_PLACEMENT_ENV: &str = "STRATA_CGROUP_PLACEMENT";
+pub const CGROUP_PLACEMENT_ENV: &str = "STRATA_AGENT_CGROUP_PLACEMENT";
 
 /// Has the agent (or `strata local`) that `cmd` starts keep its cgroups below the cgroup it
 /// starts in, as the shared development machines require, unless [`CGROUP_PLACEMENT_ENV`] is

@@ -57,6 +57,19 @@ pub fn scope_unit(root_name: &str) -> String {
 /// The slice the agent's scope goes in.
 pub const SCOPE_SLICE: &str = "system.slice";
 
+/// The agent's root inside its scope (`/system.slice/<root name>.scope/<root name>`, relative
+/// to the hierarchy's mount), when that exists under `mount`: where an agent started from a
+/// shell on a systemd host keeps its task cgroups.
+pub fn scope_root(mount: &Path, root_name: &str) -> Option<PathBuf> {
+    let rel = Path::new("/")
+        .join(SCOPE_SLICE)
+        .join(scope_unit(root_name))
+        .join(root_name);
+    super::under(mount, &rel.to_string_lossy())
+        .is_dir()
+        .then_some(rel)
+}
+
 /// What [`enter_scope`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScopeOutcome {

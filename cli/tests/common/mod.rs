@@ -21,7 +21,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A built binary of this workspace, next to the `strata` binary cargo built for these tests.
 /// The cgroup placement every agent the tests start uses: this is a shared development
 /// machine, where nothing may be created outside the test's own cgroup.
-pub const CGROUP_PLACEMENT: (&str, &str) = ("STRATA_CGROUP_PLACEMENT", "below-own");
+pub const CGROUP_PLACEMENT: (&str, &str) = ("STRATA_AGENT_CGROUP_PLACEMENT", "below-own");
 
 pub fn bin(name: &str) -> PathBuf {
     let strata = PathBuf::from(env!("CARGO_BIN_EXE_strata"));

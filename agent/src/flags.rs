@@ -1,0 +1,315 @@
+//! The agent's flags, defined once: [`AgentArgs`] (everything `strata local` shares with
+//! `strata-agent`) and [`AgentCommand`] (the `strata-agent` binary: those plus the allocator to
+//! dial and the work dir). Each flag has an environment variable (`STRATA_AGENT_<FLAG>`, but
+//! the repeatable `--attribute`) and a config file key (its long name in the `[agent]` table);
+//! see `strata_common::config` for the precedence.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory as _, FromArgMatches as _};
+use strata_common::config::{self as file, Table};
+use strata_common::parse::{self, OrNone};
+
+use crate::Isolation;
+use crate::cgroup::Placement;
+
+/// The config file table the agent's flags are read from.
+pub const CONFIG_TABLE: &str = "agent";
+
+/// `strata-agent`'s default `--http-listen`.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 5051);
+
+/// The agent's flags that `strata local` shares.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Agent")]
+pub struct AgentArgs {
+    /// The host name to register with (default: this host's name).
+    #[arg(long, env = "STRATA_AGENT_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Cpus to offer (default: the cpus this process may use).
+    #[arg(long, env = "STRATA_AGENT_CPUS", value_parser = parse::scalar, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Memory to offer, in MiB or with a unit like 8GiB (default: MemTotal minus a reserve,
+    /// within the agent's cgroup limit).
+    #[arg(long, env = "STRATA_AGENT_MEM", value_name = "SIZE", value_parser = parse::size_mib)]
+    pub mem: Option<f64>,
+    /// Disk to offer, in MiB or with a unit like 100GiB (default: the free space of the work
+    /// dir's file system).
+    #[arg(long, env = "STRATA_AGENT_DISK", value_name = "SIZE", value_parser = parse::size_mib)]
+    pub disk: Option<f64>,
+    /// Ports to offer, as BEGIN-END (default: 31000-32000).
+    #[arg(long, env = "STRATA_AGENT_PORTS", value_parser = parse::port_range, value_name = "BEGIN-END")]
+    pub ports: Option<(u64, u64)>,
+    /// An attribute to register with, as NAME=VALUE (repeatable; a list in a config file).
+    #[arg(long = "attribute", value_name = "NAME=VALUE", value_parser = parse::attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// Grace between SIGTERM and SIGKILL for tasks that set none.
+    #[arg(long, env = "STRATA_AGENT_DEFAULT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = parse::duration, value_name = "DURATION")]
+    pub default_kill_grace_period: Duration,
+    /// First resend of an unacknowledged status update (doubles up to 10 minutes).
+    #[arg(long, env = "STRATA_AGENT_STATUS_UPDATE_RETRY", default_value = "10s", value_parser = parse::duration, value_name = "DURATION")]
+    pub status_update_retry: Duration,
+    /// Longest wait between attempts to reach the allocator.
+    #[arg(long, env = "STRATA_AGENT_RECONNECT_BACKOFF_MAX", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
+    pub reconnect_backoff_max: Duration,
+    /// Do not load the eBPF accounting programs.
+    #[arg(long, env = "STRATA_AGENT_NO_EBPF")]
+    pub no_ebpf: bool,
+    /// How to isolate tasks: auto (cgroups when this host gives the agent any; it refuses to
+    /// start when they are there but cannot enforce limits), cgroups (required) or none (plain
+    /// processes, offered with the attribute isolation=none).
+    #[arg(long, env = "STRATA_AGENT_ISOLATION", default_value = "auto", value_parser = parse_isolation, value_name = "auto|cgroups|none")]
+    pub isolation: Isolation,
+    /// The agent's cgroup subtree, relative to each hierarchy's mount, e.g. /strata (default:
+    /// strata-<hash of the work dir>, placed by --cgroup-placement).
+    #[arg(long, env = "STRATA_AGENT_CGROUP_ROOT", value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where the cgroup subtree goes: auto (the delegated cgroup the agent runs in, a systemd
+    /// scope asked for when started from a shell, else a top-level cgroup), top-level, or
+    /// below-own (below the cgroup the agent was started in: shared development machines).
+    #[arg(long, env = "STRATA_AGENT_CGROUP_PLACEMENT", default_value = "auto", value_parser = Placement::parse, value_name = "auto|top-level|below-own")]
+    pub cgroup_placement: Placement,
+    /// pids.max of tasks that set no pids limit.
+    #[arg(
+        long,
+        env = "STRATA_AGENT_DEFAULT_PIDS_LIMIT",
+        default_value_t = 4096,
+        value_name = "N"
+    )]
+    pub default_pids_limit: u64,
+    /// How long the sandbox of an ended task is kept before it is removed.
+    #[arg(long, env = "STRATA_AGENT_SANDBOX_GC_DELAY", default_value = "1h", value_parser = parse::duration, value_name = "DURATION")]
+    pub sandbox_gc_delay: Duration,
+    /// The user tasks run as when they name none.
+    #[arg(
+        long,
+        env = "STRATA_AGENT_TASK_USER",
+        default_value = "nobody",
+        value_name = "USER"
+    )]
+    pub task_user: String,
+    /// Let tasks run as root (uid 0).
+    #[arg(long, env = "STRATA_AGENT_ALLOW_ROOT_TASKS")]
+    pub allow_root_tasks: bool,
+    /// Kill every task when the agent stops (default: tasks keep running and the next agent
+    /// re-attaches to them; strata local always kills them).
+    #[arg(long, env = "STRATA_AGENT_KILL_TASKS_ON_SHUTDOWN")]
+    pub kill_tasks_on_shutdown: bool,
+    /// How often each running task's usage is measured and reported.
+    #[arg(long, env = "STRATA_AGENT_USAGE_INTERVAL", default_value = "1s", value_parser = parse::duration, value_name = "DURATION")]
+    pub usage_interval: Duration,
+    /// Where the agent serves /health, /usage, /metrics and /profile, as ADDR:PORT (port 0 picks
+    /// a free one), or `none` [strata-agent: 0.0.0.0:5051; strata local: 127.0.0.1:0].
+    #[arg(long, env = "STRATA_AGENT_HTTP_LISTEN", value_name = "ADDR", value_parser = parse::socket_addr_or_none)]
+    pub http_listen: Option<OrNone<SocketAddr>>,
+}
+
+/// `auto`, `cgroups` or `none`.
+pub fn parse_isolation(text: &str) -> Result<Isolation, String> {
+    match text.trim() {
+        "auto" => Ok(Isolation::Auto),
+        "cgroups" => Ok(Isolation::Cgroups),
+        "none" => Ok(Isolation::None),
+        other => Err(format!(
+            "unknown isolation {other:?}: use auto, cgroups or none"
+        )),
+    }
+}
+
+impl AgentArgs {
+    /// The configuration of an agent that dials `allocator` and keeps its state in
+    /// `work_dir`, serving HTTP on `http_listen` unless the flag says otherwise.
+    pub fn config(
+        &self,
+        allocator: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+        http_listen: Option<SocketAddr>,
+    ) -> crate::AgentConfig {
+        let mut config = crate::AgentConfig::new(allocator, work_dir);
+        config.hostname = self.hostname.clone();
+        config.cpus = self.cpus;
+        config.mem_mib = self.mem;
+        config.disk_mib = self.disk;
+        config.ports = self.ports;
+        config.attributes = self.attributes.clone();
+        config.default_kill_grace_period = self.default_kill_grace_period;
+        config.status_update_retry = self.status_update_retry;
+        config.reconnect_backoff_max = self.reconnect_backoff_max;
+        config.ebpf = !self.no_ebpf;
+        config.isolation = self.isolation;
+        config.cgroup_root = self.cgroup_root.clone();
+        config.cgroup_placement = self.cgroup_placement;
+        config.default_pids_limit = self.default_pids_limit;
+        config.sandbox_gc_delay = self.sandbox_gc_delay;
+        config.task_user = self.task_user.clone();
+        config.allow_root_tasks = self.allow_root_tasks;
+        config.kill_tasks_on_shutdown = self.kill_tasks_on_shutdown;
+        config.usage_interval = self.usage_interval;
+        config.http_listen = match &self.http_listen {
+            Some(OrNone(addr)) => *addr,
+            None => http_listen,
+        };
+        config
+    }
+}
+
+/// The Strata agent: registers this host's resources with the allocator and runs the tasks it
+/// is given.
+///
+/// Every flag can also be set by its environment variable, or in the `[agent]` table of a
+/// config file (`--config`), by its long name; a flag beats its variable, which beats the file.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "strata-agent", version)]
+pub struct AgentCommand {
+    /// A config file (TOML) whose `[agent]` table sets flags by their long names.
+    #[arg(long, env = file::CONFIG_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (and where each came from) as TOML, then exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// The allocator to dial (a URL or host:port).
+    #[arg(long, env = "STRATA_ALLOCATOR", default_value = "http://127.0.0.1:5050", value_parser = parse::endpoint, value_name = "ADDR")]
+    pub allocator: String,
+    /// Where the agent keeps its id, task sandboxes and run files (created if missing).
+    #[arg(long, env = "STRATA_AGENT_WORK_DIR", value_name = "DIR")]
+    pub work_dir: PathBuf,
+    /// Instead of running: kill every task this agent (same work dir and cgroup root) left
+    /// running, remove its cgroups, and exit.
+    #[arg(long)]
+    pub remove_cgroups: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// The flags and settings as parsed, with what `--print-config` shows.
+#[derive(Debug)]
+pub struct Parsed<T> {
+    /// The flags.
+    pub args: T,
+    /// The effective settings as a config file, each line saying where its value came from.
+    pub settings: String,
+}
+
+impl AgentCommand {
+    /// The flag ids (clap argument ids) the `[agent]` table may set in `strata-agent`.
+    pub fn table_flags(command: &clap::Command) -> Vec<String> {
+        let mut flags = file::group_args(command, "AgentArgs");
+        flags.extend(["allocator", "work_dir"].map(str::to_owned));
+        flags
+    }
+
+    /// Parses `argv` (with the program name first) with the config file it names applied.
+    pub fn parse_from(argv: Vec<OsString>) -> Result<Parsed<Self>, clap::Error> {
+        let command = Self::command();
+        let flags = Self::table_flags(&command);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let tables = [Table {
+            name: CONFIG_TABLE,
+            flags: &flags,
+            elsewhere: &[],
+        }];
+        let loaded = file::load(command, argv, &tables, None)?;
+        let args = Self::from_arg_matches(&loaded.matches)?;
+        Ok(Parsed {
+            args,
+            settings: file::render(&loaded.settings, &tables),
+        })
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> crate::AgentConfig {
+        self.agent.config(
+            self.allocator.clone(),
+            self.work_dir.clone(),
+            Some(DEFAULT_HTTP_LISTEN),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<AgentCommand, clap::Error> {
+        let argv = ["strata-agent", "--work-dir", "/tmp/w"]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .map(OsString::from)
+            .collect();
+        AgentCommand::parse_from(argv).map(|p| p.args)
+    }
+
+    #[test]
+    fn flags_fill_the_config() {
+        let args = parse(&[
+            "--cpus",
+            "2",
+            "--mem",
+            "4GiB",
+            "--ports",
+            "40000-40010",
+            "--attribute",
+            "rack = r1",
+            "--status-update-retry",
+            "500ms",
+        ])
+        .unwrap();
+        let config = args.config();
+        assert_eq!(config.cpus, Some(2.0));
+        assert_eq!(config.mem_mib, Some(4096.0));
+        assert_eq!(config.ports, Some((40000, 40010)));
+        assert_eq!(
+            config.attributes,
+            vec![("rack".to_owned(), "r1".to_owned())]
+        );
+        assert_eq!(config.status_update_retry, Duration::from_millis(500));
+        assert_eq!(config.default_kill_grace_period, Duration::from_secs(3));
+        assert_eq!(config.usage_interval, Duration::from_secs(1));
+        assert_eq!(config.http_listen, Some(DEFAULT_HTTP_LISTEN));
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let parsed = parse(&[]).unwrap().config();
+        let library = crate::AgentConfig::new("http://127.0.0.1:5050", "/tmp/w");
+        // The binary serves HTTP by default; the library does not.
+        let library = crate::AgentConfig {
+            http_listen: Some(DEFAULT_HTTP_LISTEN),
+            ..library
+        };
+        assert_eq!(format!("{parsed:?}"), format!("{library:?}"));
+    }
+
+    #[test]
+    fn the_http_listen_address_can_be_none_or_ephemeral() {
+        let listen = |value: &str| parse(&["--http-listen", value]).map(|a| a.config().http_listen);
+        assert_eq!(listen("none").unwrap(), None);
+        assert_eq!(
+            listen("127.0.0.1:0").unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert!(
+            listen("localhost")
+                .unwrap_err()
+                .to_string()
+                .contains("ADDR:PORT")
+        );
+    }
+
+    #[test]
+    fn the_allocator_address_is_checked_before_anything_starts() {
+        let err = parse(&["--allocator", "https://alloc:5050"]).unwrap_err();
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+        let args = parse(&["--allocator", "alloc:5050"]).unwrap();
+        assert_eq!(args.allocator, "http://alloc:5050");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        AgentCommand::command().debug_assert();
+    }
+}
