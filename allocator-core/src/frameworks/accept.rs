@@ -49,9 +49,9 @@ fn quote_list(items: &[&str]) -> String {
 }
 
 impl Core {
-    /// ACCEPT: validated as a whole (see the module documentation), then carried out: the
-    /// offers are used, reservations made or undone, the tasks launched, and what is left
-    /// of the offers refused for the call's filter.
+    /// ACCEPT: validated as a whole (see the documentation of [`frameworks`](super)), then
+    /// carried out: the offers are used, reservations made or undone, the tasks launched, and
+    /// what is left of the offers refused for the call's filter.
     pub(super) fn accept(&mut self, now: Duration, fid: &FrameworkId, accept: call::Accept) {
         let Operations {
             tasks,
@@ -168,8 +168,9 @@ impl Core {
         self.add_filter(fid, &launch.agent_id, &role, unused, refuse, now);
     }
 
-    /// Checks an ACCEPT as a whole; see the module documentation. The offers first (any
-    /// error there rejects the call as bad offers), then the reservations, then the tasks.
+    /// Checks an ACCEPT as a whole (see the documentation of [`frameworks`](super)): the
+    /// offers first (any error there rejects the call as bad offers), then the reservations,
+    /// then the tasks.
     fn validate_accept(
         &self,
         fid: &FrameworkId,
