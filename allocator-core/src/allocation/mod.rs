@@ -28,10 +28,11 @@
 //!
 //! Cost: a round makes one offer per agent or more, so the per-offer path allocates
 //! nothing for plain agents: agents are reached by slot (see `AgentTable`), frameworks by
-//! their index in the pass, roles are shared [`Name`]s, the DRF order is kept as packed
-//! keys (only the first leaf is looked for unless it cannot take the agent), the
+//! their index in the pass, roles are shared [`Name`](crate::Name)s, the DRF order is kept
+//! as packed keys (only the first leaf is looked for unless it cannot take the agent), the
 //! frameworks' books take a pass's offers once at its end, and offers leave the core in
-//! compact form ([`Command::Offers`]), their wire form made by the edge.
+//! compact form ([`Command::Offers`](crate::Command::Offers)), their wire form made by the
+//! edge.
 //!
 //! Submodules: `sorter` (the books of a pass: role tree, DRF order, quota), `offers`
 //! (making, booking, sending and removing offers) and `filters` (refuse filters); this
