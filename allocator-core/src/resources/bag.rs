@@ -20,9 +20,9 @@ const NO_ITEMS: &Items = &Items {
     sets: Vec::new(),
 };
 
-/// One role's part of a [`Resources`](super::Resources): named scalars, ranges and sets. The ranges and sets
-/// are shared between copies until one changes (copies are made for every offer, changes
-/// are rarer).
+/// One role's part of a [`Resources`](super::Resources): named scalars, ranges and sets.
+/// The ranges and sets are shared between copies until one changes (copies are made for
+/// every offer, changes are rarer).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Bag {
     pub(super) scalars: Scalars,
