@@ -20,6 +20,9 @@ impl Resources {
     /// (a framework's allocation, the cluster total) hold scalar quantities only, since the
     /// ranges and sets of different agents are not the same ports or items, and do not keep
     /// reservations apart.
+    // Inlined, as the optimiser did before the split into submodules: allocation rounds call
+    // it for every offer.
+    #[inline]
     pub fn add_scalars(&mut self, other: &Self) {
         for (_, bag) in other.bags() {
             self.unreserved.scalars.add_all(&bag.scalars);
