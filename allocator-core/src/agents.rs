@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use strata_proto::{
-    AgentTask, TaskReason, TaskState, TaskStatus, agent_message, allocator_message, event,
+    AgentInfo, AgentTask, TaskReason, TaskState, TaskStatus, agent_message, allocator_message,
+    event,
 };
 
 use super::allocation::{add_role, sub_role};
@@ -38,105 +39,11 @@ impl Core {
                 source,
             }
         })?;
-        let id = match self.agent_conns.get(&conn) {
-            Some(existing) if !info.id.is_empty() && info.id != existing.0 => {
-                return Err(CoreError::AgentIdChanged {
-                    registered: existing.clone(),
-                    requested: info.id,
-                });
-            }
-            Some(existing) => existing.clone(),
-            None if info.id.is_empty() => {
-                let id = AgentId(format!("{}-S{}", self.prefix, self.next_agent));
-                self.next_agent += 1;
-                id
-            }
-            None => AgentId(info.id.clone()),
-        };
-
-        let was_unreachable = match self.agents.get(&id) {
-            None => {
-                tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent registered");
-                // Dynamic reservations and the operator's mode, kept across an allocator
-                // restart.
-                let known = self.known_agents.remove(&id);
-                let mode = known
-                    .as_ref()
-                    .map_or(AgentMode::Active, |r| super::registry::mode_from(&r.mode));
-                let dynamic = known
-                    .and_then(|r| super::registry::load_resources(&r.dynamic).ok())
-                    .unwrap_or_default();
-                self.insert_agent(Agent {
-                    id: id.clone(),
-                    slot: 0,
-                    hostname: String::new(),
-                    attributes: Vec::new(),
-                    card: Default::default(),
-                    version: String::new(),
-                    endpoint: String::new(),
-                    total: Resources::new(),
-                    dynamic,
-                    allocated: Resources::new(),
-                    offers: Default::default(),
-                    offered: Resources::new(),
-                    free: Resources::new(),
-                    mode,
-                    link: Link::Disconnected { since: now },
-                    registered_at: now,
-                    last_seen: now,
-                    tasks: Default::default(),
-                });
-                false
-            }
-            Some(agent) => {
-                tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent re-registered");
-                if let Link::Connected(old) = agent.link
-                    && old != conn
-                {
-                    self.agent_conns.remove(&old);
-                    self.outbox.push(super::Command::Close { conn: old });
-                }
-                matches!(agent.link, Link::Unreachable { .. })
-            }
-        };
+        let id = self.registering_id(conn, &info)?;
+        let was_unreachable = self.admit_agent(now, conn, &id, &info, &total);
         // Whatever was offered may no longer exist (the total can change).
         self.rescind_agent_offers(&id);
-
-        // Old books out of the cluster total; the new total goes in below.
-        {
-            let agent = self.agents.get_mut(&id).expect("inserted above");
-            if !was_unreachable {
-                self.cluster_total.subtract_scalars(&agent.total);
-            }
-            agent.hostname = info.hostname.clone();
-            agent.attributes = info.attributes.clone();
-            agent.card = std::sync::Arc::new(super::AgentCard {
-                agent_id: id.0.clone(),
-                hostname: info.hostname.clone(),
-                attributes: info.attributes.clone(),
-            });
-            agent.version = info.version.clone();
-            agent.endpoint = info.endpoint.clone();
-            agent.total = total;
-            agent.total.share_items_with(&self.last_total);
-            self.last_total.clone_from(&agent.total);
-            // The dynamic reservations the allocator keeps for it apply to what it has.
-            let dynamic = std::mem::take(&mut agent.dynamic);
-            for role in dynamic.reservation_roles() {
-                let part = dynamic.reserved_for(role);
-                let plain = part.flattened();
-                if agent.total.unreserved().contains(&plain) {
-                    agent.total.subtract(&plain);
-                    agent.total.add(&part);
-                    agent.dynamic.add(&part);
-                } else {
-                    tracing::warn!(agent_id = %id, role, reservation = %part, "agent re-registered without the resources of a dynamic reservation; dropped");
-                }
-            }
-            agent.last_seen = now;
-            agent.link = Link::Connected(conn);
-            self.cluster_total.add_scalars(&agent.total);
-        }
+        self.update_agent(now, conn, &id, &info, total, was_unreachable);
         self.agent_conns.insert(conn, id.clone());
         self.record_agent(&id);
 
@@ -151,6 +58,110 @@ impl Core {
         );
         self.refresh_offerable(&id);
         Ok(id)
+    }
+
+    /// The id a Register on `conn` registers: the stream's agent (a Register naming another
+    /// is an error), the id it names, or a new one.
+    fn registering_id(&mut self, conn: ConnId, info: &AgentInfo) -> Result<AgentId, CoreError> {
+        Ok(match self.agent_conns.get(&conn) {
+            Some(existing) if !info.id.is_empty() && info.id != existing.0 => {
+                return Err(CoreError::AgentIdChanged {
+                    registered: existing.clone(),
+                    requested: info.id.clone(),
+                });
+            }
+            Some(existing) => existing.clone(),
+            None if info.id.is_empty() => {
+                let id = AgentId(format!("{}-S{}", self.prefix, self.next_agent));
+                self.next_agent += 1;
+                id
+            }
+            None => AgentId(info.id.clone()),
+        })
+    }
+
+    /// Adds an agent seen for the first time (with what the registry kept of it), or closes
+    /// the older stream of a known one; returns whether it was unreachable.
+    fn admit_agent(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        id: &AgentId,
+        info: &AgentInfo,
+        total: &Resources,
+    ) -> bool {
+        match self.agents.get(id) {
+            None => {
+                tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent registered");
+                // Dynamic reservations and the operator's mode, kept across an allocator
+                // restart.
+                let known = self.known_agents.remove(id);
+                let mode = known
+                    .as_ref()
+                    .map_or(AgentMode::Active, |r| super::registry::mode_from(&r.mode));
+                let dynamic = known
+                    .and_then(|r| super::registry::load_resources(&r.dynamic).ok())
+                    .unwrap_or_default();
+                self.insert_agent(new_agent(id.clone(), mode, dynamic, now));
+                false
+            }
+            Some(agent) => {
+                tracing::info!(agent_id = %id, hostname = %info.hostname, resources = %total, "agent re-registered");
+                if let Link::Connected(old) = agent.link
+                    && old != conn
+                {
+                    self.agent_conns.remove(&old);
+                    self.outbox.push(super::Command::Close { conn: old });
+                }
+                matches!(agent.link, Link::Unreachable { .. })
+            }
+        }
+    }
+
+    /// Takes what the agent registered with: its description, its total (with the dynamic
+    /// reservations kept for it applied) in the cluster total, its stream.
+    fn update_agent(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        id: &AgentId,
+        info: &AgentInfo,
+        total: Resources,
+        was_unreachable: bool,
+    ) {
+        // Old books out of the cluster total; the new total goes in below.
+        let agent = self.agents.get_mut(id).expect("inserted above");
+        if !was_unreachable {
+            self.cluster_total.subtract_scalars(&agent.total);
+        }
+        agent.hostname = info.hostname.clone();
+        agent.attributes = info.attributes.clone();
+        agent.card = std::sync::Arc::new(super::AgentCard {
+            agent_id: id.0.clone(),
+            hostname: info.hostname.clone(),
+            attributes: info.attributes.clone(),
+        });
+        agent.version = info.version.clone();
+        agent.endpoint = info.endpoint.clone();
+        agent.total = total;
+        agent.total.share_items_with(&self.last_total);
+        self.last_total.clone_from(&agent.total);
+        // The dynamic reservations the allocator keeps for it apply to what it has.
+        let dynamic = std::mem::take(&mut agent.dynamic);
+        for role in dynamic.reservation_roles() {
+            let part = dynamic.reserved_for(role);
+            let plain = part.flattened();
+            if agent.total.unreserved().contains(&plain) {
+                agent.total.subtract(&plain);
+                agent.total.add(&part);
+                agent.dynamic.add(&part);
+            } else {
+                tracing::warn!(agent_id = %id, role, reservation = %part, "agent re-registered without the resources of a dynamic reservation; dropped");
+            }
+        }
+        agent.last_seen = now;
+        agent.link = Link::Connected(conn);
+        self.cluster_total.add_scalars(&agent.total);
     }
 
     /// Brings the allocator's view of an agent's tasks in line with the list it registered.
@@ -173,143 +184,185 @@ impl Core {
 
         // Reachable again: the tasks count in their frameworks' allocations again.
         if was_unreachable {
-            for key in &known {
-                let task = self.tasks.get_mut(key).expect("agent task exists");
-                if task.unreachable {
-                    task.unreachable = false;
-                    if let Some(fw) = self.frameworks.get_mut(&key.0) {
-                        fw.allocated.add_scalars(&task.resources);
-                        add_role(&mut fw.by_role, &task.role, &task.resources);
-                    }
-                }
-            }
+            self.count_tasks_again(&known);
         }
 
         for key in known {
             match listed.remove(&key) {
-                None => {
-                    // The agent does not have it: it is gone.
-                    let partition_aware = self
-                        .frameworks
-                        .get(&key.0)
-                        .is_some_and(|f| f.partition_aware);
-                    let state = if partition_aware {
-                        TaskState::Dropped
-                    } else {
-                        TaskState::Lost
-                    };
-                    let message = format!(
-                        "agent {agent_id} re-registered without task {:?}: the task is lost",
-                        key.1.0
-                    );
-                    let status = Self::allocator_status(
-                        now,
-                        &key.0,
-                        &key.1.0,
-                        &agent_id.0,
-                        state,
-                        TaskReason::AgentRestarted,
-                        message.clone(),
-                    );
-                    self.end_task(&key, state, TaskReason::AgentRestarted, message, None, now);
-                    self.send_update(&key.0, status);
-                }
+                None => self.end_unlisted_task(now, agent_id, key),
                 Some(agent_task) => {
-                    let latest = agent_task.latest_status.unwrap_or_default();
-                    let latest_state = latest.state();
-                    let Some(task) = self.tasks.get_mut(&key) else {
-                        continue;
-                    };
-                    // The agent's latest state (its own if it sent none), unless terminal:
-                    // a terminal one is resent by the agent as an update.
-                    let state = match latest_state {
-                        TaskState::Unspecified => Some(task.state),
-                        s if s.is_terminal() => None,
-                        s => Some(s),
-                    };
-                    if let Some(latest_state) = state {
-                        task.state = latest_state;
-                        task.updated_at = now;
-                        if was_unreachable {
-                            task.message = format!("agent {agent_id} re-registered with the task");
-                            let status = Self::allocator_status(
-                                now,
-                                &key.0,
-                                &key.1.0,
-                                &agent_id.0,
-                                latest_state,
-                                TaskReason::Unspecified,
-                                task.message.clone(),
-                            );
-                            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
-                            self.send_update(&key.0, status);
-                        }
-                    }
-                    if let Some(grace) = self.tasks.get(&key).and_then(|t| t.kill) {
-                        self.send_kill(conn, &key, grace);
-                    }
+                    self.refresh_listed_task(
+                        now,
+                        agent_id,
+                        conn,
+                        &key,
+                        agent_task,
+                        was_unreachable,
+                    );
                 }
             }
         }
 
         // Tasks the allocator did not know of (it restarted, or the launch raced).
         for (key, agent_task) in listed {
-            let latest = agent_task.latest_status.clone().unwrap_or_default();
-            if latest.state().is_terminal() {
-                continue; // its terminal update follows
-            }
-            if !self.frameworks.contains_key(&key.0) {
-                tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "killing task of unknown framework");
-                self.send_kill(conn, &key, None);
-                continue;
-            }
-            if self.tasks.contains_key(&key) {
-                tracing::warn!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "agent lists a task the allocator places on another agent; ignored");
-                continue;
-            }
-            let mut info = agent_task.task.unwrap_or_default();
-            let resources = match Resources::from_proto(&info.resources) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(task_id = %key.1, agent_id = %agent_id, error = %e, "agent lists a task with invalid resources; ignored");
-                    continue;
-                }
-            };
-            info.agent_id = agent_id.0.clone();
-            // The role it was launched for: its resources say, else its framework's first.
-            let role = info
-                .resources
-                .iter()
-                .map(|r| r.allocation_role.as_str())
-                .find(|r| !r.is_empty())
-                .map(str::to_owned)
-                .or_else(|| self.frameworks[&key.0].roles.first().cloned())
-                .unwrap_or_else(|| super::DEFAULT_ROLE.to_owned());
-            let state = match latest.state() {
-                TaskState::Unspecified => TaskState::Staging,
-                s => s,
-            };
-            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "adopted task from re-registering agent");
-            self.insert_task(
-                Task {
-                    framework_id: key.0.clone(),
-                    id: key.1.clone(),
-                    agent_id: agent_id.clone(),
-                    role,
-                    info,
-                    resources,
-                    state,
-                    reason: TaskReason::Unspecified,
-                    message: latest.message,
-                    exit_code: None,
-                    unreachable: false,
-                    kill: None,
-                    launched_at: now,
-                    updated_at: now,
-                },
-                false,
-            );
+            self.adopt_task(now, agent_id, conn, key, agent_task);
         }
+    }
+
+    /// The tasks of an agent reachable again count in their frameworks' allocations again.
+    fn count_tasks_again(&mut self, known: &[TaskKey]) {
+        for key in known {
+            let task = self.tasks.get_mut(key).expect("agent task exists");
+            if task.unreachable {
+                task.unreachable = false;
+                if let Some(fw) = self.frameworks.get_mut(&key.0) {
+                    fw.allocated.add_scalars(&task.resources);
+                    add_role(&mut fw.by_role, &task.role, &task.resources);
+                }
+            }
+        }
+    }
+
+    /// A task the re-registering agent does not have: it is gone (LOST, DROPPED to
+    /// partition-aware frameworks).
+    fn end_unlisted_task(&mut self, now: Duration, agent_id: &AgentId, key: TaskKey) {
+        let partition_aware = self
+            .frameworks
+            .get(&key.0)
+            .is_some_and(|f| f.partition_aware);
+        let state = if partition_aware {
+            TaskState::Dropped
+        } else {
+            TaskState::Lost
+        };
+        let message = format!(
+            "agent {agent_id} re-registered without task {:?}: the task is lost",
+            key.1.0
+        );
+        let status = Self::allocator_status(
+            now,
+            &key.0,
+            &key.1.0,
+            &agent_id.0,
+            state,
+            TaskReason::AgentRestarted,
+            message.clone(),
+        );
+        self.end_task(&key, state, TaskReason::AgentRestarted, message, None, now);
+        self.send_update(&key.0, status);
+    }
+
+    /// A known task the re-registering agent lists: takes its latest state (telling the
+    /// framework when the agent was unreachable) and resends a pending kill.
+    fn refresh_listed_task(
+        &mut self,
+        now: Duration,
+        agent_id: &AgentId,
+        conn: ConnId,
+        key: &TaskKey,
+        agent_task: AgentTask,
+        was_unreachable: bool,
+    ) {
+        let latest = agent_task.latest_status.unwrap_or_default();
+        let latest_state = latest.state();
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        // The agent's latest state (its own if it sent none), unless terminal:
+        // a terminal one is resent by the agent as an update.
+        let state = match latest_state {
+            TaskState::Unspecified => Some(task.state),
+            s if s.is_terminal() => None,
+            s => Some(s),
+        };
+        if let Some(latest_state) = state {
+            task.state = latest_state;
+            task.updated_at = now;
+            if was_unreachable {
+                task.message = format!("agent {agent_id} re-registered with the task");
+                let status = Self::allocator_status(
+                    now,
+                    &key.0,
+                    &key.1.0,
+                    &agent_id.0,
+                    latest_state,
+                    TaskReason::Unspecified,
+                    task.message.clone(),
+                );
+                tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
+                self.send_update(&key.0, status);
+            }
+        }
+        if let Some(grace) = self.tasks.get(key).and_then(|t| t.kill) {
+            self.send_kill(conn, key, grace);
+        }
+    }
+
+    /// A task the re-registering agent lists that the allocator does not know: adopted when
+    /// its framework is known, killed when not (a terminal one waits for its update).
+    fn adopt_task(
+        &mut self,
+        now: Duration,
+        agent_id: &AgentId,
+        conn: ConnId,
+        key: TaskKey,
+        agent_task: AgentTask,
+    ) {
+        let latest = agent_task.latest_status.clone().unwrap_or_default();
+        if latest.state().is_terminal() {
+            return; // its terminal update follows
+        }
+        if !self.frameworks.contains_key(&key.0) {
+            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "killing task of unknown framework");
+            self.send_kill(conn, &key, None);
+            return;
+        }
+        if self.tasks.contains_key(&key) {
+            tracing::warn!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "agent lists a task the allocator places on another agent; ignored");
+            return;
+        }
+        let mut info = agent_task.task.unwrap_or_default();
+        let resources = match Resources::from_proto(&info.resources) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(task_id = %key.1, agent_id = %agent_id, error = %e, "agent lists a task with invalid resources; ignored");
+                return;
+            }
+        };
+        info.agent_id = agent_id.0.clone();
+        // The role it was launched for: its resources say, else its framework's first.
+        let role = info
+            .resources
+            .iter()
+            .map(|r| r.allocation_role.as_str())
+            .find(|r| !r.is_empty())
+            .map(str::to_owned)
+            .or_else(|| self.frameworks[&key.0].roles.first().cloned())
+            .unwrap_or_else(|| super::DEFAULT_ROLE.to_owned());
+        let state = match latest.state() {
+            TaskState::Unspecified => TaskState::Staging,
+            s => s,
+        };
+        tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "adopted task from re-registering agent");
+        self.insert_task(
+            Task {
+                framework_id: key.0.clone(),
+                id: key.1.clone(),
+                agent_id: agent_id.clone(),
+                role,
+                info,
+                resources,
+                state,
+                reason: TaskReason::Unspecified,
+                message: latest.message,
+                exit_code: None,
+                unreachable: false,
+                kill: None,
+                launched_at: now,
+                updated_at: now,
+            },
+            false,
+        );
     }
 
     /// Adds an active task to every index and allocation. With `from_free`, the caller has
@@ -546,5 +599,31 @@ impl Core {
                 }),
             );
         }
+    }
+}
+
+/// A new agent's record: empty books, not yet connected.
+// Inlined into its one caller, where it was written before (it is large, returned by value).
+#[inline]
+fn new_agent(id: AgentId, mode: AgentMode, dynamic: Resources, now: Duration) -> Agent {
+    Agent {
+        id,
+        slot: 0,
+        hostname: String::new(),
+        attributes: Vec::new(),
+        card: Default::default(),
+        version: String::new(),
+        endpoint: String::new(),
+        total: Resources::new(),
+        dynamic,
+        allocated: Resources::new(),
+        offers: Default::default(),
+        offered: Resources::new(),
+        free: Resources::new(),
+        mode,
+        link: Link::Disconnected { since: now },
+        registered_at: now,
+        last_seen: now,
+        tasks: Default::default(),
     }
 }

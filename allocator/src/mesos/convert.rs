@@ -115,20 +115,7 @@ pub fn call(
 ) -> Result<Option<(call::Call, Refused)>, ConvertError> {
     let mut refused = Refused::default();
     let out = match kind {
-        "ACCEPT" => {
-            let a = c
-                .accept
-                .ok_or_else(|| missing("accept", "an ACCEPT call carries 'accept'"))?;
-            let mut operations = Vec::new();
-            for op in a.operations {
-                operations.push(offer_operation(op, &mut refused)?);
-            }
-            call::Call::Accept(call::Accept {
-                offer_ids: a.offer_ids.into_iter().map(|i| i.value).collect(),
-                operations,
-                filters: a.filters.map(filters),
-            })
-        }
+        "ACCEPT" => accept(c.accept, &mut refused)?,
         "DECLINE" => {
             let d = c
                 .decline
@@ -144,62 +131,9 @@ pub fn call(
         "SUPPRESS" => call::Call::Suppress(call::Suppress {
             roles: roles(c.suppress),
         }),
-        "KILL" => {
-            let k = c
-                .kill
-                .ok_or_else(|| missing("kill", "a KILL call carries 'kill'"))?;
-            let task_id = k
-                .task_id
-                .ok_or_else(|| missing("kill.task_id", "name the task to kill"))?;
-            let grace = k
-                .kill_policy
-                .and_then(|p| p.grace_period)
-                .map(|g| g.nanoseconds.max(0) as f64 / 1e9);
-            call::Call::Kill(call::Kill {
-                task_id: task_id.value,
-                agent_id: k.agent_id.map(|i| i.value).unwrap_or_default(),
-                grace_period_seconds: grace,
-            })
-        }
-        "ACKNOWLEDGE" => {
-            let a = c.acknowledge.ok_or_else(|| {
-                missing("acknowledge", "an ACKNOWLEDGE call carries 'acknowledge'")
-            })?;
-            let task_id = a
-                .task_id
-                .ok_or_else(|| missing("acknowledge.task_id", "copy it from the update"))?;
-            let agent_id = a
-                .agent_id
-                .ok_or_else(|| missing("acknowledge.agent_id", "copy it from the update"))?;
-            let uuid = a
-                .uuid
-                .ok_or_else(|| missing("acknowledge.uuid", "copy it from the update"))?;
-            let uuid = BASE64
-                .decode(uuid.as_bytes())
-                .map_err(|e| ConvertError::Invalid {
-                    field: "acknowledge.uuid",
-                    why: format!("not base64 ({e}): copy the uuid from the update as it came"),
-                })?;
-            call::Call::Acknowledge(call::Acknowledge {
-                agent_id: agent_id.value,
-                task_id: task_id.value,
-                uuid,
-            })
-        }
-        "RECONCILE" => {
-            let r = c.reconcile.unwrap_or_default();
-            let mut tasks = Vec::new();
-            for t in r.tasks {
-                let task_id = t
-                    .task_id
-                    .ok_or_else(|| missing("reconcile.tasks.task_id", "name each task"))?;
-                tasks.push(call::ReconcileTask {
-                    task_id: task_id.value,
-                    agent_id: t.agent_id.map(|i| i.value).unwrap_or_default(),
-                });
-            }
-            call::Call::Reconcile(call::Reconcile { tasks })
-        }
+        "KILL" => kill(c.kill)?,
+        "ACKNOWLEDGE" => acknowledge(c.acknowledge)?,
+        "RECONCILE" => reconcile(c.reconcile.unwrap_or_default())?,
         "TEARDOWN" => call::Call::Teardown(call::Teardown {}),
         "MESSAGE"
         | "REQUEST"
@@ -227,6 +161,77 @@ pub fn call(
         }
     };
     Ok(Some((out, refused)))
+}
+
+/// ACCEPT: its offer ids, operations (tasks Strata cannot run go to `refused`) and filters.
+fn accept(a: Option<json::Accept>, refused: &mut Refused) -> Result<call::Call, ConvertError> {
+    let a = a.ok_or_else(|| missing("accept", "an ACCEPT call carries 'accept'"))?;
+    let mut operations = Vec::new();
+    for op in a.operations {
+        operations.push(offer_operation(op, refused)?);
+    }
+    Ok(call::Call::Accept(call::Accept {
+        offer_ids: a.offer_ids.into_iter().map(|i| i.value).collect(),
+        operations,
+        filters: a.filters.map(filters),
+    }))
+}
+
+/// KILL: the task, its agent if named, and the kill policy's grace period.
+fn kill(k: Option<json::Kill>) -> Result<call::Call, ConvertError> {
+    let k = k.ok_or_else(|| missing("kill", "a KILL call carries 'kill'"))?;
+    let task_id = k
+        .task_id
+        .ok_or_else(|| missing("kill.task_id", "name the task to kill"))?;
+    let grace = k
+        .kill_policy
+        .and_then(|p| p.grace_period)
+        .map(|g| g.nanoseconds.max(0) as f64 / 1e9);
+    Ok(call::Call::Kill(call::Kill {
+        task_id: task_id.value,
+        agent_id: k.agent_id.map(|i| i.value).unwrap_or_default(),
+        grace_period_seconds: grace,
+    }))
+}
+
+/// ACKNOWLEDGE: task, agent and the update's uuid (base64 in Mesos JSON), all required.
+fn acknowledge(a: Option<json::Acknowledge>) -> Result<call::Call, ConvertError> {
+    let a = a.ok_or_else(|| missing("acknowledge", "an ACKNOWLEDGE call carries 'acknowledge'"))?;
+    let task_id = a
+        .task_id
+        .ok_or_else(|| missing("acknowledge.task_id", "copy it from the update"))?;
+    let agent_id = a
+        .agent_id
+        .ok_or_else(|| missing("acknowledge.agent_id", "copy it from the update"))?;
+    let uuid = a
+        .uuid
+        .ok_or_else(|| missing("acknowledge.uuid", "copy it from the update"))?;
+    let uuid = BASE64
+        .decode(uuid.as_bytes())
+        .map_err(|e| ConvertError::Invalid {
+            field: "acknowledge.uuid",
+            why: format!("not base64 ({e}): copy the uuid from the update as it came"),
+        })?;
+    Ok(call::Call::Acknowledge(call::Acknowledge {
+        agent_id: agent_id.value,
+        task_id: task_id.value,
+        uuid,
+    }))
+}
+
+/// RECONCILE: the tasks named (none: all of the framework's).
+fn reconcile(r: json::Reconcile) -> Result<call::Call, ConvertError> {
+    let mut tasks = Vec::new();
+    for t in r.tasks {
+        let task_id = t
+            .task_id
+            .ok_or_else(|| missing("reconcile.tasks.task_id", "name each task"))?;
+        tasks.push(call::ReconcileTask {
+            task_id: task_id.value,
+            agent_id: t.agent_id.map(|i| i.value).unwrap_or_default(),
+        });
+    }
+    Ok(call::Call::Reconcile(call::Reconcile { tasks }))
 }
 
 fn filters(f: json::Filters) -> Filters {

@@ -1,0 +1,73 @@
+//! Refuse filters: how long a DECLINE or the unused part of an ACCEPT refuses resources,
+//! installing a filter, whether one refuses an agent's free resources, and expiry.
+
+use std::time::Duration;
+
+use crate::{AgentId, Core, FastMap, Filter, FrameworkId, Name, Resources};
+
+/// The longest refuse filter honoured (Mesos caps at a year too).
+const MAX_REFUSE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Core {
+    /// How long a DECLINE or ACCEPT refuses the returned resources: the call's
+    /// refuse_seconds, or the default when unset or invalid, capped at a year.
+    pub(crate) fn refuse_duration(&self, refuse_seconds: Option<f64>) -> Duration {
+        match refuse_seconds {
+            None => self.config.default_refuse,
+            Some(s) if s.is_finite() && s >= 0.0 => {
+                Duration::try_from_secs_f64(s).map_or(MAX_REFUSE, |d| d.min(MAX_REFUSE))
+            }
+            Some(s) => {
+                tracing::warn!(
+                    refuse_seconds = s,
+                    "invalid refuse_seconds; using the default"
+                );
+                self.config.default_refuse
+            }
+        }
+    }
+
+    /// Installs a filter: `resources` on `agent_id` are not offered to the framework for
+    /// `refuse` (nothing for a zero duration or empty resources).
+    pub(crate) fn add_filter(
+        &mut self,
+        framework_id: &FrameworkId,
+        agent_id: &AgentId,
+        role: &Name,
+        resources: Resources,
+        refuse: Duration,
+        now: Duration,
+    ) {
+        if refuse.is_zero() || resources.is_empty() {
+            return;
+        }
+        if let Some(fw) = self.frameworks.get_mut(framework_id) {
+            fw.filters.insert(
+                agent_id.clone(),
+                Filter {
+                    role: role.clone(),
+                    resources,
+                    until: now + refuse,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn expire_filters(&mut self, now: Duration) {
+        for fw in self.frameworks.values_mut() {
+            fw.filters.retain(|_, f| now < f.until);
+        }
+    }
+}
+
+/// Whether one of a framework's `filters` refuses `free` on `agent_id` at `now`.
+pub(super) fn refuses(
+    filters: &FastMap<AgentId, Filter>,
+    agent_id: &AgentId,
+    free: &Resources,
+    now: Duration,
+) -> bool {
+    filters
+        .get(agent_id)
+        .is_some_and(|f| now < f.until && f.resources.contains(free))
+}

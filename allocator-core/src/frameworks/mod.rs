@@ -1,0 +1,270 @@
+//! Framework events: SUBSCRIBE, the scheduler calls, stream ends, failover and teardown.
+//!
+//! Invariants: a framework is bound to at most one stream; a call whose framework_id is not
+//! the stream's framework gets an ERROR event and changes nothing. ACCEPT is validated as a
+//! whole before anything changes: on any error every task of the call gets an update with no
+//! uuid (TASK_DROPPED/INVALID_OFFERS for bad offers, else TASK_ERROR/TASK_INVALID) and the
+//! offers stay outstanding. A disconnected framework holds no offers; it is removed (tasks
+//! killed, resources freed) at once with failover_timeout 0, otherwise when the timeout
+//! expires without a re-subscription, or at TEARDOWN.
+//!
+//! Submodules: `accept` (ACCEPT: validation and launch, RESERVE/UNRESERVE) and `calls` (the
+//! other scheduler calls); this module holds SUBSCRIBE, the call dispatch, stream ends,
+//! failover, heartbeats and removal.
+
+mod accept;
+mod calls;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use strata_proto::{Call, FrameworkCapability, FrameworkInfo, TaskReason, TaskState, call, event};
+
+use crate::resources::Resources;
+use crate::roles::validate_role;
+use crate::{ConnId, Core, CoreError, FastMap, FastSet, Framework, FrameworkId, TaskId};
+
+pub(crate) use self::accept::Conversion;
+
+/// The longest failover timeout honoured.
+const MAX_FAILOVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Core {
+    /// A framework record with empty books.
+    pub(crate) fn new_framework(id: FrameworkId, now: Duration) -> Framework {
+        Framework {
+            id,
+            name: String::new(),
+            roles: Vec::new(),
+            failover_timeout: Duration::ZERO,
+            partition_aware: false,
+            conn: None,
+            disconnected_at: None,
+            suppressed: BTreeSet::new(),
+            filters: FastMap::default(),
+            offers: FastSet::default(),
+            allocated: Resources::new(),
+            offered: Resources::new(),
+            by_role: Default::default(),
+            tasks: BTreeSet::new(),
+            registered_at: now,
+            last_heartbeat: now,
+        }
+    }
+
+    /// SUBSCRIBE on stream `conn`: registers a new framework (empty id) or re-attaches an
+    /// existing one (closing its older stream), then sends SUBSCRIBED. An unknown id is
+    /// refused and nothing changes.
+    pub fn framework_subscribe(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        info: FrameworkInfo,
+    ) -> Result<FrameworkId, CoreError> {
+        if let Some(fid) = self.framework_conns.get(&conn).cloned() {
+            self.send_error(
+                &fid,
+                format!(
+                    "this stream is already subscribed as framework {fid}: send SUBSCRIBE once, \
+                     as the first call of a stream"
+                ),
+            );
+            return Ok(fid);
+        }
+        let roles = if info.roles.is_empty() {
+            crate::allocation::default_roles()
+        } else {
+            info.roles.clone()
+        };
+        for role in &roles {
+            validate_role(role).map_err(|source| CoreError::InvalidFrameworkRole {
+                name: info.name.clone(),
+                source,
+            })?;
+        }
+        let id = if info.id.is_empty() {
+            let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
+            self.next_framework += 1;
+            self.frameworks
+                .insert(id.clone(), Self::new_framework(id.clone(), now));
+            tracing::info!(framework_id = %id, name = %info.name, "framework registered");
+            id
+        } else {
+            let id = FrameworkId(info.id.clone());
+            let Some(fw) = self.frameworks.get(&id) else {
+                return Err(CoreError::UnknownFramework {
+                    framework_id: info.id,
+                });
+            };
+            tracing::info!(framework_id = %id, name = %info.name, "framework re-subscribed");
+            if let Some(old) = fw.conn {
+                self.send_error(
+                    &id,
+                    format!(
+                        "framework {id} subscribed again on another stream; this stream is closed"
+                    ),
+                );
+                self.framework_conns.remove(&old);
+                self.outbox.push(crate::Command::Close { conn: old });
+            }
+            // Offers made on the old stream are unknown to the new one.
+            self.remove_framework_offers(&id, false);
+            id
+        };
+
+        let failover = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
+            .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
+        let fw = self.frameworks.get_mut(&id).expect("framework exists");
+        fw.name = info.name;
+        fw.roles = roles;
+        fw.failover_timeout = failover;
+        fw.partition_aware = info
+            .capabilities
+            .contains(&(FrameworkCapability::PartitionAware as i32));
+        fw.conn = Some(conn);
+        fw.disconnected_at = None;
+        fw.suppressed.clear();
+        fw.last_heartbeat = now;
+        self.framework_conns.insert(conn, id.clone());
+        self.record_framework(&id);
+        self.send_framework(
+            &id,
+            event::Event::Subscribed(event::Subscribed {
+                framework_id: id.0.clone(),
+                heartbeat_interval_seconds: self.config.framework_heartbeat_interval.as_secs_f64(),
+            }),
+        );
+        self.full_allocation = true;
+        Ok(id)
+    }
+
+    /// A call (other than the stream's first SUBSCRIBE) on stream `conn`.
+    pub fn framework_call(&mut self, now: Duration, conn: ConnId, call: Call) {
+        let Some(fid) = self.framework_conns.get(&conn).cloned() else {
+            tracing::warn!(%conn, "call on a stream that is not subscribed; ignored");
+            return;
+        };
+        let _span = tracing::info_span!("call", framework_id = %fid).entered();
+        if call.framework_id != fid.0 {
+            self.send_error(
+                &fid,
+                format!(
+                    "call names framework {:?} but this stream is subscribed as framework {fid}: \
+                     every call must carry the framework_id from SUBSCRIBED",
+                    call.framework_id
+                ),
+            );
+            return;
+        }
+        match call.call {
+            None => self.send_error(
+                &fid,
+                "call has no type: set one of accept, decline, revive, ...".to_owned(),
+            ),
+            Some(call::Call::Subscribe(_)) => self.send_error(
+                &fid,
+                format!(
+                    "this stream is already subscribed as framework {fid}: send SUBSCRIBE once, \
+                     as the first call of a stream"
+                ),
+            ),
+            Some(call::Call::Accept(accept)) => self.accept(now, &fid, accept),
+            Some(call::Call::Decline(decline)) => self.decline(now, &fid, decline),
+            Some(call::Call::Revive(revive)) => self.revive(&fid, revive),
+            Some(call::Call::Suppress(suppress)) => self.suppress(&fid, suppress),
+            Some(call::Call::Kill(kill)) => self.kill(now, &fid, kill),
+            Some(call::Call::Acknowledge(ack)) => self.acknowledge(&fid, ack),
+            Some(call::Call::Reconcile(reconcile)) => self.reconcile(now, &fid, reconcile),
+            Some(call::Call::Teardown(_)) => {
+                self.remove_framework(now, &fid, "the framework tore itself down".to_owned());
+            }
+        }
+    }
+
+    /// The framework's stream ended: its offers go back; it is removed now if its failover
+    /// timeout is 0, otherwise it waits that long for a re-subscription.
+    pub fn framework_disconnected(&mut self, now: Duration, conn: ConnId) {
+        let Some(fid) = self.framework_conns.remove(&conn) else {
+            return;
+        };
+        let fw = self.frameworks.get_mut(&fid).expect("subscribed framework");
+        fw.conn = None;
+        fw.disconnected_at = Some(now);
+        let failover = fw.failover_timeout;
+        tracing::info!(framework_id = %fid, failover_timeout_s = failover.as_secs_f64(), "framework disconnected");
+        self.remove_framework_offers(&fid, false);
+        self.record_framework(&fid);
+        if failover.is_zero() {
+            self.remove_framework(
+                now,
+                &fid,
+                "its stream ended and its failover timeout is 0".to_owned(),
+            );
+        }
+    }
+
+    pub(crate) fn expire_frameworks(&mut self, now: Duration) {
+        let expired: Vec<FrameworkId> = self
+            .frameworks
+            .values()
+            .filter(|f| {
+                f.disconnected_at
+                    .is_some_and(|at| now.saturating_sub(at) >= f.failover_timeout)
+            })
+            .map(|f| f.id.clone())
+            .collect();
+        for fid in expired {
+            self.remove_framework(
+                now,
+                &fid,
+                "it did not re-subscribe within its failover timeout".to_owned(),
+            );
+        }
+    }
+
+    pub(crate) fn heartbeat_frameworks(&mut self, now: Duration) {
+        let interval = self.config.framework_heartbeat_interval;
+        let due: Vec<FrameworkId> = self
+            .frameworks
+            .values()
+            .filter(|f| f.conn.is_some() && now.saturating_sub(f.last_heartbeat) >= interval)
+            .map(|f| f.id.clone())
+            .collect();
+        for fid in due {
+            if let Some(fw) = self.frameworks.get_mut(&fid) {
+                fw.last_heartbeat = now;
+            }
+            self.send_framework(&fid, event::Event::Heartbeat(event::Heartbeat {}));
+        }
+    }
+
+    /// Removes a framework: offers returned, tasks killed on their agents and recorded
+    /// KILLED, its stream (if any) closed.
+    pub(crate) fn remove_framework(&mut self, now: Duration, fid: &FrameworkId, why: String) {
+        tracing::info!(framework_id = %fid, reason = %why, "framework removed");
+        self.remove_framework_offers(fid, false);
+        let task_ids: Vec<TaskId> = self.frameworks[fid].tasks.iter().cloned().collect();
+        for task_id in task_ids {
+            let key = (fid.clone(), task_id);
+            let task = &self.tasks[&key];
+            if let Some(conn) = self.agents.get(&task.agent_id).and_then(|a| a.conn()) {
+                self.send_kill(conn, &key, None);
+            }
+            self.end_task(
+                &key,
+                TaskState::Killed,
+                TaskReason::FrameworkRemoved,
+                format!("framework {fid} was removed: {why}"),
+                None,
+                now,
+            );
+        }
+        if let Some(conn) = self.frameworks[fid].conn {
+            self.framework_conns.remove(&conn);
+            self.outbox.push(crate::Command::Close { conn });
+        }
+        self.frameworks.remove(fid);
+        self.record(crate::registry::RegistryOp::RemoveFramework(fid.0.clone()));
+        self.full_allocation = true;
+    }
+}
