@@ -9,7 +9,7 @@
 //!   cgroup is removed. An OOM kill in the cgroup is reported by [`Container::memory_oom`].
 //! - Kill = SIGTERM to every process in the cgroup, the grace period, then every process left
 //!   is killed at once (`cgroup.kill` on v2, freeze and SIGKILL on v1).
-//! - Sandboxes live under `<work_dir>/sandboxes` as with [`ProcessContainerizer`](crate::containerizer::ProcessContainerizer); the agent
+//! - Sandboxes live under `<work_dir>/sandboxes` as with [`ProcessContainerizer`](crate::containerizer::process::ProcessContainerizer); the agent
 //!   removes them a configurable time after the task ended ([`gc_sandboxes`]).
 
 use std::fs::OpenOptions;
