@@ -48,10 +48,10 @@ use tracing::{Instrument, Span};
 use crate::cgroup::{CgroupBackend, CgroupError, MemoryOom, Placement, RootPlacement};
 use crate::checkpoint::{self, CheckpointError};
 use crate::connection::{self, ConnEvent};
+use crate::containerizer::linux::{LinuxConfig, LinuxContainerizer};
 use crate::containerizer::process::ProcessContainerizer;
 use crate::containerizer::{Containerizer, ExitStatus, LaunchSpec};
 use crate::discovery::{self, DiscoveryError, HostRoots, Overrides};
-use crate::linux::{LinuxConfig, LinuxContainerizer};
 use crate::status::{AckOutcome, StatusUpdateManager, TaskKey};
 use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop, UsageReport};
 
@@ -799,9 +799,10 @@ impl Agent {
         let live: std::collections::HashSet<TaskKey> = self.tasks.keys().cloned().collect();
         let work_dir = self.config.work_dir.clone();
         tokio::task::spawn_blocking(move || {
-            let removed = crate::linux::gc_sandboxes(&work_dir, delay, &|fw, task| {
-                live.contains(&TaskKey::new(fw.to_owned(), task.to_owned()))
-            });
+            let removed =
+                crate::containerizer::linux::gc_sandboxes(&work_dir, delay, &|fw, task| {
+                    live.contains(&TaskKey::new(fw.to_owned(), task.to_owned()))
+                });
             if removed > 0 {
                 tracing::info!(removed, "removed old sandboxes");
             }

@@ -5,8 +5,8 @@
 //!
 //! Start one with [`run`]; see `agent` for the invariants it keeps.
 //!
-//! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks),
-//! [`linux`] (the isolating containerizer), [`cgroup`] (its cgroup v2 and hybrid backends),
+//! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks;
+//! [`containerizer::linux`] isolates them), [`cgroup`] (its cgroup v2 and hybrid backends),
 //! [`supervisor`] (the per-task supervisor and init that outlive the agent), `sys` (the small
 //! syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
@@ -22,7 +22,6 @@ pub mod containerizer;
 pub mod discovery;
 pub mod ebpf;
 pub mod http;
-pub mod linux;
 pub mod nofile;
 pub mod profile;
 pub mod status;

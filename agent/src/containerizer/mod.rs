@@ -4,7 +4,7 @@
 //! sandbox and run directories of a task, its command, and undoing a failed launch.
 //!
 //! The containerizers: [`process::ProcessContainerizer`] (a plain child per task) and the
-//! isolating [`crate::linux::LinuxContainerizer`] (cgroups, namespaces, a per-task supervisor).
+//! isolating [`linux::LinuxContainerizer`] (cgroups, namespaces, a per-task supervisor).
 //!
 //! Invariants:
 //! - Ids are checked before they become path components (no `/`, `.`, `..`, NUL).
@@ -13,6 +13,7 @@
 //! - A launch that fails removes what it made ([`undo_launch`]) except the agent's own
 //!   checkpoint of the task, which goes once the failure is acknowledged.
 
+pub mod linux;
 pub mod process;
 
 use std::fmt;
