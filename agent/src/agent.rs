@@ -799,10 +799,9 @@ impl Agent {
         let live: std::collections::HashSet<TaskKey> = self.tasks.keys().cloned().collect();
         let work_dir = self.config.work_dir.clone();
         tokio::task::spawn_blocking(move || {
-            let removed =
-                crate::containerizer::linux::gc_sandboxes(&work_dir, delay, &|fw, task| {
-                    live.contains(&TaskKey::new(fw.to_owned(), task.to_owned()))
-                });
+            let removed = crate::containerizer::gc_sandboxes(&work_dir, delay, &|fw, task| {
+                live.contains(&TaskKey::new(fw.to_owned(), task.to_owned()))
+            });
             if removed > 0 {
                 tracing::info!(removed, "removed old sandboxes");
             }

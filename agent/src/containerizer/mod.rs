@@ -1,7 +1,8 @@
 //! Launching tasks: the [`Containerizer`] and [`Container`] traits the agent launches, waits
 //! for, kills and re-attaches to every task through, what a launch is given ([`LaunchSpec`]),
 //! how it ends ([`ExitStatus`], [`ContainerizerError`]), and what the containerizers share: the
-//! sandbox and run directories of a task, its command, and undoing a failed launch.
+//! sandbox and run directories of a task, its command, undoing a failed launch, and removing
+//! the sandboxes of tasks that ended long ago ([`gc_sandboxes`]).
 //!
 //! The containerizers: [`process::ProcessContainerizer`] (a plain child per task) and the
 //! isolating [`linux::LinuxContainerizer`] (cgroups, namespaces, a per-task supervisor).
@@ -427,4 +428,80 @@ pub(crate) fn build_command(
         .env("MESOS_SANDBOX", sandbox)
         .env("MESOS_TASK_ID", task_id);
     (program, cmd)
+}
+
+/// Removes sandboxes (and run directories) under `work_dir` whose task is not in `live` and
+/// that were last modified more than `keep` ago. Returns how many were removed.
+pub fn gc_sandboxes(work_dir: &Path, keep: Duration, live: &dyn Fn(&str, &str) -> bool) -> usize {
+    let mut removed = 0;
+    let now = std::time::SystemTime::now();
+    let Ok(frameworks) = std::fs::read_dir(work_dir.join("sandboxes")) else {
+        return 0;
+    };
+    for fw in frameworks.flatten() {
+        let fw_name = fw.file_name().to_string_lossy().into_owned();
+        let Ok(tasks) = std::fs::read_dir(fw.path()) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let task_name = task.file_name().to_string_lossy().into_owned();
+            let run = run_dir(work_dir, &fw_name, &task_name);
+            if live(&fw_name, &task_name)
+                || pid_alive(&run.join("pid"))
+                || crate::supervisor::running_supervisor(&run).is_some()
+            {
+                continue;
+            }
+            let old = task
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= keep);
+            if !old {
+                continue;
+            }
+            match std::fs::remove_dir_all(task.path()) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(&run);
+                    removed += 1;
+                    tracing::debug!(framework_id = %fw_name, task_id = %task_name, "sandbox garbage-collected");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %task.path().display(), error = %e, "cannot remove an old sandbox");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(fw.path());
+    }
+    removed
+}
+
+/// Whether the pid in `pid_file` names a running process.
+fn pid_alive(pid_file: &Path) -> bool {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_sandboxes_of_ended_tasks_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        for t in ["old", "live"] {
+            std::fs::create_dir_all(sandbox_dir(work, "fw", t)).unwrap();
+            std::fs::create_dir_all(run_dir(work, "fw", t)).unwrap();
+        }
+        let live = |_: &str, t: &str| t == "live";
+        assert_eq!(gc_sandboxes(work, Duration::from_secs(3600), &live), 0);
+        assert_eq!(gc_sandboxes(work, Duration::ZERO, &live), 1);
+        assert!(!sandbox_dir(work, "fw", "old").exists());
+        assert!(!run_dir(work, "fw", "old").exists());
+        assert!(sandbox_dir(work, "fw", "live").exists());
+    }
 }
