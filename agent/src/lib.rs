@@ -6,9 +6,9 @@
 //! Start one with [`run`]; see `agent` for the invariants it keeps.
 //!
 //! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks;
-//! [`containerizer::linux`] isolates them), [`cgroup`] (its cgroup v2 and hybrid backends),
-//! [`supervisor`] (the per-task supervisor and init that outlive the agent), `sys` (the small
-//! syscall layer, the only module with `unsafe`),
+//! [`containerizer::linux`] isolates them, [`containerizer::supervisor`] is the per-task
+//! supervisor and init that outlive the agent), [`cgroup`] (its cgroup v2 and hybrid
+//! backends), `sys` (the small syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
 //! [`ebpf`] (the kernel-side programs), [`usage`] (per-task usage records), [`http`] (the
 //! agent's own HTTP server: /health, /usage, /metrics), `connection` (the stream to the
@@ -25,7 +25,6 @@ pub mod http;
 pub mod nofile;
 pub mod profile;
 pub mod status;
-pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
 pub mod usage;

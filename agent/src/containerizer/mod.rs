@@ -16,6 +16,7 @@
 
 pub mod linux;
 pub mod process;
+pub mod supervisor;
 
 use std::fmt;
 use std::fs::File;
@@ -448,7 +449,7 @@ pub fn gc_sandboxes(work_dir: &Path, keep: Duration, live: &dyn Fn(&str, &str) -
             let run = run_dir(work_dir, &fw_name, &task_name);
             if live(&fw_name, &task_name)
                 || pid_alive(&run.join("pid"))
-                || crate::supervisor::running_supervisor(&run).is_some()
+                || supervisor::running_supervisor(&run).is_some()
             {
                 continue;
             }

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use crate::cgroup::{self, MemoryOom, TaskCgroup};
-use crate::containerizer::{Container, ContainerizerError, ExitStatus};
+use crate::containerizer::{Container, ContainerizerError, ExitStatus, supervisor};
 use crate::ebpf::DeviceControl;
 
 type Ended = (Result<ExitStatus, String>, Option<MemoryOom>);
@@ -36,7 +36,7 @@ pub(super) fn spawn_reaper(
         let result = waited.await;
         // A supervisor records the command's own status.
         let result = match (&exit_file, result) {
-            (Some(file), Ok(_)) => crate::supervisor::read_exit(file).ok_or_else(|| {
+            (Some(file), Ok(_)) => supervisor::read_exit(file).ok_or_else(|| {
                 let log = std::fs::read_to_string(file.with_file_name("supervisor.log"))
                     .unwrap_or_default();
                 format!(

@@ -38,7 +38,7 @@ use crate::cgroup::{self, CgroupBackend, Limits, TaskCgroup};
 use crate::checkpoint;
 use crate::containerizer::{
     Container, Containerizer, ContainerizerError, ExitStatus, LaunchSpec, Prepared, build_command,
-    checked_command, prepare_sandbox,
+    checked_command, prepare_sandbox, supervisor,
 };
 use crate::ebpf::{DeviceControl, DeviceRule};
 use container::{DeviceGrant, GoneCgroup, LinuxContainer, pidfd_exited, spawn_reaper};
@@ -264,9 +264,7 @@ impl LinuxContainerizer {
                     .start_supervised(spec, command, &sandbox, &run, cg.as_ref(), stdout, stderr)
                     .await;
                 match result {
-                    Ok((pid, waited)) => {
-                        (pid, waited, Some(run.join(crate::supervisor::EXIT_FILE)))
-                    }
+                    Ok((pid, waited)) => (pid, waited, Some(run.join(supervisor::EXIT_FILE))),
                     Err(e) => {
                         let _ = cg.destroy();
                         return Err(e);
@@ -408,8 +406,8 @@ impl Containerizer for LinuxContainerizer {
             // Already removed: a placeholder whose removal is a no-op.
             None => Arc::new(GoneCgroup(rel.clone())),
         };
-        let exit_file = run.join(crate::supervisor::EXIT_FILE);
-        let pid = crate::supervisor::running_supervisor(&run).and_then(|p| i32::try_from(p).ok());
+        let exit_file = run.join(supervisor::EXIT_FILE);
+        let pid = supervisor::running_supervisor(&run).and_then(|p| i32::try_from(p).ok());
         // The pidfd is opened after the check; a supervisor that exits in between leaves its
         // exit file, and a reused pid fails the check at the next recovery.
         let waited: BoxFuture<'static, Result<ExitStatus, String>> =

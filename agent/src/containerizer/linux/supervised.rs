@@ -12,8 +12,8 @@ use strata_proto::CommandInfo;
 
 use super::LinuxContainerizer;
 use crate::cgroup::TaskCgroup;
+use crate::containerizer::supervisor::{self, TaskSpec};
 use crate::containerizer::{ContainerizerError, ExitStatus, LaunchSpec};
-use crate::supervisor::TaskSpec;
 
 /// How long the launcher may take to answer a request with a supervisor's pid.
 const ANSWER_LIMIT: Duration = Duration::from_secs(10);
@@ -53,7 +53,7 @@ impl LinuxContainerizer {
         let (gid, groups) = if command.group.is_empty() && user.name.is_empty() {
             (user.gid.as_raw(), vec![user.gid.as_raw()])
         } else if command.group.is_empty() {
-            (user.gid.as_raw(), crate::supervisor::groups_of(&user))
+            (user.gid.as_raw(), supervisor::groups_of(&user))
         } else {
             let gid = match command.group.parse::<u32>() {
                 Ok(gid) => gid,
@@ -93,8 +93,8 @@ impl LinuxContainerizer {
             task_id: task_id.to_owned(),
             reason,
         };
-        crate::supervisor::parse_capabilities(&command.capabilities).map_err(invalid)?;
-        let rlimits = crate::supervisor::rlimits_from(&command.rlimits).map_err(invalid)?;
+        supervisor::parse_capabilities(&command.capabilities).map_err(invalid)?;
+        let rlimits = supervisor::rlimits_from(&command.rlimits).map_err(invalid)?;
         // The task's user must be able to reach its sandbox: the agent's own directories on
         // the way are made traversable (not listable) for everyone.
         let mut dir = sandbox.parent();
@@ -326,10 +326,9 @@ fn numeric_user(uid: u32) -> nix::unistd::User {
 }
 
 /// A `strata-agent launcher` process: single-threaded, it keeps one supervisor forked ahead of
-/// time, with its namespaces set up, that takes the next request (see
-/// [`crate::supervisor`]), which saves a program start and the namespace setup per task. It
-/// ends when its socket closes (the agent is gone); the supervisors it forked are their own
-/// sessions and live on.
+/// time, with its namespaces set up, that takes the next request (see [`supervisor`]), which
+/// saves a program start and the namespace setup per task. It ends when its socket closes (the
+/// agent is gone); the supervisors it forked are their own sessions and live on.
 #[derive(Debug)]
 pub(super) struct Launcher {
     /// Non-blocking, watched by the runtime.
