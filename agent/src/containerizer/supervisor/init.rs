@@ -112,7 +112,8 @@ pub(super) fn make_mounts_private() -> Result<(), SupervisorError> {
 }
 
 /// The rest of the init, for one task: its sandbox's tmp, hostname, network, then the command;
-/// see the module docs. Runs after [`enter_namespaces`].
+/// see the module docs. Runs after [`enter_namespaces`], single-threaded; each step runs only
+/// when the ones before it succeeded, in this order.
 ///
 /// `busy` (a spare's pipe to the launcher) is closed once the command has started or failed to.
 pub(super) fn task_init(
@@ -120,17 +121,51 @@ pub(super) fn task_init(
     spec: &TaskSpec,
     busy: Option<OwnedFd>,
 ) -> Result<u8, SupervisorError> {
-    // The run directory may be covered by the mounts below (a work dir in /tmp): keep it open
-    // and reach it through /proc/self/fd (this pid namespace's /proc).
-    let run_fd = nix::fcntl::open(
-        run_dir,
+    let run_fd = open_run_dir(run_dir)?;
+    private_tmp(spec)?;
+    set_hostname(spec)?;
+    isolate_network(spec)?;
+    let creds = credentials(run_dir, spec)?;
+    let waited = catch_signals()?;
+    let procs = open_cgroup_procs(spec)?;
+    let (mut cmd, outputs) = command(spec)?;
+    // Single-threaded here (the init starts no threads). The cgroups first: joining them
+    // needs the privileges dropped next.
+    crate::sys::join_cgroups_before_exec_std(&mut cmd, procs);
+    crate::sys::drop_privileges_before_exec(&mut cmd, creds);
+    let Some(main) = start(cmd, busy) else {
+        return Ok(127);
+    };
+    let status = supervise_command(&run_fd, main, &waited, outputs, spec)?;
+    // The exit is recorded and the logs are complete: tell the agent (it may be gone, a
+    // broken pipe: then it reads the exit file when it recovers).
+    if status.is_some() {
+        report_launch(EXITED_LINE.trim_end());
+    }
+    Ok(exit_code(status))
+}
+
+/// Opens `dir` as an `O_PATH` descriptor (closed on exec).
+fn open_path(dir: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::open(
+        dir,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(nix_sys(format!(
+}
+
+/// The run directory may be covered by the mounts below (a work dir in /tmp): it is kept open
+/// and reached through /proc/self/fd (this pid namespace's /proc).
+fn open_run_dir(run_dir: &Path) -> Result<OwnedFd, SupervisorError> {
+    open_path(run_dir).map_err(nix_sys(format!(
         "open the run directory {}",
         run_dir.display()
-    )))?;
+    )))
+}
+
+/// Mounts the sandbox's `tmp` (made, and owned by the task's user) on `/tmp` and `/var/tmp`;
+/// when that covers the sandbox itself (a work dir in /tmp), binds it back on its path.
+fn private_tmp(spec: &TaskSpec) -> Result<(), SupervisorError> {
     let tmp = spec.cwd.join("tmp");
     fs::create_dir_all(&tmp).map_err(sys(format!("create {}", tmp.display())))?;
     nix::unistd::chown(
@@ -140,17 +175,23 @@ pub(super) fn task_init(
     )
     .map_err(nix_sys(format!("chown {}", tmp.display())))?;
     // The sandbox stays reachable at its path even when /tmp is covered (a work dir in /tmp).
-    let sandbox_fd = nix::fcntl::open(
-        &spec.cwd,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(nix_sys(format!("open the sandbox {}", spec.cwd.display())))?;
+    let sandbox_fd = open_path(&spec.cwd)
+        .map_err(nix_sys(format!("open the sandbox {}", spec.cwd.display())))?;
+    bind_tmp(&tmp)?;
+    if !spec.cwd.is_dir() {
+        bind_sandbox_back(spec, &sandbox_fd)?;
+    }
+    drop(sandbox_fd);
+    Ok(())
+}
+
+/// Binds `tmp` on `/tmp` (required) and `/var/tmp` (a warning when it fails).
+fn bind_tmp(tmp: &Path) -> Result<(), SupervisorError> {
     for target in ["/tmp", "/var/tmp"] {
         // Only real directories (not symlinks); a host without one just lacks it.
         if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
             let bound = mount(
-                Some(&tmp),
+                Some(tmp),
                 target,
                 None::<&str>,
                 MsFlags::MS_BIND,
@@ -166,31 +207,49 @@ pub(super) fn task_init(
             }
         }
     }
-    if !spec.cwd.is_dir() {
-        use std::os::fd::AsRawFd as _;
-        fs::create_dir_all(&spec.cwd).map_err(sys(format!("recreate {}", spec.cwd.display())))?;
-        let source = format!("/proc/self/fd/{}", sandbox_fd.as_raw_fd());
-        mount(
-            Some(source.as_str()),
-            &spec.cwd,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(nix_sys(format!(
-            "bind the sandbox back on {}",
-            spec.cwd.display()
-        )))?;
-    }
-    drop(sandbox_fd);
+    Ok(())
+}
+
+/// Makes the sandbox's path again and binds the sandbox (open as `sandbox_fd`) on it.
+fn bind_sandbox_back(spec: &TaskSpec, sandbox_fd: &OwnedFd) -> Result<(), SupervisorError> {
+    use std::os::fd::AsRawFd as _;
+    fs::create_dir_all(&spec.cwd).map_err(sys(format!("recreate {}", spec.cwd.display())))?;
+    let source = format!("/proc/self/fd/{}", sandbox_fd.as_raw_fd());
+    mount(
+        Some(source.as_str()),
+        &spec.cwd,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(nix_sys(format!(
+        "bind the sandbox back on {}",
+        spec.cwd.display()
+    )))
+}
+
+/// The task's hostname: its id, cut to 64 bytes.
+fn set_hostname(spec: &TaskSpec) -> Result<(), SupervisorError> {
     let hostname: String = spec.task_id.chars().take(64).collect();
-    nix::unistd::sethostname(&hostname).map_err(nix_sys("set the hostname"))?;
+    nix::unistd::sethostname(&hostname).map_err(nix_sys("set the hostname"))
+}
+
+/// With network isolation: a network namespace of its own, with loopback up.
+fn isolate_network(spec: &TaskSpec) -> Result<(), SupervisorError> {
     if spec.network_isolation {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .map_err(nix_sys("unshare a network namespace"))?;
         crate::sys::loopback_up().map_err(sys("bring up loopback"))?;
     }
+    Ok(())
+}
 
+/// Who the command runs as and what it keeps: user, groups, capabilities and rlimits of the
+/// spec; an unknown capability or rlimit is an error naming the spec.
+fn credentials(
+    run_dir: &Path,
+    spec: &TaskSpec,
+) -> Result<crate::sys::Credentials, SupervisorError> {
     let keep = parse_capabilities(&spec.capabilities).map_err(|reason| SupervisorError::Spec {
         path: run_dir.join(SPEC_FILE),
         reason,
@@ -203,7 +262,18 @@ pub(super) fn task_init(
         })?;
         rlimits.push((resource, *value));
     }
+    Ok(crate::sys::Credentials {
+        uid: spec.uid,
+        gid: spec.gid,
+        groups: spec.groups.clone(),
+        keep,
+        rlimits,
+    })
+}
 
+/// Blocks the signals the init forwards to the command, and SIGCHLD, to read them from a
+/// signalfd; returns that set.
+fn catch_signals() -> Result<SigSet, SupervisorError> {
     let mut forwarded = SigSet::empty();
     for s in FORWARDED {
         forwarded.add(s);
@@ -211,8 +281,12 @@ pub(super) fn task_init(
     let mut waited = forwarded;
     waited.add(Signal::SIGCHLD);
     crate::sys::catch_for_sigwait(&waited).map_err(sys("set up signal forwarding"))?;
+    Ok(waited)
+}
 
-    // The command joins the task's cgroups before it runs (this init stays outside them).
+/// The task's `cgroup.procs` files, open for the command to join before it runs (this init
+/// stays outside them).
+fn open_cgroup_procs(spec: &TaskSpec) -> Result<Vec<OwnedFd>, SupervisorError> {
     let mut procs: Vec<OwnedFd> = Vec::with_capacity(spec.cgroup_procs.len());
     for file in &spec.cgroup_procs {
         let f = OpenOptions::new()
@@ -221,14 +295,18 @@ pub(super) fn task_init(
             .map_err(sys(format!("open {}", file.display())))?;
         procs.push(f.into());
     }
+    Ok(procs)
+}
+
+/// The command: argv, the whole environment, the sandbox as cwd, no stdin, stdout and stderr
+/// into pipes whose read ends (stdout's, stderr's) come with it.
+fn command(spec: &TaskSpec) -> Result<(Command, [File; 2]), SupervisorError> {
+    use std::os::unix::process::CommandExt as _;
     let (stdout_r, stdout_w) = nix::unistd::pipe().map_err(nix_sys("create a pipe"))?;
     let (stderr_r, stderr_w) = nix::unistd::pipe().map_err(nix_sys("create a pipe"))?;
     let mut cmd = Command::new(&spec.program);
-    {
-        use std::os::unix::process::CommandExt as _;
-        if let Some(argv0) = spec.argv.first() {
-            cmd.arg0(argv0);
-        }
+    if let Some(argv0) = spec.argv.first() {
+        cmd.arg0(argv0);
     }
     cmd.args(spec.argv.iter().skip(1))
         .env_clear()
@@ -237,26 +315,19 @@ pub(super) fn task_init(
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout_w))
         .stderr(Stdio::from(stderr_w));
-    // Single-threaded here (the init starts no threads). The cgroups first: joining them
-    // needs the privileges dropped next.
-    crate::sys::join_cgroups_before_exec_std(&mut cmd, procs);
-    crate::sys::drop_privileges_before_exec(
-        &mut cmd,
-        crate::sys::Credentials {
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups.clone(),
-            keep,
-            rlimits,
-        },
-    );
+    Ok((cmd, [File::from(stdout_r), File::from(stderr_r)]))
+}
+
+/// Starts the command and says so on the launch pipe (`started <pid>`, or `error <errno>`
+/// when it cannot start: the agent turns that into a launch failure naming the program and
+/// the error); then closes `busy`. Returns the command's pid.
+fn start(mut cmd: Command, busy: Option<OwnedFd>) -> Option<Pid> {
     let child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            // The agent turns this into a launch failure naming the program and the error.
             report_launch(&format!("error {}", e.raw_os_error().unwrap_or(0)));
             drop(busy);
-            return Ok(127);
+            return None;
         }
     };
     drop(cmd);
@@ -265,21 +336,34 @@ pub(super) fn task_init(
     drop(child);
     report_launch(&format!("started {}", main.as_raw()));
     drop(busy);
-    // One loop, no threads: forwards signals, reaps the namespace's processes and copies the
-    // command's stdout and stderr to the sandbox.
+    Some(main)
+}
+
+/// The init's one loop, no threads, until the command has ended and its output is drained:
+/// forwards signals to the command (`main`), reaps the namespace's processes, copies the
+/// command's stdout and stderr (`outputs`) to the sandbox, and records the command's exit in
+/// the run directory (`run_fd`). Returns how the command ended.
+fn supervise_command(
+    run_fd: &OwnedFd,
+    main: Pid,
+    waited: &SigSet,
+    outputs: [File; 2],
+    spec: &TaskSpec,
+) -> Result<Option<ExitStatus>, SupervisorError> {
     let signals = nix::sys::signalfd::SignalFd::with_flags(
-        &waited,
+        waited,
         nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
     )
     .map_err(nix_sys("watch signals"))?;
+    let [stdout_r, stderr_r] = outputs;
     let mut copiers = [
         Some(LogCopier::new(
-            File::from(stdout_r),
+            stdout_r,
             spec.stdout.clone(),
             spec.log_max_bytes,
         )),
         Some(LogCopier::new(
-            File::from(stderr_r),
+            stderr_r,
             spec.stderr.clone(),
             spec.log_max_bytes,
         )),
@@ -293,43 +377,15 @@ pub(super) fn task_init(
         if status.is_some() && copiers.iter().all(Option::is_none) {
             break;
         }
-        let timeout = match drain_until {
-            None => nix::poll::PollTimeout::NONE,
-            Some(until) => {
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                // Rounded up: never a busy loop over the last fraction of a millisecond.
-                nix::poll::PollTimeout::try_from(left + Duration::from_millis(1))
-                    .unwrap_or(nix::poll::PollTimeout::MAX)
-            }
+        let Some(timeout) = poll_timeout(drain_until) else {
+            break;
         };
-        let mut ready = [false; 3];
-        {
-            use nix::poll::{PollFd, PollFlags};
-            use std::os::fd::AsFd as _;
-            let mut fds = Vec::with_capacity(3);
-            let mut which = Vec::with_capacity(3);
-            if status.is_none() {
-                fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
-                which.push(0);
-            }
-            for (i, copier) in copiers.iter().enumerate() {
-                if let Some(c) = copier {
-                    fds.push(PollFd::new(c.from.as_fd(), PollFlags::POLLIN));
-                    which.push(i + 1);
-                }
-            }
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(nix_sys("wait for signals and output")(e)),
-            }
-            for (fd, i) in fds.iter().zip(which) {
-                ready[i] = fd.revents().is_some_and(|r| !r.is_empty());
-            }
-        }
+        let watch_signals = status.is_none().then_some(&signals);
+        let ready = match wait_ready(watch_signals, &copiers, timeout) {
+            Ok(ready) => ready,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(nix_sys("wait for signals and output")(e)),
+        };
         for (i, copier) in copiers.iter_mut().enumerate() {
             if ready[i + 1] && copier.as_mut().is_some_and(|c| !c.copy_some(&mut buf)) {
                 *copier = None;
@@ -338,56 +394,118 @@ pub(super) fn task_init(
         if !ready[0] {
             continue;
         }
-        let mut reap = false;
-        while let Ok(Some(info)) = signals.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGCHLD) => reap = true,
-                Ok(signal) => {
-                    let _ = kill(main, signal);
-                }
-                Err(_) => {}
-            }
-        }
-        if !reap {
+        if !forward_signals(&signals, main) {
             continue;
         }
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(waited) => {
-                    if waited.pid() == Some(main) {
-                        status = wait_status(waited);
-                    }
-                }
-            }
-        }
+        reap(main, &mut status);
         if let Some(status) = status {
-            let run_dir_now = {
-                use std::os::fd::AsRawFd as _;
-                PathBuf::from(format!("/proc/self/fd/{}", run_fd.as_raw_fd()))
-            };
-            if let Err(e) = checkpoint::write_atomic_volatile(
-                &run_dir_now.join(EXIT_FILE),
-                format_exit(status).as_bytes(),
-            ) {
-                return Err(SupervisorError::Sys {
-                    action: "record the task's exit status".to_owned(),
-                    source: io::Error::other(e.to_string()),
-                });
-            }
+            record_exit(run_fd, status)?;
             drain_until = Some(std::time::Instant::now() + Duration::from_millis(500));
         }
     }
-    // The exit is recorded and the logs are complete: tell the agent (it may be gone, a
-    // broken pipe: then it reads the exit file when it recovers).
-    if status.is_some() {
-        report_launch(EXITED_LINE.trim_end());
+    Ok(status)
+}
+
+/// How long the loop may wait: forever until the command has ended, then what is left of the
+/// drain (rounded up: never a busy loop over the last fraction of a millisecond); `None` once
+/// the drain is over.
+fn poll_timeout(drain_until: Option<std::time::Instant>) -> Option<nix::poll::PollTimeout> {
+    match drain_until {
+        None => Some(nix::poll::PollTimeout::NONE),
+        Some(until) => {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            Some(
+                nix::poll::PollTimeout::try_from(left + Duration::from_millis(1))
+                    .unwrap_or(nix::poll::PollTimeout::MAX),
+            )
+        }
     }
-    Ok(match status {
+}
+
+/// Polls the signalfd (when given) and the open log pipes; returns which are ready: the
+/// signalfd first, then stdout's and stderr's pipes.
+fn wait_ready(
+    signals: Option<&nix::sys::signalfd::SignalFd>,
+    copiers: &[Option<LogCopier>; 2],
+    timeout: nix::poll::PollTimeout,
+) -> nix::Result<[bool; 3]> {
+    use nix::poll::{PollFd, PollFlags};
+    use std::os::fd::AsFd as _;
+    let mut ready = [false; 3];
+    let mut fds = Vec::with_capacity(3);
+    let mut which = Vec::with_capacity(3);
+    if let Some(signals) = signals {
+        fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+        which.push(0);
+    }
+    for (i, copier) in copiers.iter().enumerate() {
+        if let Some(c) = copier {
+            fds.push(PollFd::new(c.from.as_fd(), PollFlags::POLLIN));
+            which.push(i + 1);
+        }
+    }
+    nix::poll::poll(&mut fds, timeout)?;
+    for (fd, i) in fds.iter().zip(which) {
+        ready[i] = fd.revents().is_some_and(|r| !r.is_empty());
+    }
+    Ok(ready)
+}
+
+/// Reads the pending signals: forwards each forwarded one to the command (`main`); returns
+/// whether a SIGCHLD came (children to reap).
+fn forward_signals(signals: &nix::sys::signalfd::SignalFd, main: Pid) -> bool {
+    let mut reap = false;
+    while let Ok(Some(info)) = signals.read_signal() {
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGCHLD) => reap = true,
+            Ok(signal) => {
+                let _ = kill(main, signal);
+            }
+            Err(_) => {}
+        }
+    }
+    reap
+}
+
+/// Reaps every process of the namespace that has ended; the command's (`main`) status goes
+/// into `status`.
+fn reap(main: Pid, status: &mut Option<ExitStatus>) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(waited) => {
+                if waited.pid() == Some(main) {
+                    *status = wait_status(waited);
+                }
+            }
+        }
+    }
+}
+
+/// Records the command's exit in `<run-dir>/exit`, atomically; the run directory is reached
+/// through `run_fd` (it may be covered by the task's mounts).
+fn record_exit(run_fd: &OwnedFd, status: ExitStatus) -> Result<(), SupervisorError> {
+    let run_dir_now = {
+        use std::os::fd::AsRawFd as _;
+        PathBuf::from(format!("/proc/self/fd/{}", run_fd.as_raw_fd()))
+    };
+    checkpoint::write_atomic_volatile(&run_dir_now.join(EXIT_FILE), format_exit(status).as_bytes())
+        .map_err(|e| SupervisorError::Sys {
+            action: "record the task's exit status".to_owned(),
+            source: io::Error::other(e.to_string()),
+        })
+}
+
+/// The init's own exit code: the command's code, or 128 + its signal; 1 when it has none.
+fn exit_code(status: Option<ExitStatus>) -> u8 {
+    match status {
         Some(ExitStatus::Code(c)) => u8::try_from(c & 0xff).unwrap_or(1),
         Some(ExitStatus::Signal(s)) => u8::try_from((128 + s) & 0xff).unwrap_or(1),
         None => 1,
-    })
+    }
 }
 
 /// Tells the agent a line through the launch pipe on stdout: whether the command started
