@@ -25,7 +25,10 @@ pub mod http;
 pub mod nofile;
 pub mod profile;
 pub mod status;
-#[allow(unsafe_code)]
+#[expect(
+    unsafe_code,
+    reason = "the syscall layer: the one module that does unsafe operations, each with its SAFETY comment"
+)]
 mod sys;
 pub mod usage;
 

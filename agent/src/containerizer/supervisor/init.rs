@@ -116,6 +116,10 @@ pub(super) fn make_mounts_private() -> Result<(), SupervisorError> {
 /// when the ones before it succeeded, in this order.
 ///
 /// `busy` (a spare's pipe to the launcher) is closed once the command has started or failed to.
+#[expect(
+    unsafe_code,
+    reason = "sets up the command's privileges through sys's unsafe fn, sound here: the init has one thread"
+)]
 pub(super) fn task_init(
     run_dir: &Path,
     spec: &TaskSpec,
@@ -129,10 +133,12 @@ pub(super) fn task_init(
     let waited = catch_signals()?;
     let procs = open_cgroup_procs(spec)?;
     let (mut cmd, outputs) = command(spec)?;
-    // Single-threaded here (the init starts no threads). The cgroups first: joining them
-    // needs the privileges dropped next.
+    // The cgroups first: joining them needs the privileges dropped next.
     crate::sys::join_cgroups_before_exec_std(&mut cmd, procs);
-    crate::sys::drop_privileges_before_exec(&mut cmd, creds);
+    // SAFETY: single-threaded: this init is a fork of the single-threaded launcher (or of the
+    // `supervise` mode, checked to have one thread) and starts no thread, and `cmd` is spawned
+    // here, by this thread.
+    unsafe { crate::sys::drop_privileges_before_exec(&mut cmd, creds) };
     let Some(main) = start(cmd, busy) else {
         return Ok(127);
     };

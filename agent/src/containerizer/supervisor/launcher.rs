@@ -3,8 +3,9 @@
 //! request, and the `supervise <run-dir>` mode, which runs one as its own child. See the
 //! parent module's docs.
 //!
-//! Both run single-threaded (the agent binary enters these modes before it starts any thread),
-//! which is what makes their `fork`s and namespace changes sound.
+//! Both run single-threaded (the agent binary enters these modes before it starts any thread,
+//! and their entry points check that it did), which is what makes their `fork`s, namespace and
+//! signal changes sound; the spares they fork start no thread either.
 
 use std::fs::File;
 use std::io::{self, Write as _};
@@ -32,8 +33,9 @@ const SPARE_TOOK: &[u8] = b"t";
 const SPARE_RETIRED: &[u8] = b"r";
 
 /// `strata-agent supervise <run-dir>`; see the module docs. Returns the process's exit code.
+/// Refuses to run in a process with other threads (it forks).
 pub fn supervise_main(run_dir: &Path) -> u8 {
-    match supervise(run_dir) {
+    match only_thread("supervise").and_then(|()| supervise(run_dir)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("strata-agent supervise: error: {e}");
@@ -43,9 +45,34 @@ pub fn supervise_main(run_dir: &Path) -> u8 {
     }
 }
 
+/// Checks that this process has no other thread, for the `mode` that forks and changes
+/// process-wide state.
+fn only_thread(mode: &str) -> Result<(), SupervisorError> {
+    if crate::sys::single_threaded() {
+        return Ok(());
+    }
+    Err(SupervisorError::Sys {
+        action: format!("run the {mode} mode"),
+        source: io::Error::other(
+            "this process has other threads (or /proc is missing); it forks, so it runs only as a process of its own (strata-agent MODE)",
+        ),
+    })
+}
+
+/// Runs the task's supervisor and init as a child in a pid namespace of its own, waits for
+/// it, and records its status when it recorded none. Runs single-threaded (checked by
+/// [`supervise_main`]).
+#[expect(
+    unsafe_code,
+    reason = "forks and unshares through sys's unsafe fns, sound here: this process has one thread"
+)]
 fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
-    crate::sys::unshare_pid_namespace().map_err(sys("unshare a pid namespace"))?;
-    let init = match crate::sys::fork_supervisor().map_err(sys("start the task's init"))? {
+    // SAFETY: single-threaded: supervise_main checked that this process has one thread, and
+    // nothing here starts one.
+    unsafe { crate::sys::unshare_pid_namespace() }.map_err(sys("unshare a pid namespace"))?;
+    // SAFETY: as above, this process has a single thread.
+    let forked = unsafe { crate::sys::fork_supervisor() };
+    let init = match forked.map_err(sys("start the task's init"))? {
         None => std::process::exit(i32::from(init_main(run_dir))),
         Some(pid) => pid,
     };
@@ -83,8 +110,9 @@ fn supervise(run_dir: &Path) -> Result<(), SupervisorError> {
 /// for each (pid 1 of a new pid namespace, in a session of its own, stdout the launch pipe,
 /// stderr `<run-dir>/supervisor.log`) and answers with its pid. Ends when the socket closes.
 /// Returns the process's exit code.
+/// Refuses to run in a process with other threads (it forks).
 pub fn launcher_main() -> u8 {
-    match launcher() {
+    match only_thread("launcher").and_then(|()| launcher()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("strata-agent launcher: error: {e}");
@@ -93,12 +121,21 @@ pub fn launcher_main() -> u8 {
     }
 }
 
+/// The launcher's loop: one spare forked ahead of time, replaced once it has taken a request
+/// and started its command, or has retired. Runs single-threaded (checked by
+/// [`launcher_main`]).
+#[expect(
+    unsafe_code,
+    reason = "forks, unshares and sets SIGCHLD through sys's unsafe fns, sound here: this process has one thread"
+)]
 fn launcher() -> Result<(), SupervisorError> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd as _;
     // Supervisors are not waited for here (the agent watches them through pidfds): let the
     // kernel reap them.
-    crate::sys::set_sigchld(true).map_err(sys("ignore SIGCHLD"))?;
+    // SAFETY: launcher_main checked that this process has one thread; the launcher starts
+    // none, and reaps nothing itself.
+    unsafe { crate::sys::set_sigchld(true) }.map_err(sys("ignore SIGCHLD"))?;
     // The agent raised its own open-file limit; supervisors and tasks get the host's.
     crate::nofile::restore_for_tasks().map_err(nix_sys("restore the tasks' open-file limit"))?;
     // Each supervisor is pid 1 of a pid namespace of its own, made just before its fork; this
@@ -112,15 +149,18 @@ fn launcher() -> Result<(), SupervisorError> {
         // task runs rather than while it starts.
         let (busy_r, busy_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(nix_sys("create the launcher's pipe"))?;
-        crate::sys::unshare_pid_namespace().map_err(sys("unshare a pid namespace"))?;
-        let forked = crate::sys::fork_supervisor();
+        // SAFETY: single-threaded (checked by launcher_main; the launcher starts no thread).
+        unsafe { crate::sys::unshare_pid_namespace() }.map_err(sys("unshare a pid namespace"))?;
+        // SAFETY: single-threaded, as above.
+        let forked = unsafe { crate::sys::fork_supervisor() };
         if let Ok(None) = forked {
             drop(busy_r);
             drop(own_pid_ns);
             std::process::exit(i32::from(spare_main(busy_w)));
         }
         drop(busy_w);
-        crate::sys::set_pid_namespace_for_children(&own_pid_ns)
+        // SAFETY: single-threaded, as above.
+        unsafe { crate::sys::set_pid_namespace_for_children(&own_pid_ns) }
             .map_err(sys("restore the launcher's pid namespace for its children"))?;
         forked.map_err(sys("fork a supervisor"))?;
         let mut said: Option<u8> = None;
@@ -158,10 +198,16 @@ fn launcher() -> Result<(), SupervisorError> {
 /// namespace, it enters its other namespaces, then takes the next request from the launcher's
 /// socket (stdin), answers it with its pid and becomes that task's supervisor and init.
 /// Returns the process's exit code.
+#[expect(
+    unsafe_code,
+    reason = "restores SIGCHLD and takes a received descriptor through sys's unsafe fns, sound here"
+)]
 fn spare_main(busy: OwnedFd) -> u8 {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
     use std::os::unix::ffi::OsStrExt as _;
-    let _ = crate::sys::set_sigchld(false);
+    // SAFETY: a fork of the single-threaded launcher has one thread, and this init reaps its
+    // children itself (it needs SIGCHLD back at its default for that).
+    let _ = unsafe { crate::sys::set_sigchld(false) };
     let _ = nix::unistd::setsid();
     // A spare goes with its launcher (else it would keep the socket open, and the agent would
     // not see that the launcher is gone); a task's supervisor outlives both.
@@ -220,7 +266,9 @@ fn spare_main(busy: OwnedFd) -> u8 {
             let _ = send(socket, b"error: no launch pipe", MsgFlags::MSG_NOSIGNAL);
             continue;
         };
-        let report = crate::sys::own_received_fd(fd);
+        // SAFETY: the kernel installed `fd` in this process for this message (SCM_RIGHTS, with
+        // MSG_CMSG_CLOEXEC); nothing else refers to it, and it is taken once.
+        let report = unsafe { crate::sys::own_received_fd(fd) };
         break (
             PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n])),
             report,
