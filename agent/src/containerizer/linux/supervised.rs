@@ -176,7 +176,10 @@ impl LinuxContainerizer {
     /// Writes the task's spec, has the launcher fork its supervisor, and waits until the init
     /// says the command started. Returns the supervisor's pid and a future that resolves when
     /// it has recorded the task's exit, or is gone.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one launch, each used once; a struct for them would only be unpacked here"
+    )]
     pub(super) async fn start_supervised(
         &self,
         spec: &LaunchSpec,
