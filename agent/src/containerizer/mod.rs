@@ -11,7 +11,7 @@
 //! - Ids are checked before they become path components (no `/`, `.`, `..`, NUL).
 //! - A task's sandbox is `<work_dir>/sandboxes/<framework_id>/<task_id>/` (its cwd, with its
 //!   `stdout` and `stderr`) and its run directory `<work_dir>/runs/<framework_id>/<task_id>/`.
-//! - A launch that fails removes what it made ([`undo_launch`]) except the agent's own
+//! - A launch that fails removes what it made (`undo_launch`) except the agent's own
 //!   checkpoint of the task, which goes once the failure is acknowledged.
 
 pub mod linux;

@@ -1,8 +1,8 @@
 //! Per-task usage records: every reporting interval (1 s by default) the [`Collector`] reads
 //! each running task's cgroup files and the eBPF counters of its unified cgroup and makes one
-//! [`TaskUsage`] per task. [`run`] does it on a timer, keeps the latest records in
-//! [`LatestUsage`] (served by the agent's HTTP server) and hands them to the agent's core, which
-//! streams them to the allocator.
+//! [`TaskUsage`](strata_proto::TaskUsage) per task. [`run`] does it on a timer, keeps the
+//! latest records in [`LatestUsage`] (served by the agent's HTTP server) and hands them to the
+//! agent's core, which streams them to the allocator.
 //!
 //! Where the figures come from:
 //! - cgroup v2 (pure v2 hosts): `cpu.stat`, `cpu.max`, `memory.{current,peak,stat,max,high,events}`,
@@ -21,7 +21,8 @@
 //! no CPU in its last full interval cannot have changed its CPU time, run-queue waits,
 //! anonymous memory, pids or io, so its previous record stands and costs one eBPF map lookup
 //! instead of some fifteen file reads: the [`UsageReport`] shares it (not `fresh`) and whoever
-//! reads the report carries it forward to the report's time ([`TaskUsage::carry_forward`]).
+//! reads the report carries it forward to the report's time
+//! ([`TaskUsage::carry_forward`](strata_proto::TaskUsage::carry_forward)).
 //! Every task is still read in full at least every [`Collector::full_every`] intervals (30; and
 //! always without eBPF), which also refreshes what can change while a task sleeps (network
 //! bytes received for it, page cache reclaimed from it, PSI averages). Limits, which the agent

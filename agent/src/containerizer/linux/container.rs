@@ -84,7 +84,7 @@ pub(super) async fn pidfd_exited(pidfd: OwnedFd) -> Result<ExitStatus, String> {
     Ok(ExitStatus::Code(0))
 }
 
-/// A task run by [`LinuxContainerizer`].
+/// A task run by [`super::LinuxContainerizer`].
 #[derive(Debug)]
 pub(super) struct LinuxContainer {
     pub(super) task_id: String,

@@ -7,7 +7,7 @@
 //! - `supervised.rs`: a launch under a supervisor: the task's spec (user, groups,
 //!   capabilities, rlimits, environment), the agent's end of the `strata-agent launcher`
 //!   process, and the launch pipe that says the command started.
-//! - `container.rs`: [`LinuxContainer`], the reaper that waits for a task, records how it ended
+//! - `container.rs`: `LinuxContainer`, the reaper that waits for a task, records how it ended
 //!   and removes its cgroup, and kill (SIGTERM, grace, then the whole cgroup).
 //!
 //! Invariants:
