@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use strata_agent::cgroup::{self, CgroupBackend, RootPlacement};
+use strata_agent::containerizer::linux::{LinuxConfig, LinuxContainerizer};
 use strata_agent::containerizer::{Containerizer as _, ExitStatus, LaunchSpec};
-use strata_agent::linux::{LinuxConfig, LinuxContainerizer};
 use strata_proto::{CommandInfo, Resource, TaskInfo, names};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -5,10 +5,10 @@
 //!
 //! Start one with [`run`]; see `agent` for the invariants it keeps.
 //!
-//! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks),
-//! [`linux`] (the isolating containerizer), [`cgroup`] (its cgroup v2 and hybrid backends),
-//! [`supervisor`] (the per-task supervisor and init that outlive the agent), `sys` (the small
-//! syscall layer, the only module with `unsafe`),
+//! Modules: [`discovery`] (what the host offers), [`containerizer`] (launching tasks;
+//! [`containerizer::linux`] isolates them, [`containerizer::supervisor`] is the per-task
+//! supervisor and init that outlive the agent), [`cgroup`] (its cgroup v2 and hybrid
+//! backends), `sys` (the small syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
 //! [`ebpf`] (the kernel-side programs), [`usage`] (per-task usage records), [`http`] (the
 //! agent's own HTTP server: /health, /usage, /metrics), `connection` (the stream to the
@@ -23,12 +23,13 @@ pub mod discovery;
 pub mod ebpf;
 pub mod flags;
 pub mod http;
-pub mod linux;
 pub mod nofile;
 pub mod profile;
 pub mod status;
-pub mod supervisor;
-#[allow(unsafe_code)]
+#[expect(
+    unsafe_code,
+    reason = "the syscall layer: the one module that does unsafe operations, each with its SAFETY comment"
+)]
 mod sys;
 pub mod usage;
 

@@ -15,12 +15,12 @@ fn main() -> ExitCode {
     let mut raw = std::env::args_os().skip(1);
     match (raw.next().as_deref().and_then(|a| a.to_str()), raw.next()) {
         (Some("supervise"), Some(run_dir)) => {
-            return ExitCode::from(strata_agent::supervisor::supervise_main(
+            return ExitCode::from(strata_agent::containerizer::supervisor::supervise_main(
                 std::path::Path::new(&run_dir),
             ));
         }
         (Some("launcher"), None) => {
-            return ExitCode::from(strata_agent::supervisor::launcher_main());
+            return ExitCode::from(strata_agent::containerizer::supervisor::launcher_main());
         }
         _ => {}
     }

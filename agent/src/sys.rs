@@ -1,9 +1,17 @@
 //! The agent's small syscall layer: what runs in a task's first process between `fork` and
-//! `exec` (`pre_exec` hooks). This is the only module of the agent allowed `unsafe` code.
+//! `exec` (`pre_exec` hooks), forking and namespaces, pidfds, a loopback ioctl, extended
+//! attributes. This is the only module of the agent that does `unsafe` operations; each
+//! `unsafe` block says why it is sound (`// SAFETY:`).
 //!
 //! Code in a `pre_exec` hook runs in the child of a multi-threaded parent, so it may only make
 //! async-signal-safe calls: no allocation, no locks, no logging. Everything it needs (open file
 //! descriptors, C strings) is prepared by the parent before the fork and moved into the hook.
+//!
+//! What is sound only in some callers is an `unsafe fn` whose `# Safety` section says what the
+//! caller must guarantee: most of them that the process is **single-threaded** (the launcher
+//! and the processes it forks, which start no threads), so that a fork copies a process whose
+//! every lock is free and process-wide state (namespaces for children, signal dispositions)
+//! changes under no other thread's feet.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -46,15 +54,26 @@ pub fn join_cgroups_before_exec_std(cmd: &mut std::process::Command, procs: Vec<
 }
 
 /// Moves the calling process's future children into a new pid namespace (the first becomes
-/// its init). Call it only in a single-threaded process (the launcher).
-pub fn unshare_pid_namespace() -> io::Result<()> {
+/// its init).
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (the launcher, or the `supervise` mode): every
+/// child forked from now on, by any thread, lands in the new namespace, whose first child is
+/// its init and whose end makes further forks fail.
+pub unsafe fn unshare_pid_namespace() -> io::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
         .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
 /// Puts the calling process's future children back into the pid namespace `ns` (an open
 /// `/proc/self/ns/pid` of this process), after [`unshare_pid_namespace`] and a fork.
-pub fn set_pid_namespace_for_children(ns: &std::fs::File) -> io::Result<()> {
+///
+/// # Safety
+///
+/// As for [`unshare_pid_namespace`]: the calling process must be single-threaded, since the
+/// namespace of every child it forks from now on, by any thread, changes.
+pub unsafe fn set_pid_namespace_for_children(ns: &std::fs::File) -> io::Result<()> {
     nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID).map_err(os_err)
 }
 
@@ -85,9 +104,12 @@ fn caps_err(e: caps::errors::CapsError) -> io::Error {
 /// user; capabilities dropped to `creds.keep` (also in the bounding set, and raised as ambient
 /// so a non-root user keeps them across exec); no_new_privs; rlimits.
 ///
-/// Must be called only in a **single-threaded** process (the task's init): the hook
-/// allocates, which is safe after fork only when no other thread can hold the allocator's lock.
-pub fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds: Credentials) {
+/// # Safety
+///
+/// `cmd` must be spawned by a **single-threaded** process (the task's init): the hook
+/// allocates and calls into libc between fork and exec, which is sound only when no other
+/// thread can have held a lock (the allocator's among them) at the fork.
+pub unsafe fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds: Credentials) {
     use std::os::unix::process::CommandExt as _;
     let hook = move || -> io::Result<()> {
         use caps::CapSet;
@@ -123,9 +145,9 @@ pub fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds: Crede
         }
         Ok(())
     };
-    // SAFETY: the caller guarantees a single-threaded parent, so the hook's allocations and
-    // libc calls cannot deadlock on a lock held by another thread at fork time; it changes only
-    // the child's own credentials.
+    // SAFETY: the caller guarantees a single-threaded parent (this function's precondition), so
+    // the hook's allocations and libc calls cannot deadlock on a lock held by another thread at
+    // fork time; it changes only the child's own credentials.
     unsafe {
         cmd.pre_exec(hook);
     }
@@ -222,17 +244,38 @@ pub fn watch_socket(socket: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Owne
 }
 
 /// Takes ownership of a descriptor received with `SCM_RIGHTS`.
-pub fn own_received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
+///
+/// # Safety
+///
+/// `fd` must be open and owned by nothing else in this process (a descriptor the kernel just
+/// installed for a received message is), and must not be closed elsewhere afterwards.
+pub unsafe fn own_received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
     use std::os::fd::FromRawFd as _;
-    // SAFETY: the kernel installed this descriptor in this process for this message only;
-    // nothing else refers to it.
+    // SAFETY: the caller guarantees that `fd` is open and that nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Whether the calling process has exactly one thread (`Threads:` in `/proc/self/status`);
+/// false when that cannot be read.
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
+}
+
 /// Forks the (single-threaded) launcher: `None` in the child, the child's pid in the parent.
-pub fn fork_supervisor() -> io::Result<Option<nix::unistd::Pid>> {
-    // SAFETY: only the launcher calls this, and it has a single thread, so the child is a
-    // complete copy that may run any code.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (the launcher, or the `supervise` mode): the
+/// child, a copy of the calling thread only, goes on to run any code (allocating, taking
+/// locks), which is sound only when no other thread can have held a lock at the fork.
+pub unsafe fn fork_supervisor() -> io::Result<Option<nix::unistd::Pid>> {
+    // SAFETY: the caller guarantees a single thread (this function's precondition), so the
+    // child is a complete copy that may run any code.
     match unsafe { nix::unistd::fork() }.map_err(os_err)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
         nix::unistd::ForkResult::Child => Ok(None),
@@ -240,7 +283,14 @@ pub fn fork_supervisor() -> io::Result<Option<nix::unistd::Pid>> {
 }
 
 /// Ignores SIGCHLD (children are reaped by the kernel) or restores its default.
-pub fn set_sigchld(ignore: bool) -> io::Result<()> {
+///
+/// # Safety
+///
+/// The disposition is the whole process's: the calling process must be single-threaded, and
+/// nothing else in it may rely on SIGCHLD (while it is ignored, `wait` finds no children: a
+/// runtime that reaps its children through SIGCHLD, like tokio's, would break). The launcher
+/// and the spares it forks are such processes.
+pub unsafe fn set_sigchld(ignore: bool) -> io::Result<()> {
     use nix::sys::signal::{SigHandler, Signal, signal};
     let handler = if ignore {
         SigHandler::SigIgn

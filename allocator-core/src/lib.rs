@@ -121,7 +121,7 @@ pub enum CoreError {
 /// A message the edge must deliver.
 // Commands live only from the core's outbox to the edge, moved once each: boxing the large
 // launch message would cost an allocation per task for no gain.
-#[allow(clippy::large_enum_variant)]
+#[expect(clippy::large_enum_variant, reason = "see the comment above")]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Send a message to the agent on stream `conn`.
@@ -563,7 +563,6 @@ impl Core {
     }
 
     /// An update the allocator makes up: no uuid, source ALLOCATOR.
-    #[allow(clippy::too_many_arguments)]
     fn allocator_status(
         now: Duration,
         framework_id: &FrameworkId,

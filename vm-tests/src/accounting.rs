@@ -19,7 +19,7 @@
 //! - /metrics: the agent's HTTP router serves the records of a spinning task and its CPU
 //!   seconds move from one scrape to the next.
 //!
-//! [`LinuxContainerizer`]: strata_agent::linux::LinuxContainerizer
+//! [`LinuxContainerizer`]: strata_agent::containerizer::linux::LinuxContainerizer
 
 use std::io::Read as _;
 use std::net::TcpListener;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use strata_agent::cgroup::{self, CgroupBackend, CpuStats, RootPlacement};
+use strata_agent::containerizer::linux::{LinuxConfig, LinuxContainerizer};
 use strata_agent::containerizer::{Container, Containerizer as _, ExitStatus, LaunchSpec};
-use strata_agent::linux::{LinuxConfig, LinuxContainerizer};
 use strata_proto::{CommandInfo, Resource, TaskInfo, names};
 
 /// The longest any task of a scenario may run.

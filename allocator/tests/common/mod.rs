@@ -4,7 +4,7 @@
 //! HTTP/1.1 client. Every wait is bounded by a timeout so a bug fails a test instead of hanging
 //! it.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use std::future::Future;
 use std::net::SocketAddr;

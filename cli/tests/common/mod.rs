@@ -1,7 +1,7 @@
 //! A real cluster for end-to-end tests: `strata-allocator` and `strata-agent` started as
 //! processes on loopback, each in a temp dir, killed (with every task they started) on drop.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use std::collections::VecDeque;
 use std::net::TcpListener;

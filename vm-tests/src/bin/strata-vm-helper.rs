@@ -50,12 +50,14 @@ fn main() -> Result<()> {
     // The agent's per-task modes, so tests can use this binary as the tasks' supervisor.
     match args.as_slice() {
         [mode, run_dir] if mode == "supervise" => {
-            std::process::exit(i32::from(strata_agent::supervisor::supervise_main(
-                Path::new(run_dir),
-            )));
+            std::process::exit(i32::from(
+                strata_agent::containerizer::supervisor::supervise_main(Path::new(run_dir)),
+            ));
         }
         [mode] if mode == "launcher" => {
-            std::process::exit(i32::from(strata_agent::supervisor::launcher_main()));
+            std::process::exit(i32::from(
+                strata_agent::containerizer::supervisor::launcher_main(),
+            ));
         }
         _ => {}
     }

@@ -1,0 +1,150 @@
+//! The agent's checkpoint of each task and recovery from it after a restart.
+//!
+//! Invariants:
+//! - Every launched task is checkpointed in its run directory (`task.pb`, then `updates.pb`
+//!   with its latest status and unacknowledged updates, written before each update is sent), so
+//!   a restarted agent re-attaches to the tasks still running under their supervisors, reports
+//!   the exits that happened while it was down exactly once, and resends what was not
+//!   acknowledged. A torn or corrupt checkpoint is logged as a clear error and the task is
+//!   recovered from what else is known; it is never dropped while it runs.
+
+use std::time::Instant;
+
+use strata_proto::{TaskInfo, TaskReason, TaskState, TaskStatus};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::Agent;
+use super::Task;
+use super::tasks::watch;
+use crate::checkpoint;
+use crate::status::TaskKey;
+
+impl Agent {
+    /// Writes the task's latest status and unacknowledged updates to its run directory.
+    pub(super) fn persist(&self, key: &TaskKey) {
+        let Some(task) = self.tasks.get(key) else {
+            return;
+        };
+        if crate::cgroup::check_name(&key.framework_id).is_err()
+            || crate::cgroup::check_name(&key.task_id).is_err()
+        {
+            return;
+        }
+        let run =
+            crate::containerizer::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id);
+        if !run.join(checkpoint::TASK_FILE).is_file() {
+            return;
+        }
+        let pending = self.updates.pending_updates(key);
+        if let Err(e) = checkpoint::save_updates(&run, &task.latest, &pending) {
+            tracing::error!(framework_id = %key.framework_id, task_id = %key.task_id, error = %e,
+                "cannot checkpoint the task's status updates; after an agent restart they may be lost");
+        }
+    }
+
+    /// Re-attaches to the tasks checkpointed under the work dir by an earlier agent: restores
+    /// their latest status and unacknowledged updates, and watches the ones still running (or
+    /// reports how they ended while the agent was down).
+    pub(super) fn recover_tasks(&mut self) {
+        let runs = self.config.work_dir.join("runs");
+        let Ok(frameworks) = std::fs::read_dir(&runs) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut recovered = 0;
+        for fw in frameworks.flatten() {
+            let Ok(tasks) = std::fs::read_dir(fw.path()) else {
+                continue;
+            };
+            let framework_id = fw.file_name().to_string_lossy().into_owned();
+            for entry in tasks.flatten() {
+                let task_id = entry.file_name().to_string_lossy().into_owned();
+                let run = entry.path();
+                let has_checkpoint = run.join(checkpoint::TASK_FILE).exists();
+                if !has_checkpoint {
+                    continue;
+                }
+                let key = TaskKey::new(framework_id.clone(), task_id.clone());
+                let span = tracing::info_span!(parent: &self.span, "task",
+                    framework_id = %key.framework_id, task_id = %key.task_id);
+                let _entered = span.enter();
+                let info = match checkpoint::load_task(&run) {
+                    Ok(Some(info)) => info,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "recovering the task without its launch record");
+                        TaskInfo {
+                            task_id: task_id.clone(),
+                            ..TaskInfo::default()
+                        }
+                    }
+                };
+                let (latest, pending) = match checkpoint::load_updates(&run) {
+                    Ok(Some(updates)) => updates,
+                    Ok(None) => (
+                        TaskStatus {
+                            task_id: task_id.clone(),
+                            framework_id: framework_id.clone(),
+                            state: TaskState::Staging as i32,
+                            ..TaskStatus::default()
+                        },
+                        Vec::new(),
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "recovering the task without its checkpointed updates");
+                        (
+                            TaskStatus {
+                                task_id: task_id.clone(),
+                                framework_id: framework_id.clone(),
+                                state: TaskState::Running as i32,
+                                ..TaskStatus::default()
+                            },
+                            Vec::new(),
+                        )
+                    }
+                };
+                for status in pending {
+                    self.updates.restore(status, now);
+                }
+                let terminal = latest.state().is_terminal();
+                let (kill_tx, kill_rx) = mpsc::unbounded_channel();
+                self.tasks.insert(
+                    key.clone(),
+                    Task {
+                        info,
+                        latest,
+                        kill: (!terminal).then_some(kill_tx),
+                        span: span.clone(),
+                    },
+                );
+                recovered += 1;
+                if terminal {
+                    continue;
+                }
+                match self.containerizer.recover(&framework_id, &task_id) {
+                    Ok(container) => {
+                        tracing::info!(pid = ?container.pid(), "re-attached to a running task");
+                        tokio::spawn(
+                            watch(container, key, kill_rx, self.task_events.clone())
+                                .instrument(span.clone()),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-attach to the task");
+                        self.update(
+                            &key,
+                            TaskState::Failed,
+                            TaskReason::AgentRestarted,
+                            e.to_string(),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(tasks = recovered, "recovered tasks from the checkpoint");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The agent's wiring: [`run`] checks the configuration, picks the containerizer (the
+//! [`LinuxContainerizer`] with its cgroups and device control, or plain processes), and
+//! [`start`] loads the agent id, discovers the host, loads the eBPF programs, starts the HTTP
+//! server, the connection to the allocator and the usage collector, recovers the checkpointed
+//! tasks and runs the core loop until the agent stops.
+//!
+//! Invariants:
+//! - Start-up problems (a bad allocator address, an unusable work dir, a corrupt agent id,
+//!   failed discovery, cgroups that are required but cannot be set up) stop the agent with an
+//!   error before it connects; an unreachable allocator is retried forever.
+//! - Resources offered without isolation carry the attribute `isolation=none`.
+//! - eBPF programs that cannot load are a warning: the agent runs on without them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::{AgentInfo, Attribute};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+use tracing::{Instrument, Span};
+
+use super::{Agent, AgentConfig, AgentError, Isolation};
+use crate::cgroup::{CgroupBackend, CgroupError, RootPlacement};
+use crate::checkpoint;
+use crate::connection;
+use crate::containerizer::Containerizer;
+use crate::containerizer::linux::{LinuxConfig, LinuxContainerizer};
+use crate::containerizer::process::ProcessContainerizer;
+use crate::discovery::{self, Discovery, HostRoots, Overrides};
+use crate::status::StatusUpdateManager;
+use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop, UsageReport};
+
+/// How long to wait for a TCP connection to the allocator.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Loads the eBPF programs, attaching the per-cgroup ones at the task cgroups' unified root
+/// (`tasks_root`), or at the agent's own unified cgroup when tasks run without cgroups (they
+/// are the agent's children there); logs which attached. Failures are warnings that say what
+/// is missing: the agent runs on without them.
+async fn load_ebpf(roots: &HostRoots, tasks_root: Option<PathBuf>) -> Option<crate::ebpf::Ebpf> {
+    let Some(dir) =
+        tasks_root.or_else(|| discovery::unified_cgroup_dir(&roots.proc, &roots.cgroup))
+    else {
+        tracing::warn!(
+            cgroup_root = %roots.cgroup.display(),
+            "no unified (v2) cgroup hierarchy: eBPF accounting is off; mount cgroup2 (hybrid or pure v2) to enable it"
+        );
+        return None;
+    };
+    let started = Instant::now();
+    let loaded = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || crate::ebpf::Ebpf::load(&dir)
+    })
+    .await;
+    match loaded {
+        Ok(Ok(ebpf)) => {
+            // Ebpf::load logs each program's state itself.
+            tracing::info!(
+                cgroup = %dir.display(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "eBPF accounting loaded"
+            );
+            Some(ebpf)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(cgroup = %dir.display(), error = %e,
+                "eBPF accounting is off: the programs could not be loaded");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF accounting is off: the loader panicked");
+            None
+        }
+    }
+}
+
+/// Runs an agent until `shutdown` resolves or the allocator tells it to shut down; kills its
+/// tasks before returning. Errors only on start-up problems (bad address, unusable work dir,
+/// corrupt agent id, failed discovery); an unreachable allocator is retried forever.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    allocator_uri(&config.allocator)?;
+    tokio::fs::create_dir_all(&config.work_dir)
+        .await
+        .map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+    crate::nofile::raise_for_agent();
+    let (containerizer, cgroups) = containerizer_for(&config)?;
+    let mut config = config;
+    if cgroups.is_none()
+        && !config
+            .attributes
+            .iter()
+            .any(|(name, _)| name == "isolation")
+    {
+        // Frameworks see that this agent's resources are offered without isolation.
+        config
+            .attributes
+            .push(("isolation".to_owned(), "none".to_owned()));
+    }
+    let result = run_with_cgroups(config, containerizer.clone(), cgroups, shutdown).await;
+    if result.is_err() {
+        containerizer.cleanup();
+    }
+    result
+}
+
+/// The binary that supervises tasks; see [`AgentConfig::agent_exe`].
+fn supervisor_exe(config: &AgentConfig) -> Option<PathBuf> {
+    if let Some(exe) = &config.agent_exe {
+        return Some(exe.clone());
+    }
+    let me = std::env::current_exe().ok()?;
+    if me.file_name().is_some_and(|n| n == "strata-agent") {
+        return Some(me);
+    }
+    let sibling = me.with_file_name("strata-agent");
+    sibling.is_file().then_some(sibling)
+}
+
+/// The containerizer the configuration asks for, and its task cgroups (for usage records).
+fn containerizer_for(
+    config: &AgentConfig,
+) -> Result<(Arc<dyn Containerizer>, Cgroups), AgentError> {
+    if config.isolation == Isolation::None {
+        tracing::info!("tasks run as plain processes (--isolation none): no limits are enforced");
+        return Ok((
+            Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
+            None,
+        ));
+    }
+    let placement = config.root_placement();
+    let roots = &config.roots;
+    if let RootPlacement::Auto(name) = &placement {
+        ask_systemd_for_a_scope(roots, name);
+    }
+    match crate::cgroup::detect(&roots.proc, &roots.cgroup, &placement) {
+        Ok(backend) => {
+            let mut linux = LinuxConfig::new(config.work_dir.clone());
+            linux.default_pids_limit = config.default_pids_limit;
+            linux.supervisor_exe = supervisor_exe(config);
+            linux.default_user = config.task_user.clone();
+            linux.allow_root = config.allow_root_tasks;
+            match &linux.supervisor_exe {
+                Some(exe) => {
+                    tracing::info!(supervisor = %exe.display(), user = %linux.default_user,
+                    "tasks run under per-task supervisors with their own namespaces")
+                }
+                None => tracing::warn!(
+                    "no strata-agent binary to supervise tasks: tasks get cgroups but no namespaces; set AgentConfig::agent_exe"
+                ),
+            }
+            let backend: Arc<dyn CgroupBackend> = Arc::from(backend);
+            let mut containerizer = LinuxContainerizer::new(linux, backend.clone());
+            match crate::ebpf::DeviceControl::load() {
+                Ok(devices) => {
+                    tracing::info!(
+                        "device control on: tasks may use only the standard devices and the ones they name"
+                    );
+                    containerizer = containerizer.with_device_control(devices);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "device control is off: tasks can use every device node they can reach");
+                }
+            }
+            Ok((Arc::new(containerizer), Some(backend)))
+        }
+        Err(e) if config.isolation == Isolation::Auto && !cgroups_expected(&e) => {
+            tracing::warn!(error = %e, "tasks run as plain processes without limits (offered with the attribute isolation=none): this host gives the agent no cgroups; run it as root on a host with cgroup2 to isolate them");
+            Ok((
+                Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
+                None,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a failure to set up cgroups is a problem to fix rather than a host without them:
+/// the agent runs as root and a cgroup hierarchy is there. With `--isolation auto` the agent
+/// then refuses to start instead of offering resources it cannot isolate.
+fn cgroups_expected(e: &CgroupError) -> bool {
+    nix::unistd::geteuid().is_root() && !matches!(e, CgroupError::Unsupported { .. })
+}
+
+/// From a shell on a systemd host, with pure cgroup v2 and root, the agent asks systemd for a
+/// delegated scope of its own before it places its cgroups (see [`crate::cgroup::systemd`]);
+/// when it runs in a delegated cgroup already, or systemd cannot oblige, nothing changes and
+/// the cgroups go into a top-level cgroup instead.
+fn ask_systemd_for_a_scope(roots: &HostRoots, root_name: &str) {
+    use crate::cgroup::systemd;
+    if !systemd::running(&roots.run)
+        || !nix::unistd::geteuid().is_root()
+        || discovery::cgroup_mode(&roots.cgroup) != discovery::CgroupMode::V2
+    {
+        return;
+    }
+    let own = std::fs::read_to_string(roots.proc.join("self/cgroup")).unwrap_or_default();
+    let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return;
+    };
+    if systemd::delegated_ancestor(&roots.cgroup, own).is_some() {
+        return;
+    }
+    match systemd::enter_scope(&roots.cgroup, &roots.proc, root_name) {
+        Ok(outcome) => {
+            tracing::info!(unit = %systemd::scope_unit(root_name), ?outcome, "the agent runs in a delegated systemd scope")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot get a delegated scope from systemd: task cgroups go into a top-level cgroup instead")
+        }
+    }
+}
+
+/// The task cgroups of a containerizer that has them.
+type Cgroups = Option<Arc<dyn CgroupBackend>>;
+
+/// [`run`] with another containerizer (its tasks get no usage records: they are read from the
+/// task cgroups of the containerizer [`run`] makes).
+pub async fn run_with_containerizer(
+    config: AgentConfig,
+    containerizer: Arc<dyn Containerizer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    run_with_cgroups(config, containerizer, None, shutdown).await
+}
+
+async fn run_with_cgroups(
+    config: AgentConfig,
+    containerizer: Arc<dyn Containerizer>,
+    cgroups: Cgroups,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let span = tracing::info_span!("agent", agent_id = tracing::field::Empty);
+    let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
+    Box::pin(start(config, containerizer, cgroups, shutdown, span.clone()).instrument(span)).await
+}
+
+async fn start(
+    config: AgentConfig,
+    containerizer: Arc<dyn Containerizer>,
+    cgroups: Cgroups,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    span: Span,
+) -> Result<(), AgentError> {
+    let address = allocator_uri(&config.allocator)?;
+    let endpoint = allocator_endpoint(&config, &address)?;
+
+    tokio::fs::create_dir_all(&config.work_dir)
+        .await
+        .map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+    let agent_id = checkpoint::load_agent_id(&config.work_dir)?;
+    if let Some(id) = &agent_id {
+        span.record("agent_id", id.as_str());
+    }
+    let found = discover_host(&config)?;
+    // Held for the agent's life: dropping it detaches the programs.
+    let ebpf = start_ebpf(&config, cgroups.as_ref()).await;
+    // Loading parsed the kernel's BTF: give the memory that took back.
+    crate::sys::release_free_memory();
+    let latest_usage = LatestUsage::default();
+    if let Some(id) = &agent_id {
+        latest_usage.set_agent_id(id);
+    }
+    let (http_server, http_endpoint) =
+        start_http(&config, &address, &found.hostname, &latest_usage).await?;
+    let base_info = agent_info(&config, found, http_endpoint);
+
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+    let connection = tokio::spawn(
+        connection::maintain(
+            endpoint,
+            address.clone(),
+            config.reconnect_backoff_max,
+            conn_tx,
+        )
+        .instrument(span.clone()),
+    );
+    let (task_tx, task_rx) = mpsc::unbounded_channel();
+    let (running_tx, running_rx) = watch::channel(Arc::new(Vec::new()));
+    let (usage_tx, usage_rx) = mpsc::channel(2);
+    let usage_loop = start_usage(
+        &config,
+        cgroups.as_ref(),
+        running_rx,
+        ebpf.clone(),
+        latest_usage.clone(),
+        usage_tx,
+        &span,
+    );
+    let agent = Agent {
+        updates: StatusUpdateManager::new(config.status_update_retry),
+        config,
+        agent_id,
+        base_info,
+        tasks: HashMap::new(),
+        containerizer,
+        task_events: task_tx,
+        session: None,
+        stopping: None,
+        next_gc: Instant::now() + Duration::from_secs(60),
+        span,
+        running: running_tx,
+        latest_usage,
+    };
+    let containerizer = agent.containerizer.clone();
+    let mut agent = agent;
+    agent.recover_tasks();
+    agent.publish_running();
+    agent.run_loop(shutdown, conn_rx, task_rx, usage_rx).await;
+    connection.abort();
+    if let Some(task) = usage_loop {
+        task.abort();
+    }
+    if let Some(task) = http_server {
+        task.abort();
+    }
+    containerizer.cleanup();
+    Ok(())
+}
+
+/// The allocator's endpoint at `address` (see [`allocator_uri`]): connect timeout, no Nagle,
+/// HTTP/2 keep-alives.
+fn allocator_endpoint(config: &AgentConfig, address: &str) -> Result<Endpoint, AgentError> {
+    Ok(Endpoint::from_shared(address.to_owned())
+        .map_err(|e| AgentError::InvalidAllocatorAddress {
+            address: config.allocator.clone(),
+            reason: strata_common::error::chain(&e),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+/// Discovers what this host offers (with the configuration's overrides) and logs it.
+fn discover_host(config: &AgentConfig) -> Result<Discovery, AgentError> {
+    let overrides = Overrides {
+        hostname: config.hostname.clone(),
+        cpus: config.cpus,
+        mem_mib: config.mem_mib,
+        disk_mib: config.disk_mib,
+        ports: config.ports,
+    };
+    let found = discovery::discover(&config.roots, &config.work_dir, &overrides)?;
+    tracing::info!(
+        hostname = %found.hostname,
+        cpus = found.resources.cpus,
+        mem_mib = found.resources.mem_mib,
+        disk_mib = found.resources.disk_mib,
+        ports = ?found.resources.ports,
+        cgroup_mode = %found.kernel.cgroup_mode,
+        btf = found.kernel.btf,
+        kernel = %found.kernel.kernel_release,
+        work_dir = %config.work_dir.display(),
+        "discovered this host",
+    );
+    Ok(found)
+}
+
+/// The eBPF programs, unless the configuration turns them off (see [`load_ebpf`]).
+async fn start_ebpf(
+    config: &AgentConfig,
+    cgroups: Option<&Arc<dyn CgroupBackend>>,
+) -> Option<SharedEbpf> {
+    if config.ebpf {
+        load_ebpf(&config.roots, cgroups.and_then(|c| c.unified_root()))
+            .await
+            .map(|e| Arc::new(std::sync::Mutex::new(e)))
+    } else {
+        tracing::info!("eBPF accounting is off (--no-ebpf)");
+        None
+    }
+}
+
+/// With an HTTP listen address: binds it and serves /health, /usage and /metrics from a task
+/// of its own. Returns that task and the endpoint to register (empty without one).
+async fn start_http(
+    config: &AgentConfig,
+    address: &str,
+    hostname: &str,
+    latest_usage: &LatestUsage,
+) -> Result<(Option<JoinHandle<()>>, String), AgentError> {
+    let Some(addr) = config.http_listen else {
+        return Ok((None, String::new()));
+    };
+    let (listener, bound) = crate::http::bind(addr).await?;
+    let allocator = address.trim_start_matches("http://");
+    let advertised = crate::http::advertised_endpoint(bound, allocator, hostname).await;
+    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
+    let router = crate::http::router(crate::http::HttpState {
+        usage: latest_usage.clone(),
+        proc_root: config.roots.proc.clone(),
+    });
+    Ok((
+        Some(tokio::spawn(crate::http::serve(listener, router))),
+        advertised,
+    ))
+}
+
+/// What the agent registers with, without its id.
+fn agent_info(config: &AgentConfig, found: Discovery, http_endpoint: String) -> AgentInfo {
+    AgentInfo {
+        id: String::new(),
+        hostname: found.hostname,
+        resources: found.resources.to_proto(),
+        attributes: config
+            .attributes
+            .iter()
+            .map(|(name, value)| Attribute {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        kernel: Some(found.kernel),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        endpoint: http_endpoint,
+    }
+}
+
+/// Starts the usage collector on a task of its own, when tasks run in cgroups (the records are
+/// read from them).
+fn start_usage(
+    config: &AgentConfig,
+    cgroups: Option<&Arc<dyn CgroupBackend>>,
+    tasks: watch::Receiver<Arc<Vec<TaskRef>>>,
+    ebpf: Option<SharedEbpf>,
+    latest: LatestUsage,
+    to_core: mpsc::Sender<Arc<UsageReport>>,
+    span: &Span,
+) -> Option<JoinHandle<()>> {
+    let layout = cgroups.and_then(|c| Layout::of_backend(c.as_ref(), &config.roots.cgroup));
+    match layout {
+        Some(layout) => Some(tokio::spawn(
+            crate::usage::run(UsageLoop {
+                collector: Collector::new(layout),
+                interval: config.usage_interval,
+                tasks,
+                ebpf,
+                latest,
+                to_core,
+            })
+            .instrument(span.clone()),
+        )),
+        None => {
+            tracing::info!(
+                "no usage records: they are read from the task cgroups, and tasks run without cgroups"
+            );
+            None
+        }
+    }
+}
+
+/// `http://host:port` from a URL or a bare `host:port`.
+pub(super) fn allocator_uri(address: &str) -> Result<String, AgentError> {
+    let invalid = |reason: &str| AgentError::InvalidAllocatorAddress {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let trimmed = address.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    let uri = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let parsed: tonic::codegen::http::Uri = uri.parse().map_err(|e| invalid(&format!("{e}")))?;
+    match parsed.scheme_str() {
+        Some("http") => {}
+        Some(scheme) => {
+            return Err(invalid(&format!(
+                "scheme {scheme:?} is not supported (only http:// is, TLS is not built in yet)"
+            )));
+        }
+        None => return Err(invalid("it has no scheme")),
+    }
+    let authority = parsed
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| invalid("it has no host"))?;
+    Ok(format!("http://{authority}"))
+}

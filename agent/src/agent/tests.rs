@@ -1,0 +1,61 @@
+//! Tests of the agent's start-up: its configuration, addresses and the errors that stop it.
+
+use std::time::Duration;
+
+use super::start::allocator_uri;
+use super::*;
+use crate::checkpoint;
+
+#[test]
+fn allocator_addresses_are_normalized() {
+    assert_eq!(
+        allocator_uri("http://127.0.0.1:5050").unwrap(),
+        "http://127.0.0.1:5050"
+    );
+    assert_eq!(
+        allocator_uri("127.0.0.1:5050").unwrap(),
+        "http://127.0.0.1:5050"
+    );
+    assert_eq!(
+        allocator_uri(" http://alloc:5050/ ").unwrap(),
+        "http://alloc:5050"
+    );
+    let err = allocator_uri("https://alloc:5050").unwrap_err();
+    assert!(err.to_string().contains("only http://"), "{err}");
+    assert!(allocator_uri("").is_err());
+    assert!(allocator_uri("http://").is_err());
+}
+
+#[test]
+fn config_defaults_match_the_contract() {
+    let c = AgentConfig::new("http://127.0.0.1:5050", "/tmp/w");
+    assert_eq!(c.default_kill_grace_period, Duration::from_secs(3));
+    assert_eq!(c.status_update_retry, Duration::from_secs(10));
+    assert_eq!(c.reconnect_backoff_max, Duration::from_secs(5));
+    assert_eq!(c.ports, None);
+    assert!(c.attributes.is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupt_agent_id_stops_the_agent_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(checkpoint::AGENT_ID_FILE), "").unwrap();
+    let config = AgentConfig::new("127.0.0.1:1", dir.path());
+    let err = tokio::time::timeout(Duration::from_secs(10), run(config, std::future::pending()))
+        .await
+        .expect("run returns at once")
+        .unwrap_err();
+    assert!(matches!(err, AgentError::AgentId(_)), "{err:?}");
+    assert!(err.to_string().contains("agent_id"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_allocator_address_stops_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig::new("ftp://x", dir.path());
+    let err = run(config, std::future::pending()).await.unwrap_err();
+    assert!(
+        matches!(err, AgentError::InvalidAllocatorAddress { .. }),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,514 @@
+//! [`LinuxContainerizer`]: runs each task isolated in a cgroup of its own, with the limits its
+//! resources ask for (see [`crate::cgroup`]), and, with a supervisor binary, in namespaces of
+//! its own under a per-task supervisor (see [`super::supervisor`]) that outlives the agent.
+//!
+//! - `mod.rs`: [`LinuxConfig`], the limits of a task, launching (cgroup, device control, then
+//!   the command with or without a supervisor), re-attaching after an agent restart, cleanup.
+//! - `supervised.rs`: a launch under a supervisor: the task's spec (user, groups,
+//!   capabilities, rlimits, environment), the agent's end of the `strata-agent launcher`
+//!   process, and the launch pipe that says the command started.
+//! - `container.rs`: `LinuxContainer`, the reaper that waits for a task, records how it ended
+//!   and removes its cgroup, and kill (SIGTERM, grace, then the whole cgroup).
+//!
+//! Invariants:
+//! - A task's cgroup `<root>/containers/<framework-id>/<task-id>` exists with its limits written
+//!   before the task's first process runs; that process joins it between fork and exec, so
+//!   everything the command does and forks is limited from the start.
+//! - When the command's main process ends, whatever is left in the cgroup is killed, then the
+//!   cgroup is removed. An OOM kill in the cgroup is reported by [`Container::memory_oom`].
+//! - Kill = SIGTERM to every process in the cgroup, the grace period, then every process left
+//!   is killed at once (`cgroup.kill` on v2, freeze and SIGKILL on v1).
+//! - Sandboxes live under `<work_dir>/sandboxes` as with
+//!   [`ProcessContainerizer`](super::process::ProcessContainerizer); the agent removes them a
+//!   configurable time after the task ended ([`super::gc_sandboxes`]).
+
+mod container;
+mod supervised;
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use strata_proto::{CommandInfo, TaskInfo, names, scalar_sum};
+
+use crate::cgroup::{self, CgroupBackend, Limits, TaskCgroup};
+use crate::checkpoint;
+use crate::containerizer::{
+    Container, Containerizer, ContainerizerError, ExitStatus, LaunchSpec, Prepared, build_command,
+    checked_command, prepare_sandbox, supervisor,
+};
+use crate::ebpf::{DeviceControl, DeviceRule};
+use container::{DeviceGrant, GoneCgroup, LinuxContainer, pidfd_exited, spawn_reaper};
+use supervised::Launcher;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Settings of the [`LinuxContainerizer`].
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    /// Where sandboxes and run files live.
+    pub work_dir: PathBuf,
+    /// pids.max for tasks that set no `pids_limit`.
+    pub default_pids_limit: u64,
+    /// The `strata-agent` binary, run as the `launcher` that forks each task's supervisor and
+    /// init: tasks then get their own namespaces, user and capabilities. `None` runs
+    /// tasks as plain children of the agent in their cgroups only.
+    pub supervisor_exe: Option<PathBuf>,
+    /// The user tasks run as when their command names none.
+    pub default_user: String,
+    /// Whether tasks may run as root (uid 0).
+    pub allow_root: bool,
+    /// stdout and stderr are each rotated when they would pass this size.
+    pub log_max_bytes: u64,
+}
+
+impl LinuxConfig {
+    /// Defaults: 4096 processes per task, no supervisor, user `nobody`, root refused, logs
+    /// rotated at 10 MiB.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            work_dir: work_dir.into(),
+            default_pids_limit: 4096,
+            supervisor_exe: None,
+            default_user: "nobody".to_owned(),
+            allow_root: false,
+            log_max_bytes: 10 << 20,
+        }
+    }
+}
+
+/// The cgroup limits a task asks for.
+pub fn limits_for(task: &TaskInfo, default_pids_limit: u64) -> Limits {
+    let cpus = scalar_sum(&task.resources, names::CPUS);
+    let mem = scalar_sum(&task.resources, names::MEM);
+    let positive = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
+    Limits {
+        cpus: positive(cpus),
+        cpu_limit: task.cpu_limit.and_then(positive),
+        mem_bytes: positive(mem).map(|m| (m * MIB) as u64),
+        mem_soft_bytes: task
+            .mem_soft_limit_mib
+            .and_then(positive)
+            .map(|m| (m * MIB) as u64),
+        pids_max: Some(if task.pids_limit > 0 {
+            task.pids_limit
+        } else {
+            default_pids_limit
+        }),
+    }
+}
+
+/// Runs tasks in cgroups of their own; see the module docs.
+#[derive(Debug, Clone)]
+pub struct LinuxContainerizer {
+    config: LinuxConfig,
+    cgroups: Arc<dyn CgroupBackend>,
+    devices: Option<Arc<Mutex<DeviceControl>>>,
+    /// The device program's attachment to an empty cgroup ([`cgroup::DEVICE_KEEPER_DIR`]) that
+    /// lives as long as the agent: the kernel enables its cgroup-device hook (a static key,
+    /// patched into the code on every cpu) when the first program is attached and disables it
+    /// when the last goes; with this one always there, tasks attaching and detaching theirs
+    /// do not patch the kernel's code at every launch and teardown.
+    device_keeper: Arc<Mutex<Option<(PathBuf, strata_agent_common::CgroupId)>>>,
+    /// Forks supervisors ahead of time (started on the first supervised launch).
+    launcher: Arc<tokio::sync::Mutex<Option<Launcher>>>,
+    agent_user: String,
+    agent_uid: String,
+}
+
+impl LinuxContainerizer {
+    /// A containerizer creating task cgroups through `cgroups`.
+    pub fn new(mut config: LinuxConfig, cgroups: Arc<dyn CgroupBackend>) -> Self {
+        // Supervisors run elsewhere than the agent's cwd: every path they get is absolute.
+        if let Ok(absolute) = std::path::absolute(&config.work_dir) {
+            config.work_dir = absolute;
+        }
+        let uid = nix::unistd::geteuid();
+        let agent_user = match nix::unistd::User::from_uid(uid) {
+            Ok(Some(user)) => user.name,
+            _ => uid.to_string(),
+        };
+        Self {
+            config,
+            cgroups,
+            devices: None,
+            device_keeper: Arc::new(Mutex::new(None)),
+            launcher: Arc::new(tokio::sync::Mutex::new(None)),
+            agent_user,
+            agent_uid: uid.to_string(),
+        }
+    }
+
+    /// Restricts every task to the standard devices plus the ones it names, with a cgroup_device
+    /// program attached to its cgroup.
+    #[must_use]
+    pub fn with_device_control(mut self, devices: DeviceControl) -> Self {
+        self.devices = Some(Arc::new(Mutex::new(devices)));
+        self
+    }
+
+    /// Attaches the device program to a task's cgroup with its rules; returns what the reaper
+    /// needs to undo it.
+    fn allow_devices(
+        &self,
+        task: &TaskInfo,
+        cg: &dyn TaskCgroup,
+    ) -> Result<Option<DeviceGrant>, ContainerizerError> {
+        let task_id = task.task_id.as_str();
+        let mut extra = Vec::new();
+        for path in &task.devices {
+            extra.push(DeviceRule::for_node(Path::new(path)).map_err(|reason| {
+                ContainerizerError::InvalidTask {
+                    task_id: task_id.to_owned(),
+                    reason,
+                }
+            })?);
+        }
+        let Some(devices) = &self.devices else {
+            return Ok(None);
+        };
+        let Some(dir) = cg.unified_dir() else {
+            return Ok(None);
+        };
+        let mut control = devices.lock().map_err(|_| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason: "the device control lock is poisoned".to_owned(),
+        })?;
+        self.keep_device_hook(&mut control);
+        let id = control
+            .allow(&dir, &extra)
+            .map_err(|e| ContainerizerError::InvalidTask {
+                task_id: task_id.to_owned(),
+                reason: format!("cannot set up its device control: {e}"),
+            })?;
+        Ok(Some((devices.clone(), id)))
+    }
+
+    /// Attaches the device program to the empty keeper cgroup once (see `device_keeper`); a
+    /// failure only costs speed, and is retried at the next launch.
+    fn keep_device_hook(&self, control: &mut DeviceControl) {
+        let Ok(mut keeper) = self.device_keeper.lock() else {
+            return;
+        };
+        if keeper.is_some() {
+            return;
+        }
+        let Some(root) = self.cgroups.unified_root() else {
+            return;
+        };
+        let dir = root.join(cgroup::DEVICE_KEEPER_DIR);
+        let attached = match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+        .and_then(|()| control.allow(&dir, &[]).map_err(|e| e.to_string()));
+        match attached {
+            Ok(id) => *keeper = Some((dir, id)),
+            Err(error) => {
+                tracing::debug!(dir = %dir.display(), %error, "cannot keep the device control hook enabled");
+            }
+        }
+    }
+
+    /// The cgroup backend.
+    pub fn cgroups(&self) -> &Arc<dyn CgroupBackend> {
+        &self.cgroups
+    }
+
+    async fn launch_task(
+        &self,
+        spec: &LaunchSpec,
+    ) -> Result<Box<dyn Container>, ContainerizerError> {
+        let task_id = spec.task.task_id.as_str();
+        let command = checked_command(spec)?;
+        if self.config.supervisor_exe.is_none()
+            && !command.user.is_empty()
+            && command.user != self.agent_user
+            && command.user != self.agent_uid
+        {
+            return Err(ContainerizerError::UserSwitch {
+                task_id: task_id.to_owned(),
+                user: command.user.clone(),
+                agent_user: self.agent_user.clone(),
+            });
+        }
+        let cgroup_err = |source| ContainerizerError::Cgroup {
+            task_id: task_id.to_owned(),
+            source,
+        };
+        let rel = cgroup::task_rel(&spec.framework_id, task_id).map_err(cgroup_err)?;
+        let Prepared {
+            sandbox,
+            run,
+            stdout,
+            stderr,
+        } = prepare_sandbox(&self.config.work_dir, spec).await?;
+        let limits = limits_for(&spec.task, self.config.default_pids_limit);
+        let cg: Arc<dyn TaskCgroup> =
+            Arc::from(self.cgroups.create(&rel, &limits).map_err(cgroup_err)?);
+        let devices = match self.allow_devices(&spec.task, cg.as_ref()) {
+            Ok(devices) => devices,
+            Err(e) => {
+                let _ = cg.destroy();
+                return Err(e);
+            }
+        };
+        let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
+            if self.config.supervisor_exe.is_some() {
+                // The supervisor opens the cgroup.procs files itself.
+                let result = self
+                    .start_supervised(spec, command, &sandbox, &run, cg.as_ref(), stdout, stderr)
+                    .await;
+                match result {
+                    Ok((pid, waited)) => (pid, waited, Some(run.join(supervisor::EXIT_FILE))),
+                    Err(e) => {
+                        let _ = cg.destroy();
+                        return Err(e);
+                    }
+                }
+            } else {
+                let (pid, waited) =
+                    self.start_plain(spec, command, &sandbox, cg.as_ref(), stdout, stderr)?;
+                (pid, waited, None)
+            };
+        let exit_rx = spawn_reaper(task_id.to_owned(), cg.clone(), devices, exit_file, waited);
+        let container = LinuxContainer {
+            task_id: task_id.to_owned(),
+            pid,
+            cgroup: cg,
+            exit: exit_rx,
+        };
+        if let Err(source) =
+            checkpoint::write_atomic_volatile(&run.join("pid"), pid.to_string().as_bytes())
+        {
+            let _ = container.kill_task(Duration::ZERO).await;
+            return Err(ContainerizerError::PidFile {
+                task_id: task_id.to_owned(),
+                source,
+            });
+        }
+        tracing::debug!(pid, sandbox = %sandbox.display(), cgroup = %container.cgroup.path().display(), "task started in its cgroup");
+        Ok(Box::new(container))
+    }
+
+    /// Without a supervisor: spawns the command as a plain child of the agent that joins the
+    /// task's cgroups between fork and exec. Returns its pid and a future that resolves when it
+    /// has exited; on a failure the task's cgroup is removed.
+    fn start_plain(
+        &self,
+        spec: &LaunchSpec,
+        command: &CommandInfo,
+        sandbox: &Path,
+        cg: &dyn TaskCgroup,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<(u32, BoxFuture<'static, Result<ExitStatus, String>>), ContainerizerError> {
+        let task_id = spec.task.task_id.as_str();
+        let cgroup_err = |source| ContainerizerError::Cgroup {
+            task_id: task_id.to_owned(),
+            source,
+        };
+        let mut procs: Vec<OwnedFd> = Vec::new();
+        for file in cg.procs_files() {
+            match OpenOptions::new().write(true).open(&file) {
+                Ok(f) => procs.push(f.into()),
+                Err(source) => {
+                    let _ = cg.destroy();
+                    return Err(cgroup_err(cgroup::CgroupError::Io {
+                        action: "open".to_owned(),
+                        path: file,
+                        source,
+                    }));
+                }
+            }
+        }
+        let (program, mut cmd) = build_command(spec, command, sandbox, stdout, stderr);
+        crate::sys::join_cgroups_before_exec(&mut cmd, procs);
+        cmd.process_group(0).kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                let _ = cg.destroy();
+                return Err(ContainerizerError::Spawn {
+                    task_id: task_id.to_owned(),
+                    program,
+                    source,
+                });
+            }
+        };
+        drop(cmd);
+        let Some(pid) = child.id() else {
+            let _ = cg.destroy();
+            return Err(ContainerizerError::Lost {
+                task_id: task_id.to_owned(),
+                reason: "the process exited before its pid could be read".to_owned(),
+            });
+        };
+        let waited: BoxFuture<'static, Result<ExitStatus, String>> = Box::pin(async move {
+            child
+                .wait()
+                .await
+                .map(|s| {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    match (s.code(), s.signal()) {
+                        (Some(code), _) => ExitStatus::Code(code),
+                        (None, Some(signal)) => ExitStatus::Signal(signal),
+                        (None, None) => ExitStatus::Code(-1),
+                    }
+                })
+                .map_err(|e| e.to_string())
+        });
+        Ok((pid, waited))
+    }
+}
+
+impl Containerizer for LinuxContainerizer {
+    fn launch<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Container>, ContainerizerError>> {
+        Box::pin(async move {
+            let launched = self.launch_task(spec).await;
+            if launched.is_err() {
+                crate::containerizer::undo_launch(&self.config.work_dir, spec).await;
+            }
+            launched
+        })
+    }
+
+    fn recover(
+        &self,
+        framework_id: &str,
+        task_id: &str,
+    ) -> Result<Box<dyn Container>, ContainerizerError> {
+        let lost = |reason: String| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason,
+        };
+        if self.config.supervisor_exe.is_none() {
+            return Err(lost(
+                "the agent restarted and tasks without a supervisor do not survive that".to_owned(),
+            ));
+        }
+        let run = crate::containerizer::run_dir(&self.config.work_dir, framework_id, task_id);
+        let rel = cgroup::task_rel(framework_id, task_id).map_err(|source| {
+            ContainerizerError::Cgroup {
+                task_id: task_id.to_owned(),
+                source,
+            }
+        })?;
+        let cg: Arc<dyn TaskCgroup> = match self.cgroups.open(&rel) {
+            Some(cg) => Arc::from(cg),
+            // Already removed: a placeholder whose removal is a no-op.
+            None => Arc::new(GoneCgroup(rel.clone())),
+        };
+        let exit_file = run.join(supervisor::EXIT_FILE);
+        let pid = supervisor::running_supervisor(&run).and_then(|p| i32::try_from(p).ok());
+        // The pidfd is opened after the check; a supervisor that exits in between leaves its
+        // exit file, and a reused pid fails the check at the next recovery.
+        let waited: BoxFuture<'static, Result<ExitStatus, String>> =
+            match pid.map(|p| (p, crate::sys::pidfd_open(p))) {
+                Some((_, Ok(pidfd))) => Box::pin(pidfd_exited(pidfd)),
+                _ if exit_file.is_file() => Box::pin(async { Ok(ExitStatus::Code(0)) }),
+                _ => {
+                    // Nothing to wait for and no status: the task is gone.
+                    let _ = cg.destroy();
+                    return Err(lost(
+                        "its supervisor is gone and recorded no exit status".to_owned(),
+                    ));
+                }
+            };
+        let task = checkpoint::load_task(&run)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let devices = self.allow_devices(&task, cg.as_ref()).unwrap_or_else(|e| {
+            tracing::warn!(task_id, error = %e, "cannot restore the task's device control");
+            None
+        });
+        let exit_rx = spawn_reaper(
+            task_id.to_owned(),
+            cg.clone(),
+            devices,
+            Some(exit_file),
+            waited,
+        );
+        tracing::info!(task_id, supervisor_pid = ?pid, "re-attached to the task");
+        Ok(Box::new(LinuxContainer {
+            task_id: task_id.to_owned(),
+            pid: pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            cgroup: cg,
+            exit: exit_rx,
+        }))
+    }
+
+    fn tasks_survive_the_agent(&self) -> bool {
+        self.config.supervisor_exe.is_some()
+    }
+
+    fn cleanup(&self) {
+        // The keeper's lock is let go before the device control's (taken in the other order
+        // by launches).
+        let kept = self.device_keeper.lock().ok().and_then(|mut k| k.take());
+        if let Some((dir, id)) = kept {
+            if let Some(devices) = &self.devices
+                && let Ok(mut control) = devices.lock()
+            {
+                control.forget(id);
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        // Only empty directories go: a task still running keeps its cgroup and the root.
+        for root in self.cgroups.roots() {
+            let tasks = root.join(cgroup::TASKS_DIR);
+            if let Ok(frameworks) = std::fs::read_dir(&tasks) {
+                for fw in frameworks.flatten() {
+                    if fw.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(fw.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&tasks);
+            let _ = std::fs::remove_dir(&root);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::Resource;
+
+    #[test]
+    fn limits_follow_the_resources_and_the_task() {
+        let task = TaskInfo {
+            resources: vec![
+                Resource::scalar(names::CPUS, 0.5),
+                Resource::scalar(names::MEM, 64.0),
+            ],
+            cpu_limit: Some(1.0),
+            mem_soft_limit_mib: Some(32.0),
+            ..TaskInfo::default()
+        };
+        let l = limits_for(&task, 100);
+        assert_eq!(l.cpus, Some(0.5));
+        assert_eq!(l.cpu_limit, Some(1.0));
+        assert_eq!(l.mem_bytes, Some(64 << 20));
+        assert_eq!(l.mem_soft_bytes, Some(32 << 20));
+        assert_eq!(l.pids_max, Some(100));
+        let none = limits_for(
+            &TaskInfo {
+                pids_limit: 7,
+                ..TaskInfo::default()
+            },
+            100,
+        );
+        assert_eq!(none.cpus, None);
+        assert_eq!(none.mem_bytes, None);
+        assert_eq!(none.pids_max, Some(7));
+    }
+}
