@@ -138,13 +138,11 @@ impl AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The allocator address cannot be used.
-    #[error(
-        "invalid allocator address {address:?}: {reason}; use a URL like http://127.0.0.1:5050 or host:port"
-    )]
+    #[error("{reason}")]
     InvalidAllocatorAddress {
         /// The address as configured.
         address: String,
-        /// What is wrong with it.
+        /// What is wrong with it and what to write instead.
         reason: String,
     },
     /// The work dir could not be created.

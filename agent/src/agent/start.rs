@@ -467,32 +467,8 @@ fn start_usage(
 
 /// `http://host:port` from a URL or a bare `host:port`.
 pub(super) fn allocator_uri(address: &str) -> Result<String, AgentError> {
-    let invalid = |reason: &str| AgentError::InvalidAllocatorAddress {
+    strata_common::parse::endpoint(address).map_err(|reason| AgentError::InvalidAllocatorAddress {
         address: address.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let trimmed = address.trim();
-    if trimmed.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    let uri = if trimmed.contains("://") {
-        trimmed.to_owned()
-    } else {
-        format!("http://{trimmed}")
-    };
-    let parsed: tonic::codegen::http::Uri = uri.parse().map_err(|e| invalid(&format!("{e}")))?;
-    match parsed.scheme_str() {
-        Some("http") => {}
-        Some(scheme) => {
-            return Err(invalid(&format!(
-                "scheme {scheme:?} is not supported (only http:// is, TLS is not built in yet)"
-            )));
-        }
-        None => return Err(invalid("it has no scheme")),
-    }
-    let authority = parsed
-        .authority()
-        .filter(|a| !a.host().is_empty())
-        .ok_or_else(|| invalid("it has no host"))?;
-    Ok(format!("http://{authority}"))
+        reason,
+    })
 }
