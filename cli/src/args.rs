@@ -15,7 +15,7 @@ pub const DEFAULT_ALLOCATOR: &str = "http://127.0.0.1:5050";
 #[command(name = "strata", version, propagate_version = true)]
 pub struct Cli {
     /// The allocator to talk to (a URL or host:port).
-    #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR)]
+    #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR, value_name = "ADDR", value_parser = parse::endpoint)]
     pub allocator: String,
 
     #[command(subcommand)]
@@ -303,7 +303,8 @@ mod tests {
             "--json",
         ])
         .expect("parses");
-        assert_eq!(cli.allocator, "127.0.0.1:6000");
+        // Read by the one parser of allocator addresses: the URL it is dialled at.
+        assert_eq!(cli.allocator, "http://127.0.0.1:6000");
         let Command::Ps(ps) = cli.command else {
             panic!("expected ps");
         };
