@@ -86,15 +86,7 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(listener) = metrics_listener {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                strata_allocator::metrics::serve_http(listener, metrics, std::future::pending())
-                    .await
-            {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
+        strata_allocator::metrics::spawn_http(listener, metrics.clone());
     }
     let http = flags::bind_optional(
         &args.allocator.mesos_listen,

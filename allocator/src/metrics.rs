@@ -424,6 +424,16 @@ pub fn router(metrics: Metrics) -> axum::Router {
     )
 }
 
+/// Serves `/metrics` on `listener` in a task of its own for the life of the process; a server
+/// that stops is logged as an error.
+pub fn spawn_http(listener: tokio::net::TcpListener, metrics: Metrics) {
+    tokio::spawn(async move {
+        if let Err(e) = serve_http(listener, metrics, std::future::pending()).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+}
+
 /// Serves [`router`] on `listener` until `shutdown` resolves.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{info, warn};
 
 use crate::args::{DEFAULT_ALLOCATOR, LocalArgs};
@@ -36,8 +37,55 @@ pub fn banner(url: &str, work_dir: &std::path::Path) -> String {
     )
 }
 
+/// An allocator and an agent running in this process.
+struct Running {
+    url: String,
+    work_dir: PathBuf,
+    mesos_url: Option<String>,
+    agent: JoinHandle<Result<(), strata_agent::AgentError>>,
+    allocator: JoinHandle<Result<(), strata_allocator::ServeError>>,
+    stop_agent: oneshot::Sender<()>,
+    stop_allocator: oneshot::Sender<()>,
+}
+
 /// Runs `strata local` until a signal; errors if either part fails.
 pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut running = start(args).await?;
+    info!(allocator = %running.url, work_dir = %running.work_dir.display(), "strata local started");
+    // A closed stdout does not stop the cluster: it keeps logging to stderr until a signal.
+    let mut printed = out!("{}", banner(&running.url, &running.work_dir));
+    if let Some(mesos_url) = &running.mesos_url {
+        printed = printed.and_then(|()| {
+            outln!(
+                "strata local: Mesos scheduler HTTP API on {mesos_url} (point Mesos frameworks at it)"
+            )
+        });
+    }
+    if let Err(e) = printed {
+        warn!("cannot print the banner: {e:#}");
+    }
+
+    // Run until a signal, or until one of the two stops on its own (an error).
+    let mut agent_done = None;
+    let mut allocator_done = None;
+    tokio::select! {
+        _ = sigint.recv() => eprintln!("strata local: interrupted; stopping the agent (killing its tasks), then the allocator"),
+        _ = sigterm.recv() => eprintln!("strata local: terminated; stopping the agent (killing its tasks), then the allocator"),
+        result = &mut running.agent => agent_done = Some(result),
+        result = &mut running.allocator => allocator_done = Some(result),
+    }
+    let stopped_by_signal = agent_done.is_none() && allocator_done.is_none();
+    stop(running, agent_done, allocator_done, &mut sigint).await?;
+    if stopped_by_signal {
+        eprintln!("strata local: stopped");
+    }
+    Ok(())
+}
+
+/// Binds the allocator's listeners and starts the allocator and the agent as `args` say.
+async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     let config = args.allocator.config();
     config.validate()?;
     let listener = strata_allocator::flags::bind(&args.listen).await?;
@@ -58,11 +106,6 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     // A local cluster goes away whole: its tasks end with it.
     agent_config.kill_tasks_on_shutdown = true;
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-
-    let (stop_allocator, allocator_stopped) = oneshot::channel::<()>();
-    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     // The allocator's registry (framework ids, weights, quota, reservations) survives a
     // restart of `strata local` with the same work dir.
     let registry = work_dir.join("allocator").join("registry.redb");
@@ -78,15 +121,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(listener) = metrics_listener {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                strata_allocator::metrics::serve_http(listener, metrics, std::future::pending())
-                    .await
-            {
-                warn!(error = %e, "metrics server stopped");
-            }
-        });
+        strata_allocator::metrics::spawn_http(listener, metrics.clone());
     }
     let http = strata_allocator::flags::bind_optional(
         &args.allocator.mesos_listen,
@@ -108,7 +143,9 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         extra: Some(strata_allocator::metrics::router(metrics.clone())),
         ..strata_allocator::mesos::HttpApi::new(listener)
     });
-    let mut allocator = tokio::spawn(strata_allocator::serve_with_http(
+    let (stop_allocator, allocator_stopped) = oneshot::channel::<()>();
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let allocator = tokio::spawn(strata_allocator::serve_with_http(
         listener,
         config,
         Box::new(store),
@@ -118,41 +155,35 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             let _ = allocator_stopped.await;
         },
     ));
-    let mut agent = tokio::spawn(strata_agent::run(agent_config, async move {
+    let agent = tokio::spawn(strata_agent::run(agent_config, async move {
         let _ = agent_stopped.await;
     }));
-    info!(allocator = %url, work_dir = %work_dir.display(), "strata local started");
-    // A closed stdout does not stop the cluster: it keeps logging to stderr until a signal.
-    let mut printed = out!("{}", banner(&url, &work_dir));
-    if let Some(mesos_url) = &mesos_url {
-        printed = printed.and_then(|()| {
-            outln!(
-                "strata local: Mesos scheduler HTTP API on {mesos_url} (point Mesos frameworks at it)"
-            )
-        });
-    }
-    if let Err(e) = printed {
-        warn!("cannot print the banner: {e:#}");
-    }
+    Ok(Running {
+        url,
+        work_dir,
+        mesos_url,
+        agent,
+        allocator,
+        stop_agent,
+        stop_allocator,
+    })
+}
 
-    // Run until a signal, or until one of the two stops on its own (an error).
-    let mut agent_done = None;
-    let mut allocator_done = None;
-    tokio::select! {
-        _ = sigint.recv() => eprintln!("strata local: interrupted; stopping the agent (killing its tasks), then the allocator"),
-        _ = sigterm.recv() => eprintln!("strata local: terminated; stopping the agent (killing its tasks), then the allocator"),
-        result = &mut agent => agent_done = Some(result),
-        result = &mut allocator => allocator_done = Some(result),
-    }
-
-    let stopped_by_signal = agent_done.is_none() && allocator_done.is_none();
-    // The agent first, so that its tasks are killed and their updates reach the allocator.
-    let _ = stop_agent.send(());
+/// Stops the agent (so that its tasks are killed and their updates reach the allocator), then
+/// the allocator, each within its time limit (a second Ctrl-C stops waiting for the agent);
+/// errors when either failed. `agent_done` and `allocator_done` are the ones that ended already.
+async fn stop(
+    mut running: Running,
+    agent_done: Option<Result<Result<(), strata_agent::AgentError>, JoinError>>,
+    allocator_done: Option<Result<Result<(), strata_allocator::ServeError>, JoinError>>,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let _ = running.stop_agent.send(());
     let agent_result = match agent_done {
         Some(result) => Some(result),
         None => {
             tokio::select! {
-                result = tokio::time::timeout(AGENT_STOP_WAIT, &mut agent) => result.ok(),
+                result = tokio::time::timeout(AGENT_STOP_WAIT, &mut running.agent) => result.ok(),
                 _ = sigint.recv() => {
                     eprintln!("strata local: interrupted again; not waiting for the agent");
                     None
@@ -161,19 +192,19 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         }
     };
     if agent_result.is_none() {
-        agent.abort();
+        running.agent.abort();
         warn!("the agent did not stop in time; its tasks may still be running");
     }
 
-    let _ = stop_allocator.send(());
+    let _ = running.stop_allocator.send(());
     let allocator_result = match allocator_done {
         Some(result) => Some(result),
-        None => tokio::time::timeout(ALLOCATOR_STOP_WAIT, &mut allocator)
+        None => tokio::time::timeout(ALLOCATOR_STOP_WAIT, &mut running.allocator)
             .await
             .ok(),
     };
     if allocator_result.is_none() {
-        allocator.abort();
+        running.allocator.abort();
         warn!("the allocator did not stop in time");
     }
 
@@ -190,9 +221,6 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
-    }
-    if stopped_by_signal {
-        eprintln!("strata local: stopped");
     }
     Ok(())
 }
