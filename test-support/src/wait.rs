@@ -84,8 +84,8 @@ pub async fn gone_soon(pid: u32) -> bool {
 }
 
 /// `child`'s exit status once it exits, looking every `every` for at most `limit`; `None` when it
-/// is still running then (it is left running: the caller decides whether to kill it).
-pub fn exited_within(
+/// was still running then, and has been SIGKILLed and reaped.
+pub fn reap_within(
     child: &mut Child,
     limit: Duration,
     every: Duration,
@@ -96,6 +96,8 @@ pub fn exited_within(
             return Ok(Some(status));
         }
         if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             return Ok(None);
         }
         std::thread::sleep(every);
