@@ -26,8 +26,9 @@ use strata_proto::{
     AgentInfo, CommandInfo, Filters, FrameworkInfo, Operation, Resource, TaskInfo, TaskState, call,
     event, operation,
 };
+use strata_test_support::StreamOptions;
 use strata_test_support::allocator::Allocator;
-use strata_test_support::fake_agent::{FakeAgent, StreamOptions};
+use strata_test_support::fake_agent::FakeAgent;
 use strata_test_support::framework::Framework;
 use strata_test_support::wait::bounded_for;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::fake_agent::{FakeAgent, StreamOptions};
+use crate::StreamOptions;
+use crate::fake_agent::FakeAgent;
 use crate::framework::Framework;
 use crate::wait::{STEP, bounded_for};
 

@@ -15,27 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::wait::{STEP, bounded_for};
-
-/// How a fake peer's stream is opened and read (a [`FakeAgent`]'s or a
-/// [`Framework`](crate::framework::Framework)'s).
-#[derive(Debug, Clone, Copy)]
-pub struct StreamOptions {
-    /// The queue of messages to send.
-    pub capacity: usize,
-    /// The longest any single step may take.
-    pub step: Duration,
-}
-
-impl Default for StreamOptions {
-    /// 64 queued messages, [`STEP`].
-    fn default() -> Self {
-        Self {
-            capacity: 64,
-            step: STEP,
-        }
-    }
-}
+use crate::StreamOptions;
+use crate::wait::bounded_for;
 
 /// `message` as an [`AgentMessage`].
 pub fn agent_msg(message: agent_message::Message) -> AgentMessage {

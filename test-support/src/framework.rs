@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::fake_agent::StreamOptions;
+use crate::StreamOptions;
 use crate::wait::bounded_for;
 
 /// A framework over a real Subscribe stream.

@@ -26,7 +26,29 @@ pub mod wait;
 #[cfg(feature = "allocator")]
 pub mod allocator;
 
+use std::time::Duration;
+
 pub use wait::{STEP, bounded};
+
+/// How a fake peer's stream is opened and read (a [`fake_agent::FakeAgent`]'s or a
+/// [`framework::Framework`]'s).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// The queue of messages to send.
+    pub capacity: usize,
+    /// The longest any single step may take.
+    pub step: Duration,
+}
+
+impl Default for StreamOptions {
+    /// 64 queued messages, [`STEP`].
+    fn default() -> Self {
+        Self {
+            capacity: 64,
+            step: STEP,
+        }
+    }
+}
 
 /// The cgroup placement of every agent the tests start, as the environment variable the agent
 /// reads and its value: the development machines are shared, and nothing may be created outside

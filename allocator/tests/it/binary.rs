@@ -7,9 +7,8 @@ use strata_proto::{
     Call, FrameworkInfo, GetQuotaRequest, ListAgentsRequest, ListFrameworksRequest,
     ListRolesRequest, QuotaInfo, Resource, SetQuotaRequest, SetWeightsRequest,
 };
-use strata_test_support::bounded;
-use strata_test_support::fake_agent::StreamOptions;
 use strata_test_support::framework::Framework;
+use strata_test_support::{StreamOptions, bounded};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
