@@ -5,92 +5,63 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use strata_agent::cgroup::Placement;
 use strata_agent::{AgentConfig, AgentError};
 use strata_proto::agent_message::Message as AgentMsg;
-use strata_proto::agent_service_server::{AgentService, AgentServiceServer};
-use strata_proto::allocator_message::{
-    AcknowledgeUpdate, KillTask, LaunchTask, Message as AllocMsg, Registered, Shutdown,
-};
+use strata_proto::allocator_message::{Message as AllocMsg, Shutdown};
 use strata_proto::{
-    AgentMessage, AllocatorMessage, CommandInfo, Resource, TaskInfo, TaskReason, TaskState,
-    TaskStatus, TaskUsage, names,
+    CommandInfo, Resource, TaskInfo, TaskReason, TaskState, TaskStatus, TaskUsage, names,
 };
+use strata_test_support::fake_allocator::{FakeAllocator, FakeAllocatorOptions};
+use strata_test_support::http::get;
+use strata_test_support::net::free_addr;
+use strata_test_support::wait::{gone_soon, process_gone};
+use strata_test_support::{CGROUP_PLACEMENT, STEP, init_tracing};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
 
-/// The longest any single expected event may take.
-const STEP: Duration = Duration::from_secs(10);
 const FRAMEWORK: &str = "fw-1";
 const ASSIGNED_ID: &str = "agent-1";
 
-type Outbound = mpsc::UnboundedSender<Result<AllocatorMessage, Status>>;
-
-/// Answers Register with Registered (assigning ASSIGNED_ID to a new agent) and hands every
-/// message, with its connection number, to the test.
-struct FakeAllocator {
-    inbound: mpsc::UnboundedSender<(u64, AgentMessage)>,
-    conns: Arc<Mutex<HashMap<u64, Outbound>>>,
-    next_conn: AtomicU64,
-}
-
-#[tonic::async_trait]
-impl AgentService for FakeAllocator {
-    type ConnectStream = UnboundedReceiverStream<Result<AllocatorMessage, Status>>;
-
-    async fn connect(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        let conn = self.next_conn.fetch_add(1, Ordering::SeqCst) + 1;
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.conns.lock().unwrap().insert(conn, tx.clone());
-        let inbound = self.inbound.clone();
-        let mut stream = request.into_inner();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = stream.message().await {
-                if let Some(AgentMsg::Register(register)) = &message.message {
-                    let id = register
-                        .info
-                        .as_ref()
-                        .map(|i| i.id.clone())
-                        .filter(|id| !id.is_empty())
-                        .unwrap_or_else(|| ASSIGNED_ID.to_owned());
-                    let _ = tx.send(Ok(AllocatorMessage {
-                        message: Some(AllocMsg::Registered(Registered {
-                            agent_id: id,
-                            heartbeat_interval_seconds: 0.2,
-                        })),
-                    }));
-                }
-                if inbound.send((conn, message)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+/// The fake allocator: assigns ASSIGNED_ID to a new agent, asks for heartbeats every 200 ms, and
+/// launches and kills FRAMEWORK's tasks.
+fn fake_options() -> FakeAllocatorOptions {
+    FakeAllocatorOptions {
+        assigned_id: ASSIGNED_ID.to_owned(),
+        heartbeat_interval_seconds: 0.2,
+        framework_id: FRAMEWORK.to_owned(),
     }
 }
 
+/// A fake allocator (what the tests drive, through `Deref`) and the agent under test.
 struct Harness {
-    addr: SocketAddr,
+    fake: FakeAllocator,
     work_dir: PathBuf,
     status_update_retry: Duration,
-    inbound: mpsc::UnboundedReceiver<(u64, AgentMessage)>,
-    conns: Arc<Mutex<HashMap<u64, Outbound>>>,
-    server: JoinHandle<()>,
     agent: Option<JoinHandle<Result<(), AgentError>>>,
     stop: Option<oneshot::Sender<()>>,
     /// An agent run as a separate `strata-agent` process (to be SIGKILLed).
     process: Option<std::process::Child>,
+}
+
+impl Deref for Harness {
+    type Target = FakeAllocator;
+
+    fn deref(&self) -> &FakeAllocator {
+        &self.fake
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut FakeAllocator {
+        &mut self.fake
+    }
 }
 
 fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> AgentConfig {
@@ -105,22 +76,13 @@ fn config(addr: SocketAddr, work_dir: &Path, status_update_retry: Duration) -> A
     // Real isolation (this machine runs the tests as root); a host that cannot is an error.
     config.isolation = strata_agent::Isolation::Cgroups;
     // A shared development machine: the agent's cgroups stay below the test's own cgroup.
-    config.cgroup_placement = strata_agent::cgroup::Placement::BelowOwn;
+    config.cgroup_placement =
+        Placement::parse(CGROUP_PLACEMENT.1).expect("the tests' cgroup placement");
     config.agent_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_strata-agent")));
     // Usage records every 200 ms, served on a free loopback port.
     config.usage_interval = Duration::from_millis(200);
     config.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config
-}
-
-/// Shows the agent's logs for failing tests (`RUST_LOG=debug` for more).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
 }
 
 impl Harness {
@@ -138,28 +100,10 @@ impl Harness {
     /// The fake allocator alone.
     async fn start_server(work_dir: &Path, status_update_retry: Duration) -> Result<Self> {
         init_tracing();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (inbound_tx, inbound) = mpsc::unbounded_channel();
-        let conns = Arc::new(Mutex::new(HashMap::new()));
-        let fake = FakeAllocator {
-            inbound: inbound_tx,
-            conns: conns.clone(),
-            next_conn: AtomicU64::new(0),
-        };
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(AgentServiceServer::new(fake))
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-        });
         let harness = Self {
-            addr,
+            fake: FakeAllocator::start(fake_options()).await?,
             work_dir: work_dir.to_path_buf(),
             status_update_retry,
-            inbound,
-            conns,
-            server,
             agent: None,
             stop: None,
             process: None,
@@ -174,6 +118,7 @@ impl Harness {
             .append(true)
             .open(self.work_dir.join("agent-process.log"))?;
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+            .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
             .arg("--allocator")
             .arg(format!("http://{}", self.addr))
             .arg("--work-dir")
@@ -184,8 +129,6 @@ impl Harness {
                 "200ms",
                 "--isolation",
                 "cgroups",
-                "--cgroup-placement",
-                "below-own",
                 "--no-ebpf",
             ])
             // Its HTTP endpoints on a free port: tests run agents side by side.
@@ -228,110 +171,6 @@ impl Harness {
             .context("the agent failed")
     }
 
-    /// The next message the agent sends that `pick` accepts.
-    async fn next<T>(
-        &mut self,
-        mut pick: impl FnMut(u64, &AgentMessage) -> Option<T>,
-    ) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let (conn, message) = tokio::time::timeout_at(deadline, self.inbound.recv())
-                .await
-                .context("timed out waiting for a message from the agent")?
-                .context("the fake allocator stopped")?;
-            if let Some(found) = pick(conn, &message) {
-                return Ok(found);
-            }
-        }
-    }
-
-    async fn next_register(&mut self) -> Result<(u64, strata_proto::agent_message::Register)> {
-        self.next(|conn, m| match &m.message {
-            Some(AgentMsg::Register(r)) => Some((conn, r.clone())),
-            _ => None,
-        })
-        .await
-    }
-
-    async fn next_update(&mut self) -> Result<TaskStatus> {
-        self.next(|_, m| match &m.message {
-            Some(AgentMsg::StatusUpdate(u)) => u.status.clone(),
-            _ => None,
-        })
-        .await
-    }
-
-    /// The next update, acknowledged.
-    async fn next_update_acked(&mut self) -> Result<TaskStatus> {
-        let status = self.next_update().await?;
-        self.ack(&status)?;
-        Ok(status)
-    }
-
-    /// Fails if the agent sends a status update within `window`, other than a resend of one of
-    /// `seen` (an acknowledgement may still be on its way when the window opens).
-    async fn expect_no_new_update(&mut self, window: Duration, seen: &[&TaskStatus]) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + window;
-        loop {
-            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
-                Err(_) => return Ok(()),
-                Ok(None) => bail!("the fake allocator stopped"),
-                Ok(Some((_, m))) => {
-                    if let Some(AgentMsg::StatusUpdate(u)) = m.message {
-                        let status = u.status.unwrap_or_default();
-                        if !seen.iter().any(|s| s.uuid == status.uuid) {
-                            bail!("unexpected status update {status:?}");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn send(&self, message: AllocMsg) -> Result<()> {
-        let conns = self.conns.lock().unwrap();
-        let latest = conns.keys().max().context("the agent never connected")?;
-        conns[latest]
-            .send(Ok(AllocatorMessage {
-                message: Some(message),
-            }))
-            .map_err(|_| anyhow!("the stream to the agent is closed"))
-    }
-
-    fn ack(&self, status: &TaskStatus) -> Result<()> {
-        self.send(AllocMsg::Acknowledge(AcknowledgeUpdate {
-            framework_id: status.framework_id.clone(),
-            task_id: status.task_id.clone(),
-            uuid: status.uuid.clone(),
-        }))
-    }
-
-    fn launch(&self, task: TaskInfo) -> Result<()> {
-        self.send(AllocMsg::LaunchTask(LaunchTask {
-            framework_id: FRAMEWORK.to_owned(),
-            task: Some(task),
-        }))
-    }
-
-    fn kill(&self, task_id: &str, grace_seconds: f64) -> Result<()> {
-        self.send(AllocMsg::KillTask(KillTask {
-            framework_id: FRAMEWORK.to_owned(),
-            task_id: task_id.to_owned(),
-            grace_period_seconds: Some(grace_seconds),
-        }))
-    }
-
-    /// Ends the latest stream from the allocator's side.
-    fn drop_stream(&self) -> Result<()> {
-        let mut conns = self.conns.lock().unwrap();
-        let latest = *conns.keys().max().context("the agent never connected")?;
-        let tx = conns.remove(&latest).context("no stream")?;
-        let _ = tx.send(Err(Status::unavailable(
-            "the fake allocator drops the stream",
-        )));
-        Ok(())
-    }
-
     fn pid_of(&self, task_id: &str) -> Result<u32> {
         let path = self
             .work_dir
@@ -354,7 +193,7 @@ impl Drop for Harness {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.server.abort();
+        self.fake.stop();
         // The agent may be cancelled mid-way with the runtime: remove its cgroups here.
         let config = config(self.addr, &self.work_dir, self.status_update_retry);
         if let Ok(cgroups) = strata_agent::cgroup::detect(
@@ -405,28 +244,6 @@ fn assert_update(status: &TaskStatus, task_id: &str, state: TaskState) -> Result
     );
     ensure!(status.uuid.len() == 16, "uuid {:?}", status.uuid);
     Ok(())
-}
-
-/// Whether `pid` is gone (or a zombie) within [`STEP`]: a task's supervisor reports the task's
-/// end just before it exits itself, so a terminal update can come a moment before that.
-async fn gone_soon(pid: u32) -> bool {
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !process_gone(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
-
-/// Gone, or dead and waiting to be reaped (a zombie, e.g. a supervisor orphaned by a killed
-/// agent, until init reaps it).
-fn process_gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,9 +571,7 @@ async fn a_shutdown_from_the_allocator_kills_tasks_and_stops_the_agent() -> Resu
 async fn an_unreachable_allocator_is_retried_until_it_appears() -> Result<()> {
     init_tracing();
     // Reserve a port, free it, start the agent against it, then start the allocator there.
-    let probe = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = probe.local_addr()?;
-    drop(probe);
+    let addr = free_addr();
     let dir = tempfile::tempdir()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = config(addr, dir.path(), Duration::from_millis(200));
@@ -767,20 +582,10 @@ async fn an_unreachable_allocator_is_retried_until_it_appears() -> Result<()> {
     ensure!(!agent.is_finished(), "the agent keeps retrying");
 
     let listener = TcpListener::bind(addr).await?;
-    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
-    let fake = FakeAllocator {
-        inbound: inbound_tx,
-        conns: Arc::new(Mutex::new(HashMap::new())),
-        next_conn: AtomicU64::new(0),
-    };
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(AgentServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
-    let (_, first) = tokio::time::timeout(STEP, inbound.recv())
-        .await?
+    let mut fake = FakeAllocator::serve(listener, fake_options())?;
+    let first = fake
+        .next(|_, m| Some(m.clone()))
+        .await
         .context("no message")?;
     ensure!(
         matches!(first.message, Some(AgentMsg::Register(_))),
@@ -788,7 +593,7 @@ async fn an_unreachable_allocator_is_retried_until_it_appears() -> Result<()> {
     );
     let _ = stop_tx.send(());
     tokio::time::timeout(STEP, agent).await???;
-    server.abort();
+    fake.stop();
     Ok(())
 }
 
@@ -983,32 +788,10 @@ async fn an_unacknowledged_update_is_resent_with_its_uuid_after_an_agent_restart
     h.stop_agent().await
 }
 
-/// `GET path` on `endpoint` (`host:port`) through hyper's HTTP/1.1 client: the status and the
-/// body.
+/// `GET path` on the agent's `endpoint` (`host:port`): the status and the body.
 async fn http_get(endpoint: &str, path: &str) -> Result<(u16, String)> {
-    use http_body_util::BodyExt as _;
-    let uri: hyper::Uri = format!("http://{endpoint}{path}")
-        .parse()
-        .with_context(|| format!("the agent's endpoint {endpoint:?} is not HOST:PORT"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-    let get = async {
-        let response = client
-            .get(uri)
-            .await
-            .with_context(|| format!("GET {path} on the agent at {endpoint}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .with_context(|| format!("reading the answer to GET {path} from {endpoint}"))?
-            .to_bytes();
-        Ok((status, String::from_utf8(body.to_vec())?))
-    };
-    tokio::time::timeout(STEP, get)
-        .await
-        .with_context(|| format!("GET {path} on the agent at {endpoint} timed out"))?
+    let page = get(endpoint, path).await?;
+    Ok((page.status, page.body))
 }
 
 /// user + system CPU seconds of `task` on the agent's /metrics page.

@@ -16,29 +16,32 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
+use strata_allocator::AllocatorConfig;
 use strata_allocator::mesos::HttpApi;
 use strata_allocator::mesos::recordio::Decoder;
-use strata_allocator::store::MemoryStore;
-use strata_allocator::{AllocatorConfig, Metrics, ServeError, serve_with_http};
-use strata_proto::agent_service_client::AgentServiceClient;
 use strata_proto::names::{CPUS, MEM};
-use strata_proto::scheduler_service_client::SchedulerServiceClient;
 use strata_proto::{
-    AgentInfo, AgentMessage, Call, CommandInfo, Event, Filters, FrameworkInfo, Operation, Resource,
-    TaskInfo, TaskSource, TaskState, TaskStatus, agent_message, allocator_message, call, event,
-    operation,
+    AgentInfo, CommandInfo, Filters, FrameworkInfo, Operation, Resource, TaskInfo, TaskState, call,
+    event, operation,
 };
+use strata_test_support::StreamOptions;
+use strata_test_support::allocator::Allocator;
+use strata_test_support::fake_agent::FakeAgent;
+use strata_test_support::framework::Framework;
+use strata_test_support::wait::bounded_for;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
 
 const STEP: Duration = Duration::from_secs(20);
+
+/// The fakes' streams: long queues, and [`STEP`] for each step.
+const STREAMS: StreamOptions = StreamOptions {
+    capacity: 1024,
+    step: STEP,
+};
 
 struct Args {
     agents: usize,
@@ -82,10 +85,10 @@ async fn run(args: Args) -> Result<()> {
     );
     let seconds = Duration::from_secs_f64(args.seconds);
 
-    let allocator = Allocator::start().await?;
+    let allocator = start_allocator().await?;
     let mut agents = Vec::new();
     for i in 0..args.agents {
-        agents.push(fake_agent(allocator.grpc, i).await?);
+        agents.push(fake_agent(&allocator, i).await?);
     }
     let grpc_offers = offers_grpc(&allocator, args.agents, seconds).await?;
     let http_offers = offers_http(&allocator, args.agents, seconds).await?;
@@ -94,8 +97,8 @@ async fn run(args: Args) -> Result<()> {
         a.abort();
     }
 
-    let allocator = Allocator::start().await?;
-    let agent = fake_agent(allocator.grpc, 0).await?;
+    let allocator = start_allocator().await?;
+    let agent = fake_agent(&allocator, 0).await?;
     let grpc_latency = latency_grpc(&allocator, args.launches).await?;
     let http_latency = latency_http(&allocator, args.launches).await?;
     allocator.shutdown().await?;
@@ -131,173 +134,40 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .map_err(|_| anyhow!("timed out after {STEP:?} waiting for {what}"))
+    bounded_for(STEP, what, fut).await
 }
 
-struct Allocator {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), ServeError>>,
-}
-
-impl Allocator {
-    async fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let grpc = listener.local_addr()?;
-        let http_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let http = http_listener.local_addr()?;
-        let config = AllocatorConfig {
-            framework_heartbeat_interval: Duration::from_secs(15),
-            ..AllocatorConfig::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with_http(
-            listener,
-            config,
-            Box::new(MemoryStore::default()),
-            Metrics::new(),
-            Some(HttpApi::new(http_listener)),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok(Self {
-            grpc,
-            http,
-            stop,
-            server,
-        })
-    }
-
-    async fn shutdown(self) -> Result<()> {
-        let _ = self.stop.send(());
-        bounded("the allocator to stop", self.server).await???;
-        Ok(())
-    }
-}
-
-async fn channel(addr: SocketAddr) -> Result<Channel> {
-    Ok(bounded(
-        "connect",
-        Endpoint::from_shared(format!("http://{addr}"))?.connect(),
-    )
-    .await??)
+/// An allocator with the default configuration (rarer framework heartbeats) and the Mesos HTTP
+/// API.
+async fn start_allocator() -> Result<Allocator> {
+    let config = AllocatorConfig {
+        framework_heartbeat_interval: Duration::from_secs(15),
+        ..AllocatorConfig::default()
+    };
+    let http = HttpApi::new(TcpListener::bind("127.0.0.1:0").await?);
+    Ok(Allocator::start_with(config, Some(http), None)
+        .await?
+        .with_step(STEP))
 }
 
 /// An agent that answers every launch with TASK_RUNNING then TASK_FINISHED.
-async fn fake_agent(addr: SocketAddr, i: usize) -> Result<JoinHandle<()>> {
-    let mut client = AgentServiceClient::new(channel(addr).await?);
-    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
-    let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-    let register = agent_message::Message::Register(agent_message::Register {
-        info: Some(AgentInfo {
-            hostname: format!("agent-{i}"),
-            resources: vec![Resource::scalar(CPUS, 16.0), Resource::scalar(MEM, 65536.0)],
-            ..AgentInfo::default()
-        }),
-        tasks: vec![],
-    });
-    tx.send(AgentMessage {
-        message: Some(register),
-    })
-    .await?;
-    let agent_id = match bounded("Registered", inbound.message())
-        .await??
-        .and_then(|m| m.message)
-    {
-        Some(allocator_message::Message::Registered(r)) => r.agent_id,
-        other => bail!("expected Registered, got {other:?}"),
+async fn fake_agent(allocator: &Allocator, i: usize) -> Result<JoinHandle<()>> {
+    let info = AgentInfo {
+        hostname: format!("agent-{i}"),
+        resources: vec![Resource::scalar(CPUS, 16.0), Resource::scalar(MEM, 65536.0)],
+        ..AgentInfo::default()
     };
-    Ok(tokio::spawn(async move {
-        while let Ok(Some(m)) = inbound.message().await {
-            let Some(allocator_message::Message::LaunchTask(launch)) = m.message else {
-                continue;
-            };
-            let Some(task) = launch.task else { continue };
-            for state in [TaskState::Running, TaskState::Finished] {
-                let status = TaskStatus {
-                    task_id: task.task_id.clone(),
-                    framework_id: launch.framework_id.clone(),
-                    agent_id: agent_id.clone(),
-                    state: state as i32,
-                    source: TaskSource::Agent as i32,
-                    uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
-                    exit_code: (state == TaskState::Finished).then_some(0),
-                    ..TaskStatus::default()
-                };
-                let update = agent_message::Message::StatusUpdate(agent_message::StatusUpdate {
-                    status: Some(status),
-                });
-                if tx
-                    .send(AgentMessage {
-                        message: Some(update),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    }))
+    let (agent, _) = FakeAgent::connect(allocator.channel().await?, info, STREAMS).await?;
+    Ok(agent.answer_launches())
 }
 
-/// A gRPC framework.
-struct GrpcFramework {
-    tx: mpsc::Sender<Call>,
-    rx: Streaming<Event>,
-    id: String,
-}
-
-impl GrpcFramework {
-    async fn subscribe(addr: SocketAddr, name: &str) -> Result<Self> {
-        let mut client = SchedulerServiceClient::new(channel(addr).await?);
-        let (tx, rx) = mpsc::channel(1024);
-        tx.send(Call {
-            framework_id: String::new(),
-            call: Some(call::Call::Subscribe(call::Subscribe {
-                framework_info: Some(FrameworkInfo {
-                    name: name.to_owned(),
-                    ..FrameworkInfo::default()
-                }),
-            })),
-        })
-        .await?;
-        let rx = client
-            .subscribe(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let mut fw = Self {
-            tx,
-            rx,
-            id: String::new(),
-        };
-        match fw.next().await? {
-            event::Event::Subscribed(s) => fw.id = s.framework_id,
-            other => bail!("expected SUBSCRIBED, got {other:?}"),
-        }
-        Ok(fw)
-    }
-
-    async fn next(&mut self) -> Result<event::Event> {
-        bounded("an event", self.rx.message())
-            .await??
-            .and_then(|e| e.event)
-            .context("the event stream ended")
-    }
-
-    async fn send(&self, c: call::Call) -> Result<()> {
-        self.tx
-            .send(Call {
-                framework_id: self.id.clone(),
-                call: Some(c),
-            })
-            .await
-            .map_err(|_| anyhow!("the call stream closed"))
-    }
+/// A gRPC framework named `name`.
+async fn grpc_framework(allocator: &Allocator, name: &str) -> Result<Framework> {
+    let info = FrameworkInfo {
+        name: name.to_owned(),
+        ..FrameworkInfo::default()
+    };
+    Framework::subscribe_on(allocator.channel().await?, info, STREAMS).await
 }
 
 fn refuse_zero() -> Option<Filters> {
@@ -307,7 +177,7 @@ fn refuse_zero() -> Option<Filters> {
 }
 
 async fn offers_grpc(allocator: &Allocator, agents: usize, seconds: Duration) -> Result<f64> {
-    let mut fw = GrpcFramework::subscribe(allocator.grpc, "offers-grpc").await?;
+    let mut fw = grpc_framework(allocator, "offers-grpc").await?;
     let mut offers = 0usize;
     let mut started = None;
     loop {
@@ -319,7 +189,7 @@ async fn offers_grpc(allocator: &Allocator, agents: usize, seconds: Duration) ->
             }
             offers += o.offers.len();
             let ids = o.offers.into_iter().map(|o| o.id).collect();
-            fw.send(call::Call::Decline(call::Decline {
+            fw.call(call::Call::Decline(call::Decline {
                 offer_ids: ids,
                 filters: refuse_zero(),
             }))
@@ -327,13 +197,13 @@ async fn offers_grpc(allocator: &Allocator, agents: usize, seconds: Duration) ->
         }
     }
     let rate = offers as f64 / started.map_or(1.0, |t| t.elapsed().as_secs_f64());
-    fw.send(call::Call::Teardown(call::Teardown {})).await?;
+    fw.call(call::Call::Teardown(call::Teardown {})).await?;
     println!("gRPC: {offers} offers of {agents} agents, {rate:.0}/s");
     Ok(rate)
 }
 
 async fn latency_grpc(allocator: &Allocator, launches: usize) -> Result<Vec<Duration>> {
-    let mut fw = GrpcFramework::subscribe(allocator.grpc, "latency-grpc").await?;
+    let mut fw = grpc_framework(allocator, "latency-grpc").await?;
     let mut samples = Vec::with_capacity(launches);
     let mut pending: Option<(String, Instant)> = None;
     let mut n = 0;
@@ -367,10 +237,10 @@ async fn latency_grpc(allocator: &Allocator, launches: usize) -> Result<Vec<Dura
                         filters: refuse_zero(),
                     });
                     pending = Some((task_id, Instant::now()));
-                    fw.send(accept).await?;
+                    fw.call(accept).await?;
                 }
                 if !ids.is_empty() {
-                    fw.send(call::Call::Decline(call::Decline {
+                    fw.call(call::Call::Decline(call::Decline {
                         offer_ids: ids,
                         filters: refuse_zero(),
                     }))
@@ -387,7 +257,7 @@ async fn latency_grpc(allocator: &Allocator, launches: usize) -> Result<Vec<Dura
                     pending = None;
                 }
                 if !s.uuid.is_empty() {
-                    fw.send(call::Call::Acknowledge(call::Acknowledge {
+                    fw.call(call::Call::Acknowledge(call::Acknowledge {
                         agent_id: s.agent_id,
                         task_id: s.task_id,
                         uuid: s.uuid,
@@ -398,7 +268,7 @@ async fn latency_grpc(allocator: &Allocator, launches: usize) -> Result<Vec<Dura
             _ => {}
         }
     }
-    fw.send(call::Call::Teardown(call::Teardown {})).await?;
+    fw.call(call::Call::Teardown(call::Teardown {})).await?;
     Ok(samples)
 }
 
@@ -539,7 +409,7 @@ impl HttpFramework {
 }
 
 async fn offers_http(allocator: &Allocator, agents: usize, seconds: Duration) -> Result<f64> {
-    let mut fw = HttpFramework::subscribe(allocator.http, "offers-http").await?;
+    let mut fw = HttpFramework::subscribe(allocator.http(), "offers-http").await?;
     let mut offers = 0usize;
     let mut started = None;
     loop {
@@ -567,7 +437,7 @@ async fn offers_http(allocator: &Allocator, agents: usize, seconds: Duration) ->
 }
 
 async fn latency_http(allocator: &Allocator, launches: usize) -> Result<Vec<Duration>> {
-    let mut fw = HttpFramework::subscribe(allocator.http, "latency-http").await?;
+    let mut fw = HttpFramework::subscribe(allocator.http(), "latency-http").await?;
     let mut samples = Vec::with_capacity(launches);
     let mut pending: Option<(String, Instant)> = None;
     let mut n = 0;

@@ -2,156 +2,14 @@
 //! gRPC on 127.0.0.1 (port 0): subscription, auto-acknowledgement after delivery, reconnect with
 //! the same id, refusal, teardown. The real allocator is exercised by the CLI's end-to-end tests.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
-use strata_proto::{Call, FrameworkInfo, TaskState, TaskStatus, call, event};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use strata_proto::{TaskState, TaskStatus, call, event};
+use strata_test_support::fake_scheduler::FakeSchedulerService;
+use strata_test_support::wait::within;
+use tokio::sync::mpsc;
 
 use crate::{Error, Event, FrameworkBuilder};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// One accepted subscription, handed to the test to script.
-struct Session {
-    info: FrameworkInfo,
-    calls: Streaming<Call>,
-    events: mpsc::UnboundedSender<Result<strata_proto::Event, Status>>,
-}
-
-impl Session {
-    fn send(&self, event: event::Event) {
-        self.events
-            .send(Ok(strata_proto::Event { event: Some(event) }))
-            .expect("the SDK is reading the stream");
-    }
-
-    async fn next_call(&mut self) -> call::Call {
-        within("a call", self.calls.message())
-            .await
-            .expect("a call, not a stream error")
-            .expect("a call, not the end of the stream")
-            .call
-            .expect("a call with a body")
-    }
-}
-
-struct Fake {
-    sessions: mpsc::UnboundedSender<Session>,
-    known: Arc<Mutex<HashSet<String>>>,
-    /// Re-subscriptions (with an id) wait until this is true.
-    accept_resubscribe: watch::Receiver<bool>,
-}
-
-#[tonic::async_trait]
-impl SchedulerService for Fake {
-    type SubscribeStream = UnboundedReceiverStream<Result<strata_proto::Event, Status>>;
-
-    async fn subscribe(
-        &self,
-        request: Request<Streaming<Call>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let mut calls = request.into_inner();
-        let first = calls
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("no SUBSCRIBE"))?;
-        let Some(call::Call::Subscribe(subscribe)) = first.call else {
-            return Err(Status::invalid_argument("the first call must be SUBSCRIBE"));
-        };
-        let mut info = subscribe.framework_info.unwrap_or_default();
-        if info.id.is_empty() {
-            let mut known = self.known.lock().expect("lock");
-            info.id = format!("f-{}", known.len() + 1);
-            known.insert(info.id.clone());
-        } else {
-            let mut gate = self.accept_resubscribe.clone();
-            gate.wait_for(|open| *open)
-                .await
-                .map_err(|_| Status::unavailable("fake stopped"))?;
-            if !self.known.lock().expect("lock").contains(&info.id) {
-                return Err(Status::not_found(format!(
-                    "unknown framework id {}: subscribe without an id to register a new framework",
-                    info.id
-                )));
-            }
-        }
-        let (events, rx) = mpsc::unbounded_channel();
-        let _ = events.send(Ok(strata_proto::Event {
-            event: Some(event::Event::Subscribed(event::Subscribed {
-                framework_id: info.id.clone(),
-                heartbeat_interval_seconds: 15.0,
-            })),
-        }));
-        let _ = self.sessions.send(Session {
-            info,
-            calls,
-            events,
-        });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
-    }
-}
-
-struct Harness {
-    addr: String,
-    sessions: mpsc::UnboundedReceiver<Session>,
-    known: Arc<Mutex<HashSet<String>>>,
-    accept_resubscribe: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Harness {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = format!("http://{}", listener.local_addr().expect("local addr"));
-        let (sessions_tx, sessions) = mpsc::unbounded_channel();
-        let known = Arc::new(Mutex::new(HashSet::new()));
-        let (accept_resubscribe, gate) = watch::channel(true);
-        let fake = Fake {
-            sessions: sessions_tx,
-            known: Arc::clone(&known),
-            accept_resubscribe: gate,
-        };
-        let server = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(SchedulerServiceServer::new(fake))
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-                .expect("fake allocator serves");
-        });
-        Self {
-            addr,
-            sessions,
-            known,
-            accept_resubscribe,
-            server,
-        }
-    }
-
-    async fn session(&mut self) -> Session {
-        within("a subscription", self.sessions.recv())
-            .await
-            .expect("the fake is running")
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
 
 async fn next_event(events: &mut mpsc::Receiver<Event>) -> Event {
     within("an event", events.recv())
@@ -174,7 +32,7 @@ fn update(task_id: &str, state: TaskState, uuid: Vec<u8>) -> event::Event {
 
 #[tokio::test]
 async fn subscribe_delivers_events_and_acknowledges_only_after_delivery() {
-    let mut fake = Harness::start().await;
+    let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within(
         "subscribe",
         FrameworkBuilder::new(&fake.addr)
@@ -228,7 +86,7 @@ async fn subscribe_delivers_events_and_acknowledges_only_after_delivery() {
 
 #[tokio::test]
 async fn manual_acknowledgement_when_auto_is_off() {
-    let mut fake = Harness::start().await;
+    let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within(
         "subscribe",
         FrameworkBuilder::new(&fake.addr)
@@ -256,7 +114,7 @@ async fn manual_acknowledgement_when_auto_is_off() {
 
 #[tokio::test]
 async fn reconnects_with_the_same_id_and_refuses_calls_meanwhile() {
-    let mut fake = Harness::start().await;
+    let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
         .await
         .expect("subscribed");
@@ -300,7 +158,7 @@ async fn reconnects_with_the_same_id_and_refuses_calls_meanwhile() {
 
 #[tokio::test]
 async fn a_removed_framework_stops_with_an_error_event() {
-    let mut fake = Harness::start().await;
+    let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
         .await
         .expect("subscribed");
@@ -326,7 +184,7 @@ async fn a_removed_framework_stops_with_an_error_event() {
 
 #[tokio::test]
 async fn unknown_framework_id_is_refused_with_the_allocators_message() {
-    let fake = Harness::start().await;
+    let fake = FakeSchedulerService::start().await;
     let err = within(
         "subscribe",
         FrameworkBuilder::new(&fake.addr)
@@ -347,7 +205,7 @@ async fn unknown_framework_id_is_refused_with_the_allocators_message() {
 
 #[tokio::test]
 async fn teardown_waits_for_the_allocator_to_close_and_ends_the_events() {
-    let mut fake = Harness::start().await;
+    let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
         .await
         .expect("subscribed");
@@ -379,7 +237,7 @@ async fn teardown_waits_for_the_allocator_to_close_and_ends_the_events() {
 
 #[tokio::test]
 async fn launch_sends_an_accept_for_the_offer() {
-    let mut fake = Harness::start().await;
+    let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
         .await
         .expect("subscribed");

@@ -2,12 +2,9 @@
 //! AgentService over a real channel), framework streams and operator calls. Every wait is
 //! bounded by a timeout so a bug fails a test instead of hanging it.
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use common::{Allocator, FakeAgent, Framework, agent_msg, bounded, task};
 use strata_proto::agent_service_client::AgentServiceClient;
 use strata_proto::names::{CPUS, MEM};
 use strata_proto::operator_service_client::OperatorServiceClient;
@@ -18,6 +15,11 @@ use strata_proto::{
     ListFrameworksRequest, ListTasksRequest, Resource, TaskInfo, TaskReason, TaskSource, TaskState,
     TaskStatus, TaskSummary, TaskUsage, agent_message, allocator_message, call, event,
 };
+use strata_test_support::allocator::Allocator;
+use strata_test_support::bounded;
+use strata_test_support::fake_agent::{FakeAgent, agent_msg};
+use strata_test_support::framework::{Framework, task};
+use strata_test_support::wait::{Poll, poll_until};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -66,17 +68,21 @@ impl Operator {
         what: &str,
         done: impl Fn(&[TaskUsage]) -> bool,
     ) -> Result<Vec<TaskUsage>> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let tasks = self.usage(GetUsageRequest::default()).await?;
-            if done(&tasks) {
-                return Ok(tasks);
+        let done = &done;
+        poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            let mut op = Self(self.0.clone());
+            async move {
+                let tasks = op.usage(GetUsageRequest::default()).await?;
+                Ok(if done(&tasks) {
+                    Poll::Ready(tasks)
+                } else {
+                    Poll::Pending(format!(
+                        "GetUsage never showed {what}: it answers {tasks:?}"
+                    ))
+                })
             }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("GetUsage never showed {what}: it answers {tasks:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -4,25 +4,28 @@
 //! test speaking AgentService) registers and a framework launches a task on it. Every wait is
 //! bounded.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{
-    Allocator, FakeAgent, Framework, HttpResponse, STEP, allocator_command, allocator_fails,
-    http_get, task, wait_exit,
-};
 use strata_proto::{Operation, TaskState, allocator_message, call, operation};
+use strata_test_support::STEP;
+use strata_test_support::allocator::Allocator;
+use strata_test_support::fake_agent::FakeAgent;
+use strata_test_support::framework::{Framework, task};
+use strata_test_support::http::{Page, get};
+use strata_test_support::net::free_addr;
+use strata_test_support::wait::{Poll, poll_until};
+
+use crate::common::{allocator_command, allocator_fails, wait_exit};
 
 /// `GET /metrics`: the body, which must be OpenMetrics text answered with 200.
 async fn scrape(addr: SocketAddr) -> Result<String> {
-    openmetrics(http_get(addr, "/metrics").await?)
+    openmetrics(get(addr, "/metrics").await?)
 }
 
 /// The body of a 200 answer with OpenMetrics text.
-fn openmetrics(response: HttpResponse) -> Result<String> {
+fn openmetrics(response: Page) -> Result<String> {
     ensure!(
         response.status == 200,
         "GET /metrics answered {}: {}",
@@ -47,17 +50,17 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// Scrapes until `series` reaches `want` (gauges refresh at scrape time; counters move as the
 /// actor sends), then returns the whole text.
 async fn scrape_until(addr: SocketAddr, series: &str, want: f64) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
+    poll_until(STEP, Duration::from_millis(20), || async {
         let text = scrape(addr).await?;
-        if sample(&text, series) == Some(want) {
-            return Ok(text);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{series} did not reach {want} within {STEP:?}:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(if sample(&text, series) == Some(want) {
+            Poll::Ready(text)
+        } else {
+            Poll::Pending(format!(
+                "{series} did not reach {want} within {STEP:?}:\n{text}"
+            ))
+        })
+    })
+    .await
 }
 
 #[tokio::test]
@@ -182,15 +185,11 @@ async fn metrics_move_as_an_agent_registers_and_a_task_launches() -> Result<()> 
     allocator.shutdown().await
 }
 
-fn free_port() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// The binary serves `/metrics` on `--metrics-listen` and on the Mesos HTTP API's port, and
 /// refuses a metrics address it cannot bind.
 #[tokio::test]
 async fn the_binary_serves_metrics_on_metrics_listen() -> Result<()> {
-    let (grpc, http, mesos) = (free_port()?, free_port()?, free_port()?);
+    let (grpc, http, mesos) = (free_addr(), free_addr(), free_addr());
     let dir = tempfile::tempdir()?;
     let work_dir = dir.path().display().to_string();
     let mut child = allocator_command(&[
@@ -207,28 +206,26 @@ async fn the_binary_serves_metrics_on_metrics_listen() -> Result<()> {
     ])
     .spawn()
     .context("cannot start strata-allocator")?;
-    let result = async {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            // Retried until it answers; then the first answer must be right.
-            match http_get(http, "/metrics").await {
-                Ok(response) => {
-                    let text = openmetrics(response)?;
-                    assert_eq!(sample(&text, "strata_allocator_offers_total"), Some(0.0));
-                    assert_eq!(
-                        sample(&text, "strata_allocator_agents{state=\"active\"}"),
-                        Some(0.0),
-                        "the gauges are refreshed by the running allocator:\n{text}"
-                    );
-                    // The Mesos HTTP API's port serves the same metrics.
-                    let text = scrape(mesos).await?;
-                    assert_eq!(sample(&text, "strata_allocator_offers_total"), Some(0.0));
-                    return Ok(());
-                }
-                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+    let result: Result<()> = async {
+        // Retried until it answers; then the first answer must be right.
+        let response = poll_until(STEP, Duration::from_millis(50), || async {
+            Ok(match get(http, "/metrics").await {
+                Ok(response) => Poll::Ready(response),
+                Err(e) => Poll::Pending(format!("{e:#}")),
+            })
+        })
+        .await?;
+        let text = openmetrics(response)?;
+        assert_eq!(sample(&text, "strata_allocator_offers_total"), Some(0.0));
+        assert_eq!(
+            sample(&text, "strata_allocator_agents{state=\"active\"}"),
+            Some(0.0),
+            "the gauges are refreshed by the running allocator:\n{text}"
+        );
+        // The Mesos HTTP API's port serves the same metrics.
+        let text = scrape(mesos).await?;
+        assert_eq!(sample(&text, "strata_allocator_offers_total"), Some(0.0));
+        Ok(())
     }
     .await;
     child.start_kill()?;
@@ -239,7 +236,7 @@ async fn the_binary_serves_metrics_on_metrics_listen() -> Result<()> {
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let stderr = allocator_fails(&[
         "--listen",
-        &free_port()?.to_string(),
+        &free_addr().to_string(),
         "--metrics-listen",
         &taken.local_addr()?.to_string(),
         "--mesos-listen",

@@ -1,18 +1,12 @@
 //! `strata usage` and `strata top` against a real allocator and agent (processes on loopback):
 //! what they say when a task has no usage, and the records they print once the agent reports.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use common::*;
 use strata_framework::task;
 use strata_proto::TaskState;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use strata_test_support::cluster::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_top_say_why_a_task_has_no_usage() -> Result<()> {
@@ -60,10 +54,8 @@ async fn usage_and_top_say_why_a_task_has_no_usage() -> Result<()> {
 
 /// Runs the CLI for `run`, then stops it with SIGINT (Ctrl-C) and returns what it printed.
 fn cli_for(cluster: &Cluster, args: &[&str], run: Duration) -> Result<std::process::Output> {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("--allocator")
-        .arg(&cluster.addr)
-        .args(args)
+    let child = cluster
+        .strata(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

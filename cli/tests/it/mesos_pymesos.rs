@@ -10,6 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use strata_test_support::CGROUP_PLACEMENT;
+use strata_test_support::net::free_port;
+use strata_test_support::wait::reap_within;
+
 /// How long `strata local` may take to print its banner.
 const START_WAIT: Duration = Duration::from_secs(30);
 /// How long the whole framework script may take.
@@ -40,15 +44,15 @@ impl Drop for Reaped {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let reaped = reap_within(
+            &mut self.0,
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+        );
+        if reaped.is_err() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -56,13 +60,10 @@ impl Drop for Reaped {
 fn pymesos_framework_runs_against_strata_local() {
     let python = venv_python();
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let mut local = Command::new(env!("CARGO_BIN_EXE_strata"))
         // A shared development machine: cgroups stay below the test's own.
-        .env("STRATA_AGENT_CGROUP_PLACEMENT", "below-own")
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
         .args(["local", "--listen", &format!("127.0.0.1:{port}")])
         .args([
             "--mesos-listen",
@@ -117,18 +118,8 @@ fn pymesos_framework_runs_against_strata_local() {
         .stderr(std::fs::File::create(&err_path).expect("log file"))
         .spawn()
         .expect("the framework script starts");
-    let deadline = Instant::now() + SCRIPT_WAIT;
-    let status = loop {
-        if let Some(status) = script.try_wait().expect("wait for the script") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = script.kill();
-            let _ = script.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = reap_within(&mut script, SCRIPT_WAIT, Duration::from_millis(100))
+        .expect("wait for the script");
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     drop(local);

@@ -1,10 +1,11 @@
-//! A real cluster for end-to-end tests: `strata-allocator` and `strata-agent` started as
-//! processes on loopback, each in a temp dir, killed (with every task they started) on drop.
-
-#![allow(dead_code, reason = "each test binary uses a part of it")]
+//! A real cluster: `strata-allocator` and `strata-agent` started as processes on loopback, each
+//! in a temp dir, killed (with every task they started, and the agent's cgroups) on drop; the
+//! `strata` CLI run against it; a framework's events as a test reads them.
+//!
+//! The binaries are the workspace's, next to the test executable: `cargo build --workspace
+//! --bins` first (`cargo xtask test` does).
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,17 +16,22 @@ use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::{ListAgentsRequest, Offer, TaskState, TaskStatus};
 use tokio::sync::mpsc::Receiver;
 
+use crate::CGROUP_PLACEMENT;
+use crate::net::free_port;
+use crate::wait::{Poll, poll_until};
+
 /// How long any single wait in these tests may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A built binary of this workspace, next to the `strata` binary cargo built for these tests.
-/// The cgroup placement every agent the tests start uses: this is a shared development
-/// machine, where nothing may be created outside the test's own cgroup.
-pub const CGROUP_PLACEMENT: (&str, &str) = ("STRATA_AGENT_CGROUP_PLACEMENT", "below-own");
-
+/// A built binary of this workspace: in the directory cargo builds binaries into, which holds
+/// the running test executable (in its `deps/`, or `examples/`).
 pub fn bin(name: &str) -> PathBuf {
-    let strata = PathBuf::from(env!("CARGO_BIN_EXE_strata"));
-    let path = strata.with_file_name(name);
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("the test executable's directory");
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir = dir.parent().expect("the target profile directory");
+    }
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is not built: run `cargo build --workspace --bins` first (`cargo xtask test` does)",
@@ -34,22 +40,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// Lossy UTF-8 text of a process's output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Options for [`Cluster::start`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
+    /// The agent's `--cpus`.
     pub cpus: f64,
+    /// The agent's `--mem` (MiB).
     pub mem: f64,
+    /// The allocator's `--agent-reconnect-timeout`.
     pub agent_reconnect_timeout: &'static str,
 }
 
 impl Default for ClusterOptions {
+    /// 4 cpus, 4096 MiB, 500 ms.
     fn default() -> Self {
         Self {
             cpus: 4.0,
@@ -62,17 +70,23 @@ impl Default for ClusterOptions {
 /// An allocator and one agent, as real processes.
 #[derive(Debug)]
 pub struct Cluster {
+    /// The processes' work dirs and logs (`allocator.log`, `agent.err`, ...).
     pub dir: tempfile::TempDir,
+    /// The allocator's gRPC address, `http://127.0.0.1:PORT`.
     pub addr: String,
+    /// The `strata-allocator` process.
     pub allocator: Option<Child>,
+    /// The `strata-agent` process.
     pub agent: Option<Child>,
 }
 
 impl Cluster {
+    /// With [`ClusterOptions::default`].
     pub async fn start() -> Result<Self> {
         Self::start_with(ClusterOptions::default()).await
     }
 
+    /// Starts the allocator, then the agent, and waits for the agent to register.
     pub async fn start_with(opts: ClusterOptions) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
@@ -97,10 +111,12 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The agent's `--work-dir`.
     pub fn agent_work_dir(&self) -> PathBuf {
         self.dir.path().join("agent")
     }
 
+    /// Starts the agent (again, after [`Cluster::kill_agent`]).
     pub fn start_agent(&mut self, opts: &ClusterOptions) -> Result<()> {
         let agent = Command::new(bin("strata-agent"))
             .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
@@ -136,9 +152,10 @@ impl Cluster {
         }
     }
 
+    /// Waits until the allocator answers and lists `n` agents, asking every 50 ms for at most
+    /// [`WAIT`].
     pub async fn wait_for_agents(&self, n: usize) -> Result<()> {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        poll_until(WAIT, Duration::from_millis(50), || async {
             if let Ok(channel) = tonic::transport::Endpoint::from_shared(self.addr.clone())?
                 .connect()
                 .await
@@ -147,24 +164,24 @@ impl Cluster {
                 if let Ok(resp) = client.list_agents(ListAgentsRequest {}).await
                     && resp.into_inner().agents.len() >= n
                 {
-                    return Ok(());
+                    return Ok(Poll::Ready(()));
                 }
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "{n} agent(s) did not register within {WAIT:?}; logs in {}",
-                    self.dir.path().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(Poll::Pending(format!(
+                "{n} agent(s) did not register within {WAIT:?}; logs in {}",
+                self.dir.path().display()
+            )))
+        })
+        .await
     }
 
+    /// Subscribes a framework named `name` through the SDK, within [`WAIT`].
     pub async fn framework(&self, name: &str) -> Result<(Framework, Events)> {
         self.subscribe(FrameworkBuilder::new(&self.addr).name(name))
             .await
     }
 
+    /// [`Cluster::framework`], partition-aware.
     pub async fn partition_aware_framework(&self, name: &str) -> Result<(Framework, Events)> {
         self.subscribe(
             FrameworkBuilder::new(&self.addr)
@@ -181,12 +198,16 @@ impl Cluster {
         Ok((fw, Events::new(rx)))
     }
 
+    /// `strata --allocator ADDR ARGS`, not started.
+    pub fn strata(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("strata"));
+        cmd.arg("--allocator").arg(&self.addr).args(args);
+        cmd
+    }
+
     /// Runs the `strata` CLI against this cluster.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_strata"))
-            .arg("--allocator")
-            .arg(&self.addr)
-            .args(args)
+        self.strata(args)
             .stdin(Stdio::null())
             .output()
             .expect("the strata binary runs")
@@ -259,6 +280,7 @@ pub struct Events {
 }
 
 impl Events {
+    /// The events of `rx`.
     pub fn new(rx: Receiver<Event>) -> Self {
         Self {
             rx,
@@ -346,11 +368,13 @@ impl Events {
         }
     }
 
+    /// The updates of `task_id` up to and including its terminal one.
     pub async fn until_terminal(&mut self, task_id: &str) -> Result<Vec<TaskStatus>> {
         self.updates_until(task_id, TaskState::is_terminal).await
     }
 }
 
+/// The states of `updates`, as their labels.
 pub fn states(updates: &[TaskStatus]) -> Vec<&'static str> {
     updates.iter().map(|s| s.state().label()).collect()
 }

@@ -6,18 +6,18 @@
 //! and records read back through reads of a few bytes, split anywhere. Every wait is
 //! bounded.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
-use common::{Allocator, FakeAgent, STEP, bounded};
 use serde_json::{Value, json};
 use strata_allocator::mesos::Leadership;
 use strata_allocator::mesos::recordio::Decoder;
 use strata_proto::{TaskState, allocator_message};
+use strata_test_support::allocator::Allocator;
+use strata_test_support::fake_agent::FakeAgent;
+use strata_test_support::{STEP, bounded};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 

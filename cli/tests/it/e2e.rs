@@ -1,14 +1,13 @@
 //! End to end: a real `strata-allocator` and `strata-agent` as processes on loopback, driven
 //! through the framework SDK and the `strata` CLI.
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::Result;
-use common::*;
 use strata_framework::task;
 use strata_proto::{TaskReason, TaskState};
+use strata_test_support::cluster::*;
+use strata_test_support::net::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_goes_through_every_state_and_its_output_is_captured() -> Result<()> {
@@ -406,10 +405,7 @@ async fn strata_run_too_big_for_any_agent_says_so() -> Result<()> {
 
 #[test]
 fn the_cli_says_what_to_do_when_no_allocator_answers() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["--allocator", &format!("http://127.0.0.1:{port}"), "ps"])
         .output()

@@ -1,12 +1,10 @@
 //! `strata` writing into a closed pipe, as in `strata frameworks --json | head -1`: every
 //! command that prints stops quietly with status 0 (before, `print!` panicked on EPIPE).
 
-mod common;
-
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::Result;
-use common::*;
+use strata_test_support::cluster::*;
 
 /// Commands that print to stdout and end on their own.
 const COMMANDS: &[&[&str]] = &[
@@ -39,10 +37,8 @@ async fn commands_writing_into_a_closed_pipe_exit_quietly() -> Result<()> {
         // The reader is gone before strata writes anything: its first write fails with EPIPE.
         let (reader, writer) = std::io::pipe()?;
         drop(reader);
-        let closed = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .arg("--allocator")
-            .arg(&cluster.addr)
-            .args(*args)
+        let closed = cluster
+            .strata(args)
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(Stdio::piped())

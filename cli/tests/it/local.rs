@@ -4,19 +4,20 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata_test_support::CGROUP_PLACEMENT;
+use strata_test_support::net::free_port;
+use strata_test_support::wait::reap_within;
+
 #[test]
 fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let addr = format!("http://{listen}");
     let strata = env!("CARGO_BIN_EXE_strata");
     let mut local = Command::new(strata)
         // A shared development machine: cgroups stay below the test's own.
-        .env("STRATA_AGENT_CGROUP_PLACEMENT", "below-own")
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
         .args(["local", "--listen", &listen, "--work-dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
@@ -51,18 +52,12 @@ fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
         .status()
         .expect("kill");
     assert!(stopped.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = local.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = local.kill();
-            let _ = local.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = reap_within(
+        &mut local,
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+    )
+    .expect("wait");
     let ran = ran.expect("`strata run -- echo hi` succeeded against strata local within 30 s");
     assert!(String::from_utf8_lossy(&ran.stderr).contains("TASK_FINISHED"));
     let status = status.expect("strata local stops within 20 s of SIGTERM");

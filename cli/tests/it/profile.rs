@@ -2,18 +2,12 @@
 //! gives, and, as root (eBPF and perf events), a profile of a CPU-bound task written as folded
 //! stacks and a flame graph.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use common::*;
 use strata_framework::task;
 use strata_proto::TaskState;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use strata_test_support::cluster::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_refuses_unknown_and_ended_tasks_and_bad_durations() -> Result<()> {

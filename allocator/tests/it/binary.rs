@@ -1,20 +1,19 @@
 //! The `strata-allocator` binary as a real process: it serves, stops cleanly on SIGTERM, and
 //! explains an address already in use. Every wait is bounded; children are killed on drop.
 
-mod common;
-
 use anyhow::{Context as _, Result, bail};
-use common::{allocator_fails, bounded, start_allocator, wait_exit};
 use strata_proto::operator_service_client::OperatorServiceClient;
-use strata_proto::scheduler_service_client::SchedulerServiceClient;
 use strata_proto::{
     Call, FrameworkInfo, GetQuotaRequest, ListAgentsRequest, ListFrameworksRequest,
-    ListRolesRequest, QuotaInfo, Resource, SetQuotaRequest, SetWeightsRequest, call, event,
+    ListRolesRequest, QuotaInfo, Resource, SetQuotaRequest, SetWeightsRequest,
 };
+use strata_test_support::framework::Framework;
+use strata_test_support::{StreamOptions, bounded};
 use tokio::process::Command;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::common::{allocator_fails, start_allocator, wait_exit};
 
 async fn connect(addr: &str) -> Result<Channel> {
     Ok(bounded("connect", Endpoint::from_shared(addr.to_owned())?.connect()).await??)
@@ -117,36 +116,22 @@ async fn a_corrupt_store_is_a_clear_error_at_start() -> Result<()> {
 /// Subscribes (with `id` to re-subscribe) and returns the id from SUBSCRIBED, keeping the
 /// stream open in the returned sender.
 async fn subscribe(addr: &str, id: &str) -> Result<(String, mpsc::Sender<Call>)> {
-    let channel = connect(addr).await?;
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(Call {
-        call: Some(call::Call::Subscribe(call::Subscribe {
-            framework_info: Some(FrameworkInfo {
-                id: id.to_owned(),
-                name: "survivor".to_owned(),
-                roles: vec!["eng".to_owned()],
-                failover_timeout_seconds: 3600.0,
-                ..FrameworkInfo::default()
-            }),
-        })),
-        ..Call::default()
-    })
-    .await?;
-    let mut events = bounded(
-        "Subscribe",
-        SchedulerServiceClient::new(channel).subscribe(ReceiverStream::new(rx)),
-    )
-    .await??
-    .into_inner();
-    let first = bounded("SUBSCRIBED", events.message())
-        .await??
-        .context("stream ended before SUBSCRIBED")?;
-    let Some(event::Event::Subscribed(s)) = first.event else {
-        bail!("expected SUBSCRIBED, got {first:?}");
+    let info = FrameworkInfo {
+        id: id.to_owned(),
+        name: "survivor".to_owned(),
+        roles: vec!["eng".to_owned()],
+        failover_timeout_seconds: 3600.0,
+        ..FrameworkInfo::default()
     };
+    let opts = StreamOptions {
+        capacity: 16,
+        ..StreamOptions::default()
+    };
+    let fw = Framework::subscribe_on(connect(addr).await?, info, opts).await?;
     // Keep reading so the stream stays open.
+    let mut events = fw.rx;
     tokio::spawn(async move { while let Ok(Some(_)) = events.message().await {} });
-    Ok((s.framework_id, tx))
+    Ok((fw.id, fw.tx))
 }
 
 #[tokio::test]

@@ -1,0 +1,10 @@
+//! The CLI's end-to-end tests, one binary (one link) for all: real `strata-allocator` and
+//! `strata-agent` processes on loopback (strata-test-support's `Cluster`), or `strata local`,
+//! driven through the framework SDK and the `strata` CLI.
+
+mod e2e;
+mod local;
+mod mesos_pymesos;
+mod pipe;
+mod profile;
+mod usage;

@@ -1,0 +1,208 @@
+//! A real allocator in-process on 127.0.0.1 (port 0), with what the fakes need to reach it
+//! (feature `allocator`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use strata_allocator::mesos::{HttpApi, Leadership};
+use strata_allocator::store::MemoryStore;
+use strata_allocator::{AllocatorConfig, Metrics, metrics, serve_with_http};
+use strata_proto::names::{CPUS, MEM, PORTS};
+use strata_proto::{AgentInfo, Call, Event, FrameworkInfo, Resource};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::StreamOptions;
+use crate::fake_agent::FakeAgent;
+use crate::framework::Framework;
+use crate::wait::{STEP, bounded_for};
+
+/// Fast timers, so that the tests see heartbeats, rounds and filters expire quickly.
+pub fn config() -> AllocatorConfig {
+    AllocatorConfig {
+        agent_heartbeat_interval: Duration::from_secs(1),
+        agent_timeout: Duration::from_secs(30),
+        agent_reconnect_timeout: Duration::from_millis(200),
+        framework_heartbeat_interval: Duration::from_secs(1),
+        allocation_interval: Duration::from_millis(50),
+        // Short, so that a quiet spell after DECLINE proves the call's own filter, and the rest
+        // of an accepted offer comes back soon.
+        default_refuse: Duration::from_millis(200),
+        terminal_task_history: 100,
+        offer_timeout: None,
+    }
+}
+
+/// A running allocator on ephemeral ports; stopped on drop.
+#[derive(Debug)]
+pub struct Allocator {
+    /// AgentService, SchedulerService and OperatorService.
+    pub grpc: SocketAddr,
+    /// The Mesos HTTP API or `/metrics`, when started with one.
+    http: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    /// Each server with what it is, awaited in order by [`Allocator::shutdown`].
+    servers: Vec<(&'static str, JoinHandle<Result<()>>)>,
+    step: Duration,
+}
+
+impl Allocator {
+    /// gRPC only, with [`config`].
+    pub async fn start() -> Result<Self> {
+        Self::start_with(config(), None, None).await
+    }
+
+    /// gRPC and the Mesos v1 scheduler HTTP API under `leadership` (`serve_with_http`), with
+    /// [`config`].
+    pub async fn with_mesos(leadership: Leadership) -> Result<Self> {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let api = HttpApi {
+            leadership,
+            ..HttpApi::new(http)
+        };
+        Self::start_with(config(), Some(api), None).await
+    }
+
+    /// gRPC counting into its metrics, and `/metrics` served by `metrics::serve_http` on a
+    /// listener of its own, with [`config`].
+    pub async fn with_metrics() -> Result<Self> {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_with(config(), None, Some(http)).await
+    }
+
+    /// gRPC with `config`, the Mesos HTTP API when `mesos` is given, and `/metrics` on
+    /// `metrics_http` when given; each step of its own bounded by [`STEP`].
+    pub async fn start_with(
+        config: AllocatorConfig,
+        mesos: Option<HttpApi>,
+        metrics_http: Option<TcpListener>,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc = listener.local_addr()?;
+        let http = match (&mesos, &metrics_http) {
+            (Some(api), _) => Some(api.listener.local_addr()?),
+            (None, Some(listener)) => Some(listener.local_addr()?),
+            (None, None) => None,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let metrics = Metrics::new();
+        let server = serve_with_http(
+            listener,
+            config,
+            Box::new(MemoryStore::default()),
+            metrics.clone(),
+            mesos,
+            until(stopped.clone()),
+        );
+        let mut servers = vec![("serve", spawn(server))];
+        if let Some(listener) = metrics_http {
+            let server = metrics::serve_http(listener, metrics, until(stopped));
+            servers.push(("the metrics server", spawn(server)));
+        }
+        Ok(Self {
+            grpc,
+            http,
+            stop,
+            servers,
+            step: STEP,
+        })
+    }
+
+    /// The same allocator, its own steps (connecting, stopping) bounded by `step` instead.
+    pub fn with_step(mut self, step: Duration) -> Self {
+        self.step = step;
+        self
+    }
+
+    /// The Mesos HTTP API's or `/metrics`' address.
+    pub fn http(&self) -> SocketAddr {
+        self.http
+            .expect("an allocator without HTTP: start it with with_mesos or with_metrics")
+    }
+
+    /// A channel to its gRPC services.
+    pub async fn channel(&self) -> Result<Channel> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.grpc))?;
+        Ok(bounded_for(self.step, "connect", endpoint.connect()).await??)
+    }
+
+    /// Stops the allocator and waits for each server to return.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop.send_replace(true);
+        for (what, server) in self.servers.drain(..) {
+            bounded_for(self.step, &format!("{what} to return"), server).await???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn until(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+fn spawn<E>(server: impl Future<Output = Result<(), E>> + Send + 'static) -> JoinHandle<Result<()>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::spawn(async move { Ok(server.await?) })
+}
+
+impl FakeAgent {
+    /// Registers `cpus`, `mem` and ports 31000-31099 on "fake-host" with `allocator` (started
+    /// with [`config`]: the answer must carry an id and a 1 s heartbeat interval).
+    pub async fn register(allocator: &Allocator, cpus: f64, mem: f64) -> Result<Self> {
+        let info = AgentInfo {
+            hostname: "fake-host".to_owned(),
+            resources: vec![
+                Resource::scalar(CPUS, cpus),
+                Resource::scalar(MEM, mem),
+                Resource::ranges(PORTS, [(31000, 31099)]),
+            ],
+            ..AgentInfo::default()
+        };
+        let (agent, r) =
+            Self::connect(allocator.channel().await?, info, StreamOptions::default()).await?;
+        assert!(!r.agent_id.is_empty());
+        assert_eq!(r.heartbeat_interval_seconds, 1.0);
+        Ok(agent)
+    }
+}
+
+impl Framework {
+    /// Queues SUBSCRIBE and opens the stream, without reading from it.
+    pub async fn open(
+        allocator: &Allocator,
+        info: FrameworkInfo,
+    ) -> Result<(mpsc::Sender<Call>, Streaming<Event>)> {
+        Self::open_on(allocator.channel().await?, info, StreamOptions::default()).await
+    }
+
+    /// Subscribes and reads SUBSCRIBED.
+    pub async fn subscribe(allocator: &Allocator, info: FrameworkInfo) -> Result<Self> {
+        Self::subscribe_on(allocator.channel().await?, info, StreamOptions::default()).await
+    }
+
+    /// Subscribes as `name`.
+    pub async fn named(allocator: &Allocator, name: &str) -> Result<Self> {
+        Self::subscribe(
+            allocator,
+            FrameworkInfo {
+                name: name.to_owned(),
+                ..FrameworkInfo::default()
+            },
+        )
+        .await
+    }
+}
