@@ -9,7 +9,7 @@
 //!   and `clippy` (`cargo xtask test` lints the eBPF crate with it): [`EBPF_NIGHTLY_COMPONENTS`].
 //! - `bpf-linker`, which links the eBPF object.
 //! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
-//!   Mesos scheduler library `cli/tests/mesos_pymesos.rs` runs against `strata local`.
+//!   Mesos scheduler library `cli/tests/it/mesos_pymesos.rs` runs against `strata local`.
 //!
 //! The eBPF toolchain's versions (bpf-linker, LLVM major, dated nightly) are pinned in
 //! `agent-ebpf/toolchain.toml` ([`ebpf_pins`]), which agent/build.rs reads too.
