@@ -34,10 +34,8 @@ use strata_agent::ebpf::Ebpf;
 use strata_agent::usage::{Collector, LatestUsage, Layout, TaskRef};
 use strata_proto::TaskUsage;
 
-use crate::isolation::{Env, Task};
+use crate::isolation::{Env, FRAMEWORK, Task};
 
-/// The framework id [`Env`] launches its tasks under.
-const FRAMEWORK: &str = "fw-test";
 /// How long a task may take to report it is ready.
 const READY: Duration = Duration::from_secs(90);
 /// How long a holding task sleeps (it is killed once read).
