@@ -34,10 +34,8 @@ use strata_agent::ebpf::Ebpf;
 use strata_agent::usage::{Collector, LatestUsage, Layout, TaskRef};
 use strata_proto::TaskUsage;
 
-use crate::isolation::{Env, Task};
+use crate::isolation::{Env, FRAMEWORK, Task};
 
-/// The framework id [`Env`] launches its tasks under.
-const FRAMEWORK: &str = "fw-test";
 /// How long a task may take to report it is ready.
 const READY: Duration = Duration::from_secs(90);
 /// How long a holding task sleeps (it is killed once read).
@@ -322,22 +320,19 @@ pub fn memory_matches_what_the_task_allocated(helper: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long one scrape of the agent's `/metrics` may take.
+const SCRAPE_LIMIT: Duration = Duration::from_secs(30);
+
 /// `GET path` on `addr`: the body of a 200 answer.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    let response = strata_common::http::get(&format!("http://{addr}{path}"), SCRAPE_LIMIT).await?;
     ensure!(
-        response.starts_with("HTTP/1.1 200"),
-        "GET {path}: {response}"
+        response.status == 200,
+        "GET {path}: status {}: {}",
+        response.status,
+        response.text()
     );
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
+    Ok(response.text())
 }
 
 /// A spinning task's CPU seconds on /metrics move from one scrape to the next.

@@ -18,7 +18,8 @@ use strata_proto::{CommandInfo, Resource, TaskInfo, names};
 
 /// The longest any task of a scenario may run.
 const LIMIT: Duration = Duration::from_secs(60);
-const FRAMEWORK: &str = "fw-test";
+/// The framework id [`Env`] launches its tasks under.
+pub(crate) const FRAMEWORK: &str = "fw-test";
 
 /// A containerizer with its own cgroup root and work dir, removed when dropped.
 pub struct Env {
@@ -285,8 +286,7 @@ impl Env {
 
     /// A task's stdout.
     pub fn stdout(&self, task_id: &str) -> String {
-        let dir = strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, task_id);
-        std::fs::read_to_string(dir.join("stdout")).unwrap_or_default()
+        std::fs::read_to_string(self.sandbox(task_id).join("stdout")).unwrap_or_default()
     }
 
     /// The task's sandbox directory.

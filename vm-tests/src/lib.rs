@@ -8,10 +8,14 @@
 //! A test creates a [`TestCgroup`] below the root, sets its limits, and runs the helper binary
 //! (`strata-vm-helper`, see its source for the commands) in it with [`run_helper`]; the helper
 //! moves itself into the cgroup before it does anything, and reports `key=value` lines.
+//!
+//! The scenarios that run both in the guest and on the host are declared once, in
+//! [`scenarios!`] (see [`scenarios`](mod@scenarios)).
 
 pub mod accounting;
 pub mod isolation;
 pub mod profiling;
+pub mod scenarios;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -9,8 +9,8 @@
 //! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
 //!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -112,19 +112,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// Waits until something accepts connections on `addr` (the allocator is up).
-fn wait_for_port(addr: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {addr} 20 s after starting strata-allocator");
-        }
-        sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
+/// Builds the release `strata-allocator`, `strata-agent` and `skeleton_bench` framework that
+/// the skeleton and accounting benchmarks run; their directory.
+pub fn build_release_binaries() -> Result<PathBuf> {
     util::run(util::cargo().args([
         "build",
         "--release",
@@ -141,23 +131,34 @@ fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
         "--example",
         "skeleton_bench",
     ]))?;
-    let bin = util::target_dir("release");
-    let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    Ok(util::target_dir("release"))
+}
+
+/// Starts the release `strata-allocator` of `bin` listening on `listen`, with its work dir in
+/// `work_dir/allocator`, logging warnings (to stderr) and its standard output to `stdout`.
+pub fn spawn_allocator(bin: &Path, listen: &str, work_dir: &Path, stdout: Stdio) -> Result<Child> {
+    Command::new(bin.join("strata-allocator"))
+        .args(["--listen", listen, "--work-dir"])
+        .arg(work_dir.join("allocator"))
+        .env("RUST_LOG", "warn")
+        .stdout(stdout)
+        .spawn()
+        .context("cannot start strata-allocator")
+}
+
+fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
+    let bin = build_release_binaries()?;
+    let listen = util::free_loopback_addr()?;
     let allocator = format!("http://{listen}");
     let work_dir = util::workspace_root().join("target").join("bench-skeleton");
     let _ = std::fs::remove_dir_all(&work_dir);
     std::fs::create_dir_all(&work_dir)?;
 
     let mut procs = Processes(Vec::new());
-    procs.0.push(
-        Command::new(bin.join("strata-allocator"))
-            .args(["--listen", &listen, "--work-dir"])
-            .arg(work_dir.join("allocator"))
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .context("cannot start strata-allocator")?,
-    );
-    wait_for_port(&listen)?;
+    procs
+        .0
+        .push(spawn_allocator(&bin, &listen, &work_dir, Stdio::inherit())?);
+    util::wait_for_port(&listen, "strata-allocator", Duration::from_secs(20))?;
     procs.0.push(
         util::dev_cgroup_placement(&mut Command::new(bin.join("strata-agent")))
             .args(["--allocator", &allocator, "--work-dir"])

@@ -18,8 +18,6 @@
 //!
 //! Targets (the issue's): under 1% of one core and under 50 MiB of RSS at 1,000 tasks.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -37,6 +35,10 @@ const LAUNCH_LIMIT: Duration = Duration::from_secs(900);
 const MEMORY_LIMIT: u64 = 12 << 30;
 const PIDS_LIMIT: u64 = 20_000;
 const SYSCTL_BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// How long the allocator and the agent may take to listen once started.
+const PORT_LIMIT: Duration = Duration::from_secs(30);
+/// How long one GET of the agent's `/usage` or `/metrics` may take.
+const HTTP_LIMIT: Duration = Duration::from_secs(30);
 /// CPU-bound tasks run beside the idle ones, each held to BUSY_CORES by its cgroup (cpu.max /
 /// CFS quota, set before it starts), for the precision of the CPU figures of busy tasks.
 const BUSY_TASKS: u32 = 2;
@@ -52,23 +54,7 @@ pub fn accounting(seconds: u64) -> Result<()> {
         Path::new("/proc/self/cgroup").is_file(),
         "bench accounting needs Linux cgroups"
     );
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "strata-allocator",
-        "--bin",
-        "strata-allocator",
-        "-p",
-        "strata-agent",
-        "--bin",
-        "strata-agent",
-        "-p",
-        "strata-framework",
-        "--example",
-        "skeleton_bench",
-    ]))?;
-    let bin = util::target_dir("release");
+    let bin = crate::bench::build_release_binaries()?;
     let work_dir = util::workspace_root()
         .join("target")
         .join("bench-accounting");
@@ -84,11 +70,8 @@ pub fn accounting(seconds: u64) -> Result<()> {
         result = run_step(&bin, &step_dir, &cgroup, target, seconds);
         // The agent's own cgroups (its tasks already killed) go with `--remove-cgroups`, run
         // from the bench cgroup so that it finds the same root.
-        let removed = util::dev_cgroup_placement(&mut Command::new("/bin/sh"))
-            .arg("-c")
-            .arg(cgroup.exec_script())
-            .arg("strata-agent")
-            .arg(bin.join("strata-agent"))
+        let removed = cgroup
+            .agent(&bin)
             .args(["--remove-cgroups", "--work-dir"])
             .arg(step_dir.join("agent"))
             .status();
@@ -124,27 +107,21 @@ fn run_step(
     seconds: u64,
 ) -> Result<()> {
     std::fs::create_dir_all(work_dir)?;
-    let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let listen = util::free_loopback_addr()?;
     let allocator_url = format!("http://{listen}");
-    let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let http = util::free_loopback_addr()?;
     let mut children = Children(Vec::new());
-    children.0.push(
-        Command::new(bin.join("strata-allocator"))
-            .args(["--listen", &listen, "--work-dir"])
-            .arg(work_dir.join("allocator"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot start strata-allocator")?,
-    );
-    wait_for_port(&listen)?;
+    children.0.push(crate::bench::spawn_allocator(
+        bin,
+        &listen,
+        work_dir,
+        Stdio::null(),
+    )?);
+    util::wait_for_port(&listen, "strata-allocator", PORT_LIMIT)?;
     // The shell joins the bench cgroup, then becomes the agent.
     let agent_log = std::fs::File::create(work_dir.join("agent.log"))?;
-    let mut agent = util::dev_cgroup_placement(&mut Command::new("/bin/sh"))
-        .arg("-c")
-        .arg(cgroup.exec_script())
-        .arg("strata-agent")
-        .arg(bin.join("strata-agent"))
+    let mut agent = cgroup
+        .agent(bin)
         .args(["--allocator", &allocator_url, "--work-dir"])
         .arg(work_dir.join("agent"))
         .args(["--cpus", "16", "--mem", "40000", "--disk", "10000"])
@@ -157,7 +134,7 @@ fn run_step(
         .context("cannot start strata-agent")?;
     let agent_pid = agent.id();
     let outcome = (|| -> Result<()> {
-        wait_for_port(&http)?;
+        util::wait_for_port(&http, "strata-agent", PORT_LIMIT)?;
         eprintln!("bench accounting: launching {target} idle tasks");
         children.0.push(skeleton_bench(
             bin,
@@ -229,37 +206,21 @@ fn skeleton_bench(
         .with_context(|| format!("cannot start the skeleton_bench framework for `{cmd}`"))
 }
 
-fn wait_for_port(addr: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "nothing listens on {addr} 30 s after starting it"
-        );
-        sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// `GET path` on `addr`: the body of a 200 answer.
+/// `GET path` on `addr`: the body of a 200 answer, within [`HTTP_LIMIT`].
 fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: not an HTTP answer"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = runtime.block_on(strata_common::http::get(
+        &format!("http://{addr}{path}"),
+        HTTP_LIMIT,
+    ))?;
     ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {}",
-        head.lines().next().unwrap_or_default()
+        response.status == 200,
+        "GET {path}: status {}",
+        response.status
     );
-    Ok(body.to_owned())
+    Ok(response.text())
 }
 
 /// The agent's usage records.
@@ -288,17 +249,24 @@ fn wait_for_running(http: &str, target: usize) -> Result<()> {
     }
 }
 
+/// The value of a `KEY:  N kB` line of a `/proc/PID/status`, in bytes.
+fn status_bytes(status: &str, key: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// `RssAnon` and `RssFile` of a process, in bytes.
 fn rss_parts(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (kib("RssAnon:") * 1024, kib("RssFile:") * 1024)
+    let bytes = |key| status_bytes(&status, key).unwrap_or(0);
+    (bytes("RssAnon"), bytes("RssFile"))
 }
 
 /// user + system clock ticks and VmRSS (bytes) of a process.
@@ -312,15 +280,8 @@ fn process_cpu_and_rss(pid: u32) -> Result<(u64, u64)> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok((ticks, rss_kib * 1024))
+    let rss = status_bytes(&status, "VmRSS").context("no VmRSS")?;
+    Ok((ticks, rss))
 }
 
 /// The clock ticks per second of /proc/PID/stat.
@@ -677,14 +638,21 @@ impl BenchCgroup {
         Ok(cgroup)
     }
 
-    /// A `sh -c` script that joins the cgroup and then runs its arguments (`$0` is a name).
-    fn exec_script(&self) -> String {
+    /// `strata-agent` of `bin`, started by a shell that joins the cgroup first (the agent's
+    /// cgroups are then below it), with the development machines' cgroup placement.
+    fn agent(&self, bin: &Path) -> Command {
         let mut script = String::new();
         for procs in &self.procs {
             script.push_str(&format!("echo $$ > '{}' && ", procs.display()));
         }
         script.push_str("exec \"$@\"");
-        script
+        let mut cmd = Command::new("/bin/sh");
+        util::dev_cgroup_placement(&mut cmd)
+            .arg("-c")
+            .arg(script)
+            .arg("strata-agent")
+            .arg(bin.join("strata-agent"));
+        cmd
     }
 }
 
@@ -707,5 +675,19 @@ impl Drop for BenchCgroup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_are_read_in_bytes() {
+        let status = "Name:\tstrata-agent\nVmRSS:\t   20480 kB\nRssAnon:\t    8192 kB\n";
+        assert_eq!(status_bytes(status, "VmRSS"), Some(20 << 20));
+        assert_eq!(status_bytes(status, "RssAnon"), Some(8 << 20));
+        assert_eq!(status_bytes(status, "RssFile"), None);
+        assert_eq!(status_bytes(status, "Name"), None);
     }
 }

@@ -1,7 +1,6 @@
 //! `cargo xtask local`: builds Strata and runs `strata local`; with `--demo`, also runs a small
 //! demo workload through it, shows its tasks, and stops.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::thread::sleep;
@@ -74,7 +73,7 @@ pub fn run(args: &LocalArgs) -> Result<()> {
     let strata = bin.join("strata");
     let listen = match &args.listen {
         Some(listen) => listen.clone(),
-        None if args.demo => free_loopback_addr()?,
+        None if args.demo => util::free_loopback_addr()?,
         None => "127.0.0.1:5050".to_owned(),
     };
     let allocator = format!("http://{listen}");
@@ -227,9 +226,4 @@ fn wait_for_agent(strata: &Path, allocator: &str, cluster: &mut LocalCluster) ->
         sleep(Duration::from_millis(200));
     }
     bail!("no agent registered with strata local within 60 s; its log is above")
-}
-
-fn free_loopback_addr() -> Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(listener.local_addr()?.to_string())
 }

@@ -1,7 +1,10 @@
 //! Small helpers shared by the xtask commands: running commands loudly, finding the workspace.
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -66,6 +69,27 @@ pub const CGROUP_PLACEMENT_ENV: &str = "STRATA_AGENT_CGROUP_PLACEMENT";
 pub fn dev_cgroup_placement(cmd: &mut Command) -> &mut Command {
     let placement = std::env::var(CGROUP_PLACEMENT_ENV).unwrap_or_else(|_| "below-own".into());
     cmd.env(CGROUP_PLACEMENT_ENV, placement)
+}
+
+/// A loopback address (`127.0.0.1:PORT`) with a port that was free a moment ago.
+pub fn free_loopback_addr() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Waits until something accepts connections on `addr`, at most `limit` after starting `what`.
+pub fn wait_for_port(addr: &str, what: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listens on {addr} {} s after starting {what}",
+                limit.as_secs()
+            );
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
