@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory as _, FromArgMatches as _};
-use strata_common::config::{self as file, Table};
+use clap::CommandFactory as _;
+use strata_common::config as file;
 use strata_common::parse::{self, OrNone};
 
 use crate::Isolation;
@@ -185,14 +185,7 @@ pub struct AgentCommand {
     pub agent: AgentArgs,
 }
 
-/// The flags and settings as parsed, with what `--print-config` shows.
-#[derive(Debug)]
-pub struct Parsed<T> {
-    /// The flags.
-    pub args: T,
-    /// The effective settings as a config file, each line saying where its value came from.
-    pub settings: String,
-}
+pub use strata_common::config::Parsed;
 
 impl AgentCommand {
     /// The flag ids (clap argument ids) the `[agent]` table may set in `strata-agent`.
@@ -206,18 +199,7 @@ impl AgentCommand {
     pub fn parse_from(argv: Vec<OsString>) -> Result<Parsed<Self>, clap::Error> {
         let command = Self::command();
         let flags = Self::table_flags(&command);
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let tables = [Table {
-            name: CONFIG_TABLE,
-            flags: &flags,
-            elsewhere: &[],
-        }];
-        let loaded = file::load(command, argv, &tables, None)?;
-        let args = Self::from_arg_matches(&loaded.matches)?;
-        Ok(Parsed {
-            args,
-            settings: file::render(&loaded.settings, &tables),
-        })
+        file::parse(command, argv, CONFIG_TABLE, &flags)
     }
 
     /// The agent's configuration.

@@ -3,7 +3,6 @@
 //! is also each task's supervisor and the launcher of supervisors (`supervise`, `launcher`
 //! modes, entered before anything else runs).
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use strata_agent::flags::AgentCommand;
@@ -24,17 +23,12 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let parsed = match AgentCommand::parse_from(std::env::args_os().collect()) {
-        Ok(parsed) => parsed,
-        Err(e) => e.exit(),
-    };
-    if parsed.args.print_config {
-        let mut out = std::io::stdout();
-        let _ = write!(out, "{}", parsed.settings);
-        return ExitCode::SUCCESS;
-    }
+    let args = strata_common::config::flags_or_exit(
+        AgentCommand::parse_from(std::env::args_os().collect()),
+        |args| args.print_config,
+    );
     match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(agent_main(parsed.args)),
+        Ok(rt) => rt.block_on(agent_main(args)),
         Err(e) => {
             eprintln!("strata-agent: error: cannot start the async runtime: {e}");
             ExitCode::FAILURE

@@ -9,9 +9,9 @@ use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory as _, FromArgMatches as _};
+use clap::CommandFactory as _;
 use strata_allocator_core::config::AllocatorConfig;
-use strata_common::config::{self as file, Table};
+use strata_common::config as file;
 use strata_common::parse::{self, OrNone};
 use tokio::net::TcpListener;
 
@@ -136,14 +136,7 @@ fn parse_store(input: &str) -> Result<StoreArg, String> {
     }
 }
 
-/// The flags and settings as parsed, with what `--print-config` shows.
-#[derive(Debug)]
-pub struct Parsed<T> {
-    /// The flags.
-    pub args: T,
-    /// The effective settings as a config file, each line saying where its value came from.
-    pub settings: String,
-}
+pub use strata_common::config::Parsed;
 
 impl AllocatorCommand {
     /// The flag ids (clap argument ids) the `[allocator]` table may set in `strata-allocator`.
@@ -159,18 +152,7 @@ impl AllocatorCommand {
             // Before `--mesos-listen`, the Mesos API's flag was `--http-listen`.
             .mut_arg("mesos_listen", |a| a.alias("http-listen"));
         let flags = Self::table_flags(&command);
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let tables = [Table {
-            name: CONFIG_TABLE,
-            flags: &flags,
-            elsewhere: &[],
-        }];
-        let loaded = file::load(command, argv, &tables, None)?;
-        let args = Self::from_arg_matches(&loaded.matches)?;
-        Ok(Parsed {
-            args,
-            settings: file::render(&loaded.settings, &tables),
-        })
+        file::parse(command, argv, CONFIG_TABLE, &flags)
     }
 
     /// Where the registry is kept: `--store`, else `registry.redb` in `--work-dir`.

@@ -19,15 +19,10 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let parsed = match AllocatorCommand::parse_from(std::env::args_os().collect()) {
-        Ok(parsed) => parsed,
-        Err(e) => e.exit(),
-    };
-    if parsed.args.print_config {
-        let mut out = std::io::stdout();
-        let _ = write!(out, "{}", parsed.settings);
-        return ExitCode::SUCCESS;
-    }
+    let args = strata_common::config::flags_or_exit(
+        AllocatorCommand::parse_from(std::env::args_os().collect()),
+        |args| args.print_config,
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -35,7 +30,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(parsed.args).await {
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-allocator: {e:#}");

@@ -329,6 +329,57 @@ pub fn load(
     Ok(Loaded { matches, settings })
 }
 
+/// A program's flags as parsed, and its effective settings as a config file (what
+/// `--print-config` prints).
+#[derive(Debug)]
+pub struct Parsed<T> {
+    /// The flags.
+    pub args: T,
+    /// The effective settings, each line saying where its value came from.
+    pub settings: String,
+}
+
+/// Parses `argv` (the program name first) with `command`, the config file it names applied
+/// to the flags (clap ids) `flags` from the table `table`: the whole of what a program with one
+/// table does.
+pub fn parse<T: clap::FromArgMatches>(
+    command: clap::Command,
+    argv: Vec<OsString>,
+    table: &str,
+    flags: &[String],
+) -> Result<Parsed<T>, clap::Error> {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let tables = [Table {
+        name: table,
+        flags: &flags,
+        elsewhere: &[],
+    }];
+    let loaded = load(command, argv, &tables, None)?;
+    Ok(Parsed {
+        args: T::from_arg_matches(&loaded.matches)?,
+        settings: render(&loaded.settings, &tables),
+    })
+}
+
+/// For a binary's `main`: the parsed flags, or the process exits, with clap's message (or
+/// help) for a command line that cannot be used, and after printing the settings when
+/// `print_config` says `--print-config` was given.
+pub fn flags_or_exit<T>(
+    parsed: Result<Parsed<T>, clap::Error>,
+    print_config: impl Fn(&T) -> bool,
+) -> T {
+    use std::io::Write as _;
+    let parsed = parsed.unwrap_or_else(|e| e.exit());
+    if print_config(&parsed.args) {
+        let mut out = std::io::stdout();
+        // A reader that went away (`| head`) has what it wanted.
+        let _ = out.write_all(parsed.settings.as_bytes());
+        let _ = out.flush();
+        std::process::exit(0);
+    }
+    parsed.args
+}
+
 /// The effective value of every setting of `command` in `matches`, as TOML lines that say
 /// where each came from.
 fn settings(

@@ -88,12 +88,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     allocator_uri(&config.allocator)?;
-    tokio::fs::create_dir_all(&config.work_dir)
-        .await
-        .map_err(|source| AgentError::WorkDir {
-            path: config.work_dir.clone(),
-            source,
-        })?;
+    create_work_dir(&config).await?;
     crate::nofile::raise_for_agent();
     let (containerizer, cgroups) = containerizer_for(&config)?;
     let mut config = config;
@@ -256,12 +251,7 @@ async fn start(
     let address = allocator_uri(&config.allocator)?;
     let endpoint = allocator_endpoint(&config, &address)?;
 
-    tokio::fs::create_dir_all(&config.work_dir)
-        .await
-        .map_err(|source| AgentError::WorkDir {
-            path: config.work_dir.clone(),
-            source,
-        })?;
+    create_work_dir(&config).await?;
     let agent_id = checkpoint::load_agent_id(&config.work_dir)?;
     if let Some(id) = &agent_id {
         span.record("agent_id", id.as_str());
@@ -465,7 +455,17 @@ fn start_usage(
     }
 }
 
-/// `http://host:port` from a URL or a bare `host:port`.
+/// Creates the work dir if it is missing.
+async fn create_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
+    tokio::fs::create_dir_all(&config.work_dir)
+        .await
+        .map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })
+}
+
+/// `http://host:port` from a URL or a bare `host:port` (see `strata_common::parse::endpoint`).
 pub(super) fn allocator_uri(address: &str) -> Result<String, AgentError> {
     strata_common::parse::endpoint(address).map_err(|reason| AgentError::InvalidAllocatorAddress {
         address: address.to_owned(),
