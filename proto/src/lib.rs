@@ -19,6 +19,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod ids;
+
 /// Well-known resource names.
 pub mod names {
     /// CPU cores (scalar).
