@@ -43,19 +43,25 @@ impl Core {
         let was_unreachable = self.admit_agent(now, conn, &id, &info, &total);
         // Whatever was offered may no longer exist (the total can change).
         self.rescind_agent_offers(&id);
-        self.update_agent(now, conn, &id, &info, total, was_unreachable);
+        let mut warnings = self.update_agent(now, conn, &id, &info, total, was_unreachable);
         self.agent_conns.insert(conn, id.clone());
         self.record_agent(&id);
 
         self.reconcile_agent_tasks(now, &id, conn, register.tasks, was_unreachable);
+        let (shrunk, kills) = self.fit_agent_tasks(now, &id);
+        warnings.extend(shrunk);
 
         self.send_agent(
             conn,
             allocator_message::Message::Registered(allocator_message::Registered {
                 agent_id: id.0.clone(),
                 heartbeat_interval_seconds: self.config.agent_heartbeat_interval.as_secs_f64(),
+                warnings,
             }),
         );
+        for key in &kills {
+            self.send_kill(conn, key, None);
+        }
         self.refresh_offerable(&id);
         Ok(id)
     }
@@ -119,7 +125,8 @@ impl Core {
     }
 
     /// Takes what the agent registered with: its description, its total (with the dynamic
-    /// reservations kept for it applied) in the cluster total, its stream.
+    /// reservations kept for it applied) in the cluster total, its stream. Returns what it
+    /// had to drop (reservations the new total cannot hold), for the agent's log.
     fn update_agent(
         &mut self,
         now: Duration,
@@ -128,7 +135,8 @@ impl Core {
         info: &AgentInfo,
         total: Resources,
         was_unreachable: bool,
-    ) {
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
         // Old books out of the cluster total; the new total goes in below.
         let agent = self.agents.get_mut(id).expect("inserted above");
         if !was_unreachable {
@@ -157,11 +165,74 @@ impl Core {
                 agent.dynamic.add(&part);
             } else {
                 tracing::warn!(agent_id = %id, role, reservation = %part, "agent re-registered without the resources of a dynamic reservation; dropped");
+                warnings.push(format!(
+                    "the dynamic reservation {part} for role {role:?} was dropped: this agent \
+                     registered with {}, which cannot hold it",
+                    agent.total
+                ));
             }
         }
         agent.last_seen = now;
         agent.link = Link::Connected(conn);
         self.cluster_total.add_scalars(&agent.total);
+        warnings
+    }
+
+    /// An agent that registered with less than its tasks hold (restarted with smaller
+    /// `--resources`): the newest tasks are killed until the rest fit, so that the agent is
+    /// never over-committed. Each ends at once in the books (TASK_KILLED, reason
+    /// AGENT_RESTARTED, telling its framework why). Returns a warning per task for the
+    /// agent's log, and the tasks the agent must be asked to kill (after `Registered`).
+    fn fit_agent_tasks(&mut self, now: Duration, id: &AgentId) -> (Vec<String>, Vec<TaskKey>) {
+        let agent = &self.agents[id];
+        if agent.total.contains(&agent.allocated) {
+            return (Vec::new(), Vec::new());
+        }
+        let (total, held) = (agent.total.clone(), agent.allocated.clone());
+        let mut newest_first: Vec<(Duration, TaskKey)> = agent
+            .tasks
+            .iter()
+            .filter_map(|k| self.tasks.get(k).map(|t| (t.launched_at, k.clone())))
+            .collect();
+        newest_first.sort_by(|a, b| b.cmp(a));
+        let (mut warnings, mut kills) = (Vec::new(), Vec::new());
+        for (_, key) in newest_first {
+            if self.agents[id].total.contains(&self.agents[id].allocated) {
+                break;
+            }
+            let message = format!(
+                "agent {id} re-registered with {total}, less than its tasks hold ({held}): the \
+                 task was killed so that the rest fit"
+            );
+            tracing::warn!(task_id = %key.1, framework_id = %key.0, agent_id = %id, "agent shrank below its tasks; killing task");
+            let status = Self::allocator_status(
+                now,
+                &key.0,
+                &key.1.0,
+                &id.0,
+                TaskState::Killed,
+                TaskReason::AgentRestarted,
+                message.clone(),
+            );
+            self.end_task(
+                &key,
+                TaskState::Killed,
+                TaskReason::AgentRestarted,
+                message,
+                None,
+                now,
+            );
+            if self.frameworks.contains_key(&key.0) {
+                self.send_update(&key.0, status);
+            }
+            warnings.push(format!(
+                "task {} of framework {} was killed: this agent registered with {total}, less \
+                 than its tasks hold ({held})",
+                key.1, key.0
+            ));
+            kills.push(key);
+        }
+        (warnings, kills)
     }
 
     /// Brings the allocator's view of an agent's tasks in line with the list it registered.

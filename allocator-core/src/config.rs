@@ -38,6 +38,9 @@ pub struct AllocatorConfig {
     /// An offer neither accepted nor declined this long is rescinded (none: never, as in
     /// Mesos by default).
     pub offer_timeout: Option<Duration>,
+    /// The most frameworks registered at once (connected or within their failover timeout);
+    /// a SUBSCRIBE of a new one beyond it is refused.
+    pub max_frameworks: usize,
 }
 
 impl Default for AllocatorConfig {
@@ -51,6 +54,7 @@ impl Default for AllocatorConfig {
             default_refuse: Duration::from_secs(5),
             terminal_task_history: 1000,
             offer_timeout: None,
+            max_frameworks: 1000,
         }
     }
 }

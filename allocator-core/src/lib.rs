@@ -43,6 +43,7 @@ pub mod config;
 mod frameworks;
 pub mod ids;
 mod invariants;
+pub mod limits;
 pub mod operator;
 pub mod registry;
 pub mod resources;
@@ -50,6 +51,8 @@ pub mod roles;
 mod tasks;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
 #[cfg(test)]
 mod tests_props;
 #[cfg(test)]
@@ -88,6 +91,21 @@ pub enum CoreError {
     UnknownFramework {
         /// The id given.
         framework_id: String,
+    },
+    /// SUBSCRIBE described the framework with a field out of bounds.
+    #[error("cannot subscribe: {reason}")]
+    InvalidFrameworkInfo {
+        /// What is out of bounds.
+        reason: String,
+    },
+    /// SUBSCRIBE would register a framework beyond the allocator's limit.
+    #[error(
+        "cannot register another framework: {max} are registered, the most this allocator \
+         allows (--max-frameworks); tear down frameworks that are gone"
+    )]
+    TooManyFrameworks {
+        /// The limit.
+        max: usize,
     },
     /// An agent registered with resources that cannot be parsed.
     #[error("agent {hostname:?} registered with invalid resources: {source}")]

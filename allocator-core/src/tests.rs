@@ -32,6 +32,7 @@ pub(super) fn config() -> AllocatorConfig {
         default_refuse: Duration::from_secs(5),
         terminal_task_history: 100,
         offer_timeout: None,
+        max_frameworks: 1000,
     }
 }
 
@@ -338,6 +339,7 @@ fn agents_get_ids_and_heartbeat_interval() {
             allocator_message::Registered {
                 agent_id: "test-S0".to_owned(),
                 heartbeat_interval_seconds: 5.0,
+                warnings: vec![],
             }
         )]
     );
@@ -717,12 +719,12 @@ fn invalid_accepts_change_nothing() {
 
     for case in cases {
         let mut h = Harness::new();
-        let (aconn, _) = h.agent(2.0, 1024.0);
+        let (aconn, _) = h.agent(2.01, 1028.0);
         let (fconn, fid) = h.framework("one");
         // A running task "running" (offer test-O0 is used by it), then a fresh offer.
         let first = h.one_offer(fconn);
         assert_eq!(first.id, "test-O0");
-        h.launch(fconn, &fid, aconn, &first, vec![task("running", 0.0, 0.0)]);
+        h.launch(fconn, &fid, aconn, &first, vec![task("running", 0.01, 4.0)]);
         let offer = h.one_offer(fconn);
 
         let before = h.snapshot();

@@ -52,6 +52,14 @@ pub struct AllocatorArgs {
     /// Rescind offers neither accepted nor declined this long (e.g. 30s); none by default.
     #[arg(long, env = "STRATA_ALLOCATOR_OFFER_TIMEOUT", value_parser = parse::duration, value_name = "DURATION")]
     pub offer_timeout: Option<Duration>,
+    /// The most frameworks registered at once; a SUBSCRIBE of a new one beyond it is refused.
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_MAX_FRAMEWORKS",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
+    pub max_frameworks: usize,
     /// Where Prometheus scrapes `GET /metrics` (HOST:PORT), or `none` [strata-allocator:
     /// 0.0.0.0:9105, skipped with a warning when taken; strata local: none (its metrics are on
     /// the Mesos HTTP port)].
@@ -76,6 +84,7 @@ impl AllocatorArgs {
             default_refuse: self.default_refuse,
             terminal_task_history: self.terminal_task_history,
             offer_timeout: self.offer_timeout,
+            max_frameworks: self.max_frameworks,
         }
     }
 }
@@ -343,6 +352,8 @@ mod tests {
             "7",
             "--offer-timeout",
             "30s",
+            "--max-frameworks",
+            "3",
         ])
         .expect("flags parse");
         assert_eq!(args.listen, "0.0.0.0:6060");
@@ -357,6 +368,7 @@ mod tests {
                 default_refuse: Duration::ZERO,
                 terminal_task_history: 7,
                 offer_timeout: Some(Duration::from_secs(30)),
+                max_frameworks: 3,
             }
         );
         let err = parse(&["--agent-timeout", "soon"]).expect_err("bad duration");

@@ -35,6 +35,7 @@ pub fn config() -> AllocatorConfig {
         default_refuse: Duration::from_millis(200),
         terminal_task_history: 100,
         offer_timeout: None,
+        max_frameworks: 1000,
     }
 }
 

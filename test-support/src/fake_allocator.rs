@@ -74,6 +74,7 @@ impl AgentService for Service {
                         message: Some(AllocMsg::Registered(Registered {
                             agent_id: id,
                             heartbeat_interval_seconds,
+                            warnings: Vec::new(),
                         })),
                     }));
                 }

@@ -24,6 +24,9 @@ use crate::usage::UsageReport;
 /// Heartbeat interval used when the allocator does not give a usable one.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The most warnings of one `Registered` logged.
+const MAX_REGISTERED_WARNINGS: usize = 32;
+
 impl Agent {
     pub(super) fn on_connection(&mut self, event: ConnEvent) {
         match event {
@@ -150,6 +153,9 @@ impl Agent {
     }
 
     fn on_registered(&mut self, registered: Registered) {
+        for warning in registered.warnings.iter().take(MAX_REGISTERED_WARNINGS) {
+            tracing::warn!(warning = %strata_proto::ids::shorten(warning, 1024), "the allocator changed what this agent registered");
+        }
         let id = registered.agent_id;
         if id.is_empty() {
             tracing::warn!(

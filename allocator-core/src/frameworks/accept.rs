@@ -9,6 +9,12 @@ use strata_proto::{
     Operation, TaskInfo, TaskReason, TaskState, allocator_message, call, operation,
 };
 
+use strata_proto::ids::{check_id, shorten};
+use strata_proto::limits::{MIN_TASK_CPUS, MIN_TASK_MEM_MIB};
+
+use crate::limits::{
+    MAX_NAMES_LISTED, MAX_OPERATIONS_PER_ACCEPT, MAX_TASKS_PER_ACCEPT, check_task_size, join_errors,
+};
 use crate::resources::Resources;
 use crate::roles::validate_role;
 use crate::{AgentId, Core, FrameworkId, Name, Offer, OfferId, Task, TaskId, TaskKey};
@@ -40,12 +46,18 @@ pub(crate) struct Conversion {
     pub(crate) resources: Resources,
 }
 
+/// The names quoted and joined, the first [`MAX_NAMES_LISTED`] of them and how many more.
 fn quote_list(items: &[&str]) -> String {
-    items
+    let mut list = items
         .iter()
-        .map(|s| format!("{s:?}"))
+        .take(MAX_NAMES_LISTED)
+        .map(|s| format!("{:?}", shorten(s, 64)))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if items.len() > MAX_NAMES_LISTED {
+        list.push_str(&format!(" and {} more", items.len() - MAX_NAMES_LISTED));
+    }
+    list
 }
 
 impl Core {
@@ -75,7 +87,7 @@ impl Core {
         tasks: &[TaskInfo],
         rejection: Rejection,
     ) {
-        let message = rejection.errors.join("; ");
+        let message = join_errors(&rejection.errors);
         tracing::warn!(%message, tasks = tasks.len(), "accept rejected");
         if tasks.is_empty() {
             self.send_error(fid, format!("accept rejected: {message}"));
@@ -179,6 +191,14 @@ impl Core {
         conversions: Vec<Conversion>,
         op_errors: Vec<String>,
     ) -> Result<Launch, Rejection> {
+        if let Some(error) = op_errors.iter().find(|e| e.starts_with(TOO_MANY)) {
+            // Nothing else is checked: the call is refused as a whole, with one short message.
+            return Err(Rejection {
+                bad_offers: false,
+                errors: vec![error.clone()],
+                agent_id: String::new(),
+            });
+        }
         let Offered {
             agent,
             role,
@@ -346,6 +366,8 @@ impl Core {
                      framework"
                         .to_owned(),
                 );
+            } else if let Err(e) = check_id("task id", name) {
+                errors.push(e.to_string());
             } else {
                 if ids_in_call[name.as_str()] > 1 && reported_twice.insert(name.as_str()) {
                     errors.push(format!(
@@ -356,8 +378,10 @@ impl Core {
                 self.check_task_id_unused(fid, name, errors);
             }
             check_task_fields(t, agent, errors);
+            errors.extend(check_task_size(t));
             match Resources::from_proto(&t.resources) {
                 Ok(r) => {
+                    check_minimum(name, &r, errors);
                     if !offered.contains(&r) {
                         errors.push(shortfall_message(
                             &[name.as_str()],
@@ -407,6 +431,13 @@ impl Operations {
         let mut tasks: Vec<TaskInfo> = Vec::new();
         let mut conversions = Vec::new();
         let mut op_errors = Vec::new();
+        if operations.len() > MAX_OPERATIONS_PER_ACCEPT {
+            op_errors.push(format!(
+                "{TOO_MANY} operations ({}): one ACCEPT may hold at most \
+                 {MAX_OPERATIONS_PER_ACCEPT}; split it",
+                operations.len()
+            ));
+        }
         for op in operations {
             match op.operation {
                 Some(operation::Operation::Launch(launch)) => tasks.extend(launch.tasks),
@@ -428,6 +459,13 @@ impl Operations {
                 ),
             }
         }
+        if tasks.len() > MAX_TASKS_PER_ACCEPT {
+            op_errors.push(format!(
+                "{TOO_MANY} tasks ({}): one ACCEPT may launch at most {MAX_TASKS_PER_ACCEPT}; \
+                 split the launch over several calls",
+                tasks.len()
+            ));
+        }
         Self {
             tasks,
             conversions,
@@ -435,6 +473,9 @@ impl Operations {
         }
     }
 }
+
+/// How an error that refuses an ACCEPT for its size begins.
+const TOO_MANY: &str = "the ACCEPT has too many";
 
 /// What the offers of a valid ACCEPT hold, their agent and their role.
 struct Offered {
@@ -467,6 +508,22 @@ fn check_task_fields(t: &TaskInfo, agent: &AgentId, errors: &mut Vec<String>) {
         errors.push(format!(
             "task {name:?} names agent {} but the offer is on agent {agent}",
             t.agent_id
+        ));
+    }
+}
+
+/// An error when a task asks for less than the least cpus or memory a task may have: every
+/// task runs with a memory limit and a CPU share that mean something (as Mesos' minimum
+/// allocatable resources).
+fn check_minimum(name: &str, resources: &Resources, errors: &mut Vec<String>) {
+    // Resources hold scalars in milli-units.
+    let cpus = resources.scalar(strata_proto::names::CPUS) as f64 / 1000.0;
+    let mem = resources.scalar(strata_proto::names::MEM) as f64 / 1000.0;
+    if cpus < MIN_TASK_CPUS || mem < MIN_TASK_MEM_MIB {
+        errors.push(format!(
+            "task {:?} asks for cpus={cpus} and mem={mem}: every task needs at least \
+             cpus={MIN_TASK_CPUS} and mem={MIN_TASK_MEM_MIB} (MiB)",
+            shorten(name, 64)
         ));
     }
 }

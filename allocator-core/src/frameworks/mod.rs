@@ -71,6 +71,14 @@ impl Core {
             );
             return Ok(fid);
         }
+        if let Some(reason) = crate::limits::check_framework_info(&info) {
+            return Err(CoreError::InvalidFrameworkInfo { reason });
+        }
+        if info.id.is_empty() && self.frameworks.len() >= self.config.max_frameworks {
+            return Err(CoreError::TooManyFrameworks {
+                max: self.config.max_frameworks,
+            });
+        }
         let roles = if info.roles.is_empty() {
             crate::allocation::default_roles()
         } else {

@@ -412,8 +412,10 @@ fn watch_event(now: Duration, command: &Command) -> Option<WatchEvent> {
 fn status_for(error: &CoreError) -> Status {
     match error {
         CoreError::UnknownFramework { .. } => Status::not_found(error.to_string()),
+        CoreError::TooManyFrameworks { .. } => Status::resource_exhausted(error.to_string()),
         CoreError::InvalidAgentResources { .. }
         | CoreError::AgentIdChanged { .. }
-        | CoreError::InvalidFrameworkRole { .. } => Status::invalid_argument(error.to_string()),
+        | CoreError::InvalidFrameworkRole { .. }
+        | CoreError::InvalidFrameworkInfo { .. } => Status::invalid_argument(error.to_string()),
     }
 }

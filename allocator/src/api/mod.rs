@@ -55,8 +55,11 @@ use crate::store::{MemoryStore, Store};
 
 /// Inputs queued for the actor before stream readers wait (backpressure to clients).
 const INPUT_QUEUE: usize = 8192;
-/// The largest message accepted (an agent re-registering with many tasks).
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// The largest message accepted from an agent (one re-registering with many tasks).
+const MAX_AGENT_MESSAGE: usize = 64 * 1024 * 1024;
+/// The largest call accepted from a framework: an ACCEPT of the most tasks allowed
+/// (`core::limits`) of ordinary size fits many times over.
+pub(crate) const MAX_SCHEDULER_MESSAGE: usize = 8 * 1024 * 1024;
 /// HTTP/2 pings find dead peers whose TCP connection never closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -185,11 +188,11 @@ pub async fn serve_with_http(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
             AgentServiceServer::new(AgentApi(shared.clone()))
-                .max_decoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(MAX_AGENT_MESSAGE),
         )
         .add_service(
             SchedulerServiceServer::new(SchedulerApi(shared.clone()))
-                .max_decoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(MAX_SCHEDULER_MESSAGE),
         )
         .add_service(OperatorServiceServer::new(OperatorApi(shared)))
         .serve_with_incoming_shutdown(incoming, signal)

@@ -54,8 +54,8 @@ use crate::api::actor::{Input, Query};
 pub const STREAM_ID: &str = "Mesos-Stream-Id";
 /// How long a SUBSCRIBE waits for the allocator's answer.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
-/// The largest call body accepted.
-const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The largest call body accepted: the gRPC scheduler API's limit.
+const MAX_BODY: usize = crate::api::MAX_SCHEDULER_MESSAGE;
 
 /// Whether this allocator leads. Strata runs one allocator, which always leads; the other
 /// values exist so the redirect (307) and no-leader (503) answers Mesos clients rely on

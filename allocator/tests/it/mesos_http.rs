@@ -500,6 +500,8 @@ async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<(
     let task = json!({
         "name": "t1", "task_id": { "value": "t1" }, "agent_id": offer["agent_id"],
         "resources": [{ "name": "cpus", "type": "SCALAR", "scalar": { "value": 1.0 },
+                        "allocation_info": { "role": "eng" } },
+                      { "name": "mem", "type": "SCALAR", "scalar": { "value": 32.0 },
                         "allocation_info": { "role": "eng" } }],
         "command": { "value": "echo hi", "environment": { "variables": [{ "name": "A", "value": "1" }] } },
         "health_check": { "type": "COMMAND" },
