@@ -32,7 +32,33 @@ impl Core {
         conn: ConnId,
         register: agent_message::Register,
     ) -> Result<AgentId, CoreError> {
+        self.agent_register_as(now, conn, register, None)
+    }
+
+    /// [`Core::agent_register`] by an authenticated `principal` (none: unauthenticated): the
+    /// policy must allow it `register_agents`, and an id already bound to another principal
+    /// is refused. A new id is bound to the principal.
+    pub fn agent_register_as(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        register: agent_message::Register,
+        principal: Option<String>,
+    ) -> Result<AgentId, CoreError> {
+        self.config.policy.check(
+            principal.as_deref(),
+            strata_auth::Action::RegisterAgents,
+            principal.as_deref().unwrap_or_default(),
+        )?;
         let info = register.info.unwrap_or_default();
+        if !info.id.is_empty() {
+            strata_proto::ids::check_id("agent id", &info.id).map_err(|e| {
+                CoreError::InvalidAgentId {
+                    reason: e.to_string(),
+                }
+            })?;
+            self.check_agent_principal(&info.id, principal.as_deref())?;
+        }
         let total = Resources::from_proto(&info.resources).map_err(|source| {
             CoreError::InvalidAgentResources {
                 hostname: info.hostname.clone(),
@@ -41,6 +67,11 @@ impl Core {
         })?;
         let id = self.registering_id(conn, &info)?;
         let was_unreachable = self.admit_agent(now, conn, &id, &info, &total);
+        if let Some(agent) = self.agents.get_mut(&id)
+            && agent.principal.is_none()
+        {
+            agent.principal = principal;
+        }
         // Whatever was offered may no longer exist (the total can change).
         self.rescind_agent_offers(&id);
         let mut warnings = self.update_agent(now, conn, &id, &info, total, was_unreachable);
@@ -64,6 +95,30 @@ impl Core {
         }
         self.refresh_offerable(&id);
         Ok(id)
+    }
+
+    /// An error when agent id `id` is bound to a principal other than `principal` (live or
+    /// as the registry kept it).
+    fn check_agent_principal(&self, id: &str, principal: Option<&str>) -> Result<(), CoreError> {
+        let key = AgentId(id.to_owned());
+        let bound = match self.agents.get(&key) {
+            Some(agent) => agent.principal.clone(),
+            None => self
+                .known_agents
+                .get(&key)
+                .map(|r| r.principal.clone())
+                .filter(|p| !p.is_empty()),
+        };
+        match bound {
+            Some(bound) if Some(bound.as_str()) != principal => {
+                tracing::warn!(agent_id = %id, bound = %bound, principal = ?principal, "registration with an agent id of another principal refused");
+                Err(CoreError::IdOfAnotherPrincipal {
+                    what: "agent",
+                    id: id.to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The id a Register on `conn` registers: the stream's agent (a Register naming another
@@ -105,10 +160,16 @@ impl Core {
                 let mode = known
                     .as_ref()
                     .map_or(AgentMode::Active, |r| super::registry::mode_from(&r.mode));
+                let principal = known
+                    .as_ref()
+                    .map(|r| r.principal.clone())
+                    .filter(|p| !p.is_empty());
                 let dynamic = known
                     .and_then(|r| super::registry::load_resources(&r.dynamic).ok())
                     .unwrap_or_default();
-                self.insert_agent(new_agent(id.clone(), mode, dynamic, now));
+                let mut agent = new_agent(id.clone(), mode, dynamic, now);
+                agent.principal = principal;
+                self.insert_agent(agent);
                 false
             }
             Some(agent) => {
@@ -696,5 +757,6 @@ fn new_agent(id: AgentId, mode: AgentMode, dynamic: Resources, now: Duration) ->
         registered_at: now,
         last_seen: now,
         tasks: Default::default(),
+        principal: None,
     }
 }

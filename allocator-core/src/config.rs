@@ -41,6 +41,12 @@ pub struct AllocatorConfig {
     /// The most frameworks registered at once (connected or within their failover timeout);
     /// a SUBSCRIBE of a new one beyond it is refused.
     pub max_frameworks: usize,
+    /// The most frameworks one principal may have registered at once.
+    pub max_frameworks_per_principal: usize,
+    /// Who may do what: open (authentication off) or the ACLs enforced. The core decides
+    /// `register_agents`, `register_frameworks` (per role) and `run_tasks` (per user); the
+    /// edge the operator actions.
+    pub policy: strata_auth::Policy,
 }
 
 impl Default for AllocatorConfig {
@@ -55,6 +61,8 @@ impl Default for AllocatorConfig {
             terminal_task_history: 1000,
             offer_timeout: None,
             max_frameworks: 1000,
+            max_frameworks_per_principal: 100,
+            policy: strata_auth::Policy::Open,
         }
     }
 }

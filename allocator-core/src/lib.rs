@@ -52,6 +52,8 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_auth;
+#[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
 mod tests_props;
@@ -72,6 +74,7 @@ pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
 pub use self::resources::{Name, RangeSet, ResourceError, Resources};
 pub use self::roles::{DEFAULT_ROLE, Quota, RoleError};
 use self::tasks::History;
+pub use strata_auth::{Acls, Action, Policy};
 
 /// The core's id-keyed maps: a fast, randomly seeded hasher (ids share a long prefix, so
 /// SipHash over them dominated allocation rounds); iteration order is unspecified either way.
@@ -104,6 +107,37 @@ pub enum CoreError {
          allows (--max-frameworks); tear down frameworks that are gone"
     )]
     TooManyFrameworks {
+        /// The limit.
+        max: usize,
+    },
+    /// Register named an agent id that breaks the id rule.
+    #[error("{reason}")]
+    InvalidAgentId {
+        /// The rule broken.
+        reason: String,
+    },
+    /// The policy refused the registration or subscription.
+    #[error("{0}")]
+    Denied(#[from] strata_auth::Denied),
+    /// A framework or agent id is bound to another principal.
+    #[error(
+        "{what} {id} belongs to another principal: only the principal that registered it may \
+         use it again (register without an id for a new one)"
+    )]
+    IdOfAnotherPrincipal {
+        /// "framework" or "agent".
+        what: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// A principal would register more frameworks than allowed.
+    #[error(
+        "principal {principal:?} has {max} frameworks registered, the most allowed \
+         (--max-frameworks-per-principal); tear down frameworks that are gone"
+    )]
+    TooManyFrameworksOfPrincipal {
+        /// The principal.
+        principal: String,
         /// The limit.
         max: usize,
     },
@@ -297,6 +331,8 @@ struct Agent {
     registered_at: Duration,
     last_seen: Duration,
     tasks: BTreeSet<TaskKey>,
+    /// The principal its id is bound to: only it may register with the id again.
+    principal: Option<String>,
 }
 
 impl Agent {
@@ -400,6 +436,8 @@ struct Framework {
     tasks: BTreeSet<TaskId>,
     registered_at: Duration,
     last_heartbeat: Duration,
+    /// The principal its id is bound to: only it may subscribe with the id again.
+    principal: Option<String>,
 }
 
 #[derive(Debug)]

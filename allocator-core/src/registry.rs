@@ -91,6 +91,10 @@ pub struct AgentRecord {
     /// The operator's mode: empty (active), `draining` or `deactivated`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mode: String,
+    /// The principal its id is bound to (its certificate's); empty when it registered
+    /// without authentication.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub principal: String,
 }
 
 /// The stored form of an agent mode.
@@ -127,6 +131,9 @@ pub struct FrameworkRecord {
     /// When its stream ended, Unix seconds; none while connected. Its failover deadline is
     /// this plus its failover timeout.
     pub disconnected_at: Option<f64>,
+    /// The principal its id is bound to; empty when it subscribed without authentication.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub principal: String,
 }
 
 /// What is kept of a role's quota.
@@ -229,6 +236,7 @@ impl Core {
             partition_aware: fw.partition_aware,
             registered_at: fw.registered_at.as_secs_f64(),
             disconnected_at: fw.disconnected_at.map(|d| d.as_secs_f64()),
+            principal: fw.principal.clone().unwrap_or_default(),
         }
     }
 
@@ -245,6 +253,7 @@ impl Core {
                 hostname: agent.hostname.clone(),
                 dynamic: store_resources(&agent.dynamic),
                 mode: mode_name(agent.mode),
+                principal: agent.principal.clone().unwrap_or_default(),
             };
             self.record(RegistryOp::PutAgent(id.0.clone(), record));
         }
@@ -264,6 +273,7 @@ impl Core {
                     hostname: agent.hostname.clone(),
                     dynamic: store_resources(&agent.dynamic),
                     mode: mode_name(agent.mode),
+                    principal: agent.principal.clone().unwrap_or_default(),
                 },
             );
         }
@@ -333,6 +343,7 @@ impl Core {
             fw.failover_timeout = Duration::try_from_secs_f64(r.failover_timeout_seconds.max(0.0))
                 .unwrap_or_default();
             fw.partition_aware = r.partition_aware;
+            fw.principal = Some(r.principal).filter(|p| !p.is_empty());
             fw.registered_at = Duration::try_from_secs_f64(r.registered_at).unwrap_or(now);
             fw.disconnected_at = Some(disconnected_at);
             tracing::info!(framework_id = %fid, name = %fw.name, "framework restored; waiting for it to re-subscribe");

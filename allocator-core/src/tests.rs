@@ -33,6 +33,8 @@ pub(super) fn config() -> AllocatorConfig {
         terminal_task_history: 100,
         offer_timeout: None,
         max_frameworks: 1000,
+        max_frameworks_per_principal: 100,
+        policy: strata_auth::Policy::Open,
     }
 }
 

@@ -12,6 +12,14 @@ use strata_proto::{
 use super::{Core, Link, Task};
 
 impl Core {
+    /// The principal framework `framework_id` is bound to: `None` for an unknown framework,
+    /// an empty string for one that subscribed without authentication.
+    pub fn framework_principal(&self, framework_id: &str) -> Option<String> {
+        self.frameworks
+            .get(&crate::FrameworkId(framework_id.to_owned()))
+            .map(|f| f.principal.clone().unwrap_or_default())
+    }
+
     /// Every agent the allocator knows, by id.
     pub fn agent_summaries(&self) -> Vec<AgentSummary> {
         let mut agents: Vec<AgentSummary> = self

@@ -60,6 +60,14 @@ pub struct AllocatorArgs {
         value_name = "N"
     )]
     pub max_frameworks: usize,
+    /// The most frameworks one principal may have registered at once (with authentication).
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_MAX_FRAMEWORKS_PER_PRINCIPAL",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub max_frameworks_per_principal: usize,
     /// Where Prometheus scrapes `GET /metrics` (HOST:PORT), or `none` [strata-allocator:
     /// 0.0.0.0:9105, skipped with a warning when taken; strata local: none (its metrics are on
     /// the Mesos HTTP port)].
@@ -85,6 +93,9 @@ impl AllocatorArgs {
             terminal_task_history: self.terminal_task_history,
             offer_timeout: self.offer_timeout,
             max_frameworks: self.max_frameworks,
+            max_frameworks_per_principal: self.max_frameworks_per_principal,
+            // Set from the security flags by the binary that serves (`policy`).
+            policy: strata_allocator_core::Policy::Open,
         }
     }
 }
@@ -93,7 +104,7 @@ impl AllocatorArgs {
 /// `--listen`).
 pub const DEFAULT_MESOS_LISTEN: &str = "127.0.0.1:5052";
 /// `strata-allocator`'s default `--metrics-listen`.
-pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9105";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9105";
 /// `strata-allocator`'s default `--work-dir`.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/strata/allocator";
 /// The default `--listen` of `strata-allocator` and `strata local`.
@@ -125,7 +136,143 @@ pub struct AllocatorCommand {
     #[arg(long, env = "STRATA_ALLOCATOR_STORE", value_parser = parse_store, value_name = "PATH|memory")]
     pub store: Option<StoreArg>,
     #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
     pub allocator: AllocatorArgs,
+}
+
+/// TLS, authentication, authorization and the audit log (`strata-allocator` only; `strata
+/// local` serves loopback).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Security")]
+pub struct SecurityArgs {
+    /// The allocator's TLS certificate (PEM; `strata certs issue`): every listener serves TLS.
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The CA whose client certificates authenticate agents, frameworks and operators (their
+    /// common name is the principal). Turns authentication on.
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Principals and the hashes of their bearer tokens (`strata token create`). Turns
+    /// authentication on.
+    #[arg(long, env = "STRATA_ALLOCATOR_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Who may do what (TOML `[[allow]]` rules; see docs/security.md); required with
+    /// authentication, which denies what no rule allows.
+    #[arg(long, env = "STRATA_ALLOCATOR_ACLS", value_name = "FILE")]
+    pub acls: Option<PathBuf>,
+    /// Append every operator and framework action, with its principal and outcome, to this
+    /// file (JSON lines).
+    #[arg(long, env = "STRATA_ALLOCATOR_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Listen on non-loopback addresses without TLS and authentication: anyone who reaches
+    /// the allocator can then register agents, run tasks and act as an operator.
+    #[arg(long, env = "STRATA_ALLOCATOR_INSECURE")]
+    pub insecure: bool,
+}
+
+/// Why the security flags cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityFlagsError {
+    /// An address outside loopback without TLS.
+    #[error(
+        "refusing to serve {what} on {addr} without TLS and authentication: anyone who can \
+         reach it could register agents, run tasks and act as an operator. Give --tls-cert, \
+         --tls-key and --tls-client-ca and/or --credentials (see docs/security.md), listen on \
+         127.0.0.1, or pass --insecure to accept the risk"
+    )]
+    Exposed {
+        /// The listener.
+        what: &'static str,
+        /// Its address.
+        addr: String,
+    },
+    /// Authentication without ACLs.
+    #[error(
+        "authentication is on (--tls-client-ca or --credentials) but no --acls file says who \
+         may do what, so everything would be denied: give --acls (see docs/security.md)"
+    )]
+    NoAcls,
+    /// ACLs without authentication.
+    #[error("--acls needs authentication: give --credentials and/or --tls-client-ca")]
+    AclsWithoutAuthentication,
+    /// A file could not be used.
+    #[error("{0}")]
+    File(String),
+}
+
+impl SecurityArgs {
+    /// Whether callers must authenticate.
+    pub fn authenticating(&self) -> bool {
+        self.credentials.is_some() || self.tls_client_ca.is_some()
+    }
+
+    /// The policy the flags set: enforced ACLs with authentication, else open.
+    pub fn policy(&self) -> Result<strata_allocator_core::Policy, SecurityFlagsError> {
+        use strata_allocator_core::{Acls, Policy};
+        match (&self.acls, self.authenticating()) {
+            (Some(path), true) => Ok(Policy::Enforced(
+                Acls::load(path).map_err(|e| SecurityFlagsError::File(e.to_string()))?,
+            )),
+            (None, true) => Err(SecurityFlagsError::NoAcls),
+            (Some(_), false) => Err(SecurityFlagsError::AclsWithoutAuthentication),
+            (None, false) => Ok(Policy::Open),
+        }
+    }
+
+    /// The servers' security settings.
+    pub fn security(&self) -> Result<crate::security::Security, SecurityFlagsError> {
+        let credentials = match &self.credentials {
+            Some(path) => strata_auth::credentials::Credentials::load(path)
+                .map_err(|e| SecurityFlagsError::File(e.to_string()))?,
+            None => strata_auth::credentials::Credentials::default(),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::security::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        crate::security::Security::new(self.policy()?, credentials, tls, self.audit_log.as_deref())
+            .map_err(|e| SecurityFlagsError::File(e.to_string()))
+    }
+
+    /// Refuses to serve `addr` (a bound listener's address) outside loopback unless TLS and
+    /// authentication are on, or `--insecure` accepts the risk.
+    pub fn check_exposure(
+        &self,
+        what: &'static str,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), SecurityFlagsError> {
+        let protected = self.tls_cert.is_some() && self.authenticating();
+        if protected || self.insecure || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(SecurityFlagsError::Exposed {
+            what,
+            addr: addr.to_string(),
+        })
+    }
 }
 
 /// Where `--store` says the registry lives.
@@ -152,6 +299,7 @@ impl AllocatorCommand {
     pub fn table_flags(command: &clap::Command) -> Vec<String> {
         let mut flags = file::group_args(command, "AllocatorArgs");
         flags.extend(["listen", "work_dir", "store"].map(str::to_owned));
+        flags.extend(file::group_args(command, "SecurityArgs"));
         flags
     }
 
@@ -369,6 +517,8 @@ mod tests {
                 terminal_task_history: 7,
                 offer_timeout: Some(Duration::from_secs(30)),
                 max_frameworks: 3,
+                max_frameworks_per_principal: 100,
+                policy: strata_allocator_core::Policy::Open,
             }
         );
         let err = parse(&["--agent-timeout", "soon"]).expect_err("bad duration");

@@ -19,11 +19,15 @@
 
 mod api;
 pub mod flags;
+mod http_serve;
 pub mod mesos;
 pub mod metrics;
+pub mod security;
 pub mod store;
 
-pub use api::{ServeError, serve, serve_with_http, serve_with_metrics, serve_with_store};
+pub use api::{
+    ServeError, serve, serve_secure, serve_with_http, serve_with_metrics, serve_with_store,
+};
 pub use metrics::Metrics;
 pub use strata_allocator_core as core;
 pub use strata_allocator_core::config;

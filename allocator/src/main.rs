@@ -40,8 +40,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
-    let config = args.allocator.config();
+    let mut config = args.allocator.config();
     config.validate()?;
+    // Security settings before anything listens: bad files stop the allocator here.
+    let security = std::sync::Arc::new(args.security.security()?);
+    config.policy = security.policy().clone();
+    let scheme = if security.tls_enabled() {
+        "https"
+    } else {
+        "http"
+    };
     // The store first: a corrupt or busy store stops the allocator before it listens.
     let store: Box<dyn Store> = match args.store() {
         StoreArg::Redb(path) => {
@@ -67,6 +75,11 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    args.security
+        .check_exposure("the allocator (--listen)", addr)?;
+    if !security.policy().enforced() {
+        tracing::warn!(%addr, "authentication is off: anyone who can reach the allocator may register agents, run tasks and act as an operator");
+    }
     // A reader that took only the first line has closed the pipe: not an error.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "strata-allocator listening on {addr}");
@@ -81,7 +94,11 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(listener) = metrics_listener {
-        strata_allocator::metrics::spawn_http(listener, metrics.clone());
+        if let Ok(addr) = listener.local_addr() {
+            args.security
+                .check_exposure("metrics (--metrics-listen)", addr)?;
+        }
+        strata_allocator::metrics::spawn_secure(listener, metrics.clone(), security.clone());
     }
     let http = flags::bind_optional(
         &args.allocator.mesos_listen,
@@ -90,10 +107,14 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
         "the Mesos HTTP API",
         "--mesos-listen",
     )
-    .await?
-    .map(|listener| {
+    .await?;
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        args.security
+            .check_exposure("the Mesos HTTP API (--mesos-listen)", addr)?;
+    }
+    let http = http.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            let _ = writeln!(out, "strata-allocator Mesos HTTP API on http://{addr}");
+            let _ = writeln!(out, "strata-allocator Mesos HTTP API on {scheme}://{addr}");
             let _ = out.flush();
         }
         // `GET /metrics` on the Mesos port too, as on a Mesos master's.
@@ -102,12 +123,13 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
             ..strata_allocator::mesos::HttpApi::new(listener)
         }
     });
-    strata_allocator::serve_with_http(
+    strata_allocator::serve_secure(
         listener,
         config,
         store,
         metrics,
         http,
+        security,
         strata_common::signal::shutdown(),
     )
     .await?;

@@ -427,9 +427,39 @@ pub fn router(metrics: Metrics) -> axum::Router {
 /// Serves `/metrics` on `listener` in a task of its own for the life of the process; a server
 /// that stops is logged as an error.
 pub fn spawn_http(listener: tokio::net::TcpListener, metrics: Metrics) {
+    spawn_secure(
+        listener,
+        metrics,
+        Arc::new(crate::security::Security::open()),
+    );
+}
+
+/// [`spawn_http`] with `security`: over TLS when it has TLS files, and callers must be
+/// allowed `view_frameworks` when its policy is enforced (Prometheus sends a bearer token or
+/// a client certificate).
+pub fn spawn_secure(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    security: Arc<crate::security::Security>,
+) {
     tokio::spawn(async move {
-        if let Err(e) = serve_http(listener, metrics, std::future::pending()).await {
-            tracing::error!(error = %e, "metrics server stopped");
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let tls = match security.http_tls() {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot set up TLS for /metrics; not serving it");
+                return;
+            }
+        };
+        let app = router(metrics).route_layer(axum::middleware::from_fn_with_state(
+            security,
+            crate::security::require_view,
+        ));
+        tracing::info!(%addr, tls = tls.is_some(), "metrics served at /metrics");
+        if let Err(e) = crate::http_serve::serve(listener, app, tls, std::future::pending()).await {
+            tracing::error!(%addr, error = %e, "metrics server stopped");
         }
     });
 }

@@ -288,6 +288,7 @@ mod tests {
                     hostname: "h1".into(),
                     dynamic: vec![cpus(2.0, "eng")],
                     mode: "deactivated".into(),
+                    principal: "agent-1".into(),
                 },
             ),
             RegistryOp::PutFramework(
@@ -299,6 +300,7 @@ mod tests {
                     partition_aware: true,
                     registered_at: 1.0,
                     disconnected_at: Some(2.0),
+                    principal: "batch".into(),
                 },
             ),
             RegistryOp::PutFramework("f2".into(), FrameworkRecord::default()),

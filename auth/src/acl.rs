@@ -209,10 +209,11 @@ fn matches(pattern: &str, name: &str) -> bool {
 }
 
 /// The decision-maker of one server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Policy {
     /// Authentication is off: every caller may do everything (`strata local` on loopback,
     /// or `--insecure`).
+    #[default]
     Open,
     /// Authentication is on: a caller must be authenticated, and an ACL rule must allow it.
     Enforced(Acls),

@@ -418,7 +418,22 @@ mod flags_reference {
         let local = longs(cli.find_subcommand("local").expect("a local subcommand"));
         // What strata local sets itself: the agent's allocator is local's own allocator, the
         // allocator's store is in local's work dir; --remove-cgroups is the agent binary's.
-        let own = ["allocator", "work-dir", "listen", "store", "remove-cgroups"];
+        // The allocator's security flags are strata-allocator's: strata local serves loopback
+        // only (docs/security.md).
+        let own = [
+            "allocator",
+            "work-dir",
+            "listen",
+            "store",
+            "remove-cgroups",
+            "tls-cert",
+            "tls-key",
+            "tls-client-ca",
+            "credentials",
+            "acls",
+            "audit-log",
+            "insecure",
+        ];
         for (program, flags) in [
             ("strata-agent", longs(&AgentCommand::command())),
             ("strata-allocator", longs(&AllocatorCommand::command())),

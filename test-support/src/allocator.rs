@@ -36,6 +36,8 @@ pub fn config() -> AllocatorConfig {
         terminal_task_history: 100,
         offer_timeout: None,
         max_frameworks: 1000,
+        max_frameworks_per_principal: 100,
+        policy: strata_allocator::core::Policy::Open,
     }
 }
 

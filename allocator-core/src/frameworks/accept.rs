@@ -379,6 +379,7 @@ impl Core {
             }
             check_task_fields(t, agent, errors);
             errors.extend(check_task_size(t));
+            self.check_run_as(fid, t, errors);
             match Resources::from_proto(&t.resources) {
                 Ok(r) => {
                     check_minimum(name, &r, errors);
@@ -402,6 +403,22 @@ impl Core {
             check_tasks_together(tasks, &parsed, offered, offers_phrase, errors);
         }
         parsed
+    }
+
+    /// An error when the framework's principal may not run tasks as the task's user (its
+    /// command's; empty: the agent's default user, which rules match with `*`).
+    fn check_run_as(&self, fid: &FrameworkId, t: &TaskInfo, errors: &mut Vec<String>) {
+        let Some(fw) = self.frameworks.get(fid) else {
+            return;
+        };
+        let user = t.command.as_ref().map_or("", |c| c.user.as_str());
+        if let Err(denied) =
+            self.config
+                .policy
+                .check(fw.principal.as_deref(), strata_auth::Action::RunTasks, user)
+        {
+            errors.push(format!("task {:?}: {denied}", shorten(&t.task_id, 64)));
+        }
     }
 
     /// An error when task id `name` is used by an active task of the framework.

@@ -30,6 +30,43 @@ pub(crate) use self::accept::Conversion;
 const MAX_FAILOVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Core {
+    /// An error when `info` names a framework bound to a principal other than `principal`,
+    /// or when a new framework would take `principal` over its limit.
+    fn check_framework_principal(
+        &self,
+        info: &FrameworkInfo,
+        principal: Option<&str>,
+    ) -> Result<(), CoreError> {
+        if info.id.is_empty() {
+            let Some(principal) = principal else {
+                return Ok(());
+            };
+            let max = self.config.max_frameworks_per_principal;
+            let owned = self
+                .frameworks
+                .values()
+                .filter(|f| f.principal.as_deref() == Some(principal))
+                .count();
+            if owned >= max {
+                return Err(CoreError::TooManyFrameworksOfPrincipal {
+                    principal: principal.to_owned(),
+                    max,
+                });
+            }
+            return Ok(());
+        }
+        match self.frameworks.get(&FrameworkId(info.id.clone())) {
+            Some(fw) if fw.principal.as_deref() != principal => {
+                tracing::warn!(framework_id = %info.id, bound = ?fw.principal, principal = ?principal, "subscription with a framework id of another principal refused");
+                Err(CoreError::IdOfAnotherPrincipal {
+                    what: "framework",
+                    id: info.id.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A framework record with empty books.
     pub(crate) fn new_framework(id: FrameworkId, now: Duration) -> Framework {
         Framework {
@@ -49,6 +86,7 @@ impl Core {
             tasks: BTreeSet::new(),
             registered_at: now,
             last_heartbeat: now,
+            principal: None,
         }
     }
 
@@ -60,6 +98,20 @@ impl Core {
         now: Duration,
         conn: ConnId,
         info: FrameworkInfo,
+    ) -> Result<FrameworkId, CoreError> {
+        self.framework_subscribe_as(now, conn, info, None)
+    }
+
+    /// [`Core::framework_subscribe`] by an authenticated `principal` (none: unauthenticated):
+    /// the policy must allow it `register_frameworks` with each of its roles; an id bound to
+    /// another principal is refused (no framework can take over another's id); a principal
+    /// may have at most `max_frameworks_per_principal`.
+    pub fn framework_subscribe_as(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        info: FrameworkInfo,
+        principal: Option<String>,
     ) -> Result<FrameworkId, CoreError> {
         if let Some(fid) = self.framework_conns.get(&conn).cloned() {
             self.send_error(
@@ -79,6 +131,7 @@ impl Core {
                 max: self.config.max_frameworks,
             });
         }
+        self.check_framework_principal(&info, principal.as_deref())?;
         let roles = if info.roles.is_empty() {
             crate::allocation::default_roles()
         } else {
@@ -89,6 +142,11 @@ impl Core {
                 name: info.name.clone(),
                 source,
             })?;
+            self.config.policy.check(
+                principal.as_deref(),
+                strata_auth::Action::RegisterFrameworks,
+                role,
+            )?;
         }
         let id = if info.id.is_empty() {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
@@ -124,6 +182,7 @@ impl Core {
             .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(&id).expect("framework exists");
         fw.name = info.name;
+        fw.principal = principal;
         fw.roles = roles;
         fw.failover_timeout = failover;
         fw.partition_aware = info

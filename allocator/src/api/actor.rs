@@ -43,6 +43,8 @@ pub(crate) enum Input {
         register: agent_message::Register,
         /// The stream's sender, with its first Register only.
         sender: Option<AgentTx>,
+        /// Who the stream authenticated as.
+        principal: Option<String>,
     },
     AgentHeartbeat {
         conn: ConnId,
@@ -58,6 +60,8 @@ pub(crate) enum Input {
         conn: ConnId,
         info: FrameworkInfo,
         sender: FrameworkTx,
+        /// Who the stream authenticated as.
+        principal: Option<String>,
     },
     FrameworkCall {
         conn: ConnId,
@@ -131,6 +135,8 @@ pub(crate) struct Actor {
     watch: broadcast::Sender<WatchEvent>,
     store: Box<dyn Store>,
     metrics: Metrics,
+    /// Where registrations and subscriptions are audited.
+    security: std::sync::Arc<crate::security::Security>,
 }
 
 impl Actor {
@@ -160,12 +166,22 @@ impl Actor {
             watch,
             store,
             metrics: Metrics::default(),
+            security: std::sync::Arc::new(crate::security::Security::open()),
         })
     }
 
     /// The actor counting into `metrics` (instead of a handle nobody reads).
     pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Audits registrations and subscriptions with `security`.
+    pub(crate) fn with_security(
+        mut self,
+        security: std::sync::Arc<crate::security::Security>,
+    ) -> Self {
+        self.security = security;
         self
     }
 
@@ -220,11 +236,24 @@ impl Actor {
                 conn,
                 register,
                 sender,
+                principal,
             } => {
                 if let Some(sender) = sender {
                     self.agents.insert(conn, sender);
                 }
-                if let Err(e) = self.core.agent_register(now, conn, register) {
+                let id = register
+                    .info
+                    .as_ref()
+                    .map(|i| i.id.clone())
+                    .unwrap_or_default();
+                let result = self
+                    .core
+                    .agent_register_as(now, conn, register, principal.clone());
+                let refused = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+                let object = result.as_ref().map_or(id, |id| id.0.clone());
+                self.security
+                    .audit(principal.as_deref(), "register_agent", &object, refused);
+                if let Err(e) = result {
                     tracing::warn!(%conn, error = %e, "agent registration refused");
                     if let Some(tx) = self.agents.remove(&conn) {
                         let _ = tx.send(Err(status_for(&e)));
@@ -237,9 +266,22 @@ impl Actor {
                 self.agents.remove(&conn);
                 self.core.agent_disconnected(now, conn);
             }
-            Input::FrameworkSubscribe { conn, info, sender } => {
+            Input::FrameworkSubscribe {
+                conn,
+                info,
+                sender,
+                principal,
+            } => {
                 self.frameworks.insert(conn, sender);
-                if let Err(e) = self.core.framework_subscribe(now, conn, info) {
+                let id = info.id.clone();
+                let result = self
+                    .core
+                    .framework_subscribe_as(now, conn, info, principal.clone());
+                let refused = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+                let object = result.as_ref().map_or(id, |id| id.0.clone());
+                self.security
+                    .audit(principal.as_deref(), "subscribe", &object, refused);
+                if let Err(e) = result {
                     tracing::warn!(%conn, error = %e, "subscription refused");
                     if let Some(tx) = self.frameworks.remove(&conn) {
                         let _ = tx.send(Err(status_for(&e)));
@@ -412,10 +454,15 @@ fn watch_event(now: Duration, command: &Command) -> Option<WatchEvent> {
 fn status_for(error: &CoreError) -> Status {
     match error {
         CoreError::UnknownFramework { .. } => Status::not_found(error.to_string()),
-        CoreError::TooManyFrameworks { .. } => Status::resource_exhausted(error.to_string()),
+        CoreError::TooManyFrameworks { .. } | CoreError::TooManyFrameworksOfPrincipal { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
+        CoreError::Denied(denied) => crate::security::denied_status(denied),
+        CoreError::IdOfAnotherPrincipal { .. } => Status::permission_denied(error.to_string()),
         CoreError::InvalidAgentResources { .. }
         | CoreError::AgentIdChanged { .. }
         | CoreError::InvalidFrameworkRole { .. }
-        | CoreError::InvalidFrameworkInfo { .. } => Status::invalid_argument(error.to_string()),
+        | CoreError::InvalidFrameworkInfo { .. }
+        | CoreError::InvalidAgentId { .. } => Status::invalid_argument(error.to_string()),
     }
 }

@@ -51,7 +51,9 @@ use tracing::Instrument as _;
 use self::actor::{Actor, AgentTx, FrameworkTx, Input, Operation, Query, WATCH_BUFFER};
 use self::usage::UsageBook;
 use crate::metrics::Metrics;
+use crate::security::{Security, denied_status};
 use crate::store::{MemoryStore, Store};
+use strata_allocator_core::Action;
 
 /// Inputs queued for the actor before stream readers wait (backpressure to clients).
 const INPUT_QUEUE: usize = 8192;
@@ -81,6 +83,12 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("cannot read the listening socket's address: {0}")]
     LocalAddr(#[source] io::Error),
+    /// The TLS or audit settings are unusable.
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+    /// tonic refused the TLS settings.
+    #[error("invalid TLS settings for the gRPC server: {0}")]
+    Tls(#[source] tonic::transport::Error),
     /// The gRPC server failed.
     #[error("the allocator's gRPC server on {addr} failed: {source}")]
     Transport {
@@ -135,15 +143,41 @@ pub async fn serve_with_http(
     http: Option<crate::mesos::HttpApi>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_secure(
+        listener,
+        config,
+        store,
+        metrics,
+        http,
+        Arc::new(Security::open()),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with_http`] with `security`: TLS on the gRPC and HTTP listeners, callers
+/// authenticated and their actions authorized and audited (see [`crate::security`]). The
+/// core decides with `config.policy`, which should be `security`'s policy.
+pub async fn serve_secure(
+    listener: TcpListener,
+    config: AllocatorConfig,
+    store: Box<dyn Store>,
+    metrics: Metrics,
+    http: Option<crate::mesos::HttpApi>,
+    security: Arc<Security>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
+    let grpc_tls = security.grpc_tls()?;
     let registry = store.load()?;
     let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
     let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (watch_tx, _) = broadcast::channel(WATCH_BUFFER);
-    let actor =
-        Actor::new(config, watch_tx.clone(), store, registry)?.with_metrics(metrics.clone());
+    let actor = Actor::new(config, watch_tx.clone(), store, registry)?
+        .with_metrics(metrics.clone())
+        .with_security(security.clone());
     let refresh_inputs = inputs.clone();
     metrics.set_refresh(Box::new(move || {
         let inputs = refresh_inputs.clone();
@@ -166,6 +200,7 @@ pub async fn serve_with_http(
         stop: stop_rx,
         next_conn: Arc::new(AtomicU64::new(0)),
         usage: UsageBook::default(),
+        security,
     };
     let http_task = http.map(|api| tokio::spawn(crate::mesos::run(api, shared.clone())));
     let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -183,7 +218,11 @@ pub async fn serve_with_http(
         }
     };
     tracing::info!(%addr, "allocator serving");
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    let result = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
@@ -221,6 +260,7 @@ pub(crate) struct Shared {
     pub(crate) stop: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     usage: UsageBook,
+    pub(crate) security: Arc<Security>,
 }
 
 impl Shared {
@@ -239,6 +279,23 @@ impl Shared {
             .await
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())
+    }
+
+    /// Authenticates an operator request and decides `action` on each of `objects` (audited);
+    /// returns the caller's principal.
+    fn allow<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        objects: &[&str],
+    ) -> Result<Option<String>, Status> {
+        let principal = self.security.grpc_principal(request)?;
+        for object in objects {
+            self.security
+                .authorize(principal.as_deref(), action, object)
+                .map_err(|d| denied_status(&d))?;
+        }
+        Ok(principal)
     }
 
     /// Runs an operator action on the core; its error becomes the call's status.
@@ -274,6 +331,14 @@ fn operator_status(error: &OperatorError) -> Status {
     }
 }
 
+/// The roles `resources` are reserved for (what RESERVE and UNRESERVE act on).
+fn reservation_roles(resources: &[strata_proto::Resource]) -> Vec<String> {
+    let mut roles: Vec<String> = resources.iter().map(|r| r.role.clone()).collect();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 #[derive(Debug)]
@@ -287,12 +352,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let principal = self.0.security.grpc_principal(&request)?;
         let conn = self.0.conn();
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
-        let span = tracing::info_span!("agent_stream", conn = conn.0, peer = ?peer);
-        tokio::spawn(read_agent(self.0.clone(), conn, inbound, tx).instrument(span));
+        let span = tracing::info_span!("agent_stream", conn = conn.0, peer = ?peer, principal = ?principal);
+        tokio::spawn(read_agent(self.0.clone(), conn, inbound, tx, principal).instrument(span));
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
@@ -303,6 +369,7 @@ async fn read_agent(
     conn: ConnId,
     mut inbound: Streaming<AgentMessage>,
     tx: AgentTx,
+    principal: Option<String>,
 ) {
     tracing::debug!("agent stream opened");
     let mut stop = shared.stop.clone();
@@ -318,6 +385,7 @@ async fn read_agent(
                     conn,
                     register,
                     sender: tx.take(),
+                    principal: principal.clone(),
                 },
                 _ if tx.is_some() => {
                     tracing::warn!("agent sent a message before Register; closing");
@@ -373,14 +441,34 @@ impl SchedulerService for SchedulerApi {
         &self,
         request: Request<Streaming<Call>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let principal = self.0.security.grpc_principal(&request)?;
         let conn = self.0.conn();
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
-        let span = tracing::info_span!("framework_stream", conn = conn.0, peer = ?peer);
-        tokio::spawn(read_framework(self.0.clone(), conn, inbound, tx).instrument(span));
+        let span = tracing::info_span!("framework_stream", conn = conn.0, peer = ?peer, principal = ?principal);
+        tokio::spawn(read_framework(self.0.clone(), conn, inbound, tx, principal).instrument(span));
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
+}
+
+/// Records a framework's call in the audit log, by its type (offers and acknowledgements,
+/// which are many and change nothing an operator audits, only at debug level).
+pub(crate) fn audit_call(security: &Security, principal: Option<&str>, call: &Call) {
+    let kind = match &call.call {
+        Some(call::Call::Accept(_)) => "accept",
+        Some(call::Call::Kill(k)) => {
+            let object = format!("{}/{}", call.framework_id, k.task_id);
+            security.audit(principal, "kill", &object, None);
+            return;
+        }
+        Some(call::Call::Teardown(_)) => "teardown",
+        _ => {
+            tracing::debug!(framework_id = %call.framework_id, principal = ?principal, "framework call");
+            return;
+        }
+    };
+    security.audit(principal, kind, &call.framework_id, None);
 }
 
 /// Forwards one framework stream to the actor until it ends.
@@ -389,6 +477,7 @@ async fn read_framework(
     conn: ConnId,
     mut inbound: Streaming<Call>,
     tx: FrameworkTx,
+    principal: Option<String>,
 ) {
     tracing::debug!("framework stream opened");
     let mut stop = shared.stop.clone();
@@ -401,11 +490,15 @@ async fn read_framework(
         let input = match next {
             Ok(Some(call)) => match tx.take() {
                 Some(sender) => match call.call {
-                    Some(call::Call::Subscribe(subscribe)) => Input::FrameworkSubscribe {
-                        conn,
-                        info: subscribe.framework_info.unwrap_or_default(),
-                        sender,
-                    },
+                    Some(call::Call::Subscribe(subscribe)) => {
+                        let info = subscribe.framework_info.unwrap_or_default();
+                        Input::FrameworkSubscribe {
+                            conn,
+                            info,
+                            sender,
+                            principal: principal.clone(),
+                        }
+                    }
                     _ => {
                         tracing::warn!("first call was not SUBSCRIBE; closing");
                         let _ = sender.send(Err(Status::failed_precondition(
@@ -414,7 +507,10 @@ async fn read_framework(
                         break;
                     }
                 },
-                None => Input::FrameworkCall { conn, call },
+                None => {
+                    audit_call(&shared.security, principal.as_deref(), &call);
+                    Input::FrameworkCall { conn, call }
+                }
             },
             Ok(None) => {
                 tracing::debug!("framework closed its stream");
@@ -439,8 +535,10 @@ struct OperatorApi(Shared);
 impl OperatorService for OperatorApi {
     async fn get_state(
         &self,
-        _request: Request<GetStateRequest>,
+        request: Request<GetStateRequest>,
     ) -> Result<Response<GetStateResponse>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
+        self.0.allow(&request, Action::ViewTasks, &["*"])?;
         let mut state = self.0.query(Query::State).await?;
         state.usage = self.0.usage.query(&GetUsageRequest::default());
         Ok(Response::new(state))
@@ -448,8 +546,9 @@ impl OperatorService for OperatorApi {
 
     async fn list_agents(
         &self,
-        _request: Request<ListAgentsRequest>,
+        request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
         let (agents, draining, deactivated) = self.0.query(Query::Agents).await?;
         Ok(Response::new(ListAgentsResponse {
             agents,
@@ -460,8 +559,9 @@ impl OperatorService for OperatorApi {
 
     async fn list_frameworks(
         &self,
-        _request: Request<ListFrameworksRequest>,
+        request: Request<ListFrameworksRequest>,
     ) -> Result<Response<ListFrameworksResponse>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
         let frameworks = self.0.query(Query::Frameworks).await?;
         Ok(Response::new(ListFrameworksResponse { frameworks }))
     }
@@ -470,6 +570,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
+        self.0.allow(&request, Action::ViewTasks, &["*"])?;
         let request = request.into_inner();
         let tasks = self.0.query(|tx| Query::Tasks(request, tx)).await?;
         Ok(Response::new(ListTasksResponse { tasks }))
@@ -477,8 +578,9 @@ impl OperatorService for OperatorApi {
 
     async fn list_roles(
         &self,
-        _request: Request<ListRolesRequest>,
+        request: Request<ListRolesRequest>,
     ) -> Result<Response<ListRolesResponse>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
         let roles = self.0.operate(|core, _| Ok(core.role_summaries())).await?;
         Ok(Response::new(ListRolesResponse { roles }))
     }
@@ -487,6 +589,9 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<SetWeightsRequest>,
     ) -> Result<Response<SetWeightsResponse>, Status> {
+        let roles: Vec<String> = request.get_ref().weights.keys().cloned().collect();
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        self.0.allow(&request, Action::UpdateWeights, &roles)?;
         let weights = request.into_inner().weights.into_iter().collect();
         self.0
             .operate(move |core, _| core.set_weights(&weights))
@@ -498,6 +603,13 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<SetQuotaRequest>,
     ) -> Result<Response<SetQuotaResponse>, Status> {
+        let role = request
+            .get_ref()
+            .quota
+            .as_ref()
+            .map(|q| q.role.clone())
+            .unwrap_or_default();
+        self.0.allow(&request, Action::SetQuota, &[&role])?;
         let info = request.into_inner().quota.unwrap_or_default();
         self.0
             .operate(move |core, _| {
@@ -510,8 +622,9 @@ impl OperatorService for OperatorApi {
 
     async fn get_quota(
         &self,
-        _request: Request<GetQuotaRequest>,
+        request: Request<GetQuotaRequest>,
     ) -> Result<Response<GetQuotaResponse>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
         let quotas = self.0.operate(|core, _| Ok(core.quota_infos())).await?;
         Ok(Response::new(GetQuotaResponse { quotas }))
     }
@@ -520,6 +633,12 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
+        let roles = reservation_roles(&request.get_ref().resources);
+        self.0.allow(
+            &request,
+            Action::Reserve,
+            &roles.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
         let r = request.into_inner();
         self.0
             .operate(move |core, _| core.operator_reserve(&r.agent_id, &r.resources, true))
@@ -531,6 +650,12 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<UnreserveRequest>,
     ) -> Result<Response<UnreserveResponse>, Status> {
+        let roles = reservation_roles(&request.get_ref().resources);
+        self.0.allow(
+            &request,
+            Action::Unreserve,
+            &roles.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
         let r = request.into_inner();
         self.0
             .operate(move |core, _| core.operator_reserve(&r.agent_id, &r.resources, false))
@@ -540,8 +665,9 @@ impl OperatorService for OperatorApi {
 
     async fn list_reservations(
         &self,
-        _request: Request<ListReservationsRequest>,
+        request: Request<ListReservationsRequest>,
     ) -> Result<Response<ListReservationsResponse>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
         let reservations = self
             .0
             .operate(|core, _| Ok(core.reservation_summaries()))
@@ -553,6 +679,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DrainAgentRequest>,
     ) -> Result<Response<DrainAgentResponse>, Status> {
+        let agent_id = request.get_ref().agent_id.clone();
+        self.0.allow(&request, Action::DrainAgents, &[&agent_id])?;
         let r = request.into_inner();
         self.0
             .operate(move |core, now| core.drain_agent(now, &r.agent_id, r.grace_period_seconds))
@@ -564,6 +692,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DeactivateAgentRequest>,
     ) -> Result<Response<DeactivateAgentResponse>, Status> {
+        let agent_id = request.get_ref().agent_id.clone();
+        self.0.allow(&request, Action::DrainAgents, &[&agent_id])?;
         let r = request.into_inner();
         self.0
             .operate(move |core, _| core.deactivate_agent(&r.agent_id))
@@ -575,6 +705,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ReactivateAgentRequest>,
     ) -> Result<Response<ReactivateAgentResponse>, Status> {
+        let agent_id = request.get_ref().agent_id.clone();
+        self.0.allow(&request, Action::DrainAgents, &[&agent_id])?;
         let r = request.into_inner();
         self.0
             .operate(move |core, _| core.reactivate_agent(&r.agent_id))
@@ -586,6 +718,14 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<TeardownFrameworkRequest>,
     ) -> Result<Response<TeardownFrameworkResponse>, Status> {
+        let framework_id = request.get_ref().framework_id.clone();
+        let owner = self
+            .0
+            .operate(move |core, _| Ok(core.framework_principal(&framework_id)))
+            .await?
+            .unwrap_or_default();
+        self.0
+            .allow(&request, Action::TeardownFrameworks, &[&owner])?;
         let r = request.into_inner();
         self.0
             .operate(move |core, now| core.teardown_framework(now, &r.framework_id))
@@ -597,8 +737,10 @@ impl OperatorService for OperatorApi {
 
     async fn watch(
         &self,
-        _request: Request<WatchRequest>,
+        request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.0.allow(&request, Action::ViewFrameworks, &["*"])?;
+        self.0.allow(&request, Action::ViewTasks, &["*"])?;
         let mut rx = self.0.watch.subscribe();
         let mut stop = self.0.stop.clone();
         let (tx, out) = mpsc::unbounded_channel();
@@ -629,6 +771,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<GetUsageRequest>,
     ) -> Result<Response<GetUsageResponse>, Status> {
+        self.0.allow(&request, Action::ViewTasks, &["*"])?;
         let tasks = self.0.usage.query(request.get_ref());
         Ok(Response::new(GetUsageResponse { tasks }))
     }

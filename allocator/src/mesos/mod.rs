@@ -33,13 +33,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use strata_allocator_core::ConnId;
 use strata_proto::{Event, TaskReason, TaskSource, TaskState, TaskStatus, event};
 use tokio::net::TcpListener;
@@ -49,6 +49,8 @@ use tonic::Status;
 use self::convert::ConvertError;
 use crate::api::Shared;
 use crate::api::actor::{Input, Query};
+use crate::security::PeerPrincipal;
+use strata_allocator_core::Action;
 
 /// The header naming a subscription's stream.
 pub const STREAM_ID: &str = "Mesos-Stream-Id";
@@ -181,6 +183,23 @@ pub enum HttpError {
         /// The allocator's reason.
         message: String,
     },
+    /// The caller did not authenticate, or its credentials are invalid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl From<strata_auth::Denied> for HttpError {
+    fn from(denied: strata_auth::Denied) -> Self {
+        match denied {
+            strata_auth::Denied::Unauthenticated { .. } => {
+                Self::Unauthenticated(denied.to_string())
+            }
+            strata_auth::Denied::Forbidden { .. } => Self::Forbidden(denied.to_string()),
+        }
+    }
 }
 
 impl HttpError {
@@ -191,7 +210,8 @@ impl HttpError {
             Self::NoLeader | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
-            Self::NotSubscribed { .. } => StatusCode::FORBIDDEN,
+            Self::NotSubscribed { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::NoContentType
             | Self::BadJson { .. }
             | Self::Invalid(_)
@@ -214,6 +234,12 @@ impl IntoResponse for HttpError {
         {
             response.headers_mut().insert(header::LOCATION, location);
         }
+        if let Self::Unauthenticated(_) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"strata\", Bearer"),
+            );
+        }
         response
     }
 }
@@ -223,6 +249,8 @@ impl IntoResponse for HttpError {
 struct Subscription {
     stream_id: String,
     conn: ConnId,
+    /// Who subscribed: every later call of the framework must come from it.
+    principal: Option<String>,
     /// To add events of the adapter's own (TASK_ERROR for tasks Strata cannot run); weak, so
     /// the stream still ends when the actor drops its sender.
     events: mpsc::WeakUnboundedSender<Result<Event, Status>>,
@@ -249,18 +277,20 @@ pub(crate) async fn run(api: HttpApi, shared: Shared) {
         }
     };
     let mut stop = shared.stop.clone();
-    let app = router(shared, api.leadership, addr, api.extra);
-    tracing::info!(%addr, "mesos scheduler HTTP API serving");
-    // Events and 202s are small: they must not wait for Nagle's algorithm.
-    let listener = api.listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a Mesos HTTP connection");
+    let tls = match shared.security.http_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up TLS for the Mesos HTTP API; not serving it");
+            return;
         }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let app = router(shared, api.leadership, addr, api.extra);
+    tracing::info!(%addr, scheme, "mesos scheduler HTTP API serving");
+    let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
-    });
-    if let Err(e) = server.await {
+    };
+    if let Err(e) = crate::http_serve::serve(api.listener, app, tls, stopped).await {
         tracing::error!(%addr, error = %e, "mesos HTTP API server failed");
     }
     tracing::info!(%addr, "mesos scheduler HTTP API stopped");
@@ -279,6 +309,12 @@ fn router(
         leadership,
         addr,
     };
+    let extra = extra.map(|extra| {
+        extra.route_layer(axum::middleware::from_fn_with_state(
+            ctx.shared.security.clone(),
+            crate::security::require_view,
+        ))
+    });
     let routes = Router::new()
         .route("/api/v1/scheduler", post(scheduler))
         .route("/version", get(version))
@@ -309,8 +345,16 @@ async fn version() -> Response {
     json_response(&state::version())
 }
 
-async fn master_state(State(ctx): State<Ctx>) -> Result<Response, HttpError> {
+async fn master_state(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     leading(&ctx.leadership, "/master/state")?;
+    let principal = caller(&ctx, peer, &headers)?;
+    ctx.shared
+        .security
+        .authorize(principal.as_deref(), Action::ViewFrameworks, "*")?;
     let s = ctx
         .shared
         .query(Query::State)
@@ -344,13 +388,33 @@ fn accepts_json(accept: &str) -> bool {
     })
 }
 
+/// Who a request authenticated as: its TLS client certificate, else its `Authorization`
+/// header (Bearer token, or Basic principal:token as Mesos frameworks send `principal` and
+/// `secret`).
+fn caller(
+    ctx: &Ctx,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, HttpError> {
+    let certificate = peer.and_then(|Extension(p)| p.0);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    ctx.shared
+        .security
+        .authenticate(certificate, authorization)
+        .map_err(|e| HttpError::Unauthenticated(e.to_string()))
+}
+
 /// `POST /api/v1/scheduler`.
 async fn scheduler(
     State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     leading(&ctx.leadership, "/api/v1/scheduler")?;
+    let principal = caller(&ctx, peer, &headers)?;
     match header_str(&headers, header::CONTENT_TYPE) {
         None => return Err(HttpError::NoContentType),
         Some(ct) if ct.split(';').next().unwrap_or("").trim() == "application/json" => {}
@@ -378,7 +442,7 @@ async fn scheduler(
         if headers.contains_key(STREAM_ID) {
             return Err(HttpError::StreamIdOnSubscribe);
         }
-        return subscribe(ctx, call).await;
+        return subscribe(ctx, call, principal).await;
     }
     let framework_id = call
         .framework_id
@@ -393,6 +457,12 @@ async fn scheduler(
         let subscriptions = ctx.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         match subscriptions.get(&framework_id) {
             Some(sub) => {
+                if sub.principal != principal {
+                    return Err(HttpError::Forbidden(format!(
+                        "framework {framework_id} was subscribed by another principal: only \
+                         it may call for the framework"
+                    )));
+                }
                 let given = header_str(&headers, STREAM_ID).ok_or(HttpError::MissingStreamId)?;
                 if given != sub.stream_id {
                     return Err(HttpError::WrongStreamId {
@@ -473,7 +543,11 @@ fn event_record(e: &event::Event) -> Bytes {
 }
 
 /// SUBSCRIBE: waits for the allocator's SUBSCRIBED (or refusal), then streams events.
-async fn subscribe(ctx: Ctx, call: json::Call) -> Result<Response, HttpError> {
+async fn subscribe(
+    ctx: Ctx,
+    call: json::Call,
+    principal: Option<String>,
+) -> Result<Response, HttpError> {
     let info = call
         .subscribe
         .as_ref()
@@ -511,6 +585,7 @@ async fn subscribe(ctx: Ctx, call: json::Call) -> Result<Response, HttpError> {
             conn,
             info,
             sender: tx,
+            principal: principal.clone(),
         })
         .await
         .map_err(|_| HttpError::Unavailable)?;
@@ -528,8 +603,11 @@ async fn subscribe(ctx: Ctx, call: json::Call) -> Result<Response, HttpError> {
             event: Some(event::Event::Subscribed(s)),
         })) => s,
         Some(Err(status)) => {
-            return Err(HttpError::SubscribeRefused {
-                message: status.message().to_owned(),
+            let message = status.message().to_owned();
+            return Err(match status.code() {
+                tonic::Code::Unauthenticated => HttpError::Unauthenticated(message),
+                tonic::Code::PermissionDenied => HttpError::Forbidden(message),
+                _ => HttpError::SubscribeRefused { message },
             });
         }
         Some(Ok(other)) => {
@@ -549,6 +627,7 @@ async fn subscribe(ctx: Ctx, call: json::Call) -> Result<Response, HttpError> {
             Subscription {
                 stream_id: stream_id.clone(),
                 conn,
+                principal,
                 events: weak,
             },
         );

@@ -287,3 +287,67 @@ async fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_saying_wher
     assert!(e.contains("[alocator]: no such table"), "{e}");
     Ok(())
 }
+
+/// With default flags the allocator was open to anyone who could reach it. Outside loopback
+/// it now refuses to serve without TLS and authentication, and says what to give.
+#[tokio::test]
+async fn an_exposed_address_without_tls_is_refused_unless_insecure() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path().display().to_string();
+    let common = ["--store", "memory", "--work-dir", work.as_str()];
+    let mut args = vec![
+        "--listen",
+        "0.0.0.0:0",
+        "--mesos-listen",
+        "none",
+        "--metrics-listen",
+        "none",
+    ];
+    args.extend(common);
+    let stderr = allocator_fails(&args).await?;
+    assert!(
+        stderr.contains("refusing to serve the allocator (--listen) on 0.0.0.0:")
+            && stderr.contains("Give --tls-cert, --tls-key and --tls-client-ca")
+            && stderr.contains("pass --insecure to accept the risk"),
+        "stderr: {stderr}"
+    );
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--mesos-listen",
+        "0.0.0.0:0",
+        "--metrics-listen",
+        "none",
+    ];
+    args.extend(common);
+    let stderr = allocator_fails(&args).await?;
+    assert!(
+        stderr.contains("the Mesos HTTP API (--mesos-listen)"),
+        "stderr: {stderr}"
+    );
+    // Authentication without ACLs would deny everything: refused at start.
+    let creds = dir.path().join("credentials.toml");
+    strata_auth::credentials::create_token(&creds, "ops")?;
+    let creds = creds.display().to_string();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--credentials", creds.as_str()];
+    args.extend(common);
+    let stderr = allocator_fails(&args).await?;
+    assert!(
+        stderr.contains("no --acls file says who may do what"),
+        "stderr: {stderr}"
+    );
+    // --insecure accepts the risk.
+    let mut args = vec![
+        "--listen",
+        "0.0.0.0:0",
+        "--mesos-listen",
+        "none",
+        "--metrics-listen",
+        "none",
+        "--insecure",
+    ];
+    args.extend(common);
+    let (mut child, _) = start_allocator(&args).await?;
+    child.kill().await?;
+    Ok(())
+}

@@ -8,3 +8,4 @@ mod common;
 mod grpc;
 mod mesos_http;
 mod metrics;
+mod security;
