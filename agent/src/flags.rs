@@ -15,6 +15,7 @@ use strata_common::parse::{self, OrNone};
 
 use crate::Isolation;
 use crate::cgroup::Placement;
+use crate::containerizer::supervisor::seccomp::Seccomp;
 
 /// The config file table the agent's flags are read from.
 pub const CONFIG_TABLE: &str = "agent";
@@ -95,6 +96,14 @@ pub struct AgentArgs {
     /// Let tasks run as root (uid 0).
     #[arg(long, env = "STRATA_AGENT_ALLOW_ROOT_TASKS")]
     pub allow_root_tasks: bool,
+    /// Capabilities tasks may ask to keep, comma-separated, like NET_BIND_SERVICE,NET_RAW
+    /// (default: none; a task asking for another is refused with TASK_ERROR).
+    #[arg(long, env = "STRATA_AGENT_ALLOWED_CAPABILITIES", value_delimiter = ',', value_parser = parse_capability, value_name = "CAPS")]
+    pub allowed_capabilities: Vec<String>,
+    /// The seccomp profile of tasks: default (denies mount, namespaces, kernel keyring, bpf,
+    /// modules, clock setting and the other calls container runtimes deny) or unconfined.
+    #[arg(long, env = "STRATA_AGENT_SECCOMP", default_value = "default", value_parser = Seccomp::parse, value_name = "default|unconfined")]
+    pub seccomp: Seccomp,
     /// Kill every task when the agent stops (default: tasks keep running and the next agent
     /// re-attaches to them; strata local always kills them).
     #[arg(long, env = "STRATA_AGENT_KILL_TASKS_ON_SHUTDOWN")]
@@ -118,6 +127,15 @@ pub fn parse_isolation(text: &str) -> Result<Isolation, String> {
             "unknown isolation {other:?}: use auto, cgroups or none"
         )),
     }
+}
+
+/// A capability name (`CAP_NET_RAW` or `net_raw`) as its canonical `CAP_NET_RAW`.
+pub fn parse_capability(text: &str) -> Result<String, String> {
+    let set = crate::containerizer::supervisor::parse_capabilities(&[text.to_owned()])?;
+    set.iter()
+        .next()
+        .map(ToString::to_string)
+        .ok_or_else(|| "an empty capability name: use a name like NET_BIND_SERVICE".to_owned())
 }
 
 impl AgentArgs {
@@ -147,6 +165,8 @@ impl AgentArgs {
         config.sandbox_gc_delay = self.sandbox_gc_delay;
         config.task_user = self.task_user.clone();
         config.allow_root_tasks = self.allow_root_tasks;
+        config.allowed_capabilities = self.allowed_capabilities.clone();
+        config.seccomp = self.seccomp;
         config.kill_tasks_on_shutdown = self.kill_tasks_on_shutdown;
         config.usage_interval = self.usage_interval;
         config.http_listen = match &self.http_listen {
@@ -288,6 +308,28 @@ mod tests {
         assert!(err.to_string().contains("not supported yet"), "{err}");
         let args = parse(&["--allocator", "alloc:5050"]).unwrap();
         assert_eq!(args.allocator, "http://alloc:5050");
+    }
+
+    #[test]
+    fn allowed_capabilities_and_seccomp_fill_the_config() {
+        let config = parse(&[
+            "--allowed-capabilities",
+            "net_bind_service,CAP_NET_RAW",
+            "--seccomp",
+            "unconfined",
+        ])
+        .unwrap()
+        .config();
+        assert_eq!(
+            config.allowed_capabilities,
+            vec!["CAP_NET_BIND_SERVICE".to_owned(), "CAP_NET_RAW".to_owned()]
+        );
+        assert_eq!(config.seccomp, Seccomp::Unconfined);
+        let defaults = parse(&[]).unwrap().config();
+        assert!(defaults.allowed_capabilities.is_empty());
+        assert_eq!(defaults.seccomp, Seccomp::Default);
+        let err = parse(&["--allowed-capabilities", "NET_BIND_SERVICE,FLY"]).unwrap_err();
+        assert!(err.to_string().contains("unknown capability"), "{err}");
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct Credentials {
     pub keep: caps::CapsHashSet,
     /// Resource limits (soft = hard).
     pub rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    /// A seccomp filter, built before the fork, installed last before exec.
+    pub seccomp: Option<seccompiler::BpfProgram>,
 }
 
 fn os_err(e: nix::Error) -> io::Error {
@@ -102,7 +104,8 @@ fn caps_err(e: caps::errors::CapsError) -> io::Error {
 
 /// Makes the child of `cmd` switch to `creds` before it execs: supplementary groups, group,
 /// user; capabilities dropped to `creds.keep` (also in the bounding set, and raised as ambient
-/// so a non-root user keeps them across exec); no_new_privs; rlimits.
+/// so a non-root user keeps them across exec); no_new_privs; rlimits; then the seccomp filter,
+/// the last thing before exec (it may deny calls the steps before it make).
 ///
 /// # Safety
 ///
@@ -142,6 +145,12 @@ pub unsafe fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds
         nix::sys::prctl::set_no_new_privs().map_err(os_err)?;
         for (resource, value) in &creds.rlimits {
             nix::sys::resource::setrlimit(*resource, *value, *value).map_err(os_err)?;
+        }
+        if let Some(filter) = &creds.seccomp {
+            seccompiler::apply_filter(filter).map_err(|e| match e {
+                seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => e,
+                other => io::Error::other(other.to_string()),
+            })?;
         }
         Ok(())
     };

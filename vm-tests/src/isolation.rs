@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use strata_agent::cgroup::{self, CgroupBackend, CpuStats, RootPlacement};
 use strata_agent::containerizer::linux::{LinuxConfig, LinuxContainerizer};
-use strata_agent::containerizer::{Container, Containerizer as _, ExitStatus, LaunchSpec};
+use strata_agent::containerizer::{
+    Container, Containerizer as _, ContainerizerError, ExitStatus, LaunchSpec,
+};
 use strata_proto::{CommandInfo, Resource, TaskInfo, names};
 
 /// The longest any task of a scenario may run.
@@ -123,6 +125,15 @@ impl Task {
         self
     }
 
+    /// An environment variable.
+    #[must_use]
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        if let Some(c) = self.info.command.as_mut() {
+            c.environment.insert(name.to_owned(), value.to_owned());
+        }
+        self
+    }
+
     /// An rlimit.
     #[must_use]
     pub fn rlimit(mut self, name: &str, value: u64) -> Self {
@@ -181,11 +192,22 @@ impl Env {
     /// Like [`Env::new`], with `helper` also as the tasks' supervisor and init, so tasks get
     /// namespaces, a user and dropped capabilities.
     pub fn supervised(name: &str, helper: &Path) -> Result<Self> {
+        Self::supervised_with(name, helper, |_| {})
+    }
+
+    /// Like [`Env::supervised`], with the containerizer's settings changed by `configure`
+    /// (the capabilities it allows, its seccomp profile).
+    pub fn supervised_with(
+        name: &str,
+        helper: &Path,
+        configure: impl FnOnce(&mut LinuxConfig),
+    ) -> Result<Self> {
         let mut env = Self::new(name, helper)?;
         let mut config = LinuxConfig::new(env.work.path());
         config.supervisor_exe = Some(helper.to_path_buf());
         // By id: the guest has no user database.
         config.default_user = NOBODY.to_owned();
+        configure(&mut config);
         env.containerizer = LinuxContainerizer::new(config, env.cgroups.clone());
         Ok(env)
     }
@@ -586,9 +608,12 @@ pub fn an_unprivileged_task_has_no_capabilities_and_cannot_write_outside_its_san
     Ok(())
 }
 
-/// Capabilities asked for are kept (also for a non-root user); the rest are dropped.
+/// Capabilities asked for (and allowed by the agent) are kept (also for a non-root user); the
+/// rest are dropped.
 pub fn capabilities_asked_for_are_kept(helper: &Path) -> Result<()> {
-    let env = Env::supervised("caps", helper)?;
+    let env = Env::supervised_with("caps", helper, |c| {
+        c.allowed_capabilities = vec!["CAP_NET_BIND_SERVICE".to_owned()];
+    })?;
     let out = run_to_end(
         &env,
         &Task::shell("caps", "grep -E '^(CapEff|CapBnd):' /proc/self/status")
@@ -666,5 +691,171 @@ pub fn device_control_denies_all_but_the_standard_and_given_devices(helper: &Pat
         allowed.contains("No such device or address"),
         "a device the task was given could not be opened: {allowed}"
     );
+    Ok(())
+}
+
+/// A task run as nobody that asks for CAP_SETUID (which would make it uid 0) is refused before
+/// anything is made for it, with an error that names the capability and the flag that allows
+/// it; the agent allows no capability unless told.
+pub fn a_capability_the_agent_does_not_allow_is_refused(helper: &Path) -> Result<()> {
+    let env = Env::supervised("capsrefused", helper)?;
+    let task = Task::shell("setuid", "id -u")
+        .user(NOBODY)
+        .capabilities(&["CAP_SETUID"]);
+    let Err(err) = env.launch(&task) else {
+        bail!("a task asking for CAP_SETUID was launched by an agent that allows no capability");
+    };
+    let refusal = err
+        .downcast_ref::<ContainerizerError>()
+        .with_context(|| format!("not a containerizer error: {err:#}"))?;
+    let message = refusal.to_string();
+    eprintln!("refused: {message}");
+    ensure!(
+        refusal.is_refusal(),
+        "not reported as a refusal (TASK_ERROR): {message}"
+    );
+    ensure!(
+        message.contains("CAP_SETUID") && message.contains("--allowed-capabilities"),
+        "the refusal does not name the capability and the flag: {message}"
+    );
+    ensure!(
+        !env.sandbox("setuid").exists(),
+        "the refused task got a sandbox"
+    );
+    ensure!(env.cgroup_gone("setuid")?, "the refused task got a cgroup");
+    Ok(())
+}
+
+/// With CAP_NET_BIND_SERVICE allowed by the agent, a task (nobody) that asks for it binds port
+/// 80; one that does not ask cannot.
+pub fn an_allowed_capability_binds_port_80_and_a_task_without_it_cannot(
+    helper: &Path,
+) -> Result<()> {
+    let env = Env::supervised_with("bind80", helper, |c| {
+        c.allowed_capabilities = vec!["CAP_NET_BIND_SERVICE".to_owned()];
+    })?;
+    // Each in a network namespace of its own: port 80 of the host is none of the test's.
+    let with = run_to_end(
+        &env,
+        &Task::helper(&env, "with-cap", &["bind", "80"])
+            .capabilities(&["NET_BIND_SERVICE"])
+            .network_isolation(),
+    )?;
+    let without = run_to_end(
+        &env,
+        &Task::helper(&env, "without-cap", &["bind", "80"]).network_isolation(),
+    )?;
+    eprintln!("with the capability: {with}without: {without}");
+    ensure!(
+        line(&with, "bind=")? == "ok",
+        "a task with NET_BIND_SERVICE cannot bind port 80: {with}"
+    );
+    ensure!(
+        line(&without, "bind=")? == "EACCES",
+        "a task without NET_BIND_SERVICE could bind port 80: {without}"
+    );
+    Ok(())
+}
+
+/// The default seccomp profile denies mount and a user namespace with EPERM even to a task
+/// that kept CAP_SYS_ADMIN (which the agent allowed); the same task unconfined mounts, which
+/// shows it is the profile that stops it.
+pub fn seccomp_denies_mount_and_user_namespaces_even_with_capabilities(
+    helper: &Path,
+) -> Result<()> {
+    let allow_sys_admin = |c: &mut LinuxConfig| {
+        c.allowed_capabilities = vec!["CAP_SYS_ADMIN".to_owned()];
+    };
+    let escape = |env: &Env, id: &str| {
+        run_to_end(
+            env,
+            &Task::helper(env, id, &["escape"]).capabilities(&["CAP_SYS_ADMIN"]),
+        )
+    };
+    let env = Env::supervised_with("seccomp", helper, allow_sys_admin)?;
+    let confined = escape(&env, "confined")?;
+    let env = Env::supervised_with("unconfined", helper, |c| {
+        allow_sys_admin(c);
+        c.seccomp = strata_agent::containerizer::supervisor::seccomp::Seccomp::Unconfined;
+    })?;
+    let unconfined = escape(&env, "unconfined")?;
+    eprintln!("default profile: {confined}unconfined: {unconfined}");
+    ensure!(
+        line(&confined, "mount=")? == "EPERM",
+        "a confined task could mount: {confined}"
+    );
+    ensure!(
+        line(&confined, "unshare_user=")? == "EPERM",
+        "a confined task could unshare a user namespace: {confined}"
+    );
+    ensure!(
+        line(&unconfined, "mount=")? == "ok",
+        "the same task unconfined could not mount, so the check above proves nothing: {unconfined}"
+    );
+    Ok(())
+}
+
+/// A task's environment is what it asked for, the agent's STRATA_*/MESOS_* variables, and a
+/// PATH and HOME (its sandbox): nothing of the agent's (this test process's) own.
+pub fn a_task_gets_only_its_own_environment(helper: &Path) -> Result<()> {
+    let env = Env::supervised("env", helper)?;
+    let out = run_to_end(
+        &env,
+        &Task::helper(&env, "env", &["env"]).env("TASK_GREETING", "hi"),
+    )?;
+    let mut names: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("env:")).collect();
+    names.sort_unstable();
+    eprintln!("the task's environment: {names:?}");
+    ensure!(
+        names
+            == [
+                "HOME",
+                "MESOS_SANDBOX",
+                "MESOS_TASK_ID",
+                "PATH",
+                "STRATA_AGENT_ID",
+                "STRATA_FRAMEWORK_ID",
+                "STRATA_SANDBOX",
+                "STRATA_TASK_ID",
+                "TASK_GREETING",
+            ],
+        "the task's environment is not only its own: {names:?}"
+    );
+    Ok(())
+}
+
+/// A task's sandbox is its user's alone (0700, owned by it), the directories above it are
+/// traversable but not listable, and the run files (the spec holds the environment) are the
+/// agent's alone.
+pub fn sandboxes_are_private_and_run_files_the_agents_alone(helper: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let env = Env::supervised("modes", helper)?;
+    let task = env.launch(&Task::shell("modes", "sleep 30").user(NOBODY))?;
+    let work = env.work_dir();
+    let run = strata_agent::containerizer::run_dir(work, FRAMEWORK, "modes");
+    let spec = run.join(strata_agent::containerizer::supervisor::SPEC_FILE);
+    let sandbox = env.sandbox("modes");
+    let checks = [
+        (work.join("sandboxes"), 0o711, 0),
+        (work.join("sandboxes").join(FRAMEWORK), 0o711, 0),
+        (sandbox.clone(), 0o700, 65534),
+        (work.join("runs"), 0o700, 0),
+        (work.join("runs").join(FRAMEWORK), 0o700, 0),
+        (run.clone(), 0o700, 0),
+    ];
+    let mut wrong = Vec::new();
+    for (path, mode, uid) in &checks {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+        let (m, u) = (meta.mode() & 0o7777, meta.uid());
+        if m != *mode || u != *uid {
+            wrong.push(format!(
+                "{} is {m:o} uid {u}, not {mode:o} uid {uid}",
+                path.display()
+            ));
+        }
+    }
+    ensure!(spec.is_file(), "no spec at {}", spec.display());
+    let _ = env.kill(task.as_ref(), Duration::ZERO)?;
+    ensure!(wrong.is_empty(), "{}", wrong.join("; "));
     Ok(())
 }

@@ -70,6 +70,21 @@ macro_rules! scenarios {
             containerizer_device_control_denies_all_but_the_standard_and_given_devices
                 as device_control_denies_all_but_the_standard_and_given_devices
                 => isolation::device_control_denies_all_but_the_standard_and_given_devices;
+            containerizer_a_capability_the_agent_does_not_allow_is_refused
+                as a_capability_the_agent_does_not_allow_is_refused
+                => isolation::a_capability_the_agent_does_not_allow_is_refused;
+            containerizer_an_allowed_capability_binds_port_80_and_a_task_without_it_cannot
+                as an_allowed_capability_binds_port_80_and_a_task_without_it_cannot
+                => isolation::an_allowed_capability_binds_port_80_and_a_task_without_it_cannot;
+            containerizer_seccomp_denies_mount_and_user_namespaces_even_with_capabilities
+                as seccomp_denies_mount_and_user_namespaces_even_with_capabilities
+                => isolation::seccomp_denies_mount_and_user_namespaces_even_with_capabilities;
+            containerizer_a_task_gets_only_its_own_environment
+                as a_task_gets_only_its_own_environment
+                => isolation::a_task_gets_only_its_own_environment;
+            containerizer_sandboxes_are_private_and_run_files_the_agents_alone
+                as sandboxes_are_private_and_run_files_the_agents_alone
+                => isolation::sandboxes_are_private_and_run_files_the_agents_alone;
             accounting_cpu_seconds_match_the_task_rusage
                 => accounting::cpu_seconds_match_the_task_rusage;
             accounting_network_bytes_match_the_payload

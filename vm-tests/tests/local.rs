@@ -123,6 +123,8 @@ impl Local {
             .arg(&work_dir)
             .args(args)
             .env("RUST_LOG", log)
+            // A secret of the agent's that no task may see.
+            .env(AGENT_SECRET, "leaked")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -272,6 +274,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The helper's path in the guest.
 const HELPER: &str = "/bin/strata-vm-helper";
+
+/// An environment variable of `strata local` (and so of its agent) that tasks must not see.
+const AGENT_SECRET: &str = "STRATA_VM_AGENT_SECRET";
 
 /// Runs a task that allocates past its memory limit and one that forks past its pids limit
 /// through `local`, and checks that the kernel stopped both, and that `strata run` works.
@@ -465,4 +470,64 @@ fn collect_tasks(dir: &Path, dirs_only: bool, out: &mut Vec<PathBuf>) {
             }
         }
     }
+}
+
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn local_tasks_get_no_agent_environment_and_only_allowed_capabilities() -> Result<()> {
+    if !guest_or_skip("local_tasks_get_no_agent_environment_and_only_allowed_capabilities") {
+        return Ok(());
+    }
+    let local = Local::start(
+        "privileges",
+        Start::FreshTopLevel,
+        "info",
+        &["--allowed-capabilities", "NET_BIND_SERVICE"],
+    )?;
+    let default_path = strata_agent::containerizer::DEFAULT_PATH;
+    let tasks = vec![
+        // As nobody (the default user), asking for what would make it root.
+        task("setuid")
+            .shell("id -u")
+            .capability("CAP_SETUID")
+            .cpus(0.1)
+            .mem(16.0)
+            .build(),
+        task("env")
+            .shell(format!(
+                "test -z \"${AGENT_SECRET}\" || exit 3; test \"$PATH\" = {default_path} || exit 4; \
+                 test \"$HOME\" = \"$STRATA_SANDBOX\" || exit 5; test \"$OWN\" = mine || exit 6"
+            ))
+            .env("OWN", "mine")
+            .cpus(0.1)
+            .mem(16.0)
+            .build(),
+        task("bind")
+            .shell(format!("{HELPER} - bind 80 | grep -qx bind=ok"))
+            .capability("NET_BIND_SERVICE")
+            .network_isolation()
+            .cpus(0.1)
+            .mem(16.0)
+            .build(),
+    ];
+    let ended = runtime()?.block_on(run_tasks(&local.url, "vm-privileges", tasks))?;
+    let setuid = &ended["setuid"];
+    ensure!(
+        setuid.state == TaskState::Error as i32
+            && setuid.reason == TaskReason::TaskInvalid as i32
+            && setuid.message.contains("CAP_SETUID")
+            && setuid.message.contains("--allowed-capabilities"),
+        "a task asking for CAP_SETUID was not refused with TASK_ERROR naming it: {setuid:?}"
+    );
+    let env = &ended["env"];
+    ensure!(
+        env.state == TaskState::Finished as i32,
+        "the task's environment is wrong (exit 3: it sees the agent's {AGENT_SECRET}, 4: PATH, 5: HOME, 6: its own variable): {env:?}"
+    );
+    let bind = &ended["bind"];
+    ensure!(
+        bind.state == TaskState::Finished as i32,
+        "a task with the allowed NET_BIND_SERVICE could not bind port 80: {bind:?}"
+    );
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::cgroup::{CgroupError, Placement, RootPlacement};
 use crate::checkpoint::CheckpointError;
+use crate::containerizer::supervisor::seccomp::Seccomp;
 use crate::discovery::{DiscoveryError, HostRoots};
 
 /// The agent's configuration.
@@ -61,6 +62,11 @@ pub struct AgentConfig {
     pub task_user: String,
     /// Whether tasks may run as root; default false.
     pub allow_root_tasks: bool,
+    /// The capabilities tasks may keep (`CAP_NET_BIND_SERVICE`, ...); default none: a task
+    /// asking for one not listed is refused with `TASK_ERROR`.
+    pub allowed_capabilities: Vec<String>,
+    /// The seccomp profile of supervised tasks; default [`Seccomp::Default`].
+    pub seccomp: Seccomp,
     /// Kill every task when the agent stops (its shutdown future resolves); default false:
     /// supervised tasks keep running and the next agent re-attaches to them. Tasks that cannot
     /// outlive the agent (no supervisor) are always killed. An allocator's Shutdown always
@@ -113,6 +119,8 @@ impl AgentConfig {
             agent_exe: None,
             task_user: "nobody".to_owned(),
             allow_root_tasks: false,
+            allowed_capabilities: Vec::new(),
+            seccomp: Seccomp::Default,
             kill_tasks_on_shutdown: false,
             usage_interval: crate::usage::DEFAULT_INTERVAL,
             http_listen: None,

@@ -64,8 +64,13 @@ struct KillRequest {
 enum TaskEvent {
     /// The command is running.
     Started { key: TaskKey, pid: Option<u32> },
-    /// The command could not be started.
-    LaunchFailed { key: TaskKey, error: String },
+    /// The command could not be started; `refused` when the task asked for what the agent
+    /// refuses (a `TASK_ERROR`).
+    LaunchFailed {
+        key: TaskKey,
+        error: String,
+        refused: bool,
+    },
     /// The task was killed before its command was started.
     KilledBeforeLaunch { key: TaskKey, why: String },
     /// The command ended; `killed` says why if it was killed on request.

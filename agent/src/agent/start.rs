@@ -146,6 +146,8 @@ fn containerizer_for(
             linux.supervisor_exe = supervisor_exe(config);
             linux.default_user = config.task_user.clone();
             linux.allow_root = config.allow_root_tasks;
+            linux.allowed_capabilities = config.allowed_capabilities.clone();
+            linux.seccomp = config.seccomp;
             match &linux.supervisor_exe {
                 Some(exe) => {
                     tracing::info!(supervisor = %exe.display(), user = %linux.default_user,
@@ -456,13 +458,16 @@ fn start_usage(
 }
 
 /// Creates the work dir if it is missing.
+/// Creates the work dir if it is missing, with its `sandboxes` and `runs` private (see
+/// `containerizer::SANDBOXES_MODE`).
 async fn create_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
-    tokio::fs::create_dir_all(&config.work_dir)
-        .await
-        .map_err(|source| AgentError::WorkDir {
-            path: config.work_dir.clone(),
-            source,
-        })
+    let work_dir = &config.work_dir;
+    let err = |source| AgentError::WorkDir {
+        path: work_dir.clone(),
+        source,
+    };
+    tokio::fs::create_dir_all(work_dir).await.map_err(err)?;
+    crate::containerizer::secure_work_dir(work_dir).map_err(err)
 }
 
 /// `http://host:port` from a URL or a bare `host:port` (see `strata_common::parse::endpoint`).

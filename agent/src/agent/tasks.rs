@@ -176,14 +176,17 @@ impl Agent {
                     None,
                 );
             }
-            TaskEvent::LaunchFailed { key, error } => {
-                self.update(
-                    &key,
-                    TaskState::Failed,
-                    TaskReason::ContainerLaunchFailed,
-                    error,
-                    None,
-                );
+            TaskEvent::LaunchFailed {
+                key,
+                error,
+                refused,
+            } => {
+                let (state, reason) = if refused {
+                    (TaskState::Error, TaskReason::TaskInvalid)
+                } else {
+                    (TaskState::Failed, TaskReason::ContainerLaunchFailed)
+                };
+                self.update(&key, state, reason, error, None);
             }
             TaskEvent::KilledBeforeLaunch { key, why } => {
                 self.update(&key, TaskState::Killed, TaskReason::TaskKilled, why, None);
@@ -318,6 +321,7 @@ async fn supervise(
             let _ = events.send(TaskEvent::LaunchFailed {
                 key,
                 error: e.to_string(),
+                refused: e.is_refusal(),
             });
             return;
         }

@@ -182,6 +182,21 @@ pub enum ContainerizerError {
         /// What is wrong.
         reason: String,
     },
+    /// The task asks for capabilities the agent's allow-list lacks.
+    #[error(
+        "task {task_id:?} asks for {} that this agent does not allow: {}; drop them from command.capabilities, or the agent's operator can allow them with --allowed-capabilities (allowed now: {})",
+        if .capabilities.len() == 1 { "a capability" } else { "capabilities" },
+        .capabilities.join(", "),
+        if .allowed.is_empty() { "none".to_owned() } else { .allowed.join(",") }
+    )]
+    CapabilityNotAllowed {
+        /// The task.
+        task_id: String,
+        /// The capabilities asked for and not allowed, like `CAP_SETUID`.
+        capabilities: Vec<String>,
+        /// The agent's allow-list.
+        allowed: Vec<String>,
+    },
     /// The task's cgroup could not be set up.
     #[error("cannot set up the cgroup of task {task_id:?}: {source}")]
     Cgroup {
@@ -198,6 +213,14 @@ pub enum ContainerizerError {
         /// What happened.
         reason: String,
     },
+}
+
+impl ContainerizerError {
+    /// Whether the task itself asks for what this agent refuses (reported as `TASK_ERROR`),
+    /// rather than a launch that failed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::CapabilityNotAllowed { .. })
+    }
 }
 
 fn lower_first(s: &str) -> String {
@@ -358,7 +381,59 @@ pub(crate) struct Prepared {
     pub(crate) stderr: File,
 }
 
-/// Creates the sandbox and run directories and the `stdout`/`stderr` files.
+/// The modes of the work dir's task directories: `sandboxes` and `sandboxes/<framework>` are
+/// traversable by everyone (a task's user must reach its sandbox) but listable by the agent
+/// only, so a task cannot find its neighbours; a sandbox is its task's alone (0700, owned by
+/// the task's user where the task runs as another); `runs` and everything below it (the task
+/// specs, with their environment, and the agent's checkpoints) are the agent's alone.
+pub const SANDBOXES_MODE: u32 = 0o711;
+/// See [`SANDBOXES_MODE`].
+pub const SANDBOX_MODE: u32 = 0o700;
+/// See [`SANDBOXES_MODE`].
+pub const RUNS_MODE: u32 = 0o700;
+
+/// Makes `dir` (and what is missing above it) with `mode`, and gives an existing one that mode.
+fn dir_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Gives the work dir's `sandboxes` and `runs` their modes (see [`SANDBOXES_MODE`]) and makes
+/// the work dir itself traversable by everyone (tasks' users reach their sandboxes through it),
+/// without making it listable when it was not.
+pub fn secure_work_dir(work_dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(work_dir)?.permissions().mode() & 0o7777;
+    if mode & 0o111 != 0o111 {
+        std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(mode | 0o111))?;
+    }
+    dir_with_mode(&work_dir.join("sandboxes"), SANDBOXES_MODE)?;
+    dir_with_mode(&work_dir.join("runs"), RUNS_MODE)
+}
+
+/// Creates a fresh file for the task's output: whatever is at `path` goes first (a sandbox kept
+/// from an earlier task of the same id is the task user's: a link planted there must not make
+/// the agent truncate what it points to).
+fn fresh_output(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates the sandbox and run directories, with their modes (see [`SANDBOXES_MODE`]), and
+/// the `stdout`/`stderr` files.
 pub(crate) async fn prepare_sandbox(
     work_dir: &Path,
     spec: &LaunchSpec,
@@ -374,14 +449,20 @@ pub(crate) async fn prepare_sandbox(
             source,
         }
     };
-    // Two mkdirs on a local filesystem: not worth a hop to the blocking pool.
-    for dir in [&sandbox, &run] {
-        std::fs::create_dir_all(dir).map_err(sandbox_err(dir))?;
+    // A few mkdirs and chmods on a local filesystem: not worth a hop to the blocking pool.
+    secure_work_dir(work_dir).map_err(sandbox_err(work_dir))?;
+    for (dir, mode) in [
+        (sandbox.parent().unwrap_or(work_dir), SANDBOXES_MODE),
+        (sandbox.as_path(), SANDBOX_MODE),
+        (run.parent().unwrap_or(work_dir), RUNS_MODE),
+        (run.as_path(), RUNS_MODE),
+    ] {
+        dir_with_mode(dir, mode).map_err(sandbox_err(dir))?;
     }
     let stdout_path = sandbox.join("stdout");
     let stderr_path = sandbox.join("stderr");
-    let stdout = File::create(&stdout_path).map_err(sandbox_err(&stdout_path))?;
-    let stderr = File::create(&stderr_path).map_err(sandbox_err(&stderr_path))?;
+    let stdout = fresh_output(&stdout_path).map_err(sandbox_err(&stdout_path))?;
+    let stderr = fresh_output(&stderr_path).map_err(sandbox_err(&stderr_path))?;
     Ok(Prepared {
         sandbox,
         run,
@@ -390,9 +471,46 @@ pub(crate) async fn prepare_sandbox(
     })
 }
 
+/// The `PATH` of a task that sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A task's whole environment, sorted by name: what its command sets, `PATH` ([`DEFAULT_PATH`])
+/// and `HOME` (its sandbox: the one directory the task may write that outlives its command)
+/// when it sets none, and the variables the agent sets (`STRATA_TASK_ID`,
+/// `STRATA_FRAMEWORK_ID`, `STRATA_AGENT_ID`, `STRATA_SANDBOX`, `MESOS_SANDBOX`,
+/// `MESOS_TASK_ID`), which win. Nothing comes from the agent's own environment (its settings,
+/// its credentials).
+pub fn task_environment(
+    spec: &LaunchSpec,
+    command: &CommandInfo,
+    sandbox: &Path,
+) -> Vec<(String, String)> {
+    let task_id = spec.task.task_id.as_str();
+    let sandbox = sandbox.display().to_string();
+    let mut env: std::collections::BTreeMap<String, String> = command
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.entry("PATH".to_owned())
+        .or_insert_with(|| DEFAULT_PATH.to_owned());
+    env.entry("HOME".to_owned())
+        .or_insert_with(|| sandbox.clone());
+    for (k, v) in [
+        ("STRATA_TASK_ID", task_id),
+        ("STRATA_FRAMEWORK_ID", spec.framework_id.as_str()),
+        ("STRATA_AGENT_ID", spec.agent_id.as_str()),
+        ("STRATA_SANDBOX", sandbox.as_str()),
+        ("MESOS_SANDBOX", sandbox.as_str()),
+        ("MESOS_TASK_ID", task_id),
+    ] {
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    env.into_iter().collect()
+}
+
 /// The command to spawn (and the program's name for errors): shell or argv form, the sandbox
-/// as cwd, output to the given files, the task's environment plus the `STRATA_*`/`MESOS_*`
-/// variables.
+/// as cwd, output to the given files, the environment of [`task_environment`] alone.
 pub(crate) fn build_command(
     spec: &LaunchSpec,
     command: &CommandInfo,
@@ -400,7 +518,6 @@ pub(crate) fn build_command(
     stdout: File,
     stderr: File,
 ) -> (String, tokio::process::Command) {
-    let task_id = spec.task.task_id.as_str();
     let (program, mut cmd) = if command.shell {
         let mut cmd = tokio::process::Command::new(SHELL);
         cmd.arg("-c").arg(&command.value);
@@ -421,13 +538,8 @@ pub(crate) fn build_command(
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
-        .envs(&command.environment)
-        .env("STRATA_TASK_ID", task_id)
-        .env("STRATA_FRAMEWORK_ID", &spec.framework_id)
-        .env("STRATA_AGENT_ID", &spec.agent_id)
-        .env("STRATA_SANDBOX", sandbox)
-        .env("MESOS_SANDBOX", sandbox)
-        .env("MESOS_TASK_ID", task_id);
+        .env_clear()
+        .envs(task_environment(spec, command, sandbox));
     (program, cmd)
 }
 
@@ -489,6 +601,103 @@ fn pid_alive(pid_file: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_environment_is_its_own_plus_the_agents_variables() {
+        let spec = LaunchSpec {
+            framework_id: "fw".to_owned(),
+            agent_id: "a1".to_owned(),
+            task: TaskInfo {
+                task_id: "t1".to_owned(),
+                ..TaskInfo::default()
+            },
+        };
+        let sandbox = Path::new("/w/sandboxes/fw/t1");
+        let command = CommandInfo {
+            environment: [("GREETING", "hi"), ("STRATA_TASK_ID", "forged")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..CommandInfo::default()
+        };
+        let env = task_environment(&spec, &command, sandbox);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "GREETING",
+                "HOME",
+                "MESOS_SANDBOX",
+                "MESOS_TASK_ID",
+                "PATH",
+                "STRATA_AGENT_ID",
+                "STRATA_FRAMEWORK_ID",
+                "STRATA_SANDBOX",
+                "STRATA_TASK_ID"
+            ],
+            "nothing of the agent's own environment, whatever it holds"
+        );
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some(DEFAULT_PATH));
+        assert_eq!(get("HOME"), Some("/w/sandboxes/fw/t1"));
+        assert_eq!(
+            get("STRATA_TASK_ID"),
+            Some("t1"),
+            "the agent's variables win"
+        );
+        // A task's own PATH and HOME are kept.
+        let command = CommandInfo {
+            environment: [("PATH", "/opt/bin"), ("HOME", "/home/t")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..CommandInfo::default()
+        };
+        let env = task_environment(&spec, &command, sandbox);
+        assert!(env.contains(&("PATH".to_owned(), "/opt/bin".to_owned())));
+        assert!(env.contains(&("HOME".to_owned(), "/home/t".to_owned())));
+    }
+
+    #[test]
+    fn sandboxes_are_private_and_run_files_the_agents_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        // Left by an older agent, listable by everyone.
+        std::fs::create_dir_all(run_dir(work, "fw", "t1")).unwrap();
+        let spec = LaunchSpec {
+            framework_id: "fw".to_owned(),
+            agent_id: "a1".to_owned(),
+            task: TaskInfo {
+                task_id: "t1".to_owned(),
+                ..TaskInfo::default()
+            },
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let prepared = rt.block_on(prepare_sandbox(work, &spec)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(work) & 0o111, 0o111, "the work dir is not traversable");
+        assert_eq!(mode(&work.join("sandboxes")), 0o711);
+        assert_eq!(mode(&work.join("sandboxes").join("fw")), 0o711);
+        assert_eq!(mode(&prepared.sandbox), 0o700);
+        assert_eq!(mode(&work.join("runs")), 0o700);
+        assert_eq!(mode(&work.join("runs").join("fw")), 0o700);
+        assert_eq!(mode(&prepared.run), 0o700);
+    }
+
+    #[test]
+    fn output_files_never_follow_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let link = dir.path().join("stdout");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        fresh_output(&link).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    }
 
     #[test]
     fn old_sandboxes_of_ended_tasks_are_collected() {

@@ -32,6 +32,11 @@
 //!   `strata_known_hot_function` (never inlined), for the profiler's tests.
 //! - `tick MS`: wakes up every millisecond for MS milliseconds, doing almost nothing each time
 //!   (a mostly idle task, for the run-queue latency tests).
+//! - `bind PORT`: binds a TCP socket to 127.0.0.1:PORT; prints `bind=ok` or `bind=ERRNO`.
+//! - `escape`: what a task with CAP_SYS_ADMIN would do to leave its container: mounts a tmpfs
+//!   on its cwd, then unshares a user namespace; prints `mount=ok|ERRNO` and
+//!   `unshare_user=ok|ERRNO`.
+//! - `env`: prints `env:NAME` for each variable of its environment.
 
 use std::hint::black_box;
 use std::io::{Read as _, Write as _};
@@ -141,7 +146,47 @@ fn main() -> Result<()> {
             black_box(&chunks);
             Ok(())
         }
+        "bind" => {
+            let port = u16::try_from(num(0)?).context("bind: the port is too big")?;
+            let bound = std::net::TcpListener::bind(("127.0.0.1", port));
+            println!("bind={}", errno_of(bound.map(drop)));
+            Ok(())
+        }
+        "escape" => {
+            let cwd = std::env::current_dir().context("reading the cwd")?;
+            let mounted = nix::mount::mount(
+                Some("none"),
+                &cwd,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            );
+            println!("mount={}", errno_of(mounted.map_err(std::io::Error::from)));
+            let unshared = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER);
+            println!(
+                "unshare_user={}",
+                errno_of(unshared.map_err(std::io::Error::from))
+            );
+            Ok(())
+        }
+        "env" => {
+            for (name, _) in std::env::vars_os() {
+                println!("env:{}", name.to_string_lossy());
+            }
+            Ok(())
+        }
         other => bail!("unknown command {other:?}"),
+    }
+}
+
+/// `ok`, or the error's errno name (`EPERM`).
+fn errno_of(result: std::io::Result<()>) -> String {
+    match result {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.raw_os_error().map_or_else(
+            || e.to_string(),
+            |n| format!("{:?}", nix::errno::Errno::from_raw(n)),
+        ),
     }
 }
 

@@ -63,11 +63,16 @@ pub struct LinuxConfig {
     pub allow_root: bool,
     /// stdout and stderr are each rotated when they would pass this size.
     pub log_max_bytes: u64,
+    /// The capabilities a task may keep (names like `CAP_NET_BIND_SERVICE`); a task asking
+    /// for another is refused.
+    pub allowed_capabilities: Vec<String>,
+    /// The seccomp profile supervised tasks run under.
+    pub seccomp: supervisor::seccomp::Seccomp,
 }
 
 impl LinuxConfig {
     /// Defaults: 4096 processes per task, no supervisor, user `nobody`, root refused, logs
-    /// rotated at 10 MiB.
+    /// rotated at 10 MiB, no capabilities allowed, the default seccomp profile.
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
         Self {
             work_dir: work_dir.into(),
@@ -76,6 +81,8 @@ impl LinuxConfig {
             default_user: "nobody".to_owned(),
             allow_root: false,
             log_max_bytes: 10 << 20,
+            allowed_capabilities: Vec::new(),
+            seccomp: supervisor::seccomp::Seccomp::Default,
         }
     }
 }
@@ -225,6 +232,7 @@ impl LinuxContainerizer {
     ) -> Result<Box<dyn Container>, ContainerizerError> {
         let task_id = spec.task.task_id.as_str();
         let command = checked_command(spec)?;
+        self.check_capabilities(task_id, command)?;
         if self.config.supervisor_exe.is_none()
             && !command.user.is_empty()
             && command.user != self.agent_user

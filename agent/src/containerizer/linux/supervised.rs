@@ -75,6 +75,36 @@ impl LinuxContainerizer {
         Ok((user.uid.as_raw(), gid, groups))
     }
 
+    /// Refuses a task that asks for an unknown capability or one the agent's allow-list
+    /// (`--allowed-capabilities`) lacks, before anything is made for it.
+    pub(super) fn check_capabilities(
+        &self,
+        task_id: &str,
+        command: &CommandInfo,
+    ) -> Result<(), ContainerizerError> {
+        let invalid = |reason: String| ContainerizerError::InvalidTask {
+            task_id: task_id.to_owned(),
+            reason,
+        };
+        let asked = supervisor::parse_capabilities(&command.capabilities).map_err(invalid)?;
+        let allowed = supervisor::parse_capabilities(&self.config.allowed_capabilities)
+            .map_err(|reason| invalid(format!("the agent's --allowed-capabilities: {reason}")))?;
+        let capabilities = supervisor::not_allowed(&asked, &allowed);
+        if capabilities.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            task_id,
+            ?capabilities,
+            "refusing a task that asks for capabilities this agent does not allow"
+        );
+        Err(ContainerizerError::CapabilityNotAllowed {
+            task_id: task_id.to_owned(),
+            capabilities,
+            allowed: self.config.allowed_capabilities.clone(),
+        })
+    }
+
     /// The spec the supervisor and init start the task from; chowns the sandbox to the task's
     /// user.
     fn task_spec(
@@ -93,27 +123,9 @@ impl LinuxContainerizer {
             task_id: task_id.to_owned(),
             reason,
         };
-        supervisor::parse_capabilities(&command.capabilities).map_err(invalid)?;
         let rlimits = supervisor::rlimits_from(&command.rlimits).map_err(invalid)?;
-        // The task's user must be able to reach its sandbox: the agent's own directories on
-        // the way are made traversable (not listable) for everyone.
-        let mut dir = sandbox.parent();
-        while let Some(d) = dir {
-            if d == self.config.work_dir.parent().unwrap_or(Path::new("/")) {
-                break;
-            }
-            if let Ok(meta) = std::fs::metadata(d) {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = meta.permissions().mode();
-                if mode & 0o111 != 0o111 {
-                    let _ = std::fs::set_permissions(
-                        d,
-                        std::fs::Permissions::from_mode((mode | 0o111) & 0o7777),
-                    );
-                }
-            }
-            dir = d.parent();
-        }
+        // The sandbox is the task user's alone (see containerizer::SANDBOX_MODE); the
+        // directories above it are traversable by everyone, not listable.
         nix::unistd::chown(
             sandbox,
             Some(nix::unistd::Uid::from_raw(uid)),
@@ -138,26 +150,13 @@ impl LinuxContainerizer {
         } else {
             (command.value.clone(), command.arguments.clone())
         };
-        let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-        env.extend(command.environment.clone());
-        let sandbox_str = sandbox.display().to_string();
-        for (k, v) in [
-            ("STRATA_TASK_ID", task_id),
-            ("STRATA_FRAMEWORK_ID", spec.framework_id.as_str()),
-            ("STRATA_AGENT_ID", spec.agent_id.as_str()),
-            ("STRATA_SANDBOX", sandbox_str.as_str()),
-            ("MESOS_SANDBOX", sandbox_str.as_str()),
-            ("MESOS_TASK_ID", task_id),
-        ] {
-            env.insert(k.to_owned(), v.to_owned());
-        }
         Ok((
             program.clone(),
             TaskSpec {
                 task_id: task_id.to_owned(),
                 program,
                 argv,
-                env: env.into_iter().collect(),
+                env: crate::containerizer::task_environment(spec, command, sandbox),
                 cwd: sandbox.to_path_buf(),
                 uid,
                 gid,
@@ -169,6 +168,7 @@ impl LinuxContainerizer {
                 stdout: sandbox.join("stdout"),
                 stderr: sandbox.join("stderr"),
                 log_max_bytes: self.config.log_max_bytes,
+                seccomp: self.config.seccomp,
             },
         ))
     }

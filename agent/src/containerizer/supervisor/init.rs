@@ -20,6 +20,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::seccomp::{self, Seccomp};
 use super::{
     EXIT_FILE, EXITED_LINE, HostPid, SPEC_FILE, SupervisorError, TaskSpec, format_exit, nix_sys,
     parse_capabilities, rlimit_resource, sys, wait_status,
@@ -173,11 +174,22 @@ fn open_run_dir(run_dir: &Path) -> Result<OwnedFd, SupervisorError> {
 /// when that covers the sandbox itself (a work dir in /tmp), binds it back on its path.
 fn private_tmp(spec: &TaskSpec) -> Result<(), SupervisorError> {
     let tmp = spec.cwd.join("tmp");
-    fs::create_dir_all(&tmp).map_err(sys(format!("create {}", tmp.display())))?;
-    nix::unistd::chown(
+    // The sandbox is the task user's: whatever an earlier task of this id left at `tmp` that is
+    // not a directory (a link to /etc, say) goes, and the chown never follows a link.
+    if fs::symlink_metadata(&tmp).is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(&tmp).map_err(sys(format!("remove {}", tmp.display())))?;
+    }
+    match fs::create_dir(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(sys(format!("create {}", tmp.display()))(e)),
+    }
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
         &tmp,
         Some(nix::unistd::Uid::from_raw(spec.uid)),
         Some(nix::unistd::Gid::from_raw(spec.gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(nix_sys(format!("chown {}", tmp.display())))?;
     // The sandbox stays reachable at its path even when /tmp is covered (a work dir in /tmp).
@@ -251,7 +263,8 @@ fn isolate_network(spec: &TaskSpec) -> Result<(), SupervisorError> {
 }
 
 /// Who the command runs as and what it keeps: user, groups, capabilities and rlimits of the
-/// spec; an unknown capability or rlimit is an error naming the spec.
+/// spec, and its seccomp filter (built here, before the fork); an unknown capability or rlimit
+/// is an error naming the spec.
 fn credentials(
     run_dir: &Path,
     spec: &TaskSpec,
@@ -268,12 +281,20 @@ fn credentials(
         })?;
         rlimits.push((resource, *value));
     }
+    let seccomp = match spec.seccomp {
+        Seccomp::Default => Some(seccomp::build().map_err(|e| SupervisorError::Sys {
+            action: "build the task's seccomp filter".to_owned(),
+            source: io::Error::other(e.to_string()),
+        })?),
+        Seccomp::Unconfined => None,
+    };
     Ok(crate::sys::Credentials {
         uid: spec.uid,
         gid: spec.gid,
         groups: spec.groups.clone(),
         keep,
         rlimits,
+        seccomp,
     })
 }
 
@@ -533,8 +554,15 @@ struct LogCopier {
 }
 
 impl LogCopier {
+    /// Never through a link: the sandbox is the task user's, who could plant one.
     fn open(path: &Path) -> Option<File> {
-        OpenOptions::new().create(true).append(true).open(path).ok()
+        use std::os::unix::fs::OpenOptionsExt as _;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .ok()
     }
 
     fn new(from: File, path: PathBuf, max: u64) -> Self {

@@ -48,6 +48,7 @@
 
 mod init;
 mod launcher;
+pub mod seccomp;
 
 use std::collections::HashMap;
 use std::fs;
@@ -138,6 +139,9 @@ pub struct TaskSpec {
     pub stderr: PathBuf,
     /// Each log file is rotated (to `<name>.1`) when it would grow past this many bytes.
     pub log_max_bytes: u64,
+    /// The seccomp profile the command runs under (a spec without one gets the default).
+    #[serde(default)]
+    pub seccomp: seccomp::Seccomp,
 }
 
 impl TaskSpec {
@@ -292,6 +296,14 @@ pub fn parse_capabilities(names: &[String]) -> Result<caps::CapsHashSet, String>
     Ok(set)
 }
 
+/// The capabilities of `asked` (canonical names) that `allowed` lacks, sorted; empty when the
+/// allow-list covers them all.
+pub fn not_allowed(asked: &caps::CapsHashSet, allowed: &caps::CapsHashSet) -> Vec<String> {
+    let mut missing: Vec<String> = asked.difference(allowed).map(ToString::to_string).collect();
+    missing.sort();
+    missing
+}
+
 /// The supplementary groups of a user, by name.
 pub fn groups_of(user: &nix::unistd::User) -> Vec<u32> {
     let Ok(name) = std::ffi::CString::new(user.name.clone()) else {
@@ -345,5 +357,24 @@ mod tests {
         let ok = rlimits_from(&HashMap::from([("nofile".to_owned(), 64)])).unwrap();
         assert_eq!(ok, vec![("nofile".to_owned(), 64)]);
         assert!(rlimits_from(&HashMap::from([("x".to_owned(), 1)])).is_err());
+    }
+
+    #[test]
+    fn capabilities_outside_the_allow_list_are_named() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let allowed = parse_capabilities(&names(&["NET_BIND_SERVICE"])).unwrap();
+        let asked = parse_capabilities(&names(&["net_bind_service"])).unwrap();
+        assert!(not_allowed(&asked, &allowed).is_empty());
+        let asked =
+            parse_capabilities(&names(&["CAP_SYS_ADMIN", "setuid", "NET_BIND_SERVICE"])).unwrap();
+        assert_eq!(
+            not_allowed(&asked, &allowed),
+            names(&["CAP_SETUID", "CAP_SYS_ADMIN"])
+        );
+        let nothing = caps::CapsHashSet::new();
+        assert_eq!(
+            not_allowed(&parse_capabilities(&names(&["SETUID"])).unwrap(), &nothing),
+            names(&["CAP_SETUID"])
+        );
     }
 }
