@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use strata_agent::cgroup::Placement;
 use strata_agent::{AgentConfig, AgentError};
 use strata_proto::agent_message::Message as AgentMsg;
@@ -1283,5 +1283,76 @@ async fn usage_goes_in_full_once_per_stream_then_as_deltas_of_what_changed() -> 
     let ids: Vec<&str> = usage.tasks.iter().map(|t| t.task_id.as_str()).collect();
     assert_eq!(ids, ["spin"]);
     h.kill("spin", 0.0)?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_concurrent_profiles_run_two_at_a_time_and_the_rest_are_told_to_retry() -> Result<()>
+{
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: profiling needs root (eBPF and perf events)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    let (_, register) = h.next_register().await?;
+    let endpoint = register.info.context("no info")?.endpoint;
+    let mut task = shell_task("spin", "while :; do :; done");
+    task.cpu_limit = Some(0.5);
+    h.launch(task)?;
+    while h.next_update_acked().await?.state() != TaskState::Running {}
+    // The agent knows the task once it has a usage record (after one interval).
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (status, body) = http_get(&endpoint, "/profile?task=spin&seconds=1").await?;
+        if status == 200 {
+            break;
+        }
+        if body.contains("eBPF is off") {
+            eprintln!("skipped: the agent could not load eBPF here: {body}");
+            return h.stop_agent().await;
+        }
+        ensure!(
+            body.contains("no usage record yet") && tokio::time::Instant::now() < deadline,
+            "GET /profile answered {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let pages =
+        futures::future::join_all((0..30).map(|_| get(&endpoint, "/profile?task=spin&seconds=3")))
+            .await;
+    let mut profiled = 0;
+    let mut told_to_retry = 0;
+    for page in pages {
+        let page = page?;
+        match page.status {
+            200 => {
+                ensure!(
+                    page.body.contains("sh"),
+                    "a profile without the task: {}",
+                    page.body
+                );
+                profiled += 1;
+            }
+            429 => {
+                ensure!(
+                    page.body.contains("retry") && page.header("retry-after").is_some(),
+                    "429 without a retry hint: {:?} {}",
+                    page.headers,
+                    page.body
+                );
+                told_to_retry += 1;
+            }
+            other => bail!("GET /profile answered {other}: {}", page.body),
+        }
+    }
+    ensure!(
+        profiled == strata_agent::http::DEFAULT_MAX_CONCURRENT_PROFILES && told_to_retry == 28,
+        "{profiled} profiles ran and {told_to_retry} were told to retry"
+    );
+    // The slots are free again.
+    let (status, body) = http_get(&endpoint, "/profile?task=spin&seconds=1").await?;
+    ensure!(status == 200, "GET /profile answered {status}: {body}");
     h.stop_agent().await
 }
