@@ -5,6 +5,9 @@
 //! it, fsync it, rename it over the old one, fsync the directory), so a crash leaves either the
 //! old or the new content, never a torn one. A file that exists but cannot be understood is an
 //! error that names the file and what to do; it is never silently replaced.
+//! - A task's checkpoint files (`task.pb`, `updates.pb`) are framed ([`FRAME_MAGIC`], then the
+//!   payload's length), so an empty or truncated file is an error rather than a shorter valid
+//!   message, and what they hold must name the task of their run directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -161,26 +164,79 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
     }
 }
 
+/// The first bytes of a framed task checkpoint file, followed by the payload's length (u64,
+/// little-endian) and the payload. It starts with a NUL, which no protobuf message starts with
+/// (field number 0 does not exist), so the files of agents from before framing are told apart
+/// and still read.
+pub const FRAME_MAGIC: &[u8; 8] = b"\0strata1";
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_MAGIC.len() + 8 + payload.len());
+    out.extend_from_slice(FRAME_MAGIC);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payload of a framed file (or the whole of an unframed one from an older agent).
+fn unframe(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.is_empty() {
+        return Err("it is empty (0 bytes)".to_owned());
+    }
+    let Some(rest) = bytes.strip_prefix(FRAME_MAGIC.as_slice()) else {
+        return Ok(bytes);
+    };
+    let Some((len, payload)) = rest.split_first_chunk::<8>() else {
+        return Err(format!(
+            "it is truncated: {} bytes end inside its header",
+            bytes.len()
+        ));
+    };
+    let len = u64::from_le_bytes(*len);
+    match (payload.len() as u64).cmp(&len) {
+        std::cmp::Ordering::Equal => Ok(payload),
+        std::cmp::Ordering::Less => Err(format!(
+            "it is truncated: {} of its {len} bytes are there",
+            payload.len()
+        )),
+        std::cmp::Ordering::Greater => Err(format!(
+            "it holds {} bytes where its header says {len}",
+            payload.len()
+        )),
+    }
+}
+
 /// Checkpoints a launched task (atomically) in its run directory.
 pub fn save_task(run_dir: &Path, task: &strata_proto::TaskInfo) -> Result<(), CheckpointError> {
     use prost::Message as _;
-    write_atomic(&run_dir.join(TASK_FILE), &task.encode_to_vec())
+    write_atomic(&run_dir.join(TASK_FILE), &frame(&task.encode_to_vec()))
 }
 
-/// The checkpointed task of a run directory; `None` when there is none (never launched, or
-/// forgotten).
-pub fn load_task(run_dir: &Path) -> Result<Option<strata_proto::TaskInfo>, CheckpointError> {
+/// The checkpointed task of a run directory, which must be task `task_id`'s; `None` when there
+/// is none (never launched, or forgotten). An empty, truncated or corrupt file, or one naming
+/// another task, is an error naming the file.
+pub fn load_task(
+    run_dir: &Path,
+    task_id: &str,
+) -> Result<Option<strata_proto::TaskInfo>, CheckpointError> {
     use prost::Message as _;
     let path = run_dir.join(TASK_FILE);
     let Some(bytes) = read_optional(&path)? else {
         return Ok(None);
     };
-    strata_proto::TaskInfo::decode(bytes.as_slice())
-        .map(Some)
-        .map_err(|e| CheckpointError::CorruptTask {
-            path,
-            reason: e.to_string(),
-        })
+    let corrupt = |reason: String| CheckpointError::CorruptTask {
+        path: path.clone(),
+        reason,
+    };
+    let payload = unframe(&bytes).map_err(corrupt)?;
+    let task = strata_proto::TaskInfo::decode(payload).map_err(|e| corrupt(e.to_string()))?;
+    if task.task_id != task_id {
+        return Err(corrupt(format!(
+            "it holds task {:?}, not this run directory's task {task_id:?}",
+            strata_proto::ids::shorten(&task.task_id, 64)
+        )));
+    }
+    Ok(Some(task))
 }
 
 /// Checkpoints a task's latest status followed by its unacknowledged updates, in order.
@@ -199,12 +255,16 @@ pub fn save_updates(
                 source: io::Error::other(e.to_string()),
             })?;
     }
-    write_atomic(&run_dir.join(UPDATES_FILE), &buf)
+    write_atomic(&run_dir.join(UPDATES_FILE), &frame(&buf))
 }
 
-/// A task's checkpointed latest status and unacknowledged updates; `None` when there are none.
+/// Task `framework_id`/`task_id`'s checkpointed latest status and unacknowledged updates;
+/// `None` when there are none. An empty, truncated or corrupt file, or one with an update of
+/// another task, is an error naming the file.
 pub fn load_updates(
     run_dir: &Path,
+    framework_id: &str,
+    task_id: &str,
 ) -> Result<Option<(strata_proto::TaskStatus, Vec<strata_proto::TaskStatus>)>, CheckpointError> {
     use prost::Message as _;
     let path = run_dir.join(UPDATES_FILE);
@@ -215,17 +275,25 @@ pub fn load_updates(
         path: path.clone(),
         reason,
     };
-    let mut rest = bytes.as_slice();
+    let mut rest = unframe(&bytes).map_err(corrupt)?;
     let mut all = Vec::new();
     while !rest.is_empty() {
         let status = strata_proto::TaskStatus::decode_length_delimited(&mut rest)
             .map_err(|e| corrupt(e.to_string()))?;
+        if status.task_id != task_id || status.framework_id != framework_id {
+            return Err(corrupt(format!(
+                "it holds an update of task {:?} of framework {:?}, not of this run \
+                 directory's task {task_id:?} of framework {framework_id:?}",
+                strata_proto::ids::shorten(&status.task_id, 64),
+                strata_proto::ids::shorten(&status.framework_id, 64),
+            )));
+        }
         all.push(status);
     }
     let mut all = all.into_iter();
     let latest = all
         .next()
-        .ok_or_else(|| corrupt("it is empty".to_owned()))?;
+        .ok_or_else(|| corrupt("it holds no update".to_owned()))?;
     Ok(Some((latest, all.collect())))
 }
 
@@ -301,43 +369,100 @@ mod tests {
         assert!(err.to_string().contains(&path.display().to_string()));
     }
 
+    fn status(state: strata_proto::TaskState) -> strata_proto::TaskStatus {
+        strata_proto::TaskStatus {
+            task_id: "t".to_owned(),
+            framework_id: "fw".to_owned(),
+            state: state as i32,
+            uuid: vec![1; 16],
+            ..strata_proto::TaskStatus::default()
+        }
+    }
+
     #[test]
     fn task_checkpoints_round_trip_and_corruption_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
-        assert!(load_task(run).unwrap().is_none());
-        assert!(load_updates(run).unwrap().is_none());
+        assert!(load_task(run, "t").unwrap().is_none());
+        assert!(load_updates(run, "fw", "t").unwrap().is_none());
         let task = strata_proto::TaskInfo {
             task_id: "t".to_owned(),
             ..strata_proto::TaskInfo::default()
         };
         save_task(run, &task).unwrap();
-        assert_eq!(load_task(run).unwrap(), Some(task));
-        let status = |state: strata_proto::TaskState| strata_proto::TaskStatus {
-            task_id: "t".to_owned(),
-            state: state as i32,
-            uuid: vec![1; 16],
-            ..strata_proto::TaskStatus::default()
-        };
+        assert_eq!(load_task(run, "t").unwrap(), Some(task));
         let latest = status(strata_proto::TaskState::Running);
         let pending = vec![status(strata_proto::TaskState::Running)];
         save_updates(run, &latest, &pending).unwrap();
-        assert_eq!(load_updates(run).unwrap(), Some((latest, pending)));
+        assert_eq!(
+            load_updates(run, "fw", "t").unwrap(),
+            Some((latest, pending))
+        );
 
         // A torn file: cut in the middle of a record.
         let bytes = fs::read(run.join(UPDATES_FILE)).unwrap();
         fs::write(run.join(UPDATES_FILE), &bytes[..bytes.len() - 3]).unwrap();
-        let err = load_updates(run).unwrap_err();
+        let err = load_updates(run, "fw", "t").unwrap_err();
         assert!(
             matches!(err, CheckpointError::CorruptTask { .. }),
             "{err:?}"
         );
         assert!(err.to_string().contains(UPDATES_FILE), "{err}");
         fs::write(run.join(TASK_FILE), b"\xff\xff\xff").unwrap();
-        let err = load_task(run).unwrap_err();
+        let err = load_task(run, "t").unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
 
         forget_task(run);
-        assert!(load_task(run).unwrap().is_none());
+        assert!(load_task(run, "t").unwrap().is_none());
+    }
+
+    #[test]
+    fn empty_truncated_or_foreign_task_checkpoints_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let task = strata_proto::TaskInfo {
+            task_id: "t".to_owned(),
+            name: "a name long enough to cut".to_owned(),
+            resources: vec![strata_proto::Resource::scalar("mem", 64.0)],
+            ..strata_proto::TaskInfo::default()
+        };
+        save_task(run, &task).unwrap();
+        let whole = fs::read(run.join(TASK_FILE)).unwrap();
+        // Every cut, the empty file included, is refused: a cut between two fields would
+        // still be a valid, shorter message without the frame.
+        for len in 0..whole.len() {
+            fs::write(run.join(TASK_FILE), &whole[..len]).unwrap();
+            let err = load_task(run, "t").unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&run.join(TASK_FILE).display().to_string()),
+                "{len}: {msg}"
+            );
+            if len == 0 {
+                assert!(msg.contains("it is empty"), "{msg}");
+            }
+        }
+        fs::write(run.join(TASK_FILE), &whole).unwrap();
+        let err = load_task(run, "other").unwrap_err();
+        assert!(
+            err.to_string().contains("not this run directory's task"),
+            "{err}"
+        );
+
+        // The unframed files of an older agent are still read.
+        use prost::Message as _;
+        fs::write(run.join(TASK_FILE), task.encode_to_vec()).unwrap();
+        assert_eq!(load_task(run, "t").unwrap(), Some(task));
+
+        save_updates(run, &status(strata_proto::TaskState::Running), &[]).unwrap();
+        let whole = fs::read(run.join(UPDATES_FILE)).unwrap();
+        for len in 0..whole.len() {
+            fs::write(run.join(UPDATES_FILE), &whole[..len]).unwrap();
+            let err = load_updates(run, "fw", "t").unwrap_err();
+            assert!(err.to_string().contains(UPDATES_FILE), "{len}: {err}");
+        }
+        fs::write(run.join(UPDATES_FILE), &whole).unwrap();
+        let err = load_updates(run, "other-fw", "t").unwrap_err();
+        assert!(err.to_string().contains("not of this run"), "{err}");
     }
 }

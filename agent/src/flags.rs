@@ -20,9 +20,10 @@ use crate::containerizer::supervisor::seccomp::Seccomp;
 /// The config file table the agent's flags are read from.
 pub const CONFIG_TABLE: &str = "agent";
 
-/// `strata-agent`'s default `--http-listen`.
+/// `strata-agent`'s default `--http-listen`: loopback, as its pages name the host's tasks and
+/// a profile costs CPU; serving other hosts is asked for (`--http-listen 0.0.0.0:5051`).
 pub const DEFAULT_HTTP_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 5051);
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5051);
 
 /// The agent's flags that `strata local` shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,9 +113,13 @@ pub struct AgentArgs {
     #[arg(long, env = "STRATA_AGENT_USAGE_INTERVAL", default_value = "1s", value_parser = parse::duration, value_name = "DURATION")]
     pub usage_interval: Duration,
     /// Where the agent serves /health, /usage, /metrics and /profile, as ADDR:PORT (port 0 picks
-    /// a free one), or `none` [strata-agent: 0.0.0.0:5051; strata local: 127.0.0.1:0].
+    /// a free one; 0.0.0.0:5051 serves other hosts, as `strata usage` and `strata profile` from
+    /// another host need), or `none` [strata-agent: 127.0.0.1:5051; strata local: 127.0.0.1:0].
     #[arg(long, env = "STRATA_AGENT_HTTP_LISTEN", value_name = "ADDR", value_parser = parse::socket_addr_or_none)]
     pub http_listen: Option<OrNone<SocketAddr>>,
+    /// How many CPU profiles (GET /profile) may run at once; more are answered 429.
+    #[arg(long, env = "STRATA_AGENT_MAX_CONCURRENT_PROFILES", default_value_t = crate::http::DEFAULT_MAX_CONCURRENT_PROFILES, value_name = "N")]
+    pub max_concurrent_profiles: usize,
 }
 
 /// `auto`, `cgroups` or `none`.
@@ -169,6 +174,7 @@ impl AgentArgs {
         config.seccomp = self.seccomp;
         config.kill_tasks_on_shutdown = self.kill_tasks_on_shutdown;
         config.usage_interval = self.usage_interval;
+        config.max_concurrent_profiles = self.max_concurrent_profiles;
         config.http_listen = match &self.http_listen {
             Some(OrNone(addr)) => *addr,
             None => http_listen,

@@ -5,6 +5,11 @@
 //! [`crate::profile::handle_http_request`]).
 //!
 //! [`router`] builds the routes, so more can be added to it; [`bind`] and [`serve`] run it.
+//!
+//! Bounds (nothing a client sends is trusted): a request line over [`MAX_URI_BYTES`] is
+//! answered 414 and headers over [`MAX_HEADER_BYTES`] 431, before any handler runs; at most
+//! [`ProfileSlots`] profiles run at once (`--max-concurrent-profiles`), and a profile asked for
+//! beyond that is answered 429 with `Retry-After` and a message saying to retry.
 //! [`advertised_endpoint`] turns the bound address into the `host:port` the allocator is told
 //! (`AgentInfo.endpoint`).
 
@@ -12,10 +17,12 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector as PromCollector;
@@ -44,6 +51,45 @@ pub enum HttpError {
     },
 }
 
+/// The longest request target (path and query) served, in bytes.
+pub const MAX_URI_BYTES: usize = 4096;
+/// The most header bytes (names and values) a request may carry.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The default of `--max-concurrent-profiles`.
+pub const DEFAULT_MAX_CONCURRENT_PROFILES: usize = 2;
+/// What a profile refused for want of a slot tells the client to wait, in seconds.
+const PROFILE_RETRY_AFTER_SECONDS: u64 = 10;
+
+/// The profiles that may run at once on this agent: each holds a slot from before its eBPF
+/// program is loaded until its stacks are symbolized, also when its client went away.
+#[derive(Debug, Clone)]
+pub struct ProfileSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl ProfileSlots {
+    /// At most `max` profiles at once (0: none).
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot, or `None` when `max` profiles are running.
+    fn try_take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+impl Default for ProfileSlots {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_CONCURRENT_PROFILES)
+    }
+}
+
 /// What the handlers read.
 #[derive(Debug, Clone)]
 pub struct HttpState {
@@ -51,16 +97,50 @@ pub struct HttpState {
     pub usage: LatestUsage,
     /// Where /proc is (the agent reads its own CPU time and memory there).
     pub proc_root: PathBuf,
+    /// The profiles that may run at once.
+    pub profiles: ProfileSlots,
 }
 
-/// The agent's routes: `/health`, `/usage`, `/metrics`.
+/// The agent's routes: `/health`, `/usage`, `/metrics`, `/profile`, behind the request bounds.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/usage", get(usage))
         .route("/metrics", get(metrics))
         .route("/profile", get(profile))
+        .layer(middleware::from_fn(bounded_request))
+        .layer(axum::extract::DefaultBodyLimit::max(1024))
         .with_state(state)
+}
+
+/// Refuses a request whose target or headers are longer than any of the agent's clients send.
+async fn bounded_request(request: Request, next: Next) -> Response {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        return (
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request target is {uri_bytes} bytes: at most {MAX_URI_BYTES} are served\n"
+            ),
+        )
+            .into_response();
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request has {header_bytes} bytes of headers: at most {MAX_HEADER_BYTES} are served\n"),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Binds `addr`; the listener and the address it got (a port of 0 picks a free one).
@@ -117,15 +197,45 @@ async fn health() -> &'static str {
 
 /// `GET /profile?task=ID&seconds=N`: the task's folded CPU stacks (see
 /// [`crate::profile::handle_http_request`]).
+/// At most [`ProfileSlots`] at once: beyond, 429 with `Retry-After`. The profile runs in a
+/// task of its own holding its slot, so a client that hangs up does not free the slot while
+/// the profile still loads, samples or symbolizes.
 async fn profile(State(state): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let Some(slot) = state.profiles.try_take() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+                (header::RETRY_AFTER, PROFILE_RETRY_AFTER_SECONDS.to_string()),
+            ],
+            format!(
+                "{} profiles are running on this agent, the most it takes at once \
+                 (--max-concurrent-profiles): retry in a few seconds, once one has finished\n",
+                state.profiles.max
+            ),
+        )
+            .into_response();
+    };
     let running = state.usage.records();
-    let (status, body) = crate::profile::handle_http_request(
-        &running,
-        &state.proc_root,
-        std::path::Path::new("/sys/fs/cgroup"),
-        query.as_deref(),
-    )
+    let proc_root = state.proc_root.clone();
+    let profiled = tokio::spawn(async move {
+        let answer = crate::profile::handle_http_request(
+            &running,
+            &proc_root,
+            std::path::Path::new("/sys/fs/cgroup"),
+            query.as_deref(),
+        )
+        .await;
+        drop(slot);
+        answer
+    })
     .await;
+    let (status, body) = profiled.unwrap_or_else(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the profile failed: {e}\n"),
+        )
+    });
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -721,6 +831,7 @@ mod tests {
         HttpState {
             usage: LatestUsage::default(),
             proc_root: PathBuf::from("/proc"),
+            profiles: ProfileSlots::default(),
         }
     }
 
@@ -772,6 +883,48 @@ mod tests {
         assert_eq!(task_filter(Some("x=1")), None);
         assert_eq!(task_filter(None), None);
         assert_eq!(percent_decode("50%"), "50%");
+    }
+
+    /// The status line's code of a raw request.
+    async fn raw_status(addr: SocketAddr, request: &str) -> u16 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn long_targets_and_headers_are_refused_and_profiles_beyond_the_slots_get_429() {
+        let s = HttpState {
+            profiles: ProfileSlots::new(0),
+            ..state()
+        };
+        let (listener, bound) = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let server = tokio::spawn(serve(listener, router(s)));
+        let long = format!("/health?{}", "a".repeat(MAX_URI_BYTES));
+        assert_eq!(get_text(bound, &long).await.0, 414);
+        let big_header = format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX_HEADER_BYTES + 1)
+        );
+        assert_eq!(raw_status(bound, &big_header).await, 431);
+        assert_eq!(
+            raw_status(bound, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await,
+            200
+        );
+        // No slot: refused before the task is even looked up, with a hint to retry.
+        let page = strata_test_support::http::get(bound, "/profile?task=t1&seconds=1")
+            .await
+            .unwrap();
+        assert_eq!(page.status, 429, "{}", page.body);
+        assert!(page.body.contains("retry"), "{}", page.body);
+        assert_eq!(
+            page.header("retry-after"),
+            Some(PROFILE_RETRY_AFTER_SECONDS.to_string().as_str())
+        );
+        server.abort();
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ pub mod ebpf;
 pub mod flags;
 pub mod http;
 pub mod nofile;
+pub mod paths;
 pub mod profile;
 pub mod status;
 #[expect(

@@ -52,6 +52,18 @@ pub const MAX_DURATION: Duration = Duration::from_secs(300);
 /// The name of a frame whose address could not be named at all.
 const FOLDED_UNKNOWN: &str = "[unknown]";
 
+/// The longest frame name kept, in bytes (longer ones, such as deep C++ template names, are
+/// cut): with the kernel's bounds (8,192 stacks of at most 127 frames each way), the folded
+/// profile stays within a few MiB.
+pub const MAX_FRAME_NAME_BYTES: usize = 256;
+
+/// The most bytes of folded stack lines one profile keeps; the samples of further stacks are
+/// counted under one `[more stacks than a profile keeps]` frame of their process.
+pub const MAX_FOLDED_BYTES: usize = 8 * 1024 * 1024;
+
+/// The frame that stands for the stacks beyond [`MAX_FOLDED_BYTES`].
+const FOLDED_TRUNCATED: &str = "[more stacks than a profile keeps]";
+
 /// Errors of the profiler.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -676,12 +688,20 @@ fn symbolize(raw: &RawProfile, proc_root: &Path) -> Profile {
         lost: raw.lost,
         ..Profile::default()
     };
+    let mut folded_bytes = 0;
     for &(key, count) in &raw.counts {
         let [tgid, user, kernel, _] = key;
         let comm = comms
             .entry(tgid)
             .or_insert_with(|| process_name(proc_root, tgid))
             .clone();
+        if folded_bytes >= MAX_FOLDED_BYTES {
+            *profile
+                .stacks
+                .entry(format!("{comm};{FOLDED_TRUNCATED}"))
+                .or_insert(0) += count;
+            continue;
+        }
         let mut frames = vec![comm];
         if let Some(ips) = raw.stacks.get(&user) {
             for addr in lookup_addrs(ips).rev() {
@@ -701,7 +721,9 @@ fn symbolize(raw: &RawProfile, proc_root: &Path) -> Profile {
                 frames.push(format!("{name}_[k]"));
             }
         }
-        *profile.stacks.entry(frames.join(";")).or_insert(0) += count;
+        let line = frames.join(";");
+        folded_bytes += line.len();
+        *profile.stacks.entry(line).or_insert(0) += count;
     }
     profile
 }
@@ -758,8 +780,10 @@ fn name_all(symbolizer: &Symbolizer, source: &Source<'_>, addrs: &[u64]) -> Vec<
     }
 }
 
-/// A frame name usable in a folded line: no `;` (the frame separator) and no line breaks.
+/// A frame name usable in a folded line: no `;` (the frame separator), no line breaks, at
+/// most [`MAX_FRAME_NAME_BYTES`] (cut with `…`).
 fn sanitize(name: &str) -> String {
+    let name = strata_proto::ids::shorten(name, MAX_FRAME_NAME_BYTES);
     name.chars()
         .map(|c| match c {
             ';' => ':',
@@ -822,6 +846,12 @@ mod tests {
             [0x1000, 0x1fff, 0x2fff]
         );
         assert_eq!(sanitize("a;b\nc"), "a:b c");
+        let long = sanitize(&"x".repeat(10 * MAX_FRAME_NAME_BYTES));
+        assert!(
+            long.len() <= MAX_FRAME_NAME_BYTES + "…".len(),
+            "{}",
+            long.len()
+        );
     }
 
     #[test]

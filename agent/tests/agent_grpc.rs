@@ -9,11 +9,13 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use strata_agent::cgroup::Placement;
 use strata_agent::{AgentConfig, AgentError};
 use strata_proto::agent_message::Message as AgentMsg;
-use strata_proto::allocator_message::{Message as AllocMsg, Shutdown};
+use strata_proto::allocator_message::{
+    AcknowledgeUpdate, KillTask, LaunchTask, Message as AllocMsg, Shutdown,
+};
 use strata_proto::{
     CommandInfo, Resource, TaskInfo, TaskReason, TaskState, TaskStatus, TaskUsage, names,
 };
@@ -703,6 +705,279 @@ async fn a_corrupt_task_checkpoint_is_an_error_and_loses_no_running_task() -> Re
     h.stop_agent().await
 }
 
+/// Every file below `dir` but in `skip`, with its content (directories as "dir").
+fn tree(dir: &Path, skip: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.path() == skip {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                out.insert(entry.path(), b"dir".to_vec());
+                todo.push(entry.path());
+            } else {
+                out.insert(entry.path(), std::fs::read(entry.path())?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_kills_and_acks_with_hostile_ids_touch_nothing_outside_the_work_dir() -> Result<()>
+{
+    let root = tempfile::tempdir()?;
+    let work = root.path().join("a/b/work");
+    std::fs::create_dir_all(&work)?;
+    // What `runs/fw-1/../../../x` names, and an absolute path: each looks like a run directory
+    // with a checkpoint (which forgetting a task would delete), next to a sentinel file.
+    let outside = [root.path().join("a/b/x"), root.path().join("abs/path")];
+    for dir in &outside {
+        std::fs::create_dir_all(dir)?;
+        for file in ["task.pb", "updates.pb", "sentinel"] {
+            std::fs::write(dir.join(file), b"not the agent's")?;
+        }
+    }
+    std::fs::write(root.path().join("sentinel"), b"keep")?;
+    let mut h = Harness::start(&work).await?;
+    h.next_register().await?;
+    // Another framework's task, which `runs/fw-evil/../fw-1/victim` would name.
+    h.launch(shell_task("victim", "sleep 60"))?;
+    while h.next_update_acked().await?.state() != TaskState::Running {}
+    let victim_pid = h.pid_of("victim")?;
+    let victim_run = work.join("runs").join(FRAMEWORK).join("victim");
+    let before = tree(root.path(), &work)?;
+
+    let abs = outside[1].display().to_string();
+    let hostile: Vec<(&str, &str)> = vec![
+        (FRAMEWORK, "../../../x"),
+        (FRAMEWORK, &abs),
+        ("fw-evil", "../fw-1/victim"),
+        ("..", ".."),
+        ("..", "runs"),
+        (FRAMEWORK, "a\0b"),
+        ("a\0b", "victim"),
+        ("", "t"),
+        (FRAMEWORK, ""),
+    ];
+    for &(framework_id, task_id) in &hostile {
+        let mut task = shell_task(task_id, "touch /tmp/strata-hostile-id-ran");
+        task.task_id = task_id.to_owned();
+        h.send(AllocMsg::LaunchTask(LaunchTask {
+            framework_id: framework_id.to_owned(),
+            task: Some(task),
+        }))?;
+        let refused = h.next_update_acked().await?;
+        ensure!(
+            refused.task_id == task_id
+                && refused.framework_id == framework_id
+                && refused.state() == TaskState::Error
+                && refused.reason() == TaskReason::TaskInvalid
+                && refused.message.starts_with("invalid "),
+            "{framework_id:?}/{task_id:?}: {refused:?}"
+        );
+        // A kill and a stray acknowledgement of the same ids change nothing either.
+        h.send(AllocMsg::KillTask(KillTask {
+            framework_id: framework_id.to_owned(),
+            task_id: task_id.to_owned(),
+            grace_period_seconds: Some(0.1),
+        }))?;
+        h.send(AllocMsg::Acknowledge(AcknowledgeUpdate {
+            framework_id: framework_id.to_owned(),
+            task_id: task_id.to_owned(),
+            uuid: refused.uuid.clone(),
+        }))?;
+    }
+    h.expect_no_new_update(Duration::from_millis(500), &[])
+        .await?;
+    ensure!(
+        tree(root.path(), &work)? == before,
+        "the hostile ids changed files outside the work dir: before {:?}, after {:?}",
+        before.keys().collect::<Vec<_>>(),
+        tree(root.path(), &work)?.keys().collect::<Vec<_>>()
+    );
+
+    // The other framework's task is still known, after a restart too.
+    h.stop_agent().await?;
+    let task = strata_agent::checkpoint::load_task(&victim_run, "victim")?;
+    ensure!(
+        task.is_some_and(|t| t.command.is_some()),
+        "the victim's launch record is gone"
+    );
+    let updates = strata_agent::checkpoint::load_updates(&victim_run, FRAMEWORK, "victim")?;
+    ensure!(
+        updates.is_some_and(|(latest, _)| latest.state() == TaskState::Running),
+        "the victim's updates are gone"
+    );
+    h.start_agent();
+    let (_, register) = h.next_register().await?;
+    let listed: Vec<(String, String, TaskState)> = register
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                t.framework_id.clone(),
+                t.task
+                    .as_ref()
+                    .map(|i| i.task_id.clone())
+                    .unwrap_or_default(),
+                t.latest_status
+                    .as_ref()
+                    .map_or(TaskState::Unspecified, TaskStatus::state),
+            )
+        })
+        .collect();
+    ensure!(
+        listed
+            == [(
+                FRAMEWORK.to_owned(),
+                "victim".to_owned(),
+                TaskState::Running
+            )],
+        "the restarted agent lists {listed:?}"
+    );
+    ensure!(!process_gone(victim_pid), "the victim was lost");
+    for dir in &outside {
+        for file in ["task.pb", "updates.pb", "sentinel"] {
+            ensure!(
+                dir.join(file).is_file(),
+                "{} is gone",
+                dir.join(file).display()
+            );
+        }
+    }
+    h.kill("victim", 0.5)?;
+    assert_update(&h.next_update_acked().await?, "victim", TaskState::Killed)?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_below_the_minimum_cpus_or_memory_is_refused_with_task_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    for (task_id, cpus, mem) in [
+        ("nothing", 0.0, 0.0),
+        ("no-cpu", 0.0, 64.0),
+        ("too-little-cpu", 0.001, 64.0),
+        ("no-mem", 0.5, 0.0),
+        ("too-little-mem", 0.5, 1.0),
+        ("nan", f64::NAN, 64.0),
+    ] {
+        let mut task = shell_task(task_id, "true");
+        task.resources = vec![
+            Resource::scalar(names::CPUS, cpus),
+            Resource::scalar(names::MEM, mem),
+        ];
+        h.launch(task)?;
+        let refused = h.next_update_acked().await?;
+        assert_update(&refused, task_id, TaskState::Error)?;
+        ensure!(
+            refused.reason() == TaskReason::TaskInvalid
+                && refused
+                    .message
+                    .contains("at least 0.01 cpus and 4 MiB of memory"),
+            "{refused:?}"
+        );
+        ensure!(
+            !dir.path()
+                .join("runs")
+                .join(FRAMEWORK)
+                .join(task_id)
+                .exists()
+                && !dir
+                    .path()
+                    .join("sandboxes")
+                    .join(FRAMEWORK)
+                    .join(task_id)
+                    .exists(),
+            "the refused task {task_id} left files"
+        );
+    }
+    h.expect_no_new_update(Duration::from_millis(300), &[])
+        .await?;
+    // The least a task may ask for runs.
+    let mut task = shell_task("least", "true");
+    task.resources = vec![
+        Resource::scalar(names::CPUS, strata_proto::limits::MIN_TASK_CPUS),
+        Resource::scalar(names::MEM, strata_proto::limits::MIN_TASK_MEM_MIB),
+    ];
+    h.launch(task)?;
+    loop {
+        let status = h.next_update_acked().await?;
+        if status.state().is_terminal() {
+            assert_update(&status, "least", TaskState::Finished)?;
+            break;
+        }
+    }
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_truncated_task_checkpoint_loses_no_task_and_makes_no_phantom() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    for id in ["emptied", "truncated"] {
+        h.launch(shell_task(id, "sleep 60"))?;
+    }
+    let mut running = HashSet::new();
+    while running.len() < 2 {
+        let status = h.next_update_acked().await?;
+        if status.state() == TaskState::Running {
+            running.insert(status.task_id);
+        }
+    }
+    let pids = [h.pid_of("emptied")?, h.pid_of("truncated")?];
+    h.stop_agent().await?;
+    let run = |id: &str| dir.path().join("runs").join(FRAMEWORK).join(id);
+    std::fs::write(run("emptied").join("task.pb"), b"")?;
+    let whole = std::fs::read(run("truncated").join("task.pb"))?;
+    std::fs::write(run("truncated").join("task.pb"), &whole[..whole.len() / 2])?;
+    std::fs::write(run("truncated").join("updates.pb"), b"")?;
+    h.start_agent();
+    let (_, register) = h.next_register().await?;
+    let mut listed: Vec<(String, String)> = register
+        .tasks
+        .iter()
+        .map(|t| {
+            let info = t.task.clone().unwrap_or_default();
+            (
+                info.task_id,
+                info.command.map(|c| c.value).unwrap_or_default(),
+            )
+        })
+        .collect();
+    listed.sort();
+    // Both real tasks, by their ids, with the command their supervisors were given; no task
+    // without an id.
+    ensure!(
+        listed.len() == 2
+            && listed[0].0 == "emptied"
+            && listed[1].0 == "truncated"
+            && listed.iter().all(|(_, command)| !command.is_empty()),
+        "the restarted agent lists {listed:?}"
+    );
+    for pid in pids {
+        ensure!(!process_gone(pid), "task supervisor {pid} was lost");
+    }
+    for id in ["emptied", "truncated"] {
+        h.kill(id, 0.5)?;
+    }
+    let mut killed = HashSet::new();
+    while killed.len() < 2 {
+        let status = h.next_update_acked().await?;
+        if status.state().is_terminal() {
+            assert_update(&status, &status.task_id.clone(), TaskState::Killed)?;
+            killed.insert(status.task_id);
+        }
+    }
+    h.stop_agent().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_over_its_memory_limit_fails_with_the_memory_reason_and_its_peak() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -1008,5 +1283,76 @@ async fn usage_goes_in_full_once_per_stream_then_as_deltas_of_what_changed() -> 
     let ids: Vec<&str> = usage.tasks.iter().map(|t| t.task_id.as_str()).collect();
     assert_eq!(ids, ["spin"]);
     h.kill("spin", 0.0)?;
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_concurrent_profiles_run_two_at_a_time_and_the_rest_are_told_to_retry() -> Result<()>
+{
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: profiling needs root (eBPF and perf events)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    let (_, register) = h.next_register().await?;
+    let endpoint = register.info.context("no info")?.endpoint;
+    let mut task = shell_task("spin", "while :; do :; done");
+    task.cpu_limit = Some(0.5);
+    h.launch(task)?;
+    while h.next_update_acked().await?.state() != TaskState::Running {}
+    // The agent knows the task once it has a usage record (after one interval).
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (status, body) = http_get(&endpoint, "/profile?task=spin&seconds=1").await?;
+        if status == 200 {
+            break;
+        }
+        if body.contains("eBPF is off") {
+            eprintln!("skipped: the agent could not load eBPF here: {body}");
+            return h.stop_agent().await;
+        }
+        ensure!(
+            body.contains("no usage record yet") && tokio::time::Instant::now() < deadline,
+            "GET /profile answered {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let pages =
+        futures::future::join_all((0..30).map(|_| get(&endpoint, "/profile?task=spin&seconds=3")))
+            .await;
+    let mut profiled = 0;
+    let mut told_to_retry = 0;
+    for page in pages {
+        let page = page?;
+        match page.status {
+            200 => {
+                ensure!(
+                    page.body.contains("sh"),
+                    "a profile without the task: {}",
+                    page.body
+                );
+                profiled += 1;
+            }
+            429 => {
+                ensure!(
+                    page.body.contains("retry") && page.header("retry-after").is_some(),
+                    "429 without a retry hint: {:?} {}",
+                    page.headers,
+                    page.body
+                );
+                told_to_retry += 1;
+            }
+            other => bail!("GET /profile answered {other}: {}", page.body),
+        }
+    }
+    ensure!(
+        profiled == strata_agent::http::DEFAULT_MAX_CONCURRENT_PROFILES && told_to_retry == 28,
+        "{profiled} profiles ran and {told_to_retry} were told to retry"
+    );
+    // The slots are free again.
+    let (status, body) = http_get(&endpoint, "/profile?task=spin&seconds=1").await?;
+    ensure!(status == 200, "GET /profile answered {status}: {body}");
     h.stop_agent().await
 }

@@ -348,6 +348,7 @@ pub fn metrics_show_the_values_move(helper: &Path) -> Result<()> {
     let router = strata_agent::http::router(strata_agent::http::HttpState {
         usage: latest.clone(),
         proc_root: PathBuf::from("/proc"),
+        profiles: strata_agent::http::ProfileSlots::default(),
     });
     let (listener, addr) = rt.block_on(strata_agent::http::bind(([127, 0, 0, 1], 0).into()))?;
     let server = rt.spawn(strata_agent::http::serve(listener, router));

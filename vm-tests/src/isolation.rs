@@ -252,7 +252,7 @@ impl Env {
             return Ok(());
         };
         let sandbox =
-            strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, &info.task_id);
+            strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, &info.task_id)?;
         std::fs::create_dir_all(&sandbox)
             .with_context(|| format!("creating the sandbox {}", sandbox.display()))?;
         let copy = sandbox.join("strata-vm-helper");
@@ -314,6 +314,7 @@ impl Env {
     /// The task's sandbox directory.
     pub fn sandbox(&self, task_id: &str) -> PathBuf {
         strata_agent::containerizer::sandbox_dir(self.work.path(), FRAMEWORK, task_id)
+            .expect("the scenarios' task ids are valid")
     }
 
     /// Whether the task's cgroup is gone.

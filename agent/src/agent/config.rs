@@ -75,10 +75,13 @@ pub struct AgentConfig {
     /// How often each running task's usage is measured and reported (and served at /usage and
     /// /metrics); default 1 s.
     pub usage_interval: Duration,
-    /// Where the agent serves its own HTTP endpoints (/health, /usage, /metrics); default
-    /// `None`: none (the `strata-agent` binary's default is 0.0.0.0:5051). A port of 0 picks a
-    /// free one; the address bound is registered as `AgentInfo.endpoint`.
+    /// Where the agent serves its own HTTP endpoints (/health, /usage, /metrics, /profile);
+    /// default `None`: none (the `strata-agent` binary's default is 127.0.0.1:5051). A port of
+    /// 0 picks a free one; the address bound is registered as `AgentInfo.endpoint`.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// How many CPU profiles (`GET /profile`) may run at once; default
+    /// [`crate::http::DEFAULT_MAX_CONCURRENT_PROFILES`].
+    pub max_concurrent_profiles: usize,
 }
 
 /// How the agent isolates tasks.
@@ -124,6 +127,7 @@ impl AgentConfig {
             kill_tasks_on_shutdown: false,
             usage_interval: crate::usage::DEFAULT_INTERVAL,
             http_listen: None,
+            max_concurrent_profiles: crate::http::DEFAULT_MAX_CONCURRENT_PROFILES,
         }
     }
 }

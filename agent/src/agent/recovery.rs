@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use strata_proto::{TaskInfo, TaskReason, TaskState, TaskStatus};
+use strata_proto::{CommandInfo, TaskInfo, TaskReason, TaskState, TaskStatus};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -18,6 +18,8 @@ use super::Agent;
 use super::Task;
 use super::tasks::watch;
 use crate::checkpoint;
+use crate::containerizer::supervisor::TaskSpec;
+use crate::paths;
 use crate::status::TaskKey;
 
 impl Agent {
@@ -26,13 +28,10 @@ impl Agent {
         let Some(task) = self.tasks.get(key) else {
             return;
         };
-        if crate::cgroup::check_name(&key.framework_id).is_err()
-            || crate::cgroup::check_name(&key.task_id).is_err()
-        {
+        // A task refused for its ids has no run directory.
+        let Ok(run) = paths::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id) else {
             return;
-        }
-        let run =
-            crate::containerizer::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id);
+        };
         if !run.join(checkpoint::TASK_FILE).is_file() {
             return;
         }
@@ -47,104 +46,111 @@ impl Agent {
     /// their latest status and unacknowledged updates, and watches the ones still running (or
     /// reports how they ended while the agent was down).
     pub(super) fn recover_tasks(&mut self) {
-        let runs = self.config.work_dir.join("runs");
-        let Ok(frameworks) = std::fs::read_dir(&runs) else {
-            return;
-        };
         let now = Instant::now();
         let mut recovered = 0;
-        for fw in frameworks.flatten() {
-            let Ok(tasks) = std::fs::read_dir(fw.path()) else {
+        // Only directories named by valid ids: a run directory's path gives its task's ids.
+        for (framework_id, task_id) in paths::listed(&self.config.work_dir, paths::RUNS_DIR) {
+            let Ok(run) = paths::run_dir(&self.config.work_dir, &framework_id, &task_id) else {
                 continue;
             };
-            let framework_id = fw.file_name().to_string_lossy().into_owned();
-            for entry in tasks.flatten() {
-                let task_id = entry.file_name().to_string_lossy().into_owned();
-                let run = entry.path();
-                let has_checkpoint = run.join(checkpoint::TASK_FILE).exists();
-                if !has_checkpoint {
-                    continue;
+            if !run.join(checkpoint::TASK_FILE).exists() {
+                continue;
+            }
+            let key = TaskKey::new(framework_id.clone(), task_id.clone());
+            let span = tracing::info_span!(parent: &self.span, "task",
+                framework_id = %key.framework_id, task_id = %key.task_id);
+            let _entered = span.enter();
+            let info = match checkpoint::load_task(&run, &task_id) {
+                Ok(Some(info)) => info,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "recovering the task without its launch record, from its run directory");
+                    info_from_run_dir(&run, &task_id)
                 }
-                let key = TaskKey::new(framework_id.clone(), task_id.clone());
-                let span = tracing::info_span!(parent: &self.span, "task",
-                    framework_id = %key.framework_id, task_id = %key.task_id);
-                let _entered = span.enter();
-                let info = match checkpoint::load_task(&run) {
-                    Ok(Some(info)) => info,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::error!(error = %e, "recovering the task without its launch record");
-                        TaskInfo {
-                            task_id: task_id.clone(),
-                            ..TaskInfo::default()
-                        }
-                    }
-                };
-                let (latest, pending) = match checkpoint::load_updates(&run) {
-                    Ok(Some(updates)) => updates,
-                    Ok(None) => (
+            };
+            let (latest, pending) = match checkpoint::load_updates(&run, &framework_id, &task_id) {
+                Ok(Some(updates)) => updates,
+                Ok(None) => (
+                    TaskStatus {
+                        task_id: task_id.clone(),
+                        framework_id: framework_id.clone(),
+                        state: TaskState::Staging as i32,
+                        ..TaskStatus::default()
+                    },
+                    Vec::new(),
+                ),
+                Err(e) => {
+                    // Whether it still runs is for the containerizer to find out below.
+                    tracing::error!(error = %e, "recovering the task without its checkpointed updates");
+                    (
                         TaskStatus {
                             task_id: task_id.clone(),
                             framework_id: framework_id.clone(),
-                            state: TaskState::Staging as i32,
+                            state: TaskState::Running as i32,
                             ..TaskStatus::default()
                         },
                         Vec::new(),
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "recovering the task without its checkpointed updates");
-                        (
-                            TaskStatus {
-                                task_id: task_id.clone(),
-                                framework_id: framework_id.clone(),
-                                state: TaskState::Running as i32,
-                                ..TaskStatus::default()
-                            },
-                            Vec::new(),
-                        )
-                    }
-                };
-                for status in pending {
-                    self.updates.restore(status, now);
+                    )
                 }
-                let terminal = latest.state().is_terminal();
-                let (kill_tx, kill_rx) = mpsc::unbounded_channel();
-                self.tasks.insert(
-                    key.clone(),
-                    Task {
-                        info,
-                        latest,
-                        kill: (!terminal).then_some(kill_tx),
-                        span: span.clone(),
-                    },
-                );
-                recovered += 1;
-                if terminal {
-                    continue;
+            };
+            for status in pending {
+                self.updates.restore(status, now);
+            }
+            let terminal = latest.state().is_terminal();
+            let (kill_tx, kill_rx) = mpsc::unbounded_channel();
+            self.tasks.insert(
+                key.clone(),
+                Task {
+                    info,
+                    latest,
+                    kill: (!terminal).then_some(kill_tx),
+                    span: span.clone(),
+                },
+            );
+            recovered += 1;
+            if terminal {
+                continue;
+            }
+            match self.containerizer.recover(&framework_id, &task_id) {
+                Ok(container) => {
+                    tracing::info!(pid = ?container.pid(), "re-attached to a running task");
+                    tokio::spawn(
+                        watch(container, key, kill_rx, self.task_events.clone())
+                            .instrument(span.clone()),
+                    );
                 }
-                match self.containerizer.recover(&framework_id, &task_id) {
-                    Ok(container) => {
-                        tracing::info!(pid = ?container.pid(), "re-attached to a running task");
-                        tokio::spawn(
-                            watch(container, key, kill_rx, self.task_events.clone())
-                                .instrument(span.clone()),
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot re-attach to the task");
-                        self.update(
-                            &key,
-                            TaskState::Failed,
-                            TaskReason::AgentRestarted,
-                            e.to_string(),
-                            None,
-                        );
-                    }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-attach to the task");
+                    self.update(
+                        &key,
+                        TaskState::Failed,
+                        TaskReason::AgentRestarted,
+                        e.to_string(),
+                        None,
+                    );
                 }
             }
         }
         if recovered > 0 {
             tracing::info!(tasks = recovered, "recovered tasks from the checkpoint");
         }
+    }
+}
+
+/// What a run directory says of its task when its launch record is lost: the task id (its
+/// directory's name) and the command its supervisor was given (`spec.json`), when there is one.
+/// Never a task without an id: the allocator would take it for another task and the real one
+/// for lost.
+fn info_from_run_dir(run: &std::path::Path, task_id: &str) -> TaskInfo {
+    let command = TaskSpec::read(run).ok().map(|spec| CommandInfo {
+        value: spec.program,
+        arguments: spec.argv,
+        ..CommandInfo::default()
+    });
+    TaskInfo {
+        task_id: task_id.to_owned(),
+        name: task_id.to_owned(),
+        command,
+        ..TaskInfo::default()
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use strata_proto::agent_message::{self, Heartbeat, Register, StatusUpdate};
 use strata_proto::allocator_message::{self, Registered};
-use strata_proto::{AgentInfo, AgentMessage, AgentTask, TaskStatus};
+use strata_proto::{AgentInfo, AgentMessage, AgentTask, TaskInfo, TaskStatus};
 use tokio::sync::mpsc;
 
 use super::{Agent, Session};
@@ -67,7 +67,11 @@ impl Agent {
             .iter()
             .map(|(key, task)| AgentTask {
                 framework_id: key.framework_id.clone(),
-                task: Some(task.info.clone()),
+                // Always the task's own id, whatever its (possibly recovered) record says.
+                task: Some(TaskInfo {
+                    task_id: key.task_id.clone(),
+                    ..task.info.clone()
+                }),
                 latest_status: Some(TaskStatus {
                     agent_id: agent_id.clone(),
                     ..task.latest.clone()
@@ -157,10 +161,8 @@ impl Agent {
             tracing::warn!(warning = %strata_proto::ids::shorten(warning, 1024), "the allocator changed what this agent registered");
         }
         let id = registered.agent_id;
-        if id.is_empty() {
-            tracing::warn!(
-                "the allocator answered the registration without an agent id; ignoring it"
-            );
+        if let Err(e) = strata_proto::ids::check_id("agent id", &id) {
+            tracing::warn!(error = %e, "the allocator answered the registration without a valid agent id; ignoring it");
             return;
         }
         if self.agent_id.as_deref() != Some(id.as_str()) {

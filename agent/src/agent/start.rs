@@ -397,6 +397,7 @@ async fn start_http(
     let router = crate::http::router(crate::http::HttpState {
         usage: latest_usage.clone(),
         proc_root: config.roots.proc.clone(),
+        profiles: crate::http::ProfileSlots::new(config.max_concurrent_profiles),
     });
     Ok((
         Some(tokio::spawn(crate::http::serve(listener, router))),

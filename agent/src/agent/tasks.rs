@@ -9,12 +9,17 @@
 //!   terminal update (FINISHED, FAILED or KILLED); they go through the status-update manager,
 //!   so they are delivered in order and resent until acknowledged, also across reconnects.
 //! - A task is forgotten only once its terminal update has been acknowledged.
+//! - A launch whose framework or task id fails `strata_proto::ids::check_id`, or that asks for
+//!   less than `strata_proto::limits::MIN_TASK_CPUS` cpus or `MIN_TASK_MEM_MIB` MiB of memory,
+//!   is refused with TASK_ERROR (reason TASK_INVALID) and touches nothing on disk or in the
+//!   cgroups; files are named after ids only through [`crate::paths`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_proto::allocator_message::{AcknowledgeUpdate, KillTask, LaunchTask};
-use strata_proto::{TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus};
+use strata_proto::limits::{MIN_TASK_CPUS, MIN_TASK_MEM_MIB};
+use strata_proto::{TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, names, scalar_sum};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -22,6 +27,7 @@ use super::{Agent, KillRequest, Task, TaskEvent, unix_now};
 use crate::cgroup::MemoryOom;
 use crate::checkpoint;
 use crate::containerizer::{Container, Containerizer, ExitStatus, LaunchSpec};
+use crate::paths;
 use crate::status::{AckOutcome, TaskKey};
 use crate::usage::TaskRef;
 
@@ -39,7 +45,10 @@ impl Agent {
             tracing::warn!("ignoring a launch of a task this agent already has");
             return;
         }
-        tracing::info!("launching task");
+        let refusal = launch_refusal(&key.framework_id, &task);
+        if refusal.is_none() {
+            tracing::info!("launching task");
+        }
         let stopping = self.stopping.is_some();
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         self.tasks.insert(
@@ -66,14 +75,12 @@ impl Agent {
             );
             return;
         }
-        if crate::cgroup::check_name(&key.framework_id).is_ok()
-            && crate::cgroup::check_name(&key.task_id).is_ok()
-        {
-            let run = crate::containerizer::run_dir(
-                &self.config.work_dir,
-                &key.framework_id,
-                &key.task_id,
-            );
+        if let Some(why) = refusal {
+            tracing::warn!(error = %why, "refusing the launch");
+            self.update(&key, TaskState::Error, TaskReason::TaskInvalid, why, None);
+            return;
+        }
+        if let Ok(run) = paths::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id) {
             let saved = std::fs::create_dir_all(&run)
                 .map_err(|e| e.to_string())
                 .and_then(|()| checkpoint::save_task(&run, &task).map_err(|e| e.to_string()));
@@ -141,11 +148,12 @@ impl Agent {
                 }
                 if terminal && let Some(task) = self.tasks.remove(&key) {
                     let _entered = task.span.enter();
-                    checkpoint::forget_task(&crate::containerizer::run_dir(
-                        &self.config.work_dir,
-                        &key.framework_id,
-                        &key.task_id,
-                    ));
+                    // A task refused for its ids has no run directory to forget.
+                    if let Ok(run) =
+                        paths::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id)
+                    {
+                        checkpoint::forget_task(&run);
+                    }
                     tracing::info!("terminal update acknowledged; task forgotten");
                 } else {
                     self.persist(&key);
@@ -300,6 +308,28 @@ impl Agent {
             .collect();
         self.running.send_replace(Arc::new(running));
     }
+}
+
+/// Why the agent refuses to launch `task` of `framework_id`, if it does: an id that cannot
+/// name the task's directories and cgroup, or less cpu or memory than any task needs (a task
+/// with no memory limit and the full cpu weight is not what anybody asked for).
+fn launch_refusal(framework_id: &str, task: &TaskInfo) -> Option<String> {
+    if let Err(e) = paths::TaskIds::new(framework_id, &task.task_id) {
+        return Some(e.to_string());
+    }
+    let cpus = scalar_sum(&task.resources, names::CPUS);
+    let mem = scalar_sum(&task.resources, names::MEM);
+    let enough = |asked: f64, least: f64| asked.is_finite() && asked >= least;
+    if !enough(cpus, MIN_TASK_CPUS) || !enough(mem, MIN_TASK_MEM_MIB) {
+        return Some(format!(
+            "task {:?} asks for {cpus} cpus and {mem} MiB of memory: a task needs at least \
+             {MIN_TASK_CPUS} cpus and {MIN_TASK_MEM_MIB} MiB of memory (resources \"{}\" and \"{}\")",
+            task.task_id,
+            names::CPUS,
+            names::MEM,
+        ));
+    }
+    None
 }
 
 /// Launches one task and reports its life to the core; owns the container while it runs.

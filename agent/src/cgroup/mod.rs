@@ -62,7 +62,7 @@ const V1_SHARES_PER_CPU: f64 = 1024.0;
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// The directory under the root holding the task cgroups (not `tasks`: v1 hierarchies have a
 /// `tasks` file in every cgroup).
-pub const TASKS_DIR: &str = "containers";
+pub const TASKS_DIR: &str = crate::paths::TASK_CGROUPS_DIR;
 /// An empty cgroup under the unified root that never holds a process: the agent keeps its
 /// device control program attached there while it runs (see `LinuxContainerizer`).
 pub const DEVICE_KEEPER_DIR: &str = "device-keeper";
@@ -130,6 +130,9 @@ pub enum CgroupError {
         /// The name.
         name: String,
     },
+    /// A framework or task id cannot name a task's cgroup.
+    #[error("{0}")]
+    InvalidId(#[from] strata_proto::ids::IdError),
 }
 
 fn io_err(action: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
@@ -406,11 +409,10 @@ pub fn check_name(name: &str) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// `containers/<framework-id>/<task-id>`: a task's cgroup below the root.
+/// `containers/<framework-id>/<task-id>`: a task's cgroup below the root, built by
+/// [`crate::paths`] after checking both ids.
 pub fn task_rel(framework_id: &str, task_id: &str) -> Result<PathBuf, CgroupError> {
-    check_name(framework_id)?;
-    check_name(task_id)?;
-    Ok(Path::new(TASKS_DIR).join(framework_id).join(task_id))
+    Ok(crate::paths::task_cgroup(framework_id, task_id)?)
 }
 
 /// This process's cgroups, from `/proc/self/cgroup`.

@@ -8,9 +8,10 @@
 //! isolating [`linux::LinuxContainerizer`] (cgroups, namespaces, a per-task supervisor).
 //!
 //! Invariants:
-//! - Ids are checked before they become path components (no `/`, `.`, `..`, NUL).
 //! - A task's sandbox is `<work_dir>/sandboxes/<framework_id>/<task_id>/` (its cwd, with its
-//!   `stdout` and `stderr`) and its run directory `<work_dir>/runs/<framework_id>/<task_id>/`.
+//!   `stdout` and `stderr`) and its run directory `<work_dir>/runs/<framework_id>/<task_id>/`,
+//!   both built by [`crate::paths`] from ids that passed `strata_proto::ids::check_id`; a
+//!   launch with an id that fails it touches nothing.
 //! - A launch that fails removes what it made (`undo_launch`) except the agent's own
 //!   checkpoint of the task, which goes once the failure is acknowledged.
 
@@ -31,6 +32,7 @@ use nix::sys::signal::Signal;
 use strata_proto::{CommandInfo, TaskInfo};
 
 use crate::checkpoint::{self, CheckpointError};
+use crate::paths::{self, TaskIds};
 
 /// The shell used for shell-form commands.
 pub const SHELL: &str = "/bin/sh";
@@ -96,16 +98,9 @@ pub fn signal_name(signal: i32) -> &'static str {
 /// Errors launching or supervising a task.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerizerError {
-    /// An id cannot be used as a directory name.
-    #[error(
-        "{what} {id:?} cannot name a sandbox directory: use an id that is not empty, \".\" or \"..\" and has no '/' or NUL"
-    )]
-    InvalidId {
-        /// "task id" or "framework id".
-        what: &'static str,
-        /// The offending id.
-        id: String,
-    },
+    /// A framework or task id cannot name a sandbox, run directory or cgroup.
+    #[error("{0}")]
+    InvalidId(#[from] strata_proto::ids::IdError),
     /// The task has no command to run.
     #[error("task {task_id:?} has no command: set command.value")]
     NoCommand {
@@ -296,31 +291,15 @@ pub trait Container: Send + Sync + fmt::Debug {
     }
 }
 
-/// `<work_dir>/sandboxes/<framework_id>/<task_id>`: the task's cwd and log files.
-pub fn sandbox_dir(work_dir: &Path, framework_id: &str, task_id: &str) -> PathBuf {
-    work_dir.join("sandboxes").join(framework_id).join(task_id)
-}
-
-/// `<work_dir>/runs/<framework_id>/<task_id>`: where the task's pid file lives.
-pub fn run_dir(work_dir: &Path, framework_id: &str, task_id: &str) -> PathBuf {
-    work_dir.join("runs").join(framework_id).join(task_id)
-}
-
-fn check_id(what: &'static str, id: &str) -> Result<(), ContainerizerError> {
-    if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
-        return Err(ContainerizerError::InvalidId {
-            what,
-            id: id.to_owned(),
-        });
-    }
-    Ok(())
-}
+/// `<work_dir>/sandboxes/<framework_id>/<task_id>` (the task's cwd and log files) and
+/// `<work_dir>/runs/<framework_id>/<task_id>` (its checkpoint and its supervisor's files),
+/// after checking both ids.
+pub use crate::paths::{run_dir, sandbox_dir};
 
 /// The task's command, after checking its ids and that it has one.
 pub(crate) fn checked_command(spec: &LaunchSpec) -> Result<&CommandInfo, ContainerizerError> {
     let task_id = spec.task.task_id.as_str();
-    check_id("framework id", &spec.framework_id)?;
-    check_id("task id", task_id)?;
+    TaskIds::new(&spec.framework_id, task_id)?;
     spec.task
         .command
         .as_ref()
@@ -335,12 +314,11 @@ pub(crate) fn checked_command(spec: &LaunchSpec) -> Result<&CommandInfo, Contain
 /// of the task and its updates, which the agent forgets once the failure is acknowledged.
 /// Nothing is touched unless both ids are valid names.
 pub(crate) async fn undo_launch(work_dir: &Path, spec: &LaunchSpec) {
-    let (framework_id, task_id) = (spec.framework_id.as_str(), spec.task.task_id.as_str());
-    if check_id("framework id", framework_id).is_err() || check_id("task id", task_id).is_err() {
+    let Ok(ids) = TaskIds::new(&spec.framework_id, &spec.task.task_id) else {
         return;
-    }
-    let sandbox = sandbox_dir(work_dir, framework_id, task_id);
-    let run = run_dir(work_dir, framework_id, task_id);
+    };
+    let sandbox = ids.sandbox_dir(work_dir);
+    let run = ids.run_dir(work_dir);
     let undone = tokio::task::spawn_blocking(move || {
         match std::fs::remove_dir_all(&sandbox) {
             Ok(()) => {}
@@ -439,8 +417,9 @@ pub(crate) async fn prepare_sandbox(
     spec: &LaunchSpec,
 ) -> Result<Prepared, ContainerizerError> {
     let task_id = spec.task.task_id.as_str();
-    let sandbox = sandbox_dir(work_dir, &spec.framework_id, task_id);
-    let run = run_dir(work_dir, &spec.framework_id, task_id);
+    let ids = TaskIds::new(&spec.framework_id, task_id)?;
+    let sandbox = ids.sandbox_dir(work_dir);
+    let run = ids.run_dir(work_dir);
     let sandbox_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ContainerizerError::Sandbox {
@@ -548,44 +527,40 @@ pub(crate) fn build_command(
 pub fn gc_sandboxes(work_dir: &Path, keep: Duration, live: &dyn Fn(&str, &str) -> bool) -> usize {
     let mut removed = 0;
     let now = std::time::SystemTime::now();
-    let Ok(frameworks) = std::fs::read_dir(work_dir.join("sandboxes")) else {
-        return 0;
-    };
-    for fw in frameworks.flatten() {
-        let fw_name = fw.file_name().to_string_lossy().into_owned();
-        let Ok(tasks) = std::fs::read_dir(fw.path()) else {
+    for (fw_name, task_name) in paths::listed(work_dir, paths::SANDBOXES_DIR) {
+        let Ok(ids) = TaskIds::new(&fw_name, &task_name) else {
             continue;
         };
-        for task in tasks.flatten() {
-            let task_name = task.file_name().to_string_lossy().into_owned();
-            let run = run_dir(work_dir, &fw_name, &task_name);
-            if live(&fw_name, &task_name)
-                || pid_alive(&run.join("pid"))
-                || supervisor::running_supervisor(&run).is_some()
-            {
-                continue;
+        let sandbox = ids.sandbox_dir(work_dir);
+        let run = ids.run_dir(work_dir);
+        if live(&fw_name, &task_name)
+            || pid_alive(&run.join("pid"))
+            || supervisor::running_supervisor(&run).is_some()
+        {
+            continue;
+        }
+        let old = std::fs::metadata(&sandbox)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= keep);
+        if !old {
+            continue;
+        }
+        match std::fs::remove_dir_all(&sandbox) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&run);
+                removed += 1;
+                tracing::debug!(framework_id = %fw_name, task_id = %task_name, "sandbox garbage-collected");
             }
-            let old = task
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age >= keep);
-            if !old {
-                continue;
-            }
-            match std::fs::remove_dir_all(task.path()) {
-                Ok(()) => {
-                    let _ = std::fs::remove_dir_all(&run);
-                    removed += 1;
-                    tracing::debug!(framework_id = %fw_name, task_id = %task_name, "sandbox garbage-collected");
-                }
-                Err(e) => {
-                    tracing::warn!(path = %task.path().display(), error = %e, "cannot remove an old sandbox");
-                }
+            Err(e) => {
+                tracing::warn!(path = %sandbox.display(), error = %e, "cannot remove an old sandbox");
             }
         }
-        let _ = std::fs::remove_dir(fw.path());
+        if let Some(fw_dir) = sandbox.parent() {
+            // Gone once its last sandbox is.
+            let _ = std::fs::remove_dir(fw_dir);
+        }
     }
     removed
 }
@@ -704,14 +679,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path();
         for t in ["old", "live"] {
-            std::fs::create_dir_all(sandbox_dir(work, "fw", t)).unwrap();
-            std::fs::create_dir_all(run_dir(work, "fw", t)).unwrap();
+            std::fs::create_dir_all(sandbox_dir(work, "fw", t).unwrap()).unwrap();
+            std::fs::create_dir_all(run_dir(work, "fw", t).unwrap()).unwrap();
         }
         let live = |_: &str, t: &str| t == "live";
         assert_eq!(gc_sandboxes(work, Duration::from_secs(3600), &live), 0);
         assert_eq!(gc_sandboxes(work, Duration::ZERO, &live), 1);
-        assert!(!sandbox_dir(work, "fw", "old").exists());
-        assert!(!run_dir(work, "fw", "old").exists());
-        assert!(sandbox_dir(work, "fw", "live").exists());
+        assert!(!sandbox_dir(work, "fw", "old").unwrap().exists());
+        assert!(!run_dir(work, "fw", "old").unwrap().exists());
+        assert!(sandbox_dir(work, "fw", "live").unwrap().exists());
     }
 }

@@ -330,7 +330,7 @@ mod tests {
         command.environment = HashMap::from([("GREETING".to_owned(), "hello".to_owned())]);
         let status = run_to_end(&c, &spec("out", command)).await;
         assert_eq!(status, ExitStatus::Code(0));
-        let sandbox = sandbox_dir(dir.path(), "fw-1", "out");
+        let sandbox = sandbox_dir(dir.path(), "fw-1", "out").unwrap();
         let stdout = std::fs::read_to_string(sandbox.join("stdout")).unwrap();
         let stderr = std::fs::read_to_string(sandbox.join("stderr")).unwrap();
         let real_sandbox = sandbox.canonicalize().unwrap();
@@ -362,9 +362,12 @@ mod tests {
             run_to_end(&c, &spec("argv", cmd)).await,
             ExitStatus::Code(4)
         );
-        let stdout =
-            std::fs::read_to_string(sandbox_dir(dir.path(), "fw-1", "argv").join("stdout"))
-                .unwrap();
+        let stdout = std::fs::read_to_string(
+            sandbox_dir(dir.path(), "fw-1", "argv")
+                .unwrap()
+                .join("stdout"),
+        )
+        .unwrap();
         let mut lines = stdout.lines();
         let cmdline = lines.next().unwrap();
         assert!(
@@ -384,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = ProcessContainerizer::new(dir.path());
         let container = c.launch(&spec("pid", shell("exit 0"))).await.unwrap();
-        let pid_file = run_dir(dir.path(), "fw-1", "pid").join("pid");
+        let pid_file = run_dir(dir.path(), "fw-1", "pid").unwrap().join("pid");
         let recorded: u32 = std::fs::read_to_string(pid_file).unwrap().parse().unwrap();
         assert_eq!(Some(recorded), container.pid());
         tokio::time::timeout(LIMIT, container.wait())
@@ -417,7 +420,7 @@ mod tests {
     async fn ids_that_are_not_directory_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let c = ProcessContainerizer::new(dir.path());
-        for id in ["..", "a/b", ""] {
+        for id in ["..", "a/b", "", "../../../x", "/abs/path", "a\0b"] {
             let err = c.launch(&spec(id, shell("true"))).await.unwrap_err();
             assert!(
                 matches!(err, ContainerizerError::InvalidId { .. }),
@@ -487,7 +490,9 @@ mod tests {
             .unwrap();
         let pid = container.pid().unwrap();
         wait_for_file_content(
-            &sandbox_dir(dir.path(), "fw-1", "stubborn").join("stdout"),
+            &sandbox_dir(dir.path(), "fw-1", "stubborn")
+                .unwrap()
+                .join("stdout"),
             "ready",
         )
         .await;
@@ -515,12 +520,15 @@ mod tests {
         )
         .await;
         assert_eq!(status, ExitStatus::Code(0));
-        let child: u32 =
-            std::fs::read_to_string(sandbox_dir(dir.path(), "fw-1", "bg").join("child.pid"))
+        let child: u32 = std::fs::read_to_string(
+            sandbox_dir(dir.path(), "fw-1", "bg")
                 .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
+                .join("child.pid"),
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
         // The background sleep got SIGKILL; whoever adopted it reaps it, so wait until it
         // is gone or at least dead (a zombie awaiting its new parent).
         let deadline = Instant::now() + LIMIT;

@@ -402,7 +402,7 @@ impl Containerizer for LinuxContainerizer {
                 "the agent restarted and tasks without a supervisor do not survive that".to_owned(),
             ));
         }
-        let run = crate::containerizer::run_dir(&self.config.work_dir, framework_id, task_id);
+        let run = crate::containerizer::run_dir(&self.config.work_dir, framework_id, task_id)?;
         let rel = cgroup::task_rel(framework_id, task_id).map_err(|source| {
             ContainerizerError::Cgroup {
                 task_id: task_id.to_owned(),
@@ -430,7 +430,7 @@ impl Containerizer for LinuxContainerizer {
                     ));
                 }
             };
-        let task = checkpoint::load_task(&run)
+        let task = checkpoint::load_task(&run, task_id)
             .ok()
             .flatten()
             .unwrap_or_default();
