@@ -310,8 +310,8 @@ mod tests {
 
     #[test]
     fn the_allocator_address_is_checked_before_anything_starts() {
-        let err = parse(&["--allocator", "https://alloc:5050"]).unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        let err = parse(&["--allocator", "ftp://alloc:5050"]).unwrap_err();
+        assert!(err.to_string().contains("unknown scheme"), "{err}");
         let args = parse(&["--allocator", "alloc:5050"]).unwrap();
         assert_eq!(args.allocator, "http://alloc:5050");
     }

@@ -7,6 +7,8 @@
 //!   hashes in a credentials file (`strata token create`).
 //! - [`tls`] (feature `tls`): rustls configurations from PEM files, and the principal a client
 //!   certificate names (its subject's common name).
+//! - [`client`] (feature `tls`): what a client presents (CA, certificate, key, token) and its
+//!   checks; the SDK makes gRPC channels from it.
 //! - [`certs`] (feature `tls`): a small cluster's CA and certificates (`strata certs`).
 //!
 //! The allocator core uses [`acl`] alone (no crypto, no I/O); the binaries use the rest.
@@ -14,6 +16,8 @@
 pub mod acl;
 #[cfg(feature = "tls")]
 pub mod certs;
+#[cfg(feature = "tls")]
+pub mod client;
 #[cfg(feature = "tls")]
 pub mod credentials;
 #[cfg(feature = "tls")]

@@ -198,7 +198,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// `strata quota ...`.
-pub async fn quota(allocator: &str, args: QuotaArgs) -> anyhow::Result<()> {
+pub async fn quota(allocator: &crate::security::Allocator, args: QuotaArgs) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     match args.command {
         QuotaCommand::Set {
@@ -266,7 +266,10 @@ pub async fn quota(allocator: &str, args: QuotaArgs) -> anyhow::Result<()> {
 }
 
 /// `strata weights set ...`.
-pub async fn weights(allocator: &str, args: WeightsArgs) -> anyhow::Result<()> {
+pub async fn weights(
+    allocator: &crate::security::Allocator,
+    args: WeightsArgs,
+) -> anyhow::Result<()> {
     let WeightsCommand::Set { weights } = args.command;
     let mut map = std::collections::HashMap::new();
     for item in &weights {
@@ -288,7 +291,10 @@ pub async fn weights(allocator: &str, args: WeightsArgs) -> anyhow::Result<()> {
 }
 
 /// `strata roles`.
-pub async fn roles(allocator: &str, args: AdminListArgs) -> anyhow::Result<()> {
+pub async fn roles(
+    allocator: &crate::security::Allocator,
+    args: AdminListArgs,
+) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let roles = client
         .list_roles(ListRolesRequest {})
@@ -340,7 +346,10 @@ pub async fn roles(allocator: &str, args: AdminListArgs) -> anyhow::Result<()> {
 }
 
 /// `strata reservations`.
-pub async fn reservations(allocator: &str, args: AdminListArgs) -> anyhow::Result<()> {
+pub async fn reservations(
+    allocator: &crate::security::Allocator,
+    args: AdminListArgs,
+) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let list = client
         .list_reservations(ListReservationsRequest {})
@@ -379,7 +388,11 @@ pub async fn reservations(allocator: &str, args: AdminListArgs) -> anyhow::Resul
 }
 
 /// `strata reserve` (`reserve` true) and `strata unreserve`.
-pub async fn reserve(allocator: &str, args: ReserveArgs, reserve: bool) -> anyhow::Result<()> {
+pub async fn reserve(
+    allocator: &crate::security::Allocator,
+    args: ReserveArgs,
+    reserve: bool,
+) -> anyhow::Result<()> {
     let resources = parse_resources(&args.resources, &args.role)?;
     let (mut client, addr) = client(allocator).await?;
     if reserve {
@@ -405,7 +418,7 @@ pub async fn reserve(allocator: &str, args: ReserveArgs, reserve: bool) -> anyho
 }
 
 /// `strata agent ...`.
-pub async fn agent(allocator: &str, args: AgentArgs) -> anyhow::Result<()> {
+pub async fn agent(allocator: &crate::security::Allocator, args: AgentArgs) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     match args.command {
         AgentCommand::Drain {
@@ -444,7 +457,10 @@ pub async fn agent(allocator: &str, args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// `strata framework teardown ID`.
-pub async fn framework(allocator: &str, args: FrameworkArgs) -> anyhow::Result<()> {
+pub async fn framework(
+    allocator: &crate::security::Allocator,
+    args: FrameworkArgs,
+) -> anyhow::Result<()> {
     let FrameworkCommand::Teardown { framework_id } = args.command;
     let (mut client, addr) = client(allocator).await?;
     client
@@ -458,7 +474,7 @@ pub async fn framework(allocator: &str, args: FrameworkArgs) -> anyhow::Result<(
 }
 
 /// `strata watch`: prints cluster events as they happen, one line each, until Ctrl-C.
-pub async fn watch(allocator: &str) -> anyhow::Result<()> {
+pub async fn watch(allocator: &crate::security::Allocator) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let mut stream = client
         .watch(WatchRequest {})

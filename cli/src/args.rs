@@ -18,8 +18,49 @@ pub struct Cli {
     #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR, value_name = "ADDR", value_parser = parse::endpoint)]
     pub allocator: String,
 
+    /// The cluster's CA certificate (PEM): verifies an https:// allocator and https:// agents.
+    #[arg(long, global = true, env = "STRATA_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present; its common name is who you are. Needs --key.
+    #[arg(long, global = true, env = "STRATA_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "STRATA_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// A bearer token (`strata token create`), sent to the allocator and agents. Prefer
+    /// STRATA_TOKEN: a flag is visible to other users in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The allocator and what to present to it.
+    pub fn target(&self) -> crate::security::Allocator {
+        crate::security::Allocator {
+            url: self.allocator.clone(),
+            security: strata_framework::ClientSecurity {
+                ca: self.ca.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                token: self.token.clone().filter(|t| !t.trim().is_empty()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for crate::security::Allocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 /// The subcommands.
@@ -67,6 +108,11 @@ pub enum Command {
     /// TASK.folded and a TASK.svg flame graph and prints the top functions:
     /// `strata profile TASK --seconds N [--out DIR]`.
     Profile(crate::profile::ProfileArgs),
+    /// The cluster's CA and certificates: `strata certs init [--dir DIR]`,
+    /// `strata certs issue NAME [--dir DIR] [--host H]...`.
+    Certs(crate::security::CertsArgs),
+    /// Bearer tokens: `strata token create --principal NAME [--file FILE]`.
+    Token(crate::security::TokenArgs),
 }
 
 /// `strata local`: an allocator and an agent in one process. It takes every flag of

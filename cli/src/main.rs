@@ -13,6 +13,7 @@ mod operator;
 mod profile;
 mod render;
 mod run;
+mod security;
 mod top;
 mod usage;
 
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
-    let allocator = cli.allocator;
+    let allocator = cli.target();
     let (result, failure_code) = match cli.command {
         Command::Local(args) => (local::local(*args).await.map(|()| 0), 1),
         Command::Run(args) => (run::run(&allocator, args).await, run::EXIT_STRATA),
@@ -88,6 +89,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Usage(args) => (usage::usage(&allocator, args).await.map(|()| 0), 1),
         Command::Top(args) => (top::top(&allocator, args).await.map(|()| 0), 1),
         Command::Profile(args) => (profile::profile(&allocator, args).await.map(|()| 0), 1),
+        Command::Certs(args) => (security::certs(args).map(|()| 0), 1),
+        Command::Token(args) => (security::token(args).map(|()| 0), 1),
     };
     match result {
         Ok(code) => ExitCode::from(code),

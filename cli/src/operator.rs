@@ -4,24 +4,25 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use strata_framework::AuthChannel;
 use strata_framework::Error as SdkError;
 use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::{ListAgentsRequest, ListFrameworksRequest, ListTasksRequest};
-use tonic::transport::Channel;
 
 use crate::args::{ListArgs, PsArgs};
 use crate::render::{
     AgentRow, FrameworkRow, TaskRow, agents_table, frameworks_table, sort_tasks, tasks_table,
 };
 
-/// An OperatorService client for `allocator`, and the address as normalised for messages.
+/// An OperatorService client for `allocator` (TLS for https://, the token on every call), and
+/// the address as normalised for messages.
 pub(crate) async fn client(
-    allocator: &str,
-) -> anyhow::Result<(OperatorServiceClient<Channel>, String)> {
-    let channel = strata_framework::dial(allocator).await?;
+    allocator: &crate::security::Allocator,
+) -> anyhow::Result<(OperatorServiceClient<AuthChannel>, String)> {
+    let channel = strata_framework::dial_secure(&allocator.url, &allocator.security).await?;
     Ok((
         OperatorServiceClient::new(channel),
-        strata_framework::allocator_url(allocator)?,
+        strata_framework::allocator_url(&allocator.url)?,
     ))
 }
 
@@ -43,7 +44,7 @@ fn now() -> f64 {
 }
 
 /// `strata agents`.
-pub async fn agents(allocator: &str, args: &ListArgs) -> anyhow::Result<()> {
+pub async fn agents(allocator: &crate::security::Allocator, args: &ListArgs) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let response = client
         .list_agents(ListAgentsRequest {})
@@ -61,7 +62,10 @@ pub async fn agents(allocator: &str, args: &ListArgs) -> anyhow::Result<()> {
 }
 
 /// `strata frameworks`.
-pub async fn frameworks(allocator: &str, args: &ListArgs) -> anyhow::Result<()> {
+pub async fn frameworks(
+    allocator: &crate::security::Allocator,
+    args: &ListArgs,
+) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let response = client
         .list_frameworks(ListFrameworksRequest {})
@@ -83,7 +87,7 @@ pub async fn frameworks(allocator: &str, args: &ListArgs) -> anyhow::Result<()> 
 }
 
 /// `strata ps`.
-pub async fn ps(allocator: &str, args: &PsArgs) -> anyhow::Result<()> {
+pub async fn ps(allocator: &crate::security::Allocator, args: &PsArgs) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let response = client
         .list_tasks(ListTasksRequest {

@@ -37,7 +37,10 @@ pub struct ProfileArgs {
 }
 
 /// `strata profile TASK ...`.
-pub async fn profile(allocator: &str, args: ProfileArgs) -> anyhow::Result<()> {
+pub async fn profile(
+    allocator: &crate::security::Allocator,
+    args: ProfileArgs,
+) -> anyhow::Result<()> {
     let (mut client, addr) = client(allocator).await?;
     let tasks = client
         .list_tasks(ListTasksRequest {
@@ -84,7 +87,9 @@ pub async fn profile(allocator: &str, args: ProfileArgs) -> anyhow::Result<()> {
         task.task_id, agent.hostname, agent.endpoint, args.seconds
     );
     let limit = Duration::from_secs(args.seconds + 30);
-    let answer = strata_common::http::get(&format!("http://{}{path}", agent.endpoint), limit)
+    let options = allocator.get_options()?;
+    let url = crate::security::agent_url(&agent.endpoint, &path);
+    let answer = strata_common::http::get_with(&url, limit, &options)
         .await
         .with_context(|| {
             format!(

@@ -160,7 +160,7 @@ struct Launched {
 }
 
 /// Runs `strata run` and returns the exit status. Errors are Strata-side failures (exit 125).
-pub async fn run(allocator: &str, args: RunArgs) -> anyhow::Result<u8> {
+pub async fn run(allocator: &crate::security::Allocator, args: RunArgs) -> anyhow::Result<u8> {
     let task_id = args
         .task_id
         .clone()
@@ -169,7 +169,8 @@ pub async fn run(allocator: &str, args: RunArgs) -> anyhow::Result<u8> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
 
-    let subscribe = FrameworkBuilder::new(allocator)
+    let subscribe = FrameworkBuilder::new(&allocator.url)
+        .security(allocator.security.clone())
         .name("strata-run")
         .subscribe();
     let (client, mut events) = tokio::select! {

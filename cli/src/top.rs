@@ -24,7 +24,6 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table};
 use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::{GetUsageRequest, TaskUsage};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::operator::{client, rpc_error};
 use crate::render::fmt_scalar;
@@ -353,7 +352,7 @@ pub fn key_action(key: KeyEvent) -> Action {
 }
 
 async fn fetch(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut OperatorServiceClient<strata_framework::AuthChannel>,
     addr: &str,
     request: &GetUsageRequest,
 ) -> anyhow::Result<Vec<TaskUsage>> {
@@ -366,7 +365,7 @@ async fn fetch(
 }
 
 /// `strata top`.
-pub async fn top(allocator: &str, args: TopArgs) -> anyhow::Result<()> {
+pub async fn top(allocator: &crate::security::Allocator, args: TopArgs) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be greater than zero, e.g. --interval 1s");
     }

@@ -17,7 +17,6 @@ use strata_proto::{
     CpuUsage, GetUsageRequest, ListTasksRequest, MemoryUsage, NetworkUsage, Pressure, TaskState,
     TaskSummary, TaskUsage,
 };
-use tonic::transport::Channel;
 
 use crate::duration::format_age;
 use crate::operator::{client, rpc_error};
@@ -45,7 +44,7 @@ pub struct UsageArgs {
 }
 
 /// `strata usage TASK ...`.
-pub async fn usage(allocator: &str, args: UsageArgs) -> anyhow::Result<()> {
+pub async fn usage(allocator: &crate::security::Allocator, args: UsageArgs) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be greater than zero, e.g. --interval 1s");
     }
@@ -121,7 +120,7 @@ pub fn now() -> f64 {
 
 /// The record of `args.task_id` (in `args.framework`, if given), if the allocator has one.
 async fn fetch(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut OperatorServiceClient<strata_framework::AuthChannel>,
     addr: &str,
     args: &UsageArgs,
 ) -> anyhow::Result<Option<TaskUsage>> {
@@ -149,7 +148,7 @@ async fn fetch(
 
 /// The task as the allocator knows it (active or recently ended), if at all.
 async fn find_task(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut OperatorServiceClient<strata_framework::AuthChannel>,
     addr: &str,
     args: &UsageArgs,
 ) -> anyhow::Result<Option<TaskSummary>> {

@@ -1,6 +1,9 @@
-//! One HTTP/1.1 GET, bounded in time and size, through hyper's client: how the CLI asks an
-//! agent for a profile, and how tests and benchmarks read `/metrics`, `/usage` and `/health`.
+//! One HTTP/1.1 GET, bounded in time and size, on hyper's client connection: how the CLI asks
+//! an agent for a profile, and how tests and benchmarks read `/metrics`, `/usage` and
+//! `/health`. `https://` URLs are fetched over TLS with the caller's rustls configuration, and
+//! an `Authorization` header (a bearer token) is sent when given ([`get_with`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
@@ -11,13 +14,27 @@ pub const MAX_BODY: usize = 64 << 20;
 /// A GET that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The URL is not `http://HOST:PORT/PATH`.
-    #[error("{url:?} is not an http:// URL: {reason}")]
+    /// The URL is not `http://HOST:PORT/PATH` or `https://HOST:PORT/PATH`.
+    #[error("{url:?} is not an http:// or https:// URL: {reason}")]
     Url {
         /// The URL.
         url: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// An `https://` URL without a TLS configuration to verify the server with.
+    #[error(
+        "cannot get {url}: it is https:// but no CA certificate was given to verify the server (--ca, STRATA_CA)"
+    )]
+    NoTls {
+        /// The URL.
+        url: String,
+    },
+    /// The Authorization value cannot be sent as a header.
+    #[error("cannot get {url}: the token is not a valid header value (printable ASCII only)")]
+    BadAuthorization {
+        /// The URL.
+        url: String,
     },
     /// No answer: the connection failed or the request broke.
     #[error("cannot get {url}: {reason}")]
@@ -61,28 +78,111 @@ impl Response {
     }
 }
 
+/// How to make a GET beyond its URL: TLS for `https://` URLs and an `Authorization` header.
+#[derive(Clone, Default)]
+pub struct GetOptions {
+    /// Verifies `https://` servers (and may present a client certificate); required for them.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The `Authorization` header's value, e.g. `Bearer <token>`; never logged.
+    pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for GetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetOptions")
+            .field("tls", &self.tls.is_some())
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 /// `GET url` (`http://host:port/path`), the whole answer within `limit`.
 pub async fn get(url: &str, limit: Duration) -> Result<Response, HttpError> {
-    let uri: hyper::Uri =
-        url.parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url {
+    get_with(url, limit, &GetOptions::default()).await
+}
+
+/// `GET url` (`http://` or, with `options.tls`, `https://host:port/path`) with the options'
+/// `Authorization` header, the whole answer (connecting, the TLS handshake, the body) within
+/// `limit`.
+pub async fn get_with(
+    url: &str,
+    limit: Duration,
+    options: &GetOptions,
+) -> Result<Response, HttpError> {
+    let url_error = |reason: &str| HttpError::Url {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| url_error(&e.to_string()))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => None,
+        Some("https") => Some(options.tls.clone().ok_or_else(|| HttpError::NoTls {
+            url: url.to_owned(),
+        })?),
+        _ => {
+            return Err(url_error(
+                "write it as http://HOST:PORT/PATH or https://HOST:PORT/PATH",
+            ));
+        }
+    };
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(url_error(
+            "write it as http://HOST:PORT/PATH or https://HOST:PORT/PATH",
+        ));
+    };
+    let host = authority.host();
+    let port = authority
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let mut request = hyper::Request::get(
+        uri.path_and_query()
+            .map_or("/", hyper::http::uri::PathAndQuery::as_str),
+    )
+    .header(hyper::header::HOST, authority.as_str());
+    if let Some(value) = &options.authorization {
+        let value = hyper::header::HeaderValue::from_str(value).map_err(|_| {
+            HttpError::BadAuthorization {
                 url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(HttpError::Url {
-            url: url.to_owned(),
-            reason: "write it as http://HOST:PORT/PATH".to_owned(),
-        });
+            }
+        })?;
+        request = request.header(hyper::header::AUTHORIZATION, value);
     }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-    let request = async {
-        let failed = |e: &(dyn std::error::Error + 'static)| HttpError::Request {
-            url: url.to_owned(),
-            reason: crate::error::short(e),
+    let request = request
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| url_error(&e.to_string()))?;
+    let failed = |reason: String| HttpError::Request {
+        url: url.to_owned(),
+        reason,
+    };
+    let exchange = async {
+        // A bracketed IPv6 host connects without its brackets.
+        let tcp_host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::net::TcpStream::connect((tcp_host, port))
+            .await
+            .map_err(|e| failed(crate::error::short_io(&e)))?;
+        let _ = tcp.set_nodelay(true);
+        let response = match tls {
+            None => send(hyper_util::rt::TokioIo::new(tcp), request, &failed).await?,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(tcp_host.to_owned())
+                    .map_err(|e| failed(format!("invalid server name {tcp_host:?}: {e}")))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        failed(format!(
+                            "TLS handshake failed: {}",
+                            crate::error::short_io(&e)
+                        ))
+                    })?;
+                send(hyper_util::rt::TokioIo::new(stream), request, &failed).await?
+            }
         };
-        let response = client.get(uri).await.map_err(|e| failed(&e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
@@ -94,7 +194,7 @@ pub async fn get(url: &str, limit: Duration) -> Result<Response, HttpError> {
                         url: url.to_owned(),
                     }
                 } else {
-                    failed(e.as_ref())
+                    failed(crate::error::short(e.as_ref()))
                 }
             })?
             .to_bytes();
@@ -104,12 +204,35 @@ pub async fn get(url: &str, limit: Duration) -> Result<Response, HttpError> {
             body: body.to_vec(),
         })
     };
-    tokio::time::timeout(limit, request)
+    tokio::time::timeout(limit, exchange)
         .await
         .map_err(|_| HttpError::Timeout {
             url: url.to_owned(),
             limit,
         })?
+}
+
+/// One request on a fresh HTTP/1.1 connection over `io`; the connection is driven by a task
+/// that ends with it.
+async fn send<T>(
+    io: T,
+    request: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+    failed: &impl Fn(String) -> HttpError,
+) -> Result<hyper::Response<hyper::body::Incoming>, HttpError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| failed(crate::error::short(&e)))?;
+    tokio::spawn(async move {
+        // Its errors reach the request or the body being read.
+        let _ = connection.await;
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| failed(crate::error::short(&e)))
 }
 
 #[cfg(test)]
@@ -142,10 +265,14 @@ mod tests {
 
     #[tokio::test]
     async fn bad_urls_silence_and_refusals_are_errors_that_say_so() {
+        let e = get("ftp://x:1/", Duration::from_secs(1)).await.unwrap_err();
+        assert!(e.to_string().contains("http://HOST:PORT"), "{e}");
+        // https without a CA to verify the server with is refused before any connection.
         let e = get("https://x:1/", Duration::from_secs(1))
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("http://HOST:PORT"), "{e}");
+        assert!(matches!(e, HttpError::NoTls { .. }), "{e}");
+        assert!(e.to_string().contains("--ca"), "{e}");
         // Accepts, reads, never answers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -165,5 +292,84 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("connection refused"), "{e}");
+    }
+
+    /// A TLS server on 127.0.0.1 that answers one request with the request's head as body.
+    async fn serve_tls_once(
+        server: Arc<rustls::ServerConfig>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server);
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap();
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+                    head.len()
+                );
+                tls.write_all(answer.as_bytes()).await.unwrap();
+                let _ = tls.shutdown().await;
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn an_https_get_verifies_the_server_against_the_ca_and_sends_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = strata_auth::certs::init_ca(dir.path()).unwrap();
+        let server =
+            strata_auth::certs::issue(dir.path(), "agent-1", &["127.0.0.1".into()]).unwrap();
+        let config =
+            strata_auth::tls::server_config(&server.cert, &server.key, None, &[b"http/1.1"])
+                .unwrap();
+        let (addr, task) = serve_tls_once(config).await;
+        let url = format!("https://{addr}/usage?task=t");
+        let options = GetOptions {
+            tls: Some(strata_auth::tls::client_config(&ca.cert, None, &[b"http/1.1"]).unwrap()),
+            authorization: Some("Bearer strata_secret".to_owned()),
+        };
+        assert!(!format!("{options:?}").contains("strata_secret"));
+        let r = get_with(&url, Duration::from_secs(10), &options)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let head = r.text();
+        assert!(head.starts_with("GET /usage?task=t HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("authorization: Bearer strata_secret\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
+
+        // Another CA does not vouch for the server: the handshake fails and says why.
+        let other = tempfile::tempdir().unwrap();
+        let other_ca = strata_auth::certs::init_ca(other.path()).unwrap();
+        let options = GetOptions {
+            tls: Some(strata_auth::tls::client_config(&other_ca.cert, None, &[]).unwrap()),
+            authorization: None,
+        };
+        let e = get_with(&url, Duration::from_secs(10), &options)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("TLS handshake failed"), "{e}");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        // A token that cannot be a header is refused, without echoing it.
+        let options = GetOptions {
+            tls: None,
+            authorization: Some("Bearer a\nb".to_owned()),
+        };
+        let e = get_with(&format!("http://{addr}/"), Duration::from_secs(1), &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::BadAuthorization { .. }), "{e}");
+        task.abort();
     }
 }

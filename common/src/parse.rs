@@ -193,21 +193,16 @@ pub fn socket_addr_or_none(text: &str) -> Result<OrNone<SocketAddr>, String> {
 }
 
 /// The allocator's address as a URL: `HOST:PORT` or `http://HOST:PORT[/]` become
-/// `http://HOST:PORT`. Other schemes are refused, `https://` too: the allocator speaks plain
-/// HTTP/2 until TLS lands.
+/// `http://HOST:PORT`; `https://HOST:PORT[/]` stays `https://HOST:PORT` (TLS, verified
+/// against the cluster's CA). Other schemes are refused.
 pub fn endpoint(text: &str) -> Result<String, String> {
     let trimmed = text.trim().trim_end_matches('/');
-    let bare = match trimmed.split_once("://") {
-        None => trimmed,
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(format!(
-                "invalid allocator address {text:?}: https:// is not supported yet (the allocator serves plain HTTP/2); use http://HOST:PORT"
-            ));
-        }
+    let (scheme, bare) = match trimmed.split_once("://") {
+        None => ("http", trimmed),
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
         Some((scheme, _)) => {
             return Err(format!(
-                "invalid allocator address {text:?}: unknown scheme {scheme:?}; use HOST:PORT or http://HOST:PORT"
+                "invalid allocator address {text:?}: unknown scheme {scheme:?}; use HOST:PORT, http://HOST:PORT or https://HOST:PORT"
             ));
         }
     };
@@ -217,10 +212,10 @@ pub fn endpoint(text: &str) -> Result<String, String> {
                 && !host.contains('/')
                 && port.parse::<u16>().is_ok_and(|p| p != 0) =>
         {
-            Ok(format!("http://{bare}"))
+            Ok(format!("{scheme}://{bare}"))
         }
         _ => Err(format!(
-            "invalid allocator address {text:?}: use HOST:PORT or http://HOST:PORT, like 127.0.0.1:5050"
+            "invalid allocator address {text:?}: use HOST:PORT, http://HOST:PORT or https://HOST:PORT, like 127.0.0.1:5050"
         )),
     }
 }
@@ -362,26 +357,36 @@ mod tests {
     }
 
     #[test]
-    fn the_allocator_address_is_one_http_url_whatever_way_it_is_written() {
+    fn the_allocator_address_is_one_url_whatever_way_it_is_written() {
         for (text, want) in [
             ("127.0.0.1:5050", "http://127.0.0.1:5050"),
             ("http://127.0.0.1:5050/", "http://127.0.0.1:5050"),
             (" alloc:5050 ", "http://alloc:5050"),
             ("[::1]:5050", "http://[::1]:5050"),
+            // TLS keeps its scheme: the client verifies the allocator against the CA.
+            ("https://alloc:5050", "https://alloc:5050"),
+            (" https://10.0.0.1:5050/ ", "https://10.0.0.1:5050"),
+            ("https://[::1]:5050", "https://[::1]:5050"),
         ] {
             assert_eq!(endpoint(text).as_deref(), Ok(want), "{text:?}");
         }
-        assert!(
-            endpoint("https://alloc:5050")
-                .unwrap_err()
-                .contains("not supported yet")
-        );
-        assert!(
-            endpoint("ftp://alloc:5050")
-                .unwrap_err()
-                .contains("unknown scheme")
-        );
-        for bad in ["", "alloc", "alloc:0", "http://", "alloc:x"] {
+        for bad in ["ftp://alloc:5050", "HTTPS://alloc:5050", "grpcs://alloc:1"] {
+            assert!(
+                endpoint(bad).unwrap_err().contains("unknown scheme"),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "",
+            "alloc",
+            "alloc:0",
+            "http://",
+            "https://",
+            "alloc:x",
+            "https://alloc",
+            "https://:5050",
+            "https://alloc:5050/path",
+        ] {
             assert!(endpoint(bad).unwrap_err().contains("HOST:PORT"), "{bad:?}");
         }
     }

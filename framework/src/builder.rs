@@ -1,6 +1,7 @@
 //! [`FrameworkBuilder`]: describes a framework and subscribes it to the allocator, starting the
 //! driver task that owns the stream.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use strata_proto::{FrameworkCapability, FrameworkInfo};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span};
 
-use crate::connect::{self, DEFAULT_CONNECT_TIMEOUT};
+use crate::connect::{self, ClientSecurity, DEFAULT_CONNECT_TIMEOUT};
 use crate::driver::{Driver, subscribe_once};
 use crate::{Error, Framework};
 use strata_common::Backoff;
@@ -28,10 +29,15 @@ pub struct FrameworkBuilder {
     auto_acknowledge: bool,
     subscribe_timeout: Duration,
     event_capacity: usize,
+    security: ClientSecurity,
 }
 
 impl FrameworkBuilder {
-    /// A framework for the allocator at `allocator` (`http://127.0.0.1:5050` or `host:port`).
+    /// A framework for the allocator at `allocator` (`http://127.0.0.1:5050`, `host:port`, or
+    /// `https://host:port` for TLS). The CA, client certificate and key, and token are read
+    /// from `STRATA_CA`, `STRATA_CERT`, `STRATA_KEY` and `STRATA_TOKEN` when set (as `$USER`
+    /// is for the user); [`tls_ca`](Self::tls_ca), [`identity`](Self::identity),
+    /// [`token`](Self::token) and [`security`](Self::security) replace them.
     pub fn new(allocator: impl Into<String>) -> Self {
         Self {
             allocator: allocator.into(),
@@ -45,7 +51,35 @@ impl FrameworkBuilder {
             auto_acknowledge: true,
             subscribe_timeout: Duration::from_secs(10),
             event_capacity: 1024,
+            security: ClientSecurity::from_env(),
         }
+    }
+
+    /// All of the TLS files and the token at once (`ClientSecurity::none()` for a plain,
+    /// anonymous connection whatever the environment says).
+    pub fn security(mut self, security: ClientSecurity) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// The CA certificate (PEM) that verifies an `https://` allocator.
+    pub fn tls_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.security.ca = Some(ca.into());
+        self
+    }
+
+    /// The client certificate and key (PEM) presented to the allocator; the certificate's
+    /// common name is the framework's principal.
+    pub fn identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.security.cert = Some(cert.into());
+        self.security.key = Some(key.into());
+        self
+    }
+
+    /// The bearer token sent with every call (`strata token create`); never logged.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.security.token = Some(token.into());
+        self
     }
 
     /// The framework's name, shown by `strata frameworks`.
@@ -137,14 +171,15 @@ impl FrameworkBuilder {
     /// ([`Error::SubscribeRefused`]), and after the subscribe timeout without SUBSCRIBED.
     pub async fn subscribe(self) -> Result<(Framework, mpsc::Receiver<crate::Event>), Error> {
         let addr = connect::allocator_url(&self.allocator)?;
-        let endpoint = connect::endpoint(
+        let (endpoint, auth) = connect::secure_endpoint(
             &self.allocator,
             DEFAULT_CONNECT_TIMEOUT.min(self.subscribe_timeout),
+            &self.security,
         )?;
         let mut info = self.framework_info();
         let subscription = match tokio::time::timeout(
             self.subscribe_timeout,
-            subscribe_once(&endpoint, &addr, info.clone()),
+            subscribe_once(&endpoint, &auth, &addr, info.clone()),
         )
         .await
         {
@@ -166,6 +201,7 @@ impl FrameworkBuilder {
         let driver = Driver {
             addr: addr.clone(),
             endpoint,
+            auth,
             info,
             auto_acknowledge: self.auto_acknowledge,
             connected: Arc::clone(&connected),

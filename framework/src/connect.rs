@@ -1,19 +1,169 @@
 //! Dialling the allocator: its address (`host:port` or a URL, read by
-//! `strata_common::parse::endpoint`), a tonic channel with sensible timeouts, and short human
-//! descriptions of transport failures (`connection refused` rather than `transport error`).
+//! `strata_common::parse::endpoint`), a tonic channel with sensible timeouts, TLS for
+//! `https://` addresses and a bearer token on every call ([`ClientSecurity`], [`dial_secure`],
+//! [`AuthInterceptor`]), and short human descriptions of transport failures (`connection
+//! refused` rather than `transport error`).
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+pub use strata_auth::client::{ClientError, ClientSecurity};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::Error;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set; does nothing
+/// otherwise. Its `Debug` never shows the token.
+#[derive(Clone, Default)]
+pub struct AuthInterceptor {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for AuthInterceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthInterceptor")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl AuthInterceptor {
+    /// The interceptor for `security`'s token (checked: [`ClientError::BadToken`]).
+    pub fn new(security: &ClientSecurity) -> Result<Self, ClientError> {
+        let authorization = match security.authorization()? {
+            Some(value) => {
+                let mut value: MetadataValue<Ascii> =
+                    value.parse().map_err(|_| ClientError::BadToken {
+                        reason: "it is not a valid header value",
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Self { authorization })
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the token: what [`dial_secure`] returns; make clients with
+/// `XxxServiceClient::new(channel)`.
+pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+
+/// tonic's TLS configuration for `security` at `url`: `None` for `http://`; for `https://`
+/// the CA (required) and the client identity when given.
+pub fn tls_config(url: &str, security: &ClientSecurity) -> Result<Option<ClientTlsConfig>, Error> {
+    let Some(tls) = security.tls_for(url)? else {
+        return Ok(None);
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(tls.ca_pem));
+    if let Some((cert, key)) = tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Some(config))
+}
+
+/// [`endpoint`] with TLS for an `https://` address, and the interceptor that adds the token.
+pub fn secure_endpoint(
+    addr: &str,
+    connect_timeout: Duration,
+    security: &ClientSecurity,
+) -> Result<(Endpoint, AuthInterceptor), Error> {
+    let url = allocator_url(addr)?;
+    let mut endpoint = endpoint(addr, connect_timeout)?;
+    if let Some(tls) = tls_config(&url, security)? {
+        endpoint = endpoint.tls_config(tls).map_err(|e| Error::Tls {
+            addr: url.clone(),
+            reason: describe_error(&e),
+        })?;
+    }
+    Ok((endpoint, AuthInterceptor::new(security)?))
+}
+
+/// Dials the allocator at `addr` as [`dial`] does, over TLS when it is `https://` (verified
+/// against `security.ca`, presenting `security.cert` when given), every call carrying
+/// `security.token`.
+pub async fn dial_secure(addr: &str, security: &ClientSecurity) -> Result<AuthChannel, Error> {
+    let (endpoint, auth) = secure_endpoint(addr, DEFAULT_CONNECT_TIMEOUT, security)?;
+    let url = allocator_url(addr)?;
+    let channel = connect_endpoint(&endpoint, &url, DEFAULT_CONNECT_TIMEOUT).await?;
+    Ok(InterceptedService::new(channel, auth))
+}
+
+/// Connects `endpoint` (for `url`) within `connect_timeout`.
+pub(crate) async fn connect_endpoint(
+    endpoint: &Endpoint,
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, Error> {
+    match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(connect_error(url, &e)),
+        Err(_) => Err(Error::Connect {
+            addr: url.to_owned(),
+            reason: format!("no answer within {connect_timeout:?}"),
+        }),
+    }
+}
+
+/// A failed dial: [`Error::Tls`] when the TLS handshake failed, else [`Error::Connect`].
+pub(crate) fn connect_error(url: &str, err: &(dyn StdError + 'static)) -> Error {
+    if is_tls_failure(err) {
+        Error::Tls {
+            addr: url.to_owned(),
+            reason: describe_error(err),
+        }
+    } else {
+        Error::Connect {
+            addr: url.to_owned(),
+            reason: describe_error(err),
+        }
+    }
+}
+
+/// Whether a rustls error is somewhere in `err`'s chain.
+fn is_tls_failure(err: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && inner.is::<rustls::Error>()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
 
 /// How long dialling the allocator may take before it counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The allocator's address as the URL dialled: `host:port` or `http://host:port[/]` become
-/// `http://host:port`; anything else is [`Error::InvalidAddress`] saying what to write.
+/// `http://host:port`, `https://host:port[/]` stays `https://host:port`; anything else is [`Error::InvalidAddress`] saying what to write.
 pub fn allocator_url(addr: &str) -> Result<String, Error> {
     strata_common::parse::endpoint(addr).map_err(|reason| Error::InvalidAddress {
         addr: addr.to_owned(),
@@ -52,17 +202,10 @@ pub async fn dial(addr: &str) -> Result<Channel, Error> {
 pub async fn dial_with_timeout(addr: &str, connect_timeout: Duration) -> Result<Channel, Error> {
     let endpoint = endpoint(addr, connect_timeout)?;
     let url = allocator_url(addr)?;
-    match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(Error::Connect {
-            addr: url,
-            reason: describe_error(&e),
-        }),
-        Err(_) => Err(Error::Connect {
-            addr: url,
-            reason: format!("no answer within {connect_timeout:?}"),
-        }),
+    if strata_auth::client::is_https(&url) {
+        return Err(ClientError::NoCa { endpoint: url }.into());
     }
+    connect_endpoint(&endpoint, &url, connect_timeout).await
 }
 
 /// A short description of a gRPC status: the I/O error behind it when there is one.
@@ -100,11 +243,9 @@ mod tests {
             allocator_url("http://127.0.0.1:5050/").unwrap(),
             "http://127.0.0.1:5050"
         );
-        // TLS is not there yet: an https address is refused at once rather than failing later.
-        let e = allocator_url(" https://alloc:5050 ").unwrap_err();
-        assert!(
-            e.to_string().contains("https:// is not supported yet"),
-            "{e}"
+        assert_eq!(
+            allocator_url(" https://alloc:5050/ ").unwrap(),
+            "https://alloc:5050"
         );
     }
 

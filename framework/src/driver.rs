@@ -17,7 +17,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
-use crate::connect::describe_error;
+use crate::connect::AuthInterceptor;
 use crate::{Error, Event};
 use strata_common::Backoff;
 
@@ -73,13 +73,14 @@ pub(crate) struct Subscription {
 /// Dials the allocator, sends SUBSCRIBE with `info` and waits for SUBSCRIBED.
 pub(crate) async fn subscribe_once(
     endpoint: &Endpoint,
+    auth: &AuthInterceptor,
     addr: &str,
     info: FrameworkInfo,
 ) -> Result<Subscription, Error> {
-    let channel = endpoint.connect().await.map_err(|e| Error::Connect {
-        addr: addr.to_owned(),
-        reason: describe_error(&e),
-    })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| crate::connect::connect_error(addr, &e))?;
     let (calls, calls_rx) = mpsc::unbounded_channel();
     let subscribe = Call {
         framework_id: info.id.clone(),
@@ -89,7 +90,7 @@ pub(crate) async fn subscribe_once(
     };
     // The receiver is alive: it is right here.
     let _ = calls.send(subscribe);
-    let mut client = SchedulerServiceClient::new(channel);
+    let mut client = SchedulerServiceClient::with_interceptor(channel, auth.clone());
     let response = client
         .subscribe(UnboundedReceiverStream::new(calls_rx))
         .await
@@ -169,6 +170,7 @@ pub(crate) fn silence_limit(heartbeat_interval: Duration) -> Duration {
 pub(crate) struct Driver {
     pub(crate) addr: String,
     pub(crate) endpoint: Endpoint,
+    pub(crate) auth: AuthInterceptor,
     /// With the id set.
     pub(crate) info: FrameworkInfo,
     pub(crate) auto_acknowledge: bool,
@@ -314,9 +316,10 @@ impl Driver {
                     let mut info = self.info.clone();
                     info.id.clone_from(&framework_id);
                     let endpoint = self.endpoint.clone();
+                    let auth = self.auth.clone();
                     let addr = self.addr.clone();
                     connecting = Some(tokio::spawn(async move {
-                        tokio::time::timeout(RESUBSCRIBE_TIMEOUT, subscribe_once(&endpoint, &addr, info))
+                        tokio::time::timeout(RESUBSCRIBE_TIMEOUT, subscribe_once(&endpoint, &auth, &addr, info))
                             .await
                             .unwrap_or(Err(Error::SubscribeTimeout { addr, timeout: RESUBSCRIBE_TIMEOUT }))
                     }));

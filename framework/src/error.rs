@@ -24,6 +24,37 @@ pub enum Error {
         reason: String,
     },
 
+    /// The TLS or token settings cannot be used (a missing CA for an `https://` address, a
+    /// certificate without its key, an unreadable PEM file, a token that cannot be a header).
+    #[error(transparent)]
+    Security(#[from] strata_auth::client::ClientError),
+
+    /// The TLS handshake with the allocator failed (its certificate is not signed by the CA
+    /// given, names another host, or the allocator refused the client certificate).
+    #[error(
+        "TLS with the allocator at {addr} failed: {reason}: check that --ca (STRATA_CA) is the cluster's CA and that the allocator's certificate names this address"
+    )]
+    Tls {
+        /// The allocator address.
+        addr: String,
+        /// What the handshake said.
+        reason: String,
+    },
+
+    /// The allocator refused the call: no credentials, unknown ones, or not allowed
+    /// (UNAUTHENTICATED or PERMISSION_DENIED); its message says what to supply.
+    #[error("the allocator at {addr} refused {rpc}: {}: {message}", denied_label(*code))]
+    Denied {
+        /// The allocator address.
+        addr: String,
+        /// The rpc that was refused.
+        rpc: &'static str,
+        /// UNAUTHENTICATED or PERMISSION_DENIED.
+        code: tonic::Code,
+        /// The allocator's explanation.
+        message: String,
+    },
+
     /// The allocator answered the subscription with a refusal.
     #[error("the allocator at {addr} refused the subscription: {message}")]
     SubscribeRefused {
@@ -99,6 +130,14 @@ pub enum Error {
     },
 }
 
+fn denied_label(code: tonic::Code) -> &'static str {
+    if code == tonic::Code::PermissionDenied {
+        "permission denied"
+    } else {
+        "not authenticated"
+    }
+}
+
 impl Error {
     /// Whether retrying the same operation later can succeed (the allocator was unreachable or
     /// the stream was down), as opposed to a refusal or a stopped framework.
@@ -114,7 +153,8 @@ impl Error {
 
     /// Turns a gRPC status that `rpc` of `service` (e.g. `"ListTasks"`, `"OperatorService"`)
     /// got from the allocator at `addr` into an error with advice: UNAVAILABLE becomes
-    /// [`Error::Connect`], UNIMPLEMENTED [`Error::NotAnAllocator`], a refused `Subscribe`
+    /// [`Error::Connect`], UNIMPLEMENTED [`Error::NotAnAllocator`], UNAUTHENTICATED and
+    /// PERMISSION_DENIED [`Error::Denied`], a refused `Subscribe`
     /// [`Error::SubscribeRefused`], anything else [`Error::Rpc`].
     pub fn from_status(
         addr: &str,
@@ -123,12 +163,16 @@ impl Error {
         status: &tonic::Status,
     ) -> Self {
         match status.code() {
+            code @ (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => Self::Denied {
+                addr: addr.to_owned(),
+                rpc,
+                code,
+                message: strata_common::error::tidy(status.message()),
+            },
             tonic::Code::NotFound
             | tonic::Code::InvalidArgument
-            | tonic::Code::PermissionDenied
             | tonic::Code::FailedPrecondition
             | tonic::Code::AlreadyExists
-            | tonic::Code::Unauthenticated
                 if rpc == "Subscribe" =>
             {
                 Self::SubscribeRefused {
@@ -183,6 +227,29 @@ mod tests {
             "the allocator at http://a:1 refused the subscription: unknown framework id f-1: subscribe without an id to register a new framework"
         );
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn refusals_for_credentials_are_one_line_with_the_allocators_advice() {
+        let status = tonic::Status::unauthenticated(
+            "no credentials: present a client certificate or send authorization: Bearer TOKEN",
+        );
+        let e = Error::from_status("https://a:1", "ListTasks", "OperatorService", &status);
+        assert_eq!(
+            e.to_string(),
+            "the allocator at https://a:1 refused ListTasks: not authenticated: no credentials: present a client certificate or send authorization: Bearer TOKEN"
+        );
+        assert!(!e.is_transient());
+        let status =
+            tonic::Status::permission_denied("principal bob may not subscribe as role eng");
+        let e = Error::from_status("https://a:1", "Subscribe", "SchedulerService", &status);
+        assert!(matches!(e, Error::Denied { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("refused Subscribe: permission denied: principal bob"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
     }
 
     #[test]

@@ -278,3 +278,154 @@ async fn launch_sends_an_accept_for_the_offer() {
         other => panic!("expected decline, got {other:?}"),
     }
 }
+
+/// TLS and tokens: the SDK reaches a TLS server with the cluster's CA (presenting its client
+/// certificate, sending its token as metadata), and is refused, with an error saying why,
+/// without the CA, with another CA, or over plain HTTP.
+mod security {
+    use std::path::Path;
+
+    use strata_auth::certs;
+    use strata_proto::scheduler_service_client::SchedulerServiceClient;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+    use super::*;
+    use crate::{ClientError, ClientSecurity};
+
+    fn server_tls(dir: &Path) -> ServerTlsConfig {
+        let ca = certs::ca_files(dir);
+        let server = certs::issue(dir, "allocator", &["127.0.0.1".into()]).unwrap();
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                std::fs::read(&server.cert).unwrap(),
+                std::fs::read(&server.key).unwrap(),
+            ))
+            .client_ca_root(Certificate::from_pem(std::fs::read(&ca.cert).unwrap()))
+            .client_auth_optional(true)
+    }
+
+    #[tokio::test]
+    async fn a_tls_allocator_is_reached_with_the_ca_and_gets_the_identity_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::init_ca(dir.path()).unwrap();
+        let me = certs::issue(dir.path(), "fw-1", &[]).unwrap();
+        let mut fake = FakeSchedulerService::start_with(Some(server_tls(dir.path()))).await;
+        assert!(fake.addr.starts_with("https://"));
+        let security = ClientSecurity {
+            ca: Some(ca.cert.clone()),
+            cert: Some(me.cert.clone()),
+            key: Some(me.key.clone()),
+            token: Some("strata_tok".into()),
+        };
+        let (client, _events) = within(
+            "subscribe over TLS",
+            FrameworkBuilder::new(&fake.addr)
+                .security(security.clone())
+                .subscribe(),
+        )
+        .await
+        .expect("subscribed over TLS");
+        let session = fake.session().await;
+        assert_eq!(session.authorization.as_deref(), Some("Bearer strata_tok"));
+        assert_eq!(session.client_certs, 1);
+        assert_eq!(client.framework_id(), "f-1");
+
+        // The builder's own setters; a token alone (no client certificate).
+        let (_client, _events) = within(
+            "subscribe with a token",
+            FrameworkBuilder::new(&fake.addr)
+                .security(ClientSecurity::none())
+                .tls_ca(&ca.cert)
+                .token("strata_other")
+                .subscribe(),
+        )
+        .await
+        .expect("subscribed with a token");
+        let session = fake.session().await;
+        assert_eq!(
+            session.authorization.as_deref(),
+            Some("Bearer strata_other")
+        );
+        assert_eq!(session.client_certs, 0);
+
+        // dial_secure (what the CLI uses): every call carries the token.
+        let channel = crate::dial_secure(&fake.addr, &security).await.unwrap();
+        let mut raw = SchedulerServiceClient::new(channel);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(strata_proto::Call {
+            framework_id: String::new(),
+            call: Some(call::Call::Subscribe(call::Subscribe {
+                framework_info: Some(strata_proto::FrameworkInfo::default()),
+            })),
+        })
+        .unwrap();
+        let _stream = within(
+            "a raw subscribe",
+            raw.subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+        )
+        .await
+        .unwrap();
+        let session = fake.session().await;
+        assert_eq!(session.authorization.as_deref(), Some("Bearer strata_tok"));
+        assert_eq!(session.client_certs, 1);
+    }
+
+    #[tokio::test]
+    async fn without_the_right_ca_the_sdk_refuses_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        certs::init_ca(dir.path()).unwrap();
+        let fake = FakeSchedulerService::start_with(Some(server_tls(dir.path()))).await;
+        let subscribe = |security: ClientSecurity| {
+            FrameworkBuilder::new(&fake.addr)
+                .security(security)
+                .subscribe_timeout(Duration::from_secs(5))
+                .subscribe()
+        };
+
+        // No CA at all: refused before dialling.
+        let e = subscribe(ClientSecurity::none()).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Security(ClientError::NoCa { .. })),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("--ca"), "{e}");
+        let e = crate::dial_secure(&fake.addr, &ClientSecurity::none())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no CA certificate"), "{e}");
+        assert!(crate::dial(&fake.addr).await.is_err());
+
+        // Another cluster's CA: the handshake fails.
+        let other = tempfile::tempdir().unwrap();
+        let other_ca = certs::init_ca(other.path()).unwrap();
+        let e = subscribe(ClientSecurity {
+            ca: Some(other_ca.cert.clone()),
+            ..ClientSecurity::none()
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, Error::Tls { .. }), "{e:?}");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        assert!(!e.is_transient());
+
+        // A bad CA file is named.
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "junk").unwrap();
+        let e = subscribe(ClientSecurity {
+            ca: Some(garbage),
+            ..ClientSecurity::none()
+        })
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("garbage.pem"), "{e}");
+
+        // Plain HTTP/2 to a TLS server does not get through (the server drops it).
+        let plain = fake.addr.replace("https://", "http://");
+        FrameworkBuilder::new(&plain)
+            .security(ClientSecurity::none())
+            .subscribe_timeout(Duration::from_secs(5))
+            .subscribe()
+            .await
+            .unwrap_err();
+    }
+}

@@ -61,7 +61,10 @@ mod fake_allocator_tests;
 
 pub use builder::FrameworkBuilder;
 pub use client::Framework;
-pub use connect::{allocator_url, dial, dial_with_timeout};
+pub use connect::{
+    AuthChannel, AuthInterceptor, ClientError, ClientSecurity, allocator_url, dial, dial_secure,
+    dial_with_timeout, secure_endpoint, tls_config,
+};
 pub use error::Error;
 pub use event::Event;
 pub use resources::{

@@ -22,6 +22,10 @@ pub struct Session {
     pub calls: Streaming<Call>,
     /// The events to send, after the SUBSCRIBED the fake sent.
     pub events: mpsc::UnboundedSender<Result<strata_proto::Event, Status>>,
+    /// The `authorization` metadata of the Subscribe call, if any.
+    pub authorization: Option<String>,
+    /// How many certificates the client presented (TLS only; verified against the CA).
+    pub client_certs: usize,
 }
 
 impl Session {
@@ -59,6 +63,12 @@ impl SchedulerService for Service {
         &self,
         request: Request<Streaming<Call>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let client_certs = request.peer_certs().map_or(0, |certs| certs.len());
         let mut calls = request.into_inner();
         let first = calls
             .message()
@@ -95,6 +105,8 @@ impl SchedulerService for Service {
             info,
             calls,
             events,
+            authorization,
+            client_certs,
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
@@ -103,7 +115,7 @@ impl SchedulerService for Service {
 /// A fake allocator serving SchedulerService; the server stops on drop.
 #[derive(Debug)]
 pub struct FakeSchedulerService {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when served with TLS).
     pub addr: String,
     /// Accepted subscriptions, in order.
     pub sessions: mpsc::UnboundedReceiver<Session>,
@@ -117,10 +129,16 @@ pub struct FakeSchedulerService {
 impl FakeSchedulerService {
     /// Serves on a free port of 127.0.0.1.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Serves on a free port of 127.0.0.1, over TLS with `tls` when given.
+    pub async fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
-        let addr = format!("http://{}", listener.local_addr().expect("local addr"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = format!("{scheme}://{}", listener.local_addr().expect("local addr"));
         let (sessions_tx, sessions) = mpsc::unbounded_channel();
         let known = Arc::new(Mutex::new(HashSet::new()));
         let (accept_resubscribe, gate) = watch::channel(true);
@@ -130,7 +148,11 @@ impl FakeSchedulerService {
             accept_resubscribe: gate,
         };
         let server = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).expect("a valid TLS configuration");
+            }
+            builder
                 .add_service(SchedulerServiceServer::new(service))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await

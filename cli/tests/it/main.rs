@@ -7,4 +7,5 @@ mod local;
 mod mesos_pymesos;
 mod pipe;
 mod profile;
+mod security;
 mod usage;
