@@ -614,7 +614,7 @@ struct ProcessMetrics {
 }
 
 /// user + system CPU seconds and resident bytes of `<proc>/self`.
-fn own_usage(proc_root: &std::path::Path) -> Option<(f64, u64)> {
+pub(crate) fn own_usage(proc_root: &std::path::Path) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(proc_root.join("self/stat")).ok()?;
     // Fields after the command (which may hold spaces), from field 3 (state) on.
     let rest = stat.rsplit_once(") ")?.1;
