@@ -635,7 +635,10 @@ pub(crate) fn own_usage(proc_root: &std::path::Path) -> Option<(f64, u64)> {
         .trim()
         .parse()
         .ok()?;
-    Some(((utime + stime) as f64 / ticks, rss_kib * 1024))
+    Some((
+        (utime as f64 + stime as f64) / ticks,
+        rss_kib.saturating_mul(1024),
+    ))
 }
 
 impl PromCollector for ProcessMetrics {
@@ -772,6 +775,24 @@ mod tests {
         assert_eq!(task_filter(Some("x=1")), None);
         assert_eq!(task_filter(None), None);
         assert_eq!(percent_decode("50%"), "50%");
+    }
+
+    #[test]
+    fn own_usage_saturates_on_absurd_proc_figures() {
+        // Found by the agent_cgroup_files fuzz target: VmRSS in bytes overflowed.
+        let proc_root = tempfile::tempdir().unwrap();
+        let own = proc_root.path().join("self");
+        std::fs::create_dir(&own).unwrap();
+        let max = u64::MAX;
+        std::fs::write(
+            own.join("stat"),
+            format!("1 (a) b) S 0 0 0 0 0 0 0 0 0 0 {max} {max} 0\n"),
+        )
+        .unwrap();
+        std::fs::write(own.join("status"), format!("VmRSS:\t{max} kB\n")).unwrap();
+        let (cpu, rss) = own_usage(proc_root.path()).expect("read");
+        assert!(cpu > 0.0);
+        assert_eq!(rss, u64::MAX);
     }
 
     #[tokio::test]
