@@ -724,7 +724,7 @@ struct ProcessMetrics {
 }
 
 /// user + system CPU seconds and resident bytes of `<proc>/self`.
-fn own_usage(proc_root: &std::path::Path) -> Option<(f64, u64)> {
+pub(crate) fn own_usage(proc_root: &std::path::Path) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(proc_root.join("self/stat")).ok()?;
     // Fields after the command (which may hold spaces), from field 3 (state) on.
     let rest = stat.rsplit_once(") ")?.1;
@@ -745,7 +745,10 @@ fn own_usage(proc_root: &std::path::Path) -> Option<(f64, u64)> {
         .trim()
         .parse()
         .ok()?;
-    Some(((utime + stime) as f64 / ticks, rss_kib * 1024))
+    Some((
+        (utime as f64 + stime as f64) / ticks,
+        rss_kib.saturating_mul(1024),
+    ))
 }
 
 impl PromCollector for ProcessMetrics {
@@ -925,6 +928,24 @@ mod tests {
             Some(PROFILE_RETRY_AFTER_SECONDS.to_string().as_str())
         );
         server.abort();
+    }
+
+    #[test]
+    fn own_usage_saturates_on_absurd_proc_figures() {
+        // Found by the agent_cgroup_files fuzz target: VmRSS in bytes overflowed.
+        let proc_root = tempfile::tempdir().unwrap();
+        let own = proc_root.path().join("self");
+        std::fs::create_dir(&own).unwrap();
+        let max = u64::MAX;
+        std::fs::write(
+            own.join("stat"),
+            format!("1 (a) b) S 0 0 0 0 0 0 0 0 0 0 {max} {max} 0\n"),
+        )
+        .unwrap();
+        std::fs::write(own.join("status"), format!("VmRSS:\t{max} kB\n")).unwrap();
+        let (cpu, rss) = own_usage(proc_root.path()).expect("read");
+        assert!(cpu > 0.0);
+        assert_eq!(rss, u64::MAX);
     }
 
     #[tokio::test]

@@ -22,6 +22,8 @@ pub mod containerizer;
 pub mod discovery;
 pub mod ebpf;
 pub mod flags;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod nofile;
 pub mod paths;

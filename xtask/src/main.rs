@@ -3,6 +3,7 @@
 //! - `setup`: installs what the build and the tests need (idempotent).
 //! - `test`: set-up, lints, the whole test suite (what CI runs).
 //! - `vm-test`: kernel integration tests inside a qemu guest.
+//! - `fuzz`: the cargo-fuzz targets in `fuzz/`.
 //! - `bench`: benchmarks (`skeleton`, ...).
 //! - `local`: builds and runs `strata local`, optionally with a demo workload.
 
@@ -16,6 +17,7 @@ mod bench_launch;
 /// them with.
 #[path = "../../agent-ebpf/toolchain.rs"]
 mod ebpf_toolchain;
+mod fuzz;
 mod local;
 mod setup;
 mod test;
@@ -37,6 +39,8 @@ enum Command {
     Test(test::TestArgs),
     /// Kernel integration tests in a qemu guest.
     VmTest(vm::VmTestArgs),
+    /// Run the fuzz targets in fuzz/ (each for a minute unless told otherwise).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks that run the real binaries in release mode.
     Bench(bench::BenchArgs),
     /// Build and run `strata local` (with `--demo`: run a demo workload, show it, stop).
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Test(args) => test::run(&args),
         Command::VmTest(args) => vm::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Local(args) => local::run(&args),
     }

@@ -8,6 +8,7 @@
 //! - A nightly toolchain with `rust-src` (the eBPF programs are built with `-Z build-std=core`)
 //!   and `clippy` (`cargo xtask test` lints the eBPF crate with it): [`EBPF_NIGHTLY_COMPONENTS`].
 //! - `bpf-linker`, which links the eBPF object.
+//! - `cargo-fuzz` ([`CARGO_FUZZ_VERSION`]), which builds and runs the fuzz targets in `fuzz/`.
 //! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
 //!   Mesos scheduler library `cli/tests/it/mesos_pymesos.rs` runs against `strata local`.
 //!
@@ -174,6 +175,10 @@ pub fn run(args: &SetupArgs) -> Result<()> {
             ]))?;
             println!("setup: bpf-linker installed in {:.0?}", t.elapsed());
         }
+    }
+
+    if let Some(missing_fuzz) = ensure_cargo_fuzz(args.check)? {
+        missing.push(missing_fuzz);
     }
 
     if mesos_venv_ready() {
@@ -539,6 +544,47 @@ fn bpf_linker_version() -> Option<String> {
         .split_whitespace()
         .last()
         .map(str::to_owned)
+}
+
+/// The cargo-fuzz release that builds and runs the fuzz targets (`cargo xtask fuzz`).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz_version() -> Option<String> {
+    let out = Command::new("cargo-fuzz").arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .map(str::to_owned)
+}
+
+/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] when it is missing or another release (with
+/// `check`, only says so: `Some(what is missing)`).
+pub fn ensure_cargo_fuzz(check: bool) -> Result<Option<String>> {
+    match cargo_fuzz_version() {
+        Some(v) if v == CARGO_FUZZ_VERSION => {
+            println!("setup: cargo-fuzz {v}: present");
+            Ok(None)
+        }
+        found if check => Ok(Some(format!(
+            "cargo-fuzz {CARGO_FUZZ_VERSION} (found {})",
+            found.as_deref().unwrap_or("none")
+        ))),
+        found => {
+            if let Some(v) = found {
+                println!("setup: cargo-fuzz {v} found, {CARGO_FUZZ_VERSION} wanted: reinstalling");
+            }
+            println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION}: installing (about a minute)");
+            let t = Instant::now();
+            util::run(Command::new("cargo").args([
+                "install",
+                "--locked",
+                "--force",
+                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            ]))?;
+            println!("setup: cargo-fuzz installed in {:.0?}", t.elapsed());
+            Ok(None)
+        }
+    }
 }
 
 /// The pymesos release the Mesos compatibility test runs (it speaks the v1 scheduler HTTP API).

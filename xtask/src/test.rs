@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the whole suite, exactly what CI runs: set-up, formatting, clippy (of the
-//! workspace and of the eBPF crate), the workspace's unit, integration and end-to-end tests, then
-//! the kernel tests in qemu.
+//! workspace and of the eBPF crate), the workspace's unit, integration and end-to-end tests, a
+//! short run of every fuzz target, then the kernel tests in qemu.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
-use crate::{setup, util};
+use crate::{fuzz, setup, util};
 
 /// The target the eBPF crate is built for (by agent/build.rs through aya-build) and linted for.
 const EBPF_TARGET: &str = "bpfel-unknown-none";
@@ -22,6 +22,9 @@ pub struct TestArgs {
     /// Skip the qemu kernel test suite.
     #[arg(long)]
     pub no_vm: bool,
+    /// Skip the short run of the fuzz targets.
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Skip `cargo xtask setup`.
     #[arg(long)]
     pub no_setup: bool,
@@ -34,6 +37,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         util::run(util::cargo().args(["xtask", "setup"]))?;
     }
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(util::cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     util::run(util::cargo().args([
         "clippy",
         "--workspace",
@@ -46,6 +50,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The end-to-end tests start the real binaries as processes: build them all first.
     util::run(util::cargo().args(["build", "--workspace", "--bins"]))?;
     util::run(util::cargo().args(["test", "--workspace"]))?;
+    if !args.no_fuzz {
+        fuzz::run_all(fuzz::TEST_SECONDS)?;
+    }
     if !args.no_vm {
         for kernel in KERNELS {
             util::run(util::cargo().args(["xtask", "vm-test", "--kernel", kernel]))?;

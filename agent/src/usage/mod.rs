@@ -42,7 +42,7 @@
 
 mod collect;
 mod layout;
-mod read;
+pub(crate) mod read;
 mod report;
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -150,10 +150,10 @@ pub(crate) fn cpu_v1(
 ) -> Option<Cpu> {
     let user_ticks = r.number(cpuacct_dir, "cpuacct.usage_user")?;
     let system_ticks = r.number(cpuacct_dir, "cpuacct.usage_sys")?;
-    let total = r
-        .number(cpuacct_dir, "cpuacct.usage")
-        .unwrap_or(user_ticks + system_ticks);
-    let user_ns = match user_ticks + system_ticks {
+    // Saturating: corrupt or absurd counters must not overflow (user_ticks <= sampled holds).
+    let sampled = user_ticks.saturating_add(system_ticks);
+    let total = r.number(cpuacct_dir, "cpuacct.usage").unwrap_or(sampled);
+    let user_ns = match sampled {
         0 => total,
         sampled => (u128::from(total) * u128::from(user_ticks) / u128::from(sampled)) as u64,
     };
@@ -614,6 +614,25 @@ mod tests {
         assert_eq!(c.some_avg10, 12.0);
         assert_eq!(c.full_avg10, None);
         assert!(pressure(&mut r, d.path(), "io.pressure").is_none());
+    }
+
+    #[test]
+    fn v1_cpu_counters_near_the_u64_limit_do_not_overflow() {
+        // Found by the agent_cgroup_files fuzz target: the sampled sum overflowed.
+        let dir = dir_with(&[
+            ("cpuacct.usage_user", "18446744073709551615\n"),
+            ("cpuacct.usage_sys", "1\n"),
+        ]);
+        let mut r = Reader::default();
+        let cpu = cpu_v1(&mut r, dir.path(), dir.path(), false).expect("read");
+        assert_eq!(cpu.user_ns + cpu.system_ns, u64::MAX);
+        let dir = dir_with(&[
+            ("cpuacct.usage", "10\n"),
+            ("cpuacct.usage_user", "18446744073709551615\n"),
+            ("cpuacct.usage_sys", "18446744073709551615\n"),
+        ]);
+        let cpu = cpu_v1(&mut r, dir.path(), dir.path(), false).expect("read");
+        assert_eq!(cpu.user_ns + cpu.system_ns, 10);
     }
 
     #[test]
