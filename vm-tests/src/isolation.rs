@@ -833,7 +833,7 @@ pub fn sandboxes_are_private_and_run_files_the_agents_alone(helper: &Path) -> Re
     let env = Env::supervised("modes", helper)?;
     let task = env.launch(&Task::shell("modes", "sleep 30").user(NOBODY))?;
     let work = env.work_dir();
-    let run = strata_agent::containerizer::run_dir(work, FRAMEWORK, "modes");
+    let run = strata_agent::containerizer::run_dir(work, FRAMEWORK, "modes")?;
     let spec = run.join(strata_agent::containerizer::supervisor::SPEC_FILE);
     let sandbox = env.sandbox("modes");
     let checks = [

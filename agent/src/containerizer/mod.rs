@@ -639,7 +639,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path();
         // Left by an older agent, listable by everyone.
-        std::fs::create_dir_all(run_dir(work, "fw", "t1")).unwrap();
+        std::fs::create_dir_all(run_dir(work, "fw", "t1").unwrap()).unwrap();
         let spec = LaunchSpec {
             framework_id: "fw".to_owned(),
             agent_id: "a1".to_owned(),
