@@ -179,9 +179,10 @@ pub enum ContainerizerError {
     },
     /// The task asks for capabilities the agent's allow-list lacks.
     #[error(
-        "task {task_id:?} asks for {} that this agent does not allow: {}; drop them from command.capabilities, or the agent's operator can allow them with --allowed-capabilities (allowed now: {})",
+        "task {task_id:?} asks for {} that this agent does not allow: {}; drop {2} from command.capabilities, or the agent's operator can allow {2} with --allowed-capabilities (allowed now: {3})",
         if .capabilities.len() == 1 { "a capability" } else { "capabilities" },
         .capabilities.join(", "),
+        if .capabilities.len() == 1 { "it" } else { "them" },
         if .allowed.is_empty() { "none".to_owned() } else { .allowed.join(",") }
     )]
     CapabilityNotAllowed {
@@ -660,6 +661,32 @@ mod tests {
         assert_eq!(mode(&work.join("runs")), 0o700);
         assert_eq!(mode(&work.join("runs").join("fw")), 0o700);
         assert_eq!(mode(&prepared.run), 0o700);
+    }
+
+    #[test]
+    fn a_capability_refusal_names_the_capability_and_the_flag() {
+        let one = ContainerizerError::CapabilityNotAllowed {
+            task_id: "t".to_owned(),
+            capabilities: vec!["CAP_SETUID".to_owned()],
+            allowed: Vec::new(),
+        };
+        assert!(one.is_refusal());
+        assert_eq!(
+            one.to_string(),
+            "task \"t\" asks for a capability that this agent does not allow: CAP_SETUID; drop it from command.capabilities, or the agent's operator can allow it with --allowed-capabilities (allowed now: none)"
+        );
+        let two = ContainerizerError::CapabilityNotAllowed {
+            task_id: "t".to_owned(),
+            capabilities: vec!["CAP_SETUID".to_owned(), "CAP_SYS_ADMIN".to_owned()],
+            allowed: vec!["CAP_NET_RAW".to_owned()],
+        };
+        let text = two.to_string();
+        assert!(
+            text.contains(
+                "capabilities that this agent does not allow: CAP_SETUID, CAP_SYS_ADMIN; drop them"
+            ) && text.ends_with("(allowed now: CAP_NET_RAW)"),
+            "{text}"
+        );
     }
 
     #[test]
