@@ -208,7 +208,63 @@ pub struct AgentCommand {
     #[arg(long)]
     pub remove_cgroups: bool,
     #[command(flatten)]
+    pub http_security: HttpSecurityArgs,
+    #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// TLS and access rules of the agent's HTTP endpoints (`strata-agent` only: `strata local`
+/// serves loopback).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "HTTP security")]
+pub struct HttpSecurityArgs {
+    /// The HTTP server's TLS certificate (PEM; `strata certs issue`).
+    #[arg(
+        long,
+        env = "STRATA_AGENT_HTTP_TLS_CERT",
+        value_name = "FILE",
+        requires = "http_tls_key"
+    )]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "STRATA_AGENT_HTTP_TLS_KEY",
+        value_name = "FILE",
+        requires = "http_tls_cert"
+    )]
+    pub http_tls_key: Option<PathBuf>,
+    /// The CA whose client certificates authenticate callers. Turns authentication on.
+    #[arg(
+        long,
+        env = "STRATA_AGENT_HTTP_CLIENT_CA",
+        value_name = "FILE",
+        requires = "http_tls_cert"
+    )]
+    pub http_client_ca: Option<PathBuf>,
+    /// Principals and their token hashes (`strata token create`). Turns authentication on.
+    #[arg(long, env = "STRATA_AGENT_HTTP_CREDENTIALS", value_name = "FILE")]
+    pub http_credentials: Option<PathBuf>,
+    /// Who may read /usage and /metrics (`view_tasks`) and /profile (`profile_tasks`).
+    #[arg(long, env = "STRATA_AGENT_HTTP_ACLS", value_name = "FILE")]
+    pub http_acls: Option<PathBuf>,
+    /// Serve HTTP outside loopback without TLS and authentication.
+    #[arg(long, env = "STRATA_AGENT_INSECURE")]
+    pub insecure: bool,
+}
+
+impl HttpSecurityArgs {
+    /// The settings these flags give.
+    pub fn config(&self) -> crate::http_auth::HttpSecurityConfig {
+        crate::http_auth::HttpSecurityConfig {
+            cert: self.http_tls_cert.clone(),
+            key: self.http_tls_key.clone(),
+            client_ca: self.http_client_ca.clone(),
+            credentials: self.http_credentials.clone(),
+            acls: self.http_acls.clone(),
+            insecure: self.insecure,
+        }
+    }
 }
 
 pub use strata_common::config::Parsed;
@@ -218,6 +274,7 @@ impl AgentCommand {
     pub fn table_flags(command: &clap::Command) -> Vec<String> {
         let mut flags = file::group_args(command, "AgentArgs");
         flags.extend(["allocator", "work_dir"].map(str::to_owned));
+        flags.extend(file::group_args(command, "HttpSecurityArgs"));
         flags
     }
 
@@ -230,11 +287,13 @@ impl AgentCommand {
 
     /// The agent's configuration.
     pub fn config(&self) -> crate::AgentConfig {
-        self.agent.config(
+        let mut config = self.agent.config(
             self.allocator.clone(),
             self.work_dir.clone(),
             Some(DEFAULT_HTTP_LISTEN),
-        )
+        );
+        config.http_security = self.http_security.config();
+        config
     }
 }
 

@@ -156,7 +156,28 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
 
 /// Serves `router` on `listener` until the task is aborted; errors are logged.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
-    if let Err(e) = axum::serve(listener, router).await {
+    serve_with(
+        listener,
+        router,
+        Arc::new(crate::http_auth::HttpAuth::open()),
+    )
+    .await;
+}
+
+/// [`serve`] with `auth`: over TLS when it has TLS settings, callers checked by
+/// [`crate::http_auth::authorize`].
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    auth: Arc<crate::http_auth::HttpAuth>,
+) {
+    let tls = auth.tls();
+    let router = router.layer(middleware::from_fn_with_state(
+        auth,
+        crate::http_auth::authorize,
+    ));
+    if let Err(e) = strata_common::serve::serve(listener, router, tls, std::future::pending()).await
+    {
         tracing::error!(error = %e, "the agent's HTTP server stopped");
     }
 }

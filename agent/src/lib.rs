@@ -25,6 +25,7 @@ pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod http_auth;
 pub mod nofile;
 pub mod paths;
 pub mod profile;

@@ -19,7 +19,6 @@
 
 mod api;
 pub mod flags;
-mod http_serve;
 pub mod mesos;
 pub mod metrics;
 pub mod security;

@@ -458,7 +458,14 @@ pub fn spawn_secure(
             crate::security::require_view,
         ));
         tracing::info!(%addr, tls = tls.is_some(), "metrics served at /metrics");
-        if let Err(e) = crate::http_serve::serve(listener, app, tls, std::future::pending()).await {
+        if let Err(e) = strata_common::serve::serve(
+            listener,
+            app,
+            tls.map(crate::security::with_principal),
+            std::future::pending(),
+        )
+        .await
+        {
             tracing::error!(%addr, error = %e, "metrics server stopped");
         }
     });

@@ -56,10 +56,14 @@ pub struct Security {
     audit: Option<Mutex<File>>,
 }
 
-/// The principal of a TLS connection's verified client certificate, put in each HTTP
-/// request's extensions by the TLS listener.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct PeerPrincipal(pub(crate) Option<String>);
+use strata_common::serve::PeerPrincipal;
+
+/// A TLS server configuration with how its listeners read a client certificate's principal.
+pub(crate) fn with_principal(
+    tls: Arc<rustls::ServerConfig>,
+) -> (Arc<rustls::ServerConfig>, strata_common::serve::PrincipalOf) {
+    (tls, strata_auth::tls::principal_of)
+}
 
 impl Security {
     /// Authentication off, no TLS: what `strata local` on loopback runs with.

@@ -8,7 +8,8 @@
 //! - [`signal`]: waiting for SIGINT or SIGTERM;
 //! - [`backoff`]: exponential backoff for reconnecting;
 //! - [`error`]: an error and its causes as one line, and a short description for people;
-//! - [`http`]: a bounded HTTP/1.1 GET (the CLI asks agents with it; tests and xtask too).
+//! - [`http`]: a bounded HTTP/1.1 GET (the CLI asks agents with it; tests and xtask too);
+//! - [`serve`]: serving an axum router in plain HTTP/1.1 or over TLS.
 //!
 //! Only binaries install a tracing subscriber; this crate logs through `tracing` only.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod parse;
+pub mod serve;
 pub mod signal;
 
 pub use backoff::Backoff;

@@ -82,6 +82,8 @@ pub struct AgentConfig {
     /// How many CPU profiles (`GET /profile`) may run at once; default
     /// [`crate::http::DEFAULT_MAX_CONCURRENT_PROFILES`].
     pub max_concurrent_profiles: usize,
+    /// TLS and access rules of the HTTP server; default: plain, open, loopback only.
+    pub http_security: crate::http_auth::HttpSecurityConfig,
 }
 
 /// How the agent isolates tasks.
@@ -128,6 +130,7 @@ impl AgentConfig {
             usage_interval: crate::usage::DEFAULT_INTERVAL,
             http_listen: None,
             max_concurrent_profiles: crate::http::DEFAULT_MAX_CONCURRENT_PROFILES,
+            http_security: crate::http_auth::HttpSecurityConfig::default(),
         }
     }
 }
@@ -179,6 +182,9 @@ pub enum AgentError {
     /// The HTTP listen address cannot be bound.
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    /// The HTTP server's security settings cannot be used.
+    #[error(transparent)]
+    HttpAuth(#[from] crate::http_auth::HttpAuthError),
 }
 
 /// `strata-<16 hex digits>`: a cgroup name for the agent with this work dir, stable across its

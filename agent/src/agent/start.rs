@@ -391,6 +391,10 @@ async fn start_http(
         return Ok((None, String::new()));
     };
     let (listener, bound) = crate::http::bind(addr).await?;
+    let auth = Arc::new(crate::http_auth::HttpAuth::load(
+        &config.http_security,
+        bound,
+    )?);
     let allocator = address.trim_start_matches("http://");
     let advertised = crate::http::advertised_endpoint(bound, allocator, hostname).await;
     tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
@@ -400,7 +404,9 @@ async fn start_http(
         profiles: crate::http::ProfileSlots::new(config.max_concurrent_profiles),
     });
     Ok((
-        Some(tokio::spawn(crate::http::serve(listener, router))),
+        Some(tokio::spawn(crate::http::serve_with(
+            listener, router, auth,
+        ))),
         advertised,
     ))
 }

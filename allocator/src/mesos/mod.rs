@@ -49,8 +49,9 @@ use tonic::Status;
 use self::convert::ConvertError;
 use crate::api::Shared;
 use crate::api::actor::{Input, Query};
-use crate::security::PeerPrincipal;
+use crate::security::with_principal;
 use strata_allocator_core::Action;
+use strata_common::serve::PeerPrincipal;
 
 /// The header naming a subscription's stream.
 pub const STREAM_ID: &str = "Mesos-Stream-Id";
@@ -290,7 +291,9 @@ pub(crate) async fn run(api: HttpApi, shared: Shared) {
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    if let Err(e) = crate::http_serve::serve(api.listener, app, tls, stopped).await {
+    if let Err(e) =
+        strata_common::serve::serve(api.listener, app, tls.map(with_principal), stopped).await
+    {
         tracing::error!(%addr, error = %e, "mesos HTTP API server failed");
     }
     tracing::info!(%addr, "mesos scheduler HTTP API stopped");

@@ -1,5 +1,6 @@
-//! Serving an axum router on a listener, in plain HTTP/1.1 or over TLS. Over TLS, the
-//! principal of the connection's verified client certificate is put in every request's
+//! Serving an axum router on a listener, in plain HTTP/1.1 or over TLS (the allocator's Mesos
+//! API and metrics, the agent's HTTP server). Over TLS, the principal of the connection's
+//! verified client certificate (as `principal_of` reads it) is put in every request's
 //! extensions ([`PeerPrincipal`]) for the handlers to authenticate with.
 
 use std::future::Future;
@@ -14,18 +15,25 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::security::PeerPrincipal;
+/// The principal of a TLS connection's verified client certificate, in each request's
+/// extensions; absent on plain connections.
+#[derive(Clone, Debug, Default)]
+pub struct PeerPrincipal(pub Option<String>);
+
+/// Reads the principal a verified client certificate names.
+pub type PrincipalOf = fn(&rustls::pki_types::CertificateDer<'_>) -> Option<String>;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may take to finish on shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `stop` resolves; over TLS with `tls`.
-pub(crate) async fn serve(
+/// Serves `app` on `listener` until `stop` resolves; over TLS with `tls`, client
+/// certificates read by `principal_of`.
+pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, PrincipalOf)>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
@@ -39,6 +47,7 @@ pub(crate) async fn serve(
             .with_graceful_shutdown(stop)
             .await;
     };
+    let (tls, principal_of) = tls;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let (stopped_tx, stopped) = watch::channel(false);
     let mut stop = std::pin::pin!(stop);
@@ -62,6 +71,7 @@ pub(crate) async fn serve(
             tcp,
             peer,
             app.clone(),
+            principal_of,
             stopped.clone(),
         ));
         // Reap finished connections as we go.
@@ -81,6 +91,7 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
+    principal_of: PrincipalOf,
     mut stopped: watch::Receiver<bool>,
 ) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -99,7 +110,7 @@ async fn connection(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .and_then(strata_auth::tls::principal_of);
+        .and_then(principal_of);
     let app = app.layer(axum::Extension(PeerPrincipal(principal)));
     let service = TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
