@@ -463,8 +463,18 @@ mod flags_reference {
         let cli = Cli::command();
         let local = longs(cli.find_subcommand("local").expect("a local subcommand"));
         // What strata local sets itself: the agent's allocator is local's own allocator, the
-        // allocator's store is in local's work dir; --remove-cgroups is the agent binary's.
-        let own = ["allocator", "work-dir", "listen", "store", "remove-cgroups"];
+        // allocator's store is in local's work dir; --remove-cgroups is the agent binary's, and
+        // so are the agent's TLS files for a remote https:// allocator.
+        let own = [
+            "allocator",
+            "work-dir",
+            "listen",
+            "store",
+            "remove-cgroups",
+            "tls-ca",
+            "tls-cert",
+            "tls-key",
+        ];
         for (program, flags) in [
             ("strata-agent", longs(&AgentCommand::command())),
             ("strata-allocator", longs(&AllocatorCommand::command())),
