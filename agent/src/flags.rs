@@ -200,6 +200,16 @@ pub struct AgentCommand {
     /// The allocator to dial (a URL or host:port).
     #[arg(long, env = "STRATA_ALLOCATOR", default_value = "http://127.0.0.1:5050", value_parser = parse::endpoint, value_name = "ADDR")]
     pub allocator: String,
+    /// The cluster's CA certificate (PEM) that verifies an https:// --allocator.
+    #[arg(long, env = "STRATA_AGENT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM) for an https:// allocator; its common name is the
+    /// agent's principal. Needs --tls-key.
+    #[arg(long, env = "STRATA_AGENT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "STRATA_AGENT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Where the agent keeps its id, task sandboxes and run files (created if missing).
     #[arg(long, env = "STRATA_AGENT_WORK_DIR", value_name = "DIR")]
     pub work_dir: PathBuf,
@@ -273,7 +283,7 @@ impl AgentCommand {
     /// The flag ids (clap argument ids) the `[agent]` table may set in `strata-agent`.
     pub fn table_flags(command: &clap::Command) -> Vec<String> {
         let mut flags = file::group_args(command, "AgentArgs");
-        flags.extend(["allocator", "work_dir"].map(str::to_owned));
+        flags.extend(["allocator", "tls_ca", "tls_cert", "tls_key", "work_dir"].map(str::to_owned));
         flags.extend(file::group_args(command, "HttpSecurityArgs"));
         flags
     }
@@ -293,6 +303,12 @@ impl AgentCommand {
             Some(DEFAULT_HTTP_LISTEN),
         );
         config.http_security = self.http_security.config();
+        config.allocator_tls = strata_auth::client::ClientSecurity {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            token: None,
+        };
         config
     }
 }
@@ -395,6 +411,33 @@ mod tests {
         assert_eq!(defaults.seccomp, Seccomp::Default);
         let err = parse(&["--allowed-capabilities", "NET_BIND_SERVICE,FLY"]).unwrap_err();
         assert!(err.to_string().contains("unknown capability"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_reach_the_config() {
+        let args = parse(&[
+            "--allocator",
+            "https://alloc:5050",
+            "--tls-ca",
+            "/etc/strata/ca.pem",
+            "--tls-cert",
+            "/etc/strata/agent.pem",
+            "--tls-key",
+            "/etc/strata/agent-key.pem",
+        ])
+        .unwrap();
+        let config = args.config();
+        assert_eq!(config.allocator, "https://alloc:5050");
+        let tls = config.allocator_tls;
+        assert_eq!(
+            tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/strata/ca.pem"))
+        );
+        assert_eq!(
+            tls.identity().unwrap().map(|(c, _)| c.to_path_buf()),
+            Some(PathBuf::from("/etc/strata/agent.pem"))
+        );
+        assert_eq!(tls.token, None);
     }
 
     #[test]

@@ -463,7 +463,8 @@ mod flags_reference {
         let cli = Cli::command();
         let local = longs(cli.find_subcommand("local").expect("a local subcommand"));
         // What strata local sets itself: the agent's allocator is local's own allocator, the
-        // allocator's store is in local's work dir; --remove-cgroups is the agent binary's.
+        // allocator's store is in local's work dir; --remove-cgroups is the agent binary's, and
+        // so are the agent's TLS files for a remote https:// allocator and its HTTP security.
         // The allocator's security flags are strata-allocator's: strata local serves loopback
         // only (docs/security.md).
         let own = [
@@ -472,6 +473,7 @@ mod flags_reference {
             "listen",
             "store",
             "remove-cgroups",
+            "tls-ca",
             "tls-cert",
             "tls-key",
             "tls-client-ca",
@@ -479,6 +481,11 @@ mod flags_reference {
             "acls",
             "audit-log",
             "insecure",
+            "http-tls-cert",
+            "http-tls-key",
+            "http-client-ca",
+            "http-credentials",
+            "http-acls",
         ];
         for (program, flags) in [
             ("strata-agent", longs(&AgentCommand::command())),

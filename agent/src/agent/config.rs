@@ -15,6 +15,9 @@ use crate::discovery::{DiscoveryError, HostRoots};
 pub struct AgentConfig {
     /// The allocator to dial, e.g. `http://127.0.0.1:5050` (a bare `host:port` is accepted).
     pub allocator: String,
+    /// For an `https://` allocator: the CA that verifies it and this agent's certificate and
+    /// key (its principal); the token is unused. Not read for `http://`.
+    pub allocator_tls: strata_auth::client::ClientSecurity,
     /// Where the agent keeps its id, sandboxes and run files; created if missing.
     pub work_dir: PathBuf,
     /// The host name to register with; default: the host's name.
@@ -104,6 +107,7 @@ impl AgentConfig {
     pub fn new(allocator: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
         Self {
             allocator: allocator.into(),
+            allocator_tls: strata_auth::client::ClientSecurity::none(),
             work_dir: work_dir.into(),
             hostname: None,
             cpus: None,
@@ -158,6 +162,14 @@ pub enum AgentError {
         /// The address as configured.
         address: String,
         /// What is wrong with it and what to write instead.
+        reason: String,
+    },
+    /// The TLS files for an `https://` allocator are missing or unusable.
+    #[error("cannot use TLS with the allocator at {address}: {reason}")]
+    AllocatorTls {
+        /// The allocator address.
+        address: String,
+        /// What is wrong and which flag fixes it.
         reason: String,
     },
     /// The work dir could not be created.

@@ -326,8 +326,11 @@ async fn start(
 
 /// The allocator's endpoint at `address` (see [`allocator_uri`]): connect timeout, no Nagle,
 /// HTTP/2 keep-alives.
-fn allocator_endpoint(config: &AgentConfig, address: &str) -> Result<Endpoint, AgentError> {
-    Ok(Endpoint::from_shared(address.to_owned())
+pub(super) fn allocator_endpoint(
+    config: &AgentConfig,
+    address: &str,
+) -> Result<Endpoint, AgentError> {
+    let endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| AgentError::InvalidAllocatorAddress {
             address: config.allocator.clone(),
             reason: strata_common::error::chain(&e),
@@ -336,7 +339,46 @@ fn allocator_endpoint(config: &AgentConfig, address: &str) -> Result<Endpoint, A
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    let tls_error = |reason: String| AgentError::AllocatorTls {
+        address: address.to_owned(),
+        reason,
+    };
+    use strata_auth::client::ClientError;
+    let tls = config.allocator_tls.tls_for(address).map_err(|e| match e {
+        ClientError::NoCa { .. } => tls_error(
+            "it is https:// but no CA certificate was given: pass the cluster's ca.pem with \
+                 --tls-ca (STRATA_AGENT_TLS_CA)"
+                .to_owned(),
+        ),
+        ClientError::HalfIdentity {
+            given,
+            path,
+            missing,
+        } => tls_error(format!(
+            "the {given} {} was given without its {missing}: pass both --tls-cert and \
+                 --tls-key",
+            path.display()
+        )),
+        other => tls_error(other.to_string()),
+    })?;
+    let Some(tls) = tls else {
+        return Ok(endpoint);
+    };
+    if tls.identity.is_none() {
+        tracing::warn!(
+            "no client certificate for the allocator at {address}: an allocator with \
+             authentication on refuses agents without one (--tls-cert, --tls-key)"
+        );
+    }
+    let mut client = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(tls.ca_pem));
+    if let Some((cert, key)) = tls.identity {
+        client = client.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    endpoint
+        .tls_config(client)
+        .map_err(|e| tls_error(strata_common::error::chain(&e)))
 }
 
 /// Discovers what this host offers (with the configuration's overrides) and logs it.
@@ -395,7 +437,9 @@ async fn start_http(
         &config.http_security,
         bound,
     )?);
-    let allocator = address.trim_start_matches("http://");
+    let allocator = address
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let advertised = crate::http::advertised_endpoint(bound, allocator, hostname).await;
     tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
     let router = crate::http::router(crate::http::HttpState {

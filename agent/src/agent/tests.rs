@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::start::allocator_uri;
+use super::start::{allocator_endpoint, allocator_uri};
 use super::*;
 use crate::checkpoint;
 
@@ -27,6 +27,30 @@ fn allocator_addresses_are_normalized() {
     assert!(allocator_uri("ftp://alloc:5050").is_err());
     assert!(allocator_uri("").is_err());
     assert!(allocator_uri("http://").is_err());
+}
+
+#[test]
+fn an_https_allocator_needs_the_ca_and_a_whole_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = strata_auth::certs::init_ca(dir.path()).unwrap();
+    let me = strata_auth::certs::issue(dir.path(), "agent-1", &[]).unwrap();
+    let address = "https://alloc:5050";
+    let mut config = AgentConfig::new(address, dir.path());
+    let e = allocator_endpoint(&config, address).unwrap_err();
+    assert!(e.to_string().contains("--tls-ca"), "{e}");
+    // Plain allocators read no TLS files.
+    config.allocator_tls.ca = Some(dir.path().join("missing.pem"));
+    allocator_endpoint(&config, "http://alloc:5050").unwrap();
+    let e = allocator_endpoint(&config, address).unwrap_err();
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+    config.allocator_tls.ca = Some(ca.cert.clone());
+    allocator_endpoint(&config, address).unwrap();
+    config.allocator_tls.cert = Some(me.cert.clone());
+    let e = allocator_endpoint(&config, address).unwrap_err();
+    assert!(e.to_string().contains("--tls-key"), "{e}");
+    assert!(e.to_string().contains("agent-1.pem"), "{e}");
+    config.allocator_tls.key = Some(me.key.clone());
+    allocator_endpoint(&config, address).unwrap();
 }
 
 #[test]
