@@ -440,7 +440,11 @@ async fn start_http(
     let allocator = address
         .trim_start_matches("https://")
         .trim_start_matches("http://");
-    let advertised = crate::http::advertised_endpoint(bound, allocator, hostname).await;
+    let mut advertised = crate::http::advertised_endpoint(bound, allocator, hostname).await;
+    if auth.tls_enabled() {
+        // Clients (strata profile) then know to speak TLS to it.
+        advertised = format!("https://{advertised}");
+    }
     tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
     let router = crate::http::router(crate::http::HttpState {
         usage: latest_usage.clone(),

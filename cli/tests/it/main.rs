@@ -7,5 +7,6 @@ mod local;
 mod mesos_pymesos;
 mod pipe;
 mod profile;
+mod secure_cluster;
 mod security;
 mod usage;
