@@ -58,6 +58,7 @@ fn describe_status(status: &tonic::Status) -> String {
 pub(crate) async fn maintain(
     endpoint: Endpoint,
     address: String,
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
     backoff_max: Duration,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
@@ -88,7 +89,13 @@ pub(crate) async fn maintain(
             return;
         }
         let mut client = AgentServiceClient::new(channel);
-        let reason = match client.connect(ReceiverStream::new(rx)).await {
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(value) = &authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        let reason = match client.connect(request).await {
             Err(status) => describe_status(&status),
             Ok(response) => {
                 let mut stream = response.into_inner();

@@ -210,6 +210,10 @@ pub struct AgentCommand {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "STRATA_AGENT_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// A file holding a bearer token to authenticate to the allocator with (`strata token
+    /// create`), instead of or besides the client certificate.
+    #[arg(long, env = "STRATA_AGENT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Where the agent keeps its id, task sandboxes and run files (created if missing).
     #[arg(long, env = "STRATA_AGENT_WORK_DIR", value_name = "DIR")]
     pub work_dir: PathBuf,
@@ -283,7 +287,17 @@ impl AgentCommand {
     /// The flag ids (clap argument ids) the `[agent]` table may set in `strata-agent`.
     pub fn table_flags(command: &clap::Command) -> Vec<String> {
         let mut flags = file::group_args(command, "AgentArgs");
-        flags.extend(["allocator", "tls_ca", "tls_cert", "tls_key", "work_dir"].map(str::to_owned));
+        flags.extend(
+            [
+                "allocator",
+                "tls_ca",
+                "tls_cert",
+                "tls_key",
+                "token_file",
+                "work_dir",
+            ]
+            .map(str::to_owned),
+        );
         flags.extend(file::group_args(command, "HttpSecurityArgs"));
         flags
     }
@@ -307,7 +321,12 @@ impl AgentCommand {
             ca: self.tls_ca.clone(),
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
-            token: None,
+            // A token file that cannot be read leaves the token empty, which the agent refuses
+            // at start with the file's name.
+            token: self
+                .token_file
+                .as_ref()
+                .map(|path| std::fs::read_to_string(path).unwrap_or_default()),
         };
         config
     }

@@ -486,6 +486,7 @@ mod flags_reference {
             "http-client-ca",
             "http-credentials",
             "http-acls",
+            "token-file",
         ];
         for (program, flags) in [
             ("strata-agent", longs(&AgentCommand::command())),

@@ -271,11 +271,13 @@ async fn start(
         start_http(&config, &address, &found.hostname, &latest_usage).await?;
     let base_info = agent_info(&config, found, http_endpoint);
 
+    let authorization = allocator_authorization(&config)?;
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
     let connection = tokio::spawn(
         connection::maintain(
             endpoint,
             address.clone(),
+            authorization,
             config.reconnect_backoff_max,
             conn_tx,
         )
@@ -419,6 +421,28 @@ async fn start_ebpf(
         tracing::info!("eBPF accounting is off (--no-ebpf)");
         None
     }
+}
+
+/// The bearer token the agent authenticates to the allocator with (`--token-file`), as a
+/// metadata value; `None` without one (the client certificate is then the credential).
+fn allocator_authorization(
+    config: &AgentConfig,
+) -> Result<Option<tonic::metadata::AsciiMetadataValue>, AgentError> {
+    let invalid = |reason: String| AgentError::AllocatorTls {
+        address: config.allocator.clone(),
+        reason,
+    };
+    let Some(value) = config
+        .allocator_tls
+        .authorization()
+        .map_err(|e| invalid(format!("the token of --token-file is unusable: {e}")))?
+    else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid("the token of --token-file is not printable ASCII".to_owned()))
 }
 
 /// With an HTTP listen address: binds it and serves /health, /usage and /metrics from a task

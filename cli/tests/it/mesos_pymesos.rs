@@ -2,7 +2,8 @@
 //! unmodified by `cargo xtask setup` into target/mesos-venv) runs a real framework,
 //! cli/tests/mesos/pymesos_framework.py, against a real `strata local` through its Mesos v1
 //! scheduler HTTP API: 50 command tasks to TASK_FINISHED, a decline with a filter then
-//! REVIVE, implicit and explicit reconciliation, and a kill.
+//! REVIVE, implicit and explicit reconciliation, and a kill; and the same against a standalone
+//! allocator with authentication on, pymesos sending HTTP Basic (principal and token).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -106,14 +107,31 @@ fn pymesos_framework_runs_against_strata_local() {
         }
     };
 
-    let out_path = dir.path().join("framework.out");
-    let err_path = dir.path().join("framework.err");
-    let mut script = Command::new(&python)
+    let local_err = dir.path().join("local.err");
+    run_framework(&python, &mesos, &[], dir.path(), &local_err, move || {
+        drop(local)
+    });
+}
+
+/// Runs the pymesos framework script against the Mesos API at `mesos` with `env`, then
+/// `stop`s the cluster, and checks that every phase passed (the cluster's `log` in the report).
+fn run_framework(
+    python: &Path,
+    mesos: &str,
+    env: &[(&str, &str)],
+    dir: &Path,
+    log: &Path,
+    stop: impl FnOnce(),
+) {
+    let out_path = dir.join("framework.out");
+    let err_path = dir.join("framework.err");
+    let mut script = Command::new(python)
         .arg(workspace().join("cli/tests/mesos/pymesos_framework.py"))
-        .arg(&mesos)
+        .arg(mesos)
         .env("TASKS", "50")
         .env("STEP", "60")
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&out_path).expect("log file"))
         .stderr(std::fs::File::create(&err_path).expect("log file"))
         .spawn()
@@ -122,11 +140,11 @@ fn pymesos_framework_runs_against_strata_local() {
         .expect("wait for the script");
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-    drop(local);
-    let local_err = std::fs::read_to_string(dir.path().join("local.err")).unwrap_or_default();
+    stop();
+    let cluster_err = std::fs::read_to_string(log).unwrap_or_default();
     let report = format!(
-        "framework stdout:\n{out}\nframework stderr:\n{err}\nstrata local stderr (tail):\n{}",
-        tail(&local_err, 60)
+        "framework stdout:\n{out}\nframework stderr:\n{err}\ncluster stderr (tail):\n{}",
+        tail(&cluster_err, 60)
     );
     let status = status
         .unwrap_or_else(|| panic!("the framework did not finish in {SCRIPT_WAIT:?}\n{report}"));
@@ -147,6 +165,97 @@ fn pymesos_framework_runs_against_strata_local() {
     ] {
         assert!(out.contains(phase), "missing {phase:?}\n{report}");
     }
+}
+
+/// With authentication on, pymesos subscribes with HTTP Basic (its `principal` and
+/// `secret`); without credentials SUBSCRIBE is answered 401 saying what to send.
+#[test]
+fn pymesos_framework_authenticates_with_http_basic() {
+    let python = venv_python();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("credentials.toml");
+    let token = strata_auth::credentials::create_token(&creds, "alice").expect("token");
+    let agent_token = strata_auth::credentials::create_token(&creds, "agent-1").expect("token");
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, &agent_token).expect("token file");
+    let acls = dir.path().join("acls.toml");
+    std::fs::write(
+        &acls,
+        "[[allow]]\nprincipals = [\"agent-*\"]\nactions = [\"register_agents\"]\n\n\
+         [[allow]]\nprincipals = [\"alice\"]\nactions = [\"register_frameworks\", \"run_tasks\"]\n",
+    )
+    .expect("acls");
+    let (port, mesos_port) = (free_port(), free_port());
+    let log = dir.path().join("cluster.err");
+    let allocator = Command::new(strata_test_support::cluster::bin("strata-allocator"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            "memory",
+        ])
+        .args([
+            "--mesos-listen",
+            &format!("127.0.0.1:{mesos_port}"),
+            "--metrics-listen",
+            "none",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("allocator"))
+        .arg("--credentials")
+        .arg(&creds)
+        .arg("--acls")
+        .arg(&acls)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("strata-allocator starts");
+    let allocator = Reaped(allocator);
+    let agent = Command::new(strata_test_support::cluster::bin("strata-agent"))
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
+        .args(["--allocator", &format!("http://127.0.0.1:{port}")])
+        .args(["--cpus", "2", "--mem", "2048", "--http-listen", "none"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--work-dir")
+        .arg(dir.path().join("agent"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.err")).expect("log file"))
+        .spawn()
+        .expect("strata-agent starts");
+    let agent = Reaped(agent);
+    let mesos = format!("127.0.0.1:{mesos_port}");
+    // Without credentials: 401, and what to send.
+    let deadline = Instant::now() + START_WAIT;
+    let answer = loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(&mesos) {
+            use std::io::{Read as _, Write as _};
+            let body = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"nobody","name":"x"}}}"#;
+            let request = format!(
+                "POST /api/v1/scheduler HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).expect("write");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the Mesos API did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("HTTP Basic"), "{answer}");
+    run_framework(
+        &python,
+        &mesos,
+        &[("STRATA_PRINCIPAL", "alice"), ("STRATA_SECRET", &token)],
+        dir.path(),
+        &log,
+        move || {
+            drop(agent);
+            drop(allocator);
+        },
+    );
 }
 
 fn tail(text: &str, lines: usize) -> String {

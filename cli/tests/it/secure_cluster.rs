@@ -159,7 +159,7 @@ async fn a_secure_cluster_runs_tasks_for_allowed_principals_and_refuses_the_rest
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
     ensure!(
         endpoint.starts_with("https://127.0.0.1:"),
         "endpoint {endpoint}"

@@ -97,7 +97,12 @@ class Run:
             "capabilities": [{"type": "MULTI_ROLE"}],
             "roles": ["*"],
         }
-        self.driver = MesosSchedulerDriver(self.sched, framework, master)
+        # HTTP Basic, as Mesos frameworks authenticate: the principal and its token.
+        principal = os.environ.get("STRATA_PRINCIPAL")
+        secret = os.environ.get("STRATA_SECRET")
+        self.driver = MesosSchedulerDriver(
+            self.sched, framework, master, principal=principal, secret=secret
+        )
         self.states = {}
         self.updates = []
 
