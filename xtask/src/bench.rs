@@ -36,6 +36,11 @@ pub enum Bench {
         /// The command each task runs.
         #[arg(long, default_value = "true")]
         cmd: String,
+        /// Run it twice, plain and then with TLS and authentication on everywhere (the
+        /// allocator's certificate, client CA, tokens and ACLs; the agent's certificate; the
+        /// framework's token), to compare their costs.
+        #[arg(long)]
+        tls: bool,
     },
     /// Launch latency of an isolated /bin/true: strata's containerizer vs crun and runc.
     Launch {
@@ -89,7 +94,13 @@ impl Drop for Processes {
 /// Runs the chosen benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
-        Bench::Skeleton { tasks, cmd } => skeleton(*tasks, cmd),
+        Bench::Skeleton { tasks, cmd, tls } => {
+            skeleton(*tasks, cmd, false)?;
+            if *tls {
+                skeleton(*tasks, cmd, true)?;
+            }
+            Ok(())
+        }
         Bench::Launch { tasks } => crate::bench_launch::launch(*tasks),
         Bench::Accounting { seconds } => crate::bench_accounting::accounting(*seconds),
         Bench::Allocator { args } => util::run(
@@ -146,31 +157,116 @@ pub fn spawn_allocator(bin: &Path, listen: &str, work_dir: &Path, stdout: Stdio)
         .context("cannot start strata-allocator")
 }
 
-fn skeleton(tasks: u32, cmd: &str) -> Result<()> {
+/// The files of a TLS run: a CA, the allocator's and the agent's certificates, the
+/// framework's token, ACLs allowing the agent and the framework what they do.
+struct TlsFiles {
+    ca: PathBuf,
+    allocator_flags: Vec<String>,
+    agent_flags: Vec<String>,
+    token: String,
+}
+
+fn tls_files(dir: &Path) -> Result<TlsFiles> {
+    use strata_auth::{certs, credentials};
+    let pki = dir.join("pki");
+    let ca = certs::init_ca(&pki)?.cert;
+    let server = certs::issue(&pki, "allocator", &["127.0.0.1".into()])?;
+    let agent = certs::issue(&pki, "agent-1", &[])?;
+    let creds = dir.join("credentials.toml");
+    let token = credentials::create_token(&creds, "bench")?;
+    let acls = dir.join("acls.toml");
+    std::fs::write(
+        &acls,
+        "[[allow]]\nprincipals = [\"agent-1\"]\nactions = [\"register_agents\"]\n\n\
+         [[allow]]\nprincipals = [\"bench\"]\nactions = [\"register_frameworks\", \"run_tasks\"]\n",
+    )?;
+    let path = |p: &Path| p.display().to_string();
+    Ok(TlsFiles {
+        allocator_flags: vec![
+            "--tls-cert".into(),
+            path(&server.cert),
+            "--tls-key".into(),
+            path(&server.key),
+            "--tls-client-ca".into(),
+            path(&ca),
+            "--credentials".into(),
+            path(&creds),
+            "--acls".into(),
+            path(&acls),
+        ],
+        agent_flags: vec![
+            "--tls-ca".into(),
+            path(&ca),
+            "--tls-cert".into(),
+            path(&agent.cert),
+            "--tls-key".into(),
+            path(&agent.key),
+        ],
+        ca,
+        token,
+    })
+}
+
+fn skeleton(tasks: u32, cmd: &str, tls: bool) -> Result<()> {
     let bin = build_release_binaries()?;
     let listen = util::free_loopback_addr()?;
-    let allocator = format!("http://{listen}");
     let work_dir = util::workspace_root().join("target").join("bench-skeleton");
     let _ = std::fs::remove_dir_all(&work_dir);
     std::fs::create_dir_all(&work_dir)?;
+    let tls = tls.then(|| tls_files(&work_dir)).transpose()?;
+    let allocator = match tls {
+        Some(_) => format!("https://{listen}"),
+        None => format!("http://{listen}"),
+    };
+    eprintln!(
+        "== skeleton: {}",
+        if tls.is_some() {
+            "TLS and authentication on (certificates, token, ACLs)"
+        } else {
+            "plain gRPC, no authentication"
+        }
+    );
 
     let mut procs = Processes(Vec::new());
+    let mut allocator_cmd = Command::new(bin.join("strata-allocator"));
+    allocator_cmd
+        .args(["--listen", &listen, "--work-dir"])
+        .arg(work_dir.join("allocator"))
+        .args(["--mesos-listen", "none", "--metrics-listen", "none"])
+        .env("RUST_LOG", "warn");
+    if let Some(tls) = &tls {
+        allocator_cmd.args(&tls.allocator_flags);
+    }
+    procs.0.push(
+        allocator_cmd
+            .spawn()
+            .context("cannot start strata-allocator")?,
+    );
+    util::wait_for_port(&listen, "strata-allocator", Duration::from_secs(20))?;
+    let mut agent_cmd = Command::new(bin.join("strata-agent"));
+    util::dev_cgroup_placement(&mut agent_cmd)
+        .args(["--allocator", &allocator, "--work-dir"])
+        .arg(work_dir.join("agent"))
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn");
+    if let Some(tls) = &tls {
+        agent_cmd.args(&tls.agent_flags);
+    }
     procs
         .0
-        .push(spawn_allocator(&bin, &listen, &work_dir, Stdio::inherit())?);
-    util::wait_for_port(&listen, "strata-allocator", Duration::from_secs(20))?;
-    procs.0.push(
-        util::dev_cgroup_placement(&mut Command::new(bin.join("strata-agent")))
-            .args(["--allocator", &allocator, "--work-dir"])
-            .arg(work_dir.join("agent"))
-            .args(["--http-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .context("cannot start strata-agent")?,
-    );
+        .push(agent_cmd.spawn().context("cannot start strata-agent")?);
     // Throughput: as many tasks in flight as offers fit. Latency alone: one task at a time.
     for max_in_flight in ["0", "1"] {
-        let status = Command::new(bin.join("examples").join("skeleton_bench"))
+        let mut framework = Command::new(bin.join("examples").join("skeleton_bench"));
+        for var in ["STRATA_CA", "STRATA_CERT", "STRATA_KEY", "STRATA_TOKEN"] {
+            framework.env_remove(var);
+        }
+        if let Some(tls) = &tls {
+            framework
+                .env("STRATA_CA", &tls.ca)
+                .env("STRATA_TOKEN", &tls.token);
+        }
+        let status = framework
             .args([
                 "--allocator",
                 &allocator,
