@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_proto::allocator_message::{AcknowledgeUpdate, KillTask, LaunchTask};
+use strata_proto::ids::shorten;
 use strata_proto::limits::{MIN_TASK_CPUS, MIN_TASK_MEM_MIB};
 use strata_proto::{TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, names, scalar_sum};
 use tokio::sync::mpsc;
@@ -34,12 +35,18 @@ use crate::usage::TaskRef;
 impl Agent {
     pub(super) fn on_launch(&mut self, launch: LaunchTask) {
         let Some(task) = launch.task else {
-            tracing::warn!(framework_id = %launch.framework_id, "ignoring a launch without a task");
+            tracing::warn!(framework_id = ?shorten(&launch.framework_id, 64), "ignoring a launch without a task");
             return;
         };
         let key = TaskKey::new(launch.framework_id.clone(), task.task_id.clone());
-        let span = tracing::info_span!(parent: &self.span, "task",
-            framework_id = %key.framework_id, task_id = %key.task_id);
+        // Ids that fail the id rule are logged quoted and shortened: they may hold line breaks.
+        let span = if paths::TaskIds::new(&key.framework_id, &key.task_id).is_ok() {
+            tracing::info_span!(parent: &self.span, "task",
+                framework_id = %key.framework_id, task_id = %key.task_id)
+        } else {
+            tracing::info_span!(parent: &self.span, "task",
+                framework_id = ?shorten(&key.framework_id, 64), task_id = ?shorten(&key.task_id, 64))
+        };
         let _entered = span.enter();
         if self.tasks.contains_key(&key) {
             tracing::warn!("ignoring a launch of a task this agent already has");
@@ -115,7 +122,7 @@ impl Agent {
     pub(super) fn on_kill(&mut self, kill: KillTask) {
         let key = TaskKey::new(kill.framework_id, kill.task_id);
         let Some(task) = self.tasks.get(&key) else {
-            tracing::warn!(framework_id = %key.framework_id, task_id = %key.task_id,
+            tracing::warn!(framework_id = ?shorten(&key.framework_id, 64), task_id = ?shorten(&key.task_id, 64),
                 "ignoring a kill of a task this agent does not have");
             return;
         };
@@ -160,11 +167,11 @@ impl Agent {
                 }
             }
             AckOutcome::Stale => {
-                tracing::debug!(framework_id = %key.framework_id, task_id = %key.task_id,
+                tracing::debug!(framework_id = ?shorten(&key.framework_id, 64), task_id = ?shorten(&key.task_id, 64),
                     "ignoring a stale acknowledgement");
             }
             AckOutcome::UnknownTask => {
-                tracing::debug!(framework_id = %key.framework_id, task_id = %key.task_id,
+                tracing::debug!(framework_id = ?shorten(&key.framework_id, 64), task_id = ?shorten(&key.task_id, 64),
                     "ignoring an acknowledgement for a task with no pending update");
             }
         }
