@@ -298,6 +298,7 @@ fuzz_target!(|input: Input| {
         default_refuse: Duration::from_secs(5),
         terminal_task_history: 20,
         offer_timeout: None,
+        ..AllocatorConfig::default()
     };
     let mut w = World {
         core: Core::new(config, "f"),

@@ -30,9 +30,9 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             std::fs::write(dir.join(checkpoint::TASK_FILE), content).expect("write");
-            if let Ok(Some(task)) = checkpoint::load_task(dir) {
+            if let Ok(Some(task)) = checkpoint::load_task(dir, "t") {
                 checkpoint::save_task(dir, &task).expect("save");
-                let back = checkpoint::load_task(dir)
+                let back = checkpoint::load_task(dir, "t")
                     .expect("a saved task loads")
                     .expect("and is there");
                 assert_eq!(back.encode_to_vec(), task.encode_to_vec());
@@ -40,9 +40,9 @@ fuzz_target!(|data: &[u8]| {
         }
         2 => {
             std::fs::write(dir.join(checkpoint::UPDATES_FILE), content).expect("write");
-            if let Ok(Some((latest, pending))) = checkpoint::load_updates(dir) {
+            if let Ok(Some((latest, pending))) = checkpoint::load_updates(dir, "f", "t") {
                 checkpoint::save_updates(dir, &latest, &pending).expect("save");
-                let (l, p) = checkpoint::load_updates(dir)
+                let (l, p) = checkpoint::load_updates(dir, "f", "t")
                     .expect("saved updates load")
                     .expect("and are there");
                 assert_eq!(l.encode_to_vec(), latest.encode_to_vec());

@@ -34,6 +34,7 @@ fn config() -> AllocatorConfig {
         default_refuse: Duration::from_secs(5),
         terminal_task_history: 20,
         offer_timeout: Some(Duration::from_secs(30)),
+        ..AllocatorConfig::default()
     }
 }
 
@@ -62,7 +63,8 @@ fn check_ids(framework_id: &str, task_id: &str) {
     }
     let rel = strata_agent::cgroup::task_rel(framework_id, task_id)
         .expect("ids the id rule accepts make a cgroup name");
-    let run = strata_agent::containerizer::run_dir(Path::new(""), framework_id, task_id);
+    let run = strata_agent::containerizer::run_dir(Path::new(""), framework_id, task_id)
+        .expect("ids the id rule accepts make a run dir");
     for path in [rel.as_path(), run.as_path()] {
         assert_eq!(path.components().count(), 3, "{path:?}");
         assert!(
