@@ -153,10 +153,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         "escape" => {
-            let cwd = std::env::current_dir().context("reading the cwd")?;
+            // On a directory of its own: over the sandbox itself it would hide the output
+            // files the supervisor writes by path from inside the task's mount namespace.
+            let target = std::env::current_dir()
+                .context("reading the cwd")?
+                .join("mnt");
+            std::fs::create_dir_all(&target).context("creating the mount point")?;
             let mounted = nix::mount::mount(
                 Some("none"),
-                &cwd,
+                &target,
                 Some("tmpfs"),
                 nix::mount::MsFlags::empty(),
                 None::<&str>,
