@@ -106,6 +106,9 @@ fn cargo_musl(args: &[&str]) -> Result<Vec<Artifact>> {
         // (no debug info: smaller binaries for the initramfs; panics still say file and line).
         .env("CARGO_TARGET_DIR", root.join("target").join("vm-tests"))
         .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        // ring (rustls' crypto) compiles C and assembly: the host's gcc makes objects the
+        // static musl link takes (no musl-gcc needed; its sources use no libc headers' ABI).
+        .env("CC_x86_64_unknown_linux_musl", "gcc")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let out = cmd
