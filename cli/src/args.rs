@@ -136,6 +136,11 @@ pub struct LocalArgs {
     /// $TMPDIR/strata-local, or /tmp/strata-local].
     #[arg(long, env = "STRATA_LOCAL_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Serve TLS and require authentication, as a real cluster should: makes a CA,
+    /// certificates, an operator token and ACLs in WORK_DIR/pki (kept for the next start) and
+    /// prints how to use them. Needed to listen outside loopback.
+    #[arg(long, env = "STRATA_LOCAL_SECURE")]
+    pub secure: bool,
     #[command(flatten)]
     pub agent: strata_agent::flags::AgentArgs,
     #[command(flatten)]
@@ -151,7 +156,11 @@ pub fn local_tables(command: &clap::Command) -> [(String, Vec<String>); 3] {
     [
         (
             "local".to_owned(),
-            vec!["listen".to_owned(), "work_dir".to_owned()],
+            vec![
+                "listen".to_owned(),
+                "work_dir".to_owned(),
+                "secure".to_owned(),
+            ],
         ),
         (
             strata_agent::flags::CONFIG_TABLE.to_owned(),

@@ -42,6 +42,7 @@ struct Running {
     url: String,
     work_dir: PathBuf,
     mesos_url: Option<String>,
+    pki: Option<crate::local_secure::LocalPki>,
     agent: JoinHandle<Result<(), strata_agent::AgentError>>,
     allocator: JoinHandle<Result<(), strata_allocator::ServeError>>,
     stop_agent: oneshot::Sender<()>,
@@ -62,6 +63,9 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
                 "strata local: Mesos scheduler HTTP API on {mesos_url} (point Mesos frameworks at it)"
             )
         });
+    }
+    if let Some(pki) = &running.pki {
+        printed = printed.and_then(|()| out!("{}", pki.usage()));
     }
     if let Err(e) = printed {
         warn!("cannot print the banner: {e:#}");
@@ -86,14 +90,32 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
 
 /// Binds the allocator's listeners and starts the allocator and the agent as `args` say.
 async fn start(args: LocalArgs) -> anyhow::Result<Running> {
-    let config = args.allocator.config();
+    let mut config = args.allocator.config();
     config.validate()?;
     let listener = strata_allocator::flags::bind(&args.listen).await?;
     let bound = listener
         .local_addr()
         .with_context(|| format!("cannot read the address bound for {}", args.listen))?;
-    let url = format!("http://{bound}");
+    check_exposure(args.secure, "the allocator (--listen)", bound)?;
     let work_dir = args.work_dir.clone().unwrap_or_else(default_work_dir);
+    let pki = if args.secure {
+        let ip = bound.ip();
+        let hosts: Vec<String> = if ip.is_loopback() || ip.is_unspecified() {
+            Vec::new()
+        } else {
+            vec![ip.to_string()]
+        };
+        Some(crate::local_secure::prepare(&work_dir, &hosts)?)
+    } else {
+        None
+    };
+    let security = std::sync::Arc::new(match &pki {
+        Some(pki) => secure_allocator(pki)?,
+        None => strata_allocator::security::Security::open(),
+    });
+    config.policy = security.policy().clone();
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{bound}");
 
     // The agent's /health, /usage and /metrics on a free loopback port unless --http-listen
     // says otherwise, so local clusters (and tests running several) never collide; its address
@@ -105,6 +127,22 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     );
     // A local cluster goes away whole: its tasks end with it.
     agent_config.kill_tasks_on_shutdown = true;
+    if let Some(pki) = &pki {
+        agent_config.allocator_tls = strata_auth::client::ClientSecurity {
+            ca: Some(pki.ca.clone()),
+            cert: Some(pki.agent.cert.clone()),
+            key: Some(pki.agent.key.clone()),
+            token: None,
+        };
+        agent_config.http_security = strata_agent::http_auth::HttpSecurityConfig {
+            cert: Some(pki.agent.cert.clone()),
+            key: Some(pki.agent.key.clone()),
+            client_ca: Some(pki.ca.clone()),
+            credentials: Some(pki.credentials.clone()),
+            acls: Some(pki.acls.clone()),
+            insecure: false,
+        };
+    }
 
     // The allocator's registry (framework ids, weights, quota, reservations) survives a
     // restart of `strata local` with the same work dir.
@@ -121,7 +159,10 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     )
     .await?;
     if let Some(listener) = metrics_listener {
-        strata_allocator::metrics::spawn_http(listener, metrics.clone());
+        if let Ok(addr) = listener.local_addr() {
+            check_exposure(args.secure, "metrics (--metrics-listen)", addr)?;
+        }
+        strata_allocator::metrics::spawn_secure(listener, metrics.clone(), security.clone());
     }
     let http = strata_allocator::flags::bind_optional(
         &args.allocator.mesos_listen,
@@ -132,11 +173,13 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     )
     .await?;
     let mesos_url = match &http {
-        Some(l) => Some(format!(
-            "http://{}",
-            l.local_addr()
-                .context("cannot read the Mesos HTTP API's address")?
-        )),
+        Some(l) => {
+            let addr = l
+                .local_addr()
+                .context("cannot read the Mesos HTTP API's address")?;
+            check_exposure(args.secure, "the Mesos HTTP API (--mesos-listen)", addr)?;
+            Some(format!("{scheme}://{addr}"))
+        }
         None => None,
     };
     let http = http.map(|listener| strata_allocator::mesos::HttpApi {
@@ -145,12 +188,13 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     });
     let (stop_allocator, allocator_stopped) = oneshot::channel::<()>();
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-    let allocator = tokio::spawn(strata_allocator::serve_with_http(
+    let allocator = tokio::spawn(strata_allocator::serve_secure(
         listener,
         config,
         Box::new(store),
         metrics,
         http,
+        security,
         async move {
             let _ = allocator_stopped.await;
         },
@@ -162,11 +206,43 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
         url,
         work_dir,
         mesos_url,
+        pki,
         agent,
         allocator,
         stop_agent,
         stop_allocator,
     })
+}
+
+/// The allocator's security settings for a secure local cluster: its certificate, client
+/// certificates from the local CA, the operator's token, the ACL file, the audit log.
+fn secure_allocator(
+    pki: &crate::local_secure::LocalPki,
+) -> anyhow::Result<strata_allocator::security::Security> {
+    let credentials = strata_auth::credentials::Credentials::load(&pki.credentials)?;
+    let policy = strata_auth::Policy::Enforced(strata_auth::Acls::load(&pki.acls)?);
+    let tls = strata_allocator::security::ServerTls {
+        cert: pki.allocator.cert.clone(),
+        key: pki.allocator.key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    };
+    Ok(strata_allocator::security::Security::new(
+        policy,
+        credentials,
+        Some(tls),
+        Some(&pki.audit_log),
+    )?)
+}
+
+/// Refuses a listener outside loopback unless `--secure` gives it TLS and authentication.
+fn check_exposure(secure: bool, what: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    if secure || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    bail!(
+        "refusing to serve {what} on {addr} without TLS and authentication: anyone who can \
+         reach it could run tasks and act as an operator. Listen on 127.0.0.1, or pass --secure"
+    )
 }
 
 /// Stops the agent (so that its tasks are killed and their updates reach the allocator), then
@@ -244,6 +320,16 @@ mod tests {
             other.contains("try: strata --allocator http://127.0.0.1:41234 run -- echo hello"),
             "{other}"
         );
+    }
+
+    #[test]
+    fn exposed_listeners_need_secure() {
+        let exposed: std::net::SocketAddr = "0.0.0.0:5050".parse().unwrap();
+        let err = check_exposure(false, "the allocator (--listen)", exposed).unwrap_err();
+        assert!(err.to_string().contains("pass --secure"), "{err}");
+        assert!(check_exposure(true, "x", exposed).is_ok());
+        assert!(check_exposure(false, "x", "127.0.0.1:1".parse().unwrap()).is_ok());
+        assert!(check_exposure(false, "x", "[::1]:1".parse().unwrap()).is_ok());
     }
 
     #[test]

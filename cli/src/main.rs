@@ -9,6 +9,7 @@ mod admin;
 mod args;
 mod duration;
 mod local;
+mod local_secure;
 mod operator;
 mod profile;
 mod render;

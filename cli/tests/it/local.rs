@@ -126,3 +126,130 @@ fn local_settings_come_from_flags_then_environment_then_config_file() {
         );
     }
 }
+
+/// `strata local --secure`: TLS everywhere, the operator's token from WORK_DIR/pki works, and
+/// the allocator and the agent's HTTP endpoints refuse callers without credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_local_secure_serves_tls_and_refuses_callers_without_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, http_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{port}");
+    let strata = env!("CARGO_BIN_EXE_strata");
+    let banner = dir.path().join("banner.txt");
+    let mut local = Command::new(strata)
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
+        .args([
+            "local",
+            "--secure",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--mesos-listen", "none"])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .arg("--work-dir")
+        .arg(dir.path())
+        .stdout(std::fs::File::create(&banner).expect("banner file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strata local starts");
+    let pki = dir.path().join("pki");
+    let ca = pki.join("ca.pem");
+    let cli = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(strata);
+        for var in ["STRATA_CA", "STRATA_CERT", "STRATA_KEY", "STRATA_TOKEN"] {
+            cmd.env_remove(var);
+        }
+        cmd.args(["--allocator", &url, "--ca"]).arg(&ca);
+        if let Some(token) = token {
+            cmd.args(["--token", token]);
+        }
+        cmd.args(args).output().expect("strata runs")
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ran = None;
+    let mut token = String::new();
+    while Instant::now() < deadline && ran.is_none() {
+        if let Ok(t) = std::fs::read_to_string(pki.join("operator.token")) {
+            token = t.trim().to_owned();
+            let out = cli(
+                Some(&token),
+                &["run", "--offer-timeout", "5s", "--", "echo", "secure"],
+            );
+            if out.status.success() {
+                ran = Some(out);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let anonymous = cli(None, &["ps", "--all"]);
+    let plain = Command::new(strata)
+        .args(["--allocator", &format!("http://127.0.0.1:{port}"), "ps"])
+        .env_remove("STRATA_TOKEN")
+        .output()
+        .expect("strata runs");
+    let tls = strata_auth::tls::client_config(&ca, None, &[b"http/1.1"]).expect("client tls");
+    let agent_get = |authorization: Option<String>| {
+        let options = strata_common::http::GetOptions {
+            tls: Some(tls.clone()),
+            authorization,
+        };
+        let url = format!("https://127.0.0.1:{http_port}/usage");
+        async move {
+            strata_common::http::get_with(&url, Duration::from_secs(10), &options)
+                .await
+                .map(|r| r.status)
+        }
+    };
+    let agent_anonymous = agent_get(None).await;
+    let agent_operator = agent_get(Some(format!("Bearer {token}"))).await;
+
+    let stopped = Command::new("kill")
+        .args(["-TERM", &local.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = reap_within(
+        &mut local,
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+    )
+    .expect("wait");
+    let banner = std::fs::read_to_string(&banner).unwrap_or_default();
+
+    let ran = ran.expect("`strata run` with the operator's token succeeded within 30 s");
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("TASK_FINISHED"));
+    assert!(!anonymous.status.success());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("authentication required"), "{stderr}");
+    assert!(!plain.status.success(), "plain HTTP/2 to a TLS port worked");
+    assert_eq!(agent_anonymous.expect("agent answers"), 401);
+    assert_eq!(agent_operator.expect("agent answers"), 200);
+    assert!(banner.contains("export STRATA_CA="), "{banner}");
+    assert!(
+        banner.contains(&format!("https://127.0.0.1:{port}")),
+        "{banner}"
+    );
+    let status = status.expect("strata local stops within 20 s of SIGTERM");
+    assert!(status.success(), "strata local exited with {status}");
+}
+
+/// Without --secure, `strata local` serves loopback only.
+#[test]
+fn strata_local_refuses_to_listen_outside_loopback_without_secure() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
+        .args(["local", "--listen", "0.0.0.0:0", "--mesos-listen", "none"])
+        .arg("--work-dir")
+        .arg(dir.path())
+        .output()
+        .expect("strata local runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without TLS and authentication") && stderr.contains("--secure"),
+        "{stderr}"
+    );
+}

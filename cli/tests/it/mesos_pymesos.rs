@@ -3,7 +3,7 @@
 //! cli/tests/mesos/pymesos_framework.py, against a real `strata local` through its Mesos v1
 //! scheduler HTTP API: 50 command tasks to TASK_FINISHED, a decline with a filter then
 //! REVIVE, implicit and explicit reconciliation, and a kill; and the same against a standalone
-//! allocator with authentication on, pymesos sending HTTP Basic (principal and token).
+//! allocator with TLS and authentication on, pymesos sending HTTP Basic (principal and token).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -152,10 +152,17 @@ fn run_framework(
         status.success(),
         "the framework failed ({status})\n{report}"
     );
+    let tls = env.iter().any(|(k, _)| *k == "STRATA_TLS_CA");
+    if tls {
+        assert!(
+            out.contains("ok: refused without credentials over TLS"),
+            "no 401 without credentials\n{report}"
+        );
+    }
     for phase in [
         "ok: subscribed as ",
         "ok: 50 tasks finished",
-        "ok: declined with a one-hour filter and no offer came",
+        "ok: declined with a one-hour filter (",
         "ok: offered again",
         "ok: long task running",
         "ok: implicit reconciliation",
@@ -167,17 +174,21 @@ fn run_framework(
     }
 }
 
-/// With authentication on, pymesos subscribes with HTTP Basic (its `principal` and
-/// `secret`); without credentials SUBSCRIBE is answered 401 saying what to send.
+/// With TLS and authentication on, pymesos subscribes with HTTP Basic (its `principal` and
+/// `secret`) over TLS (pymesos has no TLS: the script forwards its connection through one it
+/// verifies with the cluster's CA); without credentials SUBSCRIBE is answered 401 saying what
+/// to send. The agent registers with its client certificate.
 #[test]
-fn pymesos_framework_authenticates_with_http_basic() {
+fn pymesos_framework_authenticates_with_http_basic_over_tls() {
+    use strata_auth::certs;
     let python = venv_python();
     let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    let ca = certs::init_ca(&pki).expect("ca").cert;
+    let server = certs::issue(&pki, "allocator", &["127.0.0.1".into()]).expect("cert");
+    let agent_cert = certs::issue(&pki, "agent-1", &[]).expect("cert");
     let creds = dir.path().join("credentials.toml");
     let token = strata_auth::credentials::create_token(&creds, "alice").expect("token");
-    let agent_token = strata_auth::credentials::create_token(&creds, "agent-1").expect("token");
-    let token_file = dir.path().join("agent.token");
-    std::fs::write(&token_file, &agent_token).expect("token file");
     let acls = dir.path().join("acls.toml");
     std::fs::write(
         &acls,
@@ -202,6 +213,12 @@ fn pymesos_framework_authenticates_with_http_basic() {
         ])
         .arg("--work-dir")
         .arg(dir.path().join("allocator"))
+        .arg("--tls-cert")
+        .arg(&server.cert)
+        .arg("--tls-key")
+        .arg(&server.key)
+        .arg("--tls-client-ca")
+        .arg(&ca)
         .arg("--credentials")
         .arg(&creds)
         .arg("--acls")
@@ -213,10 +230,14 @@ fn pymesos_framework_authenticates_with_http_basic() {
     let allocator = Reaped(allocator);
     let agent = Command::new(strata_test_support::cluster::bin("strata-agent"))
         .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
-        .args(["--allocator", &format!("http://127.0.0.1:{port}")])
+        .args(["--allocator", &format!("https://127.0.0.1:{port}")])
         .args(["--cpus", "2", "--mem", "2048", "--http-listen", "none"])
-        .arg("--token-file")
-        .arg(&token_file)
+        .arg("--tls-ca")
+        .arg(&ca)
+        .arg("--tls-cert")
+        .arg(&agent_cert.cert)
+        .arg("--tls-key")
+        .arg(&agent_cert.key)
         .arg("--work-dir")
         .arg(dir.path().join("agent"))
         .stdout(Stdio::null())
@@ -225,30 +246,20 @@ fn pymesos_framework_authenticates_with_http_basic() {
         .expect("strata-agent starts");
     let agent = Reaped(agent);
     let mesos = format!("127.0.0.1:{mesos_port}");
-    // Without credentials: 401, and what to send.
     let deadline = Instant::now() + START_WAIT;
-    let answer = loop {
-        if let Ok(mut stream) = std::net::TcpStream::connect(&mesos) {
-            use std::io::{Read as _, Write as _};
-            let body = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"nobody","name":"x"}}}"#;
-            let request = format!(
-                "POST /api/v1/scheduler HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            stream.write_all(request.as_bytes()).expect("write");
-            let mut answer = String::new();
-            let _ = stream.read_to_string(&mut answer);
-            break answer;
-        }
+    while std::net::TcpStream::connect(&mesos).is_err() {
         assert!(Instant::now() < deadline, "the Mesos API did not start");
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert!(answer.contains("HTTP Basic"), "{answer}");
+    }
+    let ca = ca.display().to_string();
     run_framework(
         &python,
         &mesos,
-        &[("STRATA_PRINCIPAL", "alice"), ("STRATA_SECRET", &token)],
+        &[
+            ("STRATA_PRINCIPAL", "alice"),
+            ("STRATA_SECRET", &token),
+            ("STRATA_TLS_CA", &ca),
+        ],
         dir.path(),
         &log,
         move || {
