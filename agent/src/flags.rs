@@ -15,6 +15,7 @@ use strata_common::parse::{self, OrNone};
 
 use crate::Isolation;
 use crate::cgroup::Placement;
+use crate::containerizer::linux::UserNamespaces;
 use crate::containerizer::supervisor::seccomp::Seccomp;
 
 /// The config file table the agent's flags are read from.
@@ -105,6 +106,11 @@ pub struct AgentArgs {
     /// modules, clock setting and the other calls container runtimes deny) or unconfined.
     #[arg(long, env = "STRATA_AGENT_SECCOMP", default_value = "default", value_parser = Seccomp::parse, value_name = "default|unconfined")]
     pub seccomp: Seccomp,
+    /// Run each task that has a non-root user and keeps no capabilities in a user namespace
+    /// of its own that maps only its uid and gid (root is not mapped there): auto (when the
+    /// host allows it; the agent tries at start), on (refuse to start without) or off.
+    #[arg(long, env = "STRATA_AGENT_USER_NAMESPACES", default_value = "auto", value_parser = UserNamespaces::parse, value_name = "auto|on|off")]
+    pub user_namespaces: UserNamespaces,
     /// Kill every task when the agent stops (default: tasks keep running and the next agent
     /// re-attaches to them; strata local always kills them).
     #[arg(long, env = "STRATA_AGENT_KILL_TASKS_ON_SHUTDOWN")]
@@ -172,6 +178,7 @@ impl AgentArgs {
         config.allow_root_tasks = self.allow_root_tasks;
         config.allowed_capabilities = self.allowed_capabilities.clone();
         config.seccomp = self.seccomp;
+        config.user_namespaces = self.user_namespaces;
         config.kill_tasks_on_shutdown = self.kill_tasks_on_shutdown;
         config.usage_interval = self.usage_interval;
         config.max_concurrent_profiles = self.max_concurrent_profiles;
@@ -430,6 +437,20 @@ mod tests {
         assert_eq!(defaults.seccomp, Seccomp::Default);
         let err = parse(&["--allowed-capabilities", "NET_BIND_SERVICE,FLY"]).unwrap_err();
         assert!(err.to_string().contains("unknown capability"), "{err}");
+    }
+
+    #[test]
+    fn user_namespaces_default_to_auto_and_take_on_and_off() {
+        assert_eq!(
+            parse(&[]).unwrap().config().user_namespaces,
+            UserNamespaces::Auto
+        );
+        for (flag, mode) in [("on", UserNamespaces::On), ("off", UserNamespaces::Off)] {
+            let config = parse(&["--user-namespaces", flag]).unwrap().config();
+            assert_eq!(config.user_namespaces, mode);
+        }
+        let err = parse(&["--user-namespaces", "maybe"]).unwrap_err();
+        assert!(err.to_string().contains("use auto, on or off"), "{err}");
     }
 
     #[test]

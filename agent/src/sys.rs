@@ -92,6 +92,92 @@ pub struct Credentials {
     pub rlimits: Vec<(nix::sys::resource::Resource, u64)>,
     /// A seccomp filter, built before the fork, installed last before exec.
     pub seccomp: Option<seccompiler::BpfProgram>,
+    /// Run the command in a user namespace of its own that maps only `uid` and `gid` (to
+    /// themselves): root is not mapped in it, and the capabilities it has there are dropped.
+    /// Only for a non-root user that keeps no capabilities (those would then apply to the
+    /// task's own namespace only).
+    pub user_namespace: bool,
+}
+
+/// The `uid_map` and `gid_map` lines of a user namespace that maps only `uid` and `gid`.
+pub struct IdMaps {
+    uid_map: String,
+    gid_map: String,
+}
+
+impl IdMaps {
+    /// Maps `uid` and `gid` to themselves, nothing else.
+    pub fn identity(uid: u32, gid: u32) -> Self {
+        Self {
+            uid_map: format!("{uid} {uid} 1"),
+            gid_map: format!("{gid} {gid} 1"),
+        }
+    }
+}
+
+/// Writes `data` to `path` with open(2) and write(2) (async-signal-safe: the path is short, so
+/// nix copies it on the stack).
+fn write_proc_file(path: &str, data: &[u8]) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(os_err)?;
+    let written = nix::unistd::write(&fd, data).map_err(os_err)?;
+    if written != data.len() {
+        return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+    }
+    Ok(())
+}
+
+/// Moves the calling process into a new user namespace that maps only its own uid and gid
+/// (`maps`, which must be its effective ids: an unprivileged process may map only those):
+/// dumpable again, unshare(2), `setgroups` denied, then the two maps. Async-signal-safe.
+fn enter_own_user_namespace(maps: &IdMaps) -> io::Result<()> {
+    // setuid(2) away from root made the process non-dumpable, which leaves its /proc files
+    // root's: it could not write its own maps. exec makes it dumpable again anyway.
+    nix::sys::prctl::set_dumpable(true).map_err(os_err)?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(os_err)?;
+    write_proc_file("/proc/self/setgroups", b"deny")?;
+    write_proc_file("/proc/self/uid_map", maps.uid_map.as_bytes())?;
+    write_proc_file("/proc/self/gid_map", maps.gid_map.as_bytes())
+}
+
+/// Whether this host lets a process that dropped to `uid`/`gid` enter a user namespace of its
+/// own (kernels or sysctls may forbid it: `user.max_user_namespaces=0`, Debian's
+/// `kernel.unprivileged_userns_clone=0`, Ubuntu's AppArmor restriction, a seccomp profile
+/// around the agent): runs `program` (like `/bin/true`) as `uid` in one, as a task would.
+pub fn probe_user_namespace(program: &std::path::Path, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let maps = IdMaps::identity(uid, gid);
+    let mut cmd = std::process::Command::new(program);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let hook = move || -> io::Result<()> {
+        use nix::unistd::{Gid, Uid};
+        nix::unistd::setgroups(&[]).map_err(os_err)?;
+        nix::unistd::setgid(Gid::from_raw(gid)).map_err(os_err)?;
+        nix::unistd::setuid(Uid::from_raw(uid)).map_err(os_err)?;
+        enter_own_user_namespace(&maps)
+    };
+    // SAFETY: the hook makes only async-signal-safe system calls (setgroups with no groups,
+    // setgid, setuid, unshare, open and write of short /proc paths with data prepared before
+    // the fork) and allocates nothing; it changes only the child's own credentials.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    let status = cmd.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{} exited with {status}",
+            program.display()
+        )))
+    }
 }
 
 fn os_err(e: nix::Error) -> io::Error {
@@ -104,8 +190,9 @@ fn caps_err(e: caps::errors::CapsError) -> io::Error {
 
 /// Makes the child of `cmd` switch to `creds` before it execs: supplementary groups, group,
 /// user; capabilities dropped to `creds.keep` (also in the bounding set, and raised as ambient
-/// so a non-root user keeps them across exec); no_new_privs; rlimits; then the seccomp filter,
-/// the last thing before exec (it may deny calls the steps before it make).
+/// so a non-root user keeps them across exec); no_new_privs; rlimits; with
+/// `creds.user_namespace`, a user namespace of its own mapping only its uid and gid; then the
+/// seccomp filter, the last thing before exec (it may deny calls the steps before it make).
 ///
 /// # Safety
 ///
@@ -114,6 +201,8 @@ fn caps_err(e: caps::errors::CapsError) -> io::Error {
 /// thread can have held a lock (the allocator's among them) at the fork.
 pub unsafe fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds: Credentials) {
     use std::os::unix::process::CommandExt as _;
+    let maps = (creds.user_namespace && creds.uid != 0 && creds.keep.is_empty())
+        .then(|| IdMaps::identity(creds.uid, creds.gid));
     let hook = move || -> io::Result<()> {
         use caps::CapSet;
         use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
@@ -145,6 +234,17 @@ pub unsafe fn drop_privileges_before_exec(cmd: &mut std::process::Command, creds
         nix::sys::prctl::set_no_new_privs().map_err(os_err)?;
         for (resource, value) in &creds.rlimits {
             nix::sys::resource::setrlimit(*resource, *value, *value).map_err(os_err)?;
+        }
+        if let Some(maps) = &maps {
+            enter_own_user_namespace(maps)?;
+            // The new namespace gave every capability in it: none is kept (the task keeps
+            // none), so that nothing, not even a file capability, is had there after exec.
+            for cap in caps::all() {
+                caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
+            }
+            for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+                caps::clear(None, set).map_err(caps_err)?;
+            }
         }
         if let Some(filter) = &creds.seccomp {
             seccompiler::apply_filter(filter).map_err(|e| match e {

@@ -796,6 +796,67 @@ pub fn seccomp_denies_mount_and_user_namespaces_even_with_capabilities(
     Ok(())
 }
 
+/// With user namespaces on (the agent turns them on where the host allows it), a task with a
+/// non-root user and no capabilities runs in a user namespace of its own that maps only its
+/// uid and gid, with setgroups denied and no capability in it: root is not mapped there. A
+/// task that keeps a capability runs in the host's (where the capability applies).
+pub fn a_task_runs_in_a_user_namespace_mapping_only_its_ids(helper: &Path) -> Result<()> {
+    if let Err(reason) = strata_agent::containerizer::linux::try_user_namespace() {
+        ensure!(
+            !crate::in_guest(),
+            "the guest does not allow user namespaces: {reason}"
+        );
+        eprintln!("skipped: this host does not allow user namespaces for tasks: {reason}");
+        return Ok(());
+    }
+    let env = Env::supervised_with("userns", helper, |c| {
+        c.user_namespaces = true;
+        c.allowed_capabilities = vec!["CAP_NET_BIND_SERVICE".to_owned()];
+    })?;
+    let script = "echo \"uid_map: $(cat /proc/self/uid_map)\"; \
+                  echo \"gid_map: $(cat /proc/self/gid_map)\"; \
+                  echo \"setgroups: $(cat /proc/self/setgroups)\"; \
+                  grep -E '^(CapEff|CapBnd):' /proc/self/status; \
+                  if echo x > /etc/strata-userns 2>/dev/null; then echo 'etc: written'; \
+                  else echo 'etc: denied'; fi";
+    let own = run_to_end(&env, &Task::shell("own", script).user(NOBODY))?;
+    let with_cap = run_to_end(
+        &env,
+        &Task::shell("with-cap", script)
+            .user(NOBODY)
+            .capabilities(&["CAP_NET_BIND_SERVICE"]),
+    )?;
+    eprintln!("own namespace:\n{own}with a capability:\n{with_cap}");
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    ensure!(
+        words(line(&own, "uid_map:")?) == "65534 65534 1",
+        "the task's uid map is not its uid alone: {own}"
+    );
+    ensure!(
+        words(line(&own, "gid_map:")?) == "65534 65534 1",
+        "the task's gid map is not its gid alone: {own}"
+    );
+    ensure!(
+        line(&own, "setgroups:")? == "deny",
+        "setgroups allowed: {own}"
+    );
+    for cap in ["CapEff:", "CapBnd:"] {
+        ensure!(
+            u64::from_str_radix(line(&own, cap)?, 16)? == 0,
+            "{cap} is not empty in the task's namespace: {own}"
+        );
+    }
+    ensure!(
+        line(&own, "etc:")? == "denied",
+        "the task wrote /etc: {own}"
+    );
+    ensure!(
+        words(line(&with_cap, "uid_map:")?) == "0 0 4294967295",
+        "a task keeping a capability is not in the host's user namespace: {with_cap}"
+    );
+    Ok(())
+}
+
 /// A task's environment is what it asked for, the agent's STRATA_*/MESOS_* variables, and a
 /// PATH and HOME (its sandbox): nothing of the agent's (this test process's) own.
 pub fn a_task_gets_only_its_own_environment(helper: &Path) -> Result<()> {

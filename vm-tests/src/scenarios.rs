@@ -79,6 +79,9 @@ macro_rules! scenarios {
             containerizer_seccomp_denies_mount_and_user_namespaces_even_with_capabilities
                 as seccomp_denies_mount_and_user_namespaces_even_with_capabilities
                 => isolation::seccomp_denies_mount_and_user_namespaces_even_with_capabilities;
+            containerizer_a_task_runs_in_a_user_namespace_mapping_only_its_ids
+                as a_task_runs_in_a_user_namespace_mapping_only_its_ids
+                => isolation::a_task_runs_in_a_user_namespace_mapping_only_its_ids;
             containerizer_a_task_gets_only_its_own_environment
                 as a_task_gets_only_its_own_environment
                 => isolation::a_task_gets_only_its_own_environment;

@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub allowed_capabilities: Vec<String>,
     /// The seccomp profile of supervised tasks; default [`Seccomp::Default`].
     pub seccomp: Seccomp,
+    /// Whether supervised tasks run in user namespaces of their own; default
+    /// [`UserNamespaces::Auto`]: where the host allows them.
+    pub user_namespaces: crate::containerizer::linux::UserNamespaces,
     /// Kill every task when the agent stops (its shutdown future resolves); default false:
     /// supervised tasks keep running and the next agent re-attaches to them. Tasks that cannot
     /// outlive the agent (no supervisor) are always killed. An allocator's Shutdown always
@@ -130,6 +133,7 @@ impl AgentConfig {
             allow_root_tasks: false,
             allowed_capabilities: Vec::new(),
             seccomp: Seccomp::Default,
+            user_namespaces: crate::containerizer::linux::UserNamespaces::Auto,
             kill_tasks_on_shutdown: false,
             usage_interval: crate::usage::DEFAULT_INTERVAL,
             http_listen: None,
@@ -197,6 +201,17 @@ pub enum AgentError {
     /// The HTTP server's security settings cannot be used.
     #[error(transparent)]
     HttpAuth(#[from] crate::http_auth::HttpAuthError),
+    /// `--user-namespaces on` on a host that does not allow them.
+    #[error(
+        "--user-namespaces on, but this host does not let a task enter a user namespace of its \
+         own: {reason}; allow unprivileged user namespaces (sysctl user.max_user_namespaces, \
+         kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns) or \
+         start the agent with --user-namespaces auto or off"
+    )]
+    UserNamespaces {
+        /// What the attempt answered.
+        reason: String,
+    },
 }
 
 /// `strata-<16 hex digits>`: a cgroup name for the agent with this work dir, stable across its

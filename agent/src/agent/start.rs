@@ -110,6 +110,31 @@ pub async fn run(
     result
 }
 
+/// Whether supervised tasks get user namespaces, as `mode` asks and the host allows: the agent
+/// runs `true` as `nobody` in one, as a task would.
+fn user_namespaces(
+    mode: crate::containerizer::linux::UserNamespaces,
+    supervised: bool,
+) -> Result<bool, AgentError> {
+    use crate::containerizer::linux::UserNamespaces;
+    if mode == UserNamespaces::Off || !supervised {
+        return Ok(false);
+    }
+    match (crate::containerizer::linux::try_user_namespace(), mode) {
+        (Ok(()), _) => {
+            tracing::info!(
+                "tasks run in user namespaces of their own (only their uid and gid mapped)"
+            );
+            Ok(true)
+        }
+        (Err(reason), UserNamespaces::On) => Err(AgentError::UserNamespaces { reason }),
+        (Err(reason), _) => {
+            tracing::warn!(%reason, "this host does not allow user namespaces for tasks: they run without (--user-namespaces auto)");
+            Ok(false)
+        }
+    }
+}
+
 /// The binary that supervises tasks; see [`AgentConfig::agent_exe`].
 fn supervisor_exe(config: &AgentConfig) -> Option<PathBuf> {
     if let Some(exe) = &config.agent_exe {
@@ -148,6 +173,8 @@ fn containerizer_for(
             linux.allow_root = config.allow_root_tasks;
             linux.allowed_capabilities = config.allowed_capabilities.clone();
             linux.seccomp = config.seccomp;
+            linux.user_namespaces =
+                user_namespaces(config.user_namespaces, linux.supervisor_exe.is_some())?;
             match &linux.supervisor_exe {
                 Some(exe) => {
                     tracing::info!(supervisor = %exe.display(), user = %linux.default_user,

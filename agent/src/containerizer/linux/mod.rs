@@ -68,11 +68,53 @@ pub struct LinuxConfig {
     pub allowed_capabilities: Vec<String>,
     /// The seccomp profile supervised tasks run under.
     pub seccomp: supervisor::seccomp::Seccomp,
+    /// Whether a supervised task that runs as a non-root user and keeps no capabilities gets a
+    /// user namespace of its own mapping only its uid and gid (the agent decides at start:
+    /// [`UserNamespaces`]).
+    pub user_namespaces: bool,
+}
+
+/// Whether this host lets a task enter a user namespace of its own: runs `true` as `nobody`
+/// (uid and gid 65534) in one, as a task would; the error says what the attempt answered.
+pub fn try_user_namespace() -> Result<(), String> {
+    let program = ["/bin/true", "/usr/bin/true"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or_else(|| "no /bin/true to try one with".to_owned())?;
+    crate::sys::probe_user_namespace(program, 65534, 65534).map_err(|e| e.to_string())
+}
+
+/// Whether tasks run in user namespaces of their own (`--user-namespaces`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserNamespaces {
+    /// When the host allows them (the agent tries one at start).
+    #[default]
+    Auto,
+    /// Always: the agent refuses to start where the host does not allow them.
+    On,
+    /// Never.
+    Off,
+}
+
+impl UserNamespaces {
+    /// `auto`, `on` or `off`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown --user-namespaces value {other:?}: use auto, on or off"
+            )),
+        }
+    }
 }
 
 impl LinuxConfig {
     /// Defaults: 4096 processes per task, no supervisor, user `nobody`, root refused, logs
-    /// rotated at 10 MiB, no capabilities allowed, the default seccomp profile.
+    /// rotated at 10 MiB, no capabilities allowed, the default seccomp profile, no user
+    /// namespaces (the agent turns them on where the host allows them).
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
         Self {
             work_dir: work_dir.into(),
@@ -83,6 +125,7 @@ impl LinuxConfig {
             log_max_bytes: 10 << 20,
             allowed_capabilities: Vec::new(),
             seccomp: supervisor::seccomp::Seccomp::Default,
+            user_namespaces: false,
         }
     }
 }

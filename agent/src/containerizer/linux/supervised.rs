@@ -169,6 +169,11 @@ impl LinuxContainerizer {
                 stderr: sandbox.join("stderr"),
                 log_max_bytes: self.config.log_max_bytes,
                 seccomp: self.config.seccomp,
+                // Capabilities in a namespace of the task's own would apply to nothing of the
+                // host's (its network namespace included): a task keeping some runs without.
+                user_namespace: self.config.user_namespaces
+                    && uid != 0
+                    && command.capabilities.is_empty(),
             },
         ))
     }

@@ -295,6 +295,7 @@ fn credentials(
         keep,
         rlimits,
         seccomp,
+        user_namespace: spec.user_namespace,
     })
 }
 

@@ -142,6 +142,10 @@ pub struct TaskSpec {
     /// The seccomp profile the command runs under (a spec without one gets the default).
     #[serde(default)]
     pub seccomp: seccomp::Seccomp,
+    /// A user namespace of the command's own, mapping only `uid` and `gid` (a spec without
+    /// the field, from an older agent, runs without one).
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 impl TaskSpec {
@@ -345,6 +349,21 @@ mod tests {
         }
         assert_eq!(parse_exit("garbage"), None);
         assert_eq!(parse_exit(""), None);
+    }
+
+    #[test]
+    fn a_spec_from_an_older_agent_runs_without_a_user_namespace() {
+        let spec = serde_json::json!({
+            "task_id": "t", "program": "/bin/true", "argv": ["true"], "env": [],
+            "cwd": "/", "uid": 65534, "gid": 65534, "groups": [], "capabilities": [],
+            "rlimits": [], "network_isolation": false, "cgroup_procs": [],
+            "stdout": "/o", "stderr": "/e", "log_max_bytes": 1,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(SPEC_FILE), spec.to_string()).unwrap();
+        let spec = TaskSpec::read(dir.path()).unwrap();
+        assert!(!spec.user_namespace);
+        assert_eq!(spec.seccomp, seccomp::Seccomp::Default);
     }
 
     #[test]
