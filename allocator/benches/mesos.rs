@@ -12,6 +12,11 @@
 //!
 //! The HTTP client is a bare HTTP/1.1 client on a TCP socket (one keep-alive connection
 //! for calls, one for the event stream), as Mesos client libraries are.
+//!
+//! With `--tls`, both are measured again with TLS and authentication on (the allocator's
+//! certificate and client CA, ACLs; the fakes and gRPC frameworks present a client
+//! certificate, the HTTP frameworks speak TLS and send HTTP Basic), and the table gives each
+//! figure's ratio to the plain run.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,11 +32,11 @@ use strata_proto::{
     event, operation,
 };
 use strata_test_support::StreamOptions;
-use strata_test_support::allocator::Allocator;
+use strata_test_support::allocator::{Allocator, Pki};
 use strata_test_support::fake_agent::FakeAgent;
 use strata_test_support::framework::Framework;
 use strata_test_support::wait::bounded_for;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -47,6 +52,7 @@ struct Args {
     agents: usize,
     seconds: f64,
     launches: usize,
+    tls: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -54,6 +60,7 @@ fn parse_args() -> Result<Args> {
         agents: 50,
         seconds: 5.0,
         launches: 1000,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,9 +69,12 @@ fn parse_args() -> Result<Args> {
             "--agents" => args.agents = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
             "--launches" => args.launches = value()?.parse()?,
+            "--tls" => args.tls = true,
             // `cargo bench` passes --bench.
             "--bench" => {}
-            other => bail!("unknown flag {other}: use --agents N, --seconds S, --launches N"),
+            other => {
+                bail!("unknown flag {other}: use --agents N, --seconds S, --launches N, --tls")
+            }
         }
     }
     Ok(args)
@@ -80,45 +90,97 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     println!(
-        "mesos bench: {} agents for offers ({:.0} s each API), {} launches for latency",
-        args.agents, args.seconds, args.launches
+        "mesos bench: {} agents for offers ({:.0} s each API), {} launches for latency{}",
+        args.agents,
+        args.seconds,
+        args.launches,
+        if args.tls {
+            "; plain, then TLS and authentication"
+        } else {
+            ""
+        }
     );
-    let seconds = Duration::from_secs_f64(args.seconds);
+    let plain = measure(&args, None).await?;
+    let secure = if args.tls {
+        let pki = Pki::new("bench")?;
+        Some(measure(&args, Some(&pki)).await?)
+    } else {
+        None
+    };
 
-    let allocator = start_allocator().await?;
+    println!();
+    println!("| API  | offers/s | ACCEPT->RUNNING median | p99 |");
+    println!("|------|----------|------------------------|-----|");
+    for row in &plain {
+        println!(
+            "| {} | {:.0} | {:.3} ms | {:.3} ms |",
+            row.name,
+            row.offers,
+            ms(row.median),
+            ms(row.p99)
+        );
+    }
+    if let Some(secure) = &secure {
+        for (row, base) in secure.iter().zip(&plain) {
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            println!(
+                "| {} + TLS, auth | {:.0} ({:.2}x) | {:.3} ms ({:.2}x) | {:.3} ms ({:.2}x) |",
+                row.name,
+                row.offers,
+                ratio(row.offers, base.offers),
+                ms(row.median),
+                ratio(ms(row.median), ms(base.median)),
+                ms(row.p99),
+                ratio(ms(row.p99), ms(base.p99)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One API's figures.
+struct Row {
+    name: &'static str,
+    offers: f64,
+    median: Duration,
+    p99: Duration,
+}
+
+/// Both APIs' figures, on allocators secured by `pki` when given.
+async fn measure(args: &Args, pki: Option<&Pki>) -> Result<[Row; 2]> {
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let http = HttpClient::new(pki)?;
+
+    let allocator = start_allocator(pki).await?;
     let mut agents = Vec::new();
     for i in 0..args.agents {
         agents.push(fake_agent(&allocator, i).await?);
     }
     let grpc_offers = offers_grpc(&allocator, args.agents, seconds).await?;
-    let http_offers = offers_http(&allocator, args.agents, seconds).await?;
+    let http_offers = offers_http(&allocator, &http, args.agents, seconds).await?;
     allocator.shutdown().await?;
     for a in agents {
         a.abort();
     }
 
-    let allocator = start_allocator().await?;
+    let allocator = start_allocator(pki).await?;
     let agent = fake_agent(&allocator, 0).await?;
-    let grpc_latency = latency_grpc(&allocator, args.launches).await?;
-    let http_latency = latency_http(&allocator, args.launches).await?;
+    let mut grpc_latency = latency_grpc(&allocator, args.launches).await?;
+    let mut http_latency = latency_http(&allocator, &http, args.launches).await?;
     allocator.shutdown().await?;
     agent.abort();
-
-    println!();
-    println!("| API  | offers/s | ACCEPT->RUNNING median | p99 |");
-    println!("|------|----------|------------------------|-----|");
-    for (name, offers, mut lat) in [
-        ("gRPC", grpc_offers, grpc_latency),
-        ("HTTP", http_offers, http_latency),
-    ] {
-        lat.sort();
-        println!(
-            "| {name} | {offers:.0} | {:.3} ms | {:.3} ms |",
-            ms(percentile(&lat, 50.0)),
-            ms(percentile(&lat, 99.0))
-        );
-    }
-    Ok(())
+    grpc_latency.sort();
+    http_latency.sort();
+    let row = |name, offers, lat: &[Duration]| Row {
+        name,
+        offers,
+        median: percentile(lat, 50.0),
+        p99: percentile(lat, 99.0),
+    };
+    Ok([
+        row("gRPC", grpc_offers, &grpc_latency),
+        row("HTTP", http_offers, &http_latency),
+    ])
 }
 
 fn ms(d: Duration) -> f64 {
@@ -138,16 +200,18 @@ async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
 }
 
 /// An allocator with the default configuration (rarer framework heartbeats) and the Mesos HTTP
-/// API.
-async fn start_allocator() -> Result<Allocator> {
+/// API, secured by `pki` when given.
+async fn start_allocator(pki: Option<&Pki>) -> Result<Allocator> {
     let config = AllocatorConfig {
         framework_heartbeat_interval: Duration::from_secs(15),
         ..AllocatorConfig::default()
     };
     let http = HttpApi::new(TcpListener::bind("127.0.0.1:0").await?);
-    Ok(Allocator::start_with(config, Some(http), None)
-        .await?
-        .with_step(STEP))
+    let allocator = match pki {
+        Some(pki) => Allocator::start_secure(config, Some(http), pki).await?,
+        None => Allocator::start_with(config, Some(http), None).await?,
+    };
+    Ok(allocator.with_step(STEP))
 }
 
 /// An agent that answers every launch with TASK_RUNNING then TASK_FINISHED.
@@ -272,14 +336,56 @@ async fn latency_grpc(allocator: &Allocator, launches: usize) -> Result<Vec<Dura
     Ok(samples)
 }
 
+/// A connection: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How the HTTP frameworks connect: plain, or TLS (trusting the bench's CA) with HTTP Basic.
+struct HttpClient {
+    tls: Option<(tokio_rustls::TlsConnector, String)>,
+}
+
+impl HttpClient {
+    fn new(pki: Option<&Pki>) -> Result<Self> {
+        let tls = match pki {
+            Some(pki) => Some((
+                tokio_rustls::TlsConnector::from(pki.http_tls()?),
+                pki.basic_authorization(),
+            )),
+            None => None,
+        };
+        Ok(Self { tls })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Box<dyn Io>> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some((connector, _)) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                Ok(Box::new(connector.connect(name, tcp).await?))
+            }
+        }
+    }
+
+    /// The `Authorization` header line, or nothing.
+    fn authorization(&self) -> String {
+        self.tls
+            .as_ref()
+            .map_or(String::new(), |(_, a)| format!("Authorization: {a}\r\n"))
+    }
+}
+
 /// A keep-alive HTTP/1.1 connection for calls.
 struct Poster {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    authorization: String,
     buf: Vec<u8>,
     stream_id: String,
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, String)> {
+async fn read_head(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<(u16, String)> {
     loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..i]).into_owned();
@@ -294,11 +400,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, St
     }
 }
 
-fn request(body: &str, stream_id: Option<&str>) -> Vec<u8> {
+fn request(body: &str, stream_id: Option<&str>, authorization: &str) -> Vec<u8> {
     let stream_id = stream_id.map_or(String::new(), |id| format!("Mesos-Stream-Id: {id}\r\n"));
     format!(
         "POST /api/v1/scheduler HTTP/1.1\r\nHost: strata\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\n{stream_id}Content-Length: {}\r\n\r\n{body}",
+         Accept: application/json\r\n{authorization}{stream_id}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -306,7 +412,11 @@ fn request(body: &str, stream_id: Option<&str>) -> Vec<u8> {
 
 impl Poster {
     async fn post(&mut self, call: &Value) -> Result<()> {
-        let bytes = request(&call.to_string(), Some(&self.stream_id));
+        let bytes = request(
+            &call.to_string(),
+            Some(&self.stream_id),
+            &self.authorization,
+        );
         self.stream.write_all(&bytes).await?;
         let (status, head) = read_head(&mut self.stream, &mut self.buf).await?;
         ensure!(status == 202, "call answered {status}: {head}");
@@ -316,7 +426,7 @@ impl Poster {
 
 /// A Mesos HTTP framework: the event stream and a connection for calls.
 struct HttpFramework {
-    events: TcpStream,
+    events: Box<dyn Io>,
     raw: Vec<u8>,
     chunk_left: usize,
     decoder: Decoder,
@@ -327,12 +437,14 @@ struct HttpFramework {
 }
 
 impl HttpFramework {
-    async fn subscribe(addr: SocketAddr, name: &str) -> Result<Self> {
-        let mut events = TcpStream::connect(addr).await?;
-        events.set_nodelay(true)?;
+    async fn subscribe(client: &HttpClient, addr: SocketAddr, name: &str) -> Result<Self> {
+        let mut events = client.connect(addr).await?;
         let body = json!({ "type": "SUBSCRIBE",
             "subscribe": { "framework_info": { "user": "", "name": name } } });
-        events.write_all(&request(&body.to_string(), None)).await?;
+        let authorization = client.authorization();
+        events
+            .write_all(&request(&body.to_string(), None, &authorization))
+            .await?;
         let mut raw = Vec::new();
         let (status, head) = read_head(&mut events, &mut raw).await?;
         ensure!(status == 200, "SUBSCRIBE answered {status}: {head}");
@@ -344,8 +456,7 @@ impl HttpFramework {
                     .then(|| l[16..].trim().to_owned())
             })
             .context("no Mesos-Stream-Id")?;
-        let post_stream = TcpStream::connect(addr).await?;
-        post_stream.set_nodelay(true)?;
+        let post_stream = client.connect(addr).await?;
         let mut fw = Self {
             events,
             raw,
@@ -354,6 +465,7 @@ impl HttpFramework {
             scratch: vec![0; 65536],
             poster: Poster {
                 stream: post_stream,
+                authorization,
                 buf: Vec::new(),
                 stream_id,
             },
@@ -408,8 +520,13 @@ impl HttpFramework {
     }
 }
 
-async fn offers_http(allocator: &Allocator, agents: usize, seconds: Duration) -> Result<f64> {
-    let mut fw = HttpFramework::subscribe(allocator.http(), "offers-http").await?;
+async fn offers_http(
+    allocator: &Allocator,
+    client: &HttpClient,
+    agents: usize,
+    seconds: Duration,
+) -> Result<f64> {
+    let mut fw = HttpFramework::subscribe(client, allocator.http(), "offers-http").await?;
     let mut offers = 0usize;
     let mut started = None;
     loop {
@@ -436,8 +553,12 @@ async fn offers_http(allocator: &Allocator, agents: usize, seconds: Duration) ->
     Ok(rate)
 }
 
-async fn latency_http(allocator: &Allocator, launches: usize) -> Result<Vec<Duration>> {
-    let mut fw = HttpFramework::subscribe(allocator.http(), "latency-http").await?;
+async fn latency_http(
+    allocator: &Allocator,
+    client: &HttpClient,
+    launches: usize,
+) -> Result<Vec<Duration>> {
+    let mut fw = HttpFramework::subscribe(client, allocator.http(), "latency-http").await?;
     let mut samples = Vec::with_capacity(launches);
     let mut pending: Option<(String, Instant)> = None;
     let mut n = 0;

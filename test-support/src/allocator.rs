@@ -3,19 +3,21 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use strata_allocator::mesos::{HttpApi, Leadership};
+use strata_allocator::security::{Security, ServerTls};
 use strata_allocator::store::MemoryStore;
-use strata_allocator::{AllocatorConfig, Metrics, metrics, serve_with_http};
+use strata_allocator::{AllocatorConfig, Metrics, metrics, serve_secure};
 use strata_proto::names::{CPUS, MEM, PORTS};
 use strata_proto::{AgentInfo, Call, Event, FrameworkInfo, Resource};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::StreamOptions;
 use crate::fake_agent::FakeAgent;
@@ -52,6 +54,8 @@ pub struct Allocator {
     /// Each server with what it is, awaited in order by [`Allocator::shutdown`].
     servers: Vec<(&'static str, JoinHandle<Result<()>>)>,
     step: Duration,
+    /// How [`Allocator::channel`] speaks TLS to a secure allocator.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Allocator {
@@ -85,6 +89,36 @@ impl Allocator {
         mesos: Option<HttpApi>,
         metrics_http: Option<TcpListener>,
     ) -> Result<Self> {
+        Self::start_serving(
+            config,
+            mesos,
+            metrics_http,
+            Arc::new(Security::open()),
+            None,
+        )
+        .await
+    }
+
+    /// Like [`Allocator::start_with`] with TLS and authentication on, as `pki` makes them:
+    /// [`Allocator::channel`] then presents `pki`'s client certificate.
+    pub async fn start_secure(
+        mut config: AllocatorConfig,
+        mesos: Option<HttpApi>,
+        pki: &Pki,
+    ) -> Result<Self> {
+        let security = pki.security()?;
+        config.policy = security.policy().clone();
+        let tls = pki.grpc_tls()?;
+        Self::start_serving(config, mesos, None, Arc::new(security), Some(tls)).await
+    }
+
+    async fn start_serving(
+        config: AllocatorConfig,
+        mesos: Option<HttpApi>,
+        metrics_http: Option<TcpListener>,
+        security: Arc<Security>,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let grpc = listener.local_addr()?;
         let http = match (&mesos, &metrics_http) {
@@ -94,12 +128,13 @@ impl Allocator {
         };
         let (stop, stopped) = watch::channel(false);
         let metrics = Metrics::new();
-        let server = serve_with_http(
+        let server = serve_secure(
             listener,
             config,
             Box::new(MemoryStore::default()),
             metrics.clone(),
             mesos,
+            security,
             until(stopped.clone()),
         );
         let mut servers = vec![("serve", spawn(server))];
@@ -113,6 +148,7 @@ impl Allocator {
             stop,
             servers,
             step: STEP,
+            tls,
         })
     }
 
@@ -130,7 +166,12 @@ impl Allocator {
 
     /// A channel to its gRPC services.
     pub async fn channel(&self) -> Result<Channel> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.grpc))?;
+        let endpoint = match &self.tls {
+            Some(tls) => {
+                Endpoint::from_shared(format!("https://{}", self.grpc))?.tls_config(tls.clone())?
+            }
+            None => Endpoint::from_shared(format!("http://{}", self.grpc))?,
+        };
         Ok(bounded_for(self.step, "connect", endpoint.connect()).await??)
     }
 
@@ -147,6 +188,92 @@ impl Allocator {
 impl Drop for Allocator {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+    }
+}
+
+/// TLS and authentication for an in-process allocator, made as `strata certs` and `strata token
+/// create` make them, in a temp dir: a CA, the allocator's certificate (localhost, 127.0.0.1),
+/// a client certificate and a token for one principal, and ACLs allowing it every action.
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+    /// Who the client certificate and the token authenticate.
+    pub principal: String,
+    /// The principal's bearer token (also its HTTP Basic password).
+    pub token: String,
+}
+
+impl Pki {
+    /// Makes the files for `principal`.
+    pub fn new(principal: &str) -> Result<Self> {
+        use strata_auth::{certs, credentials};
+        let dir = tempfile::tempdir()?;
+        certs::init_ca(dir.path())?;
+        certs::issue(
+            dir.path(),
+            "allocator",
+            &["localhost".to_owned(), "127.0.0.1".to_owned()],
+        )?;
+        certs::issue(dir.path(), principal, &[])?;
+        let token = credentials::create_token(&dir.path().join("credentials.toml"), principal)?;
+        Ok(Self {
+            dir,
+            principal: principal.to_owned(),
+            token,
+        })
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> std::path::PathBuf {
+        strata_auth::certs::ca_files(self.dir.path()).cert
+    }
+
+    /// The allocator's settings: TLS with client certificates from the CA, the token, and the
+    /// ACLs.
+    pub fn security(&self) -> Result<Security> {
+        let server = strata_auth::certs::files(self.dir.path(), "allocator");
+        let tls = ServerTls {
+            cert: server.cert,
+            key: server.key,
+            client_ca: Some(self.ca()),
+        };
+        let credentials =
+            strata_auth::credentials::Credentials::load(&self.dir.path().join("credentials.toml"))?;
+        let policy =
+            strata_auth::Policy::Enforced(strata_auth::Acls::allow_all(&[&self.principal]));
+        Ok(Security::new(policy, credentials, Some(tls), None)?)
+    }
+
+    /// tonic's client TLS: the CA and the principal's certificate.
+    fn grpc_tls(&self) -> Result<ClientTlsConfig> {
+        let me = strata_auth::certs::files(self.dir.path(), &self.principal);
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(self.ca())?))
+            .identity(Identity::from_pem(
+                std::fs::read(&me.cert)?,
+                std::fs::read(&me.key)?,
+            ))
+            .domain_name("localhost"))
+    }
+
+    /// A rustls client configuration for HTTP/1.1 that trusts the CA (no client certificate:
+    /// HTTP callers authenticate with [`Pki::basic_authorization`]).
+    pub fn http_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
+        Ok(strata_auth::tls::client_config(
+            &self.ca(),
+            None,
+            &[b"http/1.1"],
+        )?)
+    }
+
+    /// `Basic base64(principal:token)`, as Mesos frameworks authenticate.
+    pub fn basic_authorization(&self) -> String {
+        use base64::Engine as _;
+        let pair = format!("{}:{}", self.principal, self.token);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
     }
 }
 

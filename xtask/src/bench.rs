@@ -7,7 +7,8 @@
 //! - `accounting`: the agent's own CPU and memory, the eBPF programs' run time and the on-CPU
 //!   precision with 200 and 1,000 running tasks (`bench_accounting.rs`).
 //! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
-//!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`).
+//!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`); with `--tls`, again with
+//!   TLS and authentication on, with the ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,7 +65,8 @@ pub enum Bench {
     },
     /// The Mesos HTTP API against gRPC, in one run: offers/s and ACCEPT-to-RUNNING latency.
     Mesos {
-        /// Passed to the benchmark, e.g. --agents 50 --seconds 5 --launches 1000.
+        /// Passed to the benchmark, e.g. --agents 50 --seconds 5 --launches 1000; --tls
+        /// measures again with TLS and authentication on and gives the ratios.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
