@@ -47,21 +47,21 @@ fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let status = stop(&mut local);
+    let ran = ran.expect("`strata run -- echo hi` succeeded against strata local within 30 s");
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("TASK_FINISHED"));
+    let status = status.expect("strata local stops within 20 s of SIGTERM");
+    assert!(status.success(), "strata local exited with {status}");
+}
+
+/// Sends `strata local` SIGTERM; how it exited, if within 20 s.
+fn stop(local: &mut std::process::Child) -> Option<std::process::ExitStatus> {
     let stopped = Command::new("kill")
         .args(["-TERM", &local.id().to_string()])
         .status()
         .expect("kill");
     assert!(stopped.success());
-    let status = reap_within(
-        &mut local,
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-    )
-    .expect("wait");
-    let ran = ran.expect("`strata run -- echo hi` succeeded against strata local within 30 s");
-    assert!(String::from_utf8_lossy(&ran.stderr).contains("TASK_FINISHED"));
-    let status = status.expect("strata local stops within 20 s of SIGTERM");
-    assert!(status.success(), "strata local exited with {status}");
+    reap_within(local, Duration::from_secs(20), Duration::from_millis(50)).expect("wait")
 }
 
 /// `strata local --print-config` with `flags`, the environment `env` and a config file holding
@@ -205,17 +205,7 @@ async fn strata_local_secure_serves_tls_and_refuses_callers_without_credentials(
     let agent_anonymous = agent_get(None).await;
     let agent_operator = agent_get(Some(format!("Bearer {token}"))).await;
 
-    let stopped = Command::new("kill")
-        .args(["-TERM", &local.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(stopped.success());
-    let status = reap_within(
-        &mut local,
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-    )
-    .expect("wait");
+    let status = stop(&mut local);
     let banner = std::fs::read_to_string(&banner).unwrap_or_default();
 
     let ran = ran.expect("`strata run` with the operator's token succeeded within 30 s");
