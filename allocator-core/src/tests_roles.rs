@@ -749,9 +749,12 @@ fn drain_deactivate_reactivate_and_teardown() {
     h.advance(Duration::from_secs(10));
     assert!(offers_in(&h.tick(), fconn).is_empty());
     assert_eq!(h.core.agent_modes().1, vec![agent.0.clone()]);
+    let mode = |h: &Harness| h.core.agent_summaries()[0].mode();
+    assert_eq!(mode(&h), strata_proto::AgentMode::Deactivated);
     assert_eq!(h.core.task_summaries(&Default::default()).len(), 1);
     // Reactivate: offered again.
     h.core.reactivate_agent(&agent.0).expect("reactivate");
+    assert_eq!(mode(&h), strata_proto::AgentMode::Active);
     assert_eq!(offers_in(&h.allocate(), fconn).len(), 1);
     // Drain: the offer is rescinded and the task is killed with the grace period given.
     h.core
@@ -771,6 +774,7 @@ fn drain_deactivate_reactivate_and_teardown() {
     h.update(aconn, status(&fid, "t1", TaskState::Killed, 1));
     assert!(offers_in(&h.tick(), fconn).is_empty(), "drained: no offers");
     assert_eq!(h.core.agent_modes().0, vec![agent.0.clone()]);
+    assert_eq!(mode(&h), strata_proto::AgentMode::Draining);
     assert!(h.core.drain_agent(h.now, "nope", None).is_err());
     // Teardown by the operator: the framework is gone, its stream closed.
     h.core.reactivate_agent(&agent.0).expect("reactivate");

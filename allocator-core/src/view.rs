@@ -45,6 +45,11 @@ impl Core {
                     last_heartbeat_at: a.last_seen.as_secs_f64(),
                     version: a.version.clone(),
                     endpoint: a.endpoint.clone(),
+                    mode: match a.mode {
+                        crate::AgentMode::Active => strata_proto::AgentMode::Active,
+                        crate::AgentMode::Draining => strata_proto::AgentMode::Draining,
+                        crate::AgentMode::Deactivated => strata_proto::AgentMode::Deactivated,
+                    } as i32,
                 }
             })
             .collect();

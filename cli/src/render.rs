@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 use strata_proto::{
-    AgentState, AgentSummary, FrameworkSummary, Resource, TaskState, TaskSummary, names, scalar_sum,
+    AgentMode, AgentState, AgentSummary, FrameworkSummary, Resource, TaskState, TaskSummary, names,
+    scalar_sum,
 };
 
 use crate::duration::format_age;
@@ -43,7 +44,7 @@ impl ResourcesJson {
 pub struct AgentRow {
     pub id: String,
     pub hostname: String,
-    /// `ACTIVE` or `UNREACHABLE`.
+    /// [`agent_state_label`]: `ACTIVE`, `DRAINING`, `DEACTIVATED`, `UNREACHABLE`, ...
     pub state: String,
     pub running_tasks: u32,
     pub total: ResourcesJson,
@@ -61,7 +62,7 @@ impl AgentRow {
         Self {
             id: agent.id.clone(),
             hostname: agent.hostname.clone(),
-            state: agent_state_label(agent.state()).to_owned(),
+            state: agent_state_label(agent.state(), agent.mode()).to_owned(),
             running_tasks: agent.running_tasks,
             total: ResourcesJson::new(&agent.total),
             allocated: ResourcesJson::new(&agent.allocated),
@@ -144,12 +145,17 @@ impl TaskRow {
     }
 }
 
-/// `ACTIVE`, `UNREACHABLE` (or `UNKNOWN`).
-pub fn agent_state_label(state: AgentState) -> &'static str {
-    match state {
-        AgentState::Active => "ACTIVE",
-        AgentState::Unreachable => "UNREACHABLE",
-        AgentState::Unspecified => "UNKNOWN",
+/// `ACTIVE`, `DRAINING`, `DEACTIVATED`, `UNREACHABLE` (with `,DRAINING` or `,DEACTIVATED`
+/// when an operator also took it out of offers), or `UNKNOWN`.
+pub fn agent_state_label(state: AgentState, mode: AgentMode) -> &'static str {
+    match (state, mode) {
+        (AgentState::Active, AgentMode::Active | AgentMode::Unspecified) => "ACTIVE",
+        (AgentState::Active, AgentMode::Draining) => "DRAINING",
+        (AgentState::Active, AgentMode::Deactivated) => "DEACTIVATED",
+        (AgentState::Unreachable, AgentMode::Active | AgentMode::Unspecified) => "UNREACHABLE",
+        (AgentState::Unreachable, AgentMode::Draining) => "UNREACHABLE,DRAINING",
+        (AgentState::Unreachable, AgentMode::Deactivated) => "UNREACHABLE,DEACTIVATED",
+        (AgentState::Unspecified, _) => "UNKNOWN",
     }
 }
 
@@ -372,6 +378,7 @@ mod tests {
             last_heartbeat_at: 1700000010.0,
             version: "0.1.0".into(),
             endpoint: String::new(),
+            mode: AgentMode::Active as i32,
         }
     }
 
@@ -422,6 +429,25 @@ mod tests {
         // Columns line up: the STATE header sits above the state.
         assert_eq!(lines[0].find("STATE"), lines[1].find("ACTIVE"), "{out}");
         assert!(!out.lines().any(|l| l.ends_with(' ')), "no trailing spaces");
+    }
+
+    #[test]
+    fn drained_and_deactivated_agents_are_not_shown_active() {
+        let label = |state, mode| agent_state_label(state, mode);
+        assert_eq!(label(AgentState::Active, AgentMode::Active), "ACTIVE");
+        assert_eq!(label(AgentState::Active, AgentMode::Unspecified), "ACTIVE");
+        assert_eq!(label(AgentState::Active, AgentMode::Draining), "DRAINING");
+        assert_eq!(
+            label(AgentState::Active, AgentMode::Deactivated),
+            "DEACTIVATED"
+        );
+        assert_eq!(
+            label(AgentState::Unreachable, AgentMode::Draining),
+            "UNREACHABLE,DRAINING"
+        );
+        let mut drained = agent();
+        drained.mode = AgentMode::Draining as i32;
+        assert_eq!(AgentRow::new(&drained).state, "DRAINING");
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
-use strata_proto::{AgentState, GetStateResponse, Resource, ResourceKind, TaskState};
+use strata_proto::{
+    AgentMode, AgentState, AgentSummary, GetStateResponse, Resource, ResourceKind, TaskState,
+};
 
 use super::convert::state_name;
 
@@ -22,6 +24,13 @@ pub fn version() -> Value {
         "build_user": "strata",
         "strata_version": env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// Whether the agent is connected and offered as usual (what Mesos calls active): not
+/// unreachable, not drained, not deactivated.
+fn offered_as_usual(agent: &AgentSummary) -> bool {
+    agent.state() == AgentState::Active
+        && matches!(agent.mode(), AgentMode::Active | AgentMode::Unspecified)
 }
 
 /// Resources as Mesos' state summaries write them: `{"cpus": 2.0, "ports": "[1-2]"}`.
@@ -98,7 +107,8 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
                 "used_resources": summary(&a.allocated),
                 "offered_resources": summary(&a.offered),
                 "attributes": attributes,
-                "active": a.state() == AgentState::Active,
+                // As Mesos: an agent drained or deactivated by an operator is not active.
+                "active": offered_as_usual(a),
                 "version": a.version,
             })
         })
@@ -163,8 +173,8 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
         "hostname": addr.ip().to_string(),
         "start_time": state.started_at,
         "elected_time": state.started_at,
-        "activated_slaves": state.agents.iter().filter(|a| a.state() == AgentState::Active).count(),
-        "deactivated_slaves": state.agents.iter().filter(|a| a.state() != AgentState::Active).count(),
+        "activated_slaves": state.agents.iter().filter(|a| offered_as_usual(a)).count(),
+        "deactivated_slaves": state.agents.iter().filter(|a| !offered_as_usual(a)).count(),
         "slaves": slaves,
         "frameworks": frameworks,
         "completed_frameworks": [],
@@ -204,5 +214,34 @@ mod tests {
         assert_eq!(s["cpus"], 1.75);
         assert_eq!(s["mem"], 0.0);
         assert_eq!(s["ports"], "[31000-31010]");
+    }
+
+    #[test]
+    fn drained_and_deactivated_agents_are_not_active() {
+        let agent = |id: &str, state: AgentState, mode: AgentMode| AgentSummary {
+            id: id.to_owned(),
+            state: state as i32,
+            mode: mode as i32,
+            ..AgentSummary::default()
+        };
+        let state = GetStateResponse {
+            agents: vec![
+                agent("a", AgentState::Active, AgentMode::Active),
+                agent("b", AgentState::Active, AgentMode::Draining),
+                agent("c", AgentState::Active, AgentMode::Deactivated),
+                agent("d", AgentState::Unreachable, AgentMode::Active),
+            ],
+            ..GetStateResponse::default()
+        };
+        let json = master_state(&state, "127.0.0.1:5050".parse().unwrap(), true);
+        let active: Vec<bool> = json["slaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["active"].as_bool().unwrap())
+            .collect();
+        assert_eq!(active, [true, false, false, false]);
+        assert_eq!(json["activated_slaves"], 1);
+        assert_eq!(json["deactivated_slaves"], 3);
     }
 }
