@@ -72,6 +72,7 @@ impl Core {
                 dominant_share: self.dominant_share(f),
                 active_tasks: u32::try_from(f.tasks.len()).unwrap_or(u32::MAX),
                 registered_at: f.registered_at.as_secs_f64(),
+                principal: f.principal.clone().unwrap_or_default(),
             })
             .collect();
         frameworks.sort_by(|a, b| a.id.cmp(&b.id));

@@ -316,6 +316,7 @@ impl Actor {
                     started_at: self.started_at.as_secs_f64(),
                     // Usage is kept at the edge; the service adds it.
                     usage: Vec::new(),
+                    reservations: self.core.reservation_summaries(),
                 });
             }
             Query::Agents(reply) => {

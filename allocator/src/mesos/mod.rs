@@ -190,6 +190,9 @@ pub enum HttpError {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A query parameter is invalid.
+    #[error("invalid query: {0}")]
+    BadQuery(String),
 }
 
 impl From<strata_auth::Denied> for HttpError {
@@ -220,7 +223,8 @@ impl HttpError {
             | Self::StreamIdOnSubscribe
             | Self::MissingStreamId
             | Self::WrongStreamId { .. }
-            | Self::SubscribeRefused { .. } => StatusCode::BAD_REQUEST,
+            | Self::SubscribeRefused { .. }
+            | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -320,9 +324,15 @@ fn router(
     });
     let routes = Router::new()
         .route("/api/v1/scheduler", post(scheduler))
+        // Where Mesos' own scheduler library (and libmesos clients) post.
+        .route("/master/api/v1/scheduler", post(scheduler))
         .route("/version", get(version))
         .route("/master/state", get(master_state))
         .route("/state", get(master_state))
+        .route("/master/slaves", get(master_slaves))
+        .route("/master/frameworks", get(master_frameworks))
+        .route("/master/tasks", get(master_tasks))
+        .route("/metrics/snapshot", get(metrics_snapshot))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx);
@@ -348,22 +358,105 @@ async fn version() -> Response {
     json_response(&state::version())
 }
 
+/// The allocator's state for a read-only endpoint at `path`, once the caller may view it
+/// (`view_frameworks`; the views are all or nothing, see docs/security.md).
+async fn viewed_state(
+    ctx: &Ctx,
+    path: &'static str,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: &HeaderMap,
+) -> Result<strata_proto::GetStateResponse, HttpError> {
+    leading(&ctx.leadership, path)?;
+    let principal = caller(ctx, peer, headers)?;
+    ctx.shared
+        .security
+        .authorize(principal.as_deref(), Action::ViewFrameworks, "*")?;
+    ctx.shared
+        .query(Query::State)
+        .await
+        .map_err(|_| HttpError::Unavailable)
+}
+
 async fn master_state(
     State(ctx): State<Ctx>,
     peer: Option<Extension<PeerPrincipal>>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    leading(&ctx.leadership, "/master/state")?;
-    let principal = caller(&ctx, peer, &headers)?;
-    ctx.shared
-        .security
-        .authorize(principal.as_deref(), Action::ViewFrameworks, "*")?;
-    let s = ctx
-        .shared
-        .query(Query::State)
-        .await
-        .map_err(|_| HttpError::Unavailable)?;
+    let s = viewed_state(&ctx, "/master/state", peer, &headers).await?;
     Ok(json_response(&state::master_state(&s, ctx.addr, true)))
+}
+
+async fn master_slaves(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let s = viewed_state(&ctx, "/master/slaves", peer, &headers).await?;
+    Ok(json_response(&state::master_slaves(&s)))
+}
+
+async fn master_frameworks(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let s = viewed_state(&ctx, "/master/frameworks", peer, &headers).await?;
+    Ok(json_response(&state::master_frameworks(&s)))
+}
+
+/// `?limit=N&offset=M&order=asc|des` of `/master/tasks`: (limit, offset, ascending).
+fn tasks_query(query: Option<&str>) -> Result<(usize, usize, bool), HttpError> {
+    let (mut limit, mut offset, mut ascending) = (state::DEFAULT_TASKS_LIMIT, 0, false);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| {
+            value
+                .parse::<usize>()
+                .map_err(|_| HttpError::BadQuery(format!("{what} must be a number, not {value:?}")))
+        };
+        match key {
+            "limit" => limit = number("limit")?,
+            "offset" => offset = number("offset")?,
+            "order" => {
+                ascending = match value {
+                    "asc" => true,
+                    "des" => false,
+                    _ => {
+                        return Err(HttpError::BadQuery("order must be asc or des".to_owned()));
+                    }
+                }
+            }
+            // Mesos' other parameters (framework_id, task_id) are not supported; ignored.
+            _ => {}
+        }
+    }
+    Ok((limit, offset, ascending))
+}
+
+async fn master_tasks(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, HttpError> {
+    let (limit, offset, ascending) = tasks_query(query.as_deref())?;
+    let s = viewed_state(&ctx, "/master/tasks", peer, &headers).await?;
+    Ok(json_response(&state::master_tasks(
+        &s, limit, offset, ascending,
+    )))
+}
+
+async fn metrics_snapshot(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let s = viewed_state(&ctx, "/metrics/snapshot", peer, &headers).await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let uptime = (now - s.started_at).max(0.0);
+    Ok(json_response(&state::metrics_snapshot(&s, uptime)))
 }
 
 fn leading(leadership: &Leadership, path: &'static str) -> Result<(), HttpError> {

@@ -87,9 +87,10 @@ fn pid(addr: SocketAddr) -> String {
     format!("master@{addr}")
 }
 
-/// `GET /master/state`. `addr` is where the HTTP API listens.
-pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -> Value {
-    let slaves: Vec<Value> = state
+/// The agents as Mesos' `slaves` (`/master/state`, `/master/slaves`), with their reserved
+/// resources by role.
+fn slaves(state: &GetStateResponse) -> Vec<Value> {
+    state
         .agents
         .iter()
         .map(|a| {
@@ -97,6 +98,17 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
                 .attributes
                 .iter()
                 .map(|x| (x.name.clone(), json!(x.value)))
+                .collect();
+            let mut reserved: BTreeMap<&str, Vec<Resource>> = BTreeMap::new();
+            for r in state.reservations.iter().filter(|r| r.agent_id == a.id) {
+                reserved
+                    .entry(r.role.as_str())
+                    .or_default()
+                    .extend(r.resources.iter().cloned());
+            }
+            let reserved: serde_json::Map<String, Value> = reserved
+                .into_iter()
+                .map(|(role, resources)| (role.to_owned(), summary(&resources)))
                 .collect();
             json!({
                 "id": a.id,
@@ -106,56 +118,62 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
                 "resources": summary(&a.total),
                 "used_resources": summary(&a.allocated),
                 "offered_resources": summary(&a.offered),
+                "reserved_resources": reserved,
+                "unreserved_resources": summary(&a.total.iter().filter(|r| r.role.is_empty() || r.role == "*").cloned().collect::<Vec<_>>()),
                 "attributes": attributes,
                 // As Mesos: an agent drained or deactivated by an operator is not active.
                 "active": offered_as_usual(a),
+                "deactivated": a.mode() == AgentMode::Deactivated || a.mode() == AgentMode::Draining,
                 "version": a.version,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// A task as Mesos' views write it.
+fn task_json(t: &strata_proto::TaskSummary) -> Value {
+    json!({
+        "id": t.task_id,
+        "name": t.name,
+        "framework_id": t.framework_id,
+        "executor_id": "",
+        "slave_id": t.agent_id,
+        "state": state_name(t.state()),
+        "resources": summary(&t.resources),
+        "statuses": [{ "state": state_name(t.state()), "timestamp": t.updated_at }],
+    })
+}
+
+/// The frameworks as Mesos' `frameworks` (`/master/state`, `/master/frameworks`), each with
+/// its tasks and completed tasks.
+fn frameworks(state: &GetStateResponse) -> Vec<Value> {
     let mut tasks_by_framework: BTreeMap<&str, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     for t in &state.tasks {
-        let terminal = matches!(
-            t.state(),
-            TaskState::Finished
-                | TaskState::Failed
-                | TaskState::Killed
-                | TaskState::Error
-                | TaskState::Lost
-                | TaskState::Dropped
-                | TaskState::Gone
-        );
-        let task = json!({
-            "id": t.task_id,
-            "name": t.name,
-            "framework_id": t.framework_id,
-            "executor_id": "",
-            "slave_id": t.agent_id,
-            "state": state_name(t.state()),
-            "resources": summary(&t.resources),
-            "statuses": [{ "state": state_name(t.state()), "timestamp": t.updated_at }],
-        });
         let entry = tasks_by_framework.entry(&t.framework_id).or_default();
-        if terminal {
-            entry.1.push(task);
+        if t.state().is_terminal() {
+            entry.1.push(task_json(t));
         } else {
-            entry.0.push(task);
+            entry.0.push(task_json(t));
         }
     }
-    let frameworks: Vec<Value> = state
+    state
         .frameworks
         .iter()
         .map(|f| {
             let (tasks, completed) = tasks_by_framework.remove(f.id.as_str()).unwrap_or_default();
+            let mut resources = f.allocated.clone();
+            resources.extend(f.offered.iter().cloned());
             json!({
                 "id": f.id,
                 "name": f.name,
+                "principal": f.principal,
                 "role": f.roles.first().cloned().unwrap_or_else(|| "*".to_owned()),
                 "roles": f.roles,
                 "active": f.connected,
                 "connected": f.connected,
                 "recovered": false,
                 "registered_time": f.registered_at,
+                "resources": summary(&resources),
                 "used_resources": summary(&f.allocated),
                 "offered_resources": summary(&f.offered),
                 "tasks": tasks,
@@ -164,7 +182,11 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
                 "executors": [],
             })
         })
-        .collect();
+        .collect()
+}
+
+/// `GET /master/state`: the whole state in Mesos' shape.
+pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -> Value {
     let mut out = json!({
         "version": MESOS_VERSION,
         "strata_version": state.allocator_version,
@@ -175,8 +197,8 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
         "elected_time": state.started_at,
         "activated_slaves": state.agents.iter().filter(|a| offered_as_usual(a)).count(),
         "deactivated_slaves": state.agents.iter().filter(|a| !offered_as_usual(a)).count(),
-        "slaves": slaves,
-        "frameworks": frameworks,
+        "slaves": slaves(state),
+        "frameworks": frameworks(state),
         "completed_frameworks": [],
         "unregistered_frameworks": [],
         "orphan_tasks": [],
@@ -192,6 +214,115 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
         });
     }
     out
+}
+
+/// `GET /master/slaves`.
+pub fn master_slaves(state: &GetStateResponse) -> Value {
+    json!({ "slaves": slaves(state), "recovered_slaves": [] })
+}
+
+/// `GET /master/frameworks`.
+pub fn master_frameworks(state: &GetStateResponse) -> Value {
+    json!({
+        "frameworks": frameworks(state),
+        "completed_frameworks": [],
+        "unregistered_frameworks": [],
+    })
+}
+
+/// The most tasks `/master/tasks` lists by default, as Mesos.
+pub const DEFAULT_TASKS_LIMIT: usize = 100;
+
+/// `GET /master/tasks?limit=N&offset=M&order=asc|des`: tasks by launch time (`des`, the
+/// default, newest first), as Mesos pages them.
+pub fn master_tasks(
+    state: &GetStateResponse,
+    limit: usize,
+    offset: usize,
+    ascending: bool,
+) -> Value {
+    let mut tasks: Vec<&strata_proto::TaskSummary> = state.tasks.iter().collect();
+    tasks.sort_by(|a, b| {
+        a.launched_at
+            .total_cmp(&b.launched_at)
+            .then_with(|| a.task_id.cmp(&b.task_id))
+    });
+    if !ascending {
+        tasks.reverse();
+    }
+    let page: Vec<Value> = tasks
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(task_json)
+        .collect();
+    json!({ "tasks": page })
+}
+
+/// `GET /metrics/snapshot`: the master's figures under Mesos' names.
+pub fn metrics_snapshot(state: &GetStateResponse, uptime_secs: f64) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut put = |name: &str, value: f64| {
+        out.insert(format!("master/{name}"), json!(value));
+    };
+    let count =
+        |f: &dyn Fn(&AgentSummary) -> bool| state.agents.iter().filter(|a| f(a)).count() as f64;
+    put("elected", 1.0);
+    put("uptime_secs", uptime_secs);
+    put("slaves_active", count(&|a| offered_as_usual(a)));
+    put("slaves_inactive", count(&|a| !offered_as_usual(a)));
+    put(
+        "slaves_connected",
+        count(&|a| a.state() == AgentState::Active),
+    );
+    put(
+        "slaves_disconnected",
+        count(&|a| a.state() != AgentState::Active),
+    );
+    let connected = state.frameworks.iter().filter(|f| f.connected).count() as f64;
+    put("frameworks_active", connected);
+    put("frameworks_connected", connected);
+    put(
+        "frameworks_disconnected",
+        state.frameworks.len() as f64 - connected,
+    );
+    for (name, task_state) in [
+        ("staging", TaskState::Staging),
+        ("starting", TaskState::Starting),
+        ("running", TaskState::Running),
+        ("killing", TaskState::Killing),
+        ("finished", TaskState::Finished),
+        ("failed", TaskState::Failed),
+        ("killed", TaskState::Killed),
+        ("lost", TaskState::Lost),
+        ("error", TaskState::Error),
+        ("dropped", TaskState::Dropped),
+        ("unreachable", TaskState::Unreachable),
+        ("gone", TaskState::Gone),
+    ] {
+        let n = state
+            .tasks
+            .iter()
+            .filter(|t| t.state() == task_state)
+            .count();
+        put(&format!("tasks_{name}"), n as f64);
+    }
+    for resource in ["cpus", "mem", "disk", "gpus"] {
+        let sum = |list: &mut dyn Iterator<Item = &Resource>| {
+            list.filter(|r| r.name == resource)
+                .map(|r| r.scalar)
+                .sum::<f64>()
+        };
+        let total = sum(&mut state.agents.iter().flat_map(|a| a.total.iter()));
+        let used = sum(&mut state.agents.iter().flat_map(|a| a.allocated.iter()));
+        put(&format!("{resource}_total"), total);
+        put(&format!("{resource}_used"), used);
+        put(
+            &format!("{resource}_percent"),
+            if total > 0.0 { used / total } else { 0.0 },
+        );
+    }
+    Value::Object(out)
 }
 
 #[cfg(test)]
@@ -214,6 +345,31 @@ mod tests {
         assert_eq!(s["cpus"], 1.75);
         assert_eq!(s["mem"], 0.0);
         assert_eq!(s["ports"], "[31000-31010]");
+    }
+
+    #[test]
+    fn tasks_are_paged_newest_first_unless_asked() {
+        let task = |id: &str, launched_at: f64| strata_proto::TaskSummary {
+            task_id: id.to_owned(),
+            launched_at,
+            ..strata_proto::TaskSummary::default()
+        };
+        let state = GetStateResponse {
+            tasks: vec![task("b", 2.0), task("a", 1.0), task("c", 3.0)],
+            ..GetStateResponse::default()
+        };
+        let ids = |v: Value| -> Vec<String> {
+            v["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(ids(master_tasks(&state, 100, 0, false)), ["c", "b", "a"]);
+        assert_eq!(ids(master_tasks(&state, 100, 0, true)), ["a", "b", "c"]);
+        assert_eq!(ids(master_tasks(&state, 1, 1, true)), ["b"]);
+        assert!(ids(master_tasks(&state, 10, 5, true)).is_empty());
     }
 
     #[test]

@@ -471,6 +471,61 @@ async fn every_status_code() -> Result<()> {
     leaderless.shutdown().await
 }
 
+/// What Mesos tooling reads besides /master/state: Mesos' own scheduler library posts to
+/// /master/api/v1/scheduler; /master/slaves, /master/frameworks, /master/tasks (paged) and
+/// /metrics/snapshot answer in Mesos' shape.
+#[tokio::test]
+async fn the_endpoints_mesos_tools_read() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+
+    let mut conn = Conn::open(addr).await?;
+    let body = subscribe_call(info("tooling")).to_string();
+    let bytes = request(
+        "POST",
+        "/master/api/v1/scheduler",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    bounded("sending SUBSCRIBE", conn.stream.write_all(&bytes)).await??;
+    let (status, _) = conn.head().await?;
+    assert_eq!(status, 200, "SUBSCRIBE on /master/api/v1/scheduler");
+
+    let json = |r: Response| -> Result<Value> {
+        assert_eq!(r.status, 200, "{}", r.text());
+        Ok(serde_json::from_slice(&r.body)?)
+    };
+    let slaves = json(get(addr, "/master/slaves").await?)?;
+    assert_eq!(slaves["slaves"][0]["id"], agent.id.as_str());
+    assert_eq!(slaves["slaves"][0]["active"], true);
+    assert_eq!(slaves["slaves"][0]["resources"]["cpus"], 4.0);
+    assert!(slaves["slaves"][0]["reserved_resources"].is_object());
+    let frameworks = json(get(addr, "/master/frameworks").await?)?;
+    assert_eq!(frameworks["frameworks"][0]["name"], "tooling");
+    assert!(frameworks["frameworks"][0]["resources"].is_object());
+    assert!(frameworks["completed_frameworks"].is_array());
+    let tasks = json(get(addr, "/master/tasks?limit=10&offset=0&order=asc").await?)?;
+    assert!(tasks["tasks"].is_array());
+    let bad = get(addr, "/master/tasks?order=sideways").await?;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        bad.text().contains("order must be asc or des"),
+        "{}",
+        bad.text()
+    );
+    let metrics = json(get(addr, "/metrics/snapshot").await?)?;
+    assert_eq!(metrics["master/slaves_active"], 1.0);
+    assert_eq!(metrics["master/cpus_total"], 4.0);
+    assert_eq!(metrics["master/frameworks_connected"], 1.0);
+    assert_eq!(metrics["master/elected"], 1.0);
+    drop(conn);
+    allocator.shutdown().await
+}
+
 #[tokio::test]
 async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;
