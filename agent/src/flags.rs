@@ -47,6 +47,12 @@ pub struct AgentArgs {
     /// Ports to offer, as BEGIN-END (default: 31000-32000).
     #[arg(long, env = "STRATA_AGENT_PORTS", value_parser = parse::port_range, value_name = "BEGIN-END")]
     pub ports: Option<(u64, u64)>,
+    /// Resources in Mesos' agent syntax, `NAME[(ROLE)]:VALUE;...`, like
+    /// `cpus:4;cpus(ml):4;mem(ml):8GiB;ports(ml):[31000-31099]`: a `(ROLE)` makes the entry a
+    /// static reservation for that role. The names listed replace what --cpus, --mem, --disk
+    /// and --ports (or discovery) give; others (`gpus`, ...) are added.
+    #[arg(long, env = "STRATA_AGENT_RESOURCES", value_parser = parse_resources, value_name = "SPEC")]
+    pub resources: Option<AgentResources>,
     /// An attribute to register with, as NAME=VALUE (repeatable; a list in a config file).
     #[arg(long = "attribute", value_name = "NAME=VALUE", value_parser = parse::attribute)]
     pub attributes: Vec<(String, String)>,
@@ -164,6 +170,7 @@ impl AgentArgs {
         config.mem_mib = self.mem;
         config.disk_mib = self.disk;
         config.ports = self.ports;
+        config.resources = self.resources.clone().map(|r| r.0).unwrap_or_default();
         config.attributes = self.attributes.clone();
         config.default_kill_grace_period = self.default_kill_grace_period;
         config.status_update_retry = self.status_update_retry;
@@ -188,6 +195,14 @@ impl AgentArgs {
         };
         config
     }
+}
+
+/// The entries of `--resources`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentResources(pub Vec<parse::ResourceEntry>);
+
+fn parse_resources(text: &str) -> Result<AgentResources, String> {
+    parse::agent_resources(text).map(AgentResources)
 }
 
 /// The Strata agent: registers this host's resources with the allocator and runs the tasks it
@@ -437,6 +452,18 @@ mod tests {
         assert_eq!(defaults.seccomp, Seccomp::Default);
         let err = parse(&["--allowed-capabilities", "NET_BIND_SERVICE,FLY"]).unwrap_err();
         assert!(err.to_string().contains("unknown capability"), "{err}");
+    }
+
+    #[test]
+    fn resources_take_mesos_syntax() {
+        let config = parse(&["--resources", "cpus(ml):2;mem:512"])
+            .unwrap()
+            .config();
+        assert_eq!(config.resources.len(), 2);
+        assert_eq!(config.resources[0].role.as_deref(), Some("ml"));
+        assert!(parse(&[]).unwrap().config().resources.is_empty());
+        let err = parse(&["--resources", "cpus(ml:2"]).unwrap_err();
+        assert!(err.to_string().contains("not closed"), "{err}");
     }
 
     #[test]

@@ -220,6 +220,133 @@ pub fn endpoint(text: &str) -> Result<String, String> {
     }
 }
 
+/// The most entries `--resources` takes, and its longest text.
+pub const MAX_RESOURCE_ENTRIES: usize = 64;
+/// See [`MAX_RESOURCE_ENTRIES`].
+pub const MAX_RESOURCES_TEXT: usize = 4096;
+
+/// One entry of an agent's `--resources`, Mesos' agent syntax: `NAME[(ROLE)]:VALUE`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceEntry {
+    /// `cpus`, `mem`, `disk`, `ports`, `gpus` or another name.
+    pub name: String,
+    /// The role it is reserved for; `None` (or `*`) is unreserved.
+    pub role: Option<String>,
+    /// Its value.
+    pub value: ResourceValue,
+}
+
+/// The value of a [`ResourceEntry`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResourceValue {
+    /// A number (MiB for `mem` and `disk`, which also take units: `mem:8GiB`).
+    Scalar(f64),
+    /// Ranges, `[31000-31099,32000-32000]`.
+    Ranges(Vec<(u64, u64)>),
+}
+
+/// Mesos' `--resources` syntax for an agent: `;`-separated `NAME[(ROLE)]:VALUE` entries, like
+/// `cpus:4;cpus(ml):4;mem(ml):8GiB;ports(ml):[31000-31099]`: a `(ROLE)` makes the entry a
+/// static reservation for that role. Values are scalars (sizes with units for `mem` and
+/// `disk`) or `[BEGIN-END,...]` ranges (ports 0 to 65535).
+pub fn agent_resources(text: &str) -> Result<Vec<ResourceEntry>, String> {
+    if text.len() > MAX_RESOURCES_TEXT {
+        return Err(format!(
+            "--resources is {} bytes: at most {MAX_RESOURCES_TEXT}",
+            text.len()
+        ));
+    }
+    let mut out = Vec::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        if out.len() == MAX_RESOURCE_ENTRIES {
+            return Err(format!(
+                "--resources has more than {MAX_RESOURCE_ENTRIES} entries"
+            ));
+        }
+        let invalid = |why: &str| {
+            format!(
+                "invalid resource {:?}: {why}; use NAME[(ROLE)]:VALUE, like cpus(ml):4, \
+                 mem:8GiB or ports(ml):[31000-31099]",
+                entry.chars().take(64).collect::<String>()
+            )
+        };
+        let (head, value) = entry
+            .split_once(':')
+            .ok_or_else(|| invalid("no `:` before the value"))?;
+        let head = head.trim();
+        let (name, role) = match head.split_once('(') {
+            Some((name, rest)) => {
+                let role = rest
+                    .strip_suffix(')')
+                    .ok_or_else(|| invalid("the role is not closed with `)`"))?;
+                (name.trim(), Some(role.trim()))
+            }
+            None => (head, None),
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err(invalid(
+                "the name must be letters, digits, `_`, `-` or `.` (at most 64)",
+            ));
+        }
+        let role = match role {
+            None | Some("*") => None,
+            Some(role) => {
+                let bad = role.is_empty()
+                    || role.len() > 256
+                    || role.split('/').any(|segment| {
+                        segment.is_empty()
+                            || segment == "."
+                            || segment == ".."
+                            || segment.starts_with('-')
+                            || segment.chars().any(|c| {
+                                c.is_whitespace()
+                                    || c.is_control()
+                                    || matches!(c, '*' | '\\' | '(' | ')')
+                            })
+                    });
+                if bad {
+                    return Err(invalid(
+                        "the role must be `/`-separated names without whitespace, `*`, `.` or `..`",
+                    ));
+                }
+                Some(role.to_owned())
+            }
+        };
+        let value = value.trim();
+        let value = if let Some(inner) = value.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| invalid("the ranges are not closed with `]`"))?;
+            let mut ranges = Vec::new();
+            for range in inner.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                ranges.push(port_range(range).map_err(|e| invalid(&e))?);
+            }
+            if ranges.is_empty() {
+                return Err(invalid("no ranges between `[` and `]`"));
+            }
+            ResourceValue::Ranges(ranges)
+        } else if matches!(name, "mem" | "disk") {
+            ResourceValue::Scalar(size_mib(value).map_err(|e| invalid(&e))?)
+        } else {
+            ResourceValue::Scalar(scalar(value).map_err(|e| invalid(&e))?)
+        };
+        out.push(ResourceEntry {
+            name: name.to_owned(),
+            role,
+            value,
+        });
+    }
+    if out.is_empty() {
+        return Err("--resources is empty: give entries like cpus:4;mem(ml):8GiB".to_owned());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +516,53 @@ mod tests {
         ] {
             assert!(endpoint(bad).unwrap_err().contains("HOST:PORT"), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn agent_resources_take_mesos_syntax_with_roles() {
+        let parsed = agent_resources(
+            "cpus:4; cpus(ml):2;mem(eng/ml):1GiB;ports(*):[31000-31009, 32000-32000]",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                ResourceEntry {
+                    name: "cpus".into(),
+                    role: None,
+                    value: ResourceValue::Scalar(4.0)
+                },
+                ResourceEntry {
+                    name: "cpus".into(),
+                    role: Some("ml".into()),
+                    value: ResourceValue::Scalar(2.0)
+                },
+                ResourceEntry {
+                    name: "mem".into(),
+                    role: Some("eng/ml".into()),
+                    value: ResourceValue::Scalar(1024.0)
+                },
+                ResourceEntry {
+                    name: "ports".into(),
+                    role: None,
+                    value: ResourceValue::Ranges(vec![(31000, 31009), (32000, 32000)])
+                },
+            ]
+        );
+        for (bad, says) in [
+            ("cpus", "no `:`"),
+            ("cpus(ml:2", "not closed"),
+            ("cpus(..):2", "the role must be"),
+            ("cp us:2", "the name must be"),
+            ("cpus:-1", "invalid number"),
+            ("ports:[1-2", "not closed with `]`"),
+            ("ports:[70000-70001]", "invalid port range"),
+            ("", "empty"),
+        ] {
+            let err = agent_resources(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let many = vec!["cpus:1"; MAX_RESOURCE_ENTRIES + 1].join(";");
+        assert!(agent_resources(&many).unwrap_err().contains("more than"));
     }
 }

@@ -54,6 +54,8 @@ pub struct ClusterOptions {
     pub mem: f64,
     /// The allocator's `--agent-reconnect-timeout`.
     pub agent_reconnect_timeout: &'static str,
+    /// More flags for the agent.
+    pub agent_args: Vec<&'static str>,
 }
 
 impl Default for ClusterOptions {
@@ -63,6 +65,7 @@ impl Default for ClusterOptions {
             cpus: 4.0,
             mem: 4096.0,
             agent_reconnect_timeout: "500ms",
+            agent_args: Vec::new(),
         }
     }
 }
@@ -136,6 +139,7 @@ impl Cluster {
             ])
             // Its HTTP endpoints on a free port: tests run clusters side by side.
             .args(["--http-listen", "127.0.0.1:0"])
+            .args(&opts.agent_args)
             .stdout(log_file(self.dir.path(), "agent.log")?)
             .stderr(log_file(self.dir.path(), "agent.err")?)
             .spawn()

@@ -30,6 +30,9 @@ pub struct AgentConfig {
     pub disk_mib: Option<f64>,
     /// Ports to offer; default 31000-32000.
     pub ports: Option<(u64, u64)>,
+    /// `--resources`: each name listed replaces the discovered (or overridden) resource of
+    /// that name; entries with a role are static reservations. Empty: none.
+    pub resources: Vec<strata_common::parse::ResourceEntry>,
     /// Attributes (name, value) to register with.
     pub attributes: Vec<(String, String)>,
     /// Grace between SIGTERM and SIGKILL for tasks that do not set their own; default 3 s.
@@ -117,6 +120,7 @@ impl AgentConfig {
             mem_mib: None,
             disk_mib: None,
             ports: None,
+            resources: Vec::new(),
             attributes: Vec::new(),
             default_kill_grace_period: Duration::from_secs(3),
             status_update_retry: Duration::from_secs(10),

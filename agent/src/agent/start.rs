@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_proto::{AgentInfo, Attribute};
+use strata_proto::{AgentInfo, Attribute, Resource};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
@@ -510,12 +510,32 @@ async fn start_http(
     ))
 }
 
+/// The resources the agent registers: what was found (or given by --cpus, ...), with each name
+/// `--resources` lists replaced by its entries (static reservations for those with a role).
+fn registered_resources(
+    found: &discovery::HostResources,
+    given: &[strata_common::parse::ResourceEntry],
+) -> Vec<Resource> {
+    use strata_common::parse::ResourceValue;
+    let mut resources = found.to_proto();
+    resources.retain(|r| !given.iter().any(|e| e.name == r.name));
+    resources.extend(given.iter().map(|e| {
+        let mut r = match &e.value {
+            ResourceValue::Scalar(v) => Resource::scalar(&e.name, *v),
+            ResourceValue::Ranges(ranges) => Resource::ranges(&e.name, ranges.iter().copied()),
+        };
+        r.role = e.role.clone().unwrap_or_default();
+        r
+    }));
+    resources
+}
+
 /// What the agent registers with, without its id.
 fn agent_info(config: &AgentConfig, found: Discovery, http_endpoint: String) -> AgentInfo {
     AgentInfo {
         id: String::new(),
-        hostname: found.hostname,
-        resources: found.resources.to_proto(),
+        hostname: found.hostname.clone(),
+        resources: registered_resources(&found.resources, &config.resources),
         attributes: config
             .attributes
             .iter()

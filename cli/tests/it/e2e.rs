@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use strata_framework::task;
 use strata_proto::{TaskReason, TaskState};
 use strata_test_support::cluster::*;
@@ -436,5 +436,29 @@ async fn free_resources_go_to_the_framework_with_the_lowest_dominant_share() -> 
     let offer_b = eb.next_offer().await?;
     assert_eq!(offer_b.agent_id, offer.agent_id);
     ea.no_offer_within(Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+/// An agent started with Mesos' `--resources` syntax registers its static reservations: the
+/// allocator lists them as static, and the agent's totals are what the flag says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_static_reservations_from_its_resources_flag() -> Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        agent_args: vec!["--resources", "cpus:1;cpus(ml):2;mem(ml):256"],
+        ..Default::default()
+    })
+    .await?;
+    let out = cluster.cli(&["reservations", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reservations: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ml = reservations
+        .as_array()
+        .and_then(|list| list.iter().find(|r| r["role"] == "ml"))
+        .with_context(|| format!("no reservation for ml: {reservations}"))?;
+    assert_eq!(ml["dynamic"], false, "{ml}");
+    assert_eq!(ml["resources"], "cpus(ml)=2 mem(ml)=256", "{ml}");
+    let out = cluster.cli(&["agents", "--json"]);
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(agents[0]["total"]["cpus"], 3.0, "{agents}");
     Ok(())
 }
