@@ -93,6 +93,18 @@ fn decline(fid: &FrameworkId, offer: &Offer, refuse: f64) -> Call {
     )
 }
 
+/// Declines `offers` and every offer that follows (filters are per role, so a declined
+/// agent goes to the framework's other roles) until none comes.
+fn decline_all(h: &mut Harness, fconn: ConnId, fid: &FrameworkId, offers: Vec<Offer>, refuse: f64) {
+    let mut pending = offers;
+    while let Some(offer) = pending.pop() {
+        pending.extend(offers_in(
+            &h.call(fconn, decline(fid, &offer, refuse)),
+            fconn,
+        ));
+    }
+}
+
 #[test]
 fn two_demand_shapes_reach_drf_shares() {
     // Ghodsi et al.'s example: 9 cpus, 18 GiB; A runs <1 cpu, 4 GiB>, B <3 cpus, 1 GiB>.
@@ -256,10 +268,9 @@ fn offers_carry_their_allocation_role_and_suppress_is_per_role() {
                 .all(|r| r.allocation_role == o.allocation_role)
         );
     }
-    // Decline both; suppress role a: after the filters expire only role b is offered.
-    for o in &offers {
-        h.call(fconn, decline(&fid, o, 1.0));
-    }
+    // Decline everything (each agent in both roles); suppress role a: after the filters
+    // expire only role b is offered.
+    decline_all(&mut h, fconn, &fid, offers, 1.0);
     let cmds = h.call(
         fconn,
         simple_call(
@@ -298,19 +309,9 @@ fn revive_with_roles_clears_only_the_filters_of_those_roles() {
     let (fconn, fid) = h.in_roles("multi", &["a", "b"]);
     let offers = offers_in(&h.allocate(), fconn);
     assert_eq!(offers.len(), 2);
-    // Both declined for an hour: one filter made by role a's offer, one by role b's.
-    for o in &offers {
-        h.call(fconn, decline(&fid, o, 3600.0));
-    }
-    let on = |role: &str| {
-        offers
-            .iter()
-            .find(|o| o.allocation_role == role)
-            .map(|o| o.agent_id.clone())
-            .expect("an offer to the role")
-    };
-    let (agent_a, agent_b) = (on("a"), on("b"));
-    assert!(offers_in(&h.tick(), fconn).is_empty(), "both filtered");
+    // Everything declined for an hour: each agent filtered in both roles.
+    decline_all(&mut h, fconn, &fid, offers, 3600.0);
+    assert!(offers_in(&h.tick(), fconn).is_empty(), "all filtered");
     let revive = |roles: &[&str]| {
         simple_call(
             &fid,
@@ -319,14 +320,53 @@ fn revive_with_roles_clears_only_the_filters_of_those_roles() {
             }),
         )
     };
-    // REVIVE of role b clears the filter role b's offer made, not role a's.
+    // REVIVE of role b clears role b's filters, not role a's.
     let offers = offers_in(&h.call(fconn, revive(&["b"])), fconn);
-    assert_eq!(offers.len(), 1, "{offers:?}");
-    assert_eq!(offers[0].agent_id, agent_b);
-    // REVIVE of role a brings the other agent back.
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "b"),
+        "{offers:?}"
+    );
+    // Declined again in role b; REVIVE of role a brings both agents back to role a.
+    for o in &offers {
+        assert!(offers_in(&h.call(fconn, decline(&fid, o, 3600.0)), fconn).is_empty());
+    }
     let offers = offers_in(&h.call(fconn, revive(&["a"])), fconn);
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "a"),
+        "{offers:?}"
+    );
+}
+
+#[test]
+fn filters_refuse_only_the_role_whose_offer_made_them() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    let (fconn, fid) = h.in_roles("multi", &["a", "b"]);
+    let first = h.one_offer(fconn);
+    let other = if first.allocation_role == "a" {
+        "b"
+    } else {
+        "a"
+    };
+    // Declined for an hour in one role: the agent goes to the framework's other role.
+    let offers = offers_in(&h.call(fconn, decline(&fid, &first, 3600.0)), fconn);
     assert_eq!(offers.len(), 1, "{offers:?}");
-    assert_eq!(offers[0].agent_id, agent_a);
+    assert_eq!(offers[0].allocation_role, other);
+    // Declined there too: nothing until a REVIVE.
+    assert!(offers_in(&h.call(fconn, decline(&fid, &offers[0], 3600.0)), fconn).is_empty());
+    assert!(offers_in(&h.tick(), fconn).is_empty());
+    // REVIVE of the first role lifts its filter, though the other role's stays.
+    let revive = simple_call(
+        &fid,
+        call::Call::Revive(call::Revive {
+            roles: vec![first.allocation_role.clone()],
+        }),
+    );
+    let offers = offers_in(&h.call(fconn, revive), fconn);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].allocation_role, first.allocation_role);
 }
 
 #[test]
