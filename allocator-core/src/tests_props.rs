@@ -205,21 +205,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             )
                         })
                         .collect();
+                    // Valid or rejected, the ACCEPT uses the offer up.
                     h.core
                         .framework_call(now, fconn, launch_call(&fid, &[&o.id], list));
-                    if tasks > 0
-                        && h.core.take_commands().iter().any(|c| {
-                            matches!(
-                                c,
-                                Command::ToFramework {
-                                    event: event::Event::Update(_),
-                                    ..
-                                }
-                            )
-                        })
-                    {
-                        w.offers.push((fconn, fid, o)); // rejected: still outstanding
-                    }
                 }
             }
             Op::Decline { offer, refuse } => {

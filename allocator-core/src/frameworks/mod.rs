@@ -3,8 +3,10 @@
 //! Invariants: a framework is bound to at most one stream; a call whose framework_id is not
 //! the stream's framework gets an ERROR event and changes nothing. ACCEPT is validated as a
 //! whole before anything changes: on any error every task of the call gets an update with no
-//! uuid (TASK_DROPPED/INVALID_OFFERS for bad offers, else TASK_ERROR/TASK_INVALID) and the
-//! offers stay outstanding. A disconnected framework holds no offers; it is removed (tasks
+//! uuid (TASK_DROPPED/INVALID_OFFERS for bad offers, else TASK_ERROR/TASK_INVALID), nothing
+//! is launched or converted, and the framework's offers it names are used up all the same
+//! (as in Mesos): their resources return to the pool, refused for the call's filter unless
+//! the offers themselves were invalid. A disconnected framework holds no offers; it is removed (tasks
 //! killed, resources freed) at once with failover_timeout 0, otherwise when the timeout
 //! expires without a re-subscription, or at TEARDOWN.
 //!

@@ -107,7 +107,7 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
     let mut agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut fw = Framework::named(&allocator, "lifecycle").await?;
 
-    // A launch larger than the offer is refused with TASK_ERROR and changes nothing.
+    // A launch larger than the offer is refused with TASK_ERROR and launches nothing.
     let offer = fw.offer().await?;
     assert_eq!(offer.agent_id, agent.id);
     assert_eq!(strata_proto::scalar_sum(&offer.resources, CPUS), 2.0);
@@ -124,7 +124,10 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
     );
     assert!(refused.uuid.is_empty());
 
-    // The same offer is still good: launch for real.
+    // The rejected ACCEPT used the offer up (as in Mesos): the agent is offered again
+    // (the call refused nothing). Launch for real on the new offer.
+    let offer = fw.offer().await?;
+    assert_eq!(strata_proto::scalar_sum(&offer.resources, CPUS), 2.0);
     fw.launch(&offer, vec![task("t1", 1.0, 64.0)]).await?;
     let launched = match agent.next().await? {
         allocator_message::Message::LaunchTask(l) => l,

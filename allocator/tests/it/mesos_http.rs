@@ -685,6 +685,48 @@ async fn decline_filter_then_revive_reoffers() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_rejected_launch_group_gives_the_offer_back() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let mut sub = Subscription::open(addr, &subscribe_call(info("grouper"))).await?;
+    let offers = sub.next_of("OFFERS").await?;
+    let offer = offers["offers"]["offers"][0].clone();
+    // LAUNCH_GROUP is not supported: the ACCEPT is rejected, yet its offer is used up and
+    // the agent is offered again (no filter asked), instead of staying locked.
+    let accept = sub.call(
+        "ACCEPT",
+        "accept",
+        json!({
+            "offer_ids": [offer["id"]],
+            "operations": [{ "type": "LAUNCH_GROUP", "launch_group": {} }],
+            "filters": { "refuse_seconds": 0 },
+        }),
+    );
+    assert_status(&sub.post(addr, &accept).await?, 202, "");
+    let mut error = None;
+    let again = loop {
+        let e = sub.next().await?;
+        match e["type"].as_str() {
+            Some("ERROR") => error = Some(e),
+            Some("OFFERS") => break e,
+            _ => {}
+        }
+    };
+    let error = error.context("no ERROR event before the new offer")?;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("accept rejected")),
+        "{error}"
+    );
+    let again = &again["offers"]["offers"][0];
+    assert_ne!(again["id"], offer["id"]);
+    assert_eq!(again["agent_id"], offer["agent_id"]);
+    allocator.shutdown().await
+}
+
+#[tokio::test]
 async fn resubscribes_with_its_framework_id_after_the_stream_drops() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;
     let addr = allocator.http();
