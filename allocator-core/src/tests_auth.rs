@@ -75,6 +75,7 @@ fn subscribe_as(
             ..FrameworkInfo::default()
         },
         principal.map(str::to_owned),
+        vec![],
     );
     (conn, result)
 }

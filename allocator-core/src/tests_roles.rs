@@ -370,6 +370,62 @@ fn filters_refuse_only_the_role_whose_offer_made_them() {
 }
 
 #[test]
+fn subscribe_suppressed_roles_are_honoured_and_replaced_on_resubscribe() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    h.agent(1.0, 1024.0);
+    let info = FrameworkInfo {
+        name: "multi".into(),
+        roles: vec!["a".into(), "b".into()],
+        failover_timeout_seconds: 60.0,
+        ..FrameworkInfo::default()
+    };
+    let subscribe = |h: &mut Harness, info: FrameworkInfo, suppressed: &[&str]| {
+        let conn = h.conn();
+        let now = h.now;
+        let result = h.core.framework_subscribe_as(
+            now,
+            conn,
+            info,
+            None,
+            suppressed.iter().map(|r| (*r).to_owned()).collect(),
+        );
+        h.cmds();
+        (conn, result)
+    };
+    let (fconn, fid) = subscribe(&mut h, info.clone(), &["a"]);
+    let fid = fid.expect("subscribed");
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "b"),
+        "{offers:?}"
+    );
+    // Failover: the new subscription's suppressed roles replace the old ones.
+    let now = h.now;
+    h.core.framework_disconnected(now, fconn);
+    let (fconn, again) = subscribe(
+        &mut h,
+        FrameworkInfo {
+            id: fid.0.clone(),
+            ..info.clone()
+        },
+        &["b"],
+    );
+    assert_eq!(again.expect("re-subscribed"), fid);
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "a"),
+        "{offers:?}"
+    );
+    // A suppressed role the framework does not subscribe with is refused.
+    let (_, refused) = subscribe(&mut h, info, &["zzz"]);
+    let error = refused.expect_err("refused").to_string();
+    assert!(error.contains("suppressed role \"zzz\""), "{error}");
+}
+
+#[test]
 fn passes_visit_agents_by_id_however_they_were_added() {
     let mut h = Harness::new();
     let (fconn, fid) = h.framework("f");

@@ -101,19 +101,22 @@ impl Core {
         conn: ConnId,
         info: FrameworkInfo,
     ) -> Result<FrameworkId, CoreError> {
-        self.framework_subscribe_as(now, conn, info, None)
+        self.framework_subscribe_as(now, conn, info, None, Vec::new())
     }
 
     /// [`Core::framework_subscribe`] by an authenticated `principal` (none: unauthenticated):
     /// the policy must allow it `register_frameworks` with each of its roles; an id bound to
     /// another principal is refused (no framework can take over another's id); a principal
-    /// may have at most `max_frameworks_per_principal`.
+    /// may have at most `max_frameworks_per_principal`. The framework starts with
+    /// `suppressed_roles` suppressed (SUBSCRIBE's `suppressed_roles`, which must be among its
+    /// roles), in place of what an earlier subscription of it had suppressed.
     pub fn framework_subscribe_as(
         &mut self,
         now: Duration,
         conn: ConnId,
         info: FrameworkInfo,
         principal: Option<String>,
+        suppressed_roles: Vec<String>,
     ) -> Result<FrameworkId, CoreError> {
         if let Some(fid) = self.framework_conns.get(&conn).cloned() {
             self.send_error(
@@ -150,6 +153,7 @@ impl Core {
                 role,
             )?;
         }
+        let suppressed = suppressed_set(&roles, suppressed_roles)?;
         let id = if info.id.is_empty() {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
             self.next_framework += 1;
@@ -192,7 +196,7 @@ impl Core {
             .contains(&(FrameworkCapability::PartitionAware as i32));
         fw.conn = Some(conn);
         fw.disconnected_at = None;
-        fw.suppressed.clear();
+        fw.suppressed = suppressed;
         fw.last_heartbeat = now;
         self.framework_conns.insert(conn, id.clone());
         self.record_framework(&id);
@@ -336,4 +340,31 @@ impl Core {
         self.record(crate::registry::RegistryOp::RemoveFramework(fid.0.clone()));
         self.full_allocation = true;
     }
+}
+
+/// SUBSCRIBE's `suppressed_roles` as a set: each must be one of the framework's `roles`
+/// (Mesos refuses the subscription otherwise).
+fn suppressed_set(
+    roles: &[String],
+    suppressed_roles: Vec<String>,
+) -> Result<BTreeSet<String>, CoreError> {
+    if suppressed_roles.len() > crate::limits::MAX_ROLES_PER_FRAMEWORK {
+        return Err(CoreError::InvalidFrameworkInfo {
+            reason: format!(
+                "the framework subscribes with {} suppressed roles, more than the {} allowed",
+                suppressed_roles.len(),
+                crate::limits::MAX_ROLES_PER_FRAMEWORK
+            ),
+        });
+    }
+    if let Some(unknown) = suppressed_roles.iter().find(|r| !roles.contains(r)) {
+        return Err(CoreError::InvalidFrameworkInfo {
+            reason: format!(
+                "suppressed role {:?} is not one of the framework's roles: suppress only \
+                 roles it subscribes with",
+                strata_proto::ids::shorten(unknown, 64)
+            ),
+        });
+    }
+    Ok(suppressed_roles.into_iter().collect())
 }

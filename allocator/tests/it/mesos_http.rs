@@ -727,6 +727,36 @@ async fn a_rejected_launch_group_gives_the_offer_back() -> Result<()> {
 }
 
 #[tokio::test]
+async fn subscribe_suppressed_roles_get_no_offers() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let multi_role = json!({
+        "user": "root", "name": "quiet", "roles": ["a", "b"],
+        "capabilities": [{ "type": "MULTI_ROLE" }],
+    });
+    let call = json!({
+        "type": "SUBSCRIBE",
+        "subscribe": { "framework_info": multi_role, "suppressed_roles": ["a"] },
+    });
+    let mut sub = Subscription::open(addr, &call).await?;
+    // Role a would come first (a tie between the roles goes to the smaller name).
+    let offers = sub.next_of("OFFERS").await?;
+    let offers = offers["offers"]["offers"].as_array().context("offers")?;
+    assert!(
+        offers.iter().all(|o| o["allocation_info"]["role"] == "b"),
+        "{offers:?}"
+    );
+    // A suppressed role the framework does not subscribe with is refused.
+    let call = json!({
+        "type": "SUBSCRIBE",
+        "subscribe": { "framework_info": info("odd"), "suppressed_roles": ["zzz"] },
+    });
+    assert_status(&post(addr, &call, None).await?, 400, "suppressed role");
+    allocator.shutdown().await
+}
+
+#[tokio::test]
 async fn resubscribes_with_its_framework_id_after_the_stream_drops() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;
     let addr = allocator.http();
