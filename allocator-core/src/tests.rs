@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use strata_proto::names::{CPUS, MEM, PORTS};
 use strata_proto::{
-    AgentInfo, AgentTask, Call, CommandInfo, Filters, FrameworkCapability, FrameworkInfo,
-    ListTasksRequest, Offer, Operation, Resource, TaskInfo, TaskReason, TaskSource, TaskState,
-    TaskStatus, agent_message, allocator_message, call, event, operation,
+    AgentInfo, AgentTask, Attribute, Call, CommandInfo, Filters, FrameworkCapability,
+    FrameworkInfo, ListTasksRequest, Offer, Operation, Resource, TaskInfo, TaskReason, TaskSource,
+    TaskState, TaskStatus, agent_message, allocator_message, call, event, operation,
 };
 
 use super::{AgentId, Command, ConnId, Core, CoreError, FrameworkId};
@@ -1104,6 +1104,90 @@ fn decline_filters_and_revive() {
         assert_eq!(!later.is_empty(), after_refuse, "{refuse:?}");
         assert_eq!(later[0].agent_id, agent.0);
     }
+}
+
+fn decline_for_an_hour(h: &mut Harness, fconn: ConnId, fid: &FrameworkId, offer: &Offer) {
+    let cmds = h.call(
+        fconn,
+        simple_call(
+            fid,
+            call::Call::Decline(call::Decline {
+                offer_ids: vec![offer.id.clone()],
+                filters: Some(Filters {
+                    refuse_seconds: Some(3600.0),
+                }),
+            }),
+        ),
+    );
+    assert!(offers_in(&cmds, fconn).is_empty(), "{cmds:?}");
+}
+
+#[test]
+fn a_framework_failing_over_starts_without_filters() {
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let info = FrameworkInfo {
+        name: "phoenix".into(),
+        failover_timeout_seconds: 60.0,
+        ..FrameworkInfo::default()
+    };
+    let (fconn, fid) = h.subscribe_info(info.clone());
+    let offer = h.one_offer(fconn);
+    decline_for_an_hour(&mut h, fconn, &fid, &offer);
+    let now = h.now;
+    h.core.framework_disconnected(now, fconn);
+    h.cmds();
+    // Its new subscription is offered the declined agent at once.
+    let (fconn, again) = h.subscribe_info(FrameworkInfo {
+        id: fid.0.clone(),
+        ..info
+    });
+    assert_eq!(again, fid);
+    assert_eq!(offers_in(&h.allocate(), fconn).len(), 1);
+}
+
+#[test]
+fn filters_go_when_an_agent_re_registers_with_other_resources_or_attributes() {
+    let mut h = Harness::new();
+    let (fconn, fid) = h.framework("f");
+    let register = |h: &mut Harness, cpus: f64, attributes: &[(&str, &str)]| {
+        let conn = h.conn();
+        let now = h.now;
+        h.core
+            .agent_register(
+                now,
+                conn,
+                agent_message::Register {
+                    info: Some(AgentInfo {
+                        id: "a1".into(),
+                        hostname: "host".into(),
+                        resources: agent_resources(cpus, 512.0),
+                        attributes: attributes
+                            .iter()
+                            .map(|(name, value)| Attribute {
+                                name: (*name).to_owned(),
+                                value: (*value).to_owned(),
+                            })
+                            .collect(),
+                        ..AgentInfo::default()
+                    }),
+                    tasks: vec![],
+                },
+            )
+            .expect("registered");
+        offers_in(&h.allocate(), fconn)
+    };
+    let offers = register(&mut h, 1.0, &[]);
+    assert_eq!(offers.len(), 1);
+    decline_for_an_hour(&mut h, fconn, &fid, &offers[0]);
+    // The same agent again: the filter stays.
+    assert!(register(&mut h, 1.0, &[]).is_empty());
+    // Other resources: the filter goes.
+    let offers = register(&mut h, 2.0, &[]);
+    assert_eq!(offers.len(), 1);
+    decline_for_an_hour(&mut h, fconn, &fid, &offers[0]);
+    // Other attributes: the filter goes.
+    assert_eq!(register(&mut h, 2.0, &[("rack", "r1")]).len(), 1);
 }
 
 #[test]

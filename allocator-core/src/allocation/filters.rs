@@ -56,6 +56,14 @@ impl Core {
         }
     }
 
+    /// Removes every framework's filters for `agent_id` (its resources or attributes
+    /// changed).
+    pub(crate) fn remove_agent_filters(&mut self, agent_id: &AgentId) {
+        for fw in self.frameworks.values_mut() {
+            fw.filters.remove(agent_id);
+        }
+    }
+
     pub(crate) fn expire_filters(&mut self, now: Duration) {
         for fw in self.frameworks.values_mut() {
             retain_filters(&mut fw.filters, |f| now < f.until);

@@ -23,7 +23,8 @@
 //! refuses an agent's resources only to the role whose offer made it, only while
 //! `now < until` and only if they are within the refused resources (Mesos semantics: more
 //! than was refused is offered again), and REVIVE naming roles clears only those roles'
-//! filters; an offer never takes
+//! filters (a re-subscription clears the framework's, a re-registration with other
+//! resources or attributes every framework's for that agent); an offer never takes
 //! a role (or an ancestor) beyond its quota limit, consumption counting unallocated
 //! reservations (see [`roles`]).
 //!

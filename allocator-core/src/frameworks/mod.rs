@@ -93,7 +93,8 @@ impl Core {
     }
 
     /// SUBSCRIBE on stream `conn`: registers a new framework (empty id) or re-attaches an
-    /// existing one (closing its older stream), then sends SUBSCRIBED. An unknown id is
+    /// existing one (closing its older stream; its refuse filters go, as in Mesos), then
+    /// sends SUBSCRIBED. An unknown id is
     /// refused and nothing changes.
     pub fn framework_subscribe(
         &mut self,
@@ -197,6 +198,8 @@ impl Core {
         fw.conn = Some(conn);
         fw.disconnected_at = None;
         fw.suppressed = suppressed;
+        // As in Mesos, a failed-over framework starts with no filters.
+        fw.filters.clear();
         fw.last_heartbeat = now;
         self.framework_conns.insert(conn, id.clone());
         self.record_framework(&id);
