@@ -11,7 +11,7 @@ use strata_proto::{
 };
 
 use super::registry::Registry;
-use super::roles::Quota;
+use super::roles::{Limits, Quota};
 use super::tests::{
     Harness, agent_msgs, launch_call, offers_in, rescinds_in, scalar, simple_call, status, task,
     updates_in,
@@ -515,7 +515,7 @@ fn invalid_roles_are_refused_at_subscribe() {
 fn quota(guarantee: &[Resource], limit: &[Resource]) -> Quota {
     Quota {
         guarantee: res(guarantee),
-        limit: res(limit),
+        limit: Limits::from_parsed(limit, &res(limit)),
     }
 }
 
@@ -677,6 +677,53 @@ fn a_quota_limit_is_never_exceeded() {
 }
 
 #[test]
+fn a_zero_limit_is_kept_and_caps_the_role_at_what_it_holds() {
+    let mut h = Harness::new();
+    h.agent(4.0, 1024.0);
+    let (fconn, fid) = h.in_roles("capped", &["eng"]);
+    // It runs a task of 1 cpu first.
+    let offer = h.one_offer(fconn);
+    let mut t = task("t1", 1.0, 64.0);
+    t.resources = vec![Resource::scalar(CPUS, 1.0), Resource::scalar(MEM, 64.0)];
+    let now = h.now;
+    h.core
+        .framework_call(now, fconn, launch_call(&fid, &[&offer.id], vec![t]));
+    h.cmds();
+    // A limit of 0 cpus, as the operator API sends it: kept, not taken for no quota.
+    let info = strata_proto::QuotaInfo {
+        role: "eng".into(),
+        limit: vec![Resource::scalar(CPUS, 0.0)],
+        ..strata_proto::QuotaInfo::default()
+    };
+    let q = super::Core::quota_from_proto(&info).expect("valid quota");
+    h.core.set_quota("eng", q).expect("quota set");
+    assert_eq!(
+        h.core.quota_infos(),
+        vec![strata_proto::QuotaInfo {
+            role: "eng".into(),
+            limit: vec![Resource::scalar(CPUS, 0.0)],
+            guarantee: vec![],
+        }]
+    );
+    // It keeps its task, and is offered none of the agent's 3 other cpus (the memory only).
+    let mut offered = Vec::new();
+    for _ in 0..3 {
+        offered.extend(offers_in(&h.tick(), fconn));
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    assert_eq!(scalar(&offered[0].resources, CPUS), 0.0);
+    assert_eq!(scalar(&offered[0].resources, MEM), 960.0);
+    assert_eq!(cpus_held(&h, &fid), 1.0);
+    // The limit survives a restart.
+    let registry = h.core.registry();
+    let mut again = Harness::new();
+    let now = again.now;
+    again.core.restore(now, registry).expect("restored");
+    assert_eq!(again.core.quota_infos(), h.core.quota_infos());
+}
+
+#[test]
 fn invalid_quotas_and_weights_change_nothing() {
     let mut h = Harness::new();
     let cases: Vec<(&str, Quota, &str)> = vec![
@@ -690,6 +737,14 @@ fn invalid_quotas_and_weights_change_nothing() {
             quota(
                 &[Resource::scalar(CPUS, 2.0)],
                 &[Resource::scalar(CPUS, 1.0)],
+            ),
+            "guarantee of cpus is above its limit",
+        ),
+        (
+            "eng",
+            quota(
+                &[Resource::scalar(CPUS, 1.0)],
+                &[Resource::scalar(CPUS, 0.0)],
             ),
             "guarantee of cpus is above its limit",
         ),

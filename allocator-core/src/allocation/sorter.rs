@@ -179,7 +179,7 @@ impl Pass {
                 && !quota.limit.is_empty()
             {
                 let mut caps = ScalarCaps::new();
-                for (name, limit) in quota.limit.scalars() {
+                for (name, limit) in quota.limit.iter() {
                     let consumed = node.subtree.scalar(name) + node.reserved.scalar(name);
                     let counted = resources.reserved_scalar_within(&node.name, name);
                     caps.set(name, (limit - consumed).max(0) + counted);

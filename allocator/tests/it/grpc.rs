@@ -532,6 +532,27 @@ async fn operator_calls_steer_roles_quota_reservations_and_agents() -> Result<()
         .into_inner()
         .quotas;
     assert_eq!(quotas.len(), 1);
+    // A limit of 0 is kept: an operator may cap a role at nothing.
+    bounded(
+        "SetQuota",
+        op.set_quota(SetQuotaRequest {
+            quota: Some(QuotaInfo {
+                role: "ads".to_owned(),
+                guarantee: vec![],
+                limit: vec![Resource::scalar(CPUS, 0.0)],
+            }),
+        }),
+    )
+    .await??;
+    let quotas = bounded("GetQuota", op.get_quota(GetQuotaRequest {}))
+        .await??
+        .into_inner()
+        .quotas;
+    let ads = quotas
+        .iter()
+        .find(|q| q.role == "ads")
+        .context("the zero limit of ads")?;
+    assert_eq!(ads.limit, vec![Resource::scalar(CPUS, 0.0)]);
     // A reservation of the agent's cpus for eng.
     bounded(
         "Reserve",
