@@ -2,7 +2,7 @@
 //! validation as a whole (the offers, then the conversions, then the tasks), the updates of
 //! a rejected call, and carrying out a valid one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use strata_proto::{
@@ -99,7 +99,8 @@ impl Core {
         offer_ids: &[String],
         refuse: Duration,
     ) {
-        let mut returned: Vec<(AgentId, Name, Resources)> = Vec::new();
+        // By agent and role (an ACCEPT may name many offers).
+        let mut returned: BTreeMap<(AgentId, Name), Resources> = BTreeMap::new();
         for wire in offer_ids {
             let Some(id) = self.parse_offer_id(wire) else {
                 continue;
@@ -110,15 +111,12 @@ impl Core {
             let offer = self.remove_offer(&id, false).expect("offer exists");
             let agent_id = self.agents.slots[offer.agent].id.clone();
             tracing::debug!(offer_id = %id, %agent_id, "offer of a rejected accept returned");
-            match returned
-                .iter_mut()
-                .find(|(a, r, _)| *a == agent_id && *r == offer.role)
-            {
-                Some((_, _, resources)) => resources.add(&offer.resources),
-                None => returned.push((agent_id, offer.role, offer.resources)),
-            }
+            returned
+                .entry((agent_id, offer.role))
+                .or_default()
+                .add(&offer.resources);
         }
-        for (agent_id, role, resources) in returned {
+        for ((agent_id, role), resources) in returned {
             self.add_filter(fid, &agent_id, &role, resources, refuse, now);
         }
     }
