@@ -1915,7 +1915,6 @@ fn resources_are_conserved_under_random_operations() {
                 2 | 3 if !offers.is_empty() => {
                     let (fconn, fid, offer) = offers.remove(rng.next(offers.len() as u64) as usize);
                     let n = rng.next(3);
-                    let kept = (fconn, fid.clone(), offer.clone());
                     let tasks = (0..n)
                         .map(|_| {
                             next_task += 1;
@@ -1927,9 +1926,10 @@ fn resources_are_conserved_under_random_operations() {
                         })
                         .collect();
                     let cmds = h.call(fconn, launch_call(&fid, &[&offer.id], tasks));
+                    // Rejected or not, the offer is used up (its resources come back in new
+                    // offers).
                     if n > 0 && !updates_in(&cmds, fconn).is_empty() {
                         rejections += 1;
-                        offers.push(kept); // rejected: the offer is still outstanding
                     }
                     cmds
                 }
