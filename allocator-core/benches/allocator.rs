@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use strata_allocator_core::roles::Quota;
+use strata_allocator_core::roles::{Limits, Quota};
 use strata_allocator_core::{AllocatorConfig, Command, ConnId, Core, FrameworkId, Resources};
 use strata_proto::names::{CPUS, MEM, PORTS};
 use strata_proto::{
@@ -149,7 +149,7 @@ impl Cluster {
                     &r,
                     Quota {
                         guarantee: Resources::scalar_milli(CPUS, guarantee),
-                        limit: Resources::new(),
+                        limit: Limits::new(),
                     },
                 )
                 .expect("quota");
@@ -159,7 +159,11 @@ impl Cluster {
                 "ads",
                 Quota {
                     guarantee: Resources::new(),
-                    limit: Resources::scalar_milli(CPUS, total_cpus / 3),
+                    limit: {
+                        let mut limit = Limits::new();
+                        limit.set(CPUS, total_cpus / 3);
+                        limit
+                    },
                 },
             )
             .expect("limit");

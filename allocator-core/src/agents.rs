@@ -186,8 +186,9 @@ impl Core {
     }
 
     /// Takes what the agent registered with: its description, its total (with the dynamic
-    /// reservations kept for it applied) in the cluster total, its stream. Returns what it
-    /// had to drop (reservations the new total cannot hold), for the agent's log.
+    /// reservations kept for it applied) in the cluster total, its stream; every framework's
+    /// filters for the agent go when its total or attributes changed. Returns what it had to
+    /// drop (reservations the new total cannot hold), for the agent's log.
     fn update_agent(
         &mut self,
         now: Duration,
@@ -204,7 +205,7 @@ impl Core {
             self.cluster_total.subtract_scalars(&agent.total);
         }
         agent.hostname = info.hostname.clone();
-        agent.attributes = info.attributes.clone();
+        let old_attributes = std::mem::replace(&mut agent.attributes, info.attributes.clone());
         agent.card = std::sync::Arc::new(super::AgentCard {
             agent_id: id.0.clone(),
             hostname: info.hostname.clone(),
@@ -212,7 +213,7 @@ impl Core {
         });
         agent.version = info.version.clone();
         agent.endpoint = info.endpoint.clone();
-        agent.total = total;
+        let old_total = std::mem::replace(&mut agent.total, total);
         agent.total.share_items_with(&self.last_total);
         self.last_total.clone_from(&agent.total);
         // The dynamic reservations the allocator keeps for it apply to what it has.
@@ -236,6 +237,12 @@ impl Core {
         agent.last_seen = now;
         agent.link = Link::Connected(conn);
         self.cluster_total.add_scalars(&agent.total);
+        // An agent that had nothing (new) was never offered, so has no filters.
+        if !old_total.is_empty() && (old_total != agent.total || old_attributes != agent.attributes)
+        {
+            // As in Mesos: what was refused on the agent is not what it has now.
+            self.remove_agent_filters(id);
+        }
         warnings
     }
 

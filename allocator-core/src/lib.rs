@@ -402,9 +402,10 @@ impl std::ops::Index<&AgentId> for AgentTable {
     }
 }
 
-/// A (framework, agent) refusal: resources within `resources` on the agent are not offered
-/// to the framework before `until`. `role` is the role of the offer declined (or accepted),
-/// so that a REVIVE naming roles clears only the filters those roles' offers made.
+/// A (framework, role, agent) refusal: resources within `resources` on the agent are not
+/// offered to the framework in `role` before `until`. `role` is the role of the offer
+/// declined (or accepted): the filter refuses only that role, and a REVIVE naming roles
+/// clears only those roles' filters.
 #[derive(Debug)]
 struct Filter {
     role: Name,
@@ -423,8 +424,8 @@ struct Framework {
     disconnected_at: Option<Duration>,
     /// Roles for which it asked for no offers (SUPPRESS).
     suppressed: BTreeSet<String>,
-    /// Its refuse filters by agent (the latest refusal of each agent).
-    filters: FastMap<AgentId, Filter>,
+    /// Its refuse filters by agent (the latest refusal of each agent and role).
+    filters: FastMap<AgentId, Vec<Filter>>,
     offers: FastSet<OfferId>,
     /// Sum of the resources of its active tasks on reachable agents.
     allocated: Resources,

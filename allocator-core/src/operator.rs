@@ -12,8 +12,8 @@ use std::time::Duration;
 use strata_proto::{QuotaInfo, ReservationSummary, Resource, RoleSummary};
 
 use super::frameworks::Conversion;
-use super::registry::{QuotaRecord, RegistryOp, store_resources};
-use super::roles::{self, Quota, RoleError, validate_role, validate_weight};
+use super::registry::{QuotaRecord, RegistryOp, store_limits, store_resources};
+use super::roles::{self, Limits, Quota, RoleError, validate_role, validate_weight};
 use super::{AgentId, AgentMode, Core, FrameworkId, Link, ResourceError, Resources};
 
 /// Why an operator action was refused.
@@ -99,7 +99,7 @@ impl Core {
                 role.to_owned(),
                 QuotaRecord {
                     guarantee: store_resources(&quota.guarantee),
-                    limit: store_resources(&quota.limit),
+                    limit: store_limits(&quota.limit),
                 },
             ));
             self.quotas.insert(role.to_owned(), quota);
@@ -109,11 +109,13 @@ impl Core {
         Ok(())
     }
 
-    /// Parses a wire quota.
+    /// Parses a wire quota; a limit of 0 is kept (the role is capped at nothing).
     pub fn quota_from_proto(info: &QuotaInfo) -> Result<Quota, OperatorError> {
+        let limit = Resources::from_proto(&info.limit)?;
+        roles::check_quota_resources(&info.role, "limit", &limit)?;
         Ok(Quota {
             guarantee: Resources::from_proto(&info.guarantee)?,
-            limit: Resources::from_proto(&info.limit)?,
+            limit: Limits::from_parsed(&info.limit, &limit),
         })
     }
 

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use strata_proto::{FrameworkCapability, FrameworkInfo, Resource, ResourceKind, ValueRange};
 
-use super::roles::Quota;
+use super::resources::from_milli;
+use super::roles::{Limits, Quota};
 use super::{AgentId, Core, FastMap, Framework, FrameworkId, Resources};
 
 /// A resource in the registry's own (serde) form.
@@ -79,6 +80,32 @@ pub fn load_resources(list: &[StoredResource]) -> Result<Resources, super::Resou
         })
         .collect();
     Resources::from_proto(&proto)
+}
+
+/// Stored form of a quota's limits (a limit of 0 included).
+pub fn store_limits(limits: &Limits) -> Vec<StoredResource> {
+    limits
+        .iter()
+        .map(|(name, milli)| StoredResource {
+            name: name.to_owned(),
+            role: String::new(),
+            scalar: Some(from_milli(milli)),
+            ranges: Vec::new(),
+            set: Vec::new(),
+        })
+        .collect()
+}
+
+/// A quota's limits from their stored form (a limit of 0 included).
+pub fn load_limits(list: &[StoredResource]) -> Result<Limits, super::ResourceError> {
+    let parsed = load_resources(list)?;
+    let mut limits = Limits::from(&parsed);
+    for s in list {
+        if s.scalar.is_some() && s.role.is_empty() && limits.get(&s.name).is_none() {
+            limits.set(&s.name, 0);
+        }
+    }
+    Ok(limits)
 }
 
 /// What is kept of an agent.
@@ -293,7 +320,7 @@ impl Core {
                         role.clone(),
                         QuotaRecord {
                             guarantee: store_resources(&q.guarantee),
-                            limit: store_resources(&q.limit),
+                            limit: store_limits(&q.limit),
                         },
                     )
                 })
@@ -322,7 +349,7 @@ impl Core {
                     what: what(),
                     source,
                 })?;
-            let limit = load_resources(&q.limit).map_err(|source| RestoreError::Resources {
+            let limit = load_limits(&q.limit).map_err(|source| RestoreError::Resources {
                 what: what(),
                 source,
             })?;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use strata_proto::names::{CPUS, MEM, PORTS};
 use strata_proto::{
-    AgentInfo, AgentTask, Call, CommandInfo, Filters, FrameworkCapability, FrameworkInfo,
-    ListTasksRequest, Offer, Operation, Resource, TaskInfo, TaskReason, TaskSource, TaskState,
-    TaskStatus, agent_message, allocator_message, call, event, operation,
+    AgentInfo, AgentTask, Attribute, Call, CommandInfo, Filters, FrameworkCapability,
+    FrameworkInfo, ListTasksRequest, Offer, Operation, Resource, TaskInfo, TaskReason, TaskSource,
+    TaskState, TaskStatus, agent_message, allocator_message, call, event, operation,
 };
 
 use super::{AgentId, Command, ConnId, Core, CoreError, FrameworkId};
@@ -521,16 +521,20 @@ struct BadAccept {
     /// Expected update state and reason for each task; None means an ERROR event instead.
     outcome: Option<(TaskState, TaskReason, usize)>,
     message: fn(&Offer) -> String,
+    /// Whether the call names the fresh offer (then it is used up and its resources come
+    /// back in a new offer, as the call refuses nothing).
+    uses_offer: bool,
 }
 
 #[test]
-fn invalid_accepts_change_nothing() {
+fn invalid_accepts_launch_nothing_and_use_up_their_offers() {
     let cases: Vec<BadAccept> = vec![
         BadAccept {
             name: "launch larger than the offer",
             build: |fid, o| launch_call(fid, &[&o.id], vec![task("t1", 4.0, 64.0)]),
             outcome: Some((TaskState::Error, TaskReason::TaskInvalid, 1)),
             message: |o| format!("task \"t1\" asks for cpus=4 but offer {} has cpus=2", o.id),
+            uses_offer: true,
         },
         BadAccept {
             name: "tasks larger than the offer together",
@@ -548,6 +552,7 @@ fn invalid_accepts_change_nothing() {
                     o.id
                 )
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "duplicate task id of an active task",
@@ -558,6 +563,7 @@ fn invalid_accepts_change_nothing() {
                  (on agent test-S0, TASK_STAGING): choose another id"
                     .to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "task id twice in one call",
@@ -574,6 +580,7 @@ fn invalid_accepts_change_nothing() {
                  within the framework"
                     .to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "empty task id",
@@ -583,6 +590,7 @@ fn invalid_accepts_change_nothing() {
                 "a task has an empty task_id: give every task an id unique within the framework"
                     .to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "empty command",
@@ -597,6 +605,7 @@ fn invalid_accepts_change_nothing() {
                  to run"
                     .to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "no command at all",
@@ -611,6 +620,7 @@ fn invalid_accepts_change_nothing() {
                  to run"
                     .to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "invalid task resources",
@@ -625,6 +635,7 @@ fn invalid_accepts_change_nothing() {
                  scalars must be finite and not negative"
                     .to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "task names another agent",
@@ -637,6 +648,7 @@ fn invalid_accepts_change_nothing() {
             message: |_| {
                 "task \"t1\" names agent elsewhere but the offer is on agent test-S0".to_owned()
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "ports outside the offer",
@@ -652,6 +664,7 @@ fn invalid_accepts_change_nothing() {
                     o.id
                 )
             },
+            uses_offer: true,
         },
         BadAccept {
             name: "unknown offer id",
@@ -662,6 +675,7 @@ fn invalid_accepts_change_nothing() {
                  or rescinded; wait for a new offer"
                     .to_owned()
             },
+            uses_offer: false,
         },
         BadAccept {
             name: "already used offer id",
@@ -672,18 +686,21 @@ fn invalid_accepts_change_nothing() {
                  or rescinded; wait for a new offer"
                     .to_owned()
             },
+            uses_offer: false,
         },
         BadAccept {
             name: "offer named twice",
             build: |fid, o| launch_call(fid, &[&o.id, &o.id], vec![task("t1", 0.1, 8.0)]),
             outcome: Some((TaskState::Dropped, TaskReason::InvalidOffers, 1)),
             message: |o| format!("offer {} is named more than once", o.id),
+            uses_offer: true,
         },
         BadAccept {
             name: "no offers named",
             build: |fid, _| launch_call(fid, &[], vec![task("t1", 0.1, 8.0)]),
             outcome: Some((TaskState::Dropped, TaskReason::InvalidOffers, 1)),
             message: |_| "the ACCEPT names no offers: give the ids of the offers to use".to_owned(),
+            uses_offer: false,
         },
         BadAccept {
             name: "call naming another framework",
@@ -700,6 +717,7 @@ fn invalid_accepts_change_nothing() {
                  framework test-0000: every call must carry the framework_id from SUBSCRIBED"
                     .to_owned()
             },
+            uses_offer: false,
         },
         BadAccept {
             name: "accept without tasks of an unknown offer",
@@ -716,6 +734,7 @@ fn invalid_accepts_change_nothing() {
                  declined or rescinded; wait for a new offer"
                     .to_owned()
             },
+            uses_offer: false,
         },
     ];
 
@@ -731,6 +750,7 @@ fn invalid_accepts_change_nothing() {
 
         let before = h.snapshot();
         let cmds = h.call(fconn, (case.build)(&fid, &offer));
+        // Nothing launched; an offer used up is made again at once (no filter).
         assert_eq!(h.snapshot(), before, "{}: state changed", case.name);
         assert!(
             agent_msgs(&cmds, aconn).is_empty(),
@@ -752,10 +772,86 @@ fn invalid_accepts_change_nothing() {
             }
             None => assert_eq!(errors_in(&cmds, fconn), vec![want], "{}", case.name),
         }
-        // The offer is still outstanding and usable.
+        let again = offers_in(&cmds, fconn);
+        let offer = if case.uses_offer {
+            // The offer is gone; its resources are offered anew.
+            assert_eq!(again.len(), 1, "{}: {cmds:?}", case.name);
+            assert_ne!(again[0].id, offer.id, "{}", case.name);
+            assert_eq!(again[0].resources, offer.resources, "{}", case.name);
+            let cmds = h.call(
+                fconn,
+                launch_call(&fid, &[&offer.id], vec![task("late", 0.1, 8.0)]),
+            );
+            let updates = updates_in(&cmds, fconn);
+            assert_eq!(updates.len(), 1, "{}: {cmds:?}", case.name);
+            assert_eq!(updates[0].state(), TaskState::Dropped, "{}", case.name);
+            again.into_iter().next().expect("one offer")
+        } else {
+            // The offer it did not name is still outstanding.
+            assert!(again.is_empty(), "{}: {cmds:?}", case.name);
+            offer
+        };
         let launched = h.launch(fconn, &fid, aconn, &offer, vec![task("ok", 1.0, 64.0)]);
         assert_eq!(launched.len(), 1, "{}: offer not usable after", case.name);
     }
+}
+
+#[test]
+fn a_rejected_accept_gives_its_offer_back_to_others() {
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(2.0, 1024.0);
+    let (fa, fid_a) = h.framework("a");
+    let (fb, fid_b) = h.framework("b");
+    let offer = h.one_offer(fa);
+    // An operation the core does not support (the Mesos edge's LAUNCH_GROUP) beside a
+    // LAUNCH, refusing for 10 s: rejected, yet the offer is used up and the agent goes
+    // to b at once.
+    let mut accept = launch_call(&fid_a, &[&offer.id], vec![task("t1", 1.0, 64.0)]);
+    if let Some(call::Call::Accept(a)) = &mut accept.call {
+        a.operations.push(Operation { operation: None });
+        a.filters = Some(Filters {
+            refuse_seconds: Some(10.0),
+        });
+    }
+    let cmds = h.call(fa, accept);
+    let updates = updates_in(&cmds, fa);
+    assert_eq!(updates.len(), 1, "{cmds:?}");
+    assert_eq!(updates[0].state(), TaskState::Error);
+    assert!(agent_msgs(&cmds, aconn).is_empty(), "{cmds:?}");
+    let offers = offers_in(&cmds, fb);
+    assert_eq!(offers.len(), 1, "b gets the agent: {cmds:?}");
+    assert_eq!(offers[0].resources, offer.resources);
+    // b declines for an hour; a, refused for the call's 10 s, gets it after.
+    let decline = simple_call(
+        &fid_b,
+        call::Call::Decline(call::Decline {
+            offer_ids: vec![offers[0].id.clone()],
+            filters: Some(Filters {
+                refuse_seconds: Some(3600.0),
+            }),
+        }),
+    );
+    assert!(
+        offers_in(&h.call(fb, decline), fa).is_empty(),
+        "a is filtered"
+    );
+    h.advance(Duration::from_secs(9));
+    assert!(offers_in(&h.tick(), fa).is_empty(), "a is still filtered");
+    h.advance(Duration::from_secs(1));
+    let offer = offers_in(&h.tick(), fa).pop().expect("a's filter expired");
+    // Bad offers (one unknown beside a's own): a's offer is used up too, and comes back
+    // with no filter, whatever the call asked.
+    let mut accept = launch_call(&fid_a, &[&offer.id, "gone"], vec![task("t1", 1.0, 64.0)]);
+    if let Some(call::Call::Accept(a)) = &mut accept.call {
+        a.filters = Some(Filters {
+            refuse_seconds: Some(60.0),
+        });
+    }
+    let cmds = h.call(fa, accept);
+    assert_eq!(updates_in(&cmds, fa)[0].state(), TaskState::Dropped);
+    let offers = offers_in(&cmds, fa);
+    assert_eq!(offers.len(), 1, "{cmds:?}");
+    assert_ne!(offers[0].id, offer.id);
 }
 
 #[test]
@@ -1008,6 +1104,90 @@ fn decline_filters_and_revive() {
         assert_eq!(!later.is_empty(), after_refuse, "{refuse:?}");
         assert_eq!(later[0].agent_id, agent.0);
     }
+}
+
+fn decline_for_an_hour(h: &mut Harness, fconn: ConnId, fid: &FrameworkId, offer: &Offer) {
+    let cmds = h.call(
+        fconn,
+        simple_call(
+            fid,
+            call::Call::Decline(call::Decline {
+                offer_ids: vec![offer.id.clone()],
+                filters: Some(Filters {
+                    refuse_seconds: Some(3600.0),
+                }),
+            }),
+        ),
+    );
+    assert!(offers_in(&cmds, fconn).is_empty(), "{cmds:?}");
+}
+
+#[test]
+fn a_framework_failing_over_starts_without_filters() {
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let info = FrameworkInfo {
+        name: "phoenix".into(),
+        failover_timeout_seconds: 60.0,
+        ..FrameworkInfo::default()
+    };
+    let (fconn, fid) = h.subscribe_info(info.clone());
+    let offer = h.one_offer(fconn);
+    decline_for_an_hour(&mut h, fconn, &fid, &offer);
+    let now = h.now;
+    h.core.framework_disconnected(now, fconn);
+    h.cmds();
+    // Its new subscription is offered the declined agent at once.
+    let (fconn, again) = h.subscribe_info(FrameworkInfo {
+        id: fid.0.clone(),
+        ..info
+    });
+    assert_eq!(again, fid);
+    assert_eq!(offers_in(&h.allocate(), fconn).len(), 1);
+}
+
+#[test]
+fn filters_go_when_an_agent_re_registers_with_other_resources_or_attributes() {
+    let mut h = Harness::new();
+    let (fconn, fid) = h.framework("f");
+    let register = |h: &mut Harness, cpus: f64, attributes: &[(&str, &str)]| {
+        let conn = h.conn();
+        let now = h.now;
+        h.core
+            .agent_register(
+                now,
+                conn,
+                agent_message::Register {
+                    info: Some(AgentInfo {
+                        id: "a1".into(),
+                        hostname: "host".into(),
+                        resources: agent_resources(cpus, 512.0),
+                        attributes: attributes
+                            .iter()
+                            .map(|(name, value)| Attribute {
+                                name: (*name).to_owned(),
+                                value: (*value).to_owned(),
+                            })
+                            .collect(),
+                        ..AgentInfo::default()
+                    }),
+                    tasks: vec![],
+                },
+            )
+            .expect("registered");
+        offers_in(&h.allocate(), fconn)
+    };
+    let offers = register(&mut h, 1.0, &[]);
+    assert_eq!(offers.len(), 1);
+    decline_for_an_hour(&mut h, fconn, &fid, &offers[0]);
+    // The same agent again: the filter stays.
+    assert!(register(&mut h, 1.0, &[]).is_empty());
+    // Other resources: the filter goes.
+    let offers = register(&mut h, 2.0, &[]);
+    assert_eq!(offers.len(), 1);
+    decline_for_an_hour(&mut h, fconn, &fid, &offers[0]);
+    // Other attributes: the filter goes.
+    assert_eq!(register(&mut h, 2.0, &[("rack", "r1")]).len(), 1);
 }
 
 #[test]
@@ -1735,7 +1915,6 @@ fn resources_are_conserved_under_random_operations() {
                 2 | 3 if !offers.is_empty() => {
                     let (fconn, fid, offer) = offers.remove(rng.next(offers.len() as u64) as usize);
                     let n = rng.next(3);
-                    let kept = (fconn, fid.clone(), offer.clone());
                     let tasks = (0..n)
                         .map(|_| {
                             next_task += 1;
@@ -1747,9 +1926,10 @@ fn resources_are_conserved_under_random_operations() {
                         })
                         .collect();
                     let cmds = h.call(fconn, launch_call(&fid, &[&offer.id], tasks));
+                    // Rejected or not, the offer is used up (its resources come back in new
+                    // offers).
                     if n > 0 && !updates_in(&cmds, fconn).is_empty() {
                         rejections += 1;
-                        offers.push(kept); // rejected: the offer is still outstanding
                     }
                     cmds
                 }

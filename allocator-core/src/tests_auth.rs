@@ -6,7 +6,7 @@ use strata_auth::{Acls, Policy};
 use strata_proto::{AgentInfo, CommandInfo, FrameworkInfo, TaskState, agent_message};
 
 use super::config::AllocatorConfig;
-use super::tests::{Harness, agent_resources, config, launch_call, task, updates_in};
+use super::tests::{Harness, agent_resources, config, launch_call, offers_in, task, updates_in};
 use super::{AgentId, ConnId, CoreError, FrameworkId};
 
 const ACLS: &str = r#"
@@ -75,6 +75,7 @@ fn subscribe_as(
             ..FrameworkInfo::default()
         },
         principal.map(str::to_owned),
+        vec![],
     );
     (conn, result)
 }
@@ -204,6 +205,8 @@ fn tasks_run_only_as_users_the_principal_may_use() {
         "{}",
         updates[0].message
     );
+    // The rejected ACCEPT used the offer up; its resources are offered again.
+    let offer = offers_in(&cmds, fconn).pop().expect("offered again");
     let cmds = h.call(
         fconn,
         launch_call(&fid, &[&offer.id], vec![as_user("t2", "nobody")]),

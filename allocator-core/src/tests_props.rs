@@ -13,7 +13,7 @@ use strata_proto::{
     event,
 };
 
-use super::roles::Quota;
+use super::roles::{Limits, Quota};
 use super::tests::{Harness, launch_call, simple_call, status, task};
 use super::{Command, ConnId, FrameworkId, Resources};
 
@@ -205,21 +205,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             )
                         })
                         .collect();
+                    // Valid or rejected, the ACCEPT uses the offer up.
                     h.core
                         .framework_call(now, fconn, launch_call(&fid, &[&o.id], list));
-                    if tasks > 0
-                        && h.core.take_commands().iter().any(|c| {
-                            matches!(
-                                c,
-                                Command::ToFramework {
-                                    event: event::Event::Update(_),
-                                    ..
-                                }
-                            )
-                        })
-                    {
-                        w.offers.push((fconn, fid, o)); // rejected: still outstanding
-                    }
                 }
             }
             Op::Decline { offer, refuse } => {
@@ -326,7 +314,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     ROLES[role],
                     Quota {
                         guarantee: Resources::scalar_milli(CPUS, i64::from(guarantee) * 1000),
-                        limit: Resources::scalar_milli(CPUS, i64::from(limit) * 1000),
+                        limit: {
+                            let mut l = Limits::new();
+                            l.set(CPUS, i64::from(limit) * 1000);
+                            l
+                        },
                     },
                 );
             }

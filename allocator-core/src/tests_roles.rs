@@ -11,7 +11,7 @@ use strata_proto::{
 };
 
 use super::registry::Registry;
-use super::roles::Quota;
+use super::roles::{Limits, Quota};
 use super::tests::{
     Harness, agent_msgs, launch_call, offers_in, rescinds_in, scalar, simple_call, status, task,
     updates_in,
@@ -91,6 +91,18 @@ fn decline(fid: &FrameworkId, offer: &Offer, refuse: f64) -> Call {
             }),
         }),
     )
+}
+
+/// Declines `offers` and every offer that follows (filters are per role, so a declined
+/// agent goes to the framework's other roles) until none comes.
+fn decline_all(h: &mut Harness, fconn: ConnId, fid: &FrameworkId, offers: Vec<Offer>, refuse: f64) {
+    let mut pending = offers;
+    while let Some(offer) = pending.pop() {
+        pending.extend(offers_in(
+            &h.call(fconn, decline(fid, &offer, refuse)),
+            fconn,
+        ));
+    }
 }
 
 #[test]
@@ -256,10 +268,9 @@ fn offers_carry_their_allocation_role_and_suppress_is_per_role() {
                 .all(|r| r.allocation_role == o.allocation_role)
         );
     }
-    // Decline both; suppress role a: after the filters expire only role b is offered.
-    for o in &offers {
-        h.call(fconn, decline(&fid, o, 1.0));
-    }
+    // Decline everything (each agent in both roles); suppress role a: after the filters
+    // expire only role b is offered.
+    decline_all(&mut h, fconn, &fid, offers, 1.0);
     let cmds = h.call(
         fconn,
         simple_call(
@@ -298,19 +309,9 @@ fn revive_with_roles_clears_only_the_filters_of_those_roles() {
     let (fconn, fid) = h.in_roles("multi", &["a", "b"]);
     let offers = offers_in(&h.allocate(), fconn);
     assert_eq!(offers.len(), 2);
-    // Both declined for an hour: one filter made by role a's offer, one by role b's.
-    for o in &offers {
-        h.call(fconn, decline(&fid, o, 3600.0));
-    }
-    let on = |role: &str| {
-        offers
-            .iter()
-            .find(|o| o.allocation_role == role)
-            .map(|o| o.agent_id.clone())
-            .expect("an offer to the role")
-    };
-    let (agent_a, agent_b) = (on("a"), on("b"));
-    assert!(offers_in(&h.tick(), fconn).is_empty(), "both filtered");
+    // Everything declined for an hour: each agent filtered in both roles.
+    decline_all(&mut h, fconn, &fid, offers, 3600.0);
+    assert!(offers_in(&h.tick(), fconn).is_empty(), "all filtered");
     let revive = |roles: &[&str]| {
         simple_call(
             &fid,
@@ -319,14 +320,109 @@ fn revive_with_roles_clears_only_the_filters_of_those_roles() {
             }),
         )
     };
-    // REVIVE of role b clears the filter role b's offer made, not role a's.
+    // REVIVE of role b clears role b's filters, not role a's.
     let offers = offers_in(&h.call(fconn, revive(&["b"])), fconn);
-    assert_eq!(offers.len(), 1, "{offers:?}");
-    assert_eq!(offers[0].agent_id, agent_b);
-    // REVIVE of role a brings the other agent back.
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "b"),
+        "{offers:?}"
+    );
+    // Declined again in role b; REVIVE of role a brings both agents back to role a.
+    for o in &offers {
+        assert!(offers_in(&h.call(fconn, decline(&fid, o, 3600.0)), fconn).is_empty());
+    }
     let offers = offers_in(&h.call(fconn, revive(&["a"])), fconn);
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "a"),
+        "{offers:?}"
+    );
+}
+
+#[test]
+fn filters_refuse_only_the_role_whose_offer_made_them() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    let (fconn, fid) = h.in_roles("multi", &["a", "b"]);
+    let first = h.one_offer(fconn);
+    let other = if first.allocation_role == "a" {
+        "b"
+    } else {
+        "a"
+    };
+    // Declined for an hour in one role: the agent goes to the framework's other role.
+    let offers = offers_in(&h.call(fconn, decline(&fid, &first, 3600.0)), fconn);
     assert_eq!(offers.len(), 1, "{offers:?}");
-    assert_eq!(offers[0].agent_id, agent_a);
+    assert_eq!(offers[0].allocation_role, other);
+    // Declined there too: nothing until a REVIVE.
+    assert!(offers_in(&h.call(fconn, decline(&fid, &offers[0], 3600.0)), fconn).is_empty());
+    assert!(offers_in(&h.tick(), fconn).is_empty());
+    // REVIVE of the first role lifts its filter, though the other role's stays.
+    let revive = simple_call(
+        &fid,
+        call::Call::Revive(call::Revive {
+            roles: vec![first.allocation_role.clone()],
+        }),
+    );
+    let offers = offers_in(&h.call(fconn, revive), fconn);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].allocation_role, first.allocation_role);
+}
+
+#[test]
+fn subscribe_suppressed_roles_are_honoured_and_replaced_on_resubscribe() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    h.agent(1.0, 1024.0);
+    let info = FrameworkInfo {
+        name: "multi".into(),
+        roles: vec!["a".into(), "b".into()],
+        failover_timeout_seconds: 60.0,
+        ..FrameworkInfo::default()
+    };
+    let subscribe = |h: &mut Harness, info: FrameworkInfo, suppressed: &[&str]| {
+        let conn = h.conn();
+        let now = h.now;
+        let result = h.core.framework_subscribe_as(
+            now,
+            conn,
+            info,
+            None,
+            suppressed.iter().map(|r| (*r).to_owned()).collect(),
+        );
+        h.cmds();
+        (conn, result)
+    };
+    let (fconn, fid) = subscribe(&mut h, info.clone(), &["a"]);
+    let fid = fid.expect("subscribed");
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "b"),
+        "{offers:?}"
+    );
+    // Failover: the new subscription's suppressed roles replace the old ones.
+    let now = h.now;
+    h.core.framework_disconnected(now, fconn);
+    let (fconn, again) = subscribe(
+        &mut h,
+        FrameworkInfo {
+            id: fid.0.clone(),
+            ..info.clone()
+        },
+        &["b"],
+    );
+    assert_eq!(again.expect("re-subscribed"), fid);
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(
+        offers.iter().all(|o| o.allocation_role == "a"),
+        "{offers:?}"
+    );
+    // A suppressed role the framework does not subscribe with is refused.
+    let (_, refused) = subscribe(&mut h, info, &["zzz"]);
+    let error = refused.expect_err("refused").to_string();
+    assert!(error.contains("suppressed role \"zzz\""), "{error}");
 }
 
 #[test]
@@ -419,7 +515,7 @@ fn invalid_roles_are_refused_at_subscribe() {
 fn quota(guarantee: &[Resource], limit: &[Resource]) -> Quota {
     Quota {
         guarantee: res(guarantee),
-        limit: res(limit),
+        limit: Limits::from_parsed(limit, &res(limit)),
     }
 }
 
@@ -581,6 +677,53 @@ fn a_quota_limit_is_never_exceeded() {
 }
 
 #[test]
+fn a_zero_limit_is_kept_and_caps_the_role_at_what_it_holds() {
+    let mut h = Harness::new();
+    h.agent(4.0, 1024.0);
+    let (fconn, fid) = h.in_roles("capped", &["eng"]);
+    // It runs a task of 1 cpu first.
+    let offer = h.one_offer(fconn);
+    let mut t = task("t1", 1.0, 64.0);
+    t.resources = vec![Resource::scalar(CPUS, 1.0), Resource::scalar(MEM, 64.0)];
+    let now = h.now;
+    h.core
+        .framework_call(now, fconn, launch_call(&fid, &[&offer.id], vec![t]));
+    h.cmds();
+    // A limit of 0 cpus, as the operator API sends it: kept, not taken for no quota.
+    let info = strata_proto::QuotaInfo {
+        role: "eng".into(),
+        limit: vec![Resource::scalar(CPUS, 0.0)],
+        ..strata_proto::QuotaInfo::default()
+    };
+    let q = super::Core::quota_from_proto(&info).expect("valid quota");
+    h.core.set_quota("eng", q).expect("quota set");
+    assert_eq!(
+        h.core.quota_infos(),
+        vec![strata_proto::QuotaInfo {
+            role: "eng".into(),
+            limit: vec![Resource::scalar(CPUS, 0.0)],
+            guarantee: vec![],
+        }]
+    );
+    // It keeps its task, and is offered none of the agent's 3 other cpus (the memory only).
+    let mut offered = Vec::new();
+    for _ in 0..3 {
+        offered.extend(offers_in(&h.tick(), fconn));
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    assert_eq!(scalar(&offered[0].resources, CPUS), 0.0);
+    assert_eq!(scalar(&offered[0].resources, MEM), 960.0);
+    assert_eq!(cpus_held(&h, &fid), 1.0);
+    // The limit survives a restart.
+    let registry = h.core.registry();
+    let mut again = Harness::new();
+    let now = again.now;
+    again.core.restore(now, registry).expect("restored");
+    assert_eq!(again.core.quota_infos(), h.core.quota_infos());
+}
+
+#[test]
 fn invalid_quotas_and_weights_change_nothing() {
     let mut h = Harness::new();
     let cases: Vec<(&str, Quota, &str)> = vec![
@@ -594,6 +737,14 @@ fn invalid_quotas_and_weights_change_nothing() {
             quota(
                 &[Resource::scalar(CPUS, 2.0)],
                 &[Resource::scalar(CPUS, 1.0)],
+            ),
+            "guarantee of cpus is above its limit",
+        ),
+        (
+            "eng",
+            quota(
+                &[Resource::scalar(CPUS, 1.0)],
+                &[Resource::scalar(CPUS, 0.0)],
             ),
             "guarantee of cpus is above its limit",
         ),

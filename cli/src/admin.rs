@@ -28,7 +28,8 @@ pub enum QuotaCommand {
         /// The guarantee, NAME=VALUE each (mem and disk take KiB/MiB/GiB/TiB, MiB by default).
         #[arg(value_name = "NAME=VALUE")]
         guarantee: Vec<String>,
-        /// The limit, NAME=VALUE (repeatable); a resource not named has no limit.
+        /// The limit, NAME=VALUE (repeatable); a resource not named has no limit, and a limit
+        /// of 0 gives the role none beyond what it holds.
         #[arg(long = "limit", value_name = "NAME=VALUE")]
         limit: Vec<String>,
     },

@@ -86,6 +86,7 @@ pub(crate) async fn subscribe_once(
         framework_id: info.id.clone(),
         call: Some(call::Call::Subscribe(call::Subscribe {
             framework_info: Some(info),
+            suppressed_roles: Vec::new(),
         })),
     };
     // The receiver is alive: it is right here.

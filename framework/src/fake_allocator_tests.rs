@@ -356,6 +356,7 @@ mod security {
             framework_id: String::new(),
             call: Some(call::Call::Subscribe(call::Subscribe {
                 framework_info: Some(strata_proto::FrameworkInfo::default()),
+                suppressed_roles: Vec::new(),
             })),
         })
         .unwrap();

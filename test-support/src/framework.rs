@@ -43,6 +43,7 @@ impl Framework {
             framework_id: String::new(),
             call: Some(call::Call::Subscribe(call::Subscribe {
                 framework_info: Some(info),
+                suppressed_roles: Vec::new(),
             })),
         };
         bounded_for(opts.step, "queueing SUBSCRIBE", tx.send(subscribe)).await??;

@@ -27,8 +27,9 @@ impl Core {
         }
     }
 
-    /// Installs a filter: `resources` on `agent_id` are not offered to the framework for
-    /// `refuse` (nothing for a zero duration or empty resources).
+    /// Installs a filter: `resources` on `agent_id` are not offered to the framework in
+    /// `role` for `refuse` (nothing for a zero duration or empty resources). It replaces the
+    /// framework's earlier filter for that agent and role; those of its other roles stay.
     pub(crate) fn add_filter(
         &mut self,
         framework_id: &FrameworkId,
@@ -42,32 +43,58 @@ impl Core {
             return;
         }
         if let Some(fw) = self.frameworks.get_mut(framework_id) {
-            fw.filters.insert(
-                agent_id.clone(),
-                Filter {
-                    role: role.clone(),
-                    resources,
-                    until: now + refuse,
-                },
-            );
+            let filter = Filter {
+                role: role.clone(),
+                resources,
+                until: now + refuse,
+            };
+            let on_agent = fw.filters.entry(agent_id.clone()).or_default();
+            match on_agent.iter_mut().find(|f| f.role == filter.role) {
+                Some(old) => *old = filter,
+                None => on_agent.push(filter),
+            }
+        }
+    }
+
+    /// Removes every framework's filters for `agent_id` (its resources or attributes
+    /// changed).
+    pub(crate) fn remove_agent_filters(&mut self, agent_id: &AgentId) {
+        for fw in self.frameworks.values_mut() {
+            fw.filters.remove(agent_id);
         }
     }
 
     pub(crate) fn expire_filters(&mut self, now: Duration) {
         for fw in self.frameworks.values_mut() {
-            fw.filters.retain(|_, f| now < f.until);
+            retain_filters(&mut fw.filters, |f| now < f.until);
         }
     }
 }
 
-/// Whether one of a framework's `filters` refuses `free` on `agent_id` at `now`.
+/// Keeps the filters for which `keep` holds, dropping agents left with none.
+pub(crate) fn retain_filters(
+    filters: &mut FastMap<AgentId, Vec<Filter>>,
+    mut keep: impl FnMut(&Filter) -> bool,
+) {
+    filters.retain(|_, on_agent| {
+        on_agent.retain(&mut keep);
+        !on_agent.is_empty()
+    });
+}
+
+/// Whether one of a framework's `filters` refuses `free` on `agent_id` to `role` at `now`
+/// (Mesos keeps filters per role: a filter made by an offer to one role does not refuse the
+/// agent to the framework's other roles).
 pub(super) fn refuses(
-    filters: &FastMap<AgentId, Filter>,
+    filters: &FastMap<AgentId, Vec<Filter>>,
     agent_id: &AgentId,
+    role: &Name,
     free: &Resources,
     now: Duration,
 ) -> bool {
-    filters
-        .get(agent_id)
-        .is_some_and(|f| now < f.until && f.resources.contains(free))
+    filters.get(agent_id).is_some_and(|on_agent| {
+        on_agent
+            .iter()
+            .any(|f| f.role == *role && now < f.until && f.resources.contains(free))
+    })
 }

@@ -20,9 +20,11 @@
 //! same resources.
 //!
 //! Invariants: shares are `(allocated + offered) / cluster total` over scalars; a filter
-//! refuses an agent's resources only while `now < until` and only if they are within the
-//! refused resources (Mesos semantics: more than was refused is offered again), and REVIVE
-//! naming roles clears only the filters made by offers to those roles; an offer never takes
+//! refuses an agent's resources only to the role whose offer made it, only while
+//! `now < until` and only if they are within the refused resources (Mesos semantics: more
+//! than was refused is offered again), and REVIVE naming roles clears only those roles'
+//! filters (a re-subscription clears the framework's, a re-registration with other
+//! resources or attributes every framework's for that agent); an offer never takes
 //! a role (or an ancestor) beyond its quota limit, consumption counting unallocated
 //! reservations (see [`roles`]).
 //!
@@ -52,6 +54,7 @@ use crate::roles::{self, DEFAULT_ROLE};
 use crate::{AgentId, AgentMode, Core, Framework, FrameworkId, OfferOut, Resources};
 
 use self::filters::refuses;
+pub(crate) use self::filters::retain_filters;
 use self::offers::MAX_OFFERS_PER_EVENT;
 use self::sorter::{Leaf, Pass, Share, share_of};
 
@@ -378,7 +381,8 @@ impl Core {
         }
         let chosen = pass.leaves[leaf].frameworks.iter().find(|&&(_, fw)| {
             let filters = &pass.filters[fw];
-            filters.is_empty() || !refuses(filters, &agent.id, &resources, now)
+            filters.is_empty()
+                || !refuses(filters, &agent.id, &pass.leaves[leaf].role, &resources, now)
         });
         chosen.map(|&(_, fw)| (leaf, fw, resources))
     }

@@ -83,7 +83,7 @@ pub(super) struct Pass {
     pub(super) fids: Vec<Arc<FrameworkId>>,
     /// The refuse filters of each of `fids`, taken out of the frameworks for the pass (none
     /// are added during a pass) and put back at its end.
-    pub(super) filters: Vec<FastMap<AgentId, Filter>>,
+    pub(super) filters: Vec<FastMap<AgentId, Vec<Filter>>>,
     pub(super) nodes: Vec<Node>,
     pub(super) leaves: Vec<Leaf>,
     /// Leaf indices in hierarchical DRF order, valid unless `dirty`.
@@ -179,7 +179,7 @@ impl Pass {
                 && !quota.limit.is_empty()
             {
                 let mut caps = ScalarCaps::new();
-                for (name, limit) in quota.limit.scalars() {
+                for (name, limit) in quota.limit.iter() {
                     let consumed = node.subtree.scalar(name) + node.reserved.scalar(name);
                     let counted = resources.reserved_scalar_within(&node.name, name);
                     caps.set(name, (limit - consumed).max(0) + counted);

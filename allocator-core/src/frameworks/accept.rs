@@ -2,7 +2,7 @@
 //! validation as a whole (the offers, then the conversions, then the tasks), the updates of
 //! a rejected call, and carrying out a valid one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use strata_proto::{
@@ -73,13 +73,56 @@ impl Core {
         let refuse = self.refuse_duration(accept.filters.and_then(|f| f.refuse_seconds));
         let result = self.validate_accept(fid, &accept.offer_ids, &tasks, conversions, op_errors);
         match result {
-            Err(rejection) => self.reject_accept(now, fid, &tasks, rejection),
+            Err(rejection) => {
+                // Mesos recovers the offers of invalid offers with no filter, else with the
+                // call's.
+                let refuse = if rejection.bad_offers {
+                    Duration::ZERO
+                } else {
+                    refuse
+                };
+                self.reject_accept(now, fid, &tasks, rejection);
+                self.use_up_offers(now, fid, &accept.offer_ids, refuse);
+            }
             Ok(launch) => self.launch(now, fid, &accept.offer_ids, launch, refuse),
         }
     }
 
+    /// A rejected ACCEPT still uses up the offers it names, as in Mesos: those of this
+    /// framework are removed and their resources go back to the pool, refused to the
+    /// framework's role for `refuse`. Otherwise an agent would stay offered to a framework
+    /// that does not use the offer, with no offer timeout, until it declines or leaves.
+    fn use_up_offers(
+        &mut self,
+        now: Duration,
+        fid: &FrameworkId,
+        offer_ids: &[String],
+        refuse: Duration,
+    ) {
+        // By agent and role (an ACCEPT may name many offers).
+        let mut returned: BTreeMap<(AgentId, Name), Resources> = BTreeMap::new();
+        for wire in offer_ids {
+            let Some(id) = self.parse_offer_id(wire) else {
+                continue;
+            };
+            if self.offers.get(&id).is_none_or(|o| *o.framework_id != *fid) {
+                continue;
+            }
+            let offer = self.remove_offer(&id, false).expect("offer exists");
+            let agent_id = self.agents.slots[offer.agent].id.clone();
+            tracing::debug!(offer_id = %id, %agent_id, "offer of a rejected accept returned");
+            returned
+                .entry((agent_id, offer.role))
+                .or_default()
+                .add(&offer.resources);
+        }
+        for ((agent_id, role), resources) in returned {
+            self.add_filter(fid, &agent_id, &role, resources, refuse, now);
+        }
+    }
+
     /// Tells the framework why its ACCEPT was rejected: an update with no uuid for each of
-    /// its tasks (an ERROR event when it launched none). Nothing else changes.
+    /// its tasks (an ERROR event when it launched none). Nothing is launched or converted.
     fn reject_accept(
         &mut self,
         now: Duration,

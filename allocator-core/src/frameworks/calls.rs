@@ -17,9 +17,10 @@ impl Core {
             fw.filters.clear();
             fw.suppressed.clear();
         } else {
-            // Only the filters made by offers to the roles named.
-            fw.filters
-                .retain(|_, f| !revive.roles.iter().any(|r| **r == *f.role));
+            // Only the filters of the roles named.
+            crate::allocation::retain_filters(&mut fw.filters, |f| {
+                !revive.roles.iter().any(|r| **r == *f.role)
+            });
             for role in &revive.roles {
                 fw.suppressed.remove(role);
             }

@@ -3,8 +3,10 @@
 //! Invariants: a framework is bound to at most one stream; a call whose framework_id is not
 //! the stream's framework gets an ERROR event and changes nothing. ACCEPT is validated as a
 //! whole before anything changes: on any error every task of the call gets an update with no
-//! uuid (TASK_DROPPED/INVALID_OFFERS for bad offers, else TASK_ERROR/TASK_INVALID) and the
-//! offers stay outstanding. A disconnected framework holds no offers; it is removed (tasks
+//! uuid (TASK_DROPPED/INVALID_OFFERS for bad offers, else TASK_ERROR/TASK_INVALID), nothing
+//! is launched or converted, and the framework's offers it names are used up all the same
+//! (as in Mesos): their resources return to the pool, refused for the call's filter unless
+//! the offers themselves were invalid. A disconnected framework holds no offers; it is removed (tasks
 //! killed, resources freed) at once with failover_timeout 0, otherwise when the timeout
 //! expires without a re-subscription, or at TEARDOWN.
 //!
@@ -91,7 +93,8 @@ impl Core {
     }
 
     /// SUBSCRIBE on stream `conn`: registers a new framework (empty id) or re-attaches an
-    /// existing one (closing its older stream), then sends SUBSCRIBED. An unknown id is
+    /// existing one (closing its older stream; its refuse filters go, as in Mesos), then
+    /// sends SUBSCRIBED. An unknown id is
     /// refused and nothing changes.
     pub fn framework_subscribe(
         &mut self,
@@ -99,19 +102,22 @@ impl Core {
         conn: ConnId,
         info: FrameworkInfo,
     ) -> Result<FrameworkId, CoreError> {
-        self.framework_subscribe_as(now, conn, info, None)
+        self.framework_subscribe_as(now, conn, info, None, Vec::new())
     }
 
     /// [`Core::framework_subscribe`] by an authenticated `principal` (none: unauthenticated):
     /// the policy must allow it `register_frameworks` with each of its roles; an id bound to
     /// another principal is refused (no framework can take over another's id); a principal
-    /// may have at most `max_frameworks_per_principal`.
+    /// may have at most `max_frameworks_per_principal`. The framework starts with
+    /// `suppressed_roles` suppressed (SUBSCRIBE's `suppressed_roles`, which must be among its
+    /// roles), in place of what an earlier subscription of it had suppressed.
     pub fn framework_subscribe_as(
         &mut self,
         now: Duration,
         conn: ConnId,
         info: FrameworkInfo,
         principal: Option<String>,
+        suppressed_roles: Vec<String>,
     ) -> Result<FrameworkId, CoreError> {
         if let Some(fid) = self.framework_conns.get(&conn).cloned() {
             self.send_error(
@@ -148,6 +154,7 @@ impl Core {
                 role,
             )?;
         }
+        let suppressed = suppressed_set(&roles, suppressed_roles)?;
         let id = if info.id.is_empty() {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
             self.next_framework += 1;
@@ -190,7 +197,9 @@ impl Core {
             .contains(&(FrameworkCapability::PartitionAware as i32));
         fw.conn = Some(conn);
         fw.disconnected_at = None;
-        fw.suppressed.clear();
+        fw.suppressed = suppressed;
+        // As in Mesos, a failed-over framework starts with no filters.
+        fw.filters.clear();
         fw.last_heartbeat = now;
         self.framework_conns.insert(conn, id.clone());
         self.record_framework(&id);
@@ -334,4 +343,31 @@ impl Core {
         self.record(crate::registry::RegistryOp::RemoveFramework(fid.0.clone()));
         self.full_allocation = true;
     }
+}
+
+/// SUBSCRIBE's `suppressed_roles` as a set: each must be one of the framework's `roles`
+/// (Mesos refuses the subscription otherwise).
+fn suppressed_set(
+    roles: &[String],
+    suppressed_roles: Vec<String>,
+) -> Result<BTreeSet<String>, CoreError> {
+    if suppressed_roles.len() > crate::limits::MAX_ROLES_PER_FRAMEWORK {
+        return Err(CoreError::InvalidFrameworkInfo {
+            reason: format!(
+                "the framework subscribes with {} suppressed roles, more than the {} allowed",
+                suppressed_roles.len(),
+                crate::limits::MAX_ROLES_PER_FRAMEWORK
+            ),
+        });
+    }
+    if let Some(unknown) = suppressed_roles.iter().find(|r| !roles.contains(r)) {
+        return Err(CoreError::InvalidFrameworkInfo {
+            reason: format!(
+                "suppressed role {:?} is not one of the framework's roles: suppress only \
+                 roles it subscribes with",
+                strata_proto::ids::shorten(unknown, 64)
+            ),
+        });
+    }
+    Ok(suppressed_roles.into_iter().collect())
 }

@@ -59,6 +59,8 @@ pub(crate) enum Input {
     FrameworkSubscribe {
         conn: ConnId,
         info: FrameworkInfo,
+        /// SUBSCRIBE's roles to start suppressed.
+        suppressed_roles: Vec<String>,
         sender: FrameworkTx,
         /// Who the stream authenticated as.
         principal: Option<String>,
@@ -269,14 +271,19 @@ impl Actor {
             Input::FrameworkSubscribe {
                 conn,
                 info,
+                suppressed_roles,
                 sender,
                 principal,
             } => {
                 self.frameworks.insert(conn, sender);
                 let id = info.id.clone();
-                let result = self
-                    .core
-                    .framework_subscribe_as(now, conn, info, principal.clone());
+                let result = self.core.framework_subscribe_as(
+                    now,
+                    conn,
+                    info,
+                    principal.clone(),
+                    suppressed_roles,
+                );
                 let refused = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
                 let object = result.as_ref().map_or(id, |id| id.0.clone());
                 self.security

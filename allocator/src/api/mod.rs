@@ -495,6 +495,7 @@ async fn read_framework(
                         Input::FrameworkSubscribe {
                             conn,
                             info,
+                            suppressed_roles: subscribe.suppressed_roles,
                             sender,
                             principal: principal.clone(),
                         }

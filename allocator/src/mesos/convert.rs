@@ -290,8 +290,9 @@ fn offer_operation(
                 .map(|r| r.resources.iter().map(resource_from_mesos).collect())
                 .unwrap_or_default(),
         }),
-        // LAUNCH_GROUP, CREATE, DESTROY, GROW_VOLUME, ...: the core rejects an operation
-        // without a type, with TASK_ERROR for the ACCEPT's tasks and an ERROR event.
+        // LAUNCH_GROUP, CREATE, DESTROY, GROW_VOLUME, ...: the core rejects an ACCEPT with an
+        // operation without a type (TASK_ERROR for its tasks, an ERROR event when it has
+        // none) and uses up its offers.
         other => {
             tracing::info!(operation = other, "offer operation not supported by Strata");
             return Ok(Operation { operation: None });

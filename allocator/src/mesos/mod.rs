@@ -666,7 +666,7 @@ async fn subscribe(
             .into());
         }
     }
-    let suppressed = call
+    let suppressed_roles = call
         .subscribe
         .as_ref()
         .map(|s| s.suppressed_roles.clone())
@@ -680,6 +680,7 @@ async fn subscribe(
         .send(Input::FrameworkSubscribe {
             conn,
             info,
+            suppressed_roles,
             sender: tx,
             principal: principal.clone(),
         })
@@ -729,19 +730,6 @@ async fn subscribe(
         );
     let mut guard = guard;
     guard.framework_id = Some(framework_id.clone());
-    if !suppressed.is_empty() {
-        let call = strata_proto::Call {
-            framework_id: framework_id.clone(),
-            call: Some(strata_proto::call::Call::Suppress(
-                strata_proto::call::Suppress { roles: suppressed },
-            )),
-        };
-        let _ = ctx
-            .shared
-            .inputs
-            .send(Input::FrameworkCall { conn, call })
-            .await;
-    }
     let mut subscribed = convert::event(&event::Event::Subscribed(subscribed));
     subscribed["subscribed"]["master_info"] = state::master_info(ctx.addr);
     let first = VecDeque::from([record(&subscribed), record(&convert::heartbeat())]);

@@ -107,7 +107,7 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
     let mut agent = FakeAgent::register(&allocator, 2.0, 1024.0).await?;
     let mut fw = Framework::named(&allocator, "lifecycle").await?;
 
-    // A launch larger than the offer is refused with TASK_ERROR and changes nothing.
+    // A launch larger than the offer is refused with TASK_ERROR and launches nothing.
     let offer = fw.offer().await?;
     assert_eq!(offer.agent_id, agent.id);
     assert_eq!(strata_proto::scalar_sum(&offer.resources, CPUS), 2.0);
@@ -124,7 +124,10 @@ async fn a_task_travels_from_framework_to_agent_and_back() -> Result<()> {
     );
     assert!(refused.uuid.is_empty());
 
-    // The same offer is still good: launch for real.
+    // The rejected ACCEPT used the offer up (as in Mesos): the agent is offered again
+    // (the call refused nothing). Launch for real on the new offer.
+    let offer = fw.offer().await?;
+    assert_eq!(strata_proto::scalar_sum(&offer.resources, CPUS), 2.0);
     fw.launch(&offer, vec![task("t1", 1.0, 64.0)]).await?;
     let launched = match agent.next().await? {
         allocator_message::Message::LaunchTask(l) => l,
@@ -529,6 +532,27 @@ async fn operator_calls_steer_roles_quota_reservations_and_agents() -> Result<()
         .into_inner()
         .quotas;
     assert_eq!(quotas.len(), 1);
+    // A limit of 0 is kept: an operator may cap a role at nothing.
+    bounded(
+        "SetQuota",
+        op.set_quota(SetQuotaRequest {
+            quota: Some(QuotaInfo {
+                role: "ads".to_owned(),
+                guarantee: vec![],
+                limit: vec![Resource::scalar(CPUS, 0.0)],
+            }),
+        }),
+    )
+    .await??;
+    let quotas = bounded("GetQuota", op.get_quota(GetQuotaRequest {}))
+        .await??
+        .into_inner()
+        .quotas;
+    let ads = quotas
+        .iter()
+        .find(|q| q.role == "ads")
+        .context("the zero limit of ads")?;
+    assert_eq!(ads.limit, vec![Resource::scalar(CPUS, 0.0)]);
     // A reservation of the agent's cpus for eng.
     bounded(
         "Reserve",

@@ -740,6 +740,78 @@ async fn decline_filter_then_revive_reoffers() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_rejected_launch_group_gives_the_offer_back() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let mut sub = Subscription::open(addr, &subscribe_call(info("grouper"))).await?;
+    let offers = sub.next_of("OFFERS").await?;
+    let offer = offers["offers"]["offers"][0].clone();
+    // LAUNCH_GROUP is not supported: the ACCEPT is rejected, yet its offer is used up and
+    // the agent is offered again (no filter asked), instead of staying locked.
+    let accept = sub.call(
+        "ACCEPT",
+        "accept",
+        json!({
+            "offer_ids": [offer["id"]],
+            "operations": [{ "type": "LAUNCH_GROUP", "launch_group": {} }],
+            "filters": { "refuse_seconds": 0 },
+        }),
+    );
+    assert_status(&sub.post(addr, &accept).await?, 202, "");
+    let mut error = None;
+    let again = loop {
+        let e = sub.next().await?;
+        match e["type"].as_str() {
+            Some("ERROR") => error = Some(e),
+            Some("OFFERS") => break e,
+            _ => {}
+        }
+    };
+    let error = error.context("no ERROR event before the new offer")?;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("accept rejected")),
+        "{error}"
+    );
+    let again = &again["offers"]["offers"][0];
+    assert_ne!(again["id"], offer["id"]);
+    assert_eq!(again["agent_id"], offer["agent_id"]);
+    allocator.shutdown().await
+}
+
+#[tokio::test]
+async fn subscribe_suppressed_roles_get_no_offers() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let multi_role = json!({
+        "user": "root", "name": "quiet", "roles": ["a", "b"],
+        "capabilities": [{ "type": "MULTI_ROLE" }],
+    });
+    let call = json!({
+        "type": "SUBSCRIBE",
+        "subscribe": { "framework_info": multi_role, "suppressed_roles": ["a"] },
+    });
+    let mut sub = Subscription::open(addr, &call).await?;
+    // Role a would come first (a tie between the roles goes to the smaller name).
+    let offers = sub.next_of("OFFERS").await?;
+    let offers = offers["offers"]["offers"].as_array().context("offers")?;
+    assert!(
+        offers.iter().all(|o| o["allocation_info"]["role"] == "b"),
+        "{offers:?}"
+    );
+    // A suppressed role the framework does not subscribe with is refused.
+    let call = json!({
+        "type": "SUBSCRIBE",
+        "subscribe": { "framework_info": info("odd"), "suppressed_roles": ["zzz"] },
+    });
+    assert_status(&post(addr, &call, None).await?, 400, "suppressed role");
+    allocator.shutdown().await
+}
+
+#[tokio::test]
 async fn resubscribes_with_its_framework_id_after_the_stream_drops() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;
     let addr = allocator.http();

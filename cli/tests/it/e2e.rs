@@ -220,17 +220,18 @@ async fn partition_aware_frameworks_see_unreachable_instead_of_lost() -> Result<
     Ok(())
 }
 
-/// The validation cases: each is rejected with a clear message and changes nothing — the same
-/// offer still launches a valid task afterwards.
+/// The validation cases: each is rejected with a clear message and launches nothing; as in
+/// Mesos, a rejected ACCEPT uses up its offer, whose resources are offered again at once (the
+/// SDK's launches refuse nothing), and a valid task launches on that new offer afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_launches_are_rejected_and_change_nothing() -> Result<()> {
+async fn bad_launches_are_rejected_and_launch_nothing() -> Result<()> {
     let cluster = Cluster::start_with(ClusterOptions {
         cpus: 2.0,
         ..Default::default()
     })
     .await?;
     let (fw, mut events) = cluster.framework("e2e-validation").await?;
-    let offer = events.next_offer().await?;
+    let mut offer = events.next_offer().await?;
 
     // Larger than the offer.
     fw.launch(
@@ -243,6 +244,7 @@ async fn bad_launches_are_rejected_and_change_nothing() -> Result<()> {
     assert_eq!(last.state(), TaskState::Error);
     assert_eq!(last.reason(), TaskReason::TaskInvalid);
     assert!(last.message.contains("cpus"), "{}", last.message);
+    offer = events.next_offer().await?;
 
     // An empty command.
     fw.launch(
@@ -257,6 +259,7 @@ async fn bad_launches_are_rejected_and_change_nothing() -> Result<()> {
         "{:?}",
         empty
     );
+    offer = events.next_offer().await?;
 
     // Two tasks with one id in one call.
     fw.launch(
@@ -269,8 +272,9 @@ async fn bad_launches_are_rejected_and_change_nothing() -> Result<()> {
     .await?;
     let dup = events.until_terminal("dup").await?;
     assert_eq!(dup.last().expect("terminal").state(), TaskState::Error);
+    offer = events.next_offer().await?;
 
-    // An unknown offer id.
+    // An unknown offer id: the real offer, not named, stays outstanding.
     let mut forged = offer.clone();
     forged.id = "no-such-offer".into();
     fw.launch(
@@ -285,7 +289,7 @@ async fn bad_launches_are_rejected_and_change_nothing() -> Result<()> {
         TaskReason::InvalidOffers
     );
 
-    // Nothing changed: the same offer still launches a task.
+    // Nothing was launched: the latest offer launches a task.
     fw.launch(
         &offer,
         vec![task("ok").shell("sleep 30").cpus(0.1).mem(16.0).build()],
