@@ -299,7 +299,7 @@ impl Shared {
     }
 
     /// Runs an operator action on the core; its error becomes the call's status.
-    async fn operate<T: Send + 'static>(
+    pub(crate) async fn operate<T: Send + 'static>(
         &self,
         action: impl FnOnce(&mut Core, Duration) -> Result<T, OperatorError> + Send + 'static,
     ) -> Result<T, Status> {

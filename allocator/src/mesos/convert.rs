@@ -533,6 +533,11 @@ fn resource_out(r: &Resource) -> out::Resource<'_> {
     o
 }
 
+/// A Strata resource as Mesos' JSON `Resource` (operator API answers).
+pub fn resource_json(r: &Resource) -> Value {
+    serde_json::to_value(resource_out(r)).unwrap_or(Value::Null)
+}
+
 fn offer_out(o: &Offer) -> out::Offer<'_> {
     out::Offer {
         id: out::Id { value: &o.id },

@@ -22,6 +22,7 @@
 
 pub mod convert;
 pub mod json;
+pub mod operator_v1;
 pub mod recordio;
 pub mod state;
 
@@ -193,6 +194,36 @@ pub enum HttpError {
     /// A query parameter is invalid.
     #[error("invalid query: {0}")]
     BadQuery(String),
+    /// An operator call that cannot be read.
+    #[error(transparent)]
+    OperatorCall(#[from] operator_v1::OperatorCallError),
+    /// The allocator refused an operator call.
+    #[error("{message}")]
+    Operator {
+        /// The status that says why.
+        status: StatusCode,
+        /// The allocator's reason.
+        message: String,
+    },
+}
+
+impl HttpError {
+    /// The refusal of an operator action, as its gRPC status says.
+    fn operator(status: &Status) -> Self {
+        let code = match status.code() {
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::Operator {
+            status: code,
+            message: status.message().to_owned(),
+        }
+    }
 }
 
 impl From<strata_auth::Denied> for HttpError {
@@ -224,7 +255,9 @@ impl HttpError {
             | Self::MissingStreamId
             | Self::WrongStreamId { .. }
             | Self::SubscribeRefused { .. }
-            | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
+            | Self::BadQuery(_)
+            | Self::OperatorCall(_) => StatusCode::BAD_REQUEST,
+            Self::Operator { status, .. } => *status,
         }
     }
 }
@@ -333,6 +366,7 @@ fn router(
         .route("/master/frameworks", get(master_frameworks))
         .route("/master/tasks", get(master_tasks))
         .route("/metrics/snapshot", get(metrics_snapshot))
+        .route("/api/v1", post(operator_call))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx);
@@ -444,6 +478,126 @@ async fn master_tasks(
     Ok(json_response(&state::master_tasks(
         &s, limit, offset, ascending,
     )))
+}
+
+/// `POST /api/v1`: Mesos' v1 operator API ([`operator_v1`]).
+async fn operator_call(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    use operator_v1::OperatorCall;
+    leading(&ctx.leadership, "/api/v1")?;
+    let principal = caller(&ctx, peer, &headers)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| HttpError::BadJson {
+            reason: e.to_string(),
+        })?;
+    let call = operator_v1::parse(&value)?;
+    let shared = &ctx.shared;
+    let authorize = |objects: &[&str]| -> Result<(), HttpError> {
+        if let Some(action) = call.action() {
+            for object in objects {
+                shared
+                    .security
+                    .authorize(principal.as_deref(), action, object)?;
+            }
+        }
+        Ok(())
+    };
+    let operator = |s: Status| HttpError::operator(&s);
+    let done = || StatusCode::OK.into_response();
+    Ok(match call.clone() {
+        OperatorCall::Health => json_response(&operator_v1::health()),
+        OperatorCall::Version => json_response(&operator_v1::version()),
+        OperatorCall::State(view) => {
+            authorize(&["*"])?;
+            let s = shared
+                .query(Query::State)
+                .await
+                .map_err(|_| HttpError::Unavailable)?;
+            json_response(&operator_v1::state_view(view, &s))
+        }
+        OperatorCall::Roles => {
+            authorize(&["*"])?;
+            let roles = shared
+                .operate(|core, _| Ok(core.role_summaries()))
+                .await
+                .map_err(operator)?;
+            json_response(&operator_v1::roles(&roles))
+        }
+        OperatorCall::Quota => {
+            authorize(&["*"])?;
+            let quotas = shared
+                .operate(|core, _| Ok(core.quota_infos()))
+                .await
+                .map_err(operator)?;
+            json_response(&operator_v1::quota(&quotas))
+        }
+        OperatorCall::UpdateQuota(infos) => {
+            let roles: Vec<&str> = infos.iter().map(|q| q.role.as_str()).collect();
+            authorize(&roles)?;
+            shared
+                .operate(move |core, _| {
+                    for info in &infos {
+                        let quota = strata_allocator_core::Core::quota_from_proto(info)?;
+                        core.set_quota(&info.role, quota)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(operator)?;
+            done()
+        }
+        OperatorCall::UpdateWeights(weights) => {
+            let roles: Vec<&str> = weights.keys().map(String::as_str).collect();
+            authorize(&roles)?;
+            shared
+                .operate(move |core, _| core.set_weights(&weights))
+                .await
+                .map_err(operator)?;
+            done()
+        }
+        OperatorCall::DrainAgent(agent_id, grace) => {
+            authorize(&[&agent_id])?;
+            shared
+                .operate(move |core, now| core.drain_agent(now, &agent_id, grace))
+                .await
+                .map_err(operator)?;
+            done()
+        }
+        OperatorCall::DeactivateAgent(agent_id) => {
+            authorize(&[&agent_id])?;
+            shared
+                .operate(move |core, _| core.deactivate_agent(&agent_id))
+                .await
+                .map_err(operator)?;
+            done()
+        }
+        OperatorCall::ReactivateAgent(agent_id) => {
+            authorize(&[&agent_id])?;
+            shared
+                .operate(move |core, _| core.reactivate_agent(&agent_id))
+                .await
+                .map_err(operator)?;
+            done()
+        }
+        OperatorCall::Teardown(framework_id) => {
+            let id = framework_id.clone();
+            let owner = shared
+                .operate(move |core, _| Ok(core.framework_principal(&id)))
+                .await
+                .map_err(operator)?
+                .unwrap_or_default();
+            authorize(&[&owner])?;
+            shared
+                .operate(move |core, now| core.teardown_framework(now, &framework_id))
+                .await
+                .map_err(operator)?;
+            done()
+        }
+    })
 }
 
 async fn metrics_snapshot(

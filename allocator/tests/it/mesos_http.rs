@@ -526,6 +526,91 @@ async fn the_endpoints_mesos_tools_read() -> Result<()> {
     allocator.shutdown().await
 }
 
+/// Mesos' v1 operator API (`POST /api/v1`): the read calls answer in Mesos' shape, quota and
+/// maintenance calls take effect, and what is not supported is refused saying what is.
+#[tokio::test]
+async fn the_v1_operator_api_reads_and_steers() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let call = |body: Value| async move {
+        Conn::open(addr)
+            .await?
+            .send(
+                "POST",
+                "/api/v1",
+                &[("Content-Type", "application/json")],
+                body.to_string().as_bytes(),
+            )
+            .await
+    };
+    let ok = |r: Response| -> Result<Value> {
+        assert_eq!(r.status, 200, "{}", r.text());
+        Ok(if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&r.body)?
+        })
+    };
+    let health = ok(call(json!({ "type": "GET_HEALTH" })).await?)?;
+    assert_eq!(health["get_health"]["healthy"], true);
+    let agents = ok(call(json!({ "type": "GET_AGENTS" })).await?)?;
+    let a = &agents["get_agents"]["agents"][0];
+    assert_eq!(a["agent_info"]["id"]["value"], agent.id.as_str());
+    assert_eq!(a["active"], true);
+    let state = ok(call(json!({ "type": "GET_STATE" })).await?)?;
+    assert!(state["get_state"]["get_tasks"]["tasks"].is_array());
+    assert!(state["get_state"]["get_frameworks"]["frameworks"].is_array());
+
+    ok(call(json!({ "type": "UPDATE_QUOTA", "update_quota": { "quota_configs": [
+        { "role": "eng", "guarantees": { "cpus": { "value": 1 } }, "limits": { "cpus": { "value": 2 } } }
+    ] } }))
+    .await?)?;
+    let quota = ok(call(json!({ "type": "GET_QUOTA" })).await?)?;
+    let config = &quota["get_quota"]["status"]["configs"][0];
+    assert_eq!(config["role"], "eng");
+    assert_eq!(config["guarantees"]["cpus"], 1.0);
+    assert_eq!(config["limits"]["cpus"], 2.0);
+    ok(call(json!({ "type": "UPDATE_WEIGHTS", "update_weights": {
+        "weight_infos": [{ "role": "eng", "weight": 3.0 }] } }))
+    .await?)?;
+    let roles = ok(call(json!({ "type": "GET_ROLES" })).await?)?;
+    let eng = roles["get_roles"]["roles"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "eng"))
+        .context("role eng")?;
+    assert_eq!(eng["weight"], 3.0);
+
+    ok(
+        call(json!({ "type": "DEACTIVATE_AGENT", "deactivate_agent": {
+        "agent_id": { "value": agent.id } } }))
+        .await?,
+    )?;
+    let agents = ok(call(json!({ "type": "GET_AGENTS" })).await?)?;
+    assert_eq!(agents["get_agents"]["agents"][0]["active"], false);
+    assert_eq!(agents["get_agents"]["agents"][0]["deactivated"], true);
+
+    let unknown = call(json!({ "type": "REACTIVATE_AGENT", "reactivate_agent": {
+        "agent_id": { "value": "no-such-agent" } } }))
+    .await?;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    let unsupported = call(json!({ "type": "SUBSCRIBE" })).await?;
+    assert_eq!(unsupported.status, 400);
+    assert!(
+        unsupported.text().contains("Strata answers GET_HEALTH"),
+        "{}",
+        unsupported.text()
+    );
+    let bad = call(json!({ "type": "DRAIN_AGENT", "drain_agent": {} })).await?;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.text().contains("agent_id.value is missing"),
+        "{}",
+        bad.text()
+    );
+    allocator.shutdown().await
+}
+
 #[tokio::test]
 async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;

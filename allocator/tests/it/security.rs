@@ -456,3 +456,46 @@ async fn the_mesos_api_authenticates_with_basic_and_refuses_a_hijack() -> Result
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// Mesos' v1 operator API on the Mesos port decides as the gRPC OperatorService: without
+/// credentials 401, a principal without the rule 403, an operator with `set_quota` 200.
+#[tokio::test]
+async fn the_mesos_operator_api_needs_credentials_and_a_rule() -> Result<()> {
+    let cluster = Cluster::new()?;
+    let running = start(&cluster, true).await?;
+    let update = |auth: Option<&str>| {
+        let body = serde_json::json!({ "type": "UPDATE_QUOTA", "update_quota": {
+            "quota_configs": [{ "role": "eng", "limits": { "cpus": { "value": 2 } } }] } })
+        .to_string();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST /api/v1 HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (status, text) = exchange(tls_stream(&cluster, running.http).await?, update(None)).await?;
+    assert_eq!(status, 401, "{text}");
+    let alice = basic("alice", &cluster.tokens["alice"]);
+    let (status, text) = exchange(
+        tls_stream(&cluster, running.http).await?,
+        update(Some(&alice)),
+    )
+    .await?;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("may not set_quota"), "{text}");
+    let ops = format!("Bearer {}", cluster.tokens["ops"]);
+    let (status, text) = exchange(
+        tls_stream(&cluster, running.http).await?,
+        update(Some(&ops)),
+    )
+    .await?;
+    assert_eq!(status, 200, "{text}");
+    let audit = std::fs::read_to_string(cluster.path("audit.log"))?;
+    assert!(
+        audit.contains("\"principal\":\"alice\"") && audit.contains("set_quota"),
+        "{audit}"
+    );
+    Ok(())
+}
