@@ -59,6 +59,8 @@ mod tests_limits;
 mod tests_props;
 #[cfg(test)]
 mod tests_roles;
+#[cfg(test)]
+mod tests_update;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -214,6 +214,84 @@ impl Core {
         Ok(id)
     }
 
+    /// UPDATE_FRAMEWORK: the framework's new name, roles, capabilities and failover timeout,
+    /// checked as at SUBSCRIBE (each new role allowed to its principal); offers made to roles
+    /// it leaves are rescinded and their filters go; its tasks keep running. An invalid update
+    /// changes nothing and is answered with an ERROR event saying why.
+    fn update_framework(&mut self, fid: &FrameworkId, update: call::UpdateFramework) {
+        match self.try_update_framework(fid, update) {
+            Ok(()) => self.full_allocation = true,
+            Err(e) => self.send_error(fid, format!("UPDATE_FRAMEWORK refused: {e}")),
+        }
+    }
+
+    fn try_update_framework(
+        &mut self,
+        fid: &FrameworkId,
+        update: call::UpdateFramework,
+    ) -> Result<(), CoreError> {
+        let info = update.framework_info.unwrap_or_default();
+        if info.id != fid.0 {
+            return Err(CoreError::InvalidFrameworkInfo {
+                reason: format!(
+                    "framework_info.id {:?} is not this framework's id {fid}",
+                    strata_proto::ids::shorten(&info.id, 64)
+                ),
+            });
+        }
+        if let Some(reason) = crate::limits::check_framework_info(&info) {
+            return Err(CoreError::InvalidFrameworkInfo { reason });
+        }
+        let roles = if info.roles.is_empty() {
+            crate::allocation::default_roles()
+        } else {
+            info.roles.clone()
+        };
+        let principal = self.frameworks[fid].principal.clone();
+        for role in &roles {
+            validate_role(role).map_err(|source| CoreError::InvalidFrameworkRole {
+                name: info.name.clone(),
+                source,
+            })?;
+            self.config.policy.check(
+                principal.as_deref(),
+                strata_auth::Action::RegisterFrameworks,
+                role,
+            )?;
+        }
+        let suppressed = suppressed_set(&roles, update.suppressed_roles)?;
+        let left: Vec<_> = self.frameworks[fid]
+            .offers
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.offers
+                    .get(id)
+                    .is_some_and(|o| !roles.iter().any(|r| **r == *o.role))
+            })
+            .collect();
+        for id in left {
+            self.remove_offer(&id, true);
+        }
+        let failover = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
+            .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
+        let fw = self.frameworks.get_mut(fid).expect("framework exists");
+        tracing::info!(framework_id = %fid, name = %info.name, roles = ?roles, "framework updated");
+        fw.name = info.name;
+        fw.failover_timeout = failover;
+        fw.partition_aware = info
+            .capabilities
+            .contains(&(FrameworkCapability::PartitionAware as i32));
+        for filters in fw.filters.values_mut() {
+            filters.retain(|f| roles.iter().any(|r| **r == *f.role));
+        }
+        fw.filters.retain(|_, filters| !filters.is_empty());
+        fw.roles = roles;
+        fw.suppressed = suppressed;
+        self.record_framework(fid);
+        Ok(())
+    }
+
     /// A call (other than the stream's first SUBSCRIBE) on stream `conn`.
     pub fn framework_call(&mut self, now: Duration, conn: ConnId, call: Call) {
         let Some(fid) = self.framework_conns.get(&conn).cloned() else {
@@ -254,6 +332,7 @@ impl Core {
             Some(call::Call::Teardown(_)) => {
                 self.remove_framework(now, &fid, "the framework tore itself down".to_owned());
             }
+            Some(call::Call::UpdateFramework(update)) => self.update_framework(&fid, update),
         }
     }
 

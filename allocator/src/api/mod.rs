@@ -463,6 +463,7 @@ pub(crate) fn audit_call(security: &Security, principal: Option<&str>, call: &Ca
             return;
         }
         Some(call::Call::Teardown(_)) => "teardown",
+        Some(call::Call::UpdateFramework(_)) => "update_framework",
         _ => {
             tracing::debug!(framework_id = %call.framework_id, principal = ?principal, "framework call");
             return;

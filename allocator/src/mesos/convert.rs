@@ -135,6 +135,24 @@ pub fn call(
         "ACKNOWLEDGE" => acknowledge(c.acknowledge)?,
         "RECONCILE" => reconcile(c.reconcile.unwrap_or_default())?,
         "TEARDOWN" => call::Call::Teardown(call::Teardown {}),
+        "UPDATE_FRAMEWORK" => {
+            let u = c.update_framework.ok_or_else(|| {
+                missing(
+                    "update_framework",
+                    "an UPDATE_FRAMEWORK call carries 'update_framework' with 'framework_info'",
+                )
+            })?;
+            let info = u.framework_info.ok_or_else(|| {
+                missing(
+                    "update_framework.framework_info",
+                    "an UPDATE_FRAMEWORK call carries the framework's whole new FrameworkInfo",
+                )
+            })?;
+            call::Call::UpdateFramework(call::UpdateFramework {
+                framework_info: Some(framework_info(&info)?),
+                suppressed_roles: u.suppressed_roles,
+            })
+        }
         "MESSAGE"
         | "REQUEST"
         | "SHUTDOWN"
@@ -154,8 +172,8 @@ pub fn call(
                 field: "type",
                 why: format!(
                     "unknown call type {other:?}: send SUBSCRIBE, ACCEPT, DECLINE, REVIVE, \
-                     SUPPRESS, KILL, ACKNOWLEDGE, RECONCILE, TEARDOWN, MESSAGE, REQUEST or \
-                     SHUTDOWN"
+                     SUPPRESS, KILL, ACKNOWLEDGE, RECONCILE, TEARDOWN, UPDATE_FRAMEWORK, \
+                     MESSAGE, REQUEST or SHUTDOWN"
                 ),
             });
         }

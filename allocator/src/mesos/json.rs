@@ -30,6 +30,15 @@ pub struct Call {
     pub kill: Option<Kill>,
     pub acknowledge: Option<Acknowledge>,
     pub reconcile: Option<Reconcile>,
+    pub update_framework: Option<UpdateFramework>,
+}
+
+/// `Call.UpdateFramework`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UpdateFramework {
+    pub framework_info: Option<FrameworkInfo>,
+    pub suppressed_roles: Vec<String>,
 }
 
 /// `Call.Subscribe`.

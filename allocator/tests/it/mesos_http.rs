@@ -611,6 +611,44 @@ async fn the_v1_operator_api_reads_and_steers() -> Result<()> {
     allocator.shutdown().await
 }
 
+/// UPDATE_FRAMEWORK moves a subscribed framework to another role without a new stream: the
+/// offer made to the old role is rescinded and the next offers are to the new one.
+#[tokio::test]
+async fn update_framework_changes_roles_on_the_same_stream() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let info = json!({ "user": "root", "name": "mover", "roles": ["a"],
+        "capabilities": [{ "type": "MULTI_ROLE" }] });
+    let mut sub = Subscription::open(addr, &subscribe_call(info)).await?;
+    let offers = sub.next_of("OFFERS").await?;
+    assert_eq!(
+        offers["offers"]["offers"][0]["allocation_info"]["role"],
+        "a"
+    );
+    let update = sub.call(
+        "UPDATE_FRAMEWORK",
+        "update_framework",
+        json!({ "framework_info": { "id": { "value": sub.framework_id }, "user": "root",
+            "name": "mover", "roles": ["b"], "capabilities": [{ "type": "MULTI_ROLE" }] } }),
+    );
+    assert_status(&sub.post(addr, &update).await?, 202, "");
+    let rescind = sub.next_of("RESCIND").await?;
+    assert_eq!(
+        rescind["rescind"]["offer_id"],
+        offers["offers"]["offers"][0]["id"]
+    );
+    let offers = sub.next_of("OFFERS").await?;
+    assert_eq!(
+        offers["offers"]["offers"][0]["allocation_info"]["role"],
+        "b"
+    );
+    let missing = sub.call("UPDATE_FRAMEWORK", "update_framework", json!({}));
+    assert_status(&sub.post(addr, &missing).await?, 400, "framework_info");
+    drop(sub);
+    allocator.shutdown().await
+}
+
 #[tokio::test]
 async fn launch_acknowledge_stale_offer_unknown_task_and_reconcile() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;

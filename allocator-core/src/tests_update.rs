@@ -1,0 +1,144 @@
+//! UPDATE_FRAMEWORK (Mesos' call to change a subscribed framework without re-subscribing):
+//! roles added are offered, offers and filters of roles left go, suppression is replaced, and
+//! an invalid update (another id, a role the principal may not use) changes nothing.
+
+use std::time::Duration;
+
+use strata_proto::{Call, FrameworkInfo, call};
+
+use super::config::AllocatorConfig;
+use super::tests::{Harness, config, errors_in, offers_in, rescinds_in, simple_call};
+use super::{Acls, ConnId, FrameworkId, Policy};
+
+fn update(fid: &FrameworkId, name: &str, roles: &[&str], suppressed: &[&str]) -> Call {
+    simple_call(
+        fid,
+        call::Call::UpdateFramework(call::UpdateFramework {
+            framework_info: Some(FrameworkInfo {
+                id: fid.0.clone(),
+                name: name.to_owned(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                ..FrameworkInfo::default()
+            }),
+            suppressed_roles: suppressed.iter().map(|r| (*r).to_owned()).collect(),
+        }),
+    )
+}
+
+fn subscribe(h: &mut Harness, roles: &[&str]) -> (ConnId, FrameworkId) {
+    h.subscribe_info(FrameworkInfo {
+        name: "f".into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        ..FrameworkInfo::default()
+    })
+}
+
+#[test]
+fn update_framework_changes_roles_and_suppression_in_place() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    let (fconn, fid) = subscribe(&mut h, &["a"]);
+    let offers = offers_in(&h.allocate(), fconn);
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].allocation_role, "a");
+
+    // Leaving role a for b: the offer made to a is rescinded, and the agent is offered to b
+    // (the harness allocates after each call).
+    let cmds = h.call(fconn, update(&fid, "renamed", &["b"], &[]));
+    assert!(
+        errors_in(&cmds, fconn).is_empty(),
+        "{:?}",
+        errors_in(&cmds, fconn)
+    );
+    assert_eq!(rescinds_in(&cmds, fconn), vec![offers[0].id.clone()]);
+    let offers = offers_in(&cmds, fconn);
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].allocation_role, "b");
+    let summary = &h.core.framework_summaries()[0];
+    assert_eq!(summary.name, "renamed");
+    assert_eq!(summary.roles, vec!["b".to_owned()]);
+
+    // Suppressing b through the update: its offer stays, but none comes once it is declined.
+    let cmds = h.call(fconn, update(&fid, "renamed", &["b"], &["b"]));
+    assert!(errors_in(&cmds, fconn).is_empty());
+    let decline = simple_call(
+        &fid,
+        call::Call::Decline(call::Decline {
+            offer_ids: vec![offers[0].id.clone()],
+            filters: None,
+        }),
+    );
+    h.call(fconn, decline);
+    h.advance(Duration::from_secs(10));
+    assert!(
+        offers_in(&h.tick(), fconn).is_empty(),
+        "suppressed role offered"
+    );
+    // Unsuppressing it (an update without suppressed roles) brings offers back.
+    let cmds = h.call(fconn, update(&fid, "renamed", &["b"], &[]));
+    assert_eq!(offers_in(&cmds, fconn).len(), 1);
+}
+
+#[test]
+fn an_invalid_update_changes_nothing_and_says_why() {
+    let mut h = Harness::with(AllocatorConfig {
+        policy: Policy::Enforced(
+            Acls::parse(
+                "[[allow]]\nprincipals = [\"alice\"]\nactions = [\"register_frameworks\"]\nobjects = [\"eng\"]\n",
+                "acls",
+            )
+            .unwrap(),
+        ),
+        ..config()
+    });
+    let conn = h.conn();
+    let now = h.now;
+    let fid = h
+        .core
+        .framework_subscribe_as(
+            now,
+            conn,
+            FrameworkInfo {
+                name: "f".into(),
+                roles: vec!["eng".into()],
+                ..FrameworkInfo::default()
+            },
+            Some("alice".into()),
+            vec![],
+        )
+        .expect("alice subscribes to eng");
+    h.cmds();
+    for (bad, says) in [
+        (
+            update(&fid, "f", &["eng", "ops"], &[]),
+            "may not register_frameworks",
+        ),
+        (
+            update(&fid, "f", &["eng"], &["ops"]),
+            "not one of the framework's roles",
+        ),
+        (
+            {
+                let mut c = update(&fid, "f", &["eng"], &[]);
+                if let Some(call::Call::UpdateFramework(u)) = &mut c.call {
+                    u.framework_info.as_mut().unwrap().id = "someone-else".into();
+                }
+                c
+            },
+            "is not this framework's id",
+        ),
+    ] {
+        let cmds = h.call(conn, bad);
+        let errors = errors_in(&cmds, conn);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("UPDATE_FRAMEWORK refused") && e.contains(says)),
+            "{says}: {errors:?}"
+        );
+        assert_eq!(
+            h.core.framework_summaries()[0].roles,
+            vec!["eng".to_owned()]
+        );
+    }
+}
