@@ -415,10 +415,15 @@ struct Filter {
     until: Duration,
 }
 
+/// How many removed frameworks are remembered (Mesos' `--max_completed_frameworks`).
+pub const MAX_COMPLETED_FRAMEWORKS: usize = 50;
+
 #[derive(Debug)]
 struct Framework {
     id: FrameworkId,
     name: String,
+    /// The user its FrameworkInfo names (shown in the state; tasks name their own).
+    user: String,
     roles: Vec<String>,
     failover_timeout: Duration,
     partition_aware: bool,
@@ -512,6 +517,9 @@ pub struct Core {
     pending: Vec<bool>,
     /// Demand changed (a framework subscribed or revived, a tick): consider every agent.
     full_allocation: bool,
+    /// The latest frameworks removed (torn down, or gone past their failover timeout), at
+    /// most [`MAX_COMPLETED_FRAMEWORKS`], oldest first: Mesos' `completed_frameworks`.
+    completed_frameworks: std::collections::VecDeque<strata_proto::FrameworkSummary>,
     /// Role weights other than 1.
     weights: BTreeMap<String, f64>,
     /// Role quotas.
@@ -552,6 +560,7 @@ impl Core {
             pending_agents: Vec::new(),
             pending: Vec::new(),
             full_allocation: false,
+            completed_frameworks: std::collections::VecDeque::new(),
             weights: BTreeMap::new(),
             quotas: BTreeMap::new(),
             last_total: Resources::new(),

@@ -142,3 +142,29 @@ fn an_invalid_update_changes_nothing_and_says_why() {
         );
     }
 }
+
+#[test]
+fn removed_frameworks_are_remembered_up_to_a_bound() {
+    let mut h = Harness::new();
+    let total = crate::MAX_COMPLETED_FRAMEWORKS + 5;
+    for i in 0..total {
+        let (conn, fid) = h.subscribe_info(FrameworkInfo {
+            name: format!("f{i}"),
+            user: "alice".into(),
+            ..FrameworkInfo::default()
+        });
+        h.call(
+            conn,
+            simple_call(&fid, call::Call::Teardown(call::Teardown {})),
+        );
+    }
+    let completed = h.core.completed_framework_summaries();
+    assert_eq!(completed.len(), crate::MAX_COMPLETED_FRAMEWORKS);
+    assert_eq!(completed[0].name, "f5", "the oldest are dropped first");
+    assert_eq!(
+        completed.last().map(|f| f.name.as_str()),
+        Some(&*format!("f{}", total - 1))
+    );
+    assert!(completed.iter().all(|f| !f.connected && f.user == "alice"));
+    assert!(h.core.framework_summaries().is_empty());
+}

@@ -57,23 +57,36 @@ impl Core {
         agents
     }
 
+    /// The summary of one framework.
+    pub(crate) fn framework_summary(&self, f: &crate::Framework) -> FrameworkSummary {
+        FrameworkSummary {
+            id: f.id.0.clone(),
+            name: f.name.clone(),
+            roles: f.roles.clone(),
+            connected: f.conn.is_some(),
+            allocated: f.allocated.to_proto(),
+            offered: f.offered.to_proto(),
+            dominant_share: self.dominant_share(f),
+            active_tasks: u32::try_from(f.tasks.len()).unwrap_or(u32::MAX),
+            registered_at: f.registered_at.as_secs_f64(),
+            principal: f.principal.clone().unwrap_or_default(),
+            user: f.user.clone(),
+            unregistered_at: 0.0,
+        }
+    }
+
+    /// The latest frameworks removed, oldest first (at most
+    /// [`crate::MAX_COMPLETED_FRAMEWORKS`]; not kept across restarts).
+    pub fn completed_framework_summaries(&self) -> Vec<FrameworkSummary> {
+        self.completed_frameworks.iter().cloned().collect()
+    }
+
     /// Every framework the allocator knows (connected or within its failover timeout), by id.
     pub fn framework_summaries(&self) -> Vec<FrameworkSummary> {
         let mut frameworks: Vec<FrameworkSummary> = self
             .frameworks
             .values()
-            .map(|f| FrameworkSummary {
-                id: f.id.0.clone(),
-                name: f.name.clone(),
-                roles: f.roles.clone(),
-                connected: f.conn.is_some(),
-                allocated: f.allocated.to_proto(),
-                offered: f.offered.to_proto(),
-                dominant_share: self.dominant_share(f),
-                active_tasks: u32::try_from(f.tasks.len()).unwrap_or(u32::MAX),
-                registered_at: f.registered_at.as_secs_f64(),
-                principal: f.principal.clone().unwrap_or_default(),
-            })
+            .map(|f| self.framework_summary(f))
             .collect();
         frameworks.sort_by(|a, b| a.id.cmp(&b.id));
         frameworks

@@ -530,7 +530,7 @@ mod tests {
             dominant_share: 0.25,
             active_tasks: 1,
             registered_at: 0.0,
-            principal: String::new(),
+            ..FrameworkSummary::default()
         };
         let out = frameworks_table(&[FrameworkRow::new(&fw)]);
         let row = out.lines().nth(1).expect("a row");

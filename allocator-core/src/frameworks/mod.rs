@@ -74,6 +74,7 @@ impl Core {
         Framework {
             id,
             name: String::new(),
+            user: String::new(),
             roles: Vec::new(),
             failover_timeout: Duration::ZERO,
             partition_aware: false,
@@ -189,6 +190,7 @@ impl Core {
             .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(&id).expect("framework exists");
         fw.name = info.name;
+        fw.user = info.user;
         fw.principal = principal;
         fw.roles = roles;
         fw.failover_timeout = failover;
@@ -278,6 +280,7 @@ impl Core {
         let fw = self.frameworks.get_mut(fid).expect("framework exists");
         tracing::info!(framework_id = %fid, name = %info.name, roles = ?roles, "framework updated");
         fw.name = info.name;
+        fw.user = info.user;
         fw.failover_timeout = failover;
         fw.partition_aware = info
             .capabilities
@@ -417,6 +420,13 @@ impl Core {
         if let Some(conn) = self.frameworks[fid].conn {
             self.framework_conns.remove(&conn);
             self.outbox.push(crate::Command::Close { conn });
+        }
+        let mut summary = self.framework_summary(&self.frameworks[fid]);
+        summary.connected = false;
+        summary.unregistered_at = now.as_secs_f64();
+        self.completed_frameworks.push_back(summary);
+        while self.completed_frameworks.len() > crate::MAX_COMPLETED_FRAMEWORKS {
+            self.completed_frameworks.pop_front();
         }
         self.frameworks.remove(fid);
         self.record(crate::registry::RegistryOp::RemoveFramework(fid.0.clone()));

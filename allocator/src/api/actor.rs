@@ -324,6 +324,7 @@ impl Actor {
                     // Usage is kept at the edge; the service adds it.
                     usage: Vec::new(),
                     reservations: self.core.reservation_summaries(),
+                    completed_frameworks: self.core.completed_framework_summaries(),
                 });
             }
             Query::Agents(reply) => {

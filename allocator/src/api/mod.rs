@@ -175,6 +175,7 @@ pub async fn serve_secure(
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (watch_tx, _) = broadcast::channel(WATCH_BUFFER);
+    let flags = crate::mesos::state::flags(&config);
     let actor = Actor::new(config, watch_tx.clone(), store, registry)?
         .with_metrics(metrics.clone())
         .with_security(security.clone());
@@ -202,7 +203,7 @@ pub async fn serve_secure(
         usage: UsageBook::default(),
         security,
     };
-    let http_task = http.map(|api| tokio::spawn(crate::mesos::run(api, shared.clone())));
+    let http_task = http.map(|api| tokio::spawn(crate::mesos::run(api, shared.clone(), flags)));
     let incoming = TcpListenerStream::new(listener).map(|stream| {
         let stream = stream?;
         // Small messages (updates, launches) must not wait for Nagle's algorithm.

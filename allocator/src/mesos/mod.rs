@@ -303,10 +303,12 @@ struct Ctx {
     subscriptions: Subscriptions,
     leadership: Leadership,
     addr: SocketAddr,
+    /// The allocator's settings, as `/master/state`'s `flags`.
+    flags: Arc<serde_json::Value>,
 }
 
 /// Serves `api` until the allocator stops (`shared.stop`).
-pub(crate) async fn run(api: HttpApi, shared: Shared) {
+pub(crate) async fn run(api: HttpApi, shared: Shared, flags: serde_json::Value) {
     let addr = match api.listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -323,7 +325,7 @@ pub(crate) async fn run(api: HttpApi, shared: Shared) {
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let app = router(shared, api.leadership, addr, api.extra);
+    let app = router(shared, api.leadership, addr, api.extra, flags);
     tracing::info!(%addr, scheme, "mesos scheduler HTTP API serving");
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
@@ -342,10 +344,12 @@ fn router(
     leadership: Leadership,
     addr: SocketAddr,
     extra: Option<Router>,
+    flags: serde_json::Value,
 ) -> Router {
     let ctx = Ctx {
         shared,
         subscriptions: Arc::default(),
+        flags: Arc::new(flags),
         leadership,
         addr,
     };
@@ -417,7 +421,9 @@ async fn master_state(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let s = viewed_state(&ctx, "/master/state", peer, &headers).await?;
-    Ok(json_response(&state::master_state(&s, ctx.addr, true)))
+    Ok(json_response(&state::master_state(
+        &s, ctx.addr, true, &ctx.flags,
+    )))
 }
 
 async fn master_slaves(

@@ -292,29 +292,32 @@ fn agents(state: &GetStateResponse) -> Value {
     json!({ "agents": agents, "recovered_agents": [] })
 }
 
+fn framework(f: &strata_proto::FrameworkSummary) -> Value {
+    let mut out = json!({
+        "framework_info": {
+            "id": id(&f.id),
+            "name": f.name,
+            "user": f.user,
+            "roles": f.roles,
+            "principal": f.principal,
+        },
+        "active": f.connected,
+        "connected": f.connected,
+        "recovered": false,
+        "registered_time": nanos(f.registered_at),
+        "allocated_resources": resources(&f.allocated),
+        "offered_resources": resources(&f.offered),
+    });
+    if f.unregistered_at > 0.0 {
+        out["unregistered_time"] = nanos(f.unregistered_at);
+    }
+    out
+}
+
 fn frameworks(state: &GetStateResponse) -> Value {
-    let frameworks: Vec<Value> = state
-        .frameworks
-        .iter()
-        .map(|f| {
-            json!({
-                "framework_info": {
-                    "id": id(&f.id),
-                    "name": f.name,
-                    "user": "",
-                    "roles": f.roles,
-                    "principal": f.principal,
-                },
-                "active": f.connected,
-                "connected": f.connected,
-                "recovered": false,
-                "registered_time": nanos(f.registered_at),
-                "allocated_resources": resources(&f.allocated),
-                "offered_resources": resources(&f.offered),
-            })
-        })
-        .collect();
-    json!({ "frameworks": frameworks, "completed_frameworks": [] })
+    let frameworks: Vec<Value> = state.frameworks.iter().map(framework).collect();
+    let completed: Vec<Value> = state.completed_frameworks.iter().map(framework).collect();
+    json!({ "frameworks": frameworks, "completed_frameworks": completed })
 }
 
 fn tasks(state: &GetStateResponse) -> Value {

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 use strata_proto::{
-    AgentMode, AgentState, AgentSummary, GetStateResponse, Resource, ResourceKind, TaskState,
+    AgentMode, AgentState, AgentSummary, FrameworkSummary, GetStateResponse, Resource,
+    ResourceKind, TaskState,
 };
 
 use super::convert::state_name;
@@ -161,33 +162,81 @@ fn frameworks(state: &GetStateResponse) -> Vec<Value> {
         .iter()
         .map(|f| {
             let (tasks, completed) = tasks_by_framework.remove(f.id.as_str()).unwrap_or_default();
-            let mut resources = f.allocated.clone();
-            resources.extend(f.offered.iter().cloned());
-            json!({
-                "id": f.id,
-                "name": f.name,
-                "principal": f.principal,
-                "role": f.roles.first().cloned().unwrap_or_else(|| "*".to_owned()),
-                "roles": f.roles,
-                "active": f.connected,
-                "connected": f.connected,
-                "recovered": false,
-                "registered_time": f.registered_at,
-                "resources": summary(&resources),
-                "used_resources": summary(&f.allocated),
-                "offered_resources": summary(&f.offered),
-                "tasks": tasks,
-                "completed_tasks": completed,
-                "offers": [],
-                "executors": [],
-            })
+            framework_json(f, tasks, completed)
         })
         .collect()
 }
 
-/// `GET /master/state`: the whole state in Mesos' shape.
-pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -> Value {
+/// A framework as Mesos' views write it, with its tasks.
+fn framework_json(f: &FrameworkSummary, tasks: Vec<Value>, completed: Vec<Value>) -> Value {
+    let mut resources = f.allocated.clone();
+    resources.extend(f.offered.iter().cloned());
     let mut out = json!({
+        "id": f.id,
+        "name": f.name,
+        "user": f.user,
+        "principal": f.principal,
+        "role": f.roles.first().cloned().unwrap_or_else(|| "*".to_owned()),
+        "roles": f.roles,
+        "active": f.connected,
+        "connected": f.connected,
+        "recovered": false,
+        "registered_time": f.registered_at,
+        "resources": summary(&resources),
+        "used_resources": summary(&f.allocated),
+        "offered_resources": summary(&f.offered),
+        "tasks": tasks,
+        "completed_tasks": completed,
+        "offers": [],
+        "executors": [],
+    });
+    if f.unregistered_at > 0.0 {
+        out["unregistered_time"] = json!(f.unregistered_at);
+    }
+    out
+}
+
+/// The frameworks removed lately, as Mesos' `completed_frameworks`.
+fn completed_frameworks(state: &GetStateResponse) -> Vec<Value> {
+    state
+        .completed_frameworks
+        .iter()
+        .map(|f| framework_json(f, Vec::new(), Vec::new()))
+        .collect()
+}
+
+/// The allocator's settings as Mesos' `flags` (strings; durations in seconds, as
+/// `15secs`), for the tools that show them.
+pub fn flags(config: &strata_allocator_core::AllocatorConfig) -> Value {
+    let secs = |d: std::time::Duration| format!("{}secs", d.as_secs_f64());
+    json!({
+        "agent_ping_timeout": secs(config.agent_heartbeat_interval),
+        "agent_timeout": secs(config.agent_timeout),
+        "agent_reconnect_timeout": secs(config.agent_reconnect_timeout),
+        "allocation_interval": secs(config.allocation_interval),
+        "framework_heartbeat_interval": secs(config.framework_heartbeat_interval),
+        "default_refuse_seconds": secs(config.default_refuse),
+        "offer_timeout": config.offer_timeout.map_or_else(|| "none".to_owned(), secs),
+        "max_completed_tasks": config.terminal_task_history.to_string(),
+        "max_completed_frameworks": strata_allocator_core::MAX_COMPLETED_FRAMEWORKS.to_string(),
+        "max_frameworks": config.max_frameworks.to_string(),
+        "max_frameworks_per_principal": config.max_frameworks_per_principal.to_string(),
+        "authenticate_frameworks": config.policy.enforced().to_string(),
+        "authenticate_agents": config.policy.enforced().to_string(),
+        "authenticate_http_readonly": config.policy.enforced().to_string(),
+        "authenticate_http_readwrite": config.policy.enforced().to_string(),
+    })
+}
+
+/// `GET /master/state`: the whole state in Mesos' shape.
+pub fn master_state(
+    state: &GetStateResponse,
+    addr: SocketAddr,
+    leading: bool,
+    flags: &Value,
+) -> Value {
+    let mut out = json!({
+        "flags": flags,
         "version": MESOS_VERSION,
         "strata_version": state.allocator_version,
         "id": format!("strata-{addr}"),
@@ -199,7 +248,7 @@ pub fn master_state(state: &GetStateResponse, addr: SocketAddr, leading: bool) -
         "deactivated_slaves": state.agents.iter().filter(|a| !offered_as_usual(a)).count(),
         "slaves": slaves(state),
         "frameworks": frameworks(state),
-        "completed_frameworks": [],
+        "completed_frameworks": completed_frameworks(state),
         "unregistered_frameworks": [],
         "orphan_tasks": [],
     });
@@ -225,7 +274,7 @@ pub fn master_slaves(state: &GetStateResponse) -> Value {
 pub fn master_frameworks(state: &GetStateResponse) -> Value {
     json!({
         "frameworks": frameworks(state),
-        "completed_frameworks": [],
+        "completed_frameworks": completed_frameworks(state),
         "unregistered_frameworks": [],
     })
 }
@@ -389,7 +438,7 @@ mod tests {
             ],
             ..GetStateResponse::default()
         };
-        let json = master_state(&state, "127.0.0.1:5050".parse().unwrap(), true);
+        let json = master_state(&state, "127.0.0.1:5050".parse().unwrap(), true, &json!({}));
         let active: Vec<bool> = json["slaves"]
             .as_array()
             .unwrap()

@@ -517,6 +517,37 @@ async fn the_endpoints_mesos_tools_read() -> Result<()> {
         "{}",
         bad.text()
     );
+    // A framework torn down is listed in completed_frameworks; the state has the flags and
+    // each framework's user.
+    let gone = Subscription::open(addr, &subscribe_call(info("short-lived"))).await?;
+    let teardown = gone.call("TEARDOWN", "", json!(null));
+    assert_status(&gone.post(addr, &teardown).await?, 202, "");
+    let deadline = tokio::time::Instant::now() + STEP;
+    let completed = loop {
+        let frameworks = json(get(addr, "/master/frameworks").await?)?;
+        if let Some(c) = frameworks["completed_frameworks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|f| f["name"] == "short-lived"))
+        {
+            break c.clone();
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no completed framework: {frameworks}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        completed["unregistered_time"].as_f64().is_some(),
+        "{completed}"
+    );
+    let state = json(get(addr, "/master/state").await?)?;
+    assert_eq!(
+        state["flags"]["allocation_interval"], "0.05secs",
+        "{}",
+        state["flags"]
+    );
+    assert_eq!(state["frameworks"][0]["user"], info("x")["user"]);
     let metrics = json(get(addr, "/metrics/snapshot").await?)?;
     assert_eq!(metrics["master/slaves_active"], 1.0);
     assert_eq!(metrics["master/cpus_total"], 4.0);
