@@ -217,6 +217,13 @@ pub async fn quota(allocator: &crate::security::Allocator, args: QuotaArgs) -> a
                     "give a guarantee (cpus=4 mem=8GiB) or --limit; `strata quota remove {role}` removes it"
                 );
             }
+            if quota.limit.is_empty() && quota.guarantee.iter().all(|r| r.scalar == 0.0) {
+                bail!(
+                    "a guarantee of 0 with no limit is no quota: give a positive guarantee, or \
+                     --limit (a limit of 0 caps the role at what it holds); `strata quota \
+                     remove {role}` removes a quota"
+                );
+            }
             client
                 .set_quota(SetQuotaRequest { quota: Some(quota) })
                 .await

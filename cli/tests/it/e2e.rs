@@ -466,3 +466,27 @@ async fn an_agent_registers_static_reservations_from_its_resources_flag() -> Res
     assert_eq!(agents[0]["total"]["cpus"], 3.0, "{agents}");
     Ok(())
 }
+
+/// A limit of 0 caps a role and is kept; a guarantee of 0 with no limit is refused rather than
+/// answered "set" (it would be no quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_quota_limit_is_kept_and_a_zero_guarantee_alone_is_refused() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let out = cluster.cli(&["quota", "set", "eng", "cpus=0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("a guarantee of 0 with no limit is no quota"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cluster.cli(&["quota", "set", "eng", "--limit", "cpus=0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cluster.cli(&["quota", "get", "--json"]);
+    let quotas: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let eng = quotas
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["role"] == "eng"))
+        .with_context(|| format!("no quota for eng: {quotas}"))?;
+    assert_eq!(eng["limit"], "cpus=0", "{eng}");
+    Ok(())
+}
