@@ -54,6 +54,8 @@ mod tests;
 #[cfg(test)]
 mod tests_auth;
 #[cfg(test)]
+mod tests_headroom;
+#[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
 mod tests_props;

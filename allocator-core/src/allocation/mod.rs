@@ -4,7 +4,9 @@
 //! those whose free resources changed) in two stages, as Mesos' hierarchical allocator does:
 //!
 //! 1. **guarantees**: only roles whose quota guarantee (or an ancestor's) is not yet met
-//!    are offered to;
+//!    are offered to, each what its guarantee names up to what is missing, and of the other
+//!    scalars only what the other roles' unmet guarantees leave (a cpus-only guarantee
+//!    cannot take the memory another role's guarantee needs);
 //! 2. **fair sharing**: every role, but the unreserved scalars still needed to meet the
 //!    other roles' unmet guarantees (the headroom) are held back, so a guarantee is set
 //!    aside even while its role is idle.
@@ -366,7 +368,25 @@ impl Core {
         };
         if pass.quotas {
             pass.apply_limits(leaf, &mut resources);
-            if stage == Stage::Fair && !guaranteed && !pass.headroom.is_empty() {
+            if stage == Stage::Guarantees && !pass.headroom.is_empty() {
+                // As Mesos: a role below its guarantee gets what its guarantee names up to
+                // what is missing, and of other scalars only what the unmet guarantees of
+                // other roles leave (a cpus-only guarantee cannot take the memory another
+                // role's guarantee needs). Its reservations are its own either way.
+                let own = pass.unmet_of(leaf);
+                let mut caps = ScalarCaps::new();
+                for (name, _) in resources.scalars() {
+                    let mine = own.scalar(name);
+                    let cap = if mine > 0 {
+                        mine
+                    } else {
+                        let others = pass.headroom.scalar(name) - mine;
+                        (pass.available.scalar(name) - others).max(0)
+                    };
+                    caps.set(name, cap + resources.reserved_scalar(name));
+                }
+                resources.cap_scalars(&caps);
+            } else if stage == Stage::Fair && !guaranteed && !pass.headroom.is_empty() {
                 // Hold back what unmet guarantees of other roles still need.
                 let mut caps = ScalarCaps::new();
                 for (name, need) in pass.headroom.scalars() {

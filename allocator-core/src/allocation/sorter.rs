@@ -164,6 +164,25 @@ impl Pass {
         self.quotas && self.leaves[leaf].path.iter().any(|&n| self.nodes[n].unmet)
     }
 
+    /// What is still missing of the guarantees of the leaf's role and its ancestors (the
+    /// largest missing amount of each scalar along its path).
+    pub(super) fn unmet_of(&self, leaf: usize) -> Resources {
+        let mut missing = Resources::new();
+        for &n in &self.leaves[leaf].path {
+            let node = &self.nodes[n];
+            if let Some(quota) = node.quota.as_ref().filter(|_| node.unmet) {
+                for (name, g) in quota.guarantee.scalars() {
+                    let short = g - node.subtree.scalar(name) - node.reserved.scalar(name);
+                    let had = missing.scalar(name);
+                    if short > had {
+                        missing.add_scalar(name, short - had);
+                    }
+                }
+            }
+        }
+        missing
+    }
+
     pub(super) fn any_unmet(&self) -> bool {
         self.quotas && self.nodes.iter().any(|n| n.unmet)
     }
