@@ -417,6 +417,32 @@ struct Filter {
     until: Duration,
 }
 
+/// Sets of quantities (scalar name, milli-units), at least one of which an offer must hold.
+pub(crate) type MinAllocatable = Vec<Vec<(String, i64)>>;
+
+/// FrameworkInfo.offer_filters as the core keeps them.
+pub(crate) fn min_allocatable_of(
+    info: &strata_proto::FrameworkInfo,
+) -> BTreeMap<String, MinAllocatable> {
+    info.offer_filters
+        .iter()
+        .map(|(role, min)| {
+            let sets = min
+                .quantities
+                .iter()
+                .map(|set| {
+                    set.quantities
+                        .iter()
+                        .map(|(name, value)| (name.clone(), (value * 1000.0).round() as i64))
+                        .collect()
+                })
+                .collect();
+            (role.clone(), sets)
+        })
+        .filter(|(_, sets): &(String, MinAllocatable)| !sets.is_empty())
+        .collect()
+}
+
 /// How many removed frameworks are remembered (Mesos' `--max_completed_frameworks`).
 pub const MAX_COMPLETED_FRAMEWORKS: usize = 50;
 
@@ -426,6 +452,8 @@ struct Framework {
     name: String,
     /// The user its FrameworkInfo names (shown in the state; tasks name their own).
     user: String,
+    /// Per role, the least an offer must hold (FrameworkInfo.offer_filters).
+    min_allocatable: BTreeMap<String, MinAllocatable>,
     roles: Vec<String>,
     failover_timeout: Duration,
     partition_aware: bool,

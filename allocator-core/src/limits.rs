@@ -84,8 +84,48 @@ pub fn check_framework_info(info: &FrameworkInfo) -> Option<String> {
             info.roles.len()
         ));
     }
+    if info.offer_filters.len() > MAX_ROLES_PER_FRAMEWORK {
+        return Some(format!(
+            "the framework has offer filters for {} roles, more than the \
+             {MAX_ROLES_PER_FRAMEWORK} allowed",
+            info.offer_filters.len()
+        ));
+    }
+    for (role, min) in &info.offer_filters {
+        let role = shorten(role, 64);
+        if min.quantities.len() > MAX_MIN_ALLOCATABLE_SETS {
+            return Some(format!(
+                "the offer filter of role {role:?} has {} sets of quantities, more than the \
+                 {MAX_MIN_ALLOCATABLE_SETS} allowed",
+                min.quantities.len()
+            ));
+        }
+        for set in &min.quantities {
+            if set.quantities.len() > MAX_MIN_ALLOCATABLE_SETS {
+                return Some(format!(
+                    "an offer filter of role {role:?} names {} resources, more than the \
+                     {MAX_MIN_ALLOCATABLE_SETS} allowed",
+                    set.quantities.len()
+                ));
+            }
+            if let Some((name, value)) = set
+                .quantities
+                .iter()
+                .find(|(n, v)| n.len() > MAX_NAME_LEN || !v.is_finite() || **v < 0.0)
+            {
+                return Some(format!(
+                    "the offer filter of role {role:?} asks {:?} = {value}: give resource names \
+                     with non-negative numbers",
+                    shorten(name, 64)
+                ));
+            }
+        }
+    }
     None
 }
+
+/// The most sets of quantities in one role's offer filter, and names in one set.
+pub const MAX_MIN_ALLOCATABLE_SETS: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -168,3 +168,49 @@ fn removed_frameworks_are_remembered_up_to_a_bound() {
     assert!(completed.iter().all(|f| !f.connected && f.user == "alice"));
     assert!(h.core.framework_summaries().is_empty());
 }
+
+fn min_filter(role: &str, sets: &[&[(&str, f64)]]) -> FrameworkInfo {
+    let quantities = sets
+        .iter()
+        .map(|set| strata_proto::Quantities {
+            quantities: set.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+        })
+        .collect();
+    FrameworkInfo {
+        name: "picky".into(),
+        offer_filters: [(role.to_owned(), strata_proto::MinAllocatable { quantities })]
+            .into_iter()
+            .collect(),
+        ..FrameworkInfo::default()
+    }
+}
+
+#[test]
+fn offer_filters_keep_offers_below_a_framework_minimum_away() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    // Wants 2 cpus, or a gpu: this agent is never offered to it; another framework gets it.
+    let (picky, _) = h.subscribe_info(min_filter("*", &[&[("cpus", 2.0)], &[("gpus", 1.0)]]));
+    assert!(offers_in(&h.allocate(), picky).is_empty());
+    let (other, _) = subscribe(&mut h, &["*"]);
+    let cmds = h.allocate();
+    assert!(offers_in(&cmds, picky).is_empty());
+    assert_eq!(offers_in(&cmds, other).len(), 1);
+
+    // Half a cpu and 512 MiB: offered.
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    let (fine, _) = h.subscribe_info(min_filter("*", &[&[("cpus", 0.5), ("mem", 512.0)]]));
+    assert_eq!(offers_in(&h.allocate(), fine).len(), 1);
+
+    // Unbounded filters are refused at SUBSCRIBE.
+    let mut h = Harness::new();
+    let too_many: Vec<&[(&str, f64)]> = vec![&[("cpus", 1.0)]; 17];
+    let conn = h.conn();
+    let now = h.now;
+    let err = h
+        .core
+        .framework_subscribe(now, conn, min_filter("*", &too_many))
+        .unwrap_err();
+    assert!(err.to_string().contains("sets of quantities"), "{err}");
+}

@@ -26,6 +26,7 @@ pub struct FrameworkBuilder {
     hostname: String,
     failover_timeout: Duration,
     partition_aware: bool,
+    offer_filters: std::collections::HashMap<String, strata_proto::MinAllocatable>,
     auto_acknowledge: bool,
     subscribe_timeout: Duration,
     event_capacity: usize,
@@ -48,6 +49,7 @@ impl FrameworkBuilder {
             hostname: String::new(),
             failover_timeout: Duration::ZERO,
             partition_aware: false,
+            offer_filters: Default::default(),
             auto_acknowledge: true,
             subscribe_timeout: Duration::from_secs(10),
             event_capacity: 1024,
@@ -113,6 +115,23 @@ impl FrameworkBuilder {
         self
     }
 
+    /// Offers to `role` must hold at least these quantities (like `[("cpus", 1.0), ("mem",
+    /// 512.0)]`); called again for the same role, offers need hold only one of the sets
+    /// (Mesos' offer_filters with min_allocatable_resources).
+    pub fn min_offer(mut self, role: &str, quantities: &[(&str, f64)]) -> Self {
+        self.offer_filters
+            .entry(role.to_owned())
+            .or_default()
+            .quantities
+            .push(strata_proto::Quantities {
+                quantities: quantities
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), *value))
+                    .collect(),
+            });
+        self
+    }
+
     /// How long the allocator keeps this framework (and its tasks) after its stream breaks.
     /// Zero (the default) removes it, killing its tasks, as soon as it disconnects.
     pub fn failover_timeout(mut self, timeout: Duration) -> Self {
@@ -161,6 +180,7 @@ impl FrameworkBuilder {
                 Vec::new()
             },
             hostname: self.hostname.clone(),
+            offer_filters: self.offer_filters.clone(),
         }
     }
 
@@ -249,5 +269,15 @@ mod tests {
         assert!(defaults.capabilities.is_empty());
         assert!(defaults.id.is_empty());
         assert_eq!(defaults.failover_timeout_seconds, 0.0);
+        assert!(defaults.offer_filters.is_empty());
+
+        let picky = FrameworkBuilder::new("x:1")
+            .min_offer("*", &[("cpus", 1.0), ("mem", 512.0)])
+            .min_offer("*", &[("gpus", 1.0)])
+            .framework_info();
+        let sets = &picky.offer_filters["*"].quantities;
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0].quantities["mem"], 512.0);
+        assert_eq!(sets[1].quantities["gpus"], 1.0);
     }
 }

@@ -236,6 +236,16 @@ impl Core {
                     .unwrap_or_default()
             })
             .collect();
+        pass.min_allocatable = pass
+            .fids
+            .iter()
+            .map(|fid| {
+                self.frameworks
+                    .get_mut(fid)
+                    .map(|fw| std::mem::take(&mut fw.min_allocatable))
+                    .unwrap_or_default()
+            })
+            .collect();
         if !pass.headroom.is_empty() {
             for (agent, _) in self
                 .agents
@@ -307,6 +317,12 @@ impl Core {
         for (fid, filters) in pass.fids.iter().zip(std::mem::take(&mut pass.filters)) {
             if let Some(fw) = self.frameworks.get_mut(fid) {
                 fw.filters = filters;
+            }
+        }
+        let mins = std::mem::take(&mut pass.min_allocatable);
+        for (fid, min) in pass.fids.iter().zip(mins) {
+            if let Some(fw) = self.frameworks.get_mut(fid) {
+                fw.min_allocatable = min;
             }
         }
     }
@@ -401,8 +417,9 @@ impl Core {
         }
         let chosen = pass.leaves[leaf].frameworks.iter().find(|&&(_, fw)| {
             let filters = &pass.filters[fw];
-            filters.is_empty()
-                || !refuses(filters, &agent.id, &pass.leaves[leaf].role, &resources, now)
+            let role = &pass.leaves[leaf].role;
+            holds_minimum(pass.min_allocatable[fw].get(&**role), &resources)
+                && (filters.is_empty() || !refuses(filters, &agent.id, role, &resources, now))
         });
         chosen.map(|&(_, fw)| (leaf, fw, resources))
     }
@@ -456,6 +473,17 @@ impl Core {
             pass.recompute_headroom();
         }
     }
+}
+
+/// Whether `resources` hold at least one of the sets of quantities a framework's offer
+/// filter asks for its role (no filter: anything allocatable will do).
+fn holds_minimum(min: Option<&crate::MinAllocatable>, resources: &Resources) -> bool {
+    min.is_none_or(|sets| {
+        sets.iter().any(|set| {
+            set.iter()
+                .all(|(name, milli)| resources.scalar(name) >= *milli)
+        })
+    })
 }
 
 /// Adds `resources` (scalars) to a framework's books for `role`.

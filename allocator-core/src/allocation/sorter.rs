@@ -84,6 +84,9 @@ pub(super) struct Pass {
     /// The refuse filters of each of `fids`, taken out of the frameworks for the pass (none
     /// are added during a pass) and put back at its end.
     pub(super) filters: Vec<FastMap<AgentId, Vec<Filter>>>,
+    /// The offer filters (least an offer must hold, by role) of each of `fids`, taken out
+    /// of the frameworks for the pass and put back at its end.
+    pub(super) min_allocatable: Vec<std::collections::BTreeMap<String, crate::MinAllocatable>>,
     pub(super) nodes: Vec<Node>,
     pub(super) leaves: Vec<Leaf>,
     /// Leaf indices in hierarchical DRF order, valid unless `dirty`.
@@ -234,6 +237,7 @@ impl Core {
         let mut pass = Pass {
             fids,
             filters: Vec::new(),
+            min_allocatable: Vec::new(),
             nodes: Vec::new(),
             leaves: Vec::new(),
             order: Vec::new(),

@@ -75,6 +75,7 @@ impl Core {
             id,
             name: String::new(),
             user: String::new(),
+            min_allocatable: Default::default(),
             roles: Vec::new(),
             failover_timeout: Duration::ZERO,
             partition_aware: false,
@@ -189,6 +190,7 @@ impl Core {
         let failover = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
             .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(&id).expect("framework exists");
+        fw.min_allocatable = crate::min_allocatable_of(&info);
         fw.name = info.name;
         fw.user = info.user;
         fw.principal = principal;
@@ -279,6 +281,7 @@ impl Core {
             .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(fid).expect("framework exists");
         tracing::info!(framework_id = %fid, name = %info.name, roles = ?roles, "framework updated");
+        fw.min_allocatable = crate::min_allocatable_of(&info);
         fw.name = info.name;
         fw.user = info.user;
         fw.failover_timeout = failover;

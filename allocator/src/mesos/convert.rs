@@ -96,6 +96,25 @@ pub fn framework_info(info: &json::FrameworkInfo) -> Result<FrameworkInfo, Conve
         failover_timeout_seconds: info.failover_timeout.unwrap_or(0.0),
         capabilities,
         hostname: info.hostname.clone().unwrap_or_default(),
+        offer_filters: info
+            .offer_filters
+            .iter()
+            .filter_map(|(role, f)| {
+                let min = f.min_allocatable_resources.as_ref()?;
+                let quantities = min
+                    .quantities
+                    .iter()
+                    .map(|q| strata_proto::Quantities {
+                        quantities: q
+                            .quantities
+                            .iter()
+                            .map(|(name, v)| (name.clone(), v.value))
+                            .collect(),
+                    })
+                    .collect();
+                Some((role.clone(), strata_proto::MinAllocatable { quantities }))
+            })
+            .collect(),
     })
 }
 
@@ -722,6 +741,19 @@ mod tests {
 
     fn parse(body: &str) -> json::Call {
         serde_json::from_str(body).expect("valid json")
+    }
+
+    #[test]
+    fn offer_filters_are_read_from_framework_info() {
+        let info: json::FrameworkInfo = serde_json::from_str(
+            r#"{"user":"u","name":"n","offer_filters":{"*":{"min_allocatable_resources":
+                {"quantities":[{"quantities":{"cpus":{"value":1.5},"mem":{"value":256}}}]}}}}"#,
+        )
+        .unwrap();
+        let info = framework_info(&info).unwrap();
+        let set = &info.offer_filters["*"].quantities[0].quantities;
+        assert_eq!(set["cpus"], 1.5);
+        assert_eq!(set["mem"], 256.0);
     }
 
     #[test]

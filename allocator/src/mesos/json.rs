@@ -67,6 +67,37 @@ pub struct FrameworkInfo {
     pub principal: Option<String>,
     pub webui_url: Option<String>,
     pub capabilities: Vec<Capability>,
+    /// Per role: `{"min_allocatable_resources": {"quantities": [{"quantities": {"cpus":
+    /// {"value": 1}}}]}}`.
+    pub offer_filters: std::collections::BTreeMap<String, OfferFilters>,
+}
+
+/// `OfferFilters`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OfferFilters {
+    pub min_allocatable_resources: Option<MinAllocatableResources>,
+}
+
+/// `OfferFilters.MinAllocatableResources`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MinAllocatableResources {
+    pub quantities: Vec<ResourceQuantities>,
+}
+
+/// `OfferFilters.ResourceQuantities`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ResourceQuantities {
+    pub quantities: std::collections::BTreeMap<String, ScalarValue>,
+}
+
+/// `Value.Scalar`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ScalarValue {
+    pub value: f64,
 }
 
 /// `FrameworkInfo.Capability`.
