@@ -892,14 +892,21 @@ fn foreign_offers_and_offers_of_two_agents_are_dropped() {
     assert_eq!(second.len(), 1);
     assert_eq!(
         second[0].framework_id, fid_a.0,
-        "a and b tie at 1/3; a has the smaller id"
+        "a and b tie at 1/3; a was offered to less recently"
     );
-    let before = h.snapshot();
     let cmds = h.call(
         fa,
         launch_call(&fid_a, &[&offer_a.id, &second[0].id], vec![]),
     );
-    assert_eq!(h.snapshot(), before);
+    // Nothing is launched; the offers are used up and made again (now one to b, offered
+    // to less recently than a at equal share).
+    let tasks = h.core.task_summaries(&ListTasksRequest {
+        include_terminal: true,
+        ..ListTasksRequest::default()
+    });
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let fws = h.core.framework_summaries();
+    assert!(fws.iter().all(|f| f.allocated.is_empty()), "{fws:?}");
     let errors = errors_in(&cmds, fa);
     assert_eq!(errors.len(), 1, "{cmds:?}");
     assert!(
@@ -1265,6 +1272,45 @@ fn a_declined_agent_goes_to_the_other_framework() {
     let to_b = offers_in(&cmds, fb);
     assert_eq!(to_b.len(), 1);
     assert_eq!(to_b[0].agent_id, agent.0);
+}
+
+/// `rounds` times: the framework of `fws` offered the agent of `aconn` launches a task on
+/// all of it, which ends at once; which of `fws` got each offer.
+pub(super) fn turns(
+    h: &mut Harness,
+    aconn: ConnId,
+    fws: &[(ConnId, FrameworkId)],
+    rounds: u8,
+) -> Vec<usize> {
+    let mut got = Vec::new();
+    for i in 0..rounds {
+        let cmds = h.allocate();
+        let (k, offer) = fws
+            .iter()
+            .enumerate()
+            .find_map(|(k, (fconn, _))| offers_in(&cmds, *fconn).pop().map(|o| (k, o)))
+            .unwrap_or_else(|| panic!("no offer in {cmds:?}"));
+        let (fconn, fid) = &fws[k];
+        let id = format!("t{i}");
+        let (cpus, mem) = (
+            scalar(&offer.resources, CPUS),
+            scalar(&offer.resources, MEM),
+        );
+        h.launch(*fconn, fid, aconn, &offer, vec![task(&id, cpus, mem)]);
+        h.update(aconn, status(fid, &id, TaskState::Finished, i));
+        got.push(k);
+    }
+    got
+}
+
+#[test]
+fn equal_shares_take_turns() {
+    // Two frameworks at equal share (nothing held, their tasks end at once): the one
+    // offered least recently goes first, not always the smaller id.
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(2.0, 512.0);
+    let fws = [h.framework("a"), h.framework("b")];
+    assert_eq!(turns(&mut h, aconn, &fws, 6), [0, 1, 0, 1, 0, 1]);
 }
 
 #[test]
