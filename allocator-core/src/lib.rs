@@ -517,6 +517,8 @@ pub struct Core {
     weights: BTreeMap<String, f64>,
     /// Role quotas.
     quotas: BTreeMap<String, Quota>,
+    /// When [`Core::tick`] last ran: refusals last at least until the next one.
+    last_tick: Option<Duration>,
     /// Counts offers made (one step per offer): when frameworks and roles were last
     /// offered to, for breaking ties between equal shares.
     offer_seq: u64,
@@ -562,6 +564,7 @@ impl Core {
             full_allocation: false,
             weights: BTreeMap::new(),
             quotas: BTreeMap::new(),
+            last_tick: None,
             offer_seq: 0,
             role_offered: BTreeMap::new(),
             last_total: Resources::new(),
@@ -584,6 +587,7 @@ impl Core {
     /// Periodic work: agent and framework timeouts, framework heartbeats, filter expiry,
     /// then a full allocation pass.
     pub fn tick(&mut self, now: Duration) {
+        self.last_tick = Some(now);
         self.expire_agents(now);
         self.expire_frameworks(now);
         self.heartbeat_frameworks(now);

@@ -1066,7 +1066,7 @@ fn updates_to_a_disconnected_framework_are_dropped() {
 
 #[test]
 fn decline_filters_and_revive() {
-    // (refuse_seconds, re-offered after 1 s?, re-offered after refuse?)
+    // (refuse_seconds, re-offered after 1 s (the next tick)?, re-offered after refuse?)
     let cases: &[(Option<f64>, bool, bool)] = &[
         (Some(0.0), true, true),
         (Some(3.0), false, true),
@@ -1090,14 +1090,21 @@ fn decline_filters_and_revive() {
                 }),
             ),
         );
-        let immediate = offers_in(&cmds, fconn);
+        // Not even refuse 0 is offered again before the next tick.
+        assert!(
+            offers_in(&cmds, fconn).is_empty(),
+            "{refuse:?}: re-offered at once"
+        );
+        h.advance(Duration::from_millis(999));
+        assert!(
+            offers_in(&h.tick(), fconn).is_empty(),
+            "{refuse:?}: re-offered before an interval passed"
+        );
+        h.advance(Duration::from_millis(1));
+        assert_eq!(!offers_in(&h.tick(), fconn).is_empty(), after_one);
         if refuse == Some(0.0) {
-            assert_eq!(immediate.len(), 1, "refuse 0 re-offers at once");
             continue;
         }
-        assert!(immediate.is_empty(), "{refuse:?}: re-offered at once");
-        h.advance(Duration::from_secs(1));
-        assert_eq!(!offers_in(&h.tick(), fconn).is_empty(), after_one);
         let wait_ms = refuse
             .filter(|s| *s >= 0.0)
             .map_or(5000, |s| (s * 1000.0) as u64);
@@ -1311,6 +1318,75 @@ fn equal_shares_take_turns() {
     let (aconn, _) = h.agent(2.0, 512.0);
     let fws = [h.framework("a"), h.framework("b")];
     assert_eq!(turns(&mut h, aconn, &fws, 6), [0, 1, 0, 1, 0, 1]);
+}
+
+/// For 10 simulated seconds (steps of 10 ms, a tick every second as the edge's timer does),
+/// each of `fws` declines every offer it gets with refuse_seconds 0, and so does each offer
+/// a DECLINE's pass makes (20 in a row per step at most, the rest in the next step, so that
+/// a loop of re-offers ends);
+/// how many offers each got.
+pub(super) fn decline_for_ten_seconds(
+    h: &mut Harness,
+    fws: &[(ConnId, FrameworkId)],
+) -> Vec<usize> {
+    let mut counts = vec![0; fws.len()];
+    let step = Duration::from_millis(10);
+    let per_tick = (h.core.config().allocation_interval.as_millis() / step.as_millis()) as u32;
+    let mut cmds = h.allocate();
+    for i in 1..=1000u32 {
+        for _ in 0..20 {
+            let mut next = Vec::new();
+            for (k, (fconn, fid)) in fws.iter().enumerate() {
+                for offer in offers_in(&cmds, *fconn) {
+                    counts[k] += 1;
+                    let decline = call::Decline {
+                        offer_ids: vec![offer.id],
+                        filters: Some(Filters {
+                            refuse_seconds: Some(0.0),
+                        }),
+                    };
+                    next.extend(h.call(*fconn, simple_call(fid, call::Call::Decline(decline))));
+                }
+            }
+            cmds = next;
+            if fws
+                .iter()
+                .all(|(fconn, _)| offers_in(&cmds, *fconn).is_empty())
+            {
+                break;
+            }
+        }
+        h.advance(step);
+        // Offers left by the cap are declined in the next step.
+        cmds.extend(if i % per_tick == 0 {
+            h.tick()
+        } else {
+            h.allocate()
+        });
+    }
+    counts
+}
+
+/// Each of `counts` is within 10% of an even part of their sum, and the sum is at most
+/// four offers per simulated second (two per periodic pass, and the first pass).
+pub(super) fn assert_even_and_bounded(counts: &[usize]) {
+    let total: usize = counts.iter().sum();
+    assert!(total <= 40, "{counts:?}: {total} offers in 10 s");
+    let even = total as f64 / counts.len() as f64;
+    for &c in counts {
+        assert!((c as f64 - even).abs() <= 0.1 * even, "{counts:?}");
+    }
+}
+
+#[test]
+fn declines_with_refuse_0_share_an_agent_at_a_bounded_rate() {
+    // Two frameworks at equal share on one agent decline every offer with refuse_seconds
+    // 0: each gets about half the offers, one per periodic pass, not one per DECLINE.
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let fws = [h.framework("a"), h.framework("b")];
+    let counts = decline_for_ten_seconds(&mut h, &fws);
+    assert_even_and_bounded(&counts);
 }
 
 #[test]

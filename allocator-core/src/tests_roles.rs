@@ -13,8 +13,8 @@ use strata_proto::{
 use super::registry::Registry;
 use super::roles::{Limits, Quota};
 use super::tests::{
-    Harness, agent_msgs, launch_call, offers_in, rescinds_in, scalar, simple_call, status, task,
-    turns, updates_in,
+    Harness, agent_msgs, assert_even_and_bounded, decline_for_ten_seconds, launch_call, offers_in,
+    rescinds_in, scalar, simple_call, status, task, turns, updates_in,
 };
 use super::{AgentId, ConnId, FrameworkId, Resources};
 
@@ -454,7 +454,8 @@ fn passes_visit_agents_by_id_however_they_were_added() {
         let offers = offers_in(&h.tick(), fconn);
         let seen: Vec<&str> = offers.iter().map(|o| o.agent_id.as_str()).collect();
         assert_eq!(seen, expected);
-        // Declined without a pass: the next one (a tick) offers every agent again.
+        // Declined without a pass: the next tick, an interval later, offers every agent
+        // again (a DECLINE refuses until the next tick).
         let now = h.now;
         for o in &offers {
             h.core.framework_call(now, fconn, decline(&fid, o, 0.0));
@@ -462,6 +463,7 @@ fn passes_visit_agents_by_id_however_they_were_added() {
         add(&mut h, &ids.iter().map(String::as_str).collect::<Vec<_>>());
         expected.extend(ids);
         expected.sort();
+        h.advance(Duration::from_secs(1));
     }
     let offers = offers_in(&h.tick(), fconn);
     let seen: Vec<&str> = offers.iter().map(|o| o.agent_id.as_str()).collect();
@@ -1132,4 +1134,14 @@ fn equal_role_shares_take_turns() {
     let (aconn, _) = h.agent(2.0, 512.0);
     let fws = [h.in_roles("c", &["eng/c"]), h.in_roles("d", &["eng/d"])];
     assert_eq!(turns(&mut h, aconn, &fws, 4), [0, 1, 0, 1]);
+}
+
+#[test]
+fn role_declines_with_refuse_0_share_an_agent_at_a_bounded_rate() {
+    // The same between two roles at equal share, one framework each.
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let fws = [h.in_roles("a", &["a"]), h.in_roles("b", &["b"])];
+    let counts = decline_for_ten_seconds(&mut h, &fws);
+    assert_even_and_bounded(&counts);
 }

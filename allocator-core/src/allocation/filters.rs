@@ -1,5 +1,12 @@
 //! Refuse filters: how long a DECLINE or the unused part of an ACCEPT refuses resources,
 //! installing a filter, whether one refuses an agent's free resources, and expiry.
+//!
+//! A DECLINE refuses at least until the next periodic pass ([`Core::tick`], every
+//! `allocation_interval`), whatever its refuse_seconds (0 included): as in Mesos, where
+//! offers go out per batch and a filter never expires before the next batch, a framework
+//! that declines with refuse_seconds 0 is offered the resources again by the next periodic
+//! pass, not at once, and its peers get them meanwhile. (The unused part of an ACCEPT with
+//! refuse_seconds 0 is still offered again at once.)
 
 use std::time::Duration;
 
@@ -24,6 +31,17 @@ impl Core {
                 );
                 self.config.default_refuse
             }
+        }
+    }
+
+    /// The least a DECLINE at `now` refuses: until the next periodic pass is due, an
+    /// `allocation_interval` after the latest [`Core::tick`] (after `now` when that is past
+    /// or there was none).
+    pub(crate) fn until_next_tick(&self, now: Duration) -> Duration {
+        let interval = self.config.allocation_interval;
+        match self.last_tick {
+            Some(t) if t + interval > now => t + interval - now,
+            _ => interval,
         }
     }
 
