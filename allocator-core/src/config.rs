@@ -29,7 +29,9 @@ pub struct AllocatorConfig {
     /// How often frameworks get a HEARTBEAT event.
     pub framework_heartbeat_interval: Duration,
     /// The periodic allocation tick (filter expiry, timeouts). Allocation also runs promptly
-    /// after any event that frees resources or adds demand.
+    /// after any event that frees resources or adds demand, but a DECLINE refuses its
+    /// resources to the framework at least until the next tick, whatever its refuse_seconds
+    /// (0 included): the effective minimum refusal, as in Mesos.
     pub allocation_interval: Duration,
     /// The default refuse_seconds of DECLINE and ACCEPT filters.
     pub default_refuse: Duration,

@@ -476,6 +476,9 @@ struct Framework {
     last_heartbeat: Duration,
     /// The principal its id is bound to: only it may subscribe with the id again.
     principal: Option<String>,
+    /// When it was last offered to, as [`Core::offer_seq`] counts (0: never): among
+    /// frameworks of a role at equal share, the least recently offered goes first.
+    last_offered: u64,
 }
 
 #[derive(Debug)]
@@ -554,6 +557,15 @@ pub struct Core {
     weights: BTreeMap<String, f64>,
     /// Role quotas.
     quotas: BTreeMap<String, Quota>,
+    /// When [`Core::tick`] last ran: refusals last at least until the next one.
+    last_tick: Option<Duration>,
+    /// Counts offers made (one step per offer): when frameworks and roles were last
+    /// offered to, for breaking ties between equal shares.
+    offer_seq: u64,
+    /// When each role (or an ancestor of one) with demand in the latest pass was last
+    /// offered to, as [`Core::offer_seq`] counts: among roles at equal share, the least
+    /// recently offered goes first.
+    role_offered: BTreeMap<String, u64>,
     /// The total of the agent registered last: the next one shares its ports' storage when
     /// they are the same (see [`Resources::share_items_with`]).
     last_total: Resources,
@@ -593,6 +605,9 @@ impl Core {
             completed_frameworks: std::collections::VecDeque::new(),
             weights: BTreeMap::new(),
             quotas: BTreeMap::new(),
+            last_tick: None,
+            offer_seq: 0,
+            role_offered: BTreeMap::new(),
             last_total: Resources::new(),
             known_agents: FastMap::default(),
             registry_ops: Vec::new(),
@@ -613,6 +628,7 @@ impl Core {
     /// Periodic work: agent and framework timeouts, framework heartbeats, filter expiry,
     /// then a full allocation pass.
     pub fn tick(&mut self, now: Duration) {
+        self.last_tick = Some(now);
         self.expire_agents(now);
         self.expire_frameworks(now);
         self.heartbeat_frameworks(now);

@@ -892,14 +892,21 @@ fn foreign_offers_and_offers_of_two_agents_are_dropped() {
     assert_eq!(second.len(), 1);
     assert_eq!(
         second[0].framework_id, fid_a.0,
-        "a and b tie at 1/3; a has the smaller id"
+        "a and b tie at 1/3; a was offered to less recently"
     );
-    let before = h.snapshot();
     let cmds = h.call(
         fa,
         launch_call(&fid_a, &[&offer_a.id, &second[0].id], vec![]),
     );
-    assert_eq!(h.snapshot(), before);
+    // Nothing is launched; the offers are used up and made again (now one to b, offered
+    // to less recently than a at equal share).
+    let tasks = h.core.task_summaries(&ListTasksRequest {
+        include_terminal: true,
+        ..ListTasksRequest::default()
+    });
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let fws = h.core.framework_summaries();
+    assert!(fws.iter().all(|f| f.allocated.is_empty()), "{fws:?}");
     let errors = errors_in(&cmds, fa);
     assert_eq!(errors.len(), 1, "{cmds:?}");
     assert!(
@@ -1059,7 +1066,7 @@ fn updates_to_a_disconnected_framework_are_dropped() {
 
 #[test]
 fn decline_filters_and_revive() {
-    // (refuse_seconds, re-offered after 1 s?, re-offered after refuse?)
+    // (refuse_seconds, re-offered after 1 s (the next tick)?, re-offered after refuse?)
     let cases: &[(Option<f64>, bool, bool)] = &[
         (Some(0.0), true, true),
         (Some(3.0), false, true),
@@ -1083,14 +1090,21 @@ fn decline_filters_and_revive() {
                 }),
             ),
         );
-        let immediate = offers_in(&cmds, fconn);
+        // Not even refuse 0 is offered again before the next tick.
+        assert!(
+            offers_in(&cmds, fconn).is_empty(),
+            "{refuse:?}: re-offered at once"
+        );
+        h.advance(Duration::from_millis(899));
+        assert!(
+            offers_in(&h.tick(), fconn).is_empty(),
+            "{refuse:?}: re-offered before the next tick was near"
+        );
+        h.advance(Duration::from_millis(101));
+        assert_eq!(!offers_in(&h.tick(), fconn).is_empty(), after_one);
         if refuse == Some(0.0) {
-            assert_eq!(immediate.len(), 1, "refuse 0 re-offers at once");
             continue;
         }
-        assert!(immediate.is_empty(), "{refuse:?}: re-offered at once");
-        h.advance(Duration::from_secs(1));
-        assert_eq!(!offers_in(&h.tick(), fconn).is_empty(), after_one);
         let wait_ms = refuse
             .filter(|s| *s >= 0.0)
             .map_or(5000, |s| (s * 1000.0) as u64);
@@ -1265,6 +1279,114 @@ fn a_declined_agent_goes_to_the_other_framework() {
     let to_b = offers_in(&cmds, fb);
     assert_eq!(to_b.len(), 1);
     assert_eq!(to_b[0].agent_id, agent.0);
+}
+
+/// `rounds` times: the framework of `fws` offered the agent of `aconn` launches a task on
+/// all of it, which ends at once; which of `fws` got each offer.
+pub(super) fn turns(
+    h: &mut Harness,
+    aconn: ConnId,
+    fws: &[(ConnId, FrameworkId)],
+    rounds: u8,
+) -> Vec<usize> {
+    let mut got = Vec::new();
+    for i in 0..rounds {
+        let cmds = h.allocate();
+        let (k, offer) = fws
+            .iter()
+            .enumerate()
+            .find_map(|(k, (fconn, _))| offers_in(&cmds, *fconn).pop().map(|o| (k, o)))
+            .unwrap_or_else(|| panic!("no offer in {cmds:?}"));
+        let (fconn, fid) = &fws[k];
+        let id = format!("t{i}");
+        let (cpus, mem) = (
+            scalar(&offer.resources, CPUS),
+            scalar(&offer.resources, MEM),
+        );
+        h.launch(*fconn, fid, aconn, &offer, vec![task(&id, cpus, mem)]);
+        h.update(aconn, status(fid, &id, TaskState::Finished, i));
+        got.push(k);
+    }
+    got
+}
+
+#[test]
+fn equal_shares_take_turns() {
+    // Two frameworks at equal share (nothing held, their tasks end at once): the one
+    // offered least recently goes first, not always the smaller id.
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(2.0, 512.0);
+    let fws = [h.framework("a"), h.framework("b")];
+    assert_eq!(turns(&mut h, aconn, &fws, 6), [0, 1, 0, 1, 0, 1]);
+}
+
+/// For 10 simulated seconds (steps of 10 ms, a tick every second as the edge's timer does),
+/// each of `fws` declines every offer it gets with refuse_seconds 0, and so does each offer
+/// a DECLINE's pass makes (20 in a row per step at most, the rest in the next step, so that
+/// a loop of re-offers ends);
+/// how many offers each got.
+pub(super) fn decline_for_ten_seconds(
+    h: &mut Harness,
+    fws: &[(ConnId, FrameworkId)],
+) -> Vec<usize> {
+    let mut counts = vec![0; fws.len()];
+    let step = Duration::from_millis(10);
+    let per_tick = (h.core.config().allocation_interval.as_millis() / step.as_millis()) as u32;
+    let mut cmds = h.allocate();
+    for i in 1..=1000u32 {
+        for _ in 0..20 {
+            let mut next = Vec::new();
+            for (k, (fconn, fid)) in fws.iter().enumerate() {
+                for offer in offers_in(&cmds, *fconn) {
+                    counts[k] += 1;
+                    let decline = call::Decline {
+                        offer_ids: vec![offer.id],
+                        filters: Some(Filters {
+                            refuse_seconds: Some(0.0),
+                        }),
+                    };
+                    next.extend(h.call(*fconn, simple_call(fid, call::Call::Decline(decline))));
+                }
+            }
+            cmds = next;
+            if fws
+                .iter()
+                .all(|(fconn, _)| offers_in(&cmds, *fconn).is_empty())
+            {
+                break;
+            }
+        }
+        h.advance(step);
+        // Offers left by the cap are declined in the next step.
+        cmds.extend(if i % per_tick == 0 {
+            h.tick()
+        } else {
+            h.allocate()
+        });
+    }
+    counts
+}
+
+/// Each of `counts` is within 10% of an even part of their sum, and the sum is at most
+/// four offers per simulated second (two per periodic pass, and the first pass).
+pub(super) fn assert_even_and_bounded(counts: &[usize]) {
+    let total: usize = counts.iter().sum();
+    assert!(total <= 40, "{counts:?}: {total} offers in 10 s");
+    let even = total as f64 / counts.len() as f64;
+    for &c in counts {
+        assert!((c as f64 - even).abs() <= 0.1 * even, "{counts:?}");
+    }
+}
+
+#[test]
+fn declines_with_refuse_0_share_an_agent_at_a_bounded_rate() {
+    // Two frameworks at equal share on one agent decline every offer with refuse_seconds
+    // 0: each gets about half the offers, one per periodic pass, not one per DECLINE.
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let fws = [h.framework("a"), h.framework("b")];
+    let counts = decline_for_ten_seconds(&mut h, &fws);
+    assert_even_and_bounded(&counts);
 }
 
 #[test]

@@ -13,8 +13,8 @@ use strata_proto::{
 use super::registry::Registry;
 use super::roles::{Limits, Quota};
 use super::tests::{
-    Harness, agent_msgs, launch_call, offers_in, rescinds_in, scalar, simple_call, status, task,
-    updates_in,
+    Harness, agent_msgs, assert_even_and_bounded, decline_for_ten_seconds, launch_call, offers_in,
+    rescinds_in, scalar, simple_call, status, task, turns, updates_in,
 };
 use super::{AgentId, ConnId, FrameworkId, Resources};
 
@@ -114,8 +114,11 @@ fn two_demand_shapes_reach_drf_shares() {
     let shapes = [("a", 1.0, 4096.0), ("b", 3.0, 1024.0)];
     let fws: Vec<(ConnId, FrameworkId)> = shapes.iter().map(|(n, ..)| h.framework(n)).collect();
     let mut launched = [0usize; 2];
+    // Offers made by a DECLINE's pass (to the other framework) are handled in the next
+    // round.
+    let mut cmds = h.allocate();
     for round in 0..50 {
-        let cmds = h.allocate();
+        let mut next = Vec::new();
         let mut any = false;
         for (i, (fconn, fid)) in fws.iter().enumerate() {
             for offer in offers_in(&cmds, *fconn) {
@@ -133,13 +136,15 @@ fn two_demand_shapes_reach_drf_shares() {
                     assert_eq!(agent_msgs(&cmds, aconn).len(), 1);
                     launched[i] += 1;
                 } else {
-                    h.call(*fconn, decline(fid, &offer, 1000.0));
+                    next.extend(h.call(*fconn, decline(fid, &offer, 1000.0)));
                 }
             }
         }
         if !any {
             break;
         }
+        next.extend(h.allocate());
+        cmds = next;
     }
     assert_eq!(launched, [3, 2]);
     let shares: Vec<f64> = h
@@ -449,7 +454,8 @@ fn passes_visit_agents_by_id_however_they_were_added() {
         let offers = offers_in(&h.tick(), fconn);
         let seen: Vec<&str> = offers.iter().map(|o| o.agent_id.as_str()).collect();
         assert_eq!(seen, expected);
-        // Declined without a pass: the next one (a tick) offers every agent again.
+        // Declined without a pass: the next tick, an interval later, offers every agent
+        // again (a DECLINE refuses until the next tick).
         let now = h.now;
         for o in &offers {
             h.core.framework_call(now, fconn, decline(&fid, o, 0.0));
@@ -457,6 +463,7 @@ fn passes_visit_agents_by_id_however_they_were_added() {
         add(&mut h, &ids.iter().map(String::as_str).collect::<Vec<_>>());
         expected.extend(ids);
         expected.sort();
+        h.advance(Duration::from_secs(1));
     }
     let offers = offers_in(&h.tick(), fconn);
     let seen: Vec<&str> = offers.iter().map(|o| o.agent_id.as_str()).collect();
@@ -1112,4 +1119,29 @@ fn offers_time_out_with_a_rescind_and_carry_agent_attributes() {
     let again = offers_in(&cmds, fconn);
     assert_eq!(again.len(), 1);
     assert_ne!(again[0].id, offer.id);
+}
+
+#[test]
+fn equal_role_shares_take_turns() {
+    // Two roles at equal share (nothing held, their tasks end at once), one framework each,
+    // and two sibling roles below a parent: the role offered least recently goes first, not
+    // always the smaller name.
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(2.0, 512.0);
+    let fws = [h.in_roles("a", &["a"]), h.in_roles("b", &["b"])];
+    assert_eq!(turns(&mut h, aconn, &fws, 6), [0, 1, 0, 1, 0, 1]);
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(2.0, 512.0);
+    let fws = [h.in_roles("c", &["eng/c"]), h.in_roles("d", &["eng/d"])];
+    assert_eq!(turns(&mut h, aconn, &fws, 4), [0, 1, 0, 1]);
+}
+
+#[test]
+fn role_declines_with_refuse_0_share_an_agent_at_a_bounded_rate() {
+    // The same between two roles at equal share, one framework each.
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let fws = [h.in_roles("a", &["a"]), h.in_roles("b", &["b"])];
+    let counts = decline_for_ten_seconds(&mut h, &fws);
+    assert_even_and_bounded(&counts);
 }

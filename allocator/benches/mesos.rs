@@ -5,7 +5,10 @@
 //! edge, not a containerizer):
 //!
 //! - offers per second: `--agents` agents; the framework declines every offer it gets with
-//!   refuse_seconds 0 in one DECLINE per OFFERS event, for `--seconds`;
+//!   refuse_seconds 0 in one DECLINE per OFFERS event, for `--seconds`. A DECLINE refuses
+//!   until the next periodic allocation pass (every `allocation_interval`, 1 s here), so
+//!   this is about one offer per agent per interval: it checks that a decline loop is
+//!   paced by the allocation interval, not the edge's throughput;
 //! - ACCEPT-to-TASK_RUNNING latency, median and p99: one agent; `--launches` times, the
 //!   framework accepts an offer with one task and waits for its TASK_RUNNING update
 //!   (updates are acknowledged, as Mesos frameworks do).

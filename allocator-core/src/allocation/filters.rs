@@ -1,5 +1,13 @@
 //! Refuse filters: how long a DECLINE or the unused part of an ACCEPT refuses resources,
 //! installing a filter, whether one refuses an agent's free resources, and expiry.
+//!
+//! A DECLINE refuses at least until the next periodic pass ([`Core::tick`], every
+//! `allocation_interval`; the refusal ends a tenth of an interval before that pass is due),
+//! whatever its refuse_seconds (0 included): as in Mesos, where
+//! offers go out per batch and a filter never expires before the next batch, a framework
+//! that declines with refuse_seconds 0 is offered the resources again by the next periodic
+//! pass, not at once, and its peers get them meanwhile. (The unused part of an ACCEPT with
+//! refuse_seconds 0 is still offered again at once.)
 
 use std::time::Duration;
 
@@ -25,6 +33,21 @@ impl Core {
                 self.config.default_refuse
             }
         }
+    }
+
+    /// The least a DECLINE at `now` refuses: until the next periodic pass is due, an
+    /// `allocation_interval` after the latest [`Core::tick`] (after `now` when that is past
+    /// or there was none), less a tenth of the interval, so that a tick that comes a little
+    /// early by the clock (the edge's timer keeps its period when one tick was late) still
+    /// finds the filter expired; a tenth of the interval at least.
+    pub(crate) fn until_next_tick(&self, now: Duration) -> Duration {
+        let interval = self.config.allocation_interval;
+        let due = match self.last_tick {
+            Some(t) if t + interval > now => t + interval,
+            _ => now + interval,
+        };
+        let early = interval / 10;
+        (due - early).saturating_sub(now).max(early)
     }
 
     /// Installs a filter: `resources` on `agent_id` are not offered to the framework in

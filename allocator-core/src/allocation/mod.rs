@@ -15,8 +15,10 @@
 //! role tree the child with the lowest dominant share divided by its weight comes first
 //! (the frameworks subscribed to a role directly form a virtual child `role/.`, weight 1).
 //! Within a role the subscribed, unsuppressed framework with the lowest dominant share in
-//! that role whose filters do not refuse the resources gets them; ties go to the smaller
-//! name or id. The offer holds what may be allocated to the role (the unreserved part and
+//! that role whose filters do not refuse the resources gets them. Ties (shares within
+//! 10^-12) go round-robin, deterministically: to the role (at each level) or framework
+//! offered to least recently (a count of offers made, kept across passes), then to the
+//! smaller name or id; `role/.` still comes before its children on equal shares. The offer holds what may be allocated to the role (the unreserved part and
 //! what is reserved for it or an ancestor), capped by the quota limits of the role and its
 //! ancestors. An agent may hold several offers at once (to different roles), never of the
 //! same resources.
@@ -62,7 +64,7 @@ use self::sorter::{Leaf, Pass, Share, share_of};
 
 /// The roles offered to in a pass, each with its eligible frameworks by share in the role
 /// (as indices into the pass's sorted frameworks).
-type Demand = BTreeMap<String, BTreeSet<(Share, usize)>>;
+type Demand = BTreeMap<String, BTreeSet<(Share, u64, usize)>>;
 
 /// Which stage of a pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,10 +196,11 @@ impl Core {
                     continue;
                 }
                 let held = fw.by_role.get(role).unwrap_or(&empty);
-                demand
-                    .entry(role.clone())
-                    .or_default()
-                    .insert((Share(share_of(held, &self.cluster_total)), index));
+                demand.entry(role.clone()).or_default().insert((
+                    Share::new(share_of(held, &self.cluster_total)),
+                    fw.last_offered,
+                    index,
+                ));
             }
         }
         if demand.is_empty() {
@@ -226,6 +229,11 @@ impl Core {
     /// free.
     fn start_pass(&mut self, fids: Vec<Arc<FrameworkId>>, demand: Demand) -> Pass {
         let mut pass = self.build_pass(fids, demand);
+        pass.last_offered = pass
+            .fids
+            .iter()
+            .map(|fid| self.frameworks.get(fid).map_or(0, |fw| fw.last_offered))
+            .collect();
         pass.filters = pass
             .fids
             .iter()
@@ -312,11 +320,14 @@ impl Core {
         batches
     }
 
-    /// Puts the refuse filters taken by [`Core::start_pass`] back in their frameworks.
+    /// Puts the refuse filters taken by [`Core::start_pass`] back in their frameworks, and
+    /// keeps when frameworks and roles were last offered to.
     fn end_pass(&mut self, pass: &mut Pass) {
-        for (fid, filters) in pass.fids.iter().zip(std::mem::take(&mut pass.filters)) {
+        let filters = std::mem::take(&mut pass.filters);
+        for ((fid, filters), &last) in pass.fids.iter().zip(filters).zip(&pass.last_offered) {
             if let Some(fw) = self.frameworks.get_mut(fid) {
                 fw.filters = filters;
+                fw.last_offered = last;
             }
         }
         let mins = std::mem::take(&mut pass.min_allocatable);
@@ -325,6 +336,14 @@ impl Core {
                 fw.min_allocatable = min;
             }
         }
+        self.offer_seq = pass.seq;
+        // Only the roles of this pass are kept, so the map stays as small as the role tree.
+        self.role_offered = pass
+            .nodes
+            .iter()
+            .filter(|n| n.last_offered > 0)
+            .map(|n| (n.name.clone(), n.last_offered))
+            .collect();
     }
 
     /// The leaf, framework (index into [`Pass::fids`]) and resources of the next offer of
@@ -415,18 +434,22 @@ impl Core {
         if !resources.is_allocatable() {
             return None;
         }
-        let chosen = pass.leaves[leaf].frameworks.iter().find(|&&(_, fw)| {
+        let chosen = pass.leaves[leaf].frameworks.iter().find(|&&(_, _, fw)| {
             let filters = &pass.filters[fw];
             let role = &pass.leaves[leaf].role;
             holds_minimum(pass.min_allocatable[fw].get(&**role), &resources)
                 && (filters.is_empty() || !refuses(filters, &agent.id, role, &resources, now))
         });
-        chosen.map(|&(_, fw)| (leaf, fw, resources))
+        chosen.map(|&(_, _, fw)| (leaf, fw, resources))
     }
 
     /// Accounts an offer about to be made in the pass's books.
     fn record_in_pass(&self, pass: &mut Pass, leaf: usize, fw: usize, resources: &Resources) {
         let total = &self.cluster_total;
+        pass.seq += 1;
+        let seq = pass.seq;
+        let recency = pass.next_recency;
+        pass.next_recency = pass.next_recency.saturating_add(1);
         let l = &mut pass.leaves[leaf];
         l.own.add_scalars(resources);
         l.own_share = share_of(&l.own, total);
@@ -434,6 +457,8 @@ impl Core {
             let node = &mut pass.nodes[n];
             node.subtree.add_scalars(resources);
             node.share = share_of(&node.subtree, total) / node.weight;
+            node.last_offered = seq;
+            node.recency = recency;
         }
         // Reservations offered are no longer unallocated (they count in `subtree` now).
         if pass.quotas && resources.has_reservations() {
@@ -459,11 +484,13 @@ impl Core {
                 .cloned()
                 .unwrap_or_default()
         });
-        let old = Share(share_of(held, total));
+        let old = Share::new(share_of(held, total));
         held.add_scalars(resources);
-        if frameworks.remove(&(old, fw)) {
-            frameworks.insert((Share(share_of(held, total)), fw));
+        let last = &mut pass.last_offered[fw];
+        if frameworks.remove(&(old, *last, fw)) {
+            frameworks.insert((Share::new(share_of(held, total)), seq, fw));
         }
+        *last = seq;
         pass.dirty = true;
         pass.update_keys(leaf);
         // Once every guarantee is met it stays met for the pass (shares only grow), and

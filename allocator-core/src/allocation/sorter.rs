@@ -13,9 +13,25 @@ use crate::{AgentId, Core, FastMap, Filter, FrameworkId, Name, Resources};
 
 use super::Demand;
 
-/// A dominant share ordered totally (shares are finite and non-negative).
+/// Shares closer than this are equal when ordering (so that rounding in sums and weights
+/// does not decide a tie; one milli-unit of 10^9 is still told apart).
+const TIE_EPSILON: f64 = 1e-12;
+
+/// `share` rounded to a multiple of [`TIE_EPSILON`].
+fn quantize(share: f64) -> f64 {
+    (share / TIE_EPSILON).round() * TIE_EPSILON
+}
+
+/// A dominant share ordered totally (shares are finite and non-negative), rounded to a
+/// multiple of [`TIE_EPSILON`] so that nearly equal shares tie.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Share(pub(super) f64);
+pub(super) struct Share(f64);
+
+impl Share {
+    pub(super) fn new(share: f64) -> Self {
+        Self(quantize(share))
+    }
+}
 
 impl Eq for Share {}
 
@@ -36,10 +52,11 @@ pub(super) fn share_of(held: &Resources, total: &Resources) -> f64 {
     held.share_of(total)
 }
 
-/// A DRF key entry: a share (finite, not negative, so its bits order as it does) and a name
-/// rank.
-fn pack(share: f64, rank: u32) -> u128 {
-    (u128::from(share.to_bits()) << 32) | u128::from(rank)
+/// A DRF key entry: a share (finite, not negative, so its bits order as it does; rounded,
+/// so that nearly equal shares tie), then how recently it was offered to (see
+/// [`Node::recency`]), then a name rank.
+fn pack(share: f64, recency: u32, rank: u32) -> u128 {
+    (u128::from(quantize(share).to_bits()) << 64) | (u128::from(recency) << 32) | u128::from(rank)
 }
 
 /// A node of the role tree in a pass: a role with frameworks, quota or usage, or an
@@ -57,6 +74,13 @@ pub(super) struct Node {
     pub(super) quota: Option<Quota>,
     /// The quota's guarantee is not met yet.
     pub(super) unmet: bool,
+    /// When the role's subtree was last offered to, as [`Core::offer_seq`] counts (0:
+    /// never or not known).
+    pub(super) last_offered: u64,
+    /// `last_offered` as a rank among the nodes of the pass (equal values, equal ranks),
+    /// raised past every other node's when offered to in the pass: among equal shares, the
+    /// least recently offered role comes first.
+    pub(super) recency: u32,
     /// Its place among the nodes of the pass by name, from 1.
     pub(super) rank: u32,
 }
@@ -69,9 +93,10 @@ pub(super) struct Leaf {
     /// What its own frameworks hold (the virtual `role/.` child), scalars.
     pub(super) own: Resources,
     pub(super) own_share: f64,
-    /// Its eligible frameworks by share in the role, as indices into [`Pass::fids`] (which
-    /// is sorted, so ties still go to the smaller id).
-    pub(super) frameworks: BTreeSet<(Share, usize)>,
+    /// Its eligible frameworks by (share in the role, when last offered to, index into
+    /// [`Pass::fids`]): among equal shares the least recently offered comes first (then the
+    /// smaller id, as `fids` is sorted).
+    pub(super) frameworks: BTreeSet<(Share, u64, usize)>,
     /// What each framework offered to in this pass holds in the role, scalars: its books
     /// (`by_role`) plus the offers of the pass, kept here so the pass need not look them up.
     pub(super) held: FastMap<usize, Resources>,
@@ -87,6 +112,13 @@ pub(super) struct Pass {
     /// The offer filters (least an offer must hold, by role) of each of `fids`, taken out
     /// of the frameworks for the pass and put back at its end.
     pub(super) min_allocatable: Vec<std::collections::BTreeMap<String, crate::MinAllocatable>>,
+    /// When each of `fids` was last offered to (see [`Core::offer_seq`]), kept up to date
+    /// by the pass and put back at its end.
+    pub(super) last_offered: Vec<u64>,
+    /// [`Core::offer_seq`], counted on by the pass's offers.
+    pub(super) seq: u64,
+    /// The recency rank the next node offered to in the pass takes.
+    pub(super) next_recency: u32,
     pub(super) nodes: Vec<Node>,
     pub(super) leaves: Vec<Leaf>,
     /// Leaf indices in hierarchical DRF order, valid unless `dirty`.
@@ -105,10 +137,10 @@ pub(super) struct Pass {
 
 impl Pass {
     /// Recomputes the leaves' DRF keys after shares changed. Leaves go in hierarchical DRF
-    /// order: level by level the lower (weighted share, name) first; a role's own frameworks
-    /// (`role/.`, weight 1) come before its children on equal shares. A leaf's key is the
-    /// (share, name rank) of the nodes on its path, then (its own share, rank 0), each
-    /// packed in a `u128` (shares are finite and not negative, so their bits order as they
+    /// order: level by level the lower (weighted share, recency, name) first; a role's own
+    /// frameworks (`role/.`, weight 1) come before its children on equal shares. A leaf's
+    /// key is the (share, recency, name rank) of the nodes on its path, then (its own
+    /// share, 0, rank 0), each packed in a `u128` (shares are finite and not negative, so their bits order as they
     /// do): comparing keys as sequences compares the first level where two paths part, as the
     /// hierarchy does (rank 0 is the empty name of `role/.`).
     fn refresh_keys(&mut self) {
@@ -119,9 +151,10 @@ impl Pass {
         keys.resize(self.leaves.len() * stride, 0);
         for (leaf, key) in self.leaves.iter().zip(keys.chunks_exact_mut(stride)) {
             for (entry, &n) in key.iter_mut().zip(&leaf.path) {
-                *entry = pack(self.nodes[n].share, self.nodes[n].rank);
+                let node = &self.nodes[n];
+                *entry = pack(node.share, node.recency, node.rank);
             }
-            key[leaf.path.len()] = pack(leaf.own_share, 0);
+            key[leaf.path.len()] = pack(leaf.own_share, 0, 0);
         }
         self.keys = keys;
     }
@@ -136,10 +169,11 @@ impl Pass {
                 if a != b {
                     break;
                 }
-                *entry = pack(self.nodes[a].share, self.nodes[a].rank);
+                let node = &self.nodes[a];
+                *entry = pack(node.share, node.recency, node.rank);
             }
         }
-        self.keys[leaf * stride + path.len()] = pack(self.leaves[leaf].own_share, 0);
+        self.keys[leaf * stride + path.len()] = pack(self.leaves[leaf].own_share, 0, 0);
     }
 
     fn key(&self, leaf: usize) -> &[u128] {
@@ -238,6 +272,9 @@ impl Core {
             fids,
             filters: Vec::new(),
             min_allocatable: Vec::new(),
+            last_offered: Vec::new(),
+            seq: self.offer_seq,
+            next_recency: 0,
             nodes: Vec::new(),
             leaves: Vec::new(),
             order: Vec::new(),
@@ -262,6 +299,8 @@ impl Core {
                 share: 0.0,
                 quota: self.quotas.get(name).cloned(),
                 unmet: false,
+                last_offered: self.role_offered.get(name).copied().unwrap_or(0),
+                recency: 0,
                 rank: 0,
             });
             index.insert(name.to_owned(), i);
@@ -324,6 +363,14 @@ impl Core {
         for (rank, n) in (1..).zip(by_name) {
             pass.nodes[n].rank = rank;
         }
+        let mut seen: Vec<u64> = pass.nodes.iter().map(|n| n.last_offered).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for n in &mut pass.nodes {
+            let rank = seen.partition_point(|&s| s < n.last_offered);
+            n.recency = u32::try_from(rank).unwrap_or(u32::MAX);
+        }
+        pass.next_recency = u32::try_from(seen.len()).unwrap_or(u32::MAX);
         pass.stride = pass.leaves.iter().map(|l| l.path.len()).max().unwrap_or(0) + 1;
         pass.refresh_keys();
         if pass.quotas {

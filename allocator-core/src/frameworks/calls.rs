@@ -58,7 +58,9 @@ impl Core {
     }
 
     pub(super) fn decline(&mut self, now: Duration, fid: &FrameworkId, decline: call::Decline) {
-        let refuse = self.refuse_duration(decline.filters.and_then(|f| f.refuse_seconds));
+        let refuse = self
+            .refuse_duration(decline.filters.and_then(|f| f.refuse_seconds))
+            .max(self.until_next_tick(now));
         for wire in decline.offer_ids {
             let Some(id) = self.parse_offer_id(&wire) else {
                 tracing::debug!(offer_id = %wire, "decline of an unknown offer; ignored");

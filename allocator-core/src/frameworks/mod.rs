@@ -91,6 +91,7 @@ impl Core {
             registered_at: now,
             last_heartbeat: now,
             principal: None,
+            last_offered: 0,
         }
     }
 
