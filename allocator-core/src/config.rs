@@ -22,9 +22,11 @@ pub enum ConfigError {
 pub struct AllocatorConfig {
     /// Told to agents in `Registered`: how often they must send a heartbeat.
     pub agent_heartbeat_interval: Duration,
-    /// No message from an agent this long: it is unreachable.
+    /// No message from an agent this long: its stream is closed (and it has the rest of
+    /// `agent_reconnect_timeout`, counted from its last message, to come back).
     pub agent_timeout: Duration,
-    /// After an agent's stream ends, how long before its tasks are reported LOST/UNREACHABLE.
+    /// How long an agent may be gone (its stream ended, or silent) before its tasks are
+    /// reported LOST/UNREACHABLE; Mesos-like by default (15 s pings, 5 missed).
     pub agent_reconnect_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     pub framework_heartbeat_interval: Duration,
@@ -54,7 +56,7 @@ impl Default for AllocatorConfig {
         Self {
             agent_heartbeat_interval: Duration::from_secs(5),
             agent_timeout: Duration::from_secs(15),
-            agent_reconnect_timeout: Duration::from_secs(5),
+            agent_reconnect_timeout: Duration::from_secs(75),
             framework_heartbeat_interval: Duration::from_secs(15),
             allocation_interval: Duration::from_secs(1),
             default_refuse: Duration::from_secs(5),
@@ -97,7 +99,7 @@ mod tests {
         let c = AllocatorConfig::default();
         assert_eq!(c.agent_heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.agent_timeout, Duration::from_secs(15));
-        assert_eq!(c.agent_reconnect_timeout, Duration::from_secs(5));
+        assert_eq!(c.agent_reconnect_timeout, Duration::from_secs(75));
         assert_eq!(c.framework_heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.allocation_interval, Duration::from_secs(1));
         assert_eq!(c.default_refuse, Duration::from_secs(5));

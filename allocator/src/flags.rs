@@ -25,12 +25,13 @@ pub struct AllocatorArgs {
     /// How often agents must send a heartbeat (e.g. 500ms, 5s, 2m).
     #[arg(long, env = "STRATA_ALLOCATOR_AGENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_heartbeat_interval: Duration,
-    /// No message from an agent this long: it is unreachable.
+    /// No message from an agent this long: its stream is closed (its tasks are reported once
+    /// it has been unheard of for --agent-reconnect-timeout).
     #[arg(long, env = "STRATA_ALLOCATOR_AGENT_TIMEOUT", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_timeout: Duration,
-    /// How long an agent whose stream ended may take to reconnect before its tasks are
-    /// reported LOST or UNREACHABLE.
-    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
+    /// How long an agent may be gone (its stream ended, or silent) before its tasks are
+    /// reported LOST or UNREACHABLE (Mesos: 15 s pings, 5 missed).
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "75s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_reconnect_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     #[arg(long, env = "STRATA_ALLOCATOR_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
