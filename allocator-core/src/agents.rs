@@ -83,6 +83,7 @@ impl Core {
         self.record_agent(&id);
 
         self.reconcile_agent_tasks(now, &id, conn, register.tasks, was_unreachable);
+        self.agent_recovered(now, &id);
         let (shrunk, kills) = self.fit_agent_tasks(now, &id);
         warnings.extend(shrunk);
 
@@ -488,6 +489,7 @@ impl Core {
     ) {
         let latest = agent_task.latest_status.clone().unwrap_or_default();
         if latest.state().is_terminal() {
+            self.task_reported_by_agent(&key);
             return; // its terminal update follows
         }
         if !self.frameworks.contains_key(&key.0) {
@@ -522,6 +524,7 @@ impl Core {
             s => s,
         };
         tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "adopted task from re-registering agent");
+        let recovered = key.clone();
         self.insert_task(
             Task {
                 framework_id: key.0.clone(),
@@ -541,6 +544,7 @@ impl Core {
             },
             false,
         );
+        self.task_recovered(now, &recovered);
     }
 
     /// Adds an active task to every index and allocation. With `from_free`, the caller has

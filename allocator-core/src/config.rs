@@ -28,6 +28,10 @@ pub struct AllocatorConfig {
     /// How long an agent may be gone (its stream ended, or silent) before its tasks are
     /// reported LOST/UNREACHABLE; Mesos-like by default (15 s pings, 5 missed).
     pub agent_reconnect_timeout: Duration,
+    /// After an allocator restart, how long agents known from the registry have to
+    /// re-register; meanwhile explicit reconciliation of a task the allocator does not know
+    /// waits for them instead of answering LOST (Mesos' `agent_reregister_timeout`).
+    pub agent_reregister_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     pub framework_heartbeat_interval: Duration,
     /// The periodic allocation tick (filter expiry, timeouts). Allocation also runs promptly
@@ -57,6 +61,7 @@ impl Default for AllocatorConfig {
             agent_heartbeat_interval: Duration::from_secs(5),
             agent_timeout: Duration::from_secs(15),
             agent_reconnect_timeout: Duration::from_secs(75),
+            agent_reregister_timeout: Duration::from_secs(600),
             framework_heartbeat_interval: Duration::from_secs(15),
             allocation_interval: Duration::from_secs(1),
             default_refuse: Duration::from_secs(5),
@@ -75,6 +80,7 @@ impl AllocatorConfig {
         let intervals = [
             ("agent_heartbeat_interval", self.agent_heartbeat_interval),
             ("agent_timeout", self.agent_timeout),
+            ("agent_reregister_timeout", self.agent_reregister_timeout),
             (
                 "framework_heartbeat_interval",
                 self.framework_heartbeat_interval,
@@ -100,6 +106,7 @@ mod tests {
         assert_eq!(c.agent_heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.agent_timeout, Duration::from_secs(15));
         assert_eq!(c.agent_reconnect_timeout, Duration::from_secs(75));
+        assert_eq!(c.agent_reregister_timeout, Duration::from_secs(600));
         assert_eq!(c.framework_heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.allocation_interval, Duration::from_secs(1));
         assert_eq!(c.default_refuse, Duration::from_secs(5));

@@ -331,7 +331,8 @@ impl Core {
     /// Rebuilds the kept books from `registry` (call before anything connects). Frameworks
     /// come back disconnected: each has its failover timeout from when it disconnected, or
     /// from `now` if it was connected when the allocator stopped, to re-subscribe with its id.
-    /// Agents come back when they re-register with their ids and tasks.
+    /// Agents come back when they re-register with their ids and tasks; until they all have,
+    /// or `agent_reregister_timeout` from `now`, the allocator is recovering.
     pub fn restore(&mut self, now: Duration, registry: Registry) -> Result<(), RestoreError> {
         let mut known = FastMap::default();
         for (id, record) in registry.agents {
@@ -356,6 +357,8 @@ impl Core {
             quotas.insert(role, Quota { guarantee, limit });
         }
         self.known_agents = known;
+        self.recovery_until =
+            (!self.known_agents.is_empty()).then(|| now + self.config.agent_reregister_timeout);
         self.quotas = quotas;
         self.weights = registry.weights;
         for (id, r) in registry.frameworks {

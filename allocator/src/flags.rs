@@ -33,6 +33,11 @@ pub struct AllocatorArgs {
     /// reported LOST or UNREACHABLE (Mesos: 15 s pings, 5 missed).
     #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "75s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_reconnect_timeout: Duration,
+    /// After an allocator restart, how long agents known from its registry have to
+    /// re-register; until then, reconciliation of a task the allocator does not know waits
+    /// for them instead of answering LOST.
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_REREGISTER_TIMEOUT", default_value = "10m", value_parser = parse::duration, value_name = "DURATION")]
+    pub agent_reregister_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     #[arg(long, env = "STRATA_ALLOCATOR_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
     pub framework_heartbeat_interval: Duration,
@@ -88,6 +93,7 @@ impl AllocatorArgs {
             agent_heartbeat_interval: self.agent_heartbeat_interval,
             agent_timeout: self.agent_timeout,
             agent_reconnect_timeout: self.agent_reconnect_timeout,
+            agent_reregister_timeout: self.agent_reregister_timeout,
             framework_heartbeat_interval: self.framework_heartbeat_interval,
             allocation_interval: self.allocation_interval,
             default_refuse: self.default_refuse,
@@ -491,6 +497,8 @@ mod tests {
             "3",
             "--agent-reconnect-timeout",
             "500ms",
+            "--agent-reregister-timeout",
+            "1m",
             "--framework-heartbeat-interval",
             "2m",
             "--allocation-interval",
@@ -512,6 +520,7 @@ mod tests {
                 agent_heartbeat_interval: Duration::from_secs(1),
                 agent_timeout: Duration::from_secs(3),
                 agent_reconnect_timeout: Duration::from_millis(500),
+                agent_reregister_timeout: Duration::from_secs(60),
                 framework_heartbeat_interval: Duration::from_secs(120),
                 allocation_interval: Duration::from_millis(100),
                 default_refuse: Duration::ZERO,
