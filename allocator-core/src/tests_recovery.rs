@@ -1,13 +1,17 @@
 //! Recovery after an allocator restart: reconciliation waits for agents known from the
-//! registry within `agent_reregister_timeout`.
+//! registry within `agent_reregister_timeout`; the terminal-task history comes back.
 
 use std::time::Duration;
 
-use strata_proto::{AgentTask, Call, FrameworkInfo, TaskReason, TaskState, TaskStatus, call};
+use strata_proto::{
+    AgentTask, Call, FrameworkInfo, ListTasksRequest, TaskReason, TaskState, TaskStatus,
+    TaskSummary, call,
+};
 
 use super::tests::{Harness, config, simple_call, status, task, updates_in};
 use super::{AgentId, ConnId, FrameworkId};
 use crate::config::{AllocatorConfig, ConfigError};
+use crate::registry::{Registry, RegistryOp};
 
 const WINDOW: Duration = Duration::from_secs(600);
 
@@ -177,4 +181,110 @@ fn the_window_must_be_positive() {
             field: "agent_reregister_timeout"
         })
     );
+}
+
+#[test]
+fn finished_tasks_survive_a_restart() {
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(4.0, 1024.0);
+    let info = FrameworkInfo {
+        name: "one".into(),
+        failover_timeout_seconds: 3600.0,
+        ..FrameworkInfo::default()
+    };
+    let (fconn, fid) = h.subscribe_info(info.clone());
+    let offer = h.one_offer(fconn);
+    let tasks = vec![
+        task("failed", 0.5, 64.0),
+        task("finished", 0.5, 64.0),
+        task("running", 0.5, 64.0),
+    ];
+    h.launch(fconn, &fid, aconn, &offer, tasks);
+    let mut failed = status(&fid, "failed", TaskState::Failed, 1);
+    failed.exit_code = Some(3);
+    failed.message = "exited with 3".into();
+    h.update(aconn, failed);
+    h.advance(Duration::from_secs(1));
+    h.update(aconn, status(&fid, "finished", TaskState::Finished, 2));
+    let all = ListTasksRequest {
+        include_terminal: true,
+        ..ListTasksRequest::default()
+    };
+    let terminal = |h: &Harness| -> Vec<TaskSummary> {
+        h.core
+            .task_summaries(&all)
+            .into_iter()
+            .filter(|t| TaskState::try_from(t.state).is_ok_and(|s| s.is_terminal()))
+            .collect()
+    };
+    let before = terminal(&h);
+    assert_eq!(before.len(), 2);
+
+    // What the store holds is what the ops made.
+    let mut stored = Registry::default();
+    for op in h.core.take_registry_ops() {
+        stored.apply(&op);
+    }
+    assert_eq!(stored, h.core.registry());
+    assert_eq!(stored.terminal_tasks.len(), 2);
+
+    let mut again = Harness::new();
+    again.now = h.now + Duration::from_secs(5);
+    let now = again.now;
+    again.core.restore(now, stored.clone()).expect("restored");
+    assert_eq!(terminal(&again), before, "strata ps --all lists them again");
+    assert_eq!(again.core.terminal_task_count(), 2);
+    // Reconciliation of an ended task answers its state at once, even while recovering.
+    let (fconn, _) = again.subscribe_info(FrameworkInfo {
+        id: fid.0.clone(),
+        ..info
+    });
+    let u = updates_in(
+        &again.call(fconn, reconcile(&fid, &[("failed", "")])),
+        fconn,
+    );
+    assert_eq!(states(&u), vec![("failed".to_owned(), TaskState::Failed)]);
+    assert_eq!(u[0].exit_code, Some(3));
+    // Restoring rewrites nothing of the history.
+    assert!(!again.core.take_registry_ops().iter().any(|op| matches!(
+        op,
+        RegistryOp::PutTerminalTask(..) | RegistryOp::RemoveTerminalTask(_)
+    )));
+
+    // A smaller history keeps the newest, and the store is told.
+    let mut small = Harness::with(AllocatorConfig {
+        terminal_task_history: 1,
+        ..config()
+    });
+    small.core.restore(now, stored.clone()).expect("restored");
+    let kept = terminal(&small);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].task_id, "finished");
+    for op in small.core.take_registry_ops() {
+        stored.apply(&op);
+    }
+    assert_eq!(stored.terminal_tasks, small.core.registry().terminal_tasks);
+}
+
+#[test]
+fn a_task_ended_after_a_restart_does_not_replace_a_restored_one() {
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(4.0, 1024.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    h.launch(fconn, &fid, aconn, &offer, vec![task("old", 0.5, 64.0)]);
+    h.update(aconn, status(&fid, "old", TaskState::Finished, 1));
+    let stored = h.core.registry();
+
+    let mut again = Harness::new();
+    let now = again.now;
+    again.core.restore(now, stored.clone()).expect("restored");
+    let (aconn, _) = again.agent(4.0, 1024.0);
+    let (fconn, fid) = again.framework("two");
+    let offer = again.one_offer(fconn);
+    again.launch(fconn, &fid, aconn, &offer, vec![task("new", 0.5, 64.0)]);
+    again.update(aconn, status(&fid, "new", TaskState::Finished, 1));
+    let numbers: Vec<u64> = again.core.registry().terminal_tasks.into_keys().collect();
+    assert_eq!(numbers.len(), 2, "{numbers:?}");
+    assert!(stored.terminal_tasks.keys().all(|n| *n < numbers[1]));
 }

@@ -47,7 +47,7 @@ pub struct AllocatorArgs {
     /// Default refuse_seconds of DECLINE and ACCEPT filters.
     #[arg(long, env = "STRATA_ALLOCATOR_DEFAULT_REFUSE", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub default_refuse: Duration,
-    /// Terminal tasks kept for `strata ps --all`.
+    /// Terminal tasks kept for `strata ps --all` (in the registry: they survive a restart).
     #[arg(
         long,
         env = "STRATA_ALLOCATOR_TERMINAL_TASK_HISTORY",
