@@ -424,16 +424,6 @@ impl Core {
     ) {
         let latest = agent_task.latest_status.unwrap_or_default();
         let latest_state = latest.state();
-        let Some(task) = self.tasks.get_mut(key) else {
-            return;
-        };
-        // The agent's latest state (its own if it sent none), unless terminal:
-        // a terminal one is resent by the agent as an update.
-        let state = match latest_state {
-            TaskState::Unspecified => Some(task.state),
-            s if s.is_terminal() => None,
-            s => Some(s),
-        };
         if latest_state.is_terminal() {
             // It ended (perhaps while the agent was away): it is terminal here at once, never
             // RUNNING again; the framework learns it from the agent's own update, which
@@ -454,23 +444,29 @@ impl Core {
             );
             return;
         }
-        if let Some(latest_state) = state {
-            task.state = latest_state;
-            task.updated_at = now;
-            if was_unreachable {
-                task.message = format!("agent {agent_id} re-registered with the task");
-                let status = Self::allocator_status(
-                    now,
-                    &key.0,
-                    &key.1.0,
-                    &agent_id.0,
-                    latest_state,
-                    TaskReason::Unspecified,
-                    task.message.clone(),
-                );
-                tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
-                self.send_update(&key.0, status);
-            }
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        // The agent's latest state (its own if it sent none).
+        let state = match latest_state {
+            TaskState::Unspecified => task.state,
+            s => s,
+        };
+        task.state = state;
+        task.updated_at = now;
+        if was_unreachable {
+            task.message = format!("agent {agent_id} re-registered with the task");
+            let status = Self::allocator_status(
+                now,
+                &key.0,
+                &key.1.0,
+                &agent_id.0,
+                state,
+                TaskReason::Unspecified,
+                task.message.clone(),
+            );
+            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
+            self.send_update(&key.0, status);
         }
         if let Some(grace) = self.tasks.get(key).and_then(|t| t.kill) {
             self.send_kill(conn, key, grace);
