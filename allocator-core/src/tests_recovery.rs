@@ -288,3 +288,26 @@ fn a_task_ended_after_a_restart_does_not_replace_a_restored_one() {
     assert_eq!(numbers.len(), 2, "{numbers:?}");
     assert!(stored.terminal_tasks.keys().all(|n| *n < numbers[1]));
 }
+
+#[test]
+fn with_the_default_window_an_agent_back_within_75_s_changes_nothing() {
+    let mut h = Harness::with(AllocatorConfig::default());
+    let (aconn, agent) = h.agent(2.0, 512.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    h.launch(fconn, &fid, aconn, &offer, vec![task("t1", 1.0, 64.0)]);
+    h.core.agent_disconnected(h.now, aconn);
+    h.advance(Duration::from_secs(74));
+    assert!(
+        updates_in(&h.tick(), fconn).is_empty(),
+        "a restart is not a loss"
+    );
+    let conn = h.conn();
+    h.register(conn, &agent.0, 2.0, 512.0, vec![running(&fid, "t1")]);
+    assert!(updates_in(&h.cmds(), fconn).is_empty(), "no extra RUNNING");
+    // Gone for the whole window: LOST.
+    h.core.agent_disconnected(h.now, conn);
+    h.advance(Duration::from_secs(75));
+    let u = updates_in(&h.tick(), fconn);
+    assert_eq!(states(&u), vec![("t1".to_owned(), TaskState::Lost)]);
+}
