@@ -3,11 +3,15 @@
 //!
 //! Invariants: an agent id is bound to at most one stream; a newer Register for the same id
 //! replaces (and closes) the older stream. A disconnected agent's offer is rescinded at once;
-//! its tasks are reported (UNREACHABLE to partition-aware frameworks, LOST to others) when
-//! it has been gone `agent_reconnect_timeout`, or at once when it is silent for
-//! `agent_timeout`; its resources then leave the cluster total. Re-registering brings the
-//! listed tasks back (RUNNING again), ends the tasks it no longer has, adopts tasks of known
-//! frameworks the allocator did not know, and kills tasks of frameworks that are gone.
+//! a silent one's stream is closed after `agent_timeout`; its tasks are reported
+//! (UNREACHABLE to partition-aware frameworks, LOST to others) when it has not been heard of
+//! for `agent_reconnect_timeout` (75 s by default, as Mesos' 5 missed 15 s pings); its
+//! resources then leave the cluster total. Re-registering within that window changes nothing
+//! the frameworks see. Re-registering brings the listed tasks back (RUNNING again after they
+//! were reported), ends at once those it lists as ended (the agent's own update tells the
+//! framework), ends the tasks it no longer has (without a second LOST to a framework told
+//! LOST already), adopts tasks of known frameworks the allocator did not know, and kills
+//! tasks of frameworks that are gone.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -79,6 +83,7 @@ impl Core {
         self.record_agent(&id);
 
         self.reconcile_agent_tasks(now, &id, conn, register.tasks, was_unreachable);
+        self.agent_recovered(now, &id);
         let (shrunk, kills) = self.fit_agent_tasks(now, &id);
         warnings.extend(shrunk);
 
@@ -319,16 +324,21 @@ impl Core {
                 Some(((FrameworkId(t.framework_id.clone()), TaskId(task_id)), t))
             })
             .collect();
-        let known: Vec<TaskKey> = self.agents[agent_id].tasks.iter().cloned().collect();
+        let known: Vec<(TaskKey, bool)> = self.agents[agent_id]
+            .tasks
+            .iter()
+            .map(|key| (key.clone(), self.tasks[key].unreachable))
+            .collect();
 
         // Reachable again: the tasks count in their frameworks' allocations again.
         if was_unreachable {
-            self.count_tasks_again(&known);
+            let keys: Vec<TaskKey> = known.iter().map(|(key, _)| key.clone()).collect();
+            self.count_tasks_again(&keys);
         }
 
-        for key in known {
+        for (key, was_reported) in known {
             match listed.remove(&key) {
-                None => self.end_unlisted_task(now, agent_id, key),
+                None => self.end_unlisted_task(now, agent_id, key, was_reported),
                 Some(agent_task) => {
                     self.refresh_listed_task(
                         now,
@@ -363,12 +373,20 @@ impl Core {
     }
 
     /// A task the re-registering agent does not have: it is gone (LOST, DROPPED to
-    /// partition-aware frameworks).
-    fn end_unlisted_task(&mut self, now: Duration, agent_id: &AgentId, key: TaskKey) {
+    /// partition-aware frameworks). A framework that was told LOST when the agent became
+    /// unreachable is told nothing more.
+    fn end_unlisted_task(
+        &mut self,
+        now: Duration,
+        agent_id: &AgentId,
+        key: TaskKey,
+        was_reported: bool,
+    ) {
         let partition_aware = self
             .frameworks
             .get(&key.0)
             .is_some_and(|f| f.partition_aware);
+        let told_lost = was_reported && !partition_aware;
         let state = if partition_aware {
             TaskState::Dropped
         } else {
@@ -388,7 +406,9 @@ impl Core {
             message.clone(),
         );
         self.end_task(&key, state, TaskReason::AgentRestarted, message, None, now);
-        self.send_update(&key.0, status);
+        if !told_lost {
+            self.send_update(&key.0, status);
+        }
     }
 
     /// A known task the re-registering agent lists: takes its latest state (telling the
@@ -404,33 +424,49 @@ impl Core {
     ) {
         let latest = agent_task.latest_status.unwrap_or_default();
         let latest_state = latest.state();
+        if latest_state.is_terminal() {
+            // It ended (perhaps while the agent was away): it is terminal here at once, never
+            // RUNNING again; the framework learns it from the agent's own update, which
+            // follows and is acknowledged.
+            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, state = latest_state.label(), "re-registering agent lists the task as ended");
+            let message = if latest.message.is_empty() {
+                format!("agent {agent_id} re-registered with the task ended")
+            } else {
+                latest.message.clone()
+            };
+            self.end_task(
+                key,
+                latest_state,
+                latest.reason(),
+                message,
+                latest.exit_code,
+                now,
+            );
+            return;
+        }
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
-        // The agent's latest state (its own if it sent none), unless terminal:
-        // a terminal one is resent by the agent as an update.
+        // The agent's latest state (its own if it sent none).
         let state = match latest_state {
-            TaskState::Unspecified => Some(task.state),
-            s if s.is_terminal() => None,
-            s => Some(s),
+            TaskState::Unspecified => task.state,
+            s => s,
         };
-        if let Some(latest_state) = state {
-            task.state = latest_state;
-            task.updated_at = now;
-            if was_unreachable {
-                task.message = format!("agent {agent_id} re-registered with the task");
-                let status = Self::allocator_status(
-                    now,
-                    &key.0,
-                    &key.1.0,
-                    &agent_id.0,
-                    latest_state,
-                    TaskReason::Unspecified,
-                    task.message.clone(),
-                );
-                tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
-                self.send_update(&key.0, status);
-            }
+        task.state = state;
+        task.updated_at = now;
+        if was_unreachable {
+            task.message = format!("agent {agent_id} re-registered with the task");
+            let status = Self::allocator_status(
+                now,
+                &key.0,
+                &key.1.0,
+                &agent_id.0,
+                state,
+                TaskReason::Unspecified,
+                task.message.clone(),
+            );
+            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
+            self.send_update(&key.0, status);
         }
         if let Some(grace) = self.tasks.get(key).and_then(|t| t.kill) {
             self.send_kill(conn, key, grace);
@@ -449,6 +485,7 @@ impl Core {
     ) {
         let latest = agent_task.latest_status.clone().unwrap_or_default();
         if latest.state().is_terminal() {
+            self.task_reported_by_agent(&key);
             return; // its terminal update follows
         }
         if !self.frameworks.contains_key(&key.0) {
@@ -483,6 +520,7 @@ impl Core {
             s => s,
         };
         tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "adopted task from re-registering agent");
+        let recovered = key.clone();
         self.insert_task(
             Task {
                 framework_id: key.0.clone(),
@@ -502,6 +540,7 @@ impl Core {
             },
             false,
         );
+        self.task_recovered(now, &recovered);
     }
 
     /// Adds an active task to every index and allocation. With `from_free`, the caller has
@@ -638,44 +677,40 @@ impl Core {
         }
     }
 
-    /// Agents silent for `agent_timeout` are closed and unreachable at once; agents
-    /// disconnected for `agent_reconnect_timeout` become unreachable.
+    /// Agents silent for `agent_timeout` are closed; agents gone (disconnected, or silent)
+    /// for `agent_reconnect_timeout`, counted from when they were last heard of, become
+    /// unreachable.
     pub(super) fn expire_agents(&mut self, now: Duration) {
         let mut silent = Vec::new();
-        let mut gone = Vec::new();
         for agent in self.agents.values() {
-            match agent.link {
-                Link::Connected(conn)
-                    if now.saturating_sub(agent.last_seen) >= self.config.agent_timeout =>
-                {
-                    silent.push((agent.id.clone(), conn));
-                }
-                Link::Disconnected { since }
-                    if now.saturating_sub(since) >= self.config.agent_reconnect_timeout =>
-                {
-                    gone.push(agent.id.clone());
-                }
-                _ => {}
+            if let Link::Connected(conn) = agent.link
+                && now.saturating_sub(agent.last_seen) >= self.config.agent_timeout
+            {
+                silent.push((agent.id.clone(), conn, agent.last_seen));
             }
         }
-        for (id, conn) in silent {
+        for (id, conn, last_seen) in silent {
             tracing::warn!(agent_id = %id, "agent sent nothing for the agent timeout; closing its stream");
             self.agent_conns.remove(&conn);
             self.outbox.push(super::Command::Close { conn });
             if let Some(agent) = self.agents.get_mut(&id) {
-                agent.link = Link::Disconnected { since: now };
+                agent.link = Link::Disconnected { since: last_seen };
             }
             self.rescind_agent_offers(&id);
             self.refresh_offerable(&id);
-            let why = format!(
-                "it sent nothing for {}s",
-                self.config.agent_timeout.as_secs_f64()
-            );
-            self.mark_unreachable(now, &id, why);
         }
+        let gone: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|agent| {
+                matches!(agent.link, Link::Disconnected { since }
+                    if now.saturating_sub(since) >= self.config.agent_reconnect_timeout)
+            })
+            .map(|agent| agent.id.clone())
+            .collect();
         for id in gone {
             let why = format!(
-                "its stream ended and it did not reconnect within {}s",
+                "it was not heard of for {}s",
                 self.config.agent_reconnect_timeout.as_secs_f64()
             );
             self.mark_unreachable(now, &id, why);

@@ -22,10 +22,16 @@ pub enum ConfigError {
 pub struct AllocatorConfig {
     /// Told to agents in `Registered`: how often they must send a heartbeat.
     pub agent_heartbeat_interval: Duration,
-    /// No message from an agent this long: it is unreachable.
+    /// No message from an agent this long: its stream is closed (and it has the rest of
+    /// `agent_reconnect_timeout`, counted from its last message, to come back).
     pub agent_timeout: Duration,
-    /// After an agent's stream ends, how long before its tasks are reported LOST/UNREACHABLE.
+    /// How long an agent may be gone (its stream ended, or silent) before its tasks are
+    /// reported LOST/UNREACHABLE; Mesos-like by default (15 s pings, 5 missed).
     pub agent_reconnect_timeout: Duration,
+    /// After an allocator restart, how long agents known from the registry have to
+    /// re-register; meanwhile explicit reconciliation of a task the allocator does not know
+    /// waits for them instead of answering LOST (Mesos' `agent_reregister_timeout`).
+    pub agent_reregister_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     pub framework_heartbeat_interval: Duration,
     /// The periodic allocation tick (filter expiry, timeouts). Allocation also runs promptly
@@ -56,7 +62,8 @@ impl Default for AllocatorConfig {
         Self {
             agent_heartbeat_interval: Duration::from_secs(5),
             agent_timeout: Duration::from_secs(15),
-            agent_reconnect_timeout: Duration::from_secs(5),
+            agent_reconnect_timeout: Duration::from_secs(75),
+            agent_reregister_timeout: Duration::from_secs(600),
             framework_heartbeat_interval: Duration::from_secs(15),
             allocation_interval: Duration::from_secs(1),
             default_refuse: Duration::from_secs(5),
@@ -75,6 +82,7 @@ impl AllocatorConfig {
         let intervals = [
             ("agent_heartbeat_interval", self.agent_heartbeat_interval),
             ("agent_timeout", self.agent_timeout),
+            ("agent_reregister_timeout", self.agent_reregister_timeout),
             (
                 "framework_heartbeat_interval",
                 self.framework_heartbeat_interval,
@@ -99,7 +107,8 @@ mod tests {
         let c = AllocatorConfig::default();
         assert_eq!(c.agent_heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.agent_timeout, Duration::from_secs(15));
-        assert_eq!(c.agent_reconnect_timeout, Duration::from_secs(5));
+        assert_eq!(c.agent_reconnect_timeout, Duration::from_secs(75));
+        assert_eq!(c.agent_reregister_timeout, Duration::from_secs(600));
         assert_eq!(c.framework_heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.allocation_interval, Duration::from_secs(1));
         assert_eq!(c.default_refuse, Duration::from_secs(5));

@@ -45,6 +45,7 @@ pub mod ids;
 mod invariants;
 pub mod limits;
 pub mod operator;
+mod recovery;
 pub mod registry;
 pub mod resources;
 pub mod roles;
@@ -59,6 +60,8 @@ mod tests_headroom;
 mod tests_limits;
 #[cfg(test)]
 mod tests_props;
+#[cfg(test)]
+mod tests_recovery;
 #[cfg(test)]
 mod tests_roles;
 #[cfg(test)]
@@ -571,6 +574,11 @@ pub struct Core {
     last_total: Resources,
     /// Agents restored from the registry that have not re-registered yet.
     known_agents: FastMap<AgentId, registry::AgentRecord>,
+    /// After a restore: until when `known_agents` may re-register (none: not recovering).
+    recovery_until: Option<Duration>,
+    /// Explicit reconciliations of tasks the allocator does not know, waiting for recovering
+    /// agents, with the agent the framework named (empty: any).
+    pending_reconciles: BTreeMap<TaskKey, AgentId>,
     /// Registry changes not yet taken by the edge.
     registry_ops: Vec<registry::RegistryOp>,
     outbox: Vec<Command>,
@@ -610,6 +618,8 @@ impl Core {
             role_offered: BTreeMap::new(),
             last_total: Resources::new(),
             known_agents: FastMap::default(),
+            recovery_until: None,
+            pending_reconciles: BTreeMap::new(),
             registry_ops: Vec::new(),
             outbox: Vec::new(),
         }
@@ -630,6 +640,7 @@ impl Core {
     pub fn tick(&mut self, now: Duration) {
         self.last_tick = Some(now);
         self.expire_agents(now);
+        self.expire_recovery(now);
         self.expire_frameworks(now);
         self.heartbeat_frameworks(now);
         self.expire_filters(now);

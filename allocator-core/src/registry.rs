@@ -5,8 +5,9 @@
 //!
 //! Kept: agent ids with their dynamic reservations and operator mode (drained,
 //! deactivated), frameworks (info and the time they
-//! disconnected, which fixes their failover deadline), role weights and quotas. Not kept:
-//! offers, filters, tasks: agents re-register with their running tasks and frameworks
+//! disconnected, which fixes their failover deadline), role weights and quotas, and the
+//! bounded history of terminal tasks (what `strata ps --all` lists). Not kept: offers,
+//! filters, active tasks: agents re-register with their running tasks and frameworks
 //! re-subscribe with their ids, which restores the rest.
 //!
 //! Invariants: every change to a kept thing records an op in the order made; applying the
@@ -16,11 +17,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_proto::{FrameworkCapability, FrameworkInfo, Resource, ResourceKind, ValueRange};
+use strata_proto::{
+    FrameworkCapability, FrameworkInfo, Resource, ResourceKind, TaskInfo, TaskReason, TaskState,
+    ValueRange,
+};
 
 use super::resources::from_milli;
 use super::roles::{Limits, Quota};
-use super::{AgentId, Core, FastMap, Framework, FrameworkId, Resources};
+use super::{AgentId, Core, FastMap, Framework, FrameworkId, Resources, Task, TaskId};
 
 /// A resource in the registry's own (serde) form.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -172,6 +176,108 @@ pub struct QuotaRecord {
     pub limit: Vec<StoredResource>,
 }
 
+/// What is kept of a terminal task.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskRecord {
+    /// Its framework's id.
+    pub framework_id: String,
+    /// Its id.
+    pub task_id: String,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The agent it ran on.
+    pub agent_id: String,
+    /// The role its resources were allocated to.
+    pub role: String,
+    /// Its resources.
+    pub resources: Vec<StoredResource>,
+    /// Its terminal state, by its proto name (`TASK_FINISHED`, ...).
+    pub state: String,
+    /// Why, by its proto name; empty when unspecified.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Its last message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Its exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Whether its agent was unreachable when it ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreachable: bool,
+    /// When it was launched, Unix seconds.
+    pub launched_at: f64,
+    /// When it ended, Unix seconds.
+    pub updated_at: f64,
+}
+
+/// The stored form of a terminal task.
+pub(super) fn task_record(task: &Task) -> TaskRecord {
+    TaskRecord {
+        framework_id: task.framework_id.0.clone(),
+        task_id: task.id.0.clone(),
+        name: task.info.name.clone(),
+        agent_id: task.agent_id.0.clone(),
+        role: task.role.clone(),
+        resources: store_resources(&task.resources),
+        state: task.state.as_str_name().to_owned(),
+        reason: match task.reason {
+            TaskReason::Unspecified => String::new(),
+            reason => reason.as_str_name().to_owned(),
+        },
+        message: task.message.clone(),
+        exit_code: task.exit_code,
+        unreachable: task.unreachable,
+        launched_at: task.launched_at.as_secs_f64(),
+        updated_at: task.updated_at.as_secs_f64(),
+    }
+}
+
+/// A terminal task from its stored form.
+fn task_from_record(r: TaskRecord) -> Result<Task, RestoreError> {
+    let what = || {
+        format!(
+            "terminal task {:?} of framework {}",
+            r.task_id, r.framework_id
+        )
+    };
+    let resources = load_resources(&r.resources).map_err(|source| RestoreError::Resources {
+        what: what(),
+        source,
+    })?;
+    let state = TaskState::from_str_name(&r.state)
+        .filter(|s| s.is_terminal())
+        .ok_or_else(|| RestoreError::TaskState {
+            what: what(),
+            state: r.state.clone(),
+        })?;
+    let reason = TaskReason::from_str_name(&r.reason).unwrap_or(TaskReason::Unspecified);
+    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
+    Ok(Task {
+        framework_id: FrameworkId(r.framework_id),
+        id: TaskId(r.task_id.clone()),
+        agent_id: AgentId(r.agent_id.clone()),
+        role: r.role,
+        info: TaskInfo {
+            task_id: r.task_id,
+            name: r.name,
+            agent_id: r.agent_id,
+            resources: resources.to_proto(),
+            ..TaskInfo::default()
+        },
+        resources,
+        state,
+        reason,
+        message: r.message,
+        exit_code: r.exit_code,
+        unreachable: r.unreachable,
+        kill: None,
+        launched_at: secs(r.launched_at),
+        updated_at: secs(r.updated_at),
+    })
+}
+
 /// Everything kept, as loaded at start.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Registry {
@@ -183,6 +289,8 @@ pub struct Registry {
     pub weights: BTreeMap<String, f64>,
     /// Role quotas.
     pub quotas: BTreeMap<String, QuotaRecord>,
+    /// The terminal-task history by number, oldest first.
+    pub terminal_tasks: BTreeMap<u64, TaskRecord>,
 }
 
 /// One change to the registry.
@@ -200,6 +308,10 @@ pub enum RegistryOp {
     PutQuota(String, QuotaRecord),
     /// A quota was removed.
     RemoveQuota(String),
+    /// A task ended: it joined the terminal-task history under this number.
+    PutTerminalTask(u64, TaskRecord),
+    /// A terminal task left the history.
+    RemoveTerminalTask(u64),
 }
 
 impl Registry {
@@ -228,6 +340,12 @@ impl Registry {
             RegistryOp::RemoveQuota(role) => {
                 self.quotas.remove(role);
             }
+            RegistryOp::PutTerminalTask(seq, r) => {
+                self.terminal_tasks.insert(*seq, r.clone());
+            }
+            RegistryOp::RemoveTerminalTask(seq) => {
+                self.terminal_tasks.remove(seq);
+            }
         }
     }
 }
@@ -242,6 +360,14 @@ pub enum RestoreError {
         what: String,
         /// What was wrong.
         source: super::ResourceError,
+    },
+    /// A terminal task's record holds a state that is not a terminal one.
+    #[error("the registry's record of {what} holds {state:?}, which is not a terminal task state")]
+    TaskState {
+        /// Which record.
+        what: String,
+        /// The state it holds.
+        state: String,
     },
 }
 
@@ -264,6 +390,16 @@ impl Core {
             registered_at: fw.registered_at.as_secs_f64(),
             disconnected_at: fw.disconnected_at.map(|d| d.as_secs_f64()),
             principal: fw.principal.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Records a task joining the history and the entries it pushed out.
+    pub(super) fn record_history(&mut self, added: Option<(u64, TaskRecord)>, removed: Vec<u64>) {
+        for seq in removed {
+            self.record(RegistryOp::RemoveTerminalTask(seq));
+        }
+        if let Some((seq, record)) = added {
+            self.record(RegistryOp::PutTerminalTask(seq, record));
         }
     }
 
@@ -325,13 +461,19 @@ impl Core {
                     )
                 })
                 .collect(),
+            terminal_tasks: self
+                .history
+                .numbered()
+                .map(|(seq, task)| (seq, task_record(task)))
+                .collect(),
         }
     }
 
     /// Rebuilds the kept books from `registry` (call before anything connects). Frameworks
     /// come back disconnected: each has its failover timeout from when it disconnected, or
     /// from `now` if it was connected when the allocator stopped, to re-subscribe with its id.
-    /// Agents come back when they re-register with their ids and tasks.
+    /// Agents come back when they re-register with their ids and tasks; until they all have,
+    /// or `agent_reregister_timeout` from `now`, the allocator is recovering.
     pub fn restore(&mut self, now: Duration, registry: Registry) -> Result<(), RestoreError> {
         let mut known = FastMap::default();
         for (id, record) in registry.agents {
@@ -355,7 +497,19 @@ impl Core {
             })?;
             quotas.insert(role, Quota { guarantee, limit });
         }
+        let mut history = Vec::with_capacity(registry.terminal_tasks.len());
+        for (seq, record) in registry.terminal_tasks {
+            history.push((seq, task_from_record(record)?));
+        }
+        let mut dropped = Vec::new();
+        for (seq, task) in history {
+            dropped.extend(self.history.restore(seq, task));
+        }
+        // A smaller --terminal-task-history keeps the newest.
+        self.record_history(None, dropped);
         self.known_agents = known;
+        self.recovery_until =
+            (!self.known_agents.is_empty()).then(|| now + self.config.agent_reregister_timeout);
         self.quotas = quotas;
         self.weights = registry.weights;
         for (id, r) in registry.frameworks {

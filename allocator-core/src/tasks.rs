@@ -4,7 +4,8 @@
 //! framework, counted in both allocations) or terminal (in [`History`] only); ending a task
 //! removes it from every index and allocation in one step. The history keeps at most
 //! `terminal_task_history` tasks, oldest dropped first, and a task id reused after its task
-//! ended replaces the older record.
+//! ended replaces the older record. The history is in the registry (each entry under its
+//! number), so it survives an allocator restart.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -32,15 +33,34 @@ impl History {
         }
     }
 
-    pub(super) fn push(&mut self, task: Task) {
+    /// Adds a terminal task; returns its number (none when nothing is kept) and the numbers
+    /// of the entries it pushed out (the oldest, or an older record of the same task id).
+    pub(super) fn push(&mut self, task: Task) -> (Option<u64>, Vec<u64>) {
         if self.capacity == 0 {
-            return;
+            return (None, Vec::new());
         }
-        let key = (task.framework_id.clone(), task.id.clone());
         let seq = self.next_seq;
-        self.next_seq += 1;
+        let removed = self.insert(seq, task);
+        (Some(seq), removed)
+    }
+
+    /// Puts back a terminal task numbered `seq` (from the registry; in increasing order);
+    /// returns the numbers of the entries it pushed out.
+    pub(super) fn restore(&mut self, seq: u64, task: Task) -> Vec<u64> {
+        self.insert(seq, task)
+    }
+
+    fn insert(&mut self, seq: u64, task: Task) -> Vec<u64> {
+        self.next_seq = self.next_seq.max(seq + 1);
+        if self.capacity == 0 {
+            return vec![seq];
+        }
+        let mut removed = Vec::new();
+        let key = (task.framework_id.clone(), task.id.clone());
         self.order.push_back((seq, key.clone()));
-        self.entries.insert(key, (seq, task));
+        if let Some((old_seq, _)) = self.entries.insert(key, (seq, task)) {
+            removed.push(old_seq);
+        }
         while self.entries.len() > self.capacity || self.order.len() > 2 * self.capacity {
             let Some((old_seq, old_key)) = self.order.pop_front() else {
                 break;
@@ -51,8 +71,10 @@ impl History {
                 .is_some_and(|(s, _)| *s == old_seq)
             {
                 self.entries.remove(&old_key);
+                removed.push(old_seq);
             }
         }
+        removed
     }
 
     pub(super) fn get(&self, key: &TaskKey) -> Option<&Task> {
@@ -66,6 +88,16 @@ impl History {
                 .get(key)
                 .filter(|(s, _)| s == seq)
                 .map(|(_, t)| t)
+        })
+    }
+
+    /// Terminal tasks with their numbers, oldest first.
+    pub(super) fn numbered(&self) -> impl Iterator<Item = (u64, &Task)> {
+        self.order.iter().filter_map(|(seq, key)| {
+            self.entries
+                .get(key)
+                .filter(|(s, _)| s == seq)
+                .map(|(_, t)| (*seq, t))
         })
     }
 
@@ -114,7 +146,10 @@ impl Core {
         task.updated_at = now;
         task.kill = None;
         let agent_id = task.agent_id.clone();
-        self.history.push(task);
+        let record =
+            (self.config.terminal_task_history > 0).then(|| super::registry::task_record(&task));
+        let (seq, removed) = self.history.push(task);
+        self.record_history(seq.zip(record), removed);
         self.refresh_offerable(&agent_id);
     }
 

@@ -27,6 +27,7 @@ pub(super) fn config() -> AllocatorConfig {
         agent_heartbeat_interval: Duration::from_secs(5),
         agent_timeout: Duration::from_secs(15),
         agent_reconnect_timeout: Duration::from_secs(5),
+        agent_reregister_timeout: Duration::from_secs(600),
         framework_heartbeat_interval: Duration::from_secs(15),
         allocation_interval: Duration::from_secs(1),
         default_refuse: Duration::from_secs(5),
@@ -1730,6 +1731,148 @@ fn reregistering_within_the_window_reports_nothing_and_drops_unlisted_tasks() {
     // Later ticks report nothing.
     h.advance(Duration::from_secs(10));
     assert!(updates_in(&h.tick(), fconn).is_empty());
+}
+
+/// The task `id` of `launched`, as the agent lists it with `state`.
+fn listed(
+    fid: &FrameworkId,
+    launched: &[allocator_message::LaunchTask],
+    id: &str,
+    state: TaskState,
+) -> AgentTask {
+    AgentTask {
+        framework_id: fid.0.clone(),
+        task: launched
+            .iter()
+            .filter_map(|l| l.task.clone())
+            .find(|t| t.task_id == id),
+        latest_status: Some(status(fid, id, state, 1)),
+    }
+}
+
+#[test]
+fn re_registration_after_lost_brings_back_only_running_tasks() {
+    // Cases: (what the agent lists the task as, the update the framework gets, whether it is
+    // still active). A task that ended, or vanished, while its agent was away is never
+    // RUNNING again; one the agent lists as ended is terminal at once (the agent's own
+    // update tells the framework); one it no longer has gets no second LOST.
+    let cases: &[(&str, Option<TaskState>, Option<TaskState>, bool)] = &[
+        (
+            "running",
+            Some(TaskState::Running),
+            Some(TaskState::Running),
+            true,
+        ),
+        ("exited", Some(TaskState::Failed), None, false),
+        ("finished", Some(TaskState::Finished), None, false),
+        ("vanished", None, None, false),
+    ];
+    let mut h = Harness::new();
+    let (aconn, agent) = h.agent(4.0, 1024.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    let tasks = cases.iter().map(|c| task(c.0, 0.5, 64.0)).collect();
+    let launched = h.launch(fconn, &fid, aconn, &offer, tasks);
+    h.core.agent_disconnected(h.now, aconn);
+    h.advance(config().agent_reconnect_timeout);
+    let lost = updates_in(&h.tick(), fconn);
+    assert_eq!(lost.len(), cases.len(), "{lost:?}");
+    assert!(lost.iter().all(|u| u.state() == TaskState::Lost));
+
+    let conn = h.conn();
+    let list = cases
+        .iter()
+        .filter_map(|c| c.1.map(|state| listed(&fid, &launched, c.0, state)))
+        .collect();
+    h.register(conn, &agent.0, 4.0, 1024.0, list);
+    let updates = updates_in(&h.cmds(), fconn);
+    let all = h.core.task_summaries(&ListTasksRequest {
+        include_terminal: true,
+        ..ListTasksRequest::default()
+    });
+    for &(id, _, update, active) in cases {
+        let got: Vec<TaskState> = updates
+            .iter()
+            .filter(|u| u.task_id == id)
+            .map(TaskStatus::state)
+            .collect();
+        assert_eq!(
+            got,
+            update.into_iter().collect::<Vec<_>>(),
+            "updates of {id}"
+        );
+        let summary = all.iter().find(|t| t.task_id == id).expect("task known");
+        let state = TaskState::try_from(summary.state).expect("a state");
+        assert_eq!(!state.is_terminal(), active, "{id} is {state:?}");
+    }
+    let ended = |id: &str| {
+        let t = all.iter().find(|t| t.task_id == id).expect("task known");
+        TaskState::try_from(t.state).expect("a state")
+    };
+    assert_eq!(ended("exited"), TaskState::Failed);
+    assert_eq!(ended("finished"), TaskState::Finished);
+    assert_eq!(ended("vanished"), TaskState::Lost);
+    // The agent's own terminal update is forwarded (to be acknowledged), once.
+    h.core
+        .agent_status_update(h.now, conn, status(&fid, "exited", TaskState::Failed, 2));
+    let u = updates_in(&h.cmds(), fconn);
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].state(), TaskState::Failed);
+    assert!(!u[0].uuid.is_empty());
+}
+
+#[test]
+fn re_registration_within_the_window_ends_listed_ended_tasks_without_running() {
+    let mut h = Harness::new();
+    let (aconn, agent) = h.agent(2.0, 512.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    let launched = h.launch(fconn, &fid, aconn, &offer, vec![task("t1", 1.0, 64.0)]);
+    h.core.agent_disconnected(h.now, aconn);
+    h.advance(Duration::from_secs(2));
+    assert!(updates_in(&h.tick(), fconn).is_empty());
+    let conn = h.conn();
+    h.register(
+        conn,
+        &agent.0,
+        2.0,
+        512.0,
+        vec![listed(&fid, &launched, "t1", TaskState::Finished)],
+    );
+    assert!(updates_in(&h.cmds(), fconn).is_empty());
+    assert!(
+        h.core
+            .task_summaries(&ListTasksRequest::default())
+            .is_empty(),
+        "the ended task is no longer active"
+    );
+    assert_eq!(
+        scalar(&h.core.framework_summaries()[0].allocated, CPUS),
+        0.0
+    );
+}
+
+#[test]
+fn silent_agents_get_the_rest_of_the_window_from_their_last_message() {
+    let mut h = Harness::with(AllocatorConfig {
+        agent_timeout: Duration::from_secs(15),
+        agent_reconnect_timeout: Duration::from_secs(75),
+        ..config()
+    });
+    let (aconn, _) = h.agent(2.0, 512.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    h.launch(fconn, &fid, aconn, &offer, vec![task("t1", 1.0, 64.0)]);
+    h.advance(Duration::from_secs(15));
+    let cmds = h.tick();
+    assert!(closed(&cmds, aconn), "the silent agent's stream is closed");
+    assert!(updates_in(&cmds, fconn).is_empty(), "{cmds:?}");
+    h.advance(Duration::from_secs(59));
+    assert!(updates_in(&h.tick(), fconn).is_empty());
+    h.advance(Duration::from_secs(1));
+    let u = updates_in(&h.tick(), fconn);
+    assert_eq!(u.len(), 1, "75 s after its last message");
+    assert_eq!(u[0].state(), TaskState::Lost);
 }
 
 #[test]

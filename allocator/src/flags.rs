@@ -25,13 +25,19 @@ pub struct AllocatorArgs {
     /// How often agents must send a heartbeat (e.g. 500ms, 5s, 2m).
     #[arg(long, env = "STRATA_ALLOCATOR_AGENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_heartbeat_interval: Duration,
-    /// No message from an agent this long: it is unreachable.
+    /// No message from an agent this long: its stream is closed (its tasks are reported once
+    /// it has been unheard of for --agent-reconnect-timeout).
     #[arg(long, env = "STRATA_ALLOCATOR_AGENT_TIMEOUT", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_timeout: Duration,
-    /// How long an agent whose stream ended may take to reconnect before its tasks are
-    /// reported LOST or UNREACHABLE.
-    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
+    /// How long an agent may be gone (its stream ended, or silent) before its tasks are
+    /// reported LOST or UNREACHABLE (Mesos: 15 s pings, 5 missed).
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_RECONNECT_TIMEOUT", default_value = "75s", value_parser = parse::duration, value_name = "DURATION")]
     pub agent_reconnect_timeout: Duration,
+    /// After an allocator restart, how long agents known from its registry have to
+    /// re-register; until then, reconciliation of a task the allocator does not know waits
+    /// for them instead of answering LOST.
+    #[arg(long, env = "STRATA_ALLOCATOR_AGENT_REREGISTER_TIMEOUT", default_value = "10m", value_parser = parse::duration, value_name = "DURATION")]
+    pub agent_reregister_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     #[arg(long, env = "STRATA_ALLOCATOR_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration, value_name = "DURATION")]
     pub framework_heartbeat_interval: Duration,
@@ -41,7 +47,7 @@ pub struct AllocatorArgs {
     /// Default refuse_seconds of DECLINE and ACCEPT filters.
     #[arg(long, env = "STRATA_ALLOCATOR_DEFAULT_REFUSE", default_value = "5s", value_parser = parse::duration, value_name = "DURATION")]
     pub default_refuse: Duration,
-    /// Terminal tasks kept for `strata ps --all`.
+    /// Terminal tasks kept for `strata ps --all` (in the registry: they survive a restart).
     #[arg(
         long,
         env = "STRATA_ALLOCATOR_TERMINAL_TASK_HISTORY",
@@ -87,6 +93,7 @@ impl AllocatorArgs {
             agent_heartbeat_interval: self.agent_heartbeat_interval,
             agent_timeout: self.agent_timeout,
             agent_reconnect_timeout: self.agent_reconnect_timeout,
+            agent_reregister_timeout: self.agent_reregister_timeout,
             framework_heartbeat_interval: self.framework_heartbeat_interval,
             allocation_interval: self.allocation_interval,
             default_refuse: self.default_refuse,
@@ -490,6 +497,8 @@ mod tests {
             "3",
             "--agent-reconnect-timeout",
             "500ms",
+            "--agent-reregister-timeout",
+            "1m",
             "--framework-heartbeat-interval",
             "2m",
             "--allocation-interval",
@@ -511,6 +520,7 @@ mod tests {
                 agent_heartbeat_interval: Duration::from_secs(1),
                 agent_timeout: Duration::from_secs(3),
                 agent_reconnect_timeout: Duration::from_millis(500),
+                agent_reregister_timeout: Duration::from_secs(60),
                 framework_heartbeat_interval: Duration::from_secs(120),
                 allocation_interval: Duration::from_millis(100),
                 default_refuse: Duration::ZERO,

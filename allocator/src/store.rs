@@ -3,7 +3,8 @@
 //! (nothing survives a restart). A replicated backend (etcd) implements the same trait.
 //!
 //! Each record is a JSON document under its key in one redb table per kind (`agents`,
-//! `frameworks`, `weights`, `quotas`); a batch of [`RegistryOp`]s is one write transaction,
+//! `frameworks`, `weights`, `quotas`; `terminal_tasks`, the bounded history of ended
+//! tasks, under their numbers); a batch of [`RegistryOp`]s is one write transaction,
 //! so a crash keeps either all of a batch or none of it.
 //!
 //! Invariants: [`Store::load`] returns what the applied ops make, in order; a file that is
@@ -12,12 +13,13 @@
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable as _, TableDefinition, TableHandle as _};
-use strata_allocator_core::registry::{Registry, RegistryOp};
+use strata_allocator_core::registry::{Registry, RegistryOp, TaskRecord};
 
 const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
 const FRAMEWORKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("frameworks");
 const WEIGHTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weights");
 const QUOTAS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("quotas");
+const TERMINAL_TASKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("terminal_tasks");
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +172,7 @@ impl RedbStore {
         for table in [AGENTS, FRAMEWORKS, WEIGHTS, QUOTAS] {
             txn.open_table(table).map_err(|e| self.io(e))?;
         }
+        txn.open_table(TERMINAL_TASKS).map_err(|e| self.io(e))?;
         body(&txn).map_err(|e| self.io(*e))?;
         txn.commit().map_err(|e| self.io(e))
     }
@@ -194,6 +197,26 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    fn read_terminal_tasks(
+        &self,
+        txn: &redb::ReadTransaction,
+    ) -> Result<std::collections::BTreeMap<u64, TaskRecord>, StoreError> {
+        let t = txn.open_table(TERMINAL_TASKS).map_err(|e| self.io(e))?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in t.iter().map_err(|e| self.io(e))? {
+            let (k, v) = entry.map_err(|e| self.io(e))?;
+            let key = k.value();
+            let value = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                why: format!("record {key} of table {}: {e}", TERMINAL_TASKS.name()),
+            })?;
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+}
+
 /// Boxes a redb error (they are large).
 fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
     Box::new(e.into())
@@ -211,6 +234,7 @@ impl Store for RedbStore {
             frameworks: self.read_table(&txn, FRAMEWORKS)?.into_iter().collect(),
             weights: self.read_table(&txn, WEIGHTS)?.into_iter().collect(),
             quotas: self.read_table(&txn, QUOTAS)?.into_iter().collect(),
+            terminal_tasks: self.read_terminal_tasks(&txn)?,
         })
     }
 
@@ -259,6 +283,18 @@ impl Store for RedbStore {
                             .remove(role.as_str())
                             .map_err(boxed)?;
                     }
+                    RegistryOp::PutTerminalTask(seq, r) => {
+                        txn.open_table(TERMINAL_TASKS)
+                            .map_err(boxed)?
+                            .insert(*seq, json(r).as_slice())
+                            .map_err(boxed)?;
+                    }
+                    RegistryOp::RemoveTerminalTask(seq) => {
+                        txn.open_table(TERMINAL_TASKS)
+                            .map_err(boxed)?
+                            .remove(*seq)
+                            .map_err(boxed)?;
+                    }
                 }
             }
             Ok(())
@@ -270,7 +306,7 @@ impl Store for RedbStore {
 mod tests {
     use super::*;
     use strata_allocator_core::registry::{
-        AgentRecord, FrameworkRecord, QuotaRecord, StoredResource,
+        AgentRecord, FrameworkRecord, QuotaRecord, StoredResource, TaskRecord,
     };
 
     fn ops() -> Vec<RegistryOp> {
@@ -317,6 +353,27 @@ mod tests {
             ),
             RegistryOp::PutQuota("ads".into(), QuotaRecord::default()),
             RegistryOp::RemoveQuota("ads".into()),
+            RegistryOp::PutTerminalTask(
+                7,
+                TaskRecord {
+                    framework_id: "f1".into(),
+                    task_id: "t1".into(),
+                    name: "one task".into(),
+                    agent_id: "a1".into(),
+                    role: "eng".into(),
+                    resources: vec![cpus(0.5, "")],
+                    state: "TASK_FAILED".into(),
+                    reason: "REASON_COMMAND_EXECUTOR_FAILED".into(),
+                    message: "exited with 3".into(),
+                    exit_code: Some(3),
+                    unreachable: false,
+                    launched_at: 10.0,
+                    updated_at: 12.5,
+                },
+            ),
+            RegistryOp::PutTerminalTask(8, TaskRecord::default()),
+            RegistryOp::PutTerminalTask(9, TaskRecord::default()),
+            RegistryOp::RemoveTerminalTask(8),
         ]
     }
 
@@ -341,6 +398,12 @@ mod tests {
         assert_eq!(loaded.frameworks.len(), 1);
         assert_eq!(loaded.weights.len(), 1);
         assert_eq!(loaded.quotas.len(), 1);
+        assert_eq!(
+            loaded.terminal_tasks.keys().copied().collect::<Vec<_>>(),
+            vec![7, 9],
+            "the terminal-task history survives a reopen, in order"
+        );
+        assert_eq!(loaded.terminal_tasks[&7].exit_code, Some(3));
     }
 
     #[test]

@@ -293,6 +293,7 @@ fuzz_target!(|input: Input| {
         agent_heartbeat_interval: Duration::from_secs(5),
         agent_timeout: Duration::from_secs(15),
         agent_reconnect_timeout: Duration::from_secs(5),
+        agent_reregister_timeout: Duration::from_secs(600),
         framework_heartbeat_interval: Duration::from_secs(15),
         allocation_interval: Duration::from_secs(1),
         default_refuse: Duration::from_secs(5),

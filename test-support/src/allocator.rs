@@ -30,6 +30,7 @@ pub fn config() -> AllocatorConfig {
         agent_heartbeat_interval: Duration::from_secs(1),
         agent_timeout: Duration::from_secs(30),
         agent_reconnect_timeout: Duration::from_millis(200),
+        agent_reregister_timeout: Duration::from_secs(600),
         framework_heartbeat_interval: Duration::from_secs(1),
         allocation_interval: Duration::from_millis(50),
         // Short, so that a quiet spell after DECLINE proves the call's own filter, and the rest

@@ -189,6 +189,13 @@ impl Core {
                 let key = (fid.clone(), TaskId(rt.task_id.clone()));
                 let status = match self.tasks.get(&key).or_else(|| self.history.get(&key)) {
                     Some(task) => self.reconcile_status(now, task),
+                    // Its agent may still be on its way back (Mesos waits too).
+                    None if self.awaits_agent(now, &rt.agent_id) => {
+                        tracing::debug!(task_id = %rt.task_id, "reconciliation waits for recovering agents");
+                        self.pending_reconciles
+                            .insert(key, AgentId(rt.agent_id.clone()));
+                        continue;
+                    }
                     None => Self::allocator_status(
                         now,
                         fid,
@@ -208,7 +215,7 @@ impl Core {
         }
     }
 
-    fn reconcile_status(&self, now: Duration, task: &Task) -> TaskStatus {
+    pub(crate) fn reconcile_status(&self, now: Duration, task: &Task) -> TaskStatus {
         TaskStatus {
             exit_code: task.exit_code,
             ..Self::allocator_status(

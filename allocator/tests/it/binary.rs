@@ -4,10 +4,12 @@
 use anyhow::{Context as _, Result, bail};
 use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_proto::{
-    Call, FrameworkInfo, GetQuotaRequest, ListAgentsRequest, ListFrameworksRequest,
-    ListRolesRequest, QuotaInfo, Resource, SetQuotaRequest, SetWeightsRequest,
+    AgentInfo, Call, FrameworkInfo, GetQuotaRequest, ListAgentsRequest, ListFrameworksRequest,
+    ListRolesRequest, ListTasksRequest, QuotaInfo, Resource, SetQuotaRequest, SetWeightsRequest,
+    TaskState,
 };
-use strata_test_support::framework::Framework;
+use strata_test_support::fake_agent::FakeAgent;
+use strata_test_support::framework::{Framework, task};
 use strata_test_support::{StreamOptions, bounded};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -194,6 +196,61 @@ async fn a_killed_allocator_restarts_with_its_registry() -> Result<()> {
     // The framework re-subscribes with its persisted id and is accepted.
     let (again, _stream) = subscribe(&addr, &fid).await?;
     assert_eq!(again, fid);
+    Ok(())
+}
+
+#[tokio::test]
+async fn finished_tasks_are_listed_after_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path().display().to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--work-dir",
+        &work,
+        "--allocation-interval",
+        "100ms",
+    ];
+    let (mut child, addr) = start_allocator(&args).await?;
+    let info = AgentInfo {
+        hostname: "h1".to_owned(),
+        resources: vec![
+            Resource::scalar("cpus", 2.0),
+            Resource::scalar("mem", 512.0),
+        ],
+        ..AgentInfo::default()
+    };
+    let (agent, _) =
+        FakeAgent::connect(connect(&addr).await?, info, StreamOptions::default()).await?;
+    let _answering = agent.answer_launches();
+    let info = FrameworkInfo {
+        name: "history".to_owned(),
+        failover_timeout_seconds: 3600.0,
+        ..FrameworkInfo::default()
+    };
+    let mut fw =
+        Framework::subscribe_on(connect(&addr).await?, info, StreamOptions::default()).await?;
+    let offer = fw.offer().await?;
+    fw.launch(&offer, vec![task("done", 0.5, 64.0)]).await?;
+    while fw.update().await?.state() != TaskState::Finished {}
+    // SIGKILL: what was written as it ended is all there is.
+    child.start_kill()?;
+    wait_exit(&mut child).await?;
+
+    let (_child, addr) = start_allocator(&args).await?;
+    let mut op = OperatorServiceClient::new(connect(&addr).await?);
+    let all = ListTasksRequest {
+        include_terminal: true,
+        ..ListTasksRequest::default()
+    };
+    let tasks = bounded("ListTasks", op.list_tasks(all))
+        .await??
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].task_id, "done");
+    assert_eq!(tasks[0].state(), TaskState::Finished);
+    assert_eq!(tasks[0].exit_code, Some(0));
     Ok(())
 }
 
