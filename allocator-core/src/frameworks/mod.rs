@@ -69,6 +69,30 @@ impl Core {
         }
     }
 
+    /// The roles `info` subscribes with (the default role when none), each valid and allowed
+    /// to `principal` (`register_frameworks`), as at SUBSCRIBE and UPDATE_FRAMEWORK.
+    fn checked_roles(
+        &self,
+        info: &FrameworkInfo,
+        principal: Option<&str>,
+    ) -> Result<Vec<String>, CoreError> {
+        let roles = if info.roles.is_empty() {
+            crate::allocation::default_roles()
+        } else {
+            info.roles.clone()
+        };
+        for role in &roles {
+            validate_role(role).map_err(|source| CoreError::InvalidFrameworkRole {
+                name: info.name.clone(),
+                source,
+            })?;
+            self.config
+                .policy
+                .check(principal, strata_auth::Action::RegisterFrameworks, role)?;
+        }
+        Ok(roles)
+    }
+
     /// A framework record with empty books.
     pub(crate) fn new_framework(id: FrameworkId, now: Duration) -> Framework {
         Framework {
@@ -141,22 +165,7 @@ impl Core {
             });
         }
         self.check_framework_principal(&info, principal.as_deref())?;
-        let roles = if info.roles.is_empty() {
-            crate::allocation::default_roles()
-        } else {
-            info.roles.clone()
-        };
-        for role in &roles {
-            validate_role(role).map_err(|source| CoreError::InvalidFrameworkRole {
-                name: info.name.clone(),
-                source,
-            })?;
-            self.config.policy.check(
-                principal.as_deref(),
-                strata_auth::Action::RegisterFrameworks,
-                role,
-            )?;
-        }
+        let roles = self.checked_roles(&info, principal.as_deref())?;
         let suppressed = suppressed_set(&roles, suppressed_roles)?;
         let id = if info.id.is_empty() {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
@@ -188,18 +197,10 @@ impl Core {
             id
         };
 
-        let failover = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
-            .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(&id).expect("framework exists");
-        fw.min_allocatable = crate::min_allocatable_of(&info);
-        fw.name = info.name;
-        fw.user = info.user;
+        take_info(fw, info);
         fw.principal = principal;
         fw.roles = roles;
-        fw.failover_timeout = failover;
-        fw.partition_aware = info
-            .capabilities
-            .contains(&(FrameworkCapability::PartitionAware as i32));
         fw.conn = Some(conn);
         fw.disconnected_at = None;
         fw.suppressed = suppressed;
@@ -247,23 +248,8 @@ impl Core {
         if let Some(reason) = crate::limits::check_framework_info(&info) {
             return Err(CoreError::InvalidFrameworkInfo { reason });
         }
-        let roles = if info.roles.is_empty() {
-            crate::allocation::default_roles()
-        } else {
-            info.roles.clone()
-        };
         let principal = self.frameworks[fid].principal.clone();
-        for role in &roles {
-            validate_role(role).map_err(|source| CoreError::InvalidFrameworkRole {
-                name: info.name.clone(),
-                source,
-            })?;
-            self.config.policy.check(
-                principal.as_deref(),
-                strata_auth::Action::RegisterFrameworks,
-                role,
-            )?;
-        }
+        let roles = self.checked_roles(&info, principal.as_deref())?;
         let suppressed = suppressed_set(&roles, update.suppressed_roles)?;
         let left: Vec<_> = self.frameworks[fid]
             .offers
@@ -278,17 +264,9 @@ impl Core {
         for id in left {
             self.remove_offer(&id, true);
         }
-        let failover = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
-            .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
         let fw = self.frameworks.get_mut(fid).expect("framework exists");
         tracing::info!(framework_id = %fid, name = %info.name, roles = ?roles, "framework updated");
-        fw.min_allocatable = crate::min_allocatable_of(&info);
-        fw.name = info.name;
-        fw.user = info.user;
-        fw.failover_timeout = failover;
-        fw.partition_aware = info
-            .capabilities
-            .contains(&(FrameworkCapability::PartitionAware as i32));
+        take_info(fw, info);
         for filters in fw.filters.values_mut() {
             filters.retain(|f| roles.iter().any(|r| **r == *f.role));
         }
@@ -436,6 +414,19 @@ impl Core {
         self.record(crate::registry::RegistryOp::RemoveFramework(fid.0.clone()));
         self.full_allocation = true;
     }
+}
+
+/// What a framework record keeps of its FrameworkInfo at SUBSCRIBE and UPDATE_FRAMEWORK:
+/// name, user, failover timeout (bounded), PARTITION_AWARE and offer filters.
+fn take_info(fw: &mut Framework, info: FrameworkInfo) {
+    fw.min_allocatable = crate::min_allocatable_of(&info);
+    fw.failover_timeout = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
+        .map_or(Duration::ZERO, |d| d.min(MAX_FAILOVER));
+    fw.partition_aware = info
+        .capabilities
+        .contains(&(FrameworkCapability::PartitionAware as i32));
+    fw.name = info.name;
+    fw.user = info.user;
 }
 
 /// SUBSCRIBE's `suppressed_roles` as a set: each must be one of the framework's `roles`
