@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use strata_allocator_core::Action;
-use strata_proto::{AgentMode, AgentState, GetStateResponse, QuotaInfo, Resource};
+use strata_proto::{GetStateResponse, QuotaInfo, Resource};
 
 use super::convert::{resource_json, state_name};
-use super::state::MESOS_VERSION;
+use super::state::{MESOS_VERSION, agent_pid, deactivated, offered_as_usual};
 
 /// The calls this API answers.
 pub const SUPPORTED: [&str; 14] = [
@@ -270,7 +270,6 @@ fn agents(state: &GetStateResponse) -> Value {
                 .iter()
                 .map(|x| json!({ "name": x.name, "type": "TEXT", "text": { "value": x.value } }))
                 .collect();
-            let off = matches!(a.mode(), AgentMode::Draining | AgentMode::Deactivated);
             json!({
                 "agent_info": {
                     "id": id(&a.id),
@@ -278,9 +277,9 @@ fn agents(state: &GetStateResponse) -> Value {
                     "resources": resources(&a.total),
                     "attributes": attributes,
                 },
-                "active": a.state() == AgentState::Active && !off,
-                "deactivated": off,
-                "pid": format!("slave(1)@{}", if a.endpoint.is_empty() { &a.hostname } else { &a.endpoint }),
+                "active": offered_as_usual(a),
+                "deactivated": deactivated(a),
+                "pid": agent_pid(a),
                 "version": a.version,
                 "registered_time": nanos(a.registered_at),
                 "total_resources": resources(&a.total),

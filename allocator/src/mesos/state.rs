@@ -29,9 +29,23 @@ pub fn version() -> Value {
 
 /// Whether the agent is connected and offered as usual (what Mesos calls active): not
 /// unreachable, not drained, not deactivated.
-fn offered_as_usual(agent: &AgentSummary) -> bool {
-    agent.state() == AgentState::Active
-        && matches!(agent.mode(), AgentMode::Active | AgentMode::Unspecified)
+pub(super) fn offered_as_usual(agent: &AgentSummary) -> bool {
+    agent.state() == AgentState::Active && !deactivated(agent)
+}
+
+/// Whether an operator drained or deactivated the agent (Mesos' `deactivated`).
+pub(super) fn deactivated(agent: &AgentSummary) -> bool {
+    matches!(agent.mode(), AgentMode::Draining | AgentMode::Deactivated)
+}
+
+/// The agent's libprocess-style pid, as Mesos' views name agents.
+pub(super) fn agent_pid(agent: &AgentSummary) -> String {
+    let at = if agent.endpoint.is_empty() {
+        &agent.hostname
+    } else {
+        &agent.endpoint
+    };
+    format!("slave(1)@{at}")
 }
 
 /// Resources as Mesos' state summaries write them: `{"cpus": 2.0, "ports": "[1-2]"}`.
@@ -113,7 +127,7 @@ fn slaves(state: &GetStateResponse) -> Vec<Value> {
                 .collect();
             json!({
                 "id": a.id,
-                "pid": format!("slave(1)@{}", if a.endpoint.is_empty() { &a.hostname } else { &a.endpoint }),
+                "pid": agent_pid(a),
                 "hostname": a.hostname,
                 "registered_time": a.registered_at,
                 "resources": summary(&a.total),
@@ -124,7 +138,7 @@ fn slaves(state: &GetStateResponse) -> Vec<Value> {
                 "attributes": attributes,
                 // As Mesos: an agent drained or deactivated by an operator is not active.
                 "active": offered_as_usual(a),
-                "deactivated": a.mode() == AgentMode::Deactivated || a.mode() == AgentMode::Draining,
+                "deactivated": deactivated(a),
                 "version": a.version,
             })
         })
