@@ -800,5 +800,6 @@ fn new_agent(id: AgentId, mode: AgentMode, dynamic: Resources, now: Duration) ->
         last_seen: now,
         tasks: Default::default(),
         principal: None,
+        declined: Default::default(),
     }
 }

@@ -34,10 +34,11 @@ pub struct AllocatorConfig {
     pub agent_reregister_timeout: Duration,
     /// How often frameworks get a HEARTBEAT event.
     pub framework_heartbeat_interval: Duration,
-    /// The periodic allocation tick (filter expiry, timeouts). Allocation also runs promptly
-    /// after any event that frees resources or adds demand, but a DECLINE refuses its
-    /// resources to the framework at least until the next tick, whatever its refuse_seconds
-    /// (0 included): the effective minimum refusal, as in Mesos.
+    /// The periodic allocation tick (filter expiry, timeouts, a full pass). Allocation also
+    /// runs promptly after any event that frees resources or adds demand, but a DECLINE (or
+    /// an ACCEPT that does nothing or is rejected) refuses its resources to the framework in
+    /// that role until the next tick, whatever its refuse_seconds (0 included): the
+    /// effective minimum refusal, as in Mesos.
     pub allocation_interval: Duration,
     /// The default refuse_seconds of DECLINE and ACCEPT filters.
     pub default_refuse: Duration,

@@ -340,6 +340,19 @@ struct Agent {
     tasks: BTreeSet<TaskKey>,
     /// The principal its id is bound to: only it may register with the id again.
     principal: Option<String>,
+    /// The minimum refusals of what was given back on it since the last tick.
+    declined: Declined,
+}
+
+/// Who gave an agent's resources back (a DECLINE, or an ACCEPT that launched nothing or
+/// was rejected) since the tick whose generation is `tick`: (framework serial, role)
+/// pairs, refused the agent until the next tick whatever their refuse_seconds (see
+/// [`allocation`]'s filters). Stale once the tick generation moves on, so a tick forgets
+/// them all in O(1) and no refuse filter is made for a refuse-0 DECLINE.
+#[derive(Debug, Default)]
+struct Declined {
+    tick: u64,
+    by: Vec<(u64, Name)>,
 }
 
 impl Agent {
@@ -482,6 +495,9 @@ struct Framework {
     /// When it was last offered to, as [`Core::offer_seq`] counts (0: never): among
     /// frameworks of a role at equal share, the least recently offered goes first.
     last_offered: u64,
+    /// A number no other framework record of this core has: how minimum refusals
+    /// ([`Declined`]) name it.
+    serial: u64,
 }
 
 #[derive(Debug)]
@@ -529,6 +545,10 @@ pub struct Core {
     offer_prefix: Arc<str>,
     next_agent: u64,
     next_framework: u64,
+    /// The serial the next framework record gets.
+    next_framework_serial: u64,
+    /// Counts ticks: the generation of the minimum refusals ([`Declined`]) still in force.
+    tick_generation: u64,
     next_offer: u64,
     agents: AgentTable,
     agent_conns: FastMap<ConnId, AgentId>,
@@ -595,6 +615,8 @@ impl Core {
             prefix,
             next_agent: 0,
             next_framework: 0,
+            next_framework_serial: 0,
+            tick_generation: 0,
             next_offer: 0,
             agents: AgentTable::default(),
             agent_conns: FastMap::default(),
@@ -645,6 +667,8 @@ impl Core {
         self.heartbeat_frameworks(now);
         self.expire_filters(now);
         self.expire_offers(now);
+        // What was given back since the last tick may be offered to anyone again.
+        self.tick_generation += 1;
         self.full_allocation = true;
         self.allocate(now);
     }

@@ -518,7 +518,7 @@ impl Core {
                 .disconnected_at
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .map_or(now, |d| d.min(now));
-            let mut fw = Self::new_framework(fid.clone(), now);
+            let mut fw = self.new_framework(fid.clone(), now);
             fw.name = r.name;
             fw.roles = r.roles;
             fw.failover_timeout = Duration::try_from_secs_f64(r.failover_timeout_seconds.max(0.0))

@@ -751,7 +751,15 @@ fn invalid_accepts_launch_nothing_and_use_up_their_offers() {
 
         let before = h.snapshot();
         let cmds = h.call(fconn, (case.build)(&fid, &offer));
-        // Nothing launched; an offer used up is made again at once (no filter).
+        // Nothing launched; an offer used up is not made again to the framework before the
+        // next periodic pass (the minimum refusal: a framework whose ACCEPTs are always
+        // rejected must not spin), then with no filter, whatever the call asked.
+        assert!(
+            offers_in(&cmds, fconn).is_empty(),
+            "{}: offered again at once: {cmds:?}",
+            case.name
+        );
+        let ticked = h.tick();
         assert_eq!(h.snapshot(), before, "{}: state changed", case.name);
         assert!(
             agent_msgs(&cmds, aconn).is_empty(),
@@ -773,10 +781,10 @@ fn invalid_accepts_launch_nothing_and_use_up_their_offers() {
             }
             None => assert_eq!(errors_in(&cmds, fconn), vec![want], "{}", case.name),
         }
-        let again = offers_in(&cmds, fconn);
+        let again = offers_in(&ticked, fconn);
         let offer = if case.uses_offer {
             // The offer is gone; its resources are offered anew.
-            assert_eq!(again.len(), 1, "{}: {cmds:?}", case.name);
+            assert_eq!(again.len(), 1, "{}: {ticked:?}", case.name);
             assert_ne!(again[0].id, offer.id, "{}", case.name);
             assert_eq!(again[0].resources, offer.resources, "{}", case.name);
             let cmds = h.call(
@@ -789,7 +797,7 @@ fn invalid_accepts_launch_nothing_and_use_up_their_offers() {
             again.into_iter().next().expect("one offer")
         } else {
             // The offer it did not name is still outstanding.
-            assert!(again.is_empty(), "{}: {cmds:?}", case.name);
+            assert!(again.is_empty(), "{}: {ticked:?}", case.name);
             offer
         };
         let launched = h.launch(fconn, &fid, aconn, &offer, vec![task("ok", 1.0, 64.0)]);
@@ -841,7 +849,7 @@ fn a_rejected_accept_gives_its_offer_back_to_others() {
     h.advance(Duration::from_secs(1));
     let offer = offers_in(&h.tick(), fa).pop().expect("a's filter expired");
     // Bad offers (one unknown beside a's own): a's offer is used up too, and comes back
-    // with no filter, whatever the call asked.
+    // at the next periodic pass with no filter, whatever the call asked.
     let mut accept = launch_call(&fid_a, &[&offer.id, "gone"], vec![task("t1", 1.0, 64.0)]);
     if let Some(call::Call::Accept(a)) = &mut accept.call {
         a.filters = Some(Filters {
@@ -850,6 +858,8 @@ fn a_rejected_accept_gives_its_offer_back_to_others() {
     }
     let cmds = h.call(fa, accept);
     assert_eq!(updates_in(&cmds, fa)[0].state(), TaskState::Dropped);
+    assert!(offers_in(&cmds, fa).is_empty(), "not at once: {cmds:?}");
+    let cmds = h.tick();
     let offers = offers_in(&cmds, fa);
     assert_eq!(offers.len(), 1, "{cmds:?}");
     assert_ne!(offers[0].id, offer.id);
@@ -1096,12 +1106,7 @@ fn decline_filters_and_revive() {
             offers_in(&cmds, fconn).is_empty(),
             "{refuse:?}: re-offered at once"
         );
-        h.advance(Duration::from_millis(899));
-        assert!(
-            offers_in(&h.tick(), fconn).is_empty(),
-            "{refuse:?}: re-offered before the next tick was near"
-        );
-        h.advance(Duration::from_millis(101));
+        h.advance(Duration::from_millis(1000));
         assert_eq!(!offers_in(&h.tick(), fconn).is_empty(), after_one);
         if refuse == Some(0.0) {
             continue;
@@ -2309,4 +2314,60 @@ fn resources_are_conserved_under_random_operations() {
     assert!(launches > 100, "{launches} launches");
     assert!(rejections > 10, "{rejections} rejections");
     assert!(unreachable_agents > 5, "{unreachable_agents} failures");
+}
+
+#[test]
+fn an_accept_that_does_nothing_refuses_until_the_next_tick_like_a_decline() {
+    // Mesos frameworks decline with an ACCEPT of no operations; with refuse_seconds 0 it
+    // must not get the agent back at once (a re-offer loop), only at the next tick.
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    let mut accept = launch_call(&fid, &[&offer.id], vec![]);
+    if let Some(call::Call::Accept(a)) = &mut accept.call {
+        a.operations.clear();
+        a.filters = Some(Filters {
+            refuse_seconds: Some(0.0),
+        });
+    }
+    let cmds = h.call(fconn, accept);
+    assert!(offers_in(&cmds, fconn).is_empty(), "at once: {cmds:?}");
+    assert!(
+        offers_in(&h.allocate(), fconn).is_empty(),
+        "in a prompt pass"
+    );
+    let again = offers_in(&h.tick(), fconn);
+    assert_eq!(again.len(), 1, "at the next tick");
+    assert_eq!(again[0].resources, offer.resources);
+}
+
+#[test]
+fn a_failed_over_framework_keeps_no_minimum_refusal() {
+    // As its filters, what it declined before failing over is offered to it at once.
+    let mut h = Harness::new();
+    h.agent(2.0, 512.0);
+    let info = FrameworkInfo {
+        name: "patient".into(),
+        failover_timeout_seconds: 60.0,
+        ..FrameworkInfo::default()
+    };
+    let (fconn, fid) = h.subscribe_info(info.clone());
+    let offer = h.one_offer(fconn);
+    let decline = call::Decline {
+        offer_ids: vec![offer.id],
+        filters: Some(Filters {
+            refuse_seconds: Some(0.0),
+        }),
+    };
+    let cmds = h.call(fconn, simple_call(&fid, call::Call::Decline(decline)));
+    assert!(offers_in(&cmds, fconn).is_empty(), "{cmds:?}");
+    h.core.framework_disconnected(h.now, fconn);
+    h.cmds();
+    let (fconn2, fid2) = h.subscribe_info(FrameworkInfo {
+        id: fid.0.clone(),
+        ..info
+    });
+    assert_eq!(fid2, fid);
+    assert_eq!(offers_in(&h.allocate(), fconn2).len(), 1);
 }

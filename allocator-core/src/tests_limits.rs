@@ -18,6 +18,8 @@ fn rejected(tasks: Vec<strata_proto::TaskInfo>) -> Vec<strata_proto::TaskStatus>
     let offer = h.one_offer(fconn);
     let before = h.snapshot();
     let cmds = h.call(fconn, launch_call(&fid, &[&offer.id], tasks));
+    // The offer, used up, is made again by the next periodic pass.
+    h.tick();
     assert_eq!(
         h.snapshot(),
         before,
@@ -139,6 +141,7 @@ fn accepts_with_too_many_operations_are_refused() {
     }
     let before = h.snapshot();
     let cmds = h.call(fconn, c);
+    h.tick();
     assert_eq!(h.snapshot(), before);
     assert!(
         format!("{cmds:?}").contains("too many operations (1001)"),

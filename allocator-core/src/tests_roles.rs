@@ -1145,3 +1145,29 @@ fn role_declines_with_refuse_0_share_an_agent_at_a_bounded_rate() {
     let counts = decline_for_ten_seconds(&mut h, &fws);
     assert_even_and_bounded(&counts);
 }
+
+#[test]
+fn the_minimum_refusal_is_per_role_and_a_revive_of_a_role_lifts_only_it() {
+    let mut h = Harness::new();
+    h.agent(1.0, 1024.0);
+    let (fconn, fid) = h.in_roles("multi", &["a", "b"]);
+    let first = h.one_offer(fconn);
+    // Declined with refuse 0 in one role: the agent goes to its other role at once.
+    let offers = offers_in(&h.call(fconn, decline(&fid, &first, 0.0)), fconn);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    let second = offers[0].clone();
+    assert_ne!(second.allocation_role, first.allocation_role);
+    // Declined in both roles: nothing until the next tick, even in a prompt pass.
+    assert!(offers_in(&h.call(fconn, decline(&fid, &second, 0.0)), fconn).is_empty());
+    assert!(offers_in(&h.allocate(), fconn).is_empty());
+    // A REVIVE of the second role offers the agent again at once, in that role only.
+    let revive = simple_call(
+        &fid,
+        call::Call::Revive(call::Revive {
+            roles: vec![second.allocation_role.clone()],
+        }),
+    );
+    let offers = offers_in(&h.call(fconn, revive), fconn);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].allocation_role, second.allocation_role);
+}

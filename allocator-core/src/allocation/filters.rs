@@ -1,17 +1,21 @@
 //! Refuse filters: how long a DECLINE or the unused part of an ACCEPT refuses resources,
-//! installing a filter, whether one refuses an agent's free resources, and expiry.
+//! installing a filter, whether one refuses an agent's free resources, and expiry; and the
+//! minimum refusal.
 //!
-//! A DECLINE refuses at least until the next periodic pass ([`Core::tick`], every
-//! `allocation_interval`; the refusal ends a tenth of an interval before that pass is due),
-//! whatever its refuse_seconds (0 included): as in Mesos, where
-//! offers go out per batch and a filter never expires before the next batch, a framework
-//! that declines with refuse_seconds 0 is offered the resources again by the next periodic
-//! pass, not at once, and its peers get them meanwhile. (The unused part of an ACCEPT with
-//! refuse_seconds 0 is still offered again at once.)
+//! Whatever its refuse_seconds (0 included), a DECLINE (or an ACCEPT rejected, whose offers
+//! are used up as declined) refuses the agent to the framework in that role until the next
+//! periodic pass ([`Core::tick`], every `allocation_interval`): as in Mesos, where offers
+//! go out per batch and recovered resources wait for the next one, a framework that
+//! declines with refuse_seconds 0 is offered the resources again by the next periodic
+//! pass, not at once, and its peers get them meanwhile. That minimum refusal is kept on the
+//! agent ([`Declined`]), not as a filter: a refuse-0 DECLINE makes no filter, and a tick
+//! forgets them all by moving the generation on. (The unused part of an ACCEPT that
+//! launched tasks, with refuse_seconds 0, is still offered again at once: each round of it
+//! uses resources up, so it cannot spin.)
 
 use std::time::Duration;
 
-use crate::{AgentId, Core, FastMap, Filter, FrameworkId, Name, Resources};
+use crate::{AgentId, Core, Declined, FastMap, Filter, FrameworkId, Name, Resources};
 
 /// The longest refuse filter honoured (Mesos caps at a year too).
 const MAX_REFUSE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -35,19 +39,39 @@ impl Core {
         }
     }
 
-    /// The least a DECLINE at `now` refuses: until the next periodic pass is due, an
-    /// `allocation_interval` after the latest [`Core::tick`] (after `now` when that is past
-    /// or there was none), less a tenth of the interval, so that a tick that comes a little
-    /// early by the clock (the edge's timer keeps its period when one tick was late) still
-    /// finds the filter expired; a tenth of the interval at least.
-    pub(crate) fn until_next_tick(&self, now: Duration) -> Duration {
-        let interval = self.config.allocation_interval;
-        let due = match self.last_tick {
-            Some(t) if t + interval > now => t + interval,
-            _ => now + interval,
+    /// Refuses the free resources of the agent in `slot` to framework `fid` in `role` until
+    /// the next tick (the minimum refusal of what it gave back, whatever the
+    /// refuse_seconds): kept on the agent ([`Declined`]), not as a filter, so that it costs
+    /// no allocation once the agent's list has room and the tick forgets it in O(1).
+    pub(crate) fn refuse_until_tick(&mut self, slot: usize, fid: &FrameworkId, role: &Name) {
+        let Some(serial) = self.frameworks.get(fid).map(|fw| fw.serial) else {
+            return;
         };
-        let early = interval / 10;
-        (due - early).saturating_sub(now).max(early)
+        let generation = self.tick_generation;
+        let Some(agent) = self.agents.slots.get_mut(slot) else {
+            return;
+        };
+        let declined = &mut agent.declined;
+        if declined.tick != generation {
+            declined.by.clear();
+            declined.tick = generation;
+        }
+        if !declined.by.iter().any(|(s, r)| *s == serial && r == role) {
+            declined.by.push((serial, role.clone()));
+        }
+    }
+
+    /// Drops the minimum refusals of framework `serial` in `roles` (a REVIVE naming them).
+    pub(crate) fn forget_declines(&mut self, serial: u64, roles: &[String]) {
+        let generation = self.tick_generation;
+        for agent in &mut self.agents.slots {
+            if agent.declined.tick == generation {
+                agent
+                    .declined
+                    .by
+                    .retain(|(s, r)| *s != serial || !roles.iter().any(|role| **role == **r));
+            }
+        }
     }
 
     /// Installs a filter: `resources` on `agent_id` are not offered to the framework in
@@ -85,6 +109,9 @@ impl Core {
         for fw in self.frameworks.values_mut() {
             fw.filters.remove(agent_id);
         }
+        if let Some(slot) = self.agents.slot(agent_id) {
+            self.agents.slots[slot].declined.by.clear();
+        }
     }
 
     pub(crate) fn expire_filters(&mut self, now: Duration) {
@@ -103,6 +130,14 @@ pub(crate) fn retain_filters(
         on_agent.retain(&mut keep);
         !on_agent.is_empty()
     });
+}
+
+impl Declined {
+    /// Whether framework `serial` gave the agent back in `role` since the tick of
+    /// `generation` (the current one).
+    pub(super) fn refuses(&self, generation: u64, serial: u64, role: &Name) -> bool {
+        self.tick == generation && self.by.iter().any(|(s, r)| *s == serial && r == role)
+    }
 }
 
 /// Whether one of a framework's `filters` refuses `free` on `agent_id` to `role` at `now`

@@ -234,6 +234,11 @@ impl Core {
             .iter()
             .map(|fid| self.frameworks.get(fid).map_or(0, |fw| fw.last_offered))
             .collect();
+        pass.serials = pass
+            .fids
+            .iter()
+            .map(|fid| self.frameworks.get(fid).map_or(0, |fw| fw.serial))
+            .collect();
         pass.filters = pass
             .fids
             .iter()
@@ -439,6 +444,9 @@ impl Core {
             let role = &pass.leaves[leaf].role;
             holds_minimum(pass.min_allocatable[fw].get(&**role), &resources)
                 && (filters.is_empty() || !refuses(filters, &agent.id, role, &resources, now))
+                && !agent
+                    .declined
+                    .refuses(self.tick_generation, pass.serials[fw], role)
         });
         chosen.map(|&(_, _, fw)| (leaf, fw, resources))
     }

@@ -115,6 +115,8 @@ pub(super) struct Pass {
     /// When each of `fids` was last offered to (see [`Core::offer_seq`]), kept up to date
     /// by the pass and put back at its end.
     pub(super) last_offered: Vec<u64>,
+    /// The serial of each of `fids` (how minimum refusals name it).
+    pub(super) serials: Vec<u64>,
     /// [`Core::offer_seq`], counted on by the pass's offers.
     pub(super) seq: u64,
     /// The recency rank the next node offered to in the pass takes.
@@ -273,6 +275,7 @@ impl Core {
             filters: Vec::new(),
             min_allocatable: Vec::new(),
             last_offered: Vec::new(),
+            serials: Vec::new(),
             seq: self.offer_seq,
             next_recency: 0,
             nodes: Vec::new(),

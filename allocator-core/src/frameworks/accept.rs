@@ -109,6 +109,7 @@ impl Core {
                 continue;
             }
             let offer = self.remove_offer(&id, false).expect("offer exists");
+            self.refuse_until_tick(offer.agent, fid, &offer.role);
             let agent_id = self.agents.slots[offer.agent].id.clone();
             tracing::debug!(offer_id = %id, %agent_id, "offer of a rejected accept returned");
             returned
@@ -220,6 +221,13 @@ impl Core {
         }
         let unused = launch.offered.minus(&used);
         let role = Name::from(launch.role.as_str());
+        if used.is_empty() && launch.conversions.is_empty() {
+            // An ACCEPT that does nothing is a DECLINE (as Mesos says): the same minimum
+            // refusal.
+            if let Some(slot) = self.agents.slot(&launch.agent_id) {
+                self.refuse_until_tick(slot, fid, &role);
+            }
+        }
         self.add_filter(fid, &launch.agent_id, &role, unused, refuse, now);
     }
 

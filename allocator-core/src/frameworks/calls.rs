@@ -16,6 +16,9 @@ impl Core {
         if revive.roles.is_empty() {
             fw.filters.clear();
             fw.suppressed.clear();
+            // A new serial: none of its minimum refusals are its own any more.
+            self.next_framework_serial += 1;
+            fw.serial = self.next_framework_serial;
         } else {
             // Only the filters of the roles named.
             crate::allocation::retain_filters(&mut fw.filters, |f| {
@@ -24,6 +27,8 @@ impl Core {
             for role in &revive.roles {
                 fw.suppressed.remove(role);
             }
+            let serial = fw.serial;
+            self.forget_declines(serial, &revive.roles);
         }
         self.full_allocation = true;
     }
@@ -58,9 +63,7 @@ impl Core {
     }
 
     pub(super) fn decline(&mut self, now: Duration, fid: &FrameworkId, decline: call::Decline) {
-        let refuse = self
-            .refuse_duration(decline.filters.and_then(|f| f.refuse_seconds))
-            .max(self.until_next_tick(now));
+        let refuse = self.refuse_duration(decline.filters.and_then(|f| f.refuse_seconds));
         for wire in decline.offer_ids {
             let Some(id) = self.parse_offer_id(&wire) else {
                 tracing::debug!(offer_id = %wire, "decline of an unknown offer; ignored");
@@ -69,6 +72,7 @@ impl Core {
             match self.offers.get(&id) {
                 Some(offer) if *offer.framework_id == *fid => {
                     let offer = self.remove_offer(&id, false).expect("offer exists");
+                    self.refuse_until_tick(offer.agent, fid, &offer.role);
                     let agent_id = self.agents.slots[offer.agent].id.clone();
                     tracing::debug!(offer_id = %id, %agent_id, refuse_s = refuse.as_secs_f64(), "offer declined");
                     self.add_filter(fid, &agent_id, &offer.role, offer.resources, refuse, now);

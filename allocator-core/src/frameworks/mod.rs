@@ -94,7 +94,8 @@ impl Core {
     }
 
     /// A framework record with empty books.
-    pub(crate) fn new_framework(id: FrameworkId, now: Duration) -> Framework {
+    pub(crate) fn new_framework(&mut self, id: FrameworkId, now: Duration) -> Framework {
+        self.next_framework_serial += 1;
         Framework {
             id,
             name: String::new(),
@@ -116,6 +117,7 @@ impl Core {
             last_heartbeat: now,
             principal: None,
             last_offered: 0,
+            serial: self.next_framework_serial,
         }
     }
 
@@ -170,8 +172,8 @@ impl Core {
         let id = if info.id.is_empty() {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
             self.next_framework += 1;
-            self.frameworks
-                .insert(id.clone(), Self::new_framework(id.clone(), now));
+            let fw = self.new_framework(id.clone(), now);
+            self.frameworks.insert(id.clone(), fw);
             tracing::info!(framework_id = %id, name = %info.name, "framework registered");
             id
         } else {
@@ -204,8 +206,11 @@ impl Core {
         fw.conn = Some(conn);
         fw.disconnected_at = None;
         fw.suppressed = suppressed;
-        // As in Mesos, a failed-over framework starts with no filters.
+        // As in Mesos, a failed-over framework starts with no filters (a new serial: none
+        // of its minimum refusals either).
         fw.filters.clear();
+        self.next_framework_serial += 1;
+        fw.serial = self.next_framework_serial;
         fw.last_heartbeat = now;
         self.framework_conns.insert(conn, id.clone());
         self.record_framework(&id);
