@@ -28,6 +28,7 @@ pub struct FrameworkBuilder {
     partition_aware: bool,
     offer_filters: std::collections::HashMap<String, strata_proto::MinAllocatable>,
     auto_acknowledge: bool,
+    suppressed: bool,
     subscribe_timeout: Duration,
     event_capacity: usize,
     security: ClientSecurity,
@@ -51,6 +52,7 @@ impl FrameworkBuilder {
             partition_aware: false,
             offer_filters: Default::default(),
             auto_acknowledge: true,
+            suppressed: false,
             subscribe_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             security: ClientSecurity::from_env(),
@@ -132,6 +134,15 @@ impl FrameworkBuilder {
         self
     }
 
+    /// Subscribes suppressed (SUBSCRIBE's `suppressed_roles`): no offers until
+    /// [`Framework::revive`], for a framework that has nothing to launch yet. The SDK keeps
+    /// the state that [`Framework::suppress`] and [`Framework::revive`] last set and
+    /// subscribes with it again after a reconnect, so a suppressed framework stays so.
+    pub fn suppressed(mut self, suppressed: bool) -> Self {
+        self.suppressed = suppressed;
+        self
+    }
+
     /// How long the allocator keeps this framework (and its tasks) after its stream breaks.
     /// Zero (the default) removes it, killing its tasks, as soon as it disconnects.
     pub fn failover_timeout(mut self, timeout: Duration) -> Self {
@@ -199,7 +210,7 @@ impl FrameworkBuilder {
         let mut info = self.framework_info();
         let subscription = match tokio::time::timeout(
             self.subscribe_timeout,
-            subscribe_once(&endpoint, &auth, &addr, info.clone()),
+            subscribe_once(&endpoint, &auth, &addr, info.clone(), self.suppressed),
         )
         .await
         {
@@ -218,7 +229,9 @@ impl FrameworkBuilder {
         let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let connected = Arc::new(AtomicBool::new(true));
+        let suppressed = Arc::new(AtomicBool::new(self.suppressed));
         let driver = Driver {
+            suppressed: Arc::clone(&suppressed),
             addr: addr.clone(),
             endpoint,
             auth,
@@ -234,7 +247,7 @@ impl FrameworkBuilder {
                 .instrument(span),
         );
         Ok((
-            Framework::new(framework_id, addr, commands_tx, connected),
+            Framework::new(framework_id, addr, commands_tx, connected, suppressed),
             events_rx,
         ))
     }

@@ -28,6 +28,8 @@ struct Inner {
     allocator: String,
     commands: mpsc::Sender<Command>,
     connected: Arc<AtomicBool>,
+    /// Whether the last SUPPRESS or REVIVE sent (or the builder) left it suppressed.
+    suppressed: Arc<AtomicBool>,
 }
 
 impl Framework {
@@ -36,6 +38,7 @@ impl Framework {
         allocator: String,
         commands: mpsc::Sender<Command>,
         connected: Arc<AtomicBool>,
+        suppressed: Arc<AtomicBool>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -43,6 +46,7 @@ impl Framework {
                 allocator,
                 commands,
                 connected,
+                suppressed,
             }),
         }
     }
@@ -106,13 +110,25 @@ impl Framework {
     /// REVIVE: clears this framework's offer filters and resumes offers after a SUPPRESS.
     pub async fn revive(&self) -> Result<(), Error> {
         self.send(self.call(call::Call::Revive(call::Revive::default())))
-            .await
+            .await?;
+        self.inner.suppressed.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// SUPPRESS: no more offers until REVIVE.
+    /// SUPPRESS: no more offers until REVIVE (kept across reconnects: the SDK subscribes
+    /// again suppressed).
     pub async fn suppress(&self) -> Result<(), Error> {
         self.send(self.call(call::Call::Suppress(call::Suppress::default())))
-            .await
+            .await?;
+        self.inner.suppressed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the framework is suppressed, as the builder's
+    /// [`suppressed`](crate::FrameworkBuilder::suppressed) and the last
+    /// [`suppress`](Self::suppress) or [`revive`](Self::revive) left it.
+    pub fn is_suppressed(&self) -> bool {
+        self.inner.suppressed.load(Ordering::SeqCst)
     }
 
     /// KILL: asks the agent to stop the task (SIGTERM, the grace period, SIGKILL); a KILLED

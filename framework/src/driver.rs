@@ -70,23 +70,30 @@ pub(crate) struct Subscription {
     pub(crate) early: Vec<strata_proto::Event>,
 }
 
-/// Dials the allocator, sends SUBSCRIBE with `info` and waits for SUBSCRIBED.
+/// Dials the allocator, sends SUBSCRIBE with `info` (all its roles suppressed when
+/// `suppressed`) and waits for SUBSCRIBED.
 pub(crate) async fn subscribe_once(
     endpoint: &Endpoint,
     auth: &AuthInterceptor,
     addr: &str,
     info: FrameworkInfo,
+    suppressed: bool,
 ) -> Result<Subscription, Error> {
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| crate::connect::connect_error(addr, &e))?;
     let (calls, calls_rx) = mpsc::unbounded_channel();
+    let suppressed_roles = if suppressed {
+        info.roles.clone()
+    } else {
+        Vec::new()
+    };
     let subscribe = Call {
         framework_id: info.id.clone(),
         call: Some(call::Call::Subscribe(call::Subscribe {
             framework_info: Some(info),
-            suppressed_roles: Vec::new(),
+            suppressed_roles,
         })),
     };
     // The receiver is alive: it is right here.
@@ -176,6 +183,9 @@ pub(crate) struct Driver {
     pub(crate) info: FrameworkInfo,
     pub(crate) auto_acknowledge: bool,
     pub(crate) connected: Arc<AtomicBool>,
+    /// Whether the framework is suppressed (as its last SUPPRESS or REVIVE left it): sent as
+    /// SUBSCRIBE's `suppressed_roles` when it re-subscribes.
+    pub(crate) suppressed: Arc<AtomicBool>,
     pub(crate) backoff: Backoff,
 }
 
@@ -319,8 +329,9 @@ impl Driver {
                     let endpoint = self.endpoint.clone();
                     let auth = self.auth.clone();
                     let addr = self.addr.clone();
+                    let suppressed = self.suppressed.load(Ordering::SeqCst);
                     connecting = Some(tokio::spawn(async move {
-                        tokio::time::timeout(RESUBSCRIBE_TIMEOUT, subscribe_once(&endpoint, &auth, &addr, info))
+                        tokio::time::timeout(RESUBSCRIBE_TIMEOUT, subscribe_once(&endpoint, &auth, &addr, info, suppressed))
                             .await
                             .unwrap_or(Err(Error::SubscribeTimeout { addr, timeout: RESUBSCRIBE_TIMEOUT }))
                     }));

@@ -157,6 +157,71 @@ async fn reconnects_with_the_same_id_and_refuses_calls_meanwhile() {
 }
 
 #[tokio::test]
+async fn a_suppressed_framework_subscribes_and_re_subscribes_suppressed_until_it_revives() {
+    let mut fake = FakeSchedulerService::start().await;
+    let (client, mut events) = within(
+        "subscribe",
+        FrameworkBuilder::new(&fake.addr)
+            .role("batch")
+            .suppressed(true)
+            .subscribe(),
+    )
+    .await
+    .expect("subscribed");
+    let session = fake.session().await;
+    assert_eq!(session.suppressed_roles, ["batch"]);
+    assert!(client.is_suppressed());
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+
+    // Broken stream: the SDK subscribes again, still suppressed.
+    drop(session);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let mut session = fake.session().await;
+    assert_eq!(session.info.id, "f-1");
+    assert_eq!(
+        session.suppressed_roles,
+        ["batch"],
+        "suppressed across reconnects"
+    );
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+
+    // After a REVIVE, the next re-subscription asks for offers.
+    client.revive().await.expect("revive");
+    assert!(matches!(session.next_call().await, call::Call::Revive(_)));
+    assert!(!client.is_suppressed());
+    drop(session);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let mut session = fake.session().await;
+    assert!(session.suppressed_roles.is_empty());
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+
+    // And a SUPPRESS is kept the same way.
+    client.suppress().await.expect("suppress");
+    assert!(matches!(session.next_call().await, call::Call::Suppress(_)));
+    drop(session);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    assert_eq!(fake.session().await.suppressed_roles, ["batch"]);
+}
+
+#[tokio::test]
 async fn a_removed_framework_stops_with_an_error_event() {
     let mut fake = FakeSchedulerService::start().await;
     let (client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())

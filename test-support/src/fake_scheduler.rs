@@ -18,6 +18,8 @@ use crate::wait::within;
 pub struct Session {
     /// The FrameworkInfo of its SUBSCRIBE (with the id the fake gave a new framework).
     pub info: FrameworkInfo,
+    /// The `suppressed_roles` of its SUBSCRIBE.
+    pub suppressed_roles: Vec<String>,
     /// The calls after SUBSCRIBE.
     pub calls: Streaming<Call>,
     /// The events to send, after the SUBSCRIBED the fake sent.
@@ -77,6 +79,7 @@ impl SchedulerService for Service {
         let Some(call::Call::Subscribe(subscribe)) = first.call else {
             return Err(Status::invalid_argument("the first call must be SUBSCRIBE"));
         };
+        let suppressed_roles = subscribe.suppressed_roles;
         let mut info = subscribe.framework_info.unwrap_or_default();
         if info.id.is_empty() {
             let mut known = self.known.lock().expect("lock");
@@ -103,6 +106,7 @@ impl SchedulerService for Service {
         }));
         let _ = self.sessions.send(Session {
             info,
+            suppressed_roles,
             calls,
             events,
             authorization,
