@@ -21,6 +21,7 @@ use strata_proto::{
     event,
 };
 
+use super::Change;
 use super::allocation::{add_role, sub_role};
 use super::{
     Agent, AgentId, AgentMode, ConnId, Core, CoreError, FrameworkId, Link, Resources, Task, TaskId,
@@ -99,6 +100,11 @@ impl Core {
             self.send_kill(conn, key, None);
         }
         self.refresh_offerable(&id);
+        self.note(|core| {
+            core.agents
+                .get(&id)
+                .map(|a| Change::AgentAdded(crate::view::agent_summary(a)))
+        });
         Ok(id)
     }
 
@@ -452,8 +458,24 @@ impl Core {
             TaskState::Unspecified => task.state,
             s => s,
         };
+        let changed = task.state != state || was_unreachable;
         task.state = state;
         task.updated_at = now;
+        if changed {
+            let status = Self::allocator_status(
+                now,
+                &key.0,
+                &key.1.0,
+                &agent_id.0,
+                state,
+                TaskReason::Unspecified,
+                format!("agent {agent_id} re-registered with the task"),
+            );
+            self.note(|_| Some(Change::TaskUpdated { status, state }));
+        }
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         if was_unreachable {
             task.message = format!("agent {agent_id} re-registered with the task");
             let status = Self::allocator_status(
@@ -564,6 +586,7 @@ impl Core {
             add_role(&mut fw.by_role, &task.role, &task.resources);
         }
         let agent_id = task.agent_id.clone();
+        self.note(|_| Some(Change::TaskAdded(crate::view::task_summary(&task))));
         self.tasks.insert(key, task);
         self.refresh_offerable(&agent_id);
     }
@@ -624,14 +647,23 @@ impl Core {
         match self.tasks.get_mut(&key) {
             Some(task) if task.agent_id == agent_id => {
                 tracing::debug!(state = state.label(), "task status");
+                let changed = task.state != state || task.unreachable;
                 if state.is_terminal() {
                     let message = status.message.clone();
-                    self.end_task(&key, state, status.reason(), message, status.exit_code, now);
+                    self.close_task(&key, state, status.reason(), message, status.exit_code, now);
                 } else {
                     task.state = state;
                     task.reason = status.reason();
                     task.message = status.message.clone();
                     task.updated_at = now;
+                }
+                if changed {
+                    self.note(|_| {
+                        Some(Change::TaskUpdated {
+                            status: status.clone(),
+                            state,
+                        })
+                    });
                 }
             }
             Some(_) => {
@@ -757,6 +789,14 @@ impl Core {
                 message.clone(),
             );
             tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %id, state = state.label(), "task unreachable");
+            self.note(|_| {
+                let mut status = status.clone();
+                status.state = TaskState::Unreachable as i32;
+                Some(Change::TaskUpdated {
+                    status,
+                    state: TaskState::Unreachable,
+                })
+            });
             self.send_update(&key.0, status);
         }
         let connected: Vec<FrameworkId> = self
@@ -773,6 +813,11 @@ impl Core {
                 }),
             );
         }
+        self.note(|_| {
+            Some(Change::AgentRemoved {
+                agent_id: id.0.clone(),
+            })
+        });
     }
 }
 

@@ -39,6 +39,7 @@
 
 mod agents;
 mod allocation;
+pub mod changes;
 pub mod config;
 mod frameworks;
 pub mod ids;
@@ -76,6 +77,7 @@ use strata_proto::{
     Attribute, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, allocator_message, event,
 };
 
+pub use self::changes::Change;
 pub use self::config::{AllocatorConfig, ConfigError};
 pub use self::ids::{AgentId, ConnId, FrameworkId, OfferId, TaskId, TaskKey};
 pub use self::resources::{Name, RangeSet, ResourceError, Resources};
@@ -602,6 +604,10 @@ pub struct Core {
     /// Registry changes not yet taken by the edge.
     registry_ops: Vec<registry::RegistryOp>,
     outbox: Vec<Command>,
+    /// Whether changes are recorded (someone listens to the cluster's events).
+    observing: bool,
+    /// Changes operators hear of, not yet taken by the edge ([`changes`]).
+    changes: Vec<Change>,
 }
 
 impl Core {
@@ -644,6 +650,8 @@ impl Core {
             pending_reconciles: BTreeMap::new(),
             registry_ops: Vec::new(),
             outbox: Vec::new(),
+            observing: false,
+            changes: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use strata_proto::{TaskReason, TaskState};
 
-use super::{Core, FastMap, Task, TaskKey};
+use super::{AgentId, Core, FastMap, Task, TaskKey};
 
 /// Terminal tasks, oldest first, bounded.
 #[derive(Debug)]
@@ -108,7 +108,8 @@ impl History {
 
 impl Core {
     /// Ends an active task in `state`: removes it from its agent and framework, frees its
-    /// resources, and records it in the history. Sends nothing.
+    /// resources, and records it in the history. Sends nothing; operators hear of it as an
+    /// update the allocator made.
     pub(super) fn end_task(
         &mut self,
         key: &TaskKey,
@@ -118,10 +119,31 @@ impl Core {
         exit_code: Option<i32>,
         now: Duration,
     ) {
-        debug_assert!(state.is_terminal());
-        let Some(mut task) = self.tasks.remove(key) else {
+        let Some(agent_id) = self.close_task(key, state, reason, message.clone(), exit_code, now)
+        else {
             return;
         };
+        self.note(|_| {
+            let mut status =
+                Self::allocator_status(now, &key.0, &key.1.0, &agent_id.0, state, reason, message);
+            status.exit_code = exit_code;
+            Some(super::Change::TaskUpdated { status, state })
+        });
+    }
+
+    /// [`Core::end_task`] without telling operators (the caller does, with the agent's own
+    /// update): the task's agent, `None` when the task was not active.
+    pub(super) fn close_task(
+        &mut self,
+        key: &TaskKey,
+        state: TaskState,
+        reason: TaskReason,
+        message: String,
+        exit_code: Option<i32>,
+        now: Duration,
+    ) -> Option<AgentId> {
+        debug_assert!(state.is_terminal());
+        let mut task = self.tasks.remove(key)?;
         if let Some(agent) = self.agents.get_mut(&task.agent_id) {
             agent.tasks.remove(key);
             agent.allocated.subtract(&task.resources);
@@ -151,6 +173,7 @@ impl Core {
         let (seq, removed) = self.history.push(task);
         self.record_history(seq.zip(record), removed);
         self.refresh_offerable(&agent_id);
+        Some(agent_id)
     }
 
     /// The state a framework sees: UNREACHABLE tasks read LOST to frameworks that are not

@@ -2371,3 +2371,77 @@ fn a_failed_over_framework_keeps_no_minimum_refusal() {
     assert_eq!(fid2, fid);
     assert_eq!(offers_in(&h.allocate(), fconn2).len(), 1);
 }
+
+/// What operators subscribed to events hear of, as the core records it.
+fn change_kinds(core: &mut Core) -> Vec<String> {
+    core.take_changes()
+        .into_iter()
+        .map(|c| match c {
+            crate::Change::AgentAdded(a) => format!("agent_added {}", a.id),
+            crate::Change::AgentRemoved { agent_id } => format!("agent_removed {agent_id}"),
+            crate::Change::FrameworkAdded(f) => format!("framework_added {}", f.name),
+            crate::Change::FrameworkUpdated(f) => {
+                format!("framework_updated {} connected={}", f.name, f.connected)
+            }
+            crate::Change::FrameworkRemoved(f) => format!("framework_removed {}", f.name),
+            crate::Change::TaskAdded(t) => {
+                format!("task_added {} {}", t.task_id, t.state().label())
+            }
+            crate::Change::TaskUpdated { status, state } => {
+                format!("task_updated {} {}", status.task_id, state.label())
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn changes_are_recorded_only_while_observed_and_once_per_state() {
+    let mut h = Harness::with(AllocatorConfig {
+        agent_reconnect_timeout: Duration::ZERO,
+        ..config()
+    });
+    let _ = h.agent(1.0, 64.0);
+    assert!(h.core.take_changes().is_empty(), "not observed");
+    h.core.observe(true);
+    let (aconn, agent) = h.agent(2.0, 512.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = offers_in(&h.allocate(), fconn)
+        .into_iter()
+        .find(|o| o.agent_id == agent.0)
+        .expect("an offer of the observed agent");
+    h.launch(fconn, &fid, aconn, &offer, vec![task("t1", 1.0, 64.0)]);
+    h.update(aconn, status(&fid, "t1", TaskState::Running, 1));
+    // A resent update changes no state: nothing to tell.
+    h.update(aconn, status(&fid, "t1", TaskState::Running, 1));
+    assert_eq!(
+        change_kinds(&mut h.core),
+        vec![
+            format!("agent_added {}", agent.0),
+            "framework_added one".to_owned(),
+            "task_added t1 TASK_STAGING".to_owned(),
+            "task_updated t1 TASK_RUNNING".to_owned(),
+        ]
+    );
+    // The agent goes (reconnect timeout 0): its task unreachable, the agent removed.
+    h.core.agent_disconnected(h.now, aconn);
+    assert_eq!(
+        change_kinds(&mut h.core),
+        vec![
+            "task_updated t1 TASK_UNREACHABLE".to_owned(),
+            format!("agent_removed {}", agent.0),
+        ]
+    );
+    // The framework disconnects (failover timeout 0): updated, its task killed, removed.
+    h.core.framework_disconnected(h.now, fconn);
+    assert_eq!(
+        change_kinds(&mut h.core),
+        vec![
+            "framework_updated one connected=false".to_owned(),
+            "task_updated t1 TASK_KILLED".to_owned(),
+            "framework_removed one".to_owned(),
+        ]
+    );
+    h.core.observe(false);
+    let _ = h.framework("two");
+    assert!(h.core.take_changes().is_empty());
+}

@@ -22,37 +22,7 @@ impl Core {
 
     /// Every agent the allocator knows, by id.
     pub fn agent_summaries(&self) -> Vec<AgentSummary> {
-        let mut agents: Vec<AgentSummary> = self
-            .agents
-            .values()
-            .map(|a| {
-                let offered = a.offered.to_proto();
-                AgentSummary {
-                    id: a.id.0.clone(),
-                    hostname: a.hostname.clone(),
-                    state: match a.link {
-                        Link::Connected(_) => AgentState::Active,
-                        Link::Disconnected { .. } | Link::Unreachable { .. } => {
-                            AgentState::Unreachable
-                        }
-                    } as i32,
-                    total: a.total.to_proto(),
-                    allocated: a.allocated.to_proto(),
-                    offered,
-                    attributes: a.attributes.clone(),
-                    running_tasks: u32::try_from(a.tasks.len()).unwrap_or(u32::MAX),
-                    registered_at: a.registered_at.as_secs_f64(),
-                    last_heartbeat_at: a.last_seen.as_secs_f64(),
-                    version: a.version.clone(),
-                    endpoint: a.endpoint.clone(),
-                    mode: match a.mode {
-                        crate::AgentMode::Active => strata_proto::AgentMode::Active,
-                        crate::AgentMode::Draining => strata_proto::AgentMode::Draining,
-                        crate::AgentMode::Deactivated => strata_proto::AgentMode::Deactivated,
-                    } as i32,
-                }
-            })
-            .collect();
+        let mut agents: Vec<AgentSummary> = self.agents.values().map(agent_summary).collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         agents
     }
@@ -119,7 +89,35 @@ impl Core {
     }
 }
 
-fn task_summary(t: &Task) -> TaskSummary {
+/// What operators see of an agent.
+pub(crate) fn agent_summary(a: &super::Agent) -> AgentSummary {
+    let offered = a.offered.to_proto();
+    AgentSummary {
+        id: a.id.0.clone(),
+        hostname: a.hostname.clone(),
+        state: match a.link {
+            Link::Connected(_) => AgentState::Active,
+            Link::Disconnected { .. } | Link::Unreachable { .. } => AgentState::Unreachable,
+        } as i32,
+        total: a.total.to_proto(),
+        allocated: a.allocated.to_proto(),
+        offered,
+        attributes: a.attributes.clone(),
+        running_tasks: u32::try_from(a.tasks.len()).unwrap_or(u32::MAX),
+        registered_at: a.registered_at.as_secs_f64(),
+        last_heartbeat_at: a.last_seen.as_secs_f64(),
+        version: a.version.clone(),
+        endpoint: a.endpoint.clone(),
+        mode: match a.mode {
+            crate::AgentMode::Active => strata_proto::AgentMode::Active,
+            crate::AgentMode::Draining => strata_proto::AgentMode::Draining,
+            crate::AgentMode::Deactivated => strata_proto::AgentMode::Deactivated,
+        } as i32,
+    }
+}
+
+/// What operators see of a task.
+pub(crate) fn task_summary(t: &Task) -> TaskSummary {
     TaskSummary {
         task_id: t.id.0.clone(),
         name: t.info.name.clone(),

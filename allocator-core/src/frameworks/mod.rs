@@ -169,7 +169,8 @@ impl Core {
         self.check_framework_principal(&info, principal.as_deref())?;
         let roles = self.checked_roles(&info, principal.as_deref())?;
         let suppressed = suppressed_set(&roles, suppressed_roles)?;
-        let id = if info.id.is_empty() {
+        let added = info.id.is_empty();
+        let id = if added {
             let id = FrameworkId(format!("{}-{:04}", self.prefix, self.next_framework));
             self.next_framework += 1;
             let fw = self.new_framework(id.clone(), now);
@@ -214,6 +215,7 @@ impl Core {
         fw.last_heartbeat = now;
         self.framework_conns.insert(conn, id.clone());
         self.record_framework(&id);
+        self.note_framework(&id, added);
         self.send_framework(
             &id,
             event::Event::Subscribed(event::Subscribed {
@@ -279,6 +281,7 @@ impl Core {
         fw.roles = roles;
         fw.suppressed = suppressed;
         self.record_framework(fid);
+        self.note_framework(fid, false);
         Ok(())
     }
 
@@ -339,6 +342,7 @@ impl Core {
         tracing::info!(framework_id = %fid, failover_timeout_s = failover.as_secs_f64(), "framework disconnected");
         self.remove_framework_offers(&fid, false);
         self.record_framework(&fid);
+        self.note_framework(&fid, false);
         if failover.is_zero() {
             self.remove_framework(
                 now,
@@ -346,6 +350,18 @@ impl Core {
                 "its stream ended and its failover timeout is 0".to_owned(),
             );
         }
+    }
+
+    /// Tells operators framework `fid` was added (`added`) or updated.
+    fn note_framework(&mut self, fid: &FrameworkId, added: bool) {
+        self.note(|core| {
+            let summary = core.framework_summary(core.frameworks.get(fid)?);
+            Some(if added {
+                crate::Change::FrameworkAdded(summary)
+            } else {
+                crate::Change::FrameworkUpdated(summary)
+            })
+        });
     }
 
     pub(crate) fn expire_frameworks(&mut self, now: Duration) {
@@ -411,6 +427,7 @@ impl Core {
         let mut summary = self.framework_summary(&self.frameworks[fid]);
         summary.connected = false;
         summary.unregistered_at = now.as_secs_f64();
+        self.note(|_| Some(crate::Change::FrameworkRemoved(summary.clone())));
         self.completed_frameworks.push_back(summary);
         while self.completed_frameworks.len() > crate::MAX_COMPLETED_FRAMEWORKS {
             self.completed_frameworks.pop_front();

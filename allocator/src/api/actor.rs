@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_allocator_core::registry::{Registry, RestoreError};
-use strata_allocator_core::{AllocatorConfig, Command, ConnId, Core, CoreError};
+use strata_allocator_core::{AllocatorConfig, Change, Command, ConnId, Core, CoreError};
 use strata_proto::{
     AgentSummary, AllocatorMessage, Call, Event, FrameworkInfo, FrameworkSummary, GetStateResponse,
     ListTasksRequest, TaskStatus, TaskSummary, WatchEvent, agent_message, allocator_message, event,
@@ -92,10 +92,25 @@ impl std::fmt::Debug for Operation {
 /// Watch events buffered per watcher before a slow one misses some.
 pub(crate) const WATCH_BUFFER: usize = 4096;
 
+/// Cluster changes buffered per operator subscriber before a slow one lags (and its stream
+/// ends).
+pub(crate) const CHANGE_BUFFER: usize = 4096;
+
+/// A change of the cluster as the Mesos operator event stream hears of it, numbered in the
+/// order the actor saw them (from 1).
+#[derive(Debug, Clone)]
+pub(crate) struct Numbered {
+    pub(crate) seq: u64,
+    pub(crate) change: std::sync::Arc<Change>,
+}
+
 /// Operator reads, answered from the actor's state.
 #[derive(Debug)]
 pub(crate) enum Query {
     State(oneshot::Sender<GetStateResponse>),
+    /// The state and the number of the last change it holds, for a subscriber of the
+    /// changes: those numbered after it are news. Subscribe to the changes first.
+    Snapshot(oneshot::Sender<(GetStateResponse, u64)>),
     /// Agents, and the ids of the draining and of the deactivated ones.
     Agents(oneshot::Sender<(Vec<AgentSummary>, Vec<String>, Vec<String>)>),
     Frameworks(oneshot::Sender<Vec<FrameworkSummary>>),
@@ -135,6 +150,9 @@ pub(crate) struct Actor {
     agents: HashMap<ConnId, AgentTx>,
     frameworks: HashMap<ConnId, FrameworkTx>,
     watch: broadcast::Sender<WatchEvent>,
+    /// Where the core's changes go (Mesos operator subscribers), and the last one's number.
+    changes: broadcast::Sender<Numbered>,
+    change_seq: u64,
     store: Box<dyn Store>,
     metrics: Metrics,
     /// Where registrations and subscriptions are audited.
@@ -166,6 +184,8 @@ impl Actor {
             agents: HashMap::new(),
             frameworks: HashMap::new(),
             watch,
+            changes: broadcast::channel(CHANGE_BUFFER).0,
+            change_seq: 0,
             store,
             metrics: Metrics::default(),
             security: std::sync::Arc::new(crate::security::Security::open()),
@@ -175,6 +195,12 @@ impl Actor {
     /// The actor counting into `metrics` (instead of a handle nobody reads).
     pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Sends the core's changes to `changes` (observed while it has receivers).
+    pub(crate) fn with_changes(mut self, changes: broadcast::Sender<Numbered>) -> Self {
+        self.changes = changes;
         self
     }
 
@@ -308,24 +334,49 @@ impl Actor {
         }
     }
 
-    fn answer(&self, query: Query) {
+    /// The whole state, as GetState and GET_STATE show it.
+    fn state(&self) -> GetStateResponse {
+        GetStateResponse {
+            agents: self.core.agent_summaries(),
+            frameworks: self.core.framework_summaries(),
+            tasks: self.core.task_summaries(&ListTasksRequest {
+                include_terminal: true,
+                ..ListTasksRequest::default()
+            }),
+            allocator_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started_at.as_secs_f64(),
+            // Usage is kept at the edge; the service adds it.
+            usage: Vec::new(),
+            reservations: self.core.reservation_summaries(),
+            completed_frameworks: self.core.completed_framework_summaries(),
+        }
+    }
+
+    /// Sends the changes the core recorded to the subscribers, numbered; observes on while
+    /// anyone listens.
+    fn publish_changes(&mut self) {
+        for change in self.core.take_changes() {
+            self.change_seq += 1;
+            // No receiver left: nobody to tell; observing stops below.
+            let _ = self.changes.send(Numbered {
+                seq: self.change_seq,
+                change: std::sync::Arc::new(change),
+            });
+        }
+        self.core.observe(self.changes.receiver_count() > 0);
+    }
+
+    fn answer(&mut self, query: Query) {
         // A dropped receiver means the operator call went away; nothing to do.
         match query {
             Query::State(reply) => {
-                let _ = reply.send(GetStateResponse {
-                    agents: self.core.agent_summaries(),
-                    frameworks: self.core.framework_summaries(),
-                    tasks: self.core.task_summaries(&ListTasksRequest {
-                        include_terminal: true,
-                        ..ListTasksRequest::default()
-                    }),
-                    allocator_version: env!("CARGO_PKG_VERSION").to_owned(),
-                    started_at: self.started_at.as_secs_f64(),
-                    // Usage is kept at the edge; the service adds it.
-                    usage: Vec::new(),
-                    reservations: self.core.reservation_summaries(),
-                    completed_frameworks: self.core.completed_framework_summaries(),
-                });
+                let _ = reply.send(self.state());
+            }
+            Query::Snapshot(reply) => {
+                // What happened so far is in the state: sent before it, numbered up to it.
+                self.publish_changes();
+                self.core.observe(true);
+                let _ = reply.send((self.state(), self.change_seq));
             }
             Query::Agents(reply) => {
                 let (draining, deactivated) = self.core.agent_modes();
@@ -359,6 +410,7 @@ impl Actor {
         {
             tracing::error!(error = %e, changes = ops.len(), "cannot write the registry");
         }
+        self.publish_changes();
         let watching = self.watch.receiver_count() > 0;
         let now = self.clock.now();
         for command in self.core.take_commands() {

@@ -175,9 +175,11 @@ pub async fn serve_secure(
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (watch_tx, _) = broadcast::channel(WATCH_BUFFER);
+    let (changes_tx, _) = broadcast::channel(actor::CHANGE_BUFFER);
     let flags = crate::mesos::state::flags(&config);
     let actor = Actor::new(config, watch_tx.clone(), store, registry)?
         .with_metrics(metrics.clone())
+        .with_changes(changes_tx.clone())
         .with_security(security.clone());
     let refresh_inputs = inputs.clone();
     metrics.set_refresh(Box::new(move || {
@@ -198,6 +200,7 @@ pub async fn serve_secure(
     let shared = Shared {
         inputs,
         watch: watch_tx,
+        changes: changes_tx,
         stop: stop_rx,
         next_conn: Arc::new(AtomicU64::new(0)),
         usage: UsageBook::default(),
@@ -258,6 +261,8 @@ pub async fn serve_secure(
 pub(crate) struct Shared {
     pub(crate) inputs: mpsc::Sender<Input>,
     watch: broadcast::Sender<WatchEvent>,
+    /// The core's changes, for the Mesos operator event stream.
+    pub(crate) changes: broadcast::Sender<actor::Numbered>,
     pub(crate) stop: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     usage: UsageBook,

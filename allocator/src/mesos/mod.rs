@@ -44,7 +44,9 @@ use axum::routing::{get, post};
 use strata_allocator_core::ConnId;
 use strata_proto::{Event, TaskReason, TaskSource, TaskState, TaskStatus, event};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use self::convert::ConvertError;
@@ -60,6 +62,13 @@ pub const STREAM_ID: &str = "Mesos-Stream-Id";
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 /// The largest call body accepted: the gRPC scheduler API's limit.
 const MAX_BODY: usize = crate::api::MAX_SCHEDULER_MESSAGE;
+/// How many operator event streams (`POST /api/v1` SUBSCRIBE) may be open at once by
+/// default ([`HttpApi::max_operator_subscribers`]).
+pub const MAX_OPERATOR_SUBSCRIBERS: usize = 64;
+/// How often an operator event stream gets a HEARTBEAT (Mesos' 15 s).
+const OPERATOR_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Records queued per operator event stream before its writer waits for the client.
+const OPERATOR_STREAM_QUEUE: usize = 64;
 
 /// Whether this allocator leads. Strata runs one allocator, which always leads; the other
 /// values exist so the redirect (307) and no-leader (503) answers Mesos clients rely on
@@ -87,6 +96,8 @@ pub struct HttpApi {
     pub leadership: Leadership,
     /// More routes served on the same listener, e.g. `GET /metrics`.
     pub extra: Option<Router>,
+    /// How many operator event streams may be open at once; more SUBSCRIBEs get 429.
+    pub max_operator_subscribers: usize,
 }
 
 impl HttpApi {
@@ -96,6 +107,7 @@ impl HttpApi {
             listener,
             leadership: Leadership::Leader,
             extra: None,
+            max_operator_subscribers: MAX_OPERATOR_SUBSCRIBERS,
         }
     }
 }
@@ -197,6 +209,15 @@ pub enum HttpError {
     /// An operator call that cannot be read.
     #[error(transparent)]
     OperatorCall(#[from] operator_v1::OperatorCallError),
+    /// As many operator event streams are open as allowed.
+    #[error(
+        "too many operator event subscribers: {max} streams are open, the most allowed; close \
+         one or retry later"
+    )]
+    TooManySubscribers {
+        /// The most allowed.
+        max: usize,
+    },
     /// The allocator refused an operator call.
     #[error("{message}")]
     Operator {
@@ -247,6 +268,7 @@ impl HttpError {
             Self::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             Self::NotSubscribed { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::TooManySubscribers { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoContentType
             | Self::BadJson { .. }
             | Self::Invalid(_)
@@ -271,6 +293,11 @@ impl IntoResponse for HttpError {
             && let Ok(location) = HeaderValue::from_str(&format!("//{leader}{path}"))
         {
             response.headers_mut().insert(header::LOCATION, location);
+        }
+        if let Self::TooManySubscribers { .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Self::Unauthenticated(_) = &self {
             response.headers_mut().insert(
@@ -305,6 +332,10 @@ struct Ctx {
     addr: SocketAddr,
     /// The allocator's settings, as `/master/state`'s `flags`.
     flags: Arc<serde_json::Value>,
+    /// One permit per operator event stream that may open.
+    operator_subscribers: Arc<Semaphore>,
+    /// How many permits there are.
+    max_operator_subscribers: usize,
 }
 
 /// Serves `api` until the allocator stops (`shared.stop`).
@@ -325,7 +356,14 @@ pub(crate) async fn run(api: HttpApi, shared: Shared, flags: serde_json::Value) 
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let app = router(shared, api.leadership, addr, api.extra, flags);
+    let app = router(
+        shared,
+        api.leadership,
+        addr,
+        api.extra,
+        flags,
+        api.max_operator_subscribers,
+    );
     tracing::info!(%addr, scheme, "mesos scheduler HTTP API serving");
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
@@ -345,6 +383,7 @@ fn router(
     addr: SocketAddr,
     extra: Option<Router>,
     flags: serde_json::Value,
+    max_operator_subscribers: usize,
 ) -> Router {
     let ctx = Ctx {
         shared,
@@ -352,6 +391,8 @@ fn router(
         flags: Arc::new(flags),
         leadership,
         addr,
+        operator_subscribers: Arc::new(Semaphore::new(max_operator_subscribers)),
+        max_operator_subscribers,
     };
     let extra = extra.map(|extra| {
         extra.route_layer(axum::middleware::from_fn_with_state(
@@ -533,6 +574,17 @@ async fn operator_call(
                 .map_err(operator)?;
             json_response(&operator_v1::roles(&roles))
         }
+        OperatorCall::Subscribe => {
+            authorize(&["*"])?;
+            if let Some(accept) = header_str(&headers, header::ACCEPT)
+                && !accepts_json(accept)
+            {
+                return Err(HttpError::NotAcceptable {
+                    accept: accept.to_owned(),
+                });
+            }
+            operator_subscribe(&ctx, principal.clone()).await?
+        }
         OperatorCall::Quota => {
             authorize(&["*"])?;
             let quotas = shared
@@ -604,6 +656,77 @@ async fn operator_call(
             done()
         }
     })
+}
+
+/// SUBSCRIBE on `/api/v1`: SUBSCRIBED with the state, a HEARTBEAT, then an event per change
+/// of the cluster and a HEARTBEAT every [`OPERATOR_HEARTBEAT`], as RecordIO, until the
+/// client goes, the allocator stops, or the stream lags behind the changes (it ends then, so
+/// that the client subscribes again and starts from a fresh state rather than miss events).
+async fn operator_subscribe(ctx: &Ctx, principal: Option<String>) -> Result<Response, HttpError> {
+    let permit = Arc::clone(&ctx.operator_subscribers)
+        .try_acquire_owned()
+        .map_err(|_| HttpError::TooManySubscribers {
+            max: ctx.max_operator_subscribers,
+        })?;
+    // Subscribed before the snapshot is taken: no change falls between the two.
+    let mut changes = ctx.shared.changes.subscribe();
+    let (state, last) = ctx
+        .shared
+        .query(Query::Snapshot)
+        .await
+        .map_err(|_| HttpError::Unavailable)?;
+    let first = record(&operator_v1::subscribed(
+        &state,
+        OPERATOR_HEARTBEAT.as_secs_f64(),
+    ));
+    let (tx, rx) = mpsc::channel::<Bytes>(OPERATOR_STREAM_QUEUE);
+    let mut stop = ctx.shared.stop.clone();
+    let open = ctx.max_operator_subscribers - ctx.operator_subscribers.available_permits();
+    let principal = principal.unwrap_or_default();
+    tracing::info!(%principal, open, "mesos operator event stream subscribed");
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut heartbeats = tokio::time::interval_at(
+            tokio::time::Instant::now() + OPERATOR_HEARTBEAT,
+            OPERATOR_HEARTBEAT,
+        );
+        let mut queue = VecDeque::from([first, record(&convert::heartbeat())]);
+        let why = loop {
+            let bytes = match queue.pop_front() {
+                Some(bytes) => bytes,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stopped| *stopped) => break "the allocator is stopping",
+                    () = tx.closed() => break "the client went away",
+                    change = changes.recv() => match change {
+                        Ok(change) if change.seq <= last => continue,
+                        Ok(change) => record(&operator_v1::change(&change.change)),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(%principal, missed, "mesos operator event stream fell behind; ending it so the client subscribes again");
+                            break "it fell behind";
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break "the allocator stopped",
+                    },
+                    _ = heartbeats.tick() => record(&convert::heartbeat()),
+                },
+            };
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break "the allocator is stopping",
+                sent = tx.send(bytes) => if sent.is_err() {
+                    break "the client went away";
+                },
+            }
+        };
+        tracing::info!(%principal, reason = why, "mesos operator event stream ended");
+    });
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 async fn metrics_snapshot(

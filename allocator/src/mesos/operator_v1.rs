@@ -1,23 +1,31 @@
 //! Mesos' v1 operator API, `POST /api/v1` with a JSON call, on the Mesos HTTP port: the read
 //! calls that tools and dashboards make (GET_HEALTH, GET_VERSION, GET_STATE, GET_AGENTS,
-//! GET_FRAMEWORKS, GET_TASKS, GET_ROLES, GET_QUOTA) and the quota, weight and maintenance
-//! calls (UPDATE_QUOTA, UPDATE_WEIGHTS, DRAIN_AGENT, DEACTIVATE_AGENT, REACTIVATE_AGENT,
-//! TEARDOWN), each authorized as the same action of the gRPC OperatorService. Answers are
-//! in Mesos 1.11's JSON shape (ids as `{"value": ...}`, times as `{"nanoseconds": ...}`).
-//! SUBSCRIBE (the operator event stream) and the other calls are refused with a 400 that
-//! says what is supported.
+//! GET_FRAMEWORKS, GET_TASKS, GET_ROLES, GET_QUOTA), the event stream (SUBSCRIBE) and the
+//! quota, weight and maintenance calls (UPDATE_QUOTA, UPDATE_WEIGHTS, DRAIN_AGENT,
+//! DEACTIVATE_AGENT, REACTIVATE_AGENT, TEARDOWN), each authorized as the same action of the
+//! gRPC OperatorService. Answers are in Mesos 1.11's JSON shape (ids as `{"value": ...}`,
+//! times as `{"nanoseconds": ...}`). The other calls are refused with a 400 that says what
+//! is supported.
+//!
+//! SUBSCRIBE answers a RecordIO stream of JSON events ([`subscribed`], then [`change`] for
+//! each change of the cluster the core records, [`strata_allocator_core::Change`], and
+//! HEARTBEAT): SUBSCRIBED holds what GET_STATE answers; then TASK_ADDED, TASK_UPDATED,
+//! AGENT_ADDED, AGENT_REMOVED, FRAMEWORK_ADDED, FRAMEWORK_UPDATED and FRAMEWORK_REMOVED, with
+//! the task, agent and framework objects GET_STATE shows.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use strata_allocator_core::Action;
-use strata_proto::{GetStateResponse, QuotaInfo, Resource};
+use strata_allocator_core::{Action, Change};
+use strata_proto::{
+    AgentSummary, FrameworkSummary, GetStateResponse, QuotaInfo, Resource, TaskSummary,
+};
 
-use super::convert::{resource_json, state_name};
+use super::convert::{resource_json, state_name, status};
 use super::state::{MESOS_VERSION, agent_pid, deactivated, offered_as_usual};
 
 /// The calls this API answers.
-pub const SUPPORTED: [&str; 14] = [
+pub const SUPPORTED: [&str; 15] = [
     "GET_HEALTH",
     "GET_VERSION",
     "GET_STATE",
@@ -26,6 +34,7 @@ pub const SUPPORTED: [&str; 14] = [
     "GET_TASKS",
     "GET_ROLES",
     "GET_QUOTA",
+    "SUBSCRIBE",
     "UPDATE_QUOTA",
     "UPDATE_WEIGHTS",
     "DRAIN_AGENT",
@@ -68,6 +77,8 @@ pub enum OperatorCall {
     Roles,
     /// GET_QUOTA.
     Quota,
+    /// SUBSCRIBE: the event stream.
+    Subscribe,
     /// UPDATE_QUOTA: each role's guarantee and limit.
     UpdateQuota(Vec<QuotaInfo>),
     /// UPDATE_WEIGHTS.
@@ -100,7 +111,9 @@ impl OperatorCall {
     pub fn action(&self) -> Option<Action> {
         match self {
             Self::Health | Self::Version => None,
-            Self::State(_) | Self::Roles | Self::Quota => Some(Action::ViewFrameworks),
+            Self::State(_) | Self::Roles | Self::Quota | Self::Subscribe => {
+                Some(Action::ViewFrameworks)
+            }
             Self::UpdateQuota(_) => Some(Action::SetQuota),
             Self::UpdateWeights(_) => Some(Action::UpdateWeights),
             Self::DrainAgent(..) | Self::DeactivateAgent(_) | Self::ReactivateAgent(_) => {
@@ -167,6 +180,7 @@ pub fn parse(body: &Value) -> Result<OperatorCall, OperatorCallError> {
         "GET_TASKS" => OperatorCall::State(StateView::Tasks),
         "GET_ROLES" => OperatorCall::Roles,
         "GET_QUOTA" => OperatorCall::Quota,
+        "SUBSCRIBE" => OperatorCall::Subscribe,
         "UPDATE_QUOTA" => {
             const KIND: &str = "UPDATE_QUOTA";
             let configs = section("update_quota")
@@ -260,46 +274,51 @@ fn resources(list: &[Resource]) -> Vec<Value> {
     list.iter().map(resource_json).collect()
 }
 
-fn agents(state: &GetStateResponse) -> Value {
-    let agents: Vec<Value> = state
-        .agents
+/// An agent as GET_AGENTS and AGENT_ADDED show it.
+fn agent(a: &AgentSummary) -> Value {
+    let attributes: Vec<Value> = a
+        .attributes
         .iter()
-        .map(|a| {
-            let attributes: Vec<Value> = a
-                .attributes
-                .iter()
-                .map(|x| json!({ "name": x.name, "type": "TEXT", "text": { "value": x.value } }))
-                .collect();
-            json!({
-                "agent_info": {
-                    "id": id(&a.id),
-                    "hostname": a.hostname,
-                    "resources": resources(&a.total),
-                    "attributes": attributes,
-                },
-                "active": offered_as_usual(a),
-                "deactivated": deactivated(a),
-                "pid": agent_pid(a),
-                "version": a.version,
-                "registered_time": nanos(a.registered_at),
-                "total_resources": resources(&a.total),
-                "allocated_resources": resources(&a.allocated),
-                "offered_resources": resources(&a.offered),
-            })
-        })
+        .map(|x| json!({ "name": x.name, "type": "TEXT", "text": { "value": x.value } }))
         .collect();
+    json!({
+        "agent_info": {
+            "id": id(&a.id),
+            "hostname": a.hostname,
+            "resources": resources(&a.total),
+            "attributes": attributes,
+        },
+        "active": offered_as_usual(a),
+        "deactivated": deactivated(a),
+        "pid": agent_pid(a),
+        "version": a.version,
+        "registered_time": nanos(a.registered_at),
+        "total_resources": resources(&a.total),
+        "allocated_resources": resources(&a.allocated),
+        "offered_resources": resources(&a.offered),
+    })
+}
+
+fn agents(state: &GetStateResponse) -> Value {
+    let agents: Vec<Value> = state.agents.iter().map(agent).collect();
     json!({ "agents": agents, "recovered_agents": [] })
 }
 
-fn framework(f: &strata_proto::FrameworkSummary) -> Value {
+/// A framework's FrameworkInfo, as GET_FRAMEWORKS and FRAMEWORK_REMOVED show it.
+fn framework_info(f: &FrameworkSummary) -> Value {
+    json!({
+        "id": id(&f.id),
+        "name": f.name,
+        "user": f.user,
+        "roles": f.roles,
+        "principal": f.principal,
+    })
+}
+
+/// A framework as GET_FRAMEWORKS, FRAMEWORK_ADDED and FRAMEWORK_UPDATED show it.
+fn framework(f: &FrameworkSummary) -> Value {
     let mut out = json!({
-        "framework_info": {
-            "id": id(&f.id),
-            "name": f.name,
-            "user": f.user,
-            "roles": f.roles,
-            "principal": f.principal,
-        },
+        "framework_info": framework_info(f),
         "active": f.connected,
         "connected": f.connected,
         "recovered": false,
@@ -319,23 +338,28 @@ fn frameworks(state: &GetStateResponse) -> Value {
     json!({ "frameworks": frameworks, "completed_frameworks": completed })
 }
 
+/// A task as GET_TASKS and TASK_ADDED show it.
+fn task(t: &TaskSummary) -> Value {
+    json!({
+        "name": t.name,
+        "task_id": id(&t.task_id),
+        "framework_id": id(&t.framework_id),
+        "agent_id": id(&t.agent_id),
+        "state": state_name(t.state()),
+        "resources": resources(&t.resources),
+        "statuses": [{
+            "task_id": id(&t.task_id),
+            "state": state_name(t.state()),
+            "timestamp": t.updated_at,
+        }],
+    })
+}
+
 fn tasks(state: &GetStateResponse) -> Value {
     let mut active = Vec::new();
     let mut completed = Vec::new();
     for t in &state.tasks {
-        let task = json!({
-            "name": t.name,
-            "task_id": id(&t.task_id),
-            "framework_id": id(&t.framework_id),
-            "agent_id": id(&t.agent_id),
-            "state": state_name(t.state()),
-            "resources": resources(&t.resources),
-            "statuses": [{
-                "task_id": id(&t.task_id),
-                "state": state_name(t.state()),
-                "timestamp": t.updated_at,
-            }],
-        });
+        let task = task(t);
         if t.state().is_terminal() {
             completed.push(task);
         } else {
@@ -376,14 +400,61 @@ pub fn state_view(view: StateView, state: &GetStateResponse) -> Value {
             json!({ "type": "GET_FRAMEWORKS", "get_frameworks": frameworks(state) })
         }
         StateView::Tasks => json!({ "type": "GET_TASKS", "get_tasks": tasks(state) }),
-        StateView::All => json!({
-            "type": "GET_STATE",
-            "get_state": {
-                "get_agents": agents(state),
-                "get_frameworks": frameworks(state),
-                "get_tasks": tasks(state),
-                "get_executors": { "executors": [], "orphan_executors": [] },
+        StateView::All => json!({ "type": "GET_STATE", "get_state": get_state(state) }),
+    }
+}
+
+/// GET_STATE's `get_state`, which SUBSCRIBED holds too.
+fn get_state(state: &GetStateResponse) -> Value {
+    json!({
+        "get_agents": agents(state),
+        "get_frameworks": frameworks(state),
+        "get_tasks": tasks(state),
+        "get_executors": { "executors": [], "orphan_executors": [] },
+    })
+}
+
+/// The first event of SUBSCRIBE's stream: the state, and how often HEARTBEAT follows.
+pub fn subscribed(state: &GetStateResponse, heartbeat_interval_seconds: f64) -> Value {
+    json!({
+        "type": "SUBSCRIBED",
+        "subscribed": {
+            "get_state": get_state(state),
+            "heartbeat_interval_seconds": heartbeat_interval_seconds,
+        }
+    })
+}
+
+/// The event of SUBSCRIBE's stream telling of `change`.
+pub fn change(change: &Change) -> Value {
+    match change {
+        Change::TaskAdded(t) => json!({ "type": "TASK_ADDED", "task_added": { "task": task(t) } }),
+        Change::TaskUpdated { status: s, state } => json!({
+            "type": "TASK_UPDATED",
+            "task_updated": {
+                "framework_id": id(&s.framework_id),
+                "status": status(s),
+                "state": state_name(*state),
             }
+        }),
+        Change::AgentAdded(a) => {
+            json!({ "type": "AGENT_ADDED", "agent_added": { "agent": agent(a) } })
+        }
+        Change::AgentRemoved { agent_id } => json!({
+            "type": "AGENT_REMOVED",
+            "agent_removed": { "agent_id": id(agent_id) }
+        }),
+        Change::FrameworkAdded(f) => json!({
+            "type": "FRAMEWORK_ADDED",
+            "framework_added": { "framework": framework(f) }
+        }),
+        Change::FrameworkUpdated(f) => json!({
+            "type": "FRAMEWORK_UPDATED",
+            "framework_updated": { "framework": framework(f) }
+        }),
+        Change::FrameworkRemoved(f) => json!({
+            "type": "FRAMEWORK_REMOVED",
+            "framework_removed": { "framework_info": framework_info(f) }
         }),
     }
 }
@@ -465,13 +536,22 @@ mod tests {
                 2.0
             )])))
         );
-        let err = call(json!({"type": "SUBSCRIBE"})).unwrap_err();
+        assert_eq!(
+            call(json!({"type": "SUBSCRIBE"})),
+            Ok(OperatorCall::Subscribe)
+        );
+        assert_eq!(
+            OperatorCall::Subscribe.action(),
+            Some(Action::ViewFrameworks)
+        );
+        let err = call(json!({"type": "GET_FLAGS"})).unwrap_err();
         assert!(
             err.to_string()
-                .contains("unsupported operator call \"SUBSCRIBE\""),
+                .contains("unsupported operator call \"GET_FLAGS\""),
             "{err}"
         );
         assert!(err.to_string().contains("GET_STATE"), "{err}");
+        assert!(err.to_string().contains("SUBSCRIBE"), "{err}");
         let err = call(json!({"type": "TEARDOWN", "teardown": {}})).unwrap_err();
         assert!(
             err.to_string().contains("framework_id.value is missing"),
@@ -480,5 +560,109 @@ mod tests {
         assert!(call(json!({"type": "UPDATE_QUOTA"})).is_err());
         assert_eq!(OperatorCall::Health.action(), None);
         assert_eq!(OperatorCall::Quota.action(), Some(Action::ViewFrameworks));
+    }
+
+    #[test]
+    fn events_have_mesos_shapes_with_the_objects_of_get_state() {
+        use strata_proto::{AgentState, TaskState, TaskStatus};
+        let agent = AgentSummary {
+            id: "a1".into(),
+            hostname: "h1".into(),
+            state: AgentState::Active as i32,
+            total: vec![Resource::scalar("cpus", 2.0)],
+            ..AgentSummary::default()
+        };
+        let fw = FrameworkSummary {
+            id: "f1".into(),
+            name: "one".into(),
+            user: "u".into(),
+            roles: vec!["*".into()],
+            connected: true,
+            ..FrameworkSummary::default()
+        };
+        let task_summary = TaskSummary {
+            task_id: "t1".into(),
+            name: "sleep".into(),
+            framework_id: "f1".into(),
+            agent_id: "a1".into(),
+            state: TaskState::Staging as i32,
+            ..TaskSummary::default()
+        };
+        let state = GetStateResponse {
+            agents: vec![agent.clone()],
+            frameworks: vec![fw.clone()],
+            tasks: vec![task_summary.clone()],
+            ..GetStateResponse::default()
+        };
+        let s = subscribed(&state, 15.0);
+        assert_eq!(s["type"], "SUBSCRIBED");
+        assert_eq!(s["subscribed"]["heartbeat_interval_seconds"], 15.0);
+        assert_eq!(
+            s["subscribed"]["get_state"],
+            state_view(StateView::All, &state)["get_state"],
+            "SUBSCRIBED holds what GET_STATE answers"
+        );
+
+        let e = change(&Change::AgentAdded(agent.clone()));
+        assert_eq!(e["type"], "AGENT_ADDED");
+        assert_eq!(
+            e["agent_added"]["agent"],
+            state_view(StateView::Agents, &state)["get_agents"]["agents"][0]
+        );
+        assert_eq!(e["agent_added"]["agent"]["agent_info"]["id"]["value"], "a1");
+        let e = change(&Change::AgentRemoved {
+            agent_id: "a1".into(),
+        });
+        assert_eq!(
+            e,
+            json!({"type": "AGENT_REMOVED", "agent_removed": {"agent_id": {"value": "a1"}}})
+        );
+
+        let frameworks = state_view(StateView::Frameworks, &state);
+        let e = change(&Change::FrameworkAdded(fw.clone()));
+        assert_eq!(e["type"], "FRAMEWORK_ADDED");
+        assert_eq!(
+            e["framework_added"]["framework"],
+            frameworks["get_frameworks"]["frameworks"][0]
+        );
+        let e = change(&Change::FrameworkUpdated(fw.clone()));
+        assert_eq!(e["type"], "FRAMEWORK_UPDATED");
+        assert_eq!(e["framework_updated"]["framework"]["active"], true);
+        let e = change(&Change::FrameworkRemoved(fw));
+        assert_eq!(e["type"], "FRAMEWORK_REMOVED");
+        assert_eq!(
+            e["framework_removed"]["framework_info"],
+            frameworks["get_frameworks"]["frameworks"][0]["framework_info"]
+        );
+
+        let e = change(&Change::TaskAdded(task_summary));
+        assert_eq!(e["type"], "TASK_ADDED");
+        assert_eq!(
+            e["task_added"]["task"],
+            state_view(StateView::Tasks, &state)["get_tasks"]["tasks"][0]
+        );
+        assert_eq!(e["task_added"]["task"]["state"], "TASK_STAGING");
+        let status = TaskStatus {
+            task_id: "t1".into(),
+            framework_id: "f1".into(),
+            agent_id: "a1".into(),
+            state: TaskState::Running as i32,
+            uuid: vec![7; 16],
+            timestamp: 1.5,
+            ..TaskStatus::default()
+        };
+        let e = change(&Change::TaskUpdated {
+            status,
+            state: TaskState::Running,
+        });
+        assert_eq!(e["type"], "TASK_UPDATED");
+        let u = &e["task_updated"];
+        assert_eq!(u["framework_id"], json!({"value": "f1"}));
+        assert_eq!(u["state"], "TASK_RUNNING");
+        assert_eq!(u["status"]["task_id"], json!({"value": "t1"}));
+        assert_eq!(u["status"]["agent_id"], json!({"value": "a1"}));
+        assert_eq!(u["status"]["state"], "TASK_RUNNING");
+        assert_eq!(u["status"]["source"], "SOURCE_SLAVE");
+        assert_eq!(u["status"]["timestamp"], 1.5);
     }
 }

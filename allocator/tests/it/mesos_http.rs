@@ -223,6 +223,44 @@ impl Subscription {
         Ok(sub)
     }
 
+    /// SUBSCRIBE on the operator API (`POST /api/v1`, with `headers`): checks the 200
+    /// response's headers and returns the stream with its first event, which must be
+    /// SUBSCRIBED.
+    async fn operator(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<(Self, Value)> {
+        let mut conn = Conn::open(addr).await?;
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        let bytes = request("POST", "/api/v1", &all, br#"{"type":"SUBSCRIBE"}"#);
+        bounded("sending SUBSCRIBE", conn.stream.write_all(&bytes)).await??;
+        let (status, headers) = conn.head().await?;
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        ensure!(
+            status == 200,
+            "operator SUBSCRIBE answered {status}: {headers:?}"
+        );
+        ensure!(header("content-type").as_deref() == Some("application/json"));
+        ensure!(header("transfer-encoding").as_deref() == Some("chunked"));
+        let mut sub = Self {
+            conn,
+            stream_id: String::new(),
+            framework_id: String::new(),
+            state: Chunking::Size,
+            chunk: Vec::new(),
+            decoder: Decoder::new(),
+        };
+        let subscribed = sub.next().await?;
+        ensure!(
+            subscribed["type"] == "SUBSCRIBED",
+            "first event: {subscribed}"
+        );
+        Ok((sub, subscribed))
+    }
+
     /// The next event. Each chunk must hold exactly one whole record.
     async fn next(&mut self) -> Result<Value> {
         loop {
@@ -625,7 +663,7 @@ async fn the_v1_operator_api_reads_and_steers() -> Result<()> {
         "agent_id": { "value": "no-such-agent" } } }))
     .await?;
     assert_eq!(unknown.status, 404, "{}", unknown.text());
-    let unsupported = call(json!({ "type": "SUBSCRIBE" })).await?;
+    let unsupported = call(json!({ "type": "GET_FLAGS" })).await?;
     assert_eq!(unsupported.status, 400);
     assert!(
         unsupported.text().contains("Strata answers GET_HEALTH"),
@@ -1020,5 +1058,189 @@ async fn resubscribes_with_its_framework_id_after_the_stream_drops() -> Result<(
     bounded("the torn-down stream to end", ended).await?;
     let r = post(addr, &revive, Some(&newer.stream_id)).await?;
     assert_status(&r, 400, "cannot be found");
+    allocator.shutdown().await
+}
+
+/// The operator event stream: SUBSCRIBED with what GET_STATE answers, a HEARTBEAT, then
+/// AGENT_ADDED, FRAMEWORK_ADDED, TASK_ADDED and TASK_UPDATED as an agent registers, a
+/// framework subscribes and launches a task that starts running; FRAMEWORK_REMOVED and the
+/// task KILLED at teardown; the stream ends when the allocator stops.
+#[tokio::test]
+async fn the_operator_event_stream_tells_what_happens_in_order() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let before = FakeAgent::register(&allocator, 1.0, 64.0).await?;
+    let (mut events, subscribed) =
+        Subscription::operator(addr, &[("Accept", "application/json")]).await?;
+    let s = &subscribed["subscribed"];
+    assert_eq!(s["heartbeat_interval_seconds"], 15.0);
+    let agents = &s["get_state"]["get_agents"]["agents"];
+    assert_eq!(agents.as_array().map(Vec::len), Some(1), "{subscribed}");
+    assert_eq!(agents[0]["agent_info"]["id"]["value"], before.id.as_str());
+    assert!(s["get_state"]["get_frameworks"]["frameworks"].is_array());
+    assert!(s["get_state"]["get_tasks"]["tasks"].is_array());
+    assert_eq!(events.next().await?["type"], "HEARTBEAT");
+
+    let mut agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
+    let mut sub = Subscription::open(addr, &subscribe_call(info("watched"))).await?;
+    let offer = loop {
+        let offers = sub.next_of("OFFERS").await?;
+        let found = offers["offers"]["offers"]
+            .as_array()
+            .and_then(|o| {
+                o.iter()
+                    .find(|o| o["agent_id"]["value"] == agent.id.as_str())
+            })
+            .cloned();
+        if let Some(offer) = found {
+            break offer;
+        }
+    };
+    let task = json!({
+        "name": "t1", "task_id": { "value": "t1" }, "agent_id": offer["agent_id"],
+        "resources": [{ "name": "cpus", "type": "SCALAR", "scalar": { "value": 1.0 } },
+                      { "name": "mem", "type": "SCALAR", "scalar": { "value": 32.0 } }],
+        "command": { "value": "sleep 1" },
+    });
+    let accept = sub.call(
+        "ACCEPT",
+        "accept",
+        json!({
+            "offer_ids": [offer["id"]],
+            "operations": [{ "type": "LAUNCH", "launch": { "task_infos": [task] } }],
+        }),
+    );
+    assert_status(&sub.post(addr, &accept).await?, 202, "");
+    let allocator_message::Message::LaunchTask(_) = agent.next_launch_or_ack().await? else {
+        bail!("expected LaunchTask")
+    };
+    agent
+        .update(&sub.framework_id, "t1", TaskState::Running, &[1; 16])
+        .await?;
+
+    // In order, heartbeats aside.
+    let mut next = async || -> Result<Value> {
+        loop {
+            let e = events.next().await?;
+            if e["type"] != "HEARTBEAT" {
+                return Ok(e);
+            }
+        }
+    };
+    let e = next().await?;
+    assert_eq!(e["type"], "AGENT_ADDED", "{e}");
+    let added = &e["agent_added"]["agent"];
+    assert_eq!(added["agent_info"]["id"]["value"], agent.id.as_str());
+    assert_eq!(added["agent_info"]["hostname"], "fake-host");
+    assert_eq!(added["active"], true);
+    let e = next().await?;
+    assert_eq!(e["type"], "FRAMEWORK_ADDED", "{e}");
+    let fw = &e["framework_added"]["framework"];
+    assert_eq!(
+        fw["framework_info"]["id"]["value"],
+        sub.framework_id.as_str()
+    );
+    assert_eq!(fw["framework_info"]["name"], "watched");
+    assert_eq!(fw["connected"], true);
+    let e = next().await?;
+    assert_eq!(e["type"], "TASK_ADDED", "{e}");
+    let t = &e["task_added"]["task"];
+    assert_eq!(t["task_id"]["value"], "t1");
+    assert_eq!(t["framework_id"]["value"], sub.framework_id.as_str());
+    assert_eq!(t["agent_id"]["value"], agent.id.as_str());
+    assert_eq!(t["state"], "TASK_STAGING");
+    let e = next().await?;
+    assert_eq!(e["type"], "TASK_UPDATED", "{e}");
+    let u = &e["task_updated"];
+    assert_eq!(u["framework_id"]["value"], sub.framework_id.as_str());
+    assert_eq!(u["state"], "TASK_RUNNING");
+    assert_eq!(u["status"]["task_id"]["value"], "t1");
+    assert_eq!(u["status"]["source"], "SOURCE_SLAVE");
+
+    // Teardown: the task is killed, the framework removed.
+    let teardown = sub.call("TEARDOWN", "", Value::Null);
+    assert_status(&sub.post(addr, &teardown).await?, 202, "");
+    let e = next().await?;
+    assert_eq!(e["type"], "TASK_UPDATED", "{e}");
+    assert_eq!(e["task_updated"]["state"], "TASK_KILLED");
+    let e = next().await?;
+    assert_eq!(e["type"], "FRAMEWORK_REMOVED", "{e}");
+    assert_eq!(
+        e["framework_removed"]["framework_info"]["id"]["value"],
+        sub.framework_id.as_str()
+    );
+
+    // The stream ends with the allocator.
+    let stop = tokio::spawn(allocator.shutdown());
+    let end = loop {
+        match events.next().await {
+            Ok(e) if e["type"] == "HEARTBEAT" => {}
+            Ok(e) => bail!("an event after teardown: {e}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        format!("{end:#}").contains("the event stream ended")
+            || format!("{end:#}").contains("closed the connection"),
+        "{end:#}"
+    );
+    bounded("the allocator to stop", stop).await???;
+    Ok(())
+}
+
+/// At most `max_operator_subscribers` operator event streams: the next SUBSCRIBE gets 429
+/// saying so, and one more may open once one closes.
+#[tokio::test]
+async fn operator_subscribers_are_bounded() -> Result<()> {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = strata_allocator::mesos::HttpApi {
+        max_operator_subscribers: 2,
+        ..strata_allocator::mesos::HttpApi::new(http)
+    };
+    let allocator =
+        Allocator::start_with(strata_test_support::allocator::config(), Some(api), None).await?;
+    let addr = allocator.http();
+    let (first, _) = Subscription::operator(addr, &[]).await?;
+    let (_second, _) = Subscription::operator(addr, &[]).await?;
+    let subscribe = || async {
+        Conn::open(addr)
+            .await?
+            .send(
+                "POST",
+                "/api/v1",
+                &[("Content-Type", "application/json")],
+                br#"{"type":"SUBSCRIBE"}"#,
+            )
+            .await
+    };
+    let refused = subscribe().await?;
+    assert_status(
+        &refused,
+        429,
+        "too many operator event subscribers: 2 streams",
+    );
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    // Other calls are not limited.
+    let state = Conn::open(addr)
+        .await?
+        .send(
+            "POST",
+            "/api/v1",
+            &[("Content-Type", "application/json")],
+            br#"{"type":"GET_STATE"}"#,
+        )
+        .await?;
+    assert_eq!(state.status, 200, "{}", state.text());
+    // A stream that closes frees its place (noticed when its writer next writes or polls).
+    drop(first);
+    strata_test_support::wait::poll_until(STEP, Duration::from_millis(50), || async {
+        Ok(match Subscription::operator(addr, &[]).await {
+            Ok(third) => strata_test_support::wait::Poll::Ready(third),
+            Err(e) => strata_test_support::wait::Poll::Pending(format!(
+                "a closed stream's place is not free: {e:#}"
+            )),
+        })
+    })
+    .await?;
     allocator.shutdown().await
 }

@@ -350,6 +350,7 @@ async fn exchange(
         // Enough once the head and the first record or the body are in.
         if let Some(end) = text.find("\r\n\r\n")
             && (text[end..].contains("framework_id")
+                || text[end..].contains("SUBSCRIBED")
                 || text[..end].to_ascii_lowercase().contains("content-length")
                 || !text.starts_with("HTTP/1.1 200"))
         {
@@ -463,10 +464,7 @@ async fn the_mesos_api_authenticates_with_basic_and_refuses_a_hijack() -> Result
 async fn the_mesos_operator_api_needs_credentials_and_a_rule() -> Result<()> {
     let cluster = Cluster::new()?;
     let running = start(&cluster, true).await?;
-    let update = |auth: Option<&str>| {
-        let body = serde_json::json!({ "type": "UPDATE_QUOTA", "update_quota": {
-            "quota_configs": [{ "role": "eng", "limits": { "cpus": { "value": 2 } } }] } })
-        .to_string();
+    let call = |body: String, auth: Option<&str>| {
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
@@ -475,6 +473,12 @@ async fn the_mesos_operator_api_needs_credentials_and_a_rule() -> Result<()> {
             body.len()
         )
     };
+    let update = |auth: Option<&str>| {
+        let body = serde_json::json!({ "type": "UPDATE_QUOTA", "update_quota": {
+            "quota_configs": [{ "role": "eng", "limits": { "cpus": { "value": 2 } } }] } });
+        call(body.to_string(), auth)
+    };
+    let subscribe = |auth: Option<&str>| call(r#"{"type":"SUBSCRIBE"}"#.to_owned(), auth);
     let (status, text) = exchange(tls_stream(&cluster, running.http).await?, update(None)).await?;
     assert_eq!(status, 401, "{text}");
     let alice = basic("alice", &cluster.tokens["alice"]);
@@ -492,6 +496,32 @@ async fn the_mesos_operator_api_needs_credentials_and_a_rule() -> Result<()> {
     )
     .await?;
     assert_eq!(status, 200, "{text}");
+    // The event stream is a view: credentials, and a rule allowing view_frameworks.
+    let (status, text) =
+        exchange(tls_stream(&cluster, running.http).await?, subscribe(None)).await?;
+    assert_eq!(status, 401, "{text}");
+    assert!(!text.contains("SUBSCRIBED"), "{text}");
+    let eve = basic("eve", &cluster.tokens["alice"]);
+    let (status, text) = exchange(
+        tls_stream(&cluster, running.http).await?,
+        subscribe(Some(&eve)),
+    )
+    .await?;
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = exchange(
+        tls_stream(&cluster, running.http).await?,
+        subscribe(Some(&alice)),
+    )
+    .await?;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("view_frameworks"), "{text}");
+    let (status, text) = exchange(
+        tls_stream(&cluster, running.http).await?,
+        subscribe(Some(&ops)),
+    )
+    .await?;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"type\":\"SUBSCRIBED\""), "{text}");
     let audit = std::fs::read_to_string(cluster.path("audit.log"))?;
     assert!(
         audit.contains("\"principal\":\"alice\"") && audit.contains("set_quota"),
