@@ -461,6 +461,10 @@ impl Core {
         let changed = task.state != state || was_unreachable;
         task.state = state;
         task.updated_at = now;
+        let message = format!("agent {agent_id} re-registered with the task");
+        if was_unreachable {
+            task.message.clone_from(&message);
+        }
         if changed {
             let status = Self::allocator_status(
                 now,
@@ -469,26 +473,13 @@ impl Core {
                 &agent_id.0,
                 state,
                 TaskReason::Unspecified,
-                format!("agent {agent_id} re-registered with the task"),
+                message,
             );
+            if was_unreachable {
+                tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
+                self.send_update(&key.0, status.clone());
+            }
             self.note(|_| Some(Change::TaskUpdated { status, state }));
-        }
-        let Some(task) = self.tasks.get_mut(key) else {
-            return;
-        };
-        if was_unreachable {
-            task.message = format!("agent {agent_id} re-registered with the task");
-            let status = Self::allocator_status(
-                now,
-                &key.0,
-                &key.1.0,
-                &agent_id.0,
-                state,
-                TaskReason::Unspecified,
-                task.message.clone(),
-            );
-            tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "task reachable again");
-            self.send_update(&key.0, status);
         }
         if let Some(grace) = self.tasks.get(key).and_then(|t| t.kill) {
             self.send_kill(conn, key, grace);

@@ -340,6 +340,24 @@ impl Subscription {
     async fn post(&self, addr: SocketAddr, call: &Value) -> Result<Response> {
         post(addr, call, Some(&self.stream_id)).await
     }
+
+    /// DECLINEs every offer of an OFFERS `event` for `refuse_seconds`; how many there were.
+    async fn decline(&self, addr: SocketAddr, event: &Value, refuse_seconds: f64) -> Result<usize> {
+        let ids: Vec<Value> = event["offers"]["offers"]
+            .as_array()
+            .context("offers")?
+            .iter()
+            .map(|o| o["id"].clone())
+            .collect();
+        let n = ids.len();
+        let decline = self.call(
+            "DECLINE",
+            "decline",
+            json!({ "offer_ids": ids, "filters": { "refuse_seconds": refuse_seconds } }),
+        );
+        assert_status(&self.post(addr, &decline).await?, 202, "");
+        Ok(n)
+    }
 }
 
 fn assert_status(r: &Response, status: u16, contains: &str) {
@@ -906,18 +924,7 @@ async fn decline_filter_then_revive_reoffers() -> Result<()> {
     let _agent = FakeAgent::register(&allocator, 4.0, 1024.0).await?;
     let mut sub = Subscription::open(addr, &subscribe_call(info("decliner"))).await?;
     let offers = sub.next_of("OFFERS").await?;
-    let ids: Vec<Value> = offers["offers"]["offers"]
-        .as_array()
-        .context("offers")?
-        .iter()
-        .map(|o| o["id"].clone())
-        .collect();
-    let decline = sub.call(
-        "DECLINE",
-        "decline",
-        json!({ "offer_ids": ids, "filters": { "refuse_seconds": 3600 } }),
-    );
-    assert_status(&sub.post(addr, &decline).await?, 202, "");
+    sub.decline(addr, &offers, 3600.0).await?;
     // Nothing is offered for a while (only heartbeats come)...
     let quiet = tokio::time::timeout(Duration::from_millis(1500), sub.next_of("OFFERS")).await;
     assert!(quiet.is_err(), "offered despite the filter: {quiet:?}");
@@ -943,19 +950,7 @@ async fn decline_until(
             Ok(event) => event?,
             Err(_) => return Ok(offers),
         };
-        let ids: Vec<Value> = event["offers"]["offers"]
-            .as_array()
-            .context("offers")?
-            .iter()
-            .map(|o| o["id"].clone())
-            .collect();
-        offers += ids.len();
-        let decline = sub.call(
-            "DECLINE",
-            "decline",
-            json!({ "offer_ids": ids, "filters": { "refuse_seconds": 0 } }),
-        );
-        assert_status(&sub.post(addr, &decline).await?, 202, "");
+        offers += sub.decline(addr, &event, 0.0).await?;
     }
 }
 
