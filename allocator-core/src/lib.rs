@@ -475,6 +475,8 @@ struct Framework {
     roles: Vec<String>,
     failover_timeout: Duration,
     partition_aware: bool,
+    /// It declared GPU_RESOURCES: it may be offered agents that have GPUs.
+    gpu_resources: bool,
     conn: Option<ConnId>,
     disconnected_at: Option<Duration>,
     /// Roles for which it asked for no offers (SUPPRESS).

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use strata_proto::names::{CPUS, MEM, PORTS};
+use strata_proto::names::{self, CPUS, MEM, PORTS};
 use strata_proto::{
     AgentInfo, AgentTask, Attribute, Call, CommandInfo, Filters, FrameworkCapability,
     FrameworkInfo, ListTasksRequest, Offer, Operation, Resource, TaskInfo, TaskReason, TaskSource,
@@ -2444,4 +2444,50 @@ fn changes_are_recorded_only_while_observed_and_once_per_state() {
     h.core.observe(false);
     let _ = h.framework("two");
     assert!(h.core.take_changes().is_empty());
+}
+
+#[test]
+fn agents_with_gpus_go_only_to_frameworks_that_declare_gpu_resources() {
+    let mut h = Harness::new();
+    // A GPU agent and a CPU-only one.
+    let gpu_conn = h.conn();
+    let mut resources = agent_resources(8.0, 8192.0);
+    resources.push(Resource::scalar(names::GPUS, 1.0));
+    let now = h.now;
+    h.core
+        .agent_register(
+            now,
+            gpu_conn,
+            agent_message::Register {
+                info: Some(AgentInfo {
+                    hostname: "gpu-host".into(),
+                    resources,
+                    ..AgentInfo::default()
+                }),
+                tasks: vec![],
+            },
+        )
+        .expect("registered");
+    h.cmds();
+    let (_, cpu_agent) = h.agent(2.0, 1024.0);
+    // Without GPU_RESOURCES: only the CPU-only agent is offered, whatever the shares.
+    let (plain, _) = h.framework("cpu-only");
+    let offers = offers_in(&h.allocate(), plain);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].agent_id, cpu_agent.0);
+    h.advance(Duration::from_secs(1));
+    assert!(
+        offers_in(&h.tick(), plain).is_empty(),
+        "the GPU agent stays"
+    );
+    // With it: the GPU agent, GPUs included.
+    let (aware, _) = h.subscribe_info(FrameworkInfo {
+        name: "trainer".into(),
+        capabilities: vec![FrameworkCapability::GpuResources as i32],
+        ..FrameworkInfo::default()
+    });
+    let offers = offers_in(&h.allocate(), aware);
+    assert_eq!(offers.len(), 1, "{offers:?}");
+    assert_eq!(offers[0].hostname, "gpu-host");
+    assert_eq!(scalar(&offers[0].resources, names::GPUS), 1.0);
 }

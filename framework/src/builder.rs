@@ -26,6 +26,7 @@ pub struct FrameworkBuilder {
     hostname: String,
     failover_timeout: Duration,
     partition_aware: bool,
+    gpu_resources: bool,
     offer_filters: std::collections::HashMap<String, strata_proto::MinAllocatable>,
     auto_acknowledge: bool,
     suppressed: bool,
@@ -50,6 +51,7 @@ impl FrameworkBuilder {
             hostname: String::new(),
             failover_timeout: Duration::ZERO,
             partition_aware: false,
+            gpu_resources: false,
             offer_filters: Default::default(),
             auto_acknowledge: true,
             suppressed: false,
@@ -114,6 +116,13 @@ impl FrameworkBuilder {
     /// TASK_UNREACHABLE instead of TASK_LOST.
     pub fn partition_aware(mut self, partition_aware: bool) -> Self {
         self.partition_aware = partition_aware;
+        self
+    }
+
+    /// Declares GPU_RESOURCES: the framework can use GPUs, and only such frameworks are
+    /// offered agents that have any (so that CPU-only work does not strand them).
+    pub fn gpu_resources(mut self, gpu_resources: bool) -> Self {
+        self.gpu_resources = gpu_resources;
         self
     }
 
@@ -185,11 +194,14 @@ impl FrameworkBuilder {
             user: self.user.clone(),
             roles: self.roles.clone(),
             failover_timeout_seconds: self.failover_timeout.as_secs_f64(),
-            capabilities: if self.partition_aware {
-                vec![FrameworkCapability::PartitionAware as i32]
-            } else {
-                Vec::new()
-            },
+            capabilities: [
+                (self.partition_aware, FrameworkCapability::PartitionAware),
+                (self.gpu_resources, FrameworkCapability::GpuResources),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| c as i32)
+            .collect(),
             hostname: self.hostname.clone(),
             offer_filters: self.offer_filters.clone(),
         }
@@ -276,6 +288,18 @@ mod tests {
             [FrameworkCapability::PartitionAware as i32]
         );
         assert_eq!(info.id, "f-7");
+
+        let both = FrameworkBuilder::new("x:1")
+            .partition_aware(true)
+            .gpu_resources(true)
+            .framework_info();
+        assert_eq!(
+            both.capabilities,
+            [
+                FrameworkCapability::PartitionAware as i32,
+                FrameworkCapability::GpuResources as i32
+            ]
+        );
 
         let defaults = FrameworkBuilder::new("x:1").framework_info();
         assert_eq!(defaults.roles, ["*"]);

@@ -56,6 +56,7 @@ use std::time::Duration;
 use crate::resources::ScalarCaps;
 use crate::roles::{self, DEFAULT_ROLE};
 use crate::{AgentId, AgentMode, Core, Framework, FrameworkId, OfferOut, Resources};
+use strata_proto::names::GPUS;
 
 use self::filters::refuses;
 pub(crate) use self::filters::retain_filters;
@@ -238,6 +239,11 @@ impl Core {
             .fids
             .iter()
             .map(|fid| self.frameworks.get(fid).map_or(0, |fw| fw.serial))
+            .collect();
+        pass.gpu_resources = pass
+            .fids
+            .iter()
+            .map(|fid| self.frameworks.get(fid).is_some_and(|fw| fw.gpu_resources))
             .collect();
         pass.filters = pass
             .fids
@@ -439,10 +445,14 @@ impl Core {
         if !resources.is_allocatable() {
             return None;
         }
+        // As Mesos' GPU filtering: an agent with GPUs goes only to frameworks that declared
+        // GPU_RESOURCES, so that CPU-only work does not strand its GPUs.
+        let has_gpus = agent.total.scalar(GPUS) > 0;
         let chosen = pass.leaves[leaf].frameworks.iter().find(|&&(_, _, fw)| {
             let filters = &pass.filters[fw];
             let role = &pass.leaves[leaf].role;
-            holds_minimum(pass.min_allocatable[fw].get(&**role), &resources)
+            (pass.gpu_resources[fw] || !has_gpus)
+                && holds_minimum(pass.min_allocatable[fw].get(&**role), &resources)
                 && (filters.is_empty() || !refuses(filters, &agent.id, role, &resources, now))
                 && !agent
                     .declined

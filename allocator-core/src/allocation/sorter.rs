@@ -117,6 +117,8 @@ pub(super) struct Pass {
     pub(super) last_offered: Vec<u64>,
     /// The serial of each of `fids` (how minimum refusals name it).
     pub(super) serials: Vec<u64>,
+    /// Whether each of `fids` declared GPU_RESOURCES (only those get agents with GPUs).
+    pub(super) gpu_resources: Vec<bool>,
     /// [`Core::offer_seq`], counted on by the pass's offers.
     pub(super) seq: u64,
     /// The recency rank the next node offered to in the pass takes.
@@ -276,6 +278,7 @@ impl Core {
             min_allocatable: Vec::new(),
             last_offered: Vec::new(),
             serials: Vec::new(),
+            gpu_resources: Vec::new(),
             seq: self.offer_seq,
             next_recency: 0,
             nodes: Vec::new(),

@@ -104,6 +104,7 @@ impl Core {
             roles: Vec::new(),
             failover_timeout: Duration::ZERO,
             partition_aware: false,
+            gpu_resources: false,
             conn: None,
             disconnected_at: None,
             suppressed: BTreeSet::new(),
@@ -439,7 +440,7 @@ impl Core {
 }
 
 /// What a framework record keeps of its FrameworkInfo at SUBSCRIBE and UPDATE_FRAMEWORK:
-/// name, user, failover timeout (bounded), PARTITION_AWARE and offer filters.
+/// name, user, failover timeout (bounded), PARTITION_AWARE, GPU_RESOURCES and offer filters.
 fn take_info(fw: &mut Framework, info: FrameworkInfo) {
     fw.min_allocatable = crate::min_allocatable_of(&info);
     fw.failover_timeout = Duration::try_from_secs_f64(info.failover_timeout_seconds.max(0.0))
@@ -447,6 +448,9 @@ fn take_info(fw: &mut Framework, info: FrameworkInfo) {
     fw.partition_aware = info
         .capabilities
         .contains(&(FrameworkCapability::PartitionAware as i32));
+    fw.gpu_resources = info
+        .capabilities
+        .contains(&(FrameworkCapability::GpuResources as i32));
     fw.name = info.name;
     fw.user = info.user;
 }

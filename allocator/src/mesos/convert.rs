@@ -80,6 +80,7 @@ pub fn framework_info(info: &json::FrameworkInfo) -> Result<FrameworkInfo, Conve
         match c.kind.as_str() {
             "PARTITION_AWARE" => capabilities.push(FrameworkCapability::PartitionAware as i32),
             "MULTI_ROLE" => capabilities.push(FrameworkCapability::MultiRole as i32),
+            "GPU_RESOURCES" => capabilities.push(FrameworkCapability::GpuResources as i32),
             // Other capabilities change nothing Strata does.
             _ => {}
         }

@@ -984,6 +984,47 @@ async fn two_refuse_0_decliners_share_an_agent_at_the_allocation_interval() -> R
 }
 
 #[tokio::test]
+async fn a_gpu_agent_is_offered_only_to_frameworks_with_gpu_resources() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let agent_info = strata_proto::AgentInfo {
+        hostname: "gpu-host".to_owned(),
+        resources: vec![
+            strata_proto::Resource::scalar("cpus", 8.0),
+            strata_proto::Resource::scalar("mem", 8192.0),
+            strata_proto::Resource::scalar("gpus", 2.0),
+        ],
+        ..strata_proto::AgentInfo::default()
+    };
+    let (_agent, _) = FakeAgent::connect(
+        allocator.channel().await?,
+        agent_info,
+        strata_test_support::StreamOptions::default(),
+    )
+    .await?;
+    let mut plain = Subscription::open(addr, &subscribe_call(info("cpu-only"))).await?;
+    let quiet = tokio::time::timeout(Duration::from_millis(500), plain.next_of("OFFERS")).await;
+    assert!(
+        quiet.is_err(),
+        "a GPU agent offered without GPU_RESOURCES: {quiet:?}"
+    );
+    let mut gpu_info = info("trainer");
+    gpu_info["capabilities"] = json!([{ "type": "GPU_RESOURCES" }]);
+    let mut aware = Subscription::open(addr, &subscribe_call(gpu_info)).await?;
+    let offers = aware.next_of("OFFERS").await?;
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["hostname"], "gpu-host");
+    let gpus = offer["resources"]
+        .as_array()
+        .context("resources")?
+        .iter()
+        .find(|r| r["name"] == "gpus")
+        .context("no gpus in the offer")?;
+    assert_eq!(gpus["scalar"]["value"], 2.0);
+    allocator.shutdown().await
+}
+
+#[tokio::test]
 async fn a_rejected_launch_group_gives_the_offer_back() -> Result<()> {
     let allocator = Allocator::with_mesos(Leadership::Leader).await?;
     let addr = allocator.http();
