@@ -10,11 +10,13 @@
 //!   allocator) and [`framework::Framework`] (a framework's raw Subscribe stream);
 //! - [`cluster`]: `strata-allocator` and `strata-agent` as real processes, killed with their
 //!   tasks and cgroups on drop;
+//! - [`etcd`]: a real etcd member in a temp dir;
 //! - with the `allocator` feature, `allocator`: a real allocator in-process on ephemeral ports.
 //!
 //! Every wait is bounded, so that a bug fails a test instead of hanging it.
 
 pub mod cluster;
+pub mod etcd;
 pub mod fake_agent;
 pub mod fake_allocator;
 pub mod fake_scheduler;

@@ -34,6 +34,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "cpio",
     // crun and runc: the container runtimes `cargo xtask bench launch` compares the agent with.
     "crun",
+    // etcd: the allocators' registry and leader election in HA mode (strata-etcd's tests run
+    // a real member).
+    "etcd-server",
     "gzip",
     "kmod",
     "lz4",
