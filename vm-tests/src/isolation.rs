@@ -150,6 +150,15 @@ impl Task {
         self
     }
 
+    /// The ports resource (closed ranges).
+    #[must_use]
+    pub fn ports(mut self, ranges: &[(u64, u64)]) -> Self {
+        self.info
+            .resources
+            .push(Resource::ranges(names::PORTS, ranges.iter().copied()));
+        self
+    }
+
     /// A device node the task may use.
     #[must_use]
     pub fn device(mut self, path: &Path) -> Self {
@@ -221,6 +230,24 @@ impl Env {
         config.supervisor_exe = Some(helper.to_path_buf());
         env.containerizer =
             LinuxContainerizer::new(config, env.cgroups.clone()).with_device_control(devices);
+        Ok(env)
+    }
+
+    /// Like [`Env::supervised`], with port enforcement (the agent's bind programs attached at
+    /// the environment's cgroup root) for the agent's managed ports `managed`.
+    pub fn with_port_control(name: &str, helper: &Path, managed: (u64, u64)) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        let root = env
+            .cgroups
+            .unified_root()
+            .context("the test's cgroups have no unified root")?;
+        let ports = strata_agent::ebpf::PortControl::load(&root, &[managed])
+            .context("loading the port programs")?;
+        let mut config = LinuxConfig::new(env.work.path());
+        config.supervisor_exe = Some(helper.to_path_buf());
+        config.default_user = NOBODY.to_owned();
+        env.containerizer =
+            LinuxContainerizer::new(config, env.cgroups.clone()).with_port_control(ports);
         Ok(env)
     }
 
@@ -499,9 +526,9 @@ pub fn kill_terminates_then_kills_the_whole_cgroup(helper: &Path) -> Result<()> 
 }
 
 /// The unprivileged user of the namespace scenarios (by id: the guest has no user database).
-const NOBODY: &str = "65534";
+pub(crate) const NOBODY: &str = "65534";
 
-fn run_to_end(env: &Env, task: &Task) -> Result<String> {
+pub(crate) fn run_to_end(env: &Env, task: &Task) -> Result<String> {
     let c = env.launch(task)?;
     let status = env.wait(c.as_ref())?;
     let out = env.stdout(&task.info.task_id);
@@ -514,7 +541,7 @@ fn run_to_end(env: &Env, task: &Task) -> Result<String> {
     Ok(out)
 }
 
-fn line<'a>(out: &'a str, key: &str) -> Result<&'a str> {
+pub(crate) fn line<'a>(out: &'a str, key: &str) -> Result<&'a str> {
     out.lines()
         .find_map(|l| l.strip_prefix(key))
         .map(str::trim)
