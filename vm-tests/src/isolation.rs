@@ -251,6 +251,46 @@ impl Env {
         Ok(env)
     }
 
+    /// Simulates an agent restart with port enforcement: the runtime (with the reapers, which
+    /// hold the old programs and map) and the containerizer are replaced by new ones, with a
+    /// new port map, empty until [`Env::recover`] re-attaches the running tasks.
+    pub fn restart_with_port_control(&mut self, managed: (u64, u64)) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a tokio runtime")?;
+        drop(std::mem::replace(&mut self.rt, rt));
+        let root = self
+            .cgroups
+            .unified_root()
+            .context("the test's cgroups have no unified root")?;
+        let ports = strata_agent::ebpf::PortControl::load(&root, &[managed])
+            .context("loading the port programs")?;
+        let mut config = LinuxConfig::new(self.work.path());
+        config.supervisor_exe = Some(self.helper.clone());
+        config.default_user = NOBODY.to_owned();
+        self.containerizer =
+            LinuxContainerizer::new(config, self.cgroups.clone()).with_port_control(ports);
+        Ok(())
+    }
+
+    /// Re-attaches to a running task after [`Env::restart_with_port_control`].
+    pub fn recover(&self, task_id: &str) -> Result<Box<dyn Container>> {
+        let _guard = self.rt.enter();
+        self.containerizer
+            .recover(FRAMEWORK, task_id)
+            .with_context(|| format!("recovering task {task_id}"))
+    }
+
+    /// Writes the task's checkpoint, as the agent does before a launch (recovery reads it).
+    pub fn checkpoint(&self, task: &Task) -> Result<()> {
+        let run =
+            strata_agent::containerizer::run_dir(self.work.path(), FRAMEWORK, &task.info.task_id)?;
+        std::fs::create_dir_all(&run).context("creating the run dir")?;
+        strata_agent::checkpoint::save_task(&run, &task.info).context("saving the task")?;
+        Ok(())
+    }
+
     /// The work dir.
     pub fn work_dir(&self) -> &Path {
         self.work.path()

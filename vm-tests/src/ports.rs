@@ -227,3 +227,41 @@ pub fn too_many_port_ranges_refuse_the_task(helper: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// After an agent restart (new programs, an empty map), recovery writes the running task's ports
+/// again: a bind the task makes after the restart is still refused for a port it was not given
+/// and allowed for its own; the entry goes when the task ends.
+pub fn a_restarted_agent_enforces_the_recovered_tasks_ports(helper: &Path) -> Result<()> {
+    let mut env = Env::with_port_control("restart", helper, MANAGED)?;
+    let task = Task::helper(
+        &env,
+        "late",
+        &["binds", "0", "sleep:4", "tcp4:31002", "tcp4:31000"],
+    )
+    .ports(&[(31000, 31000)]);
+    env.checkpoint(&task)?;
+    let first = env.launch(&task)?;
+    wait_for_entries(&env, 1)?;
+    drop(first);
+    env.restart_with_port_control(MANAGED)?;
+    ensure!(
+        env.containerizer.port_entries().is_empty(),
+        "a new port map is not empty"
+    );
+    let c = env.recover("late")?;
+    wait_for_entries(&env, 1).context("after recovery")?;
+    let status = env.wait(c.as_ref())?;
+    let out = env.stdout("late");
+    eprintln!("{out}");
+    ensure!(status == ExitStatus::Code(0), "the task {status}: {out}");
+    ensure!(
+        result(&out, "tcp4:31002")? == "EPERM",
+        "after the restart a port the task was not given was bound: {out}"
+    );
+    ensure!(
+        result(&out, "tcp4:31000")? == "ok:31000",
+        "after the restart the task could not bind its port: {out}"
+    );
+    wait_for_entries(&env, 0).context("after the recovered task ended")?;
+    Ok(())
+}

@@ -354,4 +354,13 @@ mod ports {
         }
         ports::too_many_port_ranges_refuse_the_task(&helper_path())
     }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn ports_a_restarted_agent_enforces_the_recovered_tasks_ports() -> Result<()> {
+        if !guest_or_skip("ports_a_restarted_agent_enforces_the_recovered_tasks_ports") {
+            return Ok(());
+        }
+        ports::a_restarted_agent_enforces_the_recovered_tasks_ports(&helper_path())
+    }
 }

@@ -154,7 +154,8 @@ fn main() -> Result<()> {
         }
         "binds" => {
             // binds HOLD_SECS SPEC...: SPEC is tcp4|udp4|tcp6|udp6|tcpmapped|udpmapped:PORT
-            // (the any address; `mapped` = an IPv6 socket on ::ffff:127.0.0.1). Prints
+            // (the any address; `mapped` = an IPv6 socket on ::ffff:127.0.0.1), or sleep:SECS
+            // to wait before the next. Prints
             // `SPEC=ok:PORT` (the port bound) or `SPEC=ERRNO`, keeps what it bound, and holds.
             let hold_secs = num(0)?;
             let mut held = Vec::new();
@@ -165,6 +166,11 @@ fn main() -> Result<()> {
                 let port: u16 = port
                     .parse()
                     .with_context(|| format!("binds: bad port in {spec:?}"))?;
+                if kind == "sleep" {
+                    // `sleep:SECS` waits before the next bind.
+                    thread::sleep(Duration::from_secs(port.into()));
+                    continue;
+                }
                 let result = bind_one(kind, port)?;
                 match result {
                     Ok((sock, bound)) => {
