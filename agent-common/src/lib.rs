@@ -238,9 +238,166 @@ pub type ProfileKey = [u32; 4];
 /// The stack id of a stack that could not be taken (e.g. no user stack in a kernel thread).
 pub const NO_STACK: u32 = u32::MAX;
 
+/// cgroup/bind4 program: refuses (EPERM) a bind to a port the calling task was not given.
+pub const PROG_BIND4: &str = "port_bind4";
+/// cgroup/bind6 program: the same for IPv6 sockets (IPv4-mapped addresses included).
+pub const PROG_BIND6: &str = "port_bind6";
+/// cgroup/post_bind4 program: refuses a port the kernel chose (bind to port 0) that lies in the
+/// agent's managed ports but is not the task's.
+pub const PROG_POST_BIND4: &str = "port_post_bind4";
+/// cgroup/post_bind6 program: the same for IPv6 sockets.
+pub const PROG_POST_BIND6: &str = "port_post_bind6";
+/// Hash map [`CgroupId`] (a task's cgroup) → [`PortRanges`]: the ports the task may bind.
+pub const MAP_TASK_PORTS: &str = "TASK_PORTS";
+/// Array of one [`PortRanges`]: the ports the agent manages (offers); a port the kernel picks
+/// for a task inside them must be the task's.
+pub const MAP_MANAGED_PORTS: &str = "MANAGED_PORTS";
+/// The most port ranges one task (or the agent's managed ports) can have.
+pub const MAX_PORT_RANGES: usize = 16;
+/// The deepest cgroup level the port programs look at for a task's cgroup.
+pub const MAX_CGROUP_LEVELS: i32 = 32;
+
+/// Closed port ranges as `first << 16 | last` words; an unused slot is 0 (the range `0..=0`,
+/// which never matches: port 0 is never checked). At most [`MAX_PORT_RANGES`].
+pub type PortRanges = [u32; MAX_PORT_RANGES];
+
+/// Why a set of port ranges cannot be encoded as [`PortRanges`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRangeError {
+    /// A range is empty (`first > last`), includes port 0, or goes past 65535.
+    Invalid {
+        /// The range's first port.
+        first: u64,
+        /// The range's last port.
+        last: u64,
+    },
+    /// More ranges than fit, after merging adjacent and overlapping ones.
+    TooMany {
+        /// How many (merged) ranges there are.
+        ranges: usize,
+    },
+}
+
+/// Encodes closed port ranges: sorted, overlapping and adjacent ones merged, then at most
+/// [`MAX_PORT_RANGES`] of them.
+pub fn encode_port_ranges(ranges: &[(u64, u64)]) -> Result<PortRanges, PortRangeError> {
+    let mut out: PortRanges = [0; MAX_PORT_RANGES];
+    let mut used = 0usize;
+    for &(first, last) in ranges {
+        if first == 0 || first > last || last > u64::from(u16::MAX) {
+            return Err(PortRangeError::Invalid { first, last });
+        }
+    }
+    // Merge in order of first port without allocating: take the lowest range not yet covered,
+    // grow it over every range that overlaps or touches it, repeat (a task has few ranges).
+    let mut next_from = 1u64;
+    let mut total = 0usize;
+    while let Some(&(first, last)) = ranges
+        .iter()
+        .filter(|r| r.1 >= next_from)
+        .min_by_key(|r| r.0)
+    {
+        let lo = first.max(next_from);
+        let mut hi = last;
+        let mut grown = true;
+        while grown {
+            grown = false;
+            for &(f, l) in ranges {
+                if f <= hi + 1 && l > hi {
+                    hi = l;
+                    grown = true;
+                }
+            }
+        }
+        if used < MAX_PORT_RANGES {
+            out[used] = ((lo as u32) << 16) | hi as u32;
+            used += 1;
+        }
+        total += 1;
+        next_from = hi + 1;
+    }
+    if total > MAX_PORT_RANGES {
+        return Err(PortRangeError::TooMany { ranges: total });
+    }
+    Ok(out)
+}
+
+/// Whether `port` lies in one of `ranges` (never for port 0).
+#[must_use]
+#[inline(always)]
+pub fn port_in(ranges: &PortRanges, port: u16) -> bool {
+    let port = u32::from(port);
+    let mut i = 0;
+    while i < MAX_PORT_RANGES {
+        let r = ranges[i];
+        if port != 0 && port >= r >> 16 && port <= (r & 0xffff) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_merge_sort_and_match() {
+        let r = encode_port_ranges(&[(31005, 31010), (31000, 31000), (31001, 31004), (80, 80)])
+            .expect("fits");
+        assert_eq!(r[0], (80 << 16) | 80);
+        assert_eq!(r[1], (31000 << 16) | 31010);
+        assert_eq!(r[2], 0);
+        for p in [80, 31000, 31004, 31010] {
+            assert!(port_in(&r, p), "{p}");
+        }
+        for p in [0, 79, 81, 30999, 31011, 65535] {
+            assert!(!port_in(&r, p), "{p}");
+        }
+        let none = encode_port_ranges(&[]).expect("no ports");
+        assert!(!port_in(&none, 0) && !port_in(&none, 1) && !port_in(&none, 31000));
+        let all = encode_port_ranges(&[(1, 65535), (10, 20)]).expect("all ports");
+        assert_eq!(all[0], (1 << 16) | 65535);
+        assert!(port_in(&all, 65535) && port_in(&all, 1));
+    }
+
+    #[test]
+    fn port_ranges_refuse_invalid_and_too_many() {
+        assert_eq!(
+            encode_port_ranges(&[(0, 10)]),
+            Err(PortRangeError::Invalid { first: 0, last: 10 })
+        );
+        assert_eq!(
+            encode_port_ranges(&[(20, 10)]),
+            Err(PortRangeError::Invalid {
+                first: 20,
+                last: 10
+            })
+        );
+        assert_eq!(
+            encode_port_ranges(&[(65535, 65536)]),
+            Err(PortRangeError::Invalid {
+                first: 65535,
+                last: 65536
+            })
+        );
+        let single_ports: [(u64, u64); 17] = core::array::from_fn(|i| {
+            let p = 31000 + 2 * i as u64;
+            (p, p)
+        });
+        assert_eq!(
+            encode_port_ranges(&single_ports),
+            Err(PortRangeError::TooMany { ranges: 17 })
+        );
+        let sixteen = encode_port_ranges(&single_ports[..16]).expect("sixteen fit");
+        assert!(port_in(&sixteen, 31030) && !port_in(&sixteen, 31031));
+        // Seventeen single ports that touch merge into one range.
+        let touching: [(u64, u64); 17] =
+            core::array::from_fn(|i| (31000 + i as u64, 31000 + i as u64));
+        let merged = encode_port_ranges(&touching).expect("merged");
+        assert_eq!(merged[0], (31000 << 16) | 31016);
+    }
 
     #[test]
     fn run_queue_buckets_are_log2_and_clamped() {

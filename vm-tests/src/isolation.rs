@@ -150,6 +150,15 @@ impl Task {
         self
     }
 
+    /// The ports resource (closed ranges).
+    #[must_use]
+    pub fn ports(mut self, ranges: &[(u64, u64)]) -> Self {
+        self.info
+            .resources
+            .push(Resource::ranges(names::PORTS, ranges.iter().copied()));
+        self
+    }
+
     /// A device node the task may use.
     #[must_use]
     pub fn device(mut self, path: &Path) -> Self {
@@ -222,6 +231,64 @@ impl Env {
         env.containerizer =
             LinuxContainerizer::new(config, env.cgroups.clone()).with_device_control(devices);
         Ok(env)
+    }
+
+    /// Like [`Env::supervised`], with port enforcement (the agent's bind programs attached at
+    /// the environment's cgroup root) for the agent's managed ports `managed`.
+    pub fn with_port_control(name: &str, helper: &Path, managed: (u64, u64)) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        let root = env
+            .cgroups
+            .unified_root()
+            .context("the test's cgroups have no unified root")?;
+        let ports = strata_agent::ebpf::PortControl::load(&root, &[managed])
+            .context("loading the port programs")?;
+        let mut config = LinuxConfig::new(env.work.path());
+        config.supervisor_exe = Some(helper.to_path_buf());
+        config.default_user = NOBODY.to_owned();
+        env.containerizer =
+            LinuxContainerizer::new(config, env.cgroups.clone()).with_port_control(ports);
+        Ok(env)
+    }
+
+    /// Simulates an agent restart with port enforcement: the runtime (with the reapers, which
+    /// hold the old programs and map) and the containerizer are replaced by new ones, with a
+    /// new port map, empty until [`Env::recover`] re-attaches the running tasks.
+    pub fn restart_with_port_control(&mut self, managed: (u64, u64)) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a tokio runtime")?;
+        drop(std::mem::replace(&mut self.rt, rt));
+        let root = self
+            .cgroups
+            .unified_root()
+            .context("the test's cgroups have no unified root")?;
+        let ports = strata_agent::ebpf::PortControl::load(&root, &[managed])
+            .context("loading the port programs")?;
+        let mut config = LinuxConfig::new(self.work.path());
+        config.supervisor_exe = Some(self.helper.clone());
+        config.default_user = NOBODY.to_owned();
+        self.containerizer =
+            LinuxContainerizer::new(config, self.cgroups.clone()).with_port_control(ports);
+        Ok(())
+    }
+
+    /// Re-attaches to a running task after [`Env::restart_with_port_control`].
+    pub fn recover(&self, task_id: &str) -> Result<Box<dyn Container>> {
+        let _guard = self.rt.enter();
+        self.containerizer
+            .recover(FRAMEWORK, task_id)
+            .with_context(|| format!("recovering task {task_id}"))
+    }
+
+    /// Writes the task's checkpoint, as the agent does before a launch (recovery reads it).
+    pub fn checkpoint(&self, task: &Task) -> Result<()> {
+        let run =
+            strata_agent::containerizer::run_dir(self.work.path(), FRAMEWORK, &task.info.task_id)?;
+        std::fs::create_dir_all(&run).context("creating the run dir")?;
+        strata_agent::checkpoint::save_task(&run, &task.info).context("saving the task")?;
+        Ok(())
     }
 
     /// The work dir.
@@ -499,9 +566,9 @@ pub fn kill_terminates_then_kills_the_whole_cgroup(helper: &Path) -> Result<()> 
 }
 
 /// The unprivileged user of the namespace scenarios (by id: the guest has no user database).
-const NOBODY: &str = "65534";
+pub(crate) const NOBODY: &str = "65534";
 
-fn run_to_end(env: &Env, task: &Task) -> Result<String> {
+pub(crate) fn run_to_end(env: &Env, task: &Task) -> Result<String> {
     let c = env.launch(task)?;
     let status = env.wait(c.as_ref())?;
     let out = env.stdout(&task.info.task_id);
@@ -514,7 +581,7 @@ fn run_to_end(env: &Env, task: &Task) -> Result<String> {
     Ok(out)
 }
 
-fn line<'a>(out: &'a str, key: &str) -> Result<&'a str> {
+pub(crate) fn line<'a>(out: &'a str, key: &str) -> Result<&'a str> {
     out.lines()
         .find_map(|l| l.strip_prefix(key))
         .map(str::trim)

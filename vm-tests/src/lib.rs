@@ -14,6 +14,7 @@
 
 pub mod accounting;
 pub mod isolation;
+pub mod ports;
 pub mod profiling;
 pub mod scenarios;
 

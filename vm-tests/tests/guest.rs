@@ -312,3 +312,55 @@ fn pids_max_stops_a_fork_loop() -> Result<()> {
 
 strata_vm_tests::scenarios!(containerizer => guest_tests);
 strata_vm_tests::scenarios!(tracing => guest_tests);
+
+/// Port enforcement (guest only: the scenarios bind the machine's ports and one changes its
+/// ephemeral port range).
+mod ports {
+    use anyhow::Result;
+    use strata_vm_tests::{guest_or_skip, helper_path, ports};
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn ports_a_task_binds_only_its_ports() -> Result<()> {
+        if !guest_or_skip("ports_a_task_binds_only_its_ports") {
+            return Ok(());
+        }
+        ports::a_task_binds_only_its_ports(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn ports_port_zero_never_lands_on_a_managed_port_of_another() -> Result<()> {
+        if !guest_or_skip("ports_port_zero_never_lands_on_a_managed_port_of_another") {
+            return Ok(());
+        }
+        ports::port_zero_never_lands_on_a_managed_port_of_another(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn ports_two_tasks_cannot_both_bind_one_port() -> Result<()> {
+        if !guest_or_skip("ports_two_tasks_cannot_both_bind_one_port") {
+            return Ok(());
+        }
+        ports::two_tasks_cannot_both_bind_one_port(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn ports_too_many_port_ranges_refuse_the_task() -> Result<()> {
+        if !guest_or_skip("ports_too_many_port_ranges_refuse_the_task") {
+            return Ok(());
+        }
+        ports::too_many_port_ranges_refuse_the_task(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn ports_a_restarted_agent_enforces_the_recovered_tasks_ports() -> Result<()> {
+        if !guest_or_skip("ports_a_restarted_agent_enforces_the_recovered_tasks_ports") {
+            return Ok(());
+        }
+        ports::a_restarted_agent_enforces_the_recovered_tasks_ports(&helper_path())
+    }
+}

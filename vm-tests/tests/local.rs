@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use strata_agent::cgroup::RootPlacement;
-use strata_framework::proto::{TaskInfo, TaskReason, TaskState, TaskStatus};
+use strata_framework::proto::{Resource, TaskInfo, TaskReason, TaskState, TaskStatus};
 use strata_framework::{Event, FrameworkBuilder, ResourceBudget, task};
 use strata_vm_tests::{CGROUP2_ROOT, guest_or_skip};
 
@@ -529,5 +529,67 @@ fn local_tasks_get_no_agent_environment_and_only_allowed_capabilities() -> Resul
         bind.state == TaskState::Finished as i32,
         "a task with the allowed NET_BIND_SERVICE could not bind port 80: {bind:?}"
     );
+    Ok(())
+}
+
+/// Through the real agent and allocator: the agent says at start-up that it enforces ports; a
+/// task given a port (from the offer) binds it over TCP and UDP and is refused any other with
+/// EPERM; a task given no ports can bind none (IPv4 or IPv6).
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn local_tasks_bind_only_the_ports_they_were_given() -> Result<()> {
+    if !guest_or_skip("local_tasks_bind_only_the_ports_they_were_given") {
+        return Ok(());
+    }
+    let local = Local::start(
+        "ports",
+        Start::FreshTopLevel,
+        "info",
+        &["--ports", "31000-31009"],
+    )?;
+    let deadline = Instant::now() + START_LIMIT;
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("port enforcement on"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match local.stderr.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => bail!(
+                "the agent never said port enforcement is on:\n{}",
+                said.join("\n")
+            ),
+        }
+    }
+    let tasks = vec![
+        task("given")
+            .shell(format!(
+                "{HELPER} - binds 0 tcp4:31005 udp6:31005 tcp4:31006 udpmapped:31006 > out; cat out; \
+                 grep -qx tcp4:31005=ok:31005 out && grep -qx udp6:31005=ok:31005 out && \
+                 grep -qx tcp4:31006=EPERM out && grep -qx udpmapped:31006=EPERM out"
+            ))
+            .resource(Resource::ranges("ports", [(31005, 31005)]))
+            .cpus(0.1)
+            .mem(16.0)
+            .build(),
+        task("none")
+            .shell(format!(
+                "{HELPER} - binds 0 tcp4:31007 tcp6:8080 udp4:8081 > out; cat out; \
+                 grep -qx tcp4:31007=EPERM out && grep -qx tcp6:8080=EPERM out && \
+                 grep -qx udp4:8081=EPERM out"
+            ))
+            .cpus(0.1)
+            .mem(16.0)
+            .build(),
+    ];
+    let ended = runtime()?.block_on(run_tasks(&local.url, "vm-ports", tasks))?;
+    for name in ["given", "none"] {
+        let status = &ended[name];
+        ensure!(
+            status.state == TaskState::Finished as i32,
+            "task {name} did not bind as expected (its script checks each bind): {status:?}"
+        );
+    }
     Ok(())
 }

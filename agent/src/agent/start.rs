@@ -197,6 +197,7 @@ fn containerizer_for(
                     tracing::warn!(error = %e, "device control is off: tasks can use every device node they can reach");
                 }
             }
+            containerizer = with_port_control(config, containerizer, backend.as_ref());
             Ok((Arc::new(containerizer), Some(backend)))
         }
         Err(e) if config.isolation == Isolation::Auto && !cgroups_expected(&e) => {
@@ -207,6 +208,70 @@ fn containerizer_for(
             ))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Port enforcement for host-network tasks (see [`crate::ebpf::PortControl`]): the bind
+/// programs at the tasks' root on the unified hierarchy, with the agent's managed ports. A
+/// kernel without cgroup bind hooks (or an agent without the rights to attach them) gets one
+/// warning saying so, and the agent runs on with ports not enforced. Also warns when the
+/// kernel's ephemeral range overlaps the managed ports (autobind does not pass the hooks).
+fn with_port_control(
+    config: &AgentConfig,
+    containerizer: LinuxContainerizer,
+    backend: &dyn CgroupBackend,
+) -> LinuxContainerizer {
+    let managed = managed_ports(config);
+    if let Some((first, last)) = crate::ebpf::ephemeral_overlap(&config.roots.proc, &managed) {
+        tracing::warn!(
+            managed_ports = ?managed,
+            ephemeral_first = first,
+            ephemeral_last = last,
+            "the kernel's ephemeral port range (net.ipv4.ip_local_port_range) overlaps the ports \
+             this agent offers: a connect() or sendto() on an unbound socket may take an offered \
+             port without a bind, so a task can fail to bind a port it was given; move either \
+             range (sysctl net.ipv4.ip_local_port_range, or --ports)"
+        );
+    }
+    let Some(root) = backend.unified_root() else {
+        tracing::warn!(
+            "port enforcement is unavailable: the task cgroups have no cgroup v2 (unified) \
+             directory to attach the bind programs to; host-network tasks can bind any port"
+        );
+        return containerizer;
+    };
+    match crate::ebpf::PortControl::load(&root, &managed) {
+        Ok(control) => {
+            tracing::info!(cgroup = %root.display(), managed_ports = ?managed,
+                "port enforcement on: host-network tasks may bind only the ports they were given");
+            containerizer.with_port_control(control)
+        }
+        Err(e) => {
+            tracing::warn!(cgroup = %root.display(), error = %e,
+                "port enforcement is unavailable (this kernel has no cgroup bind hooks, or the \
+                 agent cannot attach them): host-network tasks can bind any port");
+            containerizer
+        }
+    }
+}
+
+/// The ports this agent offers: those of its `--resources` entries named `ports` (all roles),
+/// else `--ports`, else the default range.
+pub(super) fn managed_ports(config: &AgentConfig) -> Vec<(u64, u64)> {
+    use strata_common::parse::ResourceValue;
+    let given: Vec<(u64, u64)> = config
+        .resources
+        .iter()
+        .filter(|e| e.name == strata_proto::names::PORTS)
+        .flat_map(|e| match &e.value {
+            ResourceValue::Ranges(r) => r.clone(),
+            ResourceValue::Scalar(_) => Vec::new(),
+        })
+        .collect();
+    if given.is_empty() {
+        vec![config.ports.unwrap_or(discovery::DEFAULT_PORTS)]
+    } else {
+        given
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::start::{allocator_endpoint, allocator_uri};
+use super::start::{allocator_endpoint, allocator_uri, managed_ports};
 use super::*;
 use crate::checkpoint;
 
@@ -85,4 +85,16 @@ async fn a_bad_allocator_address_stops_the_agent() {
         matches!(err, AgentError::InvalidAllocatorAddress { .. }),
         "{err:?}"
     );
+}
+
+#[test]
+fn managed_ports_come_from_resources_then_ports_then_the_default() {
+    let mut c = AgentConfig::new("127.0.0.1:5050", "/tmp/w");
+    assert_eq!(managed_ports(&c), vec![crate::discovery::DEFAULT_PORTS]);
+    c.ports = Some((40000, 40010));
+    assert_eq!(managed_ports(&c), vec![(40000, 40010)]);
+    c.resources =
+        strata_common::parse::agent_resources("cpus:2;ports:[31000-31099];ports(ml):[32000-32009]")
+            .expect("valid resources");
+    assert_eq!(managed_ports(&c), vec![(31000, 31099), (32000, 32009)]);
 }

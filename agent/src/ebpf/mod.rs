@@ -44,7 +44,9 @@ use strata_agent_common::{
 use strata_common::error::chain as error_chain;
 
 mod device;
+mod ports;
 pub use device::{DeviceControl, DeviceRule, STANDARD_DEVICES};
+pub use ports::{PortControl, PortControlError, ephemeral_overlap, task_port_ranges};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf` (empty when built without it: see
 /// [`embedded`]).
@@ -64,6 +66,7 @@ pub fn programs_built() -> bool {
     [
         EBPF_OBJECT,
         device::DEVICE_OBJECT,
+        ports::PORTS_OBJECT,
         crate::profile::PROFILE_OBJECT,
     ]
     .iter()

@@ -152,6 +152,39 @@ fn main() -> Result<()> {
             println!("bind={}", errno_of(bound.map(drop)));
             Ok(())
         }
+        "binds" => {
+            // binds HOLD_SECS SPEC...: SPEC is tcp4|udp4|tcp6|udp6|tcpmapped|udpmapped:PORT
+            // (the any address; `mapped` = an IPv6 socket on ::ffff:127.0.0.1), or sleep:SECS
+            // to wait before the next. Prints
+            // `SPEC=ok:PORT` (the port bound) or `SPEC=ERRNO`, keeps what it bound, and holds.
+            let hold_secs = num(0)?;
+            let mut held = Vec::new();
+            for spec in &rest[1..] {
+                let (kind, port) = spec
+                    .split_once(':')
+                    .with_context(|| format!("binds: {spec:?} is not KIND:PORT"))?;
+                let port: u16 = port
+                    .parse()
+                    .with_context(|| format!("binds: bad port in {spec:?}"))?;
+                if kind == "sleep" {
+                    // `sleep:SECS` waits before the next bind.
+                    thread::sleep(Duration::from_secs(port.into()));
+                    continue;
+                }
+                let result = bind_one(kind, port)?;
+                match result {
+                    Ok((sock, bound)) => {
+                        println!("{spec}=ok:{bound}");
+                        held.push(sock);
+                    }
+                    Err(e) => println!("{spec}={}", errno_of(Err(e))),
+                }
+            }
+            println!("binds=done");
+            hold(hold_secs)?;
+            black_box(&held);
+            Ok(())
+        }
         "escape" => {
             // On a directory of its own: over the sandbox itself it would hide the output
             // files the supervisor writes by path from inside the task's mount namespace.
@@ -182,6 +215,37 @@ fn main() -> Result<()> {
         }
         other => bail!("unknown command {other:?}"),
     }
+}
+
+/// A socket kept open by `binds`.
+#[expect(dead_code, reason = "the sockets are only held open, never read")]
+enum Held {
+    Tcp(std::net::TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Binds one socket of `kind` to `port` on the any address (or ::ffff:127.0.0.1); the socket
+/// and the port it got.
+fn bind_one(kind: &str, port: u16) -> Result<std::io::Result<(Held, u16)>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+    let ip: IpAddr = match kind {
+        "tcp4" | "udp4" => Ipv4Addr::UNSPECIFIED.into(),
+        "tcp6" | "udp6" => Ipv6Addr::UNSPECIFIED.into(),
+        "tcpmapped" | "udpmapped" => Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(),
+        other => bail!("binds: unknown kind {other:?}"),
+    };
+    let addr = SocketAddr::new(ip, port);
+    Ok(if kind.starts_with("tcp") {
+        TcpListener::bind(addr).and_then(|l| {
+            let bound = l.local_addr()?.port();
+            Ok((Held::Tcp(l), bound))
+        })
+    } else {
+        UdpSocket::bind(addr).and_then(|u| {
+            let bound = u.local_addr()?.port();
+            Ok((Held::Udp(u), bound))
+        })
+    })
 }
 
 /// `ok`, or the error's errno name (`EPERM`).

@@ -14,12 +14,15 @@ use tokio::sync::watch;
 
 use crate::cgroup::{self, MemoryOom, TaskCgroup};
 use crate::containerizer::{Container, ContainerizerError, ExitStatus, supervisor};
-use crate::ebpf::DeviceControl;
+use crate::ebpf::{DeviceControl, PortControl};
 
 type Ended = (Result<ExitStatus, String>, Option<MemoryOom>);
 
 /// The device control of a task: to forget its rules when it ends.
 pub(super) type DeviceGrant = (Arc<Mutex<DeviceControl>>, strata_agent_common::CgroupId);
+
+/// The port enforcement of a task: to remove its map entry when it ends.
+pub(super) type PortGrant = (Arc<Mutex<PortControl>>, strata_agent_common::CgroupId);
 
 /// Waits for `waited` (the main process or the supervisor), then takes the command's status from
 /// `exit_file` when there is a supervisor, reads the OOM kills, kills what is left of the cgroup
@@ -27,7 +30,7 @@ pub(super) type DeviceGrant = (Arc<Mutex<DeviceControl>>, strata_agent_common::C
 pub(super) fn spawn_reaper(
     task_id: String,
     cg: Arc<dyn TaskCgroup>,
-    devices: Option<DeviceGrant>,
+    (devices, ports): (Option<DeviceGrant>, Option<PortGrant>),
     exit_file: Option<PathBuf>,
     waited: impl Future<Output = Result<ExitStatus, String>> + Send + 'static,
 ) -> watch::Receiver<Option<Ended>> {
@@ -56,10 +59,15 @@ pub(super) fn spawn_reaper(
             {
                 control.forget(id);
             }
+            if let Some((control, id)) = ports
+                && let Ok(mut control) = control.lock()
+            {
+                control.forget(id);
+            }
         };
         if cg.try_remove() {
             let _ = exit_tx.send(Some((result, oom)));
-            // The cgroup is gone: its device rules can go after the end is published.
+            // The cgroup is gone: its device rules and ports can go after the end is published.
             forget();
         } else {
             let _ = tokio::task::spawn_blocking(move || {

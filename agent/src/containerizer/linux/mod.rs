@@ -40,8 +40,8 @@ use crate::containerizer::{
     Container, Containerizer, ContainerizerError, ExitStatus, LaunchSpec, Prepared, build_command,
     checked_command, prepare_sandbox, supervisor,
 };
-use crate::ebpf::{DeviceControl, DeviceRule};
-use container::{DeviceGrant, GoneCgroup, LinuxContainer, pidfd_exited, spawn_reaper};
+use crate::ebpf::{DeviceControl, DeviceRule, PortControl};
+use container::{DeviceGrant, GoneCgroup, LinuxContainer, PortGrant, pidfd_exited, spawn_reaper};
 use supervised::Launcher;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -157,6 +157,8 @@ pub struct LinuxContainerizer {
     config: LinuxConfig,
     cgroups: Arc<dyn CgroupBackend>,
     devices: Option<Arc<Mutex<DeviceControl>>>,
+    /// Port enforcement for host-network tasks (see [`crate::ebpf::PortControl`]).
+    ports: Option<Arc<Mutex<PortControl>>>,
     /// The device program's attachment to an empty cgroup ([`cgroup::DEVICE_KEEPER_DIR`]) that
     /// lives as long as the agent: the kernel enables its cgroup-device hook (a static key,
     /// patched into the code on every cpu) when the first program is attached and disables it
@@ -185,6 +187,7 @@ impl LinuxContainerizer {
             config,
             cgroups,
             devices: None,
+            ports: None,
             device_keeper: Arc::new(Mutex::new(None)),
             launcher: Arc::new(tokio::sync::Mutex::new(None)),
             agent_user,
@@ -198,6 +201,68 @@ impl LinuxContainerizer {
     pub fn with_device_control(mut self, devices: DeviceControl) -> Self {
         self.devices = Some(Arc::new(Mutex::new(devices)));
         self
+    }
+
+    /// Restricts every task in the host's network namespace to binding the ports it was given
+    /// (its `ports` resource), with the port programs already attached at the tasks' root.
+    #[must_use]
+    pub fn with_port_control(mut self, ports: PortControl) -> Self {
+        self.ports = Some(Arc::new(Mutex::new(ports)));
+        self
+    }
+
+    /// Writes the ports a host-network task may bind into the port map (before its first
+    /// process starts); returns what the reaper needs to remove them. A task in a network
+    /// namespace of its own binds what it likes there and gets no entry. Too many ranges, or
+    /// an invalid one, refuse the task with a message that says so.
+    fn allow_ports(
+        &self,
+        task: &TaskInfo,
+        cg: &dyn TaskCgroup,
+    ) -> Result<Option<PortGrant>, ContainerizerError> {
+        let task_id = task.task_id.as_str();
+        let Some(control) = &self.ports else {
+            return Ok(None);
+        };
+        if task.network_isolation {
+            return Ok(None);
+        }
+        let ranges: Vec<(u64, u64)> = task
+            .resources
+            .iter()
+            .filter(|r| r.name == names::PORTS)
+            .flat_map(|r| r.ranges.iter().map(|v| (v.begin, v.end)))
+            .collect();
+        let encoded = crate::ebpf::task_port_ranges(task_id, &ranges).map_err(|e| {
+            ContainerizerError::InvalidTask {
+                task_id: task_id.to_owned(),
+                reason: format!("cannot enforce its ports: {e}"),
+            }
+        })?;
+        let Some(dir) = cg.unified_dir() else {
+            return Ok(None);
+        };
+        let mut guard = control.lock().map_err(|_| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason: "the port control lock is poisoned".to_owned(),
+        })?;
+        let id = guard
+            .allow(&dir, encoded)
+            .map_err(|e| ContainerizerError::InvalidTask {
+                task_id: task_id.to_owned(),
+                reason: format!("cannot set up its port enforcement: {e}"),
+            })?;
+        tracing::debug!(task_id, cgroup = %dir.display(), cgroup_id = id, ?ranges, "task ports enforced");
+        Ok(Some((control.clone(), id)))
+    }
+
+    /// The cgroup ids that have an entry in the port map (empty without port enforcement); for
+    /// tests and diagnostics.
+    pub fn port_entries(&self) -> Vec<strata_agent_common::CgroupId> {
+        self.ports
+            .as_ref()
+            .and_then(|p| p.lock().ok().map(|p| p.entries()))
+            .unwrap_or_default()
     }
 
     /// Attaches the device program to a task's cgroup with its rules; returns what the reaper
@@ -308,6 +373,18 @@ impl LinuxContainerizer {
                 return Err(e);
             }
         };
+        let ports = match self.allow_ports(&spec.task, cg.as_ref()) {
+            Ok(ports) => ports,
+            Err(e) => {
+                if let Some((control, id)) = devices
+                    && let Ok(mut control) = control.lock()
+                {
+                    control.forget(id);
+                }
+                let _ = cg.destroy();
+                return Err(e);
+            }
+        };
         let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
             if self.config.supervisor_exe.is_some() {
                 // The supervisor opens the cgroup.procs files itself.
@@ -326,7 +403,13 @@ impl LinuxContainerizer {
                     self.start_plain(spec, command, &sandbox, cg.as_ref(), stdout, stderr)?;
                 (pid, waited, None)
             };
-        let exit_rx = spawn_reaper(task_id.to_owned(), cg.clone(), devices, exit_file, waited);
+        let exit_rx = spawn_reaper(
+            task_id.to_owned(),
+            cg.clone(),
+            (devices, ports),
+            exit_file,
+            waited,
+        );
         let container = LinuxContainer {
             task_id: task_id.to_owned(),
             pid,
@@ -481,10 +564,14 @@ impl Containerizer for LinuxContainerizer {
             tracing::warn!(task_id, error = %e, "cannot restore the task's device control");
             None
         });
+        let ports = self.allow_ports(&task, cg.as_ref()).unwrap_or_else(|e| {
+            tracing::warn!(task_id, error = %e, "cannot restore the task's port enforcement: its ports are not enforced");
+            None
+        });
         let exit_rx = spawn_reaper(
             task_id.to_owned(),
             cg.clone(),
-            devices,
+            (devices, ports),
             Some(exit_file),
             waited,
         );
