@@ -132,6 +132,10 @@ pub struct AgentArgs {
     /// How many CPU profiles (GET /profile) may run at once; more are answered 429.
     #[arg(long, env = "STRATA_AGENT_MAX_CONCURRENT_PROFILES", default_value_t = crate::http::DEFAULT_MAX_CONCURRENT_PROFILES, value_name = "N")]
     pub max_concurrent_profiles: usize,
+    /// How many task files may be followed at once (GET /files/follow, `strata logs -f`,
+    /// `strata run`); more are answered 429.
+    #[arg(long, env = "STRATA_AGENT_MAX_CONCURRENT_FOLLOWS", default_value_t = crate::files::DEFAULT_MAX_CONCURRENT_FOLLOWS, value_name = "N")]
+    pub max_concurrent_follows: usize,
 }
 
 /// `auto`, `cgroups` or `none`.
@@ -189,6 +193,7 @@ impl AgentArgs {
         config.kill_tasks_on_shutdown = self.kill_tasks_on_shutdown;
         config.usage_interval = self.usage_interval;
         config.max_concurrent_profiles = self.max_concurrent_profiles;
+        config.max_concurrent_follows = self.max_concurrent_follows;
         config.http_listen = match &self.http_listen {
             Some(OrNone(addr)) => *addr,
             None => http_listen,
