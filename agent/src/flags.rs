@@ -124,14 +124,18 @@ pub struct AgentArgs {
     /// How often each running task's usage is measured and reported.
     #[arg(long, env = "STRATA_AGENT_USAGE_INTERVAL", default_value = "1s", value_parser = parse::duration, value_name = "DURATION")]
     pub usage_interval: Duration,
-    /// Where the agent serves /health, /usage, /metrics and /profile, as ADDR:PORT (port 0 picks
-    /// a free one; 0.0.0.0:5051 serves other hosts, as `strata usage` and `strata profile` from
-    /// another host need), or `none` [strata-agent: 127.0.0.1:5051; strata local: 127.0.0.1:0].
+    /// Where the agent serves /health, /usage, /metrics, /profile and /files, as ADDR:PORT
+    /// (port 0 picks a free one; 0.0.0.0:5051 serves other hosts, as `strata usage` and `strata
+    /// profile` from another host need), or `none` [strata-agent: 127.0.0.1:5051; strata local: 127.0.0.1:0].
     #[arg(long, env = "STRATA_AGENT_HTTP_LISTEN", value_name = "ADDR", value_parser = parse::socket_addr_or_none)]
     pub http_listen: Option<OrNone<SocketAddr>>,
     /// How many CPU profiles (GET /profile) may run at once; more are answered 429.
     #[arg(long, env = "STRATA_AGENT_MAX_CONCURRENT_PROFILES", default_value_t = crate::http::DEFAULT_MAX_CONCURRENT_PROFILES, value_name = "N")]
     pub max_concurrent_profiles: usize,
+    /// How many task files may be followed at once (GET /files/follow, `strata logs -f`,
+    /// `strata run`); more are answered 429.
+    #[arg(long, env = "STRATA_AGENT_MAX_CONCURRENT_FOLLOWS", default_value_t = crate::files::DEFAULT_MAX_CONCURRENT_FOLLOWS, value_name = "N")]
+    pub max_concurrent_follows: usize,
 }
 
 /// `auto`, `cgroups` or `none`.
@@ -189,6 +193,7 @@ impl AgentArgs {
         config.kill_tasks_on_shutdown = self.kill_tasks_on_shutdown;
         config.usage_interval = self.usage_interval;
         config.max_concurrent_profiles = self.max_concurrent_profiles;
+        config.max_concurrent_follows = self.max_concurrent_follows;
         config.http_listen = match &self.http_listen {
             Some(OrNone(addr)) => *addr,
             None => http_listen,
@@ -281,7 +286,8 @@ pub struct HttpSecurityArgs {
     /// Principals and their token hashes (`strata token create`). Turns authentication on.
     #[arg(long, env = "STRATA_AGENT_HTTP_CREDENTIALS", value_name = "FILE")]
     pub http_credentials: Option<PathBuf>,
-    /// Who may read /usage and /metrics (`view_tasks`) and /profile (`profile_tasks`).
+    /// Who may read /usage and /metrics (`view_tasks`), /profile (`profile_tasks`) and the
+    /// task sandboxes under /files (`view_sandboxes`).
     #[arg(long, env = "STRATA_AGENT_HTTP_ACLS", value_name = "FILE")]
     pub http_acls: Option<PathBuf>,
     /// Serve HTTP outside loopback without TLS and authentication.

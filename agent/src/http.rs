@@ -2,7 +2,8 @@
 //! every running task as JSON; `?task=ID` for one) and `GET /metrics` (Prometheus text, per-task
 //! series labelled `task`, `framework` and `role`, plus the agent process's own CPU and memory)
 //! and `GET /profile?task=ID&seconds=N` (a CPU profile of a running task as folded stacks, see
-//! [`crate::profile::handle_http_request`]).
+//! [`crate::profile::handle_http_request`]), and each task's sandbox: `GET /files/browse`,
+//! `/files/read` and `/files/follow` (see [`crate::files`]).
 //!
 //! [`router`] builds the routes, so more can be added to it; [`bind`] and [`serve`] run it.
 //!
@@ -34,6 +35,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use strata_proto::{Pressure, TaskUsage};
 
+use crate::files::FilesState;
 use crate::usage::LatestUsage;
 
 /// Errors of the HTTP server.
@@ -99,15 +101,27 @@ pub struct HttpState {
     pub proc_root: PathBuf,
     /// The profiles that may run at once.
     pub profiles: ProfileSlots,
+    /// The task sandboxes (`/files/*`).
+    pub files: FilesState,
 }
 
-/// The agent's routes: `/health`, `/usage`, `/metrics`, `/profile`, behind the request bounds.
+impl axum::extract::FromRef<HttpState> for FilesState {
+    fn from_ref(state: &HttpState) -> Self {
+        state.files.clone()
+    }
+}
+
+/// The agent's routes: `/health`, `/usage`, `/metrics`, `/profile`, `/files/browse`,
+/// `/files/read`, `/files/follow`, behind the request bounds.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/usage", get(usage))
         .route("/metrics", get(metrics))
         .route("/profile", get(profile))
+        .route("/files/browse", get(crate::files::browse))
+        .route("/files/read", get(crate::files::read))
+        .route("/files/follow", get(crate::files::follow))
         .layer(middleware::from_fn(bounded_request))
         .layer(axum::extract::DefaultBodyLimit::max(1024))
         .with_state(state)
@@ -273,7 +287,8 @@ fn task_filter(query: Option<&str>) -> Option<String> {
     })
 }
 
-fn percent_decode(text: &str) -> String {
+/// `text` with `%XX` escapes and `+` decoded (invalid UTF-8 replaced).
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -856,6 +871,11 @@ mod tests {
             usage: LatestUsage::default(),
             proc_root: PathBuf::from("/proc"),
             profiles: ProfileSlots::default(),
+            files: FilesState {
+                work_dir: PathBuf::from("/nonexistent"),
+                running: tokio::sync::watch::channel(Arc::new(Vec::new())).1,
+                follows: crate::files::FollowSlots::default(),
+            },
         }
     }
 

@@ -1,6 +1,8 @@
 //! Who may read the agent's HTTP endpoints (`--http-credentials`, `--http-acls`, TLS with
 //! `--http-tls-cert`): `/usage` and `/metrics` need `view_tasks`, `/profile` needs
-//! `profile_tasks`; `/health` is open. A caller authenticates with a client certificate of
+//! `profile_tasks`, the sandboxes (`/files/browse`, `/files/read`, `/files/follow`) need
+//! `view_sandboxes` (Mesos' VIEW_SANDBOXES: files may hold more than the task views show);
+//! `/health` is open. A caller authenticates with a client certificate of
 //! the cluster's CA (`--http-client-ca`) or a bearer token. Without credentials the policy is
 //! open, and the agent serves loopback only unless `--insecure` is given.
 
@@ -27,7 +29,7 @@ pub struct HttpSecurityConfig {
     pub client_ca: Option<PathBuf>,
     /// Principals and their token hashes (`strata token create`).
     pub credentials: Option<PathBuf>,
-    /// Who may do what (`view_tasks`, `profile_tasks`).
+    /// Who may do what (`view_tasks`, `profile_tasks`, `view_sandboxes`).
     pub acls: Option<PathBuf>,
     /// Serve outside loopback without TLS and authentication.
     pub insecure: bool,
@@ -145,6 +147,7 @@ fn action_of(path: &str) -> Option<Action> {
     match path {
         "/usage" | "/metrics" => Some(Action::ViewTasks),
         "/profile" => Some(Action::ProfileTasks),
+        p if p.starts_with("/files") => Some(Action::ViewSandboxes),
         _ => None,
     }
 }

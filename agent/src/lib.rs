@@ -11,7 +11,8 @@
 //! backends), `sys` (the small syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
 //! [`ebpf`] (the kernel-side programs), [`usage`] (per-task usage records), [`http`] (the
-//! agent's own HTTP server: /health, /usage, /metrics), `connection` (the stream to the
+//! agent's own HTTP server: /health, /usage, /metrics, /profile), [`files`] (task sandboxes
+//! served over it: browse, read, follow), `connection` (the stream to the
 //! allocator) and `agent` (the core that ties them together).
 
 mod agent;
@@ -21,6 +22,7 @@ mod connection;
 pub mod containerizer;
 pub mod discovery;
 pub mod ebpf;
+pub mod files;
 pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;

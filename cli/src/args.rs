@@ -108,6 +108,9 @@ pub enum Command {
     /// TASK.folded and a TASK.svg flame graph and prints the top functions:
     /// `strata profile TASK --seconds N [--out DIR]`.
     Profile(crate::profile::ProfileArgs),
+    /// A task's stdout (or stderr) from its sandbox on its agent, followed until the task
+    /// ends with -f: `strata logs TASK [-f] [--stderr] [--tail N]`.
+    Logs(crate::logs::LogsArgs),
     /// The cluster's CA and certificates: `strata certs init [--dir DIR]`,
     /// `strata certs issue NAME [--dir DIR] [--host H]...`.
     Certs(crate::security::CertsArgs),
@@ -238,6 +241,10 @@ pub struct RunArgs {
     /// Kill the task once it has been running this long (e.g. 30s, 5m).
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     pub kill_after: Option<Duration>,
+    /// Do not stream the task's stdout and stderr to the terminal (`strata logs TASK` reads
+    /// them later).
+    #[arg(long)]
+    pub detach: bool,
     /// Give up (exit 125) if no offer large enough arrives within this long.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration, default_value = "30s")]
     pub offer_timeout: Duration,

@@ -10,6 +10,7 @@ mod args;
 mod duration;
 mod local;
 mod local_secure;
+mod logs;
 mod operator;
 mod profile;
 mod render;
@@ -90,6 +91,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Usage(args) => (usage::usage(&allocator, args).await.map(|()| 0), 1),
         Command::Top(args) => (top::top(&allocator, args).await.map(|()| 0), 1),
         Command::Profile(args) => (profile::profile(&allocator, args).await.map(|()| 0), 1),
+        Command::Logs(args) => (logs::logs(&allocator, args).await.map(|()| 0), 1),
         Command::Certs(args) => (security::certs(args).map(|()| 0), 1),
         Command::Token(args) => (security::token(args).map(|()| 0), 1),
     };

@@ -1,6 +1,8 @@
 //! `strata run`: a one-shot framework. It subscribes, waits for an offer the task fits in
 //! (declining others with a short filter), launches the task, prints each state change to
-//! stderr, tears the framework down and exits with the task's exit code.
+//! stderr, streams the task's stdout and stderr to its own (unless `--detach`: see
+//! [`crate::logs::stream_output`]), tears the framework down and exits with the task's exit
+//! code once the output is drained.
 
 use std::time::Duration;
 
@@ -32,6 +34,8 @@ const REFUSE_AFTER_LAUNCH: f64 = 60.0;
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// How long to keep trying to reconnect to the allocator before giving up.
 const RECONNECT_GIVE_UP: Duration = Duration::from_secs(30);
+/// How long to wait, after the task's terminal update, for the rest of its output.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 /// How often to retry a launch that the allocator dropped because its offer had just gone.
 const MAX_LAUNCH_ATTEMPTS: u32 = 3;
 
@@ -186,7 +190,27 @@ pub async fn run(allocator: &crate::security::Allocator, args: RunArgs) -> anyho
     };
     debug!(framework_id = %client.framework_id(), task_id = %task_id, "subscribed");
 
-    let result = drive(&client, &mut events, &args, task, &mut sigint, &mut sigterm).await;
+    let mut output = None;
+    let streaming = (!args.detach).then(|| (allocator, client.framework_id().to_owned()));
+    let result = drive(
+        &client,
+        &mut events,
+        &args,
+        task,
+        (&mut sigint, &mut sigterm),
+        streaming,
+        &mut output,
+    )
+    .await;
+    // What the task wrote just before it ended: the agent's stream ends once it is drained.
+    if let Some(output) = output
+        && tokio::time::timeout(OUTPUT_DRAIN, output).await.is_err()
+    {
+        eprintln!(
+            "strata: the task's output did not end within {} of the task; not waiting for the rest",
+            format_duration(OUTPUT_DRAIN)
+        );
+    }
     // Best effort: the framework goes away with the process anyway.
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.teardown())
         .await
@@ -202,8 +226,12 @@ async fn drive(
     events: &mut tokio::sync::mpsc::Receiver<Event>,
     args: &RunArgs,
     task: TaskInfo,
-    sigint: &mut tokio::signal::unix::Signal,
-    sigterm: &mut tokio::signal::unix::Signal,
+    (sigint, sigterm): (
+        &mut tokio::signal::unix::Signal,
+        &mut tokio::signal::unix::Signal,
+    ),
+    streaming: Option<(&crate::security::Allocator, String)>,
+    output: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<u8> {
     let task_id = task.task_id.clone();
     let offer_deadline = Instant::now() + args.offer_timeout;
@@ -272,6 +300,20 @@ async fn drive(
                             eprintln!("{}", status_line(&status, hostname));
                         }
                         last_state = Some(state);
+                        // Once it runs (every update is delivered: RUNNING comes before the end
+                        // of a task that ran; one that never ran has no output).
+                        let started = state == TaskState::Running;
+                        if started
+                            && output.is_none()
+                            && let (Some((allocator, framework_id)), Some(l)) = (&streaming, &launched)
+                        {
+                            *output = Some(crate::logs::stream_output(
+                                (*allocator).clone(),
+                                l.agent_id.clone(),
+                                framework_id.clone(),
+                                task_id.clone(),
+                            ));
+                        }
                         if state == TaskState::Running
                             && let (Some(after), None) = (args.kill_after, kill_at)
                         {

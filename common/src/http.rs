@@ -1,7 +1,8 @@
 //! One HTTP/1.1 GET, bounded in time and size, on hyper's client connection: how the CLI asks
-//! an agent for a profile, and how tests and benchmarks read `/metrics`, `/usage` and
-//! `/health`. `https://` URLs are fetched over TLS with the caller's rustls configuration, and
-//! an `Authorization` header (a bearer token) is sent when given ([`get_with`]).
+//! an agent for a profile or a task's file, and how tests and benchmarks read `/metrics`,
+//! `/usage` and `/health`; [`get_stream`] reads a body as it comes (`strata logs -f`).
+//! `https://` URLs are fetched over TLS with the caller's rustls configuration, and an
+//! `Authorization` header (a bearer token) is sent when given ([`get_with`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +113,100 @@ pub async fn get_with(
     limit: Duration,
     options: &GetOptions,
 ) -> Result<Response, HttpError> {
+    let failed = |reason: String| HttpError::Request {
+        url: url.to_owned(),
+        reason,
+    };
+    let exchange = async {
+        let response = request(url, options).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    HttpError::TooLarge {
+                        url: url.to_owned(),
+                    }
+                } else {
+                    failed(crate::error::short(e.as_ref()))
+                }
+            })?
+            .to_bytes();
+        Ok(Response {
+            status,
+            headers,
+            body: body.to_vec(),
+        })
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| HttpError::Timeout {
+            url: url.to_owned(),
+            limit,
+        })?
+}
+
+/// A response whose body is read as it comes ([`get_stream`]).
+#[derive(Debug)]
+pub struct Streaming {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
+    url: String,
+    body: hyper::body::Incoming,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<hyper::body::Bytes>, HttpError> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(HttpError::Request {
+                        url: self.url.clone(),
+                        reason: crate::error::short(&e),
+                    });
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`get_with`] whose answer's head must come within `limit`, and whose body is then read
+/// piece by piece, for as long as the server sends it (a followed file).
+pub async fn get_stream(
+    url: &str,
+    limit: Duration,
+    options: &GetOptions,
+) -> Result<Streaming, HttpError> {
+    let response = tokio::time::timeout(limit, request(url, options))
+        .await
+        .map_err(|_| HttpError::Timeout {
+            url: url.to_owned(),
+            limit,
+        })??;
+    Ok(Streaming {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        url: url.to_owned(),
+        body: response.into_body(),
+    })
+}
+
+/// Connects, sends `GET url` and returns the answer's head, its body still to read.
+async fn request(
+    url: &str,
+    options: &GetOptions,
+) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
     let url_error = |reason: &str| HttpError::Url {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -159,57 +254,29 @@ pub async fn get_with(
         url: url.to_owned(),
         reason,
     };
-    let exchange = async {
-        // A bracketed IPv6 host connects without its brackets.
-        let tcp_host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::net::TcpStream::connect((tcp_host, port))
-            .await
-            .map_err(|e| failed(crate::error::short_io(&e)))?;
-        let _ = tcp.set_nodelay(true);
-        let response = match tls {
-            None => send(hyper_util::rt::TokioIo::new(tcp), request, &failed).await?,
-            Some(config) => {
-                let name = rustls::pki_types::ServerName::try_from(tcp_host.to_owned())
-                    .map_err(|e| failed(format!("invalid server name {tcp_host:?}: {e}")))?;
-                let stream = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| {
-                        failed(format!(
-                            "TLS handshake failed: {}",
-                            crate::error::short_io(&e)
-                        ))
-                    })?;
-                send(hyper_util::rt::TokioIo::new(stream), request, &failed).await?
-            }
-        };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    HttpError::TooLarge {
-                        url: url.to_owned(),
-                    }
-                } else {
-                    failed(crate::error::short(e.as_ref()))
-                }
-            })?
-            .to_bytes();
-        Ok(Response {
-            status,
-            headers,
-            body: body.to_vec(),
-        })
-    };
-    tokio::time::timeout(limit, exchange)
+    // A bracketed IPv6 host connects without its brackets.
+    let tcp_host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((tcp_host, port))
         .await
-        .map_err(|_| HttpError::Timeout {
-            url: url.to_owned(),
-            limit,
-        })?
+        .map_err(|e| failed(crate::error::short_io(&e)))?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => send(hyper_util::rt::TokioIo::new(tcp), request, &failed).await,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(tcp_host.to_owned())
+                .map_err(|e| failed(format!("invalid server name {tcp_host:?}: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    failed(format!(
+                        "TLS handshake failed: {}",
+                        crate::error::short_io(&e)
+                    ))
+                })?;
+            send(hyper_util::rt::TokioIo::new(stream), request, &failed).await
+        }
+    }
 }
 
 /// One request on a fresh HTTP/1.1 connection over `io`; the connection is driven by a task

@@ -91,6 +91,9 @@ pub struct AgentConfig {
     /// How many CPU profiles (`GET /profile`) may run at once; default
     /// [`crate::http::DEFAULT_MAX_CONCURRENT_PROFILES`].
     pub max_concurrent_profiles: usize,
+    /// How many task files may be followed at once (`GET /files/follow`); default
+    /// [`crate::files::DEFAULT_MAX_CONCURRENT_FOLLOWS`].
+    pub max_concurrent_follows: usize,
     /// TLS and access rules of the HTTP server; default: plain, open, loopback only.
     pub http_security: crate::http_auth::HttpSecurityConfig,
 }
@@ -142,6 +145,7 @@ impl AgentConfig {
             usage_interval: crate::usage::DEFAULT_INTERVAL,
             http_listen: None,
             max_concurrent_profiles: crate::http::DEFAULT_MAX_CONCURRENT_PROFILES,
+            max_concurrent_follows: crate::files::DEFAULT_MAX_CONCURRENT_FOLLOWS,
             http_security: crate::http_auth::HttpSecurityConfig::default(),
         }
     }

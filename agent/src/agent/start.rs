@@ -359,8 +359,15 @@ async fn start(
     if let Some(id) = &agent_id {
         latest_usage.set_agent_id(id);
     }
-    let (http_server, http_endpoint) =
-        start_http(&config, &address, &found.hostname, &latest_usage).await?;
+    let (running_tx, running_rx) = watch::channel(Arc::new(Vec::new()));
+    let (http_server, http_endpoint) = start_http(
+        &config,
+        &address,
+        &found.hostname,
+        &latest_usage,
+        running_rx.clone(),
+    )
+    .await?;
     let base_info = agent_info(&config, found, http_endpoint);
 
     let authorization = allocator_authorization(&config)?;
@@ -376,7 +383,6 @@ async fn start(
         .instrument(span.clone()),
     );
     let (task_tx, task_rx) = mpsc::unbounded_channel();
-    let (running_tx, running_rx) = watch::channel(Arc::new(Vec::new()));
     let (usage_tx, usage_rx) = mpsc::channel(2);
     let usage_loop = start_usage(
         &config,
@@ -544,6 +550,7 @@ async fn start_http(
     address: &str,
     hostname: &str,
     latest_usage: &LatestUsage,
+    running: watch::Receiver<Arc<Vec<TaskRef>>>,
 ) -> Result<(Option<JoinHandle<()>>, String), AgentError> {
     let Some(addr) = config.http_listen else {
         return Ok((None, String::new()));
@@ -561,11 +568,16 @@ async fn start_http(
         // Clients (strata profile) then know to speak TLS to it.
         advertised = format!("https://{advertised}");
     }
-    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage and /metrics");
+    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage, /metrics, /profile and /files");
     let router = crate::http::router(crate::http::HttpState {
         usage: latest_usage.clone(),
         proc_root: config.roots.proc.clone(),
         profiles: crate::http::ProfileSlots::new(config.max_concurrent_profiles),
+        files: crate::files::FilesState {
+            work_dir: config.work_dir.clone(),
+            running,
+            follows: crate::files::FollowSlots::new(config.max_concurrent_follows),
+        },
     });
     Ok((
         Some(tokio::spawn(crate::http::serve_with(

@@ -4,6 +4,7 @@
 
 mod e2e;
 mod local;
+mod logs;
 mod mesos_pymesos;
 mod pipe;
 mod profile;
