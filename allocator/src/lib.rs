@@ -23,6 +23,7 @@ pub mod mesos;
 pub mod metrics;
 pub mod security;
 pub mod store;
+pub mod store_etcd;
 
 pub use api::{
     ServeError, serve, serve_secure, serve_with_http, serve_with_metrics, serve_with_store,

@@ -61,6 +61,36 @@ pub enum StoreError {
         /// What failed.
         source: Box<redb::Error>,
     },
+    /// The registry in etcd could not be read or written (etcd unreachable, or refused).
+    #[error("the registry of cluster {cluster} in etcd: {why}")]
+    Etcd {
+        /// The cluster (`--cluster`).
+        cluster: String,
+        /// What failed.
+        why: String,
+    },
+    /// A record in etcd is not readable.
+    #[error(
+        "the registry of cluster {cluster} in etcd has an unreadable record {key} ({why}): \
+         delete that key to start without it, or restore etcd from a backup"
+    )]
+    EtcdCorrupt {
+        /// The cluster.
+        cluster: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A fenced write was refused: another replica leads.
+    #[error(
+        "this allocator no longer leads cluster {cluster}: another replica does, and the \
+         registry write was refused"
+    )]
+    Fenced {
+        /// The cluster.
+        cluster: String,
+    },
 }
 
 /// Keeps the registry; see the module documentation.
@@ -222,7 +252,8 @@ fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
     Box::new(e.into())
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+/// A registry record as stored (JSON), by every store.
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("registry records serialize")
 }
 
@@ -375,6 +406,85 @@ mod tests {
             RegistryOp::PutTerminalTask(9, TaskRecord::default()),
             RegistryOp::RemoveTerminalTask(8),
         ]
+    }
+
+    /// Against a real etcd (`cargo xtask setup` installs it): what the ops make, read back
+    /// by a fresh store; a batch larger than one transaction; roles holding `/`.
+    #[test]
+    fn etcd_keeps_what_memory_keeps_in_a_real_etcd() {
+        use crate::store_etcd::{EtcdStore, OPS_PER_TXN};
+        let etcd = strata_test_support::etcd::Etcd::start().expect("etcd");
+        let endpoints = [etcd.url.clone()];
+        let timeout = std::time::Duration::from_secs(5);
+        let mut memory = MemoryStore::default();
+        let mut store = EtcdStore::open(&endpoints, "test", None, timeout).expect("open");
+        assert_eq!(store.load().expect("load"), Registry::default());
+        let mut all = ops();
+        // Three transactions' worth more, and a hierarchical role.
+        all.extend(
+            (0..2 * OPS_PER_TXN as u64 + 7)
+                .map(|n| RegistryOp::PutTerminalTask(100 + n, TaskRecord::default())),
+        );
+        all.push(RegistryOp::PutWeight("eng/ml".into(), 4.0));
+        memory.apply(&all).expect("memory");
+        store.apply(&all[..3]).expect("apply");
+        store.apply(&all[3..]).expect("apply");
+        // Another cluster's registry is apart.
+        let other = EtcdStore::open(&endpoints, "other", None, timeout).expect("open");
+        assert_eq!(other.load().expect("load"), Registry::default());
+        let fresh = EtcdStore::open(&endpoints, "test", None, timeout).expect("reopen");
+        let loaded = fresh.load().expect("load");
+        assert_eq!(loaded, memory.load().expect("memory"));
+        assert_eq!(loaded.weights["eng/ml"], 4.0);
+        assert_eq!(loaded.terminal_tasks.len(), 2 + 2 * OPS_PER_TXN + 7);
+        assert_eq!(loaded.terminal_tasks[&7].exit_code, Some(3));
+    }
+
+    /// A store whose leadership is gone writes nothing and says it was deposed.
+    #[test]
+    fn etcd_writes_of_a_deposed_leader_are_refused() {
+        use crate::store_etcd::{EtcdStore, leader_key};
+        let etcd = strata_test_support::etcd::Etcd::start().expect("etcd");
+        let endpoints = [etcd.url.clone()];
+        let timeout = std::time::Duration::from_secs(5);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let key = leader_key("test").into_bytes();
+        let poll = std::time::Duration::from_millis(100);
+        let (client, a) = runtime.block_on(async {
+            let client = strata_etcd::Client::new(&endpoints, timeout).expect("client");
+            let lease = client
+                .grant(std::time::Duration::from_secs(30))
+                .await
+                .expect("lease");
+            let a = strata_etcd::election::campaign(&client, &key, b"a", lease, poll, |_| {})
+                .await
+                .expect("a leads");
+            (client, a)
+        });
+        let mut store =
+            EtcdStore::open(&endpoints, "test", Some(a.clone()), timeout).expect("open");
+        let deposed = store.deposed();
+        store.apply(&ops()[..1]).expect("the leader writes");
+        // A resigns and B is elected: A's store, still open, is refused.
+        runtime.block_on(async {
+            a.resign(&client).await.expect("resign");
+            let lease = client
+                .grant(std::time::Duration::from_secs(30))
+                .await
+                .expect("lease");
+            strata_etcd::election::campaign(&client, &key, b"b", lease, poll, |_| {})
+                .await
+                .expect("b leads")
+        });
+        let err = store.apply(&ops()[1..2]).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert!(deposed.borrow().is_some());
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.agents.len(), 1);
+        assert!(
+            loaded.frameworks.is_empty(),
+            "a deposed leader's write landed"
+        );
     }
 
     #[test]
