@@ -140,12 +140,62 @@ pub struct AllocatorCommand {
     /// is kept across restarts: a redb file (default: `registry.redb` in --work-dir), or
     /// `memory` to keep it in memory only and lose it at restart (write `./memory` for a file
     /// of that name).
-    #[arg(long, env = "STRATA_ALLOCATOR_STORE", value_parser = parse_store, value_name = "PATH|memory")]
+    #[arg(long, env = "STRATA_ALLOCATOR_STORE", value_parser = parse_store, value_name = "PATH|memory", conflicts_with = "etcd")]
     pub store: Option<StoreArg>,
+    #[command(flatten)]
+    pub ha: HaArgs,
     #[command(flatten)]
     pub security: SecurityArgs,
     #[command(flatten)]
     pub allocator: AllocatorArgs,
+}
+
+/// Several replicas of one cluster (`strata-allocator` only): leader election and the
+/// registry in etcd.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "High availability")]
+pub struct HaArgs {
+    /// etcd endpoints (comma-separated URLs like http://10.0.0.1:2379): run as one of several
+    /// replicas of --cluster. The replica elected leader serves; the others wait to take over.
+    /// The registry lives in etcd (not in --store).
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_ETCD",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    pub etcd: Vec<String>,
+    /// The cluster's name (its keys in etcd are under /strata/NAME/): 1 to 64 letters,
+    /// digits, '-', '_' or '.'.
+    #[arg(long, env = "STRATA_ALLOCATOR_CLUSTER", default_value = "strata", value_parser = parse_cluster, value_name = "NAME")]
+    pub cluster: String,
+    /// How long a leader keeps leadership after it stops refreshing its etcd lease (it died,
+    /// or lost etcd): the longest a failover waits (whole seconds, 2s to 5m).
+    #[arg(long, env = "STRATA_ALLOCATOR_ETCD_LEASE_TTL", default_value = "10s", value_parser = parse_lease_ttl, value_name = "DURATION")]
+    pub etcd_lease_ttl: Duration,
+    /// The address (host:port of --listen) other replicas and clients are told for this one
+    /// when it leads; default: the address it listens on.
+    #[arg(long, env = "STRATA_ALLOCATOR_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+}
+
+fn parse_cluster(input: &str) -> Result<String, String> {
+    if crate::store_etcd::valid_cluster_name(input) {
+        Ok(input.to_owned())
+    } else {
+        Err("a cluster name is 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+    }
+}
+
+fn parse_lease_ttl(input: &str) -> Result<Duration, String> {
+    let ttl = parse::duration(input)?;
+    if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(300) {
+        return Err(format!(
+            "{input} is out of range: give 2s to 5m (a short ttl fails over sooner but needs \
+             a steady link to etcd)"
+        ));
+    }
+    Ok(Duration::from_secs(ttl.as_secs()))
 }
 
 /// TLS, authentication, authorization and the audit log (`strata-allocator` only; `strata
@@ -306,6 +356,7 @@ impl AllocatorCommand {
     pub fn table_flags(command: &clap::Command) -> Vec<String> {
         let mut flags = file::group_args(command, "AllocatorArgs");
         flags.extend(["listen", "work_dir", "store"].map(str::to_owned));
+        flags.extend(file::group_args(command, "HaArgs"));
         flags.extend(file::group_args(command, "SecurityArgs"));
         flags
     }

@@ -50,26 +50,28 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     } else {
         "http"
     };
-    // The store first: a corrupt or busy store stops the allocator before it listens.
-    let store: Box<dyn Store> = match args.store() {
-        StoreArg::Redb(path) => {
-            if args.store.is_none() {
-                std::fs::create_dir_all(&args.work_dir).with_context(|| {
-                    format!(
-                        "cannot create the allocator's work dir {}: pass --work-dir a writable \
-                         directory (or --store memory to keep the registry in memory only)",
-                        args.work_dir.display()
-                    )
-                })?;
-            }
-            let store = RedbStore::open(&path)?;
-            tracing::info!(store = %path.display(), "registry store opened");
-            Box::new(store)
-        }
-        StoreArg::Memory => {
-            tracing::warn!("--store memory: the registry is kept in memory and lost at restart");
-            Box::new(MemoryStore::default())
-        }
+    // Signals from here on: a replica waiting to lead stops on them too.
+    let mut shutdown = Box::pin(strata_common::signal::shutdown());
+    // With --etcd: lead first (waiting while another replica does); the registry is in etcd.
+    let mut leader = None;
+    let mut deposed = None;
+    let store: Box<dyn Store> = if args.ha.etcd.is_empty() {
+        local_store(&args)?
+    } else {
+        let advertise = args
+            .ha
+            .advertise
+            .clone()
+            .unwrap_or_else(|| args.listen.clone());
+        let elected = tokio::select! {
+            elected = strata_allocator::ha::lead(&args.ha, &advertise) => elected?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let store = elected.store()?;
+        deposed = Some(store.deposed());
+        leader = Some(elected);
+        tracing::info!(cluster = %args.ha.cluster, "registry store: etcd");
+        Box::new(store)
     };
     let listener = flags::bind(&args.listen).await?;
     let addr = listener
@@ -123,15 +125,64 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
             ..strata_allocator::mesos::HttpApi::new(listener)
         }
     });
-    strata_allocator::serve_secure(
-        listener,
-        config,
-        store,
-        metrics,
-        http,
-        security,
-        strata_common::signal::shutdown(),
-    )
-    .await?;
-    Ok(())
+    let Some(leader) = leader else {
+        strata_allocator::serve_secure(listener, config, store, metrics, http, security, shutdown)
+            .await?;
+        return Ok(());
+    };
+    // A leader serves until a signal (then resigns) or until it stops leading (then exits with
+    // an error: its supervisor starts it again, as a candidate).
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let stop = {
+        let deposed = deposed.context("a leader's store has a deposed signal")?;
+        let lost = leader.lost(deposed);
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                why = lost => {
+                    tracing::error!(%why, "no longer the leader; stopping");
+                    let _ = lost_tx.send(why);
+                }
+            }
+        }
+    };
+    let served =
+        strata_allocator::serve_secure(listener, config, store, metrics, http, security, stop)
+            .await;
+    match lost_rx.await {
+        Ok(why) => anyhow::bail!(
+            "stopped leading cluster {}: {why}; start this allocator again to campaign",
+            args.ha.cluster
+        ),
+        Err(_) => {
+            // A clean stop: another replica takes over at once.
+            leader.resign().await;
+            served?;
+            Ok(())
+        }
+    }
+}
+
+/// The registry store of a single allocator: `--store`, else `registry.redb` in `--work-dir`.
+fn local_store(args: &AllocatorCommand) -> anyhow::Result<Box<dyn Store>> {
+    Ok(match args.store() {
+        StoreArg::Redb(path) => {
+            if args.store.is_none() {
+                std::fs::create_dir_all(&args.work_dir).with_context(|| {
+                    format!(
+                        "cannot create the allocator's work dir {}: pass --work-dir a writable \
+                         directory (or --store memory to keep the registry in memory only)",
+                        args.work_dir.display()
+                    )
+                })?;
+            }
+            let store = RedbStore::open(&path)?;
+            tracing::info!(store = %path.display(), "registry store opened");
+            Box::new(store)
+        }
+        StoreArg::Memory => {
+            tracing::warn!("--store memory: the registry is kept in memory and lost at restart");
+            Box::new(MemoryStore::default())
+        }
+    })
 }

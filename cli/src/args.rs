@@ -482,7 +482,7 @@ mod flags_reference {
         // allocator's store is in local's work dir; --remove-cgroups is the agent binary's, and
         // so are the agent's TLS files for a remote https:// allocator and its HTTP security.
         // The allocator's security flags are strata-allocator's: strata local serves loopback
-        // only (docs/security.md).
+        // only (docs/security.md); so are its replication flags (one allocator, no etcd).
         let own = [
             "allocator",
             "work-dir",
@@ -503,6 +503,10 @@ mod flags_reference {
             "http-credentials",
             "http-acls",
             "token-file",
+            "etcd",
+            "cluster",
+            "etcd-lease-ttl",
+            "advertise",
         ];
         for (program, flags) in [
             ("strata-agent", longs(&AgentCommand::command())),

@@ -12,12 +12,15 @@ use tokio::process::{Child, Command};
 pub const PROCESS_STEP: Duration = Duration::from_secs(20);
 
 /// `strata-allocator ARGS` with piped output, killed on drop; a command that names neither
-/// `--work-dir` nor `--store` gets `--store memory`, so no test writes to the default work dir
-/// under /var/lib.
+/// `--work-dir`, `--store` nor `--etcd` gets `--store memory`, so no test writes to the
+/// default work dir under /var/lib.
 pub fn allocator_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-allocator"));
     cmd.args(args);
-    if !args.iter().any(|a| *a == "--work-dir" || *a == "--store") {
+    if !args
+        .iter()
+        .any(|a| matches!(*a, "--work-dir" | "--store" | "--etcd"))
+    {
         cmd.args(["--store", "memory"]);
     }
     cmd.env("RUST_LOG", "warn")

@@ -6,6 +6,7 @@
 mod binary;
 mod common;
 mod grpc;
+mod ha;
 mod mesos_http;
 mod metrics;
 mod security;

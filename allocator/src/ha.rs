@@ -1,0 +1,149 @@
+//! One replica of a highly available allocator (`--etcd`): it keeps an etcd lease alive,
+//! campaigns for the cluster's leader key (waiting while another replica leads), and once
+//! elected serves with the registry in etcd ([`EtcdStore`]), every write fenced by its
+//! leadership. It stops leading (and the binary exits, for its supervisor to start it again
+//! as a candidate) when its lease is lost or a fenced write is refused, as a Mesos master
+//! that loses leadership does; on a clean stop it resigns so that another takes over at once.
+
+use std::time::Duration;
+
+use strata_etcd::election::{self, Leadership};
+use strata_etcd::{Client, EtcdError, KeepAlive};
+use tokio::sync::watch;
+
+use crate::flags::HaArgs;
+use crate::store::StoreError;
+use crate::store_etcd::{EtcdStore, leader_key};
+
+/// How long each etcd call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a waiting replica looks whether the leader key is gone.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What stops a replica from leading.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    /// etcd could not be reached or refused a call.
+    #[error("cluster {cluster}: cannot use etcd at {endpoints}: {source}")]
+    Etcd {
+        /// The cluster.
+        cluster: String,
+        /// The endpoints.
+        endpoints: String,
+        /// What failed.
+        source: EtcdError,
+    },
+    /// The replica's lease was lost (it could not reach etcd for a whole ttl).
+    #[error("cluster {cluster}: this replica's etcd lease was lost: {why}")]
+    LeaseLost {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        why: String,
+    },
+    /// The registry in etcd could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A replica that leads its cluster.
+#[derive(Debug)]
+pub struct Leader {
+    client: Client,
+    keep_alive: KeepAlive,
+    leadership: Leadership,
+    cluster: String,
+    endpoints: Vec<String>,
+}
+
+/// Campaigns until this replica leads `ha.cluster`, advertising `advertise` (what the others
+/// log, and later redirect to). Returns early with an error if etcd cannot be used or the
+/// lease is lost while waiting.
+pub async fn lead(ha: &HaArgs, advertise: &str) -> Result<Leader, HaError> {
+    let cluster = ha.cluster.clone();
+    let etcd_error = |source| HaError::Etcd {
+        cluster: cluster.clone(),
+        endpoints: ha.etcd.join(","),
+        source,
+    };
+    let client = Client::new(&ha.etcd, CALL_TIMEOUT).map_err(etcd_error)?;
+    let lease = client.grant(ha.etcd_lease_ttl).await.map_err(etcd_error)?;
+    let mut keep_alive = client.keep_alive(lease, ha.etcd_lease_ttl);
+    let key = leader_key(&cluster).into_bytes();
+    tracing::info!(%cluster, etcd = %client.endpoints(), lease = format!("{lease:x}"), "campaigning to lead the cluster");
+    let campaign = election::campaign(&client, &key, advertise.as_bytes(), lease, POLL, |leader| {
+        tracing::info!(%cluster, leader = %String::from_utf8_lossy(leader), "another replica leads; waiting to take over");
+    });
+    let leadership = tokio::select! {
+        elected = campaign => elected.map_err(etcd_error)?,
+        why = keep_alive.lost() => return Err(HaError::LeaseLost { cluster, why }),
+    };
+    tracing::info!(%cluster, revision = leadership.revision, %advertise, "this replica leads the cluster");
+    Ok(Leader {
+        client,
+        keep_alive,
+        leadership,
+        cluster,
+        endpoints: ha.etcd.clone(),
+    })
+}
+
+impl Leader {
+    /// The registry, written under this leadership.
+    pub fn store(&self) -> Result<EtcdStore, StoreError> {
+        EtcdStore::open(
+            &self.endpoints,
+            &self.cluster,
+            Some(self.leadership.clone()),
+            CALL_TIMEOUT,
+        )
+    }
+
+    /// Completes when this replica stops leading: its lease is lost, or `deposed` (the
+    /// store's) says a fenced write was refused; gives why.
+    pub fn lost(
+        &self,
+        deposed: watch::Receiver<Option<String>>,
+    ) -> impl Future<Output = String> + Send + 'static {
+        let lease = self.keep_alive.subscribe();
+        async move {
+            tokio::select! {
+                why = first(lease) => format!("the etcd lease was lost: {why}"),
+                why = first(deposed) => why,
+            }
+        }
+    }
+
+    /// Gives leadership up (a clean stop): the leader key goes, so another replica takes
+    /// over at once instead of after the lease's ttl.
+    pub async fn resign(self) {
+        let Self {
+            client,
+            keep_alive,
+            leadership,
+            cluster,
+            ..
+        } = self;
+        drop(keep_alive);
+        match leadership.resign(&client).await {
+            Ok(()) => tracing::info!(%cluster, "resigned leadership"),
+            Err(e) => {
+                tracing::warn!(%cluster, error = %e, "cannot resign leadership; the lease's ttl ends it")
+            }
+        }
+        let _ = client.revoke(leadership.lease).await;
+    }
+}
+
+/// The first `Some` a watch holds; pending forever if its sender goes without one.
+async fn first(mut rx: watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(why) = rx.borrow().clone() {
+            return why;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
