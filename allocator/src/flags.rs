@@ -519,6 +519,31 @@ mod tests {
     }
 
     #[test]
+    fn replication_flags_refuse_unsafe_cluster_names_odd_ttls_and_a_second_store() {
+        let ha = parse(&[
+            "--etcd",
+            "http://a:2379,http://b:2379",
+            "--cluster",
+            "prod-1",
+        ])
+        .expect("flags parse")
+        .ha;
+        assert_eq!(ha.etcd, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(ha.cluster, "prod-1");
+        assert_eq!(ha.etcd_lease_ttl, Duration::from_secs(10));
+        // The name becomes part of etcd keys: nothing that would name other keys.
+        for bad in ["../x", "a/b", "", &"x".repeat(65)] {
+            let err = parse(&["--etcd", "http://a:2379", "--cluster", bad]).unwrap_err();
+            assert!(err.to_string().contains("cluster name"), "{bad:?}: {err}");
+        }
+        for bad in ["1s", "10m", "soon"] {
+            assert!(parse(&["--etcd-lease-ttl", bad]).is_err(), "{bad}");
+        }
+        let err = parse(&["--etcd", "http://a:2379", "--store", "memory"]).unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+    }
+
+    #[test]
     fn store_flag_picks_memory_a_file_or_the_work_dir() {
         let store = |flags: &[&str]| parse(flags).expect("flags parse").store();
         assert_eq!(store(&["--store", "memory"]), StoreArg::Memory);
