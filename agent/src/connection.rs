@@ -17,7 +17,7 @@ use strata_proto::agent_service_client::AgentServiceClient;
 use strata_proto::{AgentMessage, AllocatorMessage};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// The first reconnect delay.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -55,31 +55,37 @@ fn describe_status(status: &tonic::Status) -> String {
 }
 
 /// Keeps a stream to the allocator open until `events` is closed (the core has stopped).
+/// With several `endpoints` (the replicas of one cluster, of which only the leader listens),
+/// each attempt tries them in turn from the one that answered last, and backs off only when
+/// none answers.
 pub(crate) async fn maintain(
-    endpoint: Endpoint,
-    address: String,
+    endpoints: Vec<(Endpoint, String)>,
     authorization: Option<tonic::metadata::AsciiMetadataValue>,
     backoff_max: Duration,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
     let mut backoff = Backoff::new(INITIAL_BACKOFF, backoff_max.max(INITIAL_BACKOFF));
     let mut session = 0u64;
+    let mut current = 0;
     loop {
-        let channel = match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    "cannot reach the allocator at {address}: {}; retrying in {delay:?}",
-                    strata_common::error::chain(&e)
-                );
-                tokio::time::sleep(delay).await;
-                if events.is_closed() {
-                    return;
-                }
-                continue;
+        let Some((channel, at)) = connect_any(&endpoints, current).await else {
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                "cannot reach the allocator at {}; retrying in {delay:?}",
+                endpoints
+                    .iter()
+                    .map(|(_, a)| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+            tokio::time::sleep(delay).await;
+            if events.is_closed() {
+                return;
             }
+            continue;
         };
+        current = at;
+        let address = &endpoints[at].1;
         session += 1;
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         if events
@@ -138,6 +144,29 @@ pub(crate) async fn maintain(
         );
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Connects to the first of `endpoints` that answers, trying them in turn from `start`;
+/// the channel and the index of the one that answered.
+async fn connect_any(endpoints: &[(Endpoint, String)], start: usize) -> Option<(Channel, usize)> {
+    for i in 0..endpoints.len() {
+        let at = (start + i) % endpoints.len();
+        let (endpoint, address) = &endpoints[at];
+        match endpoint.connect().await {
+            Ok(channel) => {
+                if endpoints.len() > 1 {
+                    tracing::info!(allocator = %address, "connected to the allocator");
+                }
+                return Some((channel, at));
+            }
+            Err(e) => tracing::debug!(
+                allocator = %address,
+                "cannot reach the allocator: {}",
+                strata_common::error::chain(&e)
+            ),
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -224,8 +224,10 @@ pub struct AgentCommand {
     /// Print the effective settings (and where each came from) as TOML, then exit.
     #[arg(long)]
     pub print_config: bool,
-    /// The allocator to dial (a URL or host:port).
-    #[arg(long, env = "STRATA_ALLOCATOR", default_value = "http://127.0.0.1:5050", value_parser = parse::endpoint, value_name = "ADDR")]
+    /// The allocator to dial (a URL or host:port), or the replicas of a highly available
+    /// allocator separated by commas: the agent tries them in turn and stays with the one that
+    /// answers (the leader; the others do not listen).
+    #[arg(long, env = "STRATA_ALLOCATOR", default_value = "http://127.0.0.1:5050", value_parser = parse::endpoint_list, value_name = "ADDR[,ADDR...]")]
     pub allocator: String,
     /// The cluster's CA certificate (PEM) that verifies an https:// --allocator.
     #[arg(long, env = "STRATA_AGENT_TLS_CA", value_name = "FILE")]

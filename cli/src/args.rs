@@ -14,8 +14,9 @@ pub const DEFAULT_ALLOCATOR: &str = "http://127.0.0.1:5050";
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, propagate_version = true)]
 pub struct Cli {
-    /// The allocator to talk to (a URL or host:port).
-    #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR, value_name = "ADDR", value_parser = parse::endpoint)]
+    /// The allocator to talk to (a URL or host:port), or the replicas of a highly available
+    /// allocator separated by commas (the one that answers, the leader, is used).
+    #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR, value_name = "ADDR[,ADDR...]", value_parser = parse::endpoint_list)]
     pub allocator: String,
 
     /// The cluster's CA certificate (PEM): verifies an https:// allocator and https:// agents.

@@ -22,7 +22,7 @@ pub(crate) async fn client(
     let channel = strata_framework::dial_secure(&allocator.url, &allocator.security).await?;
     Ok((
         OperatorServiceClient::new(channel),
-        strata_framework::allocator_url(&allocator.url)?,
+        strata_common::parse::endpoint_list(&allocator.url).map_err(anyhow::Error::msg)?,
     ))
 }
 

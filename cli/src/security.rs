@@ -124,7 +124,8 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
 /// The allocator to talk to and what to present to it (and to agents).
 #[derive(Debug, Clone)]
 pub struct Allocator {
-    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    /// `http://HOST:PORT` or `https://HOST:PORT`, or several separated by commas (the
+    /// replicas of one cluster).
     pub url: String,
     /// `--ca`, `--cert`, `--key`, `--token`.
     pub security: ClientSecurity,

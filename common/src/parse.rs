@@ -220,6 +220,42 @@ pub fn endpoint(text: &str) -> Result<String, String> {
     }
 }
 
+/// The most allocator addresses a list may name.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// A comma-separated list of allocator addresses (the replicas of one cluster: clients try
+/// them in turn and stay with the one that answers, the leader), each as [`endpoint`] reads
+/// it; duplicates are dropped, at most [`MAX_ENDPOINTS`].
+pub fn endpoints(text: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in text.split(',') {
+        if part.trim().is_empty() {
+            continue;
+        }
+        let url = endpoint(part)?;
+        if !out.contains(&url) {
+            out.push(url);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "invalid allocator address {text:?}: give HOST:PORT, or several separated by commas"
+        ));
+    }
+    if out.len() > MAX_ENDPOINTS {
+        return Err(format!(
+            "{} allocator addresses given: at most {MAX_ENDPOINTS}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// [`endpoints`] as one normalized, comma-separated text (a flag's value parser).
+pub fn endpoint_list(text: &str) -> Result<String, String> {
+    endpoints(text).map(|list| list.join(","))
+}
+
 /// The most entries `--resources` takes, and its longest text.
 pub const MAX_RESOURCE_ENTRIES: usize = 64;
 /// See [`MAX_RESOURCE_ENTRIES`].
@@ -564,5 +600,22 @@ mod tests {
         }
         let many = vec!["cpus:1"; MAX_RESOURCE_ENTRIES + 1].join(";");
         assert!(agent_resources(&many).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn endpoint_lists_are_read_deduplicated_and_bounded() {
+        assert_eq!(
+            endpoints("a:1, http://b:2/,a:1,").unwrap(),
+            ["http://a:1", "http://b:2"]
+        );
+        assert!(endpoints("").is_err());
+        assert!(endpoints(" , ").is_err());
+        assert!(endpoints("a:1,ftp://b:2").unwrap_err().contains("ftp"));
+        let many: Vec<String> = (1..=17).map(|p| format!("h:{p}")).collect();
+        assert!(
+            endpoints(&many.join(","))
+                .unwrap_err()
+                .contains("at most 16")
+        );
     }
 }

@@ -37,7 +37,9 @@ pub struct FrameworkBuilder {
 
 impl FrameworkBuilder {
     /// A framework for the allocator at `allocator` (`http://127.0.0.1:5050`, `host:port`, or
-    /// `https://host:port` for TLS). The CA, client certificate and key, and token are read
+    /// `https://host:port` for TLS; or the replicas of a highly available allocator separated
+    /// by commas: the one that answers, the leader, is used, and after a failover the SDK
+    /// re-subscribes to the one that answers then). The CA, client certificate and key, and token are read
     /// from `STRATA_CA`, `STRATA_CERT`, `STRATA_KEY` and `STRATA_TOKEN` when set (as `$USER`
     /// is for the user); [`tls_ca`](Self::tls_ca), [`identity`](Self::identity),
     /// [`token`](Self::token) and [`security`](Self::security) replace them.
@@ -213,16 +215,16 @@ impl FrameworkBuilder {
     /// Fails at once when the allocator cannot be reached ([`Error::Connect`]) or refuses
     /// ([`Error::SubscribeRefused`]), and after the subscribe timeout without SUBSCRIBED.
     pub async fn subscribe(self) -> Result<(Framework, mpsc::Receiver<crate::Event>), Error> {
-        let addr = connect::allocator_url(&self.allocator)?;
-        let (endpoint, auth) = connect::secure_endpoint(
+        let (targets, auth) = connect::secure_targets(
             &self.allocator,
             DEFAULT_CONNECT_TIMEOUT.min(self.subscribe_timeout),
             &self.security,
         )?;
+        let addr = targets.describe();
         let mut info = self.framework_info();
         let subscription = match tokio::time::timeout(
             self.subscribe_timeout,
-            subscribe_once(&endpoint, &auth, &addr, info.clone(), self.suppressed),
+            subscribe_once(&targets, &auth, info.clone(), self.suppressed),
         )
         .await
         {
@@ -245,7 +247,7 @@ impl FrameworkBuilder {
         let driver = Driver {
             suppressed: Arc::clone(&suppressed),
             addr: addr.clone(),
-            endpoint,
+            targets,
             auth,
             info,
             auto_acknowledge: self.auto_acknowledge,

@@ -101,12 +101,83 @@ pub fn secure_endpoint(
 
 /// Dials the allocator at `addr` as [`dial`] does, over TLS when it is `https://` (verified
 /// against `security.ca`, presenting `security.cert` when given), every call carrying
-/// `security.token`.
+/// `security.token`. `addr` may name the replicas of a highly available allocator,
+/// separated by commas: the first that answers (the leader; the others do not listen) is
+/// used.
 pub async fn dial_secure(addr: &str, security: &ClientSecurity) -> Result<AuthChannel, Error> {
-    let (endpoint, auth) = secure_endpoint(addr, DEFAULT_CONNECT_TIMEOUT, security)?;
-    let url = allocator_url(addr)?;
-    let channel = connect_endpoint(&endpoint, &url, DEFAULT_CONNECT_TIMEOUT).await?;
+    let (targets, auth) = secure_targets(addr, DEFAULT_CONNECT_TIMEOUT, security)?;
+    let (channel, _) = targets.connect(DEFAULT_CONNECT_TIMEOUT).await?;
     Ok(InterceptedService::new(channel, auth))
+}
+
+/// The allocator's addresses as endpoints (one, or the replicas of one cluster), tried in
+/// turn from the one that answered last.
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    endpoints: std::sync::Arc<Vec<(Endpoint, String)>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Targets {
+    /// The addresses, for messages (`a or b`).
+    pub(crate) fn describe(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(|(_, url)| url.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
+    /// Connects to the first address that answers, each within `connect_timeout`; the
+    /// channel and its URL. Fails with the last address's error when none answers.
+    pub(crate) async fn connect(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(Channel, String), Error> {
+        use std::sync::atomic::Ordering;
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            let (endpoint, url) = &self.endpoints[at];
+            match connect_endpoint(endpoint, url, connect_timeout).await {
+                Ok(channel) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok((channel, url.clone()));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidAddress {
+            addr: String::new(),
+            reason: "no allocator address".to_owned(),
+        }))
+    }
+}
+
+/// [`secure_endpoint`] for each of the comma-separated addresses in `addrs`.
+pub(crate) fn secure_targets(
+    addrs: &str,
+    connect_timeout: Duration,
+    security: &ClientSecurity,
+) -> Result<(Targets, AuthInterceptor), Error> {
+    let urls = strata_common::parse::endpoints(addrs).map_err(|reason| Error::InvalidAddress {
+        addr: addrs.to_owned(),
+        reason,
+    })?;
+    let mut endpoints = Vec::with_capacity(urls.len());
+    for url in urls {
+        let (endpoint, _) = secure_endpoint(&url, connect_timeout, security)?;
+        endpoints.push((endpoint, url));
+    }
+    Ok((
+        Targets {
+            endpoints: std::sync::Arc::new(endpoints),
+            current: std::sync::Arc::default(),
+        },
+        AuthInterceptor::new(security)?,
+    ))
 }
 
 /// Connects `endpoint` (for `url`) within `connect_timeout`.

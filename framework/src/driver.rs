@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::connect::Targets;
 use futures::StreamExt;
 use strata_proto::scheduler_service_client::SchedulerServiceClient;
 use strata_proto::{Call, FrameworkInfo, call, event};
@@ -14,7 +15,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::connect::AuthInterceptor;
@@ -73,16 +73,15 @@ pub(crate) struct Subscription {
 /// Dials the allocator, sends SUBSCRIBE with `info` (all its roles suppressed when
 /// `suppressed`) and waits for SUBSCRIBED.
 pub(crate) async fn subscribe_once(
-    endpoint: &Endpoint,
+    targets: &Targets,
     auth: &AuthInterceptor,
-    addr: &str,
     info: FrameworkInfo,
     suppressed: bool,
 ) -> Result<Subscription, Error> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| crate::connect::connect_error(addr, &e))?;
+    let (channel, addr) = targets
+        .connect(crate::connect::DEFAULT_CONNECT_TIMEOUT)
+        .await?;
+    let addr = addr.as_str();
     let (calls, calls_rx) = mpsc::unbounded_channel();
     let suppressed_roles = if suppressed {
         info.roles.clone()
@@ -177,7 +176,7 @@ pub(crate) fn silence_limit(heartbeat_interval: Duration) -> Duration {
 #[derive(Debug)]
 pub(crate) struct Driver {
     pub(crate) addr: String,
-    pub(crate) endpoint: Endpoint,
+    pub(crate) targets: Targets,
     pub(crate) auth: AuthInterceptor,
     /// With the id set.
     pub(crate) info: FrameworkInfo,
@@ -326,12 +325,12 @@ impl Driver {
                     reconnect_at = None;
                     let mut info = self.info.clone();
                     info.id.clone_from(&framework_id);
-                    let endpoint = self.endpoint.clone();
+                    let targets = self.targets.clone();
                     let auth = self.auth.clone();
                     let addr = self.addr.clone();
                     let suppressed = self.suppressed.load(Ordering::SeqCst);
                     connecting = Some(tokio::spawn(async move {
-                        tokio::time::timeout(RESUBSCRIBE_TIMEOUT, subscribe_once(&endpoint, &auth, &addr, info, suppressed))
+                        tokio::time::timeout(RESUBSCRIBE_TIMEOUT, subscribe_once(&targets, &auth, info, suppressed))
                             .await
                             .unwrap_or(Err(Error::SubscribeTimeout { addr, timeout: RESUBSCRIBE_TIMEOUT }))
                     }));

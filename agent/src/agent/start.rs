@@ -87,7 +87,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    allocator_uri(&config.allocator)?;
+    allocator_uris(&config.allocator)?;
     create_work_dir(&config).await?;
     crate::nofile::raise_for_agent();
     let (containerizer, cgroups) = containerizer_for(&config)?;
@@ -342,8 +342,13 @@ async fn start(
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     span: Span,
 ) -> Result<(), AgentError> {
-    let address = allocator_uri(&config.allocator)?;
-    let endpoint = allocator_endpoint(&config, &address)?;
+    // One address, or the replicas of a cluster: the link tries them in turn.
+    let addresses = allocator_uris(&config.allocator)?;
+    let endpoints = addresses
+        .iter()
+        .map(|a| Ok((allocator_endpoint(&config, a)?, a.clone())))
+        .collect::<Result<Vec<_>, AgentError>>()?;
+    let address = addresses[0].clone();
 
     create_work_dir(&config).await?;
     let agent_id = checkpoint::load_agent_id(&config.work_dir)?;
@@ -374,8 +379,7 @@ async fn start(
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
     let connection = tokio::spawn(
         connection::maintain(
-            endpoint,
-            address.clone(),
+            endpoints,
             authorization,
             config.reconnect_backoff_max,
             conn_tx,
@@ -424,7 +428,7 @@ async fn start(
     Ok(())
 }
 
-/// The allocator's endpoint at `address` (see [`allocator_uri`]): connect timeout, no Nagle,
+/// The allocator's endpoint at `address` (see [`allocator_uris`]): connect timeout, no Nagle,
 /// HTTP/2 keep-alives.
 pub(super) fn allocator_endpoint(
     config: &AgentConfig,
@@ -673,9 +677,10 @@ async fn create_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
     crate::containerizer::secure_work_dir(work_dir).map_err(err)
 }
 
-/// `http://host:port` from a URL or a bare `host:port` (see `strata_common::parse::endpoint`).
-pub(super) fn allocator_uri(address: &str) -> Result<String, AgentError> {
-    strata_common::parse::endpoint(address).map_err(|reason| AgentError::InvalidAllocatorAddress {
+/// `--allocator` as a list: one address, or several separated by commas (the replicas of
+/// one cluster).
+pub(super) fn allocator_uris(address: &str) -> Result<Vec<String>, AgentError> {
+    strata_common::parse::endpoints(address).map_err(|reason| AgentError::InvalidAllocatorAddress {
         address: address.to_owned(),
         reason,
     })

@@ -2,31 +2,28 @@
 
 use std::time::Duration;
 
-use super::start::{allocator_endpoint, allocator_uri, managed_ports};
+use super::start::{allocator_endpoint, allocator_uris, managed_ports};
 use super::*;
 use crate::checkpoint;
 
 #[test]
 fn allocator_addresses_are_normalized() {
+    let one = |a: &str| allocator_uris(a).map(|v| v.join(","));
     assert_eq!(
-        allocator_uri("http://127.0.0.1:5050").unwrap(),
+        one("http://127.0.0.1:5050").unwrap(),
         "http://127.0.0.1:5050"
     );
+    assert_eq!(one("127.0.0.1:5050").unwrap(), "http://127.0.0.1:5050");
+    assert_eq!(one(" http://alloc:5050/ ").unwrap(), "http://alloc:5050");
+    assert_eq!(one("https://alloc:5050/").unwrap(), "https://alloc:5050");
+    // The replicas of one cluster.
     assert_eq!(
-        allocator_uri("127.0.0.1:5050").unwrap(),
-        "http://127.0.0.1:5050"
+        one("a:5050,https://b:5050").unwrap(),
+        "http://a:5050,https://b:5050"
     );
-    assert_eq!(
-        allocator_uri(" http://alloc:5050/ ").unwrap(),
-        "http://alloc:5050"
-    );
-    assert_eq!(
-        allocator_uri("https://alloc:5050/").unwrap(),
-        "https://alloc:5050"
-    );
-    assert!(allocator_uri("ftp://alloc:5050").is_err());
-    assert!(allocator_uri("").is_err());
-    assert!(allocator_uri("http://").is_err());
+    assert!(one("ftp://alloc:5050").is_err());
+    assert!(one("").is_err());
+    assert!(one("http://").is_err());
 }
 
 #[test]
