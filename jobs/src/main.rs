@@ -1,0 +1,3 @@
+//! `strata-jobs`: the jobs framework binary (being written).
+
+fn main() {}
