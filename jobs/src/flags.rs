@@ -14,8 +14,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5053";
 pub struct JobsArgs {
     /// Where the control API (`strata job ...`) listens; outside loopback only with
     /// --jobs-credentials.
-    #[arg(long = "jobs-listen", env = "STRATA_JOBS_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse::listen, value_name = "ADDR")]
-    pub listen: String,
+    #[arg(long, env = "STRATA_JOBS_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse::listen, value_name = "ADDR")]
+    pub jobs_listen: String,
     /// Where job definitions, run histories and the framework id are kept
     /// [default: $TMPDIR/strata-jobs].
     #[arg(
@@ -23,7 +23,7 @@ pub struct JobsArgs {
         env = "STRATA_JOBS_STATE_DIR",
         value_name = "DIR"
     )]
-    pub state_dir: Option<PathBuf>,
+    pub jobs_state_dir: Option<PathBuf>,
     /// The role the framework takes offers in.
     #[arg(
         long = "jobs-role",
@@ -31,11 +31,11 @@ pub struct JobsArgs {
         default_value = "*",
         value_name = "ROLE"
     )]
-    pub role: String,
+    pub jobs_role: String,
     /// How long the allocator keeps the framework's running tasks while it is away (a
     /// restarted strata-jobs adopts them).
-    #[arg(long = "jobs-failover-timeout", env = "STRATA_JOBS_FAILOVER_TIMEOUT", default_value = "7d", value_parser = parse::duration, value_name = "DURATION")]
-    pub failover_timeout: Duration,
+    #[arg(long, env = "STRATA_JOBS_FAILOVER_TIMEOUT", default_value = "7d", value_parser = parse::duration, value_name = "DURATION")]
+    pub jobs_failover_timeout: Duration,
     /// The tokens the control API accepts (a file made by `strata token create --file`);
     /// needed to listen outside loopback.
     #[arg(
@@ -43,7 +43,7 @@ pub struct JobsArgs {
         env = "STRATA_JOBS_CREDENTIALS",
         value_name = "FILE"
     )]
-    pub credentials: Option<PathBuf>,
+    pub jobs_credentials: Option<PathBuf>,
 }
 
 impl JobsArgs {
@@ -56,15 +56,15 @@ impl JobsArgs {
         crate::framework::JobsConfig {
             allocator,
             security,
-            listen: self.listen.clone(),
+            listen: self.jobs_listen.clone(),
             state_dir: self
-                .state_dir
+                .jobs_state_dir
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("strata-jobs")),
-            role: self.role.clone(),
+            role: self.jobs_role.clone(),
             name: "strata-jobs".into(),
-            failover_timeout: self.failover_timeout,
-            credentials: self.credentials.clone(),
+            failover_timeout: self.jobs_failover_timeout,
+            credentials: self.jobs_credentials.clone(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! driven through the framework SDK and the `strata` CLI.
 
 mod e2e;
+mod jobs;
 mod local;
 mod logs;
 mod mesos_pymesos;
