@@ -112,6 +112,9 @@ pub enum Command {
     /// A task's stdout (or stderr) from its sandbox on its agent, followed until the task
     /// ends with -f: `strata logs TASK [-f] [--stderr] [--tail N]`.
     Logs(crate::logs::LogsArgs),
+    /// Jobs on the jobs framework (strata-jobs, or `strata local --with jobs`):
+    /// `strata job add FILE|-`, `run ID`, `list`, `history ID`, `remove ID`.
+    Job(crate::job::JobArgs),
     /// The cluster's CA and certificates: `strata certs init [--dir DIR]`,
     /// `strata certs issue NAME [--dir DIR] [--host H]...`.
     Certs(crate::security::CertsArgs),
@@ -145,6 +148,12 @@ pub struct LocalArgs {
     /// prints how to use them. Needed to listen outside loopback.
     #[arg(long, env = "STRATA_LOCAL_SECURE")]
     pub secure: bool,
+    /// Frameworks to run inside strata local too: `jobs` (strata-jobs, its API on
+    /// --jobs-listen, its state in WORK_DIR/jobs unless --jobs-state-dir says otherwise).
+    #[arg(long = "with", env = "STRATA_LOCAL_WITH", value_delimiter = ',', value_parser = ["jobs"], value_name = "FRAMEWORKS")]
+    pub with: Vec<String>,
+    #[command(flatten)]
+    pub jobs: strata_jobs::flags::JobsArgs,
     #[command(flatten)]
     pub agent: strata_agent::flags::AgentArgs,
     #[command(flatten)]
@@ -164,6 +173,12 @@ pub fn local_tables(command: &clap::Command) -> [(String, Vec<String>); 3] {
                 "listen".to_owned(),
                 "work_dir".to_owned(),
                 "secure".to_owned(),
+                "with".to_owned(),
+                "jobs_listen".to_owned(),
+                "jobs_state_dir".to_owned(),
+                "jobs_role".to_owned(),
+                "jobs_failover_timeout".to_owned(),
+                "jobs_credentials".to_owned(),
             ],
         ),
         (

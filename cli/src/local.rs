@@ -15,6 +15,8 @@ use crate::args::{DEFAULT_ALLOCATOR, LocalArgs};
 
 /// How long the agent may take to kill its tasks and report them on shutdown.
 const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long the jobs framework may take to stop (it saves its state; its tasks stay).
+const JOBS_STOP_WAIT: Duration = Duration::from_secs(10);
 /// How long the allocator may take to close its streams on shutdown.
 const ALLOCATOR_STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -47,6 +49,15 @@ struct Running {
     allocator: JoinHandle<Result<(), strata_allocator::ServeError>>,
     stop_agent: oneshot::Sender<()>,
     stop_allocator: oneshot::Sender<()>,
+    /// The jobs framework (`--with jobs`): its API address, its task, how to stop it.
+    jobs: Option<LocalJobs>,
+}
+
+/// strata-jobs inside strata local.
+struct LocalJobs {
+    addr: std::net::SocketAddr,
+    task: JoinHandle<Result<(), strata_jobs::JobsError>>,
+    stop: oneshot::Sender<()>,
 }
 
 /// Runs `strata local` until a signal; errors if either part fails.
@@ -66,6 +77,19 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     }
     if let Some(pki) = &running.pki {
         printed = printed.and_then(|()| out!("{}", pki.usage()));
+    }
+    if let Some(jobs) = &running.jobs {
+        let flag = if jobs.addr.to_string() == strata_jobs::flags::DEFAULT_LISTEN {
+            String::new()
+        } else {
+            format!("--jobs {} ", jobs.addr)
+        };
+        printed = printed.and_then(|()| {
+            outln!(
+                "strata local: jobs framework API on http://{}; try: strata job {flag}list",
+                jobs.addr
+            )
+        });
     }
     if let Err(e) = printed {
         warn!("cannot print the banner: {e:#}");
@@ -202,7 +226,42 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     let agent = tokio::spawn(strata_agent::run(agent_config, async move {
         let _ = agent_stopped.await;
     }));
+    let jobs = if args.with.iter().any(|w| w == "jobs") {
+        let mut jobs_args = args.jobs.clone();
+        if jobs_args.jobs_state_dir.is_none() {
+            jobs_args.jobs_state_dir = Some(work_dir.join("jobs"));
+        }
+        // A secure cluster's jobs API takes the cluster's tokens.
+        if let Some(pki) = &pki
+            && jobs_args.jobs_credentials.is_none()
+        {
+            jobs_args.jobs_credentials = Some(pki.credentials.clone());
+        }
+        let security = match &pki {
+            Some(pki) => strata_framework::ClientSecurity {
+                ca: Some(pki.ca.clone()),
+                token: Some(
+                    std::fs::read_to_string(&pki.token_file)
+                        .with_context(|| format!("cannot read {}", pki.token_file.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                ..strata_framework::ClientSecurity::none()
+            },
+            None => strata_framework::ClientSecurity::none(),
+        };
+        let bound = strata_jobs::bind(jobs_args.config(url.clone(), security)).await?;
+        let addr = bound.addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = stopped.await;
+        }));
+        Some(LocalJobs { addr, task, stop })
+    } else {
+        None
+    };
     Ok(Running {
+        jobs,
         url,
         work_dir,
         mesos_url,
@@ -254,6 +313,15 @@ async fn stop(
     allocator_done: Option<Result<Result<(), strata_allocator::ServeError>, JoinError>>,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
+    if let Some(jobs) = running.jobs.take() {
+        let _ = jobs.stop.send(());
+        match tokio::time::timeout(JOBS_STOP_WAIT, jobs.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!("the jobs framework failed: {e}"),
+            Ok(Err(e)) => warn!("the jobs framework task failed: {e}"),
+            Err(_) => warn!("the jobs framework did not stop in time"),
+        }
+    }
     let _ = running.stop_agent.send(());
     let agent_result = match agent_done {
         Some(result) => Some(result),

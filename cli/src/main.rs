@@ -8,6 +8,7 @@ mod out;
 mod admin;
 mod args;
 mod duration;
+mod job;
 mod local;
 mod local_secure;
 mod logs;
@@ -92,6 +93,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Top(args) => (top::top(&allocator, args).await.map(|()| 0), 1),
         Command::Profile(args) => (profile::profile(&allocator, args).await.map(|()| 0), 1),
         Command::Logs(args) => (logs::logs(&allocator, args).await.map(|()| 0), 1),
+        Command::Job(args) => (
+            job::job(args, allocator.security.token.clone())
+                .await
+                .map(|()| 0),
+            1,
+        ),
         Command::Certs(args) => (security::certs(args).map(|()| 0), 1),
         Command::Token(args) => (security::token(args).map(|()| 0), 1),
     };

@@ -207,7 +207,7 @@ pub fn fmt_resources(r: &ResourcesJson) -> String {
     parts.join("  ")
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -219,7 +219,7 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-fn finish(table: &Table) -> String {
+pub(crate) fn finish(table: &Table) -> String {
     let mut out = String::new();
     for line in table.lines() {
         out.push_str(line.trim_end());

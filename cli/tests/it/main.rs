@@ -4,6 +4,7 @@
 
 mod e2e;
 mod ha;
+mod jobs;
 mod local;
 mod logs;
 mod mesos_pymesos;
