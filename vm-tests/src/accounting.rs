@@ -349,6 +349,12 @@ pub fn metrics_show_the_values_move(helper: &Path) -> Result<()> {
         usage: latest.clone(),
         proc_root: PathBuf::from("/proc"),
         profiles: strata_agent::http::ProfileSlots::default(),
+        // No sandboxes served here: only /metrics is scraped.
+        files: strata_agent::files::FilesState {
+            work_dir: PathBuf::from("/nonexistent"),
+            running: tokio::sync::watch::channel(Arc::new(Vec::new())).1,
+            follows: strata_agent::files::FollowSlots::default(),
+        },
     });
     let (listener, addr) = rt.block_on(strata_agent::http::bind(([127, 0, 0, 1], 0).into()))?;
     let server = rt.spawn(strata_agent::http::serve(listener, router));
