@@ -10,10 +10,12 @@
 //! `Register` is the first message on it whatever the allocator waits for.
 
 use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_common::Backoff;
 use strata_proto::agent_service_client::AgentServiceClient;
+use strata_proto::allocator_message;
 use strata_proto::{AgentMessage, AllocatorMessage};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,6 +64,7 @@ pub(crate) async fn maintain(
     endpoints: Vec<(Endpoint, String)>,
     authorization: Option<tonic::metadata::AsciiMetadataValue>,
     backoff_max: Duration,
+    mut epoch: LeaderEpoch,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
     let mut backoff = Backoff::new(INITIAL_BACKOFF, backoff_max.max(INITIAL_BACKOFF));
@@ -109,6 +112,19 @@ pub(crate) async fn maintain(
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
+                            if let Some(allocator_message::Message::Registered(r)) =
+                                &message.message
+                                && !epoch.admit(r.leader_epoch)
+                            {
+                                // A deposed leader that does not know it yet: nothing it
+                                // says is acted on, and the others are tried first.
+                                current = (at + 1) % endpoints.len();
+                                break format!(
+                                    "it is a deposed leader (term {}; this agent registered \
+                                     with term {}): refused",
+                                    r.leader_epoch, epoch.seen
+                                );
+                            }
                             if !delivered {
                                 delivered = true;
                                 backoff.reset();
@@ -143,6 +159,53 @@ pub(crate) async fn maintain(
             "lost the connection to the allocator at {address}: {reason}; reconnecting in {delay:?}"
         );
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// The newest leader term this agent has registered with, kept in `<work_dir>/leader_epoch`
+/// across its restarts: a replicated allocator's `Registered` names its term, and an older
+/// one is a deposed leader (agents refuse commands from it, the fence beside the registry's).
+#[derive(Debug)]
+pub(crate) struct LeaderEpoch {
+    path: PathBuf,
+    seen: u64,
+}
+
+/// The file that keeps [`LeaderEpoch`].
+pub(crate) const LEADER_EPOCH_FILE: &str = "leader_epoch";
+
+impl LeaderEpoch {
+    /// What `work_dir` remembers (0 when nothing, or what is there is unreadable: logged).
+    pub(crate) fn load(work_dir: &Path) -> Self {
+        let path = work_dir.join(LEADER_EPOCH_FILE);
+        let seen = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                tracing::warn!(path = %path.display(), "unreadable leader term; starting from none");
+                0
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the leader term; starting from none");
+                0
+            }
+        };
+        Self { path, seen }
+    }
+
+    /// Whether a leader of term `epoch` may be followed (0: not replicated, always); a newer
+    /// one is remembered.
+    pub(crate) fn admit(&mut self, epoch: u64) -> bool {
+        if epoch == 0 || epoch == self.seen {
+            return true;
+        }
+        if epoch < self.seen {
+            return false;
+        }
+        self.seen = epoch;
+        if let Err(e) = crate::checkpoint::write_atomic(&self.path, epoch.to_string().as_bytes()) {
+            tracing::warn!(error = %e, "cannot keep the leader term; it is remembered until the agent restarts");
+        }
+        true
     }
 }
 
@@ -182,5 +245,28 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn leader_terms_only_go_forward_and_are_kept_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut epoch = LeaderEpoch::load(dir.path());
+        // Not replicated: always followed, nothing kept.
+        assert!(epoch.admit(0));
+        assert!(!dir.path().join(LEADER_EPOCH_FILE).exists());
+        assert!(epoch.admit(7));
+        assert!(epoch.admit(7), "the same leader again");
+        assert!(epoch.admit(12), "a newer leader");
+        assert!(!epoch.admit(7), "a deposed leader");
+        assert!(epoch.admit(0));
+        // A restarted agent remembers the newest term.
+        let mut again = LeaderEpoch::load(dir.path());
+        assert!(!again.admit(11));
+        assert!(again.admit(12));
+        std::fs::write(dir.path().join(LEADER_EPOCH_FILE), b"garbage").expect("write");
+        assert!(
+            LeaderEpoch::load(dir.path()).admit(1),
+            "unreadable: starts from none"
+        );
     }
 }

@@ -38,6 +38,7 @@ fn fake_options() -> FakeAllocatorOptions {
         assigned_id: ASSIGNED_ID.to_owned(),
         heartbeat_interval_seconds: 0.2,
         framework_id: FRAMEWORK.to_owned(),
+        leader_epoch: 0,
     }
 }
 
@@ -294,6 +295,62 @@ async fn registers_persists_its_id_and_keeps_it_across_restarts() -> Result<()> 
     let (_, register) = h.next_register().await?;
     assert_eq!(register.info.context("no info")?.id, ASSIGNED_ID);
     h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_is_refused_and_its_commands_never_run() -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    // The leader of term 9, and a replica that led at term 5 and does not know it was
+    // deposed.
+    let mut new = FakeAllocator::start(FakeAllocatorOptions {
+        leader_epoch: 9,
+        ..fake_options()
+    })
+    .await?;
+    let mut stale = FakeAllocator::start(FakeAllocatorOptions {
+        leader_epoch: 5,
+        ..fake_options()
+    })
+    .await?;
+    let mut config = config(new.addr, dir.path(), Duration::from_millis(200));
+    config.allocator = format!("http://{},http://{}", new.addr, stale.addr);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(strata_agent::run(config, async move {
+        let _ = stop_rx.await;
+    }));
+    new.next_register().await?;
+    // The agent keeps the term it registered with.
+    strata_test_support::wait::poll_until(STEP, Duration::from_millis(50), || async {
+        let kept = std::fs::read_to_string(dir.path().join("leader_epoch")).unwrap_or_default();
+        Ok(if kept == "9" {
+            strata_test_support::wait::Poll::Ready(())
+        } else {
+            strata_test_support::wait::Poll::Pending(format!("leader_epoch is {kept:?}"))
+        })
+    })
+    .await?;
+    // The leader goes away: the agent reaches the stale one, which answers Registered with its
+    // old term and launches a task at once. The agent refuses it: the task never runs.
+    new.stop();
+    new.drop_stream()?;
+    drop(new);
+    stale.next_register().await?;
+    stale.launch(shell_task("from-a-deposed-leader", "sleep 30"))?;
+    stale
+        .expect_no_new_update(Duration::from_secs(2), &[])
+        .await?;
+    assert!(
+        !dir.path()
+            .join("runs")
+            .join(FRAMEWORK)
+            .join("from-a-deposed-leader")
+            .exists(),
+        "the agent acted on a deposed leader's launch"
+    );
+    let _ = stop_tx.send(());
+    tokio::time::timeout(STEP, agent).await???;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,7 @@ impl Core {
                 agent_id: id.0.clone(),
                 heartbeat_interval_seconds: self.config.agent_heartbeat_interval.as_secs_f64(),
                 warnings,
+                leader_epoch: self.config.leader_epoch,
             }),
         );
         for key in &kills {

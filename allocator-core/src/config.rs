@@ -47,6 +47,9 @@ pub struct AllocatorConfig {
     /// An offer neither accepted nor declined this long is rescinded (none: never, as in
     /// Mesos by default).
     pub offer_timeout: Option<Duration>,
+    /// This allocator's term as the leader of replicas (`--etcd`), told to agents in
+    /// `Registered` so that they refuse an older leader; 0 when not replicated.
+    pub leader_epoch: u64,
     /// The most frameworks registered at once (connected or within their failover timeout);
     /// a SUBSCRIBE of a new one beyond it is refused.
     pub max_frameworks: usize,
@@ -70,6 +73,7 @@ impl Default for AllocatorConfig {
             default_refuse: Duration::from_secs(5),
             terminal_task_history: 1000,
             offer_timeout: None,
+            leader_epoch: 0,
             max_frameworks: 1000,
             max_frameworks_per_principal: 100,
             policy: strata_auth::Policy::Open,

@@ -36,6 +36,7 @@ pub(super) fn config() -> AllocatorConfig {
         max_frameworks: 1000,
         max_frameworks_per_principal: 100,
         policy: strata_auth::Policy::Open,
+        leader_epoch: 0,
     }
 }
 
@@ -343,6 +344,7 @@ fn agents_get_ids_and_heartbeat_interval() {
                 agent_id: "test-S0".to_owned(),
                 heartbeat_interval_seconds: 5.0,
                 warnings: vec![],
+                leader_epoch: 0,
             }
         )]
     );

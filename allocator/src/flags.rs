@@ -103,6 +103,8 @@ impl AllocatorArgs {
             max_frameworks_per_principal: self.max_frameworks_per_principal,
             // Set from the security flags by the binary that serves (`policy`).
             policy: strata_allocator_core::Policy::Open,
+            // Set by the binary once it leads its replicas (`--etcd`).
+            leader_epoch: 0,
         }
     }
 }
@@ -605,6 +607,7 @@ mod tests {
                 max_frameworks: 3,
                 max_frameworks_per_principal: 100,
                 policy: strata_allocator_core::Policy::Open,
+                leader_epoch: 0,
             }
         );
         let err = parse(&["--agent-timeout", "soon"]).expect_err("bad duration");

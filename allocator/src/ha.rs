@@ -90,6 +90,12 @@ pub async fn lead(ha: &HaArgs, advertise: &str) -> Result<Leader, HaError> {
 }
 
 impl Leader {
+    /// This leader's term: the etcd revision at which it was elected (agents refuse older
+    /// ones).
+    pub fn epoch(&self) -> u64 {
+        u64::try_from(self.leadership.revision).unwrap_or(0)
+    }
+
     /// The registry, written under this leadership.
     pub fn store(&self) -> Result<EtcdStore, StoreError> {
         EtcdStore::open(

@@ -68,6 +68,7 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
             () = &mut shutdown => return Ok(()),
         };
         let store = elected.store()?;
+        config.leader_epoch = elected.epoch();
         deposed = Some(store.deposed());
         leader = Some(elected);
         tracing::info!(cluster = %args.ha.cluster, "registry store: etcd");

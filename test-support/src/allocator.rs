@@ -41,6 +41,7 @@ pub fn config() -> AllocatorConfig {
         max_frameworks: 1000,
         max_frameworks_per_principal: 100,
         policy: strata_allocator::core::Policy::Open,
+        leader_epoch: 0,
     }
 }
 

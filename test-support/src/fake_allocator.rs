@@ -35,6 +35,8 @@ pub struct FakeAllocatorOptions {
     pub heartbeat_interval_seconds: f64,
     /// The framework that [`FakeAllocator::launch`] and [`FakeAllocator::kill`] name.
     pub framework_id: String,
+    /// The leader term Registered names (0: not a replicated allocator).
+    pub leader_epoch: u64,
 }
 
 /// The service: answers Register, forwards everything.
@@ -44,6 +46,7 @@ struct Service {
     next_conn: AtomicU64,
     assigned_id: String,
     heartbeat_interval_seconds: f64,
+    leader_epoch: u64,
 }
 
 #[tonic::async_trait]
@@ -60,6 +63,7 @@ impl AgentService for Service {
         let inbound = self.inbound.clone();
         let assigned_id = self.assigned_id.clone();
         let heartbeat_interval_seconds = self.heartbeat_interval_seconds;
+        let leader_epoch = self.leader_epoch;
         let mut stream = request.into_inner();
         tokio::spawn(async move {
             while let Ok(Some(message)) = stream.message().await {
@@ -75,6 +79,7 @@ impl AgentService for Service {
                             agent_id: id,
                             heartbeat_interval_seconds,
                             warnings: Vec::new(),
+                            leader_epoch,
                         })),
                     }));
                 }
@@ -115,6 +120,7 @@ impl FakeAllocator {
             next_conn: AtomicU64::new(0),
             assigned_id: opts.assigned_id,
             heartbeat_interval_seconds: opts.heartbeat_interval_seconds,
+            leader_epoch: opts.leader_epoch,
         };
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()

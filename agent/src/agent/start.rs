@@ -382,6 +382,7 @@ async fn start(
             endpoints,
             authorization,
             config.reconnect_backoff_max,
+            connection::LeaderEpoch::load(&config.work_dir),
             conn_tx,
         )
         .instrument(span.clone()),
