@@ -348,7 +348,7 @@ pub const MAP_EGRESS_EDT: &str = "EGRESS_EDT";
 /// packets the limiter dropped (their departure was past the horizon).
 pub const MAP_EGRESS_DROPS: &str = "EGRESS_DROPS";
 /// The number of `u64` words in an [`EdtState`].
-pub const EDT_WORDS: usize = 3;
+pub const EDT_WORDS: usize = 4;
 /// Nanoseconds per second.
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 
@@ -362,8 +362,14 @@ pub struct EdtState {
     pub rate_bytes_per_sec: u64,
     /// Packets whose departure would be more than this many nanoseconds from now are dropped.
     pub horizon_ns: u64,
-    /// The departure time (CLOCK_MONOTONIC ns) given to the task's last packet.
+    /// Where the task's departure timeline stands (CLOCK_MONOTONIC ns): the last packet's
+    /// earliest departure at the task's rate. It may lag `now` by up to `burst_ns`.
     pub last_departure_ns: u64,
+    /// How far the timeline may lag behind `now`: after a pause shorter than this (the sender
+    /// was late, e.g. waiting for a CPU), the task may catch up on up to this much of its rate
+    /// at once (a token bucket of depth rate × burst). Its long-run rate stays at most the
+    /// limit: over any time T it sends at most rate × (T + burst).
+    pub burst_ns: u64,
 }
 
 const _: () = assert!(size_of::<EdtState>() == EDT_WORDS * 8);
@@ -372,7 +378,7 @@ impl EdtState {
     /// The state of a new limit of `mbps` megabits (10^6 bits) per second; `None` for a rate
     /// under one byte per second.
     #[must_use]
-    pub const fn new(mbps: f64, horizon_ns: u64) -> Option<Self> {
+    pub const fn new(mbps: f64, horizon_ns: u64, burst_ns: u64) -> Option<Self> {
         let rate = mbps_to_bytes_per_sec(mbps);
         if rate == 0 {
             return None;
@@ -381,6 +387,7 @@ impl EdtState {
             rate_bytes_per_sec: rate,
             horizon_ns,
             last_departure_ns: 0,
+            burst_ns,
         })
     }
 
@@ -391,6 +398,7 @@ impl EdtState {
             self.rate_bytes_per_sec,
             self.horizon_ns,
             self.last_departure_ns,
+            self.burst_ns,
         ]
     }
 
@@ -401,6 +409,7 @@ impl EdtState {
             rate_bytes_per_sec: words[0],
             horizon_ns: words[1],
             last_departure_ns: words[2],
+            burst_ns: words[3],
         }
     }
 }
@@ -434,31 +443,41 @@ pub const fn edt_delay_ns(len: u64, rate: u64) -> u64 {
 /// What the EDT program does with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EdtVerdict {
-    /// Send it at (not before) this CLOCK_MONOTONIC time; the state's last departure becomes it.
-    Depart(u64),
+    /// Send it at (not before) `at` (CLOCK_MONOTONIC); the task's timeline moves to `last`.
+    Depart {
+        /// The packet's departure time, for `skb->tstamp`.
+        at: u64,
+        /// The state's new `last_departure_ns`.
+        last: u64,
+    },
     /// Its departure would be past the horizon: drop it (the state is unchanged).
     Drop,
 }
 
-/// The departure of a `len`-byte packet stamped `tstamp` (0 or an earlier departure time set by
-/// the stack, e.g. TCP's own pacing) at time `now`, for a task in `state` (Cilium's
-/// `edt_sched_departure`): the later of the packet's own time and the task's last departure
-/// plus this packet's transmission time at the task's rate. A packet that would depart more than
-/// the horizon after `now` is dropped.
+/// The departure of a `len`-byte packet stamped `tstamp` (0, or a departure time the stack set,
+/// e.g. TCP's own pacing) at time `now`, for a task in `state`: Cilium's `edt_sched_departure`
+/// with a burst allowance. The task's timeline advances by this packet's transmission time at
+/// the task's rate, from where it stood, or from `now - burst` if it stood earlier (an idle
+/// task banks no more than `burst`); the packet leaves at that time, or at its own stamp or
+/// `now` if later. A packet that would depart more than the horizon after `now` is dropped.
 #[must_use]
 #[inline(always)]
 pub const fn edt_departure(state: &EdtState, len: u64, tstamp: u64, now: u64) -> EdtVerdict {
     let t = if tstamp < now { now } else { tstamp };
-    let next = state
-        .last_departure_ns
-        .saturating_add(edt_delay_ns(len, state.rate_bytes_per_sec));
-    if next <= t {
-        return EdtVerdict::Depart(t);
-    }
-    if next - now > state.horizon_ns {
+    let floor = now.saturating_sub(state.burst_ns);
+    let base = if state.last_departure_ns > floor {
+        state.last_departure_ns
+    } else {
+        floor
+    };
+    let next = base.saturating_add(edt_delay_ns(len, state.rate_bytes_per_sec));
+    if next > now && next - now > state.horizon_ns {
         return EdtVerdict::Drop;
     }
-    EdtVerdict::Depart(next)
+    EdtVerdict::Depart {
+        at: if next > t { next } else { t },
+        last: next,
+    }
 }
 
 #[cfg(test)]
@@ -530,7 +549,7 @@ mod tests {
         assert_eq!(mbps_to_bytes_per_sec(-1.0), 0);
         assert_eq!(mbps_to_bytes_per_sec(f64::NAN), 0);
         assert_eq!(mbps_to_bytes_per_sec(0.000_004), 0);
-        assert!(EdtState::new(0.0, 1).is_none());
+        assert!(EdtState::new(0.0, 1, 0).is_none());
         // 1500 bytes at 50 Mbit/s: 240 us; a 64 KiB GSO packet at 10 Mbit/s: 52.4 ms.
         assert_eq!(edt_delay_ns(1500, 6_250_000), 240_000);
         assert_eq!(edt_delay_ns(65_536, 1_250_000), 52_428_800);
@@ -541,36 +560,47 @@ mod tests {
 
     #[test]
     fn edt_departures_pace_at_the_rate_and_drop_past_the_horizon() {
-        // 8 Mbit/s is 1 MB/s: 1 ms per 1000 bytes.
-        let mut s = EdtState::new(8.0, 2 * NSEC_PER_SEC).expect("rate");
+        // 8 Mbit/s is 1 MB/s: 1 ms per 1000 bytes; no burst allowance.
+        let mut s = EdtState::new(8.0, 2 * NSEC_PER_SEC, 0).expect("rate");
         assert_eq!(s.rate_bytes_per_sec, 1_000_000);
         let now = 10 * NSEC_PER_SEC;
-        // An idle task's first packet leaves now.
-        assert_eq!(edt_departure(&s, 1000, 0, now), EdtVerdict::Depart(now));
-        s.last_departure_ns = now;
+        // Without a burst allowance an idle task's first packet leaves once its transmission
+        // time at the rate has passed.
+        assert_eq!(
+            edt_departure(&s, 1000, 0, now),
+            EdtVerdict::Depart {
+                at: now + 1_000_000,
+                last: now + 1_000_000
+            }
+        );
+        s.last_departure_ns = now + 1_000_000;
         // The next one 1000 bytes later: 1 ms after the last.
         assert_eq!(
             edt_departure(&s, 1000, 0, now),
-            EdtVerdict::Depart(now + 1_000_000)
+            EdtVerdict::Depart {
+                at: now + 2_000_000,
+                last: now + 2_000_000
+            }
         );
         // A packet the stack stamped later than that keeps its own time.
         assert_eq!(
             edt_departure(&s, 1000, now + 5_000_000, now),
-            EdtVerdict::Depart(now + 5_000_000)
+            EdtVerdict::Depart {
+                at: now + 5_000_000,
+                last: now + 2_000_000
+            }
         );
-        // A sustained burst: n packets of 1000 bytes leave 1 ms apart, so the rate holds.
-        let mut t = now;
-        for _ in 0..1000 {
+        // A sustained burst: packets of 1000 bytes leave 1 ms apart, so the rate holds.
+        s.last_departure_ns = now;
+        for i in 1..=1000u64 {
             match edt_departure(&s, 1000, 0, now) {
-                EdtVerdict::Depart(d) => {
-                    assert_eq!(d, s.last_departure_ns + 1_000_000);
-                    s.last_departure_ns = d;
-                    t = d;
+                EdtVerdict::Depart { at, last } => {
+                    assert_eq!(at, now + i * 1_000_000);
+                    s.last_departure_ns = last;
                 }
                 EdtVerdict::Drop => panic!("dropped within the horizon"),
             }
         }
-        assert_eq!(t - now, 1_000 * 1_000_000);
         // Past the 2 s horizon: dropped, state unchanged.
         s.last_departure_ns = now + 2 * NSEC_PER_SEC;
         assert_eq!(edt_departure(&s, 1000, 0, now), EdtVerdict::Drop);
@@ -578,9 +608,43 @@ mod tests {
     }
 
     #[test]
+    fn edt_burst_allowance_catches_up_on_a_short_lag_only() {
+        // 1 MB/s with 5 ms of burst: a sender 3 ms late sends 3 packets at once, then paces.
+        let mut s = EdtState::new(8.0, 2 * NSEC_PER_SEC, 5_000_000).expect("rate");
+        let now = 10 * NSEC_PER_SEC;
+        s.last_departure_ns = now - 3_000_000;
+        let mut at = [0u64; 5];
+        for slot in &mut at {
+            match edt_departure(&s, 1000, 0, now) {
+                EdtVerdict::Depart { at: a, last } => {
+                    *slot = a;
+                    s.last_departure_ns = last;
+                }
+                EdtVerdict::Drop => panic!("dropped"),
+            }
+        }
+        assert_eq!(at, [now, now, now, now + 1_000_000, now + 2_000_000]);
+        // After a long pause, no more than the 5 ms are banked.
+        s.last_departure_ns = now - NSEC_PER_SEC;
+        let mut immediate = 0;
+        loop {
+            match edt_departure(&s, 1000, 0, now) {
+                EdtVerdict::Depart { at, last } if at == now => {
+                    immediate += 1;
+                    s.last_departure_ns = last;
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(immediate, 5);
+        // The five banked packets brought the timeline up to now: the next one waits 1 ms.
+        assert_eq!(s.last_departure_ns, now);
+    }
+
+    #[test]
     fn edt_state_words_in_field_order() {
-        let s = EdtState::new(100.0, 7).expect("rate");
-        assert_eq!(s.to_words(), [12_500_000, 7, 0]);
+        let s = EdtState::new(100.0, 7, 9).expect("rate");
+        assert_eq!(s.to_words(), [12_500_000, 7, 0, 9]);
         assert_eq!(EdtState::from_words(s.to_words()), s);
     }
 

@@ -5,8 +5,9 @@
 //! id in `EGRESS_EDT`, walking the socket's cgroup ancestors (`bpf_skb_ancestor_cgroup_id`, level
 //! 1 down to the socket's own cgroup) as the port programs do, so a socket created in a cgroup
 //! nested below the task's is still the task's. A packet of such a task gets the departure time
-//! `max(its own tstamp, now, last departure + len / rate)` in `skb->tstamp`; the `fq` qdisc on
-//! the device holds it until then. A packet that would leave more than the task's horizon from
+//! `max(its own tstamp, now, timeline + len / rate)` in `skb->tstamp`, where the task's timeline
+//! is its last packet's departure, or `now - burst` if that is earlier (see
+//! `strata_agent_common::edt_departure`); the `fq` qdisc on the device holds it until then. A packet that would leave more than the task's horizon from
 //! now is dropped and counted in `EGRESS_DROPS`. Packets without a socket, or whose socket is in
 //! no limited task's cgroup, pass untouched.
 
@@ -68,13 +69,13 @@ pub fn egress_edt(ctx: TcContext) -> i32 {
     // as in Cilium's EDT).
     let words = unsafe { *state };
     match edt_departure(&EdtState::from_words(words), len, tstamp, now) {
-        EdtVerdict::Depart(t) => {
-            // SAFETY: as above; the last departure word is the state's third.
-            unsafe { (*state)[2] = t };
-            if t != tstamp {
+        EdtVerdict::Depart { at, last } => {
+            // SAFETY: as above; the timeline word is the state's third.
+            unsafe { (*state)[2] = last };
+            if at != tstamp {
                 // SAFETY: tc programs may write __sk_buff->tstamp; fq reads it as the
                 // packet's earliest departure (CLOCK_MONOTONIC, like bpf_ktime_get_ns).
-                unsafe { (*ctx.skb.skb).tstamp = t };
+                unsafe { (*ctx.skb.skb).tstamp = at };
             }
             TC_ACT_OK
         }
