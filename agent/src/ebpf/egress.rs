@@ -148,6 +148,20 @@ pub fn task_egress_state(
     })
 }
 
+/// Removes the EDT program a previous agent left on `device`'s egress as a netlink filter (tcx
+/// links go with their agent); true when there was one. For `--remove-cgroups` and shutdown.
+pub fn remove_egress_program(device: &str) -> Result<bool, EgressControlError> {
+    match tc::qdisc_detach_program(device, TcAttachType::Egress, PROG_EGRESS_EDT) {
+        Ok(()) => Ok(true),
+        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(EgressControlError::Program {
+            action: "detach",
+            device: device.to_owned(),
+            reason: error_chain(&e),
+        }),
+    }
+}
+
 type LimitMap = HashMap<MapData, CgroupId, [u64; EDT_WORDS]>;
 type DropMap = PerCpuHashMap<MapData, CgroupId, [u64; NET_COUNTER_WORDS]>;
 
@@ -260,6 +274,14 @@ impl EgressControl {
             limits,
             drops,
         })
+    }
+
+    /// Detaches the program from the device now (the agent is stopping; a netlink filter would
+    /// otherwise outlive the process when the control is never dropped).
+    pub fn detach(&self) {
+        if let Err(e) = remove_egress_program(&self.device) {
+            tracing::warn!(device = %self.device, error = %e, "cannot remove the egress program");
+        }
     }
 
     /// The device the program is on.

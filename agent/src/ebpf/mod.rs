@@ -50,7 +50,7 @@ mod qdisc;
 pub use device::{DeviceControl, DeviceRule, STANDARD_DEVICES};
 pub use egress::{
     DEFAULT_HORIZON as DEFAULT_EGRESS_HORIZON, EgressControl, EgressControlError,
-    default_route_device, link_speed_mbps, task_egress_state,
+    default_route_device, link_speed_mbps, remove_egress_program, task_egress_state,
 };
 pub use ports::{PortControl, PortControlError, ephemeral_overlap, task_port_ranges};
 pub use qdisc::QdiscError;

@@ -656,6 +656,13 @@ impl Containerizer for LinuxContainerizer {
     }
 
     fn cleanup(&self) {
+        // The EDT program goes with the agent (running tasks are not limited until the next
+        // agent recovers them), as a tcx link would; fq stays (see crate::ebpf::EgressControl).
+        if let Some(egress) = &self.egress
+            && let Ok(control) = egress.lock()
+        {
+            control.detach();
+        }
         // The keeper's lock is let go before the device control's (taken in the other order
         // by launches).
         let kept = self.device_keeper.lock().ok().and_then(|mut k| k.take());
