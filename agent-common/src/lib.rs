@@ -418,7 +418,8 @@ impl EdtState {
 /// rates are 0).
 #[must_use]
 pub const fn mbps_to_bytes_per_sec(mbps: f64) -> u64 {
-    if !(mbps > 0.0) {
+    // NaN and anything not above 0 are no rate.
+    if mbps.is_nan() || mbps <= 0.0 {
         return 0;
     }
     let bytes = mbps * 125_000.0;

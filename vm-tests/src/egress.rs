@@ -289,6 +289,10 @@ pub fn recovery_limits_a_running_task_again(helper: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The rates under each limit (limit, achieved), the unlimited rate, and the latency scenarios
+/// (not limited, EDT, htb).
+type BenchResults = (Vec<(f64, f64)>, f64, [Latency; 3]);
+
 /// One latency scenario's result.
 #[derive(Debug)]
 struct Latency {
@@ -361,7 +365,7 @@ pub fn bench_network(helper: &Path) -> Result<()> {
     ensure!(Path::new(tc).is_file(), "{tc} is not in the guest");
     let rr_out = std::env::temp_dir().join("rr-server.out");
     let mut rr_server = link.spawn_in_peer(helper, &["rr-server", "6000"], &rr_out)?;
-    let result = (|| -> Result<(Vec<(f64, f64)>, f64, [Latency; 3])> {
+    let result = (|| -> Result<BenchResults> {
         // Not limited, nothing configured on the device (veth: noqueue).
         let plain = Env::supervised("bench-plain", helper)?;
         let unlimited_sink = Sink::start(&link, helper, 5100, plain.work_dir())?;

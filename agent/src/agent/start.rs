@@ -35,6 +35,9 @@ use crate::discovery::{self, Discovery, HostRoots, Overrides};
 use crate::status::StatusUpdateManager;
 use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop, UsageReport};
 
+/// The egress limiter, shared by the containerizer and the usage collector.
+type SharedEgress = Arc<std::sync::Mutex<crate::ebpf::EgressControl>>;
+
 /// How long to wait for a TCP connection to the allocator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -730,10 +733,7 @@ fn agent_info(config: &AgentConfig, found: Discovery, http_endpoint: String) -> 
 /// read from them).
 fn start_usage(
     config: &AgentConfig,
-    (cgroups, egress): (
-        Option<&Arc<dyn CgroupBackend>>,
-        Option<Arc<std::sync::Mutex<crate::ebpf::EgressControl>>>,
-    ),
+    (cgroups, egress): (Option<&Arc<dyn CgroupBackend>>, Option<SharedEgress>),
     tasks: watch::Receiver<Arc<Vec<TaskRef>>>,
     ebpf: Option<SharedEbpf>,
     latest: LatestUsage,

@@ -236,7 +236,7 @@ impl LinuxContainerizer {
     ) -> Result<Option<EgressGrant>, ContainerizerError> {
         let task_id = task.task_id.as_str();
         let mbps = scalar_sum(&task.resources, names::NET_EGRESS_MBPS);
-        if !(mbps > 0.0) {
+        if mbps.is_nan() || mbps <= 0.0 {
             return Ok(None);
         }
         let refuse = |reason: String| ContainerizerError::InvalidTask {
