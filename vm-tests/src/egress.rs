@@ -293,6 +293,51 @@ pub fn recovery_limits_a_running_task_again(helper: &Path) -> Result<()> {
 /// (not limited, EDT, htb).
 type BenchResults = (Vec<(f64, f64)>, f64, [Latency; 3]);
 
+/// A UDP sender faster than its limit gets the packets past the horizon dropped, and the limiter
+/// counts them for the task: whole packets at the device (1000 bytes of payload, 8 of UDP, 20
+/// of IPv4, 14 of Ethernet). The limit, 0.2 Mbit/s, makes the 2 s horizon (50 kB, 48 packets)
+/// shorter than what would stop the sender first: fq's per-flow limit (100 packets, which fq
+/// drops itself, uncounted) and the socket's send buffer.
+pub fn udp_past_the_horizon_is_dropped_and_counted(helper: &Path) -> Result<()> {
+    use strata_agent::containerizer::Containerizer as _;
+    let _link = Link::create()?;
+    let env = Env::with_egress_control("egress-drop", helper, DEVICE)?;
+    let c = env.launch(
+        &Task::helper(
+            &env,
+            "udp",
+            &["udp-blast", &format!("{PEER_ADDR}:9"), "600", "1000"],
+        )
+        .egress(0.2),
+    )?;
+    wait_for_entries(&env, 1)?;
+    let id = env.containerizer.egress_entries()[0];
+    let status = env.wait(c.as_ref())?;
+    ensure!(
+        status == ExitStatus::Code(0),
+        "task udp {status}: {}",
+        fs::read_to_string(env.sandbox("udp").join("stderr")).unwrap_or_default()
+    );
+    let control = env
+        .containerizer
+        .egress_control()
+        .context("the containerizer has no egress control")?;
+    let dropped = control
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the egress control lock is poisoned"))?
+        .dropped(id);
+    eprintln!("egress: 600 datagrams of 1000 bytes at 0.2 Mbit/s: dropped {dropped:?}");
+    ensure!(
+        dropped.packets > 0,
+        "nothing was dropped past the horizon: {dropped:?}"
+    );
+    ensure!(
+        dropped.packets < 600 && dropped.bytes == dropped.packets * 1042,
+        "the drops are not whole datagrams of 1042 bytes at the device: {dropped:?}"
+    );
+    Ok(())
+}
+
 /// One latency scenario's result.
 #[derive(Debug)]
 struct Latency {

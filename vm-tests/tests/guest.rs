@@ -336,6 +336,15 @@ mod egress {
         egress::recovery_limits_a_running_task_again(&helper_path())
     }
 
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn egress_udp_past_the_horizon_is_dropped_and_counted() -> Result<()> {
+        if !guest_or_skip("egress_udp_past_the_horizon_is_dropped_and_counted") {
+            return Ok(());
+        }
+        egress::udp_past_the_horizon_is_dropped_and_counted(&helper_path())
+    }
+
     /// `cargo xtask bench network` (runs only when named: it is a benchmark, not a check).
     #[test]
     #[ignore = "runs only inside the qemu guest: cargo xtask bench network"]

@@ -37,6 +37,8 @@
 //!   on its cwd, then unshares a user namespace; prints `mount=ok|ERRNO` and
 //!   `unshare_user=ok|ERRNO`.
 //! - `env`: prints `env:NAME` for each variable of its environment.
+//! - `udp-blast ADDR COUNT SIZE`: `udp-send` from an unbound (any address) socket, so it can
+//!   reach another host.
 //! - `tcp-blast ADDR MS`: connects to ADDR and writes as fast as the socket takes it for MS
 //!   milliseconds, then closes; prints `sent_bytes`.
 //! - `tcp-sink PORT`: listens on 0.0.0.0:PORT, prints `listening=1`, accepts one connection and
@@ -114,6 +116,7 @@ fn main() -> Result<()> {
         "alloc" => alloc(num(0)?),
         "fork-loop" => fork_loop(num(0)?),
         "udp-send" => udp_send(arg(0)?, num(1)?, num(2)?),
+        "udp-blast" => udp_blast(arg(0)?, num(1)?, num(2)?),
         "tcp-send" => tcp_send(arg(0)?, num(1)?),
         "sleep" => {
             thread::sleep(Duration::from_secs(num(0)?));
@@ -430,6 +433,20 @@ fn fork_loop(max: u64) -> Result<()> {
 
 fn udp_send(addr: &str, count: u64, size: u64) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket")?;
+    let payload = vec![0x5a_u8; usize::try_from(size)?];
+    let mut sent = 0u64;
+    for _ in 0..count {
+        let n = socket
+            .send_to(&payload, addr)
+            .with_context(|| format!("sending to {addr}"))?;
+        sent += n as u64;
+    }
+    println!("sent_bytes={sent}");
+    Ok(())
+}
+
+fn udp_blast(addr: &str, count: u64, size: u64) -> Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
     let payload = vec![0x5a_u8; usize::try_from(size)?];
     let mut sent = 0u64;
     for _ in 0..count {
