@@ -28,9 +28,10 @@ const EBPF_DIR: &str = "../agent-ebpf";
 const COMMON_DIR: &str = "../agent-common";
 
 /// The objects the agent embeds: one per binary of the eBPF crate.
-const OBJECTS: [&str; 4] = [
+const OBJECTS: [&str; 5] = [
     "strata-agent-ebpf",
     "strata-device-ebpf",
+    "strata-egress-ebpf",
     "strata-ports-ebpf",
     "strata-profile-ebpf",
 ];

@@ -338,6 +338,149 @@ pub fn port_in(ranges: &PortRanges, port: u16) -> bool {
     false
 }
 
+/// tc (classifier) program on the egress of the agent's egress device: Earliest Departure
+/// Time pacing of the packets of tasks given an egress limit.
+pub const PROG_EGRESS_EDT: &str = "egress_edt";
+/// Hash map [`CgroupId`] (a task's cgroup) → `[u64; EDT_WORDS]` ([`EdtState`]): the task's
+/// rate, horizon and last departure time.
+pub const MAP_EGRESS_EDT: &str = "EGRESS_EDT";
+/// Per-CPU hash map [`CgroupId`] → `[u64; NET_COUNTER_WORDS]` ([`NetCounters`]): the bytes and
+/// packets the limiter dropped (their departure was past the horizon).
+pub const MAP_EGRESS_DROPS: &str = "EGRESS_DROPS";
+/// The number of `u64` words in an [`EdtState`].
+pub const EDT_WORDS: usize = 4;
+/// Nanoseconds per second.
+pub const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+/// A task's egress pacing state, the value of [`MAP_EGRESS_EDT`] (as `[u64; EDT_WORDS]`).
+///
+/// The agent writes it with `last_departure_ns` 0; the program updates `last_departure_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdtState {
+    /// The task's rate in bytes per second (never 0 in the map: no limit means no entry).
+    pub rate_bytes_per_sec: u64,
+    /// Packets whose departure would be more than this many nanoseconds from now are dropped.
+    pub horizon_ns: u64,
+    /// Where the task's departure timeline stands (CLOCK_MONOTONIC ns): the last packet's
+    /// earliest departure at the task's rate. It may lag `now` by up to `burst_ns`.
+    pub last_departure_ns: u64,
+    /// How far the timeline may lag behind `now`: after a pause shorter than this (the sender
+    /// was late, e.g. waiting for a CPU), the task may catch up on up to this much of its rate
+    /// at once (a token bucket of depth rate × burst). Its long-run rate stays at most the
+    /// limit: over any time T it sends at most rate × (T + burst).
+    pub burst_ns: u64,
+}
+
+const _: () = assert!(size_of::<EdtState>() == EDT_WORDS * 8);
+
+impl EdtState {
+    /// The state of a new limit of `mbps` megabits (10^6 bits) per second; `None` for a rate
+    /// under one byte per second.
+    #[must_use]
+    pub const fn new(mbps: f64, horizon_ns: u64, burst_ns: u64) -> Option<Self> {
+        let rate = mbps_to_bytes_per_sec(mbps);
+        if rate == 0 {
+            return None;
+        }
+        Some(Self {
+            rate_bytes_per_sec: rate,
+            horizon_ns,
+            last_departure_ns: 0,
+            burst_ns,
+        })
+    }
+
+    /// The in-map representation, in field order.
+    #[must_use]
+    pub const fn to_words(self) -> [u64; EDT_WORDS] {
+        [
+            self.rate_bytes_per_sec,
+            self.horizon_ns,
+            self.last_departure_ns,
+            self.burst_ns,
+        ]
+    }
+
+    /// Builds a state from its in-map representation.
+    #[must_use]
+    pub const fn from_words(words: [u64; EDT_WORDS]) -> Self {
+        Self {
+            rate_bytes_per_sec: words[0],
+            horizon_ns: words[1],
+            last_departure_ns: words[2],
+            burst_ns: words[3],
+        }
+    }
+}
+
+/// Megabits (10^6 bits) per second as whole bytes per second (rounded down; negative or NaN
+/// rates are 0).
+#[must_use]
+pub const fn mbps_to_bytes_per_sec(mbps: f64) -> u64 {
+    // NaN and anything not above 0 are no rate.
+    if mbps.is_nan() || mbps <= 0.0 {
+        return 0;
+    }
+    let bytes = mbps * 125_000.0;
+    if bytes >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        bytes as u64
+    }
+}
+
+/// How long `len` bytes take at `rate` bytes per second, in nanoseconds (rate 0: never, u64::MAX).
+#[must_use]
+#[inline(always)]
+pub const fn edt_delay_ns(len: u64, rate: u64) -> u64 {
+    if rate == 0 {
+        return u64::MAX;
+    }
+    // len is at most a 64 KiB GSO packet and rate at least 1: no overflow for len < 2^34.
+    len.saturating_mul(NSEC_PER_SEC) / rate
+}
+
+/// What the EDT program does with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdtVerdict {
+    /// Send it at (not before) `at` (CLOCK_MONOTONIC); the task's timeline moves to `last`.
+    Depart {
+        /// The packet's departure time, for `skb->tstamp`.
+        at: u64,
+        /// The state's new `last_departure_ns`.
+        last: u64,
+    },
+    /// Its departure would be past the horizon: drop it (the state is unchanged).
+    Drop,
+}
+
+/// The departure of a `len`-byte packet stamped `tstamp` (0, or a departure time the stack set,
+/// e.g. TCP's own pacing) at time `now`, for a task in `state`: Cilium's `edt_sched_departure`
+/// with a burst allowance. The task's timeline advances by this packet's transmission time at
+/// the task's rate, from where it stood, or from `now - burst` if it stood earlier (an idle
+/// task banks no more than `burst`); the packet leaves at that time, or at its own stamp or
+/// `now` if later. A packet that would depart more than the horizon after `now` is dropped.
+#[must_use]
+#[inline(always)]
+pub const fn edt_departure(state: &EdtState, len: u64, tstamp: u64, now: u64) -> EdtVerdict {
+    let t = if tstamp < now { now } else { tstamp };
+    let floor = now.saturating_sub(state.burst_ns);
+    let base = if state.last_departure_ns > floor {
+        state.last_departure_ns
+    } else {
+        floor
+    };
+    let next = base.saturating_add(edt_delay_ns(len, state.rate_bytes_per_sec));
+    if next > now && next - now > state.horizon_ns {
+        return EdtVerdict::Drop;
+    }
+    EdtVerdict::Depart {
+        at: if next > t { next } else { t },
+        last: next,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +540,113 @@ mod tests {
             core::array::from_fn(|i| (31000 + i as u64, 31000 + i as u64));
         let merged = encode_port_ranges(&touching).expect("merged");
         assert_eq!(merged[0], (31000 << 16) | 31016);
+    }
+
+    #[test]
+    fn edt_rate_math() {
+        assert_eq!(mbps_to_bytes_per_sec(50.0), 6_250_000);
+        assert_eq!(mbps_to_bytes_per_sec(1000.0), 125_000_000);
+        assert_eq!(mbps_to_bytes_per_sec(0.0), 0);
+        assert_eq!(mbps_to_bytes_per_sec(-1.0), 0);
+        assert_eq!(mbps_to_bytes_per_sec(f64::NAN), 0);
+        assert_eq!(mbps_to_bytes_per_sec(0.000_004), 0);
+        assert!(EdtState::new(0.0, 1, 0).is_none());
+        // 1500 bytes at 50 Mbit/s: 240 us; a 64 KiB GSO packet at 10 Mbit/s: 52.4 ms.
+        assert_eq!(edt_delay_ns(1500, 6_250_000), 240_000);
+        assert_eq!(edt_delay_ns(65_536, 1_250_000), 52_428_800);
+        assert_eq!(edt_delay_ns(1, 0), u64::MAX);
+        // No overflow at the largest rate and a large packet.
+        assert_eq!(edt_delay_ns(65_536, u64::MAX), 0);
+    }
+
+    #[test]
+    fn edt_departures_pace_at_the_rate_and_drop_past_the_horizon() {
+        // 8 Mbit/s is 1 MB/s: 1 ms per 1000 bytes; no burst allowance.
+        let mut s = EdtState::new(8.0, 2 * NSEC_PER_SEC, 0).expect("rate");
+        assert_eq!(s.rate_bytes_per_sec, 1_000_000);
+        let now = 10 * NSEC_PER_SEC;
+        // Without a burst allowance an idle task's first packet leaves once its transmission
+        // time at the rate has passed.
+        assert_eq!(
+            edt_departure(&s, 1000, 0, now),
+            EdtVerdict::Depart {
+                at: now + 1_000_000,
+                last: now + 1_000_000
+            }
+        );
+        s.last_departure_ns = now + 1_000_000;
+        // The next one 1000 bytes later: 1 ms after the last.
+        assert_eq!(
+            edt_departure(&s, 1000, 0, now),
+            EdtVerdict::Depart {
+                at: now + 2_000_000,
+                last: now + 2_000_000
+            }
+        );
+        // A packet the stack stamped later than that keeps its own time.
+        assert_eq!(
+            edt_departure(&s, 1000, now + 5_000_000, now),
+            EdtVerdict::Depart {
+                at: now + 5_000_000,
+                last: now + 2_000_000
+            }
+        );
+        // A sustained burst: packets of 1000 bytes leave 1 ms apart, so the rate holds.
+        s.last_departure_ns = now;
+        for i in 1..=1000u64 {
+            match edt_departure(&s, 1000, 0, now) {
+                EdtVerdict::Depart { at, last } => {
+                    assert_eq!(at, now + i * 1_000_000);
+                    s.last_departure_ns = last;
+                }
+                EdtVerdict::Drop => panic!("dropped within the horizon"),
+            }
+        }
+        // Past the 2 s horizon: dropped, state unchanged.
+        s.last_departure_ns = now + 2 * NSEC_PER_SEC;
+        assert_eq!(edt_departure(&s, 1000, 0, now), EdtVerdict::Drop);
+        assert_eq!(s.last_departure_ns, now + 2 * NSEC_PER_SEC);
+    }
+
+    #[test]
+    fn edt_burst_allowance_catches_up_on_a_short_lag_only() {
+        // 1 MB/s with 5 ms of burst: a sender 3 ms late sends 3 packets at once, then paces.
+        let mut s = EdtState::new(8.0, 2 * NSEC_PER_SEC, 5_000_000).expect("rate");
+        let now = 10 * NSEC_PER_SEC;
+        s.last_departure_ns = now - 3_000_000;
+        let mut at = [0u64; 5];
+        for slot in &mut at {
+            match edt_departure(&s, 1000, 0, now) {
+                EdtVerdict::Depart { at: a, last } => {
+                    *slot = a;
+                    s.last_departure_ns = last;
+                }
+                EdtVerdict::Drop => panic!("dropped"),
+            }
+        }
+        assert_eq!(at, [now, now, now, now + 1_000_000, now + 2_000_000]);
+        // After a long pause, no more than the 5 ms are banked.
+        s.last_departure_ns = now - NSEC_PER_SEC;
+        let mut immediate = 0;
+        loop {
+            match edt_departure(&s, 1000, 0, now) {
+                EdtVerdict::Depart { at, last } if at == now => {
+                    immediate += 1;
+                    s.last_departure_ns = last;
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(immediate, 5);
+        // The five banked packets brought the timeline up to now: the next one waits 1 ms.
+        assert_eq!(s.last_departure_ns, now);
+    }
+
+    #[test]
+    fn edt_state_words_in_field_order() {
+        let s = EdtState::new(100.0, 7, 9).expect("rate");
+        assert_eq!(s.to_words(), [12_500_000, 7, 0, 9]);
+        assert_eq!(EdtState::from_words(s.to_words()), s);
     }
 
     #[test]

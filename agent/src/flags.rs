@@ -47,6 +47,18 @@ pub struct AgentArgs {
     /// Ports to offer, as BEGIN-END (default: 31000-32000).
     #[arg(long, env = "STRATA_AGENT_PORTS", value_parser = parse::port_range, value_name = "BEGIN-END")]
     pub ports: Option<(u64, u64)>,
+    /// The network device whose egress tasks' `net_egress_mbps` limits apply to (default: the
+    /// device of the default route).
+    #[arg(long, env = "STRATA_AGENT_NET_EGRESS_DEVICE", value_name = "DEV")]
+    pub net_egress_device: Option<String>,
+    /// Egress bandwidth to offer as `net_egress_mbps`, in Mbit/s (default: the egress device's
+    /// link speed; none when it is unknown).
+    #[arg(long, env = "STRATA_AGENT_NET_EGRESS_MBPS", value_parser = parse::scalar, value_name = "MBPS")]
+    pub net_egress_mbps: Option<f64>,
+    /// A packet of a task with an egress limit that would leave later than this after it was
+    /// sent is dropped (the limiter's horizon).
+    #[arg(long, env = "STRATA_AGENT_NET_EGRESS_HORIZON", default_value = "2s", value_parser = parse::duration, value_name = "DURATION")]
+    pub net_egress_horizon: Duration,
     /// Resources in Mesos' agent syntax, `NAME[(ROLE)]:VALUE;...`, like
     /// `cpus:4;cpus(ml):4;mem(ml):8GiB;ports(ml):[31000-31099]`: a `(ROLE)` makes the entry a
     /// static reservation for that role. The names listed replace what --cpus, --mem, --disk
@@ -174,6 +186,9 @@ impl AgentArgs {
         config.mem_mib = self.mem;
         config.disk_mib = self.disk;
         config.ports = self.ports;
+        config.net_egress_device = self.net_egress_device.clone();
+        config.net_egress_mbps = self.net_egress_mbps;
+        config.net_egress_horizon = self.net_egress_horizon;
         config.resources = self.resources.clone().map(|r| r.0).unwrap_or_default();
         config.attributes = self.attributes.clone();
         config.default_kill_grace_period = self.default_kill_grace_period;

@@ -53,6 +53,18 @@ async fn agent_main(args: AgentCommand) -> ExitCode {
                 .map_or(RootPlacement::Auto(name), RootPlacement::Path),
             other => other,
         };
+        // A netlink EDT filter a killed agent left on its egress device goes too.
+        if let Some(device) = config
+            .net_egress_device
+            .clone()
+            .or_else(|| strata_agent::ebpf::default_route_device(&roots.proc))
+        {
+            match strata_agent::ebpf::remove_egress_program(&device) {
+                Ok(true) => eprintln!("strata-agent: removed the egress program from {device}"),
+                Ok(false) => {}
+                Err(e) => eprintln!("strata-agent: warning: {e}"),
+            }
+        }
         let removed = strata_agent::cgroup::detect(&roots.proc, &roots.cgroup, &placement)
             .and_then(|cgroups| cgroups.destroy_root());
         return match removed {

@@ -420,8 +420,17 @@ fn network_line(net: Option<&NetworkUsage>, rates: Option<(f64, f64)>) -> String
         Some((rx, tx)) => (format!(" {}", fmt_rate(rx)), format!(" {}", fmt_rate(tx))),
         None => (String::new(), String::new()),
     };
+    let dropped = if net.tx_dropped_bytes_total > 0 {
+        format!(
+            "   egress limit dropped {} ({} packets)",
+            fmt_bytes(net.tx_dropped_bytes_total as f64),
+            net.tx_dropped_packets_total
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "network     rx {} ({} packets){rx_rate}   tx {} ({} packets){tx_rate}",
+        "network     rx {} ({} packets){rx_rate}   tx {} ({} packets){tx_rate}{dropped}",
         fmt_bytes(net.rx_bytes_total as f64),
         net.rx_packets_total,
         fmt_bytes(net.tx_bytes_total as f64),
@@ -493,6 +502,7 @@ pub(crate) mod tests {
                 tx_bytes_total: 4096,
                 rx_packets_total: 800,
                 tx_packets_total: 20,
+                ..NetworkUsage::default()
             }),
             cpu_pressure: Some(Pressure {
                 some_avg10: 0.5,
@@ -605,6 +615,21 @@ pub(crate) mod tests {
             "pressure    cpu some 0.50% full -   memory -   io some 0.00% full 0.00%"
         );
         assert!(!text.lines().any(|l| l.ends_with(' ')), "{text}");
+    }
+
+    #[test]
+    fn the_egress_limiters_drops_are_shown_when_there_are_some() {
+        let net = NetworkUsage {
+            tx_bytes_total: 4096,
+            tx_packets_total: 20,
+            tx_dropped_bytes_total: 3000,
+            tx_dropped_packets_total: 2,
+            ..NetworkUsage::default()
+        };
+        assert_eq!(
+            network_line(Some(&net), None),
+            "network     rx 0 B (0 packets)   tx 4.0 KiB (20 packets)   egress limit dropped 2.9 KiB (2 packets)"
+        );
     }
 
     #[test]

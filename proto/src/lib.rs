@@ -34,6 +34,8 @@ pub mod names {
     pub const GPUS: &str = "gpus";
     /// TCP/UDP ports (ranges).
     pub const PORTS: &str = "ports";
+    /// Egress bandwidth in megabits (10^6 bits) per second (scalar), enforced with EDT.
+    pub const NET_EGRESS_MBPS: &str = "net_egress_mbps";
 }
 
 impl Resource {

@@ -159,6 +159,15 @@ impl Task {
         self
     }
 
+    /// Egress bandwidth (`net_egress_mbps`), Mbit/s.
+    #[must_use]
+    pub fn egress(mut self, mbps: f64) -> Self {
+        self.info
+            .resources
+            .push(Resource::scalar(names::NET_EGRESS_MBPS, mbps));
+        self
+    }
+
     /// A device node the task may use.
     #[must_use]
     pub fn device(mut self, path: &Path) -> Self {
@@ -271,6 +280,43 @@ impl Env {
         config.default_user = NOBODY.to_owned();
         self.containerizer =
             LinuxContainerizer::new(config, self.cgroups.clone()).with_port_control(ports);
+        Ok(())
+    }
+
+    /// Like [`Env::supervised`], with egress limits (fq and the agent's EDT program on
+    /// `device`).
+    pub fn with_egress_control(name: &str, helper: &Path, device: &str) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        env.containerizer = env.egress_containerizer(device)?;
+        Ok(env)
+    }
+
+    fn egress_containerizer(&self, device: &str) -> Result<LinuxContainerizer> {
+        let egress = strata_agent::ebpf::EgressControl::load(
+            device,
+            Path::new("/sys"),
+            strata_agent::ebpf::DEFAULT_EGRESS_HORIZON,
+        )
+        .with_context(|| format!("loading the egress limiter on {device}"))?;
+        let mut config = LinuxConfig::new(self.work.path());
+        config.supervisor_exe = Some(self.helper.clone());
+        config.default_user = NOBODY.to_owned();
+        Ok(LinuxContainerizer::new(config, self.cgroups.clone()).with_egress_control(egress))
+    }
+
+    /// Simulates an agent restart with egress limits: the runtime (with the reapers, which hold
+    /// the old program and map) and the containerizer are replaced by new ones, with a new,
+    /// empty map, until [`Env::recover`] re-attaches the running tasks.
+    pub fn restart_with_egress_control(&mut self, device: &str) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a tokio runtime")?;
+        drop(std::mem::replace(&mut self.rt, rt));
+        // The old containerizer (and its limiter) goes first, as with a real restart.
+        self.containerizer =
+            LinuxContainerizer::new(LinuxConfig::new(self.work.path()), self.cgroups.clone());
+        self.containerizer = self.egress_containerizer(device)?;
         Ok(())
     }
 

@@ -313,6 +313,53 @@ fn pids_max_stops_a_fork_loop() -> Result<()> {
 strata_vm_tests::scenarios!(containerizer => guest_tests);
 strata_vm_tests::scenarios!(tracing => guest_tests);
 
+/// Egress limits (guest only: the scenarios create veth pairs and network namespaces).
+mod egress {
+    use anyhow::Result;
+    use strata_vm_tests::{egress, guest_or_skip, helper_path};
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn egress_a_task_is_paced_to_its_limit_and_its_neighbour_is_not() -> Result<()> {
+        if !guest_or_skip("egress_a_task_is_paced_to_its_limit_and_its_neighbour_is_not") {
+            return Ok(());
+        }
+        egress::a_task_is_paced_to_its_limit_and_its_neighbour_is_not(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn egress_recovery_limits_a_running_task_again() -> Result<()> {
+        if !guest_or_skip("egress_recovery_limits_a_running_task_again") {
+            return Ok(());
+        }
+        egress::recovery_limits_a_running_task_again(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn egress_udp_past_the_horizon_is_dropped_and_counted() -> Result<()> {
+        if !guest_or_skip("egress_udp_past_the_horizon_is_dropped_and_counted") {
+            return Ok(());
+        }
+        egress::udp_past_the_horizon_is_dropped_and_counted(&helper_path())
+    }
+
+    /// `cargo xtask bench network` (runs only when named: it is a benchmark, not a check).
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask bench network"]
+    fn egress_bench_network() -> Result<()> {
+        if !guest_or_skip("egress_bench_network") {
+            return Ok(());
+        }
+        if !std::env::args().any(|a| a.contains("bench_network")) {
+            eprintln!("skipped egress_bench_network: run it with `cargo xtask bench network`");
+            return Ok(());
+        }
+        egress::bench_network(&helper_path())
+    }
+}
+
 /// Port enforcement (guest only: the scenarios bind the machine's ports and one changes its
 /// ephemeral port range).
 mod ports {

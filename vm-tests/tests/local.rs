@@ -593,3 +593,57 @@ fn local_tasks_bind_only_the_ports_they_were_given() -> Result<()> {
     }
     Ok(())
 }
+
+/// Through `strata local` (the real agent, allocator and a framework): with the egress device
+/// given by flag (a veth pair into a namespace), the agent says egress limits are on, offers
+/// net_egress_mbps, and a task given 30 of it sends within ±5% of 30 Mbit/s.
+#[test]
+#[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+fn local_a_task_given_net_egress_mbps_is_limited() -> Result<()> {
+    if !guest_or_skip("local_a_task_given_net_egress_mbps_is_limited") {
+        return Ok(());
+    }
+    use strata_vm_tests::egress::{DEVICE, Link, PEER_ADDR, Sink};
+    let link = Link::create()?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let sink = Sink::start(&link, Path::new(HELPER), 5201, dir.path())?;
+    let local = Local::start(
+        "egress",
+        Start::FreshTopLevel,
+        "info",
+        &["--net-egress-device", DEVICE, "--net-egress-mbps", "1000"],
+    )?;
+    let deadline = Instant::now() + START_LIMIT;
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("egress limits on")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match local.stderr.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => bail!(
+                "the agent never said egress limits are on:\n{}",
+                said.join("\n")
+            ),
+        }
+    }
+    let tasks = vec![
+        task("limited")
+            .shell(format!("{HELPER} - tcp-blast {PEER_ADDR}:5201 3000"))
+            .resource(Resource::scalar("net_egress_mbps", 30.0))
+            .cpus(0.1)
+            .mem(16.0)
+            .build(),
+    ];
+    let ended = runtime()?.block_on(run_tasks(&local.url, "vm-egress", tasks))?;
+    let status = &ended["limited"];
+    ensure!(
+        status.state == TaskState::Finished as i32,
+        "task limited did not finish: {status:?}"
+    );
+    let mbps = sink.mbps()?;
+    eprintln!("local: a task given 30 Mbit/s sent at {mbps:.2} Mbit/s");
+    ensure!(
+        (28.5..=31.5).contains(&mbps),
+        "the task given 30 Mbit/s sent at {mbps:.2} Mbit/s (not within ±5%)"
+    );
+    Ok(())
+}

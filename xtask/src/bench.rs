@@ -6,6 +6,10 @@
 //! - `allocator`: the allocator core alone (`allocator-core/benches/allocator.rs`).
 //! - `accounting`: the agent's own CPU and memory, the eBPF programs' run time and the on-CPU
 //!   precision with 200 and 1,000 running tasks (`bench_accounting.rs`).
+//! - `network`: egress limits in the qemu guest (`vm-tests/src/egress.rs`, `bench_network`):
+//!   the rate achieved under EDT limits of 10, 100 and 1,000 Mbit/s, and the p50/p99 round trip
+//!   of a small request/response flow next to a bulk sender not limited, limited by EDT and by
+//!   tc htb. Software emulation (TCG): about a minute, and emulated-machine numbers.
 //! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
 //!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`); with `--tls`, again with
 //!   TLS and authentication on, with the ratios.
@@ -63,6 +67,14 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Egress limits in the qemu guest: the rate achieved under EDT limits of 10, 100 and
+    /// 1,000 Mbit/s, and a small request/response flow's latency next to a bulk sender not
+    /// limited, limited by EDT and limited by tc htb.
+    Network {
+        /// The guest kernel (a key of vm-tests/kernels.lock).
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+    },
     /// The Mesos HTTP API against gRPC, in one run: offers/s and ACCEPT-to-RUNNING latency.
     Mesos {
         /// Passed to the benchmark, e.g. --agents 50 --seconds 5 --launches 1000; --tls
@@ -117,6 +129,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 ])
                 .args(args),
         ),
+        Bench::Network { kernel } => crate::vm::run(&crate::vm::VmTestArgs {
+            kernel: Some(kernel.clone()),
+            relock: false,
+            timeout: 900,
+            filters: vec!["egress_bench_network".to_owned()],
+        }),
         Bench::Mesos { args } => util::run(
             util::cargo()
                 .args(["bench", "-p", "strata-allocator", "--bench", "mesos", "--"])

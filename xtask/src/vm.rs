@@ -55,7 +55,8 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     let mut failed = Vec::new();
     for entry in entries {
         let vmlinux = kernel::vmlinux(entry)?;
-        let initramfs = guest::initramfs(&tests, &args.filters)?;
+        let modules = kernel::modules(entry)?;
+        let initramfs = guest::initramfs(&tests, &modules, &args.filters)?;
         match guest::boot(entry, &vmlinux, &initramfs.image, args.timeout) {
             Ok(()) => {}
             Err(e) if args.kernel.is_none() => {

@@ -30,6 +30,12 @@ pub struct AgentConfig {
     pub disk_mib: Option<f64>,
     /// Ports to offer; default 31000-32000.
     pub ports: Option<(u64, u64)>,
+    /// The device whose egress is limited (default: the device of the default route).
+    pub net_egress_device: Option<String>,
+    /// Egress bandwidth to offer as `net_egress_mbps` (default: the device's link speed).
+    pub net_egress_mbps: Option<f64>,
+    /// A limited task's packet that would leave later than this after it was sent is dropped.
+    pub net_egress_horizon: Duration,
     /// `--resources`: each name listed replaces the discovered (or overridden) resource of
     /// that name; entries with a role are static reservations. Empty: none.
     pub resources: Vec<strata_common::parse::ResourceEntry>,
@@ -123,6 +129,9 @@ impl AgentConfig {
             mem_mib: None,
             disk_mib: None,
             ports: None,
+            net_egress_device: None,
+            net_egress_mbps: None,
+            net_egress_horizon: crate::ebpf::DEFAULT_EGRESS_HORIZON,
             resources: Vec::new(),
             attributes: Vec::new(),
             default_kill_grace_period: Duration::from_secs(3),

@@ -35,6 +35,9 @@ use crate::discovery::{self, Discovery, HostRoots, Overrides};
 use crate::status::StatusUpdateManager;
 use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop, UsageReport};
 
+/// The egress limiter, shared by the containerizer and the usage collector.
+type SharedEgress = Arc<std::sync::Mutex<crate::ebpf::EgressControl>>;
+
 /// How long to wait for a TCP connection to the allocator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -90,8 +93,8 @@ pub async fn run(
     allocator_uris(&config.allocator)?;
     create_work_dir(&config).await?;
     crate::nofile::raise_for_agent();
-    let (containerizer, cgroups) = containerizer_for(&config)?;
     let mut config = config;
+    let (containerizer, cgroups) = containerizer_for(&mut config)?;
     if cgroups.is_none()
         && !config
             .attributes
@@ -149,14 +152,60 @@ fn supervisor_exe(config: &AgentConfig) -> Option<PathBuf> {
 }
 
 /// The containerizer the configuration asks for, and its task cgroups (for usage records).
+///
+/// Also settles the `net_egress_mbps` the agent offers (in `config.resources`): the EDT limiter
+/// must be on for it to be offered at all.
 fn containerizer_for(
-    config: &AgentConfig,
+    config: &mut AgentConfig,
 ) -> Result<(Arc<dyn Containerizer>, Cgroups), AgentError> {
+    let (containerizer, cgroups, egress) = containerizer_and_egress(config)?;
+    offer_egress(config, egress);
+    Ok((containerizer, cgroups))
+}
+
+/// What the egress limiter leaves to offer: the device and rate, or why there is none.
+pub(super) type EgressOffer = Result<(String, f64), String>;
+
+/// Puts `net_egress_mbps` into `config.resources` when the limiter is on and a rate is known
+/// (an operator's `--resources` entry stays as given); removes it otherwise, saying why once.
+pub(super) fn offer_egress(config: &mut AgentConfig, egress: EgressOffer) {
+    use strata_common::parse::{ResourceEntry, ResourceValue};
+    let name = strata_proto::names::NET_EGRESS_MBPS;
+    let given = config.resources.iter().any(|e| e.name == name);
+    match egress {
+        Ok((device, mbps)) => {
+            if !given {
+                config.resources.push(ResourceEntry {
+                    name: name.to_owned(),
+                    role: None,
+                    value: ResourceValue::Scalar(mbps),
+                });
+            }
+            tracing::info!(
+                device,
+                offered_mbps = mbps,
+                "egress limits on: tasks given net_egress_mbps are paced to it (EDT with fq)"
+            );
+        }
+        Err(why) => {
+            if given {
+                config.resources.retain(|e| e.name != name);
+            }
+            tracing::warn!("egress limits are unavailable, net_egress_mbps is not offered: {why}");
+        }
+    }
+}
+
+fn containerizer_and_egress(
+    config: &AgentConfig,
+) -> Result<(Arc<dyn Containerizer>, Cgroups, EgressOffer), AgentError> {
+    let no_cgroups = || "tasks do not run in cgroups, by which the limiter finds them".to_owned();
     if config.isolation == Isolation::None {
         tracing::info!("tasks run as plain processes (--isolation none): no limits are enforced");
         return Ok((
             Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
             None,
+            Err(no_cgroups()),
         ));
     }
     let placement = config.root_placement();
@@ -198,17 +247,82 @@ fn containerizer_for(
                 }
             }
             containerizer = with_port_control(config, containerizer, backend.as_ref());
-            Ok((Arc::new(containerizer), Some(backend)))
+            let (containerizer, egress) = with_egress_control(config, containerizer);
+            Ok((Arc::new(containerizer), Some(backend), egress))
         }
         Err(e) if config.isolation == Isolation::Auto && !cgroups_expected(&e) => {
             tracing::warn!(error = %e, "tasks run as plain processes without limits (offered with the attribute isolation=none): this host gives the agent no cgroups; run it as root on a host with cgroup2 to isolate them");
             Ok((
                 Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
                 None,
+                Err(no_cgroups()),
             ))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Egress limits (see [`crate::ebpf::EgressControl`]): fq and the EDT program on the egress
+/// device (`--net-egress-device`, else the default route's), and the rate to offer
+/// (`--net-egress-mbps` or a `--resources` entry, else the device's link speed). No device, an
+/// unknown rate, or a kernel without fq, clsact or tc BPF: the reason, and nothing is offered.
+fn with_egress_control(
+    config: &AgentConfig,
+    containerizer: LinuxContainerizer,
+) -> (LinuxContainerizer, EgressOffer) {
+    let Some(device) = config
+        .net_egress_device
+        .clone()
+        .or_else(|| crate::ebpf::default_route_device(&config.roots.proc))
+    else {
+        return (
+            containerizer,
+            Err(
+                "no egress device: there is no default route; name one with --net-egress-device"
+                    .to_owned(),
+            ),
+        );
+    };
+    let mbps = match egress_rate(config, &device) {
+        Ok(mbps) => mbps,
+        Err(why) => return (containerizer, Err(why)),
+    };
+    match crate::ebpf::EgressControl::load(&device, &config.roots.sys, config.net_egress_horizon) {
+        Ok(control) => {
+            tracing::info!(device, replaced_root_qdisc = ?control.replaced_qdisc(),
+                horizon = ?control.horizon(), "egress limiter on: fq at the root of the device, EDT program on its egress");
+            (
+                containerizer.with_egress_control(control),
+                Ok((device, mbps)),
+            )
+        }
+        Err(e) => (containerizer, Err(e.to_string())),
+    }
+}
+
+/// The egress bandwidth the agent offers on `device`: the sum of the `net_egress_mbps` entries
+/// of `--resources` (all roles), else `--net-egress-mbps`, else the device's link speed; the
+/// reason when none is known.
+pub(super) fn egress_rate(config: &AgentConfig, device: &str) -> Result<f64, String> {
+    let given = config
+        .resources
+        .iter()
+        .filter(|e| e.name == strata_proto::names::NET_EGRESS_MBPS)
+        .map(|e| match e.value {
+            strata_common::parse::ResourceValue::Scalar(v) => v,
+            strata_common::parse::ResourceValue::Ranges(_) => 0.0,
+        })
+        .reduce(|a, b| a + b);
+    given
+        .or(config.net_egress_mbps)
+        .or_else(|| crate::ebpf::link_speed_mbps(&config.roots.sys, device).map(|s| s as f64))
+        .ok_or_else(|| {
+            format!(
+                "the link speed of {device} is unknown (no {}/class/net/{device}/speed); give the \
+                 rate with --net-egress-mbps",
+                config.roots.sys.display()
+            )
+        })
 }
 
 /// Port enforcement for host-network tasks (see [`crate::ebpf::PortControl`]): the bind
@@ -391,7 +505,7 @@ async fn start(
     let (usage_tx, usage_rx) = mpsc::channel(2);
     let usage_loop = start_usage(
         &config,
-        cgroups.as_ref(),
+        (cgroups.as_ref(), containerizer.egress_control()),
         running_rx,
         ebpf.clone(),
         latest_usage.clone(),
@@ -636,7 +750,7 @@ fn agent_info(config: &AgentConfig, found: Discovery, http_endpoint: String) -> 
 /// read from them).
 fn start_usage(
     config: &AgentConfig,
-    cgroups: Option<&Arc<dyn CgroupBackend>>,
+    (cgroups, egress): (Option<&Arc<dyn CgroupBackend>>, Option<SharedEgress>),
     tasks: watch::Receiver<Arc<Vec<TaskRef>>>,
     ebpf: Option<SharedEbpf>,
     latest: LatestUsage,
@@ -647,7 +761,11 @@ fn start_usage(
     match layout {
         Some(layout) => Some(tokio::spawn(
             crate::usage::run(UsageLoop {
-                collector: Collector::new(layout),
+                collector: {
+                    let mut collector = Collector::new(layout);
+                    collector.egress = egress;
+                    collector
+                },
                 interval: config.usage_interval,
                 tasks,
                 ebpf,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::start::{allocator_endpoint, allocator_uris, managed_ports};
+use super::start::{allocator_endpoint, allocator_uris, egress_rate, managed_ports, offer_egress};
 use super::*;
 use crate::checkpoint;
 
@@ -94,4 +94,53 @@ fn managed_ports_come_from_resources_then_ports_then_the_default() {
         strata_common::parse::agent_resources("cpus:2;ports:[31000-31099];ports(ml):[32000-32009]")
             .expect("valid resources");
     assert_eq!(managed_ports(&c), vec![(31000, 31099), (32000, 32009)]);
+}
+
+#[test]
+fn net_egress_mbps_is_offered_only_with_the_limiter_on() {
+    use strata_common::parse::ResourceValue;
+    let name = strata_proto::names::NET_EGRESS_MBPS;
+    let offered = |c: &AgentConfig| -> Vec<f64> {
+        c.resources
+            .iter()
+            .filter(|e| e.name == name)
+            .filter_map(|e| match e.value {
+                ResourceValue::Scalar(v) => Some(v),
+                ResourceValue::Ranges(_) => None,
+            })
+            .collect()
+    };
+    // On, with a rate found: offered.
+    let mut c = AgentConfig::new("127.0.0.1:5050", "/tmp/w");
+    offer_egress(&mut c, Ok(("eth0".to_owned(), 1000.0)));
+    assert_eq!(offered(&c), vec![1000.0]);
+    // On, with the operator's own entry: that entry stays as given.
+    let mut c = AgentConfig::new("127.0.0.1:5050", "/tmp/w");
+    c.resources = strata_common::parse::agent_resources("cpus:2;net_egress_mbps:400")
+        .expect("valid resources");
+    offer_egress(&mut c, Ok(("eth0".to_owned(), 400.0)));
+    assert_eq!(offered(&c), vec![400.0]);
+    // Off (no fq, ...): not offered, even when the operator listed it.
+    offer_egress(&mut c, Err("no fq".to_owned()));
+    assert!(offered(&c).is_empty());
+    assert!(c.resources.iter().any(|e| e.name == "cpus"));
+}
+
+#[test]
+fn the_egress_rate_comes_from_resources_then_the_flag_then_the_link_speed() {
+    let sys = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(sys.path().join("class/net/eth0")).expect("mkdir");
+    std::fs::write(sys.path().join("class/net/eth0/speed"), "10000\n").expect("write");
+    let mut c = AgentConfig::new("127.0.0.1:5050", "/tmp/w");
+    c.roots.sys = sys.path().to_path_buf();
+    assert_eq!(egress_rate(&c, "eth0"), Ok(10_000.0));
+    let err = egress_rate(&c, "veth0").expect_err("no speed");
+    assert!(err.contains("link speed of veth0 is unknown"), "{err}");
+    assert!(err.contains("--net-egress-mbps"), "{err}");
+    c.net_egress_mbps = Some(700.0);
+    assert_eq!(egress_rate(&c, "veth0"), Ok(700.0));
+    c.resources =
+        strata_common::parse::agent_resources("net_egress_mbps:300;net_egress_mbps(ml):200")
+            .expect("valid resources");
+    assert_eq!(egress_rate(&c, "veth0"), Ok(500.0));
 }

@@ -271,6 +271,14 @@ pub trait Containerizer: Send + Sync + fmt::Debug {
 
     /// Called when the agent stops: removes what the containerizer set up that no task uses.
     fn cleanup(&self) {}
+
+    /// The egress limiter, when this containerizer limits tasks' egress (the usage collector
+    /// reads its drops).
+    fn egress_control(
+        &self,
+    ) -> Option<std::sync::Arc<std::sync::Mutex<crate::ebpf::EgressControl>>> {
+        None
+    }
 }
 
 /// A launched task.

@@ -44,9 +44,16 @@ use strata_agent_common::{
 use strata_common::error::chain as error_chain;
 
 mod device;
+mod egress;
 mod ports;
+mod qdisc;
 pub use device::{DeviceControl, DeviceRule, STANDARD_DEVICES};
+pub use egress::{
+    DEFAULT_HORIZON as DEFAULT_EGRESS_HORIZON, EgressControl, EgressControlError,
+    default_route_device, link_speed_mbps, remove_egress_program, task_egress_state,
+};
 pub use ports::{PortControl, PortControlError, ephemeral_overlap, task_port_ranges};
+pub use qdisc::QdiscError;
 
 /// The eBPF object built by `build.rs` from `agent-ebpf` (empty when built without it: see
 /// [`embedded`]).
@@ -66,6 +73,7 @@ pub fn programs_built() -> bool {
     [
         EBPF_OBJECT,
         device::DEVICE_OBJECT,
+        egress::EGRESS_OBJECT,
         ports::PORTS_OBJECT,
         crate::profile::PROFILE_OBJECT,
     ]
@@ -169,6 +177,9 @@ pub struct NetTraffic {
     pub ingress: NetCounters,
     /// Packets sent by the cgroup's sockets.
     pub egress: NetCounters,
+    /// Sent packets the egress limiter dropped (filled in by the usage collector from
+    /// [`EgressControl::dropped`]; zero without a limit).
+    pub dropped: NetCounters,
 }
 
 /// A cgroup's run-queue (scheduling) latency: a log2 histogram of its tasks' waits for a CPU.
@@ -443,6 +454,7 @@ impl Ebpf {
         Ok(NetTraffic {
             ingress: read_net(ingress, MAP_NET_INGRESS, cgroup_id)?,
             egress: read_net(egress, MAP_NET_EGRESS, cgroup_id)?,
+            dropped: NetCounters::default(),
         })
     }
 

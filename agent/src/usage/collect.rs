@@ -17,7 +17,7 @@ use strata_proto::{
 use super::layout::{Layout, TaskDirs};
 use super::read::{self, Reader};
 use super::{TaskRef, UsageReport};
-use crate::ebpf::{Ebpf, NetTraffic, RunQueueHistogram};
+use crate::ebpf::{Ebpf, EgressControl, NetTraffic, RunQueueHistogram};
 
 /// How often a task's limits (set at launch, never changed by the agent) are read again.
 const LIMITS_EVERY: Duration = Duration::from_secs(60);
@@ -59,6 +59,7 @@ pub struct Collected {
 /// What a pass of [`Collector::collect`] shares between its tasks.
 struct Pass<'a> {
     ebpf: Option<&'a Ebpf>,
+    egress: Option<&'a std::sync::Mutex<EgressControl>>,
     agent_id: &'a str,
     now: Instant,
     timestamp: f64,
@@ -88,6 +89,8 @@ pub struct Collector {
     reader: Reader,
     /// Full reads made by the last [`Collector::collect`] (the rest reused a record).
     pub last_full_reads: usize,
+    /// The egress limiter, whose drops go into the records' network usage.
+    pub egress: Option<Arc<std::sync::Mutex<EgressControl>>>,
 }
 
 impl Collector {
@@ -101,6 +104,7 @@ impl Collector {
             seen: Vec::new(),
             reader: Reader::default(),
             last_full_reads: 0,
+            egress: None,
         }
     }
 
@@ -112,8 +116,10 @@ impl Collector {
         ebpf: Option<&Ebpf>,
         agent_id: &str,
     ) -> Collected {
+        let egress = self.egress.clone();
         let pass = Pass {
             ebpf,
+            egress: egress.as_deref(),
             agent_id,
             now: Instant::now(),
             timestamp: SystemTime::now()
@@ -346,7 +352,14 @@ fn ebpf_figures(
             if oncpu_ns.is_none() {
                 *oncpu_ns = e.cpu_time_ns(id).ok();
             }
-            e.net_counters(id).ok()
+            e.net_counters(id).ok().map(|mut n| {
+                // What the egress limiter dropped (counted as sent by cgroup_skb, which runs
+                // before it).
+                if let Some(Ok(control)) = pass.egress.map(std::sync::Mutex::lock) {
+                    n.dropped = control.dropped(id);
+                }
+                n
+            })
         }
         _ => None,
     };
@@ -483,6 +496,8 @@ fn make_record(pass: &Pass<'_>, task: &TaskRef, f: Figures) -> TaskUsage {
             tx_bytes_total: n.egress.bytes,
             rx_packets_total: n.ingress.packets,
             tx_packets_total: n.egress.packets,
+            tx_dropped_bytes_total: n.dropped.bytes,
+            tx_dropped_packets_total: n.dropped.packets,
         }),
         cpu_pressure,
         memory_pressure,

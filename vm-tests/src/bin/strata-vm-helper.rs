@@ -37,6 +37,18 @@
 //!   on its cwd, then unshares a user namespace; prints `mount=ok|ERRNO` and
 //!   `unshare_user=ok|ERRNO`.
 //! - `env`: prints `env:NAME` for each variable of its environment.
+//! - `udp-blast ADDR COUNT SIZE`: `udp-send` from an unbound (any address) socket, so it can
+//!   reach another host.
+//! - `tcp-blast ADDR MS`: connects to ADDR and writes as fast as the socket takes it for MS
+//!   milliseconds, then closes; prints `sent_bytes`.
+//! - `tcp-sink PORT`: listens on 0.0.0.0:PORT, prints `listening=1`, accepts one connection and
+//!   reads it to its end; prints `bytes`, `secs` (first byte to end) and `mbps` (the rate over
+//!   that time, 10^6 bits per second), and `tail_mbps`, the rate over the last 2 s or so.
+//! - `rr-server PORT`: listens on 0.0.0.0:PORT, prints `listening=1`, and answers every 64-byte
+//!   request of every connection with 64 bytes, forever.
+//! - `rr-client ADDR MS`: for MS milliseconds, sends a 64-byte request on one connection and
+//!   waits for the 64-byte answer, 5 ms apart; prints `count`, `p50_us` and `p99_us` of the
+//!   round trips.
 
 use std::hint::black_box;
 use std::io::{Read as _, Write as _};
@@ -104,6 +116,7 @@ fn main() -> Result<()> {
         "alloc" => alloc(num(0)?),
         "fork-loop" => fork_loop(num(0)?),
         "udp-send" => udp_send(arg(0)?, num(1)?, num(2)?),
+        "udp-blast" => udp_blast(arg(0)?, num(1)?, num(2)?),
         "tcp-send" => tcp_send(arg(0)?, num(1)?),
         "sleep" => {
             thread::sleep(Duration::from_secs(num(0)?));
@@ -213,6 +226,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        "tcp-blast" => tcp_blast(arg(0)?, num(1)?),
+        "tcp-sink" => tcp_sink(num(0)?),
+        "rr-server" => rr_server(num(0)?),
+        "rr-client" => rr_client(arg(0)?, num(1)?),
         other => bail!("unknown command {other:?}"),
     }
 }
@@ -425,6 +442,150 @@ fn udp_send(addr: &str, count: u64, size: u64) -> Result<()> {
         sent += n as u64;
     }
     println!("sent_bytes={sent}");
+    Ok(())
+}
+
+fn udp_blast(addr: &str, count: u64, size: u64) -> Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+    let payload = vec![0x5a_u8; usize::try_from(size)?];
+    let mut sent = 0u64;
+    for _ in 0..count {
+        let n = socket
+            .send_to(&payload, addr)
+            .with_context(|| format!("sending to {addr}"))?;
+        sent += n as u64;
+    }
+    println!("sent_bytes={sent}");
+    Ok(())
+}
+
+fn tcp_blast(addr: &str, ms: u64) -> Result<()> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let payload = vec![0x5a_u8; 64 << 10];
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        let n = stream.write(&payload).context("sending")?;
+        sent += n as u64;
+    }
+    stream.shutdown(Shutdown::Write).context("shutting down")?;
+    println!("sent_bytes={sent}");
+    Ok(())
+}
+
+fn listen(port: u64) -> Result<std::net::TcpListener> {
+    let port = u16::try_from(port).context("the port is too big")?;
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))
+        .with_context(|| format!("listening on port {port}"))?;
+    println!("listening=1");
+    std::io::stdout().flush().context("flushing stdout")?;
+    Ok(listener)
+}
+
+fn tcp_sink(port: u64) -> Result<()> {
+    let listener = listen(port)?;
+    let (mut stream, _) = listener.accept().context("accepting")?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut first = None;
+    let mut bytes = 0u64;
+    // (time, bytes so far), every 10 ms or so: for the rate of the last TAIL.
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    loop {
+        let n = stream.read(&mut buf).context("receiving")?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        bytes += n as u64;
+        let now = Instant::now();
+        if samples
+            .last()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_millis(10))
+        {
+            samples.push((now, bytes));
+        }
+    }
+    let end = Instant::now();
+    let secs = first.map_or(0.0, |t| end.duration_since(t).as_secs_f64());
+    let rate = |bytes: u64, secs: f64| {
+        if secs > 0.0 {
+            bytes as f64 * 8.0 / secs / 1e6
+        } else {
+            0.0
+        }
+    };
+    println!("bytes={bytes}");
+    println!("secs={secs:.3}");
+    println!("mbps={:.2}", rate(bytes, secs));
+    // The rate of each half second, for the record.
+    if let Some(start) = first {
+        let mut series = Vec::new();
+        let mut prev = 0u64;
+        let mut edge = start + Duration::from_millis(500);
+        for (t, b) in &samples {
+            while *t >= edge {
+                series.push(format!("{:.1}", rate(*b - prev, 0.5)));
+                prev = *b;
+                edge += Duration::from_millis(500);
+            }
+        }
+        println!("series_mbps={}", series.join(","));
+    }
+    // The rate over the last 2 s (from the last sample at least 2 s before the end).
+    const TAIL: Duration = Duration::from_secs(2);
+    if let Some((t, b)) = samples
+        .iter()
+        .rev()
+        .find(|(t, _)| end.duration_since(*t) >= TAIL)
+    {
+        println!(
+            "tail_mbps={:.2}",
+            rate(bytes - b, end.duration_since(*t).as_secs_f64())
+        );
+    }
+    Ok(())
+}
+
+fn rr_server(port: u64) -> Result<()> {
+    let listener = listen(port)?;
+    for stream in listener.incoming() {
+        let mut stream = stream.context("accepting")?;
+        thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while stream.read_exact(&mut buf).is_ok() {
+                if stream.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn rr_client(addr: &str, ms: u64) -> Result<()> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut rtts = Vec::new();
+    let mut buf = [0x42u8; 64];
+    while Instant::now() < end {
+        let t = Instant::now();
+        stream.write_all(&buf).context("sending a request")?;
+        stream.read_exact(&mut buf).context("reading an answer")?;
+        rtts.push(t.elapsed().as_micros() as u64);
+        thread::sleep(Duration::from_millis(5));
+    }
+    rtts.sort_unstable();
+    let q = |f: f64| {
+        rtts.get(((rtts.len() as f64 - 1.0) * f).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!("count={}", rtts.len());
+    println!("p50_us={}", q(0.5));
+    println!("p99_us={}", q(0.99));
     Ok(())
 }
 

@@ -41,6 +41,10 @@ mount -t tmpfs tmpfs /run
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 echo "STRATA-VM-BOOTED: kernel $(uname -r), $(cut -d' ' -f1 /proc/uptime) s after boot"
+# The network modules (veth, fq, htb, clsact, cls_bpf): built as modules by Debian.
+for m in /modules/*.ko; do
+  [ -e "$m" ] && { insmod "$m" || echo "STRATA-VM: cannot load module $m"; }
+done
 ip link set lo up
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
   echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || echo "STRATA-VM: cannot enable the $c controller"
@@ -209,8 +213,9 @@ impl Drop for Initramfs {
     }
 }
 
-/// Packs busybox, the init, the test binaries and the helper into an initramfs.
-pub fn initramfs(bins: &TestBinaries, filters: &[String]) -> Result<Initramfs> {
+/// Packs busybox, the init, the test binaries, the helper and the kernel's network modules
+/// (`modules`, see [`super::kernel::modules`]) into an initramfs.
+pub fn initramfs(bins: &TestBinaries, modules: &Path, filters: &[String]) -> Result<Initramfs> {
     let work = vm_dir()
         .join("initramfs")
         .join(format!("run-{}", std::process::id()));
@@ -218,7 +223,7 @@ pub fn initramfs(bins: &TestBinaries, filters: &[String]) -> Result<Initramfs> {
         fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
     let stage = work.join("root");
-    for dir in ["bin", "tests", "strata"] {
+    for dir in ["bin", "tests", "strata", "modules"] {
         fs::create_dir_all(stage.join(dir))
             .with_context(|| format!("creating {}", stage.join(dir).display()))?;
     }
@@ -242,6 +247,15 @@ pub fn initramfs(bins: &TestBinaries, filters: &[String]) -> Result<Initramfs> {
     .context("writing the guest's /etc/passwd")?;
     fs::write(stage.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
         .context("writing the guest's /etc/group")?;
+    for entry in fs::read_dir(modules).with_context(|| format!("reading {}", modules.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", modules.display()))?
+            .path();
+        if let Some(name) = path.file_name() {
+            copy(&path, &stage.join("modules").join(name))?;
+        }
+    }
+    copy_with_libraries(Path::new(TC), &stage)?;
     for (name, exe) in &bins.tests {
         copy(exe, &stage.join("tests").join(name))?;
     }
@@ -277,6 +291,48 @@ pub fn initramfs(bins: &TestBinaries, filters: &[String]) -> Result<Initramfs> {
     );
     fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     Ok(Initramfs { dir: work, image })
+}
+
+/// iproute2's `tc`, which `cargo xtask bench network` uses in the guest for its htb comparison
+/// (busybox's tc cannot add classes or filters).
+const TC: &str = "/usr/sbin/tc";
+
+/// Copies a dynamically linked host binary into the initramfs at the same path, with the shared
+/// libraries `ldd` lists for it (and the dynamic loader). Nothing when the binary is missing.
+fn copy_with_libraries(binary: &Path, stage: &Path) -> Result<()> {
+    if !binary.is_file() {
+        eprintln!(
+            "vm-test: {} is not on this machine: the guest has no iproute2 tc (install iproute2)",
+            binary.display()
+        );
+        return Ok(());
+    }
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut files = vec![binary.to_path_buf()];
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|rest| rest.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push(PathBuf::from(p));
+        }
+    }
+    for file in files {
+        let rel = file.strip_prefix("/").unwrap_or(&file);
+        let to = stage.join(rel);
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        copy(&file, &to)?;
+    }
+    Ok(())
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

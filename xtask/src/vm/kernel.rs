@@ -250,6 +250,100 @@ pub fn vmlinux(e: &LockEntry) -> Result<PathBuf> {
     Ok(vmlinux)
 }
 
+/// The kernel modules the guest loads at boot (the Debian kernels build them as modules): veth
+/// pairs, the fq and htb qdiscs, clsact (sch_ingress), tc BPF filters (cls_bpf) and u32 filters
+/// (cls_u32, for the htb comparison), for the network tests and `cargo xtask bench network`.
+/// None has dependencies.
+pub const GUEST_MODULES: [&str; 6] = [
+    "veth",
+    "sch_fq",
+    "sch_htb",
+    "sch_ingress",
+    "cls_bpf",
+    "cls_u32",
+];
+
+/// A directory with [`GUEST_MODULES`] of the kernel, uncompressed (`<name>.ko`), from the cache
+/// or extracted from the package.
+pub fn modules(e: &LockEntry) -> Result<PathBuf> {
+    let dir = vm_dir()
+        .join("kernels")
+        .join(format!("{}_{}", e.package, e.version))
+        .join("modules");
+    if GUEST_MODULES
+        .iter()
+        .all(|m| dir.join(format!("{m}.ko")).is_file())
+    {
+        return Ok(dir);
+    }
+    let deb = fetch(e)?;
+    let tmp = dir.with_extension("extract");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let patterns: Vec<String> = GUEST_MODULES.iter().map(|m| format!("*/{m}.ko*")).collect();
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            "deb=\"$1\"; dir=\"$2\"; shift 2; dpkg-deb --fsys-tarfile \"$deb\" | tar -xf - -C \"$dir\" --wildcards \"$@\"",
+            "sh",
+        ])
+        .arg(&deb)
+        .arg(&tmp)
+        .args(&patterns)
+        .status()
+        .context("running dpkg-deb and tar")?;
+    ensure!(
+        status.success(),
+        "cannot extract the modules {GUEST_MODULES:?} from {} ({status})",
+        deb.display()
+    );
+    for m in GUEST_MODULES {
+        let found = find_file(&tmp, &format!("{m}.ko"))?
+            .with_context(|| format!("{} has no {m}.ko", deb.display()))?;
+        let out = dir.join(format!("{m}.ko"));
+        if found.extension().is_some_and(|x| x == "xz") {
+            let status = Command::new("sh")
+                .args(["-c", "xz -dc \"$1\" > \"$2\"", "sh"])
+                .arg(&found)
+                .arg(&out)
+                .status()
+                .context("running xz")?;
+            ensure!(
+                status.success(),
+                "cannot decompress {} ({status})",
+                found.display()
+            );
+        } else {
+            fs::copy(&found, &out)
+                .with_context(|| format!("copying {} to {}", found.display(), out.display()))?;
+        }
+    }
+    fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    Ok(dir)
+}
+
+/// The first file under `dir` whose name is `stem` or `stem.xz`.
+fn find_file(dir: &Path, stem: &str) -> Result<Option<PathBuf>> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, stem)? {
+                return Ok(Some(found));
+            }
+        } else if path.file_name().is_some_and(|n| {
+            n.to_string_lossy() == stem || n.to_string_lossy() == format!("{stem}.xz")
+        }) {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
 /// The locked .deb, from the cache or downloaded; its sha256 is checked either way.
 fn fetch(e: &LockEntry) -> Result<PathBuf> {
     let cached = deb_path(e)?;

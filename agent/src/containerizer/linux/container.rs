@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::cgroup::{self, MemoryOom, TaskCgroup};
 use crate::containerizer::{Container, ContainerizerError, ExitStatus, supervisor};
-use crate::ebpf::{DeviceControl, PortControl};
+use crate::ebpf::{DeviceControl, EgressControl, PortControl};
 
 type Ended = (Result<ExitStatus, String>, Option<MemoryOom>);
 
@@ -24,13 +24,50 @@ pub(super) type DeviceGrant = (Arc<Mutex<DeviceControl>>, strata_agent_common::C
 /// The port enforcement of a task: to remove its map entry when it ends.
 pub(super) type PortGrant = (Arc<Mutex<PortControl>>, strata_agent_common::CgroupId);
 
+/// The egress limit of a task: to remove its map entry when it ends.
+pub(super) type EgressGrant = (Arc<Mutex<EgressControl>>, strata_agent_common::CgroupId);
+
+/// How long a task's egress limit outlives its cgroup: data its sockets still hold when its
+/// processes are gone (a send buffer being drained after `close()`) leaves at its rate for this
+/// long, unlimited after.
+pub(super) const EGRESS_LINGER: Duration = Duration::from_secs(5);
+
+/// What a task was given in the agent's eBPF maps, removed when it ends.
+#[derive(Default)]
+pub(super) struct Grants {
+    pub devices: Option<DeviceGrant>,
+    pub ports: Option<PortGrant>,
+    pub egress: Option<EgressGrant>,
+}
+
+impl Grants {
+    /// Removes every entry (the task ended, or its launch failed).
+    pub fn forget(self) {
+        if let Some((control, id)) = self.devices
+            && let Ok(mut control) = control.lock()
+        {
+            control.forget(id);
+        }
+        if let Some((control, id)) = self.ports
+            && let Ok(mut control) = control.lock()
+        {
+            control.forget(id);
+        }
+        if let Some((control, id)) = self.egress
+            && let Ok(mut control) = control.lock()
+        {
+            control.forget(id);
+        }
+    }
+}
+
 /// Waits for `waited` (the main process or the supervisor), then takes the command's status from
 /// `exit_file` when there is a supervisor, reads the OOM kills, kills what is left of the cgroup
 /// and removes it; publishes the result on the returned channel.
 pub(super) fn spawn_reaper(
     task_id: String,
     cg: Arc<dyn TaskCgroup>,
-    (devices, ports): (Option<DeviceGrant>, Option<PortGrant>),
+    mut grants: Grants,
     exit_file: Option<PathBuf>,
     waited: impl Future<Output = Result<ExitStatus, String>> + Send + 'static,
 ) -> watch::Receiver<Option<Ended>> {
@@ -53,21 +90,21 @@ pub(super) fn spawn_reaper(
         // the cgroup is empty by now and a few quick file operations remove it here; when
         // processes are left (or still exiting), a blocking thread kills them and waits.
         let oom = cg.memory_oom();
-        let forget = move || {
-            if let Some((control, id)) = devices
-                && let Ok(mut control) = control.lock()
-            {
-                control.forget(id);
-            }
-            if let Some((control, id)) = ports
-                && let Ok(mut control) = control.lock()
-            {
-                control.forget(id);
-            }
-        };
+        // The egress limit goes EGRESS_LINGER after the rest (see there).
+        let egress = grants.egress.take();
+        let forget = move || grants.forget();
+        if let Some((control, id)) = egress {
+            tokio::spawn(async move {
+                tokio::time::sleep(EGRESS_LINGER).await;
+                if let Ok(mut control) = control.lock() {
+                    control.forget(id);
+                }
+            });
+        }
         if cg.try_remove() {
             let _ = exit_tx.send(Some((result, oom)));
-            // The cgroup is gone: its device rules and ports can go after the end is published.
+            // The cgroup is gone: its device rules, ports and egress limit can go after the end is
+            // published.
             forget();
         } else {
             let _ = tokio::task::spawn_blocking(move || {

@@ -40,8 +40,11 @@ use crate::containerizer::{
     Container, Containerizer, ContainerizerError, ExitStatus, LaunchSpec, Prepared, build_command,
     checked_command, prepare_sandbox, supervisor,
 };
-use crate::ebpf::{DeviceControl, DeviceRule, PortControl};
-use container::{DeviceGrant, GoneCgroup, LinuxContainer, PortGrant, pidfd_exited, spawn_reaper};
+use crate::ebpf::{DeviceControl, DeviceRule, EgressControl, PortControl};
+use container::{
+    DeviceGrant, EgressGrant, GoneCgroup, Grants, LinuxContainer, PortGrant, pidfd_exited,
+    spawn_reaper,
+};
 use supervised::Launcher;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -159,6 +162,8 @@ pub struct LinuxContainerizer {
     devices: Option<Arc<Mutex<DeviceControl>>>,
     /// Port enforcement for host-network tasks (see [`crate::ebpf::PortControl`]).
     ports: Option<Arc<Mutex<PortControl>>>,
+    /// Egress bandwidth limits (see [`crate::ebpf::EgressControl`]).
+    egress: Option<Arc<Mutex<EgressControl>>>,
     /// The device program's attachment to an empty cgroup ([`cgroup::DEVICE_KEEPER_DIR`]) that
     /// lives as long as the agent: the kernel enables its cgroup-device hook (a static key,
     /// patched into the code on every cpu) when the first program is attached and disables it
@@ -188,6 +193,7 @@ impl LinuxContainerizer {
             cgroups,
             devices: None,
             ports: None,
+            egress: None,
             device_keeper: Arc::new(Mutex::new(None)),
             launcher: Arc::new(tokio::sync::Mutex::new(None)),
             agent_user,
@@ -209,6 +215,63 @@ impl LinuxContainerizer {
     pub fn with_port_control(mut self, ports: PortControl) -> Self {
         self.ports = Some(Arc::new(Mutex::new(ports)));
         self
+    }
+
+    /// Limits the egress of every task given `net_egress_mbps` to that rate, with the EDT
+    /// program already on the egress device.
+    #[must_use]
+    pub fn with_egress_control(mut self, egress: EgressControl) -> Self {
+        self.egress = Some(Arc::new(Mutex::new(egress)));
+        self
+    }
+
+    /// Writes a task's egress limit (its `net_egress_mbps`) into the EDT map before its first
+    /// process starts; returns what the reaper needs to remove it. A task without the resource
+    /// gets no entry and is not slowed. A task with it on an agent without egress limits is
+    /// refused (the agent does not offer what it cannot enforce).
+    fn limit_egress(
+        &self,
+        task: &TaskInfo,
+        cg: &dyn TaskCgroup,
+    ) -> Result<Option<EgressGrant>, ContainerizerError> {
+        let task_id = task.task_id.as_str();
+        let mbps = scalar_sum(&task.resources, names::NET_EGRESS_MBPS);
+        if mbps.is_nan() || mbps <= 0.0 {
+            return Ok(None);
+        }
+        let refuse = |reason: String| ContainerizerError::InvalidTask {
+            task_id: task_id.to_owned(),
+            reason,
+        };
+        let Some(control) = &self.egress else {
+            return Err(refuse(format!(
+                "it asks for {mbps} {} but this agent cannot enforce egress limits",
+                names::NET_EGRESS_MBPS
+            )));
+        };
+        let Some(dir) = cg.unified_dir() else {
+            return Err(refuse(
+                "its cgroup has no cgroup v2 (unified) directory to limit its egress by".to_owned(),
+            ));
+        };
+        let mut guard = control.lock().map_err(|_| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason: "the egress control lock is poisoned".to_owned(),
+        })?;
+        let id = guard
+            .limit(task_id, &dir, mbps)
+            .map_err(|e| refuse(format!("cannot limit its egress: {e}")))?;
+        tracing::debug!(task_id, cgroup = %dir.display(), cgroup_id = id, mbps, device = guard.device(), "task egress limited");
+        Ok(Some((control.clone(), id)))
+    }
+
+    /// The cgroup ids that have an egress limit (empty without egress limits); for tests and
+    /// diagnostics.
+    pub fn egress_entries(&self) -> Vec<strata_agent_common::CgroupId> {
+        self.egress
+            .as_ref()
+            .and_then(|p| p.lock().ok().map(|p| p.entries()))
+            .unwrap_or_default()
     }
 
     /// Writes the ports a host-network task may bind into the port map (before its first
@@ -366,25 +429,18 @@ impl LinuxContainerizer {
         let limits = limits_for(&spec.task, self.config.default_pids_limit);
         let cg: Arc<dyn TaskCgroup> =
             Arc::from(self.cgroups.create(&rel, &limits).map_err(cgroup_err)?);
-        let devices = match self.allow_devices(&spec.task, cg.as_ref()) {
-            Ok(devices) => devices,
-            Err(e) => {
-                let _ = cg.destroy();
-                return Err(e);
-            }
-        };
-        let ports = match self.allow_ports(&spec.task, cg.as_ref()) {
-            Ok(ports) => ports,
-            Err(e) => {
-                if let Some((control, id)) = devices
-                    && let Ok(mut control) = control.lock()
-                {
-                    control.forget(id);
-                }
-                let _ = cg.destroy();
-                return Err(e);
-            }
-        };
+        let mut grants = Grants::default();
+        let granted = (|| {
+            grants.devices = self.allow_devices(&spec.task, cg.as_ref())?;
+            grants.ports = self.allow_ports(&spec.task, cg.as_ref())?;
+            grants.egress = self.limit_egress(&spec.task, cg.as_ref())?;
+            Ok::<_, ContainerizerError>(())
+        })();
+        if let Err(e) = granted {
+            grants.forget();
+            let _ = cg.destroy();
+            return Err(e);
+        }
         let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
             if self.config.supervisor_exe.is_some() {
                 // The supervisor opens the cgroup.procs files itself.
@@ -394,22 +450,21 @@ impl LinuxContainerizer {
                 match result {
                     Ok((pid, waited)) => (pid, waited, Some(run.join(supervisor::EXIT_FILE))),
                     Err(e) => {
+                        grants.forget();
                         let _ = cg.destroy();
                         return Err(e);
                     }
                 }
             } else {
-                let (pid, waited) =
-                    self.start_plain(spec, command, &sandbox, cg.as_ref(), stdout, stderr)?;
-                (pid, waited, None)
+                match self.start_plain(spec, command, &sandbox, cg.as_ref(), stdout, stderr) {
+                    Ok((pid, waited)) => (pid, waited, None),
+                    Err(e) => {
+                        grants.forget();
+                        return Err(e);
+                    }
+                }
             };
-        let exit_rx = spawn_reaper(
-            task_id.to_owned(),
-            cg.clone(),
-            (devices, ports),
-            exit_file,
-            waited,
-        );
+        let exit_rx = spawn_reaper(task_id.to_owned(), cg.clone(), grants, exit_file, waited);
         let container = LinuxContainer {
             task_id: task_id.to_owned(),
             pid,
@@ -568,10 +623,18 @@ impl Containerizer for LinuxContainerizer {
             tracing::warn!(task_id, error = %e, "cannot restore the task's port enforcement: its ports are not enforced");
             None
         });
+        let egress = self.limit_egress(&task, cg.as_ref()).unwrap_or_else(|e| {
+            tracing::warn!(task_id, error = %e, "cannot restore the task's egress limit: its egress is not limited");
+            None
+        });
         let exit_rx = spawn_reaper(
             task_id.to_owned(),
             cg.clone(),
-            (devices, ports),
+            Grants {
+                devices,
+                ports,
+                egress,
+            },
             Some(exit_file),
             waited,
         );
@@ -588,7 +651,18 @@ impl Containerizer for LinuxContainerizer {
         self.config.supervisor_exe.is_some()
     }
 
+    fn egress_control(&self) -> Option<Arc<Mutex<EgressControl>>> {
+        self.egress.clone()
+    }
+
     fn cleanup(&self) {
+        // The EDT program goes with the agent (running tasks are not limited until the next
+        // agent recovers them), as a tcx link would; fq stays (see crate::ebpf::EgressControl).
+        if let Some(egress) = &self.egress
+            && let Ok(control) = egress.lock()
+        {
+            control.detach();
+        }
         // The keeper's lock is let go before the device control's (taken in the other order
         // by launches).
         let kept = self.device_keeper.lock().ok().and_then(|mut k| k.take());
