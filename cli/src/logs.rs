@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use strata_proto::{ListAgentsRequest, ListTasksRequest, TaskState, TaskSummary};
+use strata_proto::{ListTasksRequest, TaskState, TaskSummary};
 
-use crate::operator::{client, rpc_error};
+use crate::operator::{agent_with_endpoint, client, rpc_error};
 
 /// How long the head of an answer from an agent may take.
 const AGENT_ANSWER: Duration = Duration::from_secs(30);
@@ -211,25 +211,9 @@ pub async fn agent_endpoint(
     agent_id: &str,
 ) -> anyhow::Result<String> {
     let (mut client, addr) = client(allocator).await?;
-    let agents = client
-        .list_agents(ListAgentsRequest {})
-        .await
-        .map_err(|s| rpc_error(&addr, "ListAgents", &s))?
-        .into_inner()
-        .agents;
-    let agent = agents
-        .iter()
-        .find(|a| a.id == agent_id)
-        .with_context(|| format!("agent {agent_id} is no longer listed by the allocator"))?;
-    if agent.endpoint.is_empty() {
-        bail!(
-            "agent {} ({}) serves no HTTP endpoint: start it with --http-listen ADDR to read its \
-             tasks' output",
-            agent.id,
-            agent.hostname
-        );
-    }
-    Ok(agent.endpoint.clone())
+    let agent =
+        agent_with_endpoint(&mut client, &addr, agent_id, "to read its tasks' output").await?;
+    Ok(agent.endpoint)
 }
 
 /// The task with this id: an active one wins over ended ones of the same id.

@@ -26,6 +26,34 @@ pub(crate) async fn client(
     ))
 }
 
+/// Agent `agent_id` as the allocator lists it, which must serve an HTTP endpoint for
+/// `purpose` ("to profile its tasks"): errors say which agent and what to start it with.
+pub(crate) async fn agent_with_endpoint(
+    client: &mut OperatorServiceClient<AuthChannel>,
+    addr: &str,
+    agent_id: &str,
+    purpose: &str,
+) -> anyhow::Result<strata_proto::AgentSummary> {
+    let agents = client
+        .list_agents(ListAgentsRequest {})
+        .await
+        .map_err(|s| rpc_error(addr, "ListAgents", &s))?
+        .into_inner()
+        .agents;
+    let agent = agents
+        .into_iter()
+        .find(|a| a.id == agent_id)
+        .with_context(|| format!("agent {agent_id} is no longer listed by the allocator"))?;
+    if agent.endpoint.is_empty() {
+        anyhow::bail!(
+            "agent {} ({}) serves no HTTP endpoint: start it with --http-listen ADDR {purpose}",
+            agent.id,
+            agent.hostname
+        );
+    }
+    Ok(agent)
+}
+
 /// An OperatorService call's failure as the SDK's error, which says what to do.
 pub(crate) fn rpc_error(addr: &str, rpc: &'static str, status: &tonic::Status) -> SdkError {
     SdkError::from_status(addr, rpc, "OperatorService", status)

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use strata_proto::{ListAgentsRequest, ListTasksRequest, TaskState, TaskSummary};
+use strata_proto::{ListTasksRequest, TaskState, TaskSummary};
 
-use crate::operator::{client, rpc_error};
+use crate::operator::{agent_with_endpoint, client, rpc_error};
 
 /// `strata profile`.
 #[derive(Debug, Args)]
@@ -53,29 +53,9 @@ pub async fn profile(
         .into_inner()
         .tasks;
     let task = running_task(&args.task_id, &tasks, &addr)?;
-    let agents = client
-        .list_agents(ListAgentsRequest {})
+    let agent = agent_with_endpoint(&mut client, &addr, &task.agent_id, "to profile its tasks")
         .await
-        .map_err(|s| rpc_error(&addr, "ListAgents", &s))?
-        .into_inner()
-        .agents;
-    let agent = agents
-        .iter()
-        .find(|a| a.id == task.agent_id)
-        .with_context(|| {
-            format!(
-                "task {} runs on agent {}, which the allocator no longer lists",
-                task.task_id, task.agent_id
-            )
-        })?;
-    if agent.endpoint.is_empty() {
-        bail!(
-            "agent {} ({}) serves no HTTP endpoint: start it with --http-listen ADDR to profile \
-             its tasks",
-            agent.id,
-            agent.hostname
-        );
-    }
+        .with_context(|| format!("task {} runs on agent {}", task.task_id, task.agent_id))?;
     let path = format!(
         "/profile?task={}&seconds={}&framework={}",
         encode(&task.task_id),
