@@ -164,32 +164,7 @@ impl IntoResponse for FilesError {
 }
 
 /// The follow streams that may run at once on this agent.
-#[derive(Debug, Clone)]
-pub struct FollowSlots {
-    slots: Arc<tokio::sync::Semaphore>,
-    max: usize,
-}
-
-impl FollowSlots {
-    /// At most `max` follow streams at once (0: none).
-    #[must_use]
-    pub fn new(max: usize) -> Self {
-        Self {
-            slots: Arc::new(tokio::sync::Semaphore::new(max)),
-            max,
-        }
-    }
-
-    fn try_take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
-    }
-}
-
-impl Default for FollowSlots {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_CONCURRENT_FOLLOWS)
-    }
-}
+pub type FollowSlots = crate::http::Slots;
 
 /// What the file handlers read.
 #[derive(Debug, Clone)]
@@ -604,7 +579,7 @@ pub async fn follow(State(state): State<FilesState>, RawQuery(query): RawQuery) 
             format!(
                 "{} files are being followed on this agent, the most it serves at once \
                  (--max-concurrent-follows): retry in a few seconds, or read with /files/read\n",
-                state.follows.max
+                state.follows.max()
             ),
         )
             .into_response();
@@ -799,7 +774,7 @@ mod tests {
         HttpState {
             usage: crate::usage::LatestUsage::default(),
             proc_root: PathBuf::from("/proc"),
-            profiles: ProfileSlots::default(),
+            profiles: ProfileSlots::new(crate::http::DEFAULT_MAX_CONCURRENT_PROFILES),
             files: FilesState {
                 work_dir: work.to_owned(),
                 running,

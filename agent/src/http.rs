@@ -62,16 +62,16 @@ pub const DEFAULT_MAX_CONCURRENT_PROFILES: usize = 2;
 /// What a profile refused for want of a slot tells the client to wait, in seconds.
 const PROFILE_RETRY_AFTER_SECONDS: u64 = 10;
 
-/// The profiles that may run at once on this agent: each holds a slot from before its eBPF
-/// program is loaded until its stacks are symbolized, also when its client went away.
+/// How many requests of one kind may run at once on this agent (profiles, file follows); a
+/// request beyond is answered 429.
 #[derive(Debug, Clone)]
-pub struct ProfileSlots {
+pub struct Slots {
     slots: Arc<tokio::sync::Semaphore>,
     max: usize,
 }
 
-impl ProfileSlots {
-    /// At most `max` profiles at once (0: none).
+impl Slots {
+    /// At most `max` at once (0: none).
     #[must_use]
     pub fn new(max: usize) -> Self {
         Self {
@@ -80,17 +80,20 @@ impl ProfileSlots {
         }
     }
 
-    /// A slot, or `None` when `max` profiles are running.
-    fn try_take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// A slot, held until the permit is dropped, or `None` when `max` are taken.
+    pub(crate) fn try_take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// The most at once.
+    pub(crate) fn max(&self) -> usize {
+        self.max
     }
 }
 
-impl Default for ProfileSlots {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_CONCURRENT_PROFILES)
-    }
-}
+/// The profiles that may run at once on this agent: each holds a slot from before its eBPF
+/// program is loaded until its stacks are symbolized, also when its client went away.
+pub type ProfileSlots = Slots;
 
 /// What the handlers read.
 #[derive(Debug, Clone)]
@@ -246,7 +249,7 @@ async fn profile(State(state): State<HttpState>, RawQuery(query): RawQuery) -> R
             format!(
                 "{} profiles are running on this agent, the most it takes at once \
                  (--max-concurrent-profiles): retry in a few seconds, once one has finished\n",
-                state.profiles.max
+                state.profiles.max()
             ),
         )
             .into_response();
@@ -870,11 +873,13 @@ mod tests {
         HttpState {
             usage: LatestUsage::default(),
             proc_root: PathBuf::from("/proc"),
-            profiles: ProfileSlots::default(),
+            profiles: ProfileSlots::new(DEFAULT_MAX_CONCURRENT_PROFILES),
             files: FilesState {
                 work_dir: PathBuf::from("/nonexistent"),
                 running: tokio::sync::watch::channel(Arc::new(Vec::new())).1,
-                follows: crate::files::FollowSlots::default(),
+                follows: crate::files::FollowSlots::new(
+                    crate::files::DEFAULT_MAX_CONCURRENT_FOLLOWS,
+                ),
             },
         }
     }

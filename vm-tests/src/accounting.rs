@@ -348,12 +348,16 @@ pub fn metrics_show_the_values_move(helper: &Path) -> Result<()> {
     let router = strata_agent::http::router(strata_agent::http::HttpState {
         usage: latest.clone(),
         proc_root: PathBuf::from("/proc"),
-        profiles: strata_agent::http::ProfileSlots::default(),
+        profiles: strata_agent::http::ProfileSlots::new(
+            strata_agent::http::DEFAULT_MAX_CONCURRENT_PROFILES,
+        ),
         // No sandboxes served here: only /metrics is scraped.
         files: strata_agent::files::FilesState {
             work_dir: PathBuf::from("/nonexistent"),
             running: tokio::sync::watch::channel(Arc::new(Vec::new())).1,
-            follows: strata_agent::files::FollowSlots::default(),
+            follows: strata_agent::files::FollowSlots::new(
+                strata_agent::files::DEFAULT_MAX_CONCURRENT_FOLLOWS,
+            ),
         },
     });
     let (listener, addr) = rt.block_on(strata_agent::http::bind(([127, 0, 0, 1], 0).into()))?;
