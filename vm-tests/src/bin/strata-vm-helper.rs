@@ -115,8 +115,8 @@ fn main() -> Result<()> {
         "fork-bomb" => fork_bomb(),
         "alloc" => alloc(num(0)?),
         "fork-loop" => fork_loop(num(0)?),
-        "udp-send" => udp_send(arg(0)?, num(1)?, num(2)?),
-        "udp-blast" => udp_blast(arg(0)?, num(1)?, num(2)?),
+        "udp-send" => udp_send("127.0.0.1:0", arg(0)?, num(1)?, num(2)?),
+        "udp-blast" => udp_send("0.0.0.0:0", arg(0)?, num(1)?, num(2)?),
         "tcp-send" => tcp_send(arg(0)?, num(1)?),
         "sleep" => {
             thread::sleep(Duration::from_secs(num(0)?));
@@ -431,22 +431,9 @@ fn fork_loop(max: u64) -> Result<()> {
     Ok(())
 }
 
-fn udp_send(addr: &str, count: u64, size: u64) -> Result<()> {
-    let socket = UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket")?;
-    let payload = vec![0x5a_u8; usize::try_from(size)?];
-    let mut sent = 0u64;
-    for _ in 0..count {
-        let n = socket
-            .send_to(&payload, addr)
-            .with_context(|| format!("sending to {addr}"))?;
-        sent += n as u64;
-    }
-    println!("sent_bytes={sent}");
-    Ok(())
-}
-
-fn udp_blast(addr: &str, count: u64, size: u64) -> Result<()> {
-    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+/// Sends `count` datagrams of `size` bytes to `addr` from a socket bound to `from` (port 0).
+fn udp_send(from: &str, addr: &str, count: u64, size: u64) -> Result<()> {
+    let socket = UdpSocket::bind(from).context("binding a UDP socket")?;
     let payload = vec![0x5a_u8; usize::try_from(size)?];
     let mut sent = 0u64;
     for _ in 0..count {
