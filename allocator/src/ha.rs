@@ -42,9 +42,6 @@ pub enum HaError {
         /// Why.
         why: String,
     },
-    /// The registry in etcd could not be opened.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// A replica that leads its cluster.
