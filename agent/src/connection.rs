@@ -57,9 +57,10 @@ fn describe_status(status: &tonic::Status) -> String {
 }
 
 /// Keeps a stream to the allocator open until `events` is closed (the core has stopped).
-/// With several `endpoints` (the replicas of one cluster, of which only the leader listens),
-/// each attempt tries them in turn from the one that answered last, and backs off only when
-/// none answers.
+/// With several `endpoints` (the replicas of one cluster), each attempt tries them in turn
+/// from the one that answered last; a follower's refusal naming the leader
+/// ([`strata_proto::leader::hint`]) is followed at once, any other refusal moves on to the
+/// next address after the backoff.
 pub(crate) async fn maintain(
     endpoints: Vec<(Endpoint, String)>,
     authorization: Option<tonic::metadata::AsciiMetadataValue>,
@@ -70,6 +71,8 @@ pub(crate) async fn maintain(
     let mut backoff = Backoff::new(INITIAL_BACKOFF, backoff_max.max(INITIAL_BACKOFF));
     let mut session = 0u64;
     let mut current = 0;
+    // Redirects followed since a stream last delivered a message.
+    let mut redirects = 0;
     loop {
         let Some((channel, at)) = connect_any(&endpoints, current).await else {
             let delay = backoff.next_delay();
@@ -105,7 +108,28 @@ pub(crate) async fn maintain(
                 .insert("authorization", value.clone());
         }
         let reason = match client.connect(request).await {
-            Err(status) => describe_status(&status),
+            Err(status) => {
+                // A follower replica names the leader: try it next, at once (at most once
+                // per address before backing off). Any other refusal: the next address.
+                let hinted = strata_proto::leader::hint(&status)
+                    .and_then(|hint| find_endpoint(&endpoints, hint));
+                current = hinted.unwrap_or((at + 1) % endpoints.len());
+                if hinted.is_some() && redirects < endpoints.len() {
+                    redirects += 1;
+                    tracing::info!(follower = %address, leader = %endpoints[current].1, "redirected to the leader");
+                    if events
+                        .send(ConnEvent::Disconnected {
+                            session,
+                            reason: describe_status(&status),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                describe_status(&status)
+            }
             Ok(response) => {
                 let mut stream = response.into_inner();
                 let mut delivered = false;
@@ -128,6 +152,7 @@ pub(crate) async fn maintain(
                             if !delivered {
                                 delivered = true;
                                 backoff.reset();
+                                redirects = 0;
                             }
                             if events
                                 .send(ConnEvent::Message {
@@ -209,6 +234,17 @@ impl LeaderEpoch {
     }
 }
 
+/// The index of the endpoint whose address is `hint` (a follower's answer), if it is one of
+/// the agent's `--allocator` addresses: an agent dials no address it was not given.
+fn find_endpoint(endpoints: &[(Endpoint, String)], hint: &str) -> Option<usize> {
+    let hint = strata_common::parse::endpoint(hint).ok()?;
+    let found = endpoints.iter().position(|(_, address)| *address == hint);
+    if found.is_none() {
+        tracing::warn!(leader = %hint, "a follower named a leader that is not among the --allocator addresses; trying those in turn");
+    }
+    found
+}
+
 /// Connects to the first of `endpoints` that answers, trying them in turn from `start`;
 /// the channel and the index of the one that answered.
 async fn connect_any(endpoints: &[(Endpoint, String)], start: usize) -> Option<(Channel, usize)> {
@@ -245,6 +281,18 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn only_a_leader_among_the_agents_addresses_is_followed() {
+        let endpoints: Vec<_> = ["http://h1:5050", "http://h2:5050"]
+            .into_iter()
+            .map(|a| (Endpoint::from_static(a), a.to_owned()))
+            .collect();
+        assert_eq!(find_endpoint(&endpoints, "h2:5050"), Some(1));
+        assert_eq!(find_endpoint(&endpoints, "http://h1:5050/"), Some(0));
+        assert_eq!(find_endpoint(&endpoints, "http://elsewhere:5050"), None);
+        assert_eq!(find_endpoint(&endpoints, "not an address"), None);
     }
 
     #[test]

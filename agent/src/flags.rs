@@ -240,8 +240,8 @@ pub struct AgentCommand {
     #[arg(long)]
     pub print_config: bool,
     /// The allocator to dial (a URL or host:port), or the replicas of a highly available
-    /// allocator separated by commas: the agent tries them in turn and stays with the one that
-    /// answers (the leader; the others do not listen).
+    /// allocator separated by commas: the agent tries them in turn and stays with the leader (a
+    /// follower's answer names it).
     #[arg(long, env = "STRATA_ALLOCATOR", default_value = "http://127.0.0.1:5050", value_parser = parse::endpoint_list, value_name = "ADDR[,ADDR...]")]
     pub allocator: String,
     /// The cluster's CA certificate (PEM) that verifies an https:// --allocator.

@@ -12,6 +12,7 @@ use strata_etcd::{Client, EtcdError, KeepAlive};
 use tokio::sync::watch;
 
 use crate::flags::HaArgs;
+use crate::follower::LeaderAddress;
 use crate::store::StoreError;
 use crate::store_etcd::{EtcdStore, leader_key};
 
@@ -54,10 +55,15 @@ pub struct Leader {
     endpoints: Vec<String>,
 }
 
-/// Campaigns until this replica leads `ha.cluster`, advertising `advertise` (what the others
-/// log, and later redirect to). Returns early with an error if etcd cannot be used or the
-/// lease is lost while waiting.
-pub async fn lead(ha: &HaArgs, advertise: &str) -> Result<Leader, HaError> {
+/// Campaigns until this replica leads `ha.cluster`, advertising `me` (what the others log and
+/// redirect clients to); while another replica leads, `leader` holds its address (for the
+/// follower's answers, [`crate::follower`]). Returns early with an error if etcd cannot be
+/// used or the lease is lost while waiting.
+pub async fn lead(
+    ha: &HaArgs,
+    me: &LeaderAddress,
+    leader: &watch::Sender<Option<LeaderAddress>>,
+) -> Result<Leader, HaError> {
     let cluster = ha.cluster.clone();
     let etcd_error = |source| HaError::Etcd {
         cluster: cluster.clone(),
@@ -69,14 +75,25 @@ pub async fn lead(ha: &HaArgs, advertise: &str) -> Result<Leader, HaError> {
     let mut keep_alive = client.keep_alive(lease, ha.etcd_lease_ttl);
     let key = leader_key(&cluster).into_bytes();
     tracing::info!(%cluster, etcd = %client.endpoints(), lease = format!("{lease:x}"), "campaigning to lead the cluster");
-    let campaign = election::campaign(&client, &key, advertise.as_bytes(), lease, POLL, |leader| {
-        tracing::info!(%cluster, leader = %String::from_utf8_lossy(leader), "another replica leads; waiting to take over");
+    let value = me.encode();
+    let campaign = election::campaign(&client, &key, &value, lease, POLL, |value| {
+        let other = LeaderAddress::decode(value);
+        match &other {
+            Some(other) => {
+                tracing::info!(%cluster, leader = %other.grpc, mesos = ?other.mesos, "another replica leads; waiting to take over")
+            }
+            None => {
+                tracing::warn!(%cluster, value = %String::from_utf8_lossy(&value[..value.len().min(256)]), "another replica leads but its address cannot be read; clients are not redirected to it")
+            }
+        }
+        leader.send_replace(other);
     });
     let leadership = tokio::select! {
         elected = campaign => elected.map_err(etcd_error)?,
         why = keep_alive.lost() => return Err(HaError::LeaseLost { cluster, why }),
     };
-    tracing::info!(%cluster, revision = leadership.revision, %advertise, "this replica leads the cluster");
+    leader.send_replace(None);
+    tracing::info!(%cluster, revision = leadership.revision, advertise = %me.grpc, "this replica leads the cluster");
     Ok(Leader {
         client,
         keep_alive,

@@ -19,6 +19,7 @@
 
 mod api;
 pub mod flags;
+pub mod follower;
 pub mod ha;
 pub mod mesos;
 pub mod metrics;

@@ -14,7 +14,11 @@ use strata_allocator::Metrics;
 use strata_allocator::flags::{
     self, AllocatorCommand, DEFAULT_MESOS_LISTEN, DEFAULT_METRICS_LISTEN, StoreArg,
 };
+use strata_allocator::follower::{self, LeaderAddress};
+use strata_allocator::ha::Leader;
+use strata_allocator::security::Security;
 use strata_allocator::store::{MemoryStore, RedbStore, Store};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -52,27 +56,12 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     };
     // Signals from here on: a replica waiting to lead stops on them too.
     let mut shutdown = Box::pin(strata_common::signal::shutdown());
-    // With --etcd: lead first (waiting while another replica does); the registry is in etcd.
-    let mut leader = None;
-    let mut deposed = None;
-    let store: Box<dyn Store> = if args.ha.etcd.is_empty() {
-        local_store(&args)?
+    // A single allocator opens its store before it listens: a corrupt or busy store stops it
+    // here.
+    let local = if args.ha.etcd.is_empty() {
+        Some(local_store(&args)?)
     } else {
-        let advertise = args
-            .ha
-            .advertise
-            .clone()
-            .unwrap_or_else(|| args.listen.clone());
-        let elected = tokio::select! {
-            elected = strata_allocator::ha::lead(&args.ha, &advertise) => elected?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let store = elected.store()?;
-        config.leader_epoch = elected.epoch();
-        deposed = Some(store.deposed());
-        leader = Some(elected);
-        tracing::info!(cluster = %args.ha.cluster, "registry store: etcd");
-        Box::new(store)
+        None
     };
     let listener = flags::bind(&args.listen).await?;
     let addr = listener
@@ -87,6 +76,54 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "strata-allocator listening on {addr}");
     let _ = out.flush();
+    let http = flags::bind_optional(
+        &args.allocator.mesos_listen,
+        Some(DEFAULT_MESOS_LISTEN),
+        None,
+        "the Mesos HTTP API",
+        "--mesos-listen",
+    )
+    .await?;
+    let mesos_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(addr) = mesos_addr {
+        args.security
+            .check_exposure("the Mesos HTTP API (--mesos-listen)", addr)?;
+        let _ = writeln!(out, "strata-allocator Mesos HTTP API on {scheme}://{addr}");
+        let _ = out.flush();
+    }
+    // With --etcd: lead first (answering as a follower while another replica does); the
+    // registry is in etcd.
+    let mut leader = None;
+    let mut deposed = None;
+    let (listener, http, store): (_, _, Box<dyn Store>) = match local {
+        Some(store) => (listener, http, store),
+        None => {
+            let advertise = args
+                .ha
+                .advertise
+                .clone()
+                .unwrap_or_else(|| addr.to_string());
+            // Clients compare the leader's address with theirs: name the scheme they dial.
+            let advertise = if advertise.contains("://") {
+                advertise
+            } else {
+                format!("{scheme}://{advertise}")
+            };
+            let me = LeaderAddress::of(&advertise, &hostname(), mesos_addr.map(|a| a.port()))
+                .map_err(|e| anyhow::anyhow!("--advertise: {e}"))?;
+            let (listener, http, elected) =
+                campaign(&args, &me, listener, http, security.clone(), &mut shutdown).await?;
+            let Some(elected) = elected else {
+                return Ok(());
+            };
+            let store = elected.store()?;
+            config.leader_epoch = elected.epoch();
+            deposed = Some(store.deposed());
+            leader = Some(elected);
+            tracing::info!(cluster = %args.ha.cluster, "registry store: etcd");
+            (listener, http, Box::new(store))
+        }
+    };
     let metrics = Metrics::new();
     let metrics_listener = flags::bind_optional(
         &args.allocator.metrics_listen,
@@ -103,23 +140,7 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
         }
         strata_allocator::metrics::spawn_secure(listener, metrics.clone(), security.clone());
     }
-    let http = flags::bind_optional(
-        &args.allocator.mesos_listen,
-        Some(DEFAULT_MESOS_LISTEN),
-        None,
-        "the Mesos HTTP API",
-        "--mesos-listen",
-    )
-    .await?;
-    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
-        args.security
-            .check_exposure("the Mesos HTTP API (--mesos-listen)", addr)?;
-    }
     let http = http.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            let _ = writeln!(out, "strata-allocator Mesos HTTP API on {scheme}://{addr}");
-            let _ = out.flush();
-        }
         // `GET /metrics` on the Mesos port too, as on a Mesos master's.
         strata_allocator::mesos::HttpApi {
             extra: Some(strata_allocator::metrics::router(metrics.clone())),
@@ -162,6 +183,71 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Campaigns to lead `args.ha.cluster` while answering as a follower on duplicates of
+/// `listener` and `http` (so the ports never close); gives the sockets back with the
+/// leadership, or without it when `shutdown` came first.
+async fn campaign(
+    args: &AllocatorCommand,
+    me: &LeaderAddress,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    security: std::sync::Arc<Security>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<(TcpListener, Option<TcpListener>, Option<Leader>)> {
+    let (listener, grpc_dup) = duplicate(listener)?;
+    let (http, http_dup) = match http {
+        Some(http) => {
+            let (http, dup) = duplicate(http)?;
+            (Some(http), Some(dup))
+        }
+        None => (None, None),
+    };
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let answers = tokio::spawn(follower::serve(
+        grpc_dup,
+        http_dup,
+        security,
+        args.ha.cluster.clone(),
+        leader_rx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let elected = tokio::select! {
+        elected = strata_allocator::ha::lead(&args.ha, me, &leader_tx) => Some(elected),
+        () = shutdown => None,
+    };
+    let _ = stop_tx.send(());
+    match answers.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the follower's answers failed"),
+        Err(e) => tracing::warn!(error = %e, "the follower's answers panicked"),
+    }
+    let elected = elected.transpose()?;
+    Ok((listener, http, elected))
+}
+
+/// A listening socket and a duplicate of it (the same socket, another descriptor).
+fn duplicate(listener: TcpListener) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let std = listener
+        .into_std()
+        .context("cannot take the listening socket")?;
+    let dup = std
+        .try_clone()
+        .context("cannot duplicate the listening socket")?;
+    Ok((TcpListener::from_std(std)?, TcpListener::from_std(dup)?))
+}
+
+/// This host's name, for an `--advertise` (or `--listen`) address on every interface.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The registry store of a single allocator: `--store`, else `registry.redb` in `--work-dir`.

@@ -15,7 +15,7 @@ pub const DEFAULT_ALLOCATOR: &str = "http://127.0.0.1:5050";
 #[command(name = "strata", version, propagate_version = true)]
 pub struct Cli {
     /// The allocator to talk to (a URL or host:port), or the replicas of a highly available
-    /// allocator separated by commas (the one that answers, the leader, is used).
+    /// allocator separated by commas (the leader is used: a follower's answer names it).
     #[arg(long, global = true, env = "STRATA_ALLOCATOR", default_value = DEFAULT_ALLOCATOR, value_name = "ADDR[,ADDR...]", value_parser = parse::endpoint_list)]
     pub allocator: String,
 

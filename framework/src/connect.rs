@@ -102,12 +102,30 @@ pub fn secure_endpoint(
 /// Dials the allocator at `addr` as [`dial`] does, over TLS when it is `https://` (verified
 /// against `security.ca`, presenting `security.cert` when given), every call carrying
 /// `security.token`. `addr` may name the replicas of a highly available allocator,
-/// separated by commas: the first that answers (the leader; the others do not listen) is
-/// used.
+/// separated by commas: the first that answers and leads is used (a follower's answer
+/// names the leader, which is tried next).
 pub async fn dial_secure(addr: &str, security: &ClientSecurity) -> Result<AuthChannel, Error> {
     let (targets, auth) = secure_targets(addr, DEFAULT_CONNECT_TIMEOUT, security)?;
-    let (channel, _) = targets.connect(DEFAULT_CONNECT_TIMEOUT).await?;
-    Ok(InterceptedService::new(channel, auth))
+    let tries = targets.len();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (channel, url) = targets.connect(DEFAULT_CONNECT_TIMEOUT).await?;
+        let channel = InterceptedService::new(channel, auth.clone());
+        if tries == 1 {
+            return Ok(channel);
+        }
+        // Replicas: a follower answers, so ask whether this one leads. Any answer but a
+        // follower's (an old allocator's UNIMPLEMENTED, a refusal) is left to the real call.
+        let probe =
+            strata_proto::operator_service_client::OperatorServiceClient::new(channel.clone())
+                .get_leader(strata_proto::GetLeaderRequest {})
+                .await;
+        match probe {
+            Err(status) if attempt < tries && targets.redirected(&url, &status) => {}
+            _ => return Ok(channel),
+        }
+    }
 }
 
 /// The allocator's addresses as endpoints (one, or the replicas of one cluster), tried in
@@ -126,6 +144,35 @@ impl Targets {
             .map(|(_, url)| url.as_str())
             .collect::<Vec<_>>()
             .join(" or ")
+    }
+
+    /// How many addresses there are.
+    pub(crate) fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// After `status` from the allocator at `url`: whether to try again at once, elsewhere.
+    /// With several addresses, an `UNAVAILABLE` (a follower replica's answer) points the next
+    /// attempt at the leader it names when that is one of the addresses, else at the address
+    /// after `url`; anything else is the caller's to report.
+    pub(crate) fn redirected(&self, url: &str, status: &tonic::Status) -> bool {
+        use std::sync::atomic::Ordering;
+        let n = self.endpoints.len();
+        if n < 2 || status.code() != tonic::Code::Unavailable {
+            return false;
+        }
+        let at = self
+            .endpoints
+            .iter()
+            .position(|(_, u)| u == url)
+            .unwrap_or(0);
+        let hinted = strata_proto::leader::hint(status)
+            .and_then(|hint| strata_common::parse::endpoint(hint).ok())
+            .and_then(|hint| self.endpoints.iter().position(|(_, u)| *u == hint));
+        let next = hinted.unwrap_or((at + 1) % n);
+        tracing::debug!(follower = %url, next = %self.endpoints[next].1, hinted = hinted.is_some(), "not the leader; trying another replica");
+        self.current.store(next, Ordering::Relaxed);
+        true
     }
 
     /// Connects to the first address that answers, each within `connect_timeout`; the
@@ -303,6 +350,36 @@ pub(crate) fn describe_error(err: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_followers_refusal_points_the_next_attempt_at_the_leader() {
+        use std::sync::atomic::Ordering;
+        let (targets, _) = secure_targets(
+            "h1:5050,h2:5050,h3:5050",
+            DEFAULT_CONNECT_TIMEOUT,
+            &ClientSecurity::none(),
+        )
+        .unwrap();
+        let current = || targets.current.load(Ordering::Relaxed);
+        // Named, and one of ours: tried next.
+        let named = strata_proto::leader::not_leader("c", Some("h3:5050"));
+        assert!(targets.redirected("http://h1:5050", &named));
+        assert_eq!(current(), 2);
+        // No leader named, or one that is not ours: the address after the follower.
+        let unnamed = strata_proto::leader::not_leader("c", None);
+        assert!(targets.redirected("http://h3:5050", &unnamed));
+        assert_eq!(current(), 0);
+        let stranger = strata_proto::leader::not_leader("c", Some("evil:1"));
+        assert!(targets.redirected("http://h1:5050", &stranger));
+        assert_eq!(current(), 1);
+        // Any other refusal is the caller's to report.
+        assert!(!targets.redirected("http://h2:5050", &tonic::Status::permission_denied("no")));
+        assert_eq!(current(), 1);
+        // One address: nowhere else to go.
+        let (one, _) =
+            secure_targets("h1:5050", DEFAULT_CONNECT_TIMEOUT, &ClientSecurity::none()).unwrap();
+        assert!(!one.redirected("http://h1:5050", &named));
+    }
 
     #[test]
     fn bare_host_port_becomes_a_url() {

@@ -78,30 +78,48 @@ pub(crate) async fn subscribe_once(
     info: FrameworkInfo,
     suppressed: bool,
 ) -> Result<Subscription, Error> {
-    let (channel, addr) = targets
-        .connect(crate::connect::DEFAULT_CONNECT_TIMEOUT)
-        .await?;
+    // With replicas, a follower's refusal is followed to the leader it names (once per
+    // address at most).
+    let tries = targets.len();
+    let mut attempt = 0;
+    let (addr, calls, response) = loop {
+        attempt += 1;
+        let (channel, addr) = targets
+            .connect(crate::connect::DEFAULT_CONNECT_TIMEOUT)
+            .await?;
+        let (calls, calls_rx) = mpsc::unbounded_channel();
+        let suppressed_roles = if suppressed {
+            info.roles.clone()
+        } else {
+            Vec::new()
+        };
+        let subscribe = Call {
+            framework_id: info.id.clone(),
+            call: Some(call::Call::Subscribe(call::Subscribe {
+                framework_info: Some(info.clone()),
+                suppressed_roles,
+            })),
+        };
+        // The receiver is alive: it is right here.
+        let _ = calls.send(subscribe);
+        let mut client = SchedulerServiceClient::with_interceptor(channel, auth.clone());
+        match client
+            .subscribe(UnboundedReceiverStream::new(calls_rx))
+            .await
+        {
+            Ok(response) => break (addr, calls, response),
+            Err(status) if attempt < tries && targets.redirected(&addr, &status) => {}
+            Err(status) => {
+                return Err(Error::from_status(
+                    &addr,
+                    "Subscribe",
+                    "SchedulerService",
+                    &status,
+                ));
+            }
+        }
+    };
     let addr = addr.as_str();
-    let (calls, calls_rx) = mpsc::unbounded_channel();
-    let suppressed_roles = if suppressed {
-        info.roles.clone()
-    } else {
-        Vec::new()
-    };
-    let subscribe = Call {
-        framework_id: info.id.clone(),
-        call: Some(call::Call::Subscribe(call::Subscribe {
-            framework_info: Some(info),
-            suppressed_roles,
-        })),
-    };
-    // The receiver is alive: it is right here.
-    let _ = calls.send(subscribe);
-    let mut client = SchedulerServiceClient::with_interceptor(channel, auth.clone());
-    let response = client
-        .subscribe(UnboundedReceiverStream::new(calls_rx))
-        .await
-        .map_err(|status| Error::from_status(addr, "Subscribe", "SchedulerService", &status))?;
     let mut events = response.into_inner();
     let mut early = Vec::new();
     loop {

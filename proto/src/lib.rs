@@ -20,6 +20,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod ids;
+pub mod leader;
 pub mod limits;
 
 /// Well-known resource names.

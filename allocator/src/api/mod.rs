@@ -32,14 +32,14 @@ use strata_proto::operator_service_server::{OperatorService, OperatorServiceServ
 use strata_proto::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
 use strata_proto::{
     AgentMessage, AllocatorMessage, Call, DeactivateAgentRequest, DeactivateAgentResponse,
-    DrainAgentRequest, DrainAgentResponse, Event, GetQuotaRequest, GetQuotaResponse,
-    GetStateRequest, GetStateResponse, GetUsageRequest, GetUsageResponse, ListAgentsRequest,
-    ListAgentsResponse, ListFrameworksRequest, ListFrameworksResponse, ListReservationsRequest,
-    ListReservationsResponse, ListRolesRequest, ListRolesResponse, ListTasksRequest,
-    ListTasksResponse, ReactivateAgentRequest, ReactivateAgentResponse, ReserveRequest,
-    ReserveResponse, SetQuotaRequest, SetQuotaResponse, SetWeightsRequest, SetWeightsResponse,
-    TeardownFrameworkRequest, TeardownFrameworkResponse, UnreserveRequest, UnreserveResponse,
-    WatchEvent, WatchRequest, agent_message, call,
+    DrainAgentRequest, DrainAgentResponse, Event, GetLeaderRequest, GetLeaderResponse,
+    GetQuotaRequest, GetQuotaResponse, GetStateRequest, GetStateResponse, GetUsageRequest,
+    GetUsageResponse, ListAgentsRequest, ListAgentsResponse, ListFrameworksRequest,
+    ListFrameworksResponse, ListReservationsRequest, ListReservationsResponse, ListRolesRequest,
+    ListRolesResponse, ListTasksRequest, ListTasksResponse, ReactivateAgentRequest,
+    ReactivateAgentResponse, ReserveRequest, ReserveResponse, SetQuotaRequest, SetQuotaResponse,
+    SetWeightsRequest, SetWeightsResponse, TeardownFrameworkRequest, TeardownFrameworkResponse,
+    UnreserveRequest, UnreserveResponse, WatchEvent, WatchRequest, agent_message, call,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -177,6 +177,7 @@ pub async fn serve_secure(
     let (watch_tx, _) = broadcast::channel(WATCH_BUFFER);
     let (changes_tx, _) = broadcast::channel(actor::CHANGE_BUFFER);
     let flags = crate::mesos::state::flags(&config);
+    let leader_epoch = config.leader_epoch;
     let actor = Actor::new(config, watch_tx.clone(), store, registry)?
         .with_metrics(metrics.clone())
         .with_changes(changes_tx.clone())
@@ -205,6 +206,7 @@ pub async fn serve_secure(
         next_conn: Arc::new(AtomicU64::new(0)),
         usage: UsageBook::default(),
         security,
+        leader_epoch,
     };
     let http_task = http.map(|api| tokio::spawn(crate::mesos::run(api, shared.clone(), flags)));
     let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -267,6 +269,8 @@ pub(crate) struct Shared {
     next_conn: Arc<AtomicU64>,
     usage: UsageBook,
     pub(crate) security: Arc<Security>,
+    /// This allocator's term (`AllocatorConfig::leader_epoch`), for `GetLeader`.
+    leader_epoch: u64,
 }
 
 impl Shared {
@@ -782,5 +786,16 @@ impl OperatorService for OperatorApi {
         self.0.allow(&request, Action::ViewTasks, &["*"])?;
         let tasks = self.0.usage.query(request.get_ref());
         Ok(Response::new(GetUsageResponse { tasks }))
+    }
+
+    async fn get_leader(
+        &self,
+        request: Request<GetLeaderRequest>,
+    ) -> Result<Response<GetLeaderResponse>, Status> {
+        // Who leads is no secret among the cluster's principals: authentication only.
+        self.0.security.grpc_principal(&request)?;
+        Ok(Response::new(GetLeaderResponse {
+            leader_epoch: self.0.leader_epoch,
+        }))
     }
 }

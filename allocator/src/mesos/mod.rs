@@ -70,9 +70,9 @@ const OPERATOR_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Records queued per operator event stream before its writer waits for the client.
 const OPERATOR_STREAM_QUEUE: usize = 64;
 
-/// Whether this allocator leads. Strata runs one allocator, which always leads; the other
-/// values exist so the redirect (307) and no-leader (503) answers Mesos clients rely on
-/// are implemented and tested.
+/// Whether this allocator leads. A single allocator always leads; a replica that does not
+/// (`--etcd`) answers with [`crate::follower`], which uses the other values: the redirect
+/// (307) and no-leader (503) answers Mesos clients rely on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Leadership {
     /// This allocator serves calls.
@@ -120,8 +120,8 @@ pub enum HttpError {
     NotLeader {
         /// `host:port` of the leader.
         leader: String,
-        /// The path asked for, kept in the redirect.
-        path: &'static str,
+        /// The path (and query) asked for, kept in the redirect.
+        path: String,
     },
     /// No allocator leads.
     #[error("no allocator is leading: retry later")]
@@ -747,7 +747,7 @@ fn leading(leadership: &Leadership, path: &'static str) -> Result<(), HttpError>
         Leadership::Leader => Ok(()),
         Leadership::Follower { leader } => Err(HttpError::NotLeader {
             leader: leader.clone(),
-            path,
+            path: path.to_owned(),
         }),
         Leadership::NoLeader => Err(HttpError::NoLeader),
     }

@@ -1,4 +1,5 @@
 //! Replicas of one cluster (`--etcd`) as real processes on a real etcd: one leads and serves,
+//! a follower answers naming it (gRPC `UNAVAILABLE` with the leader's address, Mesos 307),
 //! the next takes over with the registry when the leader is killed, a clean stop resigns at
 //! once, and a leader whose key is taken from it stops instead of writing.
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use strata_etcd::Client;
 use strata_proto::operator_service_client::OperatorServiceClient;
-use strata_proto::{GetQuotaRequest, QuotaInfo, Resource, SetQuotaRequest};
+use strata_proto::{GetLeaderRequest, GetQuotaRequest, QuotaInfo, Resource, SetQuotaRequest};
 use strata_test_support::bounded;
 use strata_test_support::etcd::Etcd;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -16,13 +17,15 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::common::{PROCESS_STEP, allocator_command, wait_exit};
 
-/// A replica of cluster `cluster` on `etcd`, with a 2 s lease.
-fn replica(etcd: &Etcd, cluster: &str) -> Result<Child> {
-    Ok(allocator_command(&[
+/// A replica of cluster `cluster` on `etcd`, with a 2 s lease: the process, its gRPC address
+/// (`http://ADDR`) and its Mesos HTTP API's `ADDR`, from its first lines (a follower listens
+/// too).
+async fn replica(etcd: &Etcd, cluster: &str) -> Result<(Child, String, String)> {
+    let mut child = allocator_command(&[
         "--listen",
         "127.0.0.1:0",
         "--mesos-listen",
-        "none",
+        "127.0.0.1:0",
         "--metrics-listen",
         "none",
         "--etcd",
@@ -32,21 +35,44 @@ fn replica(etcd: &Etcd, cluster: &str) -> Result<Child> {
         "--etcd-lease-ttl",
         "2s",
     ])
-    .spawn()?)
+    .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = async || -> Result<String> {
+        tokio::time::timeout(PROCESS_STEP, lines.next_line())
+            .await
+            .context("no line from the replica")??
+            .context("stdout closed")
+    };
+    let grpc = next().await?;
+    let grpc = grpc
+        .strip_prefix("strata-allocator listening on ")
+        .with_context(|| format!("unexpected first line {grpc:?}"))?
+        .to_owned();
+    let mesos = next().await?;
+    let mesos = mesos
+        .strip_prefix("strata-allocator Mesos HTTP API on http://")
+        .with_context(|| format!("unexpected second line {mesos:?}"))?
+        .to_owned();
+    // Keep reading its stdout so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, format!("http://{grpc}"), mesos))
 }
 
-/// Waits up to `limit` for the replica's listening line (it leads); its gRPC address.
-async fn leads_within(child: &mut Child, limit: Duration) -> Result<Option<String>> {
-    let stdout = child.stdout.as_mut().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    match tokio::time::timeout(limit, lines.next_line()).await {
-        Err(_) => Ok(None),
-        Ok(line) => {
-            let line = line?.context("stdout closed before the listening line")?;
-            let addr = line
-                .strip_prefix("strata-allocator listening on ")
-                .with_context(|| format!("unexpected first line {line:?}"))?;
-            Ok(Some(format!("http://{addr}")))
+/// Whether the replica at `addr` leads within `limit` (it answers `GetLeader`); else the
+/// last follower answer.
+async fn leads_within(addr: &str, limit: Duration) -> Result<Result<(), tonic::Status>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let answer = bounded(
+            "GetLeader",
+            operator(addr).await?.get_leader(GetLeaderRequest {}),
+        )
+        .await?;
+        match answer {
+            Ok(_) => return Ok(Ok(())),
+            Err(status) if tokio::time::Instant::now() >= deadline => return Ok(Err(status)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
@@ -69,8 +95,8 @@ fn quota(role: &str, cpus: f64) -> SetQuotaRequest {
 #[tokio::test]
 async fn the_next_replica_takes_over_with_the_registry_and_a_clean_stop_resigns() -> Result<()> {
     let etcd = Etcd::start()?;
-    let mut a = replica(&etcd, "c1")?;
-    let a_addr = leads_within(&mut a, PROCESS_STEP)
+    let (mut a, a_addr, a_mesos) = replica(&etcd, "c1").await?;
+    leads_within(&a_addr, PROCESS_STEP)
         .await?
         .context("the first replica does not lead")?;
     bounded(
@@ -79,19 +105,52 @@ async fn the_next_replica_takes_over_with_the_registry_and_a_clean_stop_resigns(
     )
     .await??;
 
-    // B waits while A leads.
-    let mut b = replica(&etcd, "c1")?;
-    if let Some(addr) = leads_within(&mut b, Duration::from_secs(4)).await? {
-        bail!("a second replica serves at {addr} while the first leads");
-    }
-    // A dies: B leads within the lease's ttl (2 s) and a poll (1 s), with A's registry.
+    // B waits while A leads, and answers as a follower: gRPC calls are refused naming A,
+    // Mesos HTTP calls are redirected to A's.
+    let (mut b, b_addr, b_mesos) = replica(&etcd, "c1").await?;
+    let Err(refused) = leads_within(&b_addr, Duration::from_secs(4)).await? else {
+        bail!("a second replica serves at {b_addr} while the first leads");
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        strata_proto::leader::hint(&refused),
+        Some(a_addr.as_str()),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("cluster c1"), "{refused:?}");
+    let quota_on_b = bounded(
+        "GetQuota",
+        operator(&b_addr).await?.get_quota(GetQuotaRequest {}),
+    )
+    .await?;
+    assert_eq!(
+        quota_on_b.map(|_| ()).unwrap_err().code(),
+        tonic::Code::Unavailable,
+        "a follower answered from its registry"
+    );
+    let page = strata_test_support::http::get(&b_mesos, "/master/state?jsonp=x").await?;
+    assert_eq!(page.status, 307, "{page:?}");
+    assert_eq!(
+        page.header("location"),
+        Some(format!("//{a_mesos}/master/state?jsonp=x").as_str())
+    );
+    assert_eq!(
+        strata_test_support::http::get(&b_mesos, "/health")
+            .await?
+            .status,
+        200
+    );
+    // A dies: B leads within the lease's ttl (2 s) and a poll (1 s), with A's registry, on
+    // the ports it answered on as a follower.
     a.start_kill()?;
     wait_exit(&mut a).await?;
     let started = std::time::Instant::now();
-    let b_addr = leads_within(&mut b, Duration::from_secs(10))
+    leads_within(&b_addr, Duration::from_secs(10))
         .await?
-        .context("the second replica did not take over")?;
+        .map_err(|s| anyhow::anyhow!("the second replica did not take over: {s:?}"))?;
     let took = started.elapsed();
+    let state = strata_test_support::http::get(&b_mesos, "/master/state").await?;
+    assert_eq!(state.status, 200, "{state:?}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
     let quotas = bounded(
         "GetQuota",
@@ -124,10 +183,10 @@ async fn the_next_replica_takes_over_with_the_registry_and_a_clean_stop_resigns(
 #[tokio::test]
 async fn a_leader_whose_key_is_gone_stops_instead_of_writing() -> Result<()> {
     let etcd = Etcd::start()?;
-    let mut a = replica(&etcd, "c2")?;
-    let addr = leads_within(&mut a, PROCESS_STEP)
+    let (mut a, addr, _) = replica(&etcd, "c2").await?;
+    leads_within(&addr, PROCESS_STEP)
         .await?
-        .context("the replica does not lead")?;
+        .map_err(|s| anyhow::anyhow!("the replica does not lead: {s:?}"))?;
     let mut op = operator(&addr).await?;
     bounded("SetQuota", op.set_quota(quota("eng", 2.0))).await??;
     // Its key is taken away (as after a partition from etcd longer than its lease, with

@@ -1,5 +1,6 @@
 //! Replicated allocators (`--etcd`) as real processes on a real etcd, with a real agent and the
-//! CLI given every replica's address: they reach the leader (followers do not listen), and
+//! CLI given every replica's address, the follower's first: they reach the leader (the
+//! follower answers naming it), and
 //! after the leader is killed they follow the replica that takes over, the agent
 //! re-registering with it and `strata run` working again.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use strata_framework::ClientSecurity;
 use strata_proto::operator_service_client::OperatorServiceClient;
-use strata_proto::{AgentState, ListAgentsRequest};
+use strata_proto::{AgentState, GetLeaderRequest, ListAgentsRequest};
 use strata_test_support::CGROUP_PLACEMENT;
 use strata_test_support::cluster::{bin, text};
 use strata_test_support::etcd::Etcd;
@@ -75,6 +76,17 @@ async fn connected_agents(allocators: &str) -> Result<usize> {
         .count())
 }
 
+/// The answer of the replica on `port` to `GetLeader`: OK when it leads, else its refusal.
+async fn leader_answer(port: u16) -> Result<Result<(), tonic::Status>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect()
+        .await?;
+    Ok(OperatorServiceClient::new(channel)
+        .get_leader(GetLeaderRequest {})
+        .await
+        .map(|_| ()))
+}
+
 fn run_hello(allocators: &str) -> Result<()> {
     let out = Command::new(bin("strata"))
         .args(["--allocator", allocators, "run", "--", "echo", "hello"])
@@ -106,10 +118,12 @@ async fn the_agent_and_the_cli_follow_the_leader_of_replicated_allocators() -> R
     let limit = Duration::from_secs(20);
     let every = Duration::from_millis(100);
     poll_until(limit, every, || async {
-        Ok(if std::net::TcpStream::connect(("127.0.0.1", pa)).is_ok() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending("the first replica does not listen".to_owned())
+        Ok(match leader_answer(pa).await {
+            Ok(Ok(())) => Poll::Ready(()),
+            Ok(Err(status)) => {
+                Poll::Pending(format!("the first replica does not lead: {status:?}"))
+            }
+            Err(e) => Poll::Pending(format!("the first replica does not answer: {e:#}")),
         })
     })
     .await?;
@@ -139,9 +153,13 @@ async fn the_agent_and_the_cli_follow_the_leader_of_replicated_allocators() -> R
         })
     };
     poll_until(limit, every, registered).await?;
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", pb)).is_err(),
-        "the follower listens"
+    let refused = leader_answer(pb)
+        .await?
+        .expect_err("the follower says it leads");
+    assert_eq!(
+        strata_proto::leader::hint(&refused),
+        Some(format!("http://127.0.0.1:{pa}").as_str()),
+        "{refused:?}"
     );
     run_hello(&allocators)?;
 

@@ -1,0 +1,81 @@
+//! Following the leader of replicated allocators: a follower replica answers every gRPC call
+//! with `UNAVAILABLE` and the leader's address in the [`METADATA`] key (as a Mesos master
+//! that does not lead redirects to the one that does); clients read it with [`hint`] and try
+//! that address next.
+
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+/// The metadata key naming the leader's gRPC address in a follower's answer.
+pub const METADATA: &str = "strata-leader";
+
+/// The longest leader address a client accepts from a follower.
+pub const MAX_ADDRESS: usize = 256;
+
+/// A follower's answer: `UNAVAILABLE`, naming the leader of `cluster` when one is known.
+pub fn not_leader(cluster: &str, leader: Option<&str>) -> Status {
+    match leader {
+        Some(leader) => {
+            let mut status = Status::unavailable(format!(
+                "this allocator does not lead cluster {cluster}: the leader is at {leader}"
+            ));
+            if let Ok(value) = MetadataValue::try_from(leader) {
+                status.metadata_mut().insert(METADATA, value);
+            }
+            status
+        }
+        None => Status::unavailable(format!(
+            "this allocator does not lead cluster {cluster} and no replica leads it now: \
+             try again in a few seconds"
+        )),
+    }
+}
+
+/// The leader's address a follower named in `status`, if any: only from an `UNAVAILABLE`
+/// status, printable ASCII without spaces or commas, at most [`MAX_ADDRESS`] bytes (anything
+/// else is ignored: the client goes on trying its addresses in turn).
+pub fn hint(status: &Status) -> Option<&str> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let value = status.metadata().get(METADATA)?.to_str().ok()?;
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ADDRESS
+        && value.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    ok.then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_followers_answer_names_the_leader() {
+        let status = not_leader("prod", Some("http://h2:5050"));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("http://h2:5050"), "{status:?}");
+        assert_eq!(hint(&status), Some("http://h2:5050"));
+        let none = not_leader("prod", None);
+        assert_eq!(hint(&none), None);
+        assert!(none.message().contains("no replica leads"), "{none:?}");
+    }
+
+    #[test]
+    fn hints_that_are_not_addresses_are_ignored() {
+        let with = |code: tonic::Code, value: &str| {
+            let mut status = Status::new(code, "x");
+            status
+                .metadata_mut()
+                .insert(METADATA, MetadataValue::try_from(value).unwrap());
+            status
+        };
+        assert_eq!(hint(&with(tonic::Code::Unavailable, "h:1")), Some("h:1"));
+        // Only a follower's UNAVAILABLE carries a hint worth following.
+        assert_eq!(hint(&with(tonic::Code::PermissionDenied, "h:1")), None);
+        assert_eq!(hint(&with(tonic::Code::Unavailable, "a:1,b:2")), None);
+        assert_eq!(hint(&with(tonic::Code::Unavailable, "a b:1")), None);
+        assert_eq!(hint(&with(tonic::Code::Unavailable, "")), None);
+        let long = format!("h{}:1", "x".repeat(MAX_ADDRESS));
+        assert_eq!(hint(&with(tonic::Code::Unavailable, &long)), None);
+    }
+}
