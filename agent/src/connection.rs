@@ -73,6 +73,8 @@ pub(crate) async fn maintain(
     let mut current = 0;
     // Redirects followed since a stream last delivered a message.
     let mut redirects = 0;
+    // Whether the last refusal was a follower's.
+    let mut follower = false;
     loop {
         let Some((channel, at)) = connect_any(&endpoints, current).await else {
             let delay = backoff.next_delay();
@@ -128,6 +130,7 @@ pub(crate) async fn maintain(
                     }
                     continue;
                 }
+                follower |= strata_proto::leader::is_follower(&status);
                 describe_status(&status)
             }
             Ok(response) => {
@@ -179,7 +182,12 @@ pub(crate) async fn maintain(
         {
             return;
         }
-        let delay = backoff.next_delay();
+        // A follower answered: the replicas are up and electing; no need to back off far.
+        let delay = if std::mem::take(&mut follower) {
+            strata_proto::leader::FOLLOWER_RETRY
+        } else {
+            backoff.next_delay()
+        };
         tracing::warn!(
             "lost the connection to the allocator at {address}: {reason}; reconnecting in {delay:?}"
         );

@@ -19,8 +19,9 @@ use crate::store_etcd::{EtcdStore, leader_key};
 /// How long each etcd call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a waiting replica looks whether the leader key is gone.
-const POLL: Duration = Duration::from_secs(1);
+/// How often a waiting replica looks whether the leader key is gone: one small transaction
+/// per replica, and at most this long added to a failover.
+const POLL: Duration = Duration::from_millis(250);
 
 /// What stops a replica from leading.
 #[derive(Debug, thiserror::Error)]

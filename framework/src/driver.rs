@@ -380,7 +380,12 @@ impl Driver {
                             stopping = true;
                         }
                         Ok(Err(e)) => {
-                            let delay = self.backoff.next_delay();
+                            // A follower answered: the replicas are up and electing.
+                            let delay = if matches!(e, Error::NoLeader { .. }) {
+                                strata_proto::leader::FOLLOWER_RETRY
+                            } else {
+                                self.backoff.next_delay()
+                            };
                             debug!(framework_id = %framework_id, error = %e, ?delay, "re-subscribe failed; retrying");
                             reconnect_at = Some(Instant::now() + delay);
                         }

@@ -96,6 +96,15 @@ pub enum Error {
     },
 
     /// A gRPC call failed for another reason.
+    /// The allocator is a replica that does not lead its cluster (and did not name a leader
+    /// among the addresses given); an election is under way or the addresses miss the leader.
+    #[error("the allocator at {addr} does not lead: {message}")]
+    NoLeader {
+        /// The address dialled.
+        addr: String,
+        /// The replica's answer.
+        message: String,
+    },
     #[error("the allocator at {addr} failed {rpc}: {code:?}: {message}")]
     Rpc {
         /// The allocator address.
@@ -148,6 +157,7 @@ impl Error {
                 | Self::SubscribeTimeout { .. }
                 | Self::StreamEnded { .. }
                 | Self::NotConnected { .. }
+                | Self::NoLeader { .. }
         ) || matches!(self, Self::Rpc { code, .. } if matches!(code, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled | tonic::Code::ResourceExhausted))
     }
 
@@ -184,6 +194,12 @@ impl Error {
                 addr: addr.to_owned(),
                 service,
             },
+            tonic::Code::Unavailable if strata_proto::leader::is_follower(status) => {
+                Self::NoLeader {
+                    addr: addr.to_owned(),
+                    message: status.message().to_owned(),
+                }
+            }
             tonic::Code::Unavailable => Self::Connect {
                 addr: addr.to_owned(),
                 reason: crate::connect::describe_status(status),

@@ -9,12 +9,21 @@ use tonic::metadata::MetadataValue;
 /// The metadata key naming the leader's gRPC address in a follower's answer.
 pub const METADATA: &str = "strata-leader";
 
+/// The metadata key every follower's answer carries (the cluster's name), whether or not it
+/// knows the leader: an election is under way or done, and the cluster is reachable.
+pub const FOLLOWER_METADATA: &str = "strata-follower";
+
 /// The longest leader address a client accepts from a follower.
 pub const MAX_ADDRESS: usize = 256;
 
+/// How soon a client tries again after a follower's answer that did not lead it to the
+/// leader: the replicas answer, so an election is at most a lease away and retrying is cheap
+/// for them.
+pub const FOLLOWER_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A follower's answer: `UNAVAILABLE`, naming the leader of `cluster` when one is known.
 pub fn not_leader(cluster: &str, leader: Option<&str>) -> Status {
-    match leader {
+    let mut status = match leader {
         Some(leader) => {
             let mut status = Status::unavailable(format!(
                 "this allocator does not lead cluster {cluster}: the leader is at {leader}"
@@ -28,7 +37,16 @@ pub fn not_leader(cluster: &str, leader: Option<&str>) -> Status {
             "this allocator does not lead cluster {cluster} and no replica leads it now: \
              try again in a few seconds"
         )),
+    };
+    if let Ok(value) = MetadataValue::try_from(cluster) {
+        status.metadata_mut().insert(FOLLOWER_METADATA, value);
     }
+    status
+}
+
+/// Whether `status` is a follower replica's answer ([`not_leader`]).
+pub fn is_follower(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.metadata().contains_key(FOLLOWER_METADATA)
 }
 
 /// The leader's address a follower named in `status`, if any: only from an `UNAVAILABLE`
@@ -58,6 +76,8 @@ mod tests {
         let none = not_leader("prod", None);
         assert_eq!(hint(&none), None);
         assert!(none.message().contains("no replica leads"), "{none:?}");
+        assert!(is_follower(&status) && is_follower(&none));
+        assert!(!is_follower(&Status::unavailable("shutting down")));
     }
 
     #[test]
