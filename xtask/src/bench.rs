@@ -13,6 +13,9 @@
 //! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
 //!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`); with `--tls`, again with
 //!   TLS and authentication on, with the ratios.
+//! - `failover`: three allocator replicas on a real etcd, simulated agents with running tasks
+//!   and a framework: kill -9 of the leader to the first offer of the next and to every agent
+//!   re-registered, median and worst (`allocator/benches/failover.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,6 +85,13 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Highly available allocators on a real etcd: kill -9 of the leader to the first offer of
+    /// the next and to every agent re-registered, with simulated agents over real gRPC.
+    Failover {
+        /// Passed to the benchmark, e.g. --agents 100 --tasks 1000 --rounds 10 --ttl 2s.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Kills the processes it holds when dropped.
@@ -138,6 +148,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Mesos { args } => util::run(
             util::cargo()
                 .args(["bench", "-p", "strata-allocator", "--bench", "mesos", "--"])
+                .args(args),
+        ),
+        Bench::Failover { args } => util::run(
+            util::cargo()
+                .args([
+                    "bench",
+                    "-p",
+                    "strata-allocator",
+                    "--bench",
+                    "failover",
+                    "--",
+                ])
                 .args(args),
         ),
     }

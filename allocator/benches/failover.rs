@@ -1,0 +1,461 @@
+//! `cargo bench -p strata-allocator --bench failover` (what `cargo xtask bench failover` runs):
+//! how long a highly available allocator is without a leader when its leader dies.
+//!
+//! A real etcd member, three `strata-allocator` replicas (release processes, `--etcd`,
+//! `--etcd-lease-ttl` from `--ttl`), `--agents` simulated agents over real gRPC streams and one
+//! framework on the SDK, all given the three addresses. The agents reconnect as `strata-agent`
+//! does (a follower's answer naming the leader followed at once, another follower's answer
+//! retried after 250 ms, else 100 ms doubling to 5 s)
+//! and re-register with their running tasks; the framework keeps the SDK's own reconnection
+//! and declines every offer with refuse 0. The framework launches `--tasks` tasks, which the
+//! agents report RUNNING; then, `--rounds` times: `kill -9` of the leader, and the time from
+//! the kill to the first offer the framework gets from the new leader and to every agent
+//! registered with the new leader's term; then the killed replica starts again (as a
+//! follower). Every update the framework gets is checked: a task that leaves RUNNING is lost.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use strata_common::Backoff;
+use strata_framework::{Event, FrameworkBuilder, ResourceBudget, task};
+use strata_proto::agent_service_client::AgentServiceClient;
+use strata_proto::operator_service_client::OperatorServiceClient;
+use strata_proto::{
+    AgentInfo, AgentMessage, AgentTask, GetLeaderRequest, Resource, TaskSource, TaskState,
+    TaskStatus, agent_message, allocator_message,
+};
+use strata_test_support::etcd::Etcd;
+use strata_test_support::net::free_port;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+/// The longest any step may take before the run fails.
+const STEP: Duration = Duration::from_secs(60);
+
+struct Args {
+    agents: usize,
+    tasks: usize,
+    rounds: usize,
+    ttl: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        agents: 100,
+        tasks: 1000,
+        rounds: 10,
+        ttl: "2s".to_owned(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--agents" => args.agents = value()?.parse()?,
+            "--tasks" => args.tasks = value()?.parse()?,
+            "--rounds" => args.rounds = value()?.parse()?,
+            "--ttl" => args.ttl = value()?,
+            // `cargo bench` passes --bench.
+            "--bench" => {}
+            other => {
+                bail!("unknown flag {other}: use --agents N, --tasks N, --rounds N, --ttl DURATION")
+            }
+        }
+    }
+    ensure!(
+        args.agents > 0 && args.tasks > 0 && args.rounds > 0,
+        "--agents, --tasks and --rounds must be at least 1"
+    );
+    Ok(args)
+}
+
+/// What the simulated agents saw: per agent, the newest leader term it registered with and
+/// when.
+#[derive(Default)]
+struct Book {
+    registered: Vec<(u64, Instant)>,
+}
+
+/// One replica's process and port.
+struct Replica {
+    child: Child,
+    port: u16,
+}
+
+fn start_replica(etcd: &str, port: u16, ttl: &str, log: &Path) -> Result<Child> {
+    Command::new(env!("CARGO_BIN_EXE_strata-allocator"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--mesos-listen", "none", "--metrics-listen", "none"])
+        .args([
+            "--etcd",
+            etcd,
+            "--cluster",
+            "bench",
+            "--etcd-lease-ttl",
+            ttl,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?,
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start strata-allocator")
+}
+
+/// The index of the replica that answers `GetLeader` (leads), if one does now.
+async fn leader(urls: &[String]) -> Option<usize> {
+    for (i, url) in urls.iter().enumerate() {
+        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+            continue;
+        };
+        let ask = async {
+            let channel = endpoint.connect().await.ok()?;
+            OperatorServiceClient::new(channel)
+                .get_leader(GetLeaderRequest {})
+                .await
+                .ok()
+        };
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// A simulated agent: keeps a stream to the leader, re-registering with its tasks.
+async fn agent(index: usize, urls: Arc<Vec<String>>, book: Arc<Mutex<Book>>) {
+    let mut id = String::new();
+    let mut tasks: HashMap<String, AgentTask> = HashMap::new();
+    let mut at = index % urls.len();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut redirects = 0;
+    loop {
+        let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+        let register = agent_message::Register {
+            info: Some(AgentInfo {
+                id: id.clone(),
+                hostname: format!("sim-{index}"),
+                resources: vec![
+                    Resource::scalar("cpus", 16.0),
+                    Resource::scalar("mem", 65536.0),
+                ],
+                ..AgentInfo::default()
+            }),
+            tasks: tasks.values().cloned().collect(),
+        };
+        let _ = tx.try_send(msg(agent_message::Message::Register(register)));
+        // As the agent's connect_any: the addresses in turn from `at`, backing off only when
+        // none answers.
+        let mut channel = None;
+        for i in 0..urls.len() {
+            let try_at = (at + i) % urls.len();
+            if let Ok(endpoint) = Endpoint::from_shared(urls[try_at].clone())
+                && let Ok(c) = endpoint.connect().await
+            {
+                at = try_at;
+                channel = Some(c);
+                break;
+            }
+        }
+        let Some(channel) = channel else {
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        };
+        let stream = AgentServiceClient::new(channel)
+            .connect(ReceiverStream::new(rx))
+            .await;
+        let mut stream = match stream {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                let hinted = strata_proto::leader::hint(&status)
+                    .and_then(|h| urls.iter().position(|u| u == h));
+                at = hinted.unwrap_or((at + 1) % urls.len());
+                if hinted.is_some() && redirects < urls.len() {
+                    redirects += 1;
+                } else if strata_proto::leader::is_follower(&status) {
+                    tokio::time::sleep(strata_proto::leader::FOLLOWER_RETRY).await;
+                } else {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                continue;
+            }
+        };
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                message = stream.message() => {
+                    let Ok(Some(message)) = message else { break };
+                    match message.message {
+                        Some(allocator_message::Message::Registered(r)) => {
+                            id = r.agent_id;
+                            backoff.reset();
+                            redirects = 0;
+                            if r.heartbeat_interval_seconds > 0.0 {
+                                heartbeat = tokio::time::interval(Duration::from_secs_f64(r.heartbeat_interval_seconds));
+                            }
+                            book.lock().expect("book").registered[index] = (r.leader_epoch, Instant::now());
+                        }
+                        Some(allocator_message::Message::LaunchTask(launch)) => {
+                            let Some(task) = launch.task else { continue };
+                            let status = TaskStatus {
+                                task_id: task.task_id.clone(),
+                                framework_id: launch.framework_id.clone(),
+                                agent_id: id.clone(),
+                                state: TaskState::Running as i32,
+                                source: TaskSource::Agent as i32,
+                                uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
+                                ..TaskStatus::default()
+                            };
+                            tasks.insert(task.task_id.clone(), AgentTask {
+                                framework_id: launch.framework_id,
+                                task: Some(task),
+                                latest_status: Some(status.clone()),
+                            });
+                            let update = agent_message::StatusUpdate { status: Some(status) };
+                            if tx.send(msg(agent_message::Message::StatusUpdate(update))).await.is_err() {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if tx.send(msg(agent_message::Message::Heartbeat(agent_message::Heartbeat {}))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The leader is gone (or refused us): the next address at once, then back off.
+        at = (at + 1) % urls.len();
+    }
+}
+
+fn msg(message: agent_message::Message) -> AgentMessage {
+    AgentMessage {
+        message: Some(message),
+    }
+}
+
+/// What the framework saw.
+#[derive(Default)]
+struct Seen {
+    running: usize,
+    /// Updates that took a running task out of RUNNING: (task, state).
+    lost: Vec<(String, String)>,
+    last_offer: Option<Instant>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let etcd = Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    let ports = [free_port(), free_port(), free_port()];
+    let urls: Arc<Vec<String>> = Arc::new(
+        ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+    );
+    let addresses = urls.join(",");
+    let mut replicas = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let log = dir.path().join(format!("replica-{i}.log"));
+        replicas.push(Replica {
+            child: start_replica(&etcd.url, port, &args.ttl, &log)?,
+            port,
+        });
+    }
+    let started = Instant::now();
+    while leader(&urls).await.is_none() {
+        ensure!(started.elapsed() < STEP, "no replica leads after {STEP:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let book = Arc::new(Mutex::new(Book {
+        registered: vec![(0, started); args.agents],
+    }));
+    for i in 0..args.agents {
+        tokio::spawn(agent(i, urls.clone(), book.clone()));
+    }
+    let launching = Instant::now();
+    let (framework, mut events) = FrameworkBuilder::new(&addresses)
+        .name("failover-bench")
+        .failover_timeout(Duration::from_secs(600))
+        .subscribe()
+        .await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // The framework: launches `tasks` tasks of 0.1 cpu and 32 MiB, then declines everything.
+    let to_launch = args.tasks;
+    let events_task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            let mut states: HashMap<String, TaskState> = HashMap::new();
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Offers(offers) => {
+                        seen.lock().expect("seen").last_offer = Some(Instant::now());
+                        for offer in offers {
+                            let mut budget = ResourceBudget::of_offer(&offer);
+                            let mut batch = Vec::new();
+                            while next < to_launch {
+                                let t = task(format!("t{next}"))
+                                    .shell("sleep 3600")
+                                    .cpus(0.1)
+                                    .mem(32.0)
+                                    .build();
+                                if !budget.take(&t.resources) || batch.len() >= 50 {
+                                    break;
+                                }
+                                batch.push(t);
+                                next += 1;
+                            }
+                            if batch.is_empty() {
+                                let _ = framework.decline(vec![offer.id.clone()], Some(0.0)).await;
+                            } else {
+                                let n = batch.len();
+                                if framework.launch(&offer, batch).await.is_err() {
+                                    next -= n;
+                                }
+                            }
+                        }
+                    }
+                    Event::Update(status) => {
+                        let state = status.state();
+                        let before = states.insert(status.task_id.clone(), state);
+                        let mut seen = seen.lock().expect("seen");
+                        if state == TaskState::Running && before != Some(TaskState::Running) {
+                            seen.running += 1;
+                        } else if state != TaskState::Running && before == Some(TaskState::Running)
+                        {
+                            seen.running -= 1;
+                            seen.lost
+                                .push((status.task_id.clone(), state.label().to_owned()));
+                        }
+                    }
+                    Event::Subscribed { .. } => {
+                        let _ = framework.reconcile(Vec::new()).await;
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    while seen.lock().expect("seen").running < args.tasks {
+        ensure!(
+            launching.elapsed() < STEP,
+            "only {} of {} tasks running after {STEP:?}",
+            seen.lock().expect("seen").running,
+            args.tasks
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "failover: {} agents, {} tasks RUNNING {:.2} s after the framework subscribed; {} rounds, etcd lease ttl {}",
+        args.agents,
+        args.tasks,
+        launching.elapsed().as_secs_f64(),
+        args.rounds,
+        args.ttl
+    );
+
+    let mut to_elected = Vec::new();
+    let mut to_offer = Vec::new();
+    let mut to_agents = Vec::new();
+    for round in 0..args.rounds {
+        // Let the cluster settle (every agent registered with the current leader).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let old = leader(&urls).await.context("no leader before the kill")?;
+        let old_epoch = book
+            .lock()
+            .expect("book")
+            .registered
+            .iter()
+            .map(|r| r.0)
+            .max()
+            .unwrap_or(0);
+        let killed_at = Instant::now();
+        replicas[old].child.start_kill()?;
+        let _ = replicas[old].child.wait().await;
+        let mut elected = None;
+        let mut offer = None;
+        let mut agents = None;
+        while elected.is_none() || offer.is_none() || agents.is_none() {
+            if elected.is_none() && leader(&urls).await.is_some() {
+                elected = Some(killed_at.elapsed());
+            }
+            ensure!(
+                killed_at.elapsed() < STEP,
+                "round {round}: no failover after {STEP:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if offer.is_none()
+                && let Some(at) = seen.lock().expect("seen").last_offer
+                && at > killed_at
+            {
+                offer = Some(at - killed_at);
+            }
+            let book = book.lock().expect("book");
+            if agents.is_none() && book.registered.iter().all(|r| r.0 > old_epoch) {
+                agents = book.registered.iter().map(|r| r.1 - killed_at).max();
+            }
+        }
+        let (elected, offer, agents) = (
+            elected.unwrap_or_default(),
+            offer.unwrap_or_default(),
+            agents.unwrap_or_default(),
+        );
+        println!(
+            "failover: round {}: replica {old} killed; a new leader answered after {:.3} s, its first offer after {:.3} s, every agent re-registered after {:.3} s",
+            round + 1,
+            elected.as_secs_f64(),
+            offer.as_secs_f64(),
+            agents.as_secs_f64()
+        );
+        to_elected.push(elected);
+        to_offer.push(offer);
+        to_agents.push(agents);
+        let log = dir.path().join(format!("replica-{old}.log"));
+        replicas[old].child = start_replica(&etcd.url, replicas[old].port, &args.ttl, &log)?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = seen.lock().expect("seen");
+    let summary = |name: &str, mut times: Vec<Duration>| {
+        times.sort();
+        let median = times[times.len() / 2];
+        let worst = times[times.len() - 1];
+        println!(
+            "failover: {name}: median {:.3} s, worst {:.3} s",
+            median.as_secs_f64(),
+            worst.as_secs_f64()
+        );
+    };
+    summary("kill -9 to a new leader answering", to_elected);
+    summary("kill -9 to the first offer", to_offer);
+    summary("kill -9 to every agent re-registered", to_agents);
+    println!(
+        "failover: tasks RUNNING at the end {} of {}; tasks lost {}",
+        seen.running,
+        args.tasks,
+        seen.lost.len()
+    );
+    events_task.abort();
+    ensure!(
+        seen.lost.is_empty(),
+        "tasks left RUNNING during failovers: {:?}",
+        &seen.lost[..seen.lost.len().min(10)]
+    );
+    Ok(())
+}
