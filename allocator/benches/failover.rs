@@ -11,7 +11,9 @@
 //! agents report RUNNING; then, `--rounds` times: `kill -9` of the leader, and the time from
 //! the kill to the first offer the framework gets from the new leader and to every agent
 //! registered with the new leader's term; then the killed replica starts again (as a
-//! follower). Every update the framework gets is checked: a task that leaves RUNNING is lost.
+//! follower). Every update the framework gets goes through the history checker
+//! (`strata_test_support::history`): nothing lost, launched twice, out of order or after a
+//! terminal update.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +30,7 @@ use strata_proto::{
     TaskStatus, agent_message, allocator_message,
 };
 use strata_test_support::etcd::Etcd;
+use strata_test_support::history::History;
 use strata_test_support::net::free_port;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -250,9 +253,7 @@ fn msg(message: agent_message::Message) -> AgentMessage {
 /// What the framework saw.
 #[derive(Default)]
 struct Seen {
-    running: usize,
-    /// Updates that took a running task out of RUNNING: (task, state).
-    lost: Vec<(String, String)>,
+    history: History,
     last_offer: Option<Instant>,
 }
 
@@ -302,7 +303,6 @@ async fn main() -> Result<()> {
         let seen = seen.clone();
         tokio::spawn(async move {
             let mut next = 0usize;
-            let mut states: HashMap<String, TaskState> = HashMap::new();
             while let Some(event) = events.recv().await {
                 match event {
                     Event::Offers(offers) => {
@@ -325,26 +325,20 @@ async fn main() -> Result<()> {
                             if batch.is_empty() {
                                 let _ = framework.decline(vec![offer.id.clone()], Some(0.0)).await;
                             } else {
-                                let n = batch.len();
+                                let ids: Vec<String> =
+                                    batch.iter().map(|t| t.task_id.clone()).collect();
                                 if framework.launch(&offer, batch).await.is_err() {
-                                    next -= n;
+                                    next -= ids.len();
+                                } else {
+                                    let mut seen = seen.lock().expect("seen");
+                                    for id in &ids {
+                                        seen.history.launched(id, None);
+                                    }
                                 }
                             }
                         }
                     }
-                    Event::Update(status) => {
-                        let state = status.state();
-                        let before = states.insert(status.task_id.clone(), state);
-                        let mut seen = seen.lock().expect("seen");
-                        if state == TaskState::Running && before != Some(TaskState::Running) {
-                            seen.running += 1;
-                        } else if state != TaskState::Running && before == Some(TaskState::Running)
-                        {
-                            seen.running -= 1;
-                            seen.lost
-                                .push((status.task_id.clone(), state.label().to_owned()));
-                        }
-                    }
+                    Event::Update(status) => seen.lock().expect("seen").history.update(&status),
                     Event::Subscribed { .. } => {
                         let _ = framework.reconcile(Vec::new()).await;
                     }
@@ -353,11 +347,12 @@ async fn main() -> Result<()> {
             }
         })
     };
-    while seen.lock().expect("seen").running < args.tasks {
+    let running = |seen: &Mutex<Seen>| seen.lock().expect("seen").history.count(TaskState::Running);
+    while running(&seen) < args.tasks {
         ensure!(
             launching.elapsed() < STEP,
             "only {} of {} tasks running after {STEP:?}",
-            seen.lock().expect("seen").running,
+            running(&seen),
             args.tasks
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -445,17 +440,20 @@ async fn main() -> Result<()> {
     summary("kill -9 to a new leader answering", to_elected);
     summary("kill -9 to the first offer", to_offer);
     summary("kill -9 to every agent re-registered", to_agents);
+    let history = &seen.history;
     println!(
-        "failover: tasks RUNNING at the end {} of {}; tasks lost {}",
-        seen.running,
+        "failover: tasks RUNNING at the end {} of {}; history checker: {} updates checked, {} faults injected, {} violations",
+        history.count(TaskState::Running),
         args.tasks,
-        seen.lost.len()
+        history.updates(),
+        args.rounds,
+        history.violations().len()
     );
     events_task.abort();
     ensure!(
-        seen.lost.is_empty(),
-        "tasks left RUNNING during failovers: {:?}",
-        &seen.lost[..seen.lost.len().min(10)]
+        history.violations().is_empty() && history.count(TaskState::Running) == args.tasks,
+        "broken guarantees: {:?}",
+        &history.violations()[..history.violations().len().min(10)]
     );
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! - [`cluster`]: `strata-allocator` and `strata-agent` as real processes, killed with their
 //!   tasks and cgroups on drop;
 //! - [`etcd`]: a real etcd member in a temp dir;
+//! - [`history`]: the checker of fault-injection runs (every update a framework received);
 //! - with the `allocator` feature, `allocator`: a real allocator in-process on ephemeral ports.
 //!
 //! Every wait is bounded, so that a bug fails a test instead of hanging it.
@@ -21,6 +22,7 @@ pub mod fake_agent;
 pub mod fake_allocator;
 pub mod fake_scheduler;
 pub mod framework;
+pub mod history;
 pub mod http;
 pub mod net;
 pub mod wait;
