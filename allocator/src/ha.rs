@@ -121,16 +121,23 @@ impl Leader {
         )
     }
 
-    /// Completes when this replica stops leading: its lease is lost, or `deposed` (the
-    /// store's) says a fenced write was refused; gives why.
+    /// The guard of this replica's lease: it acts only while the lease is surely held.
+    pub fn lease(&self) -> strata_etcd::LeaseGuard {
+        self.keep_alive.guard()
+    }
+
+    /// Completes when this replica stops leading: its lease is lost or no longer surely held,
+    /// or `deposed` (the store's) says a fenced write was refused; gives why.
     pub fn lost(
         &self,
         deposed: watch::Receiver<Option<String>>,
     ) -> impl Future<Output = String> + Send + 'static {
         let lease = self.keep_alive.subscribe();
+        let guard = self.keep_alive.guard();
         async move {
             tokio::select! {
                 why = first(lease) => format!("the etcd lease was lost: {why}"),
+                () = guard.expired() => "the etcd lease is no longer surely held: no refresh was answered for 9/10 of its ttl".to_owned(),
                 why = first(deposed) => why,
             }
         }

@@ -28,7 +28,8 @@ pub mod store;
 pub mod store_etcd;
 
 pub use api::{
-    ServeError, serve, serve_secure, serve_with_http, serve_with_metrics, serve_with_store,
+    ServeError, serve, serve_replica, serve_secure, serve_with_http, serve_with_metrics,
+    serve_with_store,
 };
 pub use metrics::Metrics;
 pub use strata_allocator_core as core;

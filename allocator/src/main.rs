@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(args).await {
+    match Box::pin(run(args)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-allocator: {e:#}");
@@ -168,9 +168,17 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
             }
         }
     };
-    let served =
-        strata_allocator::serve_secure(listener, config, store, metrics, http, security, stop)
-            .await;
+    let served = strata_allocator::serve_replica(
+        listener,
+        config,
+        store,
+        metrics,
+        http,
+        security,
+        Some(leader.lease()),
+        stop,
+    )
+    .await;
     match lost_rx.await {
         Ok(why) => anyhow::bail!(
             "stopped leading cluster {}: {why}; start this allocator again to campaign",

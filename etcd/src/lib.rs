@@ -259,22 +259,30 @@ impl Client {
     pub fn keep_alive(&self, lease: i64, ttl: Duration) -> KeepAlive {
         let (tx, rx) = watch::channel(None);
         let client = self.clone();
+        let guard = LeaseGuard::new(tokio::time::Instant::now(), ttl);
+        let refreshed = guard.clone();
         let task = tokio::spawn(async move {
-            let why = client.refresh(lease, ttl).await;
+            let why = client.refresh(lease, ttl, &refreshed).await;
             tracing::warn!(lease, reason = %why, "etcd lease lost");
             let _ = tx.send(Some(why));
         });
-        KeepAlive { lost: rx, task }
+        KeepAlive {
+            lost: rx,
+            guard,
+            task,
+        }
     }
 
-    /// Refreshes `lease` until it is lost; returns why.
-    async fn refresh(&self, lease: i64, ttl: Duration) -> String {
+    /// Refreshes `lease` until it is lost; returns why. Each refresh etcd answers moves
+    /// `guard` on, from the time the refresh was sent.
+    async fn refresh(&self, lease: i64, ttl: Duration, guard: &LeaseGuard) -> String {
         let period = (ttl / 3).max(Duration::from_millis(100));
         let mut expires = tokio::time::Instant::now() + ttl;
         loop {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             // etcd answers (headers included) only once it has a request: queue the first
             // one before the call, which waits for the answer's headers.
+            let mut sent = tokio::time::Instant::now();
             let _ = tx.try_send(LeaseKeepAliveRequest { id: lease });
             let stream = self
                 .lease
@@ -297,10 +305,11 @@ impl Client {
             };
             let mut first = true;
             loop {
-                if !std::mem::take(&mut first)
-                    && tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err()
-                {
-                    break;
+                if !std::mem::take(&mut first) {
+                    sent = tokio::time::Instant::now();
+                    if tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
+                        break;
+                    }
                 }
                 let answer = tokio::time::timeout_at(
                     expires.max(tokio::time::Instant::now()),
@@ -313,6 +322,7 @@ impl Client {
                     }
                     Ok(Some(Ok(_))) => {
                         expires = tokio::time::Instant::now() + ttl;
+                        guard.refreshed(sent);
                         tokio::time::sleep(period).await;
                     }
                     Ok(Some(Err(status))) => {
@@ -343,10 +353,70 @@ impl Client {
 #[derive(Debug)]
 pub struct KeepAlive {
     lost: watch::Receiver<Option<String>>,
+    guard: LeaseGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Until when a lease is surely still held, by this process's monotonic clock: the time its
+/// last answered refresh was sent, plus its ttl, less a tenth of the ttl for clocks that run
+/// at different rates. etcd cannot expire the lease before then, so no other replica can
+/// lead before then. A leader checks it before it acts ([`LeaseGuard::holds`]): after a pause
+/// (a stopped process, a long GC, a frozen VM) it finds the time passed and acts on nothing,
+/// whatever runs first once it wakes.
+#[derive(Debug, Clone)]
+pub struct LeaseGuard {
+    valid_until: std::sync::Arc<std::sync::Mutex<tokio::time::Instant>>,
+    ttl: Duration,
+}
+
+impl LeaseGuard {
+    fn new(granted: tokio::time::Instant, ttl: Duration) -> Self {
+        Self {
+            valid_until: std::sync::Arc::new(std::sync::Mutex::new(granted + Self::safe(ttl))),
+            ttl,
+        }
+    }
+
+    fn safe(ttl: Duration) -> Duration {
+        ttl - ttl / 10
+    }
+
+    fn refreshed(&self, sent: tokio::time::Instant) {
+        if let Ok(mut until) = self.valid_until.lock() {
+            *until = (*until).max(sent + Self::safe(self.ttl));
+        }
+    }
+
+    /// Until when the lease is surely held.
+    pub fn valid_until(&self) -> tokio::time::Instant {
+        self.valid_until
+            .lock()
+            .map_or_else(|_| tokio::time::Instant::now(), |until| *until)
+    }
+
+    /// Whether the lease is surely still held now.
+    pub fn holds(&self) -> bool {
+        tokio::time::Instant::now() < self.valid_until()
+    }
+
+    /// Completes once the lease is no longer surely held (refreshes move the deadline on).
+    pub async fn expired(&self) {
+        loop {
+            let until = self.valid_until();
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
 impl KeepAlive {
+    /// The guard of the lease this keeps alive.
+    pub fn guard(&self) -> LeaseGuard {
+        self.guard.clone()
+    }
+
     /// Waits until the lease is lost; returns why.
     pub async fn lost(&mut self) -> String {
         loop {
@@ -420,6 +490,23 @@ pub fn created_at(key: Vec<u8>, revision: i64) -> Compare {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_lease_guard_holds_for_nine_tenths_of_the_ttl_after_each_answered_refresh() {
+        let ttl = Duration::from_millis(400);
+        let start = tokio::time::Instant::now();
+        let guard = LeaseGuard::new(start, ttl);
+        assert!(guard.holds());
+        assert_eq!(guard.valid_until(), start + Duration::from_millis(360));
+        // A refresh sent 200 ms in moves it on from when it was sent, never back.
+        guard.refreshed(start + Duration::from_millis(200));
+        assert_eq!(guard.valid_until(), start + Duration::from_millis(560));
+        guard.refreshed(start);
+        assert_eq!(guard.valid_until(), start + Duration::from_millis(560));
+        guard.expired().await;
+        assert!(start.elapsed() >= Duration::from_millis(560));
+        assert!(!guard.holds());
+    }
 
     #[test]
     fn prefix_ends_increment_the_last_byte_below_0xff() {

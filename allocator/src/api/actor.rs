@@ -157,6 +157,8 @@ pub(crate) struct Actor {
     metrics: Metrics,
     /// Where registrations and subscriptions are audited.
     security: std::sync::Arc<crate::security::Security>,
+    /// A replica's etcd lease: nothing is acted on once it is not surely held.
+    lease: Option<strata_etcd::LeaseGuard>,
 }
 
 impl Actor {
@@ -189,7 +191,30 @@ impl Actor {
             store,
             metrics: Metrics::default(),
             security: std::sync::Arc::new(crate::security::Security::open()),
+            lease: None,
         })
+    }
+
+    /// Acts only while `lease` is surely held (a replica that leads).
+    pub(crate) fn with_lease(mut self, lease: Option<strata_etcd::LeaseGuard>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Whether this allocator may act: always, unless it is a replica whose lease is no
+    /// longer surely held (it was paused, or cut off from etcd, past its lease).
+    fn may_act(&self) -> bool {
+        let Some(lease) = &self.lease else {
+            return true;
+        };
+        if lease.holds() {
+            return true;
+        }
+        tracing::error!(
+            "this replica's etcd lease is no longer surely held (it was paused or cut off from \
+             etcd): it may no longer lead, so it stops without acting on anything"
+        );
+        false
     }
 
     /// The actor counting into `metrics` (instead of a handle nobody reads).
@@ -227,6 +252,9 @@ impl Actor {
                 biased;
                 _ = stop.wait_for(|stopped| *stopped) => break,
                 _ = ticker.tick() => {
+                    if !self.may_act() {
+                        break;
+                    }
                     let now = self.clock.now();
                     let round = std::time::Instant::now();
                     self.core.tick(now);
@@ -235,6 +263,9 @@ impl Actor {
                 }
                 input = inputs.recv() => {
                     let Some(input) = input else { break };
+                    if !self.may_act() {
+                        break;
+                    }
                     self.handle(input);
                     for _ in 1..MAX_BATCH {
                         match inputs.try_recv() {

@@ -167,6 +167,29 @@ pub async fn serve_secure(
     security: Arc<Security>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_replica(
+        listener, config, store, metrics, http, security, None, shutdown,
+    )
+    .await
+}
+
+/// [`serve_secure`] for a replica that leads its cluster (`--etcd`): nothing is acted on
+/// once `lease` is no longer surely held (the allocator stops at once instead; `shutdown`
+/// should also complete then).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "serve_secure's arguments and the lease; each is a separate concern of the caller"
+)]
+pub async fn serve_replica(
+    listener: TcpListener,
+    config: AllocatorConfig,
+    store: Box<dyn Store>,
+    metrics: Metrics,
+    http: Option<crate::mesos::HttpApi>,
+    security: Arc<Security>,
+    lease: Option<strata_etcd::LeaseGuard>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
     let grpc_tls = security.grpc_tls()?;
     let registry = store.load()?;
@@ -181,7 +204,8 @@ pub async fn serve_secure(
     let actor = Actor::new(config, watch_tx.clone(), store, registry)?
         .with_metrics(metrics.clone())
         .with_changes(changes_tx.clone())
-        .with_security(security.clone());
+        .with_security(security.clone())
+        .with_lease(lease);
     let refresh_inputs = inputs.clone();
     metrics.set_refresh(Box::new(move || {
         let inputs = refresh_inputs.clone();
