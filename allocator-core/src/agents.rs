@@ -488,7 +488,10 @@ impl Core {
     }
 
     /// A task the re-registering agent lists that the allocator does not know: adopted when
-    /// its framework is known, killed when not (a terminal one waits for its update).
+    /// its framework is known, killed when not. One that ended (its terminal update not yet
+    /// acknowledged: it ended while no allocator heard, as during a failover) goes straight
+    /// to the terminal history with the state the agent gives, so that a reconciliation or a
+    /// kill of it is answered with how it really ended; its update follows from the agent.
     fn adopt_task(
         &mut self,
         now: Duration,
@@ -498,11 +501,16 @@ impl Core {
         agent_task: AgentTask,
     ) {
         let latest = agent_task.latest_status.clone().unwrap_or_default();
-        if latest.state().is_terminal() {
+        let ended = latest.state().is_terminal();
+        if ended {
             self.task_reported_by_agent(&key);
-            return; // its terminal update follows
-        }
-        if !self.frameworks.contains_key(&key.0) {
+            if !self.frameworks.contains_key(&key.0)
+                || self.tasks.contains_key(&key)
+                || self.history.get(&key).is_some()
+            {
+                return; // its terminal update follows
+            }
+        } else if !self.frameworks.contains_key(&key.0) {
             tracing::info!(task_id = %key.1, framework_id = %key.0, agent_id = %agent_id, "killing task of unknown framework");
             self.send_kill(conn, &key, None);
             return;
@@ -545,7 +553,7 @@ impl Core {
                 resources,
                 state,
                 reason: TaskReason::Unspecified,
-                message: latest.message,
+                message: latest.message.clone(),
                 exit_code: None,
                 unreachable: false,
                 kill: None,
@@ -554,6 +562,17 @@ impl Core {
             },
             false,
         );
+        if ended {
+            self.close_task(
+                &key,
+                latest.state(),
+                latest.reason(),
+                latest.message.clone(),
+                latest.exit_code,
+                now,
+            );
+            return;
+        }
         self.task_recovered(now, &recovered);
     }
 

@@ -119,6 +119,38 @@ fn reconciliation_waits_for_recovering_agents_and_learns_the_real_state() {
 }
 
 #[test]
+fn a_kill_of_a_task_not_known_yet_is_reconciled_not_lost() {
+    let (mut h, fconn, fid, a, b) = restarted();
+    let kill = |task: &str, agent: &str| {
+        simple_call(
+            &fid,
+            call::Call::Kill(call::Kill {
+                task_id: task.into(),
+                agent_id: agent.into(),
+                ..call::Kill::default()
+            }),
+        )
+    };
+    // While agents recover, a kill of a task the allocator does not know is no LOST...
+    let cmds = h.call(fconn, kill("t1", &a.0));
+    assert!(updates_in(&cmds, fconn).is_empty(), "{cmds:?}");
+    let cmds = h.call(fconn, kill("t2", ""));
+    assert!(updates_in(&cmds, fconn).is_empty(), "{cmds:?}");
+    // ...the framework learns the task's state when its agent is back.
+    let conn = h.conn();
+    h.register(conn, &a.0, 2.0, 512.0, vec![running(&fid, "t1")]);
+    let u = updates_in(&h.cmds(), fconn);
+    assert_eq!(states(&u), vec![("t1".to_owned(), TaskState::Running)]);
+    let conn = h.conn();
+    h.register(conn, &b.0, 2.0, 512.0, vec![]);
+    let u = updates_in(&h.cmds(), fconn);
+    assert_eq!(states(&u), vec![("t2".to_owned(), TaskState::Lost)]);
+    // Recovery is over: a kill of an unknown task is LOST at once, as before.
+    let u = updates_in(&h.call(fconn, kill("t3", &b.0)), fconn);
+    assert_eq!(states(&u), vec![("t3".to_owned(), TaskState::Lost)]);
+}
+
+#[test]
 fn reconciliation_is_answered_when_every_agent_is_back() {
     let (mut h, fconn, fid, a, b) = restarted();
     let cmds = h.call(fconn, reconcile(&fid, &[("t1", ""), ("t2", "")]));
@@ -148,15 +180,35 @@ fn a_task_its_agent_lists_as_ended_is_told_by_the_agent_update_alone() {
     assert!(updates_in(&cmds, fconn).is_empty());
     let conn = h.conn();
     let mut ended = running(&fid, "t1");
-    ended.latest_status = Some(status(&fid, "t1", TaskState::Finished, 7));
+    let finished = TaskStatus {
+        exit_code: Some(7),
+        ..status(&fid, "t1", TaskState::Finished, 7)
+    };
+    ended.latest_status = Some(finished.clone());
     h.register(conn, &a.0, 2.0, 512.0, vec![ended]);
     assert!(updates_in(&h.cmds(), fconn).is_empty());
-    let u = updates_in(
-        &h.update(conn, status(&fid, "t1", TaskState::Finished, 7)),
-        fconn,
-    );
+    let u = updates_in(&h.update(conn, finished), fconn);
     assert_eq!(states(&u), vec![("t1".to_owned(), TaskState::Finished)]);
     assert!(!u[0].uuid.is_empty());
+    // The allocator keeps how it ended: a kill of it (the framework may not have heard yet)
+    // and a reconciliation are answered FINISHED with its exit code, never LOST.
+    let kill = simple_call(
+        &fid,
+        call::Call::Kill(call::Kill {
+            task_id: "t1".into(),
+            agent_id: a.0.clone(),
+            ..call::Kill::default()
+        }),
+    );
+    for answer in [
+        h.call(fconn, kill),
+        h.call(fconn, reconcile(&fid, &[("t1", &a.0)])),
+    ] {
+        let u = updates_in(&answer, fconn);
+        assert_eq!(states(&u), vec![("t1".to_owned(), TaskState::Finished)]);
+        assert_eq!(u[0].exit_code, Some(7), "{u:?}");
+        assert_eq!(u[0].reason(), TaskReason::Reconciliation);
+    }
 }
 
 #[test]

@@ -86,6 +86,24 @@ impl Core {
     pub(super) fn kill(&mut self, now: Duration, fid: &FrameworkId, kill: call::Kill) {
         let key = (fid.clone(), TaskId(kill.task_id.clone()));
         let _span = tracing::info_span!("kill", task_id = %key.1).entered();
+        if !self.tasks.contains_key(&key) && self.awaits_agent(now, &kill.agent_id) {
+            // After a restart or failover its agent may still be on its way back: as Mesos,
+            // the kill is not acted on (frameworks retry kills) and the task is reconciled
+            // instead, its state told once its agent is back (LOST only if none comes back
+            // within the window), never LOST now for a task that may be running.
+            tracing::info!(agent_id = %kill.agent_id, "kill of a task not known yet: its agent may still re-register; reconciling it instead");
+            self.pending_reconciles
+                .insert(key, AgentId(kill.agent_id.clone()));
+            return;
+        }
+        if !self.tasks.contains_key(&key)
+            && let Some(ended) = self.history.get(&key)
+        {
+            // It ended already: the framework is told how (as a reconciliation would).
+            let status = self.reconcile_status(now, ended);
+            self.send_update(fid, status);
+            return;
+        }
         let Some(task) = self.tasks.get_mut(&key) else {
             let status = Self::allocator_status(
                 now,
