@@ -3,11 +3,11 @@
 //!
 //! A real etcd member, three `strata-allocator` replicas (release processes, `--etcd`,
 //! `--etcd-lease-ttl` from `--ttl`), `--agents` simulated agents over real gRPC streams and one
-//! framework on the SDK, all given the three addresses. The agents reconnect as `strata-agent`
-//! does (a follower's answer naming the leader followed at once, another follower's answer
-//! retried after 250 ms, else 100 ms doubling to 5 s)
-//! and re-register with their running tasks; the framework keeps the SDK's own reconnection
-//! and declines every offer with refuse 0. The framework launches `--tasks` tasks, which the
+//! framework on the SDK, all given the three addresses. The agents
+//! (`strata_test_support::sim_agent`) reconnect as `strata-agent` does (a follower's answer
+//! naming the leader followed at once, another follower's answer retried after 250 ms, else
+//! 100 ms doubling to 5 s) and re-register with their running tasks; the framework keeps the
+//! SDK's own reconnection and declines every offer with refuse 0. The framework launches `--tasks` tasks, which the
 //! agents report RUNNING; then, `--rounds` times: `kill -9` of the leader, and the time from
 //! the kill to the first offer the framework gets from the new leader and to every agent
 //! registered with the new leader's term; then the killed replica starts again (as a
@@ -15,26 +15,19 @@
 //! (`strata_test_support::history`): nothing lost, launched twice, out of order or after a
 //! terminal update.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use strata_common::Backoff;
 use strata_framework::{Event, FrameworkBuilder, ResourceBudget, task};
-use strata_proto::agent_service_client::AgentServiceClient;
 use strata_proto::operator_service_client::OperatorServiceClient;
-use strata_proto::{
-    AgentInfo, AgentMessage, AgentTask, GetLeaderRequest, Resource, TaskSource, TaskState,
-    TaskStatus, agent_message, allocator_message,
-};
+use strata_proto::{GetLeaderRequest, TaskState};
 use strata_test_support::etcd::Etcd;
 use strata_test_support::history::History;
 use strata_test_support::net::free_port;
+use strata_test_support::sim_agent::{Registrations, SimAgent};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 /// The longest any step may take before the run fails.
@@ -74,13 +67,6 @@ fn parse_args() -> Result<Args> {
         "--agents, --tasks and --rounds must be at least 1"
     );
     Ok(args)
-}
-
-/// What the simulated agents saw: per agent, the newest leader term it registered with and
-/// when.
-#[derive(Default)]
-struct Book {
-    registered: Vec<(u64, Instant)>,
 }
 
 /// One replica's process and port.
@@ -135,121 +121,6 @@ async fn leader(urls: &[String]) -> Option<usize> {
     None
 }
 
-/// A simulated agent: keeps a stream to the leader, re-registering with its tasks.
-async fn agent(index: usize, urls: Arc<Vec<String>>, book: Arc<Mutex<Book>>) {
-    let mut id = String::new();
-    let mut tasks: HashMap<String, AgentTask> = HashMap::new();
-    let mut at = index % urls.len();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut redirects = 0;
-    loop {
-        let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
-        let register = agent_message::Register {
-            info: Some(AgentInfo {
-                id: id.clone(),
-                hostname: format!("sim-{index}"),
-                resources: vec![
-                    Resource::scalar("cpus", 16.0),
-                    Resource::scalar("mem", 65536.0),
-                ],
-                ..AgentInfo::default()
-            }),
-            tasks: tasks.values().cloned().collect(),
-        };
-        let _ = tx.try_send(msg(agent_message::Message::Register(register)));
-        // As the agent's connect_any: the addresses in turn from `at`, backing off only when
-        // none answers.
-        let mut channel = None;
-        for i in 0..urls.len() {
-            let try_at = (at + i) % urls.len();
-            if let Ok(endpoint) = Endpoint::from_shared(urls[try_at].clone())
-                && let Ok(c) = endpoint.connect().await
-            {
-                at = try_at;
-                channel = Some(c);
-                break;
-            }
-        }
-        let Some(channel) = channel else {
-            tokio::time::sleep(backoff.next_delay()).await;
-            continue;
-        };
-        let stream = AgentServiceClient::new(channel)
-            .connect(ReceiverStream::new(rx))
-            .await;
-        let mut stream = match stream {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                let hinted = strata_proto::leader::hint(&status)
-                    .and_then(|h| urls.iter().position(|u| u == h));
-                at = hinted.unwrap_or((at + 1) % urls.len());
-                if hinted.is_some() && redirects < urls.len() {
-                    redirects += 1;
-                } else if strata_proto::leader::is_follower(&status) {
-                    tokio::time::sleep(strata_proto::leader::FOLLOWER_RETRY).await;
-                } else {
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                continue;
-            }
-        };
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                message = stream.message() => {
-                    let Ok(Some(message)) = message else { break };
-                    match message.message {
-                        Some(allocator_message::Message::Registered(r)) => {
-                            id = r.agent_id;
-                            backoff.reset();
-                            redirects = 0;
-                            if r.heartbeat_interval_seconds > 0.0 {
-                                heartbeat = tokio::time::interval(Duration::from_secs_f64(r.heartbeat_interval_seconds));
-                            }
-                            book.lock().expect("book").registered[index] = (r.leader_epoch, Instant::now());
-                        }
-                        Some(allocator_message::Message::LaunchTask(launch)) => {
-                            let Some(task) = launch.task else { continue };
-                            let status = TaskStatus {
-                                task_id: task.task_id.clone(),
-                                framework_id: launch.framework_id.clone(),
-                                agent_id: id.clone(),
-                                state: TaskState::Running as i32,
-                                source: TaskSource::Agent as i32,
-                                uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
-                                ..TaskStatus::default()
-                            };
-                            tasks.insert(task.task_id.clone(), AgentTask {
-                                framework_id: launch.framework_id,
-                                task: Some(task),
-                                latest_status: Some(status.clone()),
-                            });
-                            let update = agent_message::StatusUpdate { status: Some(status) };
-                            if tx.send(msg(agent_message::Message::StatusUpdate(update))).await.is_err() {
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if tx.send(msg(agent_message::Message::Heartbeat(agent_message::Heartbeat {}))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        // The leader is gone (or refused us): the next address at once, then back off.
-        at = (at + 1) % urls.len();
-    }
-}
-
-fn msg(message: agent_message::Message) -> AgentMessage {
-    AgentMessage {
-        message: Some(message),
-    }
-}
-
 /// What the framework saw.
 #[derive(Default)]
 struct Seen {
@@ -284,12 +155,10 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let book = Arc::new(Mutex::new(Book {
-        registered: vec![(0, started); args.agents],
-    }));
-    for i in 0..args.agents {
-        tokio::spawn(agent(i, urls.clone(), book.clone()));
-    }
+    let book: Registrations = Arc::new(Mutex::new(vec![(0, started, String::new()); args.agents]));
+    let _agents: Vec<SimAgent> = (0..args.agents)
+        .map(|i| SimAgent::spawn(i, urls.clone(), 16.0, 65536.0, book.clone()))
+        .collect();
     let launching = Instant::now();
     let (framework, mut events) = FrameworkBuilder::new(&addresses)
         .name("failover-bench")
@@ -376,7 +245,6 @@ async fn main() -> Result<()> {
         let old_epoch = book
             .lock()
             .expect("book")
-            .registered
             .iter()
             .map(|r| r.0)
             .max()
@@ -403,8 +271,8 @@ async fn main() -> Result<()> {
                 offer = Some(at - killed_at);
             }
             let book = book.lock().expect("book");
-            if agents.is_none() && book.registered.iter().all(|r| r.0 > old_epoch) {
-                agents = book.registered.iter().map(|r| r.1 - killed_at).max();
+            if agents.is_none() && book.iter().all(|r| r.0 > old_epoch) {
+                agents = book.iter().map(|r| r.1 - killed_at).max();
             }
         }
         let (elected, offer, agents) = (

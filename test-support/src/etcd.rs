@@ -1,9 +1,10 @@
-//! A real etcd member (Debian's `etcd-server`, installed by `cargo xtask setup`) in a temp dir
+//! Real etcd members (Debian's `etcd-server`, installed by `cargo xtask setup`) in temp dirs
 //! on free loopback ports, killed on drop: what the allocator's etcd store and election are
-//! tested against.
+//! tested against. [`Etcd`] is one member; [`EtcdCluster`] several, of which one can be lost
+//! and brought back.
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,52 +24,15 @@ pub struct Etcd {
 impl Etcd {
     /// Starts a fresh member and waits (up to 20 s) until its client port answers.
     pub fn start() -> Result<Self> {
-        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context(
-                "etcd is not installed: run `cargo xtask setup` (it installs Debian's etcd-server)",
-            )?;
         let dir = tempfile::tempdir()?;
-        let client = free_port();
-        let peer = free_port();
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-        let child = Command::new(binary)
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=test={peer_url}"))
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {binary}"))?;
-        let mut etcd = Self {
-            child,
-            url,
+        let member = Member::new(0, dir.path());
+        let cluster = member.initial();
+        let child = member.spawn(&cluster)?;
+        Ok(Self {
+            child: member.wait(child)?,
+            url: member.url(),
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if TcpStream::connect(("127.0.0.1", client)).is_ok() {
-                return Ok(etcd);
-            }
-            if let Some(status) = etcd.child.try_wait()? {
-                let log =
-                    std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
-                bail!("etcd exited at start with {status}: {log}");
-            }
-            if Instant::now() >= deadline {
-                bail!("etcd did not listen on {} within 20 s", etcd.url);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 }
 
@@ -76,5 +40,171 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One member's name, ports and data dir.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+}
+
+fn binary() -> Result<&'static str> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context(
+            "etcd is not installed: run `cargo xtask setup` (it installs Debian's etcd-server)",
+        )
+}
+
+impl Member {
+    fn new(index: usize, root: &Path) -> Self {
+        let name = format!("m{index}");
+        Self {
+            dir: root.join(&name),
+            name,
+            client: free_port(),
+            peer: free_port(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
+    }
+
+    /// `NAME=PEER_URL`, for `--initial-cluster`.
+    fn initial(&self) -> String {
+        format!("{}={}", self.name, self.peer_url())
+    }
+
+    fn spawn(&self, initial_cluster: &str) -> Result<Child> {
+        let binary = binary()?;
+        std::fs::create_dir_all(&self.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))?;
+        Command::new(binary)
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={}", self.url()))
+            .arg(format!("--advertise-client-urls={}", self.url()))
+            .arg(format!("--listen-peer-urls={}", self.peer_url()))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg("--initial-cluster-token=strata-test")
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {binary}"))
+    }
+
+    /// Waits (up to 20 s) until the member's client port answers (killed if it does not).
+    fn wait(&self, mut child: Child) -> Result<Child> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.client)).is_ok() {
+                return Ok(child);
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+                bail!(
+                    "etcd member {} exited at start with {status}: {log}",
+                    self.name
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "etcd member {} did not listen on {} within 20 s",
+                    self.name,
+                    self.url()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Several etcd members forming one cluster; each can be killed and started again (with its
+/// data), as a lost member that comes back.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    children: Vec<Option<Child>>,
+    initial: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` fresh members and waits until each client port answers.
+    pub fn start(n: usize) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let members: Vec<Member> = (0..n).map(|i| Member::new(i, dir.path())).collect();
+        let initial = members
+            .iter()
+            .map(Member::initial)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            children: Vec::with_capacity(n),
+            members,
+            initial,
+            _dir: dir,
+        };
+        // All spawned before any is waited for: a member waits for a quorum to serve.
+        for member in &cluster.members {
+            cluster.children.push(Some(member.spawn(&cluster.initial)?));
+        }
+        for i in 0..n {
+            let child = cluster.children[i].take().context("spawned above")?;
+            cluster.children[i] = Some(cluster.members[i].wait(child)?);
+        }
+        Ok(cluster)
+    }
+
+    /// Every member's client URL, comma-separated (as `--etcd` takes them).
+    pub fn urls(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills member `i` (SIGKILL), as a lost machine.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children.get_mut(i).and_then(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again with its data.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        let member = self.members.get(i).context("no such member")?;
+        let child = member.spawn(&self.initial)?;
+        self.children[i] = Some(member.wait(child)?);
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
     }
 }

@@ -2,15 +2,17 @@
 //! in the order it received them, checked against what must hold whatever failed meanwhile
 //! (Mesos' guarantees to frameworks):
 //!
-//! - a task that was RUNNING is not lost (LOST, GONE, DROPPED, or UNREACHABLE unless the run
-//!   partitions agents and the framework is partition-aware);
+//! - a task that was RUNNING is not lost: not LOST, GONE, DROPPED or UNREACHABLE; except that
+//!   a task on an agent the run partitioned may be UNREACHABLE to a partition-aware framework
+//!   and LOST to the others, and then RUNNING again or ended when the agent is back (Mesos
+//!   >= 1.5: such a LOST is not final);
 //! - a task runs on one agent only (launched twice: RUNNING reported from two agents);
 //! - nothing follows a terminal update but the same update again (reconciliation repeats it);
 //! - a task's states go forward (STAGING, STARTING, RUNNING, KILLING, then terminal; back to
 //!   RUNNING only from UNREACHABLE, when its agent comes back);
 //! - a task whose exit is known ends as it exited: FINISHED for 0, FAILED with its code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use strata_proto::{TaskState, TaskStatus};
@@ -47,6 +49,9 @@ pub struct History {
     /// Whether agents may be partitioned and the framework is partition-aware (UNREACHABLE
     /// is then allowed, and RUNNING after it).
     pub partition_aware: bool,
+    /// Agents the run partitioned: their running tasks may be LOST to a framework that is
+    /// not partition-aware (Mesos >= 1.5).
+    partitioned: HashSet<String>,
     updates: u64,
     violations: Vec<Violation>,
 }
@@ -77,12 +82,29 @@ impl History {
         self.tasks.entry(task_id.to_owned()).or_default().exit = exit;
     }
 
+    /// The run partitioned agent `agent_id` from the allocator.
+    pub fn partitioned(&mut self, agent_id: &str) {
+        self.partitioned.insert(agent_id.to_owned());
+    }
+
     /// The framework received `status`.
     pub fn update(&mut self, status: &TaskStatus) {
         self.updates += 1;
-        let state = status.state();
         let partition_aware = self.partition_aware;
         let task = self.tasks.entry(status.task_id.clone()).or_default();
+        let on_partitioned = task
+            .agent
+            .as_ref()
+            .is_some_and(|a| self.partitioned.contains(a));
+        // A LOST for a task of a partitioned agent is what UNREACHABLE is to a
+        // partition-aware framework: the task may be RUNNING again when its agent comes back
+        // (Mesos >= 1.5 no longer kills it), or end.
+        let state = match status.state() {
+            TaskState::Lost if !partition_aware && task.was_running && on_partitioned => {
+                TaskState::Unreachable
+            }
+            state => state,
+        };
         let mut broken = Vec::new();
         if let Some(before) = task.state {
             if before.is_terminal() {
@@ -108,13 +130,16 @@ impl History {
                 }
                 task.was_running = true;
             }
+            TaskState::Unreachable if task.was_running && on_partitioned => {}
             TaskState::Lost | TaskState::Gone | TaskState::Dropped if task.was_running => {
                 broken.push(format!("lost while RUNNING ({})", state.label()));
             }
             TaskState::Unreachable if task.was_running && !partition_aware => {
                 broken.push("UNREACHABLE to a framework that is not partition-aware".to_owned());
             }
-            TaskState::Unreachable if task.was_running && partition_aware => {}
+            TaskState::Unreachable if task.was_running => {
+                broken.push("UNREACHABLE though its agent was not partitioned".to_owned());
+            }
             TaskState::Finished | TaskState::Failed => {
                 if let Some(exit) = task.exit {
                     let expected = if exit == 0 {
@@ -249,17 +274,40 @@ mod tests {
     }
 
     #[test]
+    fn tasks_of_a_partitioned_agent_may_be_lost_then_back_to_frameworks_not_partition_aware() {
+        let mut h = History::new(false);
+        h.partitioned("a1");
+        for u in [
+            status("t", "a1", TaskState::Running, None),
+            status("t", "a1", TaskState::Lost, None),
+            status("t", "a1", TaskState::Running, None),
+            status("t", "a1", TaskState::Finished, Some(0)),
+            status("u", "a2", TaskState::Running, None),
+            status("u", "a2", TaskState::Lost, None),
+        ] {
+            h.update(&u);
+        }
+        let v: Vec<String> = h.violations().iter().map(ToString::to_string).collect();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].starts_with("task u: lost while RUNNING"), "{v:?}");
+    }
+
+    #[test]
     fn a_partition_aware_framework_may_see_unreachable_then_running() {
-        let updates = [
+        let mut h = History::new(true);
+        h.partitioned("a1");
+        for u in [
             status("t", "a1", TaskState::Running, None),
             status("t", "a1", TaskState::Unreachable, None),
             status("t", "a1", TaskState::Running, None),
-        ];
-        assert!(run(true, &updates).is_empty());
-        let mut h = History::new(true);
-        for u in &updates {
-            h.update(u);
+            status("u", "a2", TaskState::Running, None),
+            status("u", "a2", TaskState::Unreachable, None),
+        ] {
+            h.update(&u);
         }
         assert_eq!(h.count(TaskState::Running), 1);
+        let v: Vec<String> = h.violations().iter().map(ToString::to_string).collect();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("task u: UNREACHABLE though"), "{v:?}");
     }
 }

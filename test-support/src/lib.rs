@@ -12,6 +12,7 @@
 //!   tasks and cgroups on drop;
 //! - [`etcd`]: a real etcd member in a temp dir;
 //! - [`history`]: the checker of fault-injection runs (every update a framework received);
+//! - [`sim_agent`]: simulated agents on replicated allocators, with faults to inject;
 //! - with the `allocator` feature, `allocator`: a real allocator in-process on ephemeral ports.
 //!
 //! Every wait is bounded, so that a bug fails a test instead of hanging it.
@@ -25,6 +26,7 @@ pub mod framework;
 pub mod history;
 pub mod http;
 pub mod net;
+pub mod sim_agent;
 pub mod wait;
 
 #[cfg(feature = "allocator")]

@@ -5,6 +5,7 @@
 //! - `vm-test`: kernel integration tests inside a qemu guest.
 //! - `fuzz`: the cargo-fuzz targets in `fuzz/`.
 //! - `bench`: benchmarks (`skeleton`, ...).
+//! - `chaos`: the fault-injection suite of replicated allocators, for N minutes.
 //! - `local`: builds and runs `strata local`, optionally with a demo workload.
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_accounting;
 mod bench_launch;
+mod chaos;
 /// The eBPF build's toolchain pins (`agent-ebpf/toolchain.toml`): the module agent/build.rs reads
 /// them with.
 #[path = "../../agent-ebpf/toolchain.rs"]
@@ -43,6 +45,8 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Benchmarks that run the real binaries in release mode.
     Bench(bench::BenchArgs),
+    /// The fault-injection suite of replicated allocators, for longer (`--minutes`).
+    Chaos(chaos::ChaosArgs),
     /// Build and run `strata local` (with `--demo`: run a demo workload, show it, stop).
     Local(local::LocalArgs),
 }
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
         Command::VmTest(args) => vm::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
         Command::Local(args) => local::run(&args),
     }
 }
