@@ -91,6 +91,9 @@ pub struct Collector {
     pub last_full_reads: usize,
     /// The egress limiter, whose drops go into the records' network usage.
     pub egress: Option<Arc<std::sync::Mutex<EgressControl>>>,
+    /// The GPU poller (an agent with GPUs): the records of tasks given GPUs, or using one, get
+    /// their `gpus` from it.
+    pub gpus: Option<crate::gpu::usage::GpuPoller>,
 }
 
 impl Collector {
@@ -104,6 +107,7 @@ impl Collector {
             seen: Vec::new(),
             reader: Reader::default(),
             last_full_reads: 0,
+            gpus: None,
             egress: None,
         }
     }
@@ -162,6 +166,10 @@ impl Collector {
             }
         }
         self.reader.close_dir();
+        if let Some(poller) = &mut self.gpus {
+            let found = poller.poll();
+            apply_gpus(&mut report, &self.tasks, &found);
+        }
         Collected { report, gone }
     }
 
@@ -451,6 +459,44 @@ struct Figures {
     pressure: [Option<Pressure>; 3],
 }
 
+/// Puts each task's GPU usage into its record: the GPUs it was given (zero where its processes
+/// hold none) and any other its processes use. Such a record is read anew every interval (a
+/// quiet task's is carried forward first), as its GPU figures move while its CPU may not.
+fn apply_gpus(report: &mut UsageReport, tasks: &[TaskRef], found: &crate::gpu::usage::TaskGpus) {
+    let assigned: HashMap<(&str, &str), &[(u32, String)]> = tasks
+        .iter()
+        .filter(|t| !t.gpus.is_empty())
+        .map(|t| {
+            (
+                (t.framework_id.as_str(), t.task_id.as_str()),
+                t.gpus.as_slice(),
+            )
+        })
+        .collect();
+    if assigned.is_empty() && found.is_empty() {
+        return;
+    }
+    for i in 0..report.records.len() {
+        let r = &report.records[i];
+        let given = assigned
+            .get(&(r.framework_id.as_str(), r.task_id.as_str()))
+            .copied()
+            .unwrap_or_default();
+        let used = found.get(&(r.framework_id.clone(), r.task_id.clone()));
+        if given.is_empty() && used.is_none() {
+            continue;
+        }
+        let mut record = if report.fresh[i] {
+            (**r).clone()
+        } else {
+            r.carried_forward(report.timestamp)
+        };
+        record.gpus = crate::gpu::usage::task_record(given, used);
+        report.records[i] = Arc::new(record);
+        report.fresh[i] = true;
+    }
+}
+
 /// A task's record from what a full read found.
 fn make_record(pass: &Pass<'_>, task: &TaskRef, f: Figures) -> TaskUsage {
     let [cpu_pressure, memory_pressure, io_pressure] = f.pressure;
@@ -502,6 +548,8 @@ fn make_record(pass: &Pass<'_>, task: &TaskRef, f: Figures) -> TaskUsage {
         cpu_pressure,
         memory_pressure,
         io_pressure,
+        // Filled by the GPU poller (`crate::gpu::usage`) after the cgroup read.
+        gpus: Vec::new(),
     }
 }
 
