@@ -6,6 +6,7 @@
 //! - `fuzz`: the cargo-fuzz targets in `fuzz/`.
 //! - `bench`: benchmarks (`skeleton`, ...).
 //! - `local`: builds and runs `strata local`, optionally with a demo workload.
+//! - `gpu-check`: the check on a GPU machine (`--prepare` builds what to carry there).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,6 +19,7 @@ mod bench_launch;
 #[path = "../../agent-ebpf/toolchain.rs"]
 mod ebpf_toolchain;
 mod fuzz;
+mod gpu_check;
 mod local;
 mod setup;
 mod test;
@@ -45,6 +47,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build and run `strata local` (with `--demo`: run a demo workload, show it, stop).
     Local(local::LocalArgs),
+    /// The check on a GPU machine (with `--prepare`: build what to carry there into .gpu-check/).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -56,5 +60,6 @@ fn main() -> Result<()> {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Local(args) => local::run(&args),
+        Command::GpuCheck(args) => gpu_check::run(&args),
     }
 }
