@@ -606,3 +606,77 @@ pub fn run_queue_latency(
         sum_seconds_total: now.sum_ns as f64 / 1e9,
     }
 }
+
+#[cfg(test)]
+mod gpu_tests {
+    use strata_proto::GpuUsage;
+
+    use super::*;
+
+    fn record(task: &str, timestamp: f64) -> Arc<TaskUsage> {
+        Arc::new(TaskUsage {
+            task_id: task.to_owned(),
+            framework_id: "fw".to_owned(),
+            timestamp,
+            interval_seconds: 1.0,
+            ..TaskUsage::default()
+        })
+    }
+
+    fn task(id: &str, gpus: &[(u32, &str)]) -> TaskRef {
+        TaskRef {
+            framework_id: "fw".to_owned(),
+            task_id: id.to_owned(),
+            role: "*".to_owned(),
+            request_cores: 0.1,
+            gpus: gpus.iter().map(|(i, u)| (*i, (*u).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn gpu_figures_go_into_the_records_of_tasks_given_or_using_gpus() {
+        let mut report = UsageReport {
+            timestamp: 10.0,
+            records: vec![
+                record("given", 10.0),
+                record("quiet", 5.0),
+                record("cpu", 5.0),
+            ],
+            fresh: vec![true, false, false],
+            ..UsageReport::default()
+        };
+        let tasks = [
+            task("given", &[(0, "GPU-0")]),
+            task("quiet", &[(1, "GPU-1")]),
+            task("cpu", &[]),
+        ];
+        let mut found = crate::gpu::usage::TaskGpus::new();
+        found.insert(
+            ("fw".to_owned(), "quiet".to_owned()),
+            vec![GpuUsage {
+                uuid: "GPU-1".to_owned(),
+                index: 1,
+                memory_used_bytes: 1 << 30,
+                sm_utilization_percent: 75.0,
+            }],
+        );
+        apply_gpus(&mut report, &tasks, &found);
+        // Given a GPU its processes do not use yet: listed at zero.
+        let given = &report.records[0];
+        assert_eq!(given.gpus.len(), 1);
+        assert_eq!(
+            (given.gpus[0].index, given.gpus[0].memory_used_bytes),
+            (0, 0)
+        );
+        // A quiet task's record is carried forward to the report's time with its GPU figures,
+        // and sent as read anew (its GPU use moves while its CPU does not).
+        let quiet = &report.records[1];
+        assert_eq!(quiet.timestamp, 10.0);
+        assert_eq!(quiet.gpus[0].memory_used_bytes, 1 << 30);
+        assert_eq!(quiet.gpus[0].sm_utilization_percent, 75.0);
+        assert_eq!(report.fresh, [true, true, false]);
+        // A task without GPUs is left as it was.
+        assert!(report.records[2].gpus.is_empty());
+        assert_eq!(report.records[2].timestamp, 5.0);
+    }
+}
