@@ -182,7 +182,7 @@ pub async fn run(allocator: &crate::security::Allocator, args: RunArgs) -> anyho
     let subscribe = FrameworkBuilder::new(&allocator.url)
         .security(allocator.security.clone())
         .name("strata-run")
-        .gpu_resources(args.gpus > 0)
+        .gpu_resources(args.gpus > 0 || args.gpu_resources)
         .subscribe();
     let (client, mut events) = tokio::select! {
         subscribed = subscribe => subscribed?,
@@ -534,6 +534,12 @@ mod tests {
         assert_eq!(
             describe_request(&t),
             "cpus 0.1 mem 32 MiB disk 0 MiB gpus 1"
+        );
+        let t = build_task(&run_args(&["--gpu-resources", "--", "true"]), "run-n");
+        assert_eq!(
+            describe_request(&t),
+            "cpus 0.1 mem 32 MiB disk 0 MiB",
+            "asks for none"
         );
         for bad in ["0.5", "-1", "1000"] {
             let flag = format!("--gpus={bad}");

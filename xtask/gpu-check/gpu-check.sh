@@ -23,7 +23,12 @@ WORK=$(mktemp -d /tmp/strata-gpu-check.XXXXXX)
 chmod 0755 "$WORK"
 export STRATA_ALLOCATOR="http://127.0.0.1:$ALLOCATOR_PORT"
 STRATA="$HERE/strata"
-BURN="$HERE/cuda-burn"
+# Tasks run as nobody with a private /tmp: their program goes where they can reach it.
+TOOLS=/opt/strata-gpu-check
+mkdir -p "$TOOLS"
+chmod 0755 "$TOOLS"
+install -m 0755 "$HERE/cuda-burn" "$TOOLS/cuda-burn"
+BURN="$TOOLS/cuda-burn"
 FAILED=0
 PIDS=()
 
@@ -39,16 +44,18 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
     "$HERE/strata-agent" --work-dir "$WORK/agent" --remove-cgroups >>"$OUT/cleanup.log" 2>&1
+    rm -rf "$TOOLS"
     say "logs in $OUT; work dir $WORK"
 }
 trap cleanup EXIT
 
 # GET a path of the agent's HTTP server (no curl needed).
 agent_get() {
-    exec 3<>"/dev/tcp/127.0.0.1/$AGENT_HTTP_PORT" || return 1
-    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
-    sed -e '1,/^\r$/d' <&3
-    exec 3<&-
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$AGENT_HTTP_PORT" || exit 1
+        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
+        sed -e '1,/^\r$/d' <&3
+    )
 }
 
 # Waits up to $1 seconds for the command in "$2..." to succeed.
@@ -116,14 +123,15 @@ agent_get /metrics | grep -E '^strata_(task_)?gpu_' | tee "$OUT/gpu-metrics.txt"
 "$STRATA" top 2>/dev/null | head -5
 
 say "task nogpu: no GPU asked for"
-"$STRATA" run --task-id nogpu-open -- "$BURN" open /dev/nvidia0 >"$OUT/nogpu-open.log" 2>&1
+# --gpu-resources: the framework may be offered this agent (it has GPUs), and asks for none.
+"$STRATA" run --task-id nogpu-open --gpu-resources -- "$BURN" open /dev/nvidia0 >"$OUT/nogpu-open.log" 2>&1
 cat "$OUT/nogpu-open.log"
 if grep -q "open /dev/nvidia0: EPERM" "$OUT/nogpu-open.log"; then
     pass "a task without a GPU gets EPERM opening /dev/nvidia0"
 else
     fail "a task without a GPU could open /dev/nvidia0, or failed otherwise"
 fi
-"$STRATA" run --task-id nogpu-cuda -- "$BURN" probe >"$OUT/nogpu-cuda.log" 2>&1
+"$STRATA" run --task-id nogpu-cuda --gpu-resources -- "$BURN" probe >"$OUT/nogpu-cuda.log" 2>&1
 cat "$OUT/nogpu-cuda.log"
 if grep -q "cuda devices: 0" "$OUT/nogpu-cuda.log"; then
     pass "CUDA finds no device in a task without a GPU"

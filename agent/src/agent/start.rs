@@ -715,7 +715,7 @@ async fn start_http(
         // Clients (strata profile) then know to speak TLS to it.
         advertised = format!("https://{advertised}");
     }
-    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage, /metrics, /profile and /files");
+    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage, /metrics, /gpus, /profile and /files");
     let router = crate::http::router(crate::http::HttpState {
         usage: latest_usage.clone(),
         gpus: latest_gpus.clone(),
