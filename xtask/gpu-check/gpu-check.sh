@@ -18,6 +18,8 @@ BURN_MIB=${BURN_MIB:-4096}
 BURN_SECONDS=${BURN_SECONDS:-40}
 ALLOCATOR_PORT=${ALLOCATOR_PORT:-15050}
 AGENT_HTTP_PORT=${AGENT_HTTP_PORT:-15051}
+# How long the second GPU task may wait for the first one's GPU.
+WAIT_FOR_GPU=${WAIT_FOR_GPU:-300s}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/strata-gpu-check.XXXXXX)
 chmod 0755 "$WORK"
@@ -140,7 +142,7 @@ else
 fi
 
 say "task gpu-b: --gpus 1 while gpu-a holds the only GPU"
-"$STRATA" run --task-id gpu-b --gpus 1 --offer-timeout 300s -- "$BURN" probe 2>&1 |
+"$STRATA" run --task-id gpu-b --gpus 1 --offer-timeout "$WAIT_FOR_GPU" -- "$BURN" probe 2>&1 |
     stamp >"$OUT/gpu-b.log" &
 RUN_B=$!
 wait "$RUN_A"
