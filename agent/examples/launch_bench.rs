@@ -116,6 +116,7 @@ async fn bench_strata(
     let result: Result<()> = async {
         for i in 0..warmup + tasks {
             let spec = LaunchSpec {
+                gpus: Vec::new(),
                 framework_id: "bench".to_owned(),
                 agent_id: "bench".to_owned(),
                 task: TaskInfo {

@@ -152,6 +152,8 @@ pub fn save_agent_id(work_dir: &Path, agent_id: &str) -> Result<(), CheckpointEr
 pub const TASK_FILE: &str = "task.pb";
 /// The task's latest status and its unacknowledged updates.
 pub const UPDATES_FILE: &str = "updates.pb";
+/// The GPUs assigned to the task (framed JSON: index, UUID, model, memory, minor number).
+pub const GPUS_FILE: &str = "gpus.json";
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
     match fs::read(path) {
@@ -297,10 +299,48 @@ pub fn load_updates(
     Ok(Some((latest, all.collect())))
 }
 
+/// Checkpoints the GPUs assigned to a task (atomically) in its run directory, before it
+/// starts; none: the file is removed.
+pub fn save_gpus(run_dir: &Path, gpus: &[crate::gpu::GpuDevice]) -> Result<(), CheckpointError> {
+    let path = run_dir.join(GPUS_FILE);
+    if gpus.is_empty() {
+        return match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CheckpointError::Write { path, source }),
+        };
+    }
+    let payload = serde_json::to_vec(gpus).map_err(|e| CheckpointError::Write {
+        path: path.clone(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    write_atomic(&path, &frame(&payload))
+}
+
+/// The GPUs checkpointed for a task; empty when it has none. An empty, truncated or corrupt
+/// file is an error naming the file.
+pub fn load_gpus(run_dir: &Path) -> Result<Vec<crate::gpu::GpuDevice>, CheckpointError> {
+    let path = run_dir.join(GPUS_FILE);
+    let Some(bytes) = read_optional(&path)? else {
+        return Ok(Vec::new());
+    };
+    let corrupt = |reason: String| CheckpointError::CorruptTask {
+        path: path.clone(),
+        reason,
+    };
+    let payload = unframe(&bytes).map_err(corrupt)?;
+    let gpus: Vec<crate::gpu::GpuDevice> =
+        serde_json::from_slice(payload).map_err(|e| corrupt(e.to_string()))?;
+    if gpus.len() > crate::gpu::MAX_GPUS {
+        return Err(corrupt(format!("it lists {} GPUs", gpus.len())));
+    }
+    Ok(gpus)
+}
+
 /// Forgets a task's checkpoint (its terminal update was acknowledged); the run directory (unless
 /// it is left empty) and the sandbox stay until garbage collection.
 pub fn forget_task(run_dir: &Path) {
-    for file in [TASK_FILE, UPDATES_FILE] {
+    for file in [TASK_FILE, UPDATES_FILE, GPUS_FILE] {
         let _ = fs::remove_file(run_dir.join(file));
     }
     // Gone too when nothing else is in it (a launch that failed); otherwise the task's run
@@ -311,6 +351,26 @@ pub fn forget_task(run_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_round_trip_and_a_torn_file_is_an_error() {
+        use crate::gpu::fake::fake_device;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_gpus(dir.path()).unwrap().is_empty());
+        let gpus = vec![fake_device(0), fake_device(3)];
+        save_gpus(dir.path(), &gpus).unwrap();
+        assert_eq!(load_gpus(dir.path()).unwrap(), gpus);
+        let path = dir.path().join(GPUS_FILE);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let e = load_gpus(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        save_gpus(dir.path(), &[]).unwrap();
+        assert!(!path.exists());
+        save_gpus(dir.path(), &gpus).unwrap();
+        forget_task(dir.path());
+        assert!(!path.exists(), "forgotten with the task");
+    }
 
     #[test]
     fn agent_id_round_trips_and_replaces_the_old_one() {

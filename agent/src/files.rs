@@ -747,6 +747,7 @@ mod tests {
             task_id: task.to_owned(),
             role: "*".to_owned(),
             request_cores: 0.1,
+            gpus: Vec::new(),
         }
     }
 
@@ -772,6 +773,7 @@ mod tests {
         follows: usize,
     ) -> HttpState {
         HttpState {
+            gpus: Default::default(),
             usage: crate::usage::LatestUsage::default(),
             proc_root: PathBuf::from("/proc"),
             profiles: ProfileSlots::new(crate::http::DEFAULT_MAX_CONCURRENT_PROFILES),

@@ -65,6 +65,11 @@ pub struct AgentArgs {
     /// and --ports (or discovery) give; others (`gpus`, ...) are added.
     #[arg(long, env = "STRATA_AGENT_RESOURCES", value_parser = parse_resources, value_name = "SPEC")]
     pub resources: Option<AgentResources>,
+    /// GPUs to offer as the scalar `gpus`: `auto` (every GPU NVML finds; none, with one log
+    /// line, where the NVIDIA driver is missing), `none` (NVML is not loaded), or NVML indexes
+    /// like `0,1` (each must exist).
+    #[arg(long, env = "STRATA_AGENT_GPUS", default_value = "auto", value_parser = parse::gpus, value_name = "auto|none|LIST")]
+    pub gpus: parse::GpuSelection,
     /// An attribute to register with, as NAME=VALUE (repeatable; a list in a config file).
     #[arg(long = "attribute", value_name = "NAME=VALUE", value_parser = parse::attribute)]
     pub attributes: Vec<(String, String)>,
@@ -191,6 +196,7 @@ impl AgentArgs {
         config.net_egress_horizon = self.net_egress_horizon;
         config.resources = self.resources.clone().map(|r| r.0).unwrap_or_default();
         config.attributes = self.attributes.clone();
+        config.gpus = self.gpus.clone();
         config.default_kill_grace_period = self.default_kill_grace_period;
         config.status_update_retry = self.status_update_retry;
         config.reconnect_backoff_max = self.reconnect_backoff_max;
@@ -429,6 +435,28 @@ mod tests {
             ..library
         };
         assert_eq!(format!("{parsed:?}"), format!("{library:?}"));
+    }
+
+    #[test]
+    fn gpus_are_auto_by_default_and_take_none_or_indexes() {
+        use strata_common::parse::GpuSelection;
+        let gpus = |args: &[&str]| parse(args).map(|a| a.config().gpus);
+        assert_eq!(gpus(&[]).unwrap(), GpuSelection::Auto);
+        assert_eq!(gpus(&["--gpus", "none"]).unwrap(), GpuSelection::None);
+        assert_eq!(
+            gpus(&["--gpus", "1,0"]).unwrap(),
+            GpuSelection::List(vec![1, 0])
+        );
+        // Abuse: repeated, negative, fractional and endless lists are refused before start.
+        let many = (0..10_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in ["0,0", "-1", "0.5", "all", many.as_str()] {
+            let flag = format!("--gpus={bad}");
+            let e = gpus(&[&flag]).unwrap_err().to_string();
+            assert!(e.contains("invalid GPU selection"), "{bad:.20}: {e:.200}");
+        }
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub type ProfileSlots = Slots;
 pub struct HttpState {
     /// The latest usage records.
     pub usage: LatestUsage,
+    /// The GPUs' latest figures (empty without GPUs).
+    pub gpus: crate::gpu::usage::LatestDevices,
     /// Where /proc is (the agent reads its own CPU time and memory there).
     pub proc_root: PathBuf,
     /// The profiles that may run at once.
@@ -114,13 +116,14 @@ impl axum::extract::FromRef<HttpState> for FilesState {
     }
 }
 
-/// The agent's routes: `/health`, `/usage`, `/metrics`, `/profile`, `/files/browse`,
+/// The agent's routes: `/health`, `/usage`, `/metrics`, `/gpus`, `/profile`, `/files/browse`,
 /// `/files/read`, `/files/follow`, behind the request bounds.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/usage", get(usage))
         .route("/metrics", get(metrics))
+        .route("/gpus", get(gpus))
         .route("/profile", get(profile))
         .route("/files/browse", get(crate::files::browse))
         .route("/files/read", get(crate::files::read))
@@ -343,6 +346,39 @@ async fn usage(State(state): State<HttpState>, RawQuery(query): RawQuery) -> Res
         .into_response()
 }
 
+/// `GET /gpus`: the agent's GPUs and their figures at the last usage interval, as JSON
+/// `{"gpus": [{"index", "uuid", "model", "memory_total_bytes", "minor", ...figures}]}`.
+async fn gpus(State(state): State<HttpState>) -> Response {
+    let body = json!({ "gpus": state.gpus.get().iter().map(gpu_json).collect::<Vec<_>>() });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// One GPU's reading as JSON (a figure the device does not give is null).
+pub fn gpu_json(r: &crate::gpu::usage::DeviceReading) -> Value {
+    let (d, s) = (&r.device, &r.status);
+    json!({
+        "index": d.index,
+        "uuid": d.uuid,
+        "model": d.model,
+        "memory_total_bytes": d.memory_bytes,
+        "minor": d.minor,
+        "utilization_percent": s.gpu_percent,
+        "memory_utilization_percent": s.memory_percent,
+        "memory_used_bytes": s.memory_used_bytes,
+        "power_watts": s.power_milliwatts.map(|mw| f64::from(mw) / 1000.0),
+        "temperature_celsius": s.temperature_celsius,
+        "sm_clock_mhz": s.sm_clock_mhz,
+        "memory_clock_mhz": s.memory_clock_mhz,
+        "throttle_reasons": s.throttle_reasons,
+        "ecc_corrected_errors_total": s.ecc_corrected_total,
+        "ecc_uncorrected_errors_total": s.ecc_uncorrected_total,
+    })
+}
+
 fn pressure_json(p: Option<&Pressure>) -> Value {
     p.map_or(Value::Null, |p| {
         json!({
@@ -418,6 +454,12 @@ pub fn usage_json(u: &TaskUsage) -> Value {
         "cpu_pressure": pressure_json(u.cpu_pressure.as_ref()),
         "memory_pressure": pressure_json(u.memory_pressure.as_ref()),
         "io_pressure": pressure_json(u.io_pressure.as_ref()),
+        "gpus": u.gpus.iter().map(|g| json!({
+            "uuid": g.uuid,
+            "index": g.index,
+            "memory_used_bytes": g.memory_used_bytes,
+            "sm_utilization_percent": g.sm_utilization_percent,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -444,6 +486,9 @@ pub fn render_metrics(state: &HttpState) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(TaskMetrics {
         records: state.usage.records(),
+    }));
+    registry.register_collector(Box::new(GpuMetrics {
+        devices: state.gpus.get(),
     }));
     registry.register_collector(Box::new(ProcessMetrics {
         proc_root: state.proc_root.clone(),
@@ -751,6 +796,167 @@ impl PromCollector for TaskMetrics {
                 }
             }
         }
+        for (name, help, figure) in TASK_GPU_SERIES {
+            if self.records.iter().all(|u| u.gpus.is_empty()) {
+                break;
+            }
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for u in &self.records {
+                for g in &u.gpus {
+                    let index = g.index.to_string();
+                    let labels = [
+                        ("task", u.task_id.as_str()),
+                        ("framework", u.framework_id.as_str()),
+                        ("role", u.role.as_str()),
+                        ("gpu", index.as_str()),
+                        ("uuid", g.uuid.as_str()),
+                    ];
+                    ConstGauge::new(figure(g)).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type TaskGpuFigure = fn(&strata_proto::GpuUsage) -> f64;
+
+/// Per-task, per-GPU series (gauges): name, help, figure.
+const TASK_GPU_SERIES: &[(&str, &str, TaskGpuFigure)] = &[
+    (
+        "strata_task_gpu_memory_used_bytes",
+        "GPU memory held by the task's processes",
+        |g| g.memory_used_bytes as f64,
+    ),
+    (
+        "strata_task_gpu_sm_utilization_percent",
+        "Percent of the last interval a kernel of the task's processes ran on the GPU",
+        |g| g.sm_utilization_percent,
+    ),
+];
+
+type GpuFigure = fn(&crate::gpu::DeviceStatus) -> Option<f64>;
+
+/// Per-GPU series, the DCGM exporter's figures under Strata's names: name, help, kind, figure
+/// (none: left out for that GPU).
+const GPU_SERIES: &[(&str, &str, Kind, GpuFigure)] = &[
+    (
+        "strata_gpu_utilization_percent",
+        "Percent of the last sample period a kernel ran on the GPU (DCGM_FI_DEV_GPU_UTIL)",
+        Kind::Gauge,
+        |s| s.gpu_percent.map(f64::from),
+    ),
+    (
+        "strata_gpu_memory_utilization_percent",
+        "Percent of the last sample period the GPU's memory was read or written (DCGM_FI_DEV_MEM_COPY_UTIL)",
+        Kind::Gauge,
+        |s| s.memory_percent.map(f64::from),
+    ),
+    (
+        "strata_gpu_memory_used_bytes",
+        "GPU memory in use (DCGM_FI_DEV_FB_USED)",
+        Kind::Gauge,
+        |s| s.memory_used_bytes.map(|b| b as f64),
+    ),
+    (
+        "strata_gpu_power_watts",
+        "Power draw (DCGM_FI_DEV_POWER_USAGE)",
+        Kind::Gauge,
+        |s| s.power_milliwatts.map(|mw| f64::from(mw) / 1000.0),
+    ),
+    (
+        "strata_gpu_temperature_celsius",
+        "GPU die temperature (DCGM_FI_DEV_GPU_TEMP)",
+        Kind::Gauge,
+        |s| s.temperature_celsius.map(f64::from),
+    ),
+    (
+        "strata_gpu_sm_clock_hertz",
+        "SM clock (DCGM_FI_DEV_SM_CLOCK)",
+        Kind::Gauge,
+        |s| s.sm_clock_mhz.map(|m| f64::from(m) * 1e6),
+    ),
+    (
+        "strata_gpu_memory_clock_hertz",
+        "Memory clock (DCGM_FI_DEV_MEM_CLOCK)",
+        Kind::Gauge,
+        |s| s.memory_clock_mhz.map(|m| f64::from(m) * 1e6),
+    ),
+    (
+        "strata_gpu_throttle_reasons",
+        "NVML's clock throttle reasons bit mask, 0 when not throttled (DCGM_FI_DEV_CLOCK_THROTTLE_REASONS)",
+        Kind::Gauge,
+        |s| s.throttle_reasons.map(|r| r as f64),
+    ),
+    (
+        "strata_gpu_ecc_corrected_errors",
+        "Corrected ECC errors since the driver loaded (DCGM_FI_DEV_ECC_SBE_VOL_TOTAL)",
+        Kind::Counter,
+        |s| s.ecc_corrected_total.map(|n| n as f64),
+    ),
+    (
+        "strata_gpu_ecc_uncorrected_errors",
+        "Uncorrected ECC errors since the driver loaded (DCGM_FI_DEV_ECC_DBE_VOL_TOTAL)",
+        Kind::Counter,
+        |s| s.ecc_uncorrected_total.map(|n| n as f64),
+    ),
+];
+
+/// The GPUs' own figures, labelled `gpu` (NVML index), `uuid` and `model`.
+#[derive(Debug)]
+struct GpuMetrics {
+    devices: Vec<crate::gpu::usage::DeviceReading>,
+}
+
+impl PromCollector for GpuMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if self.devices.is_empty() {
+            return Ok(());
+        }
+        let total = ConstGauge::new(0.0);
+        let mut metric = encoder.encode_descriptor(
+            "strata_gpu_memory_total_bytes",
+            "GPU memory in all (DCGM_FI_DEV_FB_TOTAL)",
+            None,
+            total.metric_type(),
+        )?;
+        for r in &self.devices {
+            let index = r.device.index.to_string();
+            let labels = [
+                ("gpu", index.as_str()),
+                ("uuid", r.device.uuid.as_str()),
+                ("model", r.device.model.as_str()),
+            ];
+            ConstGauge::new(r.device.memory_bytes as f64).encode(metric.encode_family(&labels)?)?;
+        }
+        for (name, help, kind, figure) in GPU_SERIES {
+            let values: Vec<_> = self
+                .devices
+                .iter()
+                .filter_map(|r| figure(&r.status).map(|v| (r, v)))
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let metric_type = match kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (r, v) in values {
+                let index = r.device.index.to_string();
+                let labels = [
+                    ("gpu", index.as_str()),
+                    ("uuid", r.device.uuid.as_str()),
+                    ("model", r.device.model.as_str()),
+                ];
+                let family = metric.encode_family(&labels)?;
+                match kind {
+                    Kind::Counter => ConstCounter::new(v).encode(family)?,
+                    Kind::Gauge => ConstGauge::new(v).encode(family)?,
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -872,6 +1078,7 @@ mod tests {
     fn state() -> HttpState {
         HttpState {
             usage: LatestUsage::default(),
+            gpus: crate::gpu::usage::LatestDevices::default(),
             proc_root: PathBuf::from("/proc"),
             profiles: ProfileSlots::new(DEFAULT_MAX_CONCURRENT_PROFILES),
             files: FilesState {
@@ -947,6 +1154,7 @@ mod tests {
     #[tokio::test]
     async fn long_targets_and_headers_are_refused_and_profiles_beyond_the_slots_get_429() {
         let s = HttpState {
+            gpus: Default::default(),
             profiles: ProfileSlots::new(0),
             ..state()
         };

@@ -1,5 +1,5 @@
 //! Who may read the agent's HTTP endpoints (`--http-credentials`, `--http-acls`, TLS with
-//! `--http-tls-cert`): `/usage` and `/metrics` need `view_tasks`, `/profile` needs
+//! `--http-tls-cert`): `/usage`, `/metrics` and `/gpus` need `view_tasks`, `/profile` needs
 //! `profile_tasks`, the sandboxes (`/files/browse`, `/files/read`, `/files/follow`) need
 //! `view_sandboxes` (Mesos' VIEW_SANDBOXES: files may hold more than the task views show);
 //! `/health` is open. A caller authenticates with a client certificate of
@@ -145,7 +145,7 @@ impl HttpAuth {
 /// What a path needs.
 fn action_of(path: &str) -> Option<Action> {
     match path {
-        "/usage" | "/metrics" => Some(Action::ViewTasks),
+        "/usage" | "/metrics" | "/gpus" => Some(Action::ViewTasks),
         "/profile" => Some(Action::ProfileTasks),
         p if p.starts_with("/files") => Some(Action::ViewSandboxes),
         _ => None,
@@ -195,5 +195,19 @@ pub async fn authorize(
             };
             (status, format!("{denied}\n")).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gpu_page_needs_view_tasks_like_usage() {
+        for path in ["/usage", "/metrics", "/gpus"] {
+            assert!(matches!(action_of(path), Some(Action::ViewTasks)), "{path}");
+        }
+        assert!(action_of("/gpus/../files").is_none());
+        assert!(action_of("/health").is_none());
     }
 }

@@ -51,6 +51,8 @@ struct Harness {
     stop: Option<oneshot::Sender<()>>,
     /// An agent run as a separate `strata-agent` process (to be SIGKILLed).
     process: Option<std::process::Child>,
+    /// A fake NVML for the agent, and NVIDIA's majors (none: the host's, no GPUs here).
+    gpus: Option<strata_agent::gpu::fake::FakeBackend>,
 }
 
 impl Deref for Harness {
@@ -110,6 +112,7 @@ impl Harness {
             agent: None,
             stop: None,
             process: None,
+            gpus: None,
         };
         Ok(harness)
     }
@@ -155,7 +158,14 @@ impl Harness {
 
     fn start_agent(&mut self) {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let config = config(self.addr, &self.work_dir, self.status_update_retry);
+        let mut config = config(self.addr, &self.work_dir, self.status_update_retry);
+        if let Some(fake) = &self.gpus {
+            config.gpu_backend = Some(std::sync::Arc::new(fake.clone()));
+            config.gpu_nodes = Some(strata_agent::gpu::nodes::GpuNodes {
+                nvidia: 195,
+                uvm: Some(238),
+            });
+        }
         self.agent = Some(tokio::spawn(strata_agent::run(config, async move {
             let _ = stop_rx.await;
         })));
@@ -1411,5 +1421,123 @@ async fn thirty_concurrent_profiles_run_two_at_a_time_and_the_rest_are_told_to_r
     // The slots are free again.
     let (status, body) = http_get(&endpoint, "/profile?task=spin&seconds=1").await?;
     ensure!(status == 200, "GET /profile answered {status}: {body}");
+    h.stop_agent().await
+}
+
+/// A task asking for `gpus` GPUs that writes the GPUs it was given to `gpus.txt` in its
+/// sandbox and sleeps.
+fn gpu_task(task_id: &str, gpus: f64) -> TaskInfo {
+    let mut task = shell_task(
+        task_id,
+        "echo \"$CUDA_VISIBLE_DEVICES\" > gpus.txt; sleep 60",
+    );
+    task.resources.push(Resource::scalar(names::GPUS, gpus));
+    task
+}
+
+/// Acknowledges updates until task `task_id` reaches `state`; returns that update.
+async fn until_state(h: &mut Harness, task_id: &str, state: TaskState) -> Result<TaskStatus> {
+    loop {
+        let status = h.next_update_acked().await?;
+        if status.task_id == task_id && status.state() == state {
+            return Ok(status);
+        }
+        ensure!(
+            status.task_id != task_id || !status.state().is_terminal(),
+            "{task_id} ended {} ({:?}) instead of reaching {}",
+            status.state().label(),
+            status.message,
+            state.label()
+        );
+    }
+}
+
+/// What the task wrote of its GPUs (`CUDA_VISIBLE_DEVICES`), once it has.
+async fn visible_gpus(dir: &Path, task_id: &str) -> Result<String> {
+    let path = dir
+        .join("sandboxes")
+        .join(FRAMEWORK)
+        .join(task_id)
+        .join("gpus.txt");
+    use strata_test_support::wait::{Poll, poll_until};
+    let text = poll_until(STEP, Duration::from_millis(50), || async {
+        Ok(match std::fs::read_to_string(&path) {
+            Ok(text) if text.ends_with('\n') => Poll::Ready(text),
+            _ => Poll::Pending(format!("{task_id} wrote no {}", path.display())),
+        })
+    })
+    .await?;
+    Ok(text.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_are_offered_assigned_lowest_first_and_reattached_after_a_restart() -> Result<()> {
+    use strata_agent::gpu::fake::{FakeBackend, fake_device};
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start_server(dir.path(), Duration::from_millis(200)).await?;
+    h.gpus = Some(FakeBackend::new(vec![fake_device(0), fake_device(1)]));
+    h.start_agent();
+
+    let (_, register) = h.next_register().await?;
+    let info = register.info.context("register without info")?;
+    assert_eq!(strata_proto::scalar_sum(&info.resources, names::GPUS), 2.0);
+    let model = info.attributes.iter().find(|a| a.name == "gpu_model");
+    assert_eq!(model.map(|a| a.value.as_str()), Some("Fake GPU 80GB"));
+
+    // The lowest free index, named by UUID; checkpointed beside the task.
+    h.launch(gpu_task("g1", 1.0))?;
+    until_state(&mut h, "g1", TaskState::Running).await?;
+    assert_eq!(visible_gpus(dir.path(), "g1").await?, "GPU-fake-0");
+    let checkpoint = dir.path().join("runs").join(FRAMEWORK).join("g1");
+    let saved = strata_agent::checkpoint::load_gpus(&checkpoint)?;
+    assert_eq!(saved, [fake_device(0)]);
+
+    // Fractions and more than is free are refused, with what to do.
+    h.launch(gpu_task("half", 0.5))?;
+    let refused = until_state(&mut h, "half", TaskState::Error).await?;
+    assert!(
+        refused.message.contains("only whole GPUs"),
+        "{}",
+        refused.message
+    );
+    h.launch(gpu_task("two", 2.0))?;
+    let failed = until_state(&mut h, "two", TaskState::Failed).await?;
+    assert_eq!(
+        failed.message,
+        "task \"two\" asks for 2 GPU(s) but only 1 of this agent's 2 are free: GPU 0 is task \"g1\"'s"
+    );
+
+    // A restarted agent re-attaches g1 with its GPU: the next task gets the other one.
+    h.stop_agent().await?;
+    h.start_agent();
+    let (_, register) = h.next_register().await?;
+    assert!(
+        register
+            .tasks
+            .iter()
+            .any(|t| t.task.as_ref().is_some_and(|t| t.task_id == "g1")),
+        "g1 is re-registered running"
+    );
+    h.launch(gpu_task("g2", 1.0))?;
+    until_state(&mut h, "g2", TaskState::Running).await?;
+    assert_eq!(visible_gpus(dir.path(), "g2").await?, "GPU-fake-1");
+    h.launch(gpu_task("g3", 1.0))?;
+    let failed = until_state(&mut h, "g3", TaskState::Failed).await?;
+    assert!(
+        failed.message.contains("only 0 of this agent's 2 are free"),
+        "{}",
+        failed.message
+    );
+
+    // g1's end frees its GPU for the next task.
+    h.kill("g1", 0.0)?;
+    until_state(&mut h, "g1", TaskState::Killed).await?;
+    h.launch(gpu_task("g4", 1.0))?;
+    until_state(&mut h, "g4", TaskState::Running).await?;
+    assert_eq!(visible_gpus(dir.path(), "g4").await?, "GPU-fake-0");
+    h.kill("g2", 0.0)?;
+    until_state(&mut h, "g2", TaskState::Killed).await?;
+    h.kill("g4", 0.0)?;
+    until_state(&mut h, "g4", TaskState::Killed).await?;
     h.stop_agent().await
 }

@@ -245,6 +245,14 @@ pub struct RunArgs {
     /// Disk for the task, MiB.
     #[arg(long, default_value_t = 0.0)]
     pub disk: f64,
+    /// Whole GPUs for the task (the framework then declares GPU_RESOURCES, so that it is
+    /// offered agents with GPUs); the agent names them in CUDA_VISIBLE_DEVICES.
+    #[arg(long, default_value_t = 0, value_parser = strata_common::parse::gpu_count)]
+    pub gpus: u32,
+    /// Declare GPU_RESOURCES without asking for GPUs: the task may then run on an agent that
+    /// has GPUs (which frameworks without it are not offered), using none of them.
+    #[arg(long)]
+    pub gpu_resources: bool,
     /// The task's name (default: the command's name).
     #[arg(long)]
     pub name: Option<String>,

@@ -129,13 +129,19 @@ pub fn build_task(args: &RunArgs, task_id: &str) -> TaskInfo {
         .cpus(args.cpus)
         .mem(args.mem)
         .disk(args.disk)
+        .gpus(f64::from(args.gpus))
         .build()
 }
 
 fn describe_request(task: &TaskInfo) -> String {
     let r = crate::render::ResourcesJson::new(&task.resources);
+    let gpus = if r.gpus > 0.0 {
+        format!(" gpus {}", fmt_scalar(r.gpus))
+    } else {
+        String::new()
+    };
     format!(
-        "cpus {} mem {} MiB disk {} MiB",
+        "cpus {} mem {} MiB disk {} MiB{gpus}",
         fmt_scalar(r.cpus),
         fmt_scalar(r.mem),
         fmt_scalar(r.disk)
@@ -176,6 +182,7 @@ pub async fn run(allocator: &crate::security::Allocator, args: RunArgs) -> anyho
     let subscribe = FrameworkBuilder::new(&allocator.url)
         .security(allocator.security.clone())
         .name("strata-run")
+        .gpu_resources(args.gpus > 0 || args.gpu_resources)
         .subscribe();
     let (client, mut events) = tokio::select! {
         subscribed = subscribe => subscribed?,
@@ -518,6 +525,27 @@ mod tests {
         match cli.command {
             crate::args::Command::Run(run) => run,
             other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gpus_are_whole_and_asked_for_in_the_task() {
+        let t = build_task(&run_args(&["--gpus", "1", "--", "nvidia-smi"]), "run-g");
+        assert_eq!(
+            describe_request(&t),
+            "cpus 0.1 mem 32 MiB disk 0 MiB gpus 1"
+        );
+        let t = build_task(&run_args(&["--gpu-resources", "--", "true"]), "run-n");
+        assert_eq!(
+            describe_request(&t),
+            "cpus 0.1 mem 32 MiB disk 0 MiB",
+            "asks for none"
+        );
+        for bad in ["0.5", "-1", "1000"] {
+            let flag = format!("--gpus={bad}");
+            let e = crate::args::Cli::try_parse_from(["strata", "run", &flag, "true"])
+                .expect_err("refused");
+            assert!(e.to_string().contains("whole number"), "{bad}: {e}");
         }
     }
 

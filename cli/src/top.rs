@@ -39,7 +39,7 @@ pub struct TopArgs {
     /// Only this framework's tasks.
     #[arg(long, value_name = "ID")]
     pub framework: Option<String>,
-    /// The column to sort by, largest first (keys c, m, n, r change it).
+    /// The column to sort by, largest first (keys c, m, n, r, g change it).
     #[arg(long, value_enum, default_value_t = SortKey::Cpu)]
     pub sort: SortKey,
     /// How often to refresh.
@@ -58,6 +58,8 @@ pub enum SortKey {
     Net,
     /// Run-queue latency, p99.
     Runq,
+    /// GPU SM utilisation (summed over the task's GPUs).
+    Gpu,
 }
 
 impl SortKey {
@@ -67,6 +69,7 @@ impl SortKey {
             Self::Mem => "mem",
             Self::Net => "net",
             Self::Runq => "runq",
+            Self::Gpu => "gpu",
         }
     }
 
@@ -77,6 +80,7 @@ impl SortKey {
             Self::Mem => 4,
             Self::Net => 5,
             Self::Runq => 6,
+            Self::Gpu => 8,
         }
     }
 }
@@ -100,6 +104,11 @@ pub struct TopRow {
     /// None without eBPF on the agent.
     pub runq_p99: Option<f64>,
     pub pids: u64,
+    /// The task's GPUs (0: none), their SM utilisation summed (percent of one GPU) and the
+    /// GPU memory its processes hold.
+    pub gpus: usize,
+    pub gpu_sm_percent: f64,
+    pub gpu_mem_bytes: u64,
 }
 
 /// The records seen last, so that network rates come from two records of each task.
@@ -155,6 +164,9 @@ fn row(u: &TaskUsage, rate: Option<(f64, f64)>) -> TopRow {
         tx_rate: rate.map(|r| r.1),
         runq_p99: cpu.run_queue.map(|rq| rq.p99_seconds),
         pids: u.pids.as_ref().map_or(0, |p| p.current),
+        gpus: u.gpus.len(),
+        gpu_sm_percent: u.gpus.iter().map(|g| g.sm_utilization_percent).sum(),
+        gpu_mem_bytes: u.gpus.iter().map(|g| g.memory_used_bytes).sum(),
     }
 }
 
@@ -165,6 +177,7 @@ pub fn sort_rows(rows: &mut [TopRow], key: SortKey) {
         SortKey::Mem => r.mem_bytes as f64,
         SortKey::Net => r.rx_rate.unwrap_or(0.0) + r.tx_rate.unwrap_or(0.0),
         SortKey::Runq => r.runq_p99.unwrap_or(-1.0),
+        SortKey::Gpu => r.gpu_sm_percent,
     };
     rows.sort_by(|a, b| {
         value(b)
@@ -175,7 +188,7 @@ pub fn sort_rows(rows: &mut [TopRow], key: SortKey) {
 }
 
 /// The columns.
-pub const HEADER: [&str; 8] = [
+pub const HEADER: [&str; 9] = [
     "TASK",
     "FRAMEWORK",
     "AGENT",
@@ -184,6 +197,7 @@ pub const HEADER: [&str; 8] = [
     "NET RX/TX /s",
     "RUNQ P99",
     "PIDS",
+    "GPU SM/MEM",
 ];
 
 /// Bytes in a few characters: `512B`, `1.5Ki`, `48.0Mi`, `3.0Gi`.
@@ -202,7 +216,7 @@ pub fn fmt_bytes_short(bytes: f64) -> String {
 }
 
 /// A row's cells, in [`HEADER`] order.
-pub fn row_cells(r: &TopRow) -> [String; 8] {
+pub fn row_cells(r: &TopRow) -> [String; 9] {
     let limit = |text: String| if text == "0" { "-".to_owned() } else { text };
     let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), fmt_bytes_short);
     [
@@ -222,6 +236,16 @@ pub fn row_cells(r: &TopRow) -> [String; 8] {
         format!("{}/{}", rate(r.rx_rate), rate(r.tx_rate)),
         r.runq_p99.map_or_else(|| "-".to_owned(), fmt_latency),
         r.pids.to_string(),
+        if r.gpus == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{}x {:.0}%/{}",
+                r.gpus,
+                r.gpu_sm_percent,
+                fmt_bytes_short(r.gpu_mem_bytes as f64)
+            )
+        },
     ]
 }
 
@@ -234,7 +258,7 @@ pub fn snapshot_table(rows: &[TopRow]) -> String {
     if rows.is_empty() {
         return format!("{EMPTY}\n");
     }
-    let cells: Vec<[String; 8]> = rows.iter().map(row_cells).collect();
+    let cells: Vec<[String; 9]> = rows.iter().map(row_cells).collect();
     let mut widths = HEADER.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -303,7 +327,7 @@ pub fn draw(frame: &mut Frame<'_>, view: &View) {
             };
             Cell::from(*h).style(style)
         }));
-        let cells: Vec<[String; 8]> = view.rows.iter().map(row_cells).collect();
+        let cells: Vec<[String; 9]> = view.rows.iter().map(row_cells).collect();
         let mut widths = HEADER.map(|h| h.len() as u16);
         for row in &cells {
             for (w, c) in widths.iter_mut().zip(row) {
@@ -322,7 +346,7 @@ pub fn draw(frame: &mut Frame<'_>, view: &View) {
         Some(error) => {
             Paragraph::new(format!("refresh failed: {error}")).style(Style::new().fg(Color::Red))
         }
-        None => Paragraph::new("keys: c cpu  m mem  n net  r run queue  q quit"),
+        None => Paragraph::new("keys: c cpu  m mem  n net  r run queue  g gpu  q quit"),
     };
     frame.render_widget(footer_line, footer);
 }
@@ -347,6 +371,7 @@ pub fn key_action(key: KeyEvent) -> Action {
         KeyCode::Char('m') => Action::Sort(SortKey::Mem),
         KeyCode::Char('n') => Action::Sort(SortKey::Net),
         KeyCode::Char('r') => Action::Sort(SortKey::Runq),
+        KeyCode::Char('g') => Action::Sort(SortKey::Gpu),
         _ => Action::Nothing,
     }
 }
@@ -510,6 +535,12 @@ mod tests {
         let cpu = waits.cpu.as_mut().expect("cpu");
         cpu.run_queue.as_mut().expect("run queue").p99_seconds = 0.25;
         cpu.limit_cores = 0.0;
+        big.gpus = vec![strata_proto::GpuUsage {
+            uuid: "GPU-1".to_owned(),
+            index: 0,
+            memory_used_bytes: 4096 * MIB,
+            sm_utilization_percent: 87.5,
+        }];
         vec![busy, big, waits]
     }
 
@@ -581,11 +612,14 @@ mod tests {
         assert_eq!(ids(&rows), ["waits", "big", "busy"]);
         sort_rows(&mut rows, SortKey::Runq);
         assert_eq!(ids(&rows)[0], "waits");
+        sort_rows(&mut rows, SortKey::Gpu);
+        assert_eq!(ids(&rows)[0], "big");
         let press = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
         assert_eq!(key_action(press('m')), Action::Sort(SortKey::Mem));
         assert_eq!(key_action(press('n')), Action::Sort(SortKey::Net));
         assert_eq!(key_action(press('r')), Action::Sort(SortKey::Runq));
         assert_eq!(key_action(press('c')), Action::Sort(SortKey::Cpu));
+        assert_eq!(key_action(press('g')), Action::Sort(SortKey::Gpu));
         assert_eq!(key_action(press('q')), Action::Quit);
         assert_eq!(
             key_action(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)),
@@ -615,13 +649,16 @@ mod tests {
                 "48.0Mi/64.0Mi",
                 "1.0Ki/4.0Ki",
                 "1.2ms",
-                "3"
+                "3",
+                "-"
             ]
             .map(str::to_owned)
         );
         let waits = rows.iter().find(|r| r.task_id == "waits").expect("waits");
         assert_eq!(row_cells(waits)[3], "0.52/1", "the request without a limit");
         assert_eq!(row_cells(waits)[6], "250.0ms");
+        let big = rows.iter().find(|r| r.task_id == "big").expect("big");
+        assert_eq!(row_cells(big)[8], "1x 88%/4.0Gi", "GPUs, SM and GPU memory");
         let table = snapshot_table(&rows);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");
@@ -678,7 +715,10 @@ mod tests {
             lines[3].starts_with("busy") || lines[3].starts_with("waits"),
             "{lines:#?}"
         );
-        assert_eq!(lines[7], "keys: c cpu  m mem  n net  r run queue  q quit");
+        assert_eq!(
+            lines[7],
+            "keys: c cpu  m mem  n net  r run queue  g gpu  q quit"
+        );
 
         let empty = View {
             rows: vec![],

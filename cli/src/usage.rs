@@ -363,6 +363,15 @@ pub fn usage_text(u: &TaskUsage, previous: Option<&TaskUsage>, now: f64) -> Stri
         ));
     }
 
+    for g in &u.gpus {
+        out.push(format!(
+            "gpu {:<8}{}  memory {}  sm {:.0}%",
+            g.index,
+            g.uuid,
+            fmt_bytes(g.memory_used_bytes as f64),
+            g.sm_utilization_percent
+        ));
+    }
     out.push(network_line(
         u.network.as_ref(),
         previous.and_then(|p| net_rates(p, u)),
@@ -517,6 +526,7 @@ pub(crate) mod tests {
                 full_avg10: Some(0.0),
                 full_seconds_total: Some(0.0),
             }),
+            gpus: Vec::new(),
         }
     }
 
@@ -615,6 +625,25 @@ pub(crate) mod tests {
             "pressure    cpu some 0.50% full -   memory -   io some 0.00% full 0.00%"
         );
         assert!(!text.lines().any(|l| l.ends_with(' ')), "{text}");
+    }
+
+    #[test]
+    fn each_gpu_of_the_task_has_a_line_and_json_entry() {
+        let mut u = record("t1", 1000.0);
+        assert!(!usage_text(&u, None, 1001.0).contains("\ngpu "));
+        u.gpus = vec![strata_proto::GpuUsage {
+            uuid: "GPU-8f3a".to_owned(),
+            index: 0,
+            memory_used_bytes: 1 << 30,
+            sm_utilization_percent: 99.4,
+        }];
+        let text = usage_text(&u, None, 1001.0);
+        let line = text.lines().find(|l| l.starts_with("gpu ")).expect(&text);
+        assert_eq!(line, "gpu 0       GPU-8f3a  memory 1.0 GiB  sm 99%");
+        let j = usage_json(&u);
+        assert_eq!(j["gpus"][0]["uuid"], "GPU-8f3a");
+        assert_eq!(j["gpus"][0]["memory_used_bytes"], 1u64 << 30);
+        assert_eq!(j["gpus"][0]["sm_utilization_percent"], 99.4);
     }
 
     #[test]

@@ -165,6 +165,62 @@ pub fn listen(text: &str) -> Result<String, String> {
     }
 }
 
+/// Which GPUs an agent offers (`--gpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Every GPU NVML finds (none, with one log line, where there is no NVML).
+    Auto,
+    /// No GPUs: NVML is not even loaded.
+    None,
+    /// These NVML indexes, each of which must exist.
+    List(Vec<u32>),
+}
+
+/// The most GPU indexes `--gpus` takes.
+pub const MAX_GPU_INDEXES: usize = 64;
+
+/// A whole number of GPUs, like `1` (at most [`MAX_GPU_INDEXES`]).
+pub fn gpu_count(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n as usize <= MAX_GPU_INDEXES)
+        .ok_or_else(|| {
+            format!(
+                "invalid GPU count {:?}: use a whole number from 0 to {MAX_GPU_INDEXES}, like 1",
+                text.chars().take(40).collect::<String>()
+            )
+        })
+}
+
+/// `auto`, `none`, or a comma-separated list of NVML indexes like `0,1,3` (each once, at most
+/// [`MAX_GPU_INDEXES`]).
+pub fn gpus(text: &str) -> Result<GpuSelection, String> {
+    let invalid = || {
+        format!(
+            "invalid GPU selection {:?}: use auto, none, or NVML indexes like 0,1",
+            text.chars().take(40).collect::<String>()
+        )
+    };
+    match text.trim() {
+        "auto" => return Ok(GpuSelection::Auto),
+        "none" => return Ok(GpuSelection::None),
+        _ => {}
+    }
+    let mut indexes = Vec::new();
+    for part in text.split(',') {
+        if indexes.len() == MAX_GPU_INDEXES {
+            return Err(format!("{}: at most {MAX_GPU_INDEXES} indexes", invalid()));
+        }
+        let index: u32 = part.trim().parse().map_err(|_| invalid())?;
+        if indexes.contains(&index) {
+            return Err(format!("{}: index {index} is listed twice", invalid()));
+        }
+        indexes.push(index);
+    }
+    Ok(GpuSelection::List(indexes))
+}
+
 /// A value, or `none` (`OrNone(None)`): an address to serve on, or nothing to serve. A type
 /// of its own, so that a flag can be absent (`Option<OrNone<T>>`: the program's default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +441,30 @@ pub fn agent_resources(text: &str) -> Result<Vec<ResourceEntry>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gpus_are_auto_none_or_distinct_indexes() {
+        assert_eq!(gpus("auto"), Ok(GpuSelection::Auto));
+        assert_eq!(gpus(" none "), Ok(GpuSelection::None));
+        assert_eq!(gpus("0, 2,1"), Ok(GpuSelection::List(vec![0, 2, 1])));
+        for bad in ["", "all", "0,,1", "-1", "1.5", "0,0"] {
+            let e = gpus(bad).unwrap_err();
+            assert!(e.contains("invalid GPU selection"), "{bad:?}: {e}");
+        }
+        assert!(gpus("0,0").unwrap_err().contains("listed twice"));
+        let many = (0..=MAX_GPU_INDEXES)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(gpus(&many).unwrap_err().contains("at most 64"));
+        assert_eq!(gpu_count(" 2 "), Ok(2));
+        for bad in ["0.5", "-1", "65", "", "1e3"] {
+            assert!(
+                gpu_count(bad).unwrap_err().contains("whole number"),
+                "{bad:?}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -81,6 +81,7 @@ impl Accounting {
             task_id: task_id.to_owned(),
             role: "*".to_owned(),
             request_cores: 0.0,
+            gpus: Vec::new(),
         };
         let collected =
             self.collector
@@ -346,6 +347,7 @@ pub fn metrics_show_the_values_move(helper: &Path) -> Result<()> {
         .build()?;
     let latest = LatestUsage::default();
     let router = strata_agent::http::router(strata_agent::http::HttpState {
+        gpus: Default::default(),
         usage: latest.clone(),
         proc_root: PathBuf::from("/proc"),
         profiles: strata_agent::http::ProfileSlots::new(

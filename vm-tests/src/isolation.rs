@@ -54,6 +54,8 @@ impl Drop for Env {
 pub struct Task {
     /// The TaskInfo launched.
     pub info: TaskInfo,
+    /// The GPUs the agent would have assigned it.
+    pub gpus: Vec<strata_agent::gpu::GpuDevice>,
 }
 
 impl Task {
@@ -81,7 +83,15 @@ impl Task {
                 }),
                 ..TaskInfo::default()
             },
+            gpus: Vec::new(),
         }
+    }
+
+    /// Gives the task these GPUs (as the agent's assignment would).
+    #[must_use]
+    pub fn gpus(mut self, gpus: Vec<strata_agent::gpu::GpuDevice>) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     /// Requested cpus (the share).
@@ -347,6 +357,7 @@ impl Env {
         let mut info = task.info.clone();
         self.bring_helper_into_sandbox(&mut info)?;
         let spec = LaunchSpec {
+            gpus: task.gpus.clone(),
             framework_id: FRAMEWORK.to_owned(),
             agent_id: "agent-test".to_owned(),
             task: info,
@@ -804,6 +815,103 @@ pub fn device_control_denies_all_but_the_standard_and_given_devices(helper: &Pat
     ensure!(
         allowed.contains("No such device or address"),
         "a device the task was given could not be opened: {allowed}"
+    );
+    Ok(())
+}
+
+/// A task given GPU 1 may open its own `/dev/nvidia1`, `/dev/nvidiactl`, `/dev/nvidia-uvm` and
+/// `/dev/nvidia-uvm-tools`, and no other NVIDIA node (another GPU, modeset, caps); a task
+/// without GPUs opens none. The majors come from a fake `/proc/devices` (nvidia 195, uvm 240,
+/// caps 241, as a driver registers them); the nodes are synthetic character devices made with
+/// mknod, with no driver behind them: an allowed open fails with ENXIO in the driver lookup, a
+/// denied one with EPERM before it.
+pub fn device_control_gives_gpu_tasks_only_their_nvidia_nodes(helper: &Path) -> Result<()> {
+    let proc = tempfile::tempdir()?;
+    std::fs::write(
+        proc.path().join("devices"),
+        "Character devices:\n  1 mem\n195 nvidia\n240 nvidia-uvm\n241 nvidia-caps\n\nBlock devices:\n  8 sd\n",
+    )?;
+    let nodes = strata_agent::gpu::nodes::GpuNodes::read(proc.path())?;
+    let mut env = Env::with_device_control("gpudevices", helper)?;
+    env.containerizer = env.containerizer.clone().with_gpu_nodes(nodes);
+    const NODES: [(&str, u64, u64); 7] = [
+        ("nvidia0", 195, 0),
+        ("nvidia1", 195, 1),
+        ("nvidiactl", 195, 255),
+        ("nvidia-modeset", 195, 254),
+        ("nvidia-uvm", 240, 0),
+        ("nvidia-uvm-tools", 240, 1),
+        ("nvidia-cap1", 241, 1),
+    ];
+    let make_nodes = |task_id: &str| -> Result<()> {
+        let dir = env.sandbox(task_id).join("dev");
+        std::fs::create_dir_all(&dir)?;
+        for (name, major, minor) in NODES {
+            let node = dir.join(name);
+            nix::sys::stat::mknod(
+                &node,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .with_context(|| format!("creating {}", node.display()))?;
+            std::fs::set_permissions(
+                &node,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666),
+            )?;
+        }
+        Ok(())
+    };
+    let script = "for n in nvidia0 nvidia1 nvidiactl nvidia-modeset nvidia-uvm nvidia-uvm-tools nvidia-cap1; do \
+                  printf '%s: ' $n; (cat \"$STRATA_SANDBOX/dev/$n\" 2>&1 || true) | head -n 1; done; \
+                  echo \"visible: $CUDA_VISIBLE_DEVICES\"";
+    let mut gpu1 = strata_agent::gpu::fake::fake_device(1);
+    gpu1.uuid = "GPU-vm-1".to_owned();
+    make_nodes("gpu")?;
+    let given = run_to_end(
+        &env,
+        &Task::shell("gpu", script).user(NOBODY).gpus(vec![gpu1]),
+    )?;
+    make_nodes("nogpu")?;
+    let none = run_to_end(&env, &Task::shell("nogpu", script).user(NOBODY))?;
+    eprintln!("given GPU 1:\n{given}without GPUs:\n{none}");
+    let opened = |out: &str, name: &str| -> Result<bool> {
+        let result = line(out, &format!("{name}:"))?;
+        match (
+            result.contains("No such device or address"),
+            result.contains("Operation not permitted"),
+        ) {
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            _ => bail!("{name}: neither allowed (ENXIO) nor denied (EPERM): {result:?}"),
+        }
+    };
+    for (name, _, _) in NODES {
+        let allowed = matches!(
+            name,
+            "nvidia1" | "nvidiactl" | "nvidia-uvm" | "nvidia-uvm-tools"
+        );
+        ensure!(
+            opened(&given, name)? == allowed,
+            "the task given GPU 1 {} {name}: {given}",
+            if allowed {
+                "could not open"
+            } else {
+                "could open"
+            }
+        );
+        ensure!(
+            !opened(&none, name)?,
+            "a task without GPUs could open {name}: {none}"
+        );
+    }
+    ensure!(
+        line(&given, "visible:")? == "GPU-vm-1",
+        "CUDA_VISIBLE_DEVICES does not name the task's GPU: {given}"
+    );
+    ensure!(
+        line(&none, "visible:")?.is_empty(),
+        "a task without GPUs was named one: {none}"
     );
     Ok(())
 }

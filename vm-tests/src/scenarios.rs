@@ -70,6 +70,9 @@ macro_rules! scenarios {
             containerizer_device_control_denies_all_but_the_standard_and_given_devices
                 as device_control_denies_all_but_the_standard_and_given_devices
                 => isolation::device_control_denies_all_but_the_standard_and_given_devices;
+            containerizer_device_control_gives_gpu_tasks_only_their_nvidia_nodes
+                as device_control_gives_gpu_tasks_only_their_nvidia_nodes
+                => isolation::device_control_gives_gpu_tasks_only_their_nvidia_nodes;
             containerizer_a_capability_the_agent_does_not_allow_is_refused
                 as a_capability_the_agent_does_not_allow_is_refused
                 => isolation::a_capability_the_agent_does_not_allow_is_refused;

@@ -7,6 +7,7 @@
 //! - `bench`: benchmarks (`skeleton`, ...).
 //! - `chaos`: the fault-injection suite of replicated allocators, for N minutes.
 //! - `local`: builds and runs `strata local`, optionally with a demo workload.
+//! - `gpu-check`: the check on a GPU machine (`--prepare` builds what to carry there).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,7 @@ mod chaos;
 #[path = "../../agent-ebpf/toolchain.rs"]
 mod ebpf_toolchain;
 mod fuzz;
+mod gpu_check;
 mod local;
 mod setup;
 mod test;
@@ -49,6 +51,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Build and run `strata local` (with `--demo`: run a demo workload, show it, stop).
     Local(local::LocalArgs),
+    /// The check on a GPU machine (with `--prepare`: build what to carry there into .gpu-check/).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +65,6 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Chaos(args) => chaos::run(&args),
         Command::Local(args) => local::run(&args),
+        Command::GpuCheck(args) => gpu_check::run(&args),
     }
 }

@@ -9,6 +9,7 @@ use crate::cgroup::{CgroupError, Placement, RootPlacement};
 use crate::checkpoint::CheckpointError;
 use crate::containerizer::supervisor::seccomp::Seccomp;
 use crate::discovery::{DiscoveryError, HostRoots};
+use strata_common::parse::GpuSelection;
 
 /// The agent's configuration.
 #[derive(Debug, Clone)]
@@ -41,6 +42,13 @@ pub struct AgentConfig {
     pub resources: Vec<strata_common::parse::ResourceEntry>,
     /// Attributes (name, value) to register with.
     pub attributes: Vec<(String, String)>,
+    /// Which GPUs to offer (`--gpus`); default [`GpuSelection::Auto`].
+    pub gpus: GpuSelection,
+    /// The GPU backend to use instead of loading NVML (tests: a [`crate::gpu::fake::FakeBackend`]).
+    pub gpu_backend: Option<std::sync::Arc<dyn crate::gpu::GpuBackend>>,
+    /// NVIDIA's device majors to use instead of reading them from `/proc/devices` (tests
+    /// with a fake GPU backend on hosts without the driver).
+    pub gpu_nodes: Option<crate::gpu::nodes::GpuNodes>,
     /// Grace between SIGTERM and SIGKILL for tasks that do not set their own; default 3 s.
     pub default_kill_grace_period: Duration,
     /// The first resend of an unacknowledged status update; doubles up to 10 min; default 10 s.
@@ -134,6 +142,9 @@ impl AgentConfig {
             net_egress_horizon: crate::ebpf::DEFAULT_EGRESS_HORIZON,
             resources: Vec::new(),
             attributes: Vec::new(),
+            gpus: GpuSelection::Auto,
+            gpu_backend: None,
+            gpu_nodes: None,
             default_kill_grace_period: Duration::from_secs(3),
             status_update_retry: Duration::from_secs(10),
             reconnect_backoff_max: Duration::from_secs(5),
@@ -209,6 +220,9 @@ pub enum AgentError {
     /// The host's resources could not be discovered.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// The GPUs `--gpus` names could not be found.
+    #[error(transparent)]
+    Gpus(#[from] crate::gpu::GpuError),
     /// Task isolation was required but cannot be set up.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),

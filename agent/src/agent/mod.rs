@@ -135,6 +135,8 @@ struct Agent {
     running: watch::Sender<Arc<Vec<TaskRef>>>,
     /// The latest usage records (the agent id they carry is set here).
     latest_usage: LatestUsage,
+    /// Which task holds each of the agent's GPUs.
+    gpus: crate::gpu::Assignments,
 }
 
 async fn sleep_until(at: Option<Instant>) {

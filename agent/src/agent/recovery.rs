@@ -111,6 +111,7 @@ impl Agent {
             if terminal {
                 continue;
             }
+            self.reattach_gpus(&run, &key);
             match self.containerizer.recover(&framework_id, &task_id) {
                 Ok(container) => {
                     tracing::info!(pid = ?container.pid(), "re-attached to a running task");
@@ -133,6 +134,27 @@ impl Agent {
         }
         if recovered > 0 {
             tracing::info!(tasks = recovered, "recovered tasks from the checkpoint");
+        }
+    }
+}
+
+impl Agent {
+    /// Gives a recovered task back the GPUs its checkpoint lists; a GPU gone or held by
+    /// another task is logged, and the task keeps running without it in the books.
+    fn reattach_gpus(&mut self, run: &std::path::Path, key: &TaskKey) {
+        let uuids: Vec<String> = match checkpoint::load_gpus(run) {
+            Ok(gpus) => gpus.into_iter().map(|g| g.uuid).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the task's GPUs");
+                return;
+            }
+        };
+        if uuids.is_empty() {
+            return;
+        }
+        match self.gpus.reattach(&key.framework_id, &key.task_id, &uuids) {
+            Ok(_) => tracing::info!(gpus = ?uuids, "GPUs re-attached"),
+            Err(e) => tracing::error!(error = %e, "cannot re-attach the task's GPUs"),
         }
     }
 }

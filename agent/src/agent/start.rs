@@ -32,8 +32,10 @@ use crate::containerizer::Containerizer;
 use crate::containerizer::linux::{LinuxConfig, LinuxContainerizer};
 use crate::containerizer::process::ProcessContainerizer;
 use crate::discovery::{self, Discovery, HostRoots, Overrides};
+use crate::gpu::{GPU_MODEL_ATTRIBUTE, Gpus};
 use crate::status::StatusUpdateManager;
 use crate::usage::{Collector, LatestUsage, Layout, SharedEbpf, TaskRef, UsageLoop, UsageReport};
+use strata_common::parse::GpuSelection;
 
 /// The egress limiter, shared by the containerizer and the usage collector.
 type SharedEgress = Arc<std::sync::Mutex<crate::ebpf::EgressControl>>;
@@ -244,6 +246,15 @@ fn containerizer_and_egress(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "device control is off: tasks can use every device node they can reach");
+                }
+            }
+            if config.gpus != GpuSelection::None {
+                match config
+                    .gpu_nodes
+                    .map_or_else(|| crate::gpu::nodes::GpuNodes::read(&roots.proc), Ok)
+                {
+                    Ok(nodes) => containerizer = containerizer.with_gpu_nodes(nodes),
+                    Err(e) => tracing::debug!(error = %e, "no NVIDIA device nodes"),
                 }
             }
             containerizer = with_port_control(config, containerizer, backend.as_ref());
@@ -470,6 +481,7 @@ async fn start(
         span.record("agent_id", id.as_str());
     }
     let found = discover_host(&config)?;
+    let gpus = discover_gpus(&config)?;
     // Held for the agent's life: dropping it detaches the programs.
     let ebpf = start_ebpf(&config, cgroups.as_ref()).await;
     // Loading parsed the kernel's BTF: give the memory that took back.
@@ -479,15 +491,16 @@ async fn start(
         latest_usage.set_agent_id(id);
     }
     let (running_tx, running_rx) = watch::channel(Arc::new(Vec::new()));
+    let latest_gpus = crate::gpu::usage::LatestDevices::default();
     let (http_server, http_endpoint) = start_http(
         &config,
         &address,
         &found.hostname,
-        &latest_usage,
+        (&latest_usage, &latest_gpus),
         running_rx.clone(),
     )
     .await?;
-    let base_info = agent_info(&config, found, http_endpoint);
+    let base_info = agent_info(&config, found, &gpus, http_endpoint);
 
     let authorization = allocator_authorization(&config)?;
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
@@ -505,7 +518,11 @@ async fn start(
     let (usage_tx, usage_rx) = mpsc::channel(2);
     let usage_loop = start_usage(
         &config,
-        (cgroups.as_ref(), containerizer.egress_control()),
+        (
+            cgroups.as_ref(),
+            containerizer.egress_control(),
+            (&gpus, latest_gpus),
+        ),
         running_rx,
         ebpf.clone(),
         latest_usage.clone(),
@@ -526,6 +543,7 @@ async fn start(
         span,
         running: running_tx,
         latest_usage,
+        gpus: crate::gpu::Assignments::new(gpus.devices.clone()),
     };
     let containerizer = agent.containerizer.clone();
     let mut agent = agent;
@@ -625,6 +643,16 @@ fn discover_host(config: &AgentConfig) -> Result<Discovery, AgentError> {
     Ok(found)
 }
 
+/// The GPUs `--gpus` asks for, through the configured backend or NVML (loaded here).
+fn discover_gpus(config: &AgentConfig) -> Result<Gpus, AgentError> {
+    let injected = config.gpu_backend.clone();
+    Ok(crate::gpu::discover(&config.gpus, || match injected {
+        Some(backend) => Ok(backend),
+        None => crate::gpu::nvml::NvmlBackend::load()
+            .map(|b| Arc::new(b) as Arc<dyn crate::gpu::GpuBackend>),
+    })?)
+}
+
 /// The eBPF programs, unless the configuration turns them off (see [`load_ebpf`]).
 async fn start_ebpf(
     config: &AgentConfig,
@@ -668,7 +696,7 @@ async fn start_http(
     config: &AgentConfig,
     address: &str,
     hostname: &str,
-    latest_usage: &LatestUsage,
+    (latest_usage, latest_gpus): (&LatestUsage, &crate::gpu::usage::LatestDevices),
     running: watch::Receiver<Arc<Vec<TaskRef>>>,
 ) -> Result<(Option<JoinHandle<()>>, String), AgentError> {
     let Some(addr) = config.http_listen else {
@@ -687,9 +715,10 @@ async fn start_http(
         // Clients (strata profile) then know to speak TLS to it.
         advertised = format!("https://{advertised}");
     }
-    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage, /metrics, /profile and /files");
+    tracing::info!(listen = %bound, endpoint = %advertised, "serving /health, /usage, /metrics, /gpus, /profile and /files");
     let router = crate::http::router(crate::http::HttpState {
         usage: latest_usage.clone(),
+        gpus: latest_gpus.clone(),
         proc_root: config.roots.proc.clone(),
         profiles: crate::http::ProfileSlots::new(config.max_concurrent_profiles),
         files: crate::files::FilesState {
@@ -710,10 +739,14 @@ async fn start_http(
 /// `--resources` lists replaced by its entries (static reservations for those with a role).
 fn registered_resources(
     found: &discovery::HostResources,
+    gpus: usize,
     given: &[strata_common::parse::ResourceEntry],
 ) -> Vec<Resource> {
     use strata_common::parse::ResourceValue;
     let mut resources = found.to_proto();
+    if gpus > 0 {
+        resources.push(Resource::scalar(strata_proto::names::GPUS, gpus as f64));
+    }
     resources.retain(|r| !given.iter().any(|e| e.name == r.name));
     resources.extend(given.iter().map(|e| {
         let mut r = match &e.value {
@@ -727,30 +760,52 @@ fn registered_resources(
 }
 
 /// What the agent registers with, without its id.
-fn agent_info(config: &AgentConfig, found: Discovery, http_endpoint: String) -> AgentInfo {
+fn agent_info(
+    config: &AgentConfig,
+    found: Discovery,
+    gpus: &Gpus,
+    http_endpoint: String,
+) -> AgentInfo {
+    let mut attributes: Vec<Attribute> = config
+        .attributes
+        .iter()
+        .map(|(name, value)| Attribute {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    // An operator's own `gpu_model` attribute stays as given.
+    if let Some(model) = gpus.model_attribute()
+        && !attributes.iter().any(|a| a.name == GPU_MODEL_ATTRIBUTE)
+    {
+        attributes.push(Attribute {
+            name: GPU_MODEL_ATTRIBUTE.to_owned(),
+            value: model,
+        });
+    }
     AgentInfo {
         id: String::new(),
         hostname: found.hostname.clone(),
-        resources: registered_resources(&found.resources, &config.resources),
-        attributes: config
-            .attributes
-            .iter()
-            .map(|(name, value)| Attribute {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        resources: registered_resources(&found.resources, gpus.devices.len(), &config.resources),
+        attributes,
         kernel: Some(found.kernel),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         endpoint: http_endpoint,
     }
 }
 
+/// The GPUs whose use the usage collector records, and where their own figures go.
+type GpuSources<'a> = (&'a Gpus, crate::gpu::usage::LatestDevices);
+
 /// Starts the usage collector on a task of its own, when tasks run in cgroups (the records are
 /// read from them).
 fn start_usage(
     config: &AgentConfig,
-    (cgroups, egress): (Option<&Arc<dyn CgroupBackend>>, Option<SharedEgress>),
+    (cgroups, egress, (gpus, latest_gpus)): (
+        Option<&Arc<dyn CgroupBackend>>,
+        Option<SharedEgress>,
+        GpuSources<'_>,
+    ),
     tasks: watch::Receiver<Arc<Vec<TaskRef>>>,
     ebpf: Option<SharedEbpf>,
     latest: LatestUsage,
@@ -759,11 +814,24 @@ fn start_usage(
 ) -> Option<JoinHandle<()>> {
     let layout = cgroups.and_then(|c| Layout::of_backend(c.as_ref(), &config.roots.cgroup));
     match layout {
-        Some(layout) => Some(tokio::spawn(
+        Some(layout) => Some(tokio::spawn({
+            let gpu_poller = match (&gpus.backend, layout.tasks_root(&config.roots.cgroup)) {
+                (Some(backend), Some(tasks_root)) if !gpus.devices.is_empty() => {
+                    Some(crate::gpu::usage::GpuPoller::new(
+                        backend.clone(),
+                        gpus.devices.clone(),
+                        config.roots.proc.clone(),
+                        tasks_root,
+                        latest_gpus,
+                    ))
+                }
+                _ => None,
+            };
+            let mut collector = Collector::new(layout);
             crate::usage::run(UsageLoop {
                 collector: {
-                    let mut collector = Collector::new(layout);
                     collector.egress = egress;
+                    collector.gpus = gpu_poller;
                     collector
                 },
                 interval: config.usage_interval,
@@ -772,8 +840,8 @@ fn start_usage(
                 latest,
                 to_core,
             })
-            .instrument(span.clone()),
-        )),
+            .instrument(span.clone())
+        })),
         None => {
             tracing::info!(
                 "no usage records: they are read from the task cgroups, and tasks run without cgroups"

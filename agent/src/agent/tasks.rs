@@ -28,6 +28,7 @@ use super::{Agent, KillRequest, Task, TaskEvent, unix_now};
 use crate::cgroup::MemoryOom;
 use crate::checkpoint;
 use crate::containerizer::{Container, Containerizer, ExitStatus, LaunchSpec};
+use crate::gpu::GpuError;
 use crate::paths;
 use crate::status::{AckOutcome, TaskKey};
 use crate::usage::TaskRef;
@@ -87,10 +88,28 @@ impl Agent {
             self.update(&key, TaskState::Error, TaskReason::TaskInvalid, why, None);
             return;
         }
+        let asked = scalar_sum(&task.resources, names::GPUS);
+        let gpus = match self.gpus.assign(&key.framework_id, &key.task_id, asked) {
+            Ok(gpus) => gpus,
+            Err(e) => {
+                let (state, reason) = match e {
+                    GpuError::NotWhole { .. } => (TaskState::Error, TaskReason::TaskInvalid),
+                    _ => (TaskState::Failed, TaskReason::ContainerLaunchFailed),
+                };
+                tracing::warn!(error = %e, "cannot give the task its GPUs");
+                self.update(&key, state, reason, e.to_string(), None);
+                return;
+            }
+        };
+        if !gpus.is_empty() {
+            let uuids: Vec<&str> = gpus.iter().map(|g| g.uuid.as_str()).collect();
+            tracing::info!(gpus = ?uuids, "GPUs assigned");
+        }
         if let Ok(run) = paths::run_dir(&self.config.work_dir, &key.framework_id, &key.task_id) {
             let saved = std::fs::create_dir_all(&run)
                 .map_err(|e| e.to_string())
-                .and_then(|()| checkpoint::save_task(&run, &task).map_err(|e| e.to_string()));
+                .and_then(|()| checkpoint::save_task(&run, &task).map_err(|e| e.to_string()))
+                .and_then(|()| checkpoint::save_gpus(&run, &gpus).map_err(|e| e.to_string()));
             if let Err(e) = saved {
                 tracing::error!(error = %e, "cannot checkpoint the task; it will not be recovered after an agent restart");
             }
@@ -103,6 +122,7 @@ impl Agent {
             None,
         );
         let spec = LaunchSpec {
+            gpus,
             framework_id: key.framework_id.clone(),
             agent_id: self.agent_id.clone().unwrap_or_default(),
             task,
@@ -294,6 +314,11 @@ impl Agent {
         task.latest = queued.status.clone();
         if state.is_terminal() {
             task.kill = None;
+            let freed = self.gpus.release(&key.framework_id, &key.task_id);
+            if freed > 0 {
+                let _entered = task.span.enter();
+                tracing::info!(gpus = freed, "GPUs freed");
+            }
         }
         // Checkpointed before it is sent, so an update is never made twice.
         self.persist(key);
@@ -311,7 +336,16 @@ impl Agent {
             .tasks
             .iter()
             .filter(|(_, t)| matches!(t.latest.state(), TaskState::Running | TaskState::Killing))
-            .map(|(key, t)| TaskRef::from_task(&key.framework_id, &t.info))
+            .map(|(key, t)| {
+                let mut task = TaskRef::from_task(&key.framework_id, &t.info);
+                task.gpus = self
+                    .gpus
+                    .of(&key.framework_id, &key.task_id)
+                    .into_iter()
+                    .map(|g| (g.index, g.uuid))
+                    .collect();
+                task
+            })
             .collect();
         self.running.send_replace(Arc::new(running));
     }

@@ -236,6 +236,8 @@ pub struct LaunchSpec {
     pub agent_id: String,
     /// The task, with its command and resources.
     pub task: TaskInfo,
+    /// The GPUs the agent assigned to it (none without a `gpus` resource).
+    pub gpus: Vec<crate::gpu::GpuDevice>,
 }
 
 /// Launches tasks. Implementations must leave no process behind once a container's `wait` or
@@ -494,6 +496,8 @@ pub fn task_environment(
     ] {
         env.insert(k.to_owned(), v.to_owned());
     }
+    // The agent's names of the task's GPUs win over any the task set.
+    env.extend(crate::gpu::nodes::environment(&spec.gpus));
     env.into_iter().collect()
 }
 
@@ -589,6 +593,7 @@ mod tests {
     #[test]
     fn a_task_environment_is_its_own_plus_the_agents_variables() {
         let spec = LaunchSpec {
+            gpus: Vec::new(),
             framework_id: "fw".to_owned(),
             agent_id: "a1".to_owned(),
             task: TaskInfo {
@@ -650,6 +655,7 @@ mod tests {
         // Left by an older agent, listable by everyone.
         std::fs::create_dir_all(run_dir(work, "fw", "t1").unwrap()).unwrap();
         let spec = LaunchSpec {
+            gpus: Vec::new(),
             framework_id: "fw".to_owned(),
             agent_id: "a1".to_owned(),
             task: TaskInfo {

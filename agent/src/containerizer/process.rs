@@ -239,6 +239,7 @@ mod tests {
 
     fn spec(task_id: &str, command: CommandInfo) -> LaunchSpec {
         LaunchSpec {
+            gpus: Vec::new(),
             framework_id: "fw-1".to_owned(),
             agent_id: "agent-1".to_owned(),
             task: TaskInfo {

@@ -91,6 +91,9 @@ pub struct Collector {
     pub last_full_reads: usize,
     /// The egress limiter, whose drops go into the records' network usage.
     pub egress: Option<Arc<std::sync::Mutex<EgressControl>>>,
+    /// The GPU poller (an agent with GPUs): the records of tasks given GPUs, or using one, get
+    /// their `gpus` from it.
+    pub gpus: Option<crate::gpu::usage::GpuPoller>,
 }
 
 impl Collector {
@@ -104,6 +107,7 @@ impl Collector {
             seen: Vec::new(),
             reader: Reader::default(),
             last_full_reads: 0,
+            gpus: None,
             egress: None,
         }
     }
@@ -162,6 +166,10 @@ impl Collector {
             }
         }
         self.reader.close_dir();
+        if let Some(poller) = &mut self.gpus {
+            let found = poller.poll();
+            apply_gpus(&mut report, &self.tasks, &found);
+        }
         Collected { report, gone }
     }
 
@@ -451,6 +459,44 @@ struct Figures {
     pressure: [Option<Pressure>; 3],
 }
 
+/// Puts each task's GPU usage into its record: the GPUs it was given (zero where its processes
+/// hold none) and any other its processes use. Such a record is read anew every interval (a
+/// quiet task's is carried forward first), as its GPU figures move while its CPU may not.
+fn apply_gpus(report: &mut UsageReport, tasks: &[TaskRef], found: &crate::gpu::usage::TaskGpus) {
+    let assigned: HashMap<(&str, &str), &[(u32, String)]> = tasks
+        .iter()
+        .filter(|t| !t.gpus.is_empty())
+        .map(|t| {
+            (
+                (t.framework_id.as_str(), t.task_id.as_str()),
+                t.gpus.as_slice(),
+            )
+        })
+        .collect();
+    if assigned.is_empty() && found.is_empty() {
+        return;
+    }
+    for i in 0..report.records.len() {
+        let r = &report.records[i];
+        let given = assigned
+            .get(&(r.framework_id.as_str(), r.task_id.as_str()))
+            .copied()
+            .unwrap_or_default();
+        let used = found.get(&(r.framework_id.clone(), r.task_id.clone()));
+        if given.is_empty() && used.is_none() {
+            continue;
+        }
+        let mut record = if report.fresh[i] {
+            (**r).clone()
+        } else {
+            r.carried_forward(report.timestamp)
+        };
+        record.gpus = crate::gpu::usage::task_record(given, used);
+        report.records[i] = Arc::new(record);
+        report.fresh[i] = true;
+    }
+}
+
 /// A task's record from what a full read found.
 fn make_record(pass: &Pass<'_>, task: &TaskRef, f: Figures) -> TaskUsage {
     let [cpu_pressure, memory_pressure, io_pressure] = f.pressure;
@@ -502,6 +548,8 @@ fn make_record(pass: &Pass<'_>, task: &TaskRef, f: Figures) -> TaskUsage {
         cpu_pressure,
         memory_pressure,
         io_pressure,
+        // Filled by the GPU poller (`crate::gpu::usage`) after the cgroup read.
+        gpus: Vec::new(),
     }
 }
 
@@ -556,5 +604,79 @@ pub fn run_queue_latency(
         max_seconds: seconds(max),
         log2_ns_buckets_total: now.buckets.to_vec(),
         sum_seconds_total: now.sum_ns as f64 / 1e9,
+    }
+}
+
+#[cfg(test)]
+mod gpu_tests {
+    use strata_proto::GpuUsage;
+
+    use super::*;
+
+    fn record(task: &str, timestamp: f64) -> Arc<TaskUsage> {
+        Arc::new(TaskUsage {
+            task_id: task.to_owned(),
+            framework_id: "fw".to_owned(),
+            timestamp,
+            interval_seconds: 1.0,
+            ..TaskUsage::default()
+        })
+    }
+
+    fn task(id: &str, gpus: &[(u32, &str)]) -> TaskRef {
+        TaskRef {
+            framework_id: "fw".to_owned(),
+            task_id: id.to_owned(),
+            role: "*".to_owned(),
+            request_cores: 0.1,
+            gpus: gpus.iter().map(|(i, u)| (*i, (*u).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn gpu_figures_go_into_the_records_of_tasks_given_or_using_gpus() {
+        let mut report = UsageReport {
+            timestamp: 10.0,
+            records: vec![
+                record("given", 10.0),
+                record("quiet", 5.0),
+                record("cpu", 5.0),
+            ],
+            fresh: vec![true, false, false],
+            ..UsageReport::default()
+        };
+        let tasks = [
+            task("given", &[(0, "GPU-0")]),
+            task("quiet", &[(1, "GPU-1")]),
+            task("cpu", &[]),
+        ];
+        let mut found = crate::gpu::usage::TaskGpus::new();
+        found.insert(
+            ("fw".to_owned(), "quiet".to_owned()),
+            vec![GpuUsage {
+                uuid: "GPU-1".to_owned(),
+                index: 1,
+                memory_used_bytes: 1 << 30,
+                sm_utilization_percent: 75.0,
+            }],
+        );
+        apply_gpus(&mut report, &tasks, &found);
+        // Given a GPU its processes do not use yet: listed at zero.
+        let given = &report.records[0];
+        assert_eq!(given.gpus.len(), 1);
+        assert_eq!(
+            (given.gpus[0].index, given.gpus[0].memory_used_bytes),
+            (0, 0)
+        );
+        // A quiet task's record is carried forward to the report's time with its GPU figures,
+        // and sent as read anew (its GPU use moves while its CPU does not).
+        let quiet = &report.records[1];
+        assert_eq!(quiet.timestamp, 10.0);
+        assert_eq!(quiet.gpus[0].memory_used_bytes, 1 << 30);
+        assert_eq!(quiet.gpus[0].sm_utilization_percent, 75.0);
+        assert_eq!(report.fresh, [true, true, false]);
+        // A task without GPUs is left as it was.
+        assert!(report.records[2].gpus.is_empty());
+        assert_eq!(report.records[2].timestamp, 5.0);
     }
 }

@@ -39,6 +39,18 @@ pub struct HybridRoots {
 }
 
 impl Layout {
+    /// The agent's root as a path of the unified hierarchy, as `/proc/PID/cgroup`'s `0::` line
+    /// names cgroups (`/strata-ab12`); `None` without a unified root.
+    #[must_use]
+    pub fn tasks_root(&self, cgroup_mount: &Path) -> Option<String> {
+        let (root, mount) = match self {
+            Self::V2 { root } => (root, cgroup_mount.to_path_buf()),
+            Self::Hybrid(h) => (h.unified.as_ref()?, cgroup_mount.join("unified")),
+        };
+        let rel = root.strip_prefix(&mount).ok()?;
+        Some(format!("/{}", rel.display()))
+    }
+
     /// The layout of a cgroup backend's roots: each root is named after its hierarchy's mount
     /// directory under `cgroup_mount` (`memory`, `cpu,cpuacct`, `unified`, ...).
     #[must_use]

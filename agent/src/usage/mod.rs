@@ -76,6 +76,8 @@ pub struct TaskRef {
     pub role: String,
     /// The cpus it asked for (its share).
     pub request_cores: f64,
+    /// The GPUs assigned to it: (NVML index, UUID).
+    pub gpus: Vec<(u32, String)>,
 }
 
 impl TaskRef {
@@ -101,6 +103,7 @@ impl TaskRef {
             task_id: task.task_id.clone(),
             role,
             request_cores,
+            gpus: Vec::new(),
         }
     }
 }
@@ -203,6 +206,7 @@ mod tests {
             task_id: id.to_owned(),
             role: "eng".to_owned(),
             request_cores: 0.5,
+            gpus: Vec::new(),
         }
     }
 

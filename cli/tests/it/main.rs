@@ -3,6 +3,7 @@
 //! driven through the framework SDK and the `strata` CLI.
 
 mod e2e;
+mod gpu;
 mod ha;
 mod jobs;
 mod local;

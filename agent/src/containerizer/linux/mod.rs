@@ -160,6 +160,9 @@ pub struct LinuxContainerizer {
     config: LinuxConfig,
     cgroups: Arc<dyn CgroupBackend>,
     devices: Option<Arc<Mutex<DeviceControl>>>,
+    /// NVIDIA's device majors, for the device rules of tasks given GPUs (`None`: the driver is
+    /// not loaded, and a task given GPUs is refused).
+    gpu_nodes: Option<crate::gpu::nodes::GpuNodes>,
     /// Port enforcement for host-network tasks (see [`crate::ebpf::PortControl`]).
     ports: Option<Arc<Mutex<PortControl>>>,
     /// Egress bandwidth limits (see [`crate::ebpf::EgressControl`]).
@@ -192,6 +195,7 @@ impl LinuxContainerizer {
             config,
             cgroups,
             devices: None,
+            gpu_nodes: None,
             ports: None,
             egress: None,
             device_keeper: Arc::new(Mutex::new(None)),
@@ -206,6 +210,13 @@ impl LinuxContainerizer {
     #[must_use]
     pub fn with_device_control(mut self, devices: DeviceControl) -> Self {
         self.devices = Some(Arc::new(Mutex::new(devices)));
+        self
+    }
+
+    /// Lets tasks given GPUs use their device nodes (see [`crate::gpu::nodes`]).
+    #[must_use]
+    pub fn with_gpu_nodes(mut self, nodes: crate::gpu::nodes::GpuNodes) -> Self {
+        self.gpu_nodes = Some(nodes);
         self
     }
 
@@ -328,11 +339,13 @@ impl LinuxContainerizer {
             .unwrap_or_default()
     }
 
-    /// Attaches the device program to a task's cgroup with its rules; returns what the reaper
-    /// needs to undo it.
+    /// Attaches the device program to a task's cgroup with its rules (the standard devices,
+    /// those it names, and the nodes of the GPUs it was given); returns what the reaper needs
+    /// to undo it.
     fn allow_devices(
         &self,
         task: &TaskInfo,
+        gpus: &[crate::gpu::GpuDevice],
         cg: &dyn TaskCgroup,
     ) -> Result<Option<DeviceGrant>, ContainerizerError> {
         let task_id = task.task_id.as_str();
@@ -344,6 +357,13 @@ impl LinuxContainerizer {
                     reason,
                 }
             })?);
+        }
+        if !gpus.is_empty() {
+            let nodes = self.gpu_nodes.ok_or_else(|| ContainerizerError::InvalidTask {
+                task_id: task_id.to_owned(),
+                reason: "it was given GPUs but this host's /proc/devices lists no nvidia device: load the NVIDIA kernel module and restart the agent".to_owned(),
+            })?;
+            extra.extend(nodes.rules(gpus));
         }
         let Some(devices) = &self.devices else {
             return Ok(None);
@@ -431,7 +451,7 @@ impl LinuxContainerizer {
             Arc::from(self.cgroups.create(&rel, &limits).map_err(cgroup_err)?);
         let mut grants = Grants::default();
         let granted = (|| {
-            grants.devices = self.allow_devices(&spec.task, cg.as_ref())?;
+            grants.devices = self.allow_devices(&spec.task, &spec.gpus, cg.as_ref())?;
             grants.ports = self.allow_ports(&spec.task, cg.as_ref())?;
             grants.egress = self.limit_egress(&spec.task, cg.as_ref())?;
             Ok::<_, ContainerizerError>(())
@@ -615,10 +635,16 @@ impl Containerizer for LinuxContainerizer {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let devices = self.allow_devices(&task, cg.as_ref()).unwrap_or_else(|e| {
-            tracing::warn!(task_id, error = %e, "cannot restore the task's device control");
-            None
+        let gpus = checkpoint::load_gpus(&run).unwrap_or_else(|e| {
+            tracing::warn!(task_id, error = %e, "cannot read the task's GPUs: it keeps none of their device nodes");
+            Vec::new()
         });
+        let devices = self
+            .allow_devices(&task, &gpus, cg.as_ref())
+            .unwrap_or_else(|e| {
+                tracing::warn!(task_id, error = %e, "cannot restore the task's device control");
+                None
+            });
         let ports = self.allow_ports(&task, cg.as_ref()).unwrap_or_else(|e| {
             tracing::warn!(task_id, error = %e, "cannot restore the task's port enforcement: its ports are not enforced");
             None

@@ -1,0 +1,125 @@
+//! `cargo xtask gpu-check`: the check on a real GPU host (docs/gpu.md).
+//!
+//! - `--prepare` (here, on a machine without a GPU): builds the release `strata-allocator`,
+//!   `strata-agent` and `strata`, strips them into `.gpu-check/` (ignored by git), compiles
+//!   `cuda-burn` (a CUDA driver-API workload that needs only the driver: libcuda is opened with
+//!   dlopen and its kernel is PTX text) and copies `gpu-check.sh` beside them, then checks the
+//!   script's syntax and that the folder is under the 64 MiB a GPU machine is carried.
+//! - without it (on the GPU machine, as root): runs `.gpu-check/gpu-check.sh`, which starts
+//!   the allocator and agent from there as a user would and checks discovery, isolation,
+//!   accounting and that a second GPU task waits for the first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+/// Where `--prepare` puts what is carried to the GPU machine, relative to the workspace root.
+pub const DIR: &str = ".gpu-check";
+
+/// The most a GPU machine is carried.
+const MAX_BYTES: u64 = 64 << 20;
+
+/// The script and the workload's source, kept in `xtask/gpu-check/`.
+const SCRIPT: &str = "gpu-check.sh";
+const BURN_SOURCE: &str = "cuda-burn.c";
+
+/// Arguments of `cargo xtask gpu-check`.
+#[derive(Debug, clap::Args)]
+pub struct GpuCheckArgs {
+    /// Build what the GPU machine needs into .gpu-check/ instead of running the check.
+    #[arg(long)]
+    pub prepare: bool,
+    /// Where the run writes its logs (default /tmp/strata-gpu-check).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: &GpuCheckArgs) -> Result<()> {
+    let dir = util::workspace_root().join(DIR);
+    if args.prepare {
+        return prepare(&dir);
+    }
+    let script = dir.join(SCRIPT);
+    if !script.is_file() {
+        bail!(
+            "{} is missing: run `cargo xtask gpu-check --prepare` on a build machine and carry {DIR}/ here",
+            script.display()
+        );
+    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script);
+    if let Some(out) = &args.out {
+        cmd.arg(out);
+    }
+    util::run(&mut cmd)
+}
+
+fn prepare(dir: &Path) -> Result<()> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "strata-allocator",
+        "--bin",
+        "strata-allocator",
+        "-p",
+        "strata-agent",
+        "--bin",
+        "strata-agent",
+        "-p",
+        "strata",
+        "--bin",
+        "strata",
+    ]))?;
+    let release = util::target_dir("release");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot empty {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for bin in ["strata-allocator", "strata-agent", "strata"] {
+        util::run(
+            Command::new("strip")
+                .arg("-o")
+                .arg(dir.join(bin))
+                .arg(release.join(bin)),
+        )?;
+    }
+    let sources = util::workspace_root().join("xtask").join("gpu-check");
+    util::run(
+        Command::new("cc")
+            .args(["-O2", "-Wall", "-Wextra", "-Werror", "-s", "-o"])
+            .arg(dir.join("cuda-burn"))
+            .arg(sources.join(BURN_SOURCE))
+            .arg("-ldl"),
+    )?;
+    let script = dir.join(SCRIPT);
+    std::fs::copy(sources.join(SCRIPT), &script)
+        .with_context(|| format!("cannot copy {SCRIPT}"))?;
+    util::run(Command::new("bash").arg("-n").arg(&script))?;
+    util::run(Command::new(dir.join("cuda-burn")).arg("probe"))?;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let len = entry.metadata()?.len();
+        eprintln!(
+            "xtask: {DIR}/{} {:.1} MiB",
+            entry.file_name().to_string_lossy(),
+            len as f64 / (1024.0 * 1024.0)
+        );
+        total += len;
+    }
+    if total > MAX_BYTES {
+        bail!(
+            "{DIR}/ holds {:.1} MiB, more than the 64 MiB a GPU machine is carried",
+            total as f64 / (1024.0 * 1024.0)
+        );
+    }
+    eprintln!(
+        "xtask: {DIR}/ is ready ({:.1} MiB): carry it to the GPU machine and run `bash {DIR}/{SCRIPT}` there as root",
+        total as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
