@@ -21,6 +21,7 @@ pub use v1::*;
 
 pub mod ids;
 pub mod limits;
+pub mod network;
 
 /// Well-known resource names.
 pub mod names {
