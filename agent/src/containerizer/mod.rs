@@ -272,6 +272,10 @@ pub trait Containerizer: Send + Sync + fmt::Debug {
     /// Called when the agent stops: removes what the containerizer set up that no task uses.
     fn cleanup(&self) {}
 
+    /// Called once recovery has re-attached every task it could: removes what earlier agents
+    /// set up for tasks that were not recovered (their bridge veths).
+    fn recovered(&self) {}
+
     /// The egress limiter, when this containerizer limits tasks' egress (the usage collector
     /// reads its drops).
     fn egress_control(
