@@ -166,11 +166,14 @@ impl Leases {
         format!("{}{offset}", self.veth_prefix)
     }
 
-    /// Whether `name` is one of this table's veth names (leased or not).
+    /// Whether `name` is one of this table's veth names (leased or not): the name of a task
+    /// address of the subnet.
     pub fn is_ours(&self, name: &str) -> bool {
         name.strip_prefix(&self.veth_prefix)
             .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|o| self.veth_name(o) == name)
+            .is_some_and(|o| {
+                self.veth_name(o) == name && self.subnet.task_offset(self.subnet.at(o)) == Some(o)
+            })
     }
 
     /// Leases a free address to `task_id`.
@@ -387,5 +390,9 @@ mod tests {
         assert!(!l.is_ours("strata0v017"));
         assert!(!l.is_ours("strata0"));
         assert!(!l.is_ours("strata0vx"));
+        // Not a task address of the /24: the gateway's offset, the broadcast's, beyond.
+        for other in ["strata0v1", "strata0v255", "strata0v300"] {
+            assert!(!l.is_ours(other), "{other}");
+        }
     }
 }

@@ -281,7 +281,7 @@ impl LinuxContainerizer {
         }
         if !mappings.is_empty() {
             return Err(refuse(format!(
-                "it maps {} host port(s) into its namespace, and this agent does not forward                  ports to bridge tasks yet: give it no ports (reach it at its bridge address)                  or run it in host mode",
+                "it maps {} host port(s) into its namespace, and this agent does not forward ports to bridge tasks yet: give it no ports (reach it at its bridge address) or run it in host mode",
                 mappings.len()
             )));
         }
@@ -291,7 +291,7 @@ impl LinuxContainerizer {
             .any(|r| r.name == names::NET_EGRESS_MBPS && r.scalar > 0.0)
         {
             return Err(refuse(format!(
-                "it asks for {} in bridge mode, and this agent limits egress in host mode                  only: run it in host mode",
+                "it asks for {} in bridge mode, and this agent limits egress in host mode only: run it in host mode",
                 names::NET_EGRESS_MBPS
             )));
         }
@@ -544,8 +544,10 @@ impl LinuxContainerizer {
         let granted = (|| {
             grants.devices = self.allow_devices(&spec.task, cg.as_ref())?;
             grants.ports = self.allow_ports(&spec.task, cg.as_ref())?;
-            grants.egress = self.limit_egress(&spec.task, cg.as_ref())?;
+            // Before the egress limit: a bridge task asking for one is refused with the reason
+            // that holds for bridge tasks on every agent.
             grants.bridge = self.lease_bridge(&spec.task)?;
+            grants.egress = self.limit_egress(&spec.task, cg.as_ref())?;
             Ok::<_, ContainerizerError>(())
         })();
         if let Err(e) = granted {
