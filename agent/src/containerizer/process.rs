@@ -64,7 +64,7 @@ impl ProcessContainerizer {
         match strata_proto::network::mode(&spec.task) {
             Ok(strata_proto::network::Mode::Host) => {}
             Ok(_) => {
-                return Err(ContainerizerError::InvalidTask {
+                return Err(ContainerizerError::NetworkRefused {
                     task_id: task_id.to_owned(),
                     reason: "it asks for a network namespace of its own (bridge or none), and \
                              this agent runs tasks as plain processes in its own"

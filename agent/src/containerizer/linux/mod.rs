@@ -263,12 +263,16 @@ impl LinuxContainerizer {
     /// mappings (not forwarded yet) or with an egress limit (not enforced on a veth yet).
     fn lease_bridge(&self, task: &TaskInfo) -> Result<Option<BridgeGrant>, ContainerizerError> {
         let task_id = task.task_id.as_str();
-        let refuse = |reason: String| ContainerizerError::InvalidTask {
+        let invalid = |reason: String| ContainerizerError::InvalidTask {
             task_id: task_id.to_owned(),
             reason,
         };
-        let mode = strata_proto::network::mode(task).map_err(refuse)?;
-        let mappings = strata_proto::network::mappings(task).map_err(refuse)?;
+        let refuse = |reason: String| ContainerizerError::NetworkRefused {
+            task_id: task_id.to_owned(),
+            reason,
+        };
+        let mode = strata_proto::network::mode(task).map_err(invalid)?;
+        let mappings = strata_proto::network::mappings(task).map_err(invalid)?;
         if mode != Mode::Bridge {
             return Ok(None);
         }
@@ -301,7 +305,7 @@ impl LinuxContainerizer {
         })?;
         let lease = guard
             .lease(task_id)
-            .map_err(|e| refuse(format!("cannot lease it an address: {e}")))?;
+            .map_err(|e| invalid(format!("cannot lease it an address: {e}")))?;
         tracing::debug!(task_id, address = %lease.address, veth = %lease.veth, bridge = guard.name(), "bridge address leased");
         Ok(Some((control.clone(), task_id.to_owned(), lease)))
     }
