@@ -223,6 +223,75 @@ pub fn bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()
     Ok(())
 }
 
+/// A bridge task's traffic is counted like any task's (the cgroup_skb programs hang on cgroups,
+/// not namespaces): a task that sends 4 MiB over TCP to a listener on the bridge's address has at
+/// least that many bytes out, at most 5% more (headers), and packets in (the acknowledgements).
+pub fn bridge_task_traffic_is_counted(helper: &Path) -> Result<()> {
+    const PAYLOAD: u64 = 4 << 20;
+    let mut acc = crate::accounting::Accounting::of(Env::with_bridge(
+        "bridge-acct",
+        helper,
+        BRIDGE,
+        SUBNET,
+    )?)?;
+    let listener = TcpListener::bind((GATEWAY, 0)).context("listening on the bridge's address")?;
+    let addr = listener.local_addr()?.to_string();
+    let receiver = std::thread::spawn(move || -> Result<u64> {
+        let (mut stream, _) = listener
+            .accept()
+            .context("accepting the task's connection")?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut received = Vec::new();
+        stream
+            .read_to_end(&mut received)
+            .context("reading the task's bytes")?;
+        Ok(received.len() as u64)
+    });
+    let task = acc.env.launch(
+        &Task::helper(
+            &acc.env,
+            "sender",
+            &["tcp-send-hold", &addr, &PAYLOAD.to_string(), "120"],
+        )
+        .bridge(),
+    )?;
+    let sent = acc.wait_for("sender", "sent_bytes")?;
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))??;
+    acc.env.sleep(Duration::from_millis(200));
+    let record = acc.record("sender")?;
+    acc.end(task.as_ref())?;
+    let net = record.network.context("no network figures")?;
+    eprintln!(
+        "bridge task: payload {PAYLOAD} B (sent {sent}, received {received}); eBPF tx {} B in {} \
+         packets, rx {} B in {} packets",
+        net.tx_bytes_total, net.tx_packets_total, net.rx_bytes_total, net.rx_packets_total
+    );
+    ensure!(
+        sent == PAYLOAD && received == PAYLOAD,
+        "sent {sent}, received {received}"
+    );
+    ensure!(
+        net.tx_bytes_total >= PAYLOAD && net.tx_bytes_total <= PAYLOAD + PAYLOAD / 20,
+        "tx bytes {} are not the payload {PAYLOAD} plus at most 5% of headers",
+        net.tx_bytes_total
+    );
+    ensure!(
+        net.rx_packets_total > 0,
+        "no packets in (acknowledgements) counted"
+    );
+    wait_for_leases(&acc.env, 0)?;
+    drop(acc);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    Ok(())
+}
+
+/// [`bridge_task_traffic_is_counted`] in a network namespace of the test's own.
+pub fn host_bridge_task_traffic_is_counted(helper: &Path) -> Result<()> {
+    in_own_network_namespace(|| bridge_task_traffic_is_counted(helper))
+}
+
 /// Runs `scenario` on a thread in a network namespace of its own (removed when the thread
 /// ends), so that the host's namespace gets no bridge, veth or address.
 fn in_own_network_namespace(scenario: impl FnOnce() -> Result<()> + Send) -> Result<()> {

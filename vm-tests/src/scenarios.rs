@@ -97,6 +97,9 @@ macro_rules! scenarios {
             bridge_tasks_the_agent_cannot_run_are_refused
                 => bridge::bridge_tasks_the_agent_cannot_run_are_refused,
                 on the host bridge::host_bridge_tasks_the_agent_cannot_run_are_refused;
+            bridge_task_traffic_is_counted
+                => bridge::bridge_task_traffic_is_counted,
+                on the host bridge::host_bridge_task_traffic_is_counted;
             accounting_cpu_seconds_match_the_task_rusage
                 => accounting::cpu_seconds_match_the_task_rusage;
             accounting_network_bytes_match_the_payload
