@@ -55,6 +55,14 @@ pub struct AgentArgs {
     /// link speed; none when it is unknown).
     #[arg(long, env = "STRATA_AGENT_NET_EGRESS_MBPS", value_parser = parse::scalar, value_name = "MBPS")]
     pub net_egress_mbps: Option<f64>,
+    /// Runs bridge-mode tasks: the IPv4 subnet of the agent's bridge, like 172.31.0.0/24 (the
+    /// bridge takes the first address, tasks lease the others). Without it, bridge tasks are
+    /// refused.
+    #[arg(long, env = "STRATA_AGENT_BRIDGE_SUBNET", value_parser = parse::ipv4_subnet, value_name = "A.B.C.D/LEN")]
+    pub bridge_subnet: Option<(std::net::Ipv4Addr, u8)>,
+    /// The name of the agent's bridge (its veths are named after it: NAMEv<n>).
+    #[arg(long, env = "STRATA_AGENT_BRIDGE_NAME", default_value = "strata0", value_parser = parse::bridge_name, value_name = "NAME")]
+    pub bridge_name: String,
     /// A packet of a task with an egress limit that would leave later than this after it was
     /// sent is dropped (the limiter's horizon).
     #[arg(long, env = "STRATA_AGENT_NET_EGRESS_HORIZON", default_value = "2s", value_parser = parse::duration, value_name = "DURATION")]
@@ -194,6 +202,8 @@ impl AgentArgs {
         config.net_egress_device = self.net_egress_device.clone();
         config.net_egress_mbps = self.net_egress_mbps;
         config.net_egress_horizon = self.net_egress_horizon;
+        config.bridge_subnet = self.bridge_subnet;
+        config.bridge_name = self.bridge_name.clone();
         config.resources = self.resources.clone().map(|r| r.0).unwrap_or_default();
         config.attributes = self.attributes.clone();
         config.gpus = self.gpus.clone();

@@ -10,12 +10,14 @@
 //! supervisor and init that outlive the agent), [`cgroup`] (its cgroup v2 and hybrid
 //! backends), `sys` (the small syscall layer, the only module with `unsafe`),
 //! [`status`] (reliable status updates), [`checkpoint`] (durable state under the work dir),
-//! [`ebpf`] (the kernel-side programs), [`usage`] (per-task usage records), [`http`] (the
+//! [`ebpf`] (the kernel-side programs), [`bridge`] (bridge networking: the bridge, leases,
+//! veths), [`usage`] (per-task usage records), [`http`] (the
 //! agent's own HTTP server: /health, /usage, /metrics, /profile), [`files`] (task sandboxes
 //! served over it: browse, read, follow), `connection` (the stream to the
 //! allocator) and `agent` (the core that ties them together).
 
 mod agent;
+pub mod bridge;
 pub mod cgroup;
 pub mod checkpoint;
 mod connection;

@@ -65,6 +65,17 @@ async fn agent_main(args: AgentCommand) -> ExitCode {
                 Err(e) => eprintln!("strata-agent: warning: {e}"),
             }
         }
+        // The bridge and its veths (the tasks are killed with their cgroups below; their
+        // veths would go with their namespaces, but not the bridge).
+        if config.bridge_subnet.is_some() {
+            match strata_agent::bridge::remove_all(&config.bridge_name) {
+                Ok(links) if !links.is_empty() => {
+                    eprintln!("strata-agent: removed {}", links.join(", "))
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("strata-agent: warning: {e}"),
+            }
+        }
         let removed = strata_agent::cgroup::detect(&roots.proc, &roots.cgroup, &placement)
             .and_then(|cgroups| cgroups.destroy_root());
         return match removed {

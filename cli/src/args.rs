@@ -272,9 +272,29 @@ pub struct RunArgs {
     /// Give up (exit 125) if no offer large enough arrives within this long.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration, default_value = "30s")]
     pub offer_timeout: Duration,
+    /// The task's network: host (the agent's network namespace), bridge (a namespace of its
+    /// own on the agent's bridge, with an address of the agent's subnet) or none (loopback
+    /// only).
+    #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
+    pub network: NetworkArg,
+    /// With --network bridge: forward HOST (a port the agent offers; the task asks for it) to
+    /// CONTAINER in the task's namespace, tcp and udp unless /tcp or /udp is given. Repeatable.
+    #[arg(long, value_name = "HOST:CONTAINER[/tcp|/udp]", value_parser = parse::publish)]
+    pub publish: Vec<(u16, u16, &'static str)>,
     /// The command and its arguments (put them after `--` if they start with `-`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `strata run --network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// The agent's network namespace.
+    Host,
+    /// A namespace of the task's own on the agent's bridge.
+    Bridge,
+    /// A namespace of the task's own with loopback only.
+    None,
 }
 
 /// `strata agents` and `strata frameworks`.

@@ -7,13 +7,15 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use strata_framework::proto::{Offer, TaskInfo, TaskReason, TaskState, TaskStatus};
+use strata_framework::proto::{
+    NetworkMode, Offer, PortProtocol, Resource, TaskInfo, TaskReason, TaskState, TaskStatus, names,
+};
 use strata_framework::{Event, Framework, FrameworkBuilder, OfferExt, ResourceBudget, task};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::args::RunArgs;
+use crate::args::{NetworkArg, RunArgs};
 use crate::render::fmt_scalar;
 use strata_common::parse::format_duration;
 
@@ -124,13 +126,34 @@ pub fn build_task(args: &RunArgs, task_id: &str) -> TaskInfo {
         .first()
         .map(|c| c.rsplit('/').next().unwrap_or(c).to_owned())
         .unwrap_or_else(|| task_id.to_owned());
-    builder
+    let mut builder = builder
         .name(args.name.clone().unwrap_or(default_name))
         .cpus(args.cpus)
         .mem(args.mem)
         .disk(args.disk)
         .gpus(f64::from(args.gpus))
-        .build()
+        .network_mode(match args.network {
+            NetworkArg::Host => NetworkMode::Host,
+            NetworkArg::Bridge => NetworkMode::Bridge,
+            NetworkArg::None => NetworkMode::None,
+        });
+    if !args.publish.is_empty() {
+        let ports: Vec<(u64, u64)> = args
+            .publish
+            .iter()
+            .map(|(host, _, _)| (u64::from(*host), u64::from(*host)))
+            .collect();
+        builder = builder.resource(Resource::ranges(names::PORTS, ports));
+    }
+    for (host, container, protocol) in &args.publish {
+        let protocol = match *protocol {
+            "tcp" => PortProtocol::Tcp,
+            "udp" => PortProtocol::Udp,
+            _ => PortProtocol::Unspecified,
+        };
+        builder = builder.port_mapping(*host, *container, protocol);
+    }
+    builder.build()
 }
 
 fn describe_request(task: &TaskInfo) -> String {
@@ -547,6 +570,61 @@ mod tests {
                 .expect_err("refused");
             assert!(e.to_string().contains("whole number"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn network_and_publish_reach_the_task() {
+        let t = build_task(&run_args(&["--", "true"]), "run-h");
+        assert_eq!(t.network_mode, NetworkMode::Host as i32);
+        let t = build_task(
+            &run_args(&[
+                "--network",
+                "bridge",
+                "--publish",
+                "31000:80/tcp",
+                "--publish",
+                "31001:53",
+                "--",
+                "true",
+            ]),
+            "run-b",
+        );
+        assert_eq!(t.network_mode, NetworkMode::Bridge as i32);
+        let maps = strata_framework::proto::network::mappings(&t).expect("valid mappings");
+        assert_eq!(
+            maps.iter()
+                .map(|m| (m.host, m.container, m.tcp, m.udp))
+                .collect::<Vec<_>>(),
+            vec![(31000, 80, true, false), (31001, 53, true, true)]
+        );
+    }
+
+    #[test]
+    fn abuse_publish_without_bridge_and_bad_mappings_are_refused() {
+        let t = build_task(&run_args(&["--publish", "31000:80", "--", "true"]), "run-p");
+        assert!(
+            strata_framework::proto::network::mappings(&t)
+                .unwrap_err()
+                .contains("bridge mode only")
+        );
+        for bad in ["0:80", "31000:99999", "31000", "31000:80/icmp"] {
+            assert!(
+                crate::args::Cli::try_parse_from(["strata", "run", "--publish", bad, "--", "true"])
+                    .is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        assert!(
+            crate::args::Cli::try_parse_from([
+                "strata",
+                "run",
+                "--network",
+                "overlay",
+                "--",
+                "true"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

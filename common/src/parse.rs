@@ -145,6 +145,73 @@ pub fn port_range(text: &str) -> Result<(u64, u64), String> {
     Ok((begin, end))
 }
 
+/// A published port, `HOST:CONTAINER` with an optional `/tcp` or `/udp` (neither: both), ports
+/// 1 to 65535; returned as (host, container, protocol) with the protocol `""`, `"tcp"` or
+/// `"udp"`.
+pub fn publish(text: &str) -> Result<(u16, u16, &'static str), String> {
+    let invalid = || {
+        format!("invalid port mapping {text:?}: use HOST:CONTAINER[/tcp|/udp], like 31000:80/tcp")
+    };
+    let (ports, protocol) = match text.rsplit_once('/') {
+        Some((p, "tcp")) => (p, "tcp"),
+        Some((p, "udp")) => (p, "udp"),
+        Some(_) => return Err(invalid()),
+        None => (text, ""),
+    };
+    let (host, container) = ports.split_once(':').ok_or_else(invalid)?;
+    let port = |p: &str| match p.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(invalid()),
+        Ok(p) => Ok(p),
+    };
+    Ok((port(host)?, port(container)?, protocol))
+}
+
+/// The longest bridge name: a bridge's veths are named `<bridge>v<offset>` (offset up to
+/// 65534) within the kernel's 15 bytes.
+pub const MAX_BRIDGE_NAME: usize = 9;
+
+/// A bridge name: 1 to [`MAX_BRIDGE_NAME`] letters, digits, `-` or `_`.
+pub fn bridge_name(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > MAX_BRIDGE_NAME
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "invalid bridge name {text:?}: use 1 to {MAX_BRIDGE_NAME} letters, digits, '-' or '_'"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// An IPv4 subnet `A.B.C.D/LEN` with LEN from 16 to 30 and no host bits set; returned as the
+/// network address and the prefix length.
+pub fn ipv4_subnet(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let invalid = |why: &str| format!("invalid subnet {text:?}: {why}");
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| invalid("use A.B.C.D/LEN, like 172.31.0.0/24"))?;
+    let addr: std::net::Ipv4Addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| invalid("the address is not an IPv4 address"))?;
+    let len: u8 = len
+        .trim()
+        .parse()
+        .map_err(|_| invalid("the prefix length is not a number"))?;
+    if !(16..=30).contains(&len) {
+        return Err(invalid(
+            "the prefix length must be 16 to 30 (at least 2 addresses for tasks, at most 65534)",
+        ));
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    if u32::from(addr) & !mask != 0 {
+        return Err(invalid("host bits are set: give the network address"));
+    }
+    Ok((addr, len))
+}
+
 /// An address to listen on: `HOST:PORT` (port 0 picks a free one), also written as a URL
 /// (`http://HOST:PORT/`); returned as `HOST:PORT`.
 pub fn listen(text: &str) -> Result<String, String> {
@@ -466,6 +533,53 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn publish_takes_host_container_and_a_protocol() {
+        assert_eq!(publish("31000:80"), Ok((31000, 80, "")));
+        assert_eq!(publish("31000:80/tcp"), Ok((31000, 80, "tcp")));
+        assert_eq!(publish("31000:53/udp"), Ok((31000, 53, "udp")));
+        for bad in [
+            "80",
+            "0:80",
+            "31000:0",
+            "31000:70000",
+            "31000:80/sctp",
+            "a:b",
+            "",
+        ] {
+            assert!(publish(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn abuse_bridge_names_are_bounded_and_plain() {
+        assert_eq!(bridge_name("strata0"), Ok("strata0".to_owned()));
+        for bad in ["", "strata0123", "br/0", "br 0", "../x", "br\n", "br.0"] {
+            assert!(bridge_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ipv4_subnet_takes_a_network_address_and_a_sane_length() {
+        assert_eq!(
+            ipv4_subnet("172.31.0.0/24"),
+            Ok((std::net::Ipv4Addr::new(172, 31, 0, 0), 24))
+        );
+        assert!(
+            ipv4_subnet("172.31.0.1/24")
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!(
+            ipv4_subnet("172.31.0.0/31")
+                .unwrap_err()
+                .contains("16 to 30")
+        );
+        assert!(ipv4_subnet("10.0.0.0/8").unwrap_err().contains("16 to 30"));
+        assert!(ipv4_subnet("fe80::/64").is_err());
+        assert!(ipv4_subnet("172.31.0.0").is_err());
+    }
 
     #[test]
     fn durations_take_units_plain_seconds_and_nothing_else() {

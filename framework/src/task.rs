@@ -173,6 +173,30 @@ impl TaskBuilder {
         self
     }
 
+    /// The task's network mode: host (the default), bridge (a namespace of its own on the
+    /// agent's bridge, with an address the agent leases) or none (loopback only).
+    pub fn network_mode(mut self, mode: strata_proto::NetworkMode) -> Self {
+        self.info.network_mode = mode as i32;
+        self
+    }
+
+    /// In bridge mode: forwards `host_port` (one of the task's ports) to `container_port` in
+    /// the task's namespace, for `protocol` (unspecified: tcp and udp). Without any mapping a
+    /// bridge task's ports are forwarded each to the same port.
+    pub fn port_mapping(
+        mut self,
+        host_port: u16,
+        container_port: u16,
+        protocol: strata_proto::PortProtocol,
+    ) -> Self {
+        self.info.port_mappings.push(strata_proto::PortMapping {
+            host_port: u32::from(host_port),
+            container_port: u32::from(container_port),
+            protocol: protocol as i32,
+        });
+        self
+    }
+
     /// The finished [`TaskInfo`]. A task without a command is rejected by the allocator
     /// (TASK_ERROR), so call [`shell`](Self::shell) or [`command`](Self::command) first.
     pub fn build(mut self) -> TaskInfo {
@@ -218,6 +242,26 @@ mod tests {
         assert_eq!(t.pids_limit, 64);
         assert_eq!(t.devices, vec!["/dev/fuse".to_owned()]);
         assert!(t.network_isolation);
+    }
+
+    #[test]
+    fn bridge_mode_and_mappings_reach_the_task_info() {
+        let t = task("br")
+            .shell("true")
+            .resource(Resource::ranges(names::PORTS, [(31000, 31000)]))
+            .network_mode(strata_proto::NetworkMode::Bridge)
+            .port_mapping(31000, 80, strata_proto::PortProtocol::Tcp)
+            .build();
+        assert_eq!(t.network_mode, strata_proto::NetworkMode::Bridge as i32);
+        assert_eq!(
+            strata_proto::network::mappings(&t),
+            Ok(vec![strata_proto::network::Mapping {
+                host: 31000,
+                container: 80,
+                tcp: true,
+                udp: false
+            }])
+        );
     }
 
     #[test]

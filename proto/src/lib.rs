@@ -22,6 +22,7 @@ pub use v1::*;
 pub mod ids;
 pub mod leader;
 pub mod limits;
+pub mod network;
 
 /// Well-known resource names.
 pub mod names {

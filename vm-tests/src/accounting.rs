@@ -43,15 +43,19 @@ const HOLD_SECS: &str = "120";
 
 /// An [`Env`] with the agent's eBPF programs attached at its unified cgroup root and a usage
 /// collector for its tasks.
-struct Accounting {
-    env: Env,
+pub(crate) struct Accounting {
+    pub(crate) env: Env,
     collector: Collector,
     ebpf: Ebpf,
 }
 
 impl Accounting {
     fn new(name: &str, helper: &Path) -> Result<Self> {
-        let env = Env::new(name, helper)?;
+        Self::of(Env::new(name, helper)?)
+    }
+
+    /// With the collector and the agent's eBPF programs over `env`'s tasks.
+    pub(crate) fn of(env: Env) -> Result<Self> {
         let layout = Layout::of_backend(
             env.containerizer.cgroups().as_ref(),
             Path::new("/sys/fs/cgroup"),
@@ -75,7 +79,7 @@ impl Accounting {
     }
 
     /// The task's record now.
-    fn record(&mut self, task_id: &str) -> Result<TaskUsage> {
+    pub(crate) fn record(&mut self, task_id: &str) -> Result<TaskUsage> {
         let task = TaskRef {
             framework_id: FRAMEWORK.to_owned(),
             task_id: task_id.to_owned(),
@@ -94,7 +98,7 @@ impl Accounting {
     }
 
     /// Waits until the task's stdout has a `key=` line; its value.
-    fn wait_for(&self, task_id: &str, key: &str) -> Result<u64> {
+    pub(crate) fn wait_for(&self, task_id: &str, key: &str) -> Result<u64> {
         let deadline = Instant::now() + READY;
         let prefix = format!("{key}=");
         loop {
@@ -115,7 +119,7 @@ impl Accounting {
         }
     }
 
-    fn end(&self, task: &dyn Container) -> Result<()> {
+    pub(crate) fn end(&self, task: &dyn Container) -> Result<()> {
         self.env.kill(task, Duration::ZERO)?;
         Ok(())
     }

@@ -160,6 +160,13 @@ impl Task {
         self
     }
 
+    /// Bridge networking: a namespace of its own on the agent's bridge.
+    #[must_use]
+    pub fn bridge(mut self) -> Self {
+        self.info.network_mode = strata_proto::NetworkMode::Bridge as i32;
+        self
+    }
+
     /// The ports resource (closed ranges).
     #[must_use]
     pub fn ports(mut self, ranges: &[(u64, u64)]) -> Self {
@@ -327,6 +334,37 @@ impl Env {
         self.containerizer =
             LinuxContainerizer::new(LinuxConfig::new(self.work.path()), self.cgroups.clone());
         self.containerizer = self.egress_containerizer(device)?;
+        Ok(())
+    }
+
+    /// Like [`Env::supervised`], with bridge networking on bridge `name` with `subnet` (made
+    /// in the machine's network namespace: guest only).
+    pub fn with_bridge(name: &str, helper: &Path, bridge: &str, subnet: &str) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        env.containerizer = env.bridge_containerizer(bridge, subnet)?;
+        Ok(env)
+    }
+
+    fn bridge_containerizer(&self, bridge: &str, subnet: &str) -> Result<LinuxContainerizer> {
+        let subnet = strata_agent::bridge::Subnet::parse(subnet).map_err(anyhow::Error::msg)?;
+        let control = strata_agent::bridge::BridgeControl::start(bridge, subnet)
+            .with_context(|| format!("setting up the bridge {bridge}"))?;
+        let mut config = LinuxConfig::new(self.work.path());
+        config.supervisor_exe = Some(self.helper.clone());
+        config.default_user = NOBODY.to_owned();
+        Ok(LinuxContainerizer::new(config, self.cgroups.clone()).with_bridge_control(control))
+    }
+
+    /// Simulates an agent restart with bridge networking: the runtime (with the reapers, which
+    /// hold the old leases) and the containerizer are replaced by new ones, with an empty lease
+    /// table until [`Env::recover`] re-attaches the running tasks.
+    pub fn restart_with_bridge(&mut self, bridge: &str, subnet: &str) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a tokio runtime")?;
+        drop(std::mem::replace(&mut self.rt, rt));
+        self.containerizer = self.bridge_containerizer(bridge, subnet)?;
         Ok(())
     }
 

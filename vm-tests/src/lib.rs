@@ -13,6 +13,7 @@
 //! [`scenarios!`] (see [`scenarios`](mod@scenarios)).
 
 pub mod accounting;
+pub mod bridge;
 pub mod egress;
 pub mod isolation;
 pub mod ports;

@@ -91,6 +91,18 @@ macro_rules! scenarios {
             containerizer_sandboxes_are_private_and_run_files_the_agents_alone
                 as sandboxes_are_private_and_run_files_the_agents_alone
                 => isolation::sandboxes_are_private_and_run_files_the_agents_alone;
+            bridge_tasks_reach_each_other_and_the_host_and_leave_nothing
+                => bridge::bridge_tasks_reach_each_other_and_the_host_and_leave_nothing,
+                on the host bridge::host_bridge_tasks_reach_each_other_and_the_host_and_leave_nothing;
+            bridge_a_restarted_agent_readopts_a_bridge_task
+                => bridge::a_restarted_agent_readopts_a_bridge_task,
+                on the host bridge::host_a_restarted_agent_readopts_a_bridge_task;
+            bridge_tasks_the_agent_cannot_run_are_refused
+                => bridge::bridge_tasks_the_agent_cannot_run_are_refused,
+                on the host bridge::host_bridge_tasks_the_agent_cannot_run_are_refused;
+            bridge_task_traffic_is_counted
+                => bridge::bridge_task_traffic_is_counted,
+                on the host bridge::host_bridge_task_traffic_is_counted;
             accounting_cpu_seconds_match_the_task_rusage
                 => accounting::cpu_seconds_match_the_task_rusage;
             accounting_network_bytes_match_the_payload

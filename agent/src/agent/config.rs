@@ -37,6 +37,14 @@ pub struct AgentConfig {
     pub net_egress_mbps: Option<f64>,
     /// A limited task's packet that would leave later than this after it was sent is dropped.
     pub net_egress_horizon: Duration,
+    /// The subnet of the agent's bridge (network address, prefix length): `None` refuses bridge
+    /// tasks.
+    pub bridge_subnet: Option<(std::net::Ipv4Addr, u8)>,
+    /// The name of the agent's bridge.
+    pub bridge_name: String,
+    /// Set at start-up when the agent cannot enforce ports (no cgroup bind hooks): it then
+    /// offers none.
+    pub withhold_ports: bool,
     /// `--resources`: each name listed replaces the discovered (or overridden) resource of
     /// that name; entries with a role are static reservations. Empty: none.
     pub resources: Vec<strata_common::parse::ResourceEntry>,
@@ -140,6 +148,9 @@ impl AgentConfig {
             net_egress_device: None,
             net_egress_mbps: None,
             net_egress_horizon: crate::ebpf::DEFAULT_EGRESS_HORIZON,
+            bridge_subnet: None,
+            bridge_name: "strata0".to_owned(),
+            withhold_ports: false,
             resources: Vec::new(),
             attributes: Vec::new(),
             gpus: GpuSelection::Auto,

@@ -135,6 +135,7 @@ impl Agent {
         if recovered > 0 {
             tracing::info!(tasks = recovered, "recovered tasks from the checkpoint");
         }
+        self.containerizer.recovered();
     }
 }
 

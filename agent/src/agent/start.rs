@@ -160,8 +160,11 @@ fn supervisor_exe(config: &AgentConfig) -> Option<PathBuf> {
 fn containerizer_for(
     config: &mut AgentConfig,
 ) -> Result<(Arc<dyn Containerizer>, Cgroups), AgentError> {
-    let (containerizer, cgroups, egress) = containerizer_and_egress(config)?;
+    let (containerizer, cgroups, egress, ports) = containerizer_and_egress(config)?;
     offer_egress(config, egress);
+    if let Err(why) = ports {
+        withhold_ports(config, &why);
+    }
     Ok((containerizer, cgroups))
 }
 
@@ -198,9 +201,24 @@ pub(super) fn offer_egress(config: &mut AgentConfig, egress: EgressOffer) {
     }
 }
 
-fn containerizer_and_egress(
-    config: &AgentConfig,
-) -> Result<(Arc<dyn Containerizer>, Cgroups, EgressOffer), AgentError> {
+/// Stops offering `ports` (the agent cannot enforce them: `why`): the discovered range and any
+/// `--resources` entry of it.
+pub(super) fn withhold_ports(config: &mut AgentConfig, why: &str) {
+    config.withhold_ports = true;
+    config
+        .resources
+        .retain(|e| e.name != strata_proto::names::PORTS);
+    tracing::warn!("port enforcement is unavailable, ports are not offered: {why}");
+}
+
+/// Whether the agent enforces ports, or why not.
+type PortsEnforced = Result<(), String>;
+
+/// The containerizer, its cgroups, what the egress limiter leaves to offer and whether ports
+/// are enforced.
+type Contained = (Arc<dyn Containerizer>, Cgroups, EgressOffer, PortsEnforced);
+
+fn containerizer_and_egress(config: &AgentConfig) -> Result<Contained, AgentError> {
     let no_cgroups = || "tasks do not run in cgroups, by which the limiter finds them".to_owned();
     if config.isolation == Isolation::None {
         tracing::info!("tasks run as plain processes (--isolation none): no limits are enforced");
@@ -208,6 +226,7 @@ fn containerizer_and_egress(
             Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
             None,
             Err(no_cgroups()),
+            Ok(()),
         ));
     }
     let placement = config.root_placement();
@@ -257,9 +276,10 @@ fn containerizer_and_egress(
                     Err(e) => tracing::debug!(error = %e, "no NVIDIA device nodes"),
                 }
             }
-            containerizer = with_port_control(config, containerizer, backend.as_ref());
+            let (containerizer, ports) = with_port_control(config, containerizer, backend.as_ref());
             let (containerizer, egress) = with_egress_control(config, containerizer);
-            Ok((Arc::new(containerizer), Some(backend), egress))
+            let containerizer = with_bridge(config, containerizer);
+            Ok((Arc::new(containerizer), Some(backend), egress, ports))
         }
         Err(e) if config.isolation == Isolation::Auto && !cgroups_expected(&e) => {
             tracing::warn!(error = %e, "tasks run as plain processes without limits (offered with the attribute isolation=none): this host gives the agent no cgroups; run it as root on a host with cgroup2 to isolate them");
@@ -267,6 +287,7 @@ fn containerizer_and_egress(
                 Arc::new(ProcessContainerizer::new(config.work_dir.clone())),
                 None,
                 Err(no_cgroups()),
+                Ok(()),
             ))
         }
         Err(e) => Err(e.into()),
@@ -311,6 +332,41 @@ fn with_egress_control(
     }
 }
 
+/// Bridge networking (see [`crate::bridge`]) with `--bridge-subnet`: the bridge made (or taken)
+/// and up. A kernel without bridges or veths, or an agent without CAP_NET_ADMIN: one warning
+/// saying so, and bridge tasks are refused with that reason.
+fn with_bridge(config: &AgentConfig, containerizer: LinuxContainerizer) -> LinuxContainerizer {
+    let Some((network, prefix)) = config.bridge_subnet else {
+        tracing::info!("bridge networking is off (no --bridge-subnet): bridge tasks are refused");
+        return containerizer;
+    };
+    let subnet = crate::bridge::Subnet { network, prefix };
+    if containerizer.supervised() {
+        match crate::bridge::BridgeControl::start(&config.bridge_name, subnet) {
+            Ok(control) => {
+                tracing::info!(bridge = %config.bridge_name, %subnet, gateway = %subnet.gateway(),
+                    "bridge networking on: bridge tasks get an address of the subnet on the bridge");
+                containerizer.with_bridge_control(control)
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %config.bridge_name, %subnet, error = %e,
+                    "bridge networking is unavailable: bridge tasks are refused");
+                containerizer.without_bridge(format!(
+                    "bridge networking is unavailable on this agent: {e}"
+                ))
+            }
+        }
+    } else {
+        tracing::warn!(
+            "bridge networking is unavailable: it needs the per-task supervisors (the strata-agent binary); bridge tasks are refused"
+        );
+        containerizer.without_bridge(
+            "bridge networking is unavailable on this agent: it runs tasks without supervisors"
+                .to_owned(),
+        )
+    }
+}
+
 /// The egress bandwidth the agent offers on `device`: the sum of the `net_egress_mbps` entries
 /// of `--resources` (all roles), else `--net-egress-mbps`, else the device's link speed; the
 /// reason when none is known.
@@ -338,14 +394,14 @@ pub(super) fn egress_rate(config: &AgentConfig, device: &str) -> Result<f64, Str
 
 /// Port enforcement for host-network tasks (see [`crate::ebpf::PortControl`]): the bind
 /// programs at the tasks' root on the unified hierarchy, with the agent's managed ports. A
-/// kernel without cgroup bind hooks (or an agent without the rights to attach them) gets one
-/// warning saying so, and the agent runs on with ports not enforced. Also warns when the
-/// kernel's ephemeral range overlaps the managed ports (autobind does not pass the hooks).
+/// kernel without cgroup bind hooks (or an agent without the rights to attach them): the reason,
+/// and the agent does not offer ports ([`withhold_ports`]). Also warns when the kernel's
+/// ephemeral range overlaps the managed ports (autobind does not pass the hooks).
 fn with_port_control(
     config: &AgentConfig,
     containerizer: LinuxContainerizer,
     backend: &dyn CgroupBackend,
-) -> LinuxContainerizer {
+) -> (LinuxContainerizer, PortsEnforced) {
     let managed = managed_ports(config);
     if let Some((first, last)) = crate::ebpf::ephemeral_overlap(&config.roots.proc, &managed) {
         tracing::warn!(
@@ -359,24 +415,28 @@ fn with_port_control(
         );
     }
     let Some(root) = backend.unified_root() else {
-        tracing::warn!(
-            "port enforcement is unavailable: the task cgroups have no cgroup v2 (unified) \
-             directory to attach the bind programs to; host-network tasks can bind any port"
+        return (
+            containerizer,
+            Err(
+                "the task cgroups have no cgroup v2 (unified) directory to attach the bind \
+                 programs to"
+                    .to_owned(),
+            ),
         );
-        return containerizer;
     };
     match crate::ebpf::PortControl::load(&root, &managed) {
         Ok(control) => {
             tracing::info!(cgroup = %root.display(), managed_ports = ?managed,
                 "port enforcement on: host-network tasks may bind only the ports they were given");
-            containerizer.with_port_control(control)
+            (containerizer.with_port_control(control), Ok(()))
         }
-        Err(e) => {
-            tracing::warn!(cgroup = %root.display(), error = %e,
-                "port enforcement is unavailable (this kernel has no cgroup bind hooks, or the \
-                 agent cannot attach them): host-network tasks can bind any port");
-            containerizer
-        }
+        Err(e) => (
+            containerizer,
+            Err(format!(
+                "this kernel has no cgroup bind hooks, or the agent cannot attach them at {}: {e}",
+                root.display()
+            )),
+        ),
     }
 }
 
@@ -786,7 +846,10 @@ fn agent_info(
     AgentInfo {
         id: String::new(),
         hostname: found.hostname.clone(),
-        resources: registered_resources(&found.resources, gpus.devices.len(), &config.resources),
+        resources: registered_resources(&found.resources, gpus.devices.len(), &config.resources)
+            .into_iter()
+            .filter(|r| !(config.withhold_ports && r.name == strata_proto::names::PORTS))
+            .collect(),
         attributes,
         kernel: Some(found.kernel),
         version: env!("CARGO_PKG_VERSION").to_owned(),

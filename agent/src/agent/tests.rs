@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::start::{allocator_endpoint, allocator_uris, egress_rate, managed_ports, offer_egress};
+use super::start::{
+    allocator_endpoint, allocator_uris, egress_rate, managed_ports, offer_egress, withhold_ports,
+};
 use super::*;
 use crate::checkpoint;
 
@@ -123,6 +125,18 @@ fn net_egress_mbps_is_offered_only_with_the_limiter_on() {
     // Off (no fq, ...): not offered, even when the operator listed it.
     offer_egress(&mut c, Err("no fq".to_owned()));
     assert!(offered(&c).is_empty());
+    assert!(c.resources.iter().any(|e| e.name == "cpus"));
+}
+
+#[test]
+fn ports_the_agent_cannot_enforce_are_not_offered() {
+    let mut c = AgentConfig::new("127.0.0.1:5050", "/tmp/w");
+    c.resources = strata_common::parse::agent_resources("cpus:2;ports:[31000-31009]")
+        .expect("valid resources");
+    assert!(!c.withhold_ports);
+    withhold_ports(&mut c, "no cgroup bind hooks");
+    assert!(c.withhold_ports, "the discovered range is withheld too");
+    assert!(c.resources.iter().all(|e| e.name != "ports"));
     assert!(c.resources.iter().any(|e| e.name == "cpus"));
 }
 

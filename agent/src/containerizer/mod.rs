@@ -177,6 +177,16 @@ pub enum ContainerizerError {
         /// What is wrong.
         reason: String,
     },
+    /// The task asks for a network this agent cannot give it (bridge without a bridge, port
+    /// mappings, an egress limit in bridge mode, ...): refused (TASK_ERROR), as a capability
+    /// the agent does not allow.
+    #[error("task {task_id:?} cannot run on this agent: {reason}")]
+    NetworkRefused {
+        /// The task.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
     /// The task asks for capabilities the agent's allow-list lacks.
     #[error(
         "task {task_id:?} asks for {} that this agent does not allow: {}; drop {2} from command.capabilities, or the agent's operator can allow {2} with --allowed-capabilities (allowed now: {3})",
@@ -215,7 +225,10 @@ impl ContainerizerError {
     /// Whether the task itself asks for what this agent refuses (reported as `TASK_ERROR`),
     /// rather than a launch that failed.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::CapabilityNotAllowed { .. })
+        matches!(
+            self,
+            Self::CapabilityNotAllowed { .. } | Self::NetworkRefused { .. }
+        )
     }
 }
 
@@ -273,6 +286,10 @@ pub trait Containerizer: Send + Sync + fmt::Debug {
 
     /// Called when the agent stops: removes what the containerizer set up that no task uses.
     fn cleanup(&self) {}
+
+    /// Called once recovery has re-attached every task it could: removes what earlier agents
+    /// set up for tasks that were not recovered (their bridge veths).
+    fn recovered(&self) {}
 
     /// The egress limiter, when this containerizer limits tasks' egress (the usage collector
     /// reads its drops).

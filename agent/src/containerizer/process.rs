@@ -59,6 +59,25 @@ impl ProcessContainerizer {
     ) -> Result<Box<dyn Container>, ContainerizerError> {
         let task_id = spec.task.task_id.as_str();
         let command = checked_command(spec)?;
+        // Plain processes share the agent's network namespace: a task that asks for another
+        // network is refused rather than run in the host's.
+        match strata_proto::network::mode(&spec.task) {
+            Ok(strata_proto::network::Mode::Host) => {}
+            Ok(_) => {
+                return Err(ContainerizerError::NetworkRefused {
+                    task_id: task_id.to_owned(),
+                    reason: "it asks for a network namespace of its own (bridge or none), and \
+                             this agent runs tasks as plain processes in its own"
+                        .to_owned(),
+                });
+            }
+            Err(reason) => {
+                return Err(ContainerizerError::InvalidTask {
+                    task_id: task_id.to_owned(),
+                    reason,
+                });
+            }
+        }
         if !command.user.is_empty()
             && command.user != self.agent_user
             && command.user != self.agent_uid

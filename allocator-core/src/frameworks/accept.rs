@@ -578,6 +578,9 @@ fn check_task_fields(t: &TaskInfo, agent: &AgentId, errors: &mut Vec<String>) {
             t.agent_id
         ));
     }
+    if let Err(e) = strata_proto::network::mappings(t) {
+        errors.push(format!("task {:?}: {e}", shorten(name, 64)));
+    }
 }
 
 /// An error when a task asks for less than the least cpus or memory a task may have: every

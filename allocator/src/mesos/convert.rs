@@ -10,9 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use strata_proto::{
-    CommandInfo, Filters, FrameworkCapability, FrameworkInfo, Offer, Operation, Resource,
-    ResourceKind, TaskInfo, TaskReason, TaskSource, TaskState, TaskStatus, ValueRange, call, event,
-    operation,
+    CommandInfo, Filters, FrameworkCapability, FrameworkInfo, NetworkMode, Offer, Operation,
+    PortMapping, PortProtocol, Resource, ResourceKind, TaskInfo, TaskReason, TaskSource, TaskState,
+    TaskStatus, ValueRange, call, event, operation,
 };
 
 use super::json;
@@ -361,8 +361,11 @@ fn task_info(t: json::TaskInfo, task_id: String, agent_id: String) -> TaskInfo {
                 .collect()
         })
         .unwrap_or_default();
+    let (network_mode, port_mappings) = network_from_mesos(t.container.as_ref());
     TaskInfo {
         task_id,
+        network_mode: network_mode as i32,
+        port_mappings,
         name: t.name,
         agent_id,
         resources: t.resources.iter().map(resource_from_mesos).collect(),
@@ -381,6 +384,52 @@ fn task_info(t: json::TaskInfo, task_id: String, agent_id: String) -> TaskInfo {
             .map_or(0.0, |g| g.nanoseconds.max(0) as f64 / 1e9),
         ..TaskInfo::default()
     }
+}
+
+/// The network of a Mesos `ContainerInfo`: Docker's `network` (HOST, BRIDGE, NONE; USER is a
+/// named network, which is Strata's bridge), else bridge when it names `network_infos` (a CNI
+/// network: Strata's agents have one, their bridge), else host; with the port mappings of
+/// either. A protocol other than tcp or udp becomes one the core refuses, naming it unknown.
+fn network_from_mesos(c: Option<&json::ContainerInfo>) -> (NetworkMode, Vec<PortMapping>) {
+    let Some(c) = c else {
+        return (NetworkMode::Unspecified, Vec::new());
+    };
+    let docker_mode = c
+        .docker
+        .as_ref()
+        .and_then(|d| d.network.as_deref())
+        .map(|n| match n.to_ascii_uppercase().as_str() {
+            "HOST" => NetworkMode::Host,
+            "NONE" => NetworkMode::None,
+            _ => NetworkMode::Bridge,
+        });
+    let mode = docker_mode.unwrap_or(if c.network_infos.is_empty() {
+        NetworkMode::Unspecified
+    } else {
+        NetworkMode::Bridge
+    });
+    let mappings = c
+        .network_infos
+        .iter()
+        .flat_map(|n| n.port_mappings.iter())
+        .chain(c.docker.iter().flat_map(|d| d.port_mappings.iter()))
+        .map(|m| PortMapping {
+            host_port: m.host_port,
+            container_port: m.container_port,
+            protocol: match m
+                .protocol
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None => PortProtocol::Unspecified as i32,
+                Some("tcp") => PortProtocol::Tcp as i32,
+                Some("udp") => PortProtocol::Udp as i32,
+                Some(_) => i32::MAX,
+            },
+        })
+        .collect();
+    (mode, mappings)
 }
 
 /// A Mesos resource as Strata's: the role is the last reservation's (refinement), else the
@@ -793,6 +842,46 @@ mod tests {
         assert_eq!(t.resources[1].kind(), ResourceKind::Ranges);
         assert_eq!(refused.tasks.len(), 1);
         assert_eq!(refused.tasks[0].0, "t2");
+    }
+
+    #[test]
+    fn container_network_infos_map_to_bridge_mode_with_port_mappings() {
+        let net = |container: &str| {
+            let c = parse(&format!(
+                r#"{{"type":"ACCEPT","framework_id":{{"value":"f"}},"accept":{{
+                "offer_ids":[{{"value":"o1"}}],
+                "operations":[{{"type":"LAUNCH","launch":{{"task_infos":[
+                  {{"name":"t","task_id":{{"value":"t1"}},"agent_id":{{"value":"a"}},
+                   "command":{{"value":"true"}}{container}}}]}}}}]}}}}"#
+            ));
+            let (out, _) = call("f", "ACCEPT", c).expect("valid").expect("a call");
+            let call::Call::Accept(a) = out else {
+                panic!("not an accept")
+            };
+            let Some(operation::Operation::Launch(l)) = &a.operations[0].operation else {
+                panic!("not a launch")
+            };
+            l.tasks[0].clone()
+        };
+        assert_eq!(net("").network_mode(), NetworkMode::Unspecified);
+        let cni = net(
+            r#","container":{"type":"MESOS","network_infos":[{"name":"net",
+                "port_mappings":[{"host_port":31000,"container_port":80,"protocol":"tcp"},
+                                 {"host_port":31001,"container_port":53,"protocol":"sctp"}]}]}"#,
+        );
+        assert_eq!(cni.network_mode(), NetworkMode::Bridge);
+        assert_eq!(cni.port_mappings[0].host_port, 31000);
+        assert_eq!(cni.port_mappings[0].container_port, 80);
+        assert_eq!(cni.port_mappings[0].protocol(), PortProtocol::Tcp);
+        assert_eq!(
+            cni.port_mappings[1].protocol,
+            i32::MAX,
+            "an unknown protocol stays unknown, for the core to refuse"
+        );
+        let docker = net(r#","container":{"type":"DOCKER","docker":{"network":"NONE"}}"#);
+        assert_eq!(docker.network_mode(), NetworkMode::None);
+        let docker = net(r#","container":{"type":"DOCKER","docker":{"network":"HOST"}}"#);
+        assert_eq!(docker.network_mode(), NetworkMode::Host);
     }
 
     #[test]

@@ -226,6 +226,42 @@ pub struct TaskInfo {
     pub executor: Option<serde_json::Value>,
     pub labels: Option<Labels>,
     pub kill_policy: Option<KillPolicy>,
+    /// Only its network is used: `network_infos` (a task on a CNI network runs in bridge mode,
+    /// the one network Strata's agents have) or the Docker `network`, and the port mappings.
+    pub container: Option<ContainerInfo>,
+}
+
+/// `ContainerInfo`: the parts that map to Strata's network modes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerInfo {
+    pub network_infos: Vec<NetworkInfo>,
+    pub docker: Option<DockerInfo>,
+}
+
+/// `NetworkInfo`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NetworkInfo {
+    pub name: Option<String>,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// `ContainerInfo.DockerInfo`: `network` is HOST, BRIDGE, NONE or USER.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DockerInfo {
+    pub network: Option<String>,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// `NetworkInfo.PortMapping`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PortMapping {
+    pub host_port: u32,
+    pub container_port: u32,
+    pub protocol: Option<String>,
 }
 
 /// `CommandInfo`.

@@ -230,6 +230,7 @@ fn main() -> Result<()> {
         "tcp-sink" => tcp_sink(num(0)?),
         "rr-server" => rr_server(num(0)?),
         "rr-client" => rr_client(arg(0)?, num(1)?),
+        "net-info" => net_info(),
         other => bail!("unknown command {other:?}"),
     }
 }
@@ -546,6 +547,27 @@ fn rr_server(port: u64) -> Result<()> {
                 }
             }
         });
+    }
+    Ok(())
+}
+
+/// The task's IPv4 address on its default route (`addr=`, from a UDP socket connected to an
+/// outside address: no packet is sent) and its interfaces (`ifaces=`, from /proc/net/dev).
+fn net_info() -> Result<()> {
+    let ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .context("reading /proc/net/dev")?
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+        .collect();
+    println!("ifaces={}", ifaces.join(","));
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+    match socket.connect("192.0.2.1:9") {
+        Ok(()) => println!(
+            "addr={}",
+            socket.local_addr().context("the local address")?.ip()
+        ),
+        Err(e) => println!("addr=none ({e})"),
     }
     Ok(())
 }

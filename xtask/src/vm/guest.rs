@@ -41,9 +41,11 @@ mount -t tmpfs tmpfs /run
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 echo "STRATA-VM-BOOTED: kernel $(uname -r), $(cut -d' ' -f1 /proc/uptime) s after boot"
-# The network modules (veth, fq, htb, clsact, cls_bpf): built as modules by Debian.
-for m in /modules/*.ko; do
-  [ -e "$m" ] && { insmod "$m" || echo "STRATA-VM: cannot load module $m"; }
+# The network modules (veth, fq, htb, clsact, cls_bpf, the bridge): built as modules by
+# Debian; llc and stp first (the bridge needs them), each once.
+for m in /modules/llc.ko /modules/stp.ko /modules/*.ko; do
+  n=$(basename "$m" .ko)
+  [ -e "$m" ] && ! grep -q "^$n " /proc/modules && { insmod "$m" || echo "STRATA-VM: cannot load module $m"; }
 done
 ip link set lo up
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do

@@ -252,15 +252,19 @@ pub fn vmlinux(e: &LockEntry) -> Result<PathBuf> {
 
 /// The kernel modules the guest loads at boot (the Debian kernels build them as modules): veth
 /// pairs, the fq and htb qdiscs, clsact (sch_ingress), tc BPF filters (cls_bpf) and u32 filters
-/// (cls_u32, for the htb comparison), for the network tests and `cargo xtask bench network`.
-/// None has dependencies.
-pub const GUEST_MODULES: [&str; 6] = [
+/// (cls_u32, for the htb comparison), for the network tests and `cargo xtask bench network`, and
+/// the bridge (with llc and stp, which it needs: the guest loads them first) for bridge
+/// networking. The others have no dependencies.
+pub const GUEST_MODULES: [&str; 9] = [
     "veth",
     "sch_fq",
     "sch_htb",
     "sch_ingress",
     "cls_bpf",
     "cls_u32",
+    "llc",
+    "stp",
+    "bridge",
 ];
 
 /// A directory with [`GUEST_MODULES`] of the kernel, uncompressed (`<name>.ko`), from the cache

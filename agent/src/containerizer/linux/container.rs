@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
+use crate::bridge::{BridgeControl, Lease};
 use crate::cgroup::{self, MemoryOom, TaskCgroup};
 use crate::containerizer::{Container, ContainerizerError, ExitStatus, supervisor};
 use crate::ebpf::{DeviceControl, EgressControl, PortControl};
@@ -27,6 +28,9 @@ pub(super) type PortGrant = (Arc<Mutex<PortControl>>, strata_agent_common::Cgrou
 /// The egress limit of a task: to remove its map entry when it ends.
 pub(super) type EgressGrant = (Arc<Mutex<EgressControl>>, strata_agent_common::CgroupId);
 
+/// The bridge lease of a task: to remove its veth and free its address when it ends.
+pub(super) type BridgeGrant = (Arc<Mutex<BridgeControl>>, String, Lease);
+
 /// How long a task's egress limit outlives its cgroup: data its sockets still hold when its
 /// processes are gone (a send buffer being drained after `close()`) leaves at its rate for this
 /// long, unlimited after.
@@ -38,6 +42,7 @@ pub(super) struct Grants {
     pub devices: Option<DeviceGrant>,
     pub ports: Option<PortGrant>,
     pub egress: Option<EgressGrant>,
+    pub bridge: Option<BridgeGrant>,
 }
 
 impl Grants {
@@ -57,6 +62,11 @@ impl Grants {
             && let Ok(mut control) = control.lock()
         {
             control.forget(id);
+        }
+        if let Some((control, task_id, lease)) = self.bridge
+            && let Ok(mut control) = control.lock()
+        {
+            control.release(&task_id, &lease);
         }
     }
 }
@@ -103,8 +113,8 @@ pub(super) fn spawn_reaper(
         }
         if cg.try_remove() {
             let _ = exit_tx.send(Some((result, oom)));
-            // The cgroup is gone: its device rules, ports and egress limit can go after the end is
-            // published.
+            // The cgroup is gone: its device rules, ports, egress limit and bridge lease can go
+            // after the end is published.
             forget();
         } else {
             let _ = tokio::task::spawn_blocking(move || {

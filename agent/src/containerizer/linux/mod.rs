@@ -34,6 +34,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use strata_proto::{CommandInfo, TaskInfo, names, scalar_sum};
 
+use crate::bridge::{BridgeControl, Lease};
 use crate::cgroup::{self, CgroupBackend, Limits, TaskCgroup};
 use crate::checkpoint;
 use crate::containerizer::{
@@ -42,9 +43,10 @@ use crate::containerizer::{
 };
 use crate::ebpf::{DeviceControl, DeviceRule, EgressControl, PortControl};
 use container::{
-    DeviceGrant, EgressGrant, GoneCgroup, Grants, LinuxContainer, PortGrant, pidfd_exited,
-    spawn_reaper,
+    BridgeGrant, DeviceGrant, EgressGrant, GoneCgroup, Grants, LinuxContainer, PortGrant,
+    pidfd_exited, spawn_reaper,
 };
+use strata_proto::network::Mode;
 use supervised::Launcher;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -167,6 +169,8 @@ pub struct LinuxContainerizer {
     ports: Option<Arc<Mutex<PortControl>>>,
     /// Egress bandwidth limits (see [`crate::ebpf::EgressControl`]).
     egress: Option<Arc<Mutex<EgressControl>>>,
+    /// Bridge networking (see [`crate::bridge`]), or why this agent has none.
+    bridge: Result<Arc<Mutex<BridgeControl>>, String>,
     /// The device program's attachment to an empty cgroup ([`cgroup::DEVICE_KEEPER_DIR`]) that
     /// lives as long as the agent: the kernel enables its cgroup-device hook (a static key,
     /// patched into the code on every cpu) when the first program is attached and disables it
@@ -198,6 +202,9 @@ impl LinuxContainerizer {
             gpu_nodes: None,
             ports: None,
             egress: None,
+            bridge: Err(
+                "bridge networking is off on this agent (start it with --bridge-subnet)".to_owned(),
+            ),
             device_keeper: Arc::new(Mutex::new(None)),
             launcher: Arc::new(tokio::sync::Mutex::new(None)),
             agent_user,
@@ -234,6 +241,84 @@ impl LinuxContainerizer {
     pub fn with_egress_control(mut self, egress: EgressControl) -> Self {
         self.egress = Some(Arc::new(Mutex::new(egress)));
         self
+    }
+
+    /// Whether tasks run under per-task supervisors (with namespaces of their own).
+    pub fn supervised(&self) -> bool {
+        self.config.supervisor_exe.is_some()
+    }
+
+    /// Runs bridge tasks on the bridge of `bridge`, already up.
+    pub fn with_bridge_control(mut self, bridge: BridgeControl) -> Self {
+        self.bridge = Ok(Arc::new(Mutex::new(bridge)));
+        self
+    }
+
+    /// Says why bridge tasks are refused (the bridge could not be set up).
+    pub fn without_bridge(mut self, why: String) -> Self {
+        self.bridge = Err(why);
+        self
+    }
+
+    /// The bridge leases (address and task); empty without a bridge. For tests and diagnostics.
+    pub fn bridge_leases(&self) -> Vec<(std::net::Ipv4Addr, String)> {
+        self.bridge
+            .as_ref()
+            .ok()
+            .and_then(|b| b.lock().ok().map(|b| b.leased()))
+            .unwrap_or_default()
+    }
+
+    /// A bridge task's lease (before its supervisor starts); `None` for a task in another mode.
+    /// Refused: bridge tasks on an agent without a bridge or without supervisors, with port
+    /// mappings (not forwarded yet) or with an egress limit (not enforced on a veth yet).
+    fn lease_bridge(&self, task: &TaskInfo) -> Result<Option<BridgeGrant>, ContainerizerError> {
+        let task_id = task.task_id.as_str();
+        let invalid = |reason: String| ContainerizerError::InvalidTask {
+            task_id: task_id.to_owned(),
+            reason,
+        };
+        let refuse = |reason: String| ContainerizerError::NetworkRefused {
+            task_id: task_id.to_owned(),
+            reason,
+        };
+        let mode = strata_proto::network::mode(task).map_err(invalid)?;
+        let mappings = strata_proto::network::mappings(task).map_err(invalid)?;
+        if mode != Mode::Bridge {
+            return Ok(None);
+        }
+        let control = self.bridge.as_ref().map_err(|why| refuse(why.clone()))?;
+        if self.config.supervisor_exe.is_none() {
+            return Err(refuse(
+                "bridge networking needs the per-task supervisors, which this agent runs without"
+                    .to_owned(),
+            ));
+        }
+        if !mappings.is_empty() {
+            return Err(refuse(format!(
+                "it maps {} host port(s) into its namespace, and this agent does not forward ports to bridge tasks yet: give it no ports (reach it at its bridge address) or run it in host mode",
+                mappings.len()
+            )));
+        }
+        if task
+            .resources
+            .iter()
+            .any(|r| r.name == names::NET_EGRESS_MBPS && r.scalar > 0.0)
+        {
+            return Err(refuse(format!(
+                "it asks for {} in bridge mode, and this agent limits egress in host mode only: run it in host mode",
+                names::NET_EGRESS_MBPS
+            )));
+        }
+        let mut guard = control.lock().map_err(|_| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason: "the bridge control lock is poisoned".to_owned(),
+        })?;
+        let lease = guard
+            .lease(task_id)
+            .map_err(|e| invalid(format!("cannot lease it an address: {e}")))?;
+        tracing::debug!(task_id, address = %lease.address, veth = %lease.veth, bridge = guard.name(), "bridge address leased");
+        Ok(Some((control.clone(), task_id.to_owned(), lease)))
     }
 
     /// Writes a task's egress limit (its `net_egress_mbps`) into the EDT map before its first
@@ -276,6 +361,36 @@ impl LinuxContainerizer {
         Ok(Some((control.clone(), id)))
     }
 
+    /// A recovered task's lease, from its run directory, taken back into the lease table.
+    fn adopt_lease(&self, task_id: &str, run: &Path) -> Option<BridgeGrant> {
+        let lease = match Lease::read(run) {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "cannot read the task's bridge lease");
+                return None;
+            }
+        };
+        let Ok(control) = &self.bridge else {
+            tracing::warn!(task_id, address = %lease.address, "the task has a bridge lease and this agent has no bridge: its address is not kept");
+            return None;
+        };
+        let adopted = control
+            .lock()
+            .map_err(|_| "the bridge control lock is poisoned".to_owned())
+            .and_then(|mut c| c.adopt(task_id, &lease));
+        match adopted {
+            Ok(()) => {
+                tracing::debug!(task_id, address = %lease.address, "bridge lease adopted");
+                Some((control.clone(), task_id.to_owned(), lease))
+            }
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "cannot adopt the task's bridge lease");
+                None
+            }
+        }
+    }
+
     /// The cgroup ids that have an egress limit (empty without egress limits); for tests and
     /// diagnostics.
     pub fn egress_entries(&self) -> Vec<strata_agent_common::CgroupId> {
@@ -298,7 +413,7 @@ impl LinuxContainerizer {
         let Some(control) = &self.ports else {
             return Ok(None);
         };
-        if task.network_isolation {
+        if strata_proto::network::mode(task) != Ok(Mode::Host) {
             return Ok(None);
         }
         let ranges: Vec<(u64, u64)> = task
@@ -453,6 +568,9 @@ impl LinuxContainerizer {
         let granted = (|| {
             grants.devices = self.allow_devices(&spec.task, &spec.gpus, cg.as_ref())?;
             grants.ports = self.allow_ports(&spec.task, cg.as_ref())?;
+            // Before the egress limit: a bridge task asking for one is refused with the reason
+            // that holds for bridge tasks on every agent.
+            grants.bridge = self.lease_bridge(&spec.task)?;
             grants.egress = self.limit_egress(&spec.task, cg.as_ref())?;
             Ok::<_, ContainerizerError>(())
         })();
@@ -464,8 +582,17 @@ impl LinuxContainerizer {
         let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
             if self.config.supervisor_exe.is_some() {
                 // The supervisor opens the cgroup.procs files itself.
+                let bridge = grants.bridge.as_ref().map(|(c, _, l)| (c, l));
                 let result = self
-                    .start_supervised(spec, command, &sandbox, &run, cg.as_ref(), stdout, stderr)
+                    .start_supervised(
+                        spec,
+                        command,
+                        &sandbox,
+                        &run,
+                        cg.as_ref(),
+                        (stdout, stderr),
+                        bridge,
+                    )
                     .await;
                 match result {
                     Ok((pid, waited)) => (pid, waited, Some(run.join(supervisor::EXIT_FILE))),
@@ -653,6 +780,7 @@ impl Containerizer for LinuxContainerizer {
             tracing::warn!(task_id, error = %e, "cannot restore the task's egress limit: its egress is not limited");
             None
         });
+        let bridge = self.adopt_lease(task_id, &run);
         let exit_rx = spawn_reaper(
             task_id.to_owned(),
             cg.clone(),
@@ -660,6 +788,7 @@ impl Containerizer for LinuxContainerizer {
                 devices,
                 ports,
                 egress,
+                bridge,
             },
             Some(exit_file),
             waited,
@@ -679,6 +808,21 @@ impl Containerizer for LinuxContainerizer {
 
     fn egress_control(&self) -> Option<Arc<Mutex<EgressControl>>> {
         self.egress.clone()
+    }
+
+    fn recovered(&self) {
+        if let Ok(bridge) = &self.bridge
+            && let Ok(mut control) = bridge.lock()
+        {
+            let removed = control.sweep();
+            if !removed.is_empty() {
+                tracing::info!(
+                    ?removed,
+                    bridge = control.name(),
+                    "removed the veths of tasks that were not recovered"
+                );
+            }
+        }
     }
 
     fn cleanup(&self) {

@@ -5,12 +5,14 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use strata_proto::CommandInfo;
 
 use super::LinuxContainerizer;
+use crate::bridge::{BridgeControl, Lease};
 use crate::cgroup::TaskCgroup;
 use crate::containerizer::supervisor::{self, TaskSpec};
 use crate::containerizer::{ContainerizerError, ExitStatus, LaunchSpec};
@@ -163,7 +165,10 @@ impl LinuxContainerizer {
                 groups,
                 capabilities: command.capabilities.clone(),
                 rlimits,
-                network_isolation: spec.task.network_isolation,
+                network_isolation: strata_proto::network::mode(&spec.task)
+                    == Ok(strata_proto::network::Mode::None),
+                bridge: strata_proto::network::mode(&spec.task)
+                    == Ok(strata_proto::network::Mode::Bridge),
                 cgroup_procs: cg.procs_files(),
                 stdout: sandbox.join("stdout"),
                 stderr: sandbox.join("stderr"),
@@ -178,9 +183,10 @@ impl LinuxContainerizer {
         ))
     }
 
-    /// Writes the task's spec, has the launcher fork its supervisor, and waits until the init
-    /// says the command started. Returns the supervisor's pid and a future that resolves when
-    /// it has recorded the task's exit, or is gone.
+    /// Writes the task's spec, has the launcher fork its supervisor, wires a bridge task's
+    /// network namespace once the init is in it (`bridge`: the bridge and the task's lease), and
+    /// waits until the init says the command started. Returns the supervisor's pid and a future
+    /// that resolves when it has recorded the task's exit, or is gone.
     #[expect(
         clippy::too_many_arguments,
         reason = "the parts of one launch, each used once; a struct for them would only be unpacked here"
@@ -192,8 +198,8 @@ impl LinuxContainerizer {
         sandbox: &Path,
         run: &Path,
         cg: &dyn TaskCgroup,
-        stdout: std::fs::File,
-        stderr: std::fs::File,
+        (stdout, stderr): (std::fs::File, std::fs::File),
+        bridge: Option<(&Arc<Mutex<BridgeControl>>, &Lease)>,
     ) -> Result<(u32, BoxFuture<'static, Result<ExitStatus, String>>), ContainerizerError> {
         let task_id = spec.task.task_id.as_str();
         let (program, spec_file) = self.task_spec(spec, command, sandbox, cg, stdout, stderr)?;
@@ -215,6 +221,20 @@ impl LinuxContainerizer {
             .map_err(|e| lost(format!("cannot start the task's supervisor: {e}")))?;
         let mut out = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe_r)
             .map_err(|e| lost(format!("cannot watch the launch pipe: {e}")))?;
+        if let Some((control, lease)) = bridge
+            && let Err(e) = self
+                .wire_bridge(task_id, &program, run, &mut out, pid, (control, lease))
+                .await
+        {
+            // The init waits for its network: it and its namespace (with the veth) go.
+            if let Ok(p) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return Err(e);
+        }
         let rest = self.await_start(task_id, &program, run, &mut out).await?;
         // The supervisor writes a line on the launch pipe once it has recorded the exit, and
         // the pipe ends when it is gone (whatever the way): either one means its exit file
@@ -233,6 +253,64 @@ impl LinuxContainerizer {
             Ok(ExitStatus::Code(0))
         });
         Ok((pid, waited))
+    }
+
+    /// Waits for the init's [`supervisor::NETNS_LINE`] on the launch pipe, then wires its
+    /// network namespace to the bridge and writes the lease, which lets the init go on.
+    async fn wire_bridge(
+        &self,
+        task_id: &str,
+        program: &str,
+        run: &Path,
+        out: &mut (impl tokio::io::AsyncRead + Unpin),
+        pid: u32,
+        (control, lease): (&Arc<Mutex<BridgeControl>>, &Lease),
+    ) -> Result<(), ContainerizerError> {
+        let line = self.read_line(out).await;
+        if line.as_deref() != Some(supervisor::NETNS_LINE) {
+            let text = line.unwrap_or_default();
+            return Err(self.launch_failure(task_id, program, run, &text, text.is_empty()));
+        }
+        let control = control.clone();
+        let (task_id_owned, lease_owned, run_owned) =
+            (task_id.to_owned(), lease.clone(), run.to_path_buf());
+        let wired = tokio::task::spawn_blocking(move || {
+            let guard = control
+                .lock()
+                .map_err(|_| "the bridge control lock is poisoned".to_owned())?;
+            guard
+                .wire(&task_id_owned, &lease_owned, pid, &run_owned)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the wiring thread failed: {e}")));
+        wired.map_err(|reason| ContainerizerError::Lost {
+            task_id: task_id.to_owned(),
+            reason,
+        })?;
+        tracing::debug!(task_id, address = %lease.address, veth = %lease.veth, "task's network namespace wired to the bridge");
+        Ok(())
+    }
+
+    /// One line of the launch pipe (without its newline), within [`START_LIMIT`]; `None` when
+    /// the pipe ended or the time ran out first. Reads byte by byte so that nothing after the
+    /// line is taken.
+    async fn read_line(&self, out: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
+        use tokio::io::AsyncReadExt as _;
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(START_LIMIT, async {
+            let mut byte = [0u8; 1];
+            loop {
+                match out.read(&mut byte).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) if byte[0] == b'\n' => return true,
+                    Ok(_) if line.len() < 256 => line.push(byte[0]),
+                    Ok(_) => return false,
+                }
+            }
+        })
+        .await;
+        (read == Ok(true)).then(|| String::from_utf8_lossy(&line).into_owned())
     }
 
     /// Asks the launcher (started on first use, restarted if it died) to fork a supervisor for
@@ -298,17 +376,30 @@ impl LinuxContainerizer {
                 .map(|(_, rest)| rest.to_owned())
                 .unwrap_or_default());
         }
+        Err(self.launch_failure(task_id, program, run, line, read.is_err()))
+    }
+
+    /// The error of a launch whose init said `line` (`error <errno>`, or anything else: then
+    /// the supervisor's log says why), or nothing in time (`timed_out`).
+    fn launch_failure(
+        &self,
+        task_id: &str,
+        program: &str,
+        run: &Path,
+        line: &str,
+        timed_out: bool,
+    ) -> ContainerizerError {
         if let Some(errno) = line.strip_prefix("error ").and_then(|e| e.parse().ok()) {
-            return Err(ContainerizerError::Spawn {
+            return ContainerizerError::Spawn {
                 task_id: task_id.to_owned(),
                 program: program.to_owned(),
                 source: std::io::Error::from_raw_os_error(errno),
-            });
+            };
         }
         let log = std::fs::read_to_string(run.join("supervisor.log")).unwrap_or_default();
-        Err(ContainerizerError::Lost {
+        ContainerizerError::Lost {
             task_id: task_id.to_owned(),
-            reason: if read.is_err() {
+            reason: if timed_out {
                 format!("the task did not start within {START_LIMIT:?}")
             } else {
                 format!(
@@ -316,7 +407,7 @@ impl LinuxContainerizer {
                     log.trim()
                 )
             },
-        })
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use nix::unistd::Pid;
 
 use super::seccomp::{self, Seccomp};
 use super::{
-    EXIT_FILE, EXITED_LINE, HostPid, SPEC_FILE, SupervisorError, TaskSpec, format_exit, nix_sys,
-    parse_capabilities, rlimit_resource, sys, wait_status,
+    EXIT_FILE, EXITED_LINE, HostPid, NETNS_LINE, NETNS_WAIT, SPEC_FILE, SupervisorError, TaskSpec,
+    format_exit, nix_sys, parse_capabilities, rlimit_resource, sys, wait_status,
 };
 use crate::checkpoint;
 use crate::containerizer::ExitStatus;
@@ -129,7 +129,7 @@ pub(super) fn task_init(
     let run_fd = open_run_dir(run_dir)?;
     private_tmp(spec)?;
     set_hostname(spec)?;
-    isolate_network(spec)?;
+    isolate_network(spec, &run_fd)?;
     let creds = credentials(run_dir, spec)?;
     let waited = catch_signals()?;
     let procs = open_cgroup_procs(spec)?;
@@ -252,12 +252,36 @@ fn set_hostname(spec: &TaskSpec) -> Result<(), SupervisorError> {
     nix::unistd::sethostname(&hostname).map_err(nix_sys("set the hostname"))
 }
 
-/// With network isolation: a network namespace of its own, with loopback up.
-fn isolate_network(spec: &TaskSpec) -> Result<(), SupervisorError> {
-    if spec.network_isolation {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(nix_sys("unshare a network namespace"))?;
-        crate::sys::loopback_up().map_err(sys("bring up loopback"))?;
+/// With network isolation: a network namespace of its own, with loopback up. In bridge mode,
+/// says so on the launch pipe ([`NETNS_LINE`]) and waits until the agent has wired the
+/// namespace (its veth, address and route), which it tells by writing the task's lease file in
+/// the run directory (open as `run_fd`), for at most [`NETNS_WAIT`].
+fn isolate_network(spec: &TaskSpec, run_fd: &OwnedFd) -> Result<(), SupervisorError> {
+    use std::os::fd::AsRawFd as _;
+    if !spec.network_isolation && !spec.bridge {
+        return Ok(());
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(nix_sys("unshare a network namespace"))?;
+    crate::sys::loopback_up().map_err(sys("bring up loopback"))?;
+    if spec.bridge {
+        report_launch(NETNS_LINE);
+        let lease = Path::new("/proc/self/fd")
+            .join(run_fd.as_raw_fd().to_string())
+            .join(crate::bridge::LEASE_FILE);
+        let deadline = std::time::Instant::now() + NETNS_WAIT;
+        while !lease.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(SupervisorError::Sys {
+                    action: format!(
+                        "wait for the agent to wire the task's network namespace (no {} after {NETNS_WAIT:?})",
+                        crate::bridge::LEASE_FILE
+                    ),
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     Ok(())
 }

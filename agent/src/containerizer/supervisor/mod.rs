@@ -71,6 +71,11 @@ pub const EXIT_FILE: &str = "exit";
 pub const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
 /// What the supervisor writes on the launch pipe once it has recorded the exit.
 pub const EXITED_LINE: &str = "exited\n";
+/// What a bridge task's init writes on the launch pipe once it is in its own network
+/// namespace, before it waits for the agent to wire it.
+pub const NETNS_LINE: &str = "netns";
+/// How long a bridge task's init waits for the agent to wire its network namespace.
+pub const NETNS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Errors of the supervisor and the task's init.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,11 @@ pub struct TaskSpec {
     pub rlimits: Vec<(String, u64)>,
     /// A network namespace with only loopback.
     pub network_isolation: bool,
+    /// A network namespace that the agent wires to its bridge: the init says
+    /// [`NETNS_LINE`] once it is in it and waits for the lease file before it goes on (a spec
+    /// without the field, from an older agent, means no bridge).
+    #[serde(default)]
+    pub bridge: bool,
     /// The `cgroup.procs` files of the task's cgroup.
     pub cgroup_procs: Vec<PathBuf>,
     /// Where stdout and stderr go.

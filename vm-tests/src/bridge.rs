@@ -1,0 +1,327 @@
+//! Bridge networking scenarios (the agent's bridge, leases and veths through the
+//! `LinuxContainerizer`). In the guest they make the bridge in the machine's network namespace;
+//! on the host (`host_*`) in a network namespace of the test's own, made for the scenario's
+//! thread (the launcher and the tasks' inits are forked from it and start there too).
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use strata_agent::bridge::netlink::Rtnl;
+use strata_agent::containerizer::Containerizer as _;
+
+use crate::isolation::{Env, Task, line, run_to_end};
+
+const BRIDGE: &str = "stvm0";
+const SUBNET: &str = "172.31.0.0/24";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+
+/// The links of the machine's namespace whose name starts with `prefix`.
+fn links(prefix: &str) -> Result<Vec<String>> {
+    let mut nl = Rtnl::open().context("opening rtnetlink")?;
+    Ok(nl
+        .links()
+        .context("listing links")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .filter(|n| n.starts_with(prefix))
+        .collect())
+}
+
+/// Waits (at most 10 s) until the bridge has `n` veths and the table `n` leases.
+fn wait_for_leases(env: &Env, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leases = env.containerizer.bridge_leases();
+        let veths = links(&format!("{BRIDGE}v"))?;
+        if leases.len() == n && veths.len() == n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("not {n} leases and veths: leases {leases:?}, veths {veths:?}");
+        }
+        env.sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 64-byte round trip to `addr` (an `rr-server`), from the machine's namespace.
+fn round_trip(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [7u8; 64];
+    stream.write_all(&buf).context("sending")?;
+    stream.read_exact(&mut buf).context("reading the echo")?;
+    Ok(())
+}
+
+/// Echoes 64-byte requests on `listener` (the machine's root namespace), for tasks to reach.
+fn echo_server(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while stream.read_exact(&mut buf).is_ok() {
+                    if stream.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Bridge tasks get an address of the subnet (eth0, a default route through the bridge), reach
+/// each other by address and a listener in the machine's namespace on the bridge's address, and
+/// are reached from there; once they end, their veths and leases are gone; the bridge goes with
+/// `remove_all` (what `--remove-cgroups` runs).
+pub fn bridge_tasks_reach_each_other_and_the_host_and_leave_nothing(helper: &Path) -> Result<()> {
+    let env = Env::with_bridge("bridge", helper, BRIDGE, SUBNET)?;
+    let host = TcpListener::bind((GATEWAY, 0)).context("listening on the bridge's address")?;
+    let host_port = host.local_addr()?.port();
+    echo_server(host);
+    let server = env.launch(&Task::helper(&env, "server", &["rr-server", "8080"]).bridge())?;
+    wait_for_leases(&env, 1)?;
+    let leases = env.containerizer.bridge_leases();
+    let server_addr = leases[0].0;
+    ensure!(
+        server_addr == Ipv4Addr::new(172, 31, 0, 2),
+        "the first task's address: {leases:?}"
+    );
+    round_trip(SocketAddr::from((server_addr, 8080)))
+        .context("reaching the bridge task from the machine's namespace")?;
+    let info = run_to_end(&env, &Task::helper(&env, "info", &["net-info"]).bridge())?;
+    eprintln!("{info}");
+    ensure!(
+        line(&info, "addr=")? == "172.31.0.3",
+        "the second task's address on its default route: {info}"
+    );
+    ensure!(
+        line(&info, "ifaces=")?.split(',').any(|i| i == "eth0"),
+        "no eth0 in the task's namespace: {info}"
+    );
+    let to_server = format!("{server_addr}:8080");
+    let out = run_to_end(
+        &env,
+        &Task::helper(&env, "client", &["rr-client", &to_server, "300"]).bridge(),
+    )?;
+    eprintln!("to the other task: {out}");
+    ensure!(
+        line(&out, "count=")?.parse::<u64>()? > 0,
+        "no round trip to the other bridge task: {out}"
+    );
+    let to_host = format!("{GATEWAY}:{host_port}");
+    let out = run_to_end(
+        &env,
+        &Task::helper(&env, "outbound", &["rr-client", &to_host, "300"]).bridge(),
+    )?;
+    eprintln!("to the machine's namespace: {out}");
+    ensure!(
+        line(&out, "count=")?.parse::<u64>()? > 0,
+        "no round trip to the listener in the machine's namespace: {out}"
+    );
+    wait_for_leases(&env, 1).context("after the short tasks ended")?;
+    let _ = env.kill(server.as_ref(), Duration::from_millis(100))?;
+    wait_for_leases(&env, 0).context("after the server ended")?;
+    drop(env);
+    let removed = strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    ensure!(removed == vec![BRIDGE.to_owned()], "removed {removed:?}");
+    ensure!(links(BRIDGE)?.is_empty(), "the bridge is still there");
+    Ok(())
+}
+
+/// After an agent restart (a new, empty lease table), recovery adopts the running bridge task's
+/// lease: its address is not leased again, it is still reached, and its veth and lease go when
+/// it ends; a veth no recovered task owns is swept.
+pub fn a_restarted_agent_readopts_a_bridge_task(helper: &Path) -> Result<()> {
+    let mut env = Env::with_bridge("bridge-restart", helper, BRIDGE, SUBNET)?;
+    let task = Task::helper(&env, "kept", &["rr-server", "8080"]).bridge();
+    env.checkpoint(&task)?;
+    let first = env.launch(&task)?;
+    wait_for_leases(&env, 1)?;
+    let addr = env.containerizer.bridge_leases()[0].0;
+    drop(first);
+    env.restart_with_bridge(BRIDGE, SUBNET)?;
+    ensure!(
+        env.containerizer.bridge_leases().is_empty(),
+        "a new lease table is not empty"
+    );
+    let c = env.recover("kept")?;
+    env.containerizer.recovered();
+    wait_for_leases(&env, 1).context("after recovery")?;
+    ensure!(
+        env.containerizer.bridge_leases()[0].0 == addr,
+        "the recovered task's lease changed"
+    );
+    round_trip(SocketAddr::from((addr, 8080))).context("reaching the recovered task")?;
+    let info = run_to_end(&env, &Task::helper(&env, "after", &["net-info"]).bridge())?;
+    ensure!(
+        line(&info, "addr=")? != addr.to_string(),
+        "a new task got the recovered task's address: {info}"
+    );
+    let _ = env.kill(c.as_ref(), Duration::from_millis(100))?;
+    wait_for_leases(&env, 0).context("after the recovered task ended")?;
+    drop(env);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    ensure!(
+        links(BRIDGE)?.is_empty(),
+        "the bridge or a veth is still there"
+    );
+    Ok(())
+}
+
+/// Bridge tasks are refused with a message saying why where the agent cannot run them as asked:
+/// port mappings (not forwarded yet), an egress limit; and on an agent without a bridge.
+pub fn bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()> {
+    let plain = Env::supervised("no-bridge", helper)?;
+    let refused = |env: &Env, task: &Task| -> Result<String> {
+        match env.launch(task) {
+            Ok(c) => {
+                let status = env.wait(c.as_ref())?;
+                bail!("the task was launched ({status})")
+            }
+            Err(e) => Ok(format!("{e:#}")),
+        }
+    };
+    let err = refused(&plain, &Task::helper(&plain, "b", &["net-info"]).bridge())?;
+    ensure!(err.contains("bridge networking is off"), "{err}");
+    drop(plain);
+    let env = Env::with_bridge("bridge-refuse", helper, BRIDGE, SUBNET)?;
+    let err = refused(
+        &env,
+        &Task::helper(&env, "mapped", &["net-info"])
+            .bridge()
+            .ports(&[(31000, 31000)]),
+    )?;
+    ensure!(err.contains("does not forward ports"), "{err}");
+    let err = refused(
+        &env,
+        &Task::helper(&env, "limited", &["net-info"])
+            .bridge()
+            .egress(10.0),
+    )?;
+    ensure!(err.contains("limits egress in host mode only"), "{err}");
+    ensure!(
+        env.cgroup_gone("mapped")? && env.cgroup_gone("limited")?,
+        "a refused task kept its cgroup"
+    );
+    wait_for_leases(&env, 0)?;
+    drop(env);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    Ok(())
+}
+
+/// A bridge task's traffic is counted like any task's (the cgroup_skb programs hang on cgroups,
+/// not namespaces): a task that sends 4 MiB over TCP to a listener on the bridge's address has at
+/// least that many bytes out, at most 5% more (headers), and packets in (the acknowledgements).
+pub fn bridge_task_traffic_is_counted(helper: &Path) -> Result<()> {
+    const PAYLOAD: u64 = 4 << 20;
+    let mut acc = crate::accounting::Accounting::of(Env::with_bridge(
+        "bridge-acct",
+        helper,
+        BRIDGE,
+        SUBNET,
+    )?)?;
+    let listener = TcpListener::bind((GATEWAY, 0)).context("listening on the bridge's address")?;
+    let addr = listener.local_addr()?.to_string();
+    let receiver = std::thread::spawn(move || -> Result<u64> {
+        let (mut stream, _) = listener
+            .accept()
+            .context("accepting the task's connection")?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut received = Vec::new();
+        stream
+            .read_to_end(&mut received)
+            .context("reading the task's bytes")?;
+        Ok(received.len() as u64)
+    });
+    let task = acc.env.launch(
+        &Task::helper(
+            &acc.env,
+            "sender",
+            &["tcp-send-hold", &addr, &PAYLOAD.to_string(), "120"],
+        )
+        .bridge(),
+    )?;
+    let sent = acc.wait_for("sender", "sent_bytes")?;
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))??;
+    acc.env.sleep(Duration::from_millis(200));
+    let record = acc.record("sender")?;
+    acc.end(task.as_ref())?;
+    let net = record.network.context("no network figures")?;
+    eprintln!(
+        "bridge task: payload {PAYLOAD} B (sent {sent}, received {received}); eBPF tx {} B in {} \
+         packets, rx {} B in {} packets",
+        net.tx_bytes_total, net.tx_packets_total, net.rx_bytes_total, net.rx_packets_total
+    );
+    ensure!(
+        sent == PAYLOAD && received == PAYLOAD,
+        "sent {sent}, received {received}"
+    );
+    ensure!(
+        net.tx_bytes_total >= PAYLOAD && net.tx_bytes_total <= PAYLOAD + PAYLOAD / 20,
+        "tx bytes {} are not the payload {PAYLOAD} plus at most 5% of headers",
+        net.tx_bytes_total
+    );
+    ensure!(
+        net.rx_packets_total > 0,
+        "no packets in (acknowledgements) counted"
+    );
+    wait_for_leases(&acc.env, 0)?;
+    drop(acc);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    Ok(())
+}
+
+/// [`bridge_task_traffic_is_counted`] in a network namespace of the test's own.
+pub fn host_bridge_task_traffic_is_counted(helper: &Path) -> Result<()> {
+    in_own_network_namespace(|| bridge_task_traffic_is_counted(helper))
+}
+
+/// Runs `scenario` on a thread in a network namespace of its own (removed when the thread
+/// ends), so that the host's namespace gets no bridge, veth or address.
+fn in_own_network_namespace(scenario: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("making a network namespace for the scenario")?;
+            scenario()
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the scenario's thread panicked"))
+    })
+}
+
+/// [`bridge_tasks_reach_each_other_and_the_host_and_leave_nothing`] in a network namespace of
+/// the test's own.
+pub fn host_bridge_tasks_reach_each_other_and_the_host_and_leave_nothing(
+    helper: &Path,
+) -> Result<()> {
+    in_own_network_namespace(|| {
+        bridge_tasks_reach_each_other_and_the_host_and_leave_nothing(helper)
+    })
+}
+
+/// [`a_restarted_agent_readopts_a_bridge_task`] in a network namespace of the test's own.
+pub fn host_a_restarted_agent_readopts_a_bridge_task(helper: &Path) -> Result<()> {
+    in_own_network_namespace(|| a_restarted_agent_readopts_a_bridge_task(helper))
+}
+
+/// [`bridge_tasks_the_agent_cannot_run_are_refused`] in a network namespace of the test's own.
+pub fn host_bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()> {
+    in_own_network_namespace(|| bridge_tasks_the_agent_cannot_run_are_refused(helper))
+}
