@@ -34,6 +34,7 @@ pub mod http_auth;
 pub mod nofile;
 pub mod paths;
 pub mod profile;
+pub mod rtnl;
 pub mod status;
 #[expect(
     unsafe_code,

@@ -21,14 +21,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use strata_framework::{Event, FrameworkBuilder, ResourceBudget, task};
-use strata_proto::operator_service_client::OperatorServiceClient;
-use strata_proto::{GetLeaderRequest, TaskState};
+use strata_proto::TaskState;
 use strata_test_support::etcd::Etcd;
 use strata_test_support::history::History;
 use strata_test_support::net::free_port;
-use strata_test_support::sim_agent::{Registrations, SimAgent};
+use strata_test_support::sim_agent::{Registrations, SimAgent, leader};
 use tokio::process::{Child, Command};
-use tonic::transport::Endpoint;
 
 /// The longest any step may take before the run fails.
 const STEP: Duration = Duration::from_secs(60);
@@ -99,26 +97,6 @@ fn start_replica(etcd: &str, port: u16, ttl: &str, log: &Path) -> Result<Child> 
         .kill_on_drop(true)
         .spawn()
         .context("cannot start strata-allocator")
-}
-
-/// The index of the replica that answers `GetLeader` (leads), if one does now.
-async fn leader(urls: &[String]) -> Option<usize> {
-    for (i, url) in urls.iter().enumerate() {
-        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
-            continue;
-        };
-        let ask = async {
-            let channel = endpoint.connect().await.ok()?;
-            OperatorServiceClient::new(channel)
-                .get_leader(GetLeaderRequest {})
-                .await
-                .ok()
-        };
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
-            return Some(i);
-        }
-    }
-    None
 }
 
 /// What the framework saw.

@@ -22,14 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use strata_framework::{Event, FrameworkBuilder, ResourceBudget, task};
-use strata_proto::GetLeaderRequest;
-use strata_proto::operator_service_client::OperatorServiceClient;
 use strata_test_support::etcd::EtcdCluster;
 use strata_test_support::history::History;
 use strata_test_support::net::free_port;
-use strata_test_support::sim_agent::{Fault, LABEL_EXIT, LABEL_SECONDS, Registrations, SimAgent};
+use strata_test_support::sim_agent::{
+    Fault, LABEL_EXIT, LABEL_SECONDS, Registrations, SimAgent, leader,
+};
 use tokio::process::{Child, Command};
-use tonic::transport::Endpoint;
 
 const AGENTS: usize = 4;
 /// Tasks each framework keeps going.
@@ -119,27 +118,6 @@ impl Replicas {
     fn pid(&self, i: usize) -> Option<u32> {
         self.children[i].as_ref().and_then(Child::id)
     }
-}
-
-/// The index of the replica that leads now, if one answers as the leader.
-async fn leader(urls: &[String]) -> Option<usize> {
-    for (i, url) in urls.iter().enumerate() {
-        let ask = async {
-            let channel = Endpoint::from_shared(url.clone())
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            OperatorServiceClient::new(channel)
-                .get_leader(GetLeaderRequest {})
-                .await
-                .ok()
-        };
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
-            return Some(i);
-        }
-    }
-    None
 }
 
 async fn signal(pid: u32, signal: &str) -> Result<()> {

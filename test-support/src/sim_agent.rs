@@ -29,6 +29,28 @@ pub const LABEL_SECONDS: &str = "sim.seconds";
 /// The label saying the exit code of a simulated task that ends by itself.
 pub const LABEL_EXIT: &str = "sim.exit";
 
+/// The index of the allocator replica among `urls` that leads now (it answers `GetLeader`),
+/// if one does.
+pub async fn leader(urls: &[String]) -> Option<usize> {
+    for (i, url) in urls.iter().enumerate() {
+        let ask = async {
+            let channel = Endpoint::from_shared(url.clone())
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            strata_proto::operator_service_client::OperatorServiceClient::new(channel)
+                .get_leader(strata_proto::GetLeaderRequest {})
+                .await
+                .ok()
+        };
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+            return Some(i);
+        }
+    }
+    None
+}
+
 /// How often unacknowledged updates are sent again.
 const RESEND: Duration = Duration::from_secs(3);
 

@@ -7,8 +7,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -18,7 +17,8 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::rtnl::{RouteSocket, RtnlError};
 
 /// Errors of a netlink request.
 #[derive(Debug, thiserror::Error)]
@@ -76,28 +76,30 @@ fn hint(e: &io::Error) -> &'static str {
 }
 
 /// An rtnetlink socket of the calling thread's network namespace at the time it was opened.
+#[derive(Debug)]
 pub struct Rtnl {
-    socket: Socket,
-    seq: u32,
+    socket: RouteSocket,
 }
 
-impl std::fmt::Debug for Rtnl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rtnl")
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
+impl From<RtnlError> for NetlinkError {
+    fn from(e: RtnlError) -> Self {
+        match e {
+            RtnlError::Socket(source) => Self::Socket(source),
+            RtnlError::Refused { what, source } => {
+                let hint = hint(&source);
+                Self::Refused { what, source, hint }
+            }
+            RtnlError::Decode { what, detail } => Self::Decode { what, detail },
+        }
     }
 }
 
 impl Rtnl {
     /// Opens one.
     pub fn open() -> Result<Self, NetlinkError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
-        socket.bind_auto().map_err(NetlinkError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(NetlinkError::Socket)?;
-        Ok(Self { socket, seq: 0 })
+        Ok(Self {
+            socket: RouteSocket::open()?,
+        })
     }
 
     fn request(
@@ -106,55 +108,7 @@ impl Rtnl {
         flags: u16,
         what: &str,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(NetlinkError::Socket)?;
-        let decode = |detail: String| NetlinkError::Decode {
-            what: what.to_owned(),
-            detail,
-        };
-        let mut answer = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full().map_err(NetlinkError::Socket)?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| decode(e.to_string()))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    return Err(decode("a message of length 0".to_owned()));
-                }
-                offset += len;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(answer),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(answer),
-                            Some(_) => {
-                                let source = e.to_io();
-                                let hint = hint(&source);
-                                Err(NetlinkError::Refused {
-                                    what: what.to_owned(),
-                                    source,
-                                    hint,
-                                })
-                            }
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(m) => answer.push(m),
-                    _ => {}
-                }
-            }
-        }
+        Ok(self.socket.request(msg, flags, what)?)
     }
 
     /// Every link of the namespace: (index, name).

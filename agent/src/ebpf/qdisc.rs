@@ -7,13 +7,11 @@
 
 use std::io;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcHeader, TcMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::rtnl::{RouteSocket, RtnlError};
 
 /// The handle of the `mq` qdisc the agent puts at the root of a multi-queue device ("ST").
 const MQ_MAJOR: u16 = 0x5354;
@@ -52,24 +50,15 @@ pub enum QdiscError {
 }
 
 struct Netlink {
-    socket: Socket,
+    socket: RouteSocket,
     device: String,
-    seq: u32,
 }
 
 impl Netlink {
     fn open(device: &str) -> Result<Self, QdiscError> {
-        let err = |source| QdiscError::Socket {
-            device: device.to_owned(),
-            source,
-        };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(err)?;
-        socket.bind_auto().map_err(err)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(err)?;
         Ok(Self {
-            socket,
+            socket: RouteSocket::open().map_err(|e| error(device, e))?,
             device: device.to_owned(),
-            seq: 0,
         })
     }
 
@@ -81,69 +70,27 @@ impl Netlink {
         flags: u16,
         what: &str,
     ) -> Result<Vec<RouteNetlinkMessage>, QdiscError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
         self.socket
-            .send(&buf, 0)
-            .map_err(|source| QdiscError::Socket {
-                device: self.device.clone(),
+            .request(msg, flags, what)
+            .map_err(|e| error(&self.device, e))
+    }
+}
+
+/// A request's error, for `device`.
+fn error(device: &str, e: RtnlError) -> QdiscError {
+    let device = device.to_owned();
+    match e {
+        RtnlError::Socket(source) => QdiscError::Socket { device, source },
+        RtnlError::Refused { what, source } => {
+            let hint = hint(&source);
+            QdiscError::Refused {
+                device,
+                what,
                 source,
-            })?;
-        let mut answer = Vec::new();
-        loop {
-            let (data, _) = self
-                .socket
-                .recv_from_full()
-                .map_err(|source| QdiscError::Socket {
-                    device: self.device.clone(),
-                    source,
-                })?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| QdiscError::Decode {
-                        device: self.device.clone(),
-                        detail: e.to_string(),
-                    })?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    return Err(QdiscError::Decode {
-                        device: self.device.clone(),
-                        detail: "a message of length 0".to_owned(),
-                    });
-                }
-                offset += len;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(answer),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(answer),
-                            Some(_) => {
-                                let source = e.to_io();
-                                let hint = hint(&source);
-                                Err(QdiscError::Refused {
-                                    device: self.device.clone(),
-                                    what: what.to_owned(),
-                                    source,
-                                    hint,
-                                })
-                            }
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(m) => answer.push(m),
-                    _ => {}
-                }
+                hint,
             }
         }
+        RtnlError::Decode { detail, .. } => QdiscError::Decode { device, detail },
     }
 }
 
