@@ -26,6 +26,7 @@ pub mod files;
 pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod http;
 pub mod http_auth;
 pub mod nofile;

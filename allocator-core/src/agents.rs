@@ -462,6 +462,9 @@ impl Core {
         let changed = task.state != state || was_unreachable;
         task.state = state;
         task.updated_at = now;
+        if latest.healthy.is_some() {
+            task.healthy = latest.healthy;
+        }
         let message = format!("agent {agent_id} re-registered with the task");
         if was_unreachable {
             task.message.clone_from(&message);
@@ -547,6 +550,7 @@ impl Core {
                 reason: TaskReason::Unspecified,
                 message: latest.message,
                 exit_code: None,
+                healthy: latest.healthy,
                 unreachable: false,
                 kill: None,
                 launched_at: now,
@@ -647,6 +651,9 @@ impl Core {
                     task.state = state;
                     task.reason = status.reason();
                     task.message = status.message.clone();
+                    if status.healthy.is_some() {
+                        task.healthy = status.healthy;
+                    }
                     task.updated_at = now;
                 }
                 if changed {
