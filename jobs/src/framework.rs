@@ -11,7 +11,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use strata_framework::proto::{TaskState, TaskStatus};
-use strata_framework::{Backoff, ClientSecurity, Event, Framework, FrameworkBuilder};
+use strata_framework::{ClientSecurity, Event, Framework};
+use strata_framework_kit::subscribe::Subscription;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, info, info_span, warn};
@@ -94,7 +95,7 @@ pub struct Bound {
 
 /// Opens the state and binds the API (refusing outside loopback without credentials).
 pub async fn bind(config: JobsConfig) -> Result<Bound, JobsError> {
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open(&config.state_dir, crate::store::PROGRAM)?;
     let saved = store.load()?;
     let credentials = match &config.credentials {
         Some(path) => Some(Arc::new(strata_auth::credentials::Credentials::load(path)?)),
@@ -215,47 +216,24 @@ impl Bound {
     }
 }
 
-/// Subscribes with the saved framework id (a new one when the allocator no longer knows it),
-/// retrying with backoff while the allocator cannot be reached.
+/// Subscribes with the saved framework id (see [`strata_framework_kit::subscribe`]).
 async fn subscribe(
     config: &JobsConfig,
     framework_id: &str,
 ) -> Result<(Framework, mpsc::Receiver<Event>), JobsError> {
-    let mut id = framework_id.to_owned();
-    let mut backoff = Backoff::default();
-    loop {
-        let builder = FrameworkBuilder::new(&config.allocator)
-            .name(&config.name)
-            .role(&config.role)
-            .failover_timeout(config.failover_timeout)
-            .security(config.security.clone())
-            .framework_id(&id);
-        match builder.subscribe().await {
-            Ok(subscribed) => {
-                info!(framework_id = %subscribed.0.framework_id(), allocator = %config.allocator, "subscribed");
-                return Ok(subscribed);
-            }
-            Err(strata_framework::Error::SubscribeRefused { .. }) if !id.is_empty() => {
-                warn!(framework_id = %id, "the allocator no longer knows this framework; subscribing as a new one");
-                id.clear();
-            }
-            Err(
-                e @ (strata_framework::Error::Connect { .. }
-                | strata_framework::Error::SubscribeTimeout { .. }
-                | strata_framework::Error::StreamEnded { .. }),
-            ) => {
-                let wait = backoff.next_delay();
-                warn!(allocator = %config.allocator, error = %e, ?wait, "cannot subscribe yet; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(source) => {
-                return Err(JobsError::Subscribe {
-                    allocator: config.allocator.clone(),
-                    source,
-                });
-            }
-        }
-    }
+    strata_framework_kit::subscribe::subscribe(Subscription {
+        allocator: &config.allocator,
+        security: &config.security,
+        name: &config.name,
+        role: &config.role,
+        failover_timeout: config.failover_timeout,
+        framework_id,
+    })
+    .await
+    .map_err(|source| JobsError::Subscribe {
+        allocator: config.allocator.clone(),
+        source,
+    })
 }
 
 fn on_event(core: &mut Core, event: Event) {

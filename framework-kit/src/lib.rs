@@ -1,0 +1,15 @@
+//! What the frameworks built on the SDK share (`strata-jobs`, `strata-services`), so that each
+//! keeps only its own decisions:
+//!
+//! - [`definition`]: names, TOML or JSON definitions, durations
+//! - [`state`]: the state file (`STATE_DIR/state.json`, written atomically)
+//! - [`control`]: the control API's guard (loopback unless authenticated, bearer tokens) and
+//!   its error answers
+//! - [`client`]: the control API's client (what `strata job` and `strata app` use)
+//! - [`subscribe`]: subscribing with a saved framework id, retrying while the allocator is away
+
+pub mod client;
+pub mod control;
+pub mod definition;
+pub mod state;
+pub mod subscribe;
