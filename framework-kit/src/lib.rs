@@ -5,9 +5,11 @@
 //! - [`state`]: the state file (`STATE_DIR/state.json`, written atomically)
 //! - [`control`]: the control API's guard (loopback unless authenticated, bearer tokens) and
 //!   its error answers
+//! - [`binary`]: a framework binary's `main` (logs, runtime, exit status)
 //! - [`client`]: the control API's client (what `strata job` and `strata app` use)
 //! - [`subscribe`]: subscribing with a saved framework id, retrying while the allocator is away
 
+pub mod binary;
 pub mod client;
 pub mod control;
 pub mod definition;
