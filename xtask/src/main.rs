@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_accounting;
 mod bench_launch;
+mod bench_services;
 /// The eBPF build's toolchain pins (`agent-ebpf/toolchain.toml`): the module agent/build.rs reads
 /// them with.
 #[path = "../../agent-ebpf/toolchain.rs"]
