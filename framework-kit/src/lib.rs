@@ -3,6 +3,7 @@
 //!
 //! - [`definition`]: names, TOML or JSON definitions, durations
 //! - [`state`]: the state file (`STATE_DIR/state.json`, written atomically)
+//! - [`command`]: what a core asks its edge to do, carried out through the SDK
 //! - [`control`]: the control API's guard (loopback unless authenticated, bearer tokens) and
 //!   its error answers
 //! - [`binary`]: a framework binary's `main` (logs, runtime, exit status)
@@ -11,6 +12,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod command;
 pub mod control;
 pub mod definition;
 pub mod state;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use strata_framework::proto::{TaskState, TaskStatus};
 use strata_framework::{ClientSecurity, Event, Framework};
 use strata_framework_kit::subscribe::Subscription;
 use tokio::net::TcpListener;
@@ -18,9 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::api::{self, ApiRequest, Op};
-use crate::core::{Command, Core, CoreError};
+use crate::core::{Core, CoreError};
 use crate::spec::JobSpec;
 use crate::store::{Saved, Store, StoreError};
+use strata_framework_kit::command::execute;
 
 /// How the framework runs.
 #[derive(Debug, Clone)]
@@ -200,10 +200,8 @@ impl Bound {
                     let _ = reply.send(answer);
                 }
                 for command in core.take_commands() {
-                    if let Some(failed) = execute(&client, command).await {
-                        for status in failed {
-                            core.update(Timestamp::now(), &status);
-                        }
+                    for status in execute(&client, command).await {
+                        core.update(Timestamp::now(), &status);
                     }
                 }
             }
@@ -250,46 +248,6 @@ fn on_event(core: &mut Core, event: Event) {
         Event::Failure { agent_id } => warn!(%agent_id, "agent lost"),
         Event::Rescind { .. } | Event::Heartbeat => {}
     }
-}
-
-/// Carries out one command; for a launch that could not be sent, the updates that end its
-/// tasks (TASK_ERROR) for the core.
-async fn execute(client: &Framework, command: Command) -> Option<Vec<TaskStatus>> {
-    let result = match command {
-        Command::Launch { offer, tasks } => {
-            let ids: Vec<(String, String)> = tasks
-                .iter()
-                .map(|t| (t.task_id.clone(), offer.agent_id.clone()))
-                .collect();
-            if let Err(e) = client.launch(&offer, tasks).await {
-                warn!(error = %e, "cannot launch");
-                return Some(
-                    ids.into_iter()
-                        .map(|(task_id, agent_id)| TaskStatus {
-                            task_id,
-                            agent_id,
-                            state: TaskState::Error as i32,
-                            message: format!("the launch could not be sent: {e}"),
-                            ..TaskStatus::default()
-                        })
-                        .collect(),
-                );
-            }
-            Ok(())
-        }
-        Command::Decline {
-            offer_ids,
-            refuse_seconds,
-        } => client.decline(offer_ids, Some(refuse_seconds)).await,
-        Command::Kill { task_id, agent_id } => client.kill(task_id, agent_id).await,
-        Command::Revive => client.revive().await,
-        Command::Reconcile { tasks } => client.reconcile(tasks).await,
-    };
-    if let Err(e) = result {
-        // While reconnecting: the next SUBSCRIBED reconciles and revives.
-        warn!(error = %e, "a call to the allocator failed");
-    }
-    None
 }
 
 /// Answers one API request.

@@ -47,38 +47,7 @@ pub const APP_LABEL: &str = "strata-services/app";
 /// The label carrying the app version on each task.
 pub const VERSION_LABEL: &str = "strata-services/version";
 
-/// What the core asks the edge to do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// ACCEPT `offer` with these tasks.
-    Launch {
-        /// The offer.
-        offer: Offer,
-        /// The tasks.
-        tasks: Vec<TaskInfo>,
-    },
-    /// DECLINE these offers.
-    Decline {
-        /// The offers.
-        offer_ids: Vec<String>,
-        /// The filter.
-        refuse_seconds: f64,
-    },
-    /// KILL a task.
-    Kill {
-        /// The task.
-        task_id: String,
-        /// Its agent.
-        agent_id: String,
-    },
-    /// REVIVE offers.
-    Revive,
-    /// RECONCILE: these tasks, and with `all`, every task the allocator knows of the framework.
-    Reconcile {
-        /// Explicit `(task, agent)` pairs.
-        tasks: Vec<(String, String)>,
-    },
-}
+pub use strata_framework_kit::command::Command;
 
 /// A request the core refuses.
 #[derive(Debug, thiserror::Error)]
