@@ -2,6 +2,7 @@
 //! keeps only its own decisions:
 //!
 //! - [`definition`]: names, TOML or JSON definitions, durations
+//! - [`edge`]: the loop feeding a core events, requests and the clock, saving before acting
 //! - [`state`]: the state file (`STATE_DIR/state.json`, written atomically)
 //! - [`command`]: what a core asks its edge to do, carried out through the SDK
 //! - [`control`]: the control API's guard (loopback unless authenticated, bearer tokens) and
@@ -15,5 +16,6 @@ pub mod client;
 pub mod command;
 pub mod control;
 pub mod definition;
+pub mod edge;
 pub mod state;
 pub mod subscribe;

@@ -49,13 +49,7 @@ pub enum Op {
 }
 
 /// One request, with where its answer goes.
-#[derive(Debug)]
-pub struct ApiRequest {
-    /// What it asks.
-    pub op: Op,
-    /// The answer.
-    pub reply: oneshot::Sender<Result<Value, CoreError>>,
-}
+pub type ApiRequest = strata_framework_kit::edge::Request<Op, Result<Value, CoreError>>;
 
 /// The API's name and credentials flag, for [`check_exposure`].
 pub const WHAT: &str = "jobs API";

@@ -64,13 +64,7 @@ pub enum Op {
 }
 
 /// One request, with where its answer goes.
-#[derive(Debug)]
-pub struct ApiRequest {
-    /// What it asks.
-    pub op: Op,
-    /// The answer.
-    pub reply: oneshot::Sender<Result<Value, CoreError>>,
-}
+pub type ApiRequest = strata_framework_kit::edge::Request<Op, Result<Value, CoreError>>;
 
 /// The router: requests go to `requests`, answered by the framework's loop.
 pub fn router(requests: mpsc::Sender<ApiRequest>, credentials: Option<Arc<Credentials>>) -> Router {

@@ -20,7 +20,9 @@ use crate::api::{self, ApiRequest, Op};
 use crate::core::{Core, CoreError};
 use crate::spec::{AppSpec, SpecError};
 use crate::store::{PROGRAM, Saved, Store, StoreError};
-use strata_framework_kit::command::execute;
+use strata_framework::proto::TaskStatus;
+use strata_framework_kit::command::Command;
+use strata_framework_kit::edge::{Decide, Ended};
 
 /// How the framework runs.
 #[derive(Debug, Clone)]
@@ -178,50 +180,27 @@ impl Bound {
         saved.framework_id = client.framework_id();
         store.save(&saved)?;
         let mut core = Core::new(std::mem::take(&mut saved.state));
-        let mut last = Vec::new();
         let span = info_span!("services", framework_id = %client.framework_id());
-        let result = async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                let mut reply = None;
-                tokio::select! {
-                    () = &mut shutdown => break Ok(()),
-                    event = events.recv() => match event {
-                        None => break Err(ServicesError::Stopped {
-                            framework_id: client.framework_id(),
-                            reason: "the allocator removed it (torn down, or away longer than its failover timeout)".into(),
-                        }),
-                        Some(event) => on_event(&mut core, event),
-                    },
-                    Some(request) = requests.recv() => {
-                        let answer = handle(&mut core, now(), request.op);
-                        reply = Some((request.reply, answer));
-                    }
-                    _ = tick.tick() => core.tick(now()),
-                }
-                // Save the target before acting on it, and before answering.
-                let saved_now = Saved {
-                    framework_id: client.framework_id(),
-                    state: core.state().clone(),
-                };
-                let bytes = serde_json::to_vec(&saved_now).expect("the state serializes");
-                if bytes != last {
-                    store.save_bytes(&bytes)?;
-                    last = bytes;
-                }
-                if let Some((reply, answer)) = reply {
-                    let _ = reply.send(answer);
-                }
-                for command in core.take_commands() {
-                    for status in execute(&client, command).await {
-                        core.update(now(), &status);
-                    }
-                }
-            }
-        }
+        let ended = strata_framework_kit::edge::drive(
+            &mut core,
+            &client,
+            &mut events,
+            &mut requests,
+            &mut shutdown,
+            |bytes| store.save_bytes(bytes),
+        )
         .instrument(span)
         .await;
+        let result = match ended {
+            Ok(Ended::Shutdown) => Ok(()),
+            Ok(Ended::Removed) => Err(ServicesError::Stopped {
+                framework_id: client.framework_id(),
+                reason:
+                    "the allocator removed it (torn down, or away longer than its failover timeout)"
+                        .into(),
+            }),
+            Err(e) => Err(e.into()),
+        };
         let _ = stop_api.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         result
@@ -241,6 +220,39 @@ fn on_event(core: &mut Core, event: Event) {
         Event::Disconnected { reason } => warn!(%reason, "disconnected; reconnecting"),
         Event::Failure { agent_id } => warn!(%agent_id, "agent lost"),
         Event::Rescind { .. } | Event::Heartbeat => {}
+    }
+}
+
+impl Decide for Core {
+    type Op = Op;
+    type Answer = Result<Value, CoreError>;
+
+    fn event(&mut self, event: Event) {
+        on_event(self, event);
+    }
+
+    fn request(&mut self, op: Op) -> Self::Answer {
+        handle(self, now(), op)
+    }
+
+    fn tick(&mut self) {
+        Core::tick(self, now());
+    }
+
+    fn update(&mut self, status: &TaskStatus) {
+        Core::update(self, now(), status);
+    }
+
+    fn take_commands(&mut self) -> Vec<Command> {
+        Core::take_commands(self)
+    }
+
+    fn saved(&self, framework_id: &str) -> Vec<u8> {
+        let saved = Saved {
+            framework_id: framework_id.to_owned(),
+            state: self.state().clone(),
+        };
+        serde_json::to_vec(&saved).expect("the state serializes")
     }
 }
 
