@@ -1,8 +1,8 @@
 //! The loop at a framework's edge, shared by strata-jobs and strata-services: it feeds the
 //! core ([`Decide`]) the allocator's events, the control API's requests and a tick every
-//! second; after each, it saves the core's state (only when it changed) before answering and
-//! before carrying out the commands the core made, so nothing is done that a restart would
-//! forget.
+//! second; after each (or each burst of up to 256 events already waiting), it saves the core's
+//! state (only when it changed) before answering and before carrying out the commands the core
+//! made, so nothing is done that a restart would forget.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,6 +12,9 @@ use strata_framework::{Event, Framework};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Command, execute};
+
+/// The most events handled before the state is saved and the commands carried out.
+const MAX_BATCH: usize = 256;
 
 /// A framework's decisions, as the edge drives them (each call reads the clock itself).
 pub trait Decide {
@@ -71,7 +74,16 @@ pub async fn drive<D: Decide, E>(
             () = &mut shutdown => return Ok(Ended::Shutdown),
             event = events.recv() => match event {
                 None => return Ok(Ended::Removed),
-                Some(event) => core.event(event),
+                Some(event) => {
+                    core.event(event);
+                    // A burst (a thousand updates of a deploy) is saved once.
+                    for _ in 1..MAX_BATCH {
+                        match events.try_recv() {
+                            Ok(event) => core.event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
             },
             Some(request) = requests.recv() => {
                 let answer = core.request(request.op);
