@@ -29,6 +29,7 @@ pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;
+pub mod health;
 pub mod http;
 pub mod http_auth;
 pub mod nofile;

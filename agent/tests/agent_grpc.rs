@@ -17,7 +17,8 @@ use strata_proto::allocator_message::{
     AcknowledgeUpdate, KillTask, LaunchTask, Message as AllocMsg, Shutdown,
 };
 use strata_proto::{
-    CommandInfo, Resource, TaskInfo, TaskReason, TaskState, TaskStatus, TaskUsage, names,
+    CommandInfo, HealthCheck, Resource, TaskInfo, TaskReason, TaskState, TaskStatus, TaskUsage,
+    TcpCheck, health_check, names,
 };
 use strata_test_support::fake_allocator::{FakeAllocator, FakeAllocatorOptions};
 use strata_test_support::http::get;
@@ -433,6 +434,79 @@ async fn failing_commands_report_their_exit_code_or_signal() -> Result<()> {
     assert_eq!(nine.signal, Some(9));
     assert_eq!(nine.exit_code, None);
     assert_eq!(nine.message, "killed by signal 9 (SIGKILL)");
+    h.stop_agent().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_health_check_runs_in_the_task_cgroup_reports_health_and_kills_when_unhealthy()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start(dir.path()).await?;
+    h.next_register().await?;
+    // A bad check is refused before anything is made for the task.
+    let mut bad = shell_task("bad-check", "sleep 60");
+    bad.health_check = Some(HealthCheck {
+        check: Some(health_check::Check::Tcp(TcpCheck { port: 8080 })),
+        ..HealthCheck::default()
+    });
+    h.launch(bad)?;
+    let refused = h.next_update_acked().await?;
+    assert_update(&refused, "bad-check", TaskState::Error)?;
+    ensure!(
+        refused
+            .message
+            .contains("port 8080 is not one of the task's"),
+        "{refused:?}"
+    );
+
+    // Ready for 2 s, then not: the check (in the sandbox, in the task's cgroup, as the task's
+    // user) passes, fails, and after 2 consecutive failures the task is killed.
+    let mut task = shell_task("web", "touch ready; sleep 2; rm ready; sleep 60");
+    task.health_check = Some(HealthCheck {
+        check: Some(health_check::Check::Command(CommandInfo {
+            shell: true,
+            value: format!(
+                "grep -q containers/{FRAMEWORK}/web /proc/self/cgroup && test -f ready && \
+                 test \"$(id -u)\" = \"$(stat -c %u .)\""
+            ),
+            ..CommandInfo::default()
+        })),
+        interval_seconds: Some(1.0),
+        timeout_seconds: Some(5.0),
+        grace_period_seconds: Some(0.0),
+        delay_seconds: Some(0.0),
+        max_consecutive_failures: Some(2),
+    });
+    h.launch(task)?;
+    let mut seen = Vec::new();
+    loop {
+        let status = h.next_update_acked().await?;
+        let terminal = status.state().is_terminal();
+        seen.push(status);
+        if terminal {
+            break;
+        }
+    }
+    let summary: Vec<_> = seen
+        .iter()
+        .map(|s| (s.state().label(), s.healthy))
+        .collect();
+    ensure!(
+        summary
+            == [
+                ("TASK_STARTING", None),
+                ("TASK_RUNNING", None),
+                ("TASK_RUNNING", Some(true)),
+                ("TASK_RUNNING", Some(false)),
+                ("TASK_KILLED", Some(false)),
+            ],
+        "{seen:#?}"
+    );
+    let killed = seen.last().context("a terminal update")?;
+    ensure!(
+        killed.message.contains("unhealthy") && killed.message.contains("2 consecutive"),
+        "{killed:?}"
+    );
     h.stop_agent().await
 }
 

@@ -462,6 +462,9 @@ impl Core {
         let changed = task.state != state || was_unreachable;
         task.state = state;
         task.updated_at = now;
+        if latest.healthy.is_some() {
+            task.healthy = latest.healthy;
+        }
         let message = format!("agent {agent_id} re-registered with the task");
         if was_unreachable {
             task.message.clone_from(&message);
@@ -555,6 +558,7 @@ impl Core {
                 reason: TaskReason::Unspecified,
                 message: latest.message.clone(),
                 exit_code: None,
+                healthy: latest.healthy,
                 unreachable: false,
                 kill: None,
                 launched_at: now,
@@ -666,6 +670,9 @@ impl Core {
                     task.state = state;
                     task.reason = status.reason();
                     task.message = status.message.clone();
+                    if status.healthy.is_some() {
+                        task.healthy = status.healthy;
+                    }
                     task.updated_at = now;
                 }
                 if changed {

@@ -532,6 +532,8 @@ struct Task {
     reason: TaskReason,
     message: String,
     exit_code: Option<i32>,
+    /// The latest health check result its agent reported, if the task has a check.
+    healthy: Option<bool>,
     /// Its agent is unreachable; frameworks were told UNREACHABLE (or LOST).
     unreachable: bool,
     /// A KILL is pending for an agent that is not connected; resent when it re-registers.
@@ -743,6 +745,7 @@ impl Core {
             timestamp: now.as_secs_f64(),
             exit_code: None,
             signal: None,
+            healthy: None,
         }
     }
 

@@ -271,6 +271,7 @@ fn task_from_record(r: TaskRecord) -> Result<Task, RestoreError> {
         reason,
         message: r.message,
         exit_code: r.exit_code,
+        healthy: None,
         unreachable: r.unreachable,
         kill: None,
         launched_at: secs(r.launched_at),

@@ -115,6 +115,10 @@ pub enum Command {
     /// Jobs on the jobs framework (strata-jobs, or `strata local --with jobs`):
     /// `strata job add FILE|-`, `run ID`, `list`, `history ID`, `remove ID`.
     Job(crate::job::JobArgs),
+    /// Long-running apps on the services framework (strata-services, or `strata local --with
+    /// services`): `strata app deploy FILE|-`, `list`, `show ID`, `scale ID N`, `restart ID`,
+    /// `suspend ID`, `destroy ID`, `plan ID`.
+    App(crate::app::AppArgs),
     /// The cluster's CA and certificates: `strata certs init [--dir DIR]`,
     /// `strata certs issue NAME [--dir DIR] [--host H]...`.
     Certs(crate::security::CertsArgs),
@@ -149,11 +153,15 @@ pub struct LocalArgs {
     #[arg(long, env = "STRATA_LOCAL_SECURE")]
     pub secure: bool,
     /// Frameworks to run inside strata local too: `jobs` (strata-jobs, its API on
-    /// --jobs-listen, its state in WORK_DIR/jobs unless --jobs-state-dir says otherwise).
-    #[arg(long = "with", env = "STRATA_LOCAL_WITH", value_delimiter = ',', value_parser = ["jobs"], value_name = "FRAMEWORKS")]
+    /// --jobs-listen, its state in WORK_DIR/jobs unless --jobs-state-dir says otherwise) and
+    /// `services` (strata-services, its API on --services-listen, its state in
+    /// WORK_DIR/services unless --services-state-dir says otherwise).
+    #[arg(long = "with", env = "STRATA_LOCAL_WITH", value_delimiter = ',', value_parser = ["jobs", "services"], value_name = "FRAMEWORKS")]
     pub with: Vec<String>,
     #[command(flatten)]
     pub jobs: strata_jobs::flags::JobsArgs,
+    #[command(flatten)]
+    pub services: strata_services::flags::ServicesArgs,
     #[command(flatten)]
     pub agent: strata_agent::flags::AgentArgs,
     #[command(flatten)]
@@ -179,6 +187,11 @@ pub fn local_tables(command: &clap::Command) -> [(String, Vec<String>); 3] {
                 "jobs_role".to_owned(),
                 "jobs_failover_timeout".to_owned(),
                 "jobs_credentials".to_owned(),
+                "services_listen".to_owned(),
+                "services_state_dir".to_owned(),
+                "services_role".to_owned(),
+                "services_failover_timeout".to_owned(),
+                "services_credentials".to_owned(),
             ],
         ),
         (

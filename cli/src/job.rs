@@ -2,7 +2,7 @@
 //! `strata local --with jobs`).
 
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -55,16 +55,7 @@ pub async fn job(args: JobArgs, token: Option<String>) -> anyhow::Result<()> {
     let client = JobsClient::new(&args.jobs, token)?;
     let answer = match &args.command {
         JobCommand::Add { file } => {
-            let mut text = String::new();
-            if file.as_os_str() == "-" {
-                std::io::stdin()
-                    .take(strata_jobs::spec::MAX_DEFINITION_BYTES as u64 + 1)
-                    .read_to_string(&mut text)
-                    .context("cannot read the definition from standard input")?;
-            } else {
-                text = std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-            }
+            let text = read_definition(file, strata_jobs::spec::MAX_DEFINITION_BYTES)?;
             // Checked here too, for errors that name the file.
             strata_jobs::spec::JobSpec::parse(&text)
                 .with_context(|| format!("{}", file.display()))?;
@@ -128,13 +119,31 @@ pub async fn job(args: JobArgs, token: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn str(v: &Value) -> String {
+/// A definition from `file`, or standard input for `-` (at most `max` bytes and one more, so
+/// that a longer one is refused by the parser's bound).
+pub(crate) fn read_definition(file: &Path, max: usize) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .take(max as u64 + 1)
+            .read_to_string(&mut text)
+            .context("cannot read the definition from standard input")?;
+    } else {
+        text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    Ok(text)
+}
+
+/// A JSON string's text, or the value as JSON.
+pub(crate) fn str(v: &Value) -> String {
     v.as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| v.to_string())
 }
 
-fn opt(v: &Value) -> String {
+/// [`str`], with `-` for null.
+pub(crate) fn opt(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
         other => str(other),

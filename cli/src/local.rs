@@ -15,8 +15,8 @@ use crate::args::{DEFAULT_ALLOCATOR, LocalArgs};
 
 /// How long the agent may take to kill its tasks and report them on shutdown.
 const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
-/// How long the jobs framework may take to stop (it saves its state; its tasks stay).
-const JOBS_STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a framework (jobs, services) may take to stop (it saves its state; its tasks stay).
+const FRAMEWORK_STOP_WAIT: Duration = Duration::from_secs(10);
 /// How long the allocator may take to close its streams on shutdown.
 const ALLOCATOR_STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -49,16 +49,46 @@ struct Running {
     allocator: JoinHandle<Result<(), strata_allocator::ServeError>>,
     stop_agent: oneshot::Sender<()>,
     stop_allocator: oneshot::Sender<()>,
-    /// The jobs framework (`--with jobs`): its API address, its task, how to stop it.
-    jobs: Option<LocalJobs>,
+    /// The frameworks of `--with`: `jobs`, `services`.
+    frameworks: Vec<LocalFramework>,
 }
 
-/// strata-jobs inside strata local.
-struct LocalJobs {
+/// A framework inside strata local (strata-jobs, strata-services).
+struct LocalFramework {
+    /// `jobs` or `services`.
+    name: &'static str,
     addr: std::net::SocketAddr,
-    task: JoinHandle<Result<(), strata_jobs::JobsError>>,
+    task: JoinHandle<anyhow::Result<()>>,
     stop: oneshot::Sender<()>,
 }
+
+impl LocalFramework {
+    /// Runs a bound framework until told to stop.
+    fn spawn<F, E>(
+        name: &'static str,
+        addr: std::net::SocketAddr,
+        run: impl FnOnce(Stop) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<anyhow::Error>,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let work = run(Box::pin(async move {
+            let _ = stopped.await;
+        }));
+        let task = tokio::spawn(async move { work.await.map_err(Into::into) });
+        Self {
+            name,
+            addr,
+            task,
+            stop,
+        }
+    }
+}
+
+/// The future that tells a framework inside strata local to stop.
+type Stop = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Runs `strata local` until a signal; errors if either part fails.
 pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
@@ -78,16 +108,21 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     if let Some(pki) = &running.pki {
         printed = printed.and_then(|()| out!("{}", pki.usage()));
     }
-    if let Some(jobs) = &running.jobs {
-        let flag = if jobs.addr.to_string() == strata_jobs::flags::DEFAULT_LISTEN {
+    for framework in &running.frameworks {
+        let (default, command) = match framework.name {
+            "jobs" => (strata_jobs::flags::DEFAULT_LISTEN, "job"),
+            _ => (strata_services::flags::DEFAULT_LISTEN, "app"),
+        };
+        let flag = if framework.addr.to_string() == default {
             String::new()
         } else {
-            format!("--jobs {} ", jobs.addr)
+            format!("--{} {} ", framework.name, framework.addr)
         };
         printed = printed.and_then(|()| {
             outln!(
-                "strata local: jobs framework API on http://{}; try: strata job {flag}list",
-                jobs.addr
+                "strata local: {} framework API on http://{}; try: strata {command} {flag}list",
+                framework.name,
+                framework.addr
             )
         });
     }
@@ -226,42 +261,51 @@ async fn start(args: LocalArgs) -> anyhow::Result<Running> {
     let agent = tokio::spawn(strata_agent::run(agent_config, async move {
         let _ = agent_stopped.await;
     }));
-    let jobs = if args.with.iter().any(|w| w == "jobs") {
-        let mut jobs_args = args.jobs.clone();
-        if jobs_args.jobs_state_dir.is_none() {
-            jobs_args.jobs_state_dir = Some(work_dir.join("jobs"));
-        }
-        // A secure cluster's jobs API takes the cluster's tokens.
-        if let Some(pki) = &pki
-            && jobs_args.jobs_credentials.is_none()
-        {
-            jobs_args.jobs_credentials = Some(pki.credentials.clone());
-        }
-        let security = match &pki {
-            Some(pki) => strata_framework::ClientSecurity {
-                ca: Some(pki.ca.clone()),
-                token: Some(
-                    std::fs::read_to_string(&pki.token_file)
-                        .with_context(|| format!("cannot read {}", pki.token_file.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                ..strata_framework::ClientSecurity::none()
-            },
-            None => strata_framework::ClientSecurity::none(),
-        };
-        let bound = strata_jobs::bind(jobs_args.config(url.clone(), security)).await?;
-        let addr = bound.addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(bound.run(async move {
-            let _ = stopped.await;
-        }));
-        Some(LocalJobs { addr, task, stop })
-    } else {
-        None
+    // The frameworks take the cluster's CA and operator token, and their APIs its tokens.
+    let security = match &pki {
+        Some(pki) => strata_framework::ClientSecurity {
+            ca: Some(pki.ca.clone()),
+            token: Some(
+                std::fs::read_to_string(&pki.token_file)
+                    .with_context(|| format!("cannot read {}", pki.token_file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            ..strata_framework::ClientSecurity::none()
+        },
+        None => strata_framework::ClientSecurity::none(),
     };
+    let credentials = pki.as_ref().map(|p| p.credentials.clone());
+    let mut frameworks = Vec::new();
+    if args.with.iter().any(|w| w == "jobs") {
+        let mut jobs_args = args.jobs.clone();
+        jobs_args
+            .jobs_state_dir
+            .get_or_insert_with(|| work_dir.join("jobs"));
+        if jobs_args.jobs_credentials.is_none() {
+            jobs_args.jobs_credentials.clone_from(&credentials);
+        }
+        let bound = strata_jobs::bind(jobs_args.config(url.clone(), security.clone())).await?;
+        frameworks.push(LocalFramework::spawn("jobs", bound.addr(), |stop| {
+            bound.run(stop)
+        }));
+    }
+    if args.with.iter().any(|w| w == "services") {
+        let mut services_args = args.services.clone();
+        services_args
+            .services_state_dir
+            .get_or_insert_with(|| work_dir.join("services"));
+        if services_args.services_credentials.is_none() {
+            services_args.services_credentials.clone_from(&credentials);
+        }
+        let bound =
+            strata_services::bind(services_args.config(url.clone(), security.clone())).await?;
+        frameworks.push(LocalFramework::spawn("services", bound.addr(), |stop| {
+            bound.run(stop)
+        }));
+    }
     Ok(Running {
-        jobs,
+        frameworks,
         url,
         work_dir,
         mesos_url,
@@ -313,13 +357,14 @@ async fn stop(
     allocator_done: Option<Result<Result<(), strata_allocator::ServeError>, JoinError>>,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
-    if let Some(jobs) = running.jobs.take() {
-        let _ = jobs.stop.send(());
-        match tokio::time::timeout(JOBS_STOP_WAIT, jobs.task).await {
+    for framework in std::mem::take(&mut running.frameworks) {
+        let name = framework.name;
+        let _ = framework.stop.send(());
+        match tokio::time::timeout(FRAMEWORK_STOP_WAIT, framework.task).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => warn!("the jobs framework failed: {e}"),
-            Ok(Err(e)) => warn!("the jobs framework task failed: {e}"),
-            Err(_) => warn!("the jobs framework did not stop in time"),
+            Ok(Ok(Err(e))) => warn!("the {name} framework failed: {e:#}"),
+            Ok(Err(e)) => warn!("the {name} framework task failed: {e}"),
+            Err(_) => warn!("the {name} framework did not stop in time"),
         }
     }
     let _ = running.stop_agent.send(());

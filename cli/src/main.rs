@@ -6,6 +6,7 @@
 mod out;
 
 mod admin;
+mod app;
 mod args;
 mod duration;
 mod job;
@@ -95,6 +96,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Logs(args) => (logs::logs(&allocator, args).await.map(|()| 0), 1),
         Command::Job(args) => (
             job::job(args, allocator.security.token.clone())
+                .await
+                .map(|()| 0),
+            1,
+        ),
+        Command::App(args) => (
+            app::app(args, allocator.security.token.clone())
                 .await
                 .map(|()| 0),
             1,

@@ -16,15 +16,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::Value;
 use strata_auth::credentials::Credentials;
+pub use strata_framework_kit::control::ApiError;
+use strata_framework_kit::control::{self, error};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
 
 use crate::core::CoreError;
 
@@ -49,84 +49,35 @@ pub enum Op {
 }
 
 /// One request, with where its answer goes.
-#[derive(Debug)]
-pub struct ApiRequest {
-    /// What it asks.
-    pub op: Op,
-    /// The answer.
-    pub reply: oneshot::Sender<Result<Value, CoreError>>,
-}
+pub type ApiRequest = strata_framework_kit::edge::Request<Op, Result<Value, CoreError>>;
 
-/// The API cannot be served as asked.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Outside loopback without credentials.
-    #[error(
-        "refusing to serve the jobs API on {addr} without authentication: anyone who can reach it could run commands on the cluster. Listen on 127.0.0.1, or pass --jobs-credentials FILE (strata token create --file FILE)"
-    )]
-    Exposed {
-        /// The address.
-        addr: SocketAddr,
-    },
-}
+/// The API's name and credentials flag, for [`check_exposure`].
+pub const WHAT: &str = "jobs API";
+/// The credentials flag.
+pub const CREDENTIALS_FLAG: &str = "--jobs-credentials";
 
 /// Refuses a listener outside loopback unless requests are authenticated.
 pub fn check_exposure(addr: SocketAddr, authenticated: bool) -> Result<(), ApiError> {
-    if authenticated || addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(ApiError::Exposed { addr })
-    }
+    control::check_exposure(addr, authenticated, WHAT, CREDENTIALS_FLAG)
 }
 
 #[derive(Clone)]
 struct Api {
     requests: mpsc::Sender<ApiRequest>,
-    credentials: Option<Arc<Credentials>>,
 }
 
 /// The router: requests go to `requests`, answered by the framework's loop.
 pub fn router(requests: mpsc::Sender<ApiRequest>, credentials: Option<Arc<Credentials>>) -> Router {
-    let api = Api {
-        requests,
-        credentials,
-    };
-    Router::new()
+    let api = Api { requests };
+    let routes = Router::new()
         .route("/v1/jobs", get(list).post(put))
         .route("/v1/jobs/{id}", get(show).delete(remove))
         .route("/v1/jobs/{id}/runs", post(run))
-        .route("/v1/jobs/{id}/history", get(history))
-        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .route("/v1/jobs/{id}/history", get(history));
+    control::guard(routes, credentials)
         .route("/health", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
-}
-
-async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
-    if let Some(credentials) = &api.credentials {
-        let header = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match header.map(|h| credentials.authenticate_header(h)) {
-            Some(Ok(_principal)) => {}
-            Some(Err(e)) => {
-                warn!(path = %request.uri().path(), error = %e, "refused a request");
-                return error(StatusCode::UNAUTHORIZED, "the token is not valid".into());
-            }
-            None => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication required: send Authorization: Bearer TOKEN (strata --token, STRATA_TOKEN)".into(),
-                );
-            }
-        }
-    }
-    next.run(request).await
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 async fn ask(api: &Api, op: Op) -> Response {
@@ -181,6 +132,8 @@ async fn history(State(api): State<Api>, Path(id): Path<String>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::client::{ClientError, JobsClient};
 
@@ -269,8 +222,5 @@ mod tests {
         let exposed: SocketAddr = "0.0.0.0:5053".parse().unwrap();
         let err = check_exposure(exposed, false).unwrap_err().to_string();
         assert!(err.contains("--jobs-credentials"), "{err}");
-        assert!(check_exposure(exposed, true).is_ok());
-        assert!(check_exposure("127.0.0.1:5053".parse().unwrap(), false).is_ok());
-        assert!(check_exposure("[::1]:5053".parse().unwrap(), false).is_ok());
     }
 }

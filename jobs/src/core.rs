@@ -36,38 +36,7 @@ const MAX_FIRES_PER_TICK: usize = 10_000;
 /// The label that carries the job id on each task.
 pub const JOB_LABEL: &str = "strata-jobs/job";
 
-/// What the scheduler asks the edge to do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// ACCEPT `offer` with these tasks.
-    Launch {
-        /// The offer.
-        offer: Offer,
-        /// The tasks, one attempt each.
-        tasks: Vec<TaskInfo>,
-    },
-    /// DECLINE these offers for `refuse_seconds`.
-    Decline {
-        /// The offers.
-        offer_ids: Vec<String>,
-        /// The filter.
-        refuse_seconds: f64,
-    },
-    /// KILL a task.
-    Kill {
-        /// The task.
-        task_id: String,
-        /// Its agent.
-        agent_id: String,
-    },
-    /// REVIVE: a run waits for offers after offers were declined.
-    Revive,
-    /// RECONCILE these `(task, agent)` pairs (after a subscription: adopt running tasks).
-    Reconcile {
-        /// The tasks.
-        tasks: Vec<(String, String)>,
-    },
-}
+pub use strata_framework_kit::command::Command;
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,16 +10,19 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use strata_framework::proto::{TaskState, TaskStatus};
-use strata_framework::{Backoff, ClientSecurity, Event, Framework, FrameworkBuilder};
+use strata_framework::{ClientSecurity, Event, Framework};
+use strata_framework_kit::subscribe::Subscription;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::api::{self, ApiRequest, Op};
-use crate::core::{Command, Core, CoreError};
+use crate::core::{Core, CoreError};
 use crate::spec::JobSpec;
 use crate::store::{Saved, Store, StoreError};
+use strata_framework::proto::TaskStatus;
+use strata_framework_kit::command::Command;
+use strata_framework_kit::edge::{Decide, Ended};
 
 /// How the framework runs.
 #[derive(Debug, Clone)]
@@ -94,7 +97,7 @@ pub struct Bound {
 
 /// Opens the state and binds the API (refusing outside loopback without credentials).
 pub async fn bind(config: JobsConfig) -> Result<Bound, JobsError> {
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open(&config.state_dir, crate::store::PROGRAM)?;
     let saved = store.load()?;
     let credentials = match &config.credentials {
         Some(path) => Some(Arc::new(strata_auth::credentials::Credentials::load(path)?)),
@@ -163,99 +166,51 @@ impl Bound {
         saved.framework_id = client.framework_id();
         store.save(&saved)?;
         let mut core = Core::new(std::mem::take(&mut saved.state), config.role.clone());
-        let mut last = Vec::new();
         let span = info_span!("jobs", framework_id = %client.framework_id());
-        let result = async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                let mut reply = None;
-                tokio::select! {
-                    () = &mut shutdown => break Ok(()),
-                    event = events.recv() => match event {
-                        None => break Err(JobsError::Stopped {
-                            framework_id: client.framework_id(),
-                            reason: "the allocator removed it (torn down, or away longer than its failover timeout)".into(),
-                        }),
-                        Some(event) => on_event(&mut core, event),
-                    },
-                    Some(request) = requests.recv() => {
-                        let answer = handle(&mut core, Timestamp::now(), request.op);
-                        reply = Some((request.reply, answer));
-                    }
-                    _ = tick.tick() => core.tick(Timestamp::now()),
-                }
-                // Save what was decided before doing it, and before answering.
-                let saved_now = Saved {
-                    framework_id: client.framework_id(),
-                    state: core.state().clone(),
-                };
-                let bytes = serde_json::to_vec(&saved_now).expect("the state serializes");
-                if bytes != last {
-                    store.save_bytes(&bytes)?;
-                    last = bytes;
-                }
-                if let Some((reply, answer)) = reply {
-                    let _ = reply.send(answer);
-                }
-                for command in core.take_commands() {
-                    if let Some(failed) = execute(&client, command).await {
-                        for status in failed {
-                            core.update(Timestamp::now(), &status);
-                        }
-                    }
-                }
-            }
-        }
+        let ended = strata_framework_kit::edge::drive(
+            &mut core,
+            &client,
+            &mut events,
+            &mut requests,
+            &mut shutdown,
+            |bytes| store.save_bytes(bytes),
+        )
         .instrument(span)
         .await;
+        let result = match ended {
+            Ok(Ended::Shutdown) => Ok(()),
+            Ok(Ended::Removed) => Err(JobsError::Stopped {
+                framework_id: client.framework_id(),
+                reason:
+                    "the allocator removed it (torn down, or away longer than its failover timeout)"
+                        .into(),
+            }),
+            Err(e) => Err(e.into()),
+        };
         let _ = stop_api.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         result
     }
 }
 
-/// Subscribes with the saved framework id (a new one when the allocator no longer knows it),
-/// retrying with backoff while the allocator cannot be reached.
+/// Subscribes with the saved framework id (see [`strata_framework_kit::subscribe`]).
 async fn subscribe(
     config: &JobsConfig,
     framework_id: &str,
 ) -> Result<(Framework, mpsc::Receiver<Event>), JobsError> {
-    let mut id = framework_id.to_owned();
-    let mut backoff = Backoff::default();
-    loop {
-        let builder = FrameworkBuilder::new(&config.allocator)
-            .name(&config.name)
-            .role(&config.role)
-            .failover_timeout(config.failover_timeout)
-            .security(config.security.clone())
-            .framework_id(&id);
-        match builder.subscribe().await {
-            Ok(subscribed) => {
-                info!(framework_id = %subscribed.0.framework_id(), allocator = %config.allocator, "subscribed");
-                return Ok(subscribed);
-            }
-            Err(strata_framework::Error::SubscribeRefused { .. }) if !id.is_empty() => {
-                warn!(framework_id = %id, "the allocator no longer knows this framework; subscribing as a new one");
-                id.clear();
-            }
-            Err(
-                e @ (strata_framework::Error::Connect { .. }
-                | strata_framework::Error::SubscribeTimeout { .. }
-                | strata_framework::Error::StreamEnded { .. }),
-            ) => {
-                let wait = backoff.next_delay();
-                warn!(allocator = %config.allocator, error = %e, ?wait, "cannot subscribe yet; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(source) => {
-                return Err(JobsError::Subscribe {
-                    allocator: config.allocator.clone(),
-                    source,
-                });
-            }
-        }
-    }
+    strata_framework_kit::subscribe::subscribe(Subscription {
+        allocator: &config.allocator,
+        security: &config.security,
+        name: &config.name,
+        role: &config.role,
+        failover_timeout: config.failover_timeout,
+        framework_id,
+    })
+    .await
+    .map_err(|source| JobsError::Subscribe {
+        allocator: config.allocator.clone(),
+        source,
+    })
 }
 
 fn on_event(core: &mut Core, event: Event) {
@@ -274,44 +229,37 @@ fn on_event(core: &mut Core, event: Event) {
     }
 }
 
-/// Carries out one command; for a launch that could not be sent, the updates that end its
-/// tasks (TASK_ERROR) for the core.
-async fn execute(client: &Framework, command: Command) -> Option<Vec<TaskStatus>> {
-    let result = match command {
-        Command::Launch { offer, tasks } => {
-            let ids: Vec<(String, String)> = tasks
-                .iter()
-                .map(|t| (t.task_id.clone(), offer.agent_id.clone()))
-                .collect();
-            if let Err(e) = client.launch(&offer, tasks).await {
-                warn!(error = %e, "cannot launch");
-                return Some(
-                    ids.into_iter()
-                        .map(|(task_id, agent_id)| TaskStatus {
-                            task_id,
-                            agent_id,
-                            state: TaskState::Error as i32,
-                            message: format!("the launch could not be sent: {e}"),
-                            ..TaskStatus::default()
-                        })
-                        .collect(),
-                );
-            }
-            Ok(())
-        }
-        Command::Decline {
-            offer_ids,
-            refuse_seconds,
-        } => client.decline(offer_ids, Some(refuse_seconds)).await,
-        Command::Kill { task_id, agent_id } => client.kill(task_id, agent_id).await,
-        Command::Revive => client.revive().await,
-        Command::Reconcile { tasks } => client.reconcile(tasks).await,
-    };
-    if let Err(e) = result {
-        // While reconnecting: the next SUBSCRIBED reconciles and revives.
-        warn!(error = %e, "a call to the allocator failed");
+impl Decide for Core {
+    type Op = Op;
+    type Answer = Result<Value, CoreError>;
+
+    fn event(&mut self, event: Event) {
+        on_event(self, event);
     }
-    None
+
+    fn request(&mut self, op: Op) -> Self::Answer {
+        handle(self, Timestamp::now(), op)
+    }
+
+    fn tick(&mut self) {
+        Core::tick(self, Timestamp::now());
+    }
+
+    fn update(&mut self, status: &TaskStatus) {
+        Core::update(self, Timestamp::now(), status);
+    }
+
+    fn take_commands(&mut self) -> Vec<Command> {
+        Core::take_commands(self)
+    }
+
+    fn saved(&self, framework_id: &str) -> Vec<u8> {
+        let saved = Saved {
+            framework_id: framework_id.to_owned(),
+            state: self.state().clone(),
+        };
+        serde_json::to_vec(&saved).expect("the state serializes")
+    }
 }
 
 /// Answers one API request.

@@ -2,11 +2,9 @@
 //! `strata job ...` uses, and runs jobs until SIGINT or SIGTERM (their tasks keep running; the
 //! next start adopts them).
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Runs jobs on a Strata cluster, now or on cron schedules.
 #[derive(Debug, Parser)]
@@ -20,31 +18,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("strata-jobs: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("strata-jobs: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    strata_framework_kit::binary::main("strata-jobs", run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

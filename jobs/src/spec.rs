@@ -217,27 +217,12 @@ pub enum SpecError {
 /// Checks a job id: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most [`MAX_JOB_ID_LEN`] bytes. It never
 /// holds `.`, which separates the parts of task ids.
 pub fn check_job_id(id: &str) -> Result<(), SpecError> {
-    let reason = if id.is_empty() {
-        Some("it is empty")
-    } else if id.len() > MAX_JOB_ID_LEN {
-        Some("it is too long")
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("it holds a character other than a-z, 0-9 and '-'")
-    } else if id.starts_with('-') || id.ends_with('-') {
-        Some("it starts or ends with '-'")
-    } else {
-        None
-    };
-    match reason {
-        None => Ok(()),
-        Some(reason) => Err(SpecError::Id {
+    strata_framework_kit::definition::check_name(id, MAX_JOB_ID_LEN).map_err(|reason| {
+        SpecError::Id {
             id: strata_proto::ids::shorten(id, 64),
             reason,
-        }),
-    }
+        }
+    })
 }
 
 impl JobSpec {
@@ -246,15 +231,8 @@ impl JobSpec {
         if text.len() > MAX_DEFINITION_BYTES {
             return Err(SpecError::TooLarge { len: text.len() });
         }
-        let spec: Self = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| SpecError::Parse {
-                reason: format!("json: {e}"),
-            })?
-        } else {
-            toml::from_str(text).map_err(|e| SpecError::Parse {
-                reason: format!("toml: {}", e.to_string().trim_end()),
-            })?
-        };
+        let spec: Self = strata_framework_kit::definition::parse_text(text)
+            .map_err(|reason| SpecError::Parse { reason })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -343,68 +321,7 @@ impl JobSpec {
     }
 }
 
-/// Durations as `"90s"`, `"5m"`, `"1h"` (strata_common's parser) or whole seconds.
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    pub(super) enum Raw {
-        Text(String),
-        Seconds(u64),
-    }
-
-    pub(super) fn parse<'de, D: Deserializer<'de>>(raw: Raw) -> Result<Duration, D::Error> {
-        match raw {
-            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => strata_common::parse::duration(&t).map_err(serde::de::Error::custom),
-        }
-    }
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parse::<D>(Raw::deserialize(d)?)
-    }
-
-    pub(super) fn format_duration(d: Duration) -> String {
-        if d.subsec_millis() != 0 {
-            format!("{}ms", d.as_millis())
-        } else {
-            format!("{}s", d.as_secs())
-        }
-    }
-
-    pub(super) use Raw as RawDuration;
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::duration::RawDuration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&super::duration::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        match Option::<RawDuration>::deserialize(d)? {
-            None => Ok(None),
-            Some(raw) => super::duration::parse::<D>(raw).map(Some),
-        }
-    }
-}
+use strata_framework_kit::definition::{duration, opt_duration};
 
 #[cfg(test)]
 mod tests {

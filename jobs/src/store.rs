@@ -1,17 +1,10 @@
 //! The state file: `STATE_DIR/state.json` holds the framework id, every job definition, the
-//! active runs and the histories. Each write goes to a temporary file that is synced, then
-//! renamed over the old one (and the directory synced), so a crash leaves the old state or the
-//! new one, never a torn file.
-
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+//! active runs and the histories, written atomically ([`strata_framework_kit::state`]).
 
 use serde::{Deserialize, Serialize};
+pub use strata_framework_kit::state::{STATE_FILE, StoreError};
 
 use crate::core::State;
-
-/// The state file's name in the state directory.
-pub const STATE_FILE: &str = "state.json";
 
 /// What the file holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,129 +17,28 @@ pub struct Saved {
     pub state: State,
 }
 
-/// The state file cannot be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// An I/O error on `path`.
-    #[error("cannot {action} {path}: {source}; check the --state-dir and its permissions")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The file is not a state file.
-    #[error("{path} is not a strata-jobs state file ({reason}); move it away to start empty")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// The parser's words.
-        reason: String,
-    },
-}
-
 /// The state directory.
-#[derive(Debug, Clone)]
-pub struct Store {
-    dir: PathBuf,
-}
+pub type Store = strata_framework_kit::state::StateFile<Saved>;
 
-impl Store {
-    /// Opens (creating, mode 0700) the state directory `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| StoreError::Io {
-                action: "create",
-                path: dir.to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// The state file's path.
-    pub fn path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
-    }
-
-    /// What was saved last, or the empty state when nothing was.
-    pub fn load(&self) -> Result<Saved, StoreError> {
-        let path = self.path();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
-            Err(source) => Err(StoreError::Io {
-                action: "read",
-                path,
-                source,
-            }),
-        }
-    }
-
-    /// Replaces the state file with `bytes` (a serialized [`Saved`]) atomically.
-    pub fn save_bytes(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        file.write_all(bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io("rename to", &path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync", &self.dir))?;
-        Ok(())
-    }
-
-    /// Saves `saved`.
-    pub fn save(&self, saved: &Saved) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(saved).expect("the state serializes");
-        self.save_bytes(&bytes)
-    }
-}
+/// The program named in errors about the file.
+pub const PROGRAM: &str = "strata-jobs";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn state_round_trips_and_a_torn_file_is_an_error() {
+    fn the_jobs_state_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("jobs")).unwrap();
-        assert_eq!(store.load().unwrap(), Saved::default());
+        let store = Store::open(&dir.path().join("jobs"), PROGRAM).unwrap();
         let mut saved = Saved {
             framework_id: "f-1".into(),
             ..Saved::default()
         };
         saved.state.next_run = 7;
         store.save(&saved).unwrap();
-        assert_eq!(
-            Store::open(&dir.path().join("jobs"))
-                .unwrap()
-                .load()
-                .unwrap(),
-            saved
-        );
-        assert!(!dir.path().join("jobs").join("state.json.tmp").exists());
-        std::fs::write(store.path(), b"{\"framework_id\": \"f").unwrap();
+        assert_eq!(store.load().unwrap(), saved);
+        std::fs::write(store.path(), b"{").unwrap();
         let err = store.load().unwrap_err().to_string();
         assert!(err.contains("not a strata-jobs state file"), "{err}");
     }

@@ -10,6 +10,8 @@
 //!   the rate achieved under EDT limits of 10, 100 and 1,000 Mbit/s, and the p50/p99 round trip
 //!   of a small request/response flow next to a bulk sender not limited, limited by EDT and by
 //!   tc htb. Software emulation (TCG): about a minute, and emulated-machine numbers.
+//! - `services`: strata-services deploying `--instances` (1,000) instances on one agent to all
+//!   healthy, then a rolling upgrade of them (`bench_services.rs`).
 //! - `mesos`: the Mesos v1 scheduler HTTP API against gRPC: offers per second and
 //!   ACCEPT-to-TASK_RUNNING latency (`allocator/benches/mesos.rs`); with `--tls`, again with
 //!   TLS and authentication on, with the ratios.
@@ -78,6 +80,13 @@ pub enum Bench {
         #[arg(long, default_value = "6.12")]
         kernel: String,
     },
+    /// strata-services: from `strata app deploy` of N instances on one agent to all healthy,
+    /// and a rolling upgrade of them (goal: under 30 s for 1,000).
+    Services {
+        /// How many instances.
+        #[arg(long, default_value_t = 1000)]
+        instances: u32,
+    },
     /// The Mesos HTTP API against gRPC, in one run: offers/s and ACCEPT-to-RUNNING latency.
     Mesos {
         /// Passed to the benchmark, e.g. --agents 50 --seconds 5 --launches 1000; --tls
@@ -95,7 +104,7 @@ pub enum Bench {
 }
 
 /// Kills the processes it holds when dropped.
-struct Processes(Vec<Child>);
+pub(crate) struct Processes(pub(crate) Vec<Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
@@ -126,6 +135,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Ok(())
         }
         Bench::Launch { tasks } => crate::bench_launch::launch(*tasks),
+        Bench::Services { instances } => crate::bench_services::services(*instances),
         Bench::Accounting { seconds } => crate::bench_accounting::accounting(*seconds),
         Bench::Allocator { args } => util::run(
             util::cargo()

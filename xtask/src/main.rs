@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_accounting;
 mod bench_launch;
+mod bench_services;
 mod chaos;
 /// The eBPF build's toolchain pins (`agent-ebpf/toolchain.toml`): the module agent/build.rs reads
 /// them with.

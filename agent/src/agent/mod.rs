@@ -73,6 +73,12 @@ enum TaskEvent {
     },
     /// The task was killed before its command was started.
     KilledBeforeLaunch { key: TaskKey, why: String },
+    /// The task's health check result changed (or first counted).
+    Health {
+        key: TaskKey,
+        healthy: bool,
+        message: String,
+    },
     /// The command ended; `killed` says why if it was killed on request.
     Ended {
         key: TaskKey,
@@ -86,6 +92,8 @@ enum TaskEvent {
 struct Task {
     info: TaskInfo,
     latest: TaskStatus,
+    /// Its health check's latest result, carried by every later update.
+    healthy: Option<bool>,
     /// How to reach the task's supervisor; `None` once the task is terminal.
     kill: Option<mpsc::UnboundedSender<KillRequest>>,
     span: Span,

@@ -101,6 +101,7 @@ impl Agent {
             self.tasks.insert(
                 key.clone(),
                 Task {
+                    healthy: latest.healthy,
                     info,
                     latest,
                     kill: (!terminal).then_some(kill_tx),
@@ -115,9 +116,24 @@ impl Agent {
             match self.containerizer.recover(&framework_id, &task_id) {
                 Ok(container) => {
                     tracing::info!(pid = ?container.pid(), "re-attached to a running task");
+                    let healthy = self.tasks.get(&key).and_then(|t| t.healthy);
+                    let checks = self.health_checker(&key, healthy);
+                    let grace = self
+                        .tasks
+                        .get(&key)
+                        .map_or(self.config.default_kill_grace_period, |t| {
+                            self.grace_period(&t.info, None)
+                        });
                     tokio::spawn(
-                        watch(container, key, kill_rx, self.task_events.clone())
-                            .instrument(span.clone()),
+                        watch(
+                            container,
+                            key,
+                            kill_rx,
+                            self.task_events.clone(),
+                            checks,
+                            grace,
+                        )
+                        .instrument(span.clone()),
                     );
                 }
                 Err(e) => {

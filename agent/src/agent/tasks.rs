@@ -29,6 +29,7 @@ use crate::cgroup::MemoryOom;
 use crate::checkpoint;
 use crate::containerizer::{Container, Containerizer, ExitStatus, LaunchSpec};
 use crate::gpu::GpuError;
+use crate::health;
 use crate::paths;
 use crate::status::{AckOutcome, TaskKey};
 use crate::usage::TaskRef;
@@ -69,6 +70,7 @@ impl Agent {
                     state: TaskState::Staging as i32,
                     ..TaskStatus::default()
                 },
+                healthy: None,
                 kill: (!stopping).then_some(kill_tx),
                 span: span.clone(),
             },
@@ -121,12 +123,14 @@ impl Agent {
             String::new(),
             None,
         );
+        let grace = self.grace_period(&task, None);
         let spec = LaunchSpec {
             gpus,
             framework_id: key.framework_id.clone(),
             agent_id: self.agent_id.clone().unwrap_or_default(),
             task,
         };
+        let checks = self.health_checker(&key, None);
         tokio::spawn(
             supervise(
                 self.containerizer.clone(),
@@ -134,6 +138,8 @@ impl Agent {
                 key,
                 kill_rx,
                 self.task_events.clone(),
+                checks,
+                grace,
             )
             .instrument(span.clone()),
         );
@@ -157,6 +163,28 @@ impl Agent {
             grace,
             why: "killed at the framework's request".to_owned(),
         });
+    }
+
+    /// The health checks of a task the agent has, if it has any: in its sandbox, with its
+    /// environment, starting from its last known health.
+    pub(super) fn health_checker(
+        &self,
+        key: &TaskKey,
+        healthy: Option<bool>,
+    ) -> Option<health::Checker> {
+        let task = self.tasks.get(key)?;
+        task.info.health_check.as_ref()?;
+        let sandbox =
+            paths::sandbox_dir(&self.config.work_dir, &key.framework_id, &key.task_id).ok()?;
+        let spec = LaunchSpec {
+            gpus: self.gpus.of(&key.framework_id, &key.task_id),
+            framework_id: key.framework_id.clone(),
+            agent_id: self.agent_id.clone().unwrap_or_default(),
+            task: task.info.clone(),
+        };
+        let command = task.info.command.clone().unwrap_or_default();
+        let env = crate::containerizer::task_environment(&spec, &command, &sandbox);
+        health::Checker::new(&task.info, sandbox, env, &self.config.task_user, healthy)
     }
 
     pub(super) fn grace_period(&self, task: &TaskInfo, requested: Option<f64>) -> Duration {
@@ -222,6 +250,25 @@ impl Agent {
                     (TaskState::Failed, TaskReason::ContainerLaunchFailed)
                 };
                 self.update(&key, state, reason, error, None);
+            }
+            TaskEvent::Health {
+                key,
+                healthy,
+                message,
+            } => {
+                let Some(task) = self.tasks.get_mut(&key) else {
+                    return;
+                };
+                task.healthy = Some(healthy);
+                if task.latest.state() == TaskState::Running {
+                    self.update(
+                        &key,
+                        TaskState::Running,
+                        TaskReason::Unspecified,
+                        message,
+                        None,
+                    );
+                }
             }
             TaskEvent::KilledBeforeLaunch { key, why } => {
                 self.update(&key, TaskState::Killed, TaskReason::TaskKilled, why, None);
@@ -301,6 +348,7 @@ impl Agent {
             timestamp: unix_now(),
             exit_code: exit.and_then(ExitStatus::code),
             signal: exit.and_then(ExitStatus::signal),
+            healthy: task.healthy,
         };
         let queued = self.updates.update(status, Instant::now());
         {
@@ -358,6 +406,9 @@ fn launch_refusal(framework_id: &str, task: &TaskInfo) -> Option<String> {
     if let Err(e) = paths::TaskIds::new(framework_id, &task.task_id) {
         return Some(e.to_string());
     }
+    if let Err(why) = health::validate(task) {
+        return Some(why);
+    }
     let cpus = scalar_sum(&task.resources, names::CPUS);
     let mem = scalar_sum(&task.resources, names::MEM);
     let enough = |asked: f64, least: f64| asked.is_finite() && asked >= least;
@@ -380,6 +431,8 @@ async fn supervise(
     key: TaskKey,
     mut kills: mpsc::UnboundedReceiver<KillRequest>,
     events: mpsc::UnboundedSender<TaskEvent>,
+    checks: Option<health::Checker>,
+    grace: Duration,
 ) {
     if let Ok(kill) = kills.try_recv() {
         let _ = events.send(TaskEvent::KilledBeforeLaunch { key, why: kill.why });
@@ -401,19 +454,40 @@ async fn supervise(
         key: key.clone(),
         pid: container.pid(),
     });
-    watch(container, key, kills, events).await;
+    watch(container, key, kills, events, checks, grace).await;
 }
 
-/// Watches a running task until it ends (or is killed on request) and reports how it ended.
+/// Watches a running task until it ends (or is killed on request, or for failing its health
+/// checks, which run here beside it) and reports how it ended.
 pub(super) async fn watch(
     container: Box<dyn Container>,
     key: TaskKey,
     mut kills: mpsc::UnboundedReceiver<KillRequest>,
     events: mpsc::UnboundedSender<TaskEvent>,
+    checks: Option<health::Checker>,
+    grace: Duration,
 ) {
+    let procs = container.cgroup_procs();
+    let checks = async {
+        match checks {
+            Some(checker) => {
+                checker
+                    .run(procs, |change| {
+                        let _ = events.send(TaskEvent::Health {
+                            key: key.clone(),
+                            healthy: change.healthy,
+                            message: change.message,
+                        });
+                    })
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let (result, killed) = tokio::select! {
         result = container.wait() => (result, None),
         Some(kill) = kills.recv() => (container.kill(kill.grace).await, Some(kill.why)),
+        why = checks => (container.kill(grace).await, Some(why)),
     };
     let _ = events.send(TaskEvent::Ended {
         key,

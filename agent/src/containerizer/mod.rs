@@ -317,6 +317,12 @@ pub trait Container: Send + Sync + fmt::Debug {
     fn memory_oom(&self) -> Option<crate::cgroup::MemoryOom> {
         None
     }
+
+    /// The `cgroup.procs` files a process writes to join the task's cgroups (a command health
+    /// check runs there); none for containerizers without cgroups.
+    fn cgroup_procs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 /// `<work_dir>/sandboxes/<framework_id>/<task_id>` (the task's cwd and log files) and

@@ -204,6 +204,7 @@ impl Core {
                     reason: TaskReason::Unspecified,
                     message: String::new(),
                     exit_code: None,
+                    healthy: None,
                     unreachable: false,
                     kill: None,
                     launched_at: now,

@@ -240,6 +240,7 @@ impl Core {
     pub(crate) fn reconcile_status(&self, now: Duration, task: &Task) -> TaskStatus {
         TaskStatus {
             exit_code: task.exit_code,
+            healthy: task.healthy,
             ..Self::allocator_status(
                 now,
                 &task.framework_id,

@@ -728,6 +728,9 @@ pub fn status(s: &TaskStatus) -> Value {
     if !s.uuid.is_empty() {
         v["uuid"] = json!(BASE64.encode(&s.uuid));
     }
+    if let Some(healthy) = s.healthy {
+        v["healthy"] = json!(healthy);
+    }
     v
 }
 
@@ -940,6 +943,20 @@ mod tests {
         let v = status(&s);
         assert!(v.get("uuid").is_none());
         assert_eq!(v["reason"], "REASON_RECONCILIATION");
+    }
+
+    #[test]
+    fn updates_carry_healthy_only_when_checked() {
+        let mut s = TaskStatus {
+            task_id: "t".into(),
+            state: TaskState::Running as i32,
+            ..TaskStatus::default()
+        };
+        assert!(status(&s).get("healthy").is_none());
+        s.healthy = Some(false);
+        assert_eq!(status(&s)["healthy"], false);
+        s.healthy = Some(true);
+        assert_eq!(status(&s)["healthy"], true);
     }
 
     #[test]

@@ -54,6 +54,85 @@ fn strata_local_runs_a_task_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "strata local exited with {status}");
 }
 
+#[test]
+fn strata_local_with_services_and_jobs_runs_both_frameworks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let services = format!("127.0.0.1:{}", free_port());
+    let jobs = format!("127.0.0.1:{}", free_port());
+    let strata = env!("CARGO_BIN_EXE_strata");
+    let mut local = Command::new(strata)
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
+        .args(["local", "--listen", &listen, "--with", "services,jobs"])
+        .args([
+            "--services-listen",
+            &services,
+            "--jobs-listen",
+            &jobs,
+            "--work-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strata local starts");
+    let app = dir.path().join("app.toml");
+    std::fs::write(
+        &app,
+        "id = \"sleeper\"\ncommand = \"exec sleep 1000\"\ninstances = 2\n",
+    )
+    .expect("definition written");
+    let cli = |args: &[&str]| {
+        Command::new(strata)
+            .args(args)
+            .output()
+            .expect("strata runs")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut deployed = false;
+    while !deployed && Instant::now() < deadline {
+        deployed = cli(&[
+            "app",
+            "--services",
+            &services,
+            "deploy",
+            app.to_str().unwrap(),
+        ])
+        .status
+        .success();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut healthy = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let out = cli(&["app", "--services", &services, "--json", "list"]);
+        healthy = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v[0]["healthy"].clone())
+            .unwrap_or_default();
+        if healthy == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let job_list = cli(&["job", "--jobs", &jobs, "list"]);
+    let status = stop(&mut local);
+    assert!(
+        deployed,
+        "strata app deploy succeeded against strata local within 30 s"
+    );
+    assert_eq!(healthy, 2, "both instances running");
+    assert!(
+        job_list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&job_list.stderr)
+    );
+    assert!(
+        status
+            .expect("strata local stops within 20 s of SIGTERM")
+            .success()
+    );
+    assert!(dir.path().join("services").join("state.json").exists());
+}
+
 /// Sends `strata local` SIGTERM; how it exited, if within 20 s.
 fn stop(local: &mut std::process::Child) -> Option<std::process::ExitStatus> {
     let stopped = Command::new("kill")

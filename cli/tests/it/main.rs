@@ -13,4 +13,5 @@ mod pipe;
 mod profile;
 mod secure_cluster;
 mod security;
+mod services;
 mod usage;

@@ -217,6 +217,10 @@ impl Container for LinuxContainer {
     fn memory_oom(&self) -> Option<MemoryOom> {
         self.exit.borrow().as_ref().and_then(|(_, oom)| *oom)
     }
+
+    fn cgroup_procs(&self) -> Vec<PathBuf> {
+        self.cgroup.procs_files()
+    }
 }
 
 /// The cgroup of a recovered task that was already removed.
