@@ -29,12 +29,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use strata_framework::ResourceBudget;
 use strata_framework::proto::{
-    CommandInfo, HealthCheck, HttpCheck, Offer, Resource, TaskInfo, TaskState, TaskStatus,
-    TcpCheck, health_check, names,
+    CommandInfo, HealthCheck, HttpCheck, NetworkMode, Offer, Resource, TaskInfo, TaskState,
+    TaskStatus, TcpCheck, health_check, names,
 };
 use tracing::{info, warn};
 
-use crate::spec::{AppSpec, Operator, Protocol, SpecError};
+use crate::spec::{AppSpec, Network, Operator, Protocol, SpecError};
 
 /// The most apps the framework holds.
 pub const MAX_APPS: usize = 1000;
@@ -1001,6 +1001,11 @@ pub fn task_info(app: &App, seq: u64, ports: &[u64]) -> TaskInfo {
         .into_iter()
         .collect(),
         health_check,
+        network_mode: match spec.network {
+            Network::Host => NetworkMode::Host,
+            Network::Bridge => NetworkMode::Bridge,
+            Network::None => NetworkMode::None,
+        } as i32,
         ..TaskInfo::default()
     }
 }

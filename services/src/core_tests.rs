@@ -178,6 +178,25 @@ impl Sim {
 }
 
 #[test]
+fn an_apps_network_mode_reaches_its_tasks() {
+    for (network, mode) in [
+        ("", NetworkMode::Host),
+        ("network = \"bridge\"\n", NetworkMode::Bridge),
+        ("network = \"none\"\n", NetworkMode::None),
+    ] {
+        let mut core = Core::new(State::default());
+        let text = format!("id = \"net\"\ncommand = \"serve\"\n{network}");
+        core.deploy(secs(0), spec_of(&text)).unwrap();
+        core.offers(secs(0), vec![offer("o1", "a1", "h1", "r1")]);
+        let commands = core.take_commands();
+        let Some(Command::Launch { tasks, .. }) = commands.first() else {
+            panic!("{commands:?}");
+        };
+        assert_eq!(tasks[0].network_mode(), mode, "{network:?}");
+    }
+}
+
+#[test]
 fn a_new_app_deploys_its_instances_and_its_plan_completes() {
     let mut core = Core::new(State::default());
     assert_eq!(core.deploy(secs(0), spec_of(WEB)).unwrap(), 1);

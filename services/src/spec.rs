@@ -46,6 +46,9 @@ pub struct AppSpec {
     /// environment (network mode host).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub ports: u32,
+    /// The instances' network (`host`, `bridge` or `none`; see docs/network.md).
+    #[serde(default, skip_serializing_if = "Network::is_host")]
+    pub network: Network,
     /// The instances' environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -165,6 +168,25 @@ fn timeout() -> Duration {
 
 fn three() -> u32 {
     3
+}
+
+/// An app's network mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network (the default).
+    #[default]
+    Host,
+    /// A namespace of its own with an address on the agent's bridge.
+    Bridge,
+    /// A namespace of its own with loopback only.
+    None,
+}
+
+impl Network {
+    fn is_host(&self) -> bool {
+        *self == Self::Host
+    }
 }
 
 /// A health check's kind.
@@ -409,6 +431,34 @@ impl AppSpec {
                 ));
             }
         }
+        if self.network != Network::Host {
+            // Host ports reach an instance in its own namespace only through port mappings,
+            // which the agent does not forward yet; HTTP and TCP checks dial its host ports.
+            if self.ports > 0 {
+                return Err(field(
+                    "ports",
+                    format!(
+                        "network {:?} takes no host ports yet (port mappings are not forwarded); \
+                         use network host",
+                        self.network
+                    ),
+                ));
+            }
+            if self
+                .health_check
+                .as_ref()
+                .is_some_and(|h| h.protocol != Protocol::Command)
+            {
+                return Err(field(
+                    "health_check",
+                    format!(
+                        "network {:?} allows command checks only (HTTP and TCP checks dial host \
+                         ports)",
+                        self.network
+                    ),
+                ));
+            }
+        }
         if let Some(h) = &self.health_check {
             match h.protocol {
                 Protocol::Http | Protocol::Tcp if h.port_index >= self.ports => {
@@ -522,6 +572,32 @@ minimum_health_capacity = 0.5
         assert_eq!(a, AppSpec::parse(json).unwrap());
         assert_eq!(a.upgrade.bounds(3), (2, 6));
         assert_eq!(a.health_check.unwrap().timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_network_mode_is_host_unless_given_and_bridge_takes_no_host_ports_yet() {
+        let host = AppSpec::parse("id = \"a\"\ncommand = \"true\"\n").unwrap();
+        assert_eq!(host.network, Network::Host);
+        let bridge =
+            AppSpec::parse("id = \"a\"\ncommand = \"true\"\nnetwork = \"bridge\"\n").unwrap();
+        assert_eq!(bridge.network, Network::Bridge);
+        for (text, needle) in [
+            ("network = \"overlay\"\n", "overlay"),
+            ("network = \"bridge\"\nports = 1\n", "takes no host ports"),
+            (
+                "network = \"none\"\nports = 1\n[health_check]\nprotocol = \"tcp\"\n",
+                "takes no host ports",
+            ),
+            (
+                "network = \"bridge\"\n[health_check]\nprotocol = \"tcp\"\n",
+                "command checks only",
+            ),
+        ] {
+            let e = AppSpec::parse(&format!("id = \"a\"\ncommand = \"true\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]
