@@ -816,8 +816,14 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<GetLeaderRequest>,
     ) -> Result<Response<GetLeaderResponse>, Status> {
-        // Who leads is no secret among the cluster's principals: authentication only.
-        self.0.security.grpc_principal(&request)?;
+        // Who leads is no secret among the cluster's principals: authentication only, no rule.
+        let principal = self.0.security.grpc_principal(&request)?;
+        if principal.is_none() && self.0.security.policy().enforced() {
+            return Err(Status::unauthenticated(
+                "authentication required to ask who leads: present a client certificate signed \
+                 by the cluster's CA, or a bearer token (strata --token, STRATA_TOKEN)",
+            ));
+        }
         Ok(Response::new(GetLeaderResponse {
             leader_epoch: self.0.leader_epoch,
         }))

@@ -184,6 +184,21 @@ async fn operator_calls_need_credentials_and_a_rule_and_are_audited() -> Result<
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
 
+    // GetLeader needs authentication but no rule: anonymous and forged callers are refused,
+    // any principal of the cluster is answered (a single allocator is term 0).
+    for token in [None, Some("strata_forged".to_owned())] {
+        let e = operator(channel.clone(), token)
+            .get_leader(strata_proto::GetLeaderRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    }
+    let leader = operator(channel.clone(), Some(cluster.tokens["eve"].clone()))
+        .get_leader(strata_proto::GetLeaderRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(leader.leader_epoch, 0);
+
     let quota = |role: &str| SetQuotaRequest {
         quota: Some(QuotaInfo {
             role: role.into(),
