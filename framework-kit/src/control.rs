@@ -11,9 +11,12 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 use strata_auth::credentials::Credentials;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
+
+use crate::edge;
 
 /// The API cannot be served as asked.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,31 @@ pub fn check_exposure(
 /// `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Sends `op` to the framework's loop and answers with its JSON, or with its error and the
+/// status `status_of` gives it; 503 naming `program` when the loop has stopped.
+pub async fn ask<Op, E: std::fmt::Display>(
+    requests: &mpsc::Sender<edge::Request<Op, Result<Value, E>>>,
+    op: Op,
+    program: &str,
+    status_of: impl FnOnce(&E) -> StatusCode,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let gone = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{program} is stopping"),
+        )
+    };
+    if requests.send(edge::Request { op, reply }).await.is_err() {
+        return gone();
+    }
+    match answer.await {
+        Err(_) => gone(),
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(e)) => error(status_of(&e), e.to_string()),
+    }
 }
 
 /// Makes every route of `router` so far need a valid bearer token, when there are credentials.

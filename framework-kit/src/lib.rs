@@ -9,6 +9,7 @@
 //!   its error answers
 //! - [`binary`]: a framework binary's `main` (logs, runtime, exit status)
 //! - [`client`]: the control API's client (what `strata job` and `strata app` use)
+//! - [`host`]: a framework binary's life: state file, control API, subscription, the edge
 //! - [`subscribe`]: subscribing with a saved framework id, retrying while the allocator is away
 
 pub mod binary;
@@ -17,5 +18,6 @@ pub mod command;
 pub mod control;
 pub mod definition;
 pub mod edge;
+pub mod host;
 pub mod state;
 pub mod subscribe;

@@ -19,13 +19,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::Value;
 use strata_auth::credentials::Credentials;
+use strata_framework_kit::control;
 pub use strata_framework_kit::control::ApiError;
-use strata_framework_kit::control::{self, error};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::core::CoreError;
 
@@ -118,29 +118,13 @@ pub fn router(requests: mpsc::Sender<ApiRequest>, credentials: Option<Arc<Creden
 }
 
 async fn ask(requests: &mpsc::Sender<ApiRequest>, op: Op) -> Response {
-    let (reply, answer) = oneshot::channel();
-    let gone = || {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the services framework is stopping".into(),
-        )
-    };
-    if requests.send(ApiRequest { op, reply }).await.is_err() {
-        return gone();
-    }
-    match answer.await {
-        Err(_) => gone(),
-        Ok(Ok(value)) => axum::Json(value).into_response(),
-        Ok(Err(e)) => {
-            let status = match &e {
-                CoreError::NoApp { .. } => StatusCode::NOT_FOUND,
-                CoreError::Spec(_) => StatusCode::BAD_REQUEST,
-                CoreError::Destroying { .. } => StatusCode::CONFLICT,
-                CoreError::Limit { .. } => StatusCode::TOO_MANY_REQUESTS,
-            };
-            error(status, e.to_string())
-        }
-    }
+    control::ask(requests, op, "the services framework", |e| match e {
+        CoreError::NoApp { .. } => StatusCode::NOT_FOUND,
+        CoreError::Spec(_) => StatusCode::BAD_REQUEST,
+        CoreError::Destroying { .. } => StatusCode::CONFLICT,
+        CoreError::Limit { .. } => StatusCode::TOO_MANY_REQUESTS,
+    })
+    .await
 }
 
 #[cfg(test)]
