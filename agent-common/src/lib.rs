@@ -115,6 +115,11 @@ impl NetCounters {
 pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
 /// tp_btf program on `sched_wakeup_new`: the time a new task became runnable.
 pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+
+/// The program at `sched_stat_runtime` (each time the scheduler charges a running task's time,
+/// at ticks too): the task's time so far goes to its cgroup then, so a busy task's figure lags
+/// the kernel's by no more than the kernel's own does.
+pub const PROG_SCHED_STAT_RUNTIME: &str = "sched_stat_runtime";
 /// LRU hash map task pointer (`u64`) → the time (ns, CLOCK_MONOTONIC) it became runnable
 /// (internal to the run-queue programs).
 pub const MAP_RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";

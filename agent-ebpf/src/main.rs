@@ -1,9 +1,19 @@
 //! Strata's kernel-side eBPF programs (see `strata-agent-common` for the maps' layout).
 //!
-//! - `sched_switch` (tp_btf): at every context switch, adds the time since this CPU's previous
-//!   switch to the cgroup of the task being switched out. The tracepoint fires before the switch,
-//!   so `current` is still that task and `bpf_get_current_cgroup_id` gives its cgroup v2 id. The
-//!   idle tasks (pid 0) are not counted, and neither is each CPU's first interval after loading.
+//! - `sched_switch` (tp_btf) and `sched_stat_runtime` (tp_btf): on-CPU time per cgroup, the
+//!   kernel's own count. The scheduler adds a running task's time to
+//!   `task_struct.se.sum_exec_runtime` at every update (ticks, switches, wakeups on its CPU)
+//!   and charges the same amount to the task's cgroups there and then; `sched_stat_runtime`
+//!   fires at each such update. At each update of the task that is `current`, and at its
+//!   switch-out, the growth of its count since it was last charged (`CHARGED_RUNTIME`, per
+//!   task) goes to `current`'s cgroup (`bpf_get_current_cgroup_id`, its cgroup v2 id), so the
+//!   figure is the kernel's, charged to the cgroup the task is in when the kernel charges it;
+//!   an update made from another CPU is picked up at the task's next one. A task is counted
+//!   from when it is first switched in. The count is read at `TASK_RUNTIME_OFFSET`, which the
+//!   agent finds in the kernel's BTF and sets before loading (aya has no CO-RE). When it could
+//!   not (0), `sched_switch` adds the clock's time since this CPU's previous switch instead,
+//!   which also counts time a hypervisor steals and interrupts and charges a whole slice to the
+//!   cgroup at its end. The idle tasks (pid 0) are not counted.
 //!   It also measures run-queue (scheduling) latency. `sched_switch` records the time every task
 //!   is switched out; `sched_wakeup` and `sched_wakeup_new` record when a task became runnable,
 //!   overwriting that for a task that had blocked (a blocked task is always woken, after its
@@ -30,7 +40,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skb_cgroup_id,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_cgroup_id,
     },
     macros::{btf_tracepoint, cgroup_skb, map},
     maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
@@ -41,9 +52,18 @@ use strata_agent_common::{CgroupId, MAX_CGROUPS, NetCounters, RunQueueCounters, 
 /// The most tasks waiting for a CPU that are tracked at once (an LRU map: the oldest go first).
 const MAX_RUNNABLE_TASKS: u32 = 65_536;
 
+/// The offset of `se.sum_exec_runtime` in `struct task_struct`, set by the agent from the
+/// kernel's BTF before loading; 0: unknown, time slices on the clock.
+#[unsafe(no_mangle)]
+static TASK_RUNTIME_OFFSET: u64 = 0;
+
 /// This CPU's time of its last context switch (ns, CLOCK_MONOTONIC); 0 before the first one.
 #[map]
 static SWITCH_TS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Task (`task_struct` address) → its `sum_exec_runtime` when its time was last charged.
+#[map]
+static CHARGED_RUNTIME: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_RUNNABLE_TASKS, 0);
 
 /// cgroup id → on-CPU nanoseconds.
 #[map]
@@ -100,7 +120,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: bpf_ktime_get_ns takes no arguments and has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     run_queue_switch(&ctx, now);
-    cpu_time_switch(now);
+    // SAFETY: a global of this object, set before loading and never written after.
+    let offset = unsafe { core::ptr::read_volatile(&TASK_RUNTIME_OFFSET) };
+    if offset == 0 {
+        cpu_time_switch(now);
+    } else {
+        cpu_runtime_switch(&ctx, offset);
+    }
     0
 }
 
@@ -154,6 +180,81 @@ fn add_wait(cgroup: CgroupId, ns: u64) {
             }
             (*c).count += 1;
             (*c).sum_ns += ns;
+        }
+    }
+}
+
+/// `sched_stat_runtime(struct task_struct *tsk, u64 runtime, ...)`: the scheduler charged
+/// `tsk` the time it ran since its last update (at a tick, at a switch, at a wakeup on its
+/// CPU). When `tsk` is the task running on this CPU, its time so far goes to its cgroup now,
+/// as the kernel's cgroup counters get it now; an update made from another CPU is picked up at
+/// the next one made here, or at the switch-out.
+#[btf_tracepoint(function = "sched_stat_runtime")]
+pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: as in sched_switch.
+    let offset = unsafe { core::ptr::read_volatile(&TASK_RUNTIME_OFFSET) };
+    let task = ctx.arg::<u64>(0);
+    // SAFETY: no arguments, no preconditions.
+    if offset != 0 && task == unsafe { bpf_get_current_task() } {
+        charge_current(task, offset);
+    }
+    0
+}
+
+/// `task`'s count of nanoseconds on a CPU (`se.sum_exec_runtime`), or `None` if unreadable.
+#[inline(always)]
+fn runtime_of(task: u64, offset: u64) -> Option<u64> {
+    // SAFETY: `task` is a task_struct a tracepoint was given; the helper checks the read and
+    // fails rather than fault.
+    unsafe { bpf_probe_read_kernel((task + offset) as *const u64) }.ok()
+}
+
+/// Charges `task` (`current`, not an idle task) its runtime since it was last charged, to its
+/// cgroup (`current`'s), and remembers where it got to.
+#[inline(always)]
+fn charge_current(task: u64, offset: u64) {
+    // The low 32 bits are the thread id; 0 only for the idle tasks.
+    if task == 0 || bpf_get_current_pid_tgid() as u32 == 0 {
+        return;
+    }
+    let Some(runtime) = runtime_of(task, offset) else {
+        return;
+    };
+    match CHARGED_RUNTIME.get_ptr_mut(task) {
+        Some(last) => {
+            // SAFETY: the task's entry; only the CPU the task runs on touches it, with
+            // preemption disabled.
+            let charged = unsafe { core::ptr::replace(last, runtime) };
+            if runtime > charged {
+                // SAFETY: no arguments; `current` is `task`.
+                let cgroup = unsafe { bpf_get_current_cgroup_id() };
+                add_u64(&CPU_TIME_NS, cgroup, runtime - charged);
+            }
+        }
+        // First seen: counted from now.
+        None => {
+            let _ = CHARGED_RUNTIME.insert(task, runtime, 0);
+        }
+    }
+}
+
+/// On-CPU time from the kernel's count: `prev`'s runtime not charged yet goes to its cgroup
+/// (`current` is still `prev`); `next` is counted from now if it was not seen before (or its
+/// address belonged to an ended task with a larger count).
+#[inline(always)]
+fn cpu_runtime_switch(ctx: &BtfTracePointContext, offset: u64) {
+    let prev = ctx.arg::<u64>(1);
+    let next = ctx.arg::<u64>(2);
+    charge_current(prev, offset);
+    let Some(runtime) = runtime_of(next, offset) else {
+        return;
+    };
+    match CHARGED_RUNTIME.get_ptr_mut(next) {
+        // SAFETY: `next`'s entry; it is not running anywhere yet.
+        Some(last) if unsafe { *last } > runtime => unsafe { *last = runtime },
+        Some(_) => {}
+        None => {
+            let _ = CHARGED_RUNTIME.insert(next, runtime, 0);
         }
     }
 }

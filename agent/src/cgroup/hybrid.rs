@@ -180,8 +180,11 @@ struct HybridCgroup {
 impl HybridCgroup {
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs = vec![self.memory.clone(), self.cpu.clone(), self.pids.clone()];
-        dirs.extend(self.cpuacct.iter().cloned());
         dirs.extend(self.freezer.iter().cloned());
+        // cpuacct and unified last and together: a task's CPU time is charged to its cpuacct
+        // group by the kernel and to its unified cgroup by eBPF, so the two figures agree
+        // when the task joins both with nothing in between (see ebpf).
+        dirs.extend(self.cpuacct.iter().cloned());
         dirs.extend(self.unified.iter().cloned());
         dirs
     }

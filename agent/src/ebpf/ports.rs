@@ -301,7 +301,7 @@ mod tests {
     /// below this process's own cgroup, and entries come and go.
     #[test]
     fn programs_attach_below_our_cgroup_and_entries_come_and_go() {
-        let Some(dir) = own_unified_cgroup() else {
+        let Some(dir) = crate::ebpf::own_unified_cgroup() else {
             eprintln!("skipped: no cgroup v2 directory of this process's own");
             return;
         };
@@ -337,21 +337,5 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir(&self.0);
         }
-    }
-
-    fn own_unified_cgroup() -> Option<PathBuf> {
-        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let rel = rel.trim_start_matches('/');
-        [
-            Path::new("/sys/fs/cgroup/unified"),
-            Path::new("/sys/fs/cgroup"),
-        ]
-        .into_iter()
-        .map(|m| m.join(rel))
-        .find(|p| {
-            nix::sys::statfs::statfs(p.as_path())
-                .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        })
     }
 }
