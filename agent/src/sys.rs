@@ -479,3 +479,79 @@ pub fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result
     }
     Ok(())
 }
+
+/// `bpf(2)`'s `BPF_MAP_LOOKUP_BATCH` command (`enum bpf_cmd` in `linux/bpf.h`; Linux 5.6+).
+const BPF_MAP_LOOKUP_BATCH: nix::libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr` for the `BPF_MAP_*_BATCH` commands.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct BpfBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call on the hash map `map`: reads up to `keys.len() / key_size`
+/// entries after `cursor` (`None`: from the start) into `keys` and `values` (`value_stride`
+/// bytes each: a per-CPU map's value size rounded up to 8, times the possible CPUs), and
+/// writes the next cursor into `next`. Returns how many entries it read and whether the map
+/// has more. Buffers too small for one entry are refused (`EINVAL`) before the kernel is
+/// called.
+pub fn bpf_map_lookup_batch(
+    map: std::os::fd::BorrowedFd<'_>,
+    cursor: Option<&[u8; 8]>,
+    next: &mut [u8; 8],
+    (keys, key_size): (&mut [u8], usize),
+    (values, value_stride): (&mut [u8], usize),
+) -> io::Result<(usize, bool)> {
+    use std::os::fd::AsRawFd as _;
+    if key_size == 0 || value_stride == 0 {
+        return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
+    }
+    let capacity = (keys.len() / key_size).min(values.len() / value_stride);
+    let count =
+        u32::try_from(capacity).map_err(|_| io::Error::from_raw_os_error(nix::libc::EINVAL))?;
+    if count == 0 {
+        return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
+    }
+    let mut attr = BpfBatchAttr {
+        in_batch: cursor.map_or(0, |c| c.as_ptr() as u64),
+        out_batch: next.as_mut_ptr() as u64,
+        map_fd: u32::try_from(map.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(nix::libc::EBADF))?,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        ..BpfBatchAttr::default()
+    };
+    // SAFETY: `attr` is a properly aligned `bpf_attr` batch member of the size passed; every
+    // pointer in it points into a live buffer borrowed for this call (`in_batch` and
+    // `out_batch` 8 bytes each, at least the 4 a hash map's cursor takes; `keys` and `values`
+    // large enough for `count` entries of the sizes the caller gave, checked above), and the
+    // kernel writes no more than `count` entries.
+    let ret = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            std::ptr::addr_of_mut!(attr),
+            size_of::<BpfBatchAttr>(),
+        )
+    };
+    let read = attr.count.min(count) as usize;
+    if ret == 0 {
+        return Ok((read, true));
+    }
+    let err = io::Error::last_os_error();
+    // ENOENT: the end of the map, with the last entries (if any) read.
+    if err.raw_os_error() == Some(nix::libc::ENOENT) {
+        Ok((read, false))
+    } else {
+        Err(err)
+    }
+}

@@ -59,6 +59,9 @@ pub struct Collected {
 /// What a pass of [`Collector::collect`] shares between its tasks.
 struct Pass<'a> {
     ebpf: Option<&'a Ebpf>,
+    /// Every cgroup's eBPF on-CPU time, read in batches at the start of the pass (for the
+    /// quiet check; a task that moved is read again on its own); `None` when batches fail.
+    cpu_times: Option<HashMap<CgroupId, u64>>,
     egress: Option<&'a std::sync::Mutex<EgressControl>>,
     agent_id: &'a str,
     now: Instant,
@@ -94,6 +97,8 @@ pub struct Collector {
     /// The GPU poller (an agent with GPUs): the records of tasks given GPUs, or using one, get
     /// their `gpus` from it.
     pub gpus: Option<crate::gpu::usage::GpuPoller>,
+    /// Whether a failed batched read of the eBPF CPU map was logged (once).
+    batch_warned: bool,
 }
 
 impl Collector {
@@ -109,6 +114,7 @@ impl Collector {
             last_full_reads: 0,
             gpus: None,
             egress: None,
+            batch_warned: false,
         }
     }
 
@@ -121,8 +127,19 @@ impl Collector {
         agent_id: &str,
     ) -> Collected {
         let egress = self.egress.clone();
+        let cpu_times = ebpf.and_then(|e| match e.cpu_times() {
+            Ok(times) => Some(times),
+            Err(err) => {
+                if !self.batch_warned {
+                    self.batch_warned = true;
+                    tracing::warn!("one eBPF map lookup per task instead: {err}");
+                }
+                None
+            }
+        });
         let pass = Pass {
             ebpf,
+            cpu_times,
             egress: egress.as_deref(),
             agent_id,
             now: Instant::now(),
@@ -324,7 +341,10 @@ fn check_quiet(pass: &Pass<'_>, slot: &mut Option<Seen>) -> Quietness {
         && let Some(seen) = slot.as_mut()
         && let Some(id) = seen.cgroup_id
     {
-        oncpu_ns = e.cpu_time_ns(id).ok();
+        oncpu_ns = match &pass.cpu_times {
+            Some(times) => Some(times.get(&id).copied().unwrap_or(0)),
+            None => e.cpu_time_ns(id).ok(),
+        };
         // (A record made before the agent had its id is made again.)
         let quiet = oncpu_ns.is_some()
             && oncpu_ns == seen.oncpu_ns
@@ -335,6 +355,11 @@ fn check_quiet(pass: &Pass<'_>, slot: &mut Option<Seen>) -> Quietness {
             seen.since_full += 1;
             seen.at = pass.now;
             return Quietness::Quiet;
+        }
+        if pass.cpu_times.is_some() {
+            // Read again next to the cgroup's files, so both figures are of the same moment
+            // (the batch was read at the start of the pass).
+            oncpu_ns = None;
         }
     }
     Quietness::Moved { oncpu_ns }
