@@ -14,6 +14,19 @@
 //!   task, up to [`MAX_USAGE_RECORDS`]), for callers allowed `view_tasks`.
 //! - `POST /ui/api/agents/{id}/{drain|deactivate|reactivate}`: the operator actions, each
 //!   authorized as `drain_agents` on the agent id and audited.
+//! - `POST /ui/api/tasks/{framework}/{task}/kill`: kills one task, authorized as
+//!   `teardown_frameworks` on the framework's principal (killing one of its tasks is a part
+//!   of tearing it down) and audited.
+//! - `GET /ui/api/tasks/{framework}/{task}/log?stream=stdout|stderr`: the task's output,
+//!   followed live through its agent's `/files/follow` (at most [`MAX_LOG_BYTES`] and
+//!   [`MAX_LOG_TIME`] per request, [`MAX_PROXIES`] at once).
+//! - `POST /ui/api/tasks/{framework}/{task}/profile` (`{"seconds": N}`, 1 to 60): the agent's
+//!   `/profile` of the task, rendered as an SVG flame graph with inferno, as `strata profile`
+//!   does.
+//!
+//! The agent requests carry the caller's own `Authorization` (so the agent decides
+//! `view_sandboxes` and `profile_tasks` for the same principal, with the same tokens) and, for
+//! `https://` agents, trust the allocator's `--tls-client-ca`, the cluster's CA.
 //!
 //! Access is the Mesos API's: a client certificate, `Authorization: Bearer`, or HTTP Basic
 //! `principal:token` (which a browser asks for after the page's 401). Reads need
@@ -73,6 +86,16 @@ const STREAM_QUEUE: usize = 64;
 const MAX_BATCH: usize = 1024;
 /// How long a browser waits before it reconnects a stream that ended.
 const RETRY_MS: u64 = 1000;
+/// The most bytes of output one log request passes on.
+pub const MAX_LOG_BYTES: usize = 16 << 20;
+/// The longest one log request follows the output.
+pub const MAX_LOG_TIME: Duration = Duration::from_secs(3600);
+/// How many log and profile requests to agents may run at once.
+pub const MAX_PROXIES: usize = 32;
+/// How long an agent has to answer (beyond a profile's own duration).
+const AGENT_ANSWER: Duration = Duration::from_secs(15);
+/// The most bytes of folded stacks read from an agent.
+const MAX_PROFILE_BYTES: usize = 32 << 20;
 
 /// Why a dashboard request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +127,12 @@ pub enum UiError {
         /// What was wrong.
         why: String,
     },
+    /// The task is not known (or not active, for a kill or a profile).
+    #[error("{0}")]
+    NotFound(String),
+    /// The agent could not be reached or refused.
+    #[error("{0}")]
+    Agent(String),
     /// As many event streams are open as allowed.
     #[error(
         "too many event streams: {max} are open, the most allowed; close a dashboard tab or \
@@ -132,6 +161,8 @@ impl UiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::CrossSite { .. } => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Agent(_) => StatusCode::BAD_GATEWAY,
             Self::TooManySubscribers { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Operator { status, .. } => *status,
         }
@@ -198,6 +229,8 @@ struct Ctx {
     /// One permit per event stream (shared with the Mesos operator event streams).
     subscribers: Arc<Semaphore>,
     max_subscribers: usize,
+    /// One permit per request to an agent (logs, profiles).
+    proxies: Arc<Semaphore>,
 }
 
 /// The dashboard's routes, merged into the Mesos HTTP API's router.
@@ -212,6 +245,7 @@ pub(crate) fn router(
         leadership,
         subscribers,
         max_subscribers,
+        proxies: Arc::new(Semaphore::new(MAX_PROXIES)),
     };
     Router::new()
         .route("/ui", get(|| async { redirect_to_page() }))
@@ -225,6 +259,15 @@ pub(crate) fn router(
         .route("/ui/api/roles", get(roles))
         .route("/ui/api/usage", get(usage))
         .route("/ui/api/agents/{agent_id}/{action}", post(agent_action))
+        .route(
+            "/ui/api/tasks/{framework_id}/{task_id}/kill",
+            post(kill_task),
+        )
+        .route("/ui/api/tasks/{framework_id}/{task_id}/log", get(task_log))
+        .route(
+            "/ui/api/tasks/{framework_id}/{task_id}/profile",
+            post(task_profile),
+        )
         .layer(DefaultBodyLimit::max(MAX_ACTION_BODY))
         .with_state(ctx)
 }
@@ -885,9 +928,332 @@ async fn agent_action(
     Ok(json_response(&json!({ "agent": agent_id, "done": action })))
 }
 
+/// Checks the ids of a task's route.
+fn task_ids(framework_id: &str, task_id: &str) -> Result<(), UiError> {
+    let bad = |e: strata_proto::ids::IdError| UiError::BadRequest { why: e.to_string() };
+    strata_proto::ids::check_id("framework id", framework_id).map_err(bad)?;
+    strata_proto::ids::check_id("task id", task_id).map_err(bad)
+}
+
+/// `POST /ui/api/tasks/{framework}/{task}/kill`.
+async fn kill_task(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+    Path((framework_id, task_id)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    ctx.leading()?;
+    same_site(&headers)?;
+    let principal = ctx.principal(peer, &headers)?;
+    task_ids(&framework_id, &task_id)?;
+    let id = framework_id.clone();
+    let owner = ctx
+        .shared
+        .operate(move |core, _| Ok(core.framework_principal(&id)))
+        .await
+        .map_err(|s| UiError::operator(&s))?
+        .unwrap_or_default();
+    ctx.shared
+        .security
+        .authorize(principal.as_deref(), Action::TeardownFrameworks, &owner)?;
+    let (fw, task) = (framework_id.clone(), task_id.clone());
+    ctx.shared
+        .operate(move |core, now| core.operator_kill_task(now, &fw, &task))
+        .await
+        .map_err(|s| UiError::operator(&s))?;
+    Ok(json_response(
+        &json!({ "framework": framework_id, "task": task_id, "done": "kill" }),
+    ))
+}
+
+/// The URL of `path` on an agent whose endpoint is `endpoint` (`host:port` or a URL).
+fn agent_url(endpoint: &str, path: &str) -> String {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        format!("{}{path}", endpoint.trim_end_matches('/'))
+    } else {
+        format!("http://{endpoint}{path}")
+    }
+}
+
+/// A query value, percent-encoded.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Ctx {
+    /// The endpoint of the agent running the task (its last one, for an ended task), once
+    /// the caller may view tasks; with the options to call it as the caller.
+    async fn task_agent(
+        &self,
+        peer: Option<Extension<PeerPrincipal>>,
+        headers: &HeaderMap,
+        framework_id: &str,
+        task_id: &str,
+    ) -> Result<(TaskSummary, String, strata_common::http::GetOptions), UiError> {
+        let principal = self.viewer(peer, headers)?;
+        self.shared
+            .security
+            .policy()
+            .check(principal.as_deref(), Action::ViewTasks, "*")?;
+        task_ids(framework_id, task_id)?;
+        let request = strata_proto::ListTasksRequest {
+            framework_id: framework_id.to_owned(),
+            agent_id: String::new(),
+            include_terminal: true,
+        };
+        let tasks = self
+            .shared
+            .query(|tx| Query::Tasks(request, tx))
+            .await
+            .map_err(|_| UiError::Unavailable)?;
+        let task = tasks
+            .into_iter()
+            .find(|t| t.task_id == task_id)
+            .ok_or_else(|| {
+                UiError::NotFound(format!(
+                    "task {task_id} of framework {framework_id} is not known to the allocator"
+                ))
+            })?;
+        let (agents, _, _) = self
+            .shared
+            .query(Query::Agents)
+            .await
+            .map_err(|_| UiError::Unavailable)?;
+        let endpoint = agents
+            .into_iter()
+            .find(|a| a.id == task.agent_id)
+            .map(|a| a.endpoint)
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| {
+                UiError::NotFound(format!(
+                    "agent {} of task {task_id} is not known or serves no HTTP endpoint \
+                     (--http-listen)",
+                    task.agent_id
+                ))
+            })?;
+        let options = strata_common::http::GetOptions {
+            tls: self
+                .shared
+                .security
+                .agent_client_tls()
+                .map_err(|e| UiError::Agent(e.to_string()))?,
+            authorization: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        Ok((task, endpoint, options))
+    }
+}
+
+/// The agent's refusal, with a bounded part of its body.
+async fn agent_refusal(mut answer: strata_common::http::Streaming, what: &str) -> UiError {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = answer.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 4096 {
+            break;
+        }
+    }
+    UiError::Agent(format!(
+        "the agent refused {what} (HTTP {}): {}",
+        answer.status,
+        strata_proto::ids::shorten(String::from_utf8_lossy(&body).trim(), 1024)
+    ))
+}
+
+/// `GET /ui/api/tasks/{framework}/{task}/log?stream=stdout|stderr`.
+async fn task_log(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+    Path((framework_id, task_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, UiError> {
+    let file = match query.as_deref().unwrap_or("stream=stdout") {
+        "" | "stream=stdout" => "stdout",
+        "stream=stderr" => "stderr",
+        other => {
+            return Err(UiError::BadRequest {
+                why: format!(
+                    "unknown query {:?}: stream=stdout or stream=stderr",
+                    strata_proto::ids::shorten(other, 64)
+                ),
+            });
+        }
+    };
+    let (task, endpoint, options) = ctx
+        .task_agent(peer, &headers, &framework_id, &task_id)
+        .await?;
+    let permit = Arc::clone(&ctx.proxies)
+        .try_acquire_owned()
+        .map_err(|_| UiError::TooManySubscribers { max: MAX_PROXIES })?;
+    let url = agent_url(
+        &endpoint,
+        &format!(
+            "/files/follow?framework={}&task={}&path={file}&offset=0",
+            encode(&task.framework_id),
+            encode(&task.task_id)
+        ),
+    );
+    let mut answer = strata_common::http::get_stream(&url, AGENT_ANSWER, &options)
+        .await
+        .map_err(|e| UiError::Agent(format!("cannot follow the task's {file}: {e}")))?;
+    if answer.status != 200 {
+        return Err(agent_refusal(answer, &format!("to follow the task's {file}")).await);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let mut stop = ctx.shared.stop.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let deadline = tokio::time::Instant::now() + MAX_LOG_TIME;
+        let mut sent = 0usize;
+        loop {
+            let chunk = tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                () = tx.closed() => break,
+                () = tokio::time::sleep_until(deadline) => break,
+                chunk = answer.chunk() => chunk,
+            };
+            let Ok(Some(mut chunk)) = chunk else { break };
+            let left = MAX_LOG_BYTES - sent;
+            let last = chunk.len() >= left;
+            if last {
+                chunk.truncate(left);
+            }
+            sent += chunk.len();
+            if tx.send(chunk).await.is_err() || last {
+                break;
+            }
+        }
+        tracing::debug!(task_id = %task.task_id, sent, "dashboard log follow ended");
+    });
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(hardened(response))
+}
+
+/// A profile's body: how long to sample.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    seconds: u64,
+}
+
+/// `POST /ui/api/tasks/{framework}/{task}/profile`.
+async fn task_profile(
+    State(ctx): State<Ctx>,
+    peer: Option<Extension<PeerPrincipal>>,
+    headers: HeaderMap,
+    Path((framework_id, task_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, UiError> {
+    same_site(&headers)?;
+    let body: ProfileBody = serde_json::from_slice(&body).map_err(|e| UiError::BadRequest {
+        why: format!("the body is not {{\"seconds\": N}}: {e}"),
+    })?;
+    if !(1..=60).contains(&body.seconds) {
+        return Err(UiError::BadRequest {
+            why: "seconds must be between 1 and 60".to_owned(),
+        });
+    }
+    let (task, endpoint, options) = ctx
+        .task_agent(peer, &headers, &framework_id, &task_id)
+        .await?;
+    let _permit = Arc::clone(&ctx.proxies)
+        .try_acquire_owned()
+        .map_err(|_| UiError::TooManySubscribers { max: MAX_PROXIES })?;
+    let url = agent_url(
+        &endpoint,
+        &format!(
+            "/profile?task={}&seconds={}&framework={}",
+            encode(&task.task_id),
+            body.seconds,
+            encode(&task.framework_id)
+        ),
+    );
+    let limit = Duration::from_secs(body.seconds) + AGENT_ANSWER * 2;
+    let mut answer = strata_common::http::get_stream(&url, limit, &options)
+        .await
+        .map_err(|e| UiError::Agent(format!("cannot profile the task: {e}")))?;
+    if answer.status != 200 {
+        return Err(agent_refusal(answer, "the profile").await);
+    }
+    let mut folded = Vec::new();
+    let read = tokio::time::timeout(AGENT_ANSWER, async {
+        while let Some(chunk) = answer.chunk().await? {
+            folded.extend_from_slice(&chunk);
+            if folded.len() > MAX_PROFILE_BYTES {
+                break;
+            }
+        }
+        Ok::<_, strata_common::http::HttpError>(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) if folded.len() <= MAX_PROFILE_BYTES => {}
+        Ok(Ok(())) => {
+            return Err(UiError::Agent(format!(
+                "the profile is larger than {MAX_PROFILE_BYTES} bytes"
+            )));
+        }
+        Ok(Err(e)) => return Err(UiError::Agent(format!("reading the profile: {e}"))),
+        Err(_) => {
+            return Err(UiError::Agent(
+                "the agent sent the profile too slowly".into(),
+            ));
+        }
+    }
+    let folded = String::from_utf8_lossy(&folded);
+    if folded.trim().is_empty() {
+        return Err(UiError::NotFound(format!(
+            "no samples: task {task_id} did not run on a CPU during the {} s (idle or \
+             sleeping)",
+            body.seconds
+        )));
+    }
+    let svg = flame_graph(&folded, &format!("{task_id} ({} s)", body.seconds))?;
+    Ok(hardened(
+        ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+    ))
+}
+
+/// The flame graph of folded stacks, as `strata profile` draws it.
+fn flame_graph(folded: &str, title: &str) -> Result<Vec<u8>, UiError> {
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_owned();
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+        .map_err(|e| UiError::Agent(format!("the agent's folded stacks cannot be drawn: {e}")))?;
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flame_graphs_are_svg() {
+        let svg = flame_graph("main;work 30\nmain;idle 10\n", "t1 (5 s)").expect("drawn");
+        let svg = String::from_utf8(svg).expect("utf-8");
+        assert!(svg.contains("<svg"), "{svg}");
+        assert!(svg.contains("work"), "{svg}");
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(agent_url("h:1", "/x"), "http://h:1/x");
+        assert_eq!(agent_url("https://h:1/", "/x"), "https://h:1/x");
+    }
 
     #[test]
     fn resources_sum_scalars_and_print_ranges() {

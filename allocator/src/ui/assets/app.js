@@ -350,17 +350,15 @@ const taskFilter = { text: "", state: "active" };
 function shownTasks() {
   const text = taskFilter.text.toLowerCase();
   const out = [];
-  let matched = 0;
   for (const t of S.tasks.values()) {
     const term = TERMINAL.has(t.state);
     if (taskFilter.state === "active" && term) continue;
     if (taskFilter.state === "terminal" && !term) continue;
     if (text && !(`${t.id} ${t.name} ${t.state} ${t.agent} ${t.fw}`.toLowerCase().includes(text))) continue;
-    matched++;
-    if (out.length < MAX_ROWS) out.push(t);
+    out.push(t);
   }
-  out.sort((a, b) => num(b.launched) - num(a.launched));
-  return { rows: out, matched };
+  out.sort((a, b) => num(b.launched) - num(a.launched) || (a.id < b.id ? 1 : -1));
+  return { rows: out.slice(0, MAX_ROWS), matched: out.length };
 }
 
 async function pollUsage() {
