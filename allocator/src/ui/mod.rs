@@ -1328,6 +1328,41 @@ mod tests {
     }
 
     #[test]
+    fn batches_skip_what_the_snapshot_holds_and_report_a_lag() {
+        let numbered = |seq: u64| Numbered {
+            seq,
+            change: Arc::new(Change::AgentRemoved {
+                agent_id: format!("a{seq}"),
+            }),
+        };
+        let (tx, mut rx) = broadcast::channel(4);
+        for seq in 2..=4 {
+            tx.send(numbered(seq)).expect("a receiver");
+        }
+        let first = rx.try_recv().expect("a change");
+        let Batch::Send(bytes) = batch(first, &mut rx, 2, false) else {
+            panic!("changes after the snapshot are sent")
+        };
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        assert!(text.starts_with("event: changes\ndata: ["), "{text}");
+        assert!(!text.contains("\"a2\""), "seq 2 is in the snapshot: {text}");
+        assert!(text.contains("\"a3\"") && text.contains("\"a4\""), "{text}");
+        // Seven more than the channel holds: the receiver has missed some.
+        for seq in 5..=11 {
+            tx.send(numbered(seq)).expect("a receiver");
+        }
+        assert!(matches!(
+            batch(numbered(4), &mut rx, 2, true),
+            Batch::Lagged
+        ));
+        assert!(
+            String::from_utf8(reset().to_vec())
+                .expect("utf-8")
+                .starts_with("event: reset\n")
+        );
+    }
+
+    #[test]
     fn usage_queries_are_bounded_and_checked() {
         assert_eq!(usage_query(None).unwrap(), Vec::<String>::new());
         assert_eq!(
