@@ -1,6 +1,7 @@
 //! What happened in the cluster, as operators subscribed to its events hear of it (Mesos'
 //! v1 operator SUBSCRIBE): agents added (registered or re-registered) and removed
-//! (unreachable), frameworks added, updated (re-subscribed, disconnected, UPDATE_FRAMEWORK)
+//! (unreachable), agents updated (an operator drained, deactivated or reactivated them),
+//! frameworks added, updated (re-subscribed, disconnected, UPDATE_FRAMEWORK)
 //! and removed, tasks added and each change of a task's state.
 //!
 //! Invariants: changes are recorded only while [`Core::observe`] is on (the edge turns it on
@@ -23,6 +24,8 @@ pub enum Change {
         /// The agent.
         agent_id: String,
     },
+    /// An operator drained, deactivated or reactivated an agent: its mode changed.
+    AgentUpdated(AgentSummary),
     /// A framework subscribed for the first time.
     FrameworkAdded(FrameworkSummary),
     /// A framework re-subscribed, disconnected or was updated.

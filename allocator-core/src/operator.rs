@@ -31,6 +31,17 @@ pub enum OperatorError {
         /// The id given.
         framework_id: String,
     },
+    /// The task is not an active task of the framework.
+    #[error(
+        "task {task_id} of framework {framework_id} is not active: it ended or never ran; list \
+         tasks with `strata ps`"
+    )]
+    UnknownTask {
+        /// The framework given.
+        framework_id: String,
+        /// The task given.
+        task_id: String,
+    },
     /// A role, weight or quota is invalid.
     #[error(transparent)]
     Role(#[from] RoleError),
@@ -380,6 +391,11 @@ impl Core {
         }
         self.record_agent(&id);
         self.refresh_offerable(&id);
+        self.note(|core| {
+            core.agents
+                .get(&id)
+                .map(|a| crate::Change::AgentUpdated(crate::view::agent_summary(a)))
+        });
         Ok(id)
     }
 
@@ -397,6 +413,44 @@ impl Core {
         draining.sort();
         deactivated.sort();
         (draining, deactivated)
+    }
+
+    /// Kills one task at an operator's request (the dashboard), as its framework's KILL
+    /// would, with the task's own grace period; the framework hears the outcome as usual.
+    pub fn operator_kill_task(
+        &mut self,
+        now: Duration,
+        framework_id: &str,
+        task_id: &str,
+    ) -> Result<(), OperatorError> {
+        let key = (
+            FrameworkId(framework_id.to_owned()),
+            super::TaskId(task_id.to_owned()),
+        );
+        let Some(task) = self.tasks.get_mut(&key) else {
+            return Err(OperatorError::UnknownTask {
+                framework_id: framework_id.to_owned(),
+                task_id: task_id.to_owned(),
+            });
+        };
+        let own = task.info.kill_grace_period_seconds;
+        let grace = (own > 0.0).then_some(own);
+        task.kill = Some(grace);
+        task.updated_at = now;
+        let agent_id = task.agent_id.clone();
+        match self.agents.get(&agent_id).and_then(|a| a.conn()) {
+            Some(conn) => {
+                tracing::info!(framework_id, task_id, agent_id = %agent_id, "an operator killed the task");
+                self.send_kill(conn, &key, grace);
+            }
+            None => tracing::info!(
+                framework_id,
+                task_id,
+                agent_id = %agent_id,
+                "an operator killed the task; its agent is not connected, the kill is sent when it re-registers"
+            ),
+        }
+        Ok(())
     }
 
     /// Removes a framework at the operator's request: its tasks are killed.

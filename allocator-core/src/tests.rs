@@ -1497,6 +1497,38 @@ fn kill_is_forwarded_or_reported_unknown() {
 }
 
 #[test]
+fn an_operator_kills_an_active_task_and_is_told_of_unknown_ones() {
+    let mut h = Harness::new();
+    let (aconn, agent) = h.agent(2.0, 512.0);
+    let (fconn, fid) = h.framework("one");
+    let offer = h.one_offer(fconn);
+    h.launch(fconn, &fid, aconn, &offer, vec![task("t1", 1.0, 64.0)]);
+    let _ = h.core.take_commands();
+    let now = h.now;
+    h.core
+        .operator_kill_task(now, &fid.0, "t1")
+        .expect("an active task is killed");
+    let cmds = h.core.take_commands();
+    assert_eq!(
+        agent_msgs(&cmds, aconn),
+        vec![allocator_message::Message::KillTask(
+            allocator_message::KillTask {
+                framework_id: fid.0.clone(),
+                task_id: "t1".into(),
+                grace_period_seconds: None,
+            }
+        )],
+        "one kill to the task's agent {}",
+        agent.0
+    );
+    let err = h
+        .core
+        .operator_kill_task(now, &fid.0, "nope")
+        .expect_err("unknown task");
+    assert!(err.to_string().contains("task nope of framework"), "{err}");
+}
+
+#[test]
 fn kill_of_a_task_on_a_disconnected_agent_is_sent_on_reregistration() {
     let mut h = Harness::new();
     let (aconn, agent) = h.agent(2.0, 512.0);
@@ -2381,6 +2413,7 @@ fn change_kinds(core: &mut Core) -> Vec<String> {
         .map(|c| match c {
             crate::Change::AgentAdded(a) => format!("agent_added {}", a.id),
             crate::Change::AgentRemoved { agent_id } => format!("agent_removed {agent_id}"),
+            crate::Change::AgentUpdated(a) => format!("agent_updated {} {:?}", a.id, a.mode()),
             crate::Change::FrameworkAdded(f) => format!("framework_added {}", f.name),
             crate::Change::FrameworkUpdated(f) => {
                 format!("framework_updated {} connected={}", f.name, f.connected)
@@ -2422,6 +2455,18 @@ fn changes_are_recorded_only_while_observed_and_once_per_state() {
             "framework_added one".to_owned(),
             "task_added t1 TASK_STAGING".to_owned(),
             "task_updated t1 TASK_RUNNING".to_owned(),
+        ]
+    );
+    // An operator's drain and reactivation change the agent's mode.
+    h.core
+        .drain_agent(h.now, &agent.0, Some(0.0))
+        .expect("the agent drains");
+    h.core.reactivate_agent(&agent.0).expect("it reactivates");
+    assert_eq!(
+        change_kinds(&mut h.core),
+        vec![
+            format!("agent_updated {} Draining", agent.0),
+            format!("agent_updated {} Active", agent.0),
         ]
     );
     // The agent goes (reconnect timeout 0): its task unreachable, the agent removed.

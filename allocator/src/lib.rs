@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod security;
 pub mod store;
 pub mod store_etcd;
+pub mod ui;
 
 pub use api::{
     ServeError, serve, serve_replica, serve_secure, serve_with_http, serve_with_metrics,

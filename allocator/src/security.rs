@@ -151,6 +151,22 @@ impl Security {
         )?))
     }
 
+    /// The TLS client settings for calling agents' `https://` endpoints: the cluster's CA
+    /// (`--tls-client-ca`) as the trust root, no client certificate (callers' own
+    /// credentials go with each request). `None` without a client CA.
+    pub(crate) fn agent_client_tls(
+        &self,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, SecurityError> {
+        let Some(ca) = self.tls.as_ref().and_then(|t| t.client_ca.as_deref()) else {
+            return Ok(None);
+        };
+        Ok(Some(strata_auth::tls::client_config(
+            ca,
+            None,
+            &[b"http/1.1"],
+        )?))
+    }
+
     /// The principal a caller authenticated as: its certificate's, else its
     /// `Authorization` value's. With the open policy bad credentials are ignored; otherwise
     /// they are an error.

@@ -87,6 +87,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 1000)]
         instances: u32,
     },
+    /// The web dashboard in chromium with simulated agents and tasks: page load and
+    /// per-update times (docs/ui.md).
+    Ui {
+        /// Passed to the benchmark: AGENTS TASKS (default 1000 10000).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The Mesos HTTP API against gRPC, in one run: offers/s and ACCEPT-to-RUNNING latency.
     Mesos {
         /// Passed to the benchmark, e.g. --agents 50 --seconds 5 --launches 1000; --tls
@@ -155,6 +162,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             timeout: 900,
             filters: vec!["egress_bench_network".to_owned()],
         }),
+        Bench::Ui { args } => util::run(
+            util::cargo()
+                .args(["bench", "-p", "strata-allocator", "--bench", "ui", "--"])
+                .args(args),
+        ),
         Bench::Mesos { args } => util::run(
             util::cargo()
                 .args(["bench", "-p", "strata-allocator", "--bench", "mesos", "--"])

@@ -11,6 +11,10 @@
 //! - `cargo-fuzz` ([`CARGO_FUZZ_VERSION`]), which builds and runs the fuzz targets in `fuzz/`.
 //! - A Python venv at `target/mesos-venv` with pymesos ([`PYMESOS_VERSION`]), the third-party
 //!   Mesos scheduler library `cli/tests/it/mesos_pymesos.rs` runs against `strata local`.
+//! - Debian's `chromium` (in [`APT_PACKAGES`]) and a Python venv at `target/ui-venv` with
+//!   Playwright for Python ([`PLAYWRIGHT_VERSION`]), which `cli/tests/it/ui_browser.rs` drives
+//!   the dashboard with. Playwright's own browser downloads are never run: the test points
+//!   it at /usr/bin/chromium.
 //!
 //! The eBPF toolchain's versions (bpf-linker, LLVM major, dated nightly) are pinned in
 //! `agent-ebpf/toolchain.toml` ([`ebpf_pins`]), which agent/build.rs reads too.
@@ -31,6 +35,8 @@ use crate::util::{self, workspace_root};
 pub const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "ca-certificates",
+    // chromium: the dashboard's browser tests (cli/tests/it/ui_browser.rs), headless.
+    "chromium",
     "cpio",
     // crun and runc: the container runtimes `cargo xtask bench launch` compares the agent with.
     "crun",
@@ -193,6 +199,17 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         ));
     } else {
         install_mesos_venv()?;
+    }
+
+    if ui_venv_ready() {
+        println!("setup: playwright {PLAYWRIGHT_VERSION} venv: present");
+    } else if args.check {
+        missing.push(format!(
+            "playwright {PLAYWRIGHT_VERSION} in {}",
+            ui_venv().display()
+        ));
+    } else {
+        install_ui_venv()?;
     }
 
     if !missing.is_empty() {
@@ -681,6 +698,64 @@ with tarfile.open(src) as t:
         );
     }
     println!("setup: pymesos installed in {:.0?}", t.elapsed());
+    Ok(())
+}
+
+/// Playwright for Python, pinned: the dashboard's browser tests drive chromium with it.
+pub const PLAYWRIGHT_VERSION: &str = "1.65.3";
+
+/// The venv with Playwright, `target/ui-venv` (the browser test looks for it there).
+pub fn ui_venv() -> PathBuf {
+    workspace_root().join("target").join("ui-venv")
+}
+
+fn ui_venv_ready() -> bool {
+    let python = ui_venv().join("bin").join("python");
+    Command::new(python)
+        .args([
+            "-c",
+            &format!(
+                "import importlib.metadata as m, playwright.sync_api; \
+                 assert m.version('playwright') == '{PLAYWRIGHT_VERSION}'"
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates the venv and installs Playwright from PyPI (its driver comes in the wheel; its
+/// browser download, `playwright install`, is not run: the tests use Debian's chromium).
+fn install_ui_venv() -> Result<()> {
+    let venv = ui_venv();
+    println!(
+        "setup: playwright {PLAYWRIGHT_VERSION} venv: installing into {}",
+        venv.display()
+    );
+    let t = Instant::now();
+    util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+        "cannot create a Python venv: install python3 with the venv module (apt-get install \
+         python3-venv)",
+    )?;
+    let python = venv.join("bin").join("python");
+    util::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "-q",
+        "install",
+        &format!("playwright=={PLAYWRIGHT_VERSION}"),
+    ]))
+    .context("cannot install playwright from PyPI")?;
+    if !ui_venv_ready() {
+        bail!(
+            "playwright is installed in {} but does not import: remove that directory and run \
+             `cargo xtask setup` again",
+            venv.display()
+        );
+    }
+    println!("setup: playwright installed in {:.0?}", t.elapsed());
     Ok(())
 }
 

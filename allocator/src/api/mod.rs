@@ -298,6 +298,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The latest usage of running tasks, as their agents report it.
+    pub(crate) fn usage(&self) -> &UsageBook {
+        &self.usage
+    }
+
     pub(crate) fn conn(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
@@ -355,9 +360,9 @@ impl Shared {
 /// The gRPC status of a refused operator action.
 fn operator_status(error: &OperatorError) -> Status {
     match error {
-        OperatorError::UnknownAgent { .. } | OperatorError::UnknownFramework { .. } => {
-            Status::not_found(error.to_string())
-        }
+        OperatorError::UnknownAgent { .. }
+        | OperatorError::UnknownFramework { .. }
+        | OperatorError::UnknownTask { .. } => Status::not_found(error.to_string()),
         OperatorError::Unavailable { .. } => Status::failed_precondition(error.to_string()),
         OperatorError::Role(_)
         | OperatorError::Resources(_)

@@ -414,7 +414,13 @@ fn router(
         .route("/api/v1", post(operator_call))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(ctx);
+        .with_state(ctx.clone())
+        .merge(crate::ui::router(
+            ctx.shared,
+            ctx.leadership,
+            ctx.operator_subscribers,
+            ctx.max_operator_subscribers,
+        ));
     match extra {
         Some(extra) => routes.merge(extra),
         None => routes,

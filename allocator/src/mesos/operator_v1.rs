@@ -437,7 +437,10 @@ pub fn change(change: &Change) -> Value {
                 "state": state_name(*state),
             }
         }),
-        Change::AgentAdded(a) => {
+        // Mesos 1.11 has no AGENT_UPDATED: an agent whose mode an operator changed is told
+        // again as AGENT_ADDED, which Mesos' own clients take as "this agent, as it is now"
+        // (as after a re-registration), with `active`/`deactivated` saying the new mode.
+        Change::AgentAdded(a) | Change::AgentUpdated(a) => {
             json!({ "type": "AGENT_ADDED", "agent_added": { "agent": agent(a) } })
         }
         Change::AgentRemoved { agent_id } => json!({

@@ -10,3 +10,4 @@ mod ha;
 mod mesos_http;
 mod metrics;
 mod security;
+mod ui;

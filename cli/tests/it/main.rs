@@ -14,4 +14,5 @@ mod profile;
 mod secure_cluster;
 mod security;
 mod services;
+mod ui_browser;
 mod usage;
