@@ -271,7 +271,8 @@ impl LinuxContainerizer {
 
     /// A bridge task's lease (before its supervisor starts); `None` for a task in another mode.
     /// Refused: bridge tasks on an agent without a bridge or without supervisors, with port
-    /// mappings (not forwarded yet) or with an egress limit (not enforced on a veth yet).
+    /// mappings on an agent without NAT, with an egress limit (not enforced on a veth yet), or
+    /// when the subnet is full.
     fn lease_bridge(&self, task: &TaskInfo) -> Result<Option<BridgeGrant>, ContainerizerError> {
         let task_id = task.task_id.as_str();
         let invalid = |reason: String| ContainerizerError::InvalidTask {
@@ -294,12 +295,6 @@ impl LinuxContainerizer {
                     .to_owned(),
             ));
         }
-        if !mappings.is_empty() {
-            return Err(refuse(format!(
-                "it maps {} host port(s) into its namespace, and this agent does not forward ports to bridge tasks yet: give it no ports (reach it at its bridge address) or run it in host mode",
-                mappings.len()
-            )));
-        }
         if task
             .resources
             .iter()
@@ -314,9 +309,25 @@ impl LinuxContainerizer {
             task_id: task_id.to_owned(),
             reason: "the bridge control lock is poisoned".to_owned(),
         })?;
+        let published = mappings
+            .iter()
+            .flat_map(|m| {
+                let tcp = m.tcp.then_some(crate::bridge::nat::Protocol::Tcp);
+                let udp = m.udp.then_some(crate::bridge::nat::Protocol::Udp);
+                tcp.into_iter()
+                    .chain(udp)
+                    .map(|protocol| crate::bridge::Published {
+                        protocol,
+                        host_port: m.host,
+                        container_port: m.container,
+                    })
+            })
+            .collect();
+        // A full subnet or an agent without NAT is the agent's limit, not the task's fault:
+        // refused (TASK_ERROR), as the other capabilities it lacks.
         let lease = guard
-            .lease(task_id)
-            .map_err(|e| invalid(format!("cannot lease it an address: {e}")))?;
+            .lease(task_id, published)
+            .map_err(|e| refuse(format!("cannot lease it an address: {e}")))?;
         tracing::debug!(task_id, address = %lease.address, veth = %lease.veth, bridge = guard.name(), "bridge address leased");
         Ok(Some((control.clone(), task_id.to_owned(), lease)))
     }

@@ -275,7 +275,7 @@ impl LinuxContainerizer {
         let (task_id_owned, lease_owned, run_owned) =
             (task_id.to_owned(), lease.clone(), run.to_path_buf());
         let wired = tokio::task::spawn_blocking(move || {
-            let guard = control
+            let mut guard = control
                 .lock()
                 .map_err(|_| "the bridge control lock is poisoned".to_owned())?;
             guard
