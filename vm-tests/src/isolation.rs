@@ -176,6 +176,17 @@ impl Task {
         self
     }
 
+    /// A TCP port mapping: host port `host` (one of the task's ports) to `container`.
+    #[must_use]
+    pub fn publish(mut self, host: u32, container: u32) -> Self {
+        self.info.port_mappings.push(strata_proto::PortMapping {
+            host_port: host,
+            container_port: container,
+            protocol: strata_proto::PortProtocol::Tcp as i32,
+        });
+        self
+    }
+
     /// Egress bandwidth (`net_egress_mbps`), Mbit/s.
     #[must_use]
     pub fn egress(mut self, mbps: f64) -> Self {
@@ -347,8 +358,9 @@ impl Env {
 
     fn bridge_containerizer(&self, bridge: &str, subnet: &str) -> Result<LinuxContainerizer> {
         let subnet = strata_agent::bridge::Subnet::parse(subnet).map_err(anyhow::Error::msg)?;
-        let control = strata_agent::bridge::BridgeControl::start(bridge, subnet)
-            .with_context(|| format!("setting up the bridge {bridge}"))?;
+        let control =
+            strata_agent::bridge::BridgeControl::start(bridge, subnet, Path::new("/proc"))
+                .with_context(|| format!("setting up the bridge {bridge}"))?;
         let mut config = LinuxConfig::new(self.work.path());
         config.supervisor_exe = Some(self.helper.clone());
         config.default_user = NOBODY.to_owned();
