@@ -203,7 +203,7 @@ impl Rtnl {
     }
 
     /// Brings link `index` up (`what` it is, in errors).
-    pub(crate) fn set_up(&mut self, index: u32, what: &str) -> Result<(), NetlinkError> {
+    pub fn set_up(&mut self, index: u32, what: &str) -> Result<(), NetlinkError> {
         let mut link = LinkMessage::default();
         link.header.index = index;
         link.header.flags = LinkFlags::Up;
