@@ -186,7 +186,7 @@ pub fn a_restarted_agent_readopts_a_bridge_task(helper: &Path) -> Result<()> {
 }
 
 /// Bridge tasks are refused with a message saying why where the agent cannot run them as asked:
-/// an egress limit; and on an agent without a bridge.
+/// an egress limit, a full subnet (a refusal, TASK_ERROR); and on an agent without a bridge.
 pub fn bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()> {
     let plain = Env::supervised("no-bridge", helper)?;
     let refused = |env: &Env, task: &Task| -> Result<String> {
@@ -213,6 +213,28 @@ pub fn bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()
         env.cgroup_gone("limited")?,
         "a refused task kept its cgroup"
     );
+    wait_for_leases(&env, 0)?;
+    drop(env);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    // A full subnet (a /30 has one task address) is the agent's limit: refused (TASK_ERROR).
+    let env = Env::with_bridge("bridge-full", helper, BRIDGE, "172.31.1.0/30")?;
+    let first = env.launch(&Task::helper(&env, "first", &["sleep", "60"]).bridge())?;
+    wait_for_leases(&env, 1)?;
+    match env.launch(&Task::helper(&env, "second", &["net-info"]).bridge()) {
+        Ok(_) => bail!("a second task got an address of a full /30"),
+        Err(e) => {
+            let text = format!("{e:#}");
+            ensure!(text.contains("no free address"), "{text}");
+            let refusal = e
+                .downcast_ref::<strata_agent::containerizer::ContainerizerError>()
+                .is_some_and(strata_agent::containerizer::ContainerizerError::is_refusal);
+            ensure!(
+                refusal,
+                "a full subnet is not a refusal (TASK_ERROR): {text}"
+            );
+        }
+    }
+    let _ = env.kill(first.as_ref(), Duration::from_millis(100))?;
     wait_for_leases(&env, 0)?;
     drop(env);
     strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
