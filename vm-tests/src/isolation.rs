@@ -356,6 +356,28 @@ impl Env {
         Ok(env)
     }
 
+    /// Bridge networking and egress limits on `device` together: a bridge task's limit is
+    /// enforced on its own eth0 (guest only: the limiter needs fq).
+    pub fn with_bridge_and_egress(
+        name: &str,
+        helper: &Path,
+        device: &str,
+        bridge: &str,
+        subnet: &str,
+    ) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        let egress = strata_agent::ebpf::EgressControl::load(
+            device,
+            Path::new("/sys"),
+            strata_agent::ebpf::DEFAULT_EGRESS_HORIZON,
+        )
+        .with_context(|| format!("loading the egress limiter on {device}"))?;
+        env.containerizer = env
+            .bridge_containerizer(bridge, subnet)?
+            .with_egress_control(egress);
+        Ok(env)
+    }
+
     fn bridge_containerizer(&self, bridge: &str, subnet: &str) -> Result<LinuxContainerizer> {
         let subnet = strata_agent::bridge::Subnet::parse(subnet).map_err(anyhow::Error::msg)?;
         let control =

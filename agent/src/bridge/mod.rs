@@ -57,6 +57,14 @@ pub enum BridgeError {
         /// The nf_tables error.
         source: NatError,
     },
+    /// The task's interface could not be given what it needs (its egress limit).
+    #[error("task {task_id}: {reason}")]
+    Interface {
+        /// The task.
+        task_id: String,
+        /// What failed.
+        reason: String,
+    },
     /// A task asks for port mappings on an agent whose kernel cannot forward them.
     #[error("task {task_id}: it maps host ports, and this agent cannot forward them: {reason}")]
     NatUnavailable {
@@ -194,15 +202,17 @@ impl BridgeControl {
     }
 
     /// Wires the network namespace of process `pid` (the task's init) for `lease`: the veth
-    /// pair, and in the namespace the address, the interface up and the default route; the
-    /// lease's published ports into the NAT table; then writes the lease into `run_dir`, which
-    /// tells the init to go on. A veth left from an earlier use of the address is replaced.
+    /// pair, and in the namespace the address, the interface up and the default route; then
+    /// `then` (what else the task's interface needs: its egress limit); the lease's published
+    /// ports into the NAT table; last it writes the lease into `run_dir`, which tells the init
+    /// to go on. A veth left from an earlier use of the address is replaced.
     pub fn wire(
         &mut self,
         task_id: &str,
         lease: &Lease,
         pid: u32,
         run_dir: &Path,
+        then: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<(), BridgeError> {
         let err = |source| BridgeError::Wire {
             task_id: task_id.to_owned(),
@@ -223,6 +233,13 @@ impl BridgeControl {
         if let Err(e) = configured {
             let _ = nl.delete(&lease.veth);
             return Err(err(e));
+        }
+        if let Err(reason) = then() {
+            let _ = nl.delete(&lease.veth);
+            return Err(BridgeError::Interface {
+                task_id: task_id.to_owned(),
+                reason,
+            });
         }
         if !lease.published.is_empty() {
             self.published
@@ -442,8 +459,12 @@ mod tests {
             (&lease_b, b.tid, dirs.1.path()),
         ] {
             let (c, lease, dir) = (control.clone(), lease.clone(), dir.to_path_buf());
-            host.run(move || c.lock().unwrap().wire("t", &lease, tid, &dir))
-                .expect("the task's namespace is wired");
+            host.run(move || {
+                c.lock()
+                    .unwrap()
+                    .wire("t", &lease, tid, &dir, &mut || Ok(()))
+            })
+            .expect("the task's namespace is wired");
         }
         assert_eq!(Lease::read(dirs.0.path()).unwrap(), Some(lease_a.clone()));
 
@@ -488,8 +509,12 @@ mod tests {
         let c = NsThread::start().unwrap();
         let stale = lease_b.clone();
         let (ctl, dir, tid) = (control.clone(), dirs.1.path().to_path_buf(), c.tid);
-        host.run(move || ctl.lock().unwrap().wire("c", &stale, tid, &dir))
-            .unwrap();
+        host.run(move || {
+            ctl.lock()
+                .unwrap()
+                .wire("c", &stale, tid, &dir, &mut || Ok(()))
+        })
+        .unwrap();
         let ctl = control.clone();
         let swept = host.run(move || ctl.lock().unwrap().sweep());
         assert_eq!(swept, vec![lease_b.veth.clone()]);
@@ -591,7 +616,7 @@ mod tests {
             dir.path().to_path_buf(),
             task.tid,
         );
-        host.run(move || c.lock().unwrap().wire("t", &l, tid, &d))
+        host.run(move || c.lock().unwrap().wire("t", &l, tid, &d, &mut || Ok(())))
             .expect("the task's namespace is wired with its mapping");
         assert_eq!(host.run(|| nat::rule_count("stnat0").unwrap()), Some(4));
         assert_eq!(Lease::read(dir.path()).unwrap(), Some(lease.clone()));

@@ -271,8 +271,7 @@ impl LinuxContainerizer {
 
     /// A bridge task's lease (before its supervisor starts); `None` for a task in another mode.
     /// Refused: bridge tasks on an agent without a bridge or without supervisors, with port
-    /// mappings on an agent without NAT, with an egress limit (not enforced on a veth yet), or
-    /// when the subnet is full.
+    /// mappings on an agent without NAT, or when the subnet is full.
     fn lease_bridge(&self, task: &TaskInfo) -> Result<Option<BridgeGrant>, ContainerizerError> {
         let task_id = task.task_id.as_str();
         let invalid = |reason: String| ContainerizerError::InvalidTask {
@@ -294,16 +293,6 @@ impl LinuxContainerizer {
                 "bridge networking needs the per-task supervisors, which this agent runs without"
                     .to_owned(),
             ));
-        }
-        if task
-            .resources
-            .iter()
-            .any(|r| r.name == names::NET_EGRESS_MBPS && r.scalar > 0.0)
-        {
-            return Err(refuse(format!(
-                "it asks for {} in bridge mode, and this agent limits egress in host mode only: run it in host mode",
-                names::NET_EGRESS_MBPS
-            )));
         }
         let mut guard = control.lock().map_err(|_| ContainerizerError::Lost {
             task_id: task_id.to_owned(),
@@ -593,7 +582,10 @@ impl LinuxContainerizer {
         let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
             if self.config.supervisor_exe.is_some() {
                 // The supervisor opens the cgroup.procs files itself.
-                let bridge = grants.bridge.as_ref().map(|(c, _, l)| (c, l));
+                let bridge = grants
+                    .bridge
+                    .as_ref()
+                    .map(|(c, _, l)| (c, l, grants.egress.as_ref()));
                 let result = self
                     .start_supervised(
                         spec,
@@ -792,6 +784,16 @@ impl Containerizer for LinuxContainerizer {
             None
         });
         let bridge = self.adopt_lease(task_id, &run);
+        // A bridge task's limit is enforced on its eth0: the program goes there again (a tcx
+        // link went with the previous agent; a netlink filter of it is replaced).
+        if bridge.is_some()
+            && let (Some((control, id)), Some(p)) =
+                (&egress, pid.and_then(|p| u32::try_from(p).ok()))
+            && let Ok(mut control) = control.lock()
+            && let Err(e) = control.attach_in_namespace(p, crate::bridge::TASK_INTERFACE, *id)
+        {
+            tracing::warn!(task_id, error = %e, "cannot restore the bridge task's egress limit on its interface: its egress is not limited");
+        }
         let exit_rx = spawn_reaper(
             task_id.to_owned(),
             cg.clone(),
