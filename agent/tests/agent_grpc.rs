@@ -120,6 +120,11 @@ impl Harness {
 
     /// Starts the agent as a `strata-agent` process with the same configuration.
     fn start_agent_process(&mut self) -> Result<()> {
+        self.start_agent_process_with(&[])
+    }
+
+    /// [`Self::start_agent_process`] with more flags.
+    fn start_agent_process_with(&mut self, more: &[&str]) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -140,6 +145,7 @@ impl Harness {
             ])
             // Its HTTP endpoints on a free port: tests run agents side by side.
             .args(["--http-listen", "127.0.0.1:0"])
+            .args(more)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -818,6 +824,142 @@ async fn twenty_tasks_survive_a_kill_9_of_the_agent_and_each_exit_is_reported_on
     for pid in &pids {
         ensure!(process_gone(*pid), "supervisor {pid} is still there");
     }
+    Ok(())
+}
+
+const BRIDGE: &str = "stk9";
+const BRIDGE_FLAGS: [&str; 4] = ["--bridge-subnet", "10.79.0.0/24", "--bridge-name", BRIDGE];
+
+/// The links of the calling thread's network namespace named `BRIDGE...`.
+fn bridge_links() -> Result<Vec<String>> {
+    let mut nl = strata_agent::bridge::netlink::Rtnl::open()?;
+    Ok(nl
+        .links()?
+        .into_iter()
+        .map(|(_, n)| n)
+        .filter(|n| n.starts_with(BRIDGE))
+        .collect())
+}
+
+/// Waits (at most 10 s) until the agent's NAT table holds `rules` rules.
+async fn wait_for_rules(rules: Option<usize>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = strata_agent::bridge::nat::rule_count(BRIDGE)?;
+        if now == rules {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the table holds {now:?} rules, not {rules:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A bridge task with a mapped host port, as launched by a framework (without explicit
+/// mappings: the port maps to itself, TCP and UDP, two rules each).
+fn bridge_task(task_id: &str, port: u64) -> TaskInfo {
+    let mut task = shell_task(task_id, "sleep 300");
+    task.network_mode = strata_proto::NetworkMode::Bridge as i32;
+    task.resources
+        .push(Resource::ranges(names::PORTS, [(port, port)]));
+    task
+}
+
+/// Needs root. A `strata-agent` process with bridge networking, in a network namespace of the
+/// test's own (the fake allocator too): a bridge task's port mapping is in the agent's table;
+/// it stays through a kill -9 of the agent (the data path does not need the agent) and is
+/// there again after the restarted agent recovered the task; it goes when the task ends (the
+/// masquerading rules stay); after a second task and another kill -9, `--remove-cgroups`
+/// leaves no table, bridge or veth.
+#[test]
+fn bridge_rules_survive_a_kill_9_are_reconciled_by_recovery_and_removed_by_remove_cgroups()
+-> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    std::thread::spawn(|| -> Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("making a network namespace")?;
+        let mut nl = strata_agent::bridge::netlink::Rtnl::open()?;
+        let lo = nl.index("lo")?.unwrap_or(1);
+        nl.set_up(lo, "loopback")?;
+        // The runtime's threads start from this one, in its namespace, as does the agent.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(bridge_kill_9_scenario())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the scenario's thread panicked"))?
+}
+
+async fn bridge_kill_9_scenario() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut h = Harness::start_server(dir.path(), Duration::from_millis(200)).await?;
+    h.start_agent_process_with(&BRIDGE_FLAGS)?;
+    h.next_register().await?;
+    wait_for_rules(Some(2)).await.context("at start")?;
+    h.launch(bridge_task("b1", 31000))?;
+    while h.next_update_acked().await?.state() != TaskState::Running {}
+    wait_for_rules(Some(6)).await.context("with b1 running")?;
+    ensure!(
+        bridge_links()?.contains(&format!("{BRIDGE}v2")),
+        "no veth for b1: {:?}",
+        bridge_links()?
+    );
+
+    h.kill_agent_process()?;
+    ensure!(
+        strata_agent::bridge::nat::rule_count(BRIDGE)? == Some(6),
+        "the mapping went with the agent"
+    );
+    h.start_agent_process_with(&BRIDGE_FLAGS)?;
+    let (_, register) = h.next_register().await?;
+    ensure!(register.tasks.len() == 1, "{register:?}");
+    wait_for_rules(Some(6)).await.context("after recovery")?;
+
+    h.kill("b1", 1.0)?;
+    while !h.next_update_acked().await?.state().is_terminal() {}
+    wait_for_rules(Some(2)).await.context("after b1 ended")?;
+    ensure!(
+        bridge_links()? == vec![BRIDGE.to_owned()],
+        "b1's veth is left: {:?}",
+        bridge_links()?
+    );
+
+    h.launch(bridge_task("b2", 31001))?;
+    while h.next_update_acked().await?.state() != TaskState::Running {}
+    wait_for_rules(Some(6)).await.context("with b2 running")?;
+    h.kill_agent_process()?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+        .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
+        .args(["--allocator", "http://127.0.0.1:1", "--work-dir"])
+        .arg(dir.path())
+        .args(["--isolation", "cgroups", "--no-ebpf", "--remove-cgroups"])
+        .args(BRIDGE_FLAGS)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "--remove-cgroups: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        strata_agent::bridge::nat::rule_count(BRIDGE)?.is_none(),
+        "the table is left after --remove-cgroups"
+    );
+    // b2's namespace went with its cgroup; its veth with the namespace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !bridge_links()?.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        bridge_links()?.is_empty(),
+        "left after --remove-cgroups: {:?}",
+        bridge_links()?
+    );
     Ok(())
 }
 

@@ -29,8 +29,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use strata_framework::ResourceBudget;
 use strata_framework::proto::{
-    CommandInfo, HealthCheck, HttpCheck, NetworkMode, Offer, Resource, TaskInfo, TaskState,
-    TaskStatus, TcpCheck, health_check, names,
+    CommandInfo, HealthCheck, HttpCheck, NetworkMode, Offer, PortMapping, PortProtocol, Resource,
+    TaskInfo, TaskState, TaskStatus, TcpCheck, health_check, names,
 };
 use tracing::{info, warn};
 
@@ -937,12 +937,40 @@ pub fn task_info(app: &App, seq: u64, ports: &[u64]) -> TaskInfo {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for (i, port) in ports.iter().enumerate() {
+    // In bridge mode an instance binds its container ports, each forwarded from a host port.
+    let bridged = spec.network == Network::Bridge;
+    let inside: Vec<u64> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| match spec.container_ports.get(i) {
+            Some(&c) if bridged => u64::from(c),
+            _ => p,
+        })
+        .collect();
+    for (i, (port, host)) in inside.iter().zip(ports).enumerate() {
         env.insert(format!("PORT{i}"), port.to_string());
+        if bridged {
+            env.insert(format!("HOST_PORT{i}"), host.to_string());
+        }
     }
-    if let Some(first) = ports.first() {
+    if let Some(first) = inside.first() {
         env.insert("PORT".to_owned(), first.to_string());
     }
+    let port_mappings = if bridged {
+        ports
+            .iter()
+            .zip(&inside)
+            .filter_map(|(&h, &c)| {
+                Some(PortMapping {
+                    host_port: u32::try_from(h).ok()?,
+                    container_port: u32::try_from(c).ok()?,
+                    protocol: PortProtocol::Tcp as i32,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     env.insert("STRATA_APP_ID".to_owned(), spec.id.clone());
     env.insert("STRATA_APP_VERSION".to_owned(), app.version.to_string());
     let mut resources = vec![
@@ -1006,6 +1034,7 @@ pub fn task_info(app: &App, seq: u64, ports: &[u64]) -> TaskInfo {
             Network::Bridge => NetworkMode::Bridge,
             Network::None => NetworkMode::None,
         } as i32,
+        port_mappings,
         ..TaskInfo::default()
     }
 }

@@ -197,6 +197,49 @@ fn an_apps_network_mode_reaches_its_tasks() {
 }
 
 #[test]
+fn a_bridge_apps_host_ports_are_mapped_to_its_container_ports() {
+    let mut core = Core::new(State::default());
+    let text = "id = \"web\"\ncommand = \"serve\"\nnetwork = \"bridge\"\nports = 2\n\
+                container_ports = [8080, 9090]\n[health_check]\nprotocol = \"tcp\"\n";
+    core.deploy(secs(0), spec_of(text)).unwrap();
+    core.offers(secs(0), vec![offer("o1", "a1", "h1", "r1")]);
+    let commands = core.take_commands();
+    let Some(Command::Launch { tasks, .. }) = commands.first() else {
+        panic!("{commands:?}");
+    };
+    let task = &tasks[0];
+    let host: Vec<u32> = task.port_mappings.iter().map(|m| m.host_port).collect();
+    let inside: Vec<u32> = task
+        .port_mappings
+        .iter()
+        .map(|m| m.container_port)
+        .collect();
+    assert_eq!(inside, vec![8080, 9090]);
+    assert!(host.iter().all(|p| (31000..=32000).contains(p)), "{host:?}");
+    // The agent accepts them: each host port is one of the task's ports.
+    let checked = strata_framework::proto::network::mappings(task).unwrap();
+    assert_eq!(checked.len(), 2);
+    let env: HashMap<&str, &str> = task
+        .command
+        .as_ref()
+        .unwrap()
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(env["PORT0"], "8080");
+    assert_eq!(env["PORT"], "8080");
+    assert_eq!(env["HOST_PORT1"], host[1].to_string());
+    // The TCP check dials the first host port (forwarded to 8080).
+    let Some(health_check::Check::Tcp(tcp)) =
+        task.health_check.as_ref().and_then(|h| h.check.clone())
+    else {
+        panic!("no tcp check: {:?}", task.health_check);
+    };
+    assert_eq!(tcp.port, host[0]);
+}
+
+#[test]
 fn a_new_app_deploys_its_instances_and_its_plan_completes() {
     let mut core = Core::new(State::default());
     assert_eq!(core.deploy(secs(0), spec_of(WEB)).unwrap(), 1);

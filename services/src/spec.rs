@@ -43,9 +43,15 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub disk: f64,
     /// Host ports per instance, taken from the offer: `$PORT0`, `$PORT1`, ... in the
-    /// environment (network mode host).
+    /// environment. In network mode bridge each is forwarded to the instance's namespace (to the
+    /// same port, or to the one `container_ports` gives; `$PORT<i>` is then that port and
+    /// `$HOST_PORT<i>` the host's).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub ports: u32,
+    /// Network mode bridge only: the port in the instance's namespace each host port is
+    /// forwarded to, by index (one per host port); without it each maps to the same port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_ports: Vec<u16>,
     /// The instances' network (`host`, `bridge` or `none`; see docs/network.md).
     #[serde(default, skip_serializing_if = "Network::is_host")]
     pub network: Network,
@@ -431,17 +437,38 @@ impl AppSpec {
                 ));
             }
         }
-        if self.network != Network::Host {
-            // Host ports reach an instance in its own namespace only through port mappings,
-            // which the agent does not forward yet; HTTP and TCP checks dial its host ports.
+        if !self.container_ports.is_empty() {
+            if self.network != Network::Bridge {
+                return Err(field(
+                    "container_ports",
+                    format!(
+                        "container_ports are for network bridge, and this app's is {:?}",
+                        self.network
+                    ),
+                ));
+            }
+            if self.container_ports.len() != self.ports as usize
+                || self.container_ports.contains(&0)
+            {
+                return Err(field(
+                    "container_ports",
+                    format!(
+                        "one port (1 to 65535) per host port: {} given for ports = {}",
+                        self.container_ports.len(),
+                        self.ports
+                    ),
+                ));
+            }
+        }
+        if self.network == Network::None {
+            // No host port reaches an instance with loopback only; HTTP and TCP checks dial
+            // its host ports.
             if self.ports > 0 {
                 return Err(field(
                     "ports",
-                    format!(
-                        "network {:?} takes no host ports yet (port mappings are not forwarded); \
-                         use network host",
-                        self.network
-                    ),
+                    "network None takes no host ports (nothing reaches its namespace); use \
+                     network bridge or host"
+                        .into(),
                 ));
             }
             if self
@@ -451,11 +478,9 @@ impl AppSpec {
             {
                 return Err(field(
                     "health_check",
-                    format!(
-                        "network {:?} allows command checks only (HTTP and TCP checks dial host \
-                         ports)",
-                        self.network
-                    ),
+                    "network None allows command checks only (HTTP and TCP checks dial host \
+                     ports)"
+                        .into(),
                 ));
             }
         }
@@ -575,22 +600,35 @@ minimum_health_capacity = 0.5
     }
 
     #[test]
-    fn the_network_mode_is_host_unless_given_and_bridge_takes_no_host_ports_yet() {
+    fn the_network_mode_is_host_unless_given_and_bridge_maps_its_host_ports() {
         let host = AppSpec::parse("id = \"a\"\ncommand = \"true\"\n").unwrap();
         assert_eq!(host.network, Network::Host);
-        let bridge =
-            AppSpec::parse("id = \"a\"\ncommand = \"true\"\nnetwork = \"bridge\"\n").unwrap();
+        let bridge = AppSpec::parse(
+            "id = \"a\"\ncommand = \"true\"\nnetwork = \"bridge\"\nports = 2\n\
+             container_ports = [80, 443]\n[health_check]\nprotocol = \"http\"\n",
+        )
+        .unwrap();
         assert_eq!(bridge.network, Network::Bridge);
+        assert_eq!(bridge.container_ports, vec![80, 443]);
         for (text, needle) in [
             ("network = \"overlay\"\n", "overlay"),
-            ("network = \"bridge\"\nports = 1\n", "takes no host ports"),
+            ("network = \"none\"\nports = 1\n", "takes no host ports"),
             (
-                "network = \"none\"\nports = 1\n[health_check]\nprotocol = \"tcp\"\n",
-                "takes no host ports",
+                "network = \"none\"\n[health_check]\nprotocol = \"tcp\"\n",
+                "command checks only",
+            ),
+            ("ports = 1\ncontainer_ports = [80]\n", "for network bridge"),
+            (
+                "network = \"bridge\"\nports = 2\ncontainer_ports = [80]\n",
+                "one port (1 to 65535) per host port",
             ),
             (
-                "network = \"bridge\"\n[health_check]\nprotocol = \"tcp\"\n",
-                "command checks only",
+                "network = \"bridge\"\nports = 1\ncontainer_ports = [0]\n",
+                "one port (1 to 65535) per host port",
+            ),
+            (
+                "network = \"bridge\"\nports = 1\ncontainer_ports = [70000]\n",
+                "container_ports",
             ),
         ] {
             let e = AppSpec::parse(&format!("id = \"a\"\ncommand = \"true\"\n{text}"))

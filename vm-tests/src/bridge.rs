@@ -137,7 +137,10 @@ pub fn bridge_tasks_reach_each_other_and_the_host_and_leave_nothing(helper: &Pat
     wait_for_leases(&env, 0).context("after the server ended")?;
     drop(env);
     let removed = strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
-    ensure!(removed == vec![BRIDGE.to_owned()], "removed {removed:?}");
+    ensure!(
+        removed == vec![format!("nf_tables table ip {BRIDGE}"), BRIDGE.to_owned()],
+        "removed {removed:?}"
+    );
     ensure!(links(BRIDGE)?.is_empty(), "the bridge is still there");
     Ok(())
 }
@@ -183,7 +186,8 @@ pub fn a_restarted_agent_readopts_a_bridge_task(helper: &Path) -> Result<()> {
 }
 
 /// Bridge tasks are refused with a message saying why where the agent cannot run them as asked:
-/// port mappings (not forwarded yet), an egress limit; and on an agent without a bridge.
+/// an egress limit on an agent without the limiter, a full subnet (a refusal, TASK_ERROR); and on
+/// an agent without a bridge.
 pub fn bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()> {
     let plain = Env::supervised("no-bridge", helper)?;
     let refused = |env: &Env, task: &Task| -> Result<String> {
@@ -199,24 +203,40 @@ pub fn bridge_tasks_the_agent_cannot_run_are_refused(helper: &Path) -> Result<()
     ensure!(err.contains("bridge networking is off"), "{err}");
     drop(plain);
     let env = Env::with_bridge("bridge-refuse", helper, BRIDGE, SUBNET)?;
-    let err = refused(
-        &env,
-        &Task::helper(&env, "mapped", &["net-info"])
-            .bridge()
-            .ports(&[(31000, 31000)]),
-    )?;
-    ensure!(err.contains("does not forward ports"), "{err}");
+    // This agent has no egress limiter: a bridge task asking for a limit is refused.
     let err = refused(
         &env,
         &Task::helper(&env, "limited", &["net-info"])
             .bridge()
             .egress(10.0),
     )?;
-    ensure!(err.contains("limits egress in host mode only"), "{err}");
+    ensure!(err.contains("cannot enforce egress limits"), "{err}");
     ensure!(
-        env.cgroup_gone("mapped")? && env.cgroup_gone("limited")?,
+        env.cgroup_gone("limited")?,
         "a refused task kept its cgroup"
     );
+    wait_for_leases(&env, 0)?;
+    drop(env);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    // A full subnet (a /30 has one task address) is the agent's limit: refused (TASK_ERROR).
+    let env = Env::with_bridge("bridge-full", helper, BRIDGE, "172.31.1.0/30")?;
+    let first = env.launch(&Task::helper(&env, "first", &["sleep", "60"]).bridge())?;
+    wait_for_leases(&env, 1)?;
+    match env.launch(&Task::helper(&env, "second", &["net-info"]).bridge()) {
+        Ok(_) => bail!("a second task got an address of a full /30"),
+        Err(e) => {
+            let text = format!("{e:#}");
+            ensure!(text.contains("no free address"), "{text}");
+            let refusal = e
+                .downcast_ref::<strata_agent::containerizer::ContainerizerError>()
+                .is_some_and(strata_agent::containerizer::ContainerizerError::is_refusal);
+            ensure!(
+                refusal,
+                "a full subnet is not a refusal (TASK_ERROR): {text}"
+            );
+        }
+    }
+    let _ = env.kill(first.as_ref(), Duration::from_millis(100))?;
     wait_for_leases(&env, 0)?;
     drop(env);
     strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
@@ -285,6 +305,193 @@ pub fn bridge_task_traffic_is_counted(helper: &Path) -> Result<()> {
     drop(acc);
     strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
     Ok(())
+}
+
+/// A namespace standing for a machine outside the agent's: a thread in a network namespace of
+/// its own with `eth0` at [`OUTSIDE`], routed through the machine's namespace (on a second
+/// bridge, [`OUTSIDE_BRIDGE`], at [`OUTSIDE_GATEWAY`]). It listens on [`OUTSIDE`]:9000 and
+/// sends each client's address down `peers`, and makes the round trips it is sent.
+struct Outside {
+    peers: std::sync::mpsc::Receiver<Ipv4Addr>,
+    jobs: std::sync::mpsc::Sender<(SocketAddr, std::sync::mpsc::Sender<Result<()>>)>,
+}
+
+impl Outside {
+    fn start() -> Result<Self> {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (wired_tx, wired_rx) = std::sync::mpsc::channel::<bool>();
+        let (peers_tx, peers) = std::sync::mpsc::channel();
+        let (jobs, jobs_rx) =
+            std::sync::mpsc::channel::<(SocketAddr, std::sync::mpsc::Sender<Result<()>>)>();
+        std::thread::spawn(move || {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                let _ = tid_tx.send(Err(e));
+                return;
+            }
+            let _ = tid_tx.send(Ok(nix::unistd::gettid().as_raw() as u32));
+            if wired_rx.recv() != Ok(true) {
+                return;
+            }
+            let Ok(listener) = TcpListener::bind((OUTSIDE, 9000)) else {
+                return;
+            };
+            // Threads made here are in this namespace too.
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { return };
+                    if let Ok(SocketAddr::V4(peer)) = stream.peer_addr()
+                        && peers_tx.send(*peer.ip()).is_err()
+                    {
+                        return;
+                    }
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 64];
+                        while stream.read_exact(&mut buf).is_ok() {
+                            if stream.write_all(&buf).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            for (addr, done) in jobs_rx {
+                let _ = done.send(round_trip(addr));
+            }
+            // Wakes the listener's thread, which ends on finding no one to tell: the namespace
+            // (and the outside's veth pair) goes with the last of its threads.
+            let _ = TcpStream::connect_timeout(&(OUTSIDE, 9000).into(), Duration::from_secs(1));
+        });
+        let tid = tid_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the outside's thread did not start")?
+            .context("making the outside's network namespace")?;
+        let wired = (|| -> Result<()> {
+            let mut nl = Rtnl::open()?;
+            let index = nl.ensure_bridge(OUTSIDE_BRIDGE, OUTSIDE_GATEWAY, 24)?;
+            nl.create_veth(&format!("{OUTSIDE_BRIDGE}x"), index, "eth0", tid)?;
+            strata_agent::bridge::netlink::configure_in_namespace(
+                tid,
+                "eth0",
+                OUTSIDE,
+                24,
+                OUTSIDE_GATEWAY,
+            )?;
+            Ok(())
+        })();
+        let _ = wired_tx.send(wired.is_ok());
+        wired.context("wiring the outside's namespace")?;
+        Ok(Self { peers, jobs })
+    }
+
+    /// A round trip from the outside to `addr`.
+    fn round_trip(&self, addr: SocketAddr) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .send((addr, tx))
+            .context("the outside's thread is gone")?;
+        rx.recv_timeout(Duration::from_secs(15))
+            .context("the outside's round trip did not end in 15 s")?
+    }
+}
+
+const OUTSIDE_BRIDGE: &str = "stout0";
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const OUTSIDE_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+
+/// The agent's NAT table's rules (`None`: no table).
+fn nat_rules() -> Result<Option<usize>> {
+    strata_agent::bridge::nat::rule_count(BRIDGE).context("reading the agent's nf_tables table")
+}
+
+/// A bridge task with host port 31000 mapped to its 8080 is reached there from the machine's
+/// namespace (at 127.0.0.1 and at the bridge's address) and from an outside namespace routed
+/// through the machine (at the machine's address there); a bridge task reaches that outside,
+/// which sees the machine's address (masquerading). The agent's table holds the two
+/// masquerading rules and two per mapping while the task runs, the masquerading rules only
+/// after it ends, nothing after `remove_all` (what `--remove-cgroups` runs).
+pub fn bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port(helper: &Path) -> Result<()> {
+    let env = Env::with_bridge("bridge-nat", helper, BRIDGE, SUBNET)?;
+    // The machine's loopback (the guest's init brings it up; a test's namespace has it down).
+    let mut nl = Rtnl::open()?;
+    let lo = nl.index("lo")?.unwrap_or(1);
+    nl.set_up(lo, "loopback")?;
+    ensure!(
+        nat_rules()? == Some(2),
+        "the table at start: {:?}",
+        nat_rules()?
+    );
+    let outside = Outside::start()?;
+    let server = env.launch(
+        &Task::helper(&env, "server", &["rr-server", "8080"])
+            .bridge()
+            .ports(&[(31000, 31000)])
+            .publish(31000, 8080),
+    )?;
+    wait_for_leases(&env, 1)?;
+    ensure!(
+        nat_rules()? == Some(4),
+        "with one mapping: {:?}",
+        nat_rules()?
+    );
+    round_trip(SocketAddr::from(([127, 0, 0, 1], 31000)))
+        .context("reaching the task's mapped port at 127.0.0.1")?;
+    round_trip(SocketAddr::from((GATEWAY, 31000)))
+        .context("reaching the task's mapped port at the bridge's address")?;
+    outside
+        .round_trip(SocketAddr::from((OUTSIDE_GATEWAY, 31000)))
+        .context("reaching the task's mapped port from the outside")?;
+    let seen = outside.peers.try_iter().count();
+    ensure!(
+        seen == 0,
+        "the outside's listener saw {seen} clients before any"
+    );
+    let client = run_to_end(
+        &env,
+        &Task::helper(
+            &env,
+            "out",
+            &["rr-client", &format!("{OUTSIDE}:9000"), "300"],
+        )
+        .bridge(),
+    )?;
+    ensure!(
+        line(&client, "count=")?.parse::<u64>()? > 0,
+        "no round trip from a bridge task to the outside: {client}"
+    );
+    let peer = outside
+        .peers
+        .recv_timeout(Duration::from_secs(5))
+        .context("the outside saw no client")?;
+    ensure!(
+        peer == OUTSIDE_GATEWAY,
+        "the outside saw {peer}, not the machine's address (no masquerading)"
+    );
+    let _ = env.kill(server.as_ref(), Duration::from_millis(100))?;
+    wait_for_leases(&env, 0).context("after the server ended")?;
+    ensure!(
+        nat_rules()? == Some(2),
+        "after teardown: {:?}",
+        nat_rules()?
+    );
+    drop(env);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    strata_agent::bridge::remove_all(OUTSIDE_BRIDGE).context("removing the outside's bridge")?;
+    ensure!(nat_rules()?.is_none(), "the table is still there");
+    ensure!(
+        links(BRIDGE)?.is_empty(),
+        "the bridge or a veth is still there"
+    );
+    Ok(())
+}
+
+/// [`bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port`] in a network namespace
+/// of the test's own.
+pub fn host_bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port(
+    helper: &Path,
+) -> Result<()> {
+    in_own_network_namespace(|| {
+        bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port(helper)
+    })
 }
 
 /// [`bridge_task_traffic_is_counted`] in a network namespace of the test's own.

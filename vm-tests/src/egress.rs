@@ -248,6 +248,45 @@ pub fn a_task_is_paced_to_its_limit_and_its_neighbour_is_not(helper: &Path) -> R
     Ok(())
 }
 
+/// A bridge task given 50 Mbit/s sending over TCP to the peer (routed through the machine's
+/// namespace and masqueraded) measures within ±5% of 50 Mbit/s at the receiver: its limit is
+/// enforced on its own eth0 (fq there, the EDT program on its egress), where its packets still
+/// carry their socket. Its entry goes after it ends, and the bridge with `remove_all`.
+pub fn a_bridge_task_is_paced_to_its_limit(helper: &Path) -> Result<()> {
+    const BRIDGE: &str = "stvm2";
+    let link = Link::create()?;
+    let env =
+        Env::with_bridge_and_egress("egress-bridge", helper, DEVICE, BRIDGE, "172.31.2.0/24")?;
+    let sink = Sink::start(&link, helper, 5004, env.work_dir())?;
+    let limited = env.launch(
+        &Task::helper(
+            &env,
+            "limited",
+            &["tcp-blast", &format!("{PEER_ADDR}:5004"), SEND_MS],
+        )
+        .bridge()
+        .egress(50.0),
+    )?;
+    wait_for_entries(&env, 1)?;
+    let status = env.wait(limited.as_ref())?;
+    ensure!(
+        status == ExitStatus::Code(0),
+        "task limited {status}: {} {}",
+        env.stdout("limited"),
+        fs::read_to_string(env.sandbox("limited").join("stderr")).unwrap_or_default()
+    );
+    let mbps = sink.mbps()?;
+    eprintln!("egress: a bridge task limited to 50 Mbit/s: {mbps:.2} Mbit/s");
+    ensure!(
+        (47.5..=52.5).contains(&mbps),
+        "the bridge task limited to 50 Mbit/s sent at {mbps:.2} Mbit/s (not within ±5%)"
+    );
+    wait_for_entries(&env, 0)?;
+    drop(env);
+    strata_agent::bridge::remove_all(BRIDGE).context("removing the bridge")?;
+    Ok(())
+}
+
 /// After a simulated agent restart (new program, empty map), recovery writes the running task's
 /// limit again: its entry is back, its sending is limited again (the rate of the transfer's last
 /// 2 s, well after recovery, is within ±5% of the limit), and nothing stale is left after it

@@ -176,6 +176,17 @@ impl Task {
         self
     }
 
+    /// A TCP port mapping: host port `host` (one of the task's ports) to `container`.
+    #[must_use]
+    pub fn publish(mut self, host: u32, container: u32) -> Self {
+        self.info.port_mappings.push(strata_proto::PortMapping {
+            host_port: host,
+            container_port: container,
+            protocol: strata_proto::PortProtocol::Tcp as i32,
+        });
+        self
+    }
+
     /// Egress bandwidth (`net_egress_mbps`), Mbit/s.
     #[must_use]
     pub fn egress(mut self, mbps: f64) -> Self {
@@ -345,10 +356,33 @@ impl Env {
         Ok(env)
     }
 
+    /// Bridge networking and egress limits on `device` together: a bridge task's limit is
+    /// enforced on its own eth0 (guest only: the limiter needs fq).
+    pub fn with_bridge_and_egress(
+        name: &str,
+        helper: &Path,
+        device: &str,
+        bridge: &str,
+        subnet: &str,
+    ) -> Result<Self> {
+        let mut env = Self::supervised(name, helper)?;
+        let egress = strata_agent::ebpf::EgressControl::load(
+            device,
+            Path::new("/sys"),
+            strata_agent::ebpf::DEFAULT_EGRESS_HORIZON,
+        )
+        .with_context(|| format!("loading the egress limiter on {device}"))?;
+        env.containerizer = env
+            .bridge_containerizer(bridge, subnet)?
+            .with_egress_control(egress);
+        Ok(env)
+    }
+
     fn bridge_containerizer(&self, bridge: &str, subnet: &str) -> Result<LinuxContainerizer> {
         let subnet = strata_agent::bridge::Subnet::parse(subnet).map_err(anyhow::Error::msg)?;
-        let control = strata_agent::bridge::BridgeControl::start(bridge, subnet)
-            .with_context(|| format!("setting up the bridge {bridge}"))?;
+        let control =
+            strata_agent::bridge::BridgeControl::start(bridge, subnet, Path::new("/proc"))
+                .with_context(|| format!("setting up the bridge {bridge}"))?;
         let mut config = LinuxConfig::new(self.work.path());
         config.supervisor_exe = Some(self.helper.clone());
         config.default_user = NOBODY.to_owned();

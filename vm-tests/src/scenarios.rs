@@ -100,6 +100,9 @@ macro_rules! scenarios {
             bridge_tasks_the_agent_cannot_run_are_refused
                 => bridge::bridge_tasks_the_agent_cannot_run_are_refused,
                 on the host bridge::host_bridge_tasks_the_agent_cannot_run_are_refused;
+            bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port
+                => bridge::bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port,
+                on the host bridge::host_bridge_tasks_are_masqueraded_and_reached_on_their_mapped_port;
             bridge_task_traffic_is_counted
                 => bridge::bridge_task_traffic_is_counted,
                 on the host bridge::host_bridge_task_traffic_is_counted;

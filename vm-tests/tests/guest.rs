@@ -329,6 +329,15 @@ mod egress {
 
     #[test]
     #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn egress_a_bridge_task_is_paced_to_its_limit() -> Result<()> {
+        if !guest_or_skip("egress_a_bridge_task_is_paced_to_its_limit") {
+            return Ok(());
+        }
+        egress::a_bridge_task_is_paced_to_its_limit(&helper_path())
+    }
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
     fn egress_recovery_limits_a_running_task_again() -> Result<()> {
         if !guest_or_skip("egress_recovery_limits_a_running_task_again") {
             return Ok(());

@@ -342,8 +342,12 @@ fn with_bridge(config: &AgentConfig, containerizer: LinuxContainerizer) -> Linux
     };
     let subnet = crate::bridge::Subnet { network, prefix };
     if containerizer.supervised() {
-        match crate::bridge::BridgeControl::start(&config.bridge_name, subnet) {
+        match crate::bridge::BridgeControl::start(&config.bridge_name, subnet, &config.roots.proc) {
             Ok(control) => {
+                if let Some(why) = control.nat_unavailable() {
+                    tracing::warn!(bridge = %config.bridge_name, reason = why,
+                        "bridge masquerading and port mappings are unavailable: bridge tasks reach the host and each other only, and bridge tasks with port mappings are refused");
+                }
                 tracing::info!(bridge = %config.bridge_name, %subnet, gateway = %subnet.gateway(),
                     "bridge networking on: bridge tasks get an address of the subnet on the bridge");
                 containerizer.with_bridge_control(control)

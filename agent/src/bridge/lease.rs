@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// network namespace is wired.
 pub const LEASE_FILE: &str = "network.json";
 
+/// The largest lease file read back (a lease with its 64 published ports takes about 6 KiB).
+const MAX_LEASE_FILE: usize = 16 * 1024;
+
 /// Errors of the lease table and the lease files.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -93,6 +96,20 @@ pub struct Lease {
     pub gateway: Ipv4Addr,
     /// The host side of the task's veth pair.
     pub veth: String,
+    /// The host ports forwarded to the task (absent in the lease files of earlier agents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Published>,
+}
+
+/// A host port forwarded to one of the task's ports, as kept in its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// `tcp` or `udp`.
+    pub protocol: super::nat::Protocol,
+    /// The host port.
+    pub host_port: u16,
+    /// The task's port.
+    pub container_port: u16,
 }
 
 impl Lease {
@@ -119,7 +136,7 @@ impl Lease {
                 });
             }
         };
-        if bytes.len() > 4096 {
+        if bytes.len() > MAX_LEASE_FILE {
             return Err(LeaseError::File {
                 path,
                 reason: format!("{} bytes, more than a lease ever takes", bytes.len()),
@@ -202,6 +219,7 @@ impl Leases {
             prefix: self.subnet.prefix,
             gateway: self.subnet.gateway(),
             veth: self.veth_name(offset),
+            published: Vec::new(),
         }
     }
 
@@ -362,7 +380,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LEASE_FILE), "{\"address\":1}").unwrap();
         assert!(Lease::read(dir.path()).is_err());
-        std::fs::write(dir.path().join(LEASE_FILE), vec![b' '; 10_000]).unwrap();
+        std::fs::write(dir.path().join(LEASE_FILE), vec![b' '; 20_000]).unwrap();
         assert!(
             Lease::read(dir.path())
                 .unwrap_err()
@@ -375,6 +393,7 @@ mod tests {
             prefix: 24,
             gateway: Ipv4Addr::new(172, 31, 0, 1),
             veth: "eth0".to_owned(),
+            published: Vec::new(),
         };
         assert!(
             l.adopt("t", &forged)

@@ -202,7 +202,8 @@ impl Rtnl {
         Ok(())
     }
 
-    fn set_up(&mut self, index: u32, what: &str) -> Result<(), NetlinkError> {
+    /// Brings link `index` up (`what` it is, in errors).
+    pub fn set_up(&mut self, index: u32, what: &str) -> Result<(), NetlinkError> {
         let mut link = LinkMessage::default();
         link.header.index = index;
         link.header.flags = LinkFlags::Up;

@@ -4,9 +4,8 @@
 //! ([`EgressControl`]).
 //!
 //! The device is the uplink in host mode (the device of the default route, or `--net-egress-device`);
-//! nothing here assumes it is the uplink, so a bridge-mode veth's host side can be given the same
-//! treatment later (one [`EgressControl`] per device, or one program on several devices sharing
-//! the map).
+//! bridge tasks get the same program, sharing the map, on their own `eth0` inside their namespace
+//! ([`EgressControl::attach_in_namespace`]), where their packets still carry their socket.
 //!
 //! Attachment: clsact (aya's `qdisc_add_clsact`) and the classifier at its egress hook, through a
 //! tcx bpf_link on kernels 6.6 and later (it goes with the agent), else a netlink filter (which
@@ -29,6 +28,7 @@ use std::time::Duration;
 use aya::include_bytes_aligned;
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::tc::{self, TcAttachType, TcError};
+use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId};
 use aya::programs::{ProgramError, SchedClassifier};
 use strata_agent_common::{
     CgroupId, EDT_WORDS, EdtState, MAP_EGRESS_DROPS, MAP_EGRESS_EDT, NET_COUNTER_WORDS,
@@ -168,12 +168,16 @@ type DropMap = PerCpuHashMap<MapData, CgroupId, [u64; NET_COUNTER_WORDS]>;
 /// The EDT program on a device's egress, fq on the device, and the map of the tasks' limits.
 pub struct EgressControl {
     /// Owns the program and its link; dropping it detaches the program.
-    _object: aya::Ebpf,
+    object: aya::Ebpf,
     device: String,
     replaced: Option<String>,
     horizon: Duration,
     limits: LimitMap,
     drops: DropMap,
+    /// The program's tcx links on bridge tasks' `eth0` (inside their namespaces), by cgroup;
+    /// dropping one detaches it. (A netlink filter is not kept: it lives with the namespace,
+    /// and detaching it from the agent's namespace would name another device by its index.)
+    task_links: std::collections::HashMap<CgroupId, SchedClassifierLink>,
 }
 
 impl fmt::Debug for EgressControl {
@@ -267,13 +271,96 @@ impl EgressControl {
                 None => program_err("attach", &e),
             })?;
         Ok(Self {
-            _object: object,
+            object,
             device: device.to_owned(),
             replaced,
             horizon,
             limits,
             drops,
+            task_links: std::collections::HashMap::new(),
         })
+    }
+
+    /// Limits a bridge task's egress where its packets still carry their socket: fq at the root
+    /// of `interface` in the network namespace of process `pid` (the task's init) and the EDT
+    /// program on that interface's egress (a previous agent's filter there is replaced), from a
+    /// thread that joins the namespace. The task's entry (cgroup `id`, [`Self::limit`]) is the
+    /// one the program finds; a tcx link (kernels 6.6 and later) goes at [`Self::forget`], a
+    /// netlink filter with the namespace.
+    pub fn attach_in_namespace(
+        &mut self,
+        pid: u32,
+        interface: &str,
+        id: CgroupId,
+    ) -> Result<(), EgressControlError> {
+        let where_ = format!("{interface} in the network namespace of process {pid}");
+        let program_err = |action, reason: String| EgressControlError::Program {
+            action,
+            device: where_.clone(),
+            reason,
+        };
+        let program: &mut SchedClassifier = self
+            .object
+            .program_mut(PROG_EGRESS_EDT)
+            .ok_or_else(|| program_err("find", "not in the object".to_owned()))?
+            .try_into()
+            .map_err(|e: ProgramError| program_err("find", error_chain(&e)))?;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| {
+            EgressControlError::Device {
+                device: where_.clone(),
+                reason: format!("cannot open the namespace: {e}"),
+            }
+        })?;
+        let attached = std::thread::scope(|s| {
+            s.spawn(|| -> Result<SchedClassifierLinkId, EgressControlError> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    EgressControlError::Device {
+                        device: where_.clone(),
+                        reason: format!("cannot join the namespace: {e}"),
+                    }
+                })?;
+                let index = nix::net::if_::if_nametoindex(interface).map_err(|e| {
+                    EgressControlError::Device {
+                        device: where_.clone(),
+                        reason: format!("no such network device ({e})"),
+                    }
+                })?;
+                qdisc::set_fq(interface, index, 1)?;
+                match tc::qdisc_add_clsact(interface) {
+                    Ok(()) => {}
+                    Err(TcError::NetlinkError(e))
+                        if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+                    Err(e) => return Err(program_err("attach", error_chain(&e))),
+                }
+                // A previous agent's netlink filter (kernels before 6.6) would run first.
+                let _ = tc::qdisc_detach_program(interface, TcAttachType::Egress, PROG_EGRESS_EDT);
+                program
+                    .attach(interface, TcAttachType::Egress)
+                    .map_err(|e| program_err("attach", error_chain(&e)))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(program_err(
+                    "attach",
+                    "the attaching thread panicked".to_owned(),
+                ))
+            })
+        })?;
+        let link = self
+            .object
+            .program_mut(PROG_EGRESS_EDT)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .and_then(|p| p.take_link(attached).ok());
+        match link {
+            // A netlink filter (kernels before 6.6): nothing to hold; dropping the link would
+            // detach by an interface index of the wrong namespace.
+            Some(link) if link.priority().is_ok() => std::mem::forget(link),
+            Some(link) => {
+                self.task_links.insert(id, link);
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// Detaches the program from the device now (the agent is stopping; a netlink filter would
@@ -336,10 +423,13 @@ impl EgressControl {
         )
     }
 
-    /// Removes the cgroup `id`'s entries (its task ended).
+    /// Removes the cgroup `id`'s entries (its task ended), and the program's link on its
+    /// namespace's interface (bridge tasks; it is defunct once the namespace is gone).
     pub fn forget(&mut self, id: CgroupId) {
         let _ = self.limits.remove(&id);
         let _ = self.drops.remove(&id);
+        // A tcx link is detached by closing it (defunct already if the namespace is gone).
+        drop(self.task_links.remove(&id));
     }
 
     /// The cgroup ids that have a limit (for tests and diagnostics).

@@ -458,6 +458,11 @@ fn tcp_blast(addr: &str, ms: u64) -> Result<()> {
     }
     stream.shutdown(Shutdown::Write).context("shutting down")?;
     println!("sent_bytes={sent}");
+    // Stays until the receiver has it all (it closes at the end of the data): the bytes still
+    // queued, paced, would otherwise go with a bridge task's interface when the task ends.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut rest = [0u8; 64];
+    while stream.read(&mut rest).is_ok_and(|n| n > 0) {}
     Ok(())
 }
 

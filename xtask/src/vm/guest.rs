@@ -41,11 +41,21 @@ mount -t tmpfs tmpfs /run
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 echo "STRATA-VM-BOOTED: kernel $(uname -r), $(cut -d' ' -f1 /proc/uptime) s after boot"
-# The network modules (veth, fq, htb, clsact, cls_bpf, the bridge): built as modules by
-# Debian; llc and stp first (the bridge needs them), each once.
-for m in /modules/llc.ko /modules/stp.ko /modules/*.ko; do
-  n=$(basename "$m" .ko)
-  [ -e "$m" ] && ! grep -q "^$n " /proc/modules && { insmod "$m" || echo "STRATA-VM: cannot load module $m"; }
+# The network modules (veth, fq, htb, clsact, cls_bpf, the bridge, nf_tables NAT): built as
+# modules by Debian. Loaded in passes, each module once, until a pass loads none (a module whose
+# dependencies are not loaded yet fails and is tried again in the next pass); what is left
+# unloaded is named.
+for pass in 1 2 3 4 5 6; do
+  loaded=0
+  for m in /modules/*.ko; do
+    n=$(basename "$m" .ko | tr - _)
+    [ -e "$m" ] && ! grep -q "^$n " /proc/modules && insmod "$m" 2>/dev/null && loaded=1
+  done
+  [ $loaded = 0 ] && break
+done
+for m in /modules/*.ko; do
+  n=$(basename "$m" .ko | tr - _)
+  [ -e "$m" ] && ! grep -q "^$n " /proc/modules && echo "STRATA-VM: cannot load module $m"
 done
 ip link set lo up
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do

@@ -254,8 +254,11 @@ pub fn vmlinux(e: &LockEntry) -> Result<PathBuf> {
 /// pairs, the fq and htb qdiscs, clsact (sch_ingress), tc BPF filters (cls_bpf) and u32 filters
 /// (cls_u32, for the htb comparison), for the network tests and `cargo xtask bench network`, and
 /// the bridge (with llc and stp, which it needs: the guest loads them first) for bridge
-/// networking. The others have no dependencies.
-pub const GUEST_MODULES: [&str; 9] = [
+/// networking; nf_tables NAT for bridge tasks' masquerading and port mappings (nf_tables,
+/// nf_conntrack, nf_nat and the nft expressions the agent uses, with what they need: crc32c
+/// for libcrc32c). The guest loads them in passes until none more loads, so their order here
+/// does not matter.
+pub const GUEST_MODULES: [&str; 22] = [
     "veth",
     "sch_fq",
     "sch_htb",
@@ -265,6 +268,19 @@ pub const GUEST_MODULES: [&str; 9] = [
     "llc",
     "stp",
     "bridge",
+    "crc32c_generic",
+    "libcrc32c",
+    "nfnetlink",
+    "nf_tables",
+    "nf_defrag_ipv4",
+    "nf_defrag_ipv6",
+    "nf_conntrack",
+    "nf_nat",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_fib",
+    "nft_fib_ipv4",
 ];
 
 /// A directory with [`GUEST_MODULES`] of the kernel, uncompressed (`<name>.ko`), from the cache

@@ -271,7 +271,7 @@ impl LinuxContainerizer {
 
     /// A bridge task's lease (before its supervisor starts); `None` for a task in another mode.
     /// Refused: bridge tasks on an agent without a bridge or without supervisors, with port
-    /// mappings (not forwarded yet) or with an egress limit (not enforced on a veth yet).
+    /// mappings on an agent without NAT, or when the subnet is full.
     fn lease_bridge(&self, task: &TaskInfo) -> Result<Option<BridgeGrant>, ContainerizerError> {
         let task_id = task.task_id.as_str();
         let invalid = |reason: String| ContainerizerError::InvalidTask {
@@ -294,29 +294,29 @@ impl LinuxContainerizer {
                     .to_owned(),
             ));
         }
-        if !mappings.is_empty() {
-            return Err(refuse(format!(
-                "it maps {} host port(s) into its namespace, and this agent does not forward ports to bridge tasks yet: give it no ports (reach it at its bridge address) or run it in host mode",
-                mappings.len()
-            )));
-        }
-        if task
-            .resources
-            .iter()
-            .any(|r| r.name == names::NET_EGRESS_MBPS && r.scalar > 0.0)
-        {
-            return Err(refuse(format!(
-                "it asks for {} in bridge mode, and this agent limits egress in host mode only: run it in host mode",
-                names::NET_EGRESS_MBPS
-            )));
-        }
         let mut guard = control.lock().map_err(|_| ContainerizerError::Lost {
             task_id: task_id.to_owned(),
             reason: "the bridge control lock is poisoned".to_owned(),
         })?;
+        let published = mappings
+            .iter()
+            .flat_map(|m| {
+                let tcp = m.tcp.then_some(crate::bridge::nat::Protocol::Tcp);
+                let udp = m.udp.then_some(crate::bridge::nat::Protocol::Udp);
+                tcp.into_iter()
+                    .chain(udp)
+                    .map(|protocol| crate::bridge::Published {
+                        protocol,
+                        host_port: m.host,
+                        container_port: m.container,
+                    })
+            })
+            .collect();
+        // A full subnet or an agent without NAT is the agent's limit, not the task's fault:
+        // refused (TASK_ERROR), as the other capabilities it lacks.
         let lease = guard
-            .lease(task_id)
-            .map_err(|e| invalid(format!("cannot lease it an address: {e}")))?;
+            .lease(task_id, published)
+            .map_err(|e| refuse(format!("cannot lease it an address: {e}")))?;
         tracing::debug!(task_id, address = %lease.address, veth = %lease.veth, bridge = guard.name(), "bridge address leased");
         Ok(Some((control.clone(), task_id.to_owned(), lease)))
     }
@@ -582,7 +582,10 @@ impl LinuxContainerizer {
         let (pid, waited, exit_file): (u32, BoxFuture<'static, Result<ExitStatus, String>>, _) =
             if self.config.supervisor_exe.is_some() {
                 // The supervisor opens the cgroup.procs files itself.
-                let bridge = grants.bridge.as_ref().map(|(c, _, l)| (c, l));
+                let bridge = grants
+                    .bridge
+                    .as_ref()
+                    .map(|(c, _, l)| (c, l, grants.egress.as_ref()));
                 let result = self
                     .start_supervised(
                         spec,
@@ -781,6 +784,16 @@ impl Containerizer for LinuxContainerizer {
             None
         });
         let bridge = self.adopt_lease(task_id, &run);
+        // A bridge task's limit is enforced on its eth0: the program goes there again (a tcx
+        // link went with the previous agent; a netlink filter of it is replaced).
+        if bridge.is_some()
+            && let (Some((control, id)), Some(p)) =
+                (&egress, pid.and_then(|p| u32::try_from(p).ok()))
+            && let Ok(mut control) = control.lock()
+            && let Err(e) = control.attach_in_namespace(p, crate::bridge::TASK_INTERFACE, *id)
+        {
+            tracing::warn!(task_id, error = %e, "cannot restore the bridge task's egress limit on its interface: its egress is not limited");
+        }
         let exit_rx = spawn_reaper(
             task_id.to_owned(),
             cg.clone(),

@@ -12,6 +12,14 @@ use futures::future::BoxFuture;
 use strata_proto::CommandInfo;
 
 use super::LinuxContainerizer;
+use super::container::EgressGrant;
+
+/// What wiring a bridge task takes: the bridge, its lease, and its egress limit if it has one.
+pub(super) type BridgeWiring<'a> = (
+    &'a Arc<Mutex<BridgeControl>>,
+    &'a Lease,
+    Option<&'a EgressGrant>,
+);
 use crate::bridge::{BridgeControl, Lease};
 use crate::cgroup::TaskCgroup;
 use crate::containerizer::supervisor::{self, TaskSpec};
@@ -199,7 +207,7 @@ impl LinuxContainerizer {
         run: &Path,
         cg: &dyn TaskCgroup,
         (stdout, stderr): (std::fs::File, std::fs::File),
-        bridge: Option<(&Arc<Mutex<BridgeControl>>, &Lease)>,
+        bridge: Option<BridgeWiring<'_>>,
     ) -> Result<(u32, BoxFuture<'static, Result<ExitStatus, String>>), ContainerizerError> {
         let task_id = spec.task.task_id.as_str();
         let (program, spec_file) = self.task_spec(spec, command, sandbox, cg, stdout, stderr)?;
@@ -221,9 +229,16 @@ impl LinuxContainerizer {
             .map_err(|e| lost(format!("cannot start the task's supervisor: {e}")))?;
         let mut out = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe_r)
             .map_err(|e| lost(format!("cannot watch the launch pipe: {e}")))?;
-        if let Some((control, lease)) = bridge
+        if let Some((control, lease, egress)) = bridge
             && let Err(e) = self
-                .wire_bridge(task_id, &program, run, &mut out, pid, (control, lease))
+                .wire_bridge(
+                    task_id,
+                    &program,
+                    run,
+                    &mut out,
+                    pid,
+                    (control, lease, egress),
+                )
                 .await
         {
             // The init waits for its network: it and its namespace (with the veth) go.
@@ -264,7 +279,7 @@ impl LinuxContainerizer {
         run: &Path,
         out: &mut (impl tokio::io::AsyncRead + Unpin),
         pid: u32,
-        (control, lease): (&Arc<Mutex<BridgeControl>>, &Lease),
+        (control, lease, egress): BridgeWiring<'_>,
     ) -> Result<(), ContainerizerError> {
         let line = self.read_line(out).await;
         if line.as_deref() != Some(supervisor::NETNS_LINE) {
@@ -272,14 +287,33 @@ impl LinuxContainerizer {
             return Err(self.launch_failure(task_id, program, run, &text, text.is_empty()));
         }
         let control = control.clone();
+        let egress = egress.cloned();
         let (task_id_owned, lease_owned, run_owned) =
             (task_id.to_owned(), lease.clone(), run.to_path_buf());
         let wired = tokio::task::spawn_blocking(move || {
-            let guard = control
+            let mut guard = control
                 .lock()
                 .map_err(|_| "the bridge control lock is poisoned".to_owned())?;
+            // An egress limit is enforced on the task's eth0, where its packets still carry
+            // their socket, before the lease lets the command start.
+            let mut limit_egress = || -> Result<(), String> {
+                let Some((egress, id)) = &egress else {
+                    return Ok(());
+                };
+                egress
+                    .lock()
+                    .map_err(|_| "the egress control lock is poisoned".to_owned())?
+                    .attach_in_namespace(pid, crate::bridge::TASK_INTERFACE, *id)
+                    .map_err(|e| format!("cannot limit its egress on its interface: {e}"))
+            };
             guard
-                .wire(&task_id_owned, &lease_owned, pid, &run_owned)
+                .wire(
+                    &task_id_owned,
+                    &lease_owned,
+                    pid,
+                    &run_owned,
+                    &mut limit_egress,
+                )
                 .map_err(|e| e.to_string())
         })
         .await
