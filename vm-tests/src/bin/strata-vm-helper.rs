@@ -524,6 +524,22 @@ fn tcp_sink(port: u64) -> Result<()> {
         }
         println!("series_mbps={}", series.join(","));
     }
+    // The steady rate: from 0.5 s after the first byte to 0.5 s before the end, leaving out
+    // the start (slow start, the pacer's first horizon) and the end (the sender's close, its
+    // queue drained or dropped as its task ends).
+    const EDGE: Duration = Duration::from_millis(500);
+    if let Some(start) = first {
+        let from = samples.iter().find(|(t, _)| *t >= start + EDGE);
+        let to = samples.iter().rev().find(|(t, _)| *t + EDGE <= end);
+        if let (Some((t0, b0)), Some((t1, b1))) = (from, to)
+            && t1 > t0
+        {
+            println!(
+                "steady_mbps={:.2}",
+                rate(b1 - b0, t1.duration_since(*t0).as_secs_f64())
+            );
+        }
+    }
     // The rate over the last 2 s (from the last sample at least 2 s before the end).
     const TAIL: Duration = Duration::from_secs(2);
     if let Some((t, b)) = samples
