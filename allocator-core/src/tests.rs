@@ -331,6 +331,33 @@ pub(super) fn scalar(resources: &[Resource], name: &str) -> f64 {
     strata_proto::scalar_sum(resources, name)
 }
 
+/// A replica's term reaches agents (in Registered) and frameworks (in SUBSCRIBED), which
+/// refuse an older leader with it.
+#[test]
+fn agents_and_frameworks_are_told_the_leaders_term() {
+    let mut h = Harness::with(AllocatorConfig {
+        leader_epoch: 42,
+        ..config()
+    });
+    let conn = h.conn();
+    h.register(conn, "", 1.0, 64.0, vec![]);
+    let cmds = h.cmds();
+    assert!(
+        matches!(agent_msgs(&cmds, conn).first(), Some(allocator_message::Message::Registered(r)) if r.leader_epoch == 42),
+        "{cmds:?}"
+    );
+    let conn = h.conn();
+    let now = h.now;
+    h.core
+        .framework_subscribe(now, conn, FrameworkInfo::default())
+        .expect("subscribed");
+    let cmds = h.cmds();
+    assert!(
+        cmds.iter().any(|c| matches!(c, Command::ToFramework { conn: c, event: event::Event::Subscribed(s) } if *c == conn && s.leader_epoch == 42)),
+        "{cmds:?}"
+    );
+}
+
 #[test]
 fn agents_get_ids_and_heartbeat_interval() {
     let mut h = Harness::new();
