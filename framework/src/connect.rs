@@ -188,9 +188,11 @@ impl Targets {
             .iter()
             .position(|(_, u)| u == url)
             .unwrap_or(0);
-        let hinted = strata_proto::leader::hint(status)
-            .and_then(|hint| strata_common::parse::endpoint(hint).ok())
-            .and_then(|hint| self.endpoints.iter().position(|(_, u)| *u == hint));
+        let hinted = strata_proto::leader::leader_among(
+            status,
+            self.endpoints.iter().map(|(_, u)| u.as_str()),
+        )
+        .index();
         let next = hinted.unwrap_or((at + 1) % n);
         tracing::debug!(follower = %url, next = %self.endpoints[next].1, hinted = hinted.is_some(), "not the leader; trying another replica");
         self.current.store(next, Ordering::Relaxed);
