@@ -355,6 +355,14 @@ async fn inside(prefix: &str, dir: &Path) -> Result<()> {
             }
             3 => {
                 let a = rng.next(AGENTS as u64) as usize;
+                // A real agent takes seconds to start again (its eBPF programs, its
+                // recovery): past the reconnect timeout, the allocator sees what it sees of a
+                // partition, and so do the frameworks.
+                if let Some(agent_id) = agents.id(a) {
+                    for (_, seen) in &seens {
+                        seen.lock().expect("seen").history.partitioned(&agent_id);
+                    }
+                }
                 agents.kill(a).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 agents.start(a)?;

@@ -330,11 +330,12 @@ pub fn verdict(
         let s = seen.lock().expect("seen");
         updates += s.history.updates();
         println!(
-            "{suite}: framework {name}: {} tasks launched, {} kill requests, {} updates checked, {} tasks never ended, {} violations; updates by state {:?}",
+            "{suite}: framework {name}: {} tasks launched, {} kill requests, {} updates checked, {} tasks never ended, {} ended without an exit (lost by their agent), {} violations; updates by state {:?}",
             s.launched,
             s.killed,
             s.history.updates(),
             s.active.len(),
+            s.history.ended_without_exit(),
             s.history.violations().len(),
             s.states
         );
