@@ -59,7 +59,7 @@ fn describe_status(status: &tonic::Status) -> String {
 /// Keeps a stream to the allocator open until `events` is closed (the core has stopped).
 /// With several `endpoints` (the replicas of one cluster), each attempt tries them in turn
 /// from the one that answered last; a follower's refusal naming the leader
-/// ([`strata_proto::leader::hint`]) is followed at once, any other refusal moves on to the
+/// ([`strata_proto::leader::leader_among`]) is followed at once, any other refusal moves on to the
 /// next address after the backoff.
 pub(crate) async fn maintain(
     endpoints: Vec<(Endpoint, String)>,
@@ -113,8 +113,7 @@ pub(crate) async fn maintain(
             Err(status) => {
                 // A follower replica names the leader: try it next, at once (at most once
                 // per address before backing off). Any other refusal: the next address.
-                let hinted = strata_proto::leader::hint(&status)
-                    .and_then(|hint| find_endpoint(&endpoints, hint));
+                let hinted = find_endpoint(&endpoints, &status);
                 current = hinted.unwrap_or((at + 1) % endpoints.len());
                 if hinted.is_some() && redirects < endpoints.len() {
                     redirects += 1;
@@ -242,15 +241,18 @@ impl LeaderEpoch {
     }
 }
 
-/// The index of the endpoint whose address is `hint` (a follower's answer), if it is one of
-/// the agent's `--allocator` addresses: an agent dials no address it was not given.
-fn find_endpoint(endpoints: &[(Endpoint, String)], hint: &str) -> Option<usize> {
-    let hint = strata_common::parse::endpoint(hint).ok()?;
-    let found = endpoints.iter().position(|(_, address)| *address == hint);
-    if found.is_none() {
-        tracing::warn!(leader = %hint, "a follower named a leader that is not among the --allocator addresses; trying those in turn");
+/// The index of the endpoint of the leader a follower's answer names, if it is one of the
+/// agent's `--allocator` addresses: an agent dials no address it was not given.
+fn find_endpoint(endpoints: &[(Endpoint, String)], status: &tonic::Status) -> Option<usize> {
+    use strata_proto::leader::{Redirect, leader_among};
+    match leader_among(status, endpoints.iter().map(|(_, a)| a.as_str())) {
+        Redirect::Among(i) => Some(i),
+        Redirect::Elsewhere(leader) => {
+            tracing::warn!(%leader, "a follower named a leader that is not among the --allocator addresses; trying those in turn");
+            None
+        }
+        Redirect::Unnamed => None,
     }
-    found
 }
 
 /// Connects to the first of `endpoints` that answers, trying them in turn from `start`;
@@ -297,10 +299,17 @@ mod tests {
             .into_iter()
             .map(|a| (Endpoint::from_static(a), a.to_owned()))
             .collect();
-        assert_eq!(find_endpoint(&endpoints, "h2:5050"), Some(1));
-        assert_eq!(find_endpoint(&endpoints, "http://h1:5050/"), Some(0));
-        assert_eq!(find_endpoint(&endpoints, "http://elsewhere:5050"), None);
-        assert_eq!(find_endpoint(&endpoints, "not an address"), None);
+        let named = |leader: &str| strata_proto::leader::not_leader("c", Some(leader));
+        assert_eq!(find_endpoint(&endpoints, &named("h2:5050")), Some(1));
+        assert_eq!(
+            find_endpoint(&endpoints, &named("http://h1:5050/")),
+            Some(0)
+        );
+        assert_eq!(
+            find_endpoint(&endpoints, &named("http://elsewhere:5050")),
+            None
+        );
+        assert_eq!(find_endpoint(&endpoints, &named("not an address")), None);
     }
 
     #[test]

@@ -659,6 +659,33 @@ impl Core {
         );
         let _span = tracing::info_span!("status_update", task_id = %key.1, framework_id = %key.0, agent_id = %agent_id).entered();
 
+        // An update older than what the framework was already told (the agent sends it again
+        // because its acknowledgement was lost, e.g. in a partition, while its re-registration
+        // told the task's newer state): acknowledged for the agent, neither forwarded nor
+        // applied, so that a task's states only go forward.
+        if !state.is_terminal()
+            && let Some(task) = self.tasks.get(&key)
+            && task.agent_id == agent_id
+            && progress(state) < progress(task.state)
+        {
+            tracing::info!(
+                state = state.label(),
+                current = task.state.label(),
+                "an older update sent again; acknowledged, not forwarded"
+            );
+            if !status.uuid.is_empty() {
+                self.send_agent(
+                    conn,
+                    allocator_message::Message::Acknowledge(allocator_message::AcknowledgeUpdate {
+                        framework_id: status.framework_id,
+                        task_id: status.task_id,
+                        uuid: status.uuid,
+                    }),
+                );
+            }
+            return;
+        }
+
         match self.tasks.get_mut(&key) {
             Some(task) if task.agent_id == agent_id => {
                 tracing::debug!(state = state.label(), "task status");
@@ -864,5 +891,16 @@ fn new_agent(id: AgentId, mode: AgentMode, dynamic: Resources, now: Duration) ->
         tasks: Default::default(),
         principal: None,
         declined: Default::default(),
+    }
+}
+
+/// How far a task that has not ended has got: its non-terminal states in order.
+fn progress(state: TaskState) -> u8 {
+    match state {
+        TaskState::Staging => 1,
+        TaskState::Starting => 2,
+        TaskState::Running => 3,
+        TaskState::Killing => 4,
+        _ => 0,
     }
 }

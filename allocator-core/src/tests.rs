@@ -331,6 +331,62 @@ pub(super) fn scalar(resources: &[Resource], name: &str) -> f64 {
     strata_proto::scalar_sum(resources, name)
 }
 
+/// An agent sends an older update again (its acknowledgement was lost in a partition) after
+/// a newer one: the framework is not told it, the task's state does not go back, and the
+/// agent has its acknowledgement.
+#[test]
+fn an_older_update_sent_again_is_acknowledged_not_forwarded() {
+    let mut h = Harness::new();
+    let (aconn, _) = h.agent(4.0, 1024.0);
+    let (fconn, fid) = h.framework("f");
+    let offer = h.one_offer(fconn);
+    h.launch(fconn, &fid, aconn, &offer, vec![task("t", 1.0, 64.0)]);
+    let cmds = h.update(aconn, status(&fid, "t", TaskState::Running, 2));
+    assert_eq!(updates_in(&cmds, fconn).len(), 1, "{cmds:?}");
+    let cmds = h.update(aconn, status(&fid, "t", TaskState::Starting, 1));
+    assert!(updates_in(&cmds, fconn).is_empty(), "forwarded: {cmds:?}");
+    assert!(
+        agent_msgs(&cmds, aconn).iter().any(
+            |m| matches!(m, allocator_message::Message::Acknowledge(a) if a.uuid == vec![1; 16])
+        ),
+        "not acknowledged: {cmds:?}"
+    );
+    let tasks = h.core.task_summaries(&ListTasksRequest::default());
+    assert_eq!(tasks[0].state(), TaskState::Running, "{tasks:?}");
+    // The same state again, and newer ones, still go through.
+    let cmds = h.update(aconn, status(&fid, "t", TaskState::Running, 3));
+    assert_eq!(updates_in(&cmds, fconn).len(), 1, "{cmds:?}");
+    let cmds = h.update(aconn, status(&fid, "t", TaskState::Finished, 4));
+    assert_eq!(updates_in(&cmds, fconn).len(), 1, "{cmds:?}");
+}
+
+/// A replica's term reaches agents (in Registered) and frameworks (in SUBSCRIBED), which
+/// refuse an older leader with it.
+#[test]
+fn agents_and_frameworks_are_told_the_leaders_term() {
+    let mut h = Harness::with(AllocatorConfig {
+        leader_epoch: 42,
+        ..config()
+    });
+    let conn = h.conn();
+    h.register(conn, "", 1.0, 64.0, vec![]);
+    let cmds = h.cmds();
+    assert!(
+        matches!(agent_msgs(&cmds, conn).first(), Some(allocator_message::Message::Registered(r)) if r.leader_epoch == 42),
+        "{cmds:?}"
+    );
+    let conn = h.conn();
+    let now = h.now;
+    h.core
+        .framework_subscribe(now, conn, FrameworkInfo::default())
+        .expect("subscribed");
+    let cmds = h.cmds();
+    assert!(
+        cmds.iter().any(|c| matches!(c, Command::ToFramework { conn: c, event: event::Event::Subscribed(s) } if *c == conn && s.leader_epoch == 42)),
+        "{cmds:?}"
+    );
+}
+
 #[test]
 fn agents_get_ids_and_heartbeat_interval() {
     let mut h = Harness::new();

@@ -377,6 +377,12 @@ impl LeaseGuard {
         }
     }
 
+    /// The guard of a lease of `ttl` granted now and never refreshed: it holds for 9/10 of
+    /// `ttl` (for whoever must act only while a lease holds, and their tests).
+    pub fn granted_now(ttl: Duration) -> Self {
+        Self::new(tokio::time::Instant::now(), ttl)
+    }
+
     fn safe(ttl: Duration) -> Duration {
         ttl - ttl / 10
     }

@@ -134,6 +134,8 @@ pub async fn dial_secure(addr: &str, security: &ClientSecurity) -> Result<AuthCh
 pub(crate) struct Targets {
     endpoints: std::sync::Arc<Vec<(Endpoint, String)>>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The newest leader term subscribed with (0: none, or a single allocator).
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Targets {
@@ -151,6 +153,26 @@ impl Targets {
         self.endpoints.len()
     }
 
+    /// Takes a leader's term from its SUBSCRIBED: `Err(newest)` when it is older than the
+    /// newest one subscribed with (a deposed leader), else it becomes the newest.
+    pub(crate) fn accept_epoch(&self, epoch: u64) -> Result<(), u64> {
+        use std::sync::atomic::Ordering;
+        let newest = self.epoch.fetch_max(epoch, Ordering::SeqCst);
+        if epoch < newest { Err(newest) } else { Ok(()) }
+    }
+
+    /// Points the next attempt at the address after `url` (which must not be tried first).
+    pub(crate) fn skip(&self, url: &str) {
+        use std::sync::atomic::Ordering;
+        let n = self.endpoints.len();
+        let at = self
+            .endpoints
+            .iter()
+            .position(|(_, u)| u == url)
+            .unwrap_or(0);
+        self.current.store((at + 1) % n.max(1), Ordering::Relaxed);
+    }
+
     /// After `status` from the allocator at `url`: whether to try again at once, elsewhere.
     /// With several addresses, an `UNAVAILABLE` (a follower replica's answer) points the next
     /// attempt at the leader it names when that is one of the addresses, else at the address
@@ -166,9 +188,11 @@ impl Targets {
             .iter()
             .position(|(_, u)| u == url)
             .unwrap_or(0);
-        let hinted = strata_proto::leader::hint(status)
-            .and_then(|hint| strata_common::parse::endpoint(hint).ok())
-            .and_then(|hint| self.endpoints.iter().position(|(_, u)| *u == hint));
+        let hinted = strata_proto::leader::leader_among(
+            status,
+            self.endpoints.iter().map(|(_, u)| u.as_str()),
+        )
+        .index();
         let next = hinted.unwrap_or((at + 1) % n);
         tracing::debug!(follower = %url, next = %self.endpoints[next].1, hinted = hinted.is_some(), "not the leader; trying another replica");
         self.current.store(next, Ordering::Relaxed);
@@ -222,6 +246,7 @@ pub(crate) fn secure_targets(
         Targets {
             endpoints: std::sync::Arc::new(endpoints),
             current: std::sync::Arc::default(),
+            epoch: std::sync::Arc::default(),
         },
         AuthInterceptor::new(security)?,
     ))

@@ -127,6 +127,17 @@ pub(crate) async fn subscribe_once(
             Ok(Some(strata_proto::Event {
                 event: Some(event::Event::Subscribed(subscribed)),
             })) => {
+                // A leader older than one already subscribed with was deposed and does not
+                // know it yet: nothing it says is delivered (the stream drops here).
+                if let Err(newest) = targets.accept_epoch(subscribed.leader_epoch) {
+                    targets.skip(addr);
+                    warn!(%addr, epoch = subscribed.leader_epoch, newest, "refusing a deposed leader");
+                    return Err(Error::DeposedLeader {
+                        addr: addr.to_owned(),
+                        epoch: subscribed.leader_epoch,
+                        newest,
+                    });
+                }
                 let heartbeat_interval = (subscribed.heartbeat_interval_seconds.is_finite()
                     && subscribed.heartbeat_interval_seconds > 0.0)
                     .then(|| Duration::from_secs_f64(subscribed.heartbeat_interval_seconds));
@@ -381,7 +392,7 @@ impl Driver {
                         }
                         Ok(Err(e)) => {
                             // A follower answered: the replicas are up and electing.
-                            let delay = if matches!(e, Error::NoLeader { .. }) {
+                            let delay = if matches!(e, Error::NoLeader { .. } | Error::DeposedLeader { .. }) {
                                 strata_proto::leader::FOLLOWER_RETRY
                             } else {
                                 self.backoff.next_delay()

@@ -105,6 +105,20 @@ pub enum Error {
         /// The replica's answer.
         message: String,
     },
+    /// The allocator at `addr` leads with an older term than one this framework subscribed
+    /// with: a deposed leader that does not know it yet. Its stream is dropped before anything
+    /// it says is delivered, and the SDK tries the other addresses.
+    #[error(
+        "the allocator at {addr} is a deposed leader (term {epoch}; this framework subscribed with term {newest}): trying the other replicas"
+    )]
+    DeposedLeader {
+        /// The address dialled.
+        addr: String,
+        /// Its term.
+        epoch: u64,
+        /// The newest term this framework subscribed with.
+        newest: u64,
+    },
     #[error("the allocator at {addr} failed {rpc}: {code:?}: {message}")]
     Rpc {
         /// The allocator address.
@@ -158,6 +172,7 @@ impl Error {
                 | Self::StreamEnded { .. }
                 | Self::NotConnected { .. }
                 | Self::NoLeader { .. }
+                | Self::DeposedLeader { .. }
         ) || matches!(self, Self::Rpc { code, .. } if matches!(code, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled | tonic::Code::ResourceExhausted))
     }
 

@@ -108,6 +108,7 @@ mod tests {
             event: Some(event::Event::Subscribed(event::Subscribed {
                 framework_id: "f-1".into(),
                 heartbeat_interval_seconds: 15.0,
+                leader_epoch: 0,
             })),
         };
         assert_eq!(

@@ -156,6 +156,62 @@ async fn reconnects_with_the_same_id_and_refuses_calls_meanwhile() {
     }
 }
 
+/// After subscribing with a leader of term 7, a stream whose SUBSCRIBED names term 5 (a
+/// deposed leader that does not know it yet) is dropped before anything it says is delivered
+/// or acknowledged; the SDK keeps trying and subscribes again with a leader of term 8.
+#[tokio::test]
+async fn a_deposed_leader_is_refused_and_nothing_it_says_is_delivered() {
+    use std::sync::atomic::Ordering;
+    let mut fake = FakeSchedulerService::start().await;
+    fake.leader_epoch.store(7, Ordering::SeqCst);
+    let (_client, mut events) = within("subscribe", FrameworkBuilder::new(&fake.addr).subscribe())
+        .await
+        .expect("subscribed");
+    let session = fake.session().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Subscribed { .. }
+    ));
+
+    // The stream breaks; the replica it reaches next answers as a deposed leader would.
+    fake.leader_epoch.store(5, Ordering::SeqCst);
+    drop(session);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let mut deposed = fake.session().await;
+    deposed.send(update("from-the-deposed", TaskState::Lost, vec![5; 16]));
+    // It is refused: its stream ends without a call (no acknowledgement) from the SDK.
+    let after = within("the deposed stream to end", deposed.calls.message()).await;
+    assert!(
+        matches!(after, Ok(None) | Err(_)),
+        "the SDK sent {after:?} to a deposed leader"
+    );
+
+    // The leader of term 8 is accepted.
+    fake.leader_epoch.store(8, Ordering::SeqCst);
+    let session = fake.session().await;
+    assert_eq!(session.info.id, "f-1", "re-subscribes with the same id");
+    session.send(update("from-the-leader", TaskState::Running, vec![8; 16]));
+    let mut seen = Vec::new();
+    loop {
+        match next_event(&mut events).await {
+            Event::Update(status) => {
+                seen.push(status.task_id);
+                break;
+            }
+            other => seen.push(format!("{other:?}")),
+        }
+    }
+    assert!(
+        !seen.iter().any(|e| e.contains("from-the-deposed")),
+        "delivered from a deposed leader: {seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("from-the-leader"));
+    assert!(seen.iter().any(|e| e.starts_with("Subscribed")), "{seen:?}");
+}
+
 #[tokio::test]
 async fn a_suppressed_framework_subscribes_and_re_subscribes_suppressed_until_it_revives() {
     let mut fake = FakeSchedulerService::start().await;

@@ -1,7 +1,8 @@
 //! Following the leader of replicated allocators: a follower replica answers every gRPC call
 //! with `UNAVAILABLE` and the leader's address in the [`METADATA`] key (as a Mesos master
-//! that does not lead redirects to the one that does); clients read it with [`hint`] and try
-//! that address next.
+//! that does not lead redirects to the one that does); clients read it with [`hint`] and,
+//! with [`leader_among`], find it among the addresses they were given (the agent, the SDK,
+//! the test's simulated agents: one rule for all), and try that address next.
 
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -63,6 +64,43 @@ pub fn hint(status: &Status) -> Option<&str> {
     ok.then_some(value)
 }
 
+/// Where a follower's answer points a client that was given `addresses` (normalised as
+/// [`strata_common::parse::endpoints`] gives them: `http://HOST:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// The leader it names is `addresses[i]`.
+    Among(usize),
+    /// It names a leader that is not one of `addresses`: a client dials no address it was
+    /// not given, so it goes on trying its own in turn (and should say so).
+    Elsewhere(String),
+    /// It names none (no leader is known, the answer is not a follower's, or the hint is not
+    /// an address).
+    Unnamed,
+}
+
+/// The leader a follower's `status` names, looked for among `addresses`: the hint ([`hint`])
+/// normalised as the clients' own addresses are (`h2:5050` and `http://h2:5050/` are
+/// `http://h2:5050`), then compared.
+pub fn leader_among<'a>(status: &Status, addresses: impl IntoIterator<Item = &'a str>) -> Redirect {
+    let Some(named) = hint(status).and_then(|h| strata_common::parse::endpoint(h).ok()) else {
+        return Redirect::Unnamed;
+    };
+    match addresses.into_iter().position(|a| a == named) {
+        Some(i) => Redirect::Among(i),
+        None => Redirect::Elsewhere(named),
+    }
+}
+
+impl Redirect {
+    /// The index of the leader among the addresses, when it is one of them.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Self::Among(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +135,33 @@ mod tests {
         assert_eq!(hint(&with(tonic::Code::Unavailable, "")), None);
         let long = format!("h{}:1", "x".repeat(MAX_ADDRESS));
         assert_eq!(hint(&with(tonic::Code::Unavailable, &long)), None);
+    }
+
+    #[test]
+    fn only_a_leader_among_the_clients_addresses_is_followed() {
+        let ours = ["http://h1:5050", "http://h2:5050"];
+        let named = |leader: &str| leader_among(&not_leader("c", Some(leader)), ours);
+        // Normalised as the clients' addresses are.
+        assert_eq!(named("h2:5050"), Redirect::Among(1));
+        assert_eq!(named("http://h1:5050/"), Redirect::Among(0));
+        assert_eq!(named("http://h1:5050/").index(), Some(0));
+        // Not one of ours: never dialled.
+        assert_eq!(
+            named("evil:1"),
+            Redirect::Elsewhere("http://evil:1".to_owned())
+        );
+        assert_eq!(named("evil:1").index(), None);
+        // Not an address, or no leader named, or not a follower's answer.
+        assert_eq!(named("ftp://h1:5050"), Redirect::Unnamed);
+        assert_eq!(named("h1"), Redirect::Unnamed);
+        assert_eq!(
+            leader_among(&not_leader("c", None), ours),
+            Redirect::Unnamed
+        );
+        let mut other = Status::permission_denied("no");
+        other
+            .metadata_mut()
+            .insert(METADATA, MetadataValue::from_static("h1:5050"));
+        assert_eq!(leader_among(&other, ours), Redirect::Unnamed);
     }
 }

@@ -43,13 +43,16 @@ impl Drop for Etcd {
     }
 }
 
-/// One member's name, ports and data dir.
+/// One member's name, address, ports, data dir and network namespace.
 #[derive(Debug, Clone)]
 struct Member {
     name: String,
+    host: String,
     client: u16,
     peer: u16,
     dir: PathBuf,
+    /// The namespace it runs in (`nsenter --net=`), when in a [`crate::netns::Lab`].
+    netns: Option<PathBuf>,
 }
 
 fn binary() -> Result<&'static str> {
@@ -67,17 +70,32 @@ impl Member {
         Self {
             dir: root.join(&name),
             name,
+            host: "127.0.0.1".to_owned(),
             client: free_port(),
             peer: free_port(),
+            netns: None,
+        }
+    }
+
+    /// Member `index` alone on node `node` of a lab, on etcd's usual ports.
+    fn in_lab(index: usize, root: &Path, node: &crate::netns::Node) -> Self {
+        let name = format!("m{index}");
+        Self {
+            dir: root.join(&name),
+            name,
+            host: node.ip.to_string(),
+            client: 2379,
+            peer: 2380,
+            netns: Some(node.netns_path()),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        format!("http://{}:{}", self.host, self.client)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
+        format!("http://{}:{}", self.host, self.peer)
     }
 
     /// `NAME=PEER_URL`, for `--initial-cluster`.
@@ -92,8 +110,17 @@ impl Member {
             .create(true)
             .append(true)
             .open(self.dir.join("etcd.log"))?;
-        Command::new(binary)
-            .arg(format!("--name={}", self.name))
+        let mut cmd = match &self.netns {
+            Some(netns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
+        cmd.arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={}", self.url()))
             .arg(format!("--advertise-client-urls={}", self.url()))
@@ -113,7 +140,7 @@ impl Member {
     fn wait(&self, mut child: Child) -> Result<Child> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.client)).is_ok() {
+            if TcpStream::connect((self.host.as_str(), self.client)).is_ok() {
                 return Ok(child);
             }
             if let Some(status) = child.try_wait()? {
@@ -148,10 +175,28 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` fresh members and waits until each client port answers.
+    /// Starts `n` fresh members on loopback and waits until each client port answers.
     pub fn start(n: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let members: Vec<Member> = (0..n).map(|i| Member::new(i, dir.path())).collect();
+        Self::start_members(members, dir)
+    }
+
+    /// Starts one fresh member on each of `nodes` of a lab (each in its node's namespace, on
+    /// its address) and waits until each client port answers; the caller must reach the
+    /// nodes (run in the lab's switch namespace).
+    pub fn start_in_lab(nodes: &[&crate::netns::Node]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let members = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| Member::in_lab(i, dir.path(), node))
+            .collect();
+        Self::start_members(members, dir)
+    }
+
+    fn start_members(members: Vec<Member>, dir: tempfile::TempDir) -> Result<Self> {
+        let n = members.len();
         let initial = members
             .iter()
             .map(Member::initial)

@@ -55,6 +55,7 @@ struct Service {
     sessions: mpsc::UnboundedSender<Session>,
     known: Arc<Mutex<HashSet<String>>>,
     accept_resubscribe: watch::Receiver<bool>,
+    leader_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -102,6 +103,7 @@ impl SchedulerService for Service {
             event: Some(event::Event::Subscribed(event::Subscribed {
                 framework_id: info.id.clone(),
                 heartbeat_interval_seconds: 15.0,
+                leader_epoch: self.leader_epoch.load(std::sync::atomic::Ordering::SeqCst),
             })),
         }));
         let _ = self.sessions.send(Session {
@@ -127,6 +129,9 @@ pub struct FakeSchedulerService {
     pub known: Arc<Mutex<HashSet<String>>>,
     /// Re-subscriptions (with an id) wait until this is true (it starts true).
     pub accept_resubscribe: watch::Sender<bool>,
+    /// The leader term its SUBSCRIBED carries (0 at first: a single allocator); set it to
+    /// play a replica elected at that term, or a deposed one.
+    pub leader_epoch: Arc<std::sync::atomic::AtomicU64>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -146,10 +151,12 @@ impl FakeSchedulerService {
         let (sessions_tx, sessions) = mpsc::unbounded_channel();
         let known = Arc::new(Mutex::new(HashSet::new()));
         let (accept_resubscribe, gate) = watch::channel(true);
+        let leader_epoch = Arc::default();
         let service = Service {
             sessions: sessions_tx,
             known: Arc::clone(&known),
             accept_resubscribe: gate,
+            leader_epoch: Arc::clone(&leader_epoch),
         };
         let server = tokio::spawn(async move {
             let mut builder = tonic::transport::Server::builder();
@@ -167,6 +174,7 @@ impl FakeSchedulerService {
             sessions,
             known,
             accept_resubscribe,
+            leader_epoch,
             server,
         }
     }

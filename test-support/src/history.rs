@@ -3,14 +3,18 @@
 //! (Mesos' guarantees to frameworks):
 //!
 //! - a task that was RUNNING is not lost: not LOST, GONE, DROPPED or UNREACHABLE; except that
-//!   a task on an agent the run partitioned may be UNREACHABLE to a partition-aware framework
-//!   and LOST to the others, and then RUNNING again or ended when the agent is back (Mesos
-//!   >= 1.5: such a LOST is not final);
+//!   a task on an agent the run partitioned (or crashed for longer than the reconnect
+//!   timeout) may be UNREACHABLE to a partition-aware framework and LOST to the others, and
+//!   then go on when the agent is back (Mesos >= 1.5: such a LOST is not final): the agent's
+//!   updates resume, including those it sends again because their acknowledgement was lost
+//!   in the partition (a STARTING after UNREACHABLE), until a terminal one;
 //! - a task runs on one agent only (launched twice: RUNNING reported from two agents);
 //! - nothing follows a terminal update but the same update again (reconciliation repeats it);
 //! - a task's states go forward (STAGING, STARTING, RUNNING, KILLING, then terminal; back to
 //!   RUNNING only from UNREACHABLE, when its agent comes back);
-//! - a task whose exit is known ends as it exited: FINISHED for 0, FAILED with its code.
+//! - a task whose exit is known ends as it exited: FINISHED for 0, FAILED with its code (a
+//!   FAILED without an exit code is not an exit: the agent lost the task before it exited,
+//!   e.g. it crashed while launching it; those are counted, [`History::ended_without_exit`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -53,6 +57,7 @@ pub struct History {
     /// not partition-aware (Mesos >= 1.5).
     partitioned: HashSet<String>,
     updates: u64,
+    ended_without_exit: u64,
     violations: Vec<Violation>,
 }
 
@@ -92,15 +97,22 @@ impl History {
         self.updates += 1;
         let partition_aware = self.partition_aware;
         let task = self.tasks.entry(status.task_id.clone()).or_default();
+        // The agent it was RUNNING on, or the one this update comes from (a task not yet
+        // RUNNING is on it too).
         let on_partitioned = task
             .agent
-            .as_ref()
-            .is_some_and(|a| self.partitioned.contains(a));
+            .iter()
+            .chain(std::iter::once(&status.agent_id))
+            .any(|a| self.partitioned.contains(a));
         // A LOST for a task of a partitioned agent is what UNREACHABLE is to a
         // partition-aware framework: the task may be RUNNING again when its agent comes back
         // (Mesos >= 1.5 no longer kills it), or end.
         let state = match status.state() {
-            TaskState::Lost if !partition_aware && task.was_running && on_partitioned => {
+            TaskState::Lost
+                if !partition_aware
+                    && !task.state.is_some_and(TaskState::is_terminal)
+                    && on_partitioned =>
+            {
                 TaskState::Unreachable
             }
             state => state,
@@ -115,7 +127,10 @@ impl History {
                         before.label()
                     ));
                 }
-            } else if rank(state) < rank(before) && state != TaskState::Unknown {
+            } else if rank(state) < rank(before)
+                && state != TaskState::Unknown
+                && before != TaskState::Unreachable
+            {
                 broken.push(format!("{} after {}", state.label(), before.label()));
             }
         }
@@ -140,6 +155,7 @@ impl History {
             TaskState::Unreachable if task.was_running => {
                 broken.push("UNREACHABLE though its agent was not partitioned".to_owned());
             }
+            TaskState::Failed if status.exit_code.is_none() => self.ended_without_exit += 1,
             TaskState::Finished | TaskState::Failed => {
                 if let Some(exit) = task.exit {
                     let expected = if exit == 0 {
@@ -167,6 +183,12 @@ impl History {
                 what,
             });
         }
+    }
+
+    /// How many tasks ended FAILED without an exit code (lost by their agent before they
+    /// exited).
+    pub fn ended_without_exit(&self) -> u64 {
+        self.ended_without_exit
     }
 
     /// How many updates were checked.
@@ -290,6 +312,58 @@ mod tests {
         let v: Vec<String> = h.violations().iter().map(ToString::to_string).collect();
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].starts_with("task u: lost while RUNNING"), "{v:?}");
+    }
+
+    /// What the real-agent suite saw: a task STARTING when its agent was cut off (its
+    /// acknowledgement lost), then the agent's updates again once it is back; a task whose
+    /// launch its crashed agent lost, FAILED without an exit code.
+    #[test]
+    fn updates_resume_after_a_partition_and_a_lost_launch_is_no_exit() {
+        for aware in [true, false] {
+            let mut h = History::new(aware);
+            h.launched("t", Some(0));
+            h.launched("l", Some(3));
+            h.partitioned("a1");
+            let cut = if aware {
+                TaskState::Unreachable
+            } else {
+                TaskState::Lost
+            };
+            for u in [
+                status("t", "a1", TaskState::Starting, None),
+                status("t", "a1", cut, None),
+                status("t", "a1", TaskState::Starting, None),
+                status("t", "a1", TaskState::Running, None),
+                status("t", "a1", TaskState::Finished, Some(0)),
+                status("l", "a1", TaskState::Starting, None),
+                status("l", "a1", cut, None),
+                status("l", "a1", TaskState::Failed, None),
+            ] {
+                h.update(&u);
+            }
+            assert!(h.violations().is_empty(), "{:?}", h.violations());
+            assert_eq!(h.ended_without_exit(), 1);
+            // Not on a partitioned agent: still out of order, and still after a terminal LOST.
+            h.update(&status("x", "a2", TaskState::Running, None));
+            h.update(&status("x", "a2", TaskState::Starting, None));
+            h.update(&status("y", "a2", TaskState::Lost, None));
+            h.update(&status("y", "a2", TaskState::Starting, None));
+            // FINISHED is an exit: without a code for a command exiting 3 it is wrong.
+            h.update(&status("l2", "a1", TaskState::Running, None));
+            h.launched("l2", Some(3));
+            h.update(&status("l2", "a1", TaskState::Finished, None));
+            let v: Vec<String> = h.violations().iter().map(ToString::to_string).collect();
+            assert_eq!(v.len(), 3, "{v:?}");
+            assert!(
+                v[0].contains("task x: TASK_STARTING after TASK_RUNNING"),
+                "{v:?}"
+            );
+            assert!(
+                v[1].contains("task y: TASK_STARTING after the terminal TASK_LOST"),
+                "{v:?}"
+            );
+            assert!(v[2].contains("task l2: its command exits with 3"), "{v:?}");
+        }
     }
 
     #[test]

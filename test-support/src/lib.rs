@@ -3,7 +3,8 @@
 //! - [`wait`]: bounded futures ([`bounded`], [`wait::within`]), polling until a condition holds
 //!   ([`wait::poll_until`]), waiting for a process to be gone or to exit;
 //! - [`http`]: a bounded `GET` built on [`strata_common::http::get`];
-//! - [`net`]: free loopback ports;
+//! - [`net`]: free loopback ports; [`netns`]: a lab of network namespaces on a bridge, with
+//!   real cuts (links down, blackhole routes), for fault injection;
 //! - fakes over real gRPC on 127.0.0.1: [`fake_allocator::FakeAllocator`] (the allocator's
 //!   AgentService, for an agent under test), [`fake_scheduler::FakeSchedulerService`] (its
 //!   SchedulerService, for the SDK under test), [`fake_agent::FakeAgent`] (an agent on a real
@@ -26,6 +27,7 @@ pub mod framework;
 pub mod history;
 pub mod http;
 pub mod net;
+pub mod netns;
 pub mod sim_agent;
 pub mod wait;
 

@@ -188,9 +188,11 @@ impl Sim {
             let stream = match stream {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
-                    let hinted = strata_proto::leader::hint(&status)
-                        .and_then(|h| strata_common::parse::endpoint(h).ok())
-                        .and_then(|h| self.urls.iter().position(|u| *u == h));
+                    let hinted = strata_proto::leader::leader_among(
+                        &status,
+                        self.urls.iter().map(String::as_str),
+                    )
+                    .index();
                     at = hinted.unwrap_or((at + 1) % n);
                     if hinted.is_some() && redirects < n {
                         redirects += 1;

@@ -222,6 +222,7 @@ impl Core {
             event::Event::Subscribed(event::Subscribed {
                 framework_id: id.0.clone(),
                 heartbeat_interval_seconds: self.config.framework_heartbeat_interval.as_secs_f64(),
+                leader_epoch: self.config.leader_epoch,
             }),
         );
         self.full_allocation = true;

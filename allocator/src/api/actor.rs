@@ -259,7 +259,9 @@ impl Actor {
                     let round = std::time::Instant::now();
                     self.core.tick(now);
                     self.metrics.allocation_round(round.elapsed());
-                    self.dispatch();
+                    if !self.dispatch() {
+                        break;
+                    }
                 }
                 input = inputs.recv() => {
                     let Some(input) = input else { break };
@@ -277,7 +279,9 @@ impl Actor {
                     let round = std::time::Instant::now();
                     self.core.allocate(now);
                     self.metrics.allocation_round(round.elapsed());
-                    self.dispatch();
+                    if !self.dispatch() {
+                        break;
+                    }
                 }
             }
         }
@@ -432,14 +436,26 @@ impl Actor {
         }
     }
 
-    /// Delivers the core's commands to the streams.
-    fn dispatch(&mut self) {
+    /// Delivers the core's commands to the streams; false when this replica must stop (its
+    /// lease ran out meanwhile: nothing was sent).
+    fn dispatch(&mut self) -> bool {
         // The registry first: what frameworks and agents are told is kept.
         let ops = self.core.take_registry_ops();
         if !ops.is_empty()
             && let Err(e) = self.store.apply(&ops)
         {
             tracing::error!(error = %e, changes = ops.len(), "cannot write the registry");
+        }
+        // Writing waits for etcd, up to its call timeout (longer than a short lease): a
+        // replica cut off from etcd meanwhile may have been replaced, so it tells nobody
+        // what it decided.
+        if !ops.is_empty() && !self.may_act() {
+            let dropped = self.core.take_commands().len();
+            tracing::warn!(
+                dropped,
+                "commands not sent: the lease ran out while the registry was being written"
+            );
+            return false;
         }
         self.publish_changes();
         let watching = self.watch.receiver_count() > 0;
@@ -480,6 +496,7 @@ impl Actor {
                 Command::Offers { .. } => {}
             }
         }
+        true
     }
 }
 
@@ -556,5 +573,63 @@ fn status_for(error: &CoreError) -> Status {
         | CoreError::InvalidFrameworkRole { .. }
         | CoreError::InvalidFrameworkInfo { .. }
         | CoreError::InvalidAgentId { .. } => Status::invalid_argument(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_allocator_core::registry::RegistryOp;
+    use strata_proto::FrameworkInfo;
+
+    use super::*;
+    use crate::store::StoreError;
+
+    /// A store whose writes take `0` (as an etcd write waits on a cluster it is cut off from).
+    #[derive(Debug)]
+    struct SlowStore(Duration);
+
+    impl Store for SlowStore {
+        fn load(&self) -> Result<Registry, StoreError> {
+            Ok(Registry::default())
+        }
+
+        fn apply(&mut self, _ops: &[RegistryOp]) -> Result<(), StoreError> {
+            std::thread::sleep(self.0);
+            Ok(())
+        }
+    }
+
+    /// A subscription writes the framework to the registry, then answers SUBSCRIBED: a
+    /// replica whose lease ran out during the write answers nothing and stops; with the write
+    /// quick, it answers.
+    #[tokio::test]
+    async fn a_replica_whose_lease_ran_out_during_a_registry_write_sends_nothing() {
+        for (write, answers) in [(Duration::ZERO, true), (Duration::from_millis(400), false)] {
+            let (watch, _) = broadcast::channel(16);
+            let store = Box::new(SlowStore(write));
+            let mut actor = Actor::new(
+                AllocatorConfig::default(),
+                watch,
+                store,
+                Registry::default(),
+            )
+            .expect("actor")
+            .with_lease(Some(strata_etcd::LeaseGuard::granted_now(
+                Duration::from_millis(200),
+            )));
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            actor.handle(Input::FrameworkSubscribe {
+                conn: ConnId(1),
+                info: FrameworkInfo {
+                    name: "f".to_owned(),
+                    ..FrameworkInfo::default()
+                },
+                suppressed_roles: Vec::new(),
+                sender: tx,
+                principal: None,
+            });
+            assert_eq!(actor.dispatch(), answers, "write of {write:?}");
+            assert_eq!(rx.try_recv().is_ok(), answers, "write of {write:?}");
+        }
     }
 }
