@@ -69,10 +69,11 @@ fn ebpf_programs_load_and_attach() -> Result<()> {
         e.programs().len(),
         started.elapsed()
     );
-    // sched_switch, sched_wakeup, sched_wakeup_new and the two cgroup_skb programs.
+    // sched_switch, sched_wakeup, sched_wakeup_new, sched_stat_runtime and the two
+    // cgroup_skb programs.
     ensure!(
-        e.programs().len() == 5,
-        "expected 5 programs, got {:?}",
+        e.programs().len() == 6,
+        "expected 6 programs, got {:?}",
         e.programs()
     );
     for p in e.programs() {
