@@ -917,8 +917,8 @@ mod tests {
     /// As root, on hybrid hosts (v1 `cpu` and `cpuacct` beside the unified hierarchy, as on the
     /// development machines): three shells move themselves into cgroups of the test's own and
     /// count, two held to 0.2 cores by CFS quotas, so they are throttled again and again while
-    /// competing for the CPUs. Once they end, each one's eBPF on-CPU time is exactly its
-    /// cpuacct usage. (Keeping the count per CPU rather than per task lost 3-6 ms each few
+    /// competing for the CPUs. Once they end, each one's eBPF on-CPU time is its cpuacct usage
+    /// (equal to the nanosecond on a quiet machine; within 0.1% under load, see below). (Keeping the count per CPU rather than per task lost 3-6 ms each few
     /// throttles on 6.18.) Skips elsewhere.
     #[test]
     fn on_cpu_time_stays_exact_under_cpu_throttling_root() {
@@ -1012,8 +1012,12 @@ mod tests {
                 v2.display()
             );
             assert!(usage > 50_000_000, "only {usage} ns ran");
+            // Within 0.1%: the shells join cpuacct and then the unified cgroup, and what the
+            // kernel charges between the two writes (up to 57 us seen on the loaded 2-core
+            // machine) is cpuacct's and not yet the unified cgroup's. Losses like the per-CPU
+            // count's (3-6 ms) are well past it.
             assert!(
-                oncpu.abs_diff(usage) <= 1_000,
+                oncpu.abs_diff(usage) <= usage / 1000,
                 "eBPF {oncpu} ns, cpuacct {usage} ns"
             );
         }
