@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import select
 import socket
 import ssl
 import sys
@@ -310,21 +311,51 @@ def check_refused_without_credentials(master, context):
     print("ok: refused without credentials over TLS", flush=True)
 
 
-def pump(source, sink):
+def forward(plain, upstream_addr, context, host):
+    """Carries one connection both ways between `plain` and a TLS connection to the
+    allocator. One thread owns the TLS socket: OpenSSL's objects are not safe to read and
+    write from two threads at once, and a pair of pumping threads lost requests that way.
+    Failures are printed, not swallowed, so a hang says why."""
+    upstream = None
     try:
-        while True:
-            data = source.recv(65536)
-            if not data:
-                break
-            sink.sendall(data)
-    except OSError:
+        upstream = context.wrap_socket(
+            socket.create_connection(upstream_addr, timeout=STEP), server_hostname=host
+        )
+        upstream.settimeout(STEP)
+        plain.settimeout(STEP)
+        open_ends = {plain, upstream}
+        while open_ends:
+            # Bytes OpenSSL already decrypted are not visible to select: drain them first.
+            ready = [upstream] if upstream in open_ends and upstream.pending() else []
+            if not ready:
+                ready, _, _ = select.select(list(open_ends), [], [], STEP)
+            for source in ready:
+                sink = upstream if source is plain else plain
+                data = source.recv(65536)
+                if data:
+                    sink.sendall(data)
+                    continue
+                # One side closed: pass the end on and stop reading it.
+                open_ends.discard(source)
+                try:
+                    if sink is plain:
+                        plain.shutdown(socket.SHUT_WR)
+                    else:
+                        # TLS has no half-close that servers honour: end it all.
+                        open_ends.clear()
+                except OSError:
+                    open_ends.clear()
+    except socket.timeout:
         pass
+    except OSError as e:
+        print("tls forwarder: connection ended: %r" % (e,), file=sys.stderr, flush=True)
     finally:
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        for s in (plain, upstream):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
 
 
 def tls_forwarder(master, context):
@@ -338,12 +369,9 @@ def tls_forwarder(master, context):
     def serve():
         while True:
             plain, _ = listener.accept()
-            upstream = context.wrap_socket(
-                socket.create_connection((host, int(port)), timeout=STEP), server_hostname=host
-            )
-            upstream.settimeout(None)
-            for a, b in ((plain, upstream), (upstream, plain)):
-                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+            threading.Thread(
+                target=forward, args=(plain, (host, int(port)), context, host), daemon=True
+            ).start()
 
     threading.Thread(target=serve, daemon=True).start()
     return "127.0.0.1:%d" % listener.getsockname()[1]
