@@ -470,6 +470,8 @@ struct Framework {
     name: String,
     /// The user its FrameworkInfo names (shown in the state; tasks name their own).
     user: String,
+    /// Where it serves its web UI (FrameworkInfo.webui_url, checked by `webui_url`).
+    webui_url: String,
     /// Per role, the least an offer must hold (FrameworkInfo.offer_filters).
     min_allocatable: BTreeMap<String, MinAllocatable>,
     roles: Vec<String>,

@@ -214,3 +214,36 @@ fn offer_filters_keep_offers_below_a_framework_minimum_away() {
         .unwrap_err();
     assert!(err.to_string().contains("sets of quantities"), "{err}");
 }
+
+/// FrameworkInfo.webui_url is kept when it is an http(s) URL of at most 256 bytes, and
+/// dropped otherwise (no `javascript:` link ever reaches the dashboard); an update replaces it.
+#[test]
+fn webui_urls_are_kept_only_when_http_and_short() {
+    let mut h = Harness::new();
+    let (fconn, fid) = h.subscribe_info(FrameworkInfo {
+        name: "f".into(),
+        webui_url: "http://host:8080/ui".into(),
+        ..FrameworkInfo::default()
+    });
+    assert_eq!(
+        h.core.framework_summaries()[0].webui_url,
+        "http://host:8080/ui"
+    );
+    assert_eq!(h.core.framework_on(fconn), Some(fid.0.as_str()));
+    for bad in [
+        "javascript:alert(1)".to_owned(),
+        format!("https://h/{}", "a".repeat(300)),
+        "http://h/a b".to_owned(),
+    ] {
+        let mut call = update(&fid, "f", &["*"], &[]);
+        if let Some(call::Call::UpdateFramework(u)) = &mut call.call
+            && let Some(info) = &mut u.framework_info
+        {
+            info.webui_url = bad.clone();
+        }
+        let cmds = h.call(fconn, call);
+        assert!(errors_in(&cmds, fconn).is_empty(), "{bad}");
+        assert_eq!(h.core.framework_summaries()[0].webui_url, "", "{bad}");
+    }
+    assert_eq!(h.core.framework_on(ConnId(999_999)), None);
+}

@@ -20,6 +20,11 @@ impl Core {
             .map(|f| f.principal.clone().unwrap_or_default())
     }
 
+    /// The framework subscribed on stream `conn`, if any.
+    pub fn framework_on(&self, conn: crate::ConnId) -> Option<&str> {
+        self.framework_conns.get(&conn).map(|f| f.0.as_str())
+    }
+
     /// Every agent the allocator knows, by id.
     pub fn agent_summaries(&self) -> Vec<AgentSummary> {
         let mut agents: Vec<AgentSummary> = self.agents.values().map(agent_summary).collect();
@@ -42,6 +47,7 @@ impl Core {
             principal: f.principal.clone().unwrap_or_default(),
             user: f.user.clone(),
             unregistered_at: 0.0,
+            webui_url: f.webui_url.clone(),
         }
     }
 

@@ -24,6 +24,7 @@ pub struct FrameworkBuilder {
     user: String,
     roles: Vec<String>,
     hostname: String,
+    webui_url: String,
     failover_timeout: Duration,
     partition_aware: bool,
     gpu_resources: bool,
@@ -51,6 +52,7 @@ impl FrameworkBuilder {
             user: std::env::var("USER").unwrap_or_default(),
             roles: vec!["*".to_owned()],
             hostname: String::new(),
+            webui_url: String::new(),
             failover_timeout: Duration::ZERO,
             partition_aware: false,
             gpu_resources: false,
@@ -111,6 +113,13 @@ impl FrameworkBuilder {
     /// The host the framework runs on (informational).
     pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
         self.hostname = hostname.into();
+        self
+    }
+
+    /// Where the framework serves its own web UI (an `http://` or `https://` URL of at most
+    /// 256 bytes; the allocator keeps nothing else): the dashboard links to it.
+    pub fn webui_url(mut self, url: impl Into<String>) -> Self {
+        self.webui_url = url.into();
         self
     }
 
@@ -205,6 +214,7 @@ impl FrameworkBuilder {
             .map(|(_, c)| c as i32)
             .collect(),
             hostname: self.hostname.clone(),
+            webui_url: self.webui_url.clone(),
             offer_filters: self.offer_filters.clone(),
         }
     }

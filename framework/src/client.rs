@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use strata_proto::{Call, Filters, Offer, Operation, TaskInfo, TaskStatus, call, operation};
+use strata_proto::{
+    Call, Filters, Offer, Operation, TaskInfo, TaskStatus, Workload, call, operation,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
@@ -188,6 +190,16 @@ impl Framework {
             })),
         )
         .await
+    }
+
+    /// WORKLOADS: reports what this framework runs (its apps, its jobs) for the dashboard's
+    /// "Apps & jobs" page, replacing the last report. The allocator keeps the latest report in
+    /// memory only, so send it again after every `Subscribed` (a new leader knows nothing),
+    /// and at most about once a second. At most 1000 workloads, each string at most 256
+    /// bytes, ids as task ids; a report over the limits is refused with an `Error` event.
+    pub async fn report_workloads(&self, workloads: Vec<Workload>) -> Result<(), Error> {
+        self.send(self.call(call::Call::Workloads(call::Workloads { workloads })))
+            .await
     }
 
     /// TEARDOWN: the allocator kills every task of this framework and forgets it. Returns once

@@ -100,6 +100,7 @@ impl Core {
             id,
             name: String::new(),
             user: String::new(),
+            webui_url: String::new(),
             min_allocatable: Default::default(),
             roles: Vec::new(),
             failover_timeout: Duration::ZERO,
@@ -328,6 +329,9 @@ impl Core {
                 self.remove_framework(now, &fid, "the framework tore itself down".to_owned());
             }
             Some(call::Call::UpdateFramework(update)) => self.update_framework(&fid, update),
+            // The allocator's edge keeps workload reports (the dashboard's, not the
+            // allocator's business) and takes them before the core: nothing to do here.
+            Some(call::Call::Workloads(_)) => {}
         }
     }
 
@@ -452,8 +456,34 @@ fn take_info(fw: &mut Framework, info: FrameworkInfo) {
     fw.gpu_resources = info
         .capabilities
         .contains(&(FrameworkCapability::GpuResources as i32));
+    fw.webui_url = webui_url(&info.webui_url);
     fw.name = info.name;
     fw.user = info.user;
+}
+
+/// The most bytes of a FrameworkInfo's `webui_url` kept.
+pub(crate) const MAX_WEBUI_URL: usize = 256;
+
+/// A FrameworkInfo's `webui_url` as kept: an `http://` or `https://` URL of at most
+/// [`MAX_WEBUI_URL`] bytes without spaces or control characters; anything else is dropped
+/// (logged), so no other scheme (`javascript:`) ever reaches a page as a link.
+pub(crate) fn webui_url(url: &str) -> String {
+    if url.is_empty() {
+        return String::new();
+    }
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    let chars_ok = !url
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '"' | '<' | '>'));
+    if scheme_ok && chars_ok && url.len() <= MAX_WEBUI_URL {
+        url.to_owned()
+    } else {
+        tracing::warn!(
+            url = %strata_proto::ids::shorten(url, 64),
+            "webui_url ignored: it must be an http:// or https:// URL of at most {MAX_WEBUI_URL} bytes"
+        );
+        String::new()
+    }
 }
 
 /// SUBSCRIBE's `suppressed_roles` as a set: each must be one of the framework's `roles`

@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Status;
 
+use super::workloads::WorkloadBook;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -159,6 +160,8 @@ pub(crate) struct Actor {
     security: std::sync::Arc<crate::security::Security>,
     /// A replica's etcd lease: nothing is acted on once it is not surely held.
     lease: Option<strata_etcd::LeaseGuard>,
+    /// What frameworks report they run (kept here, at the edge, not in the core).
+    workloads: WorkloadBook,
 }
 
 impl Actor {
@@ -192,6 +195,7 @@ impl Actor {
             metrics: Metrics::default(),
             security: std::sync::Arc::new(crate::security::Security::open()),
             lease: None,
+            workloads: WorkloadBook::default(),
         })
     }
 
@@ -226,6 +230,12 @@ impl Actor {
     /// Sends the core's changes to `changes` (observed while it has receivers).
     pub(crate) fn with_changes(mut self, changes: broadcast::Sender<Numbered>) -> Self {
         self.changes = changes;
+        self
+    }
+
+    /// Keeps the frameworks' workload reports in `workloads`.
+    pub(crate) fn with_workloads(mut self, workloads: WorkloadBook) -> Self {
+        self.workloads = workloads;
         self
     }
 
@@ -358,7 +368,11 @@ impl Actor {
             }
             Input::FrameworkCall { conn, call } => {
                 self.metrics.framework_call(&call);
-                self.core.framework_call(now, conn, call);
+                if let Some(strata_proto::call::Call::Workloads(report)) = call.call {
+                    self.workloads_report(conn, &call.framework_id, report);
+                } else {
+                    self.core.framework_call(now, conn, call);
+                }
             }
             Input::FrameworkClosed { conn } => {
                 self.frameworks.remove(&conn);
@@ -366,6 +380,41 @@ impl Actor {
             }
             Input::Query(query) => self.answer(query),
             Input::Operate(op) => (op.0)(&mut self.core, now),
+        }
+    }
+
+    /// A framework's report of what it runs: kept (replacing its last) when the stream is
+    /// subscribed as the framework the call names and the report is within bounds; otherwise
+    /// refused with an ERROR event saying why, and nothing is kept.
+    fn workloads_report(
+        &mut self,
+        conn: ConnId,
+        framework_id: &str,
+        report: strata_proto::call::Workloads,
+    ) {
+        let Some(subscribed) = self.core.framework_on(conn) else {
+            tracing::warn!(%conn, "workloads report on a stream that is not subscribed; ignored");
+            return;
+        };
+        let refusal = if subscribed == framework_id {
+            self.workloads
+                .report(framework_id, report.workloads)
+                .err()
+                .map(|e| format!("workloads report refused, nothing of it kept: {e}"))
+        } else {
+            Some(format!(
+                "call names framework {:?} but this stream is subscribed as framework                  {subscribed}: every call must carry the framework_id from SUBSCRIBED",
+                strata_proto::ids::shorten(framework_id, 64)
+            ))
+        };
+        if let Some(message) = refusal {
+            tracing::warn!(%conn, framework_id = %subscribed, %message, "workloads report refused");
+            if let Some(tx) = self.frameworks.get(&conn) {
+                let error = Event {
+                    event: Some(event::Event::Error(event::Error { message })),
+                };
+                let _ = tx.send(Ok(error));
+            }
         }
     }
 
@@ -458,6 +507,10 @@ impl Actor {
             return false;
         }
         self.publish_changes();
+        // Reports of removed frameworks go (a framework in its failover timeout keeps its).
+        let core = &self.core;
+        self.workloads
+            .retain(|id| core.framework_principal(id).is_some());
         let watching = self.watch.receiver_count() > 0;
         let now = self.clock.now();
         for command in self.core.take_commands() {

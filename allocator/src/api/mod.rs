@@ -15,6 +15,7 @@
 
 pub(crate) mod actor;
 mod usage;
+pub mod workloads;
 
 use std::future::Future;
 use std::io;
@@ -50,6 +51,7 @@ use tracing::Instrument as _;
 
 use self::actor::{Actor, AgentTx, FrameworkTx, Input, Operation, Query, WATCH_BUFFER};
 use self::usage::UsageBook;
+use self::workloads::WorkloadBook;
 use crate::metrics::Metrics;
 use crate::security::{Security, denied_status};
 use crate::store::{MemoryStore, Store};
@@ -201,9 +203,11 @@ pub async fn serve_replica(
     let (changes_tx, _) = broadcast::channel(actor::CHANGE_BUFFER);
     let flags = crate::mesos::state::flags(&config);
     let leader_epoch = config.leader_epoch;
+    let workloads = WorkloadBook::default();
     let actor = Actor::new(config, watch_tx.clone(), store, registry)?
         .with_metrics(metrics.clone())
         .with_changes(changes_tx.clone())
+        .with_workloads(workloads.clone())
         .with_security(security.clone())
         .with_lease(lease);
     let refresh_inputs = inputs.clone();
@@ -229,6 +233,7 @@ pub async fn serve_replica(
         stop: stop_rx,
         next_conn: Arc::new(AtomicU64::new(0)),
         usage: UsageBook::default(),
+        workloads,
         security,
         leader_epoch,
     };
@@ -292,6 +297,8 @@ pub(crate) struct Shared {
     pub(crate) stop: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     usage: UsageBook,
+    /// What frameworks report they run (the dashboard's "Apps & jobs").
+    pub(crate) workloads: WorkloadBook,
     pub(crate) security: Arc<Security>,
     /// This allocator's term (`AllocatorConfig::leader_epoch`), for `GetLeader`.
     leader_epoch: u64,
@@ -503,6 +510,8 @@ pub(crate) fn audit_call(security: &Security, principal: Option<&str>, call: &Ca
         }
         Some(call::Call::Teardown(_)) => "teardown",
         Some(call::Call::UpdateFramework(_)) => "update_framework",
+        // Sent often (every change of what the framework runs); changes nothing audited.
+        Some(call::Call::Workloads(_)) => return,
         _ => {
             tracing::debug!(framework_id = %call.framework_id, principal = ?principal, "framework call");
             return;

@@ -97,6 +97,7 @@ pub fn framework_info(info: &json::FrameworkInfo) -> Result<FrameworkInfo, Conve
         failover_timeout_seconds: info.failover_timeout.unwrap_or(0.0),
         capabilities,
         hostname: info.hostname.clone().unwrap_or_default(),
+        webui_url: info.webui_url.clone().unwrap_or_default(),
         offer_filters: info
             .offer_filters
             .iter()
@@ -921,6 +922,11 @@ mod tests {
         .expect("valid");
         assert_eq!(f.roles, vec!["a", "b"]);
         assert_eq!(f.failover_timeout_seconds, 60.0);
+        let f = framework_info(&info(
+            r#"{"user":"u","name":"n","webui_url":"http://h:8080/ui"}"#,
+        ))
+        .expect("valid");
+        assert_eq!(f.webui_url, "http://h:8080/ui");
         assert!(framework_info(&info(r#"{"user":"u","name":"n","roles":["a"]}"#)).is_err());
         assert!(framework_info(&info(r#"{"name":"n"}"#)).is_err());
     }

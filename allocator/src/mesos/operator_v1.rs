@@ -312,6 +312,7 @@ fn framework_info(f: &FrameworkSummary) -> Value {
         "user": f.user,
         "roles": f.roles,
         "principal": f.principal,
+        "webui_url": f.webui_url,
     })
 }
 

@@ -190,6 +190,7 @@ fn framework_json(f: &FrameworkSummary, tasks: Vec<Value>, completed: Vec<Value>
         "name": f.name,
         "user": f.user,
         "principal": f.principal,
+        "webui_url": f.webui_url,
         "role": f.roles.first().cloned().unwrap_or_else(|| "*".to_owned()),
         "roles": f.roles,
         "active": f.connected,

@@ -52,7 +52,7 @@ use strata_allocator_core::{Action, Change};
 use strata_common::serve::PeerPrincipal;
 use strata_proto::{
     AgentMode, AgentState, AgentSummary, FrameworkSummary, GetStateResponse, GetUsageRequest,
-    Resource, ResourceKind, TaskSummary, TaskUsage,
+    Resource, ResourceKind, TaskSummary, TaskUsage, Workload,
 };
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::StreamExt as _;
@@ -60,6 +60,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::Shared;
 use crate::api::actor::{Numbered, Query};
+use crate::api::workloads::WorkloadsChanged;
 use crate::mesos::Leadership;
 use crate::mesos::convert::state_name;
 
@@ -459,7 +460,40 @@ pub fn framework_json(f: &FrameworkSummary) -> Value {
         "registered": f.registered_at,
         "principal": f.principal,
         "user": f.user,
+        "webui": f.webui_url,
     })
+}
+
+/// A workload as the page shows it (empty strings and zero counts left out).
+pub fn workload_json(w: &Workload) -> Value {
+    let mut out = json!({ "kind": w.kind, "id": w.id, "state": w.state });
+    if w.kind == "app" || w.instances_wanted > 0 || w.instances_running > 0 {
+        out["wanted"] = json!(w.instances_wanted);
+        out["running"] = json!(w.instances_running);
+    }
+    for (name, value) in [
+        ("version", &w.version),
+        ("schedule", &w.schedule),
+        ("last_run", &w.last_run),
+        ("next_run", &w.next_run),
+        ("msg", &w.message),
+    ] {
+        if !value.is_empty() {
+            out[name] = json!(value);
+        }
+    }
+    out
+}
+
+/// Each framework's reported workloads, by framework id.
+pub fn workloads_json<'a>(
+    reports: impl IntoIterator<Item = (&'a String, &'a Vec<Workload>)>,
+) -> Value {
+    let map: serde_json::Map<String, Value> = reports
+        .into_iter()
+        .map(|(id, list)| (id.clone(), list.iter().map(workload_json).collect()))
+        .collect();
+    Value::Object(map)
 }
 
 /// A task as the page shows it.
@@ -489,6 +523,7 @@ pub fn snapshot_json(
     seq: u64,
     principal: Option<&str>,
     with_tasks: bool,
+    workloads: Value,
 ) -> Value {
     let agents: Vec<Value> = state.agents.iter().map(agent_json).collect();
     let frameworks: Vec<Value> = state.frameworks.iter().map(framework_json).collect();
@@ -506,6 +541,7 @@ pub fn snapshot_json(
         "agents": agents,
         "frameworks": frameworks,
         "tasks": tasks,
+        "workloads": workloads,
     })
 }
 
@@ -563,14 +599,17 @@ async fn stream(
         })?;
     // Subscribed before the snapshot is taken: no change falls between the two.
     let mut changes = ctx.shared.changes.subscribe();
+    let mut workload_changes = ctx.shared.workloads.subscribe();
     let (state, last) = ctx
         .shared
         .query(Query::Snapshot)
         .await
         .map_err(|_| UiError::Unavailable)?;
+    let reports = ctx.shared.workloads.all();
+    let workloads = workloads_json(reports.iter().map(|(id, list)| (id, list.as_ref())));
     let first = Bytes::from(format!(
         "retry: {RETRY_MS}\nevent: snapshot\ndata: {}\n\n",
-        snapshot_json(&state, last, principal.as_deref(), with_tasks)
+        snapshot_json(&state, last, principal.as_deref(), with_tasks, workloads)
     ));
     drop(state);
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
@@ -594,6 +633,11 @@ async fn stream(
                         () = tx.closed() => Err("the client went away"),
                         change = changes.recv() => Ok(match change {
                             Ok(change) => batch(change, &mut changes, last, with_tasks),
+                            Err(broadcast::error::RecvError::Lagged(_)) => Batch::Lagged,
+                            Err(broadcast::error::RecvError::Closed) => Batch::Closed,
+                        }),
+                        change = workload_changes.recv() => Ok(match change {
+                            Ok(change) => Batch::Send(sse("changes", &json!([workloads_change(&change)]))),
                             Err(broadcast::error::RecvError::Lagged(_)) => Batch::Lagged,
                             Err(broadcast::error::RecvError::Closed) => Batch::Closed,
                         }),
@@ -631,6 +675,13 @@ async fn stream(
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(hardened(response))
+}
+
+/// A framework's new workloads as a change the page applies (it replaces the framework's
+/// list; an empty one once the framework is removed). Not numbered: each is whole.
+fn workloads_change(change: &WorkloadsChanged) -> Value {
+    let list: Vec<Value> = change.workloads.iter().map(workload_json).collect();
+    json!({ "k": "workloads", "fw": change.framework_id, "workloads": list, "seq": 0 })
 }
 
 /// The event that ends a stream that fell behind: the page starts over from a snapshot.
@@ -1313,7 +1364,7 @@ mod tests {
             }],
             ..GetStateResponse::default()
         };
-        let full = snapshot_json(&state, 4, Some("ops"), true);
+        let full = snapshot_json(&state, 4, Some("ops"), true, json!({}));
         assert_eq!(full["seq"], 4);
         assert_eq!(full["principal"], "ops");
         assert_eq!(full["agents"][0]["state"], "connected");
@@ -1321,7 +1372,7 @@ mod tests {
         assert_eq!(full["tasks"][0]["id"], "t1");
         assert_eq!(full["tasks"][0]["exit"], 3);
         assert_eq!(full["tasks"][0]["msg"], "bye");
-        let viewer = snapshot_json(&state, 4, Some("viewer"), false);
+        let viewer = snapshot_json(&state, 4, Some("viewer"), false, json!({}));
         assert_eq!(viewer["tasks"], json!([]));
         assert_eq!(viewer["view_tasks"], false);
         assert_eq!(viewer["agents"], full["agents"]);

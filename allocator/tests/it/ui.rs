@@ -15,7 +15,7 @@ use strata_allocator::security::Security;
 use strata_allocator::store::MemoryStore;
 use strata_allocator::{Metrics, serve_secure};
 use strata_auth::credentials;
-use strata_proto::{TaskState, allocator_message};
+use strata_proto::{TaskState, Workload, allocator_message, call};
 use strata_test_support::allocator::Allocator;
 use strata_test_support::bounded;
 use strata_test_support::fake_agent::FakeAgent;
@@ -359,6 +359,115 @@ async fn the_stream_sends_a_snapshot_then_changes_and_actions_drain_agents() -> 
         Value::Array(Vec::new()),
         "no usage reported"
     );
+    drop(events);
+    allocator.shutdown().await
+}
+
+fn app(id: &str, wanted: u32, running: u32) -> Workload {
+    Workload {
+        kind: "app".into(),
+        id: id.into(),
+        state: "running".into(),
+        instances_wanted: wanted,
+        instances_running: running,
+        version: "3".into(),
+        ..Workload::default()
+    }
+}
+
+fn report(workloads: Vec<Workload>) -> call::Call {
+    call::Call::Workloads(call::Workloads { workloads })
+}
+
+/// The ERROR event the allocator answers a refused call with.
+async fn error_of(fw: &mut Framework) -> Result<String> {
+    fw.wait_for("an ERROR event", |e| match e {
+        strata_proto::event::Event::Error(e) => Some(e.message),
+        _ => None,
+    })
+    .await
+}
+
+/// Frameworks report what they run (`Call.Workloads`): the latest report of each is in the
+/// snapshot and each new one comes as a change; reports over the bounds, or naming another
+/// framework, are refused with an ERROR saying why and change nothing; a removed framework's
+/// report goes. The framework's webui_url reaches the page.
+#[tokio::test]
+async fn workload_reports_reach_the_page_within_their_bounds() -> Result<()> {
+    let allocator = Allocator::with_mesos(Leadership::Leader).await?;
+    let addr = allocator.http();
+    let mut services = Framework::subscribe(
+        &allocator,
+        strata_proto::FrameworkInfo {
+            name: "services".into(),
+            webui_url: "http://127.0.0.1:9090/".into(),
+            ..strata_proto::FrameworkInfo::default()
+        },
+    )
+    .await?;
+    let mut other = Framework::named(&allocator, "other").await?;
+    let mut events = Events::open(addr, None).await?;
+    let (_, snapshot) = events.next().await?;
+    assert_eq!(snapshot["workloads"], serde_json::json!({}), "{snapshot}");
+    let fws = snapshot["frameworks"].as_array().context("frameworks")?;
+    let listed = fws
+        .iter()
+        .find(|f| f["id"] == services.id.as_str())
+        .context("services listed")?;
+    assert_eq!(listed["webui"], "http://127.0.0.1:9090/");
+
+    services
+        .call(report(vec![app("web", 2, 1), app("api", 1, 1)]))
+        .await?;
+    let c = events.change("workloads").await?;
+    assert_eq!(c["fw"], services.id.as_str());
+    assert_eq!(c["workloads"][0]["id"], "web");
+    assert_eq!(c["workloads"][0]["wanted"], 2);
+    assert_eq!(c["workloads"][0]["running"], 1);
+    assert_eq!(c["workloads"][0]["version"], "3");
+    // A new stream has it in its snapshot.
+    let mut second = Events::open(addr, None).await?;
+    let (_, snap) = second.next().await?;
+    assert_eq!(snap["workloads"][services.id.as_str()][1]["id"], "api");
+    drop(second);
+
+    // Over the bounds: refused whole, saying the limit; the last report stays.
+    let many: Vec<Workload> = (0..1001).map(|i| app(&format!("a{i}"), 1, 1)).collect();
+    services.call(report(many)).await?;
+    let why = error_of(&mut services).await?;
+    assert!(why.contains("more than the 1000 allowed"), "{why}");
+    let mut long = app("web", 2, 2);
+    long.message = "x".repeat(257);
+    services.call(report(vec![long])).await?;
+    let why = error_of(&mut services).await?;
+    assert!(why.contains("more than the 256 allowed"), "{why}");
+    services.call(report(vec![app("../x", 1, 1)])).await?;
+    let why = error_of(&mut services).await?;
+    assert!(why.contains("invalid workload id"), "{why}");
+    // Another framework's report naming this one: refused on its own stream.
+    other
+        .tx
+        .send(strata_proto::Call {
+            framework_id: services.id.clone(),
+            call: Some(report(vec![app("evil", 9, 9)])),
+        })
+        .await?;
+    let why = error_of(&mut other).await?;
+    assert!(why.contains("subscribed as framework"), "{why}");
+    // None of those reached the page: the next change is the next valid report.
+    services.call(report(vec![app("web", 2, 2)])).await?;
+    let c = events.change("workloads").await?;
+    assert_eq!(c["fw"], services.id.as_str(), "{c}");
+    assert_eq!(c["workloads"].as_array().map(Vec::len), Some(1), "{c}");
+    assert_eq!(c["workloads"][0]["running"], 2);
+
+    // Removed: its report goes, as an empty list.
+    services
+        .call(call::Call::Teardown(call::Teardown {}))
+        .await?;
+    let c = events.change("workloads").await?;
+    assert_eq!(c["fw"], services.id.as_str());
+    assert_eq!(c["workloads"], serde_json::json!([]));
     drop(events);
     allocator.shutdown().await
 }

@@ -11,7 +11,7 @@ const SAMPLE_MS = 2000;       // how often the overview samples utilisation and 
 
 const S = {
   seq: 0, principal: null, viewTasks: false, version: "", started: 0,
-  agents: new Map(), frameworks: new Map(), tasks: new Map(),
+  agents: new Map(), frameworks: new Map(), tasks: new Map(), workloads: new Map(),
   events: [], roles: null, util: [], usage: new Map(), live: false,
 };
 // Timings the browser tests read (ms): the last snapshot's parse and draw, the last batch's.
@@ -63,6 +63,7 @@ function applySnapshot(snap) {
   S.agents = new Map(snap.agents.map((a) => [a.id, a]));
   S.frameworks = new Map(snap.frameworks.map((f) => [f.id, f]));
   S.tasks = new Map(snap.tasks.map((t) => [key(t.fw, t.id), t]));
+  S.workloads = new Map(Object.entries(snap.workloads || {}).filter(([, l]) => l.length));
 }
 
 function event(text, kind) {
@@ -91,7 +92,11 @@ function applyChange(c) {
       break;
     case "framework_removed":
       S.frameworks.delete(c.id);
+      S.workloads.delete(c.id);
       event(`framework ${c.id} removed`, "framework");
+      break;
+    case "workloads":
+      if (c.workloads.length) S.workloads.set(c.fw, c.workloads); else S.workloads.delete(c.fw);
       break;
     case "task_added": {
       const t = c.task;
@@ -226,7 +231,7 @@ function render() {
     a.classList.toggle("active", a.dataset.page === p.name || (p.name === "task" && a.dataset.page === "tasks"));
   }
   const view = $("#view");
-  const draw = { overview, agents, frameworks, tasks, events, task: taskPage }[p.name] || overview;
+  const draw = { overview, agents, frameworks, apps, tasks, events, task: taskPage }[p.name] || overview;
   draw(view, p);
 }
 
@@ -327,7 +332,7 @@ async function loadRoles() {
 function frameworks(view) {
   if (!frameworks.loaded) { frameworks.loaded = true; loadRoles().then(() => { if (page().name === "frameworks") render(); }); }
   const list = [...S.frameworks.values()].sort((a, b) => a.name.localeCompare(b.name));
-  const rows = list.map((f) => `<tr><td>${esc(f.name)}<div class="muted">${esc(f.id)}</div></td>
+  const rows = list.map((f) => `<tr><td>${webui(f)}<div class="muted">${esc(f.id)}</div></td>
     <td>${esc((f.roles || []).join(", "))}</td><td><span class="state ${f.connected ? "connected" : "unreachable"}">${f.connected ? "connected" : "disconnected"}</span></td>
     <td>${fmt(100 * num(f.share), 1)}%</td><td>${fmt(num((f.alloc || {}).cpus))}</td><td>${mem((f.alloc || {}).mem)}</td>
     <td>${num(f.tasks)}</td><td>${esc(f.principal)}</td><td>${esc(f.user)}</td></tr>`).join("");
@@ -342,6 +347,37 @@ function frameworks(view) {
   <h2>Roles</h2>
   <table id="roles"><thead><tr><th>role</th><th>weight</th><th>quota guarantee</th><th>quota limit</th><th>allocated</th><th>reserved</th><th>frameworks</th></tr></thead>
   <tbody>${S.roles ? (roleRows || `<tr><td colspan="7" class="muted">no roles</td></tr>`) : `<tr><td colspan="7" class="muted">loading…</td></tr>`}</tbody></table>`;
+}
+
+// A framework's name, linked to its own web UI when it gave one (http(s) only: the allocator
+// keeps no other scheme, and the page checks again).
+function webui(f) {
+  const url = f.webui || "";
+  if (!/^https?:\/\//.test(url)) return esc(f.name);
+  return `<a href="${esc(url)}" target="_blank" rel="noopener noreferrer" class="webui">${esc(f.name)}</a>`;
+}
+
+// ---- apps and jobs, as their frameworks report them ----
+function apps(view) {
+  const groups = [...S.workloads.entries()]
+    .map(([fw, list]) => ({ fw, f: S.frameworks.get(fw), list }))
+    .sort((a, b) => ((a.f || {}).name || a.fw).localeCompare((b.f || {}).name || b.fw));
+  const section = ({ fw, f, list }) => {
+    const appRows = list.filter((w) => w.kind === "app").map((w) => `<tr data-workload="${esc(w.id)}" data-kind="app">
+      <td>${esc(w.id)}</td><td><span class="state ${esc(w.state)}">${esc(w.state)}</span></td>
+      <td class="instances">${num(w.running)} / ${num(w.wanted)}</td><td class="muted">${esc(w.version)}</td><td class="wrap">${esc(w.msg)}</td></tr>`).join("");
+    const jobRows = list.filter((w) => w.kind === "job").map((w) => `<tr data-workload="${esc(w.id)}" data-kind="job">
+      <td>${esc(w.id)}</td><td><span class="state ${esc(w.state)}">${esc(w.state)}</span></td>
+      <td>${esc(w.schedule)}</td><td>${esc(w.last_run)}</td><td>${esc(w.next_run)}</td><td class="wrap">${esc(w.msg)}</td></tr>`).join("");
+    return `<section class="workloads" data-fw="${esc(fw)}"><h2>${f ? webui(f) : esc(fw)} <span class="muted">${esc(fw)}</span>
+      ${f ? `<span class="state ${f.connected ? "connected" : "unreachable"}">${f.connected ? "connected" : "disconnected"}</span>` : ""}</h2>
+      ${appRows ? `<table class="apps"><thead><tr><th>app</th><th>state</th><th>instances (running / wanted)</th><th>version</th><th>message</th></tr></thead><tbody>${appRows}</tbody></table>` : ""}
+      ${jobRows ? `<table class="jobs"><thead><tr><th>job</th><th>state</th><th>schedule</th><th>last run</th><th>next run</th><th>message</th></tr></thead><tbody>${jobRows}</tbody></table>` : ""}
+      ${!appRows && !jobRows ? `<p class="muted">nothing reported</p>` : ""}</section>`;
+  };
+  view.innerHTML = `<h1>Apps &amp; jobs</h1>
+  <p class="muted">What the frameworks run, as they report it (strata-services its apps, strata-jobs its jobs).</p>
+  <div id="apps">${groups.map(section).join("") || `<p class="muted">No framework reports any app or job.</p>`}</div>`;
 }
 
 // ---- usage ----
