@@ -27,6 +27,8 @@ pub const HISTORY_LIMIT: usize = 100;
 pub const MAX_JOBS: usize = 10_000;
 /// The most active runs one job may have (waiting, or launched).
 pub const MAX_ACTIVE_RUNS: usize = 100;
+/// The most jobs reported to the dashboard (the allocator's bound on a report), by id.
+pub const MAX_REPORTED_JOBS: usize = 1000;
 /// How long unused offers are refused while nothing waits to launch (a new run revives).
 pub const IDLE_REFUSE_SECONDS: f64 = 30.0;
 /// How long unused offers are refused while a run waits for its backoff or a larger offer.
@@ -272,6 +274,45 @@ impl Core {
     /// The commands made since the last call.
     pub fn take_commands(&mut self) -> Vec<Command> {
         std::mem::take(&mut self.commands)
+    }
+
+    /// What the dashboard shows of each job (the first [`MAX_REPORTED_JOBS`] by id): its
+    /// schedule, its last run and result, its next run, its runs in flight.
+    pub fn workloads(&self) -> Vec<strata_framework::proto::Workload> {
+        let short = |s: String| strata_proto::ids::shorten(&s, 200);
+        self.state
+            .jobs
+            .iter()
+            .take(MAX_REPORTED_JOBS)
+            .map(|(id, job)| {
+                let state = if !job.active.is_empty() {
+                    "running"
+                } else if job.next_fire.is_some() {
+                    "scheduled"
+                } else {
+                    "idle"
+                };
+                let last_run = job.history.back().map_or_else(String::new, |r| {
+                    let exit = r
+                        .exit_code
+                        .map_or_else(String::new, |c| format!(" (exit {c})"));
+                    format!("{} {}{exit}", r.ended_at, r.outcome.label())
+                });
+                strata_framework::proto::Workload {
+                    kind: "job".to_owned(),
+                    id: id.clone(),
+                    state: state.to_owned(),
+                    instances_running: u32::try_from(job.active.len()).unwrap_or(u32::MAX),
+                    schedule: job.spec.schedule.as_ref().map_or_else(String::new, |s| {
+                        short(format!("{} ({})", s.cron, s.timezone))
+                    }),
+                    last_run: short(last_run),
+                    next_run: job.next_fire.map_or_else(String::new, |t| t.to_string()),
+                    message: short(job.spec.description.clone()),
+                    ..strata_framework::proto::Workload::default()
+                }
+            })
+            .collect()
     }
 
     /// The job `id`.

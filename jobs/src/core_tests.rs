@@ -159,6 +159,17 @@ cron = "* * * * *""#,
             .unwrap();
         assert_eq!(*t, want, "launch {i} is late");
     }
+    // What the dashboard is told: running now, the last run finished, the next at 11:01.
+    let w = sim.core.workloads();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        (w[0].kind.as_str(), w[0].id.as_str(), w[0].state.as_str()),
+        ("job", "tick", "running")
+    );
+    assert_eq!(w[0].schedule, "* * * * * (UTC)");
+    assert_eq!(w[0].last_run, "2026-03-01T10:59:05Z finished (exit 0)");
+    assert_eq!(w[0].next_run, "2026-03-01T11:01:00Z");
+    assert_eq!(w[0].instances_running, 1);
     // The run launched at 11:00:00 is still running.
     let history = sim.history("tick");
     assert_eq!(history.len(), 59);

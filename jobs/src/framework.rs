@@ -96,6 +96,10 @@ impl Decide for Core {
     fn saved(&self, framework_id: &str) -> Vec<u8> {
         host::saved_bytes(framework_id, self.state())
     }
+
+    fn workloads(&self) -> Option<Vec<strata_framework::proto::Workload>> {
+        Some(Core::workloads(self))
+    }
 }
 
 /// Answers one API request.

@@ -901,6 +901,59 @@ impl Core {
         })
     }
 
+    /// What the dashboard shows of each app (by id; at most [`MAX_APPS`], within the
+    /// allocator's bound on a report): its instances wanted and running, its version and a
+    /// word for where its deployment stands.
+    pub fn workloads(&self) -> Vec<strata_framework::proto::Workload> {
+        self.state
+            .apps
+            .iter()
+            .take(MAX_APPS)
+            .map(|(id, app)| {
+                let running = app
+                    .instances
+                    .values()
+                    .filter(|i| i.state == InstanceState::Running)
+                    .count();
+                let state = if app.destroying {
+                    "destroying"
+                } else if let Some(d) = &app.deployment {
+                    match d.kind {
+                        DeployKind::Deploy => "deploying",
+                        DeployKind::Restart => "restarting",
+                        DeployKind::Rollback => "rolling-back",
+                    }
+                } else if app.spec.instances == 0 {
+                    "suspended"
+                } else if running < app.spec.instances as usize {
+                    "scaling"
+                } else {
+                    "running"
+                };
+                let message = match &app.deployment {
+                    Some(d) if d.failures > 0 => {
+                        format!(
+                            "{} failed instance(s) of version {} so far",
+                            d.failures, app.version
+                        )
+                    }
+                    _ if app.failures > 0 => format!("{} consecutive failure(s)", app.failures),
+                    _ => String::new(),
+                };
+                strata_framework::proto::Workload {
+                    kind: "app".to_owned(),
+                    id: id.clone(),
+                    state: state.to_owned(),
+                    instances_wanted: app.spec.instances,
+                    instances_running: u32::try_from(running).unwrap_or(u32::MAX),
+                    version: app.version.to_string(),
+                    message,
+                    ..strata_framework::proto::Workload::default()
+                }
+            })
+            .collect()
+    }
+
     /// Healthy instances of an app, of any version (for tests and `strata app list`).
     #[must_use]
     pub fn healthy(&self, id: &str) -> usize {

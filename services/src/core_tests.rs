@@ -264,6 +264,11 @@ fn a_new_app_deploys_its_instances_and_its_plan_completes() {
         (plan.strategy.as_str(), plan.status),
         ("deploy", Status::InProgress)
     );
+    let w = core.workloads();
+    assert_eq!(
+        (w[0].state.as_str(), w[0].instances_running),
+        ("deploying", 0)
+    );
     for (task, agent) in &tasks {
         core.update(secs(1), &status(task, agent, TaskState::Running, None));
     }
@@ -286,6 +291,15 @@ fn a_new_app_deploys_its_instances_and_its_plan_completes() {
         ("steady", Status::Complete)
     );
     assert_eq!(plan.phases[0].steps.len(), 3);
+    // What the dashboard is told: three of three, version 1, deployed.
+    let w = core.workloads();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        (w[0].kind.as_str(), w[0].id.as_str(), w[0].state.as_str()),
+        ("app", "web", "running")
+    );
+    assert_eq!((w[0].instances_wanted, w[0].instances_running), (3, 3));
+    assert_eq!(w[0].version, "1");
     // The same definition again changes nothing.
     assert_eq!(core.deploy(secs(3), spec_of(WEB)).unwrap(), 1);
     core.offers(secs(3), vec![offer("o2", "a1", "h1", "r1")]);
