@@ -2,7 +2,9 @@
 //! (headless, through Playwright for Python from target/ui-venv, both installed by `cargo
 //! xtask setup`) against a real `strata local`: every page, a task launched through the CLI
 //! seen within 2 s, its output followed, a profile's flame graph, a kill from the page, a
-//! drain. Screenshots go to target/ui-screenshots/.
+//! drain; with `--with services,jobs`, an app deployed and a job added through the CLI seen
+//! on the "Apps & jobs" page within 2 s, and the app's scale seen live. Screenshots go to
+//! target/ui-screenshots/.
 //!
 //! Without chromium or the venv the test fails saying to run `cargo xtask setup`, unless
 //! `STRATA_SKIP_BROWSER_TESTS=1` says to skip it (then it says so and passes).
@@ -94,6 +96,12 @@ fn the_dashboard_in_chromium_against_strata_local() {
         .env(CGROUP_PLACEMENT.0, CGROUP_PLACEMENT.1)
         .args(["local", "--listen", &format!("127.0.0.1:{port}")])
         .args([
+            "--with",
+            "services,jobs",
+            "--services-listen",
+            "127.0.0.1:0",
+            "--jobs-listen",
+            "127.0.0.1:0",
             "--mesos-listen",
             "127.0.0.1:0",
             "--cpus",
@@ -117,20 +125,29 @@ fn the_dashboard_in_chromium_against_strata_local() {
             let _ = lines_tx.send(line);
         }
     });
+    // The banner's addresses: the Mesos HTTP API's, then each framework's API.
     let deadline = Instant::now() + START_WAIT;
-    let mesos = loop {
+    let (mut mesos, mut services, mut jobs) = (None, None, None);
+    while mesos.is_none() || services.is_none() || jobs.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .expect("strata local prints its Mesos HTTP API address within 30 s");
-        if let Some(url) = line
-            .split("Mesos scheduler HTTP API on http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-        {
-            break url.to_owned();
-        }
-    };
+        let line = lines.recv_timeout(left).expect(
+            "strata local prints its Mesos HTTP API and framework API addresses within 30 s",
+        );
+        let after = |marker: &str| {
+            line.split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ';').next())
+                .map(str::to_owned)
+        };
+        mesos = mesos.or_else(|| after("Mesos scheduler HTTP API on http://"));
+        services = services.or_else(|| after("services framework API on http://"));
+        jobs = jobs.or_else(|| after("jobs framework API on http://"));
+    }
+    let (mesos, services, jobs) = (
+        mesos.unwrap_or_default(),
+        services.unwrap_or_default(),
+        jobs.unwrap_or_default(),
+    );
     let screenshots = workspace().join(SCREENSHOTS);
     let _ = std::fs::remove_dir_all(&screenshots);
     let out_path = dir.path().join("browser.out");
@@ -139,6 +156,8 @@ fn the_dashboard_in_chromium_against_strata_local() {
         .arg(workspace().join("cli/tests/ui/test_ui.py"))
         .env("STRATA_UI_URL", format!("http://{mesos}"))
         .env("STRATA_ALLOCATOR", format!("127.0.0.1:{port}"))
+        .env("STRATA_SERVICES", &services)
+        .env("STRATA_JOBS", &jobs)
         .env("STRATA_BIN", env!("CARGO_BIN_EXE_strata"))
         .env("STRATA_UI_SCREENSHOTS", &screenshots)
         .env("STRATA_CHROMIUM", CHROMIUM)
@@ -178,6 +197,7 @@ fn the_dashboard_in_chromium_against_strata_local() {
         "profile",
         "killed",
         "events",
+        "apps",
     ] {
         let png = screenshots.join(format!("{page}.png"));
         assert!(png.exists(), "no screenshot {}\n{report}", png.display());

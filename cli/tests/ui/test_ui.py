@@ -6,12 +6,15 @@ its addresses in the environment).
 Loads each page, launches a task through the CLI and sees it on the tasks page within 2 s
 of the allocator knowing it, follows its output, records a CPU profile and sees the flame
 graph's SVG, kills the task from the page and sees TASK_KILLED, drains and reactivates the
-agent; saves a screenshot of each page. Prints one JSON line of figures at the end, and
-exits non-zero with a message at the first thing that does not hold.
+agent; deploys an app (strata-services) and adds a job (strata-jobs) with the CLI and sees
+both on the "Apps & jobs" page within 2 s, then scales the app and sees its count change;
+saves a screenshot of each page. Prints one JSON line of figures at the end, and exits
+non-zero with a message at the first thing that does not hold.
 
 Environment: STRATA_UI_URL (http://HOST:PORT of the Mesos HTTP API), STRATA_ALLOCATOR
-(the gRPC address for the CLI), STRATA_BIN (the strata CLI), STRATA_UI_SCREENSHOTS (a
-directory), STRATA_CHROMIUM (default /usr/bin/chromium).
+(the gRPC address for the CLI), STRATA_SERVICES and STRATA_JOBS (the frameworks' control
+APIs, host:port), STRATA_BIN (the strata CLI), STRATA_UI_SCREENSHOTS (a directory),
+STRATA_CHROMIUM (default /usr/bin/chromium).
 """
 
 import json
@@ -19,6 +22,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -27,6 +31,8 @@ from playwright.sync_api import sync_playwright
 URL = os.environ["STRATA_UI_URL"].rstrip("/")
 STRATA = os.environ["STRATA_BIN"]
 ALLOCATOR = os.environ["STRATA_ALLOCATOR"]
+SERVICES = os.environ["STRATA_SERVICES"]
+JOBS = os.environ["STRATA_JOBS"]
 SHOTS = pathlib.Path(os.environ["STRATA_UI_SCREENSHOTS"])
 CHROMIUM = os.environ.get("STRATA_CHROMIUM", "/usr/bin/chromium")
 # This machine's network is closed: nothing in the browser may try to reach out.
@@ -47,6 +53,20 @@ SCRIPT = (
     "if [ $((i % 5000)) = 0 ]; then echo tick $i; fi; done"
 )
 
+APP_ID = "ui-web"
+APP = f"""id = "{APP_ID}"
+command = "sleep 3600"
+instances = 1
+cpus = 0.1
+mem = 32
+"""
+JOB_ID = "ui-nightly"
+JOB = f"""id = "{JOB_ID}"
+command = "true"
+[schedule]
+cron = "0 3 * * *"
+"""
+
 figures = {}
 
 
@@ -64,6 +84,19 @@ def api_knows_task():
     with urllib.request.urlopen(f"{URL}/master/tasks?limit=1000", timeout=5) as r:
         tasks = json.load(r)["tasks"]
     return any(t["id"] == TASK_ID for t in tasks)
+
+
+def cli(args):
+    out = subprocess.run([STRATA, *args], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        fail(f"strata {' '.join(args)}: {out.stderr.strip()}")
+
+
+def definition(text):
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    return f.name
 
 
 def wait(what, condition, seconds, every=0.05):
@@ -175,6 +208,34 @@ def main():
         shot(page, "agent-draining")
         page.click("#agents button[data-act=reactivate]")
         page.wait_for_selector("#agents .state.active:not(.connected)", timeout=5_000)
+
+        # Apps & jobs, as strata-services and strata-jobs report them: each shows within 2 s
+        # of the CLI's answer, and a scale changes the app's count live.
+        page.goto(f"{URL}/ui/#/apps")
+        page.wait_for_selector("#apps")
+        app_row = f'#apps tr[data-kind="app"][data-workload="{APP_ID}"]'
+        job_row = f'#apps tr[data-kind="job"][data-workload="{JOB_ID}"]'
+        cli(["app", "--services", SERVICES, "deploy", definition(APP)])
+        t0 = time.monotonic()
+        wait("the app on the page", lambda: page.locator(app_row).count() > 0, 2)
+        figures["app_shown_after_s"] = round(time.monotonic() - t0, 3)
+        cli(["job", "--jobs", JOBS, "add", definition(JOB)])
+        t0 = time.monotonic()
+        wait("the job on the page", lambda: page.locator(job_row).count() > 0, 2)
+        figures["job_shown_after_s"] = round(time.monotonic() - t0, 3)
+        schedule = page.inner_text(job_row)
+        if "0 3 * * *" not in schedule:
+            fail(f"the job's row does not show its schedule: {schedule!r}")
+        wait("the app's instance running",
+             lambda: page.inner_text(f"{app_row} .instances").strip() == "1 / 1", 30, 0.1)
+        cli(["app", "--services", SERVICES, "scale", APP_ID, "2"])
+        t0 = time.monotonic()
+        wait("the app's new count on the page",
+             lambda: page.inner_text(f"{app_row} .instances").strip().endswith("/ 2"), 2)
+        figures["scale_shown_after_s"] = round(time.monotonic() - t0, 3)
+        wait("the app's second instance running",
+             lambda: page.inner_text(f"{app_row} .instances").strip() == "2 / 2", 30, 0.1)
+        shot(page, "apps")
 
         if errors:
             fail("errors in the page: " + "; ".join(errors))
