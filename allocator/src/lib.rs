@@ -23,6 +23,7 @@ pub mod follower;
 pub mod ha;
 pub mod mesos;
 pub mod metrics;
+pub mod refusal;
 pub mod security;
 pub mod store;
 pub mod store_etcd;

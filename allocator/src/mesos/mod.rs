@@ -52,6 +52,7 @@ use tonic::Status;
 use self::convert::ConvertError;
 use crate::api::Shared;
 use crate::api::actor::{Input, Query};
+use crate::refusal::Refusal;
 use crate::security::with_principal;
 use strata_allocator_core::Action;
 use strata_common::serve::PeerPrincipal;
@@ -229,32 +230,25 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// The refusal of an operator action, as its gRPC status says.
+    /// The refusal of an operator action, as its gRPC status says ([`Refusal`]).
     fn operator(status: &Status) -> Self {
-        let code = match status.code() {
-            tonic::Code::NotFound => StatusCode::NOT_FOUND,
-            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-            tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::Operator {
-            status: code,
-            message: status.message().to_owned(),
+        Refusal::from_status(status).into()
+    }
+}
+
+impl From<Refusal> for HttpError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated(message) => Self::Unauthenticated(message),
+            Refusal::Forbidden(message) => Self::Forbidden(message),
+            Refusal::Operator { status, message } => Self::Operator { status, message },
         }
     }
 }
 
 impl From<strata_auth::Denied> for HttpError {
     fn from(denied: strata_auth::Denied) -> Self {
-        match denied {
-            strata_auth::Denied::Unauthenticated { .. } => {
-                Self::Unauthenticated(denied.to_string())
-            }
-            strata_auth::Denied::Forbidden { .. } => Self::Forbidden(denied.to_string()),
-        }
+        Refusal::from(denied).into()
     }
 }
 
@@ -989,11 +983,9 @@ async fn subscribe(
             event: Some(event::Event::Subscribed(s)),
         })) => s,
         Some(Err(status)) => {
-            let message = status.message().to_owned();
-            return Err(match status.code() {
-                tonic::Code::Unauthenticated => HttpError::Unauthenticated(message),
-                tonic::Code::PermissionDenied => HttpError::Forbidden(message),
-                _ => HttpError::SubscribeRefused { message },
+            return Err(match Refusal::from_status(&status) {
+                refusal @ (Refusal::Unauthenticated(_) | Refusal::Forbidden(_)) => refusal.into(),
+                Refusal::Operator { message, .. } => HttpError::SubscribeRefused { message },
             });
         }
         Some(Ok(other)) => {

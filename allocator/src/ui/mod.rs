@@ -63,6 +63,7 @@ use crate::api::actor::{Numbered, Query};
 use crate::api::workloads::WorkloadsChanged;
 use crate::mesos::Leadership;
 use crate::mesos::convert::state_name;
+use crate::refusal::Refusal;
 
 /// The page.
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -169,29 +170,26 @@ impl UiError {
         }
     }
 
+    /// The refusal of an operator action, as its gRPC status says ([`Refusal`], shared with
+    /// the Mesos API).
     fn operator(status: &tonic::Status) -> Self {
-        let code = match status.code() {
-            tonic::Code::NotFound => StatusCode::NOT_FOUND,
-            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::Operator {
-            status: code,
-            message: status.message().to_owned(),
+        Refusal::from_status(status).into()
+    }
+}
+
+impl From<Refusal> for UiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated(message) => Self::Unauthenticated(message),
+            Refusal::Forbidden(message) => Self::Forbidden(message),
+            Refusal::Operator { status, message } => Self::Operator { status, message },
         }
     }
 }
 
 impl From<strata_auth::Denied> for UiError {
     fn from(denied: strata_auth::Denied) -> Self {
-        match denied {
-            strata_auth::Denied::Unauthenticated { .. } => {
-                Self::Unauthenticated(denied.to_string())
-            }
-            strata_auth::Denied::Forbidden { .. } => Self::Forbidden(denied.to_string()),
-        }
+        Refusal::from(denied).into()
     }
 }
 

@@ -649,6 +649,15 @@ async fn the_dashboard_follows_the_acls() -> Result<()> {
     assert!(a.body.contains("drain_agents"), "{}", a.body);
     let a = action(addr, "/ui/api/agents/a1/drain", None, &[], b"").await?;
     assert_eq!(a.status, 401, "{}", a.body);
+    // Killing a task: 401 without credentials, 403 for a principal that may not (the one
+    // mapping the dashboard shares with the Mesos API).
+    let kill = "/ui/api/tasks/f1/t1/kill";
+    let a = action(addr, kill, None, &[], b"").await?;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.header("www-authenticate").is_some(), "{}", a.head);
+    let a = action(addr, kill, Some(&viewer), &[], b"").await?;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(a.body.contains("teardown_frameworks"), "{}", a.body);
     // ops may act: the agent is unknown, so 404, after the decision was audited.
     let a = action(addr, "/ui/api/agents/a1/drain", Some(&ops), &[], b"").await?;
     assert_eq!(a.status, 404, "{}", a.body);
