@@ -685,4 +685,87 @@ mod tests {
             assert_eq!(rx.try_recv().is_ok(), answers, "write of {write:?}");
         }
     }
+
+    fn report(framework_id: &str, n: usize) -> Input {
+        let workloads = (0..n)
+            .map(|i| strata_proto::Workload {
+                kind: "job".to_owned(),
+                id: format!("j{i}"),
+                ..strata_proto::Workload::default()
+            })
+            .collect();
+        Input::FrameworkCall {
+            conn: ConnId(1),
+            call: Call {
+                framework_id: framework_id.to_owned(),
+                call: Some(strata_proto::call::Call::Workloads(
+                    strata_proto::call::Workloads { workloads },
+                )),
+            },
+        }
+    }
+
+    /// A workload report is kept only from a stream subscribed as the framework it names and
+    /// within the bounds; a refused one is answered with an ERROR and keeps nothing; a report
+    /// on a stream that never subscribed is dropped.
+    #[tokio::test]
+    async fn workload_reports_are_kept_only_from_their_subscribed_framework() {
+        let (watch, _) = broadcast::channel(16);
+        let mut actor = Actor::new(
+            AllocatorConfig::default(),
+            watch,
+            Box::new(crate::store::MemoryStore::default()),
+            Registry::default(),
+        )
+        .expect("actor");
+        let book = actor.workloads.clone();
+        // Not subscribed: dropped, nothing kept, nobody to answer.
+        actor.handle(report("f-none", 1));
+        assert!(book.all().is_empty());
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        actor.handle(Input::FrameworkSubscribe {
+            conn: ConnId(1),
+            info: FrameworkInfo {
+                name: "f".to_owned(),
+                ..FrameworkInfo::default()
+            },
+            suppressed_roles: Vec::new(),
+            sender: tx,
+            principal: None,
+        });
+        assert!(actor.dispatch());
+        let Ok(Ok(Event {
+            event: Some(event::Event::Subscribed(s)),
+        })) = rx.try_recv()
+        else {
+            panic!("SUBSCRIBED first")
+        };
+        let id = s.framework_id;
+        actor.handle(report(&id, 2));
+        assert_eq!(book.all()[&id].len(), 2);
+        // Over the bound: an ERROR saying the limit, the last report kept.
+        actor.handle(report(&id, super::super::workloads::MAX_WORKLOADS + 1));
+        let Ok(Ok(Event {
+            event: Some(event::Event::Error(e)),
+        })) = rx.try_recv()
+        else {
+            panic!("an ERROR")
+        };
+        assert!(e.message.contains("at most 1000"), "{}", e.message);
+        assert_eq!(book.all()[&id].len(), 2);
+        // Naming another framework: refused.
+        actor.handle(report("someone-else", 1));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Ok(Event {
+                event: Some(event::Event::Error(_))
+            }))
+        ));
+        assert!(!book.all().contains_key("someone-else"));
+        // The framework goes (failover timeout 0): so does its report.
+        actor.handle(Input::FrameworkClosed { conn: ConnId(1) });
+        assert!(actor.dispatch());
+        assert!(book.all().is_empty());
+    }
 }
