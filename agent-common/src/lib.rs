@@ -120,9 +120,9 @@ pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
 /// at ticks too): the task's time so far goes to its cgroup then, so a busy task's figure lags
 /// the kernel's by no more than the kernel's own does.
 pub const PROG_SCHED_STAT_RUNTIME: &str = "sched_stat_runtime";
-/// LRU hash map task pointer (`u64`) → the time (ns, CLOCK_MONOTONIC) it became runnable
-/// (internal to the run-queue programs).
-pub const MAP_RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
+/// Task local storage (`BPF_MAP_TYPE_TASK_STORAGE`): when each task became runnable and its
+/// runtime when last charged (internal to the scheduler programs).
+pub const MAP_TASK_SCHED: &str = "TASK_SCHED";
 /// Per-CPU array of one `u64`: the run-queue wait of the task now on this CPU, not yet added to
 /// its cgroup (internal to the sched_switch program).
 pub const MAP_PENDING_WAIT: &str = "PENDING_WAIT";

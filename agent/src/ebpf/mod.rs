@@ -343,6 +343,9 @@ impl Ebpf {
         };
         let mut object = aya::EbpfLoader::new()
             .override_global("TASK_RUNTIME_OFFSET", &runtime_offset, true)
+            // TASK_SCHED is task local storage, which aya has no typed wrapper for: only the
+            // programs use it, so the untyped map it gives is all that is needed.
+            .allow_unsupported_maps()
             .load(embedded(EBPF_OBJECT)?)
             .map_err(|e| EbpfError::LoadObject {
                 detail: error_chain(&e),
