@@ -43,6 +43,12 @@ const HTTP_LIMIT: Duration = Duration::from_secs(30);
 /// CFS quota, set before it starts), for the precision of the CPU figures of busy tasks.
 const BUSY_TASKS: u32 = 2;
 const BUSY_CORES: f64 = 0.2;
+/// Tasks that switch contexts all the time (two processes passing a byte back and forth over
+/// pipes), each held to SWITCH_CORES by its cgroup, run at the last step for the scheduler
+/// programs' cost under a context-switch-heavy load.
+const SWITCH_TASKS: u32 = 2;
+const SWITCH_CORES: f64 = 0.5;
+const PING_PONG: &str = "exec python3 -c 'import os; r1, w1 = os.pipe(); r2, w2 = os.pipe(); pid = os.fork(); src, dst = (r1, w2) if pid == 0 else (r2, w1); pid and os.write(w1, b\".\")\nwhile os.read(src, 1): os.write(dst, b\".\")'";
 
 /// Runs the benchmark, measuring each step over `seconds`.
 pub fn accounting(seconds: u64) -> Result<()> {
@@ -167,6 +173,23 @@ fn run_step(
         sleep(Duration::from_secs(12));
         let m = measure(agent_pid, &http, Duration::from_secs(seconds))?;
         m.print(target, seconds);
+        if target == STEPS[STEPS.len() - 1] {
+            // The kernel side under many context switches: the scheduler programs run at
+            // every switch and wakeup on the host, whoever switches.
+            eprintln!("bench accounting: launching {SWITCH_TASKS} context-switch tasks");
+            let cores = SWITCH_CORES.to_string();
+            children.0.push(skeleton_bench(
+                bin,
+                &allocator_url,
+                SWITCH_TASKS,
+                PING_PONG,
+                &["--cpus", &cores, "--cpu-limit", &cores],
+            )?);
+            wait_for_running(&http, (target + BUSY_TASKS + SWITCH_TASKS) as usize)?;
+            sleep(Duration::from_secs(5));
+            let m = measure(agent_pid, &http, Duration::from_secs(seconds))?;
+            m.print_switch_load(seconds);
+        }
         Ok(())
     })();
     // SIGTERM: the agent kills its tasks (--kill-tasks-on-shutdown) and exits.
@@ -415,6 +438,24 @@ impl Precision {
 }
 
 impl Measurement {
+    fn print_switch_load(&self, seconds: u64) {
+        println!(
+            "bench accounting: the same with {SWITCH_TASKS} context-switch tasks added (pipe ping-pong, {SWITCH_CORES} cores each), measured over {seconds} s ({:.1} s)",
+            self.seconds
+        );
+        println!(
+            "  agent process: {:.3}% of one core",
+            self.agent_cpu_percent
+        );
+        let bpf_total: f64 = self.programs.iter().map(|p| p.1).sum();
+        println!("  eBPF programs (kernel BPF stats): {bpf_total:.3}% of one core in all");
+        for (name, percent, ns_per_run, runs) in &self.programs {
+            println!(
+                "    {name:<24} {percent:.4}% of one core, {ns_per_run:.0} ns per run, {runs:.0} runs/s"
+            );
+        }
+    }
+
     fn print(&self, tasks: u32, seconds: u64) {
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         println!(
