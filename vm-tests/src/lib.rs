@@ -18,6 +18,7 @@ pub mod egress;
 pub mod isolation;
 pub mod ports;
 pub mod profiling;
+pub mod restart;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,13 @@ pub const HELPER_ENV: &str = "STRATA_VM_HELPER";
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
 /// The helper's name (its default location in the guest is `/bin/strata-vm-helper`).
 pub const HELPER_NAME: &str = "strata-vm-helper";
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine (the helper's
+/// samples and a test's own instants), whatever their namespaces.
+pub fn monotonic_ns() -> anyhow::Result<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(u64::try_from(t.tv_sec())? * 1_000_000_000 + u64::try_from(t.tv_nsec())?)
+}
 
 /// Errors of the test support code.
 #[derive(Debug, thiserror::Error)]

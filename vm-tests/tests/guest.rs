@@ -421,3 +421,20 @@ mod ports {
         ports::a_restarted_agent_enforces_the_recovered_tasks_ports(&helper_path())
     }
 }
+
+/// The real `strata-agent` binary with bridge tasks, killed with -9, restarted and cleaned up
+/// with `--remove-cgroups` (guest only: it makes the machine's `strata0`, and needs the
+/// binary in the guest's /bin).
+mod kill_9 {
+    use anyhow::Result;
+    use strata_vm_tests::{guest_or_skip, restart};
+
+    #[test]
+    #[ignore = "runs only inside the qemu guest: cargo xtask vm-test"]
+    fn kill_9_bridge_tasks_are_recovered_and_remove_cgroups_leaves_nothing() -> Result<()> {
+        if !guest_or_skip("kill_9_bridge_tasks_are_recovered_and_remove_cgroups_leaves_nothing") {
+            return Ok(());
+        }
+        restart::a_killed_agent_recovers_bridge_tasks_and_leaves_nothing()
+    }
+}

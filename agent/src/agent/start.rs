@@ -546,10 +546,6 @@ async fn start(
     }
     let found = discover_host(&config)?;
     let gpus = discover_gpus(&config)?;
-    // Held for the agent's life: dropping it detaches the programs.
-    let ebpf = start_ebpf(&config, cgroups.as_ref()).await;
-    // Loading parsed the kernel's BTF: give the memory that took back.
-    crate::sys::release_free_memory();
     let latest_usage = LatestUsage::default();
     if let Some(id) = &agent_id {
         latest_usage.set_agent_id(id);
@@ -580,19 +576,6 @@ async fn start(
     );
     let (task_tx, task_rx) = mpsc::unbounded_channel();
     let (usage_tx, usage_rx) = mpsc::channel(2);
-    let usage_loop = start_usage(
-        &config,
-        (
-            cgroups.as_ref(),
-            containerizer.egress_control(),
-            (&gpus, latest_gpus),
-        ),
-        running_rx,
-        ebpf.clone(),
-        latest_usage.clone(),
-        usage_tx,
-        &span,
-    );
     let agent = Agent {
         updates: StatusUpdateManager::new(config.status_update_retry),
         config,
@@ -611,8 +594,29 @@ async fn start(
     };
     let containerizer = agent.containerizer.clone();
     let mut agent = agent;
+    // Recovery first: it writes the running tasks' egress limits and ports again, which are not
+    // enforced from the previous agent's death (or, for a netlink EDT filter, from this agent's
+    // replacing it at start-up) until then; loading the accounting programs below takes
+    // seconds on a slow machine and nothing in recovery needs them.
     agent.recover_tasks();
     agent.publish_running();
+    // Held for the agent's life: dropping it detaches the programs.
+    let ebpf = start_ebpf(&agent.config, cgroups.as_ref()).await;
+    // Loading parsed the kernel's BTF: give the memory that took back.
+    crate::sys::release_free_memory();
+    let usage_loop = start_usage(
+        &agent.config,
+        (
+            cgroups.as_ref(),
+            containerizer.egress_control(),
+            (&gpus, latest_gpus),
+        ),
+        running_rx,
+        ebpf.clone(),
+        agent.latest_usage.clone(),
+        usage_tx,
+        &agent.span,
+    );
     agent.run_loop(shutdown, conn_rx, task_rx, usage_rx).await;
     connection.abort();
     if let Some(task) = usage_loop {

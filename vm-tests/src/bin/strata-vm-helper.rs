@@ -478,6 +478,9 @@ fn listen(port: u64) -> Result<std::net::TcpListener> {
 fn tcp_sink(port: u64) -> Result<()> {
     let listener = listen(port)?;
     let (mut stream, _) = listener.accept().context("accepting")?;
+    // CLOCK_MONOTONIC (system-wide, as the tests' own clock) at one Instant: the samples'
+    // times for `samples=`.
+    let reference = (Instant::now(), strata_vm_tests::monotonic_ns()?);
     let mut buf = vec![0u8; 256 << 10];
     let mut first = None;
     let mut bytes = 0u64;
@@ -540,6 +543,18 @@ fn tcp_sink(port: u64) -> Result<()> {
             );
         }
     }
+    // Every sample (at least 50 ms apart) as CLOCK_MONOTONIC ns:bytes, for a rate over a
+    // window the test chooses (e.g. from when the agent's recovery was reported).
+    let mut kept: Vec<String> = Vec::new();
+    let mut last_kept: Option<Instant> = None;
+    for (t, b) in samples.iter().chain(std::iter::once(&(end, bytes))) {
+        if last_kept.is_none_or(|k| t.duration_since(k) >= Duration::from_millis(50)) || *t == end {
+            let ns = reference.1 + u64::try_from(t.duration_since(reference.0).as_nanos())?;
+            kept.push(format!("{ns}:{b}"));
+            last_kept = Some(*t);
+        }
+    }
+    println!("samples={}", kept.join(","));
     // The rate over the last 2 s (from the last sample at least 2 s before the end).
     const TAIL: Duration = Duration::from_secs(2);
     if let Some((t, b)) = samples
