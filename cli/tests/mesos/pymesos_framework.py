@@ -22,14 +22,13 @@ has no TLS of its own, through a forwarder in this process that speaks TLS to th
 (verifying its certificate with the CA), as a TLS-terminating sidecar would.
 """
 
+import asyncio
 import getpass
 import http.client
 import json
 import logging
 import os
 import queue
-import select
-import socket
 import ssl
 import sys
 import threading
@@ -311,70 +310,65 @@ def check_refused_without_credentials(master, context):
     print("ok: refused without credentials over TLS", flush=True)
 
 
-def forward(plain, upstream_addr, context, host):
-    """Carries one connection both ways between `plain` and a TLS connection to the
-    allocator. One thread owns the TLS socket: OpenSSL's objects are not safe to read and
-    write from two threads at once, and a pair of pumping threads lost requests that way.
-    Failures are printed, not swallowed, so a hang says why."""
-    upstream = None
+async def pump(reader, writer, what):
+    """Copies `reader` to `writer` until end of stream, then passes the end on: a half-close
+    where the writer can (plain TCP), a close where it cannot (TLS has no half-close that
+    servers honour). Failures are printed, not swallowed, so a hang says why."""
     try:
-        upstream = context.wrap_socket(
-            socket.create_connection(upstream_addr, timeout=STEP), server_hostname=host
-        )
-        upstream.settimeout(STEP)
-        plain.settimeout(STEP)
-        open_ends = {plain, upstream}
-        while open_ends:
-            # Bytes OpenSSL already decrypted are not visible to select: drain them first.
-            ready = [upstream] if upstream in open_ends and upstream.pending() else []
-            if not ready:
-                ready, _, _ = select.select(list(open_ends), [], [], STEP)
-            for source in ready:
-                sink = upstream if source is plain else plain
-                data = source.recv(65536)
-                if data:
-                    sink.sendall(data)
-                    continue
-                # One side closed: pass the end on and stop reading it.
-                open_ends.discard(source)
-                try:
-                    if sink is plain:
-                        plain.shutdown(socket.SHUT_WR)
-                    else:
-                        # TLS has no half-close that servers honour: end it all.
-                        open_ends.clear()
-                except OSError:
-                    open_ends.clear()
-    except socket.timeout:
-        pass
-    except OSError as e:
-        print("tls forwarder: connection ended: %r" % (e,), file=sys.stderr, flush=True)
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+        print("tls forwarder: %s ended: %r" % (what, e), file=sys.stderr, flush=True)
     finally:
-        for s in (plain, upstream):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            else:
+                writer.close()
+        except OSError:
+            writer.close()
 
 
 def tls_forwarder(master, context):
     """Listens on a loopback port; each connection is forwarded to `master` over TLS.
-    Returns the plain HOST:PORT pymesos should use."""
+    Returns the plain HOST:PORT pymesos should use.
+
+    asyncio drives OpenSSL through memory buffers, so reading and writing one TLS connection
+    never wait on each other. (A select loop over a blocking SSL socket did: a TLS 1.3 session
+    ticket made the socket readable, recv then waited for application data while pymesos'
+    request sat unread on the other side, and the call hung until the timeout.)"""
     host, port = master.rsplit(":", 1)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    ready = queue.Queue()
 
-    def serve():
-        while True:
-            plain, _ = listener.accept()
-            threading.Thread(
-                target=forward, args=(plain, (host, int(port)), context, host), daemon=True
-            ).start()
+    async def handle(plain_reader, plain_writer):
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port), ssl=context, server_hostname=host),
+                STEP,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+            print("tls forwarder: cannot reach %s: %r" % (master, e), file=sys.stderr, flush=True)
+            plain_writer.close()
+            return
+        await asyncio.gather(
+            pump(plain_reader, up_writer, "request side"),
+            pump(up_reader, plain_writer, "response side"),
+        )
+        for writer in (up_writer, plain_writer):
+            writer.close()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return "127.0.0.1:%d" % listener.getsockname()[1]
+    async def serve():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        ready.put(server.sockets[0].getsockname()[1])
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
+    return "127.0.0.1:%d" % ready.get(timeout=STEP)
 
 
 if __name__ == "__main__":
