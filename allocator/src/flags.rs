@@ -175,6 +175,32 @@ pub struct HaArgs {
     /// or lost etcd): the longest a failover waits (whole seconds, 2s to 5m).
     #[arg(long, env = "STRATA_ALLOCATOR_ETCD_LEASE_TTL", default_value = "10s", value_parser = parse_lease_ttl, value_name = "DURATION")]
     pub etcd_lease_ttl: Duration,
+    /// The CA certificate (PEM) that verifies the etcd members, for https:// endpoints
+    /// (required with them).
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_ETCD_CA",
+        value_name = "PATH",
+        requires = "etcd"
+    )]
+    pub etcd_ca: Option<PathBuf>,
+    /// This replica's client certificate (PEM) for etcd members run with
+    /// --client-cert-auth; with --etcd-key.
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_ETCD_CERT",
+        value_name = "PATH",
+        requires = "etcd"
+    )]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(
+        long,
+        env = "STRATA_ALLOCATOR_ETCD_KEY",
+        value_name = "PATH",
+        requires = "etcd"
+    )]
+    pub etcd_key: Option<PathBuf>,
     /// The address (host:port of --listen) other replicas and clients are told for this one
     /// when it leads; default: the address it listens on.
     #[arg(long, env = "STRATA_ALLOCATOR_ADVERTISE", value_name = "HOST:PORT")]
@@ -543,6 +569,11 @@ mod tests {
         }
         let err = parse(&["--etcd", "http://a:2379", "--store", "memory"]).unwrap_err();
         assert!(err.to_string().contains("cannot be used with"), "{err}");
+        // etcd's TLS files mean nothing without --etcd.
+        for flag in ["--etcd-ca", "--etcd-cert", "--etcd-key"] {
+            let err = parse(&[flag, "/x.pem"]).unwrap_err();
+            assert!(err.to_string().contains("--etcd <URLS>"), "{flag}: {err}");
+        }
     }
 
     #[test]

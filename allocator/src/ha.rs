@@ -7,9 +7,11 @@
 
 use std::time::Duration;
 
+use strata_auth::client::{ClientError, ClientSecurity, is_https};
 use strata_etcd::election::{self, Leadership};
 use strata_etcd::{Client, EtcdError, KeepAlive};
 use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::flags::HaArgs;
 use crate::follower::LeaderAddress;
@@ -36,6 +38,14 @@ pub enum HaError {
         /// What failed.
         source: EtcdError,
     },
+    /// The TLS flags for etcd do not fit its endpoints, or their files cannot be used.
+    #[error("cluster {cluster}: etcd TLS: {why}")]
+    EtcdTls {
+        /// The cluster.
+        cluster: String,
+        /// What is wrong and what to give.
+        why: String,
+    },
     /// The replica's lease was lost (it could not reach etcd for a whole ttl).
     #[error("cluster {cluster}: this replica's etcd lease was lost: {why}")]
     LeaseLost {
@@ -54,6 +64,53 @@ pub struct Leader {
     leadership: Leadership,
     cluster: String,
     endpoints: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+}
+
+/// The TLS settings for `ha.etcd`: none for `http://` members (and then no etcd TLS flag may
+/// be given), the CA (`--etcd-ca`, required) and this replica's certificate and key
+/// (`--etcd-cert`, `--etcd-key`, both or neither) for `https://` ones. The files are read
+/// and checked here, so a bad one stops the replica at start with its path.
+pub fn etcd_tls(ha: &HaArgs) -> Result<Option<ClientTlsConfig>, HaError> {
+    let err = |why: String| HaError::EtcdTls {
+        cluster: ha.cluster.clone(),
+        why,
+    };
+    let Some(https) = ha.etcd.iter().find(|e| is_https(e)) else {
+        if ha.etcd_ca.is_some() || ha.etcd_cert.is_some() || ha.etcd_key.is_some() {
+            return Err(err(
+                "--etcd-ca, --etcd-cert and --etcd-key are for https:// members, \
+                 and --etcd gives http:// ones: give https:// URLs (the members' \
+                 --advertise-client-urls) or drop those flags"
+                    .to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let security = ClientSecurity {
+        ca: ha.etcd_ca.clone(),
+        cert: ha.etcd_cert.clone(),
+        key: ha.etcd_key.clone(),
+        token: None,
+    };
+    let tls = security.tls_for(https).map_err(|e| match e {
+        ClientError::NoCa { endpoint } => err(format!(
+            "{endpoint} is https:// but no CA certificate was given to verify the members: \
+             give --etcd-ca (the CA of etcd's --cert-file)"
+        )),
+        ClientError::HalfIdentity { given, missing, .. } => err(format!(
+            "the etcd client {given} was given without its {missing}: give both --etcd-cert \
+             and --etcd-key"
+        )),
+        other => err(other.to_string()),
+    })?;
+    Ok(tls.map(|tls| {
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(tls.ca_pem));
+        match tls.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }))
 }
 
 /// Campaigns until this replica leads `ha.cluster`, advertising `me` (what the others log and
@@ -71,7 +128,8 @@ pub async fn lead(
         endpoints: ha.etcd.join(","),
         source,
     };
-    let client = Client::new(&ha.etcd, CALL_TIMEOUT).map_err(etcd_error)?;
+    let tls = etcd_tls(ha)?;
+    let client = Client::with_tls(&ha.etcd, tls.as_ref(), CALL_TIMEOUT).map_err(etcd_error)?;
     let lease = client.grant(ha.etcd_lease_ttl).await.map_err(etcd_error)?;
     let mut keep_alive = client.keep_alive(lease, ha.etcd_lease_ttl);
     let key = leader_key(&cluster).into_bytes();
@@ -101,6 +159,7 @@ pub async fn lead(
         leadership,
         cluster,
         endpoints: ha.etcd.clone(),
+        tls,
     })
 }
 
@@ -115,6 +174,7 @@ impl Leader {
     pub fn store(&self) -> Result<EtcdStore, StoreError> {
         EtcdStore::open(
             &self.endpoints,
+            self.tls.as_ref(),
             &self.cluster,
             Some(self.leadership.clone()),
             CALL_TIMEOUT,
@@ -173,5 +233,72 @@ async fn first(mut rx: watch::Receiver<Option<String>>) -> String {
         if rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn ha(etcd: &[&str], ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> HaArgs {
+        HaArgs {
+            etcd: etcd.iter().map(|e| (*e).to_owned()).collect(),
+            cluster: "c".to_owned(),
+            etcd_ca: ca.map(Path::to_path_buf),
+            etcd_cert: cert.map(Path::to_path_buf),
+            etcd_key: key.map(Path::to_path_buf),
+            ..HaArgs::default()
+        }
+    }
+
+    fn refusal(args: &HaArgs) -> String {
+        etcd_tls(args).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn etcd_tls_flags_fit_the_endpoints_and_their_files_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = strata_auth::certs::init_ca(dir.path()).expect("ca").cert;
+        let me = strata_auth::certs::issue(dir.path(), "replica-1", &[]).expect("cert");
+        let https = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"];
+
+        // Plain members: no TLS, and TLS flags with them are a mistake, named.
+        assert!(
+            etcd_tls(&ha(&["http://a:2379"], None, None, None))
+                .expect("plain")
+                .is_none()
+        );
+        let e = refusal(&ha(&["http://a:2379"], Some(&ca), None, None));
+        assert!(e.contains("give https:// URLs"), "{e}");
+        // https:// needs the CA.
+        let e = refusal(&ha(&https, None, None, None));
+        assert!(e.contains("--etcd-ca"), "{e}");
+        assert!(e.contains("https://10.0.0.1:2379"), "{e}");
+        // The certificate and key together.
+        let e = refusal(&ha(&https, Some(&ca), Some(&me.cert), None));
+        assert!(e.contains("--etcd-cert and --etcd-key"), "{e}");
+        let e = refusal(&ha(&https, Some(&ca), None, Some(&me.key)));
+        assert!(
+            e.contains("private key was given without its certificate"),
+            "{e}"
+        );
+        // Files that are missing or are not PEM are named.
+        let missing = dir.path().join("missing.pem");
+        let e = refusal(&ha(&https, Some(&missing), None, None));
+        assert!(e.contains("missing.pem"), "{e}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write");
+        let e = refusal(&ha(&https, Some(&ca), Some(&garbage), Some(&me.key)));
+        assert!(e.contains("garbage.pem"), "{e}");
+        // Good files: a configuration (with or without the client's identity).
+        assert!(
+            etcd_tls(&ha(&https, Some(&ca), None, None))
+                .expect("ca only")
+                .is_some()
+        );
+        let both = ha(&https, Some(&ca), Some(&me.cert), Some(&me.key));
+        assert!(etcd_tls(&both).expect("identity").is_some());
     }
 }

@@ -61,6 +61,8 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     let local = if args.ha.etcd.is_empty() {
         Some(local_store(&args)?)
     } else {
+        // Bad etcd TLS flags or files stop the replica before it listens.
+        strata_allocator::ha::etcd_tls(&args.ha)?;
         None
     };
     let listener = flags::bind(&args.listen).await?;

@@ -417,7 +417,7 @@ mod tests {
         let endpoints = [etcd.url.clone()];
         let timeout = std::time::Duration::from_secs(5);
         let mut memory = MemoryStore::default();
-        let mut store = EtcdStore::open(&endpoints, "test", None, timeout).expect("open");
+        let mut store = EtcdStore::open(&endpoints, None, "test", None, timeout).expect("open");
         assert_eq!(store.load().expect("load"), Registry::default());
         let mut all = ops();
         // Three transactions' worth more, and a hierarchical role.
@@ -430,9 +430,9 @@ mod tests {
         store.apply(&all[..3]).expect("apply");
         store.apply(&all[3..]).expect("apply");
         // Another cluster's registry is apart.
-        let other = EtcdStore::open(&endpoints, "other", None, timeout).expect("open");
+        let other = EtcdStore::open(&endpoints, None, "other", None, timeout).expect("open");
         assert_eq!(other.load().expect("load"), Registry::default());
-        let fresh = EtcdStore::open(&endpoints, "test", None, timeout).expect("reopen");
+        let fresh = EtcdStore::open(&endpoints, None, "test", None, timeout).expect("reopen");
         let loaded = fresh.load().expect("load");
         assert_eq!(loaded, memory.load().expect("memory"));
         assert_eq!(loaded.weights["eng/ml"], 4.0);
@@ -462,7 +462,7 @@ mod tests {
             (client, a)
         });
         let mut store =
-            EtcdStore::open(&endpoints, "test", Some(a.clone()), timeout).expect("open");
+            EtcdStore::open(&endpoints, None, "test", Some(a.clone()), timeout).expect("open");
         let deposed = store.deposed();
         store.apply(&ops()[..1]).expect("the leader writes");
         // A resigns and B is elected: A's store, still open, is refused.

@@ -23,6 +23,7 @@ use strata_allocator_core::registry::{Registry, RegistryOp};
 use strata_etcd::election::Leadership;
 use strata_etcd::{Client, RequestOp, delete_op, put_op};
 use tokio::sync::watch;
+use tonic::transport::ClientTlsConfig;
 
 use crate::store::{Store, StoreError, json};
 
@@ -75,11 +76,12 @@ pub fn leader_key(cluster: &str) -> String {
 }
 
 impl EtcdStore {
-    /// The registry of `cluster` in the etcd cluster at `endpoints`, each call bounded by
-    /// `timeout`; writes are fenced by `leadership` (none: unfenced, for a single replica or
-    /// tests).
+    /// The registry of `cluster` in the etcd cluster at `endpoints` (over TLS with `tls`, for
+    /// `https://` ones), each call bounded by `timeout`; writes are fenced by `leadership`
+    /// (none: unfenced, for a single replica or tests).
     pub fn open(
         endpoints: &[String],
+        tls: Option<&ClientTlsConfig>,
         cluster: &str,
         leadership: Option<Leadership>,
         timeout: Duration,
@@ -94,6 +96,7 @@ impl EtcdStore {
         let (deposed_tx, deposed) = watch::channel(None);
         let (ready_tx, ready_rx) = mpsc::channel();
         let endpoints = endpoints.to_vec();
+        let tls = tls.cloned();
         let name = cluster.to_owned();
         std::thread::Builder::new()
             .name("etcd-store".to_owned())
@@ -112,7 +115,9 @@ impl EtcdStore {
                         return;
                     }
                 };
-                let client = match runtime.block_on(async { Client::new(&endpoints, timeout) }) {
+                let client = match runtime
+                    .block_on(async { Client::with_tls(&endpoints, tls.as_ref(), timeout) })
+                {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(StoreError::Etcd {

@@ -563,6 +563,9 @@ mod flags_reference {
             "etcd",
             "cluster",
             "etcd-lease-ttl",
+            "etcd-ca",
+            "etcd-cert",
+            "etcd-key",
             "advertise",
         ];
         for (program, flags) in [

@@ -2,7 +2,9 @@
 //! highly available allocators (several replicas, one leader, the registry in etcd).
 //!
 //! - [`Client`]: KV reads by key and prefix (paged), transactions, leases and their
-//!   keep-alive, over gRPC to any of several members (tonic balances across them).
+//!   keep-alive, over gRPC to any of several members (tonic balances across them), in plain
+//!   text (`http://`) or TLS (`https://`, the members verified with a CA and this client
+//!   presenting its certificate when etcd runs with `--client-cert-auth`).
 //! - [`election`]: campaign for a key with a lease (the first to create it leads; the others
 //!   wait until it is gone), and the fence every write of the leader carries: a compare that
 //!   the leader key still has the revision it was created with, so a deposed leader's writes
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// etcd's wire types (package `etcdserverpb`).
 #[allow(
@@ -55,6 +57,15 @@ pub enum EtcdError {
     /// No endpoints were given.
     #[error("no etcd endpoints: give at least one, like http://127.0.0.1:2379")]
     NoEndpoints,
+    /// Plain and TLS endpoints mixed, an `https://` endpoint without TLS settings, or TLS
+    /// settings for `http://` endpoints.
+    #[error("etcd endpoint {endpoint}: {why}")]
+    Scheme {
+        /// The endpoint.
+        endpoint: String,
+        /// What does not fit.
+        why: &'static str,
+    },
     /// A call failed (etcd unreachable, timed out, or refused it).
     #[error("etcd {call} at {endpoints} failed: {status}")]
     Call {
@@ -84,9 +95,22 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the members at `endpoints` (`http://host:port`), each call bounded by
-    /// `timeout`. Connects lazily: an unreachable cluster shows at the first call.
+    /// A client of the members at `endpoints` (`http://host:port`), in plain text, each call
+    /// bounded by `timeout`. Connects lazily: an unreachable cluster shows at the first call.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, EtcdError> {
+        Self::with_tls(endpoints, None, timeout)
+    }
+
+    /// A client of the members at `endpoints`, each call bounded by `timeout`: `http://` ones
+    /// without `tls`, `https://` ones with it (the CA that verifies the members, and this
+    /// client's certificate and key when they ask for one); the two cannot be mixed. Connects
+    /// lazily: an unreachable cluster, or one that refuses the certificate, shows at the first
+    /// call.
+    pub fn with_tls(
+        endpoints: &[String],
+        tls: Option<&ClientTlsConfig>,
+        timeout: Duration,
+    ) -> Result<Self, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
@@ -103,6 +127,32 @@ impl Client {
                     why: "no host".to_owned(),
                 });
             }
+            let scheme_error = |why| EtcdError::Scheme {
+                endpoint: endpoint.clone(),
+                why,
+            };
+            let parsed = match (parsed.uri().scheme_str(), tls) {
+                (Some("http"), None) => parsed,
+                (Some("https"), Some(tls)) => {
+                    parsed
+                        .tls_config(tls.clone())
+                        .map_err(|e| EtcdError::Endpoint {
+                            endpoint: endpoint.clone(),
+                            why: e.to_string(),
+                        })?
+                }
+                (Some("https"), None) => {
+                    return Err(scheme_error(
+                        "https:// needs TLS settings (at least the CA certificate that verifies the members)",
+                    ));
+                }
+                (Some("http"), Some(_)) => {
+                    return Err(scheme_error(
+                        "TLS settings were given but this endpoint is http://: give https:// URLs for every member",
+                    ));
+                }
+                _ => return Err(scheme_error("give an http:// or https:// URL")),
+            };
             list.push(parsed.connect_timeout(timeout).timeout(timeout));
         }
         let channel = Channel::balance_list(list.into_iter());
@@ -531,5 +581,24 @@ mod tests {
         let err =
             Client::new(&["not a url".to_owned()], Duration::from_secs(1)).expect_err("invalid");
         assert!(err.to_string().contains("not a url"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn plain_and_tls_endpoints_are_not_mixed() {
+        let second = Duration::from_secs(1);
+        let tls = ClientTlsConfig::new();
+        let https = "https://127.0.0.1:2379".to_owned();
+        let http = "http://127.0.0.1:2379".to_owned();
+        let err = Client::new(std::slice::from_ref(&https), second).expect_err("no tls");
+        assert!(matches!(err, EtcdError::Scheme { .. }), "{err}");
+        assert!(err.to_string().contains("CA certificate"), "{err}");
+        let err = Client::with_tls(std::slice::from_ref(&http), Some(&tls), second)
+            .expect_err("tls for http");
+        assert!(err.to_string().contains("give https://"), "{err}");
+        let err = Client::with_tls(&[https.clone(), http], Some(&tls), second).expect_err("mixed");
+        assert!(err.to_string().contains("http://127.0.0.1:2379"), "{err}");
+        let err = Client::new(&["ftp://x:1".to_owned()], second).expect_err("scheme");
+        assert!(err.to_string().contains("http:// or https://"), "{err}");
+        assert!(Client::with_tls(&[https], Some(&tls), second).is_ok());
     }
 }

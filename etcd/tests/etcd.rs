@@ -1,5 +1,6 @@
 //! Against a real etcd member (`strata_test_support::etcd::Etcd`): reads by prefix across
-//! pages, leases kept alive and lost, and leader election with fencing.
+//! pages, leases kept alive and lost, leader election with fencing, and TLS with client
+//! certificates.
 
 use std::time::Duration;
 
@@ -147,5 +148,69 @@ async fn one_candidate_leads_the_next_takes_over_when_its_lease_ends_and_the_old
         )
         .await?;
     assert!(r.succeeded);
+    Ok(())
+}
+
+/// A member that serves TLS only and requires client certificates (`--client-cert-auth`):
+/// reached with the CA and a certificate of that CA; refused without a certificate, with one
+/// of another CA, in plain text, and not trusted when verified with another CA.
+#[tokio::test]
+async fn a_tls_member_needs_its_ca_and_a_client_certificate() -> Result<()> {
+    use strata_auth::certs;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let dir = tempfile::tempdir()?;
+    let (pki, other_pki) = (dir.path().join("pki"), dir.path().join("other"));
+    let ca = certs::init_ca(&pki)?;
+    let server = certs::issue(&pki, "etcd", &["127.0.0.1".to_owned()])?;
+    let client = certs::issue(&pki, "allocator", &[])?;
+    let other_ca = certs::init_ca(&other_pki)?;
+    let stranger = certs::issue(&other_pki, "allocator", &[])?;
+    let etcd = Etcd::start_tls(&strata_test_support::etcd::MemberTls {
+        client_ca: ca.cert.clone(),
+        cert: server.cert,
+        key: server.key,
+    })?;
+    ensure!(etcd.url.starts_with("https://"), "{}", etcd.url);
+    let url = std::slice::from_ref(&etcd.url);
+    let pem = |p: &std::path::Path| std::fs::read(p);
+    let verified_by = |ca: &std::path::Path| -> Result<ClientTlsConfig> {
+        Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca)?)))
+    };
+    let short = Duration::from_secs(3);
+
+    let good =
+        verified_by(&ca.cert)?.identity(Identity::from_pem(pem(&client.cert)?, pem(&client.key)?));
+    let c = Client::with_tls(url, Some(&good), TIMEOUT)?;
+    c.put(b"/tls/k", b"v", 0).await?;
+    let kv = c.get(b"/tls/k").await?.expect("the key is there");
+    assert_eq!(kv.value, b"v".to_vec());
+
+    let refused = [
+        ("no client certificate", verified_by(&ca.cert)?),
+        (
+            "a client certificate of another CA",
+            verified_by(&ca.cert)?.identity(Identity::from_pem(
+                pem(&stranger.cert)?,
+                pem(&stranger.key)?,
+            )),
+        ),
+        (
+            "the member verified with another CA",
+            verified_by(&other_ca.cert)?
+                .identity(Identity::from_pem(pem(&client.cert)?, pem(&client.key)?)),
+        ),
+    ];
+    for (what, tls) in refused {
+        let c = Client::with_tls(url, Some(&tls), short)?;
+        let err = c.get(b"/tls/k").await.expect_err(what);
+        assert!(err.to_string().contains("etcd range"), "{what}: {err}");
+    }
+    // Plain text to the TLS port.
+    let plain = etcd.url.replacen("https://", "http://", 1);
+    let c = Client::new(std::slice::from_ref(&plain), short)?;
+    c.get(b"/tls/k")
+        .await
+        .expect_err("plain text to a TLS member");
     Ok(())
 }

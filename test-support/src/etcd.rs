@@ -16,16 +16,39 @@ use crate::net::free_port;
 #[derive(Debug)]
 pub struct Etcd {
     child: Child,
-    /// Its client URL, `http://127.0.0.1:PORT`.
+    /// Its client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub url: String,
     _dir: tempfile::TempDir,
+}
+
+/// A member's TLS files (PEM): its certificate and key for 127.0.0.1, and the CA whose
+/// certificates it requires of every client (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct MemberTls {
+    /// The CA certificate clients' certificates must chain to.
+    pub client_ca: PathBuf,
+    /// The member's certificate (valid for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 impl Etcd {
     /// Starts a fresh member and waits (up to 20 s) until its client port answers.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts a fresh member that serves clients over TLS only and requires a client
+    /// certificate signed by `tls.client_ca`.
+    pub fn start_tls(tls: &MemberTls) -> Result<Self> {
+        Self::start_with(Some(tls.clone()))
+    }
+
+    fn start_with(tls: Option<MemberTls>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let member = Member::new(0, dir.path());
+        let mut member = Member::new(0, dir.path());
+        member.tls = tls;
         let cluster = member.initial();
         let child = member.spawn(&cluster)?;
         Ok(Self {
@@ -53,6 +76,8 @@ struct Member {
     dir: PathBuf,
     /// The namespace it runs in (`nsenter --net=`), when in a [`crate::netns::Lab`].
     netns: Option<PathBuf>,
+    /// Clients are served over TLS with these files (peers stay plain).
+    tls: Option<MemberTls>,
 }
 
 fn binary() -> Result<&'static str> {
@@ -74,6 +99,7 @@ impl Member {
             client: free_port(),
             peer: free_port(),
             netns: None,
+            tls: None,
         }
     }
 
@@ -87,11 +113,13 @@ impl Member {
             client: 2379,
             peer: 2380,
             netns: Some(node.netns_path()),
+            tls: None,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.client)
     }
 
     fn peer_url(&self) -> String {
@@ -128,8 +156,14 @@ impl Member {
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
             .arg(format!("--initial-cluster={initial_cluster}"))
             .arg("--initial-cluster-token=strata-test")
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
+            .arg("--log-level=error");
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.client_ca.display()))
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -15,13 +15,22 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Child;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::common::{PROCESS_STEP, allocator_command, wait_exit};
+use crate::common::{PROCESS_STEP, allocator_command, allocator_fails, wait_exit};
 
 /// A replica of cluster `cluster` on `etcd`, with a 2 s lease: the process, its gRPC address
 /// (`http://ADDR`) and its Mesos HTTP API's `ADDR`, from its first lines (a follower listens
 /// too).
 async fn replica(etcd: &Etcd, cluster: &str) -> Result<(Child, String, String)> {
-    let mut child = allocator_command(&[
+    replica_with(etcd, cluster, &[]).await
+}
+
+/// [`replica`] with more flags.
+async fn replica_with(
+    etcd: &Etcd,
+    cluster: &str,
+    more: &[&str],
+) -> Result<(Child, String, String)> {
+    let mut flags = vec![
         "--listen",
         "127.0.0.1:0",
         "--mesos-listen",
@@ -34,8 +43,9 @@ async fn replica(etcd: &Etcd, cluster: &str) -> Result<(Child, String, String)> 
         cluster,
         "--etcd-lease-ttl",
         "2s",
-    ])
-    .spawn()?;
+    ];
+    flags.extend_from_slice(more);
+    let mut child = allocator_command(&flags).spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut next = async || -> Result<String> {
@@ -215,5 +225,80 @@ async fn a_leader_whose_key_is_gone_stops_instead_of_writing() -> Result<()> {
         ["/strata/c2/registry/quotas/eng"],
         "a deposed leader wrote"
     );
+    Ok(())
+}
+
+/// etcd serving TLS only, with client certificates required: a replica given the CA and its
+/// certificate leads and keeps its registry there; one without a certificate is refused by
+/// etcd and stops saying so; an https:// endpoint without --etcd-ca stops it at start.
+#[tokio::test]
+async fn a_replica_reaches_etcd_over_tls_with_its_client_certificate() -> Result<()> {
+    use strata_auth::certs;
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let ca = certs::init_ca(&pki)?;
+    let server = certs::issue(&pki, "etcd", &["127.0.0.1".to_owned()])?;
+    let me = certs::issue(&pki, "replica-1", &[])?;
+    let etcd = Etcd::start_tls(&strata_test_support::etcd::MemberTls {
+        client_ca: ca.cert.clone(),
+        cert: server.cert,
+        key: server.key,
+    })?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca_pem, cert, key) = (path(&ca.cert), path(&me.cert), path(&me.key));
+    let tls = [
+        "--etcd-ca",
+        &ca_pem,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+    ];
+    let (mut a, addr, _) = replica_with(&etcd, "tls", &tls).await?;
+    leads_within(&addr, PROCESS_STEP)
+        .await?
+        .map_err(|s| anyhow::anyhow!("the replica does not lead over TLS: {s:?}"))?;
+    let mut op = operator(&addr).await?;
+    bounded("SetQuota", op.set_quota(quota("eng", 2.0))).await??;
+    // The registry is in the TLS member.
+    let identity =
+        tonic::transport::Identity::from_pem(std::fs::read(&me.cert)?, std::fs::read(&me.key)?);
+    let client_tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+            &ca.cert,
+        )?))
+        .identity(identity);
+    let client = Client::with_tls(
+        std::slice::from_ref(&etcd.url),
+        Some(&client_tls),
+        Duration::from_secs(5),
+    )?;
+    let quotas = client.list_prefix(b"/strata/tls/registry/quotas/").await?;
+    assert_eq!(quotas.len(), 1, "the quota was not written to etcd");
+    a.kill().await?;
+
+    // Without a client certificate etcd refuses the replica, which stops and says why.
+    let err = allocator_fails(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--mesos-listen",
+        "none",
+        "--metrics-listen",
+        "none",
+        "--etcd",
+        &etcd.url,
+        "--cluster",
+        "tls",
+        "--etcd-ca",
+        &ca_pem,
+    ])
+    .await?;
+    assert!(
+        err.contains("cannot use etcd at https://127.0.0.1:"),
+        "{err}"
+    );
+    // An https:// endpoint without the CA: refused before it listens, naming the flag.
+    let err = allocator_fails(&["--etcd", &etcd.url, "--cluster", "tls"]).await?;
+    assert!(err.contains("give --etcd-ca"), "{err}");
     Ok(())
 }
