@@ -177,6 +177,7 @@ impl Leader {
             self.tls.as_ref(),
             &self.cluster,
             Some(self.leadership.clone()),
+            Some(self.keep_alive.guard()),
             CALL_TIMEOUT,
         )
     }

@@ -417,7 +417,8 @@ mod tests {
         let endpoints = [etcd.url.clone()];
         let timeout = std::time::Duration::from_secs(5);
         let mut memory = MemoryStore::default();
-        let mut store = EtcdStore::open(&endpoints, None, "test", None, timeout).expect("open");
+        let mut store =
+            EtcdStore::open(&endpoints, None, "test", None, None, timeout).expect("open");
         assert_eq!(store.load().expect("load"), Registry::default());
         let mut all = ops();
         // Three transactions' worth more, and a hierarchical role.
@@ -430,9 +431,9 @@ mod tests {
         store.apply(&all[..3]).expect("apply");
         store.apply(&all[3..]).expect("apply");
         // Another cluster's registry is apart.
-        let other = EtcdStore::open(&endpoints, None, "other", None, timeout).expect("open");
+        let other = EtcdStore::open(&endpoints, None, "other", None, None, timeout).expect("open");
         assert_eq!(other.load().expect("load"), Registry::default());
-        let fresh = EtcdStore::open(&endpoints, None, "test", None, timeout).expect("reopen");
+        let fresh = EtcdStore::open(&endpoints, None, "test", None, None, timeout).expect("reopen");
         let loaded = fresh.load().expect("load");
         assert_eq!(loaded, memory.load().expect("memory"));
         assert_eq!(loaded.weights["eng/ml"], 4.0);
@@ -461,8 +462,8 @@ mod tests {
                 .expect("a leads");
             (client, a)
         });
-        let mut store =
-            EtcdStore::open(&endpoints, None, "test", Some(a.clone()), timeout).expect("open");
+        let mut store = EtcdStore::open(&endpoints, None, "test", Some(a.clone()), None, timeout)
+            .expect("open");
         let deposed = store.deposed();
         store.apply(&ops()[..1]).expect("the leader writes");
         // A resigns and B is elected: A's store, still open, is refused.
@@ -484,6 +485,48 @@ mod tests {
         assert!(
             loaded.frameworks.is_empty(),
             "a deposed leader's write landed"
+        );
+    }
+
+    /// A leader's registry write that waits on an etcd which stopped answering is given up
+    /// once its lease is no longer surely held, long before the call timeout: a leader cut off
+    /// from etcd stops within its lease.
+    #[test]
+    fn etcd_a_write_waiting_on_etcd_is_given_up_when_the_lease_runs_out() {
+        use crate::store_etcd::EtcdStore;
+        let etcd = strata_test_support::etcd::Etcd::start().expect("etcd");
+        let endpoints = [etcd.url.clone()];
+        let call_timeout = std::time::Duration::from_secs(60);
+        let lease = strata_etcd::LeaseGuard::granted_now(std::time::Duration::from_secs(3));
+        let mut store = EtcdStore::open(
+            &endpoints,
+            None,
+            "test",
+            None,
+            Some(lease.clone()),
+            call_timeout,
+        )
+        .expect("open");
+        store
+            .apply(&ops()[..1])
+            .expect("written while the lease holds");
+        let signal = |sig: &str| {
+            let status = std::process::Command::new("kill")
+                .args([sig, &etcd.pid().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {sig}");
+        };
+        signal("-STOP");
+        let started = std::time::Instant::now();
+        let err = store.apply(&ops()[1..2]).unwrap_err();
+        let waited = started.elapsed();
+        signal("-CONT");
+        assert!(err.to_string().contains("no longer surely held"), "{err}");
+        assert!(!lease.holds());
+        assert!(
+            waited < call_timeout / 4,
+            "the write waited {waited:?}, as long as the call timeout"
         );
     }
 

@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use strata_allocator_core::registry::{Registry, RegistryOp};
+use strata_etcd::LeaseGuard;
 use strata_etcd::election::Leadership;
 use strata_etcd::{Client, RequestOp, delete_op, put_op};
 use tokio::sync::watch;
@@ -78,12 +79,15 @@ pub fn leader_key(cluster: &str) -> String {
 impl EtcdStore {
     /// The registry of `cluster` in the etcd cluster at `endpoints` (over TLS with `tls`, for
     /// `https://` ones), each call bounded by `timeout`; writes are fenced by `leadership`
-    /// (none: unfenced, for a single replica or tests).
+    /// (none: unfenced, for a single replica or tests) and, with `lease`, given up once the
+    /// lease is no longer surely held: a leader cut off from etcd then stops within its lease,
+    /// not after the call timeout.
     pub fn open(
         endpoints: &[String],
         tls: Option<&ClientTlsConfig>,
         cluster: &str,
         leadership: Option<Leadership>,
+        lease: Option<LeaseGuard>,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
         if !valid_cluster_name(cluster) {
@@ -133,6 +137,7 @@ impl EtcdStore {
                     prefix: format!("{}registry/", cluster_prefix(&name)),
                     cluster: name,
                     leadership,
+                    lease,
                     deposed: deposed_tx,
                 };
                 while let Ok(job) = rx.recv() {
@@ -200,6 +205,9 @@ struct Worker {
     /// `/strata/<cluster>/registry/`.
     prefix: String,
     leadership: Option<Leadership>,
+    /// The leader's lease: a write still waiting on etcd when it is no longer surely held is
+    /// given up.
+    lease: Option<LeaseGuard>,
     deposed: watch::Sender<Option<String>>,
 }
 
@@ -301,11 +309,22 @@ impl Worker {
     /// One fenced transaction.
     async fn write(&self, ops: Vec<RequestOp>) -> Result<(), StoreError> {
         let fence: Vec<_> = self.leadership.iter().map(Leadership::fence).collect();
-        let response = self
-            .client
-            .txn(fence, ops, Vec::new())
-            .await
-            .map_err(|e| self.error(e))?;
+        let txn = self.client.txn(fence, ops, Vec::new());
+        let answer = match &self.lease {
+            Some(lease) => tokio::select! {
+                answer = txn => answer,
+                () = lease.expired() => {
+                    return Err(self.error(
+                        "this replica's etcd lease is no longer surely held (no refresh \
+                         answered for 9/10 of its ttl) and the registry write was still \
+                         waiting on etcd: given up, this replica stops leading (being fenced, \
+                         the write lands only if the lease still held in etcd)",
+                    ));
+                }
+            },
+            None => txn.await,
+        };
+        let response = answer.map_err(|e| self.error(e))?;
         if response.succeeded {
             return Ok(());
         }

@@ -59,6 +59,13 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// The member's process id (to pause it with SIGSTOP, as an etcd that stops answering).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -495,7 +495,7 @@ impl Actor {
         {
             tracing::error!(error = %e, changes = ops.len(), "cannot write the registry");
         }
-        // Writing waits for etcd, up to its call timeout (longer than a short lease): a
+        // Writing waits for etcd until the lease is no longer surely held at most: a
         // replica cut off from etcd meanwhile may have been replaced, so it tells nobody
         // what it decided.
         if !ops.is_empty() && !self.may_act() {
