@@ -11,8 +11,9 @@ use nix::unistd::Pid;
 
 use super::{
     CPU_PERIOD_US, CgroupBackend, CgroupError, CpuStats, Host, Limits, MemoryOom, RootPlacement,
-    TASKS_DIR, TaskCgroup, cpu_quota_us, cpu_shares, io_err, keyed, mkdir_all, read_pids, read_u64,
-    remove_dirs_now, remove_tree, rmdir_when_empty, root_in, wait_empty, write, write_optional,
+    TASKS_DIR, TaskCgroup, cpu_quota_us, cpu_shares, create_again_if_level_removed, io_err, keyed,
+    mkdir_all, read_pids, read_u64, remove_dirs_now, remove_framework_level, remove_tree,
+    rmdir_when_empty, root_in, wait_empty, write, write_optional,
 };
 use crate::discovery::CgroupMode;
 
@@ -119,18 +120,13 @@ impl HybridBackend {
     }
 }
 
-impl CgroupBackend for HybridBackend {
-    fn mode(&self) -> CgroupMode {
-        CgroupMode::Hybrid
-    }
-
-    fn roots(&self) -> Vec<PathBuf> {
-        self.all_roots()
-    }
-
-    fn create(&self, rel: &Path, limits: &Limits) -> Result<Box<dyn TaskCgroup>, CgroupError> {
+impl HybridBackend {
+    /// One try at making the task cgroup `rel` (and its framework level) in every hierarchy
+    /// with `limits`.
+    fn create_once(&self, rel: &Path, limits: &Limits) -> Result<Box<dyn TaskCgroup>, CgroupError> {
         let cg = self.at(rel);
         let mut created = Vec::new();
+
         for dir in cg.dirs() {
             if !dir.is_dir() {
                 created.push(dir.clone());
@@ -144,6 +140,20 @@ impl CgroupBackend for HybridBackend {
             return Err(e);
         }
         Ok(Box::new(cg))
+    }
+}
+
+impl CgroupBackend for HybridBackend {
+    fn mode(&self) -> CgroupMode {
+        CgroupMode::Hybrid
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        self.all_roots()
+    }
+
+    fn create(&self, rel: &Path, limits: &Limits) -> Result<Box<dyn TaskCgroup>, CgroupError> {
+        create_again_if_level_removed(&self.at(rel).dirs(), || self.create_once(rel, limits))
     }
 
     fn open(&self, rel: &Path) -> Option<Box<dyn TaskCgroup>> {
@@ -318,6 +328,7 @@ impl TaskCgroup for HybridCgroup {
         }
         for dir in self.dirs() {
             rmdir_when_empty(&dir, &dir.join("cgroup.procs"))?;
+            remove_framework_level(&dir);
         }
         Ok(())
     }

@@ -33,7 +33,7 @@
 //! - A task's cgroup is `<root>/containers/<framework-id>/<task-id>`; its limits are written before
 //!   any of its processes is started ([`CgroupBackend::create`]; a cgroup it created is removed
 //!   again when writing them fails), and it is removed only once it has no process left
-//!   ([`TaskCgroup::destroy`]).
+//!   ([`TaskCgroup::destroy`]); the framework level goes with the framework's last task.
 //! - Every path is built from the roots given as parameters (the cgroup mount and /proc), so
 //!   the code is tested against both real and fake trees.
 
@@ -272,12 +272,63 @@ pub trait TaskCgroup: Send + Sync + fmt::Debug {
 }
 
 /// Removes each directory in turn (a missing one counts as removed); false at the first that
-/// cannot be removed now.
+/// cannot be removed now. Each removed task directory's framework level goes too once it is
+/// empty ([`remove_framework_level`]).
 fn remove_dirs_now(dirs: impl IntoIterator<Item = PathBuf>) -> bool {
     dirs.into_iter().all(|dir| match fs::remove_dir(&dir) {
-        Ok(()) => true,
+        Ok(()) => {
+            remove_framework_level(&dir);
+            true
+        }
         Err(e) => e.kind() == io::ErrorKind::NotFound,
     })
+}
+
+/// Removes the framework level (`<root>/containers/<framework-id>`) above the removed task
+/// cgroup `task_dir` when no other task's cgroup is below it, so that no cgroup of a finished
+/// framework is left behind. The kernel refuses to remove a cgroup that has children (EBUSY),
+/// so this is tried after every task's removal and fails harmlessly while other tasks of the
+/// framework exist; a launch that finds the level removed under it makes it again
+/// ([`create_again_if_level_removed`]).
+fn remove_framework_level(task_dir: &Path) {
+    let Some(level) = task_dir.parent() else {
+        return;
+    };
+    if level.parent().and_then(Path::file_name) != Some(std::ffi::OsStr::new(TASKS_DIR)) {
+        return;
+    }
+    match fs::remove_dir(level) {
+        Ok(()) => {
+            tracing::debug!(cgroup = %level.display(), "framework cgroup level removed with its last task")
+        }
+        Err(e) => {
+            tracing::trace!(cgroup = %level.display(), error = %e, "framework cgroup level kept")
+        }
+    }
+}
+
+/// Runs `create` (a task cgroup's creation) and, when it failed because the framework level
+/// above one of `task_dirs` was removed meanwhile by the teardown of the framework's last
+/// other task, runs it again (at most twice more).
+fn create_again_if_level_removed<T>(
+    task_dirs: &[PathBuf],
+    mut create: impl FnMut() -> Result<T, CgroupError>,
+) -> Result<T, CgroupError> {
+    let mut tries = 0;
+    loop {
+        match create() {
+            Err(e)
+                if tries < 2
+                    && task_dirs
+                        .iter()
+                        .any(|dir| dir.parent().is_some_and(|level| !level.is_dir())) =>
+            {
+                tracing::debug!(error = %e, "a task cgroup's framework level was removed while it was made; making it again");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How the agent places its root when no path is configured (`--cgroup-placement`); see the
@@ -653,6 +704,48 @@ fn wait_empty(dir: &Path, procs: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_framework_level_goes_with_its_last_task_and_a_launch_makes_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let containers = dir.path().join("root").join(TASKS_DIR);
+        let (t1, t2) = (containers.join("fw/t1"), containers.join("fw/t2"));
+        fs::create_dir_all(&t1).unwrap();
+        fs::create_dir_all(&t2).unwrap();
+        // Another task of the framework is there: the level stays.
+        assert!(remove_dirs_now([t1.clone()]));
+        assert!(containers.join("fw").is_dir());
+        // The last one: the level goes, the tasks' directory stays.
+        assert!(remove_dirs_now([t2.clone()]));
+        assert!(!containers.join("fw").exists());
+        assert!(containers.is_dir());
+        // Nothing above a directory that is not a task's is touched.
+        let other = dir.path().join("root/elsewhere/x");
+        fs::create_dir_all(&other).unwrap();
+        fs::remove_dir(&other).unwrap();
+        remove_framework_level(&other);
+        assert!(dir.path().join("root/elsewhere").is_dir());
+
+        // A launch whose level was removed under it tries again; other failures are final.
+        let mut calls = 0;
+        let made = create_again_if_level_removed(std::slice::from_ref(&t1), || {
+            calls += 1;
+            if calls == 1 {
+                return Err(io_err("create", &t1)(io::ErrorKind::NotFound.into()));
+            }
+            fs::create_dir_all(&t1).map_err(io_err("create", &t1))
+        });
+        assert!(made.is_ok());
+        assert_eq!(calls, 2);
+        let mut calls = 0;
+        let failed: Result<(), _> =
+            create_again_if_level_removed(std::slice::from_ref(&t1), || {
+                calls += 1;
+                Err(io_err("write", &t1)(io::ErrorKind::PermissionDenied.into()))
+            });
+        assert!(failed.is_err());
+        assert_eq!(calls, 1, "the level is there: no second try");
+    }
 
     fn write_file(path: &Path, content: &str) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -11,8 +11,9 @@ use nix::unistd::Pid;
 use super::{
     CPU_PERIOD_US, CgroupBackend, CgroupError, CpuStats, DESTROY_LIMIT, DEVICE_KEEPER_DIR, Host,
     Limits, MemoryOom, RootPlacement, TASKS_DIR, TaskCgroup, backoff, cpu_quota_us, cpu_weight,
-    describe_pids, io_err, keyed, mkdir_all, read_pids, read_u64, remove_dirs_now, remove_tree,
-    rmdir_when_empty, root_in, write, write_optional,
+    create_again_if_level_removed, describe_pids, io_err, keyed, mkdir_all, read_pids, read_u64,
+    remove_dirs_now, remove_framework_level, remove_tree, rmdir_when_empty, root_in, write,
+    write_optional,
 };
 use crate::discovery::CgroupMode;
 
@@ -198,16 +199,9 @@ fn why_not_enabled(e: &io::Error) -> String {
     }
 }
 
-impl CgroupBackend for V2Backend {
-    fn mode(&self) -> CgroupMode {
-        CgroupMode::V2
-    }
-
-    fn roots(&self) -> Vec<PathBuf> {
-        vec![self.root.clone()]
-    }
-
-    fn create(&self, rel: &Path, limits: &Limits) -> Result<Box<dyn TaskCgroup>, CgroupError> {
+impl V2Backend {
+    /// One try at making the task cgroup `rel` (and its framework level) with `limits`.
+    fn create_once(&self, rel: &Path, limits: &Limits) -> Result<Box<dyn TaskCgroup>, CgroupError> {
         let dir = self.root.join(rel);
         // Intermediate levels (containers/<framework>) pass the controllers down. Checked on
         // every launch, not only when the level is made: another launch may have made it a
@@ -240,6 +234,20 @@ impl CgroupBackend for V2Backend {
             return Err(e);
         }
         Ok(Box::new(cg))
+    }
+}
+
+impl CgroupBackend for V2Backend {
+    fn mode(&self) -> CgroupMode {
+        CgroupMode::V2
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![self.root.clone()]
+    }
+
+    fn create(&self, rel: &Path, limits: &Limits) -> Result<Box<dyn TaskCgroup>, CgroupError> {
+        create_again_if_level_removed(&[self.root.join(rel)], || self.create_once(rel, limits))
     }
 
     fn open(&self, rel: &Path) -> Option<Box<dyn TaskCgroup>> {
@@ -389,7 +397,9 @@ impl TaskCgroup for V2Cgroup {
         if self.populated() {
             self.kill_all()?;
         }
-        rmdir_when_empty(&self.dir, &self.file("cgroup.procs"))
+        rmdir_when_empty(&self.dir, &self.file("cgroup.procs"))?;
+        remove_framework_level(&self.dir);
+        Ok(())
     }
 
     fn try_remove(&self) -> bool {
