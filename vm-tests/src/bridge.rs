@@ -47,15 +47,12 @@ fn wait_for_leases(env: &Env, n: usize) -> Result<()> {
 }
 
 /// A 64-byte round trip to `addr` (an `rr-server`), from the machine's namespace.
-fn round_trip(addr: SocketAddr) -> Result<()> {
+pub(crate) fn round_trip(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stream = loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
         }
     };

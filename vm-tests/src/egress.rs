@@ -168,18 +168,18 @@ impl Sink {
                 .collect::<Result<Vec<(u64, u64)>>>()?;
             window_mbps(&samples, from_ns, to_ns)
         });
-        let out = fs::read_to_string(&self.out).unwrap_or_default();
-        if let Some(series) = out.lines().find_map(|l| l.strip_prefix("series_mbps=")) {
-            eprintln!(
-                "egress: receiver on {}: Mbit/s per 0.5 s: {series}",
-                self.out.display()
-            );
-        }
+        self.print_series();
         result
     }
 
     fn rate(mut self, key: &str) -> Result<f64> {
         let result = self.rate_inner(key);
+        self.print_series();
+        result
+    }
+
+    /// Prints the receiver's rate per half second, when it wrote one (for the test's log).
+    fn print_series(&self) {
         let out = fs::read_to_string(&self.out).unwrap_or_default();
         if let Some(series) = out.lines().find_map(|l| l.strip_prefix("series_mbps=")) {
             eprintln!(
@@ -187,7 +187,6 @@ impl Sink {
                 self.out.display()
             );
         }
-        result
     }
 
     fn rate_inner(&mut self, key: &str) -> Result<f64> {

@@ -10,7 +10,7 @@
 //! from `/sys/fs/cgroup`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use strata_framework::proto::{Resource, TaskInfo, TaskState, TaskStatus};
 use strata_framework::{Event, FrameworkBuilder, ResourceBudget, task};
 
 use crate::CGROUP2_ROOT;
+use crate::bridge::round_trip;
 use crate::egress::{DEVICE, Link};
 
 /// The agent's bridge: the default name, as a user gets it.
@@ -317,23 +318,6 @@ impl Drop for Cluster {
             let _ = stop.send(());
         }
     }
-}
-
-/// A 64-byte round trip to `addr` (an `rr-server`).
-fn round_trip(addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
-        }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = [7u8; 64];
-    stream.write_all(&buf).context("sending")?;
-    stream.read_exact(&mut buf).context("reading the echo")?;
-    Ok(())
 }
 
 /// The bridge's veths (`strata0v<n>`) and whether the bridge is there, from `/sys/class/net`.
