@@ -31,15 +31,10 @@ mkdir -p "$TOOLS"
 chmod 0755 "$TOOLS"
 install -m 0755 "$HERE/cuda-burn" "$TOOLS/cuda-burn"
 BURN="$TOOLS/cuda-burn"
-FAILED=0
 PIDS=()
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 
-say() { printf '== %s\n' "$*"; }
-pass() { printf 'PASS %s\n' "$*"; }
-fail() {
-    printf 'FAIL %s\n' "$*"
-    FAILED=$((FAILED + 1))
-}
 stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done; }
 
 cleanup() {
@@ -50,15 +45,6 @@ cleanup() {
     say "logs in $OUT; work dir $WORK"
 }
 trap cleanup EXIT
-
-# GET a path of the agent's HTTP server (no curl needed).
-agent_get() {
-    (
-        exec 3<>"/dev/tcp/127.0.0.1/$AGENT_HTTP_PORT" || exit 1
-        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
-        sed -e '1,/^\r$/d' <&3
-    )
-}
 
 # Waits up to $1 seconds for the command in "$2..." to succeed.
 wait_for() {

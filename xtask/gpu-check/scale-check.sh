@@ -35,15 +35,10 @@ WORK=$(mktemp -d /tmp/strata-scale-check.XXXXXX)
 chmod 0755 "$WORK"
 export STRATA_ALLOCATOR="http://127.0.0.1:$ALLOCATOR_PORT"
 STRATA="$HERE/strata"
-FAILED=0
 PIDS=()
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 
-say() { printf '== %s\n' "$*"; }
-pass() { printf 'PASS %s\n' "$*"; }
-fail() {
-    printf 'FAIL %s\n' "$*"
-    FAILED=$((FAILED + 1))
-}
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
@@ -55,15 +50,6 @@ cleanup() {
     say "logs in $OUT; work dir $WORK"
 }
 trap cleanup EXIT
-
-# GET a path of the agent's HTTP server (no curl needed).
-agent_get() {
-    (
-        exec 3<>"/dev/tcp/127.0.0.1/$AGENT_HTTP_PORT" || exit 1
-        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
-        sed -e '1,/^\r$/d' <&3
-    )
-}
 
 # How many tasks the agent reports usage for (each record names its task once).
 tasks_reported() { agent_get /usage | grep -o '"task_id"' | wc -l; }

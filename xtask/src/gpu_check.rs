@@ -25,6 +25,8 @@ const MAX_BYTES: u64 = 64 << 20;
 /// The scripts and the workload's source, kept in `xtask/gpu-check/`.
 const SCRIPT: &str = "gpu-check.sh";
 const SCALE_SCRIPT: &str = "scale-check.sh";
+/// What both scripts source.
+const COMMON_SCRIPT: &str = "common.sh";
 const BURN_SOURCE: &str = "cuda-burn.c";
 
 /// The libraries crun needs beyond glibc (the GPU machine has no crun): carried beside it.
@@ -113,7 +115,7 @@ fn prepare(dir: &Path) -> Result<()> {
             .arg(sources.join(BURN_SOURCE))
             .arg("-ldl"),
     )?;
-    for name in [SCRIPT, SCALE_SCRIPT] {
+    for name in [COMMON_SCRIPT, SCRIPT, SCALE_SCRIPT] {
         let script = dir.join(name);
         std::fs::copy(sources.join(name), &script)
             .with_context(|| format!("cannot copy {name}"))?;
