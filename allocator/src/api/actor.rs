@@ -670,20 +670,26 @@ mod tests {
             .with_lease(Some(strata_etcd::LeaseGuard::granted_now(
                 Duration::from_millis(200),
             )));
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            actor.handle(Input::FrameworkSubscribe {
-                conn: ConnId(1),
-                info: FrameworkInfo {
-                    name: "f".to_owned(),
-                    ..FrameworkInfo::default()
-                },
-                suppressed_roles: Vec::new(),
-                sender: tx,
-                principal: None,
-            });
+            let mut rx = subscribe_f(&mut actor);
             assert_eq!(actor.dispatch(), answers, "write of {write:?}");
             assert_eq!(rx.try_recv().is_ok(), answers, "write of {write:?}");
         }
+    }
+
+    /// Subscribes a framework named "f" on connection 1; its stream's receiver.
+    fn subscribe_f(actor: &mut Actor) -> mpsc::UnboundedReceiver<Result<Event, Status>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        actor.handle(Input::FrameworkSubscribe {
+            conn: ConnId(1),
+            info: FrameworkInfo {
+                name: "f".to_owned(),
+                ..FrameworkInfo::default()
+            },
+            suppressed_roles: Vec::new(),
+            sender: tx,
+            principal: None,
+        });
+        rx
     }
 
     fn report(framework_id: &str, n: usize) -> Input {
@@ -723,17 +729,7 @@ mod tests {
         actor.handle(report("f-none", 1));
         assert!(book.all().is_empty());
 
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        actor.handle(Input::FrameworkSubscribe {
-            conn: ConnId(1),
-            info: FrameworkInfo {
-                name: "f".to_owned(),
-                ..FrameworkInfo::default()
-            },
-            suppressed_roles: Vec::new(),
-            sender: tx,
-            principal: None,
-        });
+        let mut rx = subscribe_f(&mut actor);
         assert!(actor.dispatch());
         let Ok(Ok(Event {
             event: Some(event::Event::Subscribed(s)),
