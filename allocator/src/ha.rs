@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use strata_auth::client::{ClientError, ClientSecurity, is_https};
+use strata_auth::client::{ClientError, ClientSecurity, ClientTls, is_https};
 use strata_etcd::election::{self, Leadership};
 use strata_etcd::{Client, EtcdError, KeepAlive};
 use tokio::sync::watch;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::transport::ClientTlsConfig;
 
 use crate::flags::HaArgs;
 use crate::follower::LeaderAddress;
@@ -104,21 +104,17 @@ pub fn etcd_tls(ha: &HaArgs) -> Result<Option<ClientTlsConfig>, HaError> {
         )),
         other => err(other.to_string()),
     })?;
-    Ok(tls.map(|tls| {
-        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(tls.ca_pem));
-        match tls.identity {
-            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
-            None => config,
-        }
-    }))
+    Ok(tls.map(ClientTls::tonic_config))
 }
 
-/// Campaigns until this replica leads `ha.cluster`, advertising `me` (what the others log and
-/// redirect clients to); while another replica leads, `leader` holds its address (for the
+/// Campaigns until this replica leads `ha.cluster` (reaching etcd with `tls`, from
+/// [`etcd_tls`], for `https://` members), advertising `me` (what the others log and redirect
+/// clients to); while another replica leads, `leader` holds its address (for the
 /// follower's answers, [`crate::follower`]). Returns early with an error if etcd cannot be
 /// used or the lease is lost while waiting.
 pub async fn lead(
     ha: &HaArgs,
+    tls: Option<ClientTlsConfig>,
     me: &LeaderAddress,
     leader: &watch::Sender<Option<LeaderAddress>>,
 ) -> Result<Leader, HaError> {
@@ -128,7 +124,6 @@ pub async fn lead(
         endpoints: ha.etcd.join(","),
         source,
     };
-    let tls = etcd_tls(ha)?;
     let client = Client::with_tls(&ha.etcd, tls.as_ref(), CALL_TIMEOUT).map_err(etcd_error)?;
     let lease = client.grant(ha.etcd_lease_ttl).await.map_err(etcd_error)?;
     let mut keep_alive = client.keep_alive(lease, ha.etcd_lease_ttl);

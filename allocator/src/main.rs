@@ -58,12 +58,11 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
     let mut shutdown = Box::pin(strata_common::signal::shutdown());
     // A single allocator opens its store before it listens: a corrupt or busy store stops it
     // here.
-    let local = if args.ha.etcd.is_empty() {
-        Some(local_store(&args)?)
+    let (local, etcd_tls) = if args.ha.etcd.is_empty() {
+        (Some(local_store(&args)?), None)
     } else {
         // Bad etcd TLS flags or files stop the replica before it listens.
-        strata_allocator::ha::etcd_tls(&args.ha)?;
-        None
+        (None, strata_allocator::ha::etcd_tls(&args.ha)?)
     };
     let listener = flags::bind(&args.listen).await?;
     let addr = listener
@@ -113,8 +112,16 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
             };
             let me = LeaderAddress::of(&advertise, &hostname(), mesos_addr.map(|a| a.port()))
                 .map_err(|e| anyhow::anyhow!("--advertise: {e}"))?;
-            let (listener, http, elected) =
-                campaign(&args, &me, listener, http, security.clone(), &mut shutdown).await?;
+            let (listener, http, elected) = campaign(
+                &args,
+                etcd_tls,
+                &me,
+                listener,
+                http,
+                security.clone(),
+                &mut shutdown,
+            )
+            .await?;
             let Some(elected) = elected else {
                 return Ok(());
             };
@@ -200,6 +207,7 @@ async fn run(args: AllocatorCommand) -> anyhow::Result<()> {
 /// leadership, or without it when `shutdown` came first.
 async fn campaign(
     args: &AllocatorCommand,
+    etcd_tls: Option<tonic::transport::ClientTlsConfig>,
     me: &LeaderAddress,
     listener: TcpListener,
     http: Option<TcpListener>,
@@ -227,7 +235,7 @@ async fn campaign(
         },
     ));
     let elected = tokio::select! {
-        elected = strata_allocator::ha::lead(&args.ha, me, &leader_tx) => Some(elected),
+        elected = strata_allocator::ha::lead(&args.ha, etcd_tls, me, &leader_tx) => Some(elected),
         () = shutdown => None,
     };
     let _ = stop_tx.send(());

@@ -2,7 +2,8 @@
 //! the cluster's CA certificate that verifies an `https://` server, an optional client
 //! certificate and key (its principal is the certificate's common name), and an optional bearer
 //! token. This module reads and checks the files; the gRPC channel is made by the SDK
-//! (`strata_framework::dial_secure`), so this crate needs no tonic.
+//! (`strata_framework::dial_secure`), the agent and the allocator, which turn the files into
+//! tonic's configuration with [`ClientTls::tonic_config`] (feature `tonic`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +91,19 @@ pub struct ClientTls {
     pub ca_pem: Vec<u8>,
     /// The client certificate chain and key, when given.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[cfg(feature = "tonic")]
+impl ClientTls {
+    /// tonic's TLS configuration: these CA certificates, and the client identity when given.
+    pub fn tonic_config(self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem));
+        match self.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientTls {

@@ -7,11 +7,12 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use strata_auth::client::ClientTls;
 pub use strata_auth::client::{ClientError, ClientSecurity};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::Error;
 
@@ -72,14 +73,7 @@ pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
 /// tonic's TLS configuration for `security` at `url`: `None` for `http://`; for `https://`
 /// the CA (required) and the client identity when given.
 pub fn tls_config(url: &str, security: &ClientSecurity) -> Result<Option<ClientTlsConfig>, Error> {
-    let Some(tls) = security.tls_for(url)? else {
-        return Ok(None);
-    };
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(tls.ca_pem));
-    if let Some((cert, key)) = tls.identity {
-        config = config.identity(Identity::from_pem(cert, key));
-    }
-    Ok(Some(config))
+    Ok(security.tls_for(url)?.map(ClientTls::tonic_config))
 }
 
 /// [`endpoint`] with TLS for an `https://` address, and the interceptor that adds the token.

@@ -676,13 +676,8 @@ pub(super) fn allocator_endpoint(
              authentication on refuses agents without one (--tls-cert, --tls-key)"
         );
     }
-    let mut client = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(tls.ca_pem));
-    if let Some((cert, key)) = tls.identity {
-        client = client.identity(tonic::transport::Identity::from_pem(cert, key));
-    }
     endpoint
-        .tls_config(client)
+        .tls_config(tls.tonic_config())
         .map_err(|e| tls_error(strata_common::error::chain(&e)))
 }
 
